@@ -1,0 +1,611 @@
+"""Configuration: the Centrifugo v6 layout as frozen dataclasses, loading and validation.
+
+Pure data. Sources, lowest precedence first: built-in defaults, a JSON/YAML/TOML file,
+environment variables (``RTSERVER_<PATH>`` or ``CENTRIFUGO_<PATH>``, e.g.
+``RTSERVER_CLIENT_TOKEN_HMAC_SECRET_KEY``), then command-line overrides.
+
+Every leaf is declared once, in the dataclasses below; loading, environment names,
+unknown-key warnings and ``rtserver defaultconfig`` all derive from them. Durations are
+strings like ``"25s"``, ``"720h"`` or ``"1500ms"`` (plain numbers are seconds) and are
+stored as float seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import tomllib
+import typing
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ChannelConfig",
+    "ChannelOptions",
+    "ClientConfig",
+    "Config",
+    "ConfigError",
+    "NamespaceOptions",
+    "load",
+]
+
+_DURATION = {"duration": True}
+
+
+def duration(default: float) -> Any:
+    """A dataclass field holding seconds, configured as ``"25s"``-style strings."""
+    return field(default=default, metadata=_DURATION)
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key and the problem."""
+
+
+# --- schema ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChannelOptions:
+    """Options of a namespace, or of channels without one (protocol.md §5.5)."""
+
+    presence: bool = False
+    join_leave: bool = False
+    force_push_join_leave: bool = False
+    history_size: int = 0
+    history_ttl: float = duration(0.0)
+    history_meta_ttl: float = duration(0.0)
+    force_positioning: bool = False
+    allow_positioning: bool = False
+    force_recovery: bool = False
+    allow_recovery: bool = False
+    force_recovery_mode: str = "stream"
+    allow_subscribe_for_client: bool = False
+    allow_subscribe_for_anonymous: bool = False
+    allow_publish_for_client: bool = False
+    allow_publish_for_subscriber: bool = False
+    allow_publish_for_anonymous: bool = False
+    allow_presence_for_client: bool = False
+    allow_presence_for_subscriber: bool = False
+    allow_presence_for_anonymous: bool = False
+    allow_history_for_client: bool = False
+    allow_history_for_subscriber: bool = False
+    allow_history_for_anonymous: bool = False
+    allow_user_limited_channels: bool = False
+    channel_regex: str = ""
+    publication_data_format: str = ""
+
+    @property
+    def history_enabled(self) -> bool:
+        """History is kept only when both size and TTL are set."""
+        return self.history_size > 0 and self.history_ttl > 0
+
+
+@dataclass(frozen=True)
+class NamespaceOptions(ChannelOptions):
+    """A named namespace: channels ``<name>:<rest>`` use these options."""
+
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """TLS for the main listener (alternatively, pass ``--listen ssl:...``)."""
+
+    enabled: bool = False
+    cert_pem_file: str = ""
+    key_pem_file: str = ""
+
+
+@dataclass(frozen=True)
+class HTTPServerConfig:
+    """Where the HTTP server listens."""
+
+    address: str = ""
+    port: int = 8000
+    tls: TLSConfig = field(default_factory=TLSConfig)
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Logging."""
+
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class TokenConfig:
+    """Keys and checks for JWT verification."""
+
+    hmac_secret_key: str = ""
+    rsa_public_key: str = ""
+    ecdsa_public_key: str = ""
+    audience: str = ""
+    issuer: str = ""
+    user_id_claim: str = ""
+
+
+@dataclass(frozen=True)
+class SubscriptionTokenConfig(TokenConfig):
+    """Separate keys for subscription tokens (when ``enabled``)."""
+
+    enabled: bool = False
+
+
+@dataclass(frozen=True)
+class PersonalChannelConfig:
+    """Server-side subscription of every user to ``#<user>``."""
+
+    enabled: bool = False
+    personal_channel_namespace: str = ""
+    single_connection: bool = False
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Client connections: auth, origins, timers, limits."""
+
+    token: TokenConfig = field(default_factory=TokenConfig)
+    subscription_token: SubscriptionTokenConfig = field(default_factory=SubscriptionTokenConfig)
+    allowed_origins: list[str] = field(default_factory=list)
+    allow_anonymous_connect_without_token: bool = False
+    disallow_anonymous_connection_tokens: bool = False
+    insecure: bool = False
+    ping_interval: float = duration(25.0)
+    pong_timeout: float = duration(8.0)
+    expired_close_delay: float = duration(25.0)
+    expired_sub_close_delay: float = duration(25.0)
+    stale_close_delay: float = duration(10.0)
+    channel_limit: int = 128
+    queue_max_size: int = 1048576
+    max_messages_in_frame: int = 16
+    presence_update_interval: float = duration(27.0)
+    history_max_publication_limit: int = 300
+    recovery_max_publication_limit: int = 300
+    user_connection_limit: int = 0
+    connect_include_server_time: bool = False
+    subscribe_to_user_personal_channel: PersonalChannelConfig = field(
+        default_factory=PersonalChannelConfig
+    )
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    """Channel namespaces and the channel-name grammar."""
+
+    without_namespace: ChannelOptions = field(default_factory=ChannelOptions)
+    namespaces: list[NamespaceOptions] = field(default_factory=list)
+    history_meta_ttl: float = duration(720 * 3600.0)
+    max_length: int = 255
+    private_prefix: str = "$"
+    namespace_boundary: str = ":"
+    user_boundary: str = "#"
+    user_separator: str = ","
+
+
+@dataclass(frozen=True)
+class HTTPAPIConfig:
+    """The server API at ``POST /api/<method>``."""
+
+    disabled: bool = False
+    key: str = ""
+    insecure: bool = False
+    handler_prefix: str = "/api"
+    max_request_body_size: int = 10 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class WebSocketConfig:
+    """The bidirectional WebSocket endpoint."""
+
+    disabled: bool = False
+    handler_prefix: str = "/connection/websocket"
+    message_size_limit: int = 65536
+    write_timeout: float = duration(1.0)
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    """``GET /health`` (on by default, unlike Centrifugo)."""
+
+    enabled: bool = True
+    handler_prefix: str = "/health"
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Broker, history and presence backend."""
+
+    type: str = "memory"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """This node's identity in ``info`` and cluster messages."""
+
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole server configuration."""
+
+    http_server: HTTPServerConfig = field(default_factory=HTTPServerConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
+    channel: ChannelConfig = field(default_factory=ChannelConfig)
+    http_api: HTTPAPIConfig = field(default_factory=HTTPAPIConfig)
+    websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    node: NodeConfig = field(default_factory=NodeConfig)
+
+
+# --- loading ---------------------------------------------------------------------------
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ns|us|µs|ms|s|m|h)?\s*$")
+_DURATION_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+    None: 1.0,
+}
+_NAMESPACE_NAME_RE = re.compile(r"^[-a-zA-Z0-9_.]{2,}$")
+_ENV_PREFIXES = ("CENTRIFUGO_", "RTSERVER_")  # later wins
+
+#: Centrifugo v5 flat keys and where v6 keeps them.
+_V5_KEYS = {
+    "token_hmac_secret_key": "client.token.hmac_secret_key",
+    "token_rsa_public_key": "client.token.rsa_public_key",
+    "token_ecdsa_public_key": "client.token.ecdsa_public_key",
+    "api_key": "http_api.key",
+    "api_insecure": "http_api.insecure",
+    "allowed_origins": "client.allowed_origins",
+    "client_insecure": "client.insecure",
+    "allow_anonymous_connect_without_token": "client.allow_anonymous_connect_without_token",
+    "port": "http_server.port",
+    "address": "http_server.address",
+    "namespaces": "channel.namespaces",
+    "log_level": "log.level",
+}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _fields(cls: type) -> Iterator[tuple[dataclasses.Field[Any], Any]]:
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        yield f, hints[f.name]
+
+
+def parse_duration(value: Any, key: str) -> float:
+    """Parse ``"25s"``/``"1500ms"``/``"720h"`` (or a number of seconds)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a duration like '25s', got {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        total = 0.0
+        text = value.strip()
+        parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", text)
+        if parts and "".join(n + u for n, u in parts) == text:
+            for number, unit in parts:
+                total += float(number) * _DURATION_UNITS[unit]
+            seconds = total
+        else:
+            match = _DURATION_RE.match(text)
+            if not match:
+                raise ConfigError(f"{key}: expected a duration like '25s', got {value!r}")
+            seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    else:
+        raise ConfigError(f"{key}: expected a duration like '25s', got {value!r}")
+    if seconds < 0:
+        raise ConfigError(f"{key}: must not be negative")
+    return seconds
+
+
+def _convert(value: Any, hint: Any, f: dataclasses.Field[Any], key: str, warn: list[str]) -> Any:
+    origin = typing.get_origin(hint)
+    if f.metadata.get("duration"):
+        return parse_duration(value, key)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected an object, got {type(value).__name__}")
+        return build(hint, value, key, warn)  # type: ignore[arg-type]
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__}")
+        if dataclasses.is_dataclass(item):
+            out = []
+            for i, v in enumerate(value):
+                if not isinstance(v, Mapping):
+                    raise ConfigError(f"{key}[{i}]: expected an object")
+                out.append(build(item, v, f"{key}[{i}]", warn))  # type: ignore[arg-type]
+            return out
+        if not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: expected a list of strings")
+        return list(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        if value < 0:
+            raise ConfigError(f"{key}: must not be negative")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type")  # pragma: no cover - schema bug
+
+
+def build(cls: type, data: Mapping[str, Any], prefix: str, warn: list[str]) -> Any:
+    """Build dataclass ``cls`` from a mapping, warning about unknown keys."""
+    known = {}
+    for f, hint in _fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if f.name in data:
+            known[f.name] = _convert(data[f.name], hint, f, key, warn)
+    for name in data:
+        if name not in known:
+            key = f"{prefix}.{name}" if prefix else name
+            warn.append(f"unknown key {key} (ignored)")
+    return cls(**known)
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.get(part)
+        # Copy on the way down: nested tables may belong to the caller.
+        child = dict(child) if isinstance(child, Mapping) else {}
+        node[part] = child
+        node = child
+    node[path[-1]] = value
+
+
+def _env_leaves(cls: type, path: list[str]) -> Iterator[tuple[list[str], Any, dataclasses.Field[Any]]]:
+    for f, hint in _fields(cls):
+        here = [*path, f.name]
+        if dataclasses.is_dataclass(hint):
+            yield from _env_leaves(hint, here)  # type: ignore[arg-type]
+        else:
+            yield here, hint, f
+
+
+def _env_value(raw: str, hint: Any, f: dataclasses.Field[Any], name: str) -> Any:
+    if f.metadata.get("duration"):
+        return raw
+    if hint is bool:
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{name}: expected true or false, got {raw!r}")
+    if hint is int:
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"{name}: expected an integer, got {raw!r}") from None
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint)
+        if dataclasses.is_dataclass(item):
+            try:
+                return json.loads(raw)
+            except ValueError:
+                raise ConfigError(f"{name}: expected a JSON array") from None
+        return raw.split()
+    return raw
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Nested mapping of the values set through environment variables."""
+    tree: dict[str, Any] = {}
+    for path, hint, f in _env_leaves(Config, []):
+        suffix = "_".join(path).upper()
+        for prefix in _ENV_PREFIXES:
+            name = prefix + suffix
+            if name in environ:
+                _set_path(tree, path, _env_value(environ[name], hint, f, name))
+    return tree
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_file(path: str | Path) -> dict[str, Any]:
+    """Parse a JSON, YAML or TOML file (chosen by extension) into a mapping."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        elif suffix == ".toml":
+            data = tomllib.loads(text)
+        else:
+            data = json.loads(text) if text.strip() else {}
+    except Exception as e:  # each parser raises its own type
+        raise ConfigError(f"cannot parse config file {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: top level must be an object")
+    return data
+
+
+def _upgrade_v5(data: dict[str, Any], warn: list[str]) -> dict[str, Any]:
+    """Move Centrifugo v5 flat keys to their v6 places, with a warning each."""
+    out = dict(data)
+    channel_fields = {f.name for f in dataclasses.fields(ChannelOptions)}
+    for old, new in _V5_KEYS.items():
+        if old in out and not isinstance(out.get(old), Mapping):
+            value = out.pop(old)
+            _set_path(out, new.split("."), value)
+            warn.append(f"key {old} is the v5 name of {new}; please move it")
+    if isinstance(out.get("engine"), str):
+        warn.append("key engine is now engine.type; please move it")
+        out["engine"] = {"type": out["engine"]}
+    for name in sorted(channel_fields & out.keys()):
+        _set_path(out, ["channel", "without_namespace", name], out.pop(name))
+        warn.append(f"key {name} now lives in channel.without_namespace; please move it")
+    return out
+
+
+def validate(config: Config) -> None:
+    """Cross-field checks that no single key can express."""
+    client = config.client
+    if client.ping_interval and client.pong_timeout >= client.ping_interval:
+        raise ConfigError("client.pong_timeout: must be less than client.ping_interval")
+    if not 0 < config.http_server.port < 65536:
+        raise ConfigError("http_server.port: must be between 1 and 65535")
+    if config.engine.type not in ("memory",):
+        raise ConfigError(
+            f"engine.type: unsupported engine {config.engine.type!r} (supported: memory)"
+        )
+    if config.log.level not in ("trace", "debug", "info", "warn", "error", "fatal", "none"):
+        raise ConfigError(f"log.level: unknown level {config.log.level!r}")
+    if config.websocket.message_size_limit < 1024:
+        raise ConfigError("websocket.message_size_limit: must be at least 1024 bytes")
+    if client.queue_max_size < 1024:
+        raise ConfigError("client.queue_max_size: must be at least 1024 bytes")
+    if client.max_messages_in_frame < 1:
+        raise ConfigError("client.max_messages_in_frame: must be at least 1")
+    tls = config.http_server.tls
+    if tls.enabled and not (tls.cert_pem_file and tls.key_pem_file):
+        raise ConfigError("http_server.tls: cert_pem_file and key_pem_file are required")
+    seen: set[str] = set()
+    _validate_options(config.channel.without_namespace, "channel.without_namespace", config)
+    for i, ns in enumerate(config.channel.namespaces):
+        key = f"channel.namespaces[{i}]"
+        if not _NAMESPACE_NAME_RE.match(ns.name):
+            raise ConfigError(f"{key}.name: {ns.name!r} must match {_NAMESPACE_NAME_RE.pattern}")
+        if ns.name in seen:
+            raise ConfigError(f"{key}.name: namespace {ns.name!r} is defined twice")
+        seen.add(ns.name)
+        _validate_options(ns, key, config)
+
+
+def _validate_options(opts: ChannelOptions, key: str, config: Config) -> None:
+    where = f" (namespace {opts.name!r})" if isinstance(opts, NamespaceOptions) else ""
+    if (opts.history_size > 0) != (opts.history_ttl > 0):
+        raise ConfigError(f"{key}: history_size and history_ttl must be set together{where}")
+    if (opts.force_recovery or opts.allow_recovery) and not opts.history_enabled:
+        raise ConfigError(f"{key}: recovery needs history_size and history_ttl{where}")
+    meta_ttl = opts.history_meta_ttl or config.channel.history_meta_ttl
+    if opts.history_ttl > meta_ttl:
+        raise ConfigError(f"{key}: history_ttl must not exceed history_meta_ttl{where}")
+    if opts.force_recovery_mode not in ("stream", "cache"):
+        raise ConfigError(f"{key}.force_recovery_mode: must be 'stream' or 'cache'{where}")
+    if opts.publication_data_format not in ("", "json", "json_object", "binary"):
+        raise ConfigError(
+            f"{key}.publication_data_format: must be one of '', 'json', 'json_object', "
+            f"'binary'{where}"
+        )
+    if opts.channel_regex:
+        try:
+            re.compile(opts.channel_regex)
+        except re.error as e:
+            raise ConfigError(
+                f"{key}.channel_regex: invalid regular expression{where}: {e}"
+            ) from None
+
+
+def load(
+    path: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> tuple[Config, list[str]]:
+    """Load, merge and validate the configuration.
+
+    Returns:
+        The configuration and a list of warnings (unknown keys, v5 names, risky settings).
+
+    Raises:
+        ConfigError: naming the key and the problem.
+    """
+    warn: list[str] = []
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = _upgrade_v5(read_file(path), warn)
+    data = _merge(data, env_overrides(os.environ if environ is None else environ))
+    if overrides:
+        data = _merge(data, overrides)
+    config = build(Config, data, "", warn)
+    validate(config)
+    warn.extend(_risky(config))
+    return config, warn
+
+
+def from_mapping(data: Mapping[str, Any]) -> Config:
+    """Build and validate a configuration from a mapping (tests, ``.tac`` files)."""
+    warn: list[str] = []
+    config = build(Config, _upgrade_v5(dict(data), warn), "", warn)
+    validate(config)
+    return config
+
+
+def _risky(config: Config) -> list[str]:
+    out = []
+    if "*" in config.client.allowed_origins:
+        out.append("client.allowed_origins contains '*': any web page may connect")
+    if config.client.insecure:
+        out.append("client.insecure is on: connections and channels are not protected")
+    if config.http_api.insecure:
+        out.append("http_api.insecure is on: anyone can use the server API")
+    elif not config.http_api.key and not config.http_api.disabled:
+        out.append("http_api.key is empty: every server API request will get 401")
+    return out
+
+
+def default_tree(cls: type = Config) -> dict[str, Any]:
+    """The defaults as a plain mapping (for ``rtserver defaultconfig``)."""
+    out: dict[str, Any] = {}
+    for f, hint in _fields(cls):
+        if dataclasses.is_dataclass(hint):
+            out[f.name] = default_tree(hint)  # type: ignore[arg-type]
+            continue
+        value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if f.metadata.get("duration"):
+            value = format_duration(value)
+        out[f.name] = value
+    return out
+
+
+def format_duration(seconds: float) -> str:
+    """Render seconds the way config files write them."""
+    if seconds and seconds % 3600 == 0:
+        return f"{int(seconds // 3600)}h"
+    if seconds == int(seconds):
+        return f"{int(seconds)}s"
+    return f"{round(seconds * 1000)}ms"
+
+
+def env_names() -> list[str]:
+    """Every ``RTSERVER_*`` environment variable the loader reads."""
+    return ["RTSERVER_" + "_".join(p).upper() for p, _, _ in _env_leaves(Config, [])]

@@ -1,0 +1,1004 @@
+"""One client connection: command processing, subscriptions, timers.
+
+A transport creates a :class:`Client` with its :class:`~rtserver.core.ports.ISink` and
+feeds it raw frames with :meth:`Client.receive`; everything else (decoding, ordering,
+permissions, replies, pings, expiry) happens here, identically for every transport.
+
+Commands of a connection are processed strictly in order: a command that waits on the
+engine holds back the ones after it. Every timer goes through the injected clock and
+every close path (:meth:`Client.close`, :meth:`Client.transport_lost`) cancels them all.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections import deque
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from rtserver.config import ChannelOptions
+from rtserver.core.types import (
+    ConnectionToken,
+    HistoryFilter,
+    InvalidToken,
+    Overrides,
+    SubscribeControl,
+    SubscriptionToken,
+    TokenExpired,
+)
+from rtserver.core.writer import ClientWriter, Payload, SharedPush
+from rtserver.protocol import codec
+from rtserver.protocol.codes import Disconnect, Error, Unsubscribe
+from rtserver.protocol.frames import (
+    ClientInfo,
+    Command,
+    ConnectRequest,
+    HistoryRequest,
+    ProtocolError,
+    Publication,
+    PublishRequest,
+    RefreshRequest,
+    StreamPosition,
+    SubRefreshRequest,
+    SubscribeRequest,
+    channel_of,
+)
+
+if TYPE_CHECKING:
+    from rtserver.core.node import Node
+
+__all__ = ["Client", "Subscription"]
+
+_log = Logger()
+_PING_PAYLOAD = Payload(codec.PING, shared=True)
+
+
+class State(enum.Enum):
+    """Connection lifecycle."""
+
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    CLOSED = "closed"
+
+
+class SubState(enum.Enum):
+    """Subscription lifecycle: publications are buffered until the reply is out."""
+
+    SUBSCRIBING = "subscribing"
+    LIVE = "live"
+
+
+class Subscription:
+    """One channel subscription of one client."""
+
+    __slots__ = (
+        "buffer",
+        "chan_info",
+        "channel",
+        "emit_join_leave",
+        "epoch",
+        "expire_at",
+        "offset",
+        "opts",
+        "positioned",
+        "presence",
+        "push_join_leave",
+        "recoverable",
+        "server_side",
+        "state",
+        "timer",
+    )
+
+    def __init__(self, channel: str, opts: ChannelOptions, server_side: bool) -> None:
+        self.channel = channel
+        self.opts = opts
+        self.server_side = server_side
+        self.state = SubState.SUBSCRIBING
+        self.positioned = False
+        self.recoverable = False
+        self.presence = opts.presence
+        self.emit_join_leave = opts.join_leave
+        self.push_join_leave = False
+        self.offset = 0
+        self.epoch = ""
+        self.chan_info: bytes | None = None
+        self.expire_at = 0
+        self.buffer: list[tuple[Publication | None, SharedPush]] = []
+        self.timer: IDelayedCall | None = None
+
+    def apply(self, overrides: Overrides) -> None:
+        """Apply token or API overrides of namespace options."""
+        if overrides.presence is not None:
+            self.presence = overrides.presence
+        if overrides.join_leave is not None:
+            self.emit_join_leave = overrides.join_leave
+        if overrides.force_push_join_leave is not None and self.emit_join_leave:
+            self.push_join_leave = overrides.force_push_join_leave
+        if overrides.force_positioning:
+            self.positioned = True
+        if overrides.force_recovery and self.opts.history_enabled:
+            self.recoverable = self.positioned = True
+
+
+class Client:
+    """A connection speaking the client protocol over some transport."""
+
+    def __init__(self, node: Node, sink: Any, *, headers: dict[str, str] | None = None) -> None:
+        self._node = node
+        self._sink = sink
+        self._clock = node.clock
+        self._config = node.config.client
+        self.id = str(uuid.uuid4())
+        self.session = str(uuid.uuid4()) if sink.emulation or sink.unidirectional else ""
+        self.headers = headers or {}
+        self.user = ""
+        self.conn_info: bytes | None = None
+        self.expire_at = 0
+        self.name = ""
+        self.version = ""
+        self._state = State.CONNECTING
+        self._connect_failed = False
+        self._uni = bool(sink.unidirectional)
+        self._subs: dict[str, Subscription] = {}
+        self._writer = ClientWriter(sink, node.scheduler, self._config.queue_max_size, self._slow)
+        self._pending: deque[Command] = deque()
+        self._busy = False
+        self._ping_timer: IDelayedCall | None = None
+        self._pong_timer: IDelayedCall | None = None
+        self._expire_timer: IDelayedCall | None = None
+        self._stale_timer: IDelayedCall | None = None
+        if self._config.stale_close_delay > 0:
+            self._stale_timer = self._clock.callLater(
+                self._config.stale_close_delay, self.close, Disconnect.STALE
+            )
+
+    # --- properties ------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """Whether connect succeeded and the connection is open."""
+        return self._state is State.CONNECTED
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection has ended."""
+        return self._state is State.CLOSED
+
+    @property
+    def transport_name(self) -> str:
+        """The transport this client uses (``websocket``, ``sse``, ...)."""
+        return str(self._sink.transport_name)
+
+    def channels(self) -> list[str]:
+        """Channels this client is subscribed to."""
+        return list(self._subs)
+
+    def info(self, channel: str = "") -> ClientInfo:
+        """This client's ClientInfo, with ``chan_info`` of ``channel`` if subscribed."""
+        sub = self._subs.get(channel)
+        return ClientInfo(
+            user=self.user,
+            client=self.id,
+            conn_info=self.conn_info,
+            chan_info=sub.chan_info if sub is not None else None,
+        )
+
+    # --- input -----------------------------------------------------------------------
+
+    def receive(self, data: bytes | str) -> None:
+        """Process one transport frame of newline-delimited commands."""
+        if self._state is State.CLOSED:
+            return
+        try:
+            commands = codec.decode_commands(data)
+        except ProtocolError as e:
+            _log.debug("client {client}: bad frame: {detail}", client=self.id, detail=e.detail)
+            self.close(Disconnect.BAD_REQUEST)
+            return
+        self._pending.extend(commands)
+        self._drain()
+
+    def _drain(self) -> None:
+        while self._pending and not self._busy and self._state is not State.CLOSED:
+            cmd = self._pending.popleft()
+            d = self._dispatch(cmd)
+            if d is not None and not d.called:
+                self._busy = True
+                d.addBoth(self._resume)
+                return
+
+    def _resume(self, _: object) -> None:
+        self._busy = False
+        self._drain()
+
+    def _dispatch(self, cmd: Command) -> Deferred[None] | None:
+        method = cmd.method
+        if method is None:
+            if self._state is not State.CONNECTED:
+                self.close(Disconnect.BAD_REQUEST)
+            else:
+                self._pong()
+            return None
+        if method == "connect":
+            if self._state is State.CONNECTED or self._connect_failed:
+                self.close(Disconnect.BAD_REQUEST)
+                return None
+            return self._run(cmd, self._connect(cmd))
+        if self._state is not State.CONNECTED:
+            self.close(Disconnect.BAD_REQUEST)
+            return None
+        if method == "send":
+            # No message handler is configured on this server.
+            self.close(Disconnect.NOT_AVAILABLE)
+            return None
+        if not cmd.id:
+            self.close(Disconnect.BAD_REQUEST)
+            return None
+        handler = self._HANDLERS.get(method)
+        if handler is None:
+            self._reply_error(cmd, Error.NOT_AVAILABLE)
+            return None
+        return self._run(cmd, handler(self, cmd))
+
+    def _run(self, cmd: Command, coro: Coroutine[Any, Any, None]) -> Deferred[None]:
+        d = Deferred.fromCoroutine(coro)
+        d.addErrback(self._command_failed, cmd)
+        return d
+
+    def _command_failed(self, failure: Failure, cmd: Command) -> None:
+        exc = failure.value
+        if isinstance(exc, Disconnect):
+            self.close(exc)
+        elif isinstance(exc, Error):
+            if cmd.method == "connect":
+                self._connect_failed = True
+                self._drop_subscriptions()
+            self._reply_error(cmd, exc)
+        else:
+            _log.failure(
+                "client {client}: {method} failed", failure, client=self.id, method=cmd.method
+            )
+            if cmd.method == "connect":
+                self._connect_failed = True
+                self._drop_subscriptions()
+            self._reply_error(cmd, Error.INTERNAL)
+
+    # --- output ----------------------------------------------------------------------
+
+    def _send(self, data: bytes) -> None:
+        self._writer.enqueue(Payload(data))
+
+    def _reply(self, cmd: Command, result: dict[str, Any]) -> None:
+        if self._state is State.CLOSED:
+            return
+        assert cmd.method is not None
+        if self._uni:
+            self._send(codec.encode_push("", cmd.method, result, uni=True))
+        else:
+            self._send(codec.encode_reply(cmd.id, cmd.method, result))
+
+    def _reply_error(self, cmd: Command, error: Error) -> None:
+        if self._state is State.CLOSED:
+            return
+        if self._uni:
+            self.close(_uni_disconnect(error))
+            return
+        if cmd.id:
+            self._send(codec.encode_error(cmd.id, error))
+
+    def _push(self, channel: str, kind: str, body: dict[str, Any]) -> None:
+        self._send(codec.encode_push(channel, kind, body, uni=self._uni))
+
+    def deliver_publication(self, sub: Subscription, pub: Publication, push: SharedPush) -> None:
+        """Fan-out entry point: queue a publication for this subscriber."""
+        if sub.state is SubState.SUBSCRIBING:
+            sub.buffer.append((pub, push))
+            return
+        if sub.positioned and pub.offset:
+            if pub.offset <= sub.offset:
+                return
+            if pub.offset != sub.offset + 1:
+                self._insufficient_state(sub)
+                return
+            sub.offset = pub.offset
+        self._writer.enqueue(push.payload(self._uni))
+
+    def deliver_push(self, sub: Subscription, push: SharedPush) -> None:
+        """Fan-out entry point for join/leave pushes."""
+        if sub.state is SubState.SUBSCRIBING:
+            sub.buffer.append((None, push))
+            return
+        self._writer.enqueue(push.payload(self._uni))
+
+    def pause_writing(self) -> None:
+        """The transport's buffer is full."""
+        self._writer.pause()
+
+    def resume_writing(self) -> None:
+        """The transport's buffer drained."""
+        self._writer.resume()
+
+    def _slow(self) -> None:
+        _log.info("client {client} disconnected: output queue full", client=self.id)
+        self.close(Disconnect.SLOW)
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def close(self, disconnect: Disconnect | None = None) -> None:
+        """End the connection; idempotent. Queued output is flushed first."""
+        if self._state is State.CLOSED:
+            return
+        self._state = State.CLOSED
+        self._cleanup()
+        self._writer.close(flush=True)
+        self._sink.close(disconnect)
+
+    def transport_lost(self) -> None:
+        """The transport went away; nothing more can be written."""
+        if self._state is State.CLOSED:
+            return
+        self._state = State.CLOSED
+        self._cleanup()
+        self._writer.close(flush=False)
+
+    def _cleanup(self) -> None:
+        for timer in (self._stale_timer, self._ping_timer, self._pong_timer, self._expire_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._stale_timer = self._ping_timer = self._pong_timer = self._expire_timer = None
+        self._pending.clear()
+        self._drop_subscriptions()
+        self._node.remove_client(self)
+
+    def _drop_subscriptions(self) -> None:
+        for channel in list(self._subs):
+            self._remove_subscription(channel)
+
+    # --- timers ----------------------------------------------------------------------
+
+    def _start_pings(self) -> None:
+        interval = self._config.ping_interval
+        if interval > 0:
+            self._ping_timer = self._clock.callLater(interval, self._ping)
+
+    def _ping(self) -> None:
+        self._ping_timer = None
+        if self._state is not State.CONNECTED:
+            return
+        self._writer.enqueue(_PING_PAYLOAD)
+        if self._sink.pong and self._config.pong_timeout > 0 and self._pong_timer is None:
+            self._pong_timer = self._clock.callLater(
+                self._config.pong_timeout, self.close, Disconnect.NO_PONG
+            )
+        self._ping_timer = self._clock.callLater(self._config.ping_interval, self._ping)
+
+    def _pong(self) -> None:
+        if self._pong_timer is not None:
+            if self._pong_timer.active():
+                self._pong_timer.cancel()
+            self._pong_timer = None
+
+    def _schedule_expiry(self) -> None:
+        if self._expire_timer is not None and self._expire_timer.active():
+            self._expire_timer.cancel()
+        self._expire_timer = None
+        if not self.expire_at:
+            return
+        delay = max(0.0, self.expire_at - self._clock.seconds()) + self._config.expired_close_delay
+        self._expire_timer = self._clock.callLater(delay, self._check_expired)
+
+    def _check_expired(self) -> None:
+        self._expire_timer = None
+        if self.expire_at and self._clock.seconds() >= self.expire_at:
+            self.close(Disconnect.EXPIRED)
+        else:
+            self._schedule_expiry()
+
+    def _schedule_sub_expiry(self, sub: Subscription) -> None:
+        if sub.timer is not None and sub.timer.active():
+            sub.timer.cancel()
+        sub.timer = None
+        if not sub.expire_at:
+            return
+        delay = max(0.0, sub.expire_at - self._clock.seconds())
+        delay += self._config.expired_sub_close_delay
+        sub.timer = self._clock.callLater(delay, self._check_sub_expired, sub)
+
+    def _check_sub_expired(self, sub: Subscription) -> None:
+        sub.timer = None
+        if self._subs.get(sub.channel) is not sub:
+            return
+        if sub.expire_at and self._clock.seconds() >= sub.expire_at:
+            if sub.server_side:
+                self.close(Disconnect.SUB_EXPIRED)
+            else:
+                self.unsubscribe(sub.channel, Unsubscribe.EXPIRED)
+        else:
+            self._schedule_sub_expiry(sub)
+
+    def _ttl(self, expire_at: int) -> int:
+        return max(1, int(expire_at - self._clock.seconds()))
+
+    # --- connect ---------------------------------------------------------------------
+
+    async def _connect(self, cmd: Command) -> None:
+        req = ConnectRequest.parse(cmd.params)
+        result = await self.connect(req)
+        self._reply(cmd, result)
+        self._go_live()
+
+    async def connect(self, req: ConnectRequest) -> dict[str, Any]:
+        """Authenticate and establish server-side subscriptions; returns the result.
+
+        The caller writes the result (reply or push) and then calls :meth:`_go_live`.
+        """
+        node = self._node
+        config = self._config
+        token = self._authenticate(req)
+        self.name, self.version = req.name, req.version
+        self.user = token.user
+        self.conn_info = token.info
+        now = self._clock.seconds()
+        if token.expire_at and token.expire_at <= now:
+            raise Error.EXPIRED
+        self.expire_at = token.expire_at
+        limit = config.user_connection_limit
+        if limit and self.user and len(node.hub.user_clients(self.user)) >= limit:
+            raise Disconnect.CONNECTION_LIMIT
+
+        subs_result: dict[str, Any] = {}
+        for channel, grant, opts in self._server_side_channels(token):
+            sub = Subscription(channel, opts, server_side=True)
+            sub.positioned = opts.force_positioning or opts.force_recovery
+            sub.recoverable = opts.force_recovery
+            sub.push_join_leave = opts.join_leave and opts.force_push_join_leave
+            if grant is not None:
+                sub.chan_info = grant.info
+                sub.apply(grant.overrides)
+            hint = req.subs.get(channel)
+            result = await self._establish(sub, hint, reject_unrecovered=False)
+            if grant is not None and grant.data is not None:
+                result["data"] = codec_fragment(grant.data)
+            subs_result[channel] = result
+        if self._state is State.CLOSED:
+            return {}
+
+        result: dict[str, Any] = {"client": self.id, "version": node.version}
+        if self.expire_at:
+            result["expires"] = True
+            result["ttl"] = self._ttl(self.expire_at)
+        if subs_result:
+            result["subs"] = subs_result
+        if config.ping_interval > 0:
+            result["ping"] = int(config.ping_interval)
+            if self._sink.pong and config.pong_timeout > 0:
+                result["pong"] = True
+        if self.session:
+            result["session"] = self.session
+            if self._sink.emulation:
+                result["node"] = node.uid
+        if config.connect_include_server_time:
+            result["time"] = int(now * 1000)
+        self._state = State.CONNECTED
+        if self._stale_timer is not None and self._stale_timer.active():
+            self._stale_timer.cancel()
+        self._stale_timer = None
+        node.add_client(self)
+        return result
+
+    def _go_live(self) -> None:
+        """After the connect result is written: timers on, buffered pushes out."""
+        if self._state is not State.CONNECTED:
+            return
+        self._start_pings()
+        self._schedule_expiry()
+        for sub in list(self._subs.values()):
+            if sub.state is SubState.SUBSCRIBING:
+                self._flush_buffer(sub)
+            self._joined(sub)
+
+    def _authenticate(self, req: ConnectRequest) -> ConnectionToken:
+        config = self._config
+        if req.token:
+            verifier = self._node.verifier
+            if verifier is None:
+                raise Disconnect.INVALID_TOKEN
+            try:
+                token: ConnectionToken = verifier.verify_connection_token(
+                    req.token, self._clock.seconds()
+                )
+            except TokenExpired:
+                raise Error.TOKEN_EXPIRED from None
+            except InvalidToken as e:
+                _log.info("client {client}: invalid connection token: {e}", client=self.id, e=e)
+                raise Disconnect.INVALID_TOKEN from None
+            if not token.user and config.disallow_anonymous_connection_tokens:
+                raise Disconnect.INVALID_TOKEN
+            return token
+        if config.allow_anonymous_connect_without_token or config.insecure:
+            return ConnectionToken(user="")
+        raise Disconnect.BAD_REQUEST
+
+    def _server_side_channels(
+        self, token: ConnectionToken
+    ) -> list[tuple[str, Any, ChannelOptions]]:
+        resolver = self._node.resolver
+        out: list[tuple[str, Any, ChannelOptions]] = []
+        seen: set[str] = set()
+        personal = self._config.subscribe_to_user_personal_channel
+        names: list[tuple[str, Any]] = [(ch, None) for ch in token.channels]
+        names += list(token.subs.items())
+        if personal.enabled and self.user:
+            ns = personal.personal_channel_namespace
+            names.append((resolver.personal_channel(self.user, ns), None))
+        for channel, grant in names:
+            if channel in seen:
+                continue
+            seen.add(channel)
+            out.append((channel, grant, resolver.options(channel)))
+        if len(out) > self._config.channel_limit:
+            raise Error.LIMIT_EXCEEDED
+        return out
+
+    # --- subscribe -------------------------------------------------------------------
+
+    async def _subscribe(self, cmd: Command) -> None:
+        req = SubscribeRequest.parse(cmd.params)
+        if not req.channel:
+            raise ProtocolError("subscribe needs a channel")
+        sub = self._authorize_subscribe(req)
+        result = await self._establish(sub, req, reject_unrecovered=req.reject_unrecovered)
+        if self._subs.get(sub.channel) is not sub:
+            return  # closed or unsubscribed while waiting
+        if sub.expire_at:
+            result["expires"] = True
+            result["ttl"] = self._ttl(sub.expire_at)
+            self._schedule_sub_expiry(sub)
+        self._reply(cmd, result)
+        self._flush_buffer(sub)
+        self._joined(sub)
+
+    def _authorize_subscribe(self, req: SubscribeRequest) -> Subscription:
+        """Permission checks of protocol.md §5.4; returns the new subscription."""
+        node = self._node
+        resolver = node.resolver
+        channel = req.channel
+        resolver.check_name(channel)
+        opts = resolver.options(channel)
+        if channel in self._subs:
+            raise Error.ALREADY_SUBSCRIBED
+        if len(self._subs) >= self._config.channel_limit:
+            raise Error.LIMIT_EXCEEDED
+        token: SubscriptionToken | None = None
+        if req.token:
+            token = self._verify_sub_token(req.token, channel)
+        elif resolver.is_private(channel):
+            raise Error.PERMISSION_DENIED
+        elif resolver.is_user_limited(channel, opts):
+            if not resolver.user_allowed(channel, self.user):
+                raise Error.PERMISSION_DENIED
+        elif not (
+            (opts.allow_subscribe_for_client and (self.user or opts.allow_subscribe_for_anonymous))
+            or self._config.insecure
+        ):
+            raise Error.PERMISSION_DENIED
+        if token is None:
+            resolver.check_regex(channel, opts)
+
+        sub = Subscription(channel, opts, server_side=False)
+        history_ok = opts.history_enabled and (
+            self._config.insecure
+            or token is not None
+            or self._allowed(
+                opts.allow_history_for_client or opts.allow_history_for_subscriber,
+                opts.allow_history_for_anonymous,
+            )
+        )
+        presence_ok = (
+            self._config.insecure
+            or token is not None
+            or self._allowed(
+                opts.allow_presence_for_client or opts.allow_presence_for_subscriber,
+                opts.allow_presence_for_anonymous,
+            )
+        )
+        sub.recoverable = opts.history_enabled and (
+            opts.force_recovery or (req.recoverable and (opts.allow_recovery or history_ok))
+        )
+        sub.positioned = sub.recoverable or (
+            opts.history_enabled
+            and (
+                opts.force_positioning
+                or (req.positioned and (opts.allow_positioning or history_ok))
+            )
+        )
+        sub.push_join_leave = opts.join_leave and (
+            opts.force_push_join_leave or (req.join_leave and presence_ok)
+        )
+        if token is not None:
+            if token.expire_at and token.expire_at <= self._clock.seconds():
+                raise Error.EXPIRED
+            sub.expire_at = token.expire_at
+            sub.chan_info = token.info
+            sub.apply(token.overrides)
+        return sub
+
+    def _verify_sub_token(self, raw: str, channel: str) -> SubscriptionToken:
+        verifier = self._node.verifier
+        if verifier is None:
+            raise Error.PERMISSION_DENIED
+        try:
+            token: SubscriptionToken = verifier.verify_subscription_token(
+                raw, self._clock.seconds()
+            )
+        except TokenExpired:
+            raise Error.TOKEN_EXPIRED from None
+        except InvalidToken as e:
+            _log.info("client {client}: invalid subscription token: {e}", client=self.id, e=e)
+            raise Error.PERMISSION_DENIED from None
+        if token.channel != channel or token.user != self.user:
+            raise Disconnect.INVALID_TOKEN
+        if token.client and token.client != self.id:
+            raise Disconnect.INVALID_TOKEN
+        return token
+
+    def _allowed(self, permission: bool, anonymous: bool) -> bool:
+        return permission and (bool(self.user) or anonymous)
+
+    async def _establish(
+        self, sub: Subscription, req: SubscribeRequest | None, *, reject_unrecovered: bool
+    ) -> dict[str, Any]:
+        """Register ``sub`` (buffering live publications) and compute its result.
+
+        The caller writes the result, then calls :meth:`_flush_buffer`.
+        """
+        channel = sub.channel
+        self._subs[channel] = sub
+        try:
+            return await self._position(sub, req, reject_unrecovered)
+        except BaseException:
+            if self._subs.get(channel) is sub:
+                self._remove_subscription(channel)
+            raise
+
+    async def _position(
+        self, sub: Subscription, req: SubscribeRequest | None, reject_unrecovered: bool
+    ) -> dict[str, Any]:
+        node = self._node
+        channel = sub.channel
+        await node.add_subscription(channel, self, sub)
+        if self._subs.get(channel) is not sub:
+            return {}
+        result: dict[str, Any] = {}
+        if not sub.positioned:
+            return result
+        recover = req is not None and req.recover and sub.recoverable
+        meta_ttl = node.meta_ttl(sub.opts)
+        if recover:
+            assert req is not None
+            limit = self._config.recovery_max_publication_limit
+            history = await node.engine.history(
+                channel,
+                HistoryFilter(since=StreamPosition(req.offset, ""), limit=limit or -1),
+                meta_ttl,
+            )
+            top = history.position
+            pubs = _recovered(history.publications, req.offset, req.epoch, top)
+            result["was_recovering"] = True
+            if pubs is not None:
+                result["recovered"] = True
+                result["offset"] = req.offset
+                if pubs:
+                    result["publications"] = [p.to_wire() for p in pubs]
+            else:
+                if reject_unrecovered:
+                    raise Error.UNRECOVERABLE_POSITION
+                result["offset"] = top.offset
+        else:
+            history = await node.engine.history(channel, HistoryFilter(limit=0), meta_ttl)
+            top = history.position
+            result["offset"] = top.offset
+        sub.offset = top.offset
+        sub.epoch = top.epoch
+        result["epoch"] = top.epoch
+        result["positioned"] = True
+        if sub.recoverable:
+            result["recoverable"] = True
+        if not result["offset"]:
+            del result["offset"]
+        return result
+
+    def _flush_buffer(self, sub: Subscription) -> None:
+        """Switch ``sub`` to live, delivering what arrived while subscribing."""
+        buffered, sub.buffer = sub.buffer, []
+        sub.state = SubState.LIVE
+        for pub, push in buffered:
+            if pub is None:
+                self._writer.enqueue(push.payload(self._uni))
+            else:
+                self.deliver_publication(sub, pub, push)
+            if self._subs.get(sub.channel) is not sub:
+                return
+
+    def _joined(self, sub: Subscription) -> None:
+        """Presence and join event for a subscription that just went live."""
+        node = self._node
+        if sub.presence:
+            node.background(node.engine.add_presence(sub.channel, self.id, self.info(sub.channel)))
+        if sub.emit_join_leave:
+            node.background(node.engine.publish_join(sub.channel, self.info(sub.channel)))
+
+    def _remove_subscription(self, channel: str) -> Subscription | None:
+        sub = self._subs.pop(channel, None)
+        if sub is None:
+            return None
+        if sub.timer is not None and sub.timer.active():
+            sub.timer.cancel()
+        sub.timer = None
+        node = self._node
+        node.remove_subscription(channel, self)
+        if sub.state is SubState.LIVE:
+            if sub.presence:
+                node.background(node.engine.remove_presence(channel, self.id, self.user))
+            if sub.emit_join_leave:
+                info = ClientInfo(self.user, self.id, self.conn_info, sub.chan_info)
+                node.background(node.engine.publish_leave(channel, info))
+        return sub
+
+    def _insufficient_state(self, sub: Subscription) -> None:
+        _log.info(
+            "client {client}: gap in {channel}, position lost", client=self.id, channel=sub.channel
+        )
+        if sub.server_side:
+            self.close(Disconnect.INSUFFICIENT_STATE)
+        else:
+            self.unsubscribe(sub.channel, Unsubscribe.INSUFFICIENT_STATE)
+
+    def unsubscribe(self, channel: str, unsub: Unsubscribe = Unsubscribe.SERVER) -> None:
+        """Server-initiated unsubscribe with an ``unsubscribe`` push."""
+        if self._remove_subscription(channel) is not None and self._state is State.CONNECTED:
+            self._push(channel, "unsubscribe", unsub.to_wire())
+
+    async def server_subscribe(self, ctrl: SubscribeControl) -> None:
+        """Subscribe server-side at runtime (server API ``subscribe``)."""
+        if self._state is not State.CONNECTED or ctrl.channel in self._subs:
+            return
+        opts = self._node.resolver.options(ctrl.channel)
+        sub = Subscription(ctrl.channel, opts, server_side=True)
+        sub.positioned = opts.force_positioning or opts.force_recovery
+        sub.recoverable = opts.force_recovery
+        sub.push_join_leave = opts.join_leave and opts.force_push_join_leave
+        sub.chan_info = ctrl.info
+        sub.apply(ctrl.overrides)
+        sub.expire_at = ctrl.expire_at
+        hint = None
+        if ctrl.recover_since is not None:
+            hint = SubscribeRequest(
+                channel=ctrl.channel,
+                recover=True,
+                offset=ctrl.recover_since.offset,
+                epoch=ctrl.recover_since.epoch,
+            )
+        result = await self._establish(sub, hint, reject_unrecovered=False)
+        if self._subs.get(sub.channel) is not sub:
+            return
+        if ctrl.data is not None:
+            result["data"] = codec_fragment(ctrl.data)
+        if sub.expire_at:
+            result["expires"] = True
+            result["ttl"] = self._ttl(sub.expire_at)
+            self._schedule_sub_expiry(sub)
+        self._push(ctrl.channel, "subscribe", result)
+        self._flush_buffer(sub)
+        self._joined(sub)
+
+    # --- other commands --------------------------------------------------------------
+
+    async def _unsubscribe(self, cmd: Command) -> None:
+        channel = channel_of(cmd.params)
+        if not channel:
+            raise ProtocolError("unsubscribe needs a channel")
+        self._remove_subscription(channel)
+        self._reply(cmd, {})
+
+    def _options_for(self, channel: str) -> ChannelOptions:
+        if not channel:
+            raise ProtocolError("command needs a channel")
+        self._node.resolver.check_name(channel)
+        return self._node.resolver.options(channel)
+
+    async def _publish(self, cmd: Command) -> None:
+        req = PublishRequest.parse(cmd.params)
+        opts = self._options_for(req.channel)
+        subscribed = req.channel in self._subs
+        allowed = self._config.insecure or (
+            (opts.allow_publish_for_client or (opts.allow_publish_for_subscriber and subscribed))
+            and (bool(self.user) or opts.allow_publish_for_anonymous)
+        )
+        if not allowed:
+            raise Error.PERMISSION_DENIED
+        await self._node.publish(req.channel, req.data, info=self.info(req.channel), opts=opts)
+        self._reply(cmd, {})
+
+    def _check_presence(self, channel: str) -> None:
+        opts = self._options_for(channel)
+        if not opts.presence:
+            raise Error.NOT_AVAILABLE
+        subscribed = channel in self._subs
+        allowed = self._config.insecure or self._allowed(
+            opts.allow_presence_for_client or (opts.allow_presence_for_subscriber and subscribed),
+            opts.allow_presence_for_anonymous,
+        )
+        if not allowed:
+            raise Error.PERMISSION_DENIED
+
+    async def _presence(self, cmd: Command) -> None:
+        channel = channel_of(cmd.params)
+        self._check_presence(channel)
+        presence = await self._node.engine.presence(channel)
+        self._reply(cmd, {"presence": {cid: info.to_wire() for cid, info in presence.items()}})
+
+    async def _presence_stats(self, cmd: Command) -> None:
+        channel = channel_of(cmd.params)
+        self._check_presence(channel)
+        stats = await self._node.engine.presence_stats(channel)
+        self._reply(cmd, {"num_clients": stats.num_clients, "num_users": stats.num_users})
+
+    async def _history(self, cmd: Command) -> None:
+        req = HistoryRequest.parse(cmd.params)
+        opts = self._options_for(req.channel)
+        if not opts.history_enabled:
+            raise Error.NOT_AVAILABLE
+        subscribed = req.channel in self._subs
+        allowed = self._config.insecure or self._allowed(
+            opts.allow_history_for_client or (opts.allow_history_for_subscriber and subscribed),
+            opts.allow_history_for_anonymous,
+        )
+        if not allowed:
+            raise Error.PERMISSION_DENIED
+        max_limit = self._config.history_max_publication_limit
+        limit = req.limit
+        if max_limit and (limit < 0 or limit > max_limit):
+            limit = max_limit
+        result = await self._node.history(
+            req.channel, HistoryFilter(since=req.since, limit=limit, reverse=req.reverse), opts
+        )
+        self._reply(
+            cmd,
+            {
+                "publications": [p.to_wire() for p in result.publications],
+                "epoch": result.position.epoch,
+                "offset": result.position.offset,
+            },
+        )
+
+    async def _refresh(self, cmd: Command) -> None:
+        req = RefreshRequest.parse(cmd.params)
+        if not req.token:
+            raise ProtocolError("refresh needs a token")
+        verifier = self._node.verifier
+        if verifier is None:
+            raise Disconnect.BAD_REQUEST
+        try:
+            token: ConnectionToken = verifier.verify_connection_token(
+                req.token, self._clock.seconds()
+            )
+        except TokenExpired:
+            raise Disconnect.EXPIRED from None
+        except InvalidToken:
+            raise Disconnect.INVALID_TOKEN from None
+        if token.user != self.user:
+            raise Disconnect.INVALID_TOKEN
+        if token.expire_at and token.expire_at <= self._clock.seconds():
+            raise Error.EXPIRED
+        self.expire_at = token.expire_at
+        if token.info is not None:
+            self.conn_info = token.info
+        self._schedule_expiry()
+        result: dict[str, Any] = {"client": self.id, "version": self._node.version}
+        if self.expire_at:
+            result["expires"] = True
+            result["ttl"] = self._ttl(self.expire_at)
+        self._reply(cmd, result)
+
+    async def _sub_refresh(self, cmd: Command) -> None:
+        req = SubRefreshRequest.parse(cmd.params)
+        if not req.channel or not req.token:
+            raise ProtocolError("sub_refresh needs channel and token")
+        sub = self._subs.get(req.channel)
+        if sub is None:
+            raise Error.PERMISSION_DENIED
+        try:
+            token = self._verify_sub_token(req.token, req.channel)
+        except Error as e:
+            if e.code == Error.TOKEN_EXPIRED.code:
+                self._reply(cmd, {})
+                return
+            raise Disconnect.INVALID_TOKEN from None
+        if token.expire_at and token.expire_at <= self._clock.seconds():
+            raise Error.EXPIRED
+        sub.expire_at = token.expire_at
+        if token.info is not None:
+            sub.chan_info = token.info
+        self._schedule_sub_expiry(sub)
+        result: dict[str, Any] = {}
+        if sub.expire_at:
+            result = {"expires": True, "ttl": self._ttl(sub.expire_at)}
+        self._reply(cmd, result)
+
+    async def _rpc(self, cmd: Command) -> None:
+        raise Error.NOT_AVAILABLE.with_message("rpc is not available: no rpc proxy configured")
+
+    async def _not_available(self, cmd: Command) -> None:
+        raise Error.NOT_AVAILABLE
+
+    _HANDLERS = {
+        "subscribe": _subscribe,
+        "unsubscribe": _unsubscribe,
+        "publish": _publish,
+        "presence": _presence,
+        "presence_stats": _presence_stats,
+        "history": _history,
+        "refresh": _refresh,
+        "sub_refresh": _sub_refresh,
+        "rpc": _rpc,
+        "ping": _not_available,
+    }
+
+    # --- server-side control -----------------------------------------------------------
+
+    def refresh(self, *, expired: bool, expire_at: int, info: bytes | None) -> None:
+        """Server API ``refresh``: expire now, or extend the connection."""
+        if self._state is not State.CONNECTED:
+            return
+        if expired:
+            self.close(Disconnect.EXPIRED)
+            return
+        self.expire_at = expire_at
+        if info is not None:
+            self.conn_info = info
+        self._schedule_expiry()
+        if self._uni:
+            body: dict[str, Any] = {}
+            if expire_at:
+                body = {"expires": True, "ttl": self._ttl(expire_at)}
+            self._push("", "refresh", body)
+
+
+def codec_fragment(raw: bytes) -> Any:
+    """Embed raw JSON bytes in a value encoded later."""
+    return orjson.Fragment(raw)
+
+
+def _recovered(
+    pubs: list[Publication], offset: int, epoch: str, top: StreamPosition
+) -> list[Publication] | None:
+    """The publications that fill the gap after ``offset``, or None when they can't.
+
+    Recovery is all-or-nothing: the whole gap from history, or nothing.
+    """
+    if epoch and epoch != top.epoch:
+        return None
+    if not pubs:
+        return pubs if top.offset == offset else None
+    if pubs[0].offset == offset + 1 and pubs[-1].offset == top.offset:
+        return pubs
+    return None
+
+
+def _uni_disconnect(error: Error) -> Disconnect:
+    """Connect errors on unidirectional transports become disconnects."""
+    if error.code in (Error.TOKEN_EXPIRED.code, Error.EXPIRED.code):
+        return Disconnect.EXPIRED
+    if error.code == Error.TOO_MANY_REQUESTS.code:
+        return Disconnect.TOO_MANY_REQUESTS
+    if error.code == Error.PERMISSION_DENIED.code:
+        return Disconnect.PERMISSION_DENIED
+    return Disconnect.SERVER_ERROR

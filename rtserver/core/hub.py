@@ -1,0 +1,136 @@
+"""The local registry of connections and subscriptions, and fan-out to them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from rtserver.core.writer import SharedPush
+from rtserver.protocol.frames import ClientInfo, Publication
+
+if TYPE_CHECKING:
+    from rtserver.core.client import Client, Subscription
+
+__all__ = ["Hub"]
+
+
+class Hub:
+    """Connections by id, session and user; subscribers by channel.
+
+    Broadcasts encode once per wire shape (:class:`SharedPush`) and iterate a snapshot of
+    the subscriber set, so a delivery that closes a connection cannot break the loop.
+    """
+
+    def __init__(self) -> None:
+        self._clients: dict[str, Client] = {}
+        self._sessions: dict[str, Client] = {}
+        self._users: dict[str, dict[str, Client]] = {}
+        self._subs: dict[str, dict[Client, Subscription]] = {}
+
+    # --- connections ---------------------------------------------------------------
+
+    def add_client(self, client: Client) -> None:
+        """Register a connected client."""
+        self._clients[client.id] = client
+        if client.session:
+            self._sessions[client.session] = client
+        self._users.setdefault(client.user, {})[client.id] = client
+
+    def remove_client(self, client: Client) -> None:
+        """Forget a client (its subscriptions must be removed separately)."""
+        if self._clients.pop(client.id, None) is None:
+            return
+        if client.session:
+            self._sessions.pop(client.session, None)
+        users = self._users.get(client.user)
+        if users is not None:
+            users.pop(client.id, None)
+            if not users:
+                del self._users[client.user]
+
+    def client(self, client_id: str) -> Client | None:
+        """The connected client with this id."""
+        return self._clients.get(client_id)
+
+    def by_session(self, session: str) -> Client | None:
+        """The connected client with this emulation session id."""
+        return self._sessions.get(session)
+
+    def user_clients(self, user: str) -> list[Client]:
+        """A snapshot of ``user``'s connections on this node."""
+        return list(self._users.get(user, {}).values())
+
+    def clients(self) -> list[Client]:
+        """A snapshot of every connection."""
+        return list(self._clients.values())
+
+    @property
+    def num_clients(self) -> int:
+        """Connections on this node."""
+        return len(self._clients)
+
+    @property
+    def num_users(self) -> int:
+        """Distinct users connected to this node."""
+        return len(self._users)
+
+    # --- subscriptions ---------------------------------------------------------------
+
+    def add_subscriber(self, channel: str, client: Client, sub: Subscription) -> bool:
+        """Add a subscriber; True when it is the channel's first on this node."""
+        subs = self._subs.get(channel)
+        if subs is None:
+            self._subs[channel] = {client: sub}
+            return True
+        subs[client] = sub
+        return False
+
+    def remove_subscriber(self, channel: str, client: Client) -> bool:
+        """Remove a subscriber; True when the channel has none left on this node."""
+        subs = self._subs.get(channel)
+        if subs is None or subs.pop(client, None) is None:
+            return False
+        if not subs:
+            del self._subs[channel]
+            return True
+        return False
+
+    def has_subscribers(self, channel: str) -> bool:
+        """Whether anyone on this node is subscribed to ``channel``."""
+        return channel in self._subs
+
+    def channels(self) -> Iterator[tuple[str, int]]:
+        """``(channel, local subscriber count)`` for every channel."""
+        for channel, subs in self._subs.items():
+            yield channel, len(subs)
+
+    @property
+    def num_channels(self) -> int:
+        """Channels with at least one local subscriber."""
+        return len(self._subs)
+
+    @property
+    def num_subscriptions(self) -> int:
+        """Subscriptions on this node."""
+        return sum(len(s) for s in self._subs.values())
+
+    # --- fan-out ---------------------------------------------------------------------
+
+    def broadcast_publication(self, channel: str, publication: Publication) -> None:
+        """Deliver a publication to every local subscriber of ``channel``."""
+        subs = self._subs.get(channel)
+        if not subs:
+            return
+        push = SharedPush(channel, "pub", publication.to_wire())
+        for client, sub in tuple(subs.items()):
+            client.deliver_publication(sub, publication, push)
+
+    def broadcast_join_leave(self, channel: str, kind: str, info: ClientInfo) -> None:
+        """Deliver a join or leave to subscribers that asked for them."""
+        subs = self._subs.get(channel)
+        if not subs:
+            return
+        push = SharedPush(channel, kind, {"info": info.to_wire()})
+        for client, sub in tuple(subs.items()):
+            if sub.push_join_leave:
+                client.deliver_push(sub, push)

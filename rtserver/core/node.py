@@ -1,0 +1,254 @@
+"""The node: connects clients, the hub and the engine; the core's one entry point.
+
+Transports create clients through :meth:`Node.make_client`; the server API calls the
+publish/history/presence/control methods; the engine calls back through the
+:class:`~rtserver.core.ports.IEngineHandler` methods.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import socket
+import uuid
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from rtserver import __version__
+from rtserver.config import ChannelOptions, Config
+from rtserver.core.channels import ChannelResolver
+from rtserver.core.client import Client, Subscription
+from rtserver.core.hub import Hub
+from rtserver.core.ports import IEngineHandler
+from rtserver.core.types import (
+    ControlMessage,
+    DisconnectControl,
+    HistoryFilter,
+    HistoryResult,
+    PublishOptions,
+    RefreshControl,
+    SubscribeControl,
+    UnsubscribeControl,
+)
+from rtserver.core.writer import FlushScheduler
+from rtserver.protocol.codes import Disconnect, Error
+from rtserver.protocol.frames import ClientInfo, Publication, StreamPosition
+
+__all__ = ["Node"]
+
+_log = Logger()
+
+
+@implementer(IEngineHandler)
+class Node:
+    """One rtserver process: its clients, channels and engine."""
+
+    def __init__(
+        self,
+        engine: Any,
+        config: Config,
+        *,
+        clock: IReactorTime,
+        verifier: Any = None,
+        name: str = "",
+    ) -> None:
+        self.engine = engine
+        self.config = config
+        self.clock = clock
+        self.verifier = verifier
+        self.uid = str(uuid.uuid4())
+        self.name = name or config.node.name or f"{socket.gethostname()}_{config.http_server.port}"
+        self.version = __version__
+        self.resolver = ChannelResolver(config.channel)
+        self.hub = Hub()
+        self.scheduler = FlushScheduler(clock)
+        self._started_at = clock.seconds()
+        self._subscribing: dict[str, list[Deferred[None]]] = {}
+        self._running = False
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> Deferred[None]:
+        """Start the engine and begin serving."""
+        self._running = True
+        self._started_at = self.clock.seconds()
+        d: Deferred[None] = self.engine.start(self)
+        return d
+
+    def stop(self, disconnect: Disconnect = Disconnect.SHUTDOWN) -> Deferred[None]:
+        """Disconnect every client (reconnect code 3001) and stop the engine."""
+        self._running = False
+        for client in self.hub.clients():
+            client.close(disconnect)
+        self.scheduler.stop()
+        d: Deferred[None] = self.engine.stop()
+        return d
+
+    def make_client(self, sink: Any, headers: dict[str, str] | None = None) -> Client:
+        """A new client connection for ``sink`` (the transport adapter)."""
+        return Client(self, sink, headers=headers)
+
+    def background(self, d: Deferred[Any], what: str = "background operation") -> None:
+        """Run ``d`` detached: its failure is logged, never lost."""
+        d.addErrback(self._log_failure, what)
+
+    @staticmethod
+    def _log_failure(failure: Failure, what: str) -> None:
+        _log.failure("{what} failed", failure, what=what)
+
+    def meta_ttl(self, opts: ChannelOptions) -> float:
+        """How long a channel's stream epoch and top offset survive without traffic."""
+        return opts.history_meta_ttl or self.config.channel.history_meta_ttl
+
+    # --- clients ---------------------------------------------------------------------
+
+    def add_client(self, client: Client) -> None:
+        """Register a client whose connect succeeded."""
+        self.hub.add_client(client)
+
+    def remove_client(self, client: Client) -> None:
+        """Forget a closed client."""
+        self.hub.remove_client(client)
+
+    def add_subscription(self, channel: str, client: Client, sub: Subscription) -> Deferred[None]:
+        """Add a local subscriber; fires once the engine delivers ``channel`` here."""
+        if self.hub.add_subscriber(channel, client, sub):
+            self._subscribing[channel] = []
+            d: Deferred[None] = self.engine.subscribe(channel)
+            d.addBoth(self._subscribed, channel)
+        waiters = self._subscribing.get(channel)
+        if waiters is None:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        waiters.append(waiter)
+        return waiter
+
+    def _subscribed(self, result: object, channel: str) -> None:
+        for waiter in self._subscribing.pop(channel, []):
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(None)
+        if isinstance(result, Failure) and not self.hub.has_subscribers(channel):
+            _log.failure("engine subscribe to {channel} failed", result, channel=channel)
+
+    def remove_subscription(self, channel: str, client: Client) -> None:
+        """Remove a local subscriber; the engine stops delivering when none are left."""
+        if self.hub.remove_subscriber(channel, client):
+            self.background(self.engine.unsubscribe(channel), f"unsubscribe {channel}")
+
+    # --- IEngineHandler ------------------------------------------------------------------
+
+    def handle_publication(self, channel: str, publication: Publication) -> None:
+        """Fan a publication out to local subscribers."""
+        self.hub.broadcast_publication(channel, publication)
+
+    def handle_join(self, channel: str, info: ClientInfo) -> None:
+        """Fan a join out to local subscribers that asked for joins."""
+        self.hub.broadcast_join_leave(channel, "join", info)
+
+    def handle_leave(self, channel: str, info: ClientInfo) -> None:
+        """Fan a leave out to local subscribers that asked for leaves."""
+        self.hub.broadcast_join_leave(channel, "leave", info)
+
+    def handle_control(self, message: ControlMessage) -> None:
+        """Apply a cluster-wide command to matching local connections."""
+        for client in self._targets(message.user, message.client, message.session):
+            if isinstance(message, SubscribeControl):
+                d = Deferred.fromCoroutine(client.server_subscribe(message))
+                self.background(d, f"server-side subscribe to {message.channel}")
+            elif isinstance(message, UnsubscribeControl):
+                client.unsubscribe(message.channel)
+            elif isinstance(message, DisconnectControl):
+                if client.id not in message.whitelist:
+                    client.close(Disconnect(message.code, message.reason))
+            elif isinstance(message, RefreshControl):
+                client.refresh(
+                    expired=message.expired, expire_at=message.expire_at, info=message.info
+                )
+
+    def _targets(self, user: str, client_id: str, session: str) -> list[Client]:
+        clients = self.hub.user_clients(user)
+        if client_id:
+            clients = [c for c in clients if c.id == client_id]
+        if session:
+            clients = [c for c in clients if c.session == session]
+        return clients
+
+    # --- operations used by clients and the server API --------------------------------
+
+    def publish(
+        self,
+        channel: str,
+        data: bytes,
+        *,
+        info: ClientInfo | None = None,
+        tags: dict[str, str] | None = None,
+        skip_history: bool = False,
+        idempotency_key: str = "",
+        opts: ChannelOptions | None = None,
+    ) -> Deferred[StreamPosition]:
+        """Publish ``data`` (raw JSON) into ``channel`` on every node."""
+        if opts is None:
+            opts = self.resolver.options(channel)
+        keep = opts.history_enabled and not skip_history
+        options = PublishOptions(
+            history_size=opts.history_size if keep else 0,
+            history_ttl=opts.history_ttl if keep else 0.0,
+            history_meta_ttl=self.meta_ttl(opts),
+            idempotency_key=idempotency_key,
+        )
+        pub = Publication(data=data, info=info, tags=tags or None)
+        d: Deferred[StreamPosition] = self.engine.publish(channel, pub, options)
+        return d
+
+    def history(
+        self, channel: str, flt: HistoryFilter, opts: ChannelOptions | None = None
+    ) -> Deferred[HistoryResult]:
+        """Read history; a ``since`` with a stale epoch fails with error 112."""
+        if opts is None:
+            opts = self.resolver.options(channel)
+        if not opts.history_enabled:
+            raise Error.NOT_AVAILABLE
+        if flt.reverse and flt.since is not None and flt.since.offset == 0:
+            raise Error.BAD_REQUEST.with_message("reverse history needs since.offset > 0")
+        d: Deferred[HistoryResult] = self.engine.history(channel, flt, self.meta_ttl(opts))
+        since = flt.since
+        if since is not None and since.epoch:
+            d.addCallback(_check_epoch, since.epoch)
+        return d
+
+    def control(self, message: ControlMessage) -> Deferred[None]:
+        """Send a control command to every node (this one included)."""
+        d: Deferred[None] = self.engine.publish_control(message)
+        return d
+
+    def channels(self, pattern: str = "") -> dict[str, int]:
+        """Channels with local subscribers, filtered by a glob ``pattern``."""
+        return {
+            ch: n for ch, n in self.hub.channels() if not pattern or fnmatch.fnmatchcase(ch, pattern)
+        }
+
+    def info(self) -> dict[str, Any]:
+        """This node's entry in the server API ``info`` result."""
+        hub = self.hub
+        return {
+            "uid": self.uid,
+            "name": self.name,
+            "version": self.version,
+            "num_clients": hub.num_clients,
+            "num_users": hub.num_users,
+            "num_channels": hub.num_channels,
+            "num_subs": hub.num_subscriptions,
+            "uptime": int(self.clock.seconds() - self._started_at),
+        }
+
+
+def _check_epoch(result: HistoryResult, epoch: str) -> HistoryResult:
+    if result.position.epoch != epoch:
+        raise Error.UNRECOVERABLE_POSITION
+    return result

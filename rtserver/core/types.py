@@ -1,0 +1,174 @@
+"""Domain values shared by the core, the engines and the adapters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from rtserver.protocol.frames import ClientInfo, Publication, StreamPosition
+
+__all__ = [
+    "ClientInfo",
+    "ConnectionToken",
+    "DisconnectControl",
+    "HistoryFilter",
+    "HistoryResult",
+    "InvalidToken",
+    "Overrides",
+    "PresenceStats",
+    "Publication",
+    "PublishOptions",
+    "RefreshControl",
+    "StreamPosition",
+    "SubscribeControl",
+    "SubscriptionToken",
+    "TokenExpired",
+    "UnsubscribeControl",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryFilter:
+    """Which part of a stream to read: ``limit`` 0 = none, -1 = all."""
+
+    since: StreamPosition | None = None
+    limit: int = 0
+    reverse: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryResult:
+    """Publications (oldest first unless reversed) and the stream's top position."""
+
+    publications: list[Publication]
+    position: StreamPosition
+
+
+@dataclass(frozen=True, slots=True)
+class PublishOptions:
+    """How a publication is kept: history window and idempotency."""
+
+    history_size: int = 0
+    history_ttl: float = 0.0
+    history_meta_ttl: float = 0.0
+    idempotency_key: str = ""
+    idempotency_ttl: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceStats:
+    """Counts of a channel's presence."""
+
+    num_clients: int
+    num_users: int
+
+
+@dataclass(frozen=True, slots=True)
+class Overrides:
+    """Per-subscription overrides of namespace options (token or API ``override``)."""
+
+    presence: bool | None = None
+    join_leave: bool | None = None
+    force_push_join_leave: bool | None = None
+    force_recovery: bool | None = None
+    force_positioning: bool | None = None
+
+
+class TokenExpired(Exception):
+    """The token's ``exp`` has passed (clients fetch a new one on 109)."""
+
+
+class InvalidToken(Exception):
+    """The token is malformed, badly signed, or has claims it must not have."""
+
+
+@dataclass(frozen=True)
+class SubscriptionGrant:
+    """A server-side subscription granted by a connection token's ``subs`` claim."""
+
+    info: bytes | None = None
+    data: bytes | None = None
+    overrides: Overrides = field(default_factory=Overrides)
+
+
+@dataclass(frozen=True)
+class ConnectionToken:
+    """Verified claims of a connection JWT.
+
+    ``expire_at`` is 0 when the connection never expires.
+    """
+
+    user: str
+    expire_at: int = 0
+    info: bytes | None = None
+    channels: tuple[str, ...] = ()
+    subs: dict[str, SubscriptionGrant] = field(default_factory=dict)
+    meta: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class SubscriptionToken:
+    """Verified claims of a subscription JWT."""
+
+    user: str
+    channel: str
+    expire_at: int = 0
+    info: bytes | None = None
+    data: bytes | None = None
+    overrides: Overrides = field(default_factory=Overrides)
+    client: str = ""
+
+
+# --- cluster-wide commands (server API subscribe/unsubscribe/disconnect/refresh) --------
+
+
+@dataclass(frozen=True)
+class SubscribeControl:
+    """Subscribe a user's connections to a channel server-side."""
+
+    user: str
+    channel: str
+    client: str = ""
+    session: str = ""
+    info: bytes | None = None
+    data: bytes | None = None
+    recover_since: StreamPosition | None = None
+    expire_at: int = 0
+    overrides: Overrides = field(default_factory=Overrides)
+
+
+@dataclass(frozen=True)
+class UnsubscribeControl:
+    """Unsubscribe a user's connections from a channel."""
+
+    user: str
+    channel: str
+    client: str = ""
+    session: str = ""
+
+
+@dataclass(frozen=True)
+class DisconnectControl:
+    """Disconnect a user's connections (except ``whitelist``)."""
+
+    user: str
+    code: int
+    reason: str
+    client: str = ""
+    session: str = ""
+    whitelist: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RefreshControl:
+    """Refresh (extend or expire) a user's connections server-side."""
+
+    user: str
+    client: str = ""
+    session: str = ""
+    expired: bool = False
+    expire_at: int = 0
+    info: bytes | None = None
+
+
+ControlMessage = SubscribeControl | UnsubscribeControl | DisconnectControl | RefreshControl

@@ -1,0 +1,204 @@
+"""The IEngine contract: every engine must pass these tests.
+
+A test module provides an ``engine_env`` fixture yielding an :class:`EngineEnv`; the
+tests here only use the IEngine interface, the recording handler and ``env.advance``
+(which moves the engine's clock and waits for deliveries to arrive).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet.defer import Deferred
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from rtserver.core.ports import IEngine, IEngineHandler
+from rtserver.core.types import DisconnectControl, HistoryFilter, PublishOptions
+from rtserver.protocol.frames import ClientInfo, Publication, StreamPosition
+
+HISTORY = PublishOptions(history_size=5, history_ttl=60.0, history_meta_ttl=3600.0)
+NO_HISTORY = PublishOptions()
+
+
+@implementer(IEngineHandler)
+@dataclass
+class RecordingHandler:
+    """Records what the engine delivers."""
+
+    publications: list[tuple[str, Publication]] = field(default_factory=list)
+    joins: list[tuple[str, ClientInfo]] = field(default_factory=list)
+    leaves: list[tuple[str, ClientInfo]] = field(default_factory=list)
+    controls: list[Any] = field(default_factory=list)
+
+    def handle_publication(self, channel: str, publication: Publication) -> None:
+        self.publications.append((channel, publication))
+
+    def handle_join(self, channel: str, info: ClientInfo) -> None:
+        self.joins.append((channel, info))
+
+    def handle_leave(self, channel: str, info: ClientInfo) -> None:
+        self.leaves.append((channel, info))
+
+    def handle_control(self, message: Any) -> None:
+        self.controls.append(message)
+
+
+@dataclass
+class EngineEnv:
+    """An engine under test, its handler, and a way to move time."""
+
+    engine: Any
+    handler: RecordingHandler
+    advance: Callable[[float], Deferred[None]]
+    settle: Callable[[], Deferred[None]]
+
+
+def pub(n: int) -> Publication:
+    """A small publication numbered ``n``."""
+    return Publication(data=b'{"n":%d}' % n)
+
+
+class EngineContract:
+    """Mix into a test class that has an ``engine_env`` fixture."""
+
+    def test_provides_interface(self, engine_env: EngineEnv) -> None:
+        """The engine declares and implements IEngine."""
+        assert verifyObject(IEngine, engine_env.engine)
+
+    @pytest_twisted.ensureDeferred
+    async def test_publish_reaches_subscribed_node(self, engine_env: EngineEnv) -> None:
+        """A publication is delivered to the node that subscribed the channel."""
+        e = engine_env.engine
+        await e.subscribe("news")
+        pos = await e.publish("news", pub(1), NO_HISTORY)
+        await engine_env.settle()
+        assert pos == StreamPosition(0, "")
+        assert [(c, p.data) for c, p in engine_env.handler.publications] == [("news", b'{"n":1}')]
+
+    @pytest_twisted.ensureDeferred
+    async def test_offsets_increase_within_one_epoch(self, engine_env: EngineEnv) -> None:
+        """History publications get offsets 1, 2, 3 and share one epoch."""
+        e = engine_env.engine
+        await e.subscribe("h")
+        positions = [await e.publish("h", pub(i), HISTORY) for i in range(3)]
+        assert [p.offset for p in positions] == [1, 2, 3]
+        assert len({p.epoch for p in positions}) == 1 and positions[0].epoch
+        await engine_env.settle()
+        assert [p.offset for _, p in engine_env.handler.publications] == [1, 2, 3]
+
+    @pytest_twisted.ensureDeferred
+    async def test_history_window_and_filters(self, engine_env: EngineEnv) -> None:
+        """Size cap keeps the newest; since/limit/reverse select as the protocol says."""
+        e = engine_env.engine
+        for i in range(8):
+            top = await e.publish("h", pub(i), HISTORY)
+        everything = await e.history("h", HistoryFilter(limit=-1), 3600.0)
+        assert [p.offset for p in everything.publications] == [4, 5, 6, 7, 8]
+        assert everything.position == top
+        none = await e.history("h", HistoryFilter(limit=0), 3600.0)
+        assert none.publications == [] and none.position == top
+        since = await e.history("h", HistoryFilter(since=StreamPosition(5, ""), limit=2), 3600.0)
+        assert [p.offset for p in since.publications] == [6, 7]
+        rev = await e.history("h", HistoryFilter(limit=2, reverse=True), 3600.0)
+        assert [p.offset for p in rev.publications] == [8, 7]
+        rev_since = await e.history(
+            "h", HistoryFilter(since=StreamPosition(6, ""), limit=-1, reverse=True), 3600.0
+        )
+        assert [p.offset for p in rev_since.publications] == [5, 4]
+
+    @pytest_twisted.ensureDeferred
+    async def test_history_of_unknown_channel_creates_epoch(self, engine_env: EngineEnv) -> None:
+        """Reading an empty stream gives offset 0 and a stable epoch to position on."""
+        e = engine_env.engine
+        first = await e.history("empty", HistoryFilter(), 3600.0)
+        second = await e.history("empty", HistoryFilter(), 3600.0)
+        assert first.position.offset == 0 and first.position.epoch
+        assert second.position == first.position
+        pos = await e.publish("empty", pub(1), HISTORY)
+        assert pos == StreamPosition(1, first.position.epoch)
+
+    @pytest_twisted.ensureDeferred
+    async def test_history_ttl_expires_publications_not_position(
+        self, engine_env: EngineEnv
+    ) -> None:
+        """After history_ttl the publications are gone but offset and epoch remain."""
+        e = engine_env.engine
+        top = await e.publish("h", pub(1), HISTORY)
+        await engine_env.advance(HISTORY.history_ttl + 1)
+        result = await e.history("h", HistoryFilter(limit=-1), 3600.0)
+        assert result.publications == []
+        assert result.position == top
+        nxt = await e.publish("h", pub(2), HISTORY)
+        assert nxt == StreamPosition(2, top.epoch)
+
+    @pytest_twisted.ensureDeferred
+    async def test_meta_ttl_expiry_starts_new_epoch(self, engine_env: EngineEnv) -> None:
+        """When stream metadata expires, the channel restarts with a new epoch."""
+        e = engine_env.engine
+        opts = PublishOptions(history_size=5, history_ttl=10.0, history_meta_ttl=20.0)
+        old = await e.publish("h", pub(1), opts)
+        await engine_env.advance(30)
+        new = await e.publish("h", pub(2), opts)
+        assert new.offset == 1 and new.epoch != old.epoch
+
+    @pytest_twisted.ensureDeferred
+    async def test_remove_history_keeps_position(self, engine_env: EngineEnv) -> None:
+        """history_remove drops publications but keeps epoch and top offset."""
+        e = engine_env.engine
+        await e.publish("h", pub(1), HISTORY)
+        top = await e.publish("h", pub(2), HISTORY)
+        await e.remove_history("h")
+        result = await e.history("h", HistoryFilter(limit=-1), 3600.0)
+        assert result.publications == [] and result.position == top
+
+    @pytest_twisted.ensureDeferred
+    async def test_idempotent_publish(self, engine_env: EngineEnv) -> None:
+        """A repeated idempotency key returns the first result and delivers once."""
+        e = engine_env.engine
+        await e.subscribe("h")
+        opts = PublishOptions(
+            history_size=5, history_ttl=60.0, history_meta_ttl=3600.0, idempotency_key="k1"
+        )
+        first = await e.publish("h", pub(1), opts)
+        again = await e.publish("h", pub(1), opts)
+        await engine_env.settle()
+        assert again == first
+        assert len(engine_env.handler.publications) == 1
+
+    @pytest_twisted.ensureDeferred
+    async def test_presence(self, engine_env: EngineEnv) -> None:
+        """Presence maps client ids to info; stats count clients and distinct users."""
+        e = engine_env.engine
+        await e.add_presence("p", "c1", ClientInfo("u1", "c1"))
+        await e.add_presence("p", "c2", ClientInfo("u1", "c2", conn_info=b'{"a":1}'))
+        await e.add_presence("p", "c3", ClientInfo("u2", "c3"))
+        presence = await e.presence("p")
+        assert set(presence) == {"c1", "c2", "c3"}
+        assert presence["c2"].conn_info == b'{"a":1}'
+        stats = await e.presence_stats("p")
+        assert (stats.num_clients, stats.num_users) == (3, 2)
+        await e.remove_presence("p", "c1", "u1")
+        stats = await e.presence_stats("p")
+        assert (stats.num_clients, stats.num_users) == (2, 2)
+        empty = await e.presence_stats("nobody")
+        assert (empty.num_clients, empty.num_users) == (0, 0)
+
+    @pytest_twisted.ensureDeferred
+    async def test_join_leave_and_control_are_delivered(self, engine_env: EngineEnv) -> None:
+        """Join, leave and control messages reach the handler."""
+        e = engine_env.engine
+        await e.subscribe("p")
+        info = ClientInfo("u1", "c1")
+        await e.publish_join("p", info)
+        await e.publish_leave("p", info)
+        control = DisconnectControl(user="u1", code=3503, reason="force disconnect")
+        await e.publish_control(control)
+        await engine_env.settle()
+        assert engine_env.handler.joins == [("p", info)]
+        assert engine_env.handler.leaves == [("p", info)]
+        assert engine_env.handler.controls == [control]
