@@ -1,0 +1,1 @@
+"""Authentication: verification of connection and subscription JWTs."""

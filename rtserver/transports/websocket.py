@@ -1,0 +1,212 @@
+"""Bidirectional WebSocket transport (``/connection/websocket``) on Autobahn.
+
+Autobahn parses the handshake and inbound frames; outbound frames are built by
+:func:`rtserver.protocol.wsframe.text_frame` and written straight to the TCP transport,
+so a publication's frame is built once and shared by every subscriber. On plain TCP,
+when nothing is buffered, the frame is sent with one eager ``send()`` instead of
+waiting for the reactor's next write pass (see architecture.md §4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet import tcp
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from rtserver.core.client import Client
+from rtserver.core.node import Node
+from rtserver.core.ports import ISink
+from rtserver.core.writer import Payload
+from rtserver.protocol.codes import Disconnect
+from rtserver.protocol.wsframe import text_frame
+
+__all__ = ["WebSocketFactory", "WebSocketProtocol", "write_eagerly"]
+
+_log = Logger()
+
+
+def write_eagerly(transport: Any, data: bytes) -> None:
+    """Write ``data``, trying one immediate ``send()`` when the transport is idle.
+
+    Falls back to ``transport.write`` for TLS, for anything already buffered (order is
+    kept), and for whatever the kernel did not take.
+    """
+    if (
+        type(transport) is tcp.Server
+        and not transport.dataBuffer
+        and not transport._tempDataBuffer
+        and transport.connected
+        and not transport.disconnecting
+    ):
+        try:
+            sent = transport.socket.send(data)
+        except OSError:
+            sent = 0  # EAGAIN or a dead peer: Twisted's own write path handles both
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
+
+
+@implementer(IPushProducer)
+class _Backpressure:
+    """Tells the client when the transport's buffer is full and when it drained."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def pauseProducing(self) -> None:
+        self._client.pause_writing()
+
+    def resumeProducing(self) -> None:
+        self._client.resume_writing()
+
+    def stopProducing(self) -> None:
+        pass
+
+
+@implementer(ISink)
+class WebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
+    """One WebSocket connection feeding one :class:`Client`."""
+
+    transport_name = "websocket"
+    unidirectional = False
+    emulation = False
+    pong = True
+    factory: WebSocketFactory
+
+    client: Client | None = None
+    _headers: dict[str, str]
+
+    def onConnect(self, request: ConnectionRequest) -> str | None:
+        """Apply the origin policy and refuse protocols this server does not speak."""
+        factory = self.factory
+        origin = request.headers.get("origin")
+        if not factory.origins.allows(origin):
+            _log.info("websocket from origin {origin} refused", origin=origin)
+            raise ConnectionDeny(403, "origin not allowed")
+        params = request.params
+        fmt = (params.get("format") or params.get("cf_protocol") or [""])[0]
+        if "centrifuge-protobuf" in request.protocols or fmt == "protobuf":
+            raise ConnectionDeny(400, "protobuf protocol is not supported")
+        self._headers = {k: v for k, v in request.headers.items() if isinstance(v, str)}
+        return None
+
+    def onOpen(self) -> None:
+        """Create the client and take over backpressure signalling."""
+        transport = self.transport
+        client = self.factory.node.make_client(self, headers=self._headers)
+        self.client = client
+        self.factory.opened(self)
+        try:
+            transport.unregisterProducer()
+            transport.registerProducer(_Backpressure(client), True)
+        except (AttributeError, RuntimeError):
+            _log.debug("transport does not accept a producer; output is bounded by queue only")
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        """Hand the frame to the client."""
+        client = self.client
+        if client is None:
+            return
+        if isBinary:
+            client.close(Disconnect.INAPPROPRIATE_PROTOCOL)
+            return
+        client.receive(payload)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        """The connection is gone: release the client."""
+        client = self.client
+        if client is not None:
+            client.transport_lost()
+            self.client = None
+            self.factory.closed(self)
+
+    # --- ISink ---------------------------------------------------------------------------
+
+    def write(self, payloads: Sequence[Payload]) -> None:
+        """Frame a batch (up to ``max_messages_in_frame`` per frame) and write it once."""
+        if self.state != WebSocketServerProtocol.STATE_OPEN:
+            return
+        if len(payloads) == 1:
+            data = payloads[0].framed("ws", text_frame)
+        else:
+            step = self.factory.max_messages_in_frame
+            data = b"".join(
+                text_frame(b"\n".join(p.data for p in payloads[i : i + step]))
+                for i in range(0, len(payloads), step)
+            )
+        write_eagerly(self.transport, data)
+
+    def close(self, disconnect: Disconnect | None) -> None:
+        """Close with the disconnect's code and reason (a close frame)."""
+        if self.state != WebSocketServerProtocol.STATE_OPEN:
+            return
+        if disconnect is None:
+            self.sendClose(1000)
+        else:
+            self.sendClose(disconnect.code, disconnect.reason)
+
+
+class WebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
+    """Builds :class:`WebSocketProtocol` connections for one node."""
+
+    protocol = WebSocketProtocol
+
+    def __init__(
+        self,
+        node: Node,
+        origins: Any,
+        *,
+        message_size_limit: int,
+        max_messages_in_frame: int = 16,
+        close_timeout: float = 5.0,
+        reactor: Any = None,
+    ) -> None:
+        super().__init__(reactor=reactor)
+        self.node = node
+        self._open: set[WebSocketProtocol] = set()
+        self._waiters: list[Deferred[None]] = []
+        self.origins = origins
+        self.max_messages_in_frame = max_messages_in_frame
+        self.setProtocolOptions(
+            maxFramePayloadSize=message_size_limit,
+            maxMessagePayloadSize=message_size_limit,
+            failByDrop=False,
+            openHandshakeTimeout=10,
+            closeHandshakeTimeout=close_timeout,
+            autoPingInterval=0,
+            perMessageCompressionAccept=lambda offers: None,
+            tcpNoDelay=True,
+            allowedOrigins=["*"],
+            allowNullOrigin=True,
+            webStatus=False,
+        )
+
+    def opened(self, protocol: WebSocketProtocol) -> None:
+        """Track an open connection (for draining at shutdown)."""
+        self._open.add(protocol)
+
+    def closed(self, protocol: WebSocketProtocol) -> None:
+        """Forget a closed connection; fire drain waiters when none are left."""
+        self._open.discard(protocol)
+        if not self._open:
+            waiters, self._waiters = self._waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def wait_closed(self, timeout: float) -> Deferred[None]:
+        """Fires when every connection has closed, or after ``timeout`` seconds."""
+        if not self._open:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._waiters.append(d)
+        d.addTimeout(timeout, self.reactor)
+        return d

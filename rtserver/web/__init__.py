@@ -1,0 +1,1 @@
+"""HTTP layer: the twisted.web resource tree, body limits, health."""

@@ -1,0 +1,117 @@
+"""The twisted.web site: resource tree, request body limits, quiet access logging."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+__all__ = ["LimitedRequest", "RTSite", "mount"]
+
+_log = Logger()
+
+_TOO_LARGE = (
+    b"HTTP/1.1 413 Request Entity Too Large\r\n"
+    b"Content-Type: text/plain\r\n"
+    b"Content-Length: 24\r\n"
+    b"Connection: close\r\n\r\n"
+    b"request body too large\r\n"
+)
+
+
+class LimitedRequest(Request):
+    """A request whose body is capped by path prefix; over the cap it gets 413.
+
+    The cap is checked against ``Content-Length`` before any body byte is stored, and
+    against the running total for chunked bodies.
+    """
+
+    _limit = 0
+    _received = 0
+    _refused = False
+
+    def gotLength(self, length: int | None) -> None:
+        site: RTSite = self.channel.site
+        self._limit = site.body_limit(getattr(self.channel, "_path", b"") or b"/")
+        if length is not None and length > self._limit:
+            self._refuse()
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._received += len(data)
+        if self._received > self._limit:
+            self._refuse()
+            return
+        super().handleContentChunk(data)
+
+    def _refuse(self) -> None:
+        self._refused = True
+        transport = self.channel.transport
+        if transport is not None:
+            transport.write(_TOO_LARGE)
+            transport.loseConnection()
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self._refused:
+            return
+        super().requestReceived(command, path, version)
+
+
+class RTSite(Site):
+    """The server's Site: per-prefix body limits, no per-request access log lines."""
+
+    displayTracebacks = False
+    requestFactory = LimitedRequest
+
+    def __init__(
+        self,
+        resource: Resource,
+        *,
+        body_limits: Sequence[tuple[str, int]] = (),
+        default_body_limit: int = 65536,
+        reactor: Any = None,
+    ) -> None:
+        super().__init__(resource, reactor=reactor)
+        self.noisy = False
+        self._limits = sorted(
+            ((p.encode("utf-8"), n) for p, n in body_limits), key=lambda x: -len(x[0])
+        )
+        self._default_limit = default_body_limit
+
+    def body_limit(self, path: bytes) -> int:
+        """The body cap for a request path (longest matching prefix wins)."""
+        path = path.split(b"?", 1)[0]
+        for prefix, limit in self._limits:
+            if path == prefix or path.startswith(prefix.rstrip(b"/") + b"/"):
+                return limit
+        return self._default_limit
+
+    def log(self, request: Request) -> None:
+        """Access lines at debug level only."""
+        _log.debug(
+            "{method} {uri} {code}",
+            method=request.method,
+            uri=request.uri,
+            code=request.code,
+        )
+
+
+def mount(root: Resource, prefix: str, resource: Resource) -> None:
+    """Put ``resource`` at ``prefix`` (e.g. ``/connection/websocket``) under ``root``."""
+    parts = [p.encode("utf-8") for p in prefix.strip("/").split("/") if p]
+    if not parts:
+        raise ValueError("cannot mount at the root")
+    node = root
+    for part in parts[:-1]:
+        child = node.children.get(part)
+        if child is None:
+            child = Resource()
+            node.putChild(part, child)
+        node = child
+    node.putChild(parts[-1], resource)
