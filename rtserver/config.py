@@ -313,6 +313,14 @@ def parse_duration(value: Any, key: str) -> float:
     return seconds
 
 
+def _shown(value: Any, key: str) -> str:
+    """A value for an error message; secrets are described, never printed."""
+    leaf = key.rsplit(".", 1)[-1]
+    if any(word in leaf for word in ("secret", "key", "password")):
+        return f"a value of type {type(value).__name__}"
+    return repr(value)
+
+
 def _convert(value: Any, hint: Any, f: dataclasses.Field[Any], key: str, warn: list[str]) -> Any:
     origin = typing.get_origin(hint)
     if f.metadata.get("duration"):
@@ -337,17 +345,17 @@ def _convert(value: Any, hint: Any, f: dataclasses.Field[Any], key: str, warn: l
         return list(value)
     if hint is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+            raise ConfigError(f"{key}: expected true or false, got {_shown(value, key)}")
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {_shown(value, key)}")
         if value < 0:
             raise ConfigError(f"{key}: must not be negative")
         return value
     if hint is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+            raise ConfigError(f"{key}: expected a string, got {_shown(value, key)}")
         return value
     raise ConfigError(f"{key}: unsupported type")  # pragma: no cover - schema bug
 
@@ -377,7 +385,9 @@ def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
-def _env_leaves(cls: type, path: list[str]) -> Iterator[tuple[list[str], Any, dataclasses.Field[Any]]]:
+def _env_leaves(
+    cls: type, path: list[str]
+) -> Iterator[tuple[list[str], Any, dataclasses.Field[Any]]]:
     for f, hint in _fields(cls):
         here = [*path, f.name]
         if dataclasses.is_dataclass(hint):

@@ -11,9 +11,10 @@ from typing import Any
 from twisted.application.service import MultiService, Service
 from twisted.application.strports import service as strports_service
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.logger import Logger
+from rtserver.logs import Logger
 from twisted.web.resource import Resource
 
+from rtserver import logs
 from rtserver.api.executor import APIExecutor
 from rtserver.auth.jwt import JWTVerifier
 from rtserver.config import Config
@@ -108,6 +109,7 @@ def build(config: Config, *, listen: list[str] | None = None, reactor: Any = Non
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
+    logs.set_level(config.log.level)
     node = build_node(config, reactor)
     site, drains = build_site(node, config, reactor)
     top = MultiService()

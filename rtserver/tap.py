@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.service import IService
-from twisted.logger import Logger
+from rtserver.logs import Logger
 from twisted.python import usage
 
 from rtserver import config as rtconfig

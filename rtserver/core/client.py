@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
-from twisted.logger import Logger
+from rtserver.logs import Logger
 from twisted.python.failure import Failure
 
 from rtserver.config import ChannelOptions

@@ -12,9 +12,9 @@ import socket
 import uuid
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from rtserver.logs import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -194,7 +194,10 @@ class Node:
     ) -> Deferred[StreamPosition]:
         """Publish ``data`` (raw JSON) into ``channel`` on every node."""
         if opts is None:
-            opts = self.resolver.options(channel)
+            try:
+                opts = self.resolver.options(channel)
+            except Error as e:
+                return fail(e)
         keep = opts.history_enabled and not skip_history
         options = PublishOptions(
             history_size=opts.history_size if keep else 0,
@@ -210,12 +213,15 @@ class Node:
         self, channel: str, flt: HistoryFilter, opts: ChannelOptions | None = None
     ) -> Deferred[HistoryResult]:
         """Read history; a ``since`` with a stale epoch fails with error 112."""
-        if opts is None:
-            opts = self.resolver.options(channel)
-        if not opts.history_enabled:
-            raise Error.NOT_AVAILABLE
-        if flt.reverse and flt.since is not None and flt.since.offset == 0:
-            raise Error.BAD_REQUEST.with_message("reverse history needs since.offset > 0")
+        try:
+            if opts is None:
+                opts = self.resolver.options(channel)
+            if not opts.history_enabled:
+                raise Error.NOT_AVAILABLE
+            if flt.reverse and flt.since is not None and flt.since.offset == 0:
+                raise Error.BAD_REQUEST.with_message("reverse history needs since.offset > 0")
+        except Error as e:
+            return fail(e)
         d: Deferred[HistoryResult] = self.engine.history(channel, flt, self.meta_ttl(opts))
         since = flt.since
         if since is not None and since.epoch:

@@ -18,7 +18,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+from rtserver.logs import Logger
 from zope.interface import implementer
 
 from rtserver.core.ports import IEngine

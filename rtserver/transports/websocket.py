@@ -17,7 +17,7 @@ from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet import tcp
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
-from twisted.logger import Logger
+from rtserver.logs import Logger
 from zope.interface import implementer
 
 from rtserver.core.client import Client

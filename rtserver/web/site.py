@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from twisted.logger import Logger
+from rtserver.logs import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
@@ -95,9 +95,9 @@ class RTSite(Site):
     def log(self, request: Request) -> None:
         """Access lines at debug level only."""
         _log.debug(
-            "{method} {uri} {code}",
+            "{method} {path} {code}",
             method=request.method,
-            uri=request.uri,
+            path=request.path,
             code=request.code,
         )
 

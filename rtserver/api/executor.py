@@ -1,0 +1,330 @@
+"""The server API executor: one method per command, independent of any transport.
+
+Every command method takes the decoded request object and returns the ``result``
+object, or raises :class:`~rtserver.protocol.codes.Error`. :meth:`APIExecutor.call`
+wraps that into the response body an adapter encodes (with orjson: results may hold
+``orjson.Fragment`` values). Semantics follow Centrifugo v6 (protocol.md §6.2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred, gatherResults
+from rtserver.logs import Logger
+
+from rtserver.api import schema
+from rtserver.config import ChannelOptions
+from rtserver.core.types import (
+    DisconnectControl,
+    HistoryFilter,
+    RefreshControl,
+    SubscribeControl,
+    UnsubscribeControl,
+)
+from rtserver.protocol.codes import Disconnect, Error
+
+if TYPE_CHECKING:
+    from rtserver.core.node import Node
+
+__all__ = ["METHODS", "APIExecutor"]
+
+_log = Logger()
+
+#: Every command the executor answers, ``batch`` included.
+METHODS = (
+    "publish",
+    "broadcast",
+    "subscribe",
+    "unsubscribe",
+    "disconnect",
+    "refresh",
+    "presence",
+    "presence_stats",
+    "history",
+    "history_remove",
+    "channels",
+    "info",
+    "rpc",
+    "batch",
+)
+
+_DEFAULT_DISCONNECT = (Disconnect.FORCE_NO_RECONNECT.code, Disconnect.FORCE_NO_RECONNECT.reason)
+
+Result = dict[str, Any]
+Handler = Callable[[dict[str, Any]], Coroutine[Any, Any, Result]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Publication:
+    """The channel-independent part of a ``publish`` / ``broadcast`` request."""
+
+    data: bytes
+    tags: dict[str, str]
+    skip_history: bool
+    idempotency_key: str
+
+    @classmethod
+    def parse(cls, params: dict[str, Any]) -> _Publication:
+        data = schema.raw_json(params, "data", "b64data")
+        if data is None:
+            raise schema.bad_request("data is required")
+        schema.boolean(params, "delta")
+        schema.integer(params, "version", 0, schema.MAX_UINT64)
+        schema.string(params, "version_epoch")
+        return cls(
+            data=data,
+            tags=schema.string_map(params, "tags"),
+            skip_history=schema.boolean(params, "skip_history"),
+            idempotency_key=schema.string(params, "idempotency_key"),
+        )
+
+
+class APIExecutor:
+    """Runs server API commands against a :class:`~rtserver.core.node.Node`.
+
+    Args:
+        node: the node whose channels, engine and connections the commands act on.
+    """
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    # --- entry point ---------------------------------------------------------------------
+
+    async def call(self, method: str, params: Any) -> dict[str, Any]:
+        """Run ``method`` and return the full response body.
+
+        Returns:
+            ``{"result": {...}}`` or ``{"error": {"code": N, "message": M}}``; for
+            ``batch``, the top-level ``{"replies": [...]}`` instead of a result.
+        """
+        outcome = await self._outcome(method, params)
+        if method == "batch" and "result" in outcome:
+            result: dict[str, Any] = outcome["result"]
+            return result
+        return outcome
+
+    def _handler(self, method: str) -> Handler | None:
+        if method not in METHODS:
+            return None
+        handler: Handler = getattr(self, method)
+        return handler
+
+    async def _outcome(self, method: str, params: Any) -> dict[str, Any]:
+        """``{"result": ...}`` or ``{"error": ...}``; never raises."""
+        handler = self._handler(method)
+        if handler is None:
+            return {"error": Error.METHOD_NOT_FOUND.to_wire()}
+        try:
+            result = await handler(schema.object_params(params))
+        except Error as e:
+            return {"error": e.to_wire()}
+        except Exception:
+            _log.failure("server API {method} failed", method=method)
+            return {"error": Error.INTERNAL.to_wire()}
+        return {"result": result}
+
+    # --- publications --------------------------------------------------------------------
+
+    async def publish(self, params: dict[str, Any]) -> Result:
+        """Publish ``data`` into ``channel``; ``{offset, epoch}`` when history is kept."""
+        channel = schema.required_string(params, "channel")
+        return await self._publish(channel, _Publication.parse(params))
+
+    async def broadcast(self, params: dict[str, Any]) -> Result:
+        """Publish the same data into each of ``channels``; one response per channel."""
+        channels = schema.string_list(params, "channels")
+        if not channels:
+            raise schema.bad_request("channels is required")
+        pub = _Publication.parse(params)
+        responses = await gatherResults(
+            [Deferred.fromCoroutine(self._broadcast_one(ch, pub)) for ch in channels],
+            consumeErrors=True,
+        )
+        return {"responses": responses}
+
+    async def _broadcast_one(self, channel: str, pub: _Publication) -> dict[str, Any]:
+        try:
+            if not channel:
+                raise schema.bad_request("channel is required")
+            return {"result": await self._publish(channel, pub)}
+        except Error as e:
+            return {"error": e.to_wire()}
+        except Exception:
+            _log.failure("server API broadcast to {channel} failed", channel=channel)
+            return {"error": Error.INTERNAL.to_wire()}
+
+    async def _publish(self, channel: str, pub: _Publication) -> Result:
+        opts = self._node.resolver.options(channel)
+        if opts.publication_data_format == "json_object" and not pub.data.startswith(b"{"):
+            raise schema.bad_request("data must be a JSON object in this namespace")
+        position = await self._node.publish(
+            channel,
+            pub.data,
+            tags=pub.tags,
+            skip_history=pub.skip_history,
+            idempotency_key=pub.idempotency_key,
+            opts=opts,
+        )
+        if not position.epoch:
+            return {}
+        return {"offset": position.offset, "epoch": position.epoch}
+
+    # --- connection control --------------------------------------------------------------
+
+    async def subscribe(self, params: dict[str, Any]) -> Result:
+        """Subscribe a user's connections to ``channel`` server-side."""
+        user = schema.required_string(params, "user")
+        channel = schema.required_string(params, "channel")
+        self._node.resolver.options(channel)
+        message = SubscribeControl(
+            user=user,
+            channel=channel,
+            client=schema.string(params, "client"),
+            session=schema.string(params, "session"),
+            info=schema.raw_json(params, "info", "b64info"),
+            data=schema.raw_json(params, "data", "b64data"),
+            recover_since=schema.position(params, "recover_since"),
+            expire_at=schema.integer(params, "expire_at", 0, schema.MAX_INT64),
+            overrides=schema.overrides(params, "override"),
+        )
+        await self._node.control(message)
+        return {}
+
+    async def unsubscribe(self, params: dict[str, Any]) -> Result:
+        """Unsubscribe a user's connections from ``channel`` (clients get push 2000)."""
+        user = schema.required_string(params, "user")
+        channel = schema.required_string(params, "channel")
+        self._node.resolver.options(channel)
+        message = UnsubscribeControl(
+            user=user,
+            channel=channel,
+            client=schema.string(params, "client"),
+            session=schema.string(params, "session"),
+        )
+        await self._node.control(message)
+        return {}
+
+    async def disconnect(self, params: dict[str, Any]) -> Result:
+        """Disconnect a user's connections (default 3503 "force disconnect")."""
+        user = schema.required_string(params, "user")
+        code, reason = schema.disconnect(params, "disconnect", _DEFAULT_DISCONNECT)
+        message = DisconnectControl(
+            user=user,
+            code=code,
+            reason=reason,
+            client=schema.string(params, "client"),
+            session=schema.string(params, "session"),
+            whitelist=tuple(schema.string_list(params, "whitelist")),
+        )
+        await self._node.control(message)
+        return {}
+
+    async def refresh(self, params: dict[str, Any]) -> Result:
+        """Extend (``expire_at``, ``info``) or end (``expired``) a user's connections."""
+        message = RefreshControl(
+            user=schema.required_string(params, "user"),
+            client=schema.string(params, "client"),
+            session=schema.string(params, "session"),
+            expired=schema.boolean(params, "expired"),
+            expire_at=schema.integer(params, "expire_at", 0, schema.MAX_INT64),
+            info=schema.raw_json(params, "info", "b64info"),
+        )
+        await self._node.control(message)
+        return {}
+
+    # --- channel state -------------------------------------------------------------------
+
+    async def presence(self, params: dict[str, Any]) -> Result:
+        """Who is in ``channel``: ``{"presence": {client_id: ClientInfo}}``."""
+        channel = self._presence_channel(params)
+        clients = await self._node.engine.presence(channel)
+        return {"presence": {cid: info.to_wire() for cid, info in clients.items()}}
+
+    async def presence_stats(self, params: dict[str, Any]) -> Result:
+        """How many connections and distinct users are in ``channel``."""
+        channel = self._presence_channel(params)
+        stats = await self._node.engine.presence_stats(channel)
+        return {"num_clients": stats.num_clients, "num_users": stats.num_users}
+
+    def _presence_channel(self, params: dict[str, Any]) -> str:
+        channel = schema.required_string(params, "channel")
+        if not self._options(channel).presence:
+            raise Error.NOT_AVAILABLE
+        return channel
+
+    async def history(self, params: dict[str, Any]) -> Result:
+        """Read ``channel``'s stream; ``limit`` 0 = position only, negative = all."""
+        channel = schema.required_string(params, "channel")
+        limit = schema.integer(params, "limit", -schema.MAX_INT32 - 1, schema.MAX_INT32)
+        flt = HistoryFilter(
+            since=schema.position(params, "since"),
+            limit=-1 if limit < 0 else limit,
+            reverse=schema.boolean(params, "reverse"),
+        )
+        result = await self._node.history(channel, flt, self._options(channel))
+        return {
+            "publications": [p.to_wire() for p in result.publications],
+            "offset": result.position.offset,
+            "epoch": result.position.epoch,
+        }
+
+    async def history_remove(self, params: dict[str, Any]) -> Result:
+        """Drop ``channel``'s publications, keeping its epoch and top offset."""
+        channel = schema.required_string(params, "channel")
+        if not self._options(channel).history_enabled:
+            raise Error.NOT_AVAILABLE
+        await self._node.engine.remove_history(channel)
+        return {}
+
+    async def channels(self, params: dict[str, Any]) -> Result:
+        """Active channels matching the glob ``pattern``, with subscriber counts."""
+        pattern = schema.string(params, "pattern")
+        found = self._node.channels(pattern)
+        return {"channels": {name: {"num_clients": n} for name, n in found.items()}}
+
+    async def info(self, params: dict[str, Any]) -> Result:
+        """Statistics of the nodes (this one)."""
+        return {"nodes": [self._node.info()]}
+
+    def _options(self, channel: str) -> ChannelOptions:
+        return self._node.resolver.options(channel)
+
+    # --- rpc and batch -------------------------------------------------------------------
+
+    async def rpc(self, params: dict[str, Any]) -> Result:
+        """Server-side RPC extensions: none are registered, so always 104."""
+        schema.string(params, "method")
+        raise Error.METHOD_NOT_FOUND
+
+    async def batch(self, params: dict[str, Any]) -> Result:
+        """Run ``commands`` (``[{"publish": {...}}, ...]``), in order or ``parallel``."""
+        commands = params.get("commands")
+        if commands is None:
+            commands = []
+        if not isinstance(commands, list):
+            raise schema.bad_request("commands must be a list")
+        if schema.boolean(params, "parallel"):
+            replies = await gatherResults(
+                [Deferred.fromCoroutine(self._batch_one(c)) for c in commands],
+                consumeErrors=True,
+            )
+        else:
+            replies = [await self._batch_one(c) for c in commands]
+        return {"replies": replies}
+
+    async def _batch_one(self, command: Any) -> dict[str, Any]:
+        """One batch reply: ``{method: result}`` or ``{"error": ...}``."""
+        if not isinstance(command, dict) or len(command) != 1:
+            error = schema.bad_request("each batch command must be an object with one method")
+            return {"error": error.to_wire()}
+        [(method, params)] = command.items()
+        if method == "batch":
+            return {"error": Error.METHOD_NOT_FOUND.to_wire()}
+        outcome = await self._outcome(method, params)
+        if "result" in outcome:
+            return {method: outcome["result"]}
+        return outcome
