@@ -1,0 +1,219 @@
+"""The WebSocket transport over real loopback sockets."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor, task
+from twisted.internet.protocol import Factory, Protocol
+
+from rtserver import config as rtconfig
+from rtserver.core.types import DisconnectControl
+from rtserver.service import build_node, build_site
+from rtserver.transports.websocket import write_eagerly
+from wsclient import ClientFactory, RecordingClient, connect
+
+SETTINGS: dict[str, Any] = {
+    "client": {
+        "allow_anonymous_connect_without_token": True,
+        "allowed_origins": ["https://*.example.com"],
+        "queue_max_size": 65536,
+    },
+    "websocket": {"message_size_limit": 4096},
+    "channel": {
+        "without_namespace": {
+            "allow_subscribe_for_client": True,
+            "allow_subscribe_for_anonymous": True,
+        }
+    },
+}
+
+
+class Server:
+    """A live site on 127.0.0.1 with its node."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        cfg = rtconfig.from_mapping(settings)
+        self.node = build_node(cfg, reactor)
+        site, self.drains = build_site(self.node, cfg, reactor)
+        self.node.start()
+        self.port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.url = f"ws://127.0.0.1:{self.port.getHost().port}/connection/websocket"
+
+    async def stop(self) -> None:
+        self.node.stop()
+        await defer.DeferredList([d.wait_closed(3) for d in self.drains])
+        await self.port.stopListening()
+
+
+@pytest_twisted.async_yield_fixture
+async def server() -> AsyncIterator[Server]:
+    srv = Server(SETTINGS)
+    yield srv
+    await srv.stop()
+
+
+async def connected(srv: Server, **kwargs: Any) -> tuple[ClientFactory, RecordingClient]:
+    factory = connect(srv.url, **kwargs)
+    proto = await factory.opened
+    proto.send_json({"id": 1, "connect": {}}, {"id": 2, "subscribe": {"channel": "room"}})
+    messages = await factory.next_messages()
+    while len(messages) < 2:
+        messages += await factory.next_messages()
+    assert messages[0]["connect"]["client"] and messages[1] == {"id": 2, "subscribe": {}}
+    return factory, proto
+
+
+@pytest_twisted.ensureDeferred
+async def test_publication_arrives_as_text_frame(server: Server) -> None:
+    """A subscriber receives an API publication as a JSON text frame."""
+    factory, proto = await connected(server)
+    await server.node.publish("room", b'{"text":"hi"}')
+    assert await factory.next_messages() == [{"push": {"channel": "room", "pub": {"data": {"text": "hi"}}}}]
+    proto.sendClose()
+    await factory.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_publications_in_one_turn_share_one_frame(server: Server) -> None:
+    """Several publications in one reactor turn reach a client as one newline-joined frame."""
+    factory, proto = await connected(server)
+    for i in range(3):
+        server.node.publish("room", b'{"i":%d}' % i)
+    messages = await factory.next_messages()
+    assert [m["push"]["pub"]["data"]["i"] for m in messages] == [0, 1, 2]
+    proto.sendClose()
+    await factory.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_all_subscribers_get_identical_bytes(server: Server) -> None:
+    """Fan-out writes the same frame bytes to every subscriber."""
+    clients = [await connected(server) for _ in range(3)]
+    server.node.publish("room", b'{"n":1}')
+    frames = [await f.frames.get() for f, _ in clients]
+    assert len(set(frames)) == 1
+    for f, p in clients:
+        p.sendClose()
+        await f.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_disconnect_is_a_close_frame_with_code_and_reason(server: Server) -> None:
+    """A server disconnect reaches the client as close code 3503 "force disconnect"."""
+    factory, _ = await connected(server)
+    await server.node.control(DisconnectControl(user="", code=3503, reason="force disconnect"))
+    assert await factory.closed == (3503, "force disconnect")
+
+
+@pytest_twisted.ensureDeferred
+async def test_foreign_origin_is_refused(server: Server) -> None:
+    """A browser origin outside client.allowed_origins cannot upgrade."""
+    factory = connect(server.url, origin="https://evil.test")
+    with pytest.raises(ConnectionError):
+        await factory.opened
+    await factory.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_allowed_origin_pattern_is_accepted(server: Server) -> None:
+    """``https://*.example.com`` admits a matching browser origin."""
+    factory, proto = await connected(server, origin="https://app.example.com")
+    proto.sendClose()
+    await factory.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_oversized_message_closes_1009(server: Server) -> None:
+    """A message over websocket.message_size_limit is refused with close 1009."""
+    factory, proto = await connected(server)
+    proto.sendMessage(b'{"id":3,"publish":{"channel":"room","data":"' + b"x" * 5000 + b'"}}')
+    code, _ = await factory.closed
+    assert code == 1009
+
+
+@pytest_twisted.ensureDeferred
+async def test_binary_frame_is_inappropriate_protocol(server: Server) -> None:
+    """Binary frames to a JSON connection close with 3506."""
+    factory, proto = await connected(server)
+    proto.sendMessage(b"\x00\x01", isBinary=True)
+    assert (await factory.closed)[0] == 3506
+
+
+@pytest_twisted.ensureDeferred
+async def test_protobuf_subprotocol_is_refused(server: Server) -> None:
+    """This server speaks JSON only; a protobuf handshake is refused, not misread."""
+    factory = connect(server.url, protocols=["centrifuge-protobuf"])
+    with pytest.raises(ConnectionError):
+        await factory.opened
+    await factory.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_bad_command_closes_3501(server: Server) -> None:
+    """Garbage input closes the connection with 3501 and the server keeps serving."""
+    factory, proto = await connected(server)
+    proto.sendMessage(b"{not json")
+    assert (await factory.closed)[0] == 3501
+    other, proto2 = await connected(server)
+    proto2.sendClose()
+    await other.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_stalled_reader_is_disconnected_slow(server: Server) -> None:
+    """A client that stops reading is cut with 3008 once its queue bound is passed."""
+    factory, proto = await connected(server)
+    proto.transport.pauseProducing()
+    big = b'{"blob":"' + b"x" * 60000 + b'"}'
+    for _ in range(400):  # ~24 MB: far more than socket buffers hold
+        server.node.publish("room", big)
+        await task.deferLater(reactor, 0, lambda: None)  # one reactor turn: flush
+    proto.transport.resumeProducing()
+    code, _ = await factory.closed
+    assert code == 3008
+
+
+@pytest_twisted.ensureDeferred
+async def test_shutdown_closes_clients_with_3001() -> None:
+    """Stopping the node closes connections with 3001 "shutdown" (clients reconnect)."""
+    srv = Server(SETTINGS)
+    factory, _ = await connected(srv)
+    await srv.stop()
+    assert await factory.closed == (3001, "shutdown")
+
+
+@pytest_twisted.ensureDeferred
+async def test_eager_write_sends_immediately() -> None:
+    """On an idle TCP transport the frame is sent at once, nothing left buffered."""
+    received: list[bytes] = []
+    got: defer.Deferred[None] = defer.Deferred()
+
+    class Sink(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            received.append(data)
+            if b"".join(received) == b"hello" and not got.called:
+                got.callback(None)
+
+    server_side: defer.Deferred[Protocol] = defer.Deferred()
+
+    class Accept(Protocol):
+        def connectionMade(self) -> None:
+            server_side.callback(self)
+
+    port = reactor.listenTCP(0, Factory.forProtocol(Accept), interface="127.0.0.1")
+    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+    client = await connectProtocol(
+        TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), Sink()
+    )
+    accepted = await server_side
+    write_eagerly(accepted.transport, b"hello")
+    assert accepted.transport.dataBuffer == b"" and not accepted.transport._tempDataBuffer
+    await got
+    client.transport.loseConnection()
+    accepted.transport.loseConnection()
+    await port.stopListening()
