@@ -71,6 +71,7 @@ def build_site(node: Node, config: Config, reactor: Any) -> tuple[RTSite, list[A
             origins,
             message_size_limit=config.websocket.message_size_limit,
             max_messages_in_frame=config.client.max_messages_in_frame,
+            write_timeout=config.websocket.write_timeout,
             reactor=reactor,
         )
         mount(root, config.websocket.handler_prefix, WebSocketResource(factory))

@@ -158,16 +158,12 @@ class APIExecutor:
             return {"error": Error.INTERNAL.to_wire()}
 
     async def _publish(self, channel: str, pub: _Publication) -> Result:
-        opts = self._node.resolver.options(channel)
-        if opts.publication_data_format == "json_object" and not pub.data.startswith(b"{"):
-            raise schema.bad_request("data must be a JSON object in this namespace")
         position = await self._node.publish(
             channel,
             pub.data,
             tags=pub.tags,
             skip_history=pub.skip_history,
             idempotency_key=pub.idempotency_key,
-            opts=opts,
         )
         if not position.epoch:
             return {}

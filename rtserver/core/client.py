@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 from rtserver.config import ChannelOptions
 from rtserver.core.types import (
     ConnectionToken,
+    DisconnectControl,
     HistoryFilter,
     InvalidToken,
     Overrides,
@@ -497,6 +498,15 @@ class Client:
         """After the connect result is written: timers on, buffered pushes out."""
         if self._state is not State.CONNECTED:
             return
+        personal = self._config.subscribe_to_user_personal_channel
+        if personal.enabled and personal.single_connection and self.user:
+            control = DisconnectControl(
+                user=self.user,
+                code=Disconnect.CONNECTION_LIMIT.code,
+                reason=Disconnect.CONNECTION_LIMIT.reason,
+                whitelist=(self.id,),
+            )
+            self._node.background(self._node.control(control), "single-connection disconnect")
         self._start_pings()
         self._schedule_expiry()
         for sub in list(self._subs.values()):
@@ -683,14 +693,17 @@ class Client:
         meta_ttl = node.meta_ttl(sub.opts)
         if recover:
             assert req is not None
-            limit = self._config.recovery_max_publication_limit
-            history = await node.engine.history(
-                channel,
-                HistoryFilter(since=StreamPosition(req.offset, ""), limit=limit or -1),
-                meta_ttl,
-            )
+            if sub.opts.force_recovery_mode == "cache":
+                flt = HistoryFilter(limit=1, reverse=True)
+            else:
+                limit = self._config.recovery_max_publication_limit
+                flt = HistoryFilter(since=StreamPosition(req.offset, ""), limit=limit or -1)
+            history = await node.engine.history(channel, flt, meta_ttl)
             top = history.position
-            pubs = _recovered(history.publications, req.offset, req.epoch, top)
+            if sub.opts.force_recovery_mode == "cache":
+                pubs = _cache_recovered(history.publications, req.offset, req.epoch, top)
+            else:
+                pubs = _recovered(history.publications, req.offset, req.epoch, top)
             result["was_recovering"] = True
             if pubs is not None:
                 result["recovered"] = True
@@ -990,6 +1003,17 @@ def _recovered(
         return pubs if top.offset == offset else None
     if pubs[0].offset == offset + 1 and pubs[-1].offset == top.offset:
         return pubs
+    return None
+
+
+def _cache_recovered(
+    latest: list[Publication], offset: int, epoch: str, top: StreamPosition
+) -> list[Publication] | None:
+    """Cache-mode recovery: the client needs only the newest publication, if any."""
+    if epoch == top.epoch and offset == top.offset:
+        return []
+    if latest and latest[0].offset == top.offset:
+        return latest
     return None
 
 

@@ -198,6 +198,8 @@ class Node:
                 opts = self.resolver.options(channel)
             except Error as e:
                 return fail(e)
+        if opts.publication_data_format == "json_object" and not data.startswith(b"{"):
+            return fail(Error.BAD_REQUEST.with_message("data must be a JSON object here"))
         keep = opts.history_enabled and not skip_history
         options = PublishOptions(
             history_size=opts.history_size if keep else 0,

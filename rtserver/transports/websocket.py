@@ -57,19 +57,38 @@ def write_eagerly(transport: Any, data: bytes) -> None:
 
 @implementer(IPushProducer)
 class _Backpressure:
-    """Tells the client when the transport's buffer is full and when it drained."""
+    """Tells the client when the transport's buffer is full and when it drained.
 
-    def __init__(self, client: Client) -> None:
+    A transport that stays full for ``write_timeout`` seconds means the peer is not
+    reading: the connection is closed with 3009 "write error".
+    """
+
+    def __init__(self, client: Client, clock: Any, write_timeout: float) -> None:
         self._client = client
+        self._clock = clock
+        self._timeout = write_timeout
+        self._timer: Any = None
 
     def pauseProducing(self) -> None:
         self._client.pause_writing()
+        if self._timeout > 0 and self._timer is None:
+            self._timer = self._clock.callLater(self._timeout, self._expired)
 
     def resumeProducing(self) -> None:
+        self._cancel()
         self._client.resume_writing()
 
     def stopProducing(self) -> None:
-        pass
+        self._cancel()
+
+    def _expired(self) -> None:
+        self._timer = None
+        self._client.close(Disconnect.WRITE_ERROR)
+
+    def _cancel(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
 
 
 @implementer(ISink)
@@ -83,6 +102,7 @@ class WebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     factory: WebSocketFactory
 
     client: Client | None = None
+    _backpressure: _Backpressure | None = None
     _headers: dict[str, str]
 
     def onConnect(self, request: ConnectionRequest) -> str | None:
@@ -106,8 +126,11 @@ class WebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         self.client = client
         self.factory.opened(self)
         try:
+            self._backpressure = _Backpressure(
+                client, self.factory.reactor, self.factory.write_timeout
+            )
             transport.unregisterProducer()
-            transport.registerProducer(_Backpressure(client), True)
+            transport.registerProducer(self._backpressure, True)
         except (AttributeError, RuntimeError):
             _log.debug("transport does not accept a producer; output is bounded by queue only")
 
@@ -128,6 +151,8 @@ class WebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
             client.transport_lost()
             self.client = None
             self.factory.closed(self)
+        if self._backpressure is not None:
+            self._backpressure.stopProducing()
 
     # --- ISink ---------------------------------------------------------------------------
 
@@ -167,6 +192,7 @@ class WebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
         *,
         message_size_limit: int,
         max_messages_in_frame: int = 16,
+        write_timeout: float = 1.0,
         close_timeout: float = 5.0,
         reactor: Any = None,
     ) -> None:
@@ -176,6 +202,7 @@ class WebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
         self._waiters: list[Deferred[None]] = []
         self.origins = origins
         self.max_messages_in_frame = max_messages_in_frame
+        self.write_timeout = write_timeout
         self.setProtocolOptions(
             maxFramePayloadSize=message_size_limit,
             maxMessagePayloadSize=message_size_limit,

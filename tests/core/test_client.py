@@ -594,3 +594,41 @@ def test_slow_client_is_disconnected_3008() -> None:
         h.node.publish("news:a", b'{"payload":"' + b"x" * 100 + b'"}')
     h.clock.advance(0)
     assert sink.closed_with == Disconnect.SLOW
+
+
+def test_json_object_format_refuses_other_payloads() -> None:
+    """publication_data_format json_object: a non-object client publication is 107."""
+    ns = {"name": "obj", "allow_subscribe_for_client": True, "allow_publish_for_client": True,
+          "publication_data_format": "json_object"}
+    h = Harness({**SETTINGS, "channel": {"namespaces": [ns]}})
+    client, sink = h.client(connect=USER)
+    h.send(client, {"id": 2, "publish": {"channel": "obj:a", "data": [1]}},
+           {"id": 3, "publish": {"channel": "obj:a", "data": {"ok": True}}})
+    assert reply(sink, 2)["error"]["code"] == 107
+    assert reply(sink, 3)["publish"] == {}
+
+
+def test_single_connection_disconnects_older_connections() -> None:
+    """Personal channel single_connection: a new connection closes the user's others (3504)."""
+    settings = {**SETTINGS, "client": {**SETTINGS["client"], "subscribe_to_user_personal_channel": {
+        "enabled": True, "single_connection": True}}}
+    h = Harness(settings)
+    first, first_sink = h.client(connect=USER)
+    second, second_sink = h.client(connect=USER)
+    assert first_sink.closed_with == Disconnect.CONNECTION_LIMIT
+    assert second.connected and not second_sink.closed
+    h.publish("#u")
+    assert second_sink.pushes()[-1]["channel"] == "#u"
+
+
+def test_cache_recovery_returns_only_the_latest_publication() -> None:
+    """force_recovery_mode cache: a behind client recovers with just the newest publication."""
+    ns = {**HISTORY_NS, "name": "state", "force_recovery_mode": "cache"}
+    h = Harness({**SETTINGS, "channel": {"namespaces": [ns]}})
+    pos = [h.publish("state:a", b'{"v":%d}' % i) for i in range(4)]
+    client, sink = h.client(connect=USER)
+    h.send(client, {"id": 2, "subscribe": {"channel": "state:a", "recover": True,
+                                           "offset": 1, "epoch": pos[0].epoch}})
+    result = reply(sink, 2)["subscribe"]
+    assert result["recovered"] is True
+    assert [p["data"] for p in result["publications"]] == [{"v": 3}]
