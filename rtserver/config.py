@@ -208,6 +208,60 @@ class WebSocketConfig:
 
 
 @dataclass(frozen=True)
+class HTTPStreamConfig:
+    """Bidirectional emulation over an HTTP streaming response."""
+
+    enabled: bool = False
+    handler_prefix: str = "/connection/http_stream"
+    max_request_body_size: int = 65536
+
+
+@dataclass(frozen=True)
+class SSEConfig:
+    """Bidirectional emulation over Server-Sent Events."""
+
+    enabled: bool = False
+    handler_prefix: str = "/connection/sse"
+    max_request_body_size: int = 65536
+
+
+@dataclass(frozen=True)
+class EmulationConfig:
+    """``POST /emulation``: commands for HTTP-stream and SSE sessions."""
+
+    handler_prefix: str = "/emulation"
+    max_request_body_size: int = 65536
+
+
+@dataclass(frozen=True)
+class UniWebSocketConfig:
+    """Unidirectional WebSocket: connect request in, pushes out."""
+
+    enabled: bool = False
+    handler_prefix: str = "/connection/uni_websocket"
+    message_size_limit: int = 65536
+    join_push_messages: bool = False
+
+
+@dataclass(frozen=True)
+class UniSSEConfig:
+    """Unidirectional Server-Sent Events."""
+
+    enabled: bool = False
+    handler_prefix: str = "/connection/uni_sse"
+    max_request_body_size: int = 65536
+
+
+@dataclass(frozen=True)
+class UniHTTPStreamConfig:
+    """Unidirectional HTTP streaming."""
+
+    enabled: bool = False
+    handler_prefix: str = "/connection/uni_http_stream"
+    max_request_body_size: int = 65536
+
+
+@dataclass(frozen=True)
 class HealthConfig:
     """``GET /health`` (on by default, unlike Centrifugo)."""
 
@@ -239,6 +293,12 @@ class Config:
     channel: ChannelConfig = field(default_factory=ChannelConfig)
     http_api: HTTPAPIConfig = field(default_factory=HTTPAPIConfig)
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
+    http_stream: HTTPStreamConfig = field(default_factory=HTTPStreamConfig)
+    sse: SSEConfig = field(default_factory=SSEConfig)
+    emulation: EmulationConfig = field(default_factory=EmulationConfig)
+    uni_websocket: UniWebSocketConfig = field(default_factory=UniWebSocketConfig)
+    uni_sse: UniSSEConfig = field(default_factory=UniSSEConfig)
+    uni_http_stream: UniHTTPStreamConfig = field(default_factory=UniHTTPStreamConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     node: NodeConfig = field(default_factory=NodeConfig)

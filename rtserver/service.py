@@ -20,9 +20,12 @@ from rtserver.auth.jwt import JWTVerifier
 from rtserver.config import Config
 from rtserver.core.node import Node
 from rtserver.engines.memory import MemoryEngine
+from rtserver.transports.emulation import EmulationResource, HTTPStreamResource, SSEResource
 from rtserver.transports.origin import OriginPolicy
+from rtserver.transports.uni import UniHTTPStreamResource, UniSSEResource, UniWebSocketFactory
 from rtserver.transports.websocket import WebSocketFactory
 from rtserver.web.api import APIResource
+from rtserver.web.cors import CORSResource
 from rtserver.web.health import HealthResource
 from rtserver.web.site import RTSite, mount
 
@@ -77,6 +80,46 @@ def build_site(node: Node, config: Config, reactor: Any) -> tuple[RTSite, list[A
         mount(root, config.websocket.handler_prefix, WebSocketResource(factory))
         drains.append(factory)
     limits: list[tuple[str, int]] = []
+    timeout = config.websocket.write_timeout
+
+    def mount_http(prefix: str, resource: Resource, methods: bytes, body_limit: int) -> None:
+        mount(root, prefix, CORSResource(resource, origins, methods))
+        limits.append((prefix, body_limit))
+
+    if config.http_stream.enabled:
+        resource = HTTPStreamResource(node, write_timeout=timeout)
+        hs = config.http_stream
+        mount_http(hs.handler_prefix, resource, b"POST", hs.max_request_body_size)
+    if config.sse.enabled:
+        resource = SSEResource(node, write_timeout=timeout)
+        sse = config.sse
+        mount_http(sse.handler_prefix, resource, b"GET, POST", sse.max_request_body_size)
+    if config.http_stream.enabled or config.sse.enabled:
+        emu = config.emulation
+        mount_http(emu.handler_prefix, EmulationResource(node), b"POST", emu.max_request_body_size)
+    if config.uni_http_stream.enabled:
+        uhs = config.uni_http_stream
+        resource = UniHTTPStreamResource(node, write_timeout=timeout)
+        mount_http(uhs.handler_prefix, resource, b"POST", uhs.max_request_body_size)
+    if config.uni_sse.enabled:
+        usse = config.uni_sse
+        resource = UniSSEResource(node, write_timeout=timeout)
+        mount_http(usse.handler_prefix, resource, b"GET, POST", usse.max_request_body_size)
+    if config.uni_websocket.enabled:
+        from autobahn.twisted.resource import WebSocketResource
+
+        uws = config.uni_websocket
+        uni_factory = UniWebSocketFactory(
+            node,
+            origins,
+            join_push_messages=uws.join_push_messages,
+            message_size_limit=uws.message_size_limit,
+            max_messages_in_frame=config.client.max_messages_in_frame,
+            write_timeout=timeout,
+            reactor=reactor,
+        )
+        mount(root, uws.handler_prefix, WebSocketResource(uni_factory))
+        drains.append(uni_factory)
     if not config.http_api.disabled:
         mount(root, config.http_api.handler_prefix, APIResource(APIExecutor(node), config.http_api))
         limits.append((config.http_api.handler_prefix, config.http_api.max_request_body_size))

@@ -173,6 +173,11 @@ class Client:
         return self._state is State.CLOSED
 
     @property
+    def emulation(self) -> bool:
+        """Whether commands reach this client through ``/emulation``."""
+        return bool(self._sink.emulation)
+
+    @property
     def transport_name(self) -> str:
         """The transport this client uses (``websocket``, ``sse``, ...)."""
         return str(self._sink.transport_name)
@@ -493,6 +498,63 @@ class Client:
         self._stale_timer = None
         node.add_client(self)
         return result
+
+    def start_unidirectional(self, data: bytes | str | None) -> None:
+        """Connect a unidirectional client from its bare ``ConnectRequest`` JSON.
+
+        The result goes out as a ``{"connect":...}`` push; channels in the request's
+        ``subs`` are subscribed like client subscriptions, unauthorized ones skipped.
+        """
+        if self._state is not State.CONNECTING or self._busy:
+            self.close(Disconnect.BAD_REQUEST)
+            return
+        try:
+            params = orjson.loads(data) if data and data.strip() else None
+            if params is None:
+                params = {}
+            if not isinstance(params, dict):
+                raise ProtocolError("connect request must be an object")
+            req = ConnectRequest.parse(params)
+        except (orjson.JSONDecodeError, ProtocolError):
+            self.close(Disconnect.BAD_REQUEST)
+            return
+        self._busy = True
+        d = Deferred.fromCoroutine(self._connect_unidirectional(req))
+        d.addErrback(self._unidirectional_failed)
+
+    async def _connect_unidirectional(self, req: ConnectRequest) -> None:
+        result = await self.connect(req)
+        if self._state is not State.CONNECTED:
+            return
+        for channel, hint in req.subs.items():
+            if channel in self._subs:
+                continue
+            try:
+                sub = self._authorize_subscribe(hint)
+                sub_result = await self._establish(sub, hint, reject_unrecovered=False)
+            except Error as e:
+                _log.debug(
+                    "client {client}: uni subscription to {channel} skipped: {error}",
+                    client=self.id,
+                    channel=channel,
+                    error=e,
+                )
+                continue
+            if self._subs.get(channel) is sub:
+                result.setdefault("subs", {})[channel] = sub_result
+        if self._state is State.CONNECTED:
+            self._send(codec.encode_push("", "connect", result, uni=True))
+            self._go_live()
+
+    def _unidirectional_failed(self, failure: Failure) -> None:
+        exc = failure.value
+        if isinstance(exc, Disconnect):
+            self.close(exc)
+        elif isinstance(exc, Error):
+            self.close(_uni_disconnect(exc))
+        else:
+            _log.failure("client {client}: connect failed", failure, client=self.id)
+            self.close(Disconnect.SERVER_ERROR)
 
     def _go_live(self) -> None:
         """After the connect result is written: timers on, buffered pushes out."""

@@ -14,9 +14,7 @@ from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
-from twisted.internet import tcp
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IPushProducer
 from rtserver.logs import Logger
 from zope.interface import implementer
 
@@ -24,71 +22,13 @@ from rtserver.core.client import Client
 from rtserver.core.node import Node
 from rtserver.core.ports import ISink
 from rtserver.core.writer import Payload
+from rtserver.transports.flow import Backpressure, write_eagerly
 from rtserver.protocol.codes import Disconnect
 from rtserver.protocol.wsframe import text_frame
 
-__all__ = ["WebSocketFactory", "WebSocketProtocol", "write_eagerly"]
+__all__ = ["WebSocketFactory", "WebSocketProtocol"]
 
 _log = Logger()
-
-
-def write_eagerly(transport: Any, data: bytes) -> None:
-    """Write ``data``, trying one immediate ``send()`` when the transport is idle.
-
-    Falls back to ``transport.write`` for TLS, for anything already buffered (order is
-    kept), and for whatever the kernel did not take.
-    """
-    if (
-        type(transport) is tcp.Server
-        and not transport.dataBuffer
-        and not transport._tempDataBuffer
-        and transport.connected
-        and not transport.disconnecting
-    ):
-        try:
-            sent = transport.socket.send(data)
-        except OSError:
-            sent = 0  # EAGAIN or a dead peer: Twisted's own write path handles both
-        if sent == len(data):
-            return
-        data = data[sent:]
-    transport.write(data)
-
-
-@implementer(IPushProducer)
-class _Backpressure:
-    """Tells the client when the transport's buffer is full and when it drained.
-
-    A transport that stays full for ``write_timeout`` seconds means the peer is not
-    reading: the connection is closed with 3009 "write error".
-    """
-
-    def __init__(self, client: Client, clock: Any, write_timeout: float) -> None:
-        self._client = client
-        self._clock = clock
-        self._timeout = write_timeout
-        self._timer: Any = None
-
-    def pauseProducing(self) -> None:
-        self._client.pause_writing()
-        if self._timeout > 0 and self._timer is None:
-            self._timer = self._clock.callLater(self._timeout, self._expired)
-
-    def resumeProducing(self) -> None:
-        self._cancel()
-        self._client.resume_writing()
-
-    def stopProducing(self) -> None:
-        self._cancel()
-
-    def _expired(self) -> None:
-        self._timer = None
-        self._client.close(Disconnect.WRITE_ERROR)
-
-    def _cancel(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
 
 
 @implementer(ISink)
@@ -102,7 +42,7 @@ class WebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     factory: WebSocketFactory
 
     client: Client | None = None
-    _backpressure: _Backpressure | None = None
+    _backpressure: Backpressure | None = None
     _headers: dict[str, str]
 
     def onConnect(self, request: ConnectionRequest) -> str | None:
@@ -126,7 +66,7 @@ class WebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         self.client = client
         self.factory.opened(self)
         try:
-            self._backpressure = _Backpressure(
+            self._backpressure = Backpressure(
                 client, self.factory.reactor, self.factory.write_timeout
             )
             transport.unregisterProducer()

@@ -1,0 +1,79 @@
+"""Output flow control shared by transports: eager TCP sends and backpressure.
+
+* :func:`write_eagerly` sends on an idle plain-TCP transport at once instead of waiting
+  for the reactor's next write pass (architecture.md §4).
+* :class:`Backpressure` is the push producer a transport registers: it pauses the
+  client's writer while the transport buffer is full, and closes with 3009 "write error"
+  when the peer reads nothing for ``write_timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import tcp
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from zope.interface import implementer
+
+from rtserver.core.client import Client
+from rtserver.protocol.codes import Disconnect
+
+__all__ = ["Backpressure", "write_eagerly"]
+
+
+def write_eagerly(transport: Any, data: bytes) -> None:
+    """Write ``data``, trying one immediate ``send()`` when the transport is idle.
+
+    Falls back to ``transport.write`` for TLS, for anything already buffered (order is
+    kept), and for whatever the kernel did not take.
+    """
+    if (
+        type(transport) is tcp.Server
+        and not transport.dataBuffer
+        and not transport._tempDataBuffer
+        and transport.connected
+        and not transport.disconnecting
+    ):
+        try:
+            sent = transport.socket.send(data)
+        except OSError:
+            sent = 0  # EAGAIN or a dead peer: Twisted's own write path handles both
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
+
+
+@implementer(IPushProducer)
+class Backpressure:
+    """Tells a client when its transport's buffer is full and when it drained."""
+
+    def __init__(self, client: Client, clock: IReactorTime, write_timeout: float) -> None:
+        self._client = client
+        self._clock = clock
+        self._timeout = write_timeout
+        self._timer: IDelayedCall | None = None
+
+    def pauseProducing(self) -> None:
+        """The transport buffer is full: hold output, start the write timeout."""
+        self._client.pause_writing()
+        if self._timeout > 0 and self._timer is None:
+            self._timer = self._clock.callLater(self._timeout, self._expired)
+
+    def resumeProducing(self) -> None:
+        """The transport drained: write what accumulated."""
+        self._cancel()
+        self._client.resume_writing()
+
+    def stopProducing(self) -> None:
+        """The transport is going away."""
+        self._cancel()
+
+    def _expired(self) -> None:
+        self._timer = None
+        self._client.close(Disconnect.WRITE_ERROR)
+
+    def _cancel(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
