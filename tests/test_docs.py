@@ -27,6 +27,18 @@ def test_every_config_key_is_documented() -> None:
     assert not missing
 
 
+def test_configuration_tables_are_generated_from_the_schema() -> None:
+    """The key tables in docs/configuration.rst match rtserver.config (scripts/config_doc.py)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("config_doc", ROOT / "scripts" / "config_doc.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = (ROOT / "docs" / "configuration.rst").read_text()
+    assert module.render(text) == text, "run: python scripts/config_doc.py"
+
+
 def _dotted_paths() -> list[str]:
     return [".".join(p) for p, _, _ in config._env_leaves(config.Config, [])]
 

@@ -1,0 +1,185 @@
+"""Regenerate the key tables of docs/configuration.rst from rtserver.config.
+
+Usage: python scripts/config_doc.py [--check]
+The tables sit between ``.. keys-start``/``.. keys-end`` and
+``.. options-start``/``.. options-end`` markers; the prose around them is hand-written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+from rtserver import config
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.rst"
+
+MEANING = {
+    "http_server.address": "interface to bind (empty: all)",
+    "http_server.port": "HTTP port for every endpoint",
+    "http_server.tls.enabled": "serve HTTPS/WSS on the same port",
+    "http_server.tls.cert_pem_file": "certificate chain (PEM file path)",
+    "http_server.tls.key_pem_file": "private key (PEM file path)",
+    "log.level": "trace, debug, info, warn, error, fatal or none",
+    "client.token.hmac_secret_key": "HS256/384/512 secret for connection tokens",
+    "client.token.rsa_public_key": "PEM public key for RS256/384/512",
+    "client.token.ecdsa_public_key": "PEM public key for ES256/384/512",
+    "client.token.audience": "required ``aud`` (checked only when set)",
+    "client.token.issuer": "required ``iss`` (checked only when set)",
+    "client.token.user_id_claim": "claim (dotted path) holding the user id instead of ``sub``",
+    "client.subscription_token.enabled": "verify subscription tokens with the keys of this block",
+    "client.allowed_origins": "browser origins allowed to connect; ``*`` wildcards; empty = no browsers",
+    "client.allow_anonymous_connect_without_token": "connect without a token as anonymous user",
+    "client.disallow_anonymous_connection_tokens": "refuse tokens with an empty ``sub``",
+    "client.insecure": "development only: no auth, every channel permission granted",
+    "client.ping_interval": "server ping ``{}`` interval",
+    "client.pong_timeout": "close with 3012 when the pong is late (must be < ping_interval)",
+    "client.expired_close_delay": "grace after connection expiry before 3005",
+    "client.expired_sub_close_delay": "grace after subscription expiry before unsubscribe 2501",
+    "client.stale_close_delay": "close with 3502 when no connect arrives in time",
+    "client.channel_limit": "subscriptions per connection (106 beyond)",
+    "client.queue_max_size": "bytes queued per connection before disconnect 3008",
+    "client.max_messages_in_frame": "messages joined into one WebSocket frame",
+    "client.presence_update_interval": "presence refresh interval (engines with presence TTL)",
+    "client.history_max_publication_limit": "cap on client ``history`` limit",
+    "client.recovery_max_publication_limit": "cap on publications recovered on subscribe",
+    "client.user_connection_limit": "connections per user on this node (3504 beyond; 0 = off)",
+    "client.connect_include_server_time": "add ``time`` (ms) to connect results",
+    "client.subscribe_to_user_personal_channel.enabled": "subscribe every user to ``#<user>``",
+    "client.subscribe_to_user_personal_channel.personal_channel_namespace": "its namespace",
+    "client.subscribe_to_user_personal_channel.single_connection":
+        "a new connection closes the user's other ones (3504)",
+    "channel.namespaces": "list of namespace objects: ``name`` plus the channel options below",
+    "channel.history_meta_ttl": "how long epoch/top offset survive without traffic",
+    "channel.max_length": "maximum channel name length in bytes (107 beyond)",
+    "channel.private_prefix": "prefix of channels that need a subscription token",
+    "channel.namespace_boundary": "separates namespace and channel name",
+    "channel.user_boundary": "starts the user list of user-limited channels",
+    "channel.user_separator": "separates users in user-limited channels",
+    "http_api.disabled": "turn the server API off",
+    "http_api.key": "API key (``X-API-Key`` or ``Authorization: apikey``); empty = every call 401",
+    "http_api.insecure": "no API key check (behind a trusted proxy only)",
+    "http_api.handler_prefix": "path of the API",
+    "http_api.max_request_body_size": "413 beyond this many body bytes",
+    "websocket.disabled": "turn the WebSocket endpoint off",
+    "websocket.handler_prefix": "path of the WebSocket endpoint",
+    "websocket.message_size_limit": "largest inbound message (close 1009 beyond)",
+    "websocket.write_timeout": "a peer reading nothing this long is closed with 3009 (all transports)",
+    "http_stream.enabled": "bidirectional emulation over HTTP streaming",
+    "http_stream.handler_prefix": "its path",
+    "http_stream.max_request_body_size": "413 beyond",
+    "sse.enabled": "bidirectional emulation over Server-Sent Events",
+    "sse.handler_prefix": "its path",
+    "sse.max_request_body_size": "413 beyond (POST)",
+    "emulation.handler_prefix": "path receiving commands of HTTP-stream/SSE sessions",
+    "emulation.max_request_body_size": "413 beyond",
+    "uni_websocket.enabled": "unidirectional WebSocket",
+    "uni_websocket.handler_prefix": "its path",
+    "uni_websocket.message_size_limit": "largest connect request (close 1009 beyond)",
+    "uni_websocket.join_push_messages": "newline-join pushes sent in one turn into one message",
+    "uni_sse.enabled": "unidirectional Server-Sent Events",
+    "uni_sse.handler_prefix": "its path",
+    "uni_sse.max_request_body_size": "413 beyond (POST)",
+    "uni_http_stream.enabled": "unidirectional HTTP streaming",
+    "uni_http_stream.handler_prefix": "its path",
+    "uni_http_stream.max_request_body_size": "413 beyond",
+    "health.enabled": "serve the health endpoint",
+    "health.handler_prefix": "path of the health endpoint",
+    "engine.type": "``memory`` (the only engine so far)",
+    "node.name": "name in ``info`` (default ``<hostname>_<port>``)",
+    # channel options
+    "presence": "keep presence (who is subscribed)",
+    "join_leave": "emit join/leave events",
+    "force_push_join_leave": "push join/leave to every subscriber",
+    "history_size": "publications kept per channel (with history_ttl)",
+    "history_ttl": "history lifetime after the last publish",
+    "history_meta_ttl": "epoch/top offset lifetime (0 = channel.history_meta_ttl)",
+    "force_positioning": "every subscription gets epoch/offset",
+    "allow_positioning": "positioning when the client asks",
+    "force_recovery": "every subscription is recoverable",
+    "allow_recovery": "recovery when the client asks",
+    "force_recovery_mode": "``stream``: recover the whole gap; ``cache``: only the latest publication",
+    "allow_subscribe_for_client": "authenticated clients may subscribe",
+    "allow_subscribe_for_anonymous": "anonymous clients may subscribe too",
+    "allow_publish_for_client": "clients may publish",
+    "allow_publish_for_subscriber": "subscribers may publish",
+    "allow_publish_for_anonymous": "anonymous clients may publish too",
+    "allow_presence_for_client": "clients may ask presence",
+    "allow_presence_for_subscriber": "subscribers may ask presence",
+    "allow_presence_for_anonymous": "anonymous clients too",
+    "allow_history_for_client": "clients may read history",
+    "allow_history_for_subscriber": "subscribers may read history",
+    "allow_history_for_anonymous": "anonymous clients too",
+    "allow_user_limited_channels": "``name#1,2`` channels open to users 1 and 2",
+    "channel_regex": "regular expression the channel name (after ``ns:``) must match",
+    "publication_data_format": "``json_object`` requires object payloads (107 otherwise)",
+}
+
+
+def _default(f: dataclasses.Field[Any]) -> str:
+    value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    if f.metadata.get("duration"):
+        value = config.format_duration(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value == "":
+        return '""'
+    if value == []:
+        return "[]"
+    return str(value)
+
+
+def _rows(cls: type, path: list[str], skip: tuple[str, ...]) -> list[tuple[str, str, str]]:
+    rows = []
+    for f, hint in config._fields(cls):
+        here = [*path, f.name]
+        key = ".".join(here)
+        if key in skip:
+            continue
+        if dataclasses.is_dataclass(hint):
+            rows += _rows(hint, here, skip)  # type: ignore[arg-type]
+        else:
+            rows.append((f"``{key}``", f"``{_default(f)}``", MEANING.get(key, "")))
+    return rows
+
+
+def _table(rows: list[tuple[str, str, str]], headers: tuple[str, str, str]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    rule = "  ".join("=" * w for w in widths)
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+    return "\n".join([rule, line(headers), rule, *(line(r) for r in rows), rule])
+
+
+def render(text: str) -> str:
+    """The document with both tables regenerated."""
+    keys = _table(_rows(config.Config, [], ("channel.without_namespace",)),
+                  ("key", "default", "meaning"))
+    options = _table(_rows(config.ChannelOptions, [], ()), ("option", "default", "meaning"))
+    for marker, table in (("keys", keys), ("options", options)):
+        start, end = f".. {marker}-start\n", f".. {marker}-end\n"
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        text = f"{head}{start}\n{table}\n\n{end}{tail}"
+    return text
+
+
+def main() -> int:
+    """Rewrite the doc, or with --check report whether it is up to date."""
+    text = DOC.read_text()
+    new = render(text)
+    if "--check" in sys.argv:
+        if new != text:
+            print("docs/configuration.rst is out of date: run python scripts/config_doc.py")
+            return 1
+        return 0
+    DOC.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
