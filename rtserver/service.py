@@ -27,7 +27,7 @@ from rtserver.transports.websocket import WebSocketFactory
 from rtserver.web.api import APIResource
 from rtserver.web.cors import CORSResource
 from rtserver.web.health import HealthResource
-from rtserver.web.site import RTSite, mount
+from rtserver.web.site import Branch, RTSite, mount
 
 __all__ = ["NodeService", "build", "build_node", "build_site", "default_listen"]
 
@@ -63,7 +63,7 @@ def build_node(config: Config, reactor: Any) -> Node:
 
 def build_site(node: Node, config: Config, reactor: Any) -> tuple[RTSite, list[Any]]:
     """The resource tree; also returns the transports to drain on shutdown."""
-    root = Resource()
+    root = Branch()
     origins = OriginPolicy(config.client.allowed_origins)
     drains: list[Any] = []
     if not config.websocket.disabled:
@@ -126,6 +126,7 @@ def build_site(node: Node, config: Config, reactor: Any) -> tuple[RTSite, list[A
     if config.health.enabled:
         mount(root, config.health.handler_prefix, HealthResource())
     site = RTSite(root, body_limits=limits, reactor=reactor)
+    drains.append(site)
     return site, drains
 
 

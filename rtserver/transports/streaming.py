@@ -116,7 +116,8 @@ class ResponseSink:
         if self._backpressure is not None:
             self._backpressure.stopProducing()
             self._backpressure = None
-            self._request.unregisterProducer()
+            if self._request.channel is not None:  # None once the connection is lost
+                self._request.unregisterProducer()
 
     def _ended(self, result: Any) -> None:
         """The response is over: finished by us, or the peer went away."""

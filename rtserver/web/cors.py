@@ -19,7 +19,7 @@ __all__ = ["CORSResource"]
 
 
 class CORSResource(Resource):
-    """Wraps a leaf resource with the origin policy and CORS headers."""
+    """Wraps a leaf resource with the method list, the origin policy and CORS headers."""
 
     isLeaf = True
 
@@ -27,9 +27,14 @@ class CORSResource(Resource):
         super().__init__()
         self._wrapped = wrapped
         self._origins = origins
+        self._allowed = {m.strip() for m in methods.split(b",")} | {b"OPTIONS"}
         self._methods = methods + b", OPTIONS"
 
     def render(self, request: Request) -> Any:
+        if request.method not in self._allowed:
+            request.setResponseCode(405)
+            request.setHeader(b"Allow", self._methods)
+            return b""
         origin = request.getHeader(b"origin")
         if origin is not None:
             if not self._origins.allows(origin.decode("latin-1")):

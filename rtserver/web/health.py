@@ -13,7 +13,11 @@ class HealthResource(Resource):
 
     isLeaf = True
 
-    def render_GET(self, request: Request) -> bytes:
+    def render(self, request: Request) -> bytes:
+        if request.method not in (b"GET", b"HEAD"):
+            request.setResponseCode(405)
+            request.setHeader(b"Allow", b"GET, HEAD")
+            return b""
         request.setHeader(b"Content-Type", b"application/json")
         request.setHeader(b"Cache-Control", b"no-store")
         return b"{}"

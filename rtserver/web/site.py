@@ -6,10 +6,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from rtserver.logs import Logger
-from twisted.web.resource import Resource
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.web.http import HTTPChannel
+from twisted.web import pages
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
-__all__ = ["LimitedRequest", "RTSite", "mount"]
+__all__ = ["Branch", "LimitedRequest", "RTSite", "mount"]
 
 _log = Logger()
 
@@ -63,11 +66,26 @@ class LimitedRequest(Request):
         super().requestReceived(command, path, version)
 
 
+class TrackedChannel(HTTPChannel):
+    """An HTTP connection the site can close at shutdown."""
+
+    site: RTSite
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.site.channel_opened(self)
+
+    def connectionLost(self, reason: Any) -> None:
+        super().connectionLost(reason)
+        self.site.channel_closed(self)
+
+
 class RTSite(Site):
-    """The server's Site: per-prefix body limits, no per-request access log lines."""
+    """The server's Site: per-prefix body limits, quiet access log, closable connections."""
 
     displayTracebacks = False
     requestFactory = LimitedRequest
+    protocol = TrackedChannel
 
     def __init__(
         self,
@@ -83,6 +101,32 @@ class RTSite(Site):
             ((p.encode("utf-8"), n) for p, n in body_limits), key=lambda x: -len(x[0])
         )
         self._default_limit = default_body_limit
+        self._channels: dict[TrackedChannel, Deferred[None]] = {}
+
+    def channel_opened(self, channel: TrackedChannel) -> None:
+        """Track an open HTTP connection."""
+        self._channels[channel] = Deferred()
+
+    def channel_closed(self, channel: TrackedChannel) -> None:
+        """Forget a closed HTTP connection."""
+        waiter = self._channels.pop(channel, None)
+        if waiter is not None:
+            waiter.callback(None)
+
+    def wait_closed(self, timeout: float) -> Deferred[Any]:
+        """Close every HTTP connection (idle keep-alive ones too) and wait for them."""
+        waits = []
+        for channel, waiter in list(self._channels.items()):
+            if channel.transport is None:  # taken over by a WebSocket
+                del self._channels[channel]
+                continue
+            channel.transport.loseConnection()
+            waits.append(waiter)
+        if not waits:
+            return succeed(None)
+        d = DeferredList(waits, consumeErrors=True)
+        d.addTimeout(timeout, self.reactor)
+        return d
 
     def body_limit(self, path: bytes) -> int:
         """The body cap for a request path (longest matching prefix wins)."""
@@ -102,6 +146,18 @@ class RTSite(Site):
         )
 
 
+class Branch(Resource):
+    """An inner node of the resource tree: unknown children are a plain 404."""
+
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        return pages.notFound()
+
+    def render(self, request: Request) -> bytes:
+        request.setResponseCode(404)
+        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        return b"not found\n"
+
+
 def mount(root: Resource, prefix: str, resource: Resource) -> None:
     """Put ``resource`` at ``prefix`` (e.g. ``/connection/websocket``) under ``root``."""
     parts = [p.encode("utf-8") for p in prefix.strip("/").split("/") if p]
@@ -111,7 +167,7 @@ def mount(root: Resource, prefix: str, resource: Resource) -> None:
     for part in parts[:-1]:
         child = node.children.get(part)
         if child is None:
-            child = Resource()
+            child = Branch()
             node.putChild(part, child)
         node = child
     node.putChild(parts[-1], resource)

@@ -10,10 +10,9 @@ import pytest_twisted
 from twisted.internet import defer, reactor, task
 from twisted.internet.protocol import Factory, Protocol
 
-from rtserver import config as rtconfig
 from rtserver.core.types import DisconnectControl
-from rtserver.service import build_node, build_site
-from rtserver.transports.websocket import write_eagerly
+from rtserver.transports.flow import write_eagerly
+from liveserver import Server
 from wsclient import ClientFactory, RecordingClient, connect
 
 SETTINGS: dict[str, Any] = {
@@ -30,23 +29,6 @@ SETTINGS: dict[str, Any] = {
         }
     },
 }
-
-
-class Server:
-    """A live site on 127.0.0.1 with its node."""
-
-    def __init__(self, settings: dict[str, Any]) -> None:
-        cfg = rtconfig.from_mapping(settings)
-        self.node = build_node(cfg, reactor)
-        site, self.drains = build_site(self.node, cfg, reactor)
-        self.node.start()
-        self.port = reactor.listenTCP(0, site, interface="127.0.0.1")
-        self.url = f"ws://127.0.0.1:{self.port.getHost().port}/connection/websocket"
-
-    async def stop(self) -> None:
-        self.node.stop()
-        await defer.DeferredList([d.wait_closed(3) for d in self.drains])
-        await self.port.stopListening()
 
 
 @pytest_twisted.async_yield_fixture
