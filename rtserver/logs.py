@@ -32,7 +32,7 @@ _state = {"min": 1, "off": False}
 
 
 def set_level(name: str) -> None:
-    """Set the minimum level (``trace``/``debug``/``info``/``warn``/``error``/``fatal``/``none``)."""
+    """Set the minimum level: trace, debug, info, warn, error, fatal or none."""
     if name == "none":
         _state["off"] = True
         return

@@ -11,7 +11,6 @@ from typing import Any
 from twisted.application.service import MultiService, Service
 from twisted.application.strports import service as strports_service
 from twisted.internet.defer import Deferred, DeferredList
-from rtserver.logs import Logger
 from twisted.web.resource import Resource
 
 from rtserver import logs
@@ -20,6 +19,7 @@ from rtserver.auth.jwt import JWTVerifier
 from rtserver.config import Config
 from rtserver.core.node import Node
 from rtserver.engines.memory import MemoryEngine
+from rtserver.logs import Logger
 from rtserver.transports.emulation import EmulationResource, HTTPStreamResource, SSEResource
 from rtserver.transports.origin import OriginPolicy
 from rtserver.transports.uni import UniHTTPStreamResource, UniSSEResource, UniWebSocketFactory

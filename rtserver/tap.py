@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.service import IService
-from rtserver.logs import Logger
 from twisted.python import usage
 
 from rtserver import config as rtconfig
+from rtserver.logs import Logger
 
 __all__ = ["Options", "makeService"]
 

@@ -30,7 +30,8 @@ MEANING = {
     "client.token.issuer": "required ``iss`` (checked only when set)",
     "client.token.user_id_claim": "claim (dotted path) holding the user id instead of ``sub``",
     "client.subscription_token.enabled": "verify subscription tokens with the keys of this block",
-    "client.allowed_origins": "browser origins allowed to connect; ``*`` wildcards; empty = no browsers",
+    "client.allowed_origins":
+        "browser origins allowed to connect; ``*`` wildcards; empty = no browsers",
     "client.allow_anonymous_connect_without_token": "connect without a token as anonymous user",
     "client.disallow_anonymous_connection_tokens": "refuse tokens with an empty ``sub``",
     "client.insecure": "development only: no auth, every channel permission granted",
@@ -66,7 +67,8 @@ MEANING = {
     "websocket.disabled": "turn the WebSocket endpoint off",
     "websocket.handler_prefix": "path of the WebSocket endpoint",
     "websocket.message_size_limit": "largest inbound message (close 1009 beyond)",
-    "websocket.write_timeout": "a peer reading nothing this long is closed with 3009 (all transports)",
+    "websocket.write_timeout":
+        "a peer reading nothing this long is closed with 3009 (all transports)",
     "http_stream.enabled": "bidirectional emulation over HTTP streaming",
     "http_stream.handler_prefix": "its path",
     "http_stream.max_request_body_size": "413 beyond",
@@ -100,7 +102,8 @@ MEANING = {
     "allow_positioning": "positioning when the client asks",
     "force_recovery": "every subscription is recoverable",
     "allow_recovery": "recovery when the client asks",
-    "force_recovery_mode": "``stream``: recover the whole gap; ``cache``: only the latest publication",
+    "force_recovery_mode":
+        "``stream``: recover the whole gap; ``cache``: only the latest publication",
     "allow_subscribe_for_client": "authenticated clients may subscribe",
     "allow_subscribe_for_anonymous": "anonymous clients may subscribe too",
     "allow_publish_for_client": "clients may publish",

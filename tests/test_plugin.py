@@ -70,12 +70,12 @@ def test_bad_config_is_a_usage_error_naming_the_key(tmp_path: Path) -> None:
     path = tmp_path / "config.json"
     path.write_text('{"client": {"ping_interval": "soon"}}')
     opts = tap.Options()
-    with pytest.raises(UsageError, match="client.ping_interval"):
+    with pytest.raises(UsageError, match=r"client\.ping_interval"):
         opts.parseOptions(["--config", str(path)])
 
 
 def test_make_service_builds_listeners_without_starting() -> None:
-    """makeService returns a MultiService with the node and one listener per --listen."""
+    """MakeService returns a MultiService with the node and one listener per --listen."""
     opts = tap.Options()
     opts.parseOptions(["-l", "tcp:0:interface=127.0.0.1", "-l", "tcp:0:interface=127.0.0.1"])
     svc = tap.makeService(opts)

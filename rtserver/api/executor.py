@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, gatherResults
-from rtserver.logs import Logger
 
 from rtserver.api import schema
 from rtserver.config import ChannelOptions
@@ -24,6 +23,7 @@ from rtserver.core.types import (
     SubscribeControl,
     UnsubscribeControl,
 )
+from rtserver.logs import Logger
 from rtserver.protocol.codes import Disconnect, Error
 
 if TYPE_CHECKING:

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
-from rtserver.logs import Logger
 from twisted.python.failure import Failure
 
 from rtserver.config import ChannelOptions
@@ -35,6 +34,7 @@ from rtserver.core.types import (
     TokenExpired,
 )
 from rtserver.core.writer import ClientWriter, Payload, SharedPush
+from rtserver.logs import Logger
 from rtserver.protocol import codec
 from rtserver.protocol.codes import Disconnect, Error, Unsubscribe
 from rtserver.protocol.frames import (

@@ -14,7 +14,6 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
-from rtserver.logs import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -35,6 +34,7 @@ from rtserver.core.types import (
     UnsubscribeControl,
 )
 from rtserver.core.writer import FlushScheduler
+from rtserver.logs import Logger
 from rtserver.protocol.codes import Disconnect, Error
 from rtserver.protocol.frames import ClientInfo, Publication, StreamPosition
 
@@ -238,7 +238,9 @@ class Node:
     def channels(self, pattern: str = "") -> dict[str, int]:
         """Channels with local subscribers, filtered by a glob ``pattern``."""
         return {
-            ch: n for ch, n in self.hub.channels() if not pattern or fnmatch.fnmatchcase(ch, pattern)
+            ch: n
+            for ch, n in self.hub.channels()
+            if not pattern or fnmatch.fnmatchcase(ch, pattern)
         }
 
     def info(self) -> dict[str, Any]:

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from rtserver.logs import Logger
 
+from rtserver.logs import Logger
 from rtserver.protocol import codec
 
 __all__ = ["ClientWriter", "FlushScheduler", "Payload", "SharedPush"]

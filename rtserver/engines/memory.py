@@ -18,7 +18,6 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
-from rtserver.logs import Logger
 from zope.interface import implementer
 
 from rtserver.core.ports import IEngine
@@ -29,6 +28,7 @@ from rtserver.core.types import (
     PresenceStats,
     PublishOptions,
 )
+from rtserver.logs import Logger
 from rtserver.protocol.frames import ClientInfo, Publication, StreamPosition
 
 __all__ = ["MemoryEngine", "new_epoch"]

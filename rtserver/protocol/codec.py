@@ -1,4 +1,4 @@
-"""JSON codec of the client protocol: bytes in, commands out; values in, bytes out.
+r"""JSON codec of the client protocol: bytes in, commands out; values in, bytes out.
 
 A transport frame (a WebSocket message, an HTTP body, an ``/emulation`` payload) holds
 one or more JSON objects separated by ``\\n``. Each encoded reply or push is a single

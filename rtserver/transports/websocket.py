@@ -15,16 +15,16 @@ from typing import Any
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred, succeed
-from rtserver.logs import Logger
 from zope.interface import implementer
 
 from rtserver.core.client import Client
 from rtserver.core.node import Node
 from rtserver.core.ports import ISink
 from rtserver.core.writer import Payload
-from rtserver.transports.flow import Backpressure, write_eagerly
+from rtserver.logs import Logger
 from rtserver.protocol.codes import Disconnect
 from rtserver.protocol.wsframe import text_frame
+from rtserver.transports.flow import Backpressure, write_eagerly
 
 __all__ = ["WebSocketFactory", "WebSocketProtocol"]
 

@@ -16,13 +16,13 @@ from urllib.parse import parse_qs
 
 import orjson
 from twisted.internet.defer import Deferred
-from rtserver.logs import Logger
 from twisted.python.failure import Failure
 from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from rtserver.config import HTTPAPIConfig
+from rtserver.logs import Logger
 from rtserver.protocol.codes import Error
 
 if TYPE_CHECKING:

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from rtserver.logs import Logger
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.web.http import HTTPChannel
 from twisted.web import pages
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
+
+from rtserver.logs import Logger
 
 __all__ = ["Branch", "LimitedRequest", "RTSite", "mount"]
 

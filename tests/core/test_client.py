@@ -232,7 +232,7 @@ def test_unrefreshed_connection_expires_with_3005(h: Harness) -> None:
 
 
 def test_refresh_extends_the_connection(h: Harness) -> None:
-    """refresh with a newer token of the same user reschedules expiry."""
+    """Refresh with a newer token of the same user reschedules expiry."""
     now = int(h.clock.seconds())
     h.tokens.connection["t1"] = ConnectionToken(user="42", expire_at=now + 30)
     h.tokens.connection["t2"] = ConnectionToken(user="42", expire_at=now + 300)
@@ -428,9 +428,9 @@ def test_recovery_gap_beyond_history_is_all_or_nothing(h: Harness) -> None:
 
 
 def test_unrecoverable_with_reject_flag_is_112(h: Harness) -> None:
-    """flag bit 2 turns a failed recovery into error 112."""
+    """Flag bit 2 turns a failed recovery into error 112."""
     h.publish("chat:a")
-    sink, msg = _recover(h, 0, "another", flag=3)
+    _sink, msg = _recover(h, 0, "another", flag=3)
     assert msg["error"]["code"] == 112
 
 
@@ -502,7 +502,7 @@ def test_presence_disabled_is_108_and_forbidden_is_103(h: Harness) -> None:
 
 
 def test_history_command(h: Harness) -> None:
-    """history returns publications, epoch and offset; a stale epoch is 112; bad reverse 107."""
+    """History returns publications, epoch and offset; a stale epoch is 112; bad reverse 107."""
     pos = [h.publish("chat:a", b'{"n":%d}' % i) for i in range(3)]
     client, sink = h.client(connect=USER)
     h.send(
@@ -538,7 +538,7 @@ def test_client_publish_permissions(h: Harness) -> None:
 
 
 def test_rpc_send_and_ping_without_handlers(h: Harness) -> None:
-    """rpc and ping answer 108; send without a handler disconnects 3508."""
+    """Rpc and ping answer 108; send without a handler disconnects 3508."""
     client, sink = h.client(connect=USER)
     h.send(client, {"id": 2, "rpc": {"method": "x"}}, {"id": 3, "ping": {}})
     assert reply(sink, 2)["error"]["code"] == 108
@@ -572,7 +572,7 @@ def test_token_channel_in_unknown_namespace_fails_connect(h: Harness) -> None:
 def test_api_control_subscribe_unsubscribe_disconnect(h: Harness) -> None:
     """Server API commands reach the user's connections as pushes and close frames."""
     h.tokens.connection["t"] = ConnectionToken(user="42")
-    client, sink = h.client(connect={"token": "t"})
+    _client, sink = h.client(connect={"token": "t"})
     h.node.control(SubscribeControl(user="42", channel="news:x"))
     h.clock.advance(0)
     assert sink.pushes() == [{"channel": "news:x", "subscribe": {}}]
@@ -613,7 +613,7 @@ def test_single_connection_disconnects_older_connections() -> None:
     settings = {**SETTINGS, "client": {**SETTINGS["client"], "subscribe_to_user_personal_channel": {
         "enabled": True, "single_connection": True}}}
     h = Harness(settings)
-    first, first_sink = h.client(connect=USER)
+    _first, first_sink = h.client(connect=USER)
     second, second_sink = h.client(connect=USER)
     assert first_sink.closed_with == Disconnect.CONNECTION_LIMIT
     assert second.connected and not second_sink.closed

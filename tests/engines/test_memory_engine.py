@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from contract import HISTORY, EngineContract, EngineEnv, RecordingHandler, pub
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
-from contract import HISTORY, EngineContract, EngineEnv, RecordingHandler, pub
 from rtserver.core.types import HistoryFilter
 from rtserver.engines.memory import MemoryEngine
 
@@ -45,7 +45,7 @@ class TestMemoryEngine(EngineContract):
         assert "h" not in engine._streams
 
     def test_reverse_limit_without_since(self, engine_env: EngineEnv) -> None:
-        """reverse with a limit returns the newest publications, newest first."""
+        """Reverse with a limit returns the newest publications, newest first."""
         engine = engine_env.engine
         for i in range(3):
             engine.publish("h", pub(i), HISTORY)

@@ -9,12 +9,12 @@ from typing import Any
 import orjson
 import pytest
 import pytest_twisted
-from twisted.internet import reactor, task
-
 from liveserver import Server
 from rawhttp import request
-from rtserver.core.types import DisconnectControl
+from twisted.internet import reactor, task
 from wsclient import connect
+
+from rtserver.core.types import DisconnectControl
 
 ORIGIN = "https://app.example.com"
 SETTINGS: dict[str, Any] = {
@@ -118,7 +118,7 @@ async def test_emulation_errors(server: Server) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_sse_bidirectional_connect(server: Server) -> None:
-    """SSE: cf_connect in the query, ``\\r\\n`` then ``data:`` events; no cf_connect is 400."""
+    r"""SSE: cf_connect in the query, ``\\r\\n`` then ``data:`` events; no cf_connect is 400."""
     missing = await request(server.port, "GET", "/connection/sse")
     await missing.wait_for(b"cf_connect")
     assert missing.status == 400

@@ -7,13 +7,13 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from liveserver import Server
 from twisted.internet import defer, reactor, task
 from twisted.internet.protocol import Factory, Protocol
+from wsclient import ClientFactory, RecordingClient, connect
 
 from rtserver.core.types import DisconnectControl
 from rtserver.transports.flow import write_eagerly
-from liveserver import Server
-from wsclient import ClientFactory, RecordingClient, connect
 
 SETTINGS: dict[str, Any] = {
     "client": {
