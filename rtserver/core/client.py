@@ -579,24 +579,27 @@ class Client:
     def _authenticate(self, req: ConnectRequest) -> ConnectionToken:
         config = self._config
         if req.token:
-            verifier = self._node.verifier
-            if verifier is None:
-                raise Disconnect.INVALID_TOKEN
-            try:
-                token: ConnectionToken = verifier.verify_connection_token(
-                    req.token, self._clock.seconds()
-                )
-            except TokenExpired:
-                raise Error.TOKEN_EXPIRED from None
-            except InvalidToken as e:
-                _log.info("client {client}: invalid connection token: {e}", client=self.id, e=e)
-                raise Disconnect.INVALID_TOKEN from None
+            token = self._verify_connection_token(req.token, Error.TOKEN_EXPIRED)
             if not token.user and config.disallow_anonymous_connection_tokens:
                 raise Disconnect.INVALID_TOKEN
             return token
         if config.allow_anonymous_connect_without_token or config.insecure:
             return ConnectionToken(user="")
         raise Disconnect.BAD_REQUEST
+
+    def _verify_connection_token(self, raw: str, expired: Exception) -> ConnectionToken:
+        """Verify a connection token; ``expired`` is raised when it has expired."""
+        verifier = self._node.verifier
+        if verifier is None:
+            raise Disconnect.INVALID_TOKEN
+        try:
+            token: ConnectionToken = verifier.verify_connection_token(raw, self._clock.seconds())
+        except TokenExpired:
+            raise expired from None
+        except InvalidToken as e:
+            _log.info("client {client}: invalid connection token: {e}", client=self.id, e=e)
+            raise Disconnect.INVALID_TOKEN from None
+        return token
 
     def _server_side_channels(
         self, token: ConnectionToken
@@ -958,17 +961,7 @@ class Client:
         req = RefreshRequest.parse(cmd.params)
         if not req.token:
             raise ProtocolError("refresh needs a token")
-        verifier = self._node.verifier
-        if verifier is None:
-            raise Disconnect.BAD_REQUEST
-        try:
-            token: ConnectionToken = verifier.verify_connection_token(
-                req.token, self._clock.seconds()
-            )
-        except TokenExpired:
-            raise Disconnect.EXPIRED from None
-        except InvalidToken:
-            raise Disconnect.INVALID_TOKEN from None
+        token = self._verify_connection_token(req.token, Disconnect.EXPIRED)
         if token.user != self.user:
             raise Disconnect.INVALID_TOKEN
         if token.expire_at and token.expire_at <= self._clock.seconds():

@@ -11,75 +11,39 @@ from typing import Any
 
 import orjson
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import Request
 
 from rtserver.core.node import Node
-from rtserver.transports.streaming import ResponseSink, line_frame, prepare_stream, sse_frame
+from rtserver.transports.streaming import CONNECT_PARAM, StreamingResource, sse_frame
 
 __all__ = ["EmulationResource", "HTTPStreamResource", "SSEResource"]
 
-_CONNECT_PARAM = b"cf_connect"
 
-
-class HTTPStreamResource(Resource):
+class HTTPStreamResource(StreamingResource):
     """``POST /connection/http_stream``: commands in the body, replies streamed back."""
 
-    isLeaf = True
-
-    def __init__(self, node: Node, *, write_timeout: float = 1.0) -> None:
-        super().__init__()
-        self._node = node
-        self._write_timeout = write_timeout
+    transport_name = "http_stream"
 
     def render_POST(self, request: Request) -> Any:
-        body = request.content.read()
-        prepare_stream(request, b"application/json")
-        sink = ResponseSink(
-            request,
-            transport_name="http_stream",
-            frame=line_frame,
-            unidirectional=False,
-            emulation=True,
-        )
-        client = sink.start(self._node, self._write_timeout)
-        request.write(b"")  # send the headers now: the client waits for them
-        client.receive(body)
-        return NOT_DONE_YET
+        return self.open(request, request.content.read())
 
 
-class SSEResource(Resource):
+class SSEResource(StreamingResource):
     """``GET /connection/sse?cf_connect=<commands>`` (or POST with them as the body)."""
 
-    isLeaf = True
-
-    def __init__(self, node: Node, *, write_timeout: float = 1.0) -> None:
-        super().__init__()
-        self._node = node
-        self._write_timeout = write_timeout
+    transport_name = "sse"
+    content_type = b"text/event-stream; charset=utf-8"
+    preamble = b"\r\n"
+    frame = staticmethod(sse_frame)
 
     def render_GET(self, request: Request) -> Any:
-        values = request.args.get(_CONNECT_PARAM)
+        values = request.args.get(CONNECT_PARAM)
         if not values or not values[0]:
-            request.setResponseCode(400)
-            return b"missing cf_connect\n"
-        return self._stream(request, values[0])
+            return _status(request, 400, b"missing cf_connect\n")
+        return self.open(request, values[0])
 
     def render_POST(self, request: Request) -> Any:
-        return self._stream(request, request.content.read())
-
-    def _stream(self, request: Request, commands: bytes) -> Any:
-        prepare_stream(request, b"text/event-stream; charset=utf-8")
-        sink = ResponseSink(
-            request,
-            transport_name="sse",
-            frame=sse_frame,
-            unidirectional=False,
-            emulation=True,
-        )
-        client = sink.start(self._node, self._write_timeout)
-        request.write(b"\r\n")
-        client.receive(commands)
-        return NOT_DONE_YET
+        return self.open(request, request.content.read())
 
 
 class EmulationResource(Resource):

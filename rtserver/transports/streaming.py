@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.web.server import Request
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from rtserver.core.client import Client
@@ -24,9 +25,18 @@ from rtserver.protocol import codec
 from rtserver.protocol.codes import Disconnect
 from rtserver.transports.flow import Backpressure
 
-__all__ = ["ResponseSink", "line_frame", "prepare_stream", "sse_frame"]
+__all__ = [
+    "ResponseSink",
+    "StreamingResource",
+    "line_frame",
+    "prepare_stream",
+    "sse_frame",
+]
 
 _log = Logger()
+
+#: Query parameter carrying the initial commands / connect request of GET streams.
+CONNECT_PARAM = b"cf_connect"
 
 _NO_CACHE = b"private, no-cache, no-store, must-revalidate, max-age=0"
 
@@ -128,3 +138,42 @@ class ResponseSink:
         self.client = None
         if client is not None:
             client.transport_lost()
+
+
+class StreamingResource(Resource):
+    """Base of the streaming endpoints: one long-lived response per connection.
+
+    Subclasses set the class attributes and call :meth:`open` from their ``render_*``
+    methods with the request's initial data (commands, or a unidirectional connect
+    request).
+    """
+
+    isLeaf = True
+    transport_name = ""
+    content_type = b"application/json"
+    preamble = b""
+    unidirectional = False
+    frame = staticmethod(line_frame)
+
+    def __init__(self, node: Node, *, write_timeout: float = 1.0) -> None:
+        super().__init__()
+        self._node = node
+        self._write_timeout = write_timeout
+
+    def open(self, request: Request, data: bytes) -> Any:
+        """Start the response, create the client and hand it ``data``."""
+        prepare_stream(request, self.content_type)
+        sink = ResponseSink(
+            request,
+            transport_name=self.transport_name,
+            frame=self.frame,
+            unidirectional=self.unidirectional,
+            emulation=not self.unidirectional,
+        )
+        client = sink.start(self._node, self._write_timeout)
+        request.write(self.preamble)  # headers go out now: clients wait for them
+        if self.unidirectional:
+            client.start_unidirectional(data)
+        else:
+            client.receive(data)
+        return NOT_DONE_YET

@@ -12,8 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from autobahn.websocket.types import ConnectionRequest
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import Request
 
 from rtserver.core.node import Node
 from rtserver.core.writer import Payload
@@ -21,7 +20,7 @@ from rtserver.protocol import codec
 from rtserver.protocol.codes import Disconnect
 from rtserver.protocol.wsframe import text_frame
 from rtserver.transports.flow import write_eagerly
-from rtserver.transports.streaming import ResponseSink, line_frame, prepare_stream, sse_frame
+from rtserver.transports.streaming import CONNECT_PARAM, StreamingResource, sse_frame
 from rtserver.transports.websocket import WebSocketFactory, WebSocketProtocol
 
 __all__ = [
@@ -31,65 +30,31 @@ __all__ = [
     "UniWebSocketProtocol",
 ]
 
-_CONNECT_PARAM = b"cf_connect"
-
-
-class UniHTTPStreamResource(Resource):
+class UniHTTPStreamResource(StreamingResource):
     """``POST /connection/uni_http_stream`` with a ConnectRequest body; pushes per line."""
 
-    isLeaf = True
-
-    def __init__(self, node: Node, *, write_timeout: float = 1.0) -> None:
-        super().__init__()
-        self._node = node
-        self._write_timeout = write_timeout
+    transport_name = "uni_http_stream"
+    unidirectional = True
 
     def render_POST(self, request: Request) -> Any:
-        body = request.content.read()
-        prepare_stream(request, b"application/json")
-        sink = ResponseSink(
-            request,
-            transport_name="uni_http_stream",
-            frame=line_frame,
-            unidirectional=True,
-            emulation=False,
-        )
-        client = sink.start(self._node, self._write_timeout)
-        request.write(b"")
-        client.start_unidirectional(body)
-        return NOT_DONE_YET
+        return self.open(request, request.content.read())
 
 
-class UniSSEResource(Resource):
+class UniSSEResource(StreamingResource):
     """``GET /connection/uni_sse?cf_connect=<json>`` (or POST): pushes as SSE events."""
 
-    isLeaf = True
-
-    def __init__(self, node: Node, *, write_timeout: float = 1.0) -> None:
-        super().__init__()
-        self._node = node
-        self._write_timeout = write_timeout
+    transport_name = "uni_sse"
+    unidirectional = True
+    content_type = b"text/event-stream; charset=utf-8"
+    preamble = b"\r\n"
+    frame = staticmethod(sse_frame)
 
     def render_GET(self, request: Request) -> Any:
-        values = request.args.get(_CONNECT_PARAM)
-        return self._stream(request, values[0] if values else b"")
+        values = request.args.get(CONNECT_PARAM)
+        return self.open(request, values[0] if values else b"")
 
     def render_POST(self, request: Request) -> Any:
-        return self._stream(request, request.content.read())
-
-    def _stream(self, request: Request, connect: bytes) -> Any:
-        prepare_stream(request, b"text/event-stream; charset=utf-8")
-        sink = ResponseSink(
-            request,
-            transport_name="uni_sse",
-            frame=sse_frame,
-            unidirectional=True,
-            emulation=False,
-        )
-        client = sink.start(self._node, self._write_timeout)
-        request.write(b"\r\n")
-        client.start_unidirectional(connect)
-        return NOT_DONE_YET
+        return self.open(request, request.content.read())
 
 
 class UniWebSocketProtocol(WebSocketProtocol):
