@@ -1,0 +1,382 @@
+"""Test harness shared by the interop and browser suites: a real rtserver process.
+
+``run_server`` starts ``twistd -n rtserver`` on a free loopback port with a config built
+from ``base_config`` plus per-suite overrides, waits for ``/health``, and on exit checks
+the process shut down cleanly. ``NodeScenario`` drives one Node script (JSON lines out,
+commands in).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jwt
+import requests
+
+TESTS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = TESTS_DIR.parent
+INTEROP_DIR = TESTS_DIR / "interop"
+NODE_MODULES = INTEROP_DIR / "node_modules"
+SERVER_START_TIMEOUT = 15.0
+SERVER_STOP_TIMEOUT = 10.0
+
+#: ``client.expired_close_delay`` of the server under test (seconds): small, so that a connection
+#: whose token expired without refresh would be closed quickly.
+EXPIRED_CLOSE_DELAY = 1.0
+#: Default bound for one awaited event (Node line, asyncio wait) in a test.
+EVENT_TIMEOUT = 10.0
+
+
+@dataclass
+class Server:
+    """A running ``twistd -n rtserver`` and what a test needs to talk to it."""
+
+    url: str
+    ws_url: str
+    api_url: str
+    api_key: str
+    secret: str
+    log_path: Path
+    process: subprocess.Popen[bytes]
+    _cent_clients: list[Any] = field(default_factory=list)
+
+    def token(self, user: str, ttl: float | None = 3600, **claims: Any) -> str:
+        """HS256 connection token for ``user``; ``ttl`` seconds from now (negative: expired)."""
+        payload: dict[str, Any] = {"sub": user, **claims}
+        if ttl is not None:
+            payload["exp"] = int(time.time() + ttl)
+        return jwt.encode(payload, self.secret, algorithm="HS256")
+
+    def cent(self) -> Any:
+        """A sync ``cent.Client`` for the server API (closed at session end)."""
+        import cent
+
+        session = requests.Session()
+        session.trust_env = False  # never route loopback traffic through an env proxy
+        client = cent.Client(self.api_url, self.api_key, timeout=5.0, session=session)
+        self._cent_clients.append(client)
+        return client
+
+    def publish(self, channel: str, data: Any) -> Any:
+        """Publish through ``cent``; returns the ``PublishResult``."""
+        import cent
+
+        return self.cent_client.publish(cent.PublishRequest(channel=channel, data=data))
+
+    @property
+    def cent_client(self) -> Any:
+        """A shared ``cent.Client``."""
+        if not self._cent_clients:
+            self.cent()
+        return self._cent_clients[0]
+
+    def log(self, tail: int = 20000) -> str:
+        """The server's output so far (the last ``tail`` characters)."""
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return "<no server log>"
+        return text[-tail:]
+
+    def close_clients(self) -> None:
+        """Close every ``cent`` client handed out."""
+        for client in self._cent_clients:
+            client.close()
+        self._cent_clients.clear()
+
+
+def free_port() -> int:
+    """A currently unused loopback TCP port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _twistd() -> str:
+    candidate = Path(sys.executable).with_name("twistd")
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("twistd")
+    if found is None:
+        raise RuntimeError(f"no twistd next to {sys.executable} nor on PATH")
+    return found
+
+
+def base_config(secret: str, api_key: str) -> dict[str, Any]:
+    """The channel layout every interop suite uses (overrides are merged on top)."""
+    history = {"history_size": 100, "history_ttl": "300s", "force_recovery": True}
+    return {
+        "log": {"level": "debug"},
+        "client": {
+            "token": {"hmac_secret_key": secret},
+            # Node's ws sends no Origin header; keep the strict default.
+            "allowed_origins": [],
+            "expired_close_delay": f"{EXPIRED_CLOSE_DELAY:g}s",
+        },
+        "http_api": {"key": api_key},
+        "channel": {
+            "without_namespace": {
+                "allow_subscribe_for_client": True,
+                "presence": True,
+                "join_leave": True,
+                "force_push_join_leave": True,
+                "allow_history_for_subscriber": True,
+                "allow_presence_for_subscriber": True,
+                **history,
+            },
+            "namespaces": [
+                # Clients may subscribe but never publish: publish → 103.
+                {"name": "ro", "allow_subscribe_for_client": True, **history},
+                {
+                    "name": "chat",
+                    "allow_subscribe_for_client": True,
+                    "allow_publish_for_subscriber": True,
+                    **history,
+                },
+            ],
+        },
+    }
+
+
+def _wait_healthy(proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
+    deadline = time.monotonic() + SERVER_START_TIMEOUT
+    session = requests.Session()
+    session.trust_env = False
+    last_error = "no attempt"
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"rtserver exited with {proc.returncode} during start-up; log:\n"
+                    + log.read_text(errors="replace")
+                )
+            try:
+                response = session.get(url + "/health", timeout=1.0)
+                if response.status_code == 200:
+                    return
+                last_error = f"HTTP {response.status_code}"
+            except requests.RequestException as e:
+                last_error = f"{type(e).__name__}"
+            time.sleep(0.1)
+    finally:
+        session.close()
+    raise RuntimeError(
+        f"rtserver did not answer GET /health within {SERVER_START_TIMEOUT:g}s "
+        f"(last: {last_error}); log:\n" + log.read_text(errors="replace")
+    )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout=SERVER_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=SERVER_STOP_TIMEOUT)
+            raise AssertionError(
+                f"rtserver ignored SIGTERM for {SERVER_STOP_TIMEOUT:g}s and was killed"
+            ) from None
+    return proc.returncode
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+@contextmanager
+def run_server(workdir: Path, overrides: dict[str, Any] | None = None) -> Iterator[Server]:
+    """Run ``twistd -n rtserver`` (source tree first on PYTHONPATH); checks a clean shutdown."""
+    secret = "interop-" + uuid.uuid4().hex  # 40 bytes: PyJWT warns below 32
+    api_key = "api-" + uuid.uuid4().hex
+    cfg = workdir / "config.json"
+    config = _merge(base_config(secret, api_key), overrides or {})
+    cfg.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    port = free_port()
+    log_path = workdir / "server.log"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+    )
+    # Environment overrides of the config would make the server differ from the file.
+    for name in list(env):
+        if name.startswith(("RTSERVER_", "CENTRIFUGO_")):
+            del env[name]
+    cmd = [_twistd(), "-n", "--pidfile=", "rtserver", "--config", str(cfg),
+           "-l", f"tcp:{port}:interface=127.0.0.1"]
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            cmd, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    server = Server(
+        url=base,
+        ws_url=f"ws://127.0.0.1:{port}/connection/websocket",
+        api_url=f"{base}/api",
+        api_key=api_key,
+        secret=secret,
+        log_path=log_path,
+        process=proc,
+    )
+    try:
+        _wait_healthy(proc, base, log_path)
+    except BaseException:
+        _stop(proc)
+        raise
+    try:
+        yield server
+    finally:
+        server.close_clients()
+        code = _stop(proc)
+    # twistd ends by re-raising the signal that stopped it: -SIGTERM is a clean exit.
+    assert code in (0, -signal.SIGTERM), f"rtserver exited with {code}; log:\n{server.log()}"
+    assert "Server Shut Down." in server.log(), server.log()
+
+
+class NodeScenario:
+    """A running ``js/<name>.mjs``: JSON lines from stdout, commands to stdin."""
+
+    def __init__(self, node: str, script: Path, env: dict[str, str], timeout: float) -> None:
+        self.script = script
+        self.events: list[dict[str, Any]] = []
+        self._lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._stderr: list[str] = []
+        full_env = dict(os.environ)
+        full_env.update(env)
+        full_env["SCENARIO_TIMEOUT_MS"] = str(int(timeout * 1000))
+        self.proc = subprocess.Popen(
+            [node, str(script)],
+            cwd=INTEROP_DIR,
+            env=full_env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            bufsize=1,
+        )
+        self._threads = [
+            threading.Thread(target=self._read_stdout, daemon=True),
+            threading.Thread(target=self._read_stderr, daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _read_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                obj = {"raw": line}
+            self._lines.put(obj)
+        self._lines.put(None)
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self._stderr.append(line)
+
+    def describe(self) -> str:
+        """Everything seen so far, for assertion messages."""
+        shown = "\n".join(json.dumps(e) for e in self.events)
+        return (
+            f"{self.script.name}: events so far:\n{shown}\nstderr:\n{''.join(self._stderr)[-4000:]}"
+        )
+
+    def expect(
+        self, match: Callable[[dict[str, Any]], bool] | str, timeout: float = EVENT_TIMEOUT
+    ) -> dict[str, Any]:
+        """Wait for the next line satisfying ``match`` (a predicate, or a ``ready`` label)."""
+        if isinstance(match, str):
+            label = match
+
+            def match(e: dict[str, Any]) -> bool:
+                return e.get("ready") == label
+
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"timed out after {timeout:g}s\n{self.describe()}")
+            try:
+                event = self._lines.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if event is None:
+                self._lines.put(None)
+                self.proc.wait(timeout=5)
+                raise AssertionError(
+                    f"script exited ({self.proc.returncode}) before the expected line\n"
+                    + self.describe()
+                )
+            self.events.append(event)
+            if "fatal" in event:
+                raise AssertionError(f"script failed: {event['fatal']}\n{self.describe()}")
+            if match(event):
+                return event
+
+    def send(self, command: str) -> None:
+        """Write one command line to the script's stdin."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+
+    def finish(self, timeout: float = EVENT_TIMEOUT) -> list[dict[str, Any]]:
+        """Wait for a clean exit; returns every event printed."""
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"script did not exit in {timeout:g}s\n{self.describe()}"
+            ) from None
+        for t in self._threads:
+            t.join(timeout=5)
+        while True:
+            try:
+                event = self._lines.get_nowait()
+            except queue.Empty:
+                break
+            if event is not None:
+                self.events.append(event)
+        assert code == 0, f"script exited with {code}\n{self.describe()}"
+        return self.events
+
+    def close(self) -> None:
+        """Kill the script if still running and release its pipes."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=5)
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+        for t in self._threads:
+            t.join(timeout=5)

@@ -1,0 +1,199 @@
+"""centrifuge-js 5.7.4 in Node over bidirectional emulation: HTTP-streaming and SSE + /emulation.
+
+Each scenario gives the SDK exactly one transport (``http_stream`` or ``sse``) so a connection
+can only succeed through it, and checks the transport the SDK reports. The server is a separate
+rtserver process with ``http_stream.enabled`` and ``sse.enabled`` (``rt_server`` is overridden
+for this module, so ``run_js`` and the failure-log hook of conftest.py use it).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import cent
+import pytest
+from harness import NodeScenario, Server, run_server
+
+RunJS = Callable[..., NodeScenario]
+
+pytestmark = [pytest.mark.interop, pytest.mark.timeout(30)]
+
+TRANSPORTS = ["http_stream", "sse"]
+
+
+@pytest.fixture(scope="module")
+def rt_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """An rtserver with HTTP-stream and SSE; Node's fetch sends no Origin: strict origin list."""
+    overrides = {"http_stream": {"enabled": True}, "sse": {"enabled": True}}
+    with run_server(tmp_path_factory.mktemp("rtserver-emulation"), overrides) as server:
+        yield server
+
+
+@pytest.fixture
+def run_emulation(
+    run_js: RunJS, node_modules: Path, rt_server: Server
+) -> Callable[..., NodeScenario]:
+    """Start ``js/emulation_<name>.mjs`` against the emulation server for one transport."""
+    if not (node_modules / "eventsource" / "package.json").is_file():
+        pytest.fail(
+            f"{node_modules / 'eventsource'} is missing: run npm ci --prefix tests/interop",
+            pytrace=False,
+        )
+
+    def start(name: str, transport: str, **env: Any) -> NodeScenario:
+        return run_js(f"emulation_{name}", BASE_URL=rt_server.url, TRANSPORT=transport, **env)
+
+    return start
+
+
+def _name(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:10]}"
+
+
+def _events(events: list[dict[str, Any]], kind: str, **match: Any) -> list[dict[str, Any]]:
+    return [
+        e for e in events if e.get("event") == kind and all(e.get(k) == v for k, v in match.items())
+    ]
+
+
+def _presence_clients(server: Server, channel: str, count: int, timeout: float = 5.0) -> list[str]:
+    """Poll presence until ``count`` clients remain (a dropped stream is noticed asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        clients = list(server.cent_client.presence(cent.PresenceRequest(channel=channel)).presence)
+        if len(clients) == count or time.monotonic() > deadline:
+            return clients
+        time.sleep(0.05)
+
+
+def _with(events: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    found = [e for e in events if key in e]
+    assert found, f"no line with {key!r} in {events}"
+    return found[-1]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_emulation_pubsub_presence_history_publish(
+    rt_server: Server, run_emulation: Callable[..., NodeScenario], transport: str
+) -> None:
+    """Over HTTP-stream/SSE alone the JS client gets cent publications, presence, history and publishes."""
+    user, peer_user = _name("emu-u-"), _name("emu-p-")
+    channel, chat = _name("emu-ch-"), _name("chat:emu-")
+    info = {"name": "Alice"}
+    js = run_emulation(
+        "pubsub",
+        transport,
+        TOKEN=rt_server.token(user, info=info),
+        PEER_TOKEN=rt_server.token(peer_user),
+        CHANNEL=channel,
+        CHAT_CHANNEL=chat,
+        COUNT="3",
+    )
+    ready = js.expect("subscribed")
+    assert ready["transport"] == transport, "the SDK connected through the only transport given"
+    assert ready["peer_transport"] == transport
+    client_id = ready["id"]
+    sent = [{"n": i, "text": f"hello {i}"} for i in range(1, 4)]
+    offsets = [rt_server.publish(channel, data).offset for data in sent]
+    js.send("published")
+    events = js.finish()
+
+    connected = _events(events, "connected", client="main")
+    assert [e["transport"] for e in connected] == [transport]
+    assert not _events(events, "error"), "no transport or command errors"
+
+    pubs = _events(events, "publication", channel=channel)
+    assert [p["data"] for p in pubs] == sent
+    assert [p["offset"] for p in pubs] == offsets == [1, 2, 3]
+
+    presence = _with(events, "presence")["presence"]
+    assert list(presence) == [client_id]
+    assert presence[client_id]["user"] == user
+    assert presence[client_id]["client"] == client_id
+    assert presence[client_id]["connInfo"] == info
+    assert _with(events, "presence_stats")["presence_stats"] == {"numClients": 1, "numUsers": 1}
+
+    history = _with(events, "history")["history"]
+    assert [p["data"] for p in history["publications"]] == sent
+    assert [p["offset"] for p in history["publications"]] == [1, 2, 3]
+    assert history["offset"] == 3
+    assert isinstance(history["epoch"], str) and history["epoch"]
+    assert [p["data"] for p in _with(events, "history_latest")["history_latest"]] == [sent[-1]]
+
+    denied = _with(events, "denied_publish_error")["denied_publish_error"]
+    assert denied == {"code": 103, "message": "permission denied"}
+
+    own = _with(events, "chat_publication")
+    for pub in (own["chat_publication"], own["peer_publication"]):
+        assert pub["data"] == {"text": "allowed"}
+        assert pub["info"]["user"] == user
+        assert pub["info"]["client"] == client_id
+    result = rt_server.cent_client.history(cent.HistoryRequest(channel=chat, limit=-1))
+    assert [p.data for p in result.publications] == [{"text": "allowed"}]
+    assert _with(events, "final_transport")["final_transport"] == transport
+
+
+@pytest.mark.parametrize("mode", ["disconnect", "drop"])
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_emulation_reconnect_recovers_missed(
+    rt_server: Server, run_emulation: Callable[..., NodeScenario], transport: str, mode: str
+) -> None:
+    """After disconnect()/a dropped HTTP-stream/SSE connection the JS client recovers missed publications once, in order."""
+    user, channel = _name("emu-u-"), _name("emu-rec-")
+    live, missed = 2, 5
+    js = run_emulation(
+        "recover",
+        transport,
+        TOKEN=rt_server.token(user),
+        CHANNEL=channel,
+        MODE=mode,
+        LIVE=str(live),
+        MISSED=str(missed),
+    )
+    assert js.expect("subscribed")["transport"] == transport
+    for i in range(live):
+        rt_server.publish(channel, {"live": i})
+    js.send("published_live")
+    js.expect("away")
+    assert _presence_clients(rt_server, channel, 0) == [], "the server released the old session"
+    for i in range(missed):
+        rt_server.publish(channel, {"missed": i})
+    js.send("published_missed")
+    assert js.expect("recovered")["transport"] == transport
+    rt_server.publish(channel, {"sentinel": True})
+    js.send("published_sentinel")
+    events = js.finish()
+
+    assert [e["transport"] for e in _events(events, "connected")] == [transport, transport]
+    subscribed = _events(events, "subscribed")
+    assert len(subscribed) == 2, subscribed
+    first, again = subscribed
+    assert first["recoverable"] is True and first["wasRecovering"] is False
+    assert again["wasRecovering"] is True
+    assert again["recovered"] is True
+    assert again["streamPosition"]["epoch"] == first["streamPosition"]["epoch"]
+
+    pubs = _events(events, "publication")
+    expected = (
+        [{"live": i} for i in range(live)]
+        + [{"missed": i} for i in range(missed)]
+        + [{"sentinel": True}]
+    )
+    assert [p["data"] for p in pubs] == expected, "every publication exactly once, in order"
+    assert [p["offset"] for p in pubs] == list(range(1, live + missed + 2))
+    index = events.index(again)
+    after = [e["data"] for e in events[index:] if e.get("event") == "publication"]
+    assert after == expected[live:], "the missed ones arrive with the resubscribe"
+
+    away = events[: events.index(_with(events, "away_state"))]
+    if mode == "disconnect":
+        assert _events(away, "disconnected", code=0), "disconnect() → disconnected"
+    else:
+        assert _with(events, "dropped_streams")["dropped_streams"] == 1
+        assert _events(away, "connecting"), "dropped stream → connecting"
+        assert not _events(away, "disconnected")
+        assert _with(events, "released_requests")["released_requests"] >= 1
