@@ -632,3 +632,42 @@ def test_cache_recovery_returns_only_the_latest_publication() -> None:
     result = reply(sink, 2)["subscribe"]
     assert result["recovered"] is True
     assert [p["data"] for p in result["publications"]] == [{"v": 3}]
+
+
+def test_emulation_session_pings_and_pongs(h: Harness) -> None:
+    """Emulated sessions get session+node, and pings/pongs work as on WebSocket."""
+    client, sink = h.client(emulation=True)
+    h.send(client, {"id": 1, "connect": USER})
+    result = reply(sink, 1)["connect"]
+    assert result["session"] == client.session and result["node"] == h.node.uid
+    assert result["pong"] is True
+    assert h.node.hub.by_session(client.session) is client
+    h.clock.advance(25)
+    client.receive("{}")  # the pong, as /emulation delivers it
+    h.clock.advance(8)
+    assert not sink.closed
+    h.clock.pump([1] * (25 + 8))  # step by step: timers fire at their own time
+    assert sink.closed_with == Disconnect.NO_PONG
+    assert h.node.hub.by_session(client.session) is None
+
+
+def test_unidirectional_connect_is_a_push_without_pong(h: Harness) -> None:
+    """Unidirectional clients get a bare connect push, pings they need not answer."""
+    client, sink = h.client(unidirectional=True, pong=False)
+    client.start_unidirectional(b'{"token":"user","subs":{"news:a":{},"$p":{}}}')
+    h.clock.advance(0)
+    (connect,) = sink.messages()
+    assert set(connect) == {"connect"}
+    assert "pong" not in connect["connect"] and list(connect["connect"]["subs"]) == ["news:a"]
+    h.clock.pump([1] * (25 + 8 + 25))
+    assert sink.messages()[1:] == [{}, {}] and not sink.closed
+
+
+def test_unidirectional_connect_errors_become_disconnects(h: Harness) -> None:
+    """An expired token on a unidirectional transport is disconnect 3005, not a reply."""
+    client, sink = h.client(unidirectional=True, pong=False)
+    client.start_unidirectional(b'{"token":"expired"}')
+    assert sink.closed_with == Disconnect.EXPIRED
+    other, other_sink = h.client(unidirectional=True, pong=False)
+    other.start_unidirectional(b"[1]")
+    assert other_sink.closed_with == Disconnect.BAD_REQUEST
