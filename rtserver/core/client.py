@@ -23,12 +23,18 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
 
 from rtserver.config import ChannelOptions
+from rtserver.core.permissions import (
+    may_publish,
+    may_read_history,
+    may_read_presence,
+    may_subscribe,
+)
+from rtserver.core.subscription import Subscription, SubState, cache_recovered, recovered
 from rtserver.core.types import (
     ConnectionToken,
     DisconnectControl,
     HistoryFilter,
     InvalidToken,
-    Overrides,
     SubscribeControl,
     SubscriptionToken,
     TokenExpired,
@@ -67,65 +73,6 @@ class State(enum.Enum):
     CONNECTING = "connecting"
     CONNECTED = "connected"
     CLOSED = "closed"
-
-
-class SubState(enum.Enum):
-    """Subscription lifecycle: publications are buffered until the reply is out."""
-
-    SUBSCRIBING = "subscribing"
-    LIVE = "live"
-
-
-class Subscription:
-    """One channel subscription of one client."""
-
-    __slots__ = (
-        "buffer",
-        "chan_info",
-        "channel",
-        "emit_join_leave",
-        "epoch",
-        "expire_at",
-        "offset",
-        "opts",
-        "positioned",
-        "presence",
-        "push_join_leave",
-        "recoverable",
-        "server_side",
-        "state",
-        "timer",
-    )
-
-    def __init__(self, channel: str, opts: ChannelOptions, server_side: bool) -> None:
-        self.channel = channel
-        self.opts = opts
-        self.server_side = server_side
-        self.state = SubState.SUBSCRIBING
-        self.positioned = False
-        self.recoverable = False
-        self.presence = opts.presence
-        self.emit_join_leave = opts.join_leave
-        self.push_join_leave = False
-        self.offset = 0
-        self.epoch = ""
-        self.chan_info: bytes | None = None
-        self.expire_at = 0
-        self.buffer: list[tuple[Publication | None, SharedPush]] = []
-        self.timer: IDelayedCall | None = None
-
-    def apply(self, overrides: Overrides) -> None:
-        """Apply token or API overrides of namespace options."""
-        if overrides.presence is not None:
-            self.presence = overrides.presence
-        if overrides.join_leave is not None:
-            self.emit_join_leave = overrides.join_leave
-        if overrides.force_push_join_leave is not None and self.emit_join_leave:
-            self.push_join_leave = overrides.force_push_join_leave
-        if overrides.force_positioning:
-            self.positioned = True
-        if overrides.force_recovery and self.opts.history_enabled:
-            self.recoverable = self.positioned = True
 
 
 class Client:
@@ -659,31 +606,15 @@ class Client:
         elif resolver.is_user_limited(channel, opts):
             if not resolver.user_allowed(channel, self.user):
                 raise Error.PERMISSION_DENIED
-        elif not (
-            (opts.allow_subscribe_for_client and (self.user or opts.allow_subscribe_for_anonymous))
-            or self._config.insecure
-        ):
+        elif not may_subscribe(opts, self.user, self._config.insecure):
             raise Error.PERMISSION_DENIED
         if token is None:
             resolver.check_regex(channel, opts)
 
         sub = Subscription(channel, opts, server_side=False)
-        history_ok = opts.history_enabled and (
-            self._config.insecure
-            or token is not None
-            or self._allowed(
-                opts.allow_history_for_client or opts.allow_history_for_subscriber,
-                opts.allow_history_for_anonymous,
-            )
-        )
-        presence_ok = (
-            self._config.insecure
-            or token is not None
-            or self._allowed(
-                opts.allow_presence_for_client or opts.allow_presence_for_subscriber,
-                opts.allow_presence_for_anonymous,
-            )
-        )
+        insecure = self._config.insecure or token is not None
+        history_ok = opts.history_enabled and may_read_history(opts, self.user, True, insecure)
+        presence_ok = may_read_presence(opts, self.user, True, insecure)
         sub.recoverable = opts.history_enabled and (
             opts.force_recovery or (req.recoverable and (opts.allow_recovery or history_ok))
         )
@@ -724,9 +655,6 @@ class Client:
             raise Disconnect.INVALID_TOKEN
         return token
 
-    def _allowed(self, permission: bool, anonymous: bool) -> bool:
-        return permission and (bool(self.user) or anonymous)
-
     async def _establish(
         self, sub: Subscription, req: SubscribeRequest | None, *, reject_unrecovered: bool
     ) -> dict[str, Any]:
@@ -766,9 +694,9 @@ class Client:
             history = await node.engine.history(channel, flt, meta_ttl)
             top = history.position
             if sub.opts.force_recovery_mode == "cache":
-                pubs = _cache_recovered(history.publications, req.offset, req.epoch, top)
+                pubs = cache_recovered(history.publications, req.offset, req.epoch, top)
             else:
-                pubs = _recovered(history.publications, req.offset, req.epoch, top)
+                pubs = recovered(history.publications, req.offset, req.epoch, top)
             result["was_recovering"] = True
             if pubs is not None:
                 result["recovered"] = True
@@ -896,11 +824,7 @@ class Client:
         req = PublishRequest.parse(cmd.params)
         opts = self._options_for(req.channel)
         subscribed = req.channel in self._subs
-        allowed = self._config.insecure or (
-            (opts.allow_publish_for_client or (opts.allow_publish_for_subscriber and subscribed))
-            and (bool(self.user) or opts.allow_publish_for_anonymous)
-        )
-        if not allowed:
+        if not may_publish(opts, self.user, subscribed, self._config.insecure):
             raise Error.PERMISSION_DENIED
         await self._node.publish(req.channel, req.data, info=self.info(req.channel), opts=opts)
         self._reply(cmd, {})
@@ -910,11 +834,7 @@ class Client:
         if not opts.presence:
             raise Error.NOT_AVAILABLE
         subscribed = channel in self._subs
-        allowed = self._config.insecure or self._allowed(
-            opts.allow_presence_for_client or (opts.allow_presence_for_subscriber and subscribed),
-            opts.allow_presence_for_anonymous,
-        )
-        if not allowed:
+        if not may_read_presence(opts, self.user, subscribed, self._config.insecure):
             raise Error.PERMISSION_DENIED
 
     async def _presence(self, cmd: Command) -> None:
@@ -935,11 +855,7 @@ class Client:
         if not opts.history_enabled:
             raise Error.NOT_AVAILABLE
         subscribed = req.channel in self._subs
-        allowed = self._config.insecure or self._allowed(
-            opts.allow_history_for_client or (opts.allow_history_for_subscriber and subscribed),
-            opts.allow_history_for_anonymous,
-        )
-        if not allowed:
+        if not may_read_history(opts, self.user, subscribed, self._config.insecure):
             raise Error.PERMISSION_DENIED
         max_limit = self._config.history_max_publication_limit
         limit = req.limit
@@ -1043,33 +959,6 @@ class Client:
 def codec_fragment(raw: bytes) -> Any:
     """Embed raw JSON bytes in a value encoded later."""
     return orjson.Fragment(raw)
-
-
-def _recovered(
-    pubs: list[Publication], offset: int, epoch: str, top: StreamPosition
-) -> list[Publication] | None:
-    """The publications that fill the gap after ``offset``, or None when they can't.
-
-    Recovery is all-or-nothing: the whole gap from history, or nothing.
-    """
-    if epoch and epoch != top.epoch:
-        return None
-    if not pubs:
-        return pubs if top.offset == offset else None
-    if pubs[0].offset == offset + 1 and pubs[-1].offset == top.offset:
-        return pubs
-    return None
-
-
-def _cache_recovered(
-    latest: list[Publication], offset: int, epoch: str, top: StreamPosition
-) -> list[Publication] | None:
-    """Cache-mode recovery: the client needs only the newest publication, if any."""
-    if epoch == top.epoch and offset == top.offset:
-        return []
-    if latest and latest[0].offset == top.offset:
-        return latest
-    return None
 
 
 def _uni_disconnect(error: Error) -> Disconnect:
