@@ -29,7 +29,14 @@ from rtserver.web.cors import CORSResource
 from rtserver.web.health import HealthResource
 from rtserver.web.site import Branch, RTSite, mount
 
-__all__ = ["NodeService", "build", "build_node", "build_site", "default_listen"]
+__all__ = [
+    "NodeService",
+    "build",
+    "build_node",
+    "build_site",
+    "default_listen",
+    "enabled_transports",
+]
 
 _log = Logger()
 
@@ -37,13 +44,30 @@ _log = Logger()
 class NodeService(Service):
     """Starts the node (and its engine) and drains connections on shutdown."""
 
-    def __init__(self, node: Node, drains: list[Any], shutdown_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        node: Node,
+        drains: list[Any],
+        endpoints: list[str],
+        shutdown_timeout: float = 5.0,
+    ) -> None:
         self.node = node
         self._drains = drains
+        self._endpoints = endpoints
         self._timeout = shutdown_timeout
 
     def startService(self) -> None:
         super().startService()
+        config = self.node.config
+        _log.info(
+            "rtserver {version} node {name}: {engine} engine, transports {transports}, "
+            "listening on {endpoints}",
+            version=self.node.version,
+            name=self.node.name,
+            engine=config.engine.type,
+            transports=", ".join(enabled_transports(config)) or "none",
+            endpoints=", ".join(self._endpoints),
+        )
         d = self.node.start()
         d.addErrback(lambda f: _log.failure("node failed to start", f))
 
@@ -52,6 +76,15 @@ class NodeService(Service):
         self.node.stop()
         waits = [drain.wait_closed(self._timeout) for drain in self._drains]
         return DeferredList(waits, consumeErrors=True)
+
+
+def enabled_transports(config: Config) -> list[str]:
+    """Names of the client transports this configuration serves."""
+    names = [] if config.websocket.disabled else ["websocket"]
+    for name in ("http_stream", "sse", "uni_websocket", "uni_sse", "uni_http_stream"):
+        if getattr(config, name).enabled:
+            names.append(name)
+    return names
 
 
 def build_node(config: Config, reactor: Any) -> Node:
@@ -159,8 +192,9 @@ def build(config: Config, *, listen: list[str] | None = None, reactor: Any = Non
     site, drains = build_site(node, config, reactor)
     top = MultiService()
     top.setName("rtserver")
-    NodeService(node, drains).setServiceParent(top)
-    for desc in listen or default_listen(config):
+    endpoints = listen or default_listen(config)
+    NodeService(node, drains, endpoints).setServiceParent(top)
+    for desc in endpoints:
         strports_service(desc, site, reactor=reactor).setServiceParent(top)
     top.node = node  # type: ignore[attr-defined]
     return top
