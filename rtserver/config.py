@@ -208,21 +208,26 @@ class WebSocketConfig:
 
 
 @dataclass(frozen=True)
-class HTTPStreamConfig:
-    """Bidirectional emulation over an HTTP streaming response."""
+class StreamEndpointConfig:
+    """An HTTP endpoint of a streaming transport: switch, path, request body cap."""
 
     enabled: bool = False
-    handler_prefix: str = "/connection/http_stream"
+    handler_prefix: str = ""
     max_request_body_size: int = 65536
 
 
 @dataclass(frozen=True)
-class SSEConfig:
+class HTTPStreamConfig(StreamEndpointConfig):
+    """Bidirectional emulation over an HTTP streaming response."""
+
+    handler_prefix: str = "/connection/http_stream"
+
+
+@dataclass(frozen=True)
+class SSEConfig(StreamEndpointConfig):
     """Bidirectional emulation over Server-Sent Events."""
 
-    enabled: bool = False
     handler_prefix: str = "/connection/sse"
-    max_request_body_size: int = 65536
 
 
 @dataclass(frozen=True)
@@ -244,21 +249,17 @@ class UniWebSocketConfig:
 
 
 @dataclass(frozen=True)
-class UniSSEConfig:
+class UniSSEConfig(StreamEndpointConfig):
     """Unidirectional Server-Sent Events."""
 
-    enabled: bool = False
     handler_prefix: str = "/connection/uni_sse"
-    max_request_body_size: int = 65536
 
 
 @dataclass(frozen=True)
-class UniHTTPStreamConfig:
+class UniHTTPStreamConfig(StreamEndpointConfig):
     """Unidirectional HTTP streaming."""
 
-    enabled: bool = False
     handler_prefix: str = "/connection/uni_http_stream"
-    max_request_body_size: int = 65536
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ for this module, so ``run_js`` and the failure-log hook of conftest.py use it).
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import cent
 import pytest
 from harness import NodeScenario, Server, run_server
+from interop_support import check_pubsub_presence_history, events_of, last_with, unique
 
 RunJS = Callable[..., NodeScenario]
 
@@ -50,16 +50,6 @@ def run_emulation(
     return start
 
 
-def _name(prefix: str) -> str:
-    return f"{prefix}{uuid.uuid4().hex[:10]}"
-
-
-def _events(events: list[dict[str, Any]], kind: str, **match: Any) -> list[dict[str, Any]]:
-    return [
-        e for e in events if e.get("event") == kind and all(e.get(k) == v for k, v in match.items())
-    ]
-
-
 def _presence_clients(server: Server, channel: str, count: int, timeout: float = 5.0) -> list[str]:
     """Poll presence until ``count`` clients remain (a dropped stream is noticed asynchronously)."""
     deadline = time.monotonic() + timeout
@@ -70,19 +60,13 @@ def _presence_clients(server: Server, channel: str, count: int, timeout: float =
         time.sleep(0.05)
 
 
-def _with(events: list[dict[str, Any]], key: str) -> dict[str, Any]:
-    found = [e for e in events if key in e]
-    assert found, f"no line with {key!r} in {events}"
-    return found[-1]
-
-
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_emulation_pubsub_presence_history_publish(
     rt_server: Server, run_emulation: Callable[..., NodeScenario], transport: str
 ) -> None:
     """Over HTTP-stream/SSE alone the JS client gets cent publications, presence, history and publishes."""
-    user, peer_user = _name("emu-u-"), _name("emu-p-")
-    channel, chat = _name("emu-ch-"), _name("chat:emu-")
+    user, peer_user = unique("emu-u-"), unique("emu-p-")
+    channel, chat = unique("emu-ch-"), unique("chat:emu-")
     info = {"name": "Alice"}
     js = run_emulation(
         "pubsub",
@@ -102,39 +86,26 @@ def test_emulation_pubsub_presence_history_publish(
     js.send("published")
     events = js.finish()
 
-    connected = _events(events, "connected", client="main")
+    connected = events_of(events, "connected", client="main")
     assert [e["transport"] for e in connected] == [transport]
-    assert not _events(events, "error"), "no transport or command errors"
+    assert not events_of(events, "error"), "no transport or command errors"
 
-    pubs = _events(events, "publication", channel=channel)
-    assert [p["data"] for p in pubs] == sent
-    assert [p["offset"] for p in pubs] == offsets == [1, 2, 3]
+    check_pubsub_presence_history(
+        events, channel=channel, sent=sent, offsets=offsets, client_id=client_id, user=user,
+        info=info,
+    )
 
-    presence = _with(events, "presence")["presence"]
-    assert list(presence) == [client_id]
-    assert presence[client_id]["user"] == user
-    assert presence[client_id]["client"] == client_id
-    assert presence[client_id]["connInfo"] == info
-    assert _with(events, "presence_stats")["presence_stats"] == {"numClients": 1, "numUsers": 1}
-
-    history = _with(events, "history")["history"]
-    assert [p["data"] for p in history["publications"]] == sent
-    assert [p["offset"] for p in history["publications"]] == [1, 2, 3]
-    assert history["offset"] == 3
-    assert isinstance(history["epoch"], str) and history["epoch"]
-    assert [p["data"] for p in _with(events, "history_latest")["history_latest"]] == [sent[-1]]
-
-    denied = _with(events, "denied_publish_error")["denied_publish_error"]
+    denied = last_with(events, "denied_publish_error")["denied_publish_error"]
     assert denied == {"code": 103, "message": "permission denied"}
 
-    own = _with(events, "chat_publication")
+    own = last_with(events, "chat_publication")
     for pub in (own["chat_publication"], own["peer_publication"]):
         assert pub["data"] == {"text": "allowed"}
         assert pub["info"]["user"] == user
         assert pub["info"]["client"] == client_id
     result = rt_server.cent_client.history(cent.HistoryRequest(channel=chat, limit=-1))
     assert [p.data for p in result.publications] == [{"text": "allowed"}]
-    assert _with(events, "final_transport")["final_transport"] == transport
+    assert last_with(events, "final_transport")["final_transport"] == transport
 
 
 @pytest.mark.parametrize("mode", ["disconnect", "drop"])
@@ -143,7 +114,7 @@ def test_emulation_reconnect_recovers_missed(
     rt_server: Server, run_emulation: Callable[..., NodeScenario], transport: str, mode: str
 ) -> None:
     """After disconnect()/a dropped HTTP-stream/SSE connection the JS client recovers missed publications once, in order."""
-    user, channel = _name("emu-u-"), _name("emu-rec-")
+    user, channel = unique("emu-u-"), unique("emu-rec-")
     live, missed = 2, 5
     js = run_emulation(
         "recover",
@@ -168,8 +139,8 @@ def test_emulation_reconnect_recovers_missed(
     js.send("published_sentinel")
     events = js.finish()
 
-    assert [e["transport"] for e in _events(events, "connected")] == [transport, transport]
-    subscribed = _events(events, "subscribed")
+    assert [e["transport"] for e in events_of(events, "connected")] == [transport, transport]
+    subscribed = events_of(events, "subscribed")
     assert len(subscribed) == 2, subscribed
     first, again = subscribed
     assert first["recoverable"] is True and first["wasRecovering"] is False
@@ -177,7 +148,7 @@ def test_emulation_reconnect_recovers_missed(
     assert again["recovered"] is True
     assert again["streamPosition"]["epoch"] == first["streamPosition"]["epoch"]
 
-    pubs = _events(events, "publication")
+    pubs = events_of(events, "publication")
     expected = (
         [{"live": i} for i in range(live)]
         + [{"missed": i} for i in range(missed)]
@@ -189,11 +160,11 @@ def test_emulation_reconnect_recovers_missed(
     after = [e["data"] for e in events[index:] if e.get("event") == "publication"]
     assert after == expected[live:], "the missed ones arrive with the resubscribe"
 
-    away = events[: events.index(_with(events, "away_state"))]
+    away = events[: events.index(last_with(events, "away_state"))]
     if mode == "disconnect":
-        assert _events(away, "disconnected", code=0), "disconnect() → disconnected"
+        assert events_of(away, "disconnected", code=0), "disconnect() → disconnected"
     else:
-        assert _with(events, "dropped_streams")["dropped_streams"] == 1
-        assert _events(away, "connecting"), "dropped stream → connecting"
-        assert not _events(away, "disconnected")
-        assert _with(events, "released_requests")["released_requests"] >= 1
+        assert last_with(events, "dropped_streams")["dropped_streams"] == 1
+        assert events_of(away, "connecting"), "dropped stream → connecting"
+        assert not events_of(away, "disconnected")
+        assert last_with(events, "released_requests")["released_requests"] >= 1
