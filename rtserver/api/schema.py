@@ -11,14 +11,11 @@ never contain a newline and can be spliced into client frames unchanged.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Any
-
-import orjson
 
 from rtserver.core.types import Overrides
 from rtserver.protocol.codes import Error
+from rtserver.protocol.fields import FieldReader
 from rtserver.protocol.frames import StreamPosition
 
 __all__ = [
@@ -72,14 +69,15 @@ def object_params(params: Any, what: str = "params") -> dict[str, Any]:
     return params
 
 
-def string(params: dict[str, Any], key: str, *, name: str = "") -> str:
-    """An optional string (``""`` when absent); ``name`` overrides ``key`` in errors."""
-    value = params.get(key)
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise bad_request(f"{name or key} must be a string")
-    return value
+_read = FieldReader(bad_request)
+
+#: Optional typed fields; a wrong type is error 107 naming the field.
+string = _read.string
+boolean = _read.boolean
+integer = _read.integer
+string_list = _read.string_list
+string_map = _read.string_map
+raw_json = _read.raw_json
 
 
 def required_string(params: dict[str, Any], key: str) -> str:
@@ -88,74 +86,6 @@ def required_string(params: dict[str, Any], key: str) -> str:
     if not value:
         raise bad_request(f"{key} is required")
     return value
-
-
-def boolean(params: dict[str, Any], key: str) -> bool:
-    """An optional boolean (``False`` when absent)."""
-    value = params.get(key)
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise bad_request(f"{key} must be a boolean")
-    return value
-
-
-def integer(params: dict[str, Any], key: str, lo: int, hi: int, *, name: str = "") -> int:
-    """An optional integer within ``[lo, hi]`` (``0`` when absent)."""
-    value = params.get(key)
-    if value is None:
-        return 0
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise bad_request(f"{name or key} must be an integer in [{lo}, {hi}]")
-    return value
-
-
-def string_list(params: dict[str, Any], key: str) -> list[str]:
-    """An optional list of strings (``[]`` when absent)."""
-    value = params.get(key)
-    if value is None:
-        return []
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise bad_request(f"{key} must be a list of strings")
-    return value
-
-
-def string_map(params: dict[str, Any], key: str) -> dict[str, str]:
-    """An optional object mapping strings to strings (``{}`` when absent)."""
-    value = params.get(key)
-    if value is None:
-        return {}
-    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-        raise bad_request(f"{key} must map strings to strings")
-    return value
-
-
-def raw_json(params: dict[str, Any], key: str, b64key: str) -> bytes | None:
-    """A raw JSON payload from ``key`` or its base64 twin ``b64key``; ``None`` if neither.
-
-    ``b64key`` wins when both are given (as in Centrifugo). This server speaks JSON
-    only, so the base64 bytes must themselves be a JSON document.
-    """
-    encoded = string(params, b64key)
-    if encoded:
-        return _b64_json(encoded, b64key)
-    if key not in params:
-        return None
-    try:
-        return orjson.dumps(params[key])
-    except orjson.JSONEncodeError:
-        raise bad_request(f"{key} must be JSON") from None
-
-
-def _b64_json(encoded: str, key: str) -> bytes:
-    try:
-        decoded = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError):
-        raise bad_request(f"{key} must be valid base64") from None
-    try:
-        return orjson.dumps(orjson.loads(decoded))
-    except orjson.JSONDecodeError:
-        raise bad_request(f"{key} must encode JSON: this server is JSON-only") from None
 
 
 def position(params: dict[str, Any], key: str) -> StreamPosition | None:

@@ -418,7 +418,7 @@ class Client:
             hint = req.subs.get(channel)
             result = await self._establish(sub, hint, reject_unrecovered=False)
             if grant is not None and grant.data is not None:
-                result["data"] = codec_fragment(grant.data)
+                result["data"] = orjson.Fragment(grant.data)
             subs_result[channel] = result
         if self._state is State.CLOSED:
             return {}
@@ -796,7 +796,7 @@ class Client:
         if self._subs.get(sub.channel) is not sub:
             return
         if ctrl.data is not None:
-            result["data"] = codec_fragment(ctrl.data)
+            result["data"] = orjson.Fragment(ctrl.data)
         if sub.expire_at:
             result["expires"] = True
             result["ttl"] = self._ttl(sub.expire_at)
@@ -954,11 +954,6 @@ class Client:
             if expire_at:
                 body = {"expires": True, "ttl": self._ttl(expire_at)}
             self._push("", "refresh", body)
-
-
-def codec_fragment(raw: bytes) -> Any:
-    """Embed raw JSON bytes in a value encoded later."""
-    return orjson.Fragment(raw)
 
 
 def _uni_disconnect(error: Error) -> Disconnect:

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from rtserver.protocol.codes import Disconnect
+from rtserver.protocol.fields import FieldReader
 
 __all__ = [
     "METHODS",
@@ -32,7 +33,6 @@ __all__ = [
     "StreamPosition",
     "SubRefreshRequest",
     "SubscribeRequest",
-    "dump_raw",
 ]
 
 #: Command methods in field-number order; the first present key wins.
@@ -67,11 +67,6 @@ class ProtocolError(Disconnect):
 
     def __repr__(self) -> str:
         return f"ProtocolError({self.detail!r})"
-
-
-def dump_raw(value: Any) -> bytes:
-    """Encode a decoded JSON value back to compact JSON bytes (never with newlines)."""
-    return orjson.dumps(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,47 +136,15 @@ class Command:
 
 # --- field readers ---------------------------------------------------------------
 
-
-def _str(params: dict[str, Any], key: str) -> str:
-    value = params.get(key)
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise ProtocolError(f"{key} must be a string")
-    return value
-
-
-def _bool(params: dict[str, Any], key: str) -> bool:
-    value = params.get(key)
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise ProtocolError(f"{key} must be a boolean")
-    return value
-
-
-def _int(params: dict[str, Any], key: str, lo: int, hi: int) -> int:
-    value = params.get(key)
-    if value is None:
-        return 0
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ProtocolError(f"{key} must be an integer in [{lo}, {hi}]")
-    return value
+_read = FieldReader(ProtocolError)
+_str = _read.string
+_bool = _read.boolean
+_int = _read.integer
+_object = _read.object
 
 
 def _raw(params: dict[str, Any], key: str) -> bytes | None:
-    if key not in params:
-        return None
-    return dump_raw(params[key])
-
-
-def _object(params: dict[str, Any], key: str) -> dict[str, Any]:
-    value = params.get(key)
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ProtocolError(f"{key} must be an object")
-    return value
+    return _read.raw_json(params, key)
 
 
 # --- requests ----------------------------------------------------------------------
