@@ -4,7 +4,7 @@
 // The client is given ONLY that transport, so a connection can only succeed through it.
 import { Centrifuge } from 'centrifuge';
 import { EventSource } from 'eventsource';
-import { emit, env, pubJSON } from './lib.mjs';
+import { env, traceClient } from './lib.mjs';
 
 export const BASE_URL = env('BASE_URL');
 export const TRANSPORT = env('TRANSPORT');
@@ -110,13 +110,5 @@ export function makeEmulationClient(label, options = {}) {
       ...rest,
     },
   );
-  const tag = (obj) => emit({ client: label, ...obj });
-  client.on('connecting', (ctx) => tag({ event: 'connecting', code: ctx.code, reason: ctx.reason }));
-  client.on('connected', (ctx) => tag({ event: 'connected', id: ctx.client, transport: ctx.transport }));
-  client.on('disconnected', (ctx) => tag({ event: 'disconnected', code: ctx.code, reason: ctx.reason }));
-  client.on('error', (ctx) => tag({
-    event: 'error', type: ctx.type, code: ctx.error && ctx.error.code, message: ctx.error && ctx.error.message,
-  }));
-  client.on('publication', (ctx) => tag({ event: 'server_publication', ...pubJSON(ctx) }));
-  return client;
+  return traceClient(client, label);
 }

@@ -124,6 +124,11 @@ export function makeClient(label, options = {}) {
     maxReconnectDelay: 1000,
     ...options,
   });
+  return traceClient(client, label);
+}
+
+// Print a client's lifecycle, errors and server-side subscription events as JSON lines.
+export function traceClient(client, label) {
   const tag = (obj) => emit({ client: label, ...obj });
   client.on('connecting', (ctx) => tag({ event: 'connecting', code: ctx.code, reason: ctx.reason }));
   client.on('connected', (ctx) => tag({ event: 'connected', id: ctx.client, transport: ctx.transport }));
