@@ -146,8 +146,14 @@ class Client:
     # --- input -----------------------------------------------------------------------
 
     def receive(self, data: bytes | str) -> None:
-        """Process one transport frame of newline-delimited commands."""
+        """Process one transport frame of newline-delimited commands.
+
+        Unidirectional clients send no commands (see :meth:`start_unidirectional`).
+        """
         if self._state is State.CLOSED:
+            return
+        if self._uni:
+            self.close(Disconnect.BAD_REQUEST)
             return
         try:
             commands = codec.decode_commands(data)
@@ -232,16 +238,10 @@ class Client:
         if self._state is State.CLOSED:
             return
         assert cmd.method is not None
-        if self._uni:
-            self._send(codec.encode_push("", cmd.method, result, uni=True))
-        else:
-            self._send(codec.encode_reply(cmd.id, cmd.method, result))
+        self._send(codec.encode_reply(cmd.id, cmd.method, result))
 
     def _reply_error(self, cmd: Command, error: Error) -> None:
         if self._state is State.CLOSED:
-            return
-        if self._uni:
-            self.close(_uni_disconnect(error))
             return
         if cmd.id:
             self._send(codec.encode_error(cmd.id, error))
