@@ -271,10 +271,27 @@ class HealthConfig:
 
 
 @dataclass(frozen=True)
+class RedisEngineConfig:
+    """The Redis engine (``engine.type: redis``): the bus and store of a cluster."""
+
+    address: list[str] = field(default_factory=lambda: ["redis://127.0.0.1:6379"])
+    prefix: str = "centrifugo"
+    db: int = 0
+    user: str = ""
+    password: str = ""
+    connect_timeout: float = duration(1.0)
+    io_timeout: float = duration(4.0)
+    presence_ttl: float = duration(60.0)
+    idempotent_result_ttl: float = duration(300.0)
+    pubsub_probe_interval: float = duration(30.0)
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     """Broker, history and presence backend."""
 
     type: str = "memory"
+    redis: RedisEngineConfig = field(default_factory=RedisEngineConfig)
 
 
 @dataclass(frozen=True)
@@ -335,6 +352,10 @@ _V5_KEYS = {
     "address": "http_server.address",
     "namespaces": "channel.namespaces",
     "log_level": "log.level",
+    "redis_address": "engine.redis.address",
+    "redis_prefix": "engine.redis.prefix",
+    "redis_password": "engine.redis.password",
+    "redis_db": "engine.redis.db",
 }
 
 
@@ -536,6 +557,8 @@ def _upgrade_v5(data: dict[str, Any], warn: list[str]) -> dict[str, Any]:
     for old, new in _V5_KEYS.items():
         if old in out and not isinstance(out.get(old), Mapping):
             value = out.pop(old)
+            if new == "engine.redis.address" and isinstance(value, str):
+                value = [value]
             _set_path(out, new.split("."), value)
             warn.append(f"key {old} is the v5 name of {new}; please move it")
     if isinstance(out.get("engine"), str):
@@ -554,10 +577,12 @@ def validate(config: Config) -> None:
         raise ConfigError("client.pong_timeout: must be less than client.ping_interval")
     if not 0 < config.http_server.port < 65536:
         raise ConfigError("http_server.port: must be between 1 and 65535")
-    if config.engine.type not in ("memory",):
+    if config.engine.type not in ("memory", "redis"):
         raise ConfigError(
-            f"engine.type: unsupported engine {config.engine.type!r} (supported: memory)"
+            f"engine.type: unsupported engine {config.engine.type!r} (supported: memory, redis)"
         )
+    if config.engine.type == "redis" and not config.engine.redis.address:
+        raise ConfigError("engine.redis.address: at least one Redis address is required")
     if config.log.level not in ("trace", "debug", "info", "warn", "error", "fatal", "none"):
         raise ConfigError(f"log.level: unknown level {config.log.level!r}")
     if config.websocket.message_size_limit < 1024:

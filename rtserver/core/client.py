@@ -255,6 +255,9 @@ class Client:
             sub.buffer.append((pub, push))
             return
         if sub.positioned and pub.offset:
+            if pub.epoch and sub.epoch and pub.epoch != sub.epoch:
+                self._insufficient_state(sub)
+                return
             if pub.offset <= sub.offset:
                 return
             if pub.offset != sub.offset + 1:

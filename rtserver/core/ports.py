@@ -19,6 +19,8 @@ __all__ = ["IEngine", "IEngineHandler", "ISink", "ITokenVerifier"]
 class IEngineHandler(Interface):
     """Receives what the engine delivers to this node."""
 
+    uid = Attribute("This node's unique id (a random UUID per process).")
+
     def handle_publication(channel, publication):  # type: ignore[no-untyped-def]
         """A publication (offset assigned when the channel keeps history)."""
 
@@ -34,6 +36,11 @@ class IEngineHandler(Interface):
 
 class IEngine(Interface):
     """Broker + history + presence. All methods return Deferreds."""
+
+    healthy = Attribute(
+        "True while the engine can publish and deliver (memory: always; Redis: while "
+        "both the command and the PUB/SUB links are up)."
+    )
 
     def start(handler):  # type: ignore[no-untyped-def]
         """Begin delivering to ``handler`` (an IEngineHandler)."""
@@ -62,8 +69,9 @@ class IEngine(Interface):
     def publish_leave(channel, info):  # type: ignore[no-untyped-def]
         """Deliver a leave event to every node."""
 
-    def publish_control(message):  # type: ignore[no-untyped-def]
-        """Deliver a control message to every node, this one included."""
+    def publish_control(message, node=""):  # type: ignore[no-untyped-def]
+        """Deliver a control message to every node (this one included), or only to
+        the node whose uid is ``node``."""
 
     def history(channel, filter, meta_ttl):  # type: ignore[no-untyped-def]
         """Read the stream; fires with a HistoryResult (position always set)."""

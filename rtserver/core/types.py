@@ -8,12 +8,15 @@ from typing import Any
 from rtserver.protocol.frames import ClientInfo, Publication, StreamPosition
 
 __all__ = [
+    "CONTROL_TYPES",
     "ClientInfo",
     "ConnectionToken",
     "DisconnectControl",
     "HistoryFilter",
     "HistoryResult",
     "InvalidToken",
+    "NodeInfo",
+    "NodeShutdown",
     "Overrides",
     "PresenceStats",
     "Publication",
@@ -22,8 +25,11 @@ __all__ = [
     "StreamPosition",
     "SubscribeControl",
     "SubscriptionToken",
+    "SurveyReply",
+    "SurveyRequest",
     "TokenExpired",
     "UnsubscribeControl",
+    "UserControl",
 ]
 
 
@@ -171,4 +177,69 @@ class RefreshControl:
     info: bytes | None = None
 
 
-ControlMessage = SubscribeControl | UnsubscribeControl | DisconnectControl | RefreshControl
+UserControl = SubscribeControl | UnsubscribeControl | DisconnectControl | RefreshControl
+
+
+# --- node-to-node messages (cluster membership and surveys) ----------------------------
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """A node's periodic announcement on the control channel."""
+
+    uid: str
+    name: str
+    version: str
+    num_clients: int = 0
+    num_users: int = 0
+    num_channels: int = 0
+    num_subs: int = 0
+    uptime: int = 0
+
+
+@dataclass(frozen=True)
+class NodeShutdown:
+    """A node is stopping gracefully: peers forget it at once."""
+
+    uid: str
+
+
+@dataclass(frozen=True)
+class SurveyRequest:
+    """Ask every node (or one) a question; answers go to ``sender`` only.
+
+    ``data`` is raw JSON (the operation's arguments).
+    """
+
+    id: str
+    op: str
+    sender: str
+    data: bytes = b"null"
+
+
+@dataclass(frozen=True)
+class SurveyReply:
+    """One node's answer to a SurveyRequest; ``code`` 0 is success."""
+
+    id: str
+    sender: str
+    code: int = 0
+    data: bytes = b"null"
+
+
+ControlMessage = UserControl | NodeInfo | NodeShutdown | SurveyRequest | SurveyReply
+
+#: Every control message type by name (engines serialise control messages with it).
+CONTROL_TYPES: dict[str, type] = {
+    cls.__name__: cls
+    for cls in (
+        SubscribeControl,
+        UnsubscribeControl,
+        DisconnectControl,
+        RefreshControl,
+        NodeInfo,
+        NodeShutdown,
+        SurveyRequest,
+        SurveyReply,
+    )
+}

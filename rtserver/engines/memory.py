@@ -59,6 +59,8 @@ class _Stream:
 class MemoryEngine:
     """Everything in this process; the default engine."""
 
+    healthy = True
+
     def __init__(
         self,
         clock: IReactorTime,
@@ -129,7 +131,7 @@ class MemoryEngine:
             if stream.pubs and stream.expire_at <= now:
                 stream.pubs.clear()
             stream.top += 1
-            publication = dataclasses.replace(publication, offset=stream.top)
+            publication = dataclasses.replace(publication, offset=stream.top, epoch=stream.epoch)
             stream.pubs.append(publication)
             while len(stream.pubs) > options.history_size:
                 stream.pubs.popleft()
@@ -152,9 +154,10 @@ class MemoryEngine:
         self._handler.handle_leave(channel, info)
         return succeed(None)
 
-    def publish_control(self, message: ControlMessage) -> Deferred[None]:
+    def publish_control(self, message: ControlMessage, node: str = "") -> Deferred[None]:
         """Deliver a control message to this (the only) node."""
-        self._handler.handle_control(message)
+        if not node or node == self._handler.uid:
+            self._handler.handle_control(message)
         return succeed(None)
 
     # --- history -------------------------------------------------------------------------

@@ -105,13 +105,19 @@ class ClientInfo:
 
 @dataclass(frozen=True, slots=True)
 class Publication:
-    """One message in a channel; ``offset`` is 0 for channels without history."""
+    """One message in a channel; ``offset`` is 0 for channels without history.
+
+    ``epoch`` is the stream epoch the engine assigned ``offset`` in (empty without
+    history); it is not sent to clients, but lets a subscriber notice a stream that
+    restarted under it.
+    """
 
     data: bytes
     info: ClientInfo | None = None
     offset: int = 0
     tags: dict[str, str] | None = None
     time: int = 0
+    epoch: str = ""
 
     def to_wire(self) -> dict[str, Any]:
         """The client-protocol ``Publication`` object (omit-empty)."""

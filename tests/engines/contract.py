@@ -33,6 +33,7 @@ class RecordingHandler:
     joins: list[tuple[str, ClientInfo]] = field(default_factory=list)
     leaves: list[tuple[str, ClientInfo]] = field(default_factory=list)
     controls: list[Any] = field(default_factory=list)
+    uid: str = "node-under-test"
 
     def handle_publication(self, channel: str, publication: Publication) -> None:
         self.publications.append((channel, publication))
