@@ -157,7 +157,7 @@ def build_site(node: Node, config: Config, reactor: Any) -> tuple[RTSite, list[A
         mount(root, config.http_api.handler_prefix, APIResource(APIExecutor(node), config.http_api))
         limits.append((config.http_api.handler_prefix, config.http_api.max_request_body_size))
     if config.health.enabled:
-        mount(root, config.health.handler_prefix, HealthResource())
+        mount(root, config.health.handler_prefix, HealthResource(node.engine))
     site = RTSite(root, body_limits=limits, reactor=reactor)
     drains.append(site)
     return site, drains

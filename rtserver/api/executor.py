@@ -279,12 +279,12 @@ class APIExecutor:
     async def channels(self, params: dict[str, Any]) -> Result:
         """Active channels matching the glob ``pattern``, with subscriber counts."""
         pattern = schema.string(params, "pattern")
-        found = self._node.channels(pattern)
+        found = await self._node.channels(pattern)
         return {"channels": {name: {"num_clients": n} for name, n in found.items()}}
 
     async def info(self, params: dict[str, Any]) -> Result:
         """Statistics of the nodes (this one)."""
-        return {"nodes": [self._node.info()]}
+        return {"nodes": self._node.info()}
 
     def _options(self, channel: str) -> ChannelOptions:
         return self._node.resolver.options(channel)

@@ -736,6 +736,14 @@ class Client:
             if self._subs.get(sub.channel) is not sub:
                 return
 
+    def refresh_presence(self) -> None:
+        """Re-add presence of live subscriptions (engines expire entries not refreshed)."""
+        node = self._node
+        for sub in self._subs.values():
+            if sub.presence and sub.state is SubState.LIVE:
+                info = self.info(sub.channel)
+                node.background(node.engine.add_presence(sub.channel, self.id, info))
+
     def _joined(self, sub: Subscription) -> None:
         """Presence and join event for a subscription that just went live."""
         node = self._node

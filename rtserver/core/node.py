@@ -10,10 +10,13 @@ from __future__ import annotations
 import fnmatch
 import socket
 import uuid
+from collections.abc import Callable
 from typing import Any
 
+import orjson
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -21,6 +24,7 @@ from rtserver import __version__
 from rtserver.config import ChannelOptions, Config
 from rtserver.core.channels import ChannelResolver
 from rtserver.core.client import Client, Subscription
+from rtserver.core.cluster import Cluster, SurveyCode
 from rtserver.core.hub import Hub
 from rtserver.core.ports import IEngineHandler
 from rtserver.core.types import (
@@ -28,9 +32,12 @@ from rtserver.core.types import (
     DisconnectControl,
     HistoryFilter,
     HistoryResult,
+    NodeInfo,
     PublishOptions,
     RefreshControl,
     SubscribeControl,
+    SurveyReply,
+    SurveyRequest,
     UnsubscribeControl,
 )
 from rtserver.core.writer import FlushScheduler
@@ -69,23 +76,55 @@ class Node:
         self._started_at = clock.seconds()
         self._subscribing: dict[str, list[Deferred[None]]] = {}
         self._running = False
+        self.cluster = Cluster(self.uid, clock, self._publish_control, self.node_info)
+        self._presence_loop: LoopingCall | None = None
+        self._survey_ops: dict[str, Callable[[Any], tuple[int, bytes]]] = {
+            "channels": self._channels_op,
+            "emulation": self._emulation_op,
+        }
 
     # --- lifecycle -----------------------------------------------------------------------
 
+    @property
+    def shared_engine(self) -> bool:
+        """True when other nodes share the engine (Redis): heartbeats, presence refresh."""
+        return bool(getattr(self.engine, "shared", False))
+
     def start(self) -> Deferred[None]:
-        """Start the engine and begin serving."""
+        """Start the engine and begin serving; join the cluster on a shared engine."""
         self._running = True
         self._started_at = self.clock.seconds()
         d: Deferred[None] = self.engine.start(self)
+        if self.shared_engine:
+            self.cluster.start()
+            interval = self.config.client.presence_update_interval
+            if interval > 0:
+                self._presence_loop = LoopingCall(self._refresh_presence)
+                self._presence_loop.clock = self.clock
+                self._presence_loop.start(interval, now=False).addErrback(
+                    self._log_failure, "presence refresh loop"
+                )
         return d
 
     def stop(self, disconnect: Disconnect = Disconnect.SHUTDOWN) -> Deferred[None]:
-        """Disconnect every client (reconnect code 3001) and stop the engine."""
+        """Disconnect every client (reconnect code 3001), leave the cluster, stop the engine."""
         self._running = False
         for client in self.hub.clients():
             client.close(disconnect)
         self.scheduler.stop()
-        d: Deferred[None] = self.engine.stop()
+        if self._presence_loop is not None and self._presence_loop.running:
+            self._presence_loop.stop()
+        d = self.cluster.stop()
+        d.addErrback(self._log_failure, "cluster shutdown announcement")
+        d.addCallback(lambda _: self.engine.stop())
+        return d
+
+    def _refresh_presence(self) -> None:
+        for client in self.hub.clients():
+            client.refresh_presence()
+
+    def _publish_control(self, message: ControlMessage, node: str) -> Deferred[None]:
+        d: Deferred[None] = self.engine.publish_control(message, node)
         return d
 
     def make_client(self, sink: Any, headers: dict[str, str] | None = None) -> Client:
@@ -157,6 +196,11 @@ class Node:
 
     def handle_control(self, message: ControlMessage) -> None:
         """Apply a cluster-wide command to matching local connections."""
+        if self.cluster.handle(message):
+            return
+        if isinstance(message, SurveyRequest):
+            self._answer(message)
+            return
         for client in self._targets(message.user, message.client, message.session):
             if isinstance(message, SubscribeControl):
                 d = Deferred.fromCoroutine(client.server_subscribe(message))
@@ -170,6 +214,31 @@ class Node:
                 client.refresh(
                     expired=message.expired, expire_at=message.expire_at, info=message.info
                 )
+
+    def _answer(self, request: SurveyRequest) -> None:
+        op = self._survey_ops.get(request.op)
+        code, data = SurveyCode.UNKNOWN_OP, b"null"
+        if op is not None:
+            try:
+                code, data = op(orjson.loads(request.data))
+            except Exception:
+                _log.failure("survey {op} from {node} failed", op=request.op, node=request.sender)
+                code = SurveyCode.BAD_REQUEST
+        reply = SurveyReply(id=request.id, sender=self.uid, code=code, data=data)
+        self.background(self._publish_control(reply, request.sender), "survey reply")
+
+    def _channels_op(self, args: Any) -> tuple[int, bytes]:
+        pattern = args.get("pattern", "") if isinstance(args, dict) else ""
+        return SurveyCode.OK, orjson.dumps(self.local_channels(str(pattern)))
+
+    def _emulation_op(self, args: Any) -> tuple[int, bytes]:
+        if not isinstance(args, dict):
+            return SurveyCode.BAD_REQUEST, b"null"
+        session, data = args.get("session"), args.get("data")
+        if not isinstance(session, str) or not isinstance(data, str):
+            return SurveyCode.BAD_REQUEST, b"null"
+        found = self._emulate_here(session, data)
+        return (SurveyCode.OK if found else SurveyCode.NOT_FOUND), b"null"
 
     def _targets(self, user: str, client_id: str, session: str) -> list[Client]:
         clients = self.hub.user_clients(user)
@@ -235,27 +304,85 @@ class Node:
         d: Deferred[None] = self.engine.publish_control(message)
         return d
 
-    def channels(self, pattern: str = "") -> dict[str, int]:
-        """Channels with local subscribers, filtered by a glob ``pattern``."""
+    def local_channels(self, pattern: str = "") -> dict[str, int]:
+        """Channels with subscribers on this node, filtered by a glob ``pattern``."""
         return {
             ch: n
             for ch, n in self.hub.channels()
             if not pattern or fnmatch.fnmatchcase(ch, pattern)
         }
 
-    def info(self) -> dict[str, Any]:
-        """This node's entry in the server API ``info`` result."""
+    def channels(self, pattern: str = "") -> Deferred[dict[str, int]]:
+        """Channels with subscribers on any node, with cluster-wide subscriber counts."""
+        if not self.shared_engine:
+            return succeed(self.local_channels(pattern))
+        d = self.cluster.survey("channels", orjson.dumps({"pattern": pattern}))
+        d.addCallback(_merge_channel_counts)
+        return d
+
+    def emulate(self, session: str, node: str, data: str) -> Deferred[bool]:
+        """Feed emulation commands to ``session`` on ``node``; fires False if not found.
+
+        A session on another node is reached through a survey of that node.
+        """
+        if not node or node == self.uid:
+            return succeed(self._emulate_here(session, data))
+        if not self.cluster.knows(node):
+            return succeed(False)
+        d = self.cluster.survey("emulation", orjson.dumps({"session": session, "data": data}), node)
+        d.addCallback(lambda replies: any(r.code == SurveyCode.OK for r in replies))
+        return d
+
+    def _emulate_here(self, session: str, data: str) -> bool:
+        client = self.hub.by_session(session)
+        if client is None or not client.emulation:
+            return False
+        client.receive(data)
+        return True
+
+    def node_info(self) -> NodeInfo:
+        """This node's current statistics."""
         hub = self.hub
-        return {
-            "uid": self.uid,
-            "name": self.name,
-            "version": self.version,
-            "num_clients": hub.num_clients,
-            "num_users": hub.num_users,
-            "num_channels": hub.num_channels,
-            "num_subs": hub.num_subscriptions,
-            "uptime": int(self.clock.seconds() - self._started_at),
-        }
+        return NodeInfo(
+            uid=self.uid,
+            name=self.name,
+            version=self.version,
+            num_clients=hub.num_clients,
+            num_users=hub.num_users,
+            num_channels=hub.num_channels,
+            num_subs=hub.num_subscriptions,
+            uptime=int(self.clock.seconds() - self._started_at),
+        )
+
+    def info(self) -> list[dict[str, Any]]:
+        """The server API ``info`` result's ``nodes``: this node and every live peer."""
+        return [_node_wire(n) for n in self.cluster.nodes()]
+
+
+def _node_wire(info: NodeInfo) -> dict[str, Any]:
+    return {
+        "uid": info.uid,
+        "name": info.name,
+        "version": info.version,
+        "num_clients": info.num_clients,
+        "num_users": info.num_users,
+        "num_channels": info.num_channels,
+        "num_subs": info.num_subs,
+        "uptime": info.uptime,
+    }
+
+
+def _merge_channel_counts(replies: list[SurveyReply]) -> dict[str, int]:
+    merged: dict[str, int] = {}
+    for reply in replies:
+        if reply.code != SurveyCode.OK:
+            continue
+        counts = orjson.loads(reply.data)
+        if isinstance(counts, dict):
+            for channel, n in counts.items():
+                if isinstance(n, int):
+                    merged[channel] = merged.get(channel, 0) + n
+    return merged
 
 
 def _check_epoch(result: HistoryResult, epoch: str) -> HistoryResult:

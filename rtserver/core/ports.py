@@ -70,8 +70,10 @@ class IEngine(Interface):
         """Deliver a leave event to every node."""
 
     def publish_control(message, node=""):  # type: ignore[no-untyped-def]
-        """Deliver a control message to every node (this one included), or only to
-        the node whose uid is ``node``."""
+        """Deliver a control message to every node (this one included).
+
+        With ``node`` set, only the node whose uid it is receives the message.
+        """
 
     def history(channel, filter, meta_ttl):  # type: ignore[no-untyped-def]
         """Read the stream; fires with a HistoryResult (position always set)."""

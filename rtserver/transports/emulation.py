@@ -10,13 +10,17 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 
 from rtserver.core.node import Node
+from rtserver.logs import Logger
 from rtserver.transports.streaming import CONNECT_PARAM, StreamingResource, sse_frame
 
 __all__ = ["EmulationResource", "HTTPStreamResource", "SSEResource"]
+
+_log = Logger()
 
 
 class HTTPStreamResource(StreamingResource):
@@ -55,7 +59,7 @@ class EmulationResource(Resource):
         super().__init__()
         self._node = node
 
-    def render_POST(self, request: Request) -> bytes:
+    def render_POST(self, request: Request) -> Any:
         try:
             body = orjson.loads(request.content.read())
         except orjson.JSONDecodeError:
@@ -65,14 +69,34 @@ class EmulationResource(Resource):
         session, node_id, data = body.get("session"), body.get("node"), body.get("data")
         if not isinstance(session, str) or not isinstance(data, str):
             return _status(request, 400, b"malformed emulation request\n")
-        if node_id and node_id != self._node.uid:
-            return _status(request, 404, b"unknown node\n")
-        client = self._node.hub.by_session(session)
-        if client is None or not client.emulation:
-            return _status(request, 404, b"unknown session\n")
-        client.receive(data)
+        if node_id is not None and not isinstance(node_id, str):
+            return _status(request, 400, b"malformed emulation request\n")
+        d = self._node.emulate(session, node_id or "", data)
+        if d.called:  # this node's session: answered in this turn
+            return _outcome(d.result, request, finish=False)
+        d.addCallback(_outcome, request, finish=True)
+        d.addErrback(_failed, request)
+        return NOT_DONE_YET
+
+
+def _outcome(found: bool, request: Request, *, finish: bool) -> bytes:
+    """204 when the session took the commands, else 404."""
+    if found:
         request.setResponseCode(204)
-        return b""
+        body = b""
+    else:
+        body = _status(request, 404, b"unknown session\n")
+    if finish and not request._disconnected:
+        request.write(body)
+        request.finish()
+    return body
+
+
+def _failed(failure: Failure, request: Request) -> None:
+    _log.failure("forwarding an emulation request failed", failure)
+    if not request._disconnected:
+        request.write(_status(request, 503, b"emulation temporarily unavailable\n"))
+        request.finish()
 
 
 def _status(request: Request, code: int, body: bytes) -> bytes:
