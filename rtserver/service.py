@@ -32,6 +32,7 @@ from rtserver.web.site import Branch, RTSite, mount
 __all__ = [
     "NodeService",
     "build",
+    "build_engine",
     "build_node",
     "build_site",
     "default_listen",
@@ -87,9 +88,18 @@ def enabled_transports(config: Config) -> list[str]:
     return names
 
 
+def build_engine(config: Config, reactor: Any) -> Any:
+    """The engine ``engine.type`` names: memory (default) or redis."""
+    if config.engine.type == "redis":
+        from rtserver.engines.redis import RedisEngine
+
+        return RedisEngine(reactor, config.engine.redis, reactor=reactor)
+    return MemoryEngine(reactor)
+
+
 def build_node(config: Config, reactor: Any) -> Node:
     """The engine, token verifier and node for ``config``."""
-    engine = MemoryEngine(reactor)
+    engine = build_engine(config, reactor)
     verifier = JWTVerifier.from_config(config.client)
     return Node(engine, config, clock=reactor, verifier=verifier)
 

@@ -195,26 +195,30 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
     return proc.returncode
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in over.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge(out[key], value)
         else:
             out[key] = value
     return out
 
 
-@contextmanager
-def run_server(workdir: Path, overrides: dict[str, Any] | None = None) -> Iterator[Server]:
-    """Run ``twistd -n rtserver`` (source tree first on PYTHONPATH); checks a clean shutdown."""
-    secret = "interop-" + uuid.uuid4().hex  # 40 bytes: PyJWT warns below 32
-    api_key = "api-" + uuid.uuid4().hex
-    cfg = workdir / "config.json"
-    config = _merge(base_config(secret, api_key), overrides or {})
+def spawn_server(
+    workdir: Path,
+    config: dict[str, Any],
+    *,
+    secret: str,
+    api_key: str,
+    port: int | None = None,
+    log_name: str = "server.log",
+) -> Server:
+    """Start ``twistd -n rtserver`` with ``config`` and wait until ``/health`` answers 200."""
+    cfg = workdir / (Path(log_name).stem + ".json")
     cfg.write_text(json.dumps(config, indent=2), encoding="utf-8")
-    port = free_port()
-    log_path = workdir / "server.log"
+    port = port or free_port()
+    log_path = workdir / log_name
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
@@ -225,7 +229,7 @@ def run_server(workdir: Path, overrides: dict[str, Any] | None = None) -> Iterat
             del env[name]
     cmd = [_twistd(), "-n", "--pidfile=", "rtserver", "--config", str(cfg),
            "-l", f"tcp:{port}:interface=127.0.0.1"]
-    with log_path.open("wb") as log_file:
+    with log_path.open("ab") as log_file:
         proc = subprocess.Popen(
             cmd, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -245,14 +249,29 @@ def run_server(workdir: Path, overrides: dict[str, Any] | None = None) -> Iterat
     except BaseException:
         _stop(proc)
         raise
-    try:
-        yield server
-    finally:
-        server.close_clients()
-        code = _stop(proc)
+    return server
+
+
+def stop_server(server: Server) -> None:
+    """SIGTERM the server and check it shut down cleanly."""
+    server.close_clients()
+    code = _stop(server.process)
     # twistd ends by re-raising the signal that stopped it: -SIGTERM is a clean exit.
     assert code in (0, -signal.SIGTERM), f"rtserver exited with {code}; log:\n{server.log()}"
     assert "Server Shut Down." in server.log(), server.log()
+
+
+@contextmanager
+def run_server(workdir: Path, overrides: dict[str, Any] | None = None) -> Iterator[Server]:
+    """Run ``twistd -n rtserver`` (source tree first on PYTHONPATH); checks a clean shutdown."""
+    secret = "interop-" + uuid.uuid4().hex  # 40 bytes: PyJWT warns below 32
+    api_key = "api-" + uuid.uuid4().hex
+    config = merge(base_config(secret, api_key), overrides or {})
+    server = spawn_server(workdir, config, secret=secret, api_key=api_key)
+    try:
+        yield server
+    finally:
+        stop_server(server)
 
 
 class NodeScenario:
