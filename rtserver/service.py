@@ -74,9 +74,10 @@ class NodeService(Service):
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
-        self.node.stop()
+        stopped = self.node.stop()  # 3001 to clients, goodbye to peers, engine closed
+        stopped.addErrback(lambda f: _log.failure("node did not stop cleanly", f))
         waits = [drain.wait_closed(self._timeout) for drain in self._drains]
-        return DeferredList(waits, consumeErrors=True)
+        return DeferredList([stopped, *waits], consumeErrors=True)
 
 
 def enabled_transports(config: Config) -> list[str]:
