@@ -1,0 +1,447 @@
+"""The Redis engine: the broker, history and presence shared by every node of a cluster.
+
+Key layout as Go Centrifugo (prefix ``P`` = ``engine.redis.prefix``):
+
+* PUB/SUB channel ``P.client.<ch>``, subscribed while this node has local subscribers;
+  messages ``__p1:<offset>:<epoch>__`` + publication (with history), the bare publication
+  (without), ``__j__`` + ClientInfo (join), ``__l__`` + ClientInfo (leave).
+* History: stream ``P.stream.<ch>`` (entry id ``<offset>-0``, field ``d``) and meta hash
+  ``P.stream.meta.<ch>`` (``e`` epoch, ``s`` top offset), changed by one Lua script
+  together with the PUBLISH; idempotent results in ``P.result.<ch>.<key>``.
+* Presence: hash ``P.presence.data.<ch>`` plus zset ``P.presence.expire.<ch>`` scored by
+  expire-at (ms); entries expire ``presence_ttl`` after their last ``add_presence``.
+* Control: broadcast channel ``P.control``, per-node channel ``P.node.<uid>``.
+
+Payloads are JSON (:mod:`rtserver.engines.wire`), not the Protobuf of Go Centrifugo, so
+rtserver and Centrifugo nodes must not share a prefix.
+
+Several addresses shard channels with jump consistent hash of the channel name; the
+control channels live on the first shard. Links reconnect by themselves and resubscribe;
+while one is down ``healthy`` is False and calls that need it fail at once.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Any
+
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IReactorTime
+from zope.interface import implementer
+
+from rtserver.config import RedisEngineConfig
+from rtserver.core.ports import IEngine
+from rtserver.core.types import (
+    ControlMessage,
+    HistoryFilter,
+    HistoryResult,
+    PresenceStats,
+    PublishOptions,
+)
+from rtserver.engines import redis_scripts as scripts
+from rtserver.engines.memory import new_epoch
+from rtserver.engines.redisconn import (
+    CommandLink,
+    PubSubLink,
+    RedisAddress,
+    RedisTimeout,
+    RedisUnavailable,
+    parse_address,
+    shard_index,
+)
+from rtserver.engines.wire import (
+    PROBE,
+    WireError,
+    decode_client_info,
+    decode_control,
+    decode_publication,
+    encode_client_info,
+    encode_control,
+    encode_publication,
+)
+from rtserver.logs import Logger
+from rtserver.protocol.frames import ClientInfo, Publication, StreamPosition
+
+__all__ = ["RedisEngine", "RedisTimeout", "RedisUnavailable"]
+
+_log = Logger()
+
+_PUB_PREFIX = b"__p1:"
+_JOIN_PREFIX = b"__j__"
+_LEAVE_PREFIX = b"__l__"
+
+
+def _ms(seconds: float) -> int:
+    """Seconds as a positive millisecond TTL; 0 stays 0 (no expiry)."""
+    return max(1, round(seconds * 1000)) if seconds > 0 else 0
+
+
+class _Shard:
+    """One Redis address: its links and the client channels subscribed there."""
+
+    def __init__(self, index: int, address: RedisAddress) -> None:
+        self.index = index
+        self.address = address
+        self.channels: set[bytes] = set()
+        self.command: CommandLink
+        self.pubsub: PubSubLink
+
+
+@implementer(IEngine)
+class RedisEngine:
+    """IEngine over one or more Redis servers (see the module docstring).
+
+    Args:
+        clock: timers (reconnect backoff, timeouts, probes) and "now" for presence.
+        config: ``engine.redis``.
+        reactor: connects TCP; the global reactor when None.
+        rng: epochs and backoff jitter.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        config: RedisEngineConfig,
+        *,
+        reactor: Any = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
+        if not config.address:
+            raise ValueError("engine.redis.address: at least one Redis address is required")
+        self._clock = clock
+        self._config = config
+        self._rng = rng or random.SystemRandom()
+        self._handler: Any = None
+        self._started = False
+        self._stopped = False
+        self._healthy = False
+        self._ready: Deferred[None] | None = None
+        p = config.prefix
+        self._prefix = p
+        self._client_prefix = f"{p}.client.".encode()
+        self._control = f"{p}.control".encode()
+        self._node = b""
+        self.shards: list[_Shard] = []
+        timeouts = {
+            "connect_timeout": config.connect_timeout,
+            "io_timeout": config.io_timeout,
+            "on_change": self._links_changed,
+        }
+        for i, text in enumerate(config.address):
+            address = parse_address(text, db=config.db, user=config.user, password=config.password)
+            shard = _Shard(i, address)
+            shard.command = CommandLink(
+                address, clock, reactor, scripts=scripts.ALL, rng=self._rng, **timeouts
+            )
+            shard.pubsub = PubSubLink(
+                address,
+                clock,
+                reactor,
+                channels=lambda s=shard: self._channels_of(s),
+                on_message=self._on_message,
+                on_probe=lambda link, s=shard: self._probe(s),
+                probe_interval=config.pubsub_probe_interval,
+                rng=self._rng,
+                **timeouts,
+            )
+            self.shards.append(shard)
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    @property
+    def healthy(self) -> bool:
+        """True while every command and PUB/SUB link is up (and resubscribed)."""
+        return self._healthy
+
+    def start(self, handler: Any) -> Deferred[None]:
+        """Connect every link; fires once all are up or each has tried once.
+
+        The engine keeps reconnecting in the background either way.
+        """
+        self._handler = handler
+        self._node = f"{self._prefix}.node.{handler.uid}".encode()
+        self._started = True
+        self._ready = Deferred()
+        for link in self._links():
+            link.start()
+        self._links_changed()
+        return self._ready
+
+    def stop(self) -> Deferred[None]:
+        """Close every connection and cancel every timer."""
+        self._stopped = True
+        d = gatherResults([link.stop() for link in self._links()], consumeErrors=True)
+        self._links_changed()
+        return d.addCallback(lambda _: None)
+
+    def sync(self) -> Deferred[None]:
+        """Fire once everything Redis sent this node before the call is handled.
+
+        A PING round trip on every PUB/SUB link (tests and two-node checks use it).
+        """
+        d = gatherResults([s.pubsub.ping() for s in self.shards], consumeErrors=True)
+        return d.addCallback(lambda _: None)
+
+    def _links(self) -> Iterator[CommandLink | PubSubLink]:
+        for shard in self.shards:
+            yield shard.command
+            yield shard.pubsub
+
+    def _links_changed(self) -> None:
+        links = list(self._links())
+        healthy = self._started and not self._stopped and all(link.ready for link in links)
+        if healthy != self._healthy:
+            self._healthy = healthy
+            if not self._stopped:
+                if healthy:
+                    _log.info("redis engine is healthy")
+                else:
+                    _log.warn("redis engine is unhealthy: a Redis link is down")
+        ready = self._ready
+        if ready is not None and (
+            self._stopped or all(link.ready or link.ever_tried for link in links)
+        ):
+            self._ready = None
+            ready.callback(None)
+
+    # --- keys ----------------------------------------------------------------------------
+
+    def _shard(self, channel: str) -> _Shard:
+        return self.shards[shard_index(channel, len(self.shards))]
+
+    def _client_channel(self, channel: str) -> bytes:
+        return self._client_prefix + channel.encode()
+
+    def _channels_of(self, shard: _Shard) -> list[bytes]:
+        names = [self._node]
+        if shard.index == 0:
+            names.append(self._control)
+        names.extend(shard.channels)
+        return names
+
+    # --- inbound -------------------------------------------------------------------------
+
+    def _on_message(self, channel: bytes, data: bytes) -> None:
+        handler = self._handler
+        if handler is None or self._stopped:
+            return
+        try:
+            if channel.startswith(self._client_prefix):
+                self._deliver(handler, channel[len(self._client_prefix) :].decode(), data)
+            elif channel == self._control or channel == self._node:
+                message = decode_control(data)
+                if message is not None:
+                    handler.handle_control(message)
+            else:
+                _log.debug(
+                    "redis engine: message on unexpected channel {channel!r}", channel=channel
+                )
+        except (WireError, UnicodeDecodeError, ValueError) as e:
+            _log.warn(
+                "redis engine: dropped a malformed message on {channel!r}: {error}",
+                channel=channel[:200],
+                error=str(e)[:200],
+            )
+        except Exception:
+            _log.failure(
+                "redis engine: handler failed for a message on {channel!r}", channel=channel[:200]
+            )
+
+    def _deliver(self, handler: Any, channel: str, data: bytes) -> None:
+        if data.startswith(_PUB_PREFIX):
+            end = data.find(b"__", len(_PUB_PREFIX))
+            if end < 0:
+                raise WireError("publication prefix is not terminated")
+            offset, sep, epoch = data[len(_PUB_PREFIX) : end].partition(b":")
+            if not sep or not offset.isdigit():
+                raise WireError("publication prefix has no offset/epoch")
+            pub = decode_publication(data[end + 2 :], int(offset), epoch.decode())
+            handler.handle_publication(channel, pub)
+        elif data.startswith(_JOIN_PREFIX):
+            handler.handle_join(channel, decode_client_info(data[len(_JOIN_PREFIX) :]))
+        elif data.startswith(_LEAVE_PREFIX):
+            handler.handle_leave(channel, decode_client_info(data[len(_LEAVE_PREFIX) :]))
+        else:
+            handler.handle_publication(channel, decode_publication(data))
+
+    def _probe(self, shard: _Shard) -> None:
+        d = shard.command.execute("PUBLISH", self._node, PROBE)
+        d.addErrback(
+            lambda f: _log.debug(
+                "redis probe on {address} not sent: {error}",
+                address=str(shard.address),
+                error=str(f.value),
+            )
+        )
+
+    # --- broker --------------------------------------------------------------------------
+
+    def subscribe(self, channel: str) -> Deferred[None]:
+        """SUBSCRIBE ``P.client.<channel>`` (kept across reconnects until unsubscribe)."""
+        shard = self._shard(channel)
+        name = self._client_channel(channel)
+        shard.channels.add(name)
+        return shard.pubsub.subscribe([name]).addCallback(lambda _: None)
+
+    def unsubscribe(self, channel: str) -> Deferred[None]:
+        """UNSUBSCRIBE ``P.client.<channel>``."""
+        shard = self._shard(channel)
+        name = self._client_channel(channel)
+        shard.channels.discard(name)
+        return shard.pubsub.unsubscribe([name]).addCallback(lambda _: None)
+
+    def publish(
+        self, channel: str, publication: Publication, options: PublishOptions
+    ) -> Deferred[StreamPosition]:
+        """Append to the stream (when history is on) and PUBLISH, atomically."""
+        shard = self._shard(channel)
+        payload = encode_publication(publication)
+        history = options.history_size > 0 and options.history_ttl > 0
+        if not history and not options.idempotency_key:
+            d = shard.command.execute("PUBLISH", self._client_channel(channel), payload)
+            return d.addCallback(lambda _: StreamPosition(0, ""))
+        p = self._prefix
+        result_key = (
+            f"{p}.result.{channel}.{options.idempotency_key}" if options.idempotency_key else ""
+        )
+        idempotency_ttl = options.idempotency_ttl or self._config.idempotent_result_ttl
+        d = shard.command.evalsha(
+            scripts.PUBLISH,
+            [f"{p}.stream.{channel}", f"{p}.stream.meta.{channel}", result_key],
+            [
+                payload,
+                options.history_size if history else 0,
+                _ms(options.history_ttl),
+                self._client_channel(channel),
+                _ms(options.history_meta_ttl),
+                new_epoch(self._rng),
+                _ms(idempotency_ttl),
+            ],
+        )
+        return d.addCallback(lambda r: StreamPosition(int(r[0]), r[1].decode()))
+
+    def publish_join(self, channel: str, info: ClientInfo) -> Deferred[None]:
+        """PUBLISH a join."""
+        return self._publish_raw(channel, _JOIN_PREFIX + encode_client_info(info))
+
+    def publish_leave(self, channel: str, info: ClientInfo) -> Deferred[None]:
+        """PUBLISH a leave."""
+        return self._publish_raw(channel, _LEAVE_PREFIX + encode_client_info(info))
+
+    def _publish_raw(self, channel: str, payload: bytes) -> Deferred[None]:
+        d = self._shard(channel).command.execute("PUBLISH", self._client_channel(channel), payload)
+        return d.addCallback(lambda _: None)
+
+    def publish_control(self, message: ControlMessage, node: str = "") -> Deferred[None]:
+        """PUBLISH on ``P.control`` (every node) or ``P.node.<node>`` (one node)."""
+        target = f"{self._prefix}.node.{node}".encode() if node else self._control
+        d = self.shards[0].command.execute("PUBLISH", target, encode_control(message))
+        return d.addCallback(lambda _: None)
+
+    # --- history -------------------------------------------------------------------------
+
+    def history(
+        self, channel: str, filter: HistoryFilter, meta_ttl: float
+    ) -> Deferred[HistoryResult]:
+        """Read the stream; creates its epoch if the channel has none yet."""
+        p = self._prefix
+        d = self._shard(channel).command.evalsha(
+            scripts.HISTORY,
+            [f"{p}.stream.{channel}", f"{p}.stream.meta.{channel}"],
+            [
+                0 if filter.limit == 0 else 1,
+                "" if filter.since is None else filter.since.offset,
+                filter.limit if filter.limit > 0 else -1,
+                1 if filter.reverse else 0,
+                _ms(meta_ttl),
+                new_epoch(self._rng),
+            ],
+        )
+        return d.addCallback(self._history_result, channel)
+
+    def _history_result(self, reply: list[Any], channel: str) -> HistoryResult:
+        top, epoch_bytes, entries = reply
+        epoch = epoch_bytes.decode()
+        pubs: list[Publication] = []
+        for entry_id, fields in entries:
+            try:
+                offset = int(entry_id.partition(b"-")[0])
+                payload = dict(zip(fields[::2], fields[1::2], strict=True))[b"d"]
+                pubs.append(decode_publication(payload, offset, epoch))
+            except (WireError, ValueError, KeyError) as e:
+                _log.warn(
+                    "redis engine: skipped a malformed history entry of {channel}: {error}",
+                    channel=channel,
+                    error=str(e)[:200],
+                )
+        return HistoryResult(pubs, StreamPosition(int(top), epoch))
+
+    def remove_history(self, channel: str) -> Deferred[None]:
+        """Delete the stream; the meta hash (epoch, top offset) stays."""
+        d = self._shard(channel).command.execute("DEL", f"{self._prefix}.stream.{channel}")
+        return d.addCallback(lambda _: None)
+
+    # --- presence ------------------------------------------------------------------------
+
+    def _presence_keys(self, channel: str) -> list[str]:
+        p = self._prefix
+        return [f"{p}.presence.data.{channel}", f"{p}.presence.expire.{channel}"]
+
+    def _now_ms(self) -> int:
+        return int(self._clock.seconds() * 1000)
+
+    def add_presence(self, channel: str, client_id: str, info: ClientInfo) -> Deferred[None]:
+        """Add or refresh a connection's presence for ``presence_ttl``."""
+        ttl = _ms(self._config.presence_ttl) or 1
+        d = self._shard(channel).command.evalsha(
+            scripts.ADD_PRESENCE,
+            self._presence_keys(channel),
+            [client_id, encode_client_info(info), self._now_ms() + ttl, ttl],
+        )
+        return d.addCallback(lambda _: None)
+
+    def remove_presence(self, channel: str, client_id: str, user: str) -> Deferred[None]:
+        """Remove a connection's presence."""
+        d = self._shard(channel).command.evalsha(
+            scripts.REMOVE_PRESENCE, self._presence_keys(channel), [client_id]
+        )
+        return d.addCallback(lambda _: None)
+
+    def _presence_raw(self, channel: str) -> Deferred[list[bytes]]:
+        return self._shard(channel).command.evalsha(
+            scripts.PRESENCE, self._presence_keys(channel), [self._now_ms()]
+        )
+
+    def _decode_presence(self, channel: str, flat: list[bytes]) -> dict[str, ClientInfo]:
+        clients: dict[str, ClientInfo] = {}
+        for client_id, payload in zip(flat[::2], flat[1::2], strict=True):
+            try:
+                clients[client_id.decode()] = decode_client_info(payload)
+            except (WireError, UnicodeDecodeError) as e:
+                _log.warn(
+                    "redis engine: skipped a malformed presence entry of {channel}: {error}",
+                    channel=channel,
+                    error=str(e)[:200],
+                )
+        return clients
+
+    def presence(self, channel: str) -> Deferred[dict[str, ClientInfo]]:
+        """``{client_id: ClientInfo}`` of unexpired entries."""
+        return self._presence_raw(channel).addCallback(
+            lambda flat: self._decode_presence(channel, flat)
+        )
+
+    def presence_stats(self, channel: str) -> Deferred[PresenceStats]:
+        """Connection and distinct-user counts of unexpired entries."""
+
+        def stats(flat: list[bytes]) -> PresenceStats:
+            clients = self._decode_presence(channel, flat)
+            users = {info.user for info in clients.values()}
+            return PresenceStats(num_clients=len(clients), num_users=len(users))
+
+        return self._presence_raw(channel).addCallback(stats)

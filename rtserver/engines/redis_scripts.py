@@ -1,0 +1,161 @@
+"""The Lua scripts of the Redis engine (Centrifugo's steps, §9.6 of the protocol notes).
+
+Each script runs atomically in Redis; TTLs are milliseconds (PEXPIRE), 0 = keep.
+Scripts are loaded with SCRIPT LOAD when a command link comes up and called with
+EVALSHA (EVAL on NOSCRIPT).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+__all__ = ["ADD_PRESENCE", "ALL", "HISTORY", "PRESENCE", "PUBLISH", "REMOVE_PRESENCE", "Script"]
+
+
+@dataclass(frozen=True)
+class Script:
+    """A Lua script and its SHA1 (the EVALSHA handle)."""
+
+    name: str
+    body: bytes
+
+    @property
+    def sha(self) -> str:
+        """Hex SHA1 of the body, as SCRIPT LOAD returns it."""
+        return hashlib.sha1(self.body).hexdigest()
+
+
+#: KEYS: stream, meta, idempotency result ('' = none).
+#: ARGV: payload, history_size (0 = no history), history_ttl_ms, pubsub channel,
+#: meta_ttl_ms, new epoch candidate, idempotency_ttl_ms.
+#: Returns {offset, epoch, from_cache}.
+PUBLISH = Script(
+    "publish",
+    b"""
+local result_key = KEYS[3]
+if result_key ~= '' then
+  local cached = redis.call('hmget', result_key, 'e', 's')
+  if cached[1] then
+    return {tonumber(cached[2]), cached[1], 1}
+  end
+end
+local offset = 0
+local epoch = ''
+if tonumber(ARGV[2]) > 0 then
+  epoch = redis.call('hget', KEYS[2], 'e')
+  if not epoch then
+    epoch = ARGV[6]
+    redis.call('hset', KEYS[2], 'e', epoch)
+  end
+  offset = redis.call('hincrby', KEYS[2], 's', 1)
+  if offset == 1 then
+    redis.call('del', KEYS[1])
+  end
+  redis.call('xadd', KEYS[1], 'MAXLEN', ARGV[2], offset .. '-0', 'd', ARGV[1])
+  redis.call('pexpire', KEYS[1], ARGV[3])
+  if tonumber(ARGV[5]) > 0 then
+    redis.call('pexpire', KEYS[2], ARGV[5])
+  end
+  redis.call('publish', ARGV[4], '__p1:' .. offset .. ':' .. epoch .. '__' .. ARGV[1])
+else
+  redis.call('publish', ARGV[4], ARGV[1])
+end
+if result_key ~= '' then
+  redis.call('hset', result_key, 'e', epoch, 's', offset)
+  redis.call('pexpire', result_key, ARGV[7])
+end
+return {offset, epoch, 0}
+""",
+)
+
+#: KEYS: stream, meta.
+#: ARGV: include publications (0/1), since offset ('' = none), limit (-1 = all),
+#: reverse (0/1), meta_ttl_ms, new epoch candidate.
+#: Returns {top offset, epoch, entries}; entries as XRANGE returns them.
+HISTORY = Script(
+    "history",
+    b"""
+local epoch = redis.call('hget', KEYS[2], 'e')
+if not epoch then
+  epoch = ARGV[6]
+  redis.call('hset', KEYS[2], 'e', epoch)
+end
+local top = tonumber(redis.call('hget', KEYS[2], 's') or '0')
+if tonumber(ARGV[5]) > 0 then
+  redis.call('pexpire', KEYS[2], ARGV[5])
+end
+if ARGV[1] == '0' then
+  return {top, epoch, {}}
+end
+local limit = tonumber(ARGV[3])
+local entries
+if ARGV[4] == '1' then
+  local from = '+'
+  if ARGV[2] ~= '' then
+    local before = tonumber(ARGV[2]) - 1
+    if before < 1 then
+      return {top, epoch, {}}
+    end
+    from = before .. '-0'
+  end
+  if limit > 0 then
+    entries = redis.call('xrevrange', KEYS[1], from, '-', 'COUNT', limit)
+  else
+    entries = redis.call('xrevrange', KEYS[1], from, '-')
+  end
+else
+  local from = '-'
+  if ARGV[2] ~= '' then
+    from = (tonumber(ARGV[2]) + 1) .. '-0'
+  end
+  if limit > 0 then
+    entries = redis.call('xrange', KEYS[1], from, '+', 'COUNT', limit)
+  else
+    entries = redis.call('xrange', KEYS[1], from, '+')
+  end
+end
+return {top, epoch, entries}
+""",
+)
+
+#: KEYS: presence data hash, presence expire zset.
+#: ARGV: client id, info payload, expire-at (ms), ttl_ms.
+ADD_PRESENCE = Script(
+    "add_presence",
+    b"""
+redis.call('zadd', KEYS[2], ARGV[3], ARGV[1])
+redis.call('hset', KEYS[1], ARGV[1], ARGV[2])
+redis.call('pexpire', KEYS[1], ARGV[4])
+redis.call('pexpire', KEYS[2], ARGV[4])
+return 1
+""",
+)
+
+#: KEYS: presence data hash, presence expire zset. ARGV: client id.
+REMOVE_PRESENCE = Script(
+    "remove_presence",
+    b"""
+redis.call('hdel', KEYS[1], ARGV[1])
+redis.call('zrem', KEYS[2], ARGV[1])
+return 1
+""",
+)
+
+#: KEYS: presence data hash, presence expire zset. ARGV: now (ms).
+#: Drops expired members, then returns HGETALL of the data hash.
+PRESENCE = Script(
+    "presence",
+    b"""
+local expired = redis.call('zrangebyscore', KEYS[2], '-inf', ARGV[1])
+if #expired > 0 then
+  for i = 1, #expired, 1000 do
+    redis.call('hdel', KEYS[1], unpack(expired, i, math.min(i + 999, #expired)))
+  end
+  redis.call('zremrangebyscore', KEYS[2], '-inf', ARGV[1])
+end
+return redis.call('hgetall', KEYS[1])
+""",
+)
+
+ALL = (PUBLISH, HISTORY, ADD_PRESENCE, REMOVE_PRESENCE, PRESENCE)

@@ -1,0 +1,599 @@
+"""Redis connections for the Redis engine: addresses, sharding, and self-healing links.
+
+Each Redis address gets one :class:`CommandLink` (every command; replies are matched in
+order, so commands issued in one reactor turn go out in one write: pipelining without
+waiting for round trips) and one :class:`PubSubLink` (SUBSCRIBE/UNSUBSCRIBE and the
+messages). Both reconnect by themselves with capped, jittered exponential backoff on
+the injected clock. While a link is down its callers fail at once with
+:class:`RedisUnavailable`; a command that gets no answer within ``io_timeout`` fails with
+a timeout and the connection is dropped and re-established.
+
+txredisapi supplies the RESP parser (hiredis when installed) and command encoding; it is
+imported lazily because importing it installs the default reactor.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.python.failure import Failure
+
+from rtserver.engines.redis_scripts import Script
+from rtserver.logs import Logger
+
+__all__ = [
+    "CommandLink",
+    "PubSubLink",
+    "RedisAddress",
+    "RedisTimeout",
+    "RedisUnavailable",
+    "parse_address",
+    "shard_index",
+]
+
+_log = Logger()
+
+_FNV_OFFSET = 0xCBF29CE484222325
+_FNV_PRIME = 0x100000001B3
+_MASK64 = 2**64 - 1
+
+
+class RedisUnavailable(ConnectionError):
+    """The Redis link a request needs is down (the core answers error 100)."""
+
+
+class RedisTimeout(RedisUnavailable):
+    """Redis did not answer within ``io_timeout``."""
+
+
+# --- addresses and sharding ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RedisAddress:
+    """Where one Redis shard lives; ``str()`` never shows the password."""
+
+    host: str
+    port: int = 6379
+    db: int = 0
+    user: str = ""
+    password: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}/{self.db}"
+
+    def __repr__(self) -> str:
+        return f"RedisAddress({self!s})"
+
+
+def parse_address(address: str, *, db: int = 0, user: str = "", password: str = "") -> RedisAddress:
+    """Parse ``redis://[user:password@]host:port[/db]`` or ``host:port``.
+
+    The keyword arguments are the defaults for the parts the address leaves out.
+    """
+    text = address.strip()
+    if "://" not in text:
+        text = "redis://" + text
+    parts = urlsplit(text)
+    if parts.scheme != "redis":
+        raise ValueError(f"unsupported Redis address scheme {parts.scheme!r} (use redis://)")
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        raise ValueError("Redis address has an invalid port") from None
+    host = parts.hostname
+    if not host:
+        raise ValueError("Redis address has no host")
+    path = parts.path.strip("/")
+    if path:
+        if not path.isdigit():
+            raise ValueError("Redis address path must be a database number")
+        db = int(path)
+    if parts.username:
+        user = unquote(parts.username)
+    if parts.password is not None:
+        password = unquote(parts.password)
+    elif parts.username and ":" not in parts.netloc.rpartition("@")[0]:
+        # redis://password@host is a common shorthand for a password without a user
+        user, password = "", unquote(parts.username)
+    return RedisAddress(host, port, db, user, password)
+
+
+def _fnv1a64(data: bytes) -> int:
+    h = _FNV_OFFSET
+    for byte in data:
+        h = ((h ^ byte) * _FNV_PRIME) & _MASK64
+    return h
+
+
+def _jump_hash(key: int, buckets: int) -> int:
+    """Lamping and Veach's jump consistent hash."""
+    b, j = -1, 0
+    while j < buckets:
+        b = j
+        key = (key * 2862933555777941757 + 1) & _MASK64
+        j = int((b + 1) * (float(1 << 31) / float((key >> 33) + 1)))
+    return b
+
+
+def shard_index(channel: str, shards: int) -> int:
+    """The shard of ``channel``: jump consistent hash of its FNV-1a 64 hash.
+
+    Go Centrifuge does the same, so a channel maps to the same index of the address list.
+    """
+    if shards <= 1:
+        return 0
+    return _jump_hash(_fnv1a64(channel.encode()), shards)
+
+
+# --- protocols -------------------------------------------------------------------------
+
+
+@cache
+def _protocols() -> tuple[type, type]:
+    import txredisapi
+
+    base: Any = txredisapi.RedisProtocol
+
+    class CommandProtocol(base):  # type: ignore[misc, valid-type]
+        """Replies go to txredisapi's in-order reply queue."""
+
+        link: Any = None
+
+        def connectionLost(self, why: Failure) -> None:  # noqa: N802 - Twisted API
+            base.connectionLost(self, why)
+            if self.link is not None:
+                self.link._lost(self, why)
+
+    class PubSubProtocol(base):  # type: ignore[misc, valid-type]
+        """Every reply goes to the link (messages and acknowledgements)."""
+
+        link: Any = None
+
+        def replyReceived(self, reply: Any) -> None:  # noqa: N802 - txredisapi API
+            if self.link is not None:
+                self.link._reply(self, reply)
+
+        def connectionLost(self, why: Failure) -> None:  # noqa: N802 - Twisted API
+            base.connectionLost(self, why)
+            if self.link is not None:
+                self.link._lost(self, why)
+
+    return CommandProtocol, PubSubProtocol
+
+
+def _is_error(reply: Any) -> bool:
+    return isinstance(reply, Exception)
+
+
+# --- links -----------------------------------------------------------------------------
+
+
+class _Link:
+    """One connection that keeps itself up; subclasses add a handshake."""
+
+    kind = "link"
+    backoff_min = 0.05
+    backoff_max = 3.0
+
+    def __init__(
+        self,
+        address: RedisAddress,
+        clock: IReactorTime,
+        reactor: Any,
+        *,
+        connect_timeout: float,
+        io_timeout: float,
+        on_change: Callable[[], None],
+        rng: random.Random | None = None,
+    ) -> None:
+        self.address = address
+        self._clock = clock
+        self._reactor = reactor
+        self._connect_timeout = connect_timeout
+        self.io_timeout = io_timeout
+        self._on_change = on_change
+        self._rng = rng or random.Random()
+        self._proto: Any = None
+        self._connecting: Deferred[Any] | None = None
+        self._retry: IDelayedCall | None = None
+        self._attempts = 0
+        self._closed: list[Deferred[None]] = []
+        self.ready = False
+        self.stopped = True
+        self.ever_tried = False
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.address}>"
+
+    # lifecycle
+
+    def start(self) -> None:
+        """Connect (and keep reconnecting until :meth:`stop`)."""
+        if self.stopped:
+            self.stopped = False
+            self._connect()
+
+    def stop(self) -> Deferred[None]:
+        """Close the connection and cancel every timer; fires once it is closed."""
+        self.stopped = True
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        if self._connecting is not None:
+            self._connecting.cancel()
+        self._set_ready(False)
+        proto = self._proto
+        if proto is None or proto.transport is None:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._closed.append(d)
+        proto.transport.loseConnection()
+        return d
+
+    def drop(self, reason: str) -> None:
+        """Abort the current connection (it is re-established with backoff)."""
+        proto = self._proto
+        if proto is not None and proto.transport is not None:
+            _log.warn(
+                "redis {kind} link to {address}: {reason}; reconnecting",
+                kind=self.kind,
+                address=str(self.address),
+                reason=reason,
+            )
+            proto.transport.abortConnection()
+
+    # connecting
+
+    def _protocol_class(self) -> type:
+        raise NotImplementedError
+
+    def _connect(self) -> None:
+        from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+
+        self._retry = None
+        self._attempts += 1
+        proto = self._protocol_class()(
+            charset=None, convertNumbers=False, replyTimeout=self.io_timeout
+        )
+        proto.callLater = self._clock.callLater
+        proto.link = self
+        endpoint = HostnameEndpoint(
+            self._reactor, self.address.host, self.address.port, timeout=self._connect_timeout
+        )
+        d = self._connecting = connectProtocol(endpoint, proto)
+        d.addTimeout(self._connect_timeout + self.io_timeout, self._clock)
+        d.addCallback(self._connected)
+        d.addErrback(self._connect_failed)
+        d.addErrback(
+            lambda f: _log.failure("redis {kind} link: unexpected error", f, kind=self.kind)
+        )
+
+    def _connected(self, proto: Any) -> Deferred[None]:
+        self._connecting = None
+        self._proto = proto
+        if self.stopped:
+            proto.transport.loseConnection()
+            return succeed(None)
+        d = self._handshake(proto)
+        d.addCallback(lambda _: self._up(proto))
+        d.addErrback(self._handshake_failed, proto)
+        return d
+
+    def _handshake(self, proto: Any) -> Deferred[Any]:
+        raise NotImplementedError
+
+    def _handshake_failed(self, failure: Failure, proto: Any) -> None:
+        if self.stopped:
+            return
+        _log.warn(
+            "redis {kind} link to {address}: set-up failed: {error}",
+            kind=self.kind,
+            address=str(self.address),
+            error=_describe(failure),
+        )
+        if proto.transport is not None:
+            proto.transport.abortConnection()
+
+    def _up(self, proto: Any) -> None:
+        if proto is not self._proto or self.stopped:
+            return
+        if self._attempts > 1 or self.ever_tried:
+            _log.info(
+                "redis {kind} link to {address} is up", kind=self.kind, address=str(self.address)
+            )
+        self._attempts = 0
+        self.ever_tried = True
+        self._set_ready(True)
+
+    def _connect_failed(self, failure: Failure) -> None:
+        self._connecting = None
+        if self.stopped:
+            return
+        level = _log.warn if self._attempts == 1 else _log.debug
+        level(
+            "redis {kind} link to {address}: connect failed: {error}",
+            kind=self.kind,
+            address=str(self.address),
+            error=_describe(failure),
+        )
+        self.ever_tried = True
+        self._on_change()
+        self._schedule_reconnect()
+
+    def _lost(self, proto: Any, why: Failure) -> None:
+        if proto is not self._proto:
+            return
+        self._proto = None
+        was_ready = self.ready
+        self._set_ready(False)
+        for d in self._closed:
+            d.callback(None)
+        self._closed.clear()
+        if self.stopped:
+            return
+        if was_ready:
+            _log.warn(
+                "redis {kind} link to {address} lost: {error}",
+                kind=self.kind,
+                address=str(self.address),
+                error=_describe(why),
+            )
+        self._schedule_reconnect()
+
+    def _schedule_reconnect(self) -> None:
+        if self.stopped or self._retry is not None:
+            return
+        delay = min(self.backoff_max, self.backoff_min * 2 ** max(0, self._attempts - 1))
+        delay *= 0.5 + self._rng.random() / 2
+        self._retry = self._clock.callLater(delay, self._connect)
+
+    def _set_ready(self, ready: bool) -> None:
+        if ready != self.ready:
+            self.ready = ready
+            self._on_change()
+
+    def _auth_args(self) -> list[tuple[Any, ...]]:
+        commands: list[tuple[Any, ...]] = []
+        a = self.address
+        if a.password:
+            commands.append(("AUTH", a.user, a.password) if a.user else ("AUTH", a.password))
+        return commands
+
+
+def _describe(failure: Failure) -> str:
+    value = failure.value
+    text = str(value) or type(value).__name__
+    return f"{type(value).__name__}: {text}" if text != type(value).__name__ else text
+
+
+class CommandLink(_Link):
+    """The command connection of one shard."""
+
+    kind = "command"
+
+    def __init__(self, *args: Any, scripts: Iterable[Script] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._scripts = tuple(scripts)
+
+    def _protocol_class(self) -> type:
+        return _protocols()[0]
+
+    def _handshake(self, proto: Any) -> Deferred[Any]:
+        commands = self._auth_args()
+        if self.address.db:
+            commands.append(("SELECT", self.address.db))
+        commands.extend(("SCRIPT", "LOAD", s.body) for s in self._scripts)
+        return gatherResults(
+            [proto.execute_command(*c) for c in commands], consumeErrors=True
+        ).addErrback(lambda f: f.value.subFailure if hasattr(f.value, "subFailure") else f)
+
+    def execute(self, *args: Any) -> Deferred[Any]:
+        """Run one command; fails at once with RedisUnavailable while the link is down."""
+        proto = self._proto
+        if not self.ready or proto is None:
+            return fail(RedisUnavailable(f"redis {self.address} is unavailable"))
+        d: Deferred[Any] = proto.execute_command(*args)
+        return d.addErrback(self._translate)
+
+    def _translate(self, failure: Failure) -> Failure:
+        import txredisapi
+
+        if failure.check(txredisapi.TimeoutError):
+            return Failure(RedisTimeout(f"redis {self.address}: {failure.value}"))
+        if failure.check(txredisapi.ConnectionError):
+            return Failure(RedisUnavailable(f"redis {self.address}: {failure.value}"))
+        return failure
+
+    def evalsha(self, script: Script, keys: list[Any], args: list[Any]) -> Deferred[Any]:
+        """EVALSHA, falling back to EVAL when Redis lost the script (NOSCRIPT)."""
+        d = self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+
+        def noscript(failure: Failure) -> Any:
+            if str(failure.value).startswith("NOSCRIPT"):
+                return self.execute("EVAL", script.body, len(keys), *keys, *args)
+            return failure
+
+        return d.addErrback(noscript)
+
+
+@dataclass
+class _Pending:
+    """Replies a pub/sub command still waits for."""
+
+    remaining: int
+    deferred: Deferred[Any]
+    timer: IDelayedCall | None
+
+
+class PubSubLink(_Link):
+    """The PUB/SUB connection of one shard.
+
+    ``channels()`` gives every channel this link must be subscribed to; after each
+    (re)connect all of them are subscribed again and the link is ready once Redis has
+    confirmed them all. The deaf-link probe: when nothing arrived for ``probe_interval``
+    ``on_probe(link)`` is called (the engine publishes a probe the link must receive);
+    when another interval passes with nothing, the link is re-established.
+    """
+
+    kind = "pubsub"
+    batch = 512
+
+    def __init__(
+        self,
+        *args: Any,
+        channels: Callable[[], Iterable[bytes]],
+        on_message: Callable[[bytes, bytes], None],
+        on_probe: Callable[[PubSubLink], None],
+        probe_interval: float,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._channels = channels
+        self._on_message = on_message
+        self._on_probe = on_probe
+        self._probe_interval = probe_interval
+        self._pending: deque[_Pending] = deque()
+        self._watchdog: LoopingCall | None = None
+        self._last_received = 0.0
+        self.probe_sent = False
+
+    def _protocol_class(self) -> type:
+        return _protocols()[1]
+
+    # commands
+
+    def _send(self, proto: Any, *args: Any, replies: int = 1) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        timer = self._clock.callLater(self.io_timeout, self._timed_out, proto)
+        self._pending.append(_Pending(replies, d, timer))
+        proto.transport.write(proto._build_command(*args))
+        return d
+
+    def _timed_out(self, proto: Any) -> None:
+        if self._pending:
+            self._pending[0].timer = None
+        if proto is self._proto:
+            self.drop(f"no reply within {self.io_timeout:g}s")
+
+    def _subscribe_all(self, proto: Any, names: list[bytes]) -> Deferred[Any]:
+        ds = [
+            self._send(
+                proto,
+                "SUBSCRIBE",
+                *names[i : i + self.batch],
+                replies=len(names[i : i + self.batch]),
+            )
+            for i in range(0, len(names), self.batch)
+        ]
+        return gatherResults(ds, consumeErrors=True)
+
+    def subscribe(self, names: list[bytes]) -> Deferred[Any]:
+        """SUBSCRIBE now if connected (the caller already added ``names`` to its set)."""
+        proto = self._proto
+        if proto is None or proto.transport is None:
+            return fail(RedisUnavailable(f"redis {self.address} PUB/SUB is unavailable"))
+        return self._subscribe_all(proto, names)
+
+    def unsubscribe(self, names: list[bytes]) -> Deferred[Any]:
+        """UNSUBSCRIBE if connected; nothing to do otherwise."""
+        proto = self._proto
+        if proto is None or proto.transport is None:
+            return succeed(None)
+        return self._send(proto, "UNSUBSCRIBE", *names, replies=len(names))
+
+    def ping(self) -> Deferred[Any]:
+        """A PING round trip: everything Redis sent this link before it has arrived."""
+        proto = self._proto
+        if not self.ready or proto is None:
+            return fail(RedisUnavailable(f"redis {self.address} PUB/SUB is unavailable"))
+        return self._send(proto, "PING")
+
+    # connection
+
+    def _handshake(self, proto: Any) -> Deferred[Any]:
+        self._last_received = self._clock.seconds()
+        ds = [self._send(proto, *c) for c in self._auth_args()]
+        names = list(self._channels())
+        ds.append(self._subscribe_all(proto, names))
+        d = gatherResults(ds, consumeErrors=True)
+        d.addErrback(lambda f: f.value.subFailure if hasattr(f.value, "subFailure") else f)
+
+        def done(result: Any) -> Any:
+            _log.debug(
+                "redis pubsub link to {address}: subscribed {n} channels",
+                address=str(self.address),
+                n=len(names),
+            )
+            return result
+
+        return d.addCallback(done)
+
+    def _up(self, proto: Any) -> None:
+        super()._up(proto)
+        if self.ready and self._probe_interval > 0 and self._watchdog is None:
+            self.probe_sent = False
+            self._watchdog = LoopingCall(self._check)
+            self._watchdog.clock = self._clock
+            self._watchdog.start(self._probe_interval, now=False).addErrback(
+                lambda f: _log.failure("redis pubsub watchdog stopped", f)
+            )
+
+    def _set_ready(self, ready: bool) -> None:
+        if not ready and self._watchdog is not None:
+            if self._watchdog.running:
+                self._watchdog.stop()
+            self._watchdog = None
+        super()._set_ready(ready)
+
+    def _lost(self, proto: Any, why: Failure) -> None:
+        if proto is self._proto:
+            pending, self._pending = self._pending, deque()
+            for p in pending:
+                if p.timer is not None and p.timer.active():
+                    p.timer.cancel()
+                p.deferred.errback(RedisUnavailable(f"redis {self.address}: connection lost"))
+        super()._lost(proto, why)
+
+    def _reply(self, proto: Any, reply: Any) -> None:
+        if proto is not self._proto:
+            return
+        self._last_received = self._clock.seconds()
+        self.probe_sent = False
+        if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
+            self._on_message(reply[1], reply[2])
+            return
+        if not self._pending:
+            return  # e.g. a confirmation nobody waits for
+        head = self._pending[0]
+        head.remaining -= 1
+        if head.remaining > 0 and not _is_error(reply):
+            return
+        self._pending.popleft()
+        if head.timer is not None and head.timer.active():
+            head.timer.cancel()
+        if _is_error(reply):
+            head.deferred.errback(reply)
+        else:
+            head.deferred.callback(reply)
+
+    def _check(self) -> None:
+        if self._proto is None:
+            return
+        idle = self._clock.seconds() - self._last_received
+        if idle < self._probe_interval * 0.99:
+            return
+        if self.probe_sent:
+            self.drop(f"nothing received for {idle:.1f}s, probe lost (deaf link)")
+            return
+        self.probe_sent = True
+        self._on_probe(self)
