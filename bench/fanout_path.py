@@ -43,7 +43,9 @@ def fake_protocol(max_messages_in_frame: int = 16) -> WebSocketProtocol:
     transport.socket = _NullSocket()
     proto: Any = WebSocketProtocol.__new__(WebSocketProtocol)
     proto.state = WebSocketServerProtocol.STATE_OPEN
-    proto.factory = SimpleNamespace(max_messages_in_frame=max_messages_in_frame)
+    proto.factory = SimpleNamespace(
+        max_messages_in_frame=max_messages_in_frame, max_frame_bytes=65536
+    )
     proto.transport = transport
     return proto  # type: ignore[no-any-return]
 

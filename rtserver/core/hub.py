@@ -122,7 +122,8 @@ class Hub:
         if not subs:
             return
         push = SharedPush(channel, "pub", publication.to_wire())
-        for client, sub in tuple(subs.items()):
+        # a dict copy is a snapshot without one tuple per subscriber
+        for client, sub in subs.copy().items():
             client.deliver_publication(sub, publication, push)
 
     def broadcast_join_leave(self, channel: str, kind: str, info: ClientInfo) -> None:
@@ -131,6 +132,6 @@ class Hub:
         if not subs:
             return
         push = SharedPush(channel, kind, {"info": info.to_wire()})
-        for client, sub in tuple(subs.items()):
+        for client, sub in subs.copy().items():
             if sub.push_join_leave:
                 client.deliver_push(sub, push)

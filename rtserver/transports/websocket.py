@@ -29,6 +29,7 @@ from rtserver.transports.flow import Backpressure, write_eagerly
 __all__ = ["WebSocketFactory", "WebSocketProtocol"]
 
 _log = Logger()
+_OPEN = WebSocketServerProtocol.STATE_OPEN
 
 
 @implementer(ISink)
@@ -64,6 +65,11 @@ class WebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         transport = self.transport
         client = self.factory.node.make_client(self, headers=self._headers)
         self.client = client
+        # handshake leftovers are not needed once open (memory of idle connections)
+        del self._headers
+        self.http_headers = {}
+        self.http_request_data = b""
+        self.http_response_data = ""
         self.factory.opened(self)
         try:
             self._backpressure = Backpressure(
@@ -97,17 +103,18 @@ class WebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     # --- ISink ---------------------------------------------------------------------------
 
     def write(self, payloads: Sequence[Payload]) -> None:
-        """Frame a batch (up to ``max_messages_in_frame`` per frame) and write it once."""
-        if self.state != WebSocketServerProtocol.STATE_OPEN:
+        """Frame a batch and write it once (eagerly on an idle plain-TCP socket).
+
+        A frame joins at most ``max_messages_in_frame`` messages and, unless a single
+        message is larger, at most ``max_frame_bytes`` bytes.
+        """
+        if self.state != _OPEN:
             return
         if len(payloads) == 1:
             data = payloads[0].framed("ws", text_frame)
         else:
-            step = self.factory.max_messages_in_frame
-            data = b"".join(
-                text_frame(b"\n".join(p.data for p in payloads[i : i + step]))
-                for i in range(0, len(payloads), step)
-            )
+            factory = self.factory
+            data = join_frames(payloads, factory.max_messages_in_frame, factory.max_frame_bytes)
         write_eagerly(self.transport, data)
 
     def close(self, disconnect: Disconnect | None) -> None:
@@ -118,6 +125,22 @@ class WebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
             self.sendClose(1000)
         else:
             self.sendClose(disconnect.code, disconnect.reason)
+
+
+def join_frames(payloads: Sequence[Payload], max_messages: int, max_bytes: int) -> bytes:
+    """Newline-joined text frames of ``payloads``, bounded in messages and bytes each."""
+    frames: list[bytes] = []
+    group: list[bytes] = []
+    size = 0
+    for p in payloads:
+        if group and (len(group) >= max_messages or size + p.size > max_bytes):
+            frames.append(text_frame(b"\n".join(group)))
+            group = []
+            size = 0
+        group.append(p.data)
+        size += p.size + 1
+    frames.append(text_frame(b"\n".join(group)))
+    return frames[0] if len(frames) == 1 else b"".join(frames)
 
 
 class WebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
@@ -132,6 +155,7 @@ class WebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
         *,
         message_size_limit: int,
         max_messages_in_frame: int = 16,
+        max_frame_bytes: int = 65536,
         write_timeout: float = 1.0,
         close_timeout: float = 5.0,
         reactor: Any = None,
@@ -142,6 +166,7 @@ class WebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
         self._waiters: list[Deferred[None]] = []
         self.origins = origins
         self.max_messages_in_frame = max_messages_in_frame
+        self.max_frame_bytes = max_frame_bytes
         self.write_timeout = write_timeout
         self.setProtocolOptions(
             maxFramePayloadSize=message_size_limit,

@@ -1,0 +1,207 @@
+"""Every outbound write path delivers every message, in order.
+
+The WebSocket transport sends eagerly on an idle plain-TCP socket and falls back to
+``transport.write`` otherwise. These tests drive the fallbacks over real sockets: a TLS
+connection (never eager), and a plain connection whose peer stops reading until the
+kernel buffers and then Twisted's buffer fill (backpressure pauses the client's writer;
+output accumulates and is written when the peer reads again).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest_twisted
+from autobahn.twisted.websocket import connectWS
+from liveserver import Server
+from twisted.internet import defer, reactor, ssl, task, tcp
+from wsclient import ClientFactory, RecordingClient
+
+from rtserver import config as rtconfig
+from rtserver.service import build_node, build_site
+from rtserver.transports.flow import write_eagerly
+from rtserver.transports.websocket import WebSocketFactory, WebSocketProtocol
+
+SETTINGS: dict[str, Any] = {
+    "client": {
+        "allow_anonymous_connect_without_token": True,
+        "queue_max_size": 16 * 1024 * 1024,
+    },
+    "websocket": {"write_timeout": "30s"},
+    "channel": {
+        "without_namespace": {
+            "allow_subscribe_for_client": True,
+            "allow_subscribe_for_anonymous": True,
+        }
+    },
+}
+PAD = "x" * 400
+CERT = Path(tcp.__file__).parent.parent / "test" / "server.pem"  # Twisted's test certificate
+
+
+class TLSServer(Server):
+    """The live site behind TLS (Twisted's test certificate), as ``ssl:`` listeners are."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        cfg = rtconfig.from_mapping(settings)
+        self.node = build_node(cfg, reactor)
+        self.site, self.drains = build_site(self.node, cfg, reactor)
+        self.node.start()
+
+    async def listen(self) -> None:
+        # file-based context: Twisted's CertificateOptions hands pyOpenSSL X509 objects
+        # over, which pyOpenSSL now deprecates (an error under filterwarnings)
+        context = ssl.DefaultOpenSSLContextFactory(str(CERT), str(CERT))
+        self.listening = reactor.listenSSL(0, self.site, context, interface="127.0.0.1")
+        self.port = self.listening.getHost().port
+        self.url = f"wss://127.0.0.1:{self.port}/connection/websocket"
+
+
+@pytest_twisted.async_yield_fixture
+async def plain() -> AsyncIterator[Server]:
+    srv = Server(SETTINGS)
+    yield srv
+    await srv.stop()
+
+
+@pytest_twisted.async_yield_fixture
+async def tls() -> AsyncIterator[Server]:
+    srv = TLSServer(SETTINGS)
+    await srv.listen()
+    yield srv
+    await srv.stop()
+
+
+async def subscribe(srv: Server) -> tuple[ClientFactory, RecordingClient, WebSocketProtocol]:
+    """Connect, subscribe to ``room``; also return the server side of the connection."""
+    factory = ClientFactory(srv.url)
+    factory.setProtocolOptions(openHandshakeTimeout=5, closeHandshakeTimeout=2)
+    options = ssl.CertificateOptions(verify=False) if srv.url.startswith("wss") else None
+    connectWS(factory, contextFactory=options)
+    proto = await factory.opened
+    proto.send_json({"id": 1, "connect": {}}, {"id": 2, "subscribe": {"channel": "room"}})
+    replies: list[Any] = []
+    while len(replies) < 2:
+        replies += await factory.next_messages()
+    assert replies[1] == {"id": 2, "subscribe": {}}
+    ws = next(d for d in srv.drains if isinstance(d, WebSocketFactory))
+    (server_side,) = ws._open
+    return factory, proto, server_side
+
+
+async def publish(srv: Server, first: int, count: int) -> None:
+    """``count`` publications in one reactor turn (they share a flush)."""
+    await defer.gatherResults(
+        [
+            defer.ensureDeferred(
+                srv.node.publish("room", orjson.dumps({"i": i, "pad": PAD}))
+            )
+            for i in range(first, first + count)
+        ]
+    )
+
+
+async def receive(factory: ClientFactory, count: int) -> list[int]:
+    """The ``i`` of the next ``count`` publications."""
+    seen: list[int] = []
+    while len(seen) < count:
+        for message in await factory.next_messages():
+            seen.append(message["push"]["pub"]["data"]["i"])
+    return seen
+
+
+async def next_turn() -> None:
+    await task.deferLater(reactor, 0, lambda: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_receives_everything_in_order(tls: Server) -> None:
+    """Over TLS nothing is sent eagerly; single, coalesced and split frames all arrive."""
+    factory, proto, server_side = await subscribe(tls)
+    assert type(server_side.transport) is not tcp.Server
+    await publish(tls, 0, 1)  # one message per turn
+    await next_turn()
+    await publish(tls, 1, 40)  # coalesced: 16 messages per frame at most
+    await next_turn()
+    for first in range(41, 200, 53):
+        await publish(tls, first, min(53, 200 - first))
+    assert await receive(factory, 200) == list(range(200))
+    proto.sendClose()
+    await factory.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_full_socket_buffer_resumes_in_order(plain: Server) -> None:
+    """A peer that stops reading gets everything, in order, once it reads again."""
+    factory, proto, server_side = await subscribe(plain)
+    transport: Any = server_side.transport
+    assert type(transport) is tcp.Server  # the eager path is in use
+    transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    proto.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    proto.transport.pauseProducing()  # stop reading
+    total = 0
+    turns = 0
+    while not transport.producerPaused:
+        await publish(plain, total, 50)
+        total += 50
+        await next_turn()
+        turns += 1
+        assert turns < 200, "the server never saw a full buffer"
+    # Output keeps queueing in the paused writer, across several turns.
+    for _ in range(3):
+        await publish(plain, total, 50)
+        total += 50
+        await next_turn()
+    assert server_side.client is not None
+    assert server_side.client._writer.queued_bytes > 0
+    proto.transport.resumeProducing()
+    # keep publishing while the backlog drains: eager sends must not overtake it
+    for _ in range(5):
+        await publish(plain, total, 50)
+        total += 50
+        await next_turn()
+    assert await receive(factory, total) == list(range(total))
+    # and the eager path is used again afterwards
+    await publish(plain, total, 1)
+    assert await receive(factory, 1) == [total]
+    proto.sendClose()
+    await factory.closed
+
+
+class _Socket:
+    def __init__(self, accept: int) -> None:
+        self.accept = accept
+        self.sent: list[bytes] = []
+
+    def send(self, data: bytes) -> int:
+        self.sent.append(bytes(data[: self.accept]))
+        return min(self.accept, len(data))
+
+
+def _fake_transport(accept: int, buffered: bytes = b"") -> Any:
+    transport: Any = tcp.Server.__new__(tcp.Server)
+    transport.dataBuffer = buffered
+    transport._tempDataBuffer = []
+    transport.connected = 1
+    transport.disconnecting = 0
+    transport.socket = _Socket(accept)
+    transport.written = []
+    transport.write = transport.written.append
+    return transport
+
+
+def test_eager_send_never_overtakes_buffered_output() -> None:
+    """With anything buffered the frame goes behind it; a partial send leaves the rest."""
+    busy = _fake_transport(accept=1000, buffered=b"older")
+    write_eagerly(busy, b"newer")
+    assert busy.socket.sent == [] and busy.written == [b"newer"]
+    partial = _fake_transport(accept=3)
+    write_eagerly(partial, b"abcdef")
+    assert partial.socket.sent == [b"abc"] and partial.written == [b"def"]
+    idle = _fake_transport(accept=1000)
+    write_eagerly(idle, b"abcdef")
+    assert idle.socket.sent == [b"abcdef"] and idle.written == []
