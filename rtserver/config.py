@@ -162,6 +162,7 @@ class ClientConfig:
     channel_limit: int = 128
     queue_max_size: int = 1048576
     max_messages_in_frame: int = 16
+    write_delay: float = duration(0.0)
     presence_update_interval: float = duration(27.0)
     history_max_publication_limit: int = 300
     recovery_max_publication_limit: int = 300

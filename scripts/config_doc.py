@@ -43,6 +43,7 @@ MEANING = {
     "client.channel_limit": "subscriptions per connection (106 beyond)",
     "client.queue_max_size": "bytes queued per connection before disconnect 3008",
     "client.max_messages_in_frame": "messages joined into one WebSocket frame",
+    "client.write_delay": "delay before output is flushed (0s: end of the turn)",
     "client.presence_update_interval": "presence refresh interval (engines with presence TTL)",
     "client.history_max_publication_limit": "cap on client ``history`` limit",
     "client.recovery_max_publication_limit": "cap on publications recovered on subscribe",

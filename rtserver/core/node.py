@@ -72,7 +72,7 @@ class Node:
         self.version = __version__
         self.resolver = ChannelResolver(config.channel)
         self.hub = Hub()
-        self.scheduler = FlushScheduler(clock)
+        self.scheduler = FlushScheduler(clock, config.client.write_delay)
         self._started_at = clock.seconds()
         self._subscribing: dict[str, list[Deferred[None]]] = {}
         self._running = False

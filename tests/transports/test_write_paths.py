@@ -22,9 +22,10 @@ from twisted.internet import defer, reactor, ssl, task, tcp
 from wsclient import ClientFactory, RecordingClient
 
 from rtserver import config as rtconfig
+from rtserver.core.writer import ClientWriter, FlushScheduler, Payload
 from rtserver.service import build_node, build_site
 from rtserver.transports.flow import write_eagerly
-from rtserver.transports.websocket import WebSocketFactory, WebSocketProtocol
+from rtserver.transports.websocket import WebSocketFactory, WebSocketProtocol, join_frames
 
 SETTINGS: dict[str, Any] = {
     "client": {
@@ -205,3 +206,42 @@ def test_eager_send_never_overtakes_buffered_output() -> None:
     idle = _fake_transport(accept=1000)
     write_eagerly(idle, b"abcdef")
     assert idle.socket.sent == [b"abcdef"] and idle.written == []
+
+
+def test_write_delay_coalesces_across_turns() -> None:
+    """With a write delay, output queued within the delay leaves in one write."""
+    clock = task.Clock()
+    scheduler = FlushScheduler(clock, delay=0.005)
+    writes: list[list[bytes]] = []
+
+    class Sink:
+        def write(self, payloads: list[Payload]) -> None:
+            writes.append([p.data for p in payloads])
+
+    writer = ClientWriter(Sink(), scheduler, max_bytes=1 << 20, on_overflow=lambda: None)
+    writer.enqueue(Payload(b"a"))
+    clock.advance(0.004)
+    writer.enqueue(Payload(b"b"))
+    assert writes == []
+    clock.advance(0.001)
+    assert writes == [[b"a", b"b"]]
+    writer.enqueue(Payload(b"c"))
+    clock.advance(0.005)
+    assert writes == [[b"a", b"b"], [b"c"]]
+
+
+def test_frames_bounded_in_messages_and_bytes() -> None:
+    """A batch splits into frames of at most N messages and about max bytes each."""
+    payloads = [Payload(b"x" * 100) for _ in range(10)]
+    data = join_frames(payloads, max_messages=4, max_bytes=250)
+    frames = []
+    while data:
+        length, start = data[1], 2
+        if length == 126:
+            length, start = int.from_bytes(data[2:4], "big"), 4
+        frames.append(data[start : start + length])
+        data = data[start + length :]
+    assert [f.count(b"\n") + 1 for f in frames] == [2, 2, 2, 2, 2]
+    assert b"\n".join(frames) == b"\n".join(p.data for p in payloads)
+    big = join_frames([Payload(b"y" * 300)], max_messages=4, max_bytes=250)
+    assert big.endswith(b"y" * 300)
