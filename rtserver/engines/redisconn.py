@@ -244,6 +244,7 @@ class _Link:
         """Abort the current connection (it is re-established with backoff)."""
         proto = self._proto
         if proto is not None and proto.transport is not None:
+            self._set_ready(False)
             _log.warn(
                 "redis {kind} link to {address}: {reason}; reconnecting",
                 kind=self.kind,
@@ -403,12 +404,14 @@ class CommandLink(_Link):
         if not self.ready or proto is None:
             return fail(RedisUnavailable(f"redis {self.address} is unavailable"))
         d: Deferred[Any] = proto.execute_command(*args)
-        return d.addErrback(self._translate)
+        return d.addErrback(self._translate, proto)
 
-    def _translate(self, failure: Failure) -> Failure:
+    def _translate(self, failure: Failure, proto: Any) -> Failure:
         import txredisapi
 
         if failure.check(txredisapi.TimeoutError):
+            if proto is self._proto:  # txredisapi aborts the connection; down from now
+                self._set_ready(False)
             return Failure(RedisTimeout(f"redis {self.address}: {failure.value}"))
         if failure.check(txredisapi.ConnectionError):
             return Failure(RedisUnavailable(f"redis {self.address}: {failure.value}"))

@@ -1,0 +1,255 @@
+"""The Redis engine when Redis misbehaves: down, restarted, slow, deaf links, garbage.
+
+Each test gets its own ``redis-server`` (they stop, restart and kill it). Waits for
+reconnects and Redis TTLs are bounded polls (``until``); nothing sleeps where a
+Deferred can be awaited.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import pytest_twisted
+from contract import HISTORY, NO_HISTORY, pub
+from redis_support import handler, make_engine, pause, until
+from redisserver import RedisServer, free_port, require_redis_server
+from twisted.internet import reactor
+
+from rtserver.core.types import DisconnectControl, HistoryFilter
+from rtserver.engines.redis import RedisEngine, RedisTimeout, RedisUnavailable
+from rtserver.protocol.frames import ClientInfo
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def server() -> Iterator[RedisServer]:
+    """A redis-server of this test's own."""
+    require_redis_server()
+    with RedisServer() as s:
+        yield s
+
+
+async def _stop(engine: RedisEngine) -> None:
+    await engine.stop()
+    assert not engine.healthy
+
+
+@pytest_twisted.ensureDeferred
+async def test_presence_expires_unless_refreshed(server: RedisServer) -> None:
+    """Entries live presence_ttl after their last add_presence; reads drop expired ones."""
+    engine = make_engine([server.address], presence_ttl=0.6)
+    await engine.start(handler())
+    try:
+        await engine.add_presence("p", "stale", ClientInfo("u1", "stale"))
+        await engine.add_presence("p", "fresh", ClientInfo("u2", "fresh"))
+        await pause(0.3)
+        await engine.add_presence("p", "fresh", ClientInfo("u2", "fresh"))  # refresh
+        await pause(0.4)  # "stale" is 0.7 s old, "fresh" 0.4 s
+        presence = await engine.presence("p")
+        assert set(presence) == {"fresh"}
+        stats = await engine.presence_stats("p")
+        assert (stats.num_clients, stats.num_users) == (1, 1)
+        # the keys themselves carry the TTL, so an abandoned channel leaves nothing behind
+        p = engine._prefix
+        assert 0 < server.command("PTTL", f"{p}.presence.data.p") <= 600
+        assert 0 < server.command("PTTL", f"{p}.presence.expire.p") <= 600
+    finally:
+        await _stop(engine)
+
+
+@pytest_twisted.ensureDeferred
+async def test_publish_fails_fast_while_redis_is_down(server: RedisServer) -> None:
+    """With Redis stopped: healthy is False and every call errs at once, never hangs."""
+    engine = make_engine([server.address], io_timeout=5.0)
+    await engine.start(handler())
+    try:
+        assert engine.healthy
+        server.stop()
+        await until(lambda: not engine.healthy, what="the engine to notice Redis is gone")
+        started = reactor.seconds()
+        for call in (
+            engine.publish("ch", pub(1), HISTORY),
+            engine.publish("ch", pub(1), NO_HISTORY),
+            engine.history("ch", HistoryFilter(limit=-1), 60.0),
+            engine.presence("ch"),
+            engine.add_presence("ch", "c1", ClientInfo("u", "c1")),
+            engine.publish_control(DisconnectControl("u", 3000, "x")),
+            engine.subscribe("ch"),
+        ):
+            with pytest.raises(RedisUnavailable, match="unavailable"):
+                await call
+        assert reactor.seconds() - started < 0.5
+    finally:
+        await _stop(engine)
+
+
+@pytest_twisted.ensureDeferred
+async def test_command_without_answer_times_out(server: RedisServer) -> None:
+    """A command Redis does not answer within io_timeout fails; the link then recovers."""
+    engine = make_engine([server.address], io_timeout=0.2)
+    await engine.start(handler())
+    try:
+        server.command("CLIENT", "PAUSE", 700)
+        started = reactor.seconds()
+        with pytest.raises(RedisTimeout):
+            await engine.publish("ch", pub(1), HISTORY)
+        assert reactor.seconds() - started < 0.6
+        assert not engine.healthy
+        await until(lambda: engine.healthy, timeout=5.0, what="recovery after the pause")
+        pos = await engine.publish("ch", pub(2), HISTORY)
+        assert pos.offset >= 1
+    finally:
+        await _stop(engine)
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_restart_reconnects_resubscribes_and_changes_epoch(
+    server: RedisServer,
+) -> None:
+    """Restart without persistence: reconnect, resubscribe, deliver, and a NEW epoch.
+
+    The history channel continues in another epoch, so the loss is signalled, not silent.
+    """
+    engine = make_engine([server.address])
+    recorder = handler()
+    await engine.start(recorder)
+    try:
+        await engine.subscribe("h")
+        before = await engine.publish("h", pub(1), HISTORY)
+        server.restart()
+        await until(lambda: not engine.healthy, what="the loss to be noticed")
+        await until(lambda: engine.healthy, what="reconnect and resubscribe")
+        after = await engine.publish("h", pub(2), HISTORY)
+        assert after.offset == 1 and after.epoch != before.epoch
+        await engine.sync()
+        assert [(p.offset, p.epoch) for _, p in recorder.publications] == [
+            (1, before.epoch),
+            (1, after.epoch),
+        ]
+        assert b"P.client.h".replace(b"P", engine._prefix.encode()) in server.command(
+            "PUBSUB", "CHANNELS"
+        )
+    finally:
+        await _stop(engine)
+
+
+@pytest_twisted.ensureDeferred
+async def test_pubsub_client_kill_resubscribes(server: RedisServer) -> None:
+    """CLIENT KILL TYPE pubsub: the PUB/SUB link comes back with every channel."""
+    engine = make_engine([server.address])
+    recorder = handler()
+    await engine.start(recorder)
+    try:
+        for ch in ("a", "b", "c"):
+            await engine.subscribe(ch)
+        await engine.unsubscribe("c")
+        old = engine.shards[0].pubsub._proto
+        assert server.kill_pubsub_clients() == 1
+        await until(
+            lambda: engine.healthy and engine.shards[0].pubsub._proto is not old,
+            what="the PUB/SUB link to come back",
+        )
+        for ch in ("a", "b", "c"):
+            await engine.publish(ch, pub(1), NO_HISTORY)
+        await engine.publish_control(DisconnectControl("u", 3000, "x"))
+        await engine.sync()
+        assert sorted(ch for ch, _ in recorder.publications) == ["a", "b"]
+        assert len(recorder.controls) == 1
+    finally:
+        await _stop(engine)
+
+
+@pytest_twisted.ensureDeferred
+async def test_deaf_pubsub_link_is_reestablished_by_the_probe(server: RedisServer) -> None:
+    """A PUB/SUB link that silently stops delivering is re-established.
+
+    Its subscriptions are dropped behind the engine's back; the probe it publishes on its
+    node channel is lost, so after another interval the link is declared stale.
+    """
+    engine = make_engine([server.address], pubsub_probe_interval=0.1)
+    recorder = handler()
+    await engine.start(recorder)
+    try:
+        await engine.subscribe("ch")
+        link = engine.shards[0].pubsub
+        deaf = link._proto
+        deaf.transport.write(deaf._build_command("UNSUBSCRIBE"))
+        await until(
+            lambda: link._proto is not deaf and engine.healthy,
+            timeout=3.0,
+            what="the deaf link to be replaced",
+        )
+        await engine.publish("ch", pub(1), NO_HISTORY)
+        await engine.sync()
+        assert [ch for ch, _ in recorder.publications] == ["ch"]
+    finally:
+        await _stop(engine)
+
+
+@pytest_twisted.ensureDeferred
+async def test_idle_pubsub_link_survives_probes(server: RedisServer) -> None:
+    """An idle but working link answers its probes and is kept."""
+    engine = make_engine([server.address], pubsub_probe_interval=0.05)
+    await engine.start(handler())
+    try:
+        link = engine.shards[0].pubsub
+        proto = link._proto
+        await pause(0.4)  # several probe rounds
+        assert link._proto is proto and engine.healthy
+    finally:
+        await _stop(engine)
+
+
+@pytest_twisted.ensureDeferred
+async def test_garbled_messages_are_dropped(server: RedisServer) -> None:
+    """Malformed client and control payloads are logged and dropped; delivery goes on."""
+    engine = make_engine([server.address])
+    recorder = handler()
+    await engine.start(recorder)
+    try:
+        await engine.subscribe("ch")
+        p = engine._prefix
+        for channel, payload in [
+            (f"{p}.client.ch", b"not json"),
+            (f"{p}.client.ch", b"__p1:x__{}\ndata"),
+            (f"{p}.client.ch", b"__j__[1]"),
+            (f"{p}.client.ch", b'{"info":7}\n{}'),
+            (f"{p}.control", b"garbage"),
+            (f"{p}.control", b'{"type":"NoSuchType","data":{}}'),
+            (f"{p}.control", b'{"type":"DisconnectControl","data":{"user":1}}'),
+            (f"{p}.node.{recorder.uid}", b'{"type":"probe"}'),
+        ]:
+            server.command("PUBLISH", channel, payload)
+        await engine.publish("ch", pub(1), NO_HISTORY)
+        await engine.sync()
+        assert [p.data for _, p in recorder.publications] == [b'{"n":1}']
+        assert recorder.controls == [] and recorder.joins == []
+        assert engine.healthy
+    finally:
+        await _stop(engine)
+
+
+@pytest_twisted.ensureDeferred
+async def test_start_without_redis_then_recover() -> None:
+    """Start against a Redis that is not there yet.
+
+    start() still fires, the engine is unhealthy and fails fast, connects once Redis
+    appears, and stop() leaves no timers.
+    """
+    require_redis_server()
+    port = free_port()
+    engine = make_engine([f"redis://127.0.0.1:{port}"])
+    await engine.start(handler())
+    server = RedisServer(port=port)
+    try:
+        assert not engine.healthy
+        with pytest.raises(RedisUnavailable):
+            await engine.publish("ch", pub(1), NO_HISTORY)
+        server.start()
+        await until(lambda: engine.healthy, what="the first connection")
+        assert (await engine.publish("ch", pub(1), HISTORY)).offset == 1
+    finally:
+        await _stop(engine)
+        server.stop()
