@@ -102,9 +102,18 @@ class _Reader:
 class RedisServer:
     """One ``redis-server`` child process on 127.0.0.1 without persistence."""
 
-    def __init__(self, port: int | None = None, binary: str | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        binary: str | None = None,
+        *,
+        password: str = "",
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.binary = binary or shutil.which("redis-server") or "redis-server"
         self.port = port or free_port()
+        self.password = password
+        self.extra_args = extra_args
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -136,6 +145,8 @@ class RedisServer:
                 "no",
                 "--loglevel",
                 "warning",
+                *(("--requirepass", self.password) if self.password else ()),
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -185,10 +196,13 @@ class RedisServer:
 
     def pipeline(self, commands: list[tuple[Any, ...]], timeout: float = 5.0) -> list[Any]:
         """Run several commands on one connection; the replies in order."""
+        if self.password:
+            commands = [("AUTH", self.password), *commands]
         with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
             sock.sendall(b"".join(_encode(c) for c in commands))
             reader = _Reader(sock)
-            return [reader.reply() for _ in commands]
+            replies = [reader.reply() for _ in commands]
+        return replies[1:] if self.password else replies
 
     def kill_pubsub_clients(self) -> int:
         """``CLIENT KILL TYPE pubsub``; the number of connections killed."""

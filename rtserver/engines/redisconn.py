@@ -24,6 +24,7 @@ from urllib.parse import unquote, urlsplit
 
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
@@ -171,6 +172,18 @@ def _protocols() -> tuple[type, type]:
     return CommandProtocol, PubSubProtocol
 
 
+class _OneProtocol(Factory):
+    """Hands out one prepared protocol; quiet (no "Starting factory" per reconnect)."""
+
+    noisy = False
+
+    def __init__(self, proto: Any) -> None:
+        self._proto = proto
+
+    def buildProtocol(self, addr: Any) -> Any:  # noqa: N802 - Twisted API
+        return self._proto
+
+
 def _is_error(reply: Any) -> bool:
     return isinstance(reply, Exception)
 
@@ -259,7 +272,7 @@ class _Link:
         raise NotImplementedError
 
     def _connect(self) -> None:
-        from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+        from twisted.internet.endpoints import HostnameEndpoint
 
         self._retry = None
         self._attempts += 1
@@ -271,7 +284,7 @@ class _Link:
         endpoint = HostnameEndpoint(
             self._reactor, self.address.host, self.address.port, timeout=self._connect_timeout
         )
-        d = self._connecting = connectProtocol(endpoint, proto)
+        d = self._connecting = endpoint.connect(_OneProtocol(proto))
         d.addTimeout(self._connect_timeout + self.io_timeout, self._clock)
         d.addCallback(self._connected)
         d.addErrback(self._connect_failed)
@@ -296,7 +309,9 @@ class _Link:
     def _handshake_failed(self, failure: Failure, proto: Any) -> None:
         if self.stopped:
             return
-        _log.warn(
+        self.ever_tried = True
+        level = _log.warn if self._attempts == 1 else _log.debug
+        level(
             "redis {kind} link to {address}: set-up failed: {error}",
             kind=self.kind,
             address=str(self.address),
@@ -304,14 +319,12 @@ class _Link:
         )
         if proto.transport is not None:
             proto.transport.abortConnection()
+        self._on_change()
 
     def _up(self, proto: Any) -> None:
         if proto is not self._proto or self.stopped:
             return
-        if self._attempts > 1 or self.ever_tried:
-            _log.info(
-                "redis {kind} link to {address} is up", kind=self.kind, address=str(self.address)
-            )
+        _log.info("redis {kind} link to {address} is up", kind=self.kind, address=str(self.address))
         self._attempts = 0
         self.ever_tried = True
         self._set_ready(True)

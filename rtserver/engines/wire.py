@@ -172,7 +172,7 @@ def _decode_value(hint: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         options = [a for a in typing.get_args(hint) if a is not type(None)]
-        if value is None:
+        if value is None and options != [bytes]:  # present null in a bytes field: b"null"
             return None
         if len(options) != 1:
             raise WireError(f"{where}: unsupported union type")
