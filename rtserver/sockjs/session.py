@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
-from zope.interface import Attribute, Interface
+from zope.interface import Interface
 
 from rtserver.logs import Logger
 from rtserver.protocol import sockjs as frames

@@ -140,7 +140,7 @@ class RawSession:
 
     def expire(self) -> None:
         """Close now (shutdown)."""
-        self.close(1001, "Going away")
+        self.close(1000, "Going away")
 
 
 class RawWebSocket(_Base):
@@ -199,6 +199,11 @@ class _Factory(WebSocketServerFactory):  # type: ignore[misc]
             webStatus=False,
         )
 
+    @property
+    def open_connections(self) -> int:
+        """How many connections are open."""
+        return len(self._open)
+
     def opened(self, protocol: _Base) -> None:
         """Track an open connection."""
         self._open.add(protocol)
@@ -220,7 +225,7 @@ class _Factory(WebSocketServerFactory):  # type: ignore[misc]
         d.addTimeout(timeout, self.reactor)
         for protocol in list(self._open):
             if protocol.state == WebSocketServerProtocol.STATE_OPEN:
-                protocol.sendClose(1001, "Going away")
+                protocol.sendClose(1000, "Going away")
         return d
 
 
