@@ -264,6 +264,21 @@ class UniHTTPStreamConfig(StreamEndpointConfig):
 
 
 @dataclass(frozen=True)
+class SockJSConfig:
+    """SockJS endpoint for legacy browsers (centrifuge-js ``sockjs`` transport)."""
+
+    enabled: bool = False
+    handler_prefix: str = "/connection/sockjs"
+    heartbeat_delay: float = duration(25.0)
+    disconnect_delay: float = duration(5.0)
+    response_limit: int = 128 * 1024
+    client_url: str = ""
+    cookie_needed: bool = False
+    websocket: bool = True
+    max_request_body_size: int = 65536
+
+
+@dataclass(frozen=True)
 class HealthConfig:
     """``GET /health`` (on by default, unlike Centrifugo)."""
 
@@ -318,6 +333,7 @@ class Config:
     uni_websocket: UniWebSocketConfig = field(default_factory=UniWebSocketConfig)
     uni_sse: UniSSEConfig = field(default_factory=UniSSEConfig)
     uni_http_stream: UniHTTPStreamConfig = field(default_factory=UniHTTPStreamConfig)
+    sockjs: SockJSConfig = field(default_factory=SockJSConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     node: NodeConfig = field(default_factory=NodeConfig)

@@ -83,7 +83,7 @@ class NodeService(Service):
 def enabled_transports(config: Config) -> list[str]:
     """Names of the client transports this configuration serves."""
     names = [] if config.websocket.disabled else ["websocket"]
-    for name in ("http_stream", "sse", "uni_websocket", "uni_sse", "uni_http_stream"):
+    for name in ("http_stream", "sse", "uni_websocket", "uni_sse", "uni_http_stream", "sockjs"):
         if getattr(config, name).enabled:
             names.append(name)
     return names
@@ -164,6 +164,21 @@ def build_site(node: Node, config: Config, reactor: Any) -> tuple[RTSite, list[A
         )
         mount(root, uws.handler_prefix, WebSocketResource(uni_factory))
         drains.append(uni_factory)
+    if config.sockjs.enabled:
+        from rtserver.transports.sockjs import sockjs_resource
+
+        sj = config.sockjs
+        sockjs = sockjs_resource(
+            node,
+            sj,
+            origins,
+            message_size_limit=config.websocket.message_size_limit,
+            write_timeout=timeout,
+            clock=reactor,
+        )
+        mount(root, sj.handler_prefix, sockjs)
+        limits.append((sj.handler_prefix, sj.max_request_body_size))
+        drains.append(sockjs)
     if not config.http_api.disabled:
         mount(root, config.http_api.handler_prefix, APIResource(APIExecutor(node), config.http_api))
         limits.append((config.http_api.handler_prefix, config.http_api.max_request_body_size))

@@ -132,7 +132,7 @@ def decode_ws_message(text: str) -> list[str]:
 
 
 def line_frame(frame: bytes) -> bytes:
-    """xhr and xhr_streaming: one frame per line."""
+    """Envelope of ``xhr`` and ``xhr_streaming``: one frame per line."""
     return frame + b"\n"
 
 

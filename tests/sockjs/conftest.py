@@ -10,7 +10,7 @@ import pytest_twisted
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "transports"))
 
-from sockjs_http import SockJSServer  # noqa: E402
+from sockjs_http import SockJSServer
 
 
 @pytest_twisted.async_yield_fixture

@@ -425,7 +425,7 @@ class TestWebsocketHybi10:
 class TestXhrPolling:
     @pytest_twisted.ensureDeferred
     async def test_options(self, sockjs_server: SockJSServer) -> None:
-        """xhr and xhr_send answer preflights without creating sessions."""
+        """Xhr and xhr_send answer preflights without creating sessions."""
         for suffix in ("/xhr", "/xhr_send"):
             await assert_options(sockjs_server, "/echo/abc/abc" + suffix, "OPTIONS, POST")
         assert len(sockjs_server.resources["echo"].sessions) == 0
@@ -740,7 +740,7 @@ class TestJsessionidCookie:
 
     @pytest_twisted.ensureDeferred
     async def test_xhr(self, sockjs_server: SockJSServer) -> None:
-        """dummy by default; the client's own JSESSIONID is echoed."""
+        """Dummy by default; the client's own JSESSIONID is echoed."""
         r = await sockjs_server.fetch(
             "POST", sockjs_server.session_url("cookie_needed_echo") + "/xhr"
         )
@@ -771,7 +771,7 @@ class TestJsessionidCookie:
 
     @pytest_twisted.ensureDeferred
     async def test_jsonp(self, sockjs_server: SockJSServer) -> None:
-        """jsonp and jsonp_send set the cookie."""
+        """Jsonp and jsonp_send set the cookie."""
         url = sockjs_server.session_url("cookie_needed_echo")
         r = await sockjs_server.fetch("GET", url + "/jsonp?c=%63allback")
         self.assert_cookie(r)
@@ -806,7 +806,7 @@ ESCAPED_BY_SERVER = re.compile("[\x00-\x1f\u200c-\u200f\u2028-\u202f\u2060-\u206
 class TestJSONEncoding:
     @pytest_twisted.ensureDeferred
     async def test_xhr_server_encodes(self, sockjs_server: SockJSServer) -> None:
-        """Every code point browsers mangle comes back as a lowercase \\uXXXX escape."""
+        """Every code point browsers mangle comes back as a lowercase u-escape."""
         escaped = "".join(
             f"\\u{i:04x}" for i in range(255, 65536) if ESCAPED_BY_SERVER.match(chr(i))
         )

@@ -87,7 +87,7 @@ def test_heartbeat_ends_a_long_poll() -> None:
 
 
 def test_streaming_heartbeats_repeat_and_stop_with_the_session() -> None:
-    """h every heartbeat_delay on a stream; aborting it removes session and timers."""
+    """H every heartbeat_delay on a stream; aborting it removes session and timers."""
     resource, handler, clock = make(heartbeat_delay=10)
     stream = request(resource, b"POST", "/000/s1/xhr_streaming")
     clock.advance(10)
