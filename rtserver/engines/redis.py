@@ -270,6 +270,9 @@ class RedisEngine:
             handler.handle_publication(channel, decode_publication(data))
 
     def _probe(self, shard: _Shard) -> None:
+        if not shard.command.ready:  # cannot probe now; do not call the PUB/SUB link deaf
+            shard.pubsub.probe_sent = False
+            return
         d = shard.command.execute("PUBLISH", self._node, PROBE)
         d.addErrback(
             lambda f: _log.debug(

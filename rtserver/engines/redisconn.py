@@ -416,7 +416,10 @@ class CommandLink(_Link):
         proto = self._proto
         if not self.ready or proto is None:
             return fail(RedisUnavailable(f"redis {self.address} is unavailable"))
-        d: Deferred[Any] = proto.execute_command(*args)
+        try:
+            d: Deferred[Any] = proto.execute_command(*args)
+        except Exception as e:  # txredisapi raises when its transport is already gone
+            d = fail(e)
         return d.addErrback(self._translate, proto)
 
     def _translate(self, failure: Failure, proto: Any) -> Failure:
@@ -458,7 +461,8 @@ class PubSubLink(_Link):
     (re)connect all of them are subscribed again and the link is ready once Redis has
     confirmed them all. The deaf-link probe: when nothing arrived for ``probe_interval``
     ``on_probe(link)`` is called (the engine publishes a probe the link must receive);
-    when another interval passes with nothing, the link is re-established.
+    when another interval passes with nothing, the link is re-established. Consecutive
+    stale restarts wait longer before the next probe (doubling, at most 10 intervals).
     """
 
     kind = "pubsub"
@@ -481,6 +485,7 @@ class PubSubLink(_Link):
         self._pending: deque[_Pending] = deque()
         self._watchdog: LoopingCall | None = None
         self._last_received = 0.0
+        self._stale_restarts = 0
         self.probe_sent = False
 
     def _protocol_class(self) -> type:
@@ -584,7 +589,9 @@ class PubSubLink(_Link):
         if proto is not self._proto:
             return
         self._last_received = self._clock.seconds()
-        self.probe_sent = False
+        if self.probe_sent:  # something came back after a probe: the link hears
+            self.probe_sent = False
+            self._stale_restarts = 0
         if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
             self._on_message(reply[1], reply[2])
             return
@@ -606,9 +613,12 @@ class PubSubLink(_Link):
         if self._proto is None:
             return
         idle = self._clock.seconds() - self._last_received
-        if idle < self._probe_interval * 0.99:
+        # repeated stale restarts back off: doubling, capped at 10 intervals
+        quiet = self._probe_interval * min(10, 2**self._stale_restarts)
+        if idle < quiet * 0.99:
             return
         if self.probe_sent:
+            self._stale_restarts += 1
             self.drop(f"nothing received for {idle:.1f}s, probe lost (deaf link)")
             return
         self.probe_sent = True
