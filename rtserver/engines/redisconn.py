@@ -18,7 +18,7 @@ import random
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -126,6 +126,7 @@ def _jump_hash(key: int, buckets: int) -> int:
     return b
 
 
+@lru_cache(maxsize=65536)
 def shard_index(channel: str, shards: int) -> int:
     """The shard of ``channel``: jump consistent hash of its FNV-1a 64 hash.
 
