@@ -37,6 +37,10 @@ class IEngineHandler(Interface):
 class IEngine(Interface):
     """Broker + history + presence. All methods return Deferreds."""
 
+    shared = Attribute(
+        "True when other nodes use the same engine (Redis): the node then announces "
+        "itself, answers surveys and refreshes presence."
+    )
     healthy = Attribute(
         "True while the engine can publish and deliver (memory: always; Redis: while "
         "both the command and the PUB/SUB links are up)."

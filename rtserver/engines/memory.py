@@ -60,6 +60,7 @@ class MemoryEngine:
     """Everything in this process; the default engine."""
 
     healthy = True
+    shared = False
 
     def __init__(
         self,

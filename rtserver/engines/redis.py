@@ -99,6 +99,9 @@ class RedisEngine:
         rng: epochs and backoff jitter.
     """
 
+    #: Several nodes share this engine: the node runs heartbeats and presence refresh.
+    shared = True
+
     def __init__(
         self,
         clock: IReactorTime,
