@@ -1,0 +1,214 @@
+"""Two real ``twistd rtserver`` nodes sharing one real ``redis-server``.
+
+What users of a cluster rely on: a publication made through any node reaches clients on
+every node; presence, history and ``info`` answer for the whole cluster; a node killed
+with SIGKILL and restarted lets its clients recover every missed publication; a Redis
+restart is survived by both nodes on their own and the loss it caused is reported to
+clients (``recovered: false``), never skipped silently.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cent
+import pytest
+import requests
+from harness import Server, free_port, spawn_server, stop_server
+from pysdk import Recorder, bounded, in_thread, name, run_scenario, sdk_client, subscribe
+
+#: How long a cluster-level change (node announcements, Redis reconnect) may take.
+CLUSTER_TIMEOUT = 20.0
+
+
+class Cluster:
+    """Nodes ``a`` and ``b`` on one Redis, restartable on their own ports."""
+
+    def __init__(self, workdir: Path, config: dict[str, Any], secret: str, api_key: str) -> None:
+        self.workdir = workdir
+        self.config = config
+        self.secret = secret
+        self.api_key = api_key
+        self.ports = {"a": free_port(), "b": free_port()}
+        self.nodes: dict[str, Server] = {}
+
+    def start(self, label: str) -> Server:
+        config = {**self.config, "node": {"name": label}}
+        self.nodes[label] = spawn_server(
+            self.workdir, config, secret=self.secret, api_key=self.api_key,
+            port=self.ports[label], log_name=f"node-{label}.log",
+        )
+        return self.nodes[label]
+
+    def kill(self, label: str) -> None:
+        """SIGKILL: no goodbye to peers, no cleanup in Redis."""
+        server = self.nodes.pop(label)
+        server.close_clients()
+        server.process.kill()
+        server.process.wait(timeout=10)
+
+    def stop_all(self) -> None:
+        for label in list(self.nodes):
+            stop_server(self.nodes.pop(label))
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, redis_url: str, cluster_config: Any) -> Iterator[Cluster]:
+    config, secret, api_key = cluster_config(redis_url)
+    c = Cluster(tmp_path, config, secret, api_key)
+    c.start("a")
+    c.start("b")
+    try:
+        yield c
+    finally:
+        c.stop_all()
+
+
+def wait_until(check: Any, what: str, timeout: float = CLUSTER_TIMEOUT) -> Any:
+    """Poll ``check`` (a callable returning a truthy value) until it holds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except (requests.RequestException, cent.CentError) as e:
+            last = e
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"{what}: not within {timeout:g}s (last: {last!r})")
+
+
+def node_names(server: Server) -> list[str]:
+    return sorted(n.name for n in server.cent_client.info(cent.InfoRequest()).nodes)
+
+
+def health(server: Server) -> int:
+    session = requests.Session()
+    session.trust_env = False
+    try:
+        return session.get(server.url + "/health", timeout=2).status_code
+    finally:
+        session.close()
+
+
+def test_two_nodes_act_as_one_server(cluster: Cluster) -> None:
+    """Client on A gets B's publications; presence, history, channels and info are shared."""
+    a, b = cluster.nodes["a"], cluster.nodes["b"]
+    user, channel = name("u-"), name("room-")
+    wait_until(lambda: node_names(a) == ["a", "b"] and node_names(b) == ["a", "b"],
+               "both nodes listed by info on both nodes")
+
+    async def scenario() -> None:
+        rec = Recorder()
+        client, _ = sdk_client(a, rec, token=a.token(user))
+        sub = subscribe(client, channel, rec)
+        try:
+            await client.connect()
+            await sub.subscribe()
+            await bounded(sub.ready())
+            for i in (1, 2, 3):
+                await in_thread(b.publish, channel, {"n": i})
+            got = await rec.wait("publication", count=3)
+            assert [e["data"] for e in got] == [{"n": 1}, {"n": 2}, {"n": 3}]
+            client_id = (await rec.wait("connected"))[0]["id"]
+            presence = await in_thread(b.cent_client.presence, cent.PresenceRequest(channel=channel))
+            assert list(presence.presence) == [client_id]
+            assert presence.presence[client_id].user == user
+            history = await in_thread(
+                a.cent_client.history, cent.HistoryRequest(channel=channel, limit=-1)
+            )
+            assert [p.data for p in history.publications] == [{"n": 1}, {"n": 2}, {"n": 3}]
+            channels = await in_thread(b.cent_client.channels, cent.ChannelsRequest())
+            assert channels.channels[channel].num_clients == 1
+        finally:
+            await client.disconnect()
+
+    run_scenario(scenario())
+
+
+def test_killed_node_restarts_and_its_client_recovers(cluster: Cluster) -> None:
+    """Node A is killed (SIGKILL) while B publishes; once A restarts its client recovers all."""
+    b = cluster.nodes["b"]
+    user, channel = name("u-"), name("room-")
+
+    async def scenario() -> None:
+        rec = Recorder()
+        client, _ = sdk_client(cluster.nodes["a"], rec, token=b.token(user))
+        sub = subscribe(client, channel, rec)
+        try:
+            await client.connect()
+            await sub.subscribe()
+            await bounded(sub.ready())
+            await in_thread(b.publish, channel, {"n": 1})
+            await rec.wait("publication", count=1)
+            old_id = (await rec.wait("connected"))[0]["id"]
+            await in_thread(cluster.kill, "a")
+            await rec.wait("connecting", count=1)
+            for i in range(2, 7):  # publishing through B never fails
+                await in_thread(b.publish, channel, {"n": i})
+            await in_thread(cluster.start, "a")
+            await rec.wait("subscribed", count=2, timeout=CLUSTER_TIMEOUT)
+            resubscribed = rec.find("subscribed")[-1]
+            assert resubscribed["was_recovering"] and resubscribed["recovered"], resubscribed
+            await in_thread(b.publish, channel, {"n": 7})
+            got = await rec.wait("publication", count=7)
+            assert [e["data"]["n"] for e in got] == [1, 2, 3, 4, 5, 6, 7]
+
+            def dead_client_gone() -> bool:
+                presence = b.cent_client.presence(cent.PresenceRequest(channel=channel))
+                return old_id not in presence.presence and len(presence.presence) == 1
+
+            # A's killed process could not remove its client: presence TTL does.
+            await in_thread(wait_until, dead_client_gone, "killed node's presence expired")
+        finally:
+            await client.disconnect()
+
+    run_scenario(scenario())
+
+
+def test_redis_restart_is_survived_and_loss_is_reported(cluster: Cluster, redis: Any) -> None:
+    """Redis restarts without persistence: nodes recover alone; clients learn of the loss."""
+    a, b = cluster.nodes["a"], cluster.nodes["b"]
+    user, channel = name("u-"), name("room-")
+
+    async def scenario() -> None:
+        rec = Recorder()
+        client, _ = sdk_client(a, rec, token=a.token(user))
+        sub = subscribe(client, channel, rec)
+        try:
+            await client.connect()
+            await sub.subscribe()
+            await bounded(sub.ready())
+            await in_thread(b.publish, channel, {"n": 1})
+            await rec.wait("publication", count=1)
+
+            await in_thread(redis.stop)
+            for node in (a, b):
+                await in_thread(wait_until, lambda n=node: health(n) == 503, "health 503")
+            with pytest.raises(cent.CentApiResponseError) as refused:
+                await in_thread(b.publish, channel, {"n": "lost"})
+            assert refused.value.code == 100
+
+            await in_thread(redis.start)
+            for node in (a, b):
+                await in_thread(wait_until, lambda n=node: health(n) == 200, "health 200")
+
+            def resubscribed_after_loss() -> bool:
+                # The stream restarted with a new epoch: the next publication tells the
+                # client its position is gone; it resubscribes and learns recovered=false.
+                b.publish(channel, {"n": "after"})
+                return any(
+                    e["was_recovering"] and not e["recovered"] for e in rec.find("subscribed")
+                )
+
+            await in_thread(wait_until, resubscribed_after_loss, "resubscribe with loss")
+            await in_thread(b.publish, channel, {"n": "final"})
+            await rec.wait("publication", data={"n": "final"})
+        finally:
+            await client.disconnect()
+
+    run_scenario(scenario())
