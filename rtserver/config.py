@@ -571,6 +571,9 @@ def _upgrade_v5(data: dict[str, Any], warn: list[str]) -> dict[str, Any]:
     """Move Centrifugo v5 flat keys to their v6 places, with a warning each."""
     out = dict(data)
     channel_fields = {f.name for f in dataclasses.fields(ChannelOptions)}
+    if isinstance(out.get("engine"), str):
+        warn.append("key engine is now engine.type; please move it")
+        out["engine"] = {"type": out["engine"]}
     for old, new in _V5_KEYS.items():
         if old in out and not isinstance(out.get(old), Mapping):
             value = out.pop(old)
@@ -578,9 +581,6 @@ def _upgrade_v5(data: dict[str, Any], warn: list[str]) -> dict[str, Any]:
                 value = [value]
             _set_path(out, new.split("."), value)
             warn.append(f"key {old} is the v5 name of {new}; please move it")
-    if isinstance(out.get("engine"), str):
-        warn.append("key engine is now engine.type; please move it")
-        out["engine"] = {"type": out["engine"]}
     for name in sorted(channel_fields & out.keys()):
         _set_path(out, ["channel", "without_namespace", name], out.pop(name))
         warn.append(f"key {name} now lives in channel.without_namespace; please move it")
@@ -598,8 +598,8 @@ def validate(config: Config) -> None:
         raise ConfigError(
             f"engine.type: unsupported engine {config.engine.type!r} (supported: memory, redis)"
         )
-    if config.engine.type == "redis" and not config.engine.redis.address:
-        raise ConfigError("engine.redis.address: at least one Redis address is required")
+    if config.engine.type == "redis":
+        _validate_redis(config.engine.redis)
     if config.log.level not in ("trace", "debug", "info", "warn", "error", "fatal", "none"):
         raise ConfigError(f"log.level: unknown level {config.log.level!r}")
     if config.websocket.message_size_limit < 1024:
@@ -621,6 +621,18 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{key}.name: namespace {ns.name!r} is defined twice")
         seen.add(ns.name)
         _validate_options(ns, key, config)
+
+
+def _validate_redis(redis: RedisEngineConfig) -> None:
+    from rtserver.engines.redisconn import parse_address  # pure parsing, no I/O
+
+    if not redis.address:
+        raise ConfigError("engine.redis.address: at least one Redis address is required")
+    for i, address in enumerate(redis.address):
+        try:
+            parse_address(address)
+        except ValueError as e:
+            raise ConfigError(f"engine.redis.address[{i}]: {e}") from None
 
 
 def _validate_options(opts: ChannelOptions, key: str, config: Config) -> None:

@@ -100,7 +100,8 @@ MEANING = {
     "health.enabled": "serve the health endpoint",
     "health.handler_prefix": "path of the health endpoint",
     "engine.type": "memory (one process) or redis (a cluster of nodes)",
-    "engine.redis.address": "Redis URLs (``redis://[user:pass@]host:port/db``); several shard channels",
+    "engine.redis.address":
+        "Redis URLs (``redis://[user:pass@]host:port/db``); several shard channels",
     "engine.redis.prefix": "prefix of every Redis key and PUB/SUB channel",
     "engine.redis.db": "database number (when the URL has none)",
     "engine.redis.user": "ACL user (when the URL has none)",
@@ -109,7 +110,8 @@ MEANING = {
     "engine.redis.io_timeout": "fail a Redis command (error 100) after this",
     "engine.redis.presence_ttl": "presence entries of a vanished node expire after this",
     "engine.redis.idempotent_result_ttl": "how long an ``idempotency_key`` result is kept",
-    "engine.redis.pubsub_probe_interval": "probe a silent PUB/SUB link after this; reconnect if deaf",
+    "engine.redis.pubsub_probe_interval":
+        "probe a silent PUB/SUB link after this; reconnect if deaf",
     "node.name": "name in ``info`` (default ``<hostname>_<port>``)",
     # channel options
     "presence": "keep presence (who is subscribed)",

@@ -668,3 +668,27 @@ def test_no_api_key_warning_when_key_set() -> None:
     """A configured API key silences the empty-key warning."""
     _, warnings = config.load(environ={}, overrides={"http_api": {"key": "k"}})
     assert not any("http_api.key" in w for w in warnings)
+
+
+@pytest.mark.parametrize(
+    ("address", "problem"),
+    [
+        ("rediss://cache:6380", "unsupported Redis address scheme"),
+        ("redis://cache:99999", "invalid port"),
+        ("redis://user:hunter2-secret@cache:6379/zero", "database number"),
+    ],
+)
+def test_bad_redis_address_is_named_without_its_password(address: str, problem: str) -> None:
+    """A broken engine.redis.address fails the config check and never echoes the password."""
+    with pytest.raises(config.ConfigError) as err:
+        config.from_mapping({"engine": {"type": "redis", "redis": {"address": [address]}}})
+    assert str(err.value).startswith("engine.redis.address[0]: ")
+    assert problem in str(err.value)
+    assert "hunter2" not in str(err.value)
+
+
+def test_v5_redis_address_string_is_moved() -> None:
+    """Centrifugo v5's flat ``engine``/``redis_address`` keys land in ``engine.redis``."""
+    cfg = config.from_mapping({"engine": "redis", "redis_address": "redis://cache:6379"})
+    assert cfg.engine.type == "redis"
+    assert cfg.engine.redis.address == ["redis://cache:6379"]

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Server, base_config, merge
+from harness import NODE_MODULES, Server, base_config, merge
 from redisserver import RedisServer, require_redis_server
 
 HERE = Path(__file__).resolve().parent
@@ -51,6 +53,7 @@ def cluster_config() -> ClusterConfig:
                 "log": {"level": "info"},
                 # Fast presence expiry so a killed node's clients vanish within the test.
                 "client": {"presence_update_interval": "1s"},
+                "http_stream": {"enabled": True},
                 "engine": {
                     "type": "redis",
                     "redis": {
@@ -64,6 +67,18 @@ def cluster_config() -> ClusterConfig:
         return config, secret, api_key
 
     return make
+
+
+@pytest.fixture
+def node_js() -> str:
+    """Path of ``node`` with the pinned centrifuge-js installed; skip (or fail in CI) without."""
+    path = shutil.which("node")
+    if path is None or not (NODE_MODULES / "centrifuge" / "package.json").is_file():
+        reason = "node and tests/interop/node_modules (npm ci --prefix tests/interop) are needed"
+        if os.environ.get("RTSERVER_REQUIRE_ALL"):
+            pytest.fail(reason + " (RTSERVER_REQUIRE_ALL is set)", pytrace=False)
+        pytest.skip(reason)
+    return path
 
 
 @pytest.hookimpl(wrapper=True)

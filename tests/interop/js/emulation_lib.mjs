@@ -1,6 +1,7 @@
 // Helpers for the bidirectional-emulation scenarios (HTTP-streaming and SSE + /emulation).
 //
-// env: BASE_URL (http://127.0.0.1:PORT of rtserver), TRANSPORT ('http_stream' or 'sse').
+// env: BASE_URL (http://127.0.0.1:PORT of rtserver), TRANSPORT ('http_stream' or 'sse'),
+// optional EMULATION_URL (the node that takes /emulation requests; default BASE_URL).
 // The client is given ONLY that transport, so a connection can only succeed through it.
 import { Centrifuge } from 'centrifuge';
 import { EventSource } from 'eventsource';
@@ -8,6 +9,7 @@ import { env, traceClient } from './lib.mjs';
 
 export const BASE_URL = env('BASE_URL');
 export const TRANSPORT = env('TRANSPORT');
+export const EMULATION_URL = process.env.EMULATION_URL || BASE_URL;
 
 // A fetch() whose streaming connections (/connection/...) can be dropped like a network failure
 // (the response body errors with a TypeError and the request is aborted, so the server sees the
@@ -102,7 +104,7 @@ export function makeEmulationClient(label, options = {}) {
   const client = new Centrifuge(
     [{ transport: TRANSPORT, endpoint: `${BASE_URL}/connection/${TRANSPORT}` }],
     {
-      emulationEndpoint: `${BASE_URL}/emulation`,
+      emulationEndpoint: `${EMULATION_URL}/emulation`,
       fetch: fetchImpl,
       eventsource: eventSourceWith(fetchImpl),
       minReconnectDelay: 100,
