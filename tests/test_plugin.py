@@ -99,3 +99,13 @@ def test_tac_file_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     application = loadApplication(str(ROOT / "tac" / "rtserver.tac"), "python")
     services = list(IServiceCollection(application))
     assert services and services[0].name == "rtserver"
+
+
+def test_cluster_node_tac_builds_a_redis_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tac/cluster-node.tac builds a node on the Redis engine from its example config."""
+    monkeypatch.delenv("RTSERVER_CONFIG", raising=False)
+    monkeypatch.setenv("RTSERVER_NODE_NAME", "node-7")
+    application = loadApplication(str(ROOT / "tac" / "cluster-node.tac"), "python")
+    top = list(IServiceCollection(application))[0]
+    assert top.node.name == "node-7"
+    assert type(top.node.engine).__name__ == "RedisEngine" and top.node.shared_engine
