@@ -96,7 +96,11 @@ def health(server: Server) -> int:
 
 
 def test_two_nodes_act_as_one_server(cluster: Cluster) -> None:
-    """Client on A gets B's publications; presence, history, channels and info are shared."""
+    """A client on node A is served as if B were the same server.
+
+    B's publications reach it; presence, history, channels and info agree; B's server-side
+    unsubscribe and disconnect act on it.
+    """
     a, b = cluster.nodes["a"], cluster.nodes["b"]
     user, channel = name("u-"), name("room-")
     wait_until(lambda: node_names(a) == ["a", "b"] and node_names(b) == ["a", "b"],
@@ -124,6 +128,18 @@ def test_two_nodes_act_as_one_server(cluster: Cluster) -> None:
             assert [p.data for p in history.publications] == [{"n": 1}, {"n": 2}, {"n": 3}]
             channels = await in_thread(b.cent_client.channels, cent.ChannelsRequest())
             assert channels.channels[channel].num_clients == 1
+            # Server-side commands through B act on the user's connection on A.
+            await in_thread(
+                b.cent_client.unsubscribe, cent.UnsubscribeRequest(user=user, channel=channel)
+            )
+            assert (await rec.wait("unsubscribed"))[0]["code"] == 2000
+            await in_thread(
+                b.cent_client.disconnect,
+                cent.DisconnectRequest(
+                    user=user, disconnect=cent.Disconnect(code=4501, reason="bye")
+                ),
+            )
+            assert (await rec.wait("disconnected"))[0]["code"] == 4501
         finally:
             await client.disconnect()
 
