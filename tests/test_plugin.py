@@ -106,6 +106,6 @@ def test_cluster_node_tac_builds_a_redis_node(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.delenv("RTSERVER_CONFIG", raising=False)
     monkeypatch.setenv("RTSERVER_NODE_NAME", "node-7")
     application = loadApplication(str(ROOT / "tac" / "cluster-node.tac"), "python")
-    top = list(IServiceCollection(application))[0]
+    top = next(iter(IServiceCollection(application)))
     assert top.node.name == "node-7"
     assert type(top.node.engine).__name__ == "RedisEngine" and top.node.shared_engine
