@@ -270,3 +270,34 @@ def test_emulation_requests_reach_the_session_on_another_node(
     chat_line = next(e for e in events if "chat_publication" in e)
     assert chat_line["peer_publication"]["data"] == {"text": "allowed"}
     assert "forwarding an emulation request failed" not in b.log()
+
+
+def test_killed_pubsub_links_are_reestablished(cluster: Cluster, redis: Any) -> None:
+    """Redis drops every PUB/SUB connection (it stays up): both nodes deliver again."""
+    a, b = cluster.nodes["a"], cluster.nodes["b"]
+    user, channel = name("u-"), name("room-")
+
+    async def scenario() -> None:
+        rec = Recorder()
+        client, _ = sdk_client(a, rec, token=a.token(user))
+        sub = subscribe(client, channel, rec)
+        try:
+            await client.connect()
+            await sub.subscribe()
+            await bounded(sub.ready())
+            await in_thread(redis.kill_pubsub_clients)
+            counter = iter(range(1, 1000))
+
+            def delivered_again() -> bool:
+                b.publish(channel, {"n": next(counter)})
+                return bool(rec.find("publication"))
+
+            await in_thread(wait_until, delivered_again, "delivery after PUB/SUB loss")
+            # Whatever was published while A was resubscribing is either delivered or
+            # reported: the client never sees a gap in offsets.
+            offsets = [e["offset"] for e in rec.find("publication")]
+            assert offsets == list(range(offsets[0], offsets[0] + len(offsets)))
+        finally:
+            await client.disconnect()
+
+    run_scenario(scenario())
