@@ -432,9 +432,9 @@ def report(args: argparse.Namespace, res: dict[str, Any], elapsed: float) -> str
             ]))
         ratio_rows = []
         for (n, case, kind), r in sorted(by.items()):
-            if kind != "rtserver" or not r.get("delivered"):
+            if not kind.startswith("rtserver") or not r.get("delivered"):
                 continue
-            cells = [f"{n:,}", case]
+            cells = [f"{n:,}", case, SERVER_LABELS[kind]]
             for base in ("autobahn", "nodews"):
                 b = by.get((n, case, base))
                 if b and b.get("delivered"):
@@ -445,8 +445,8 @@ def report(args: argparse.Namespace, res: dict[str, Any], elapsed: float) -> str
                     cells.append("-")
             ratio_rows.append(_row(cells))
         if ratio_rows:
-            out += ["", _row(["N", "case", "rtserver ÷ naive Autobahn (target ≥ 3x)",
-                              "rtserver ÷ Node ws (target ≥ 1.5x)"]), _row(["---"] * 4)]
+            out += ["", _row(["N", "case", "server", "÷ naive Autobahn (target ≥ 3x)",
+                              "÷ Node ws (target ≥ 1.5x)"]), _row(["---"] * 5)]
             out += ratio_rows
         out.append("")
     if "S2" in res:

@@ -181,6 +181,15 @@ class WebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
             allowNullOrigin=True,
             webStatus=False,
         )
+        # Autobahn copies ~40 options from the factory onto every connection unless its
+        # class already has them: a per-factory subclass holding them as class attributes
+        # keeps them out of each connection's __dict__ (memory of idle connections).
+        base = self.protocol
+        self.protocol = type(
+            base.__name__,
+            (base,),
+            {name: getattr(self, name) for name in base.CONFIG_ATTRS},
+        )
 
     def opened(self, protocol: WebSocketProtocol) -> None:
         """Track an open connection (for draining at shutdown)."""
