@@ -65,6 +65,11 @@ SERVER_LABELS = {
     "nodews": "Node ws",
 }
 
+#: Client CPU share above which a run measured the load generator as much as the server.
+CLIENT_BOUND = 0.9
+#: ``--profile``: py-spy records every server here (``<kind>-<port>.txt``)
+PROFILE_DIR: Path | None = None
+
 TARGETS = {
     "s1_1x1": 150_000.0,
     "s1_burst": 400_000.0,
@@ -123,11 +128,26 @@ def server(kind: str, workdir: Path, write_delay: float) -> Iterator[tuple[int, 
         raise SystemExit(f"unknown server {kind}")
     with log.with_suffix(".out").open("wb") as out:
         proc = _spawn(cmd, server_cpu, stdout=out, stderr=subprocess.STDOUT)
+    profiler = None
     try:
         _wait_listening(proc, port, log, timeout=30)
+        if PROFILE_DIR is not None:
+            out_file = PROFILE_DIR / f"{kind}-{port}.txt"
+            cmd = ["py-spy", "record", "--pid", str(proc.pid), "--format", "raw", "-r", "250"]
+            profiler = _spawn(
+                [*cmd, "-o", str(out_file)],
+                _cpus()[1],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         yield port, proc.pid
     finally:
         _stop(proc)
+        if profiler is not None:
+            # py-spy writes its profile once the target has exited
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                profiler.wait(30)
+            _stop(profiler)
 
 
 # --- the load generator with a live progress line ---------------------------------------
@@ -428,7 +448,8 @@ def report(args: argparse.Namespace, res: dict[str, Any], elapsed: float) -> str
                 f"{r['server_cpu_s'] * 1e6 / r['delivered']:.2f}",
                 f"{r['server_cpu_s'] / wall:.0%}", f"{r['client_cpu_s'] / wall:.0%}",
                 f"{r['delivered'] / max(1, r['frames']):.1f}",
-                "yes" if r["complete"] and not r.get("error") else f"no {r.get('error', '')}",
+                ("yes" if r["complete"] and not r.get("error") else f"no {r.get('error', '')}")
+                + (" (client-bound)" if r["client_cpu_s"] / wall > CLIENT_BOUND else ""),
             ]))
         ratio_rows = []
         for (n, case, kind), r in sorted(by.items()):
@@ -569,6 +590,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--markdown", type=Path, default=HERE / "results-latest.md")
     p.add_argument("--json", type=Path, default=None, help="also write raw results here")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--profile", type=Path, default=None,
+                   help="record each server with py-spy into this directory (slows it)")
     args = p.parse_args(argv)
     q = args.quick
     args.s1_n = args.s1_n or ([1000] if q else [1000, 5000, 10000])
@@ -595,6 +618,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    global PROFILE_DIR
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+        PROFILE_DIR = args.profile
     for sig in _SIGNALS:
         signal.signal(sig, _on_signal)
     need = max([*args.s4_n, args.s2_n, *args.s1_n]) * 2 + 4096
