@@ -184,11 +184,13 @@ class WebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
         # Autobahn copies ~40 options from the factory onto every connection unless its
         # class already has them: a per-factory subclass holding them as class attributes
         # keeps them out of each connection's __dict__ (memory of idle connections).
+        # Callables (e.g. perMessageCompressionAccept) stay plain functions, not methods.
         base = self.protocol
+        options = {name: getattr(self, name) for name in base.CONFIG_ATTRS}
         self.protocol = type(
             base.__name__,
             (base,),
-            {name: getattr(self, name) for name in base.CONFIG_ATTRS},
+            {k: staticmethod(v) if callable(v) else v for k, v in options.items()},
         )
 
     def opened(self, protocol: WebSocketProtocol) -> None:
