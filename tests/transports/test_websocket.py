@@ -199,3 +199,24 @@ async def test_eager_write_sends_immediately() -> None:
     client.transport.loseConnection()
     accepted.transport.loseConnection()
     await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_offering_permessage_deflate_connects_uncompressed(server: Server) -> None:
+    """Browsers and SDKs offer permessage-deflate; the server declines it and serves as usual."""
+    from autobahn.websocket.compress import PerMessageDeflateOffer
+
+    factory = ClientFactory(server.url)
+    factory.setProtocolOptions(
+        openHandshakeTimeout=5, closeHandshakeTimeout=2,
+        perMessageCompressionOffers=[PerMessageDeflateOffer()],
+    )
+    from autobahn.twisted.websocket import connectWS
+
+    connectWS(factory)
+    proto = await factory.opened
+    assert proto._perMessageCompress is None
+    proto.send_json({"id": 1, "connect": {}})
+    assert (await factory.next_messages())[0]["connect"]["client"]
+    proto.sendClose()
+    await factory.closed
