@@ -401,7 +401,9 @@ class Gen:
             self.window = max(p.get("window", 16), 2 * burst * conns)
             self.requests = self.requests_for(burst)
             self.idle = list(self.http_all[:conns])
-            await self.phase(-(-p["warmup"] // burst) * burst, f"{label} {burst}x{conns} warm-up")
+            warmup = -(-p["warmup"] // burst) * burst
+            self.base, self.goal = self.delivered, warmup * self.per_pub
+            await self.phase(warmup, f"{label} {burst}x{conns} warm-up")
             pubs = -(-p["pubs"] // burst) * burst
             r = await self.measured(pubs, f"{label} {burst}x{conns}")
             r["case"] = f"{burst}x{conns}"

@@ -257,8 +257,8 @@ def s1(args: argparse.Namespace, workdir: Path, ui: Progress) -> list[dict[str, 
                     "port": port,
                     "n": n,
                     "cases": args.cases,
-                    "pubs": args.pubs,
-                    "warmup": args.warmup,
+                    "pubs": s1_pubs(args, n),
+                    "warmup": max(10, args.warmup_deliveries // n),
                     "window": args.window,
                     "nofile": n + 2000,
                     "timeout": args.timeout,
@@ -269,6 +269,11 @@ def s1(args: argparse.Namespace, workdir: Path, ui: Progress) -> list[dict[str, 
                 rows.append(case)
                 ui.log(f"  {label} {case['case']}: {_brief(case)}")
     return rows
+
+
+def s1_pubs(args: argparse.Namespace, n: int) -> int:
+    """Measured publications per S1 case: ``--pubs``, or ``--deliveries`` / N."""
+    return args.pubs or max(20, args.deliveries // n)
 
 
 def _brief(r: dict[str, Any]) -> str:
@@ -324,8 +329,8 @@ def s3(
                 "port": port,
                 "n": n,
                 "cases": [[1, 4]],
-                "pubs": args.pubs,
-                "warmup": args.warmup,
+                "pubs": s1_pubs(args, n),
+                "warmup": max(10, args.warmup_deliveries // n),
                 "window": args.window,
                 "nofile": n + 2000,
                 "timeout": args.timeout,
@@ -428,8 +433,9 @@ def report(args: argparse.Namespace, res: dict[str, Any], elapsed: float) -> str
         out += [
             "### S1 fan-out (one channel)",
             "",
-            f"{args.pubs} measured publications per case after {args.warmup} warm-up; "
-            f"a window of {args.window} undelivered publications (at least 2·B·C).",
+            f"Per case: {args.pubs or f'{args.deliveries:,} / N'} measured publications after "
+            f"{args.warmup_deliveries:,} / N warm-up; at most {args.window} publications (or "
+            "2·B·C) not yet fully delivered at any time.",
             "",
             _row(["N", "case", "server", "deliveries/s", "server CPU µs/delivery",
                   "server util", "client util", "msgs/frame", "complete"]),
@@ -569,12 +575,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="short smoke run (N <= 2000)")
     p.add_argument("--scenarios", default="S1,S2,S3,S4,S5")
-    p.add_argument("--servers", default="rtserver,autobahn,nodews",
+    p.add_argument("--servers", default="rtserver,rtserver-wd,autobahn,nodews",
                    help="S1 servers: rtserver, rtserver-wd, autobahn, nodews")
     p.add_argument("--s1-n", type=_ints, default=None, help="S1 subscriber counts (1k,5k,10k)")
     p.add_argument("--cases", type=parse_cases, default=None, help="S1 cases BxC (1x1,1x4,16x2)")
-    p.add_argument("--pubs", type=int, default=None, help="measured publications per S1 case")
-    p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--pubs", type=int, default=None,
+                   help="measured publications per S1 case (default: --deliveries / N)")
+    p.add_argument("--deliveries", type=int, default=None,
+                   help="measured deliveries per S1 case (600k; --quick 200k)")
     p.add_argument("--window", type=int, default=16)
     p.add_argument("--write-delay", type=float, default=0.002,
                    help="client.write_delay in seconds for the rtserver-wd server")
@@ -596,10 +604,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     q = args.quick
     args.s1_n = args.s1_n or ([1000] if q else [1000, 5000, 10000])
     args.cases = args.cases or parse_cases("1x1,1x4,16x2")
-    args.pubs = args.pubs or (200 if q else 600)
-    args.warmup = args.warmup or (50 if q else 100)
+    args.deliveries = args.deliveries or (200_000 if q else 600_000)
+    args.warmup_deliveries = 50_000 if q else 100_000
     args.s2_n = args.s2_n or (1000 if q else 10000)
-    args.s2_pubs = args.s2_pubs or (20000 if q else 100000)
+    args.s2_pubs = args.s2_pubs or (10_000 if q else 30_000)
     args.s2_cases = parse_cases("1x4,50x2")
     args.s3_n = args.s3_n or (1000 if q else 5000)
     args.s3_seconds = args.s3_seconds or (4.0 if q else 15.0)
