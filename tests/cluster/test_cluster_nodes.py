@@ -82,6 +82,16 @@ def wait_until(check: Any, what: str, timeout: float = CLUSTER_TIMEOUT) -> Any:
     raise AssertionError(f"{what}: not within {timeout:g}s (last: {last!r})")
 
 
+async def subscribed_client(server: Server, rec: Recorder, token: str, channel: str) -> Any:
+    """A centrifuge-python client connected to ``server`` and subscribed to ``channel``."""
+    client, _ = sdk_client(server, rec, token=token)
+    sub = subscribe(client, channel, rec)
+    await client.connect()
+    await sub.subscribe()
+    await bounded(sub.ready())
+    return client
+
+
 def node_names(server: Server) -> list[str]:
     return sorted(n.name for n in server.cent_client.info(cent.InfoRequest()).nodes)
 
@@ -108,12 +118,8 @@ def test_two_nodes_act_as_one_server(cluster: Cluster) -> None:
 
     async def scenario() -> None:
         rec = Recorder()
-        client, _ = sdk_client(a, rec, token=a.token(user))
-        sub = subscribe(client, channel, rec)
+        client = await subscribed_client(a, rec, a.token(user), channel)
         try:
-            await client.connect()
-            await sub.subscribe()
-            await bounded(sub.ready())
             for i in (1, 2, 3):
                 await in_thread(b.publish, channel, {"n": i})
             got = await rec.wait("publication", count=3)
@@ -153,12 +159,8 @@ def test_killed_node_restarts_and_its_client_recovers(cluster: Cluster) -> None:
 
     async def scenario() -> None:
         rec = Recorder()
-        client, _ = sdk_client(cluster.nodes["a"], rec, token=b.token(user))
-        sub = subscribe(client, channel, rec)
+        client = await subscribed_client(cluster.nodes["a"], rec, b.token(user), channel)
         try:
-            await client.connect()
-            await sub.subscribe()
-            await bounded(sub.ready())
             await in_thread(b.publish, channel, {"n": 1})
             await rec.wait("publication", count=1)
             old_id = (await rec.wait("connected"))[0]["id"]
@@ -193,12 +195,8 @@ def test_redis_restart_is_survived_and_loss_is_reported(cluster: Cluster, redis:
 
     async def scenario() -> None:
         rec = Recorder()
-        client, _ = sdk_client(a, rec, token=a.token(user))
-        sub = subscribe(client, channel, rec)
+        client = await subscribed_client(a, rec, a.token(user), channel)
         try:
-            await client.connect()
-            await sub.subscribe()
-            await bounded(sub.ready())
             await in_thread(b.publish, channel, {"n": 1})
             await rec.wait("publication", count=1)
 
@@ -279,12 +277,8 @@ def test_killed_pubsub_links_are_reestablished(cluster: Cluster, redis: Any) -> 
 
     async def scenario() -> None:
         rec = Recorder()
-        client, _ = sdk_client(a, rec, token=a.token(user))
-        sub = subscribe(client, channel, rec)
+        client = await subscribed_client(a, rec, a.token(user), channel)
         try:
-            await client.connect()
-            await sub.subscribe()
-            await bounded(sub.ready())
             await in_thread(redis.kill_pubsub_clients)
             counter = iter(range(1, 1000))
 
