@@ -626,7 +626,8 @@ def main() -> None:
     p = json.loads(sys.argv[1])
     want = p.get("nofile", 0)
     if want:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, hard), hard))
     try:
         import uvloop
 
