@@ -428,8 +428,9 @@ def _target(value: float, target: float, higher: bool = True) -> str:
         return "no result"
     if (value >= target) if higher else (value <= target):
         return "met"
-    miss = (target - value) / target if higher else (value - target) / target
-    return f"**missed by {miss:.0%}**"
+    if higher:
+        return f"**missed by {(target - value) / target:.0%}**"
+    return f"**missed: {value / target:.1f}x the limit**"
 
 
 def _row(cells: list[Any]) -> str:
@@ -473,7 +474,9 @@ def report(args: argparse.Namespace, res: dict[str, Any], elapsed: float) -> str
                 + (" (client-bound)" if r["client_cpu_s"] / wall > CLIENT_BOUND else ""),
             ]))
         ratio_rows = []
-        for (n, case, kind), r in sorted(by.items()):
+        order = {f"{b}x{c}": i for i, (b, c) in enumerate(args.cases)}
+        for (n, case, kind), r in sorted(by.items(), key=lambda kv: (
+            kv[0][0], order.get(kv[0][1], 99), kv[0][2])):
             if not kind.startswith("rtserver") or not r.get("delivered"):
                 continue
             cells = [f"{n:,}", case, SERVER_LABELS[kind]]
@@ -620,6 +623,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--markdown", type=Path, default=HERE / "results-latest.md")
     p.add_argument("--json", type=Path, default=None, help="also write raw results here")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--from-json", type=Path, default=None,
+                   help="only render the report of a run saved with --json")
     p.add_argument("--profile", type=Path, default=None,
                    help="record each server with py-spy into this directory (slows it)")
     args = p.parse_args(argv)
@@ -664,6 +669,13 @@ def main(argv: list[str] | None = None) -> int:
     ui = Progress(not args.no_progress)
     started = time.monotonic()
     res: dict[str, Any] = {}
+    if args.from_json is not None:
+        res = json.loads(args.from_json.read_text())
+        meta = res.pop("meta", {})
+        args.command = meta.get("command", args.command)
+        args.loadavg = meta.get("loadavg", args.loadavg)
+        print(report(args, res, meta.get("elapsed", 0.0)))
+        return 0
     try:
         with tempfile.TemporaryDirectory(prefix="rtbench-") as tmp:
             workdir = Path(tmp)
@@ -684,7 +696,9 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     args.markdown.write_text(text + "\n")
     if args.json is not None:
-        args.json.write_text(json.dumps(res, indent=1))
+        meta = {"command": args.command, "loadavg": args.loadavg,
+                "elapsed": time.monotonic() - started}
+        args.json.write_text(json.dumps({**res, "meta": meta}, indent=1))
     failed = any(
         not r.get("delivered") or not r.get("complete", True)
         for key in ("S1", "S2")
