@@ -94,6 +94,11 @@ class Cluster:
             )
             self._loops.append(loop)
 
+    @property
+    def running(self) -> bool:
+        """True between start() and stop()."""
+        return bool(self._loops)
+
     def stop(self) -> Deferred[None]:
         """Stop the loops, fail pending surveys and tell peers this node is leaving."""
         was_running = bool(self._loops)
@@ -111,7 +116,8 @@ class Cluster:
     def announce(self) -> Deferred[None]:
         """Publish this node's NodeInfo to every node."""
         d = self._publish(self._local_info(), "")
-        d.addErrback(lambda f: _log.warn("node announcement failed: {e}", e=f.value))
+        # The engine reports its own link losses; repeating them every 3 s adds nothing.
+        d.addErrback(lambda f: _log.debug("node announcement failed: {e}", e=f.value))
         return d
 
     def sweep(self) -> None:

@@ -96,15 +96,24 @@ class Node:
         self._started_at = self.clock.seconds()
         d: Deferred[None] = self.engine.start(self)
         if self.shared_engine:
-            self.cluster.start()
-            interval = self.config.client.presence_update_interval
-            if interval > 0:
-                self._presence_loop = LoopingCall(self._refresh_presence)
-                self._presence_loop.clock = self.clock
-                self._presence_loop.start(interval, now=False).addErrback(
-                    self._log_failure, "presence refresh loop"
-                )
+            d.addBoth(self._join_cluster)
         return d
+
+    def _join_cluster(self, result: Any) -> Any:
+        """Once the engine tried its links: announce this node, refresh presence."""
+        if self._running and not self.cluster.running:
+            self._start_cluster_loops()
+        return result
+
+    def _start_cluster_loops(self) -> None:
+        self.cluster.start()
+        interval = self.config.client.presence_update_interval
+        if interval > 0:
+            self._presence_loop = LoopingCall(self._refresh_presence)
+            self._presence_loop.clock = self.clock
+            self._presence_loop.start(interval, now=False).addErrback(
+                self._log_failure, "presence refresh loop"
+            )
 
     def stop(self, disconnect: Disconnect = Disconnect.SHUTDOWN) -> Deferred[None]:
         """Disconnect every client (reconnect code 3001), leave the cluster, stop the engine."""
