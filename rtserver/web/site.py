@@ -66,6 +66,14 @@ class LimitedRequest(Request):
             return
         super().requestReceived(command, path, version)
 
+    def render(self, resrc: IResource) -> None:
+        super().render(resrc)
+        channel = getattr(self, "channel", None)  # gone once a request has finished
+        if channel is not None and channel.transport is None:
+            # A WebSocket upgrade took the socket over: the HTTP connection is done, and
+            # the WebSocket factory tracks the connection from now on.
+            channel.site.channel_closed(channel)
+
 
 class TrackedChannel(HTTPChannel):
     """An HTTP connection the site can close at shutdown."""

@@ -17,6 +17,7 @@ class Server:
         cfg = rtconfig.from_mapping(settings)
         self.node = build_node(cfg, reactor)
         site, self.drains = build_site(self.node, cfg, reactor)
+        self.site = site
         self.node.start()
         self.listening = reactor.listenTCP(0, site, interface="127.0.0.1")
         self.port = self.listening.getHost().port

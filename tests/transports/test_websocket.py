@@ -220,3 +220,15 @@ async def test_client_offering_permessage_deflate_connects_uncompressed(server: 
     assert (await factory.next_messages())[0]["connect"]["client"]
     proto.sendClose()
     await factory.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_upgraded_connections_are_not_kept_by_the_site(server: Server) -> None:
+    """Connection churn does not grow memory: the site forgets upgraded HTTP connections."""
+    before = len(server.site._channels)
+    for _ in range(5):
+        factory = connect(server.url)
+        proto = await factory.opened
+        proto.sendClose()
+        await factory.closed
+    assert len(server.site._channels) == before
