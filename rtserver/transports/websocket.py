@@ -10,6 +10,7 @@ waiting for the reactor's next write pass (see architecture.md §4).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pprint import pformat
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -30,6 +31,39 @@ __all__ = ["WebSocketFactory", "WebSocketProtocol"]
 
 _log = Logger()
 _OPEN = WebSocketServerProtocol.STATE_OPEN
+
+
+class _Pretty:
+    """``pformat(obj)`` computed only when a log event is actually formatted."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def __format__(self, spec: str) -> str:
+        return format(pformat(self.obj), spec)
+
+    def __str__(self) -> str:
+        return pformat(self.obj)
+
+
+def _format_autobahn_debug_lazily() -> None:
+    """Stop Autobahn pretty-printing its options on every new connection.
+
+    ``WebSocketProtocol._connectionMade`` and ``startHandshake`` pass
+    ``pformat(...)`` to ``log.debug`` eagerly: ~125 µs of CPU per connection (measured
+    with 29 options), spent even when debug logging is off. The log text is unchanged
+    when debug logging is on.
+    """
+    import autobahn.websocket.protocol as wsp
+
+    if wsp.pformat is pformat:
+        wsp.pformat = _Pretty
+        wsp.Timings.__str__ = lambda self: pformat(self._timings)
+
+
+_format_autobahn_debug_lazily()
 
 
 @implementer(ISink)

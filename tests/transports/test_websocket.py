@@ -232,3 +232,24 @@ async def test_upgraded_connections_are_not_kept_by_the_site(server: Server) -> 
         proto.sendClose()
         await factory.closed
     assert len(server.site._channels) == before
+
+
+@pytest_twisted.ensureDeferred
+async def test_connections_skip_autobahn_option_pretty_printing(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With debug logging off no connection pays for pretty-printing Autobahn's options."""
+    import rtserver.transports.websocket as ws
+
+    calls: list[Any] = []
+    real = ws.pformat
+    monkeypatch.setattr(ws, "pformat", lambda obj: calls.append(obj) or real(obj))
+    factory = connect(server.url)
+    proto = await factory.opened
+    proto.sendClose()
+    await factory.closed
+    assert calls == []
+    import autobahn.websocket.protocol as wsp
+
+    assert format(wsp.pformat([("maxFramePayloadSize", 0)])) == "[('maxFramePayloadSize', 0)]"
+    assert len(calls) == 1  # formatted only when a debug event is rendered
