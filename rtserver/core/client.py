@@ -78,6 +78,32 @@ class State(enum.Enum):
 class Client:
     """A connection speaking the client protocol over some transport."""
 
+    __slots__ = (
+        "_busy",
+        "_clock",
+        "_config",
+        "_connect_failed",
+        "_expire_timer",
+        "_node",
+        "_pending",
+        "_ping_timer",
+        "_pong_timer",
+        "_sink",
+        "_stale_timer",
+        "_state",
+        "_subs",
+        "_uni",
+        "_writer",
+        "conn_info",
+        "expire_at",
+        "headers",
+        "id",
+        "name",
+        "session",
+        "user",
+        "version",
+    )
+
     def __init__(self, node: Node, sink: Any, *, headers: dict[str, str] | None = None) -> None:
         self._node = node
         self._sink = sink
