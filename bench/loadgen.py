@@ -270,8 +270,9 @@ class Gen:
     async def http_pool(self, count: int) -> None:
         """Open ``count`` keep-alive HTTP connections."""
         p = self.p
+        port = p.get("api_port") or p["port"]  # publish through another node (S6)
         for _ in range(count):
-            _, h = await self.loop.create_connection(lambda: Http(self), p["host"], p["port"])
+            _, h = await self.loop.create_connection(lambda: Http(self), p["host"], port)
             self.idle.append(h)
             self.http_all.append(h)
 
@@ -371,9 +372,11 @@ class Gen:
         u0, s0 = proc_cpu(pid)
         busy0, _, _ = core_times(core)
         c0 = self_cpu()
+        extra0 = {x: sum(proc_cpu(x)) for x in p.get("extra_pids", [])}
         t0 = time.monotonic()
         complete = await self.phase(pubs, label)
         wall = time.monotonic() - t0
+        extra = {str(x): sum(proc_cpu(x)) - c for x, c in extra0.items()}
         u1, s1 = proc_cpu(pid)
         busy1, _, _ = core_times(core)
         delivered = self.delivered - self.base
@@ -390,6 +393,7 @@ class Gen:
             "client_cpu_s": self_cpu() - c0,
             "frames": self.frames - frames0,
             "server_rss_kb": proc_rss_kb(pid),
+            "extra_cpu_s": extra,
         }
 
     async def cases(self, label: str) -> list[dict[str, Any]]:
