@@ -16,9 +16,10 @@ from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 
+from rtserver.connections import OpenConnections
 from rtserver.logs import Logger
 from rtserver.protocol import sockjs as frames
 from rtserver.sockjs.session import Session, SessionRegistry, State
@@ -183,8 +184,7 @@ class _Factory(WebSocketServerFactory):  # type: ignore[misc]
     ) -> None:
         super().__init__(reactor=reactor)
         self.allow_origin = allow_origin
-        self._open: set[_Base] = set()
-        self._waiters: list[Deferred[None]] = []
+        self.connections: OpenConnections[_Base] = OpenConnections(self.reactor)
         self.setProtocolOptions(
             maxFramePayloadSize=max_message_size,
             maxMessagePayloadSize=max_message_size,
@@ -202,28 +202,20 @@ class _Factory(WebSocketServerFactory):  # type: ignore[misc]
     @property
     def open_connections(self) -> int:
         """How many connections are open."""
-        return len(self._open)
+        return len(self.connections)
 
     def opened(self, protocol: _Base) -> None:
         """Track an open connection."""
-        self._open.add(protocol)
+        self.connections.add(protocol)
 
     def closed(self, protocol: _Base) -> None:
-        """Forget a closed connection; fire drain waiters when none are left."""
-        self._open.discard(protocol)
-        if not self._open:
-            waiters, self._waiters = self._waiters, []
-            for d in waiters:
-                d.callback(None)
+        """Forget a closed connection."""
+        self.connections.discard(protocol)
 
     def wait_closed(self, timeout: float) -> Deferred[None]:
         """Close every connection; fires when all are gone or after ``timeout``."""
-        if not self._open:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._waiters.append(d)
-        d.addTimeout(timeout, self.reactor)
-        for protocol in list(self._open):
+        d = self.connections.wait_empty(timeout)
+        for protocol in self.connections:
             if protocol.state == WebSocketServerProtocol.STATE_OPEN:
                 protocol.sendClose(1000, "Going away")
         return d

@@ -15,9 +15,10 @@ from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
+from rtserver.connections import OpenConnections
 from rtserver.core.client import Client
 from rtserver.core.node import Node
 from rtserver.core.ports import ISink
@@ -196,8 +197,7 @@ class WebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
     ) -> None:
         super().__init__(reactor=reactor)
         self.node = node
-        self._open: set[WebSocketProtocol] = set()
-        self._waiters: list[Deferred[None]] = []
+        self.connections: OpenConnections[WebSocketProtocol] = OpenConnections(self.reactor)
         self.origins = origins
         self.max_messages_in_frame = max_messages_in_frame
         self.max_frame_bytes = max_frame_bytes
@@ -229,21 +229,12 @@ class WebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
 
     def opened(self, protocol: WebSocketProtocol) -> None:
         """Track an open connection (for draining at shutdown)."""
-        self._open.add(protocol)
+        self.connections.add(protocol)
 
     def closed(self, protocol: WebSocketProtocol) -> None:
-        """Forget a closed connection; fire drain waiters when none are left."""
-        self._open.discard(protocol)
-        if not self._open:
-            waiters, self._waiters = self._waiters, []
-            for d in waiters:
-                d.callback(None)
+        """Forget a closed connection."""
+        self.connections.discard(protocol)
 
     def wait_closed(self, timeout: float) -> Deferred[None]:
         """Fires when every connection has closed, or after ``timeout`` seconds."""
-        if not self._open:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._waiters.append(d)
-        d.addTimeout(timeout, self.reactor)
-        return d
+        return self.connections.wait_empty(timeout)

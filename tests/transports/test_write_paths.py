@@ -90,7 +90,7 @@ async def subscribe(srv: Server) -> tuple[ClientFactory, RecordingClient, WebSoc
         replies += await factory.next_messages()
     assert replies[1] == {"id": 2, "subscribe": {}}
     ws = next(d for d in srv.drains if isinstance(d, WebSocketFactory))
-    (server_side,) = ws._open
+    (server_side,) = ws.connections
     return factory, proto, server_side
 
 
