@@ -14,11 +14,9 @@ it the tests skip, or fail when ``RTSERVER_REQUIRE_ALL`` is set.
 
 from __future__ import annotations
 
-import http.server
 import os
 import shutil
 import subprocess
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,13 +25,12 @@ from urllib.parse import urlencode
 import pytest
 from emulation_server import NODE_MODULES, PageServers, emulation_server
 from harness import NodeScenario, Server
+from pages import CENTRIFUGE_BROWSER_BUILD, HTML, JS, PAGE_DIR, serve_pages
 
 HERE = Path(__file__).resolve().parent
 #: The Debian ``chromium`` package's binary; ``RTSERVER_TEST_CHROMIUM`` may point elsewhere.
 CHROMIUM = Path(os.environ.get("RTSERVER_TEST_CHROMIUM") or "/usr/bin/chromium")
 DRIVER = HERE / "chromium_driver.mjs"
-PAGE_DIR = HERE / "page"
-CENTRIFUGE_BROWSER_BUILD = NODE_MODULES / "centrifuge" / "dist" / "centrifuge.js"
 DRIVER_TIMEOUT = 25.0
 
 
@@ -73,59 +70,24 @@ def browser_node(chromium: Path) -> str:
 # --- static page servers ----------------------------------------------------------------
 
 
-class _PageHandler(http.server.BaseHTTPRequestHandler):
-    """Serves the test page, its script and the centrifuge-js browser build; nothing else."""
-
-    routes = {
-        "/": (PAGE_DIR / "index.html", "text/html; charset=utf-8"),
-        "/page.js": (PAGE_DIR / "page.js", "text/javascript; charset=utf-8"),
-        "/centrifuge.js": (CENTRIFUGE_BROWSER_BUILD, "text/javascript; charset=utf-8"),
-    }
-
-    def do_GET(self) -> None:
-        route = self.routes.get(self.path.split("?", 1)[0])
-        if route is None:
-            self.send_error(404)
-            return
-        path, content_type = route
-        body = path.read_bytes()
-        self.send_response(200)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-def _start_static() -> tuple[http.server.ThreadingHTTPServer, threading.Thread]:
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _PageHandler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, name="page-server", daemon=True)
-    thread.start()
-    return httpd, thread
+PAGE_ROUTES = {
+    "/": (PAGE_DIR / "index.html", HTML),
+    "/page.js": (PAGE_DIR / "page.js", JS),
+    "/centrifuge.js": (CENTRIFUGE_BROWSER_BUILD, JS),
+}
 
 
 @pytest.fixture(scope="session")
 def page_servers() -> Iterator[PageServers]:
     """Two static servers on loopback ports other than rtserver's."""
-    started = [_start_static(), _start_static()]
-    port_a = started[0][0].server_address[1]
-    port_b = started[1][0].server_address[1]
-    try:
+    with serve_pages(PAGE_ROUTES) as origin_a, serve_pages(PAGE_ROUTES) as origin_b:
+        port_b = origin_b.rsplit(":", 1)[1]
         yield PageServers(
-            allowed=f"http://127.0.0.1:{port_a}",
-            foreign=f"http://127.0.0.1:{port_b}",
+            allowed=origin_a,
+            foreign=origin_b,
             wildcard=f"http://localhost:{port_b}",
             wildcard_pattern="http://localhost:*",
         )
-    finally:
-        for httpd, thread in started:
-            httpd.shutdown()
-            httpd.server_close()
-            thread.join(timeout=5)
 
 
 @pytest.fixture(scope="session")

@@ -9,21 +9,17 @@ publications and recovers them after reconnecting.
 
 from __future__ import annotations
 
-import http.server
-import threading
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import NODE_MODULES, NodeScenario, Server, run_server
+from harness import NodeScenario, Server, run_server
+from pages import CENTRIFUGE_BROWSER_BUILD, HTML, JS, PAGE_DIR, serve_pages
 from test_chromium_emulation import START_TIMEOUT, _page, _seen, _wait
 
 pytestmark = [pytest.mark.interop, pytest.mark.browser, pytest.mark.timeout(40)]
 
-PAGE_DIR = Path(__file__).resolve().parent / "page"
-CENTRIFUGE_BROWSER_BUILD = NODE_MODULES / "centrifuge" / "dist" / "centrifuge.js"
 TRANSPORTS = [
     "websocket",
     "xhr-streaming",
@@ -34,42 +30,16 @@ TRANSPORTS = [
 ]
 
 
-class _SockJSPage(http.server.BaseHTTPRequestHandler):
-    routes = {
-        "/": (PAGE_DIR / "sockjs.html", "text/html; charset=utf-8"),
-        "/sockjs.js": (PAGE_DIR / "sockjs.js", "text/javascript; charset=utf-8"),
-        "/centrifuge.js": (CENTRIFUGE_BROWSER_BUILD, "text/javascript; charset=utf-8"),
-    }
-
-    def do_GET(self) -> None:
-        route = self.routes.get(self.path.split("?", 1)[0])
-        if route is None:
-            self.send_error(404)
-            return
-        path, content_type = route
-        body = Path(path).read_bytes()
-        self.send_response(200)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def sockjs_page_origin() -> Iterator[str]:
     """A static server for the SockJS page on another port than rtserver."""
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SockJSPage)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(timeout=5)
+    routes = {
+        "/": (PAGE_DIR / "sockjs.html", HTML),
+        "/sockjs.js": (PAGE_DIR / "sockjs.js", JS),
+        "/centrifuge.js": (CENTRIFUGE_BROWSER_BUILD, JS),
+    }
+    with serve_pages(routes) as origin:
+        yield origin
 
 
 @pytest.fixture(scope="module")
