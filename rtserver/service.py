@@ -25,6 +25,7 @@ from rtserver.transports.origin import OriginPolicy
 from rtserver.transports.uni import UniHTTPStreamResource, UniSSEResource, UniWebSocketFactory
 from rtserver.transports.websocket import WebSocketFactory
 from rtserver.web.api import APIResource
+from rtserver.web.apifast import APIFastPath
 from rtserver.web.cors import CORSResource
 from rtserver.web.health import HealthResource
 from rtserver.web.site import Branch, RTSite, mount
@@ -179,12 +180,16 @@ def build_site(node: Node, config: Config, reactor: Any) -> tuple[RTSite, list[A
         mount(root, sj.handler_prefix, sockjs)
         limits.append((sj.handler_prefix, sj.max_request_body_size))
         drains.append(sockjs)
+    fast_path = None
     if not config.http_api.disabled:
-        mount(root, config.http_api.handler_prefix, APIResource(APIExecutor(node), config.http_api))
-        limits.append((config.http_api.handler_prefix, config.http_api.max_request_body_size))
+        api = config.http_api
+        resource = APIResource(APIExecutor(node), api)
+        mount(root, api.handler_prefix, resource)
+        limits.append((api.handler_prefix, api.max_request_body_size))
+        fast_path = APIFastPath(resource, api.handler_prefix, api.max_request_body_size)
     if config.health.enabled:
         mount(root, config.health.handler_prefix, HealthResource(node.engine))
-    site = RTSite(root, body_limits=limits, reactor=reactor)
+    site = RTSite(root, body_limits=limits, api_fast_path=fast_path, reactor=reactor)
     drains.append(site)
     return site, drains
 

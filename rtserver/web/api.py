@@ -9,7 +9,7 @@ the caller asks for ``X-Centrifugo-Error-Mode: transport`` (protocol.md §6.1).
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
@@ -28,7 +28,7 @@ from rtserver.protocol.codes import Error
 if TYPE_CHECKING:
     from rtserver.api.executor import APIExecutor
 
-__all__ = ["LEGACY_METHODS", "APIResource", "http_status"]
+__all__ = ["INTERNAL_ERROR", "LEGACY_METHODS", "APIResource", "APIResponse", "http_status"]
 
 _log = Logger()
 
@@ -62,16 +62,18 @@ def http_status(code: int) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class _Response:
+class APIResponse:
+    """Status, body and content type of one API answer."""
+
     code: int
     body: bytes
     content_type: bytes = _JSON
 
 
-_BAD_REQUEST = _Response(400, b"bad request", _TEXT)
-_INTERNAL = _Response(500, b"internal server error", _TEXT)
+_BAD_REQUEST = APIResponse(400, b"bad request", _TEXT)
+INTERNAL_ERROR = APIResponse(500, b"internal server error", _TEXT)
 
-Handler = Callable[[Request, bytes], Coroutine[Any, Any, _Response]]
+Handler = Callable[[Request, bytes], Coroutine[Any, Any, APIResponse]]
 
 
 class _Watch:
@@ -116,7 +118,7 @@ class APIResource(Resource):
 
     def serve(self, request: Request, handler: Handler) -> bytes | int:
         """Authenticate, check the HTTP method, then answer with ``handler`` later."""
-        if not self._authorized(request):
+        if not self.authorized(_credentials(request)):
             request.setResponseCode(401)
             return b""
         if request.method != b"POST":
@@ -131,7 +133,7 @@ class APIResource(Resource):
         d.addErrback(self._failed, request, watch)
         return NOT_DONE_YET
 
-    def _respond(self, response: _Response, request: Request, watch: _Watch) -> None:
+    def _respond(self, response: APIResponse, request: Request, watch: _Watch) -> None:
         if watch.ended:
             return
         request.setResponseCode(response.code)
@@ -147,11 +149,12 @@ class APIResource(Resource):
         if request.startedWriting:
             request.loseConnection()
             return
-        self._respond(_INTERNAL, request, watch)
+        self._respond(INTERNAL_ERROR, request, watch)
 
     # --- authentication ------------------------------------------------------------------
 
-    def _authorized(self, request: Request) -> bool:
+    def authorized(self, credentials: Iterable[bytes]) -> bool:
+        """Whether one of the presented keys is ``http_api.key`` (or the API is insecure)."""
         if self._config.insecure:
             return True
         if not self._key:
@@ -159,24 +162,27 @@ class APIResource(Resource):
                 self._warned_no_key = True
                 _log.warn("server API refuses every request: http_api.key is empty")
             return False
-        return any(hmac.compare_digest(given, self._key) for given in _credentials(request))
+        return any(hmac.compare_digest(given, self._key) for given in credentials)
 
     # --- handlers ------------------------------------------------------------------------
 
-    async def run_method(self, method: str, request: Request, body: bytes) -> _Response:
-        """``POST <prefix>/<method>``: one command, the body is its request object."""
+    async def run_method(self, method: str, body: bytes, transport_mode: bool) -> APIResponse:
+        """``POST <prefix>/<method>``: one command, the body is its request object.
+
+        ``transport_mode``: API errors become HTTP statuses (``X-Centrifugo-Error-Mode``).
+        """
         try:
             params = orjson.loads(body) if body.strip() else {}
         except orjson.JSONDecodeError:
             return _BAD_REQUEST
         response = await self._executor.call(method, params)
         error = response.get("error")
-        if error is not None and _transport_mode(request):
+        if error is not None and transport_mode:
             body = orjson.dumps({"code": error["code"], "message": error["message"]})
-            return _Response(http_status(error["code"]), body)
-        return _Response(200, orjson.dumps(response))
+            return APIResponse(http_status(error["code"]), body)
+        return APIResponse(200, orjson.dumps(response))
 
-    async def _legacy(self, request: Request, body: bytes) -> _Response:
+    async def _legacy(self, request: Request, body: bytes) -> APIResponse:
         try:
             commands = _legacy_commands(body)
         except ValueError:
@@ -190,7 +196,7 @@ class APIResource(Resource):
             if command_id:
                 reply = {"id": command_id, **reply}
             replies.append(orjson.dumps(reply))
-        return _Response(200, b"\n".join(replies))
+        return APIResponse(200, b"\n".join(replies))
 
 
 class _MethodResource(Resource):
@@ -208,8 +214,8 @@ class _MethodResource(Resource):
     def render(self, request: Request) -> bytes | int:
         return self._api.serve(request, self._run)
 
-    def _run(self, request: Request, body: bytes) -> Coroutine[Any, Any, _Response]:
-        return self._api.run_method(self._method, request, body)
+    def _run(self, request: Request, body: bytes) -> Coroutine[Any, Any, APIResponse]:
+        return self._api.run_method(self._method, body, _transport_mode(request))
 
 
 def _credentials(request: Request) -> Iterator[bytes]:

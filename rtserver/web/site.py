@@ -12,6 +12,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
 from rtserver.logs import Logger
+from rtserver.web.apifast import APIFastPath, FastConnection
 
 __all__ = ["Branch", "LimitedRequest", "RTSite", "mount"]
 
@@ -76,15 +77,45 @@ class LimitedRequest(Request):
 
 
 class TrackedChannel(HTTPChannel):
-    """An HTTP connection the site can close at shutdown."""
+    """An HTTP connection the site can close at shutdown.
+
+    With the API fast path on, its bytes go to :class:`APIFastPath` first, which hands
+    them to twisted.web (for the rest of the connection) when they are not a simple
+    server API request.
+    """
 
     site: RTSite
+    _fast: FastConnection | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self.site.channel_opened(self)
+        if self.site.api_fast_path is not None:
+            self._fast = FastConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        fast = self._fast
+        path = self.site.api_fast_path
+        if fast is None or fast.slow or path is None:
+            super().dataReceived(data)
+            return
+        self.resetTimeout()
+        path.feed(fast, data, self._write_fast, self._close_fast, self._to_twisted)
+
+    def _write_fast(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def _close_fast(self) -> None:
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def _to_twisted(self, data: bytes) -> None:
+        HTTPChannel.dataReceived(self, data)
 
     def connectionLost(self, reason: Any) -> None:
+        if self._fast is not None:
+            self._fast.gone = True
         super().connectionLost(reason)
         self.site.channel_closed(self)
 
@@ -102,6 +133,7 @@ class RTSite(Site):
         *,
         body_limits: Sequence[tuple[str, int]] = (),
         default_body_limit: int = 65536,
+        api_fast_path: APIFastPath | None = None,
         reactor: Any = None,
     ) -> None:
         try:
@@ -115,6 +147,7 @@ class RTSite(Site):
             ((p.encode("utf-8"), n) for p, n in body_limits), key=lambda x: -len(x[0])
         )
         self._default_limit = default_body_limit
+        self.api_fast_path = api_fast_path
         self._channels: dict[TrackedChannel, Deferred[None]] = {}
 
     def channel_opened(self, channel: TrackedChannel) -> None:

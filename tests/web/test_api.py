@@ -22,6 +22,8 @@ from rtserver.config import HTTPAPIConfig, from_mapping
 from rtserver.core.node import Node
 from rtserver.engines.memory import MemoryEngine
 from rtserver.web.api import APIResource, http_status
+from rtserver.web.apifast import APIFastPath
+from rtserver.web.site import RTSite
 
 KEY = "s3cret"
 CONFIG = {
@@ -42,13 +44,25 @@ class Response:
 
 
 class Server:
-    """An API resource at ``/api`` served by a Site on an in-memory connection."""
+    """An API resource at ``/api`` served by a Site on an in-memory connection.
 
-    def __init__(self, executor: Any, config: HTTPAPIConfig) -> None:
+    ``fast``: rtserver's site with the API fast path (``web/apifast.py``) in front of
+    twisted.web, as the server runs; otherwise a plain twisted.web Site.
+    """
+
+    def __init__(self, executor: Any, config: HTTPAPIConfig, fast: bool = False) -> None:
         self.clock = Clock()
         root = Resource()
-        root.putChild(b"api", APIResource(executor, config))
-        self.site = Site(root, reactor=self.clock)
+        api = APIResource(executor, config)
+        root.putChild(b"api", api)
+        if fast:
+            path = APIFastPath(api, "/api", config.max_request_body_size)
+            limits = [("/api", config.max_request_body_size)]
+            self.site: Site = RTSite(
+                root, body_limits=limits, api_fast_path=path, reactor=self.clock
+            )
+        else:
+            self.site = Site(root, reactor=self.clock)
 
     def open(
         self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
@@ -93,17 +107,23 @@ def parse(data: bytes) -> Response:
     return Response(int(status.split()[1]), headers, body)
 
 
-def make_server(**api: Any) -> Server:
+def make_server(fast: bool = False, **api: Any) -> Server:
     config = from_mapping({**CONFIG, "http_api": {"key": KEY, **api}})
     clock = Clock()
     node = Node(MemoryEngine(clock), config, clock=clock)
     node.start()
-    return Server(APIExecutor(node), config.http_api)
+    return Server(APIExecutor(node), config.http_api, fast=fast)
+
+
+@pytest.fixture(params=[False, True], ids=["twisted.web", "fast path"])
+def fast(request: pytest.FixtureRequest) -> bool:
+    """Every API test runs through plain twisted.web and through the fast path."""
+    return bool(request.param)
 
 
 @pytest.fixture
-def server() -> Server:
-    return make_server()
+def server(fast: bool) -> Server:
+    return make_server(fast)
 
 
 # --- authentication and HTTP rules -----------------------------------------------------
@@ -143,16 +163,16 @@ def test_authorized(server: Server, path: str, headers: dict[str, str]) -> None:
     assert response.json()["result"]["nodes"]
 
 
-def test_empty_key_refuses_everything() -> None:
+def test_empty_key_refuses_everything(fast: bool) -> None:
     """With no key configured (and not insecure) every request is 401."""
-    server = make_server(key="")
+    server = make_server(fast, key="")
     assert server.post("/api/info", {}, headers={}).code == 401
     assert server.post("/api/info", {}, headers={"X-API-Key": ""}).code == 401
 
 
-def test_insecure_needs_no_key() -> None:
+def test_insecure_needs_no_key(fast: bool) -> None:
     """http_api.insecure serves requests without a key."""
-    server = make_server(key="", insecure=True)
+    server = make_server(fast, key="", insecure=True)
     assert server.post("/api/info", {}, headers={}).code == 200
 
 
@@ -328,10 +348,10 @@ class PendingExecutor:
         self.pending.callback({"result": {}})
 
 
-def test_late_response(server: Server) -> None:
+def test_late_response(fast: bool) -> None:
     """A response computed later is written when it is ready."""
     executor = PendingExecutor()
-    server = Server(executor, HTTPAPIConfig(insecure=True))
+    server = Server(executor, HTTPAPIConfig(insecure=True), fast)
     proto, transport = server.open("POST", "/api/info", b"{}")
     assert transport.value() == b""
     executor.release()
@@ -339,10 +359,10 @@ def test_late_response(server: Server) -> None:
     proto.connectionLost(Failure(ConnectionDone()))
 
 
-def test_client_gone_before_response() -> None:
+def test_client_gone_before_response(fast: bool) -> None:
     """When the caller disconnects first, the late result is dropped quietly."""
     executor = PendingExecutor()
-    server = Server(executor, HTTPAPIConfig(insecure=True))
+    server = Server(executor, HTTPAPIConfig(insecure=True), fast)
     events: list[dict[str, Any]] = []
     globalLogPublisher.addObserver(events.append)
     try:
@@ -362,9 +382,9 @@ class BrokenExecutor:
         raise RuntimeError("bug")
 
 
-def test_unexpected_failure_is_500_and_logged() -> None:
+def test_unexpected_failure_is_500_and_logged(fast: bool) -> None:
     """A failure outside the executor's error handling is logged and answered 500."""
-    server = Server(BrokenExecutor(), HTTPAPIConfig(insecure=True))
+    server = Server(BrokenExecutor(), HTTPAPIConfig(insecure=True), fast)
     events: list[dict[str, Any]] = []
     globalLogPublisher.addObserver(events.append)
     try:

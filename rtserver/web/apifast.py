@@ -1,0 +1,207 @@
+"""A lean HTTP/1.1 path for the server API's common request.
+
+Backends publish with many small keep-alive ``POST <prefix>/<method>`` requests, and
+twisted.web's general request machinery costs ~100 µs of CPU for each (header objects,
+resource traversal, producers). :class:`APIFastPath` answers exactly that request shape
+straight from the connection's bytes:
+
+* ``POST <prefix>/<method> HTTP/1.1`` (no query string), headers within 16 KiB,
+* a ``Content-Length`` body within the API body limit, no ``Transfer-Encoding`` or
+  ``Expect``,
+
+with the same authentication, executor and response bodies as
+:class:`~rtserver.web.api.APIResource`. Anything else (HTTP/1.0, chunked bodies, the
+legacy ``POST <prefix>``, ``?api_key=``, other paths, oversized bodies, malformed
+heads) hands the connection's bytes to twisted.web for good, so every other behaviour
+(413, 404, 405, CORS, WebSocket upgrades) is twisted.web's. Pipelined requests are
+answered in order: while one command is pending, later bytes wait.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+from rtserver.logs import Logger
+from rtserver.web.api import INTERNAL_ERROR, APIResource, APIResponse
+
+__all__ = ["APIFastPath", "FastConnection"]
+
+_log = Logger()
+
+_HEAD_LIMIT = 16384  # twisted.web's totalHeadersSize
+_METHOD_RE = re.compile(rb"[a-z_]{1,64}")
+_UNAUTHORIZED = APIResponse(401, b"")
+_REASONS = {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 404: b"Not Found",
+            409: b"Conflict", 416: b"Range Not Satisfiable", 500: b"Internal Server Error"}
+
+
+class FastConnection:
+    """Per-connection state of the fast path (owned by the HTTP channel)."""
+
+    __slots__ = ("buffer", "closing", "gone", "pending", "slow")
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.gone = False  # the connection was lost: late answers are dropped
+        self.pending = False  # a command is running; later requests wait in ``buffer``
+        self.slow = False  # handed over to twisted.web for good
+        self.closing = False  # the client asked ``Connection: close``
+
+
+class APIFastPath:
+    """Parses and answers simple API requests; see the module docstring.
+
+    Args:
+        api: the mounted API resource (authentication and command execution).
+        prefix: ``http_api.handler_prefix``.
+        body_limit: ``http_api.max_request_body_size``.
+    """
+
+    def __init__(self, api: APIResource, prefix: str, body_limit: int) -> None:
+        self._api = api
+        self._prefix = prefix.rstrip("/").encode("utf-8") + b"/"
+        self._body_limit = body_limit
+
+    def feed(
+        self,
+        state: FastConnection,
+        data: bytes,
+        write: Callable[[bytes], None],
+        close: Callable[[], None],
+        fallback: Callable[[bytes], None],
+    ) -> None:
+        """Take ``data``; answer every complete request it finishes, in order.
+
+        ``fallback(bytes)`` gives the buffered bytes to twisted.web (then ``state.slow``
+        is set and the caller must pass all later bytes there too).
+        """
+        state.buffer += data
+        while not state.pending and not state.slow and not state.closing and state.buffer:
+            parsed = self._parse(state.buffer)
+            if parsed is None:  # incomplete: wait for more bytes
+                return
+            if parsed is False:
+                state.slow = True
+                buffered, state.buffer = state.buffer, b""
+                fallback(buffered)
+                return
+            size, method, headers, body = parsed
+            state.buffer = state.buffer[size:]
+            if headers.get(b"connection", b"").lower() == b"close":
+                state.closing = True
+            self._answer(state, method, headers, body, write, close, fallback)
+
+    def _parse(self, buf: bytes) -> Any:
+        """``(size, method, headers, body)``, None (need more bytes) or False (not ours)."""
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            return None if len(buf) < _HEAD_LIMIT else False
+        if end > _HEAD_LIMIT:
+            return False
+        lines = buf[:end].split(b"\r\n")
+        parts = lines[0].split(b" ")
+        if len(parts) != 3 or parts[0] != b"POST" or parts[2] != b"HTTP/1.1":
+            return False
+        path = parts[1]
+        if not path.startswith(self._prefix):
+            return False
+        method = path[len(self._prefix):]
+        if _METHOD_RE.fullmatch(method) is None:
+            return False
+        headers: dict[bytes, bytes] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            if not sep or not name or name != name.strip():
+                return False
+            key = name.lower()
+            if key in headers or key in (b"transfer-encoding", b"expect", b"upgrade"):
+                return False
+            headers[key] = value.strip()
+        length = headers.get(b"content-length")
+        if length is None or not length.isdigit():
+            return False
+        size = int(length)
+        if size > self._body_limit:
+            return False  # twisted.web answers 413
+        start = end + 4
+        if len(buf) - start < size:
+            return None
+        return start + size, method.decode("ascii"), headers, buf[start : start + size]
+
+    def _answer(
+        self,
+        state: FastConnection,
+        method: str,
+        headers: dict[bytes, bytes],
+        body: bytes,
+        write: Callable[[bytes], None],
+        close: Callable[[], None],
+        fallback: Callable[[bytes], None],
+    ) -> None:
+        api = self._api
+        if not api.authorized(_credentials(headers)):
+            self._send(state, _UNAUTHORIZED, write, close)
+            return
+        transport_mode = headers.get(b"x-centrifugo-error-mode", b"").lower() == b"transport"
+        d = Deferred.fromCoroutine(api.run_method(method, body, transport_mode))
+        d.addErrback(_internal_error)
+        if d.called:  # the usual case: the command finished in this reactor turn
+            response: APIResponse = d.result
+            self._send(state, response, write, close)
+            return
+        state.pending = True
+
+        def done(response: APIResponse) -> None:
+            state.pending = False
+            self._send(state, response, write, close)
+            self.feed(state, b"", write, close, fallback)
+
+        d.addCallback(done).addErrback(_log_failure)
+
+    @staticmethod
+    def _send(
+        state: FastConnection,
+        response: APIResponse,
+        write: Callable[[bytes], None],
+        close: Callable[[], None],
+    ) -> None:
+        if state.gone:
+            return
+        code, body = response.code, response.body
+        head = b"HTTP/1.1 %d %s\r\n" % (code, _REASONS.get(code, b"Unknown"))
+        if body or code != 401:
+            head += b"Content-Type: %s\r\n" % response.content_type
+        head += b"Content-Length: %d\r\n" % len(body)
+        if state.closing:
+            head += b"Connection: close\r\n"
+        write(head + b"\r\n" + body)
+        if state.closing:
+            close()
+
+
+def _internal_error(failure: Failure) -> APIResponse:
+    _log.failure("server API request failed", failure)
+    return INTERNAL_ERROR
+
+
+def _log_failure(failure: Failure) -> None:
+    _log.failure("server API response could not be written", failure)
+
+
+def _credentials(headers: dict[bytes, bytes]) -> list[bytes]:
+    """Keys presented in ``X-API-Key`` or ``Authorization: apikey <key>``."""
+    found = []
+    key = headers.get(b"x-api-key")
+    if key:
+        found.append(key)
+    auth = headers.get(b"authorization")
+    if auth:
+        parts = auth.split()
+        if len(parts) == 2 and parts[0].lower() == b"apikey":
+            found.append(parts[1])
+    return found

@@ -1,0 +1,141 @@
+"""The API fast path on a connection's bytes: splitting, pipelining, hand-over, closing.
+
+Every API test of test_api.py also runs through the fast path; these cover what only a
+raw connection shows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from test_api import KEY, PendingExecutor, Server, make_server, parse
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+
+from rtserver.config import HTTPAPIConfig
+
+
+def publish(channel: str, *, extra: str = "", version: str = "HTTP/1.1") -> bytes:
+    body = orjson.dumps({"channel": channel, "data": {"n": 1}})
+    return (
+        f"POST /api/publish {version}\r\nHost: x\r\nX-API-Key: {KEY}\r\n{extra}"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+def responses(data: bytes) -> list[Any]:
+    """Split a stream of Content-Length responses."""
+    out = []
+    while data:
+        head, _, rest = data.partition(b"\r\n\r\n")
+        length = int(next(
+            line.split(b":")[1] for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length")
+        ))
+        out.append(parse(head + b"\r\n\r\n" + rest[:length]))
+        data = rest[length:]
+    return out
+
+
+def connection(server: Server) -> tuple[Any, StringTransport]:
+    proto = server.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    return proto, transport
+
+
+def close(proto: Any) -> None:
+    proto.connectionLost(Failure(ConnectionDone()))
+
+
+def test_request_split_into_single_bytes() -> None:
+    """A request that trickles in byte by byte is answered once, when complete."""
+    server = make_server(fast=True)
+    proto, transport = connection(server)
+    raw = publish("a")
+    for i in range(len(raw)):
+        assert transport.value() == b""
+        proto.dataReceived(raw[i : i + 1])
+    [response] = responses(transport.value())
+    assert response.code == 200 and response.json() == {"result": {}}
+    close(proto)
+
+
+def test_pipelined_requests_are_answered_in_order() -> None:
+    """Several requests in one packet get their responses in the same order."""
+    server = make_server(fast=True)
+    proto, transport = connection(server)
+    proto.dataReceived(publish("a") + publish("hist:b") + publish("hist:b"))
+    got = [r.json()["result"] for r in responses(transport.value())]
+    assert got[0] == {}
+    assert [g["offset"] for g in got[1:]] == [1, 2]
+    close(proto)
+
+
+def test_pending_command_holds_later_requests_back() -> None:
+    """A request behind a slow one waits for it: responses never overtake each other."""
+    executor = PendingExecutor()
+    server = Server(executor, HTTPAPIConfig(insecure=True), fast=True)
+    proto, transport = connection(server)
+    body = b"{}"
+    request = b"POST /api/info HTTP/1.1\r\nContent-Length: 2\r\n\r\n" + body
+    proto.dataReceived(request + request)
+    assert transport.value() == b""
+    first = executor.pending
+    executor.pending = type(first)()
+    first.callback({"result": {"first": True}})
+    assert [r.json() for r in responses(transport.value())] == [{"result": {"first": True}}]
+    executor.release()
+    assert [r.json() for r in responses(transport.value())] == [
+        {"result": {"first": True}},
+        {"result": {}},
+    ]
+    close(proto)
+
+
+def test_connection_close_is_honoured() -> None:
+    """``Connection: close`` gets its answer, ``Connection: close`` back, and the close."""
+    server = make_server(fast=True)
+    proto, transport = connection(server)
+    proto.dataReceived(publish("a", extra="Connection: close\r\n") + publish("a"))
+    [response] = responses(transport.value())
+    assert response.headers["connection"] == "close"
+    assert transport.disconnecting
+    close(proto)
+
+
+def test_other_shapes_are_handed_to_twisted_web() -> None:
+    """HTTP/1.0, chunked bodies, ?api_key and oversized bodies are twisted.web's job."""
+    server = make_server(fast=True, max_request_body_size=100)
+    for raw, code in [
+        (publish("a", version="HTTP/1.0"), 200),
+        (b"POST /api/info?api_key=" + KEY.encode() + b" HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}",
+         200),
+        (b"POST /api/info HTTP/1.1\r\nX-API-Key: " + KEY.encode()
+         + b"\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n", 200),
+        (b"POST /api/info HTTP/1.1\r\nX-API-Key: " + KEY.encode()
+         + b"\r\nContent-Length: 101\r\n\r\n", 413),
+        (b"GET /api/info HTTP/1.1\r\nX-API-Key: " + KEY.encode() + b"\r\n\r\n", 405),
+    ]:
+        proto, transport = connection(server)
+        proto.dataReceived(raw)
+        assert parse(transport.value()).code == code, raw
+        assert proto._fast.slow
+        close(proto)
+
+
+def test_connection_stays_usable_after_hand_over() -> None:
+    """Once twisted.web took a connection, its later requests are still answered."""
+    server = make_server(fast=True)
+    proto, transport = connection(server)
+    chunked = (b"POST /api/info HTTP/1.1\r\nX-API-Key: " + KEY.encode()
+               + b"\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n")
+    proto.dataReceived(chunked)
+    proto.dataReceived(publish("hist:c"))
+    data = transport.value()
+    assert data.count(b"HTTP/1.1 200") == 2
+    assert b'"offset":1' in data
+    close(proto)
