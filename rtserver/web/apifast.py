@@ -100,6 +100,8 @@ class APIFastPath:
         """``(size, method, headers, body)``, None (need more bytes) or False (not ours)."""
         end = buf.find(b"\r\n\r\n")
         if end < 0:
+            if b"\n\n" in buf or b"\n\r\n" in buf:  # bare-LF line ends: twisted.web's call
+                return False
             return None if len(buf) < _HEAD_LIMIT else False
         if end > _HEAD_LIMIT:
             return False

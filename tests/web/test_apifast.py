@@ -119,6 +119,8 @@ def test_other_shapes_are_handed_to_twisted_web() -> None:
         (b"POST /api/info HTTP/1.1\r\nX-API-Key: " + KEY.encode()
          + b"\r\nContent-Length: 101\r\n\r\n", 413),
         (b"GET /api/info HTTP/1.1\r\nX-API-Key: " + KEY.encode() + b"\r\n\r\n", 405),
+        (b"POST /api/info HTTP/1.1\nX-API-Key: " + KEY.encode() + b"\nContent-Length: 2\n\n{}",
+         200),
     ]:
         proto, transport = connection(server)
         proto.dataReceived(raw)
