@@ -119,8 +119,6 @@ def test_other_shapes_are_handed_to_twisted_web() -> None:
         (b"POST /api/info HTTP/1.1\r\nX-API-Key: " + KEY.encode()
          + b"\r\nContent-Length: 101\r\n\r\n", 413),
         (b"GET /api/info HTTP/1.1\r\nX-API-Key: " + KEY.encode() + b"\r\n\r\n", 405),
-        (b"POST /api/info HTTP/1.1\nX-API-Key: " + KEY.encode() + b"\nContent-Length: 2\n\n{}",
-         200),
     ]:
         proto, transport = connection(server)
         proto.dataReceived(raw)
@@ -140,4 +138,14 @@ def test_connection_stays_usable_after_hand_over() -> None:
     data = transport.value()
     assert data.count(b"HTTP/1.1 200") == 2
     assert b'"offset":1' in data
+    close(proto)
+
+
+def test_bare_lf_requests_get_twisted_web_behaviour() -> None:
+    """A head with bare-LF line ends is not parsed by the fast path; twisted.web decides."""
+    server = make_server(fast=True)
+    proto, transport = connection(server)
+    proto.dataReceived(b"POST /api/info HTTP/1.1\nX-API-Key: k\nContent-Length: 2\n\n{}")
+    assert proto._fast.slow
+    assert not transport.value().startswith(b"HTTP/1.1 200")
     close(proto)
