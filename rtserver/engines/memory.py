@@ -39,7 +39,7 @@ _EPOCH_ALPHABET = string.ascii_letters
 
 def new_epoch(rng: random.Random | random.SystemRandom) -> str:
     """A fresh 8-letter stream epoch."""
-    return "".join(rng.choice(_EPOCH_ALPHABET) for _ in range(8))
+    return "".join(rng.choices(_EPOCH_ALPHABET, k=8))
 
 
 class _Stream:

@@ -118,7 +118,9 @@ class RedisEngine:
             raise ValueError("engine.redis.address: at least one Redis address is required")
         self._clock = clock
         self._config = config
-        self._rng = rng or random.SystemRandom()
+        # Epochs (one candidate per history publish) and jitter need no secrecy: a
+        # Mersenne Twister seeded from os.urandom is ~10x cheaper than SystemRandom.
+        self._rng = rng or random.Random()
         self._handler: Any = None
         self._started = False
         self._stopped = False

@@ -144,7 +144,28 @@ def shard_index(channel: str, shards: int) -> int:
 def _protocols() -> tuple[type, type]:
     import txredisapi
 
-    base: Any = txredisapi.RedisProtocol
+    class FastEncoding(txredisapi.RedisProtocol):  # type: ignore[misc]
+        """RESP encoding of bytes/str/int arguments in one pass.
+
+        txredisapi encodes every argument through several generic calls (~2 µs each; a
+        history publish has 14 arguments); this keeps its results byte for byte.
+        """
+
+        def _build_command(self, *args: Any, **kwargs: Any) -> bytes:
+            parts = [b"*%d\r\n" % len(args)]
+            for arg in args:
+                if isinstance(arg, bytes):
+                    value = arg
+                elif isinstance(arg, str):
+                    value = arg.encode(self.charset or "utf-8", self.errors or "strict")
+                elif isinstance(arg, int) and not isinstance(arg, bool):
+                    value = b"%d" % arg
+                else:
+                    return bytes(super()._build_command(*args, **kwargs))
+                parts.append(b"$%d\r\n%s\r\n" % (len(value), value))
+            return b"".join(parts)
+
+    base: Any = FastEncoding
 
     class CommandProtocol(base):  # type: ignore[misc, valid-type]
         """Replies go to txredisapi's in-order reply queue."""
