@@ -135,6 +135,14 @@ def test_two_nodes_act_as_one_server(cluster: Cluster) -> None:
             channels = await in_thread(b.cent_client.channels, cent.ChannelsRequest())
             assert channels.channels[channel].num_clients == 1
             # Server-side commands through B act on the user's connection on A.
+            extra = name("extra-")
+            await in_thread(
+                b.cent_client.subscribe, cent.SubscribeRequest(user=user, channel=extra)
+            )
+            await rec.wait("server_subscribed", channel=extra)
+            await in_thread(b.publish, extra, {"server": "side"})
+            got = await rec.wait("server_publication", channel=extra)
+            assert got[0]["data"] == {"server": "side"}
             await in_thread(
                 b.cent_client.unsubscribe, cent.UnsubscribeRequest(user=user, channel=channel)
             )
@@ -295,3 +303,11 @@ def test_killed_pubsub_links_are_reestablished(cluster: Cluster, redis: Any) -> 
             await client.disconnect()
 
     run_scenario(scenario())
+
+
+def test_stopping_node_leaves_the_cluster_at_once(cluster: Cluster) -> None:
+    """SIGTERM on A: B drops A from ``info`` right away, not after the 7 s expiry."""
+    b = cluster.nodes["b"]
+    wait_until(lambda: node_names(b) == ["a", "b"], "B knows A")
+    stop_server(cluster.nodes.pop("a"))
+    wait_until(lambda: node_names(b) == ["b"], "B forgot A", timeout=3.0)
