@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 
-import pytest
 import pytest_twisted
 from sockjs_http import SockJSServer
 from twisted.internet import reactor, task
