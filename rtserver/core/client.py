@@ -795,6 +795,10 @@ class Client:
                 node.background(node.engine.publish_leave(channel, info))
         return sub
 
+    def insufficient_state(self, sub: Subscription) -> None:
+        """The subscriber's stream position is lost: resubscribe (2500) or reconnect (3010)."""
+        self._insufficient_state(sub)
+
     def _insufficient_state(self, sub: Subscription) -> None:
         _log.info(
             "client {client}: gap in {channel}, position lost", client=self.id, channel=sub.channel

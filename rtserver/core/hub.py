@@ -99,6 +99,10 @@ class Hub:
         """Whether anyone on this node is subscribed to ``channel``."""
         return channel in self._subs
 
+    def subscribers(self, channel: str) -> list[tuple[Client, Subscription]]:
+        """A snapshot of ``channel``'s local subscribers."""
+        return list(self._subs.get(channel, {}).items())
+
     def channels(self) -> Iterator[tuple[str, int]]:
         """``(channel, local subscriber count)`` for every channel."""
         for channel, subs in self._subs.items():

@@ -27,6 +27,7 @@ from rtserver.core.client import Client, Subscription
 from rtserver.core.cluster import Cluster, SurveyCode
 from rtserver.core.hub import Hub
 from rtserver.core.ports import IEngineHandler
+from rtserver.core.positions import PositionCheck
 from rtserver.core.types import (
     ControlMessage,
     DisconnectControl,
@@ -78,6 +79,7 @@ class Node:
         self._running = False
         self.cluster = Cluster(self.uid, clock, self._publish_control, self.node_info)
         self._presence_loop: LoopingCall | None = None
+        self.position_check = PositionCheck(self)
         self._survey_ops: dict[str, Callable[[Any], tuple[int, bytes]]] = {
             "channels": self._channels_op,
             "emulation": self._emulation_op,
@@ -106,6 +108,7 @@ class Node:
         return result
 
     def _start_cluster_loops(self) -> None:
+        self.position_check.start()
         self.cluster.start()
         interval = self.config.client.presence_update_interval
         if interval > 0:
@@ -123,6 +126,7 @@ class Node:
         self.scheduler.stop()
         if self._presence_loop is not None and self._presence_loop.running:
             self._presence_loop.stop()
+        self.position_check.stop()
         d = self.cluster.stop()
         d.addErrback(self._log_failure, "cluster shutdown announcement")
         d.addCallback(lambda _: self.engine.stop())

@@ -32,6 +32,7 @@ class Subscription:
         "buffer",
         "chan_info",
         "channel",
+        "check_top",
         "emit_join_leave",
         "epoch",
         "expire_at",
@@ -58,6 +59,7 @@ class Subscription:
         self.push_join_leave = False
         self.offset = 0
         self.epoch = ""
+        self.check_top = 0  # stream top seen ahead of this subscriber at the last check
         self.chan_info: bytes | None = None
         self.expire_at = 0
         self.buffer: list[tuple[Publication | None, SharedPush]] = []

@@ -22,7 +22,9 @@ from rtserver.protocol.frames import Publication
 from rtserver.testing import RecordingSink, make_node
 
 SETTINGS: dict[str, Any] = {
-    "client": {"allow_anonymous_connect_without_token": True, "presence_update_interval": "10s"},
+    # No server pings: these clients answer none, and the tests span minutes.
+    "client": {"allow_anonymous_connect_without_token": True, "presence_update_interval": "10s",
+               "ping_interval": "0s"},
     "channel": {
         "without_namespace": {"allow_subscribe_for_client": True, "presence": True,
                               "allow_subscribe_for_anonymous": True},
@@ -212,4 +214,66 @@ def test_new_epoch_under_a_positioned_subscription_is_insufficient_state(
     clock.advance(0)
     unsub = [p for p in sink.pushes() if "unsubscribe" in p]
     assert unsub and unsub[0]["unsubscribe"]["code"] == 2500
+    a.stop()
+
+
+def _publish_unseen(node: Node, channel: str) -> None:
+    """Append to the stream without delivering: a publication lost on its way here."""
+    handler, node.engine._handler = node.engine._handler, RecordingHandlerStub()
+    try:
+        node.publish(channel, b'{"lost":true}')
+    finally:
+        node.engine._handler = handler
+
+
+class RecordingHandlerStub:
+    uid = "elsewhere"
+
+    def handle_publication(self, channel: str, publication: Publication) -> None:
+        pass
+
+
+def _unsubscribes(sink: RecordingSink) -> list[int]:
+    return [p["unsubscribe"]["code"] for p in sink.pushes() if "unsubscribe" in p]
+
+
+def test_position_check_finds_a_publication_lost_in_a_quiet_channel(
+    clock: Clock, bus: Bus
+) -> None:
+    """A positioned subscriber that missed the last publication learns it within 2 checks."""
+    a = start_node(clock, bus, "a")
+    clock.advance(0)
+    _, sink = connect(a, clock, {"subscribe": {"channel": "pos:quiet"}})
+    _publish_unseen(a, "pos:quiet")
+    pump(clock, 40)
+    assert _unsubscribes(sink) == []  # could still be in flight at the first check
+    pump(clock, 40)
+    assert _unsubscribes(sink) == [2500]
+    a.stop()
+
+
+def test_position_check_tolerates_publications_in_flight(clock: Clock, bus: Bus) -> None:
+    """Behind at one check but caught up by the next: no resubscribe."""
+    a = start_node(clock, bus, "a")
+    clock.advance(0)
+    _, sink = connect(a, clock, {"subscribe": {"channel": "pos:busy"}})
+    _publish_unseen(a, "pos:busy")
+    pump(clock, 40)
+    sub = next(s for _, s in a.hub.subscribers("pos:busy"))
+    sub.offset = 1  # the publication arrived after the check read the stream top
+    a.publish("pos:busy", b'{"n":2}')
+    clock.advance(0)
+    pump(clock, 80)
+    assert _unsubscribes(sink) == []
+    a.stop()
+
+
+def test_position_check_finds_a_restarted_stream(clock: Clock, bus: Bus) -> None:
+    """A stream whose epoch changed (its Redis state was lost) makes subscribers resubscribe."""
+    a = start_node(clock, bus, "a")
+    clock.advance(0)
+    _, sink = connect(a, clock, {"subscribe": {"channel": "pos:reset"}})
+    a.engine._streams["pos:reset"].epoch = "restarted"
+    pump(clock, 40)
+    assert _unsubscribes(sink) == [2500]
     a.stop()
