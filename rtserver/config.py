@@ -287,6 +287,14 @@ class HealthConfig:
 
 
 @dataclass(frozen=True)
+class PrometheusConfig:
+    """``GET /metrics`` in the Prometheus text format (off by default, as in Centrifugo)."""
+
+    enabled: bool = False
+    handler_prefix: str = "/metrics"
+
+
+@dataclass(frozen=True)
 class RedisEngineConfig:
     """The Redis engine (``engine.type: redis``): the bus and store of a cluster."""
 
@@ -335,6 +343,7 @@ class Config:
     uni_http_stream: UniHTTPStreamConfig = field(default_factory=UniHTTPStreamConfig)
     sockjs: SockJSConfig = field(default_factory=SockJSConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+    prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     node: NodeConfig = field(default_factory=NodeConfig)
 

@@ -181,12 +181,18 @@ def build_site(node: Node, config: Config, reactor: Any) -> tuple[RTSite, list[A
         limits.append((sj.handler_prefix, sj.max_request_body_size))
         drains.append(sockjs)
     fast_path = None
+    executor = APIExecutor(node)
     if not config.http_api.disabled:
         api = config.http_api
-        resource = APIResource(APIExecutor(node), api)
+        resource = APIResource(executor, api)
         mount(root, api.handler_prefix, resource)
         limits.append((api.handler_prefix, api.max_request_body_size))
         fast_path = APIFastPath(resource, api.handler_prefix, api.max_request_body_size)
+    if config.prometheus.enabled:
+        from rtserver.web.metrics import MetricsResource, registry_for
+
+        registry = registry_for(node, executor.stats)
+        mount(root, config.prometheus.handler_prefix, MetricsResource(registry))
     if config.health.enabled:
         mount(root, config.health.handler_prefix, HealthResource(node.engine))
     site = RTSite(root, body_limits=limits, api_fast_path=fast_path, reactor=reactor)

@@ -112,6 +112,8 @@ MEANING = {
     "engine.redis.idempotent_result_ttl": "how long an ``idempotency_key`` result is kept",
     "engine.redis.pubsub_probe_interval":
         "probe a silent PUB/SUB link after this; reconnect if deaf",
+    "prometheus.enabled": "serve Prometheus metrics",
+    "prometheus.handler_prefix": "path of the metrics endpoint",
     "node.name": "name in ``info`` (default ``<hostname>_<port>``)",
     # channel options
     "presence": "keep presence (who is subscribed)",

@@ -8,6 +8,7 @@ wraps that into the response body an adapter encodes (with orjson: results may h
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -82,6 +83,28 @@ class _Publication:
         )
 
 
+class CommandStats:
+    """Per-method call counts, total seconds and errors (exported by ``/metrics``)."""
+
+    __slots__ = ("calls", "errors")
+
+    def __init__(self) -> None:
+        self.calls: dict[str, list[float]] = {}  # method -> [count, seconds]
+        self.errors: dict[tuple[str, int], int] = {}  # (method, code) -> count
+
+    def record(self, method: str, seconds: float, error: Any) -> None:
+        """One finished call; ``error`` is the reply's error object or None."""
+        name = method if method in METHODS else "unknown"
+        entry = self.calls.get(name)
+        if entry is None:
+            entry = self.calls[name] = [0.0, 0.0]
+        entry[0] += 1
+        entry[1] += seconds
+        if isinstance(error, dict):
+            key = (name, int(error.get("code", 0)))
+            self.errors[key] = self.errors.get(key, 0) + 1
+
+
 class APIExecutor:
     """Runs server API commands against a :class:`~rtserver.core.node.Node`.
 
@@ -91,6 +114,7 @@ class APIExecutor:
 
     def __init__(self, node: Node) -> None:
         self._node = node
+        self.stats = CommandStats()
 
     # --- entry point ---------------------------------------------------------------------
 
@@ -101,7 +125,9 @@ class APIExecutor:
             ``{"result": {...}}`` or ``{"error": {"code": N, "message": M}}``; for
             ``batch``, the top-level ``{"replies": [...]}`` instead of a result.
         """
+        started = time.perf_counter()
         outcome = await self._outcome(method, params)
+        self.stats.record(method, time.perf_counter() - started, outcome.get("error"))
         if method == "batch" and "result" in outcome:
             result: dict[str, Any] = outcome["result"]
             return result

@@ -26,12 +26,16 @@ class Hub:
         self._sessions: dict[str, Client] = {}
         self._users: dict[str, dict[str, Client]] = {}
         self._subs: dict[str, dict[Client, Subscription]] = {}
+        #: Connections accepted since start, by transport name (``/metrics``).
+        self.accepted: dict[str, int] = {}
 
     # --- connections ---------------------------------------------------------------
 
     def add_client(self, client: Client) -> None:
         """Register a connected client."""
         self._clients[client.id] = client
+        transport = client.transport_name
+        self.accepted[transport] = self.accepted.get(transport, 0) + 1
         if client.session:
             self._sessions[client.session] = client
         self._users.setdefault(client.user, {})[client.id] = client
