@@ -101,7 +101,10 @@ def decode_messages(body: bytes | str) -> list[str]:
 def decode_form_messages(body: bytes, content_type: str) -> list[str]:
     """The messages of a ``jsonp_send`` body: form field ``d``, or the raw body."""
     if content_type.split(";", 1)[0].strip().lower() == "application/x-www-form-urlencoded":
-        fields = urllib.parse.parse_qs(body.decode("latin-1"), keep_blank_values=True)
+        # Percent escapes decode to Latin-1 too, so every field byte maps to one character.
+        fields = urllib.parse.parse_qs(
+            body.decode("latin-1"), keep_blank_values=True, encoding="latin-1"
+        )
         values = fields.get("d") or [""]
         return decode_messages(values[0].encode("latin-1").decode("utf-8", "replace"))
     return decode_messages(body)

@@ -741,6 +741,20 @@ class TestJsonPolling:
         assert r.body == b'/**/x("a[\\"x\\"]");\r\n'
 
 
+    @pytest_twisted.ensureDeferred
+    async def test_form_body_with_non_latin1_text(self, sockjs_server: SockJSServer) -> None:
+        """A form field with percent-encoded UTF-8 (how browsers post the form) is decoded."""
+        url = sockjs_server.session_url()
+        await sockjs_server.fetch("GET", url + "/jsonp?c=x")
+        body = b"d=%5B%22%E2%82%AC%20%C3%A9%20%E4%B8%AD%22%5D"
+        r = await sockjs_server.fetch("POST", url + "/jsonp_send", body, headers=FORM)
+        assert (r.status, r.body) == (200, b"ok")
+        r = await sockjs_server.fetch("GET", url + "/jsonp?c=x")
+        assert json.loads(json.loads(r.body[len(b"/**/x(") : -len(b");\r\n")])[1:]) == [
+            "\u20ac \u00e9 \u4e2d"
+        ]
+
+
 class TestJsessionidCookie:
     def assert_cookie(self, r: object, value: str = "dummy") -> None:
         cookie = r.header("set-cookie").split(";")  # type: ignore[attr-defined]
