@@ -14,10 +14,42 @@ from typing import Any
 from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 from twisted.web.server import Request
+from zope.interface import implementer
 
 from rtserver.sockjs.session import Session
 
 __all__ = ["HTTPReceiver"]
+
+
+@implementer(IPushProducer)
+class _Relay:
+    """Forwards one response's pause/resume to the session's producer, remembering a pause.
+
+    A response can end while its connection's buffer is full (a poll answer bigger than the
+    buffer pauses the producer, then finishes at once); the producer must not stay paused
+    after this response is gone, or the session's output stops for good.
+    """
+
+    def __init__(self, producer: IPushProducer) -> None:
+        self.producer = producer
+        self.paused = False
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        self.producer.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.producer.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.paused = False
+        self.producer.stopProducing()
+
+    def release(self) -> None:
+        """This response is done: undo a pause it caused."""
+        if self.paused:
+            self.resumeProducing()
 
 
 class HTTPReceiver:
@@ -38,6 +70,7 @@ class HTTPReceiver:
         self._sent = 0
         self._done = False
         self._producing = False
+        self._relay: _Relay | None = None
         self.session: Session | None = None
         request.notifyFinish().addCallbacks(self._finished, self._lost)
 
@@ -70,15 +103,19 @@ class HTTPReceiver:
     def register_producer(self, producer: IPushProducer) -> None:
         """Pause ``producer`` while this connection's send buffer is full."""
         if not self._done and not self._producing:
-            self._request.registerProducer(producer, True)
+            self._relay = _Relay(producer)
+            self._request.registerProducer(self._relay, True)
             self._producing = True
 
     def unregister_producer(self) -> None:
-        """Stop reporting buffer state to the producer."""
+        """Stop reporting buffer state to the producer (resuming it if this paused it)."""
         if self._producing:
             self._producing = False
             if self._request.channel is not None:
                 self._request.unregisterProducer()
+        relay, self._relay = self._relay, None
+        if relay is not None:
+            relay.release()
 
     def _finished(self, _: Any) -> None:
         self._done = True

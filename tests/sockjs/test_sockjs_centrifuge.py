@@ -9,7 +9,7 @@ from typing import Any
 import pytest_twisted
 from liveserver import Server
 from sockjs_http import Response
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from wsclient import connect
 
@@ -160,3 +160,34 @@ async def test_unknown_session_is_404(server: tuple[Server, Client]) -> None:
     for transport in ("xhr_send", "jsonp_send"):
         r = await http.fetch("POST", f"{PREFIX}/000/elsewhere/{transport}", b'["{}"]')
         assert r.status == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_polling_client_keeps_receiving_after_a_large_poll(
+    server: tuple[Server, Client],
+) -> None:
+    """A poll answer bigger than the socket buffer does not leave the client's output paused.
+
+    Writing it pauses the session's producer; the poll ends at once, and the next poll must
+    still get publications (not a write-timeout close, 3009).
+    """
+    srv, http = server
+    url = f"{PREFIX}/1/bigpoll"
+    assert (await http.fetch("POST", url + "/xhr")).body == b"o\n"
+    body = send_body({"id": 1, "connect": {}}, {"id": 2, "subscribe": {"channel": "news"}})
+    await http.fetch("POST", url + "/xhr_send", body)
+    replies = messages((await http.fetch("POST", url + "/xhr")).body)
+    if len(replies) == 1:
+        replies += messages((await http.fetch("POST", url + "/xhr")).body)
+    assert replies[1] == {"id": 2, "subscribe": {}}
+    big = json.dumps({"blob": "x" * 200_000}).encode()
+    await srv.node.publish("news", big)
+    for _ in range(5):  # the client's writer flushes on a later reactor turn
+        await task.deferLater(reactor, 0, lambda: None)
+    large = await http.fetch("POST", url + "/xhr")
+    assert messages(large.body)[0]["push"]["pub"]["data"] == json.loads(big)
+    poll = await http.open("POST", url + "/xhr")
+    await srv.node.publish("news", b'{"n":2}')
+    assert messages(await poll.complete) == [
+        {"push": {"channel": "news", "pub": {"data": {"n": 2}}}}
+    ]
