@@ -72,7 +72,9 @@ return {offset, epoch, 0}
 #: KEYS: stream, meta.
 #: ARGV: include publications (0/1), since offset ('' = none), limit (-1 = all),
 #: reverse (0/1), meta_ttl_ms, new epoch candidate.
-#: Returns {top offset, epoch, entries}; entries as XRANGE returns them.
+#: Returns {top offset, epoch, entries}; entries as XRANGE returns them. ``since`` stays a
+#: string (exclusive ``(<since>-0`` bounds, Redis 6.2+): Lua numbers print 10^14 and up
+#: as ``1e+14``, which is no stream ID.
 HISTORY = Script(
     "history",
     b"""
@@ -93,11 +95,10 @@ local entries
 if ARGV[4] == '1' then
   local from = '+'
   if ARGV[2] ~= '' then
-    local before = tonumber(ARGV[2]) - 1
-    if before < 1 then
+    if ARGV[2] == '0' then
       return {top, epoch, {}}
     end
-    from = before .. '-0'
+    from = '(' .. ARGV[2] .. '-0'
   end
   if limit > 0 then
     entries = redis.call('xrevrange', KEYS[1], from, '-', 'COUNT', limit)
@@ -107,7 +108,7 @@ if ARGV[4] == '1' then
 else
   local from = '-'
   if ARGV[2] ~= '' then
-    from = (tonumber(ARGV[2]) + 1) .. '-0'
+    from = '(' .. ARGV[2] .. '-0'
   end
   if limit > 0 then
     entries = redis.call('xrange', KEYS[1], from, '+', 'COUNT', limit)

@@ -241,3 +241,25 @@ async def test_commands_in_one_turn_are_pipelined(one_redis: RedisServer) -> Non
         assert [p.offset for p in positions] == list(range(1, 51))
     finally:
         await engine.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_history_since_large_offsets(one_redis: RedisServer) -> None:
+    """A ``since`` offset of 10^14 or more (up to 2^64-1) reads like a small one.
+
+    Clients may send any uint64 offset; the stream IDs must not go through Lua numbers
+    (printed as ``1e+14``, an invalid stream ID).
+    """
+    engine = make_engine([one_redis.address])
+    await engine.start(handler())
+    try:
+        top = await engine.publish("h", pub(1), HISTORY)
+        for since in (10**14 - 1, 10**14, 2**53 + 1, 2**64 - 1):
+            flt = HistoryFilter(since=StreamPosition(since, ""), limit=-1)
+            forward = await engine.history("h", flt, 3600.0)
+            assert forward.publications == [] and forward.position == top, since
+            flt = HistoryFilter(since=StreamPosition(since, ""), limit=-1, reverse=True)
+            backward = await engine.history("h", flt, 3600.0)
+            assert [p.offset for p in backward.publications] == [1], since
+    finally:
+        await engine.stop()
