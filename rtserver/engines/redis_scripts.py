@@ -72,6 +72,8 @@ return {offset, epoch, 0}
 #: KEYS: stream, meta.
 #: ARGV: include publications (0/1), since offset ('' = none), limit (-1 = all),
 #: reverse (0/1), meta_ttl_ms, new epoch candidate.
+#: A new epoch (no meta: never written, expired or evicted) drops a left-over stream of
+#: the lost epoch, as a publish starting at offset 1 does.
 #: Returns {top offset, epoch, entries}; entries as XRANGE returns them. ``since`` stays a
 #: string (exclusive ``(<since>-0`` bounds, Redis 6.2+): Lua numbers print 10^14 and up
 #: as ``1e+14``, which is no stream ID.
@@ -82,6 +84,7 @@ local epoch = redis.call('hget', KEYS[2], 'e')
 if not epoch then
   epoch = ARGV[6]
   redis.call('hset', KEYS[2], 'e', epoch)
+  redis.call('del', KEYS[1])
 end
 local top = tonumber(redis.call('hget', KEYS[2], 's') or '0')
 if tonumber(ARGV[5]) > 0 then

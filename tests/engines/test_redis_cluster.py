@@ -263,3 +263,29 @@ async def test_history_since_large_offsets(one_redis: RedisServer) -> None:
             assert [p.offset for p in backward.publications] == [1], since
     finally:
         await engine.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_history_read_after_meta_loss_shows_no_old_entries(
+    one_redis: RedisServer,
+) -> None:
+    """Meta lost (evicted or expired), stream left: a read starts the new epoch empty.
+
+    The old entries belong to the lost epoch; returning them under the new one would
+    show offsets above the top (as the memory engine never does).
+    """
+    engine = make_engine([one_redis.address])
+    await engine.start(handler())
+    try:
+        for i in range(3):
+            old = await engine.publish("h", pub(i), HISTORY)
+        one_redis.command("DEL", f"{engine._prefix}.stream.meta.h")
+        result = await engine.history("h", HistoryFilter(limit=-1), 3600.0)
+        assert result.position.offset == 0 and result.position.epoch != old.epoch
+        assert result.publications == []
+        new = await engine.publish("h", pub(9), HISTORY)
+        assert new == StreamPosition(1, result.position.epoch)
+        result = await engine.history("h", HistoryFilter(limit=-1), 3600.0)
+        assert [(p.offset, p.data) for p in result.publications] == [(1, b'{"n":9}')]
+    finally:
+        await engine.stop()
