@@ -406,6 +406,12 @@ class _Link:
         return commands
 
 
+def _first_error(failure: Failure) -> Failure:
+    """The failure inside gatherResults' FirstError (callers see RedisUnavailable)."""
+    sub = getattr(failure.value, "subFailure", None)
+    return sub if isinstance(sub, Failure) else failure
+
+
 def _describe(failure: Failure) -> str:
     value = failure.value
     text = str(value) or type(value).__name__
@@ -538,7 +544,7 @@ class PubSubLink(_Link):
             )
             for i in range(0, len(names), self.batch)
         ]
-        return gatherResults(ds, consumeErrors=True)
+        return gatherResults(ds, consumeErrors=True).addErrback(_first_error)
 
     def subscribe(self, names: list[bytes]) -> Deferred[Any]:
         """SUBSCRIBE now if connected (the caller already added ``names`` to its set)."""

@@ -162,6 +162,33 @@ async def test_pubsub_client_kill_resubscribes(server: RedisServer) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_subscribe_cut_off_by_a_lost_link_fails_with_redis_unavailable(
+    server: RedisServer,
+) -> None:
+    """A SUBSCRIBE whose connection is lost before the answer fails with RedisUnavailable.
+
+    (Not a FirstError wrapping it.) The channel stays in the engine's set, so the
+    reconnect subscribes it until the caller unsubscribes.
+    """
+    engine = make_engine([server.address])
+    await engine.start(handler())
+    try:
+        link = engine.shards[0].pubsub
+        old = link._proto
+        cut = engine.subscribe("b")
+        assert server.kill_pubsub_clients() == 1
+        with pytest.raises(RedisUnavailable):
+            await cut
+        await until(
+            lambda: engine.healthy and link._proto not in (None, old), what="the link to return"
+        )
+        p = engine._prefix
+        assert server.command("PUBSUB", "CHANNELS", f"{p}.client.*") == [f"{p}.client.b".encode()]
+    finally:
+        await _stop(engine)
+
+
+@pytest_twisted.ensureDeferred
 async def test_deaf_pubsub_link_is_reestablished_by_the_probe(server: RedisServer) -> None:
     """A PUB/SUB link that silently stops delivering is re-established.
 
