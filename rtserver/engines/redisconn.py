@@ -605,13 +605,17 @@ class PubSubLink(_Link):
         super()._set_ready(ready)
 
     def _lost(self, proto: Any, why: Failure) -> None:
-        if proto is self._proto:
-            pending, self._pending = self._pending, deque()
-            for p in pending:
-                if p.timer is not None and p.timer.active():
-                    p.timer.cancel()
-                p.deferred.errback(RedisUnavailable(f"redis {self.address}: connection lost"))
+        if proto is not self._proto:
+            return
+        pending, self._pending = self._pending, deque()
+        # forget the connection first: what the errbacks do (e.g. unsubscribe the channel
+        # whose subscribe failed) must not be queued on it, or its stale entry would take
+        # the next connection's first reply
         super()._lost(proto, why)
+        for p in pending:
+            if p.timer is not None and p.timer.active():
+                p.timer.cancel()
+            p.deferred.errback(RedisUnavailable(f"redis {self.address}: connection lost"))
 
     def _reply(self, proto: Any, reply: Any) -> None:
         if proto is not self._proto:

@@ -8,6 +8,7 @@ Deferred can be awaited.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -184,6 +185,42 @@ async def test_subscribe_cut_off_by_a_lost_link_fails_with_redis_unavailable(
         )
         p = engine._prefix
         assert server.command("PUBSUB", "CHANNELS", f"{p}.client.*") == [f"{p}.client.b".encode()]
+    finally:
+        await _stop(engine)
+
+
+@pytest_twisted.ensureDeferred
+async def test_unsubscribe_from_a_failed_subscribe_errback_leaves_no_stale_reply(
+    server: RedisServer,
+) -> None:
+    """An unsubscribe made inside a failed subscribe's errback goes nowhere.
+
+    The node does exactly that (the channel's last local subscriber is dropped). Queued
+    on the dead connection, its stale pending entry would take the new connection's
+    first reply, stall the resubscribe until io_timeout and force a second reconnect.
+    """
+    engine = make_engine([server.address])
+    await engine.start(handler())
+    try:
+        link = engine.shards[0].pubsub
+        old = link._proto
+        await engine.subscribe("a")
+        reactions: list[Any] = []
+
+        def drop_subscriber(failure: Any) -> None:
+            d = engine.unsubscribe("b")
+            d.addBoth(reactions.append)
+
+        cut = engine.subscribe("b")
+        cut.addErrback(drop_subscriber)
+        assert server.kill_pubsub_clients() == 1
+        await until(lambda: link._proto not in (None, old), what="a new connection")
+        new = link._proto
+        await until(lambda: engine.healthy, what="the resubscribe")
+        assert link._proto is new  # no second reconnect
+        assert reactions == [None] and not link._pending
+        p = engine._prefix
+        assert server.command("PUBSUB", "CHANNELS", f"{p}.client.*") == [f"{p}.client.a".encode()]
     finally:
         await _stop(engine)
 
