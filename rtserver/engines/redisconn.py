@@ -523,7 +523,12 @@ class PubSubLink(_Link):
 
     def _send(self, proto: Any, *args: Any, replies: int = 1) -> Deferred[Any]:
         d: Deferred[Any] = Deferred()
-        timer = self._clock.callLater(self.io_timeout, self._timed_out, proto)
+        # io_timeout 0 = no timeout, as on the command link (txredisapi's replyTimeout)
+        timer = (
+            self._clock.callLater(self.io_timeout, self._timed_out, proto)
+            if self.io_timeout > 0
+            else None
+        )
         self._pending.append(_Pending(replies, d, timer))
         proto.transport.write(proto._build_command(*args))
         return d

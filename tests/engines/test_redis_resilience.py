@@ -317,3 +317,19 @@ async def test_start_without_redis_then_recover() -> None:
     finally:
         await _stop(engine)
         server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_io_timeout_zero_means_no_timeout(server: RedisServer) -> None:
+    """``io_timeout: 0`` disables command timeouts on both links (it is not "time out now")."""
+    engine = make_engine([server.address], io_timeout=0.0)
+    recorder = handler()
+    await engine.start(recorder)
+    try:
+        assert engine.healthy
+        await engine.subscribe("ch")
+        await engine.publish("ch", pub(1), HISTORY)
+        await engine.sync()
+        assert [ch for ch, _ in recorder.publications] == ["ch"]
+    finally:
+        await _stop(engine)
