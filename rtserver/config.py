@@ -120,7 +120,7 @@ class LogConfig:
 class TokenConfig:
     """Keys and checks for JWT verification."""
 
-    hmac_secret_key: str = ""
+    hmac_secret_key: str = field(default="", repr=False)
     rsa_public_key: str = ""
     ecdsa_public_key: str = ""
     audience: str = ""
@@ -192,7 +192,7 @@ class HTTPAPIConfig:
     """The server API at ``POST /api/<method>``."""
 
     disabled: bool = False
-    key: str = ""
+    key: str = field(default="", repr=False)
     insecure: bool = False
     handler_prefix: str = "/api"
     max_request_body_size: int = 10 * 1024 * 1024
@@ -302,7 +302,7 @@ class RedisEngineConfig:
     prefix: str = "centrifugo"
     db: int = 0
     user: str = ""
-    password: str = ""
+    password: str = field(default="", repr=False)
     connect_timeout: float = duration(1.0)
     io_timeout: float = duration(4.0)
     presence_ttl: float = duration(60.0)
@@ -637,6 +637,8 @@ def _validate_redis(redis: RedisEngineConfig) -> None:
 
     if not redis.address:
         raise ConfigError("engine.redis.address: at least one Redis address is required")
+    if redis.presence_ttl < 1:
+        raise ConfigError("engine.redis.presence_ttl: must be at least 1s")
     for i, address in enumerate(redis.address):
         try:
             parse_address(address)

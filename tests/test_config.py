@@ -692,3 +692,21 @@ def test_v5_redis_address_string_is_moved() -> None:
     cfg = config.from_mapping({"engine": "redis", "redis_address": "redis://cache:6379"})
     assert cfg.engine.type == "redis"
     assert cfg.engine.redis.address == ["redis://cache:6379"]
+
+
+def test_secrets_stay_out_of_the_config_repr() -> None:
+    """Printing or logging a Config never shows the token secret, API key or Redis password."""
+    cfg = config.from_mapping({
+        "client": {"token": {"hmac_secret_key": "token-secret-value"}},
+        "http_api": {"key": "api-key-value"},
+        "engine": {"type": "redis", "redis": {"password": "redis-password-value"}},
+    })
+    shown = repr(cfg)
+    for secret in ("token-secret-value", "api-key-value", "redis-password-value"):
+        assert secret not in shown
+
+
+def test_zero_presence_ttl_is_refused() -> None:
+    """A Redis presence TTL of 0 would empty presence at once: refused at load."""
+    with pytest.raises(config.ConfigError, match=r"engine\.redis\.presence_ttl"):
+        config.from_mapping({"engine": {"type": "redis", "redis": {"presence_ttl": "0s"}}})
