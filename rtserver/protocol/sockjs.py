@@ -91,7 +91,7 @@ def decode_messages(body: bytes | str) -> list[str]:
         raise FramingError("Payload expected.")
     try:
         value = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise FramingError("Broken JSON encoding.") from e
     if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
         raise FramingError("Payload expected.")
@@ -122,7 +122,7 @@ def decode_ws_message(text: str) -> list[str]:
         return []
     try:
         value = json.loads(text)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise FramingError("Broken framing.") from e
     if isinstance(value, str):
         return [value]

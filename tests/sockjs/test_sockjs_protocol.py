@@ -432,6 +432,16 @@ class TestWebsocketHybi10:
         await ws.closed
 
     @pytest_twisted.ensureDeferred
+    async def test_deeply_nested_json(self, sockjs_server: SockJSServer) -> None:
+        """JSON nested past the parser's recursion limit is broken framing, not a crash."""
+        ws = connect(ws_url(sockjs_server, sockjs_server.session_url() + "/websocket"))
+        proto = await ws.opened
+        assert await ws.frames.get() == b"o"
+        proto.sendMessage(b"[" * 30000)
+        await ws.closed
+        assert ws.frames.pending == [b'c[3000,"Broken framing."]']
+
+    @pytest_twisted.ensureDeferred
     async def test_disabled(self, sockjs_server: SockJSServer) -> None:
         """With websocket off, the session WebSocket URL does not exist."""
         r = await sockjs_server.fetch("GET", "/disabled_websocket_echo/0/0/websocket")
@@ -485,6 +495,16 @@ class TestXhrPolling:
         assert (r.status, r.body) == (204, b"")
         r = await sockjs_server.fetch("POST", url + "/xhr")
         assert (r.status, r.body) == (200, b'a["a"]\n')
+
+    @pytest_twisted.ensureDeferred
+    async def test_deeply_nested_json(self, sockjs_server: SockJSServer) -> None:
+        """A body nested past the parser's recursion limit is the protocol's 500, not a crash."""
+        url = sockjs_server.session_url()
+        await sockjs_server.fetch("POST", url + "/xhr")
+        r = await sockjs_server.fetch("POST", url + "/xhr_send", b"[" * 30000)
+        assert r.status == 500 and b"Broken JSON encoding." in r.body
+        r = await sockjs_server.fetch("POST", url + "/xhr_send", b'["a"]')
+        assert r.status == 204
 
     @pytest_twisted.ensureDeferred
     async def test_content_types(self, sockjs_server: SockJSServer) -> None:
