@@ -14,6 +14,7 @@ waiting for a polling client to come back are bounded by ``client.queue_max_size
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,6 +35,7 @@ from rtserver.transports.origin import OriginPolicy
 __all__ = ["CentrifugeSockJS", "SockJSSink", "sockjs_resource"]
 
 _log = Logger()
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @implementer(ISink)
@@ -86,8 +88,15 @@ class CentrifugeSockJS:
     def on_message(self, session: Session, message: str) -> None:
         """One SockJS message: newline-delimited commands."""
         client = session.context
-        if client is not None:
-            client.receive(message)
+        if client is None:
+            return
+        try:
+            data = message.encode("utf-8")
+        except UnicodeEncodeError:
+            # Lone surrogates (legal in JavaScript strings): U+FFFD, as Go's JSON decoder
+            # gives Centrifugo.
+            data = _SURROGATE.sub("\ufffd", message).encode("utf-8")
+        client.receive(data)
 
     def on_close(self, session: Session) -> None:
         """The session ended (closed, timed out or aborted): release the client."""

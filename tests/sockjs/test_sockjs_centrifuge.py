@@ -16,6 +16,7 @@ from wsclient import connect
 from rtserver import config as rtconfig
 from rtserver.core.types import DisconnectControl
 from rtserver.service import enabled_transports
+from rtserver.sockjs import SockJSResource
 
 ORIGIN = "https://app.example.com"
 SETTINGS: dict[str, Any] = {
@@ -191,3 +192,26 @@ async def test_polling_client_keeps_receiving_after_a_large_poll(
     assert messages(await poll.complete) == [
         {"push": {"channel": "news", "pub": {"data": {"n": 2}}}}
     ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_lone_surrogate_in_a_message_gets_a_reply(server: tuple[Server, Client]) -> None:
+    """A message holding a lone surrogate is answered (U+FFFD, as Centrifugo does).
+
+    Lone surrogates are legal in JavaScript strings; old browsers' JSON.stringify leaves them
+    raw and sockjs-client escapes them. The handler failed on them and never answered.
+    """
+    srv, http = server
+    sockjs = next(d for d in srv.drains if isinstance(d, SockJSResource))
+    url = f"{PREFIX}/1/surrogate"
+    assert (await http.fetch("POST", url + "/xhr")).body == b"o\n"
+    body = b'["{\\"id\\":1,\\"connect\\":{\\"name\\":\\"js\\ud800\\"}}"]'
+    assert json.loads(body)[0].endswith('"js\ud800"}}')  # the message holds U+D800 itself
+    assert (await http.fetch("POST", url + "/xhr_send", body)).status == 204
+    session = sockjs.sessions.get("surrogate")
+    assert session is not None
+    for _ in range(5):  # the reply is written on a later reactor turn
+        await task.deferLater(reactor, 0, lambda: None)
+    assert session.buffered_bytes > 0
+    reply = messages((await http.fetch("POST", url + "/xhr")).body)
+    assert reply[0]["id"] == 1 and reply[0]["connect"]["client"]
