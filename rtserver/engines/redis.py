@@ -28,6 +28,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from rtserver.config import RedisEngineConfig
@@ -279,13 +280,18 @@ class RedisEngine:
             shard.pubsub.probe_sent = False
             return
         d = shard.command.execute("PUBLISH", self._node, PROBE)
-        d.addErrback(
-            lambda f: _log.debug(
+
+        def not_sent(failure: Failure) -> None:
+            # No probe went out, so the silence that follows proves nothing about the
+            # PUB/SUB link: do not let the watchdog call it deaf for the command link's fault.
+            shard.pubsub.probe_sent = False
+            _log.debug(
                 "redis probe on {address} not sent: {error}",
                 address=str(shard.address),
-                error=str(f.value),
+                error=str(failure.value),
             )
-        )
+
+        d.addErrback(not_sent)
 
     # --- broker --------------------------------------------------------------------------
 

@@ -333,3 +333,27 @@ async def test_io_timeout_zero_means_no_timeout(server: RedisServer) -> None:
         assert [ch for ch, _ in recorder.publications] == ["ch"]
     finally:
         await _stop(engine)
+
+
+@pytest_twisted.ensureDeferred
+async def test_probe_that_could_not_be_sent_does_not_condemn_the_pubsub_link(
+    server: RedisServer,
+) -> None:
+    """A probe PUBLISH failing on the command link leaves the PUB/SUB link in good standing."""
+    from twisted.internet.defer import fail
+
+    engine = make_engine([server.address])
+    await engine.start(handler())
+    try:
+        shard = engine.shards[0]
+        shard.pubsub.probe_sent = True  # the watchdog marks the probe before asking for it
+        real = shard.command.execute
+        shard.command.execute = lambda *args: fail(RedisUnavailable("command link lost"))
+        try:
+            engine._probe(shard)
+        finally:
+            shard.command.execute = real
+        assert shard.pubsub.probe_sent is False
+        assert engine.healthy
+    finally:
+        await _stop(engine)
