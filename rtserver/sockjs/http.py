@@ -25,6 +25,17 @@ _NO_CACHE = b"no-store, no-cache, no-transform, must-revalidate, max-age=0"
 OriginCheck = Callable[[str | None], bool]
 
 
+def same_origin(origin: str | None, host: str | None) -> bool:
+    """Whether ``origin`` is the server's own (``scheme://`` + the request's Host).
+
+    rtserver's own pages (the SockJS iframe page) are always allowed, whatever
+    ``allowed_origins`` says: the iframe transports send from that page.
+    """
+    if not origin or not host:
+        return False
+    return origin.lower().split("://", 1)[-1] == host.lower()
+
+
 def no_cache(request: Request) -> None:
     """Responses that must never be cached (everything dynamic, POSTs included)."""
     request.setHeader(b"Cache-Control", _NO_CACHE)

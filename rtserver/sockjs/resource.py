@@ -130,9 +130,10 @@ class SockJSResource(Resource):
     def _origin_allowed(self, request: Request, origin: bytes) -> bool:
         """The policy's answer; the server's own origin (its iframe page) always passes."""
         host = request.getHeader(b"host")
-        if host is not None and origin.lower().split(b"://", 1)[-1] == host.lower():
+        text = origin.decode("latin-1")
+        if http.same_origin(text, host.decode("latin-1") if host is not None else None):
             return True
-        return self._allow_origin(origin.decode("latin-1"))
+        return self._allow_origin(text)
 
     # --- static ----------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from twisted.internet.interfaces import IPushProducer
 from rtserver.connections import OpenConnections
 from rtserver.logs import Logger
 from rtserver.protocol import sockjs as frames
+from rtserver.sockjs.http import same_origin
 from rtserver.sockjs.session import Session, SessionRegistry, State
 
 __all__ = ["RawSession", "RawWebSocketFactory", "SockJSWebSocketFactory"]
@@ -38,7 +39,8 @@ class _Base(WebSocketServerProtocol):  # type: ignore[misc]
 
     def onConnect(self, request: ConnectionRequest) -> None:
         origin = request.headers.get("origin")
-        if not self.factory.allow_origin(origin):
+        same = same_origin(origin, request.headers.get("host"))
+        if not same and not self.factory.allow_origin(origin):
             _log.info("sockjs websocket from origin {origin} refused", origin=origin)
             raise ConnectionDeny(403, "origin not allowed")
         self._headers = {k: v for k, v in request.headers.items() if isinstance(v, str)}

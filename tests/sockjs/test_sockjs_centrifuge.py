@@ -6,6 +6,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 import pytest_twisted
 from liveserver import Server
 from sockjs_http import Response
@@ -152,6 +153,23 @@ async def test_websocket_session(server: tuple[Server, Client]) -> None:
     await srv.node.control(DisconnectControl(user="", code=3503, reason="force disconnect"))
     assert await ws.frames.get() == b'c[3503,"force disconnect"]'
     await ws.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_websocket_origin_policy_matches_the_http_transports(
+    server: tuple[Server, Client],
+) -> None:
+    """Like the HTTP routes, the WebSocket accepts rtserver's own origin, refuses others."""
+    srv, _ = server
+    url = f"ws://127.0.0.1:{srv.port}{PREFIX}/000/wsorigin/websocket"
+    own = connect(url, origin=f"http://127.0.0.1:{srv.port}")
+    proto = await own.opened
+    assert await own.frames.get() == b"o"
+    proto.sendClose(1000)
+    await own.closed
+    foreign = connect(url.replace("wsorigin", "wsforeign"), origin="https://evil.test")
+    with pytest.raises(Exception, match="403"):
+        await foreign.opened
 
 
 @pytest_twisted.ensureDeferred
