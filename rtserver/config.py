@@ -167,6 +167,8 @@ class ClientConfig:
     history_max_publication_limit: int = 300
     recovery_max_publication_limit: int = 300
     user_connection_limit: int = 0
+    connection_limit: int = 0
+    connection_rate_limit: int = 0
     connect_include_server_time: bool = False
     subscribe_to_user_personal_channel: PersonalChannelConfig = field(
         default_factory=PersonalChannelConfig

@@ -48,6 +48,8 @@ MEANING = {
     "client.history_max_publication_limit": "cap on client ``history`` limit",
     "client.recovery_max_publication_limit": "cap on publications recovered on subscribe",
     "client.user_connection_limit": "connections per user on this node (3504 beyond; 0 = off)",
+    "client.connection_limit": "connections on this node (HTTP 503 beyond; 0 = off)",
+    "client.connection_rate_limit": "new connections per second on this node (503; 0 = off)",
     "client.connect_include_server_time": "add ``time`` (ms) to connect results",
     "client.subscribe_to_user_personal_channel.enabled": "subscribe every user to ``#<user>``",
     "client.subscribe_to_user_personal_channel.personal_channel_namespace": "its namespace",

@@ -77,6 +77,9 @@ class Node:
         self._started_at = clock.seconds()
         self._subscribing: dict[str, list[Deferred[None]]] = {}
         self._running = False
+        self.open_clients = 0  # made and not yet closed (connected or not)
+        self._rate_second = -1
+        self._rate_count = 0
         self.cluster = Cluster(self.uid, clock, self._publish_control, self.node_info)
         self._presence_loop: LoopingCall | None = None
         self.position_check = PositionCheck(self)
@@ -140,8 +143,27 @@ class Node:
         d: Deferred[None] = self.engine.publish_control(message, node)
         return d
 
+    def admit(self) -> bool:
+        """Whether a new connection may start; transports answer HTTP 503 when not.
+
+        Checks ``client.connection_limit`` (open connections on this node) and
+        ``client.connection_rate_limit`` (new connections per second).
+        """
+        config = self.config.client
+        if config.connection_limit and self.open_clients >= config.connection_limit:
+            return False
+        if config.connection_rate_limit:
+            second = int(self.clock.seconds())
+            if second != self._rate_second:
+                self._rate_second, self._rate_count = second, 0
+            if self._rate_count >= config.connection_rate_limit:
+                return False
+            self._rate_count += 1
+        return True
+
     def make_client(self, sink: Any, headers: dict[str, str] | None = None) -> Client:
         """A new client connection for ``sink`` (the transport adapter)."""
+        self.open_clients += 1
         return Client(self, sink, headers=headers)
 
     def background(self, d: Deferred[Any], what: str = "background operation") -> None:
@@ -163,7 +185,8 @@ class Node:
         self.hub.add_client(client)
 
     def remove_client(self, client: Client) -> None:
-        """Forget a closed client."""
+        """Forget a closed client (called once per client, connected or not)."""
+        self.open_clients -= 1
         self.hub.remove_client(client)
 
     def add_subscription(self, channel: str, client: Client, sub: Subscription) -> Deferred[None]:

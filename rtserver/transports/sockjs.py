@@ -79,6 +79,10 @@ class CentrifugeSockJS:
     def on_open(self, session: Session) -> None:
         """A client for the new session, with backpressure on its receivers."""
         node = self._node
+        if not node.admit():  # connection limits: a reconnect-later close, as HTTP 503 is
+            refused = Disconnect.TOO_MANY_REQUESTS
+            session.close(refused.code, refused.reason)
+            return
         sink = SockJSSink(session, node.config.client.queue_max_size)
         client = node.make_client(sink, headers=session.headers)
         sink.client = client

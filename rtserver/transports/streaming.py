@@ -162,6 +162,10 @@ class StreamingResource(Resource):
 
     def open(self, request: Request, data: bytes) -> Any:
         """Start the response, create the client and hand it ``data``."""
+        if not self._node.admit():
+            request.setResponseCode(503)
+            request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+            return b"connection limit reached\n"
         prepare_stream(request, self.content_type)
         sink = ResponseSink(
             request,

@@ -88,6 +88,8 @@ class WebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         if not factory.origins.allows(origin):
             _log.info("websocket from origin {origin} refused", origin=origin)
             raise ConnectionDeny(403, "origin not allowed")
+        if not factory.node.admit():
+            raise ConnectionDeny(503, "connection limit reached")
         params = request.params
         fmt = (params.get("format") or params.get("cf_protocol") or [""])[0]
         if "centrifuge-protobuf" in request.protocols or fmt == "protobuf":

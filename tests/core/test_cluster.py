@@ -277,3 +277,24 @@ def test_position_check_finds_a_restarted_stream(clock: Clock, bus: Bus) -> None
     pump(clock, 40)
     assert _unsubscribes(sink) == [2500]
     a.stop()
+
+
+def test_connection_limit_counts_open_clients() -> None:
+    """``client.connection_limit`` admits up to N open connections; a close frees a slot."""
+    node, _ = make_node({"client": {"connection_limit": 2}})
+    first = node.make_client(RecordingSink())
+    assert node.admit()
+    node.make_client(RecordingSink())
+    assert not node.admit()
+    first.close(None)
+    assert node.admit()
+    node.stop()
+
+
+def test_connection_rate_limit_is_per_second() -> None:
+    """``client.connection_rate_limit`` admits N new connections per second."""
+    node, clock = make_node({"client": {"connection_rate_limit": 3}})
+    assert [node.admit() for _ in range(4)] == [True, True, True, False]
+    clock.advance(1)
+    assert node.admit()
+    node.stop()

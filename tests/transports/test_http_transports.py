@@ -287,3 +287,26 @@ async def test_sse_endpoints_accept_post_bodies(server: Server) -> None:
     for stream in (uni, bidi):
         stream.transport.loseConnection()
         await stream.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_connection_limit_answers_503_on_every_transport() -> None:
+    """At ``client.connection_limit`` new WebSocket and stream connections get HTTP 503."""
+    settings = {**SETTINGS, "client": {**SETTINGS["client"], "connection_limit": 1}}
+    srv = Server(settings)
+    try:
+        first = await request(srv.port, "POST", "/connection/http_stream", b'{"id":1,"connect":{}}')
+        await first.wait_for(b'"connect"')
+        second = await request(srv.port, "POST", "/connection/http_stream",
+                               b'{"id":1,"connect":{}}')
+        await second.wait_for(b"connection limit reached")
+        assert second.status == 503
+        second.transport.loseConnection()
+        ws = connect(srv.url)
+        with pytest.raises(ConnectionError, match="503"):
+            await ws.opened
+        await ws.closed
+        first.transport.loseConnection()
+        await first.closed
+    finally:
+        await srv.stop()
