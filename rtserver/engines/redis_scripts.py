@@ -52,6 +52,8 @@ if tonumber(ARGV[2]) > 0 then
   if offset == 1 then
     redis.call('del', KEYS[1])
   end
+  -- '%d', not '..': Lua prints numbers of 10^14 and more as 1e+14
+  offset = string.format('%d', offset)
   redis.call('xadd', KEYS[1], 'MAXLEN', ARGV[2], offset .. '-0', 'd', ARGV[1])
   redis.call('pexpire', KEYS[1], ARGV[3])
   if tonumber(ARGV[5]) > 0 then
@@ -65,7 +67,7 @@ if result_key ~= '' then
   redis.call('hset', result_key, 'e', epoch, 's', offset)
   redis.call('pexpire', result_key, ARGV[7])
 end
-return {offset, epoch, 0}
+return {tonumber(offset), epoch, 0}
 """,
 )
 

@@ -289,3 +289,27 @@ async def test_history_read_after_meta_loss_shows_no_old_entries(
         assert [(p.offset, p.data) for p in result.publications] == [(1, b'{"n":9}')]
     finally:
         await engine.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_publish_past_offset_10_to_the_14(one_redis: RedisServer) -> None:
+    """A stream whose top passes 10^14 keeps appending and delivering exact offsets.
+
+    Lua prints such numbers as ``1e+14``, which is no stream ID and no offset.
+    """
+    engine = make_engine([one_redis.address])
+    recorder = handler()
+    await engine.start(recorder)
+    try:
+        first = await engine.publish("big", pub(0), HISTORY)
+        one_redis.command("HSET", f"{engine._prefix}.stream.meta.big", "s", 10**14 - 1)
+        await engine.subscribe("big")
+        positions = [await engine.publish("big", pub(i), HISTORY) for i in (1, 2)]
+        assert positions == [StreamPosition(10**14, first.epoch),
+                             StreamPosition(10**14 + 1, first.epoch)]
+        result = await engine.history("big", HistoryFilter(limit=-1), 3600.0)
+        assert [p.offset for p in result.publications][-2:] == [10**14, 10**14 + 1]
+        await engine.sync()
+        assert [p.offset for _, p in recorder.publications] == [10**14, 10**14 + 1]
+    finally:
+        await engine.stop()
