@@ -15,6 +15,7 @@ __all__ = [
     "NodeScenario",
     "Server",
     "check_pubsub_presence_history",
+    "check_recovered",
     "events_of",
     "last_with",
     "unique",
@@ -74,3 +75,38 @@ def check_pubsub_presence_history(
     assert isinstance(history["epoch"], str) and history["epoch"]
     latest = last_with(events, "history_latest")["history_latest"]
     assert [p["data"] for p in latest] == [sent[-1]]
+
+
+def check_recovered(events: list[dict[str, Any]], *, live: int, missed: int, mode: str) -> None:
+    """What the recover scenarios print (``runRecover`` in js/lib.mjs).
+
+    Every publication exactly once and in order, the missed ones with the resubscribe
+    (``recovered`` in the same epoch), and the way the client went away.
+    """
+    subscribed = events_of(events, "subscribed")
+    assert len(subscribed) == 2, subscribed
+    first, again = subscribed
+    assert first["recoverable"] is True and first["wasRecovering"] is False
+    assert again["wasRecovering"] is True
+    assert again["recovered"] is True
+    assert again["streamPosition"]["epoch"] == first["streamPosition"]["epoch"]
+
+    pubs = events_of(events, "publication")
+    expected = (
+        [{"live": i} for i in range(live)]
+        + [{"missed": i} for i in range(missed)]
+        + [{"sentinel": True}]
+    )
+    assert [p["data"] for p in pubs] == expected, "every publication exactly once, in order"
+    assert [p["offset"] for p in pubs] == list(range(1, live + missed + 2))
+    index = events.index(again)
+    after = [e["data"] for e in events[index:] if e.get("event") == "publication"]
+    assert after == expected[live:], "the missed ones arrive with the resubscribe"
+
+    away = events[: events.index(last_with(events, "away_state"))]
+    if mode == "disconnect":
+        assert events_of(away, "disconnected", code=0), "disconnect() → disconnected"
+    else:
+        assert events_of(away, "connecting"), "dropped transport → connecting"
+        assert not events_of(away, "disconnected")
+        assert last_with(events, "released")["released"] >= 1

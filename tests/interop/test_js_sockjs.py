@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from harness import NodeScenario, Server, run_server
-from interop_support import events_of, unique
+from interop_support import check_recovered, events_of, unique
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(30)]
 
@@ -51,13 +51,12 @@ def test_sockjs_pubsub_and_recovery(
     for i in range(missed):
         rt_server.publish(channel, {"missed": i})
     js.send("published_missed")
+    assert js.expect("recovered")["transport"] == f"sockjs-{transport}"
+    rt_server.publish(channel, {"sentinel": True})
+    js.send("published_sentinel")
     events = js.finish()
 
     assert not events_of(events, "error"), "no transport or command errors"
     connected = events_of(events, "connected", client="main")
     assert [e["transport"] for e in connected] == [f"sockjs-{transport}"] * 2
-    first, again = events_of(events, "subscribed")
-    assert first["recoverable"] is True
-    assert again["wasRecovering"] is True and again["recovered"] is True
-    pubs = [p["data"] for p in events_of(events, "publication")]
-    assert pubs == [{"live": i} for i in range(live)] + [{"missed": i} for i in range(missed)]
+    check_recovered(events, live=live, missed=missed, mode="disconnect")

@@ -211,3 +211,50 @@ export function gatedWebSocket() {
     },
   };
 }
+
+// --- the recovery scenario --------------------------------------------------------------
+
+// Shared by every transport's recover scenario: connect and subscribe, receive `live`
+// publications, go away, let pytest publish `missed` ones, come back, recover them, then
+// get a sentinel publication. mode 'disconnect': client.disconnect() ... client.connect().
+// mode 'drop': `gate` (gatedWebSocket() or gatedFetch()) fails the live connection like a
+// network error; the SDK reconnects by itself and the gate holds its connect back until
+// pytest has published. Prints `dropped` and `released` counts in drop mode.
+export async function runRecover(client, sub, { mode, live, missed, gate = null }) {
+  if (mode !== 'disconnect' && !(mode === 'drop' && gate)) fatal(`unknown MODE ${mode}`);
+  const pubs = new Collector(sub, 'publication');
+  const subscribedEvents = new Collector(sub, 'subscribed');
+  const connectedEvents = new Collector(client, 'connected');
+  client.connect();
+  sub.subscribe();
+  const [first] = await connectedEvents.next(1);
+  await subscribedEvents.next(1);
+
+  await handshake('subscribed', 'published_live', { transport: first.transport });
+  await pubs.next(live);
+
+  if (mode === 'disconnect') {
+    const away = waitFor(client, 'disconnected');
+    client.disconnect();
+    await away;
+  } else {
+    const away = waitFor(client, 'connecting');
+    emit({ dropped: gate.drop() });
+    await away;
+    await gate.whenHeld();
+  }
+  emit({ away_state: client.state, sub_state: sub.state });
+
+  await handshake('away', 'published_missed');
+  if (mode === 'disconnect') client.connect();
+  else emit({ released: gate.release() });
+  const [again] = await connectedEvents.next(1);
+  await subscribedEvents.next(1);
+  await pubs.next(missed);
+
+  await handshake('recovered', 'published_sentinel', { transport: again.transport });
+  const [sentinel] = await pubs.next(1);
+  if (!sentinel.data || sentinel.data.sentinel !== true) fatal(`expected the sentinel, got ${JSON.stringify(sentinel.data)}`);
+  client.disconnect();
+  done();
+}
