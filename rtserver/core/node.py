@@ -7,6 +7,7 @@ publish/history/presence/control methods; the engine calls back through the
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import socket
 import uuid
@@ -391,21 +392,11 @@ class Node:
         )
 
     def info(self) -> list[dict[str, Any]]:
-        """The server API ``info`` result's ``nodes``: this node and every live peer."""
-        return [_node_wire(n) for n in self.cluster.nodes()]
+        """The server API ``info`` result's ``nodes``: this node and every live peer.
 
-
-def _node_wire(info: NodeInfo) -> dict[str, Any]:
-    return {
-        "uid": info.uid,
-        "name": info.name,
-        "version": info.version,
-        "num_clients": info.num_clients,
-        "num_users": info.num_users,
-        "num_channels": info.num_channels,
-        "num_subs": info.num_subs,
-        "uptime": info.uptime,
-    }
+        NodeInfo's fields are the API's keys, in the API's order.
+        """
+        return [dataclasses.asdict(n) for n in self.cluster.nodes()]
 
 
 def _merge_channel_counts(replies: list[SurveyReply]) -> dict[str, int]:
