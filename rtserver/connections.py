@@ -1,8 +1,8 @@
-"""The open connections of one listener, for draining them at shutdown.
+"""What the WebSocket listeners (rtserver's own and SockJS's) share.
 
-Shared by the WebSocket factories (rtserver's own and SockJS's): connections register
-when they open and leave when they close; :meth:`OpenConnections.wait_empty` fires once
-none are left, or after a timeout.
+:class:`OpenConnections`: connections register when they open and leave when they close;
+:meth:`OpenConnections.wait_empty` fires once none are left (shutdown), or after a
+timeout. :func:`websocket_server_options`: the Autobahn factory options both use.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any, Generic, TypeVar
 
 from twisted.internet.defer import Deferred, succeed
 
-__all__ = ["OpenConnections"]
+__all__ = ["OpenConnections", "websocket_server_options"]
 
 T = TypeVar("T")
 
@@ -54,3 +54,26 @@ class OpenConnections(Generic[T]):
         self._waiters.append(d)
         d.addTimeout(timeout, self._reactor)
         return d
+
+
+def websocket_server_options(message_size_limit: int, close_timeout: float = 5.0) -> dict[str, Any]:
+    """``setProtocolOptions`` keywords for a WebSocket server factory.
+
+    Inbound messages and frames are capped at ``message_size_limit`` (1009 beyond, with a
+    clean close); no permessage-deflate (no decompression bombs); the origin policy is
+    applied by the protocols themselves; pings are the application's (Centrifugo's
+    ``{}``), not Autobahn's.
+    """
+    return {
+        "maxFramePayloadSize": message_size_limit,
+        "maxMessagePayloadSize": message_size_limit,
+        "failByDrop": False,
+        "openHandshakeTimeout": 10,
+        "closeHandshakeTimeout": close_timeout,
+        "autoPingInterval": 0,
+        "perMessageCompressionAccept": lambda offers: None,
+        "tcpNoDelay": True,
+        "allowedOrigins": ["*"],
+        "allowNullOrigin": True,
+        "webStatus": False,
+    }

@@ -19,7 +19,7 @@ from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 
-from rtserver.connections import OpenConnections
+from rtserver.connections import OpenConnections, websocket_server_options
 from rtserver.logs import Logger
 from rtserver.protocol import sockjs as frames
 from rtserver.sockjs.http import same_origin
@@ -187,19 +187,7 @@ class _Factory(WebSocketServerFactory):  # type: ignore[misc]
         super().__init__(reactor=reactor)
         self.allow_origin = allow_origin
         self.connections: OpenConnections[_Base] = OpenConnections(self.reactor)
-        self.setProtocolOptions(
-            maxFramePayloadSize=max_message_size,
-            maxMessagePayloadSize=max_message_size,
-            failByDrop=False,
-            openHandshakeTimeout=10,
-            closeHandshakeTimeout=5,
-            autoPingInterval=0,
-            perMessageCompressionAccept=lambda offers: None,
-            tcpNoDelay=True,
-            allowedOrigins=["*"],
-            allowNullOrigin=True,
-            webStatus=False,
-        )
+        self.setProtocolOptions(**websocket_server_options(max_message_size))
 
     @property
     def open_connections(self) -> int:

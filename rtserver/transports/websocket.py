@@ -18,7 +18,7 @@ from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from rtserver.connections import OpenConnections
+from rtserver.connections import OpenConnections, websocket_server_options
 from rtserver.core.client import Client
 from rtserver.core.node import Node
 from rtserver.core.ports import ISink
@@ -204,19 +204,7 @@ class WebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
         self.max_messages_in_frame = max_messages_in_frame
         self.max_frame_bytes = max_frame_bytes
         self.write_timeout = write_timeout
-        self.setProtocolOptions(
-            maxFramePayloadSize=message_size_limit,
-            maxMessagePayloadSize=message_size_limit,
-            failByDrop=False,
-            openHandshakeTimeout=10,
-            closeHandshakeTimeout=close_timeout,
-            autoPingInterval=0,
-            perMessageCompressionAccept=lambda offers: None,
-            tcpNoDelay=True,
-            allowedOrigins=["*"],
-            allowNullOrigin=True,
-            webStatus=False,
-        )
+        self.setProtocolOptions(**websocket_server_options(message_size_limit, close_timeout))
         # Autobahn copies ~40 options from the factory onto every connection unless its
         # class already has them: a per-factory subclass holding them as class attributes
         # keeps them out of each connection's __dict__ (memory of idle connections).
