@@ -28,7 +28,15 @@ from rtserver.protocol.codes import Error
 if TYPE_CHECKING:
     from rtserver.api.executor import APIExecutor
 
-__all__ = ["INTERNAL_ERROR", "LEGACY_METHODS", "APIResource", "APIResponse", "http_status"]
+__all__ = [
+    "INTERNAL_ERROR",
+    "LEGACY_METHODS",
+    "APIResource",
+    "APIResponse",
+    "header_credentials",
+    "http_status",
+    "transport_mode",
+]
 
 _log = Logger()
 
@@ -218,16 +226,26 @@ class _MethodResource(Resource):
         return self._api.run_method(self._method, body, _transport_mode(request))
 
 
-def _credentials(request: Request) -> Iterator[bytes]:
-    """Keys the caller presented: ``X-API-Key``, ``Authorization: apikey``, ``?api_key``."""
-    header = request.getHeader(b"x-api-key")
-    if header:
-        yield header
-    auth = request.getHeader(b"authorization")
-    if auth:
-        parts = auth.split()
+def header_credentials(x_api_key: bytes | None, authorization: bytes | None) -> Iterator[bytes]:
+    """Keys presented in ``X-API-Key`` or ``Authorization: apikey <key>``."""
+    if x_api_key:
+        yield x_api_key
+    if authorization:
+        parts = authorization.split()
         if len(parts) == 2 and parts[0].lower() == b"apikey":
             yield parts[1]
+
+
+def transport_mode(value: bytes | None) -> bool:
+    """Whether an ``X-Centrifugo-Error-Mode`` header value asks for transport error mode."""
+    return value is not None and value.strip().lower() == b"transport"
+
+
+def _credentials(request: Request) -> Iterator[bytes]:
+    """Keys the caller presented: ``X-API-Key``, ``Authorization: apikey``, ``?api_key``."""
+    yield from header_credentials(
+        request.getHeader(b"x-api-key"), request.getHeader(b"authorization")
+    )
     query = request.uri.partition(b"?")[2]
     for value in parse_qs(query).get(b"api_key", []):
         if value:
@@ -235,8 +253,7 @@ def _credentials(request: Request) -> Iterator[bytes]:
 
 
 def _transport_mode(request: Request) -> bool:
-    mode = request.getHeader(b"x-centrifugo-error-mode")
-    return mode is not None and mode.strip().lower() == b"transport"
+    return transport_mode(request.getHeader(b"x-centrifugo-error-mode"))
 
 
 def _legacy_commands(body: bytes) -> list[tuple[int, str | None, Any]]:

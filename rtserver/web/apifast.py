@@ -27,7 +27,13 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from rtserver.logs import Logger
-from rtserver.web.api import INTERNAL_ERROR, APIResource, APIResponse
+from rtserver.web.api import (
+    INTERNAL_ERROR,
+    APIResource,
+    APIResponse,
+    header_credentials,
+    transport_mode,
+)
 
 __all__ = ["APIFastPath", "FastConnection"]
 
@@ -146,11 +152,12 @@ class APIFastPath:
         fallback: Callable[[bytes], None],
     ) -> None:
         api = self._api
-        if not api.authorized(_credentials(headers)):
+        keys = header_credentials(headers.get(b"x-api-key"), headers.get(b"authorization"))
+        if not api.authorized(keys):
             self._send(state, _UNAUTHORIZED, write, close)
             return
-        transport_mode = headers.get(b"x-centrifugo-error-mode", b"").lower() == b"transport"
-        d = Deferred.fromCoroutine(api.run_method(method, body, transport_mode))
+        mode = transport_mode(headers.get(b"x-centrifugo-error-mode"))
+        d = Deferred.fromCoroutine(api.run_method(method, body, mode))
         d.addErrback(_internal_error)
         if d.called:  # the usual case: the command finished in this reactor turn
             response: APIResponse = d.result
@@ -193,17 +200,3 @@ def _internal_error(failure: Failure) -> APIResponse:
 
 def _log_failure(failure: Failure) -> None:
     _log.failure("server API response could not be written", failure)
-
-
-def _credentials(headers: dict[bytes, bytes]) -> list[bytes]:
-    """Keys presented in ``X-API-Key`` or ``Authorization: apikey <key>``."""
-    found = []
-    key = headers.get(b"x-api-key")
-    if key:
-        found.append(key)
-    auth = headers.get(b"authorization")
-    if auth:
-        parts = auth.split()
-        if len(parts) == 2 and parts[0].lower() == b"apikey":
-            found.append(parts[1])
-    return found

@@ -95,11 +95,12 @@ class TrackedChannel(HTTPChannel):
 
     def dataReceived(self, data: bytes) -> None:
         fast = self._fast
-        path = self.site.api_fast_path
-        if fast is None or fast.slow or path is None:
+        if fast is None or fast.slow:
             super().dataReceived(data)
             return
         self.resetTimeout()
+        path = self.site.api_fast_path
+        assert path is not None  # ``_fast`` exists only when the site has a fast path
         path.feed(fast, data, self._write_fast, self._close_fast, self._to_twisted)
 
     def _write_fast(self, data: bytes) -> None:
