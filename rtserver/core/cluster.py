@@ -101,7 +101,7 @@ class Cluster:
 
     def stop(self) -> Deferred[None]:
         """Stop the loops, fail pending surveys and tell peers this node is leaving."""
-        was_running = bool(self._loops)
+        was_running = self.running
         for loop in self._loops:
             if loop.running:
                 loop.stop()
@@ -179,17 +179,18 @@ class Cluster:
         return survey.done
 
     def _survey_failed(self, failure: Any, survey_id: str) -> None:
-        survey = self._surveys.pop(survey_id, None)
-        if survey is None:
-            return
-        if survey.timer is not None and survey.timer.active():
-            survey.timer.cancel()
-        survey.done.errback(failure)
+        survey = self._take(survey_id)
+        if survey is not None:
+            survey.done.errback(failure)
 
     def _finish(self, survey_id: str) -> None:
+        survey = self._take(survey_id)
+        if survey is not None:
+            survey.done.callback(survey.replies)
+
+    def _take(self, survey_id: str) -> _Survey | None:
+        """Remove a pending survey and cancel its timeout."""
         survey = self._surveys.pop(survey_id, None)
-        if survey is None:
-            return
-        if survey.timer is not None and survey.timer.active():
+        if survey is not None and survey.timer is not None and survey.timer.active():
             survey.timer.cancel()
-        survey.done.callback(survey.replies)
+        return survey

@@ -73,29 +73,30 @@ class EmulationResource(Resource):
             return _status(request, 400, b"malformed emulation request\n")
         d = self._node.emulate(session, node_id or "", data)
         if d.called:  # this node's session: answered in this turn
-            return _outcome(d.result, request, finish=False)
-        d.addCallback(_outcome, request, finish=True)
-        d.addErrback(_failed, request)
+            return _answer(d.result, request)
+        d.addCallback(_answer, request)
+        d.addErrback(_unavailable, request)
+        d.addCallback(_finish, request)
+        d.addErrback(lambda f: _log.failure("writing an emulation response failed", f))
         return NOT_DONE_YET
 
 
-def _outcome(found: bool, request: Request, *, finish: bool) -> bytes:
+def _answer(found: bool, request: Request) -> bytes:
     """204 when the session took the commands, else 404."""
-    if found:
-        request.setResponseCode(204)
-        body = b""
-    else:
-        body = _status(request, 404, b"unknown session\n")
-    if finish and not request._disconnected:
-        request.write(body)
-        request.finish()
-    return body
+    if not found:
+        return _status(request, 404, b"unknown session\n")
+    request.setResponseCode(204)
+    return b""
 
 
-def _failed(failure: Failure, request: Request) -> None:
+def _unavailable(failure: Failure, request: Request) -> bytes:
     _log.failure("forwarding an emulation request failed", failure)
+    return _status(request, 503, b"emulation temporarily unavailable\n")
+
+
+def _finish(body: bytes, request: Request) -> None:
     if not request._disconnected:
-        request.write(_status(request, 503, b"emulation temporarily unavailable\n"))
+        request.write(body)
         request.finish()
 
 
