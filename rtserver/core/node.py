@@ -106,12 +106,12 @@ class Node:
         return d
 
     def _join_cluster(self, result: Any) -> Any:
-        """Once the engine tried its links: announce this node, refresh presence."""
-        if self._running and not self.cluster.running:
-            self._start_cluster_loops()
-        return result
+        """Once the engine tried its links: start the cluster's periodic work.
 
-    def _start_cluster_loops(self) -> None:
+        Node announcements, presence refresh and the stream-position check.
+        """
+        if not self._running or self.cluster.running:
+            return result
         self.position_check.start()
         self.cluster.start()
         interval = self.config.client.presence_update_interval
@@ -121,6 +121,7 @@ class Node:
             self._presence_loop.start(interval, now=False).addErrback(
                 self._log_failure, "presence refresh loop"
             )
+        return result
 
     def stop(self, disconnect: Disconnect = Disconnect.SHUTDOWN) -> Deferred[None]:
         """Disconnect every client (reconnect code 3001), leave the cluster, stop the engine."""
