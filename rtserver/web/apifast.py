@@ -25,6 +25,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
+from twisted.web.http import RESPONSES
 
 from rtserver.logs import Logger
 from rtserver.web.api import (
@@ -42,16 +43,29 @@ _log = Logger()
 _HEAD_LIMIT = 16384  # twisted.web's totalHeadersSize
 _METHOD_RE = re.compile(rb"[a-z_]{1,64}")
 _UNAUTHORIZED = APIResponse(401, b"")
-_REASONS = {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 404: b"Not Found",
-            409: b"Conflict", 416: b"Range Not Satisfiable", 500: b"Internal Server Error"}
 
 
 class FastConnection:
-    """Per-connection state of the fast path (owned by the HTTP channel)."""
+    """Per-connection state of the fast path (owned by the HTTP channel).
 
-    __slots__ = ("buffer", "closing", "gone", "pending", "slow")
+    Args:
+        write: sends bytes on the connection.
+        close: closes the connection once written.
+        fallback: gives bytes to twisted.web (from then on the channel passes all later
+            bytes there too: ``slow`` is set).
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("buffer", "close", "closing", "fallback", "gone", "pending", "slow", "write")
+
+    def __init__(
+        self,
+        write: Callable[[bytes], None],
+        close: Callable[[], None],
+        fallback: Callable[[bytes], None],
+    ) -> None:
+        self.write = write
+        self.close = close
+        self.fallback = fallback
         self.buffer = b""
         self.gone = False  # the connection was lost: late answers are dropped
         self.pending = False  # a command is running; later requests wait in ``buffer``
@@ -73,19 +87,8 @@ class APIFastPath:
         self._prefix = prefix.rstrip("/").encode("utf-8") + b"/"
         self._body_limit = body_limit
 
-    def feed(
-        self,
-        state: FastConnection,
-        data: bytes,
-        write: Callable[[bytes], None],
-        close: Callable[[], None],
-        fallback: Callable[[bytes], None],
-    ) -> None:
-        """Take ``data``; answer every complete request it finishes, in order.
-
-        ``fallback(bytes)`` gives the buffered bytes to twisted.web (then ``state.slow``
-        is set and the caller must pass all later bytes there too).
-        """
+    def feed(self, state: FastConnection, data: bytes) -> None:
+        """Take ``data``; answer every complete request it finishes, in order."""
         state.buffer += data
         while not state.pending and not state.slow and not state.closing and state.buffer:
             parsed = self._parse(state.buffer)
@@ -94,13 +97,13 @@ class APIFastPath:
             if parsed is False:
                 state.slow = True
                 buffered, state.buffer = state.buffer, b""
-                fallback(buffered)
+                state.fallback(buffered)
                 return
             size, method, headers, body = parsed
             state.buffer = state.buffer[size:]
             if headers.get(b"connection", b"").lower() == b"close":
                 state.closing = True
-            self._answer(state, method, headers, body, write, close, fallback)
+            self._answer(state, method, headers, body)
 
     def _parse(self, buf: bytes) -> Any:
         """``(size, method, headers, body)``, None (need more bytes) or False (not ours)."""
@@ -142,55 +145,44 @@ class APIFastPath:
         return start + size, method.decode("ascii"), headers, buf[start : start + size]
 
     def _answer(
-        self,
-        state: FastConnection,
-        method: str,
-        headers: dict[bytes, bytes],
-        body: bytes,
-        write: Callable[[bytes], None],
-        close: Callable[[], None],
-        fallback: Callable[[bytes], None],
+        self, state: FastConnection, method: str, headers: dict[bytes, bytes], body: bytes
     ) -> None:
         api = self._api
         keys = header_credentials(headers.get(b"x-api-key"), headers.get(b"authorization"))
         if not api.authorized(keys):
-            self._send(state, _UNAUTHORIZED, write, close)
+            _send(state, _UNAUTHORIZED)
             return
         mode = transport_mode(headers.get(b"x-centrifugo-error-mode"))
         d = Deferred.fromCoroutine(api.run_method(method, body, mode))
         d.addErrback(_internal_error)
         if d.called:  # the usual case: the command finished in this reactor turn
             response: APIResponse = d.result
-            self._send(state, response, write, close)
+            _send(state, response)
             return
         state.pending = True
 
         def done(response: APIResponse) -> None:
             state.pending = False
-            self._send(state, response, write, close)
-            self.feed(state, b"", write, close, fallback)
+            _send(state, response)
+            self.feed(state, b"")
 
         d.addCallback(done).addErrback(_log_failure)
 
-    @staticmethod
-    def _send(
-        state: FastConnection,
-        response: APIResponse,
-        write: Callable[[bytes], None],
-        close: Callable[[], None],
-    ) -> None:
-        if state.gone:
-            return
-        code, body = response.code, response.body
-        head = b"HTTP/1.1 %d %s\r\n" % (code, _REASONS.get(code, b"Unknown"))
-        if body or code != 401:
-            head += b"Content-Type: %s\r\n" % response.content_type
-        head += b"Content-Length: %d\r\n" % len(body)
-        if state.closing:
-            head += b"Connection: close\r\n"
-        write(head + b"\r\n" + body)
-        if state.closing:
-            close()
+
+def _send(state: FastConnection, response: APIResponse) -> None:
+    """Write one response (dropped when the connection is gone)."""
+    if state.gone:
+        return
+    code, body = response.code, response.body
+    head = b"HTTP/1.1 %d %s\r\n" % (code, RESPONSES.get(code, b"Unknown"))
+    if body or code != 401:
+        head += b"Content-Type: %s\r\n" % response.content_type
+    head += b"Content-Length: %d\r\n" % len(body)
+    if state.closing:
+        head += b"Connection: close\r\n"
+    state.write(head + b"\r\n" + body)
+    if state.closing:
+        state.close()
 
 
 def _internal_error(failure: Failure) -> APIResponse:

@@ -91,7 +91,7 @@ class TrackedChannel(HTTPChannel):
         super().connectionMade()
         self.site.channel_opened(self)
         if self.site.api_fast_path is not None:
-            self._fast = FastConnection()
+            self._fast = FastConnection(self._write_fast, self._close_fast, self._to_twisted)
 
     def dataReceived(self, data: bytes) -> None:
         fast = self._fast
@@ -101,7 +101,7 @@ class TrackedChannel(HTTPChannel):
         self.resetTimeout()
         path = self.site.api_fast_path
         assert path is not None  # ``_fast`` exists only when the site has a fast path
-        path.feed(fast, data, self._write_fast, self._close_fast, self._to_twisted)
+        path.feed(fast, data)
 
     def _write_fast(self, data: bytes) -> None:
         if self.transport is not None:
