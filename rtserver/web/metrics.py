@@ -8,7 +8,6 @@ node at scrape time: nothing is counted on the fan-out path.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -92,7 +91,10 @@ def registry_for(node: Node, api_stats: CommandStats | None = None) -> Collector
 
 
 class MetricsResource(Resource):
-    """Serves the registry in the Prometheus text format."""
+    """Serves the registry in the Prometheus text format.
+
+    twisted.web answers HEAD from ``render_GET`` and any other method with 405.
+    """
 
     isLeaf = True
 
@@ -105,13 +107,3 @@ class MetricsResource(Resource):
         request.setHeader(b"Cache-Control", b"no-store")
         body: bytes = generate_latest(self._registry)
         return body
-
-    def render_HEAD(self, request: Request) -> bytes:
-        return self.render_GET(request)
-
-    def render(self, request: Any) -> bytes:
-        if request.method in (b"GET", b"HEAD"):
-            return super().render(request)  # type: ignore[no-any-return]
-        request.setResponseCode(405)
-        request.setHeader(b"Allow", b"GET, HEAD")
-        return b""
