@@ -22,6 +22,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 __all__ = [
     "ChannelConfig",
@@ -30,7 +31,9 @@ __all__ = [
     "Config",
     "ConfigError",
     "NamespaceOptions",
+    "RedisAddress",
     "load",
+    "parse_address",
 ]
 
 _DURATION = {"duration": True}
@@ -397,6 +400,56 @@ def _fields(cls: type) -> Iterator[tuple[dataclasses.Field[Any], Any]]:
         yield f, hints[f.name]
 
 
+@dataclass(frozen=True)
+class RedisAddress:
+    """Where one Redis shard lives; ``str()`` never shows the password."""
+
+    host: str
+    port: int = 6379
+    db: int = 0
+    user: str = ""
+    password: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}/{self.db}"
+
+    def __repr__(self) -> str:
+        return f"RedisAddress({self!s})"
+
+
+def parse_address(address: str, *, db: int = 0, user: str = "", password: str = "") -> RedisAddress:
+    """Parse ``redis://[user:password@]host:port[/db]`` or ``host:port``.
+
+    The keyword arguments are the defaults for the parts the address leaves out.
+    """
+    text = address.strip()
+    if "://" not in text:
+        text = "redis://" + text
+    parts = urlsplit(text)
+    if parts.scheme != "redis":
+        raise ValueError(f"unsupported Redis address scheme {parts.scheme!r} (use redis://)")
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        raise ValueError("Redis address has an invalid port") from None
+    host = parts.hostname
+    if not host:
+        raise ValueError("Redis address has no host")
+    path = parts.path.strip("/")
+    if path:
+        if not path.isdigit():
+            raise ValueError("Redis address path must be a database number")
+        db = int(path)
+    if parts.username:
+        user = unquote(parts.username)
+    if parts.password is not None:
+        password = unquote(parts.password)
+    elif parts.username and ":" not in parts.netloc.rpartition("@")[0]:
+        # redis://password@host is a common shorthand for a password without a user
+        user, password = "", unquote(parts.username)
+    return RedisAddress(host, port, db, user, password)
+
+
 def parse_duration(value: Any, key: str) -> float:
     """Parse ``"25s"``/``"1500ms"``/``"720h"`` (or a number of seconds)."""
     if isinstance(value, bool):
@@ -635,8 +688,6 @@ def validate(config: Config) -> None:
 
 
 def _validate_redis(redis: RedisEngineConfig) -> None:
-    from rtserver.engines.redisconn import parse_address  # pure parsing, no I/O
-
     if not redis.address:
         raise ConfigError("engine.redis.address: at least one Redis address is required")
     if redis.presence_ttl < 1:

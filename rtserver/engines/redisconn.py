@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -28,6 +27,7 @@ from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
+from rtserver.config import RedisAddress, parse_address
 from rtserver.engines.redis_scripts import Script
 from rtserver.logs import Logger
 
@@ -57,56 +57,6 @@ class RedisTimeout(RedisUnavailable):
 
 
 # --- addresses and sharding ------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RedisAddress:
-    """Where one Redis shard lives; ``str()`` never shows the password."""
-
-    host: str
-    port: int = 6379
-    db: int = 0
-    user: str = ""
-    password: str = ""
-
-    def __str__(self) -> str:
-        return f"{self.host}:{self.port}/{self.db}"
-
-    def __repr__(self) -> str:
-        return f"RedisAddress({self!s})"
-
-
-def parse_address(address: str, *, db: int = 0, user: str = "", password: str = "") -> RedisAddress:
-    """Parse ``redis://[user:password@]host:port[/db]`` or ``host:port``.
-
-    The keyword arguments are the defaults for the parts the address leaves out.
-    """
-    text = address.strip()
-    if "://" not in text:
-        text = "redis://" + text
-    parts = urlsplit(text)
-    if parts.scheme != "redis":
-        raise ValueError(f"unsupported Redis address scheme {parts.scheme!r} (use redis://)")
-    try:
-        port = parts.port or 6379
-    except ValueError:
-        raise ValueError("Redis address has an invalid port") from None
-    host = parts.hostname
-    if not host:
-        raise ValueError("Redis address has no host")
-    path = parts.path.strip("/")
-    if path:
-        if not path.isdigit():
-            raise ValueError("Redis address path must be a database number")
-        db = int(path)
-    if parts.username:
-        user = unquote(parts.username)
-    if parts.password is not None:
-        password = unquote(parts.password)
-    elif parts.username and ":" not in parts.netloc.rpartition("@")[0]:
-        # redis://password@host is a common shorthand for a password without a user
-        user, password = "", unquote(parts.username)
-    return RedisAddress(host, port, db, user, password)
 
 
 def _fnv1a64(data: bytes) -> int:
