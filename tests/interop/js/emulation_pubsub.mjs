@@ -2,7 +2,7 @@
 // publications made through cent, read presence, presence stats and history, then publish from
 // the client: refused (103) in CHANNEL, allowed in CHAT_CHANNEL and delivered to a second client.
 // env: BASE_URL, TRANSPORT, TOKEN, PEER_TOKEN, CHANNEL, CHAT_CHANNEL, COUNT
-import { Collector, describeError, done, emit, env, fatal, handshake, makeSubscription, pubJSON, waitFor } from './lib.mjs';
+import { Collector, describeError, done, emit, emitChannelState, env, fatal, handshake, makeSubscription, pubJSON, waitFor } from './lib.mjs';
 import { makeEmulationClient } from './emulation_lib.mjs';
 
 const channel = env('CHANNEL');
@@ -30,14 +30,7 @@ await subscribed;
 await handshake('subscribed', 'published', { id: ctx.client, transport: ctx.transport, peer_transport: peerCtx.transport });
 await pubs.next(count);
 
-const presence = await sub.presence();
-emit({ presence: presence.clients });
-const stats = await sub.presenceStats();
-emit({ presence_stats: { numClients: stats.numClients, numUsers: stats.numUsers } });
-const history = await sub.history({ limit: -1 });
-emit({ history: { publications: history.publications.map(pubJSON), offset: history.offset, epoch: history.epoch } });
-const latest = await sub.history({ limit: 1, reverse: true });
-emit({ history_latest: latest.publications.map(pubJSON) });
+await emitChannelState(sub);
 
 try {
   await sub.publish({ text: 'not allowed' });

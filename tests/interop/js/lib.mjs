@@ -212,6 +212,19 @@ export function gatedWebSocket() {
   };
 }
 
+// Print the channel's presence, presence stats, whole history and latest publication
+// (what interop_support.check_pubsub_presence_history reads).
+export async function emitChannelState(sub) {
+  const presence = await sub.presence();
+  emit({ presence: presence.clients });
+  const stats = await sub.presenceStats();
+  emit({ presence_stats: { numClients: stats.numClients, numUsers: stats.numUsers } });
+  const history = await sub.history({ limit: -1 });
+  emit({ history: { publications: history.publications.map(pubJSON), offset: history.offset, epoch: history.epoch } });
+  const latest = await sub.history({ limit: 1, reverse: true });
+  emit({ history_latest: latest.publications.map(pubJSON) });
+}
+
 // --- the recovery scenario --------------------------------------------------------------
 
 // Shared by every transport's recover scenario: connect and subscribe, receive `live`
