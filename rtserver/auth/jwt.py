@@ -1,9 +1,11 @@
-"""JWT verification for connection and subscription tokens (protocol.md §4).
+"""JWT verification for connection and subscription tokens.
 
+The rules are documented in docs/client-protocol.rst ("Connecting", "Token checks").
 Owns the whole token check: loading the configured keys, pinning the algorithm to the
-configured key type (reliability.md §3.1: no alg confusion, no ``none``), the signature,
-``aud``/``iss``/``exp``/``nbf``, and turning claims into
+configured key type (no alg confusion, no ``none``), the signature,
+``aud``/``iss``/``exp``/``nbf``, the ranges of integer claims, and turning claims into
 :class:`~rtserver.core.types.ConnectionToken` / :class:`~rtserver.core.types.SubscriptionToken`.
+The server and ``rtserver checktoken``/``checksubtoken`` both verify with this module.
 
 Verification is pure given ``now``: the clock is never read. The compact JWS is split and
 base64url-decoded here (strictly), and the signature is checked with PyJWT's algorithm
@@ -40,8 +42,14 @@ from rtserver.core.types import (
     SubscriptionToken,
     TokenExpired,
 )
+from rtserver.protocol.fields import compact_json, has_control_characters
 
-__all__ = ["JWTVerifier"]
+__all__ = ["MAX_INT64", "MIN_INT64", "JWTVerifier"]
+
+#: Numeric-date claims (``exp``, ``nbf``, ``iat``) and ``expire_at`` are int64 unix
+#: seconds, as in Centrifugo; anything outside is an invalid token.
+MIN_INT64 = -(2**63)
+MAX_INT64 = 2**63 - 1
 
 #: PyJWT's algorithm objects by family; a family is enabled only by its configured key.
 _PYJWT_ALGS = get_default_algorithms()
@@ -163,6 +171,8 @@ class JWTVerifier:
         channel = claims.get("channel")
         if not isinstance(channel, str) or not channel:
             raise InvalidToken("subscription token needs a channel claim")
+        if has_control_characters(channel):
+            raise InvalidToken("claim 'channel' has control characters")
         user = _user(claims, policy.user_path)
         info = _raw_json(claims, "info", "b64info", "")
         data = _raw_json(claims, "data", "b64data", "")
@@ -313,11 +323,17 @@ def _check_audience_issuer(claims: dict[str, Any], policy: _Policy) -> None:
 
 
 def _numeric_date(claims: dict[str, Any], name: str) -> float | None:
+    """A NumericDate claim: a number of seconds within the int64 range."""
     value = claims.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InvalidToken(f"claim '{name}' must be a number")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not MIN_INT64 <= value <= MAX_INT64
+    ):
+        raise InvalidToken(f"claim '{name}' must be a number of seconds in the int64 range")
     return value
 
 
@@ -338,8 +354,8 @@ def _expire_at(claims: dict[str, Any], exp: float | None) -> int:
     value = claims.get("expire_at")
     if value is None:
         return int(exp) if exp is not None else 0
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidToken("claim 'expire_at' must be a non-negative integer")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INT64:
+        raise InvalidToken("claim 'expire_at' must be an integer in [0, 2^63-1]")
     return value
 
 
@@ -368,21 +384,26 @@ def _raw_json(obj: dict[str, Any], name: str, b64_name: str, where: str) -> byte
             raise InvalidToken(f"claim '{where}{b64_name}' must be a base64 string")
         try:
             decoded = base64.b64decode(encoded, validate=True)
-            return orjson.dumps(orjson.loads(decoded))
+            return compact_json(orjson.loads(decoded))
         except (binascii.Error, ValueError):
             raise InvalidToken(f"claim '{where}{b64_name}' must be base64 of JSON") from None
     value = obj.get(name)
     if value is None:
         return None
-    return orjson.dumps(value)
+    return compact_json(value)
 
 
 def _channels(value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
-    if not isinstance(value, list) or not all(isinstance(c, str) and c for c in value):
+    if not isinstance(value, list) or not all(_channel_name(c) for c in value):
         raise InvalidToken("claim 'channels' must be a list of channel names")
     return tuple(value)
+
+
+def _channel_name(value: object) -> bool:
+    """A non-empty channel name without control characters."""
+    return isinstance(value, str) and bool(value) and not has_control_characters(value)
 
 
 def _subs(value: Any) -> dict[str, SubscriptionGrant]:
@@ -392,8 +413,8 @@ def _subs(value: Any) -> dict[str, SubscriptionGrant]:
         raise InvalidToken("claim 'subs' must be an object")
     out: dict[str, SubscriptionGrant] = {}
     for channel, options in value.items():
-        if not channel:
-            raise InvalidToken("claim 'subs' has an empty channel name")
+        if not _channel_name(channel):
+            raise InvalidToken("claim 'subs' has an empty or invalid channel name")
         if options is None:
             options = {}
         elif not isinstance(options, dict):
