@@ -58,6 +58,8 @@ _RSA_ALGS: dict[str, Algorithm] = {a: _PYJWT_ALGS[a] for a in ("RS256", "RS384",
 _EC_ALGS: dict[str, Algorithm] = {a: _PYJWT_ALGS[a] for a in ("ES256", "ES384", "ES512")}
 _EC_CURVES = {"ES256": ec.SECP256R1, "ES384": ec.SECP384R1, "ES512": ec.SECP521R1}
 _KNOWN_ALGS = {**_HMAC_ALGS, **_RSA_ALGS, **_EC_ALGS}
+#: The config key that enables each algorithm family.
+_KEY_NAMES = {"HS": "hmac_secret_key", "RS": "rsa_public_key", "ES": "ecdsa_public_key"}
 
 _OVERRIDE_FIELDS = (
     "presence",
@@ -80,6 +82,8 @@ class _Policy:
     issuer: str = ""
     #: Path of the user claim; ``("sub",)`` unless ``user_id_claim`` is set.
     user_path: tuple[str, ...] = ("sub",)
+    #: Config section of the keys (``client.token``...), named in error messages.
+    section: str = ""
 
 
 @implementer(ITokenVerifier)
@@ -130,8 +134,17 @@ class JWTVerifier:
         Raises:
             TokenExpired: ``exp`` is at or before ``now``.
             InvalidToken: malformed, badly signed, disabled algorithm, wrong
-                ``aud``/``iss``, ``nbf`` after ``now``, a ``channel`` claim, or a claim
-                of the wrong type.
+                ``aud``/``iss``, ``nbf`` after ``now``, a non-empty ``channel`` claim, or
+                a claim of the wrong type or out of range.
+        """
+        return self.check_connection_token(token, now)[0]
+
+    def check_connection_token(
+        self, token: str, now: float
+    ) -> tuple[ConnectionToken, dict[str, Any]]:
+        """As :meth:`verify_connection_token`, also returning the verified claims.
+
+        ``rtserver checktoken`` prints the claims; the verdict is the server's.
         """
         policy = self._connection
         claims = _decode(token, policy)
@@ -147,7 +160,7 @@ class JWTVerifier:
         if meta is not None and not isinstance(meta, dict):
             raise InvalidToken("claim 'meta' must be an object")
         exp = _check_times(claims, now)
-        return ConnectionToken(
+        verified = ConnectionToken(
             user=user,
             expire_at=_expire_at(claims, exp),
             info=info,
@@ -155,6 +168,7 @@ class JWTVerifier:
             subs=subs,
             meta=meta,
         )
+        return verified, claims
 
     def verify_subscription_token(self, token: str, now: float) -> SubscriptionToken:
         """Verify a subscription JWT at unix time ``now``.
@@ -166,6 +180,12 @@ class JWTVerifier:
             TokenExpired: ``exp`` is at or before ``now``.
             InvalidToken: as for connection tokens, or no non-empty ``channel`` claim.
         """
+        return self.check_subscription_token(token, now)[0]
+
+    def check_subscription_token(
+        self, token: str, now: float
+    ) -> tuple[SubscriptionToken, dict[str, Any]]:
+        """As :meth:`verify_subscription_token`, also returning the verified claims."""
         policy = self._subscription
         claims = _decode(token, policy)
         channel = claims.get("channel")
@@ -183,7 +203,7 @@ class JWTVerifier:
         elif not isinstance(client, str):
             raise InvalidToken("claim 'client' must be a string")
         exp = _check_times(claims, now)
-        return SubscriptionToken(
+        verified = SubscriptionToken(
             user=user,
             channel=channel,
             expire_at=_expire_at(claims, exp),
@@ -192,6 +212,7 @@ class JWTVerifier:
             overrides=overrides,
             client=client,
         )
+        return verified, claims
 
 
 # --- keys ------------------------------------------------------------------------------
@@ -238,7 +259,13 @@ def _policy(config: TokenConfig, prefix: str) -> _Policy:
         user_path = tuple(config.user_id_claim.split("."))
         if not all(user_path):
             raise ValueError(f"{prefix}.user_id_claim: empty segment in claim path")
-    return _Policy(keys=keys, audience=config.audience, issuer=config.issuer, user_path=user_path)
+    return _Policy(
+        keys=keys,
+        audience=config.audience,
+        issuer=config.issuer,
+        user_path=user_path,
+        section=prefix,
+    )
 
 
 def _load_pem(pem: str, name: str) -> Any:
@@ -292,7 +319,10 @@ def _decode(token: str, policy: _Policy) -> dict[str, Any]:
         raise InvalidToken("unsupported JWS extension")
     entry = policy.keys.get(alg)
     if entry is None:
-        raise InvalidToken("disabled JWT algorithm")
+        raise InvalidToken(
+            f"disabled JWT algorithm {alg}: {policy.section}.{_KEY_NAMES[alg[:2]]} is not set"
+            " (or holds a key of another type or curve)"
+        )
     algorithm, key = entry
     signature = _b64url(parts[2])
     signing_input = f"{parts[0]}.{parts[1]}".encode("ascii")
