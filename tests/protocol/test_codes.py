@@ -20,6 +20,15 @@ def test_named_codes_are_new_equal_values(read: object) -> None:
     assert hash(first) == hash(second)
 
 
+@pytest.mark.parametrize("cls", [Error, Disconnect, Unsubscribe])
+def test_every_named_code_is_fresh(cls: type) -> None:
+    names = [n for n in vars(cls) if n.isupper()]
+    assert len(names) >= 4
+    for name in names:
+        first, second = getattr(cls, name), getattr(cls, name)
+        assert type(first) is cls and first is not second and first == second, name
+
+
 def test_raising_a_named_code_twice_does_not_grow_one_traceback() -> None:
     def refuse() -> None:
         raise Error.PERMISSION_DENIED
