@@ -37,7 +37,8 @@ class EncodeError(Disconnect):
     """A reply or push could not be encoded; the connection is closed with 3004."""
 
     def __init__(self, detail: str) -> None:
-        super().__init__(Disconnect.SERVER_ERROR.code, Disconnect.SERVER_ERROR.reason)
+        server_error = Disconnect.SERVER_ERROR
+        super().__init__(server_error.code, server_error.reason)
         self.detail = detail
 
     def __repr__(self) -> str:
