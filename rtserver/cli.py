@@ -1,9 +1,12 @@
 """The ``rtserver`` command: configuration and token helpers modelled on Centrifugo's CLI.
 
-Subcommands (protocol.md §8.2): ``checkconfig``, ``genconfig``, ``defaultconfig``,
+Subcommands (``rtserver --help``): ``checkconfig``, ``genconfig``, ``defaultconfig``,
 ``defaultenv``, ``gentoken``, ``gensubtoken``, ``checktoken``, ``checksubtoken`` and
-``version``. Failures print ``error: <message>`` to stderr and exit with status 1; the
-only secret ever printed is a token that was asked for.
+``version``. ``checktoken``/``checksubtoken`` verify with the server's own verifier
+(:mod:`rtserver.auth.jwt`), so they accept exactly the tokens the server accepts
+(docs/client-protocol.rst, "Token checks"). Failures print ``error: <message>`` to
+stderr and exit with status 1; the only secret ever printed is a token that was asked
+for.
 """
 
 from __future__ import annotations
@@ -28,15 +31,14 @@ import jwt
 import yaml
 
 from rtserver import __version__, config
+from rtserver.auth.jwt import JWTVerifier
+from rtserver.core.types import InvalidToken, TokenExpired
 
 #: Default file for ``genconfig`` and ``defaultconfig``.
 DEFAULT_CONFIG_FILE = "config.json"
 #: Default token lifetime of ``gentoken``/``gensubtoken``: one week, as in Centrifugo.
 DEFAULT_TOKEN_TTL = 7 * 24 * 3600
 
-_HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
-_RSA_ALGORITHMS = ("RS256", "RS384", "RS512")
-_ECDSA_ALGORITHMS = ("ES256", "ES384", "ES512")
 _FORMATS = (".json", ".yaml", ".yml", ".toml")
 
 
@@ -348,69 +350,41 @@ def cmd_gensubtoken(args: argparse.Namespace) -> int:
     return _generate(args, keys, section)
 
 
-def verify_token(token: str, keys: config.TokenConfig, section: str) -> dict[str, Any]:
-    """Verify a JWT's signature, expiry, audience and issuer against configured keys.
-
-    Args:
-        token: The compact JWT.
-        keys: HMAC secret and/or RSA/ECDSA public keys (PEM), audience and issuer.
-        section: The config section of ``keys``, for error messages.
-
-    Returns:
-        The token's payload.
-
-    Raises:
-        CLIError: The token is malformed, expired, badly signed or has wrong claims.
-    """
+def _verifier(cfg: config.Config) -> JWTVerifier:
+    """The server's verifier for ``cfg``; a section without keys refuses every token."""
     try:
-        alg = jwt.get_unverified_header(token).get("alg")
-    except jwt.PyJWTError as e:
-        raise CLIError(f"invalid token: {e}") from None
-    if alg in _HMAC_ALGORITHMS:
-        key, name = keys.hmac_secret_key, "hmac_secret_key"
-    elif alg in _RSA_ALGORITHMS:
-        key, name = keys.rsa_public_key, "rsa_public_key"
-    elif alg in _ECDSA_ALGORITHMS:
-        key, name = keys.ecdsa_public_key, "ecdsa_public_key"
-    else:
-        raise CLIError(f"invalid token: unsupported algorithm {alg!r}")
-    if not key:
-        raise CLIError(f"invalid token: it uses {alg} but {section}.{name} is not set")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # short HMAC keys: the server accepts them too
-            return jwt.decode(
-                token,
-                key,
-                algorithms=[alg],
-                audience=keys.audience or None,
-                issuer=keys.issuer or None,
-                options={"verify_aud": bool(keys.audience)},
-            )
-    except jwt.ExpiredSignatureError:
-        raise CLIError("invalid token: token expired") from None
-    except (jwt.PyJWTError, ValueError) as e:
-        raise CLIError(f"invalid token: {e}") from None
+        return JWTVerifier(cfg.client.token, cfg.client.subscription_token)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+
+
+def _print_claims(claims: Mapping[str, Any]) -> None:
+    print(json.dumps(claims, indent=2, ensure_ascii=False))
 
 
 def cmd_checktoken(args: argparse.Namespace) -> int:
-    """Verify a connection token and print its payload as JSON."""
-    cfg = _load(args.config)
-    payload = verify_token(args.token, cfg.client.token, "client.token")
-    if "channel" in payload:
-        raise CLIError("not a connection token: it has a channel claim (use checksubtoken)")
-    print(json.dumps(payload, indent=2, ensure_ascii=False))
+    """Verify a connection token as the server does and print its payload as JSON."""
+    verifier = _verifier(_load(args.config))
+    try:
+        _, claims = verifier.check_connection_token(args.token, time.time())
+    except TokenExpired:
+        raise CLIError("invalid token: token expired") from None
+    except InvalidToken as e:
+        raise CLIError(f"invalid token: {e}") from None
+    _print_claims(claims)
     return 0
 
 
 def cmd_checksubtoken(args: argparse.Namespace) -> int:
-    """Verify a subscription token and print its payload as JSON."""
-    cfg = _load(args.config)
-    keys, section = _sub_token_keys(cfg)
-    payload = verify_token(args.token, keys, section)
-    if not payload.get("channel"):
-        raise CLIError("not a subscription token: it has no channel claim (use checktoken)")
-    print(json.dumps(payload, indent=2, ensure_ascii=False))
+    """Verify a subscription token as the server does and print its payload as JSON."""
+    verifier = _verifier(_load(args.config))
+    try:
+        _, claims = verifier.check_subscription_token(args.token, time.time())
+    except TokenExpired:
+        raise CLIError("invalid token: token expired") from None
+    except InvalidToken as e:
+        raise CLIError(f"invalid token: {e}") from None
+    _print_claims(claims)
     return 0
 
 

@@ -3,7 +3,7 @@
 Every command method takes the decoded request object and returns the ``result``
 object, or raises :class:`~rtserver.protocol.codes.Error`. :meth:`APIExecutor.call`
 wraps that into the response body an adapter encodes (with orjson: results may hold
-``orjson.Fragment`` values). Semantics follow Centrifugo v6 (protocol.md §6.2).
+``orjson.Fragment`` values). Semantics follow Centrifugo v6 (docs/server-api.rst).
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ class APIExecutor:
 
     async def publish(self, params: dict[str, Any]) -> Result:
         """Publish ``data`` into ``channel``; ``{offset, epoch}`` when history is kept."""
-        channel = schema.required_string(params, "channel")
+        channel = schema.channel(params)
         return await self._publish(channel, _Publication.parse(params))
 
     async def broadcast(self, params: dict[str, Any]) -> Result:
@@ -174,8 +174,7 @@ class APIExecutor:
 
     async def _broadcast_one(self, channel: str, pub: _Publication) -> dict[str, Any]:
         try:
-            if not channel:
-                raise schema.bad_request("channel is required")
+            schema.check_channel(channel)
             return {"result": await self._publish(channel, pub)}
         except Error as e:
             return {"error": e.to_wire()}
@@ -200,7 +199,7 @@ class APIExecutor:
     async def subscribe(self, params: dict[str, Any]) -> Result:
         """Subscribe a user's connections to ``channel`` server-side."""
         user = schema.required_string(params, "user")
-        channel = schema.required_string(params, "channel")
+        channel = schema.channel(params)
         self._node.resolver.options(channel)
         message = SubscribeControl(
             user=user,
@@ -219,7 +218,7 @@ class APIExecutor:
     async def unsubscribe(self, params: dict[str, Any]) -> Result:
         """Unsubscribe a user's connections from ``channel`` (clients get push 2000)."""
         user = schema.required_string(params, "user")
-        channel = schema.required_string(params, "channel")
+        channel = schema.channel(params)
         self._node.resolver.options(channel)
         message = UnsubscribeControl(
             user=user,
@@ -273,14 +272,14 @@ class APIExecutor:
         return {"num_clients": stats.num_clients, "num_users": stats.num_users}
 
     def _presence_channel(self, params: dict[str, Any]) -> str:
-        channel = schema.required_string(params, "channel")
+        channel = schema.channel(params)
         if not self._options(channel).presence:
             raise Error.NOT_AVAILABLE
         return channel
 
     async def history(self, params: dict[str, Any]) -> Result:
         """Read ``channel``'s stream; ``limit`` 0 = position only, negative = all."""
-        channel = schema.required_string(params, "channel")
+        channel = schema.channel(params)
         limit = schema.integer(params, "limit", -schema.MAX_INT32 - 1, schema.MAX_INT32)
         flt = HistoryFilter(
             since=schema.position(params, "since"),
@@ -296,7 +295,7 @@ class APIExecutor:
 
     async def history_remove(self, params: dict[str, Any]) -> Result:
         """Drop ``channel``'s publications, keeping its epoch and top offset."""
-        channel = schema.required_string(params, "channel")
+        channel = schema.channel(params)
         if not self._options(channel).history_enabled:
             raise Error.NOT_AVAILABLE
         await self._node.engine.remove_history(channel)

@@ -5,8 +5,10 @@ raises :class:`~rtserver.protocol.codes.Error` 107 with a message naming the fie
 JSON ``null`` counts as absent (as in Centrifugo's Go decoder), except for raw JSON
 payloads (``data``, ``info``), where ``null`` is a value.
 
-Raw JSON payloads come back as compact JSON ``bytes`` re-encoded with orjson, so they
-never contain a newline and can be spliced into client frames unchanged.
+Raw JSON payloads come back as compact JSON ``bytes`` re-encoded with orjson (in pieces
+when nested deeper than its encoder's 254 levels), so they never contain a newline and
+can be spliced into client frames unchanged. Integer fields are range-checked; the
+ranges are listed in docs/server-api.rst ("Field ranges").
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 from rtserver.core.types import Overrides
 from rtserver.protocol.codes import Error
-from rtserver.protocol.fields import FieldReader
+from rtserver.protocol.fields import FieldReader, has_control_characters
 from rtserver.protocol.frames import StreamPosition
 
 __all__ = [
@@ -24,6 +26,8 @@ __all__ = [
     "MAX_UINT64",
     "bad_request",
     "boolean",
+    "channel",
+    "check_channel",
     "disconnect",
     "integer",
     "object_params",
@@ -86,6 +90,20 @@ def required_string(params: dict[str, Any], key: str) -> str:
     if not value:
         raise bad_request(f"{key} is required")
     return value
+
+
+def check_channel(name: str, what: str = "channel") -> str:
+    """A channel name: non-empty, without control characters (U+0000-U+001F, U+007F)."""
+    if not name:
+        raise bad_request(f"{what} is required")
+    if has_control_characters(name):
+        raise bad_request(f"{what} must not contain control characters")
+    return name
+
+
+def channel(params: dict[str, Any], key: str = "channel") -> str:
+    """The required channel name under ``key`` (see :func:`check_channel`)."""
+    return check_channel(string(params, key), key)
 
 
 def position(params: dict[str, Any], key: str) -> StreamPosition | None:

@@ -1,9 +1,11 @@
-"""JWT verification for connection and subscription tokens (protocol.md §4).
+"""JWT verification for connection and subscription tokens.
 
+The rules are documented in docs/client-protocol.rst ("Connecting", "Token checks").
 Owns the whole token check: loading the configured keys, pinning the algorithm to the
-configured key type (reliability.md §3.1: no alg confusion, no ``none``), the signature,
-``aud``/``iss``/``exp``/``nbf``, and turning claims into
+configured key type (no alg confusion, no ``none``), the signature,
+``aud``/``iss``/``exp``/``nbf``, the ranges of integer claims, and turning claims into
 :class:`~rtserver.core.types.ConnectionToken` / :class:`~rtserver.core.types.SubscriptionToken`.
+The server and ``rtserver checktoken``/``checksubtoken`` both verify with this module.
 
 Verification is pure given ``now``: the clock is never read. The compact JWS is split and
 base64url-decoded here (strictly), and the signature is checked with PyJWT's algorithm
@@ -40,8 +42,14 @@ from rtserver.core.types import (
     SubscriptionToken,
     TokenExpired,
 )
+from rtserver.protocol.fields import compact_json, has_control_characters
 
-__all__ = ["JWTVerifier"]
+__all__ = ["MAX_INT64", "MIN_INT64", "JWTVerifier"]
+
+#: Numeric-date claims (``exp``, ``nbf``, ``iat``) and ``expire_at`` are int64 unix
+#: seconds, as in Centrifugo; anything outside is an invalid token.
+MIN_INT64 = -(2**63)
+MAX_INT64 = 2**63 - 1
 
 #: PyJWT's algorithm objects by family; a family is enabled only by its configured key.
 _PYJWT_ALGS = get_default_algorithms()
@@ -50,6 +58,8 @@ _RSA_ALGS: dict[str, Algorithm] = {a: _PYJWT_ALGS[a] for a in ("RS256", "RS384",
 _EC_ALGS: dict[str, Algorithm] = {a: _PYJWT_ALGS[a] for a in ("ES256", "ES384", "ES512")}
 _EC_CURVES = {"ES256": ec.SECP256R1, "ES384": ec.SECP384R1, "ES512": ec.SECP521R1}
 _KNOWN_ALGS = {**_HMAC_ALGS, **_RSA_ALGS, **_EC_ALGS}
+#: The config key that enables each algorithm family.
+_KEY_NAMES = {"HS": "hmac_secret_key", "RS": "rsa_public_key", "ES": "ecdsa_public_key"}
 
 _OVERRIDE_FIELDS = (
     "presence",
@@ -72,6 +82,8 @@ class _Policy:
     issuer: str = ""
     #: Path of the user claim; ``("sub",)`` unless ``user_id_claim`` is set.
     user_path: tuple[str, ...] = ("sub",)
+    #: Config section of the keys (``client.token``...), named in error messages.
+    section: str = ""
 
 
 @implementer(ITokenVerifier)
@@ -122,8 +134,17 @@ class JWTVerifier:
         Raises:
             TokenExpired: ``exp`` is at or before ``now``.
             InvalidToken: malformed, badly signed, disabled algorithm, wrong
-                ``aud``/``iss``, ``nbf`` after ``now``, a ``channel`` claim, or a claim
-                of the wrong type.
+                ``aud``/``iss``, ``nbf`` after ``now``, a non-empty ``channel`` claim, or
+                a claim of the wrong type or out of range.
+        """
+        return self.check_connection_token(token, now)[0]
+
+    def check_connection_token(
+        self, token: str, now: float
+    ) -> tuple[ConnectionToken, dict[str, Any]]:
+        """As :meth:`verify_connection_token`, also returning the verified claims.
+
+        ``rtserver checktoken`` prints the claims; the verdict is the server's.
         """
         policy = self._connection
         claims = _decode(token, policy)
@@ -139,7 +160,7 @@ class JWTVerifier:
         if meta is not None and not isinstance(meta, dict):
             raise InvalidToken("claim 'meta' must be an object")
         exp = _check_times(claims, now)
-        return ConnectionToken(
+        verified = ConnectionToken(
             user=user,
             expire_at=_expire_at(claims, exp),
             info=info,
@@ -147,6 +168,7 @@ class JWTVerifier:
             subs=subs,
             meta=meta,
         )
+        return verified, claims
 
     def verify_subscription_token(self, token: str, now: float) -> SubscriptionToken:
         """Verify a subscription JWT at unix time ``now``.
@@ -158,11 +180,19 @@ class JWTVerifier:
             TokenExpired: ``exp`` is at or before ``now``.
             InvalidToken: as for connection tokens, or no non-empty ``channel`` claim.
         """
+        return self.check_subscription_token(token, now)[0]
+
+    def check_subscription_token(
+        self, token: str, now: float
+    ) -> tuple[SubscriptionToken, dict[str, Any]]:
+        """As :meth:`verify_subscription_token`, also returning the verified claims."""
         policy = self._subscription
         claims = _decode(token, policy)
         channel = claims.get("channel")
         if not isinstance(channel, str) or not channel:
             raise InvalidToken("subscription token needs a channel claim")
+        if has_control_characters(channel):
+            raise InvalidToken("claim 'channel' has control characters")
         user = _user(claims, policy.user_path)
         info = _raw_json(claims, "info", "b64info", "")
         data = _raw_json(claims, "data", "b64data", "")
@@ -173,7 +203,7 @@ class JWTVerifier:
         elif not isinstance(client, str):
             raise InvalidToken("claim 'client' must be a string")
         exp = _check_times(claims, now)
-        return SubscriptionToken(
+        verified = SubscriptionToken(
             user=user,
             channel=channel,
             expire_at=_expire_at(claims, exp),
@@ -182,6 +212,7 @@ class JWTVerifier:
             overrides=overrides,
             client=client,
         )
+        return verified, claims
 
 
 # --- keys ------------------------------------------------------------------------------
@@ -228,7 +259,13 @@ def _policy(config: TokenConfig, prefix: str) -> _Policy:
         user_path = tuple(config.user_id_claim.split("."))
         if not all(user_path):
             raise ValueError(f"{prefix}.user_id_claim: empty segment in claim path")
-    return _Policy(keys=keys, audience=config.audience, issuer=config.issuer, user_path=user_path)
+    return _Policy(
+        keys=keys,
+        audience=config.audience,
+        issuer=config.issuer,
+        user_path=user_path,
+        section=prefix,
+    )
 
 
 def _load_pem(pem: str, name: str) -> Any:
@@ -282,7 +319,10 @@ def _decode(token: str, policy: _Policy) -> dict[str, Any]:
         raise InvalidToken("unsupported JWS extension")
     entry = policy.keys.get(alg)
     if entry is None:
-        raise InvalidToken("disabled JWT algorithm")
+        raise InvalidToken(
+            f"disabled JWT algorithm {alg}: {policy.section}.{_KEY_NAMES[alg[:2]]} is not set"
+            " (or holds a key of another type or curve)"
+        )
     algorithm, key = entry
     signature = _b64url(parts[2])
     signing_input = f"{parts[0]}.{parts[1]}".encode("ascii")
@@ -313,11 +353,17 @@ def _check_audience_issuer(claims: dict[str, Any], policy: _Policy) -> None:
 
 
 def _numeric_date(claims: dict[str, Any], name: str) -> float | None:
+    """A NumericDate claim: a number of seconds within the int64 range."""
     value = claims.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InvalidToken(f"claim '{name}' must be a number")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not MIN_INT64 <= value <= MAX_INT64
+    ):
+        raise InvalidToken(f"claim '{name}' must be a number of seconds in the int64 range")
     return value
 
 
@@ -338,8 +384,8 @@ def _expire_at(claims: dict[str, Any], exp: float | None) -> int:
     value = claims.get("expire_at")
     if value is None:
         return int(exp) if exp is not None else 0
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidToken("claim 'expire_at' must be a non-negative integer")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INT64:
+        raise InvalidToken("claim 'expire_at' must be an integer in [0, 2^63-1]")
     return value
 
 
@@ -368,21 +414,26 @@ def _raw_json(obj: dict[str, Any], name: str, b64_name: str, where: str) -> byte
             raise InvalidToken(f"claim '{where}{b64_name}' must be a base64 string")
         try:
             decoded = base64.b64decode(encoded, validate=True)
-            return orjson.dumps(orjson.loads(decoded))
+            return compact_json(orjson.loads(decoded))
         except (binascii.Error, ValueError):
             raise InvalidToken(f"claim '{where}{b64_name}' must be base64 of JSON") from None
     value = obj.get(name)
     if value is None:
         return None
-    return orjson.dumps(value)
+    return compact_json(value)
 
 
 def _channels(value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
-    if not isinstance(value, list) or not all(isinstance(c, str) and c for c in value):
+    if not isinstance(value, list) or not all(_channel_name(c) for c in value):
         raise InvalidToken("claim 'channels' must be a list of channel names")
     return tuple(value)
+
+
+def _channel_name(value: object) -> bool:
+    """A non-empty channel name without control characters."""
+    return isinstance(value, str) and bool(value) and not has_control_characters(value)
 
 
 def _subs(value: Any) -> dict[str, SubscriptionGrant]:
@@ -392,8 +443,8 @@ def _subs(value: Any) -> dict[str, SubscriptionGrant]:
         raise InvalidToken("claim 'subs' must be an object")
     out: dict[str, SubscriptionGrant] = {}
     for channel, options in value.items():
-        if not channel:
-            raise InvalidToken("claim 'subs' has an empty channel name")
+        if not _channel_name(channel):
+            raise InvalidToken("claim 'subs' has an empty or invalid channel name")
         if options is None:
             options = {}
         elif not isinstance(options, dict):

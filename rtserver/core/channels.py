@@ -51,12 +51,15 @@ class ChannelResolver:
         """Length and character rules for client-supplied channel names.
 
         Raises:
-            Error: 107 bad request for a too long or non-ASCII name.
+            Error: 107 bad request for a too long or non-ASCII name, or one with
+                control characters (docs/client-protocol.rst, "Channels").
         """
         if len(channel.encode("utf-8")) > self.config.max_length:
             raise Error.BAD_REQUEST.with_message("channel name too long")
         if not channel.isascii():
             raise Error.BAD_REQUEST.with_message("channel name must be ASCII")
+        if not channel.isprintable():
+            raise Error.BAD_REQUEST.with_message("channel name must not contain control characters")
 
     def check_regex(self, channel: str, opts: ChannelOptions) -> None:
         """Match the non-namespace part against ``channel_regex`` (107 on mismatch)."""

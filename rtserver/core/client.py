@@ -573,7 +573,7 @@ class Client:
         except TokenExpired:
             raise expired from None
         except InvalidToken as e:
-            _log.info("client {client}: invalid connection token: {e}", client=self.id, e=e)
+            _log.info("client {client}: invalid connection token: {e}", client=self.id, e=str(e))
             raise Disconnect.INVALID_TOKEN from None
         return token
 
@@ -676,7 +676,7 @@ class Client:
         except TokenExpired:
             raise Error.TOKEN_EXPIRED from None
         except InvalidToken as e:
-            _log.info("client {client}: invalid subscription token: {e}", client=self.id, e=e)
+            _log.info("client {client}: invalid subscription token: {e}", client=self.id, e=str(e))
             raise Error.PERMISSION_DENIED from None
         if token.channel != channel or token.user != self.user:
             raise Disconnect.INVALID_TOKEN

@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 
 from rtserver.core.types import CONTROL_TYPES, ControlMessage
+from rtserver.protocol.fields import compact_json
 from rtserver.protocol.frames import ClientInfo, Publication
 
 __all__ = [
@@ -71,8 +72,8 @@ def _info_from(obj: Any) -> ClientInfo:
     return ClientInfo(
         user,
         client,
-        None if conn_info is _MISSING else orjson.dumps(conn_info),
-        None if chan_info is _MISSING else orjson.dumps(chan_info),
+        None if conn_info is _MISSING else compact_json(conn_info),
+        None if chan_info is _MISSING else compact_json(chan_info),
     )
 
 
@@ -178,7 +179,7 @@ def _decode_value(hint: Any, value: Any, where: str) -> Any:
             raise WireError(f"{where}: unsupported union type")
         return _decode_value(options[0], value, where)
     if hint is bytes:
-        return orjson.dumps(value)
+        return compact_json(value)
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _decode_fields(hint, value, where)
     if origin is tuple:

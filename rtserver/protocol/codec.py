@@ -2,10 +2,13 @@ r"""JSON codec of the client protocol: bytes in, commands out; values in, bytes 
 
 A transport frame (a WebSocket message, an HTTP body, an ``/emulation`` payload) holds
 one or more JSON objects separated by ``\\n``. Each encoded reply or push is a single
-line of compact JSON; transports join several with ``\\n`` (see :func:`join`).
+line of compact JSON; transports join several with ``\\n``.
 
 Anything malformed raises :class:`~rtserver.protocol.frames.ProtocolError`, which is a
-``Disconnect(3501, "bad request")``: never a traceback to the client.
+``Disconnect(3501, "bad request")``: never a traceback to the client. A value that cannot
+be encoded (an integer beyond 64 bits, say) raises :class:`EncodeError`, a
+``Disconnect(3004, "internal server error")``: the connection is closed cleanly rather
+than left without the reply it waits for.
 """
 
 from __future__ import annotations
@@ -19,15 +22,34 @@ from rtserver.protocol.frames import MAX_UINT32, METHODS, Command, ProtocolError
 
 __all__ = [
     "PING",
+    "EncodeError",
     "decode_commands",
     "encode_error",
     "encode_push",
     "encode_reply",
-    "join",
 ]
 
 #: A server ping on bidirectional transports, and a client pong: the empty object.
 PING = b"{}"
+
+
+class EncodeError(Disconnect):
+    """A reply or push could not be encoded; the connection is closed with 3004."""
+
+    def __init__(self, detail: str) -> None:
+        server_error = Disconnect.SERVER_ERROR
+        super().__init__(server_error.code, server_error.reason)
+        self.detail = detail
+
+    def __repr__(self) -> str:
+        return f"EncodeError({self.detail!r})"
+
+
+def _dumps(message: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(message)
+    except orjson.JSONEncodeError as e:
+        raise EncodeError(str(e)) from None
 
 
 def decode_commands(data: bytes | str) -> list[Command]:
@@ -73,12 +95,12 @@ def parse_command(obj: Any) -> Command:
 
 def encode_reply(cmd_id: int, method: str, result: dict[str, Any]) -> bytes:
     """A successful reply; the result key is always present, even when empty."""
-    return orjson.dumps({"id": cmd_id, method: result})
+    return _dumps({"id": cmd_id, method: result})
 
 
 def encode_error(cmd_id: int, error: Error) -> bytes:
     """An error reply ``{"id":N,"error":{"code":C,"message":M}}``."""
-    return orjson.dumps({"id": cmd_id, "error": error.to_wire()})
+    return _dumps({"id": cmd_id, "error": error.to_wire()})
 
 
 def encode_push(channel: str, kind: str, body: dict[str, Any], *, uni: bool = False) -> bytes:
@@ -86,7 +108,7 @@ def encode_push(channel: str, kind: str, body: dict[str, Any], *, uni: bool = Fa
     push: dict[str, Any] = {kind: body}
     if channel:
         push = {"channel": channel, kind: body}
-    return orjson.dumps(push if uni else {"push": push})
+    return _dumps(push if uni else {"push": push})
 
 
 def encode_unsubscribe(channel: str, unsub: Unsubscribe, *, uni: bool = False) -> bytes:
@@ -98,9 +120,3 @@ def encode_disconnect(disconnect: Disconnect, *, uni: bool = False) -> bytes:
     """The ``disconnect`` push for transports without close frames."""
     return encode_push("", "disconnect", disconnect.to_wire(), uni=uni)
 
-
-def join(payloads: list[bytes]) -> bytes:
-    """Join encoded messages into one transport frame."""
-    if len(payloads) == 1:
-        return payloads[0]
-    return b"\n".join(payloads)

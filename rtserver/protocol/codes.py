@@ -1,7 +1,8 @@
 """Error, unsubscribe and disconnect codes of the Centrifugo client protocol v2.
 
-The code tables are the wire contract (protocol.md §2): clients decide whether to
-retry, resubscribe or give up from these numbers alone.
+The code tables are the wire contract (docs/client-protocol.rst, "Error codes",
+"Unsubscribe codes", "Disconnect codes"): clients decide whether to retry, resubscribe
+or give up from these numbers alone.
 
 * Reply errors (:class:`Error`): 100-199 protocol errors, 400-1999 application errors.
   ``temporary`` errors and 109 make SDKs retry; any other code is terminal.
@@ -9,11 +10,17 @@ retry, resubscribe or give up from these numbers alone.
   client resubscribe (with recovery).
 * Disconnect codes (:class:`Disconnect`): 3000-3499, 4000-4499 and 5000+ reconnect;
   3500-3999 and 4500-4999 are terminal.
+
+The named codes (``Error.PERMISSION_DENIED``, ``Disconnect.INVALID_TOKEN``...) are class
+attributes that build a **new** value on every access, so ``raise Error.X`` always raises
+a fresh exception. A raised exception keeps its traceback, and raising one shared
+instance again and again would chain every raise's frames (and the connections they
+hold) onto it for the life of the process. The values compare equal by their fields.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 __all__ = [
     "Disconnect",
@@ -22,11 +29,39 @@ __all__ = [
 ]
 
 
+_V = TypeVar("_V", "Error", "Disconnect", "Unsubscribe")
+
+
+class _Fresh(Generic[_V]):
+    """A class attribute that is a new instance of its class on every access.
+
+    Declared in the class body as ``NAME = _Fresh(code, text)``; reading ``Cls.NAME`` or
+    ``instance.NAME`` calls ``Cls(code, text, *extra)``. Assignment through the class is
+    not intercepted, so the attributes are never reassigned.
+    """
+
+    __slots__ = ("_cls", "_code", "_extra", "_text")
+
+    _cls: type[_V]
+
+    def __init__(self, code: int, text: str, *extra: bool) -> None:
+        self._code = code
+        self._text = text
+        self._extra = extra
+
+    def __set_name__(self, owner: type[_V], name: str) -> None:
+        self._cls = owner
+
+    def __get__(self, obj: object, owner: type | None = None) -> _V:
+        return self._cls(self._code, self._text, *self._extra)
+
+
 class Error(Exception):
     """An error reply to a command: ``{"id":N,"error":{"code":C,"message":M}}``.
 
     Treat instances as immutable values; they double as exceptions, so a handler can
-    ``raise Error.PERMISSION_DENIED`` and the client turns it into the reply.
+    ``raise Error.PERMISSION_DENIED`` (a new instance each time) and the client turns it
+    into the reply.
     """
 
     __slots__ = ("code", "message", "temporary")
@@ -35,19 +70,19 @@ class Error(Exception):
     message: str
     temporary: bool
 
-    INTERNAL: Error
-    UNAUTHORIZED: Error
-    UNKNOWN_CHANNEL: Error
-    PERMISSION_DENIED: Error
-    METHOD_NOT_FOUND: Error
-    ALREADY_SUBSCRIBED: Error
-    LIMIT_EXCEEDED: Error
-    BAD_REQUEST: Error
-    NOT_AVAILABLE: Error
-    TOKEN_EXPIRED: Error
-    EXPIRED: Error
-    TOO_MANY_REQUESTS: Error
-    UNRECOVERABLE_POSITION: Error
+    INTERNAL: _Fresh[Error] = _Fresh(100, "internal server error", True)
+    UNAUTHORIZED: _Fresh[Error] = _Fresh(101, "unauthorized")
+    UNKNOWN_CHANNEL: _Fresh[Error] = _Fresh(102, "unknown channel")
+    PERMISSION_DENIED: _Fresh[Error] = _Fresh(103, "permission denied")
+    METHOD_NOT_FOUND: _Fresh[Error] = _Fresh(104, "method not found")
+    ALREADY_SUBSCRIBED: _Fresh[Error] = _Fresh(105, "already subscribed")
+    LIMIT_EXCEEDED: _Fresh[Error] = _Fresh(106, "limit exceeded")
+    BAD_REQUEST: _Fresh[Error] = _Fresh(107, "bad request")
+    NOT_AVAILABLE: _Fresh[Error] = _Fresh(108, "not available")
+    TOKEN_EXPIRED: _Fresh[Error] = _Fresh(109, "token expired")
+    EXPIRED: _Fresh[Error] = _Fresh(110, "expired")
+    TOO_MANY_REQUESTS: _Fresh[Error] = _Fresh(111, "too many requests", True)
+    UNRECOVERABLE_POSITION: _Fresh[Error] = _Fresh(112, "unrecoverable position")
 
     def __init__(self, code: int, message: str, temporary: bool = False) -> None:
         super().__init__(code, message)
@@ -82,21 +117,6 @@ class Error(Exception):
         return f"Error({self.code}, {self.message!r})"
 
 
-Error.INTERNAL = Error(100, "internal server error", temporary=True)
-Error.UNAUTHORIZED = Error(101, "unauthorized")
-Error.UNKNOWN_CHANNEL = Error(102, "unknown channel")
-Error.PERMISSION_DENIED = Error(103, "permission denied")
-Error.METHOD_NOT_FOUND = Error(104, "method not found")
-Error.ALREADY_SUBSCRIBED = Error(105, "already subscribed")
-Error.LIMIT_EXCEEDED = Error(106, "limit exceeded")
-Error.BAD_REQUEST = Error(107, "bad request")
-Error.NOT_AVAILABLE = Error(108, "not available")
-Error.TOKEN_EXPIRED = Error(109, "token expired")
-Error.EXPIRED = Error(110, "expired")
-Error.TOO_MANY_REQUESTS = Error(111, "too many requests", temporary=True)
-Error.UNRECOVERABLE_POSITION = Error(112, "unrecoverable position")
-
-
 class Disconnect(Exception):
     """A connection-ending event with a code and a reason.
 
@@ -109,28 +129,28 @@ class Disconnect(Exception):
     code: int
     reason: str
 
-    CONNECTION_CLOSED: Disconnect
-    SHUTDOWN: Disconnect
-    SERVER_ERROR: Disconnect
-    EXPIRED: Disconnect
-    SUB_EXPIRED: Disconnect
-    SLOW: Disconnect
-    WRITE_ERROR: Disconnect
-    INSUFFICIENT_STATE: Disconnect
-    FORCE_RECONNECT: Disconnect
-    NO_PONG: Disconnect
-    TOO_MANY_REQUESTS: Disconnect
-    STATE_INVALIDATED: Disconnect
-    INVALID_TOKEN: Disconnect
-    BAD_REQUEST: Disconnect
-    STALE: Disconnect
-    FORCE_NO_RECONNECT: Disconnect
-    CONNECTION_LIMIT: Disconnect
-    CHANNEL_LIMIT: Disconnect
-    INAPPROPRIATE_PROTOCOL: Disconnect
-    PERMISSION_DENIED: Disconnect
-    NOT_AVAILABLE: Disconnect
-    TOO_MANY_ERRORS: Disconnect
+    CONNECTION_CLOSED: _Fresh[Disconnect] = _Fresh(3000, "connection closed")
+    SHUTDOWN: _Fresh[Disconnect] = _Fresh(3001, "shutdown")
+    SERVER_ERROR: _Fresh[Disconnect] = _Fresh(3004, "internal server error")
+    EXPIRED: _Fresh[Disconnect] = _Fresh(3005, "connection expired")
+    SUB_EXPIRED: _Fresh[Disconnect] = _Fresh(3006, "subscription expired")
+    SLOW: _Fresh[Disconnect] = _Fresh(3008, "slow")
+    WRITE_ERROR: _Fresh[Disconnect] = _Fresh(3009, "write error")
+    INSUFFICIENT_STATE: _Fresh[Disconnect] = _Fresh(3010, "insufficient state")
+    FORCE_RECONNECT: _Fresh[Disconnect] = _Fresh(3011, "force reconnect")
+    NO_PONG: _Fresh[Disconnect] = _Fresh(3012, "no pong")
+    TOO_MANY_REQUESTS: _Fresh[Disconnect] = _Fresh(3013, "too many requests")
+    STATE_INVALIDATED: _Fresh[Disconnect] = _Fresh(3014, "state invalidated")
+    INVALID_TOKEN: _Fresh[Disconnect] = _Fresh(3500, "invalid token")
+    BAD_REQUEST: _Fresh[Disconnect] = _Fresh(3501, "bad request")
+    STALE: _Fresh[Disconnect] = _Fresh(3502, "stale")
+    FORCE_NO_RECONNECT: _Fresh[Disconnect] = _Fresh(3503, "force disconnect")
+    CONNECTION_LIMIT: _Fresh[Disconnect] = _Fresh(3504, "connection limit")
+    CHANNEL_LIMIT: _Fresh[Disconnect] = _Fresh(3505, "channel limit")
+    INAPPROPRIATE_PROTOCOL: _Fresh[Disconnect] = _Fresh(3506, "inappropriate protocol")
+    PERMISSION_DENIED: _Fresh[Disconnect] = _Fresh(3507, "permission denied")
+    NOT_AVAILABLE: _Fresh[Disconnect] = _Fresh(3508, "not available")
+    TOO_MANY_ERRORS: _Fresh[Disconnect] = _Fresh(3509, "too many errors")
 
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(code, reason)
@@ -139,7 +159,7 @@ class Disconnect(Exception):
 
     @property
     def reconnect(self) -> bool:
-        """Whether clients reconnect after this disconnect (protocol.md §2.3 ranges)."""
+        """Whether clients reconnect after this disconnect (the ranges above)."""
         code = self.code
         return not (3500 <= code <= 3999 or 4500 <= code <= 4999)
 
@@ -159,39 +179,15 @@ class Disconnect(Exception):
         return f"Disconnect({self.code}, {self.reason!r})"
 
 
-Disconnect.CONNECTION_CLOSED = Disconnect(3000, "connection closed")
-Disconnect.SHUTDOWN = Disconnect(3001, "shutdown")
-Disconnect.SERVER_ERROR = Disconnect(3004, "internal server error")
-Disconnect.EXPIRED = Disconnect(3005, "connection expired")
-Disconnect.SUB_EXPIRED = Disconnect(3006, "subscription expired")
-Disconnect.SLOW = Disconnect(3008, "slow")
-Disconnect.WRITE_ERROR = Disconnect(3009, "write error")
-Disconnect.INSUFFICIENT_STATE = Disconnect(3010, "insufficient state")
-Disconnect.FORCE_RECONNECT = Disconnect(3011, "force reconnect")
-Disconnect.NO_PONG = Disconnect(3012, "no pong")
-Disconnect.TOO_MANY_REQUESTS = Disconnect(3013, "too many requests")
-Disconnect.STATE_INVALIDATED = Disconnect(3014, "state invalidated")
-Disconnect.INVALID_TOKEN = Disconnect(3500, "invalid token")
-Disconnect.BAD_REQUEST = Disconnect(3501, "bad request")
-Disconnect.STALE = Disconnect(3502, "stale")
-Disconnect.FORCE_NO_RECONNECT = Disconnect(3503, "force disconnect")
-Disconnect.CONNECTION_LIMIT = Disconnect(3504, "connection limit")
-Disconnect.CHANNEL_LIMIT = Disconnect(3505, "channel limit")
-Disconnect.INAPPROPRIATE_PROTOCOL = Disconnect(3506, "inappropriate protocol")
-Disconnect.PERMISSION_DENIED = Disconnect(3507, "permission denied")
-Disconnect.NOT_AVAILABLE = Disconnect(3508, "not available")
-Disconnect.TOO_MANY_ERRORS = Disconnect(3509, "too many errors")
-
-
 class Unsubscribe:
     """A server-initiated unsubscribe: ``{"unsubscribe":{"code":C,"reason":R}}`` push."""
 
     __slots__ = ("code", "reason")
 
-    SERVER: Unsubscribe
-    INSUFFICIENT_STATE: Unsubscribe
-    EXPIRED: Unsubscribe
-    STATE_INVALIDATED: Unsubscribe
+    SERVER: _Fresh[Unsubscribe] = _Fresh(2000, "server unsubscribe")
+    INSUFFICIENT_STATE: _Fresh[Unsubscribe] = _Fresh(2500, "insufficient state")
+    EXPIRED: _Fresh[Unsubscribe] = _Fresh(2501, "subscription expired")
+    STATE_INVALIDATED: _Fresh[Unsubscribe] = _Fresh(2502, "state invalidated")
 
     def __init__(self, code: int, reason: str) -> None:
         self.code = code
@@ -216,9 +212,3 @@ class Unsubscribe:
 
     def __repr__(self) -> str:
         return f"Unsubscribe({self.code}, {self.reason!r})"
-
-
-Unsubscribe.SERVER = Unsubscribe(2000, "server unsubscribe")
-Unsubscribe.INSUFFICIENT_STATE = Unsubscribe(2500, "insufficient state")
-Unsubscribe.EXPIRED = Unsubscribe(2501, "subscription expired")
-Unsubscribe.STATE_INVALIDATED = Unsubscribe(2502, "state invalidated")

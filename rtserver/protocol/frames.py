@@ -62,7 +62,8 @@ class ProtocolError(Disconnect):
     """A malformed command; the connection is closed with 3501 "bad request"."""
 
     def __init__(self, detail: str) -> None:
-        super().__init__(Disconnect.BAD_REQUEST.code, Disconnect.BAD_REQUEST.reason)
+        bad_request = Disconnect.BAD_REQUEST
+        super().__init__(bad_request.code, bad_request.reason)
         self.detail = detail
 
     def __repr__(self) -> str:

@@ -438,6 +438,43 @@ def test_expire_at_type(hmac_verifier: JWTVerifier, value: Any) -> None:
         sub(hmac_verifier, hs({"sub": "a", "channel": "c", "expire_at": value}))
 
 
+def raw_hs(payload: bytes) -> str:
+    """HS256 over a raw JSON payload: integers of any size, exactly as written."""
+    return forge({"alg": "HS256", "typ": "JWT"}, payload, SECRET.encode())
+
+
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat", "expire_at"])
+@pytest.mark.parametrize(
+    "value", [b"18446744073709551616", b"9223372036854775808", b"1e300", b"-1e300"]
+)
+def test_integer_claims_beyond_int64_are_invalid(
+    hmac_verifier: JWTVerifier, claim: str, value: bytes
+) -> None:
+    with pytest.raises(InvalidToken, match=claim):
+        conn(hmac_verifier, raw_hs(b'{"sub":"a","%s":%s}' % (claim.encode(), value)))
+    with pytest.raises(InvalidToken, match=claim):
+        sub(hmac_verifier, raw_hs(b'{"sub":"a","channel":"c","%s":%s}' % (claim.encode(), value)))
+
+
+def test_integer_claims_at_int64_bounds_are_valid(hmac_verifier: JWTVerifier) -> None:
+    top = b"9223372036854775807"
+    token = conn(hmac_verifier, raw_hs(b'{"sub":"a","exp":%s,"iat":%s}' % (top, top)))
+    assert token.expire_at == 2**63 - 1
+    token = conn(hmac_verifier, raw_hs(b'{"sub":"a","expire_at":%s}' % top))
+    assert token.expire_at == 2**63 - 1
+    with pytest.raises(TokenExpired):  # the int64 minimum is a (long past) date
+        conn(hmac_verifier, raw_hs(b'{"sub":"a","exp":-9223372036854775808}'))
+
+
+def test_deep_info_is_kept_byte_for_byte(hmac_verifier: JWTVerifier) -> None:
+    """``info`` nested past orjson's encoder limit (254) is accepted, as in Centrifugo."""
+    deep = b"[" * 1000 + b"]" * 1000
+    token = conn(hmac_verifier, raw_hs(b'{"sub":"a","info":%s}' % deep))
+    assert token.info == deep
+    token = conn(hmac_verifier, hs({"sub": "a", "b64info": b64(deep)}))
+    assert token.info == deep
+
+
 def test_subscription_expire_at(hmac_verifier: JWTVerifier) -> None:
     assert sub(hmac_verifier, hs({"sub": "a", "channel": "c"})).expire_at == 0
     assert sub(hmac_verifier, hs({"sub": "a", "channel": "c", "exp": NOW + 9})).expire_at == (
