@@ -35,7 +35,7 @@ from rtserver.sockjs import http
 from rtserver.sockjs.options import SockJSOptions
 from rtserver.sockjs.receivers import HTTPReceiver
 from rtserver.sockjs.session import SessionRegistry
-from rtserver.sockjs.websocket import RawWebSocketFactory, SockJSWebSocketFactory
+from rtserver.sockjs.wstransport import RawWebSocketFactory, SockJSWebSocketFactory
 
 __all__ = ["CLIENT_SCRIPT", "SockJSResource"]
 
