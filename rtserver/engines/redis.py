@@ -31,7 +31,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from rtserver.config import RedisEngineConfig
+from rtserver.config import RedisAddress, RedisEngineConfig, parse_address
 from rtserver.core.ports import IEngine
 from rtserver.core.types import (
     ControlMessage,
@@ -45,10 +45,8 @@ from rtserver.engines.memory import new_epoch
 from rtserver.engines.redisconn import (
     CommandLink,
     PubSubLink,
-    RedisAddress,
     RedisTimeout,
     RedisUnavailable,
-    parse_address,
     shard_index,
 )
 from rtserver.engines.wire import (

@@ -19,6 +19,7 @@ from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 
+from rtserver._compat import preset_protocol_options
 from rtserver.connections import OpenConnections, websocket_server_options
 from rtserver.logs import Logger
 from rtserver.protocol import sockjs as frames
@@ -188,6 +189,7 @@ class _Factory(WebSocketServerFactory):  # type: ignore[misc]
         self.allow_origin = allow_origin
         self.connections: OpenConnections[_Base] = OpenConnections(self.reactor)
         self.setProtocolOptions(**websocket_server_options(max_message_size))
+        preset_protocol_options(self)  # no per-connection copy and pretty-print of options
 
     @property
     def open_connections(self) -> int:

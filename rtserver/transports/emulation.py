@@ -72,11 +72,13 @@ class EmulationResource(Resource):
         if node_id is not None and not isinstance(node_id, str):
             return _status(request, 400, b"malformed emulation request\n")
         d = self._node.emulate(session, node_id or "", data)
-        if d.called:  # this node's session: answered in this turn
-            return _answer(d.result, request)
         d.addCallback(_answer, request)
         d.addErrback(_unavailable, request)
-        d.addCallback(_finish, request)
+        body: list[bytes] = []
+        d.addCallback(body.append)
+        if body:  # this node's session: answered within this call
+            return body[0]
+        d.addCallback(lambda _: _finish(body[0], request))
         d.addErrback(lambda f: _log.failure("writing an emulation response failed", f))
         return NOT_DONE_YET
 
@@ -95,7 +97,7 @@ def _unavailable(failure: Failure, request: Request) -> bytes:
 
 
 def _finish(body: bytes, request: Request) -> None:
-    if not request._disconnected:
+    if request.channel is not None:  # None once the connection is lost
         request.write(body)
         request.finish()
 

@@ -4,13 +4,12 @@ Autobahn parses the handshake and inbound frames; outbound frames are built by
 :func:`rtserver.protocol.wsframe.text_frame` and written straight to the TCP transport,
 so a publication's frame is built once and shared by every subscriber. On plain TCP,
 when nothing is buffered, the frame is sent with one eager ``send()`` instead of
-waiting for the reactor's next write pass (see architecture.md §4).
+waiting for the reactor's next write pass (docs/performance.rst, "Eager send").
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pprint import pformat
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -18,6 +17,7 @@ from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
+from rtserver._compat import preset_protocol_options
 from rtserver.connections import OpenConnections, websocket_server_options
 from rtserver.core.client import Client
 from rtserver.core.node import Node
@@ -32,39 +32,6 @@ __all__ = ["WebSocketFactory", "WebSocketProtocol"]
 
 _log = Logger()
 _OPEN = WebSocketServerProtocol.STATE_OPEN
-
-
-class _Pretty:
-    """``pformat(obj)`` computed only when a log event is actually formatted."""
-
-    __slots__ = ("obj",)
-
-    def __init__(self, obj: Any) -> None:
-        self.obj = obj
-
-    def __format__(self, spec: str) -> str:
-        return format(pformat(self.obj), spec)
-
-    def __str__(self) -> str:
-        return pformat(self.obj)
-
-
-def _format_autobahn_debug_lazily() -> None:
-    """Stop Autobahn pretty-printing its options on every new connection.
-
-    ``WebSocketProtocol._connectionMade`` and ``startHandshake`` pass
-    ``pformat(...)`` to ``log.debug`` eagerly: ~125 µs of CPU per connection (measured
-    with 29 options), spent even when debug logging is off. The log text is unchanged
-    when debug logging is on.
-    """
-    import autobahn.websocket.protocol as wsp
-
-    if wsp.pformat is pformat:
-        wsp.pformat = _Pretty
-        wsp.Timings.__str__ = lambda self: pformat(self._timings)
-
-
-_format_autobahn_debug_lazily()
 
 
 @implementer(ISink)
@@ -205,17 +172,10 @@ class WebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
         self.max_frame_bytes = max_frame_bytes
         self.write_timeout = write_timeout
         self.setProtocolOptions(**websocket_server_options(message_size_limit, close_timeout))
-        # Autobahn copies ~40 options from the factory onto every connection unless its
-        # class already has them: a per-factory subclass holding them as class attributes
-        # keeps them out of each connection's __dict__ (memory of idle connections).
-        # Callables (e.g. perMessageCompressionAccept) stay plain functions, not methods.
-        base = self.protocol
-        options = {name: getattr(self, name) for name in base.CONFIG_ATTRS}
-        self.protocol = type(
-            base.__name__,
-            (base,),
-            {k: staticmethod(v) if callable(v) else v for k, v in options.items()},
-        )
+        # Autobahn would copy ~40 options onto every connection and pretty-print them:
+        # a per-factory protocol class holds them instead (memory and CPU per connection)
+        options = preset_protocol_options(self)
+        _log.debug("websocket options: {options}", options=options)
 
     def opened(self, protocol: WebSocketProtocol) -> None:
         """Track an open connection (for draining at shutdown)."""
