@@ -16,6 +16,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+from autobahn.websocket.protocol import WebSocketServerProtocol
 from twisted.internet import tcp
 
 __all__ = [
@@ -77,20 +78,24 @@ def send_now(transport: object, data: bytes) -> int:
 # ``CONFIG_ATTRS`` is read nowhere else in Autobahn.
 
 
-def preset_protocol_options(factory: Any) -> dict[str, Any]:
-    """Replace ``factory.protocol`` by a subclass carrying the factory's options.
+def preset_protocol_options(
+    factory: Any, base: type[WebSocketServerProtocol]
+) -> dict[str, Any]:
+    """Set ``factory.protocol`` to a subclass of ``base`` carrying the factory's options.
 
     Call it after the factory's last ``setProtocolOptions``. The subclass keeps the base
     class's name; callables among the options (e.g. ``perMessageCompressionAccept``)
     stay plain functions, not methods.
 
     Args:
-        factory: An Autobahn ``WebSocketServerFactory`` (Any: Autobahn is untyped).
+        factory: An Autobahn ``WebSocketServerFactory``. Any: Twisted types
+            ``Factory.protocol`` as a callable returning its own protocol type, which a
+            connection class declaring its concrete factory cannot match.
+        base: The connection class.
 
     Returns:
         The options now held by the protocol class (for a one-off debug log line).
     """
-    base = factory.protocol
     options = {name: getattr(factory, name) for name in base.CONFIG_ATTRS}
     namespace: dict[str, Any] = {
         k: staticmethod(v) if callable(v) else v for k, v in options.items()
@@ -119,7 +124,7 @@ def redis_protocol_base() -> type:
     """
     import txredisapi
 
-    class FastEncoding(txredisapi.RedisProtocol):  # type: ignore[misc]
+    class FastEncoding(txredisapi.RedisProtocol):
         """RESP encoding of bytes/str/int arguments in one pass."""
 
         def _build_command(self, *args: Any, **kwargs: Any) -> bytes:

@@ -445,7 +445,7 @@ class SchemaKey:
     def default(self) -> Any:
         """The default as a config file writes it (durations as ``"25s"``); a fresh copy."""
         f = self.field
-        value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        value: Any = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
         if self.is_duration:
             return format_duration(value)
         return value

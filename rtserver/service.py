@@ -132,8 +132,8 @@ def build_site(node: Node, config: Config, reactor: Any) -> tuple[RTSite, list[A
         limits.append((prefix, body_limit))
 
     if config.http_stream.enabled:
-        resource = HTTPStreamResource(node, write_timeout=timeout)
         hs = config.http_stream
+        resource: Resource = HTTPStreamResource(node, write_timeout=timeout)
         mount_http(hs.handler_prefix, resource, b"POST", hs.max_request_body_size)
     if config.sse.enabled:
         resource = SSEResource(node, write_timeout=timeout)
@@ -184,10 +184,10 @@ def build_site(node: Node, config: Config, reactor: Any) -> tuple[RTSite, list[A
     executor = APIExecutor(node)
     if not config.http_api.disabled:
         api = config.http_api
-        resource = APIResource(executor, api)
-        mount(root, api.handler_prefix, resource)
+        api_resource = APIResource(executor, api)
+        mount(root, api.handler_prefix, api_resource)
         limits.append((api.handler_prefix, api.max_request_body_size))
-        fast_path = APIFastPath(resource, api.handler_prefix, api.max_request_body_size)
+        fast_path = APIFastPath(api_resource, api.handler_prefix, api.max_request_body_size)
     if config.prometheus.enabled:
         from rtserver.web.metrics import MetricsResource, registry_for
 

@@ -104,9 +104,8 @@ def _connected_protocol(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, list[Any]
     real = wsp.pformat
     monkeypatch.setattr(wsp, "pformat", lambda obj: formatted.append(obj) or real(obj))
     factory = WebSocketServerFactory(reactor=Clock())
-    factory.protocol = WebSocketServerProtocol
     factory.setProtocolOptions(**websocket_server_options(4096, close_timeout=2.0))
-    options = _compat.preset_protocol_options(factory)
+    options = _compat.preset_protocol_options(factory, WebSocketServerProtocol)
     assert options["maxMessagePayloadSize"] == 4096
     proto = factory.buildProtocol(None)
     proto.makeConnection(StringTransport())

@@ -94,7 +94,7 @@ def shard_index(channel: str, shards: int) -> int:
 def _protocols() -> tuple[type, type]:
     base: Any = redis_protocol_base()
 
-    class CommandProtocol(base):  # type: ignore[misc, valid-type]
+    class CommandProtocol(base):
         """Replies go to txredisapi's in-order reply queue."""
 
         link: Any = None
@@ -104,7 +104,7 @@ def _protocols() -> tuple[type, type]:
             if self.link is not None:
                 self.link._lost(self, why)
 
-    class PubSubProtocol(base):  # type: ignore[misc, valid-type]
+    class PubSubProtocol(base):
         """Every reply goes to the link (messages and acknowledgements)."""
 
         link: Any = None
@@ -364,7 +364,7 @@ class CommandLink(_Link):
         commands.extend(("SCRIPT", "LOAD", s.body) for s in self._scripts)
         return gatherResults(
             [proto.execute_command(*c) for c in commands], consumeErrors=True
-        ).addErrback(lambda f: f.value.subFailure if hasattr(f.value, "subFailure") else f)
+        ).addErrback(_first_error)
 
     def execute(self, *args: Any) -> Deferred[Any]:
         """Run one command; fails at once with RedisUnavailable while the link is down."""
@@ -507,7 +507,7 @@ class PubSubLink(_Link):
         names = list(self._channels())
         ds.append(self._subscribe_all(proto, names))
         d = gatherResults(ds, consumeErrors=True)
-        d.addErrback(lambda f: f.value.subFailure if hasattr(f.value, "subFailure") else f)
+        d.addErrback(_first_error)
 
         def done(result: Any) -> Any:
             _log.debug(

@@ -19,12 +19,15 @@ from rtserver.protocol.codes import Disconnect
 __all__ = ["Backpressure", "write_eagerly"]
 
 
-def write_eagerly(transport: ITransport, data: bytes) -> None:
+def write_eagerly(transport: ITransport | None, data: bytes) -> None:
     """Write ``data``, trying one immediate ``send()`` when the transport is idle.
 
     Falls back to ``transport.write`` for TLS, for anything already buffered (order is
-    kept), and for whatever the kernel did not take.
+    kept), and for whatever the kernel did not take. Without a transport (the connection
+    is gone) there is nothing to write to.
     """
+    if transport is None:
+        return
     sent = send_now(transport, data)
     if sent < len(data):
         transport.write(data[sent:] if sent else data)

@@ -14,6 +14,7 @@ from typing import Any
 from autobahn.websocket.types import ConnectionRequest
 from twisted.web.server import Request
 
+from rtserver.connections import request_body
 from rtserver.core.node import Node
 from rtserver.core.writer import Payload
 from rtserver.protocol import codec
@@ -37,7 +38,7 @@ class UniHTTPStreamResource(StreamingResource):
     unidirectional = True
 
     def render_POST(self, request: Request) -> Any:
-        return self.open(request, request.content.read())
+        return self.open(request, request_body(request))
 
 
 class UniSSEResource(StreamingResource):
@@ -54,7 +55,7 @@ class UniSSEResource(StreamingResource):
         return self.open(request, values[0] if values else b"")
 
     def render_POST(self, request: Request) -> Any:
-        return self.open(request, request.content.read())
+        return self.open(request, request_body(request))
 
 
 class UniWebSocketProtocol(WebSocketProtocol):
@@ -108,7 +109,7 @@ class UniWebSocketProtocol(WebSocketProtocol):
 class UniWebSocketFactory(WebSocketFactory):
     """Builds :class:`UniWebSocketProtocol` connections."""
 
-    protocol = UniWebSocketProtocol
+    protocol_class = UniWebSocketProtocol
 
     def __init__(self, node: Node, origins: Any, *, join_push_messages: bool = False,
                  **kwargs: Any) -> None:

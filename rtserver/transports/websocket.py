@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from rtserver._compat import preset_protocol_options
-from rtserver.connections import OpenConnections, websocket_server_options
+from rtserver.connections import OpenConnections, take_over_producer, websocket_server_options
 from rtserver.core.client import Client
 from rtserver.core.node import Node
 from rtserver.core.ports import ISink
@@ -35,7 +35,7 @@ _OPEN = WebSocketServerProtocol.STATE_OPEN
 
 
 @implementer(ISink)
-class WebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
+class WebSocketProtocol(WebSocketServerProtocol):
     """One WebSocket connection feeding one :class:`Client`."""
 
     transport_name = "websocket"
@@ -66,7 +66,6 @@ class WebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
 
     def onOpen(self) -> None:
         """Create the client and take over backpressure signalling."""
-        transport = self.transport
         client = self.factory.node.make_client(self, headers=self._headers)
         self.client = client
         # handshake leftovers are not needed once open (memory of idle connections)
@@ -75,13 +74,8 @@ class WebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         self.http_request_data = b""
         self.http_response_data = ""
         self.factory.opened(self)
-        try:
-            self._backpressure = Backpressure(
-                client, self.factory.reactor, self.factory.write_timeout
-            )
-            transport.unregisterProducer()
-            transport.registerProducer(self._backpressure, True)
-        except (AttributeError, RuntimeError):
+        self._backpressure = Backpressure(client, self.factory.reactor, self.factory.write_timeout)
+        if not take_over_producer(self.transport, self._backpressure):
             _log.debug("transport does not accept a producer; output is bounded by queue only")
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
@@ -147,10 +141,11 @@ def join_frames(payloads: Sequence[Payload], max_messages: int, max_bytes: int) 
     return frames[0] if len(frames) == 1 else b"".join(frames)
 
 
-class WebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
+class WebSocketFactory(WebSocketServerFactory):
     """Builds :class:`WebSocketProtocol` connections for one node."""
 
-    protocol = WebSocketProtocol
+    #: The connection class; its per-factory subclass becomes ``protocol``.
+    protocol_class: type[WebSocketProtocol] = WebSocketProtocol
 
     def __init__(
         self,
@@ -174,7 +169,7 @@ class WebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
         self.setProtocolOptions(**websocket_server_options(message_size_limit, close_timeout))
         # Autobahn would copy ~40 options onto every connection and pretty-print them:
         # a per-factory protocol class holds them instead (memory and CPU per connection)
-        options = preset_protocol_options(self)
+        options = preset_protocol_options(self, self.protocol_class)
         _log.debug("websocket options: {options}", options=options)
 
     def opened(self, protocol: WebSocketProtocol) -> None:
