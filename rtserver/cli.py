@@ -1,9 +1,9 @@
 """The ``rtserver`` command: configuration and token helpers modelled on Centrifugo's CLI.
 
-Subcommands (protocol.md §8.2): ``checkconfig``, ``genconfig``, ``defaultconfig``,
-``defaultenv``, ``gentoken``, ``gensubtoken``, ``checktoken``, ``checksubtoken`` and
-``version``. Failures print ``error: <message>`` to stderr and exit with status 1; the
-only secret ever printed is a token that was asked for.
+Subcommands (docs/deployment.rst, "Command line"): ``checkconfig``, ``genconfig``,
+``defaultconfig``, ``defaultenv``, ``gentoken``, ``gensubtoken``, ``checktoken``,
+``checksubtoken`` and ``version``. Failures print ``error: <message>`` to stderr and exit
+with status 1; the only secret ever printed is a token that was asked for.
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ChannelOptions:
-    """Options of a namespace, or of channels without one (protocol.md §5.5)."""
+    """Options of a namespace, or of channels without one (docs/configuration.rst)."""
 
     presence: bool = False
     join_leave: bool = False

@@ -37,7 +37,7 @@ def _error(data: dict[str, Any]) -> str:
 
 # --- defaults --------------------------------------------------------------------------
 
-#: Defaults from protocol.md §8.1 for the keys this server implements.
+#: Centrifugo v6's defaults for the keys this server implements (docs/configuration.rst).
 PROTOCOL_DEFAULTS: dict[str, Any] = {
     "http_server.address": "",
     "http_server.port": 8000,
@@ -93,12 +93,12 @@ PROTOCOL_DEFAULTS: dict[str, Any] = {
 
 @pytest.mark.parametrize("key", sorted(PROTOCOL_DEFAULTS))
 def test_default_matches_protocol(key: str) -> None:
-    """Each default present in protocol.md §8.1 is the built-in default."""
+    """Each Centrifugo v6 default listed above is the built-in default."""
     assert _get(config.Config(), key) == PROTOCOL_DEFAULTS[key]
 
 
 def test_channel_options_all_off_by_default() -> None:
-    """Channel options default to false/0/"" as in protocol.md §5.5."""
+    """Channel options default to false/0/"" (docs/configuration.rst, "Channel options")."""
     opts = config.ChannelOptions()
     others = set(opts.__dataclass_fields__) - {"force_recovery_mode"}
     assert not any(getattr(opts, name) for name in others)
