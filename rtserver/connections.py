@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.web.http import Request
 
 __all__ = [
@@ -32,7 +32,7 @@ class OpenConnections(Generic[T]):
 
     __slots__ = ("_open", "_reactor", "_waiters")
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: IReactorTime) -> None:
         self._reactor = reactor
         self._open: set[T] = set()
         self._waiters: list[Deferred[None]] = []
@@ -66,7 +66,9 @@ class OpenConnections(Generic[T]):
         return d
 
 
-def websocket_server_options(message_size_limit: int, close_timeout: float = 5.0) -> dict[str, Any]:
+def websocket_server_options(
+    message_size_limit: int, close_timeout: float = 5.0
+) -> dict[str, Any]:  # keywords of Autobahn's setProtocolOptions: values of many types
     """``setProtocolOptions`` keywords for a WebSocket server factory.
 
     Inbound messages and frames are capped at ``message_size_limit`` (1009 beyond, with a

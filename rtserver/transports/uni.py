@@ -21,6 +21,7 @@ from rtserver.protocol import codec
 from rtserver.protocol.codes import Disconnect
 from rtserver.protocol.wsframe import text_frame
 from rtserver.transports.flow import write_eagerly
+from rtserver.transports.origin import OriginPolicy
 from rtserver.transports.streaming import CONNECT_PARAM, StreamingResource, sse_frame
 from rtserver.transports.websocket import WebSocketFactory, WebSocketProtocol
 
@@ -111,7 +112,13 @@ class UniWebSocketFactory(WebSocketFactory):
 
     protocol_class = UniWebSocketProtocol
 
-    def __init__(self, node: Node, origins: Any, *, join_push_messages: bool = False,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        node: Node,
+        origins: OriginPolicy,
+        *,
+        join_push_messages: bool = False,
+        **kwargs: Any,  # WebSocketFactory's keywords
+    ) -> None:
         super().__init__(node, origins, **kwargs)
         self.join_push_messages = join_push_messages

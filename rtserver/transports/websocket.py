@@ -10,11 +10,11 @@ waiting for the reactor's next write pass (docs/performance.rst, "Eager send").
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from rtserver._compat import preset_protocol_options
@@ -27,6 +27,7 @@ from rtserver.logs import Logger
 from rtserver.protocol.codes import Disconnect
 from rtserver.protocol.wsframe import text_frame
 from rtserver.transports.flow import Backpressure, write_eagerly
+from rtserver.transports.origin import OriginPolicy
 
 __all__ = ["WebSocketFactory", "WebSocketProtocol"]
 
@@ -150,14 +151,14 @@ class WebSocketFactory(WebSocketServerFactory):
     def __init__(
         self,
         node: Node,
-        origins: Any,
+        origins: OriginPolicy,
         *,
         message_size_limit: int,
         max_messages_in_frame: int = 16,
         max_frame_bytes: int = 65536,
         write_timeout: float = 1.0,
         close_timeout: float = 5.0,
-        reactor: Any = None,
+        reactor: IReactorTime | None = None,
     ) -> None:
         super().__init__(reactor=reactor)
         self.node = node
