@@ -11,7 +11,7 @@ subscriber, Twisted's deferred write, no bound on buffered output).
 
 With ``--mode eager`` the same server is a *floor* reference instead: the push's frame is
 built once and sent with one ``socket.send()`` per subscriber when nothing is buffered
-(performance.md §3.2, "Autobahn connections + eager send of the prepared frame"), with no
+(docs/performance.rst, "Where the time goes"), with no
 queueing, coalescing or bookkeeping: what one syscall per delivery costs under this load.
 
 Run: ``python bench/baseline_autobahn.py --port 8001 [--interface 127.0.0.1] [--mode eager]``.

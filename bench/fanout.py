@@ -1,7 +1,7 @@
 """Single-channel fan-out benchmark: rtserver against a naive Autobahn broadcast server.
 
-One command runs both servers under identical load (performance.md §6 S1) and prints a
-markdown table::
+One command runs both servers under identical load (S1 of bench/README.md; the design
+is docs/performance.rst) and prints a markdown table::
 
     python bench/fanout.py                  # N=1000, 500 measured pubs, cases 1x1,1x4,8x2, R=3
     python bench/fanout.py --quick          # a smoke run (N=200, 1 repeat)

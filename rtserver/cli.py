@@ -1,18 +1,17 @@
 """The ``rtserver`` command: configuration and token helpers modelled on Centrifugo's CLI.
 
-Subcommands (``rtserver --help``): ``checkconfig``, ``genconfig``, ``defaultconfig``,
-``defaultenv``, ``gentoken``, ``gensubtoken``, ``checktoken``, ``checksubtoken`` and
-``version``. ``checktoken``/``checksubtoken`` verify with the server's own verifier
-(:mod:`rtserver.auth.jwt`), so they accept exactly the tokens the server accepts
-(docs/client-protocol.rst, "Token checks"). Failures print ``error: <message>`` to
-stderr and exit with status 1; the only secret ever printed is a token that was asked
-for.
+Subcommands (docs/deployment.rst, "Command line"): ``checkconfig``, ``genconfig``,
+``defaultconfig``, ``defaultenv``, ``gentoken``, ``gensubtoken``, ``checktoken``,
+``checksubtoken`` and ``version``. ``checktoken``/``checksubtoken`` verify with the
+server's own verifier (:mod:`rtserver.auth.jwt`), so they accept exactly the tokens the
+server accepts (docs/client-protocol.rst, "Token checks"). Failures print
+``error: <message>`` to stderr and exit with status 1; the only secret ever printed is a
+token that was asked for.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -20,7 +19,6 @@ import re
 import secrets
 import sys
 import time
-import typing
 import uuid
 import warnings
 from collections.abc import Callable, Mapping
@@ -253,37 +251,13 @@ def cmd_defaultconfig(args: argparse.Namespace) -> int:
     return 0
 
 
-def _env_text(value: Any, hint: Any) -> str:
-    """Write a default the way the environment loader reads it back."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list):
-        (item,) = typing.get_args(hint)
-        if dataclasses.is_dataclass(item):
-            return json.dumps(value)
-        return " ".join(value)
-    return str(value)
-
-
 def env_defaults() -> dict[str, str]:
     """Map every ``RTSERVER_*`` variable to its default, as the env loader would read it.
 
     Returns:
         Variable name to value text (space-separated lists, JSON for namespaces).
     """
-    out: dict[str, str] = {}
-
-    def walk(cls: type, tree: Mapping[str, Any], path: list[str]) -> None:
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            hint, value, here = hints[f.name], tree[f.name], [*path, f.name]
-            if dataclasses.is_dataclass(hint):
-                walk(hint, value, here)  # type: ignore[arg-type]
-            else:
-                out["RTSERVER_" + "_".join(here).upper()] = _env_text(value, hint)
-
-    walk(config.Config, config.default_tree(), [])
-    return out
+    return {key.env_name: key.env_default for key in config.schema_keys()}
 
 
 def cmd_defaultenv(args: argparse.Namespace) -> int:

@@ -5,7 +5,8 @@ environment variables (``RTSERVER_<PATH>`` or ``CENTRIFUGO_<PATH>``, e.g.
 ``RTSERVER_CLIENT_TOKEN_HMAC_SECRET_KEY``), then command-line overrides.
 
 Every leaf is declared once, in the dataclasses below; loading, environment names,
-unknown-key warnings and ``rtserver defaultconfig`` all derive from them. Durations are
+unknown-key warnings, ``rtserver defaultconfig``/``defaultenv`` and the key tables of
+docs/configuration.rst all derive from them, through one walker (:func:`schema_keys`). Durations are
 strings like ``"25s"``, ``"720h"`` or ``"1500ms"`` (plain numbers are seconds) and are
 stored as float seconds.
 """
@@ -32,8 +33,12 @@ __all__ = [
     "ConfigError",
     "NamespaceOptions",
     "RedisAddress",
+    "SchemaKey",
+    "default_tree",
+    "env_names",
     "load",
     "parse_address",
+    "schema_keys",
 ]
 
 _DURATION = {"duration": True}
@@ -53,7 +58,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ChannelOptions:
-    """Options of a namespace, or of channels without one (protocol.md §5.5)."""
+    """Options of a namespace, or of channels without one (docs/configuration.rst)."""
 
     presence: bool = False
     join_leave: bool = False
@@ -390,14 +395,119 @@ _V5_KEYS = {
 }
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
 def _fields(cls: type) -> Iterator[tuple[dataclasses.Field[Any], Any]]:
-    hints = _hints(cls)
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         yield f, hints[f.name]
+
+
+# --- the schema walker -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SchemaKey:
+    """One leaf of the configuration schema, as every consumer of the schema sees it.
+
+    Loading from the environment, ``env_names()``, ``default_tree()``, the CLI's
+    ``defaultenv`` and the generated tables of docs/configuration.rst all read the
+    schema through :func:`schema_keys`.
+    """
+
+    path: tuple[str, ...]
+    #: The field's resolved type (``bool``, ``int``, ``str``, ``float``, ``list[...]``).
+    hint: Any
+    field: dataclasses.Field[Any] = dataclasses.field(repr=False, compare=False)
+
+    @property
+    def name(self) -> str:
+        """The dotted key, e.g. ``client.token.hmac_secret_key``."""
+        return ".".join(self.path)
+
+    @property
+    def env_name(self) -> str:
+        """The ``RTSERVER_*`` environment variable (``CENTRIFUGO_*`` is read too)."""
+        return "RTSERVER_" + "_".join(self.path).upper()
+
+    @property
+    def is_duration(self) -> bool:
+        """Whether the key holds seconds written as ``"25s"``-style strings."""
+        return bool(self.field.metadata.get("duration"))
+
+    @property
+    def holds_objects(self) -> bool:
+        """Whether the key is a list of objects (namespaces), JSON in the environment."""
+        if typing.get_origin(self.hint) is not list:
+            return False
+        (item,) = typing.get_args(self.hint)
+        return dataclasses.is_dataclass(item)
+
+    @property
+    def default(self) -> Any:
+        """The default as a config file writes it (durations as ``"25s"``); a fresh copy."""
+        f = self.field
+        value: Any = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        if self.is_duration:
+            return format_duration(value)
+        return value
+
+    @property
+    def env_default(self) -> str:
+        """The default as the environment loader reads it back."""
+        value = self.default
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, list):
+            return json.dumps(value) if self.holds_objects else " ".join(value)
+        return str(value)
+
+    def from_env(self, raw: str, name: str) -> Any:
+        """Parse the text of environment variable ``name`` for this key.
+
+        Raises:
+            ConfigError: naming the variable, when the text does not fit the type.
+        """
+        hint = self.hint
+        if self.is_duration:
+            return raw
+        if hint is bool:
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off", ""):
+                return False
+            raise ConfigError(f"{name}: expected true or false, got {raw!r}")
+        if hint is int:
+            try:
+                return int(raw)
+            except ValueError:
+                raise ConfigError(f"{name}: expected an integer, got {raw!r}") from None
+        if self.holds_objects:
+            try:
+                return json.loads(raw)
+            except ValueError:
+                raise ConfigError(f"{name}: expected a JSON array") from None
+        if typing.get_origin(hint) is list:
+            return raw.split()
+        return raw
+
+
+def schema_keys(cls: type = Config, prefix: tuple[str, ...] = ()) -> Iterator[SchemaKey]:
+    """Every leaf key of the schema rooted at dataclass ``cls``, in declaration order.
+
+    Nested sections are walked depth first; a list of objects (``channel.namespaces``)
+    is one key.
+
+    Args:
+        cls: The section to walk (``Config`` for everything, ``ChannelOptions`` for the
+            options of a namespace).
+        prefix: The path of ``cls`` itself.
+    """
+    for f, hint in _fields(cls):
+        path = (*prefix, f.name)
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            yield from schema_keys(hint, path)
+        else:
+            yield SchemaKey(path, hint, f)
 
 
 @dataclass(frozen=True)
@@ -548,52 +658,15 @@ def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
-def _env_leaves(
-    cls: type, path: list[str]
-) -> Iterator[tuple[list[str], Any, dataclasses.Field[Any]]]:
-    for f, hint in _fields(cls):
-        here = [*path, f.name]
-        if dataclasses.is_dataclass(hint):
-            yield from _env_leaves(hint, here)  # type: ignore[arg-type]
-        else:
-            yield here, hint, f
-
-
-def _env_value(raw: str, hint: Any, f: dataclasses.Field[Any], name: str) -> Any:
-    if f.metadata.get("duration"):
-        return raw
-    if hint is bool:
-        lowered = raw.strip().lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off", ""):
-            return False
-        raise ConfigError(f"{name}: expected true or false, got {raw!r}")
-    if hint is int:
-        try:
-            return int(raw)
-        except ValueError:
-            raise ConfigError(f"{name}: expected an integer, got {raw!r}") from None
-    if typing.get_origin(hint) is list:
-        (item,) = typing.get_args(hint)
-        if dataclasses.is_dataclass(item):
-            try:
-                return json.loads(raw)
-            except ValueError:
-                raise ConfigError(f"{name}: expected a JSON array") from None
-        return raw.split()
-    return raw
-
-
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     """Nested mapping of the values set through environment variables."""
     tree: dict[str, Any] = {}
-    for path, hint, f in _env_leaves(Config, []):
-        suffix = "_".join(path).upper()
+    for key in schema_keys():
+        suffix = key.env_name.removeprefix("RTSERVER_")
         for prefix in _ENV_PREFIXES:
             name = prefix + suffix
             if name in environ:
-                _set_path(tree, path, _env_value(environ[name], hint, f, name))
+                _set_path(tree, list(key.path), key.from_env(environ[name], name))
     return tree
 
 
@@ -775,14 +848,11 @@ def _risky(config: Config) -> list[str]:
 def default_tree(cls: type = Config) -> dict[str, Any]:
     """The defaults as a plain mapping (for ``rtserver defaultconfig``)."""
     out: dict[str, Any] = {}
-    for f, hint in _fields(cls):
-        if dataclasses.is_dataclass(hint):
-            out[f.name] = default_tree(hint)  # type: ignore[arg-type]
-            continue
-        value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if f.metadata.get("duration"):
-            value = format_duration(value)
-        out[f.name] = value
+    for key in schema_keys(cls):
+        node = out
+        for part in key.path[:-1]:
+            node = node.setdefault(part, {})
+        node[key.path[-1]] = key.default
     return out
 
 
@@ -797,4 +867,4 @@ def format_duration(seconds: float) -> str:
 
 def env_names() -> list[str]:
     """Every ``RTSERVER_*`` environment variable the loader reads."""
-    return ["RTSERVER_" + "_".join(p).upper() for p, _, _ in _env_leaves(Config, [])]
+    return [key.env_name for key in schema_keys()]

@@ -1,18 +1,28 @@
-"""What the WebSocket listeners (rtserver's own and SockJS's) share.
+"""What the listeners (rtserver's own transports and SockJS's) share.
 
 :class:`OpenConnections`: connections register when they open and leave when they close;
 :meth:`OpenConnections.wait_empty` fires once none are left (shutdown), or after a
 timeout. :func:`websocket_server_options`: the Autobahn factory options both use.
+:func:`take_over_producer`: backpressure registration on a connection's transport.
+:func:`request_body`: the body twisted.web stored for a request.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.web.http import Request
 
-__all__ = ["OpenConnections", "websocket_server_options"]
+__all__ = [
+    "Consumer",
+    "OpenConnections",
+    "request_body",
+    "take_over_producer",
+    "websocket_server_options",
+]
 
 T = TypeVar("T")
 
@@ -22,7 +32,7 @@ class OpenConnections(Generic[T]):
 
     __slots__ = ("_open", "_reactor", "_waiters")
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: IReactorTime) -> None:
         self._reactor = reactor
         self._open: set[T] = set()
         self._waiters: list[Deferred[None]] = []
@@ -56,7 +66,9 @@ class OpenConnections(Generic[T]):
         return d
 
 
-def websocket_server_options(message_size_limit: int, close_timeout: float = 5.0) -> dict[str, Any]:
+def websocket_server_options(
+    message_size_limit: int, close_timeout: float = 5.0
+) -> dict[str, Any]:  # keywords of Autobahn's setProtocolOptions: values of many types
     """``setProtocolOptions`` keywords for a WebSocket server factory.
 
     Inbound messages and frames are capped at ``message_size_limit`` (1009 beyond, with a
@@ -77,3 +89,40 @@ def websocket_server_options(message_size_limit: int, close_timeout: float = 5.0
         "allowNullOrigin": True,
         "webStatus": False,
     }
+
+
+@runtime_checkable
+class Consumer(Protocol):
+    """A transport that takes a producer (TCP and TLS transports both do)."""
+
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:  # noqa: N802
+        """Report the transport's buffer state to ``producer``."""
+
+    def unregisterProducer(self) -> None:  # noqa: N802
+        """Stop reporting to the registered producer."""
+
+
+def take_over_producer(transport: object, producer: IPushProducer) -> bool:
+    """Make ``producer`` the streaming producer of ``transport``, replacing any other.
+
+    Autobahn registers its own producer on every connection; rtserver's pauses the
+    client's writer instead.
+
+    Returns:
+        False when the transport takes no producer (output is then bounded by the
+        client's queue only).
+    """
+    if not isinstance(transport, Consumer):
+        return False
+    try:
+        transport.unregisterProducer()
+        transport.registerProducer(producer, True)
+    except RuntimeError:  # the transport is already disconnecting
+        return False
+    return True
+
+
+def request_body(request: Request) -> bytes:
+    """The request body twisted.web stored (empty once the request has finished)."""
+    content = request.content
+    return b"" if content is None else content.read()

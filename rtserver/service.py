@@ -6,7 +6,7 @@ the API executor, the resource tree and one listening service per endpoint descr
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.application.service import MultiService, Service
 from twisted.application.strports import service as strports_service
@@ -18,6 +18,7 @@ from rtserver.api.executor import APIExecutor
 from rtserver.auth.jwt import JWTVerifier
 from rtserver.config import Config
 from rtserver.core.node import Node
+from rtserver.core.ports import IEngine
 from rtserver.engines.memory import MemoryEngine
 from rtserver.logs import Logger
 from rtserver.transports.emulation import EmulationResource, HTTPStreamResource, SSEResource
@@ -42,6 +43,17 @@ __all__ = [
 
 _log = Logger()
 
+# ``reactor: Any`` below: twistd's reactor provides a dozen interfaces (time, TCP, SSL,
+# threads...) and each part takes the ones it needs.
+
+
+class Drainable(Protocol):
+    """What shutdown waits for: a listener whose connections close."""
+
+    def wait_closed(self, timeout: float) -> Deferred[None]:
+        """Fires when every connection has closed, or after ``timeout`` seconds."""
+        ...
+
 
 class NodeService(Service):
     """Starts the node (and its engine) and drains connections on shutdown."""
@@ -49,7 +61,7 @@ class NodeService(Service):
     def __init__(
         self,
         node: Node,
-        drains: list[Any],
+        drains: list[Drainable],
         endpoints: list[str],
         shutdown_timeout: float = 5.0,
     ) -> None:
@@ -90,7 +102,7 @@ def enabled_transports(config: Config) -> list[str]:
     return names
 
 
-def build_engine(config: Config, reactor: Any) -> Any:
+def build_engine(config: Config, reactor: Any) -> IEngine:
     """The engine ``engine.type`` names: memory (default) or redis."""
     if config.engine.type == "redis":
         from rtserver.engines.redis import RedisEngine
@@ -106,11 +118,13 @@ def build_node(config: Config, reactor: Any) -> Node:
     return Node(engine, config, clock=reactor, verifier=verifier)
 
 
-def build_site(node: Node, config: Config, reactor: Any) -> tuple[RTSite, list[Any]]:
+def build_site(
+    node: Node, config: Config, reactor: Any
+) -> tuple[RTSite, list[Drainable]]:
     """The resource tree; also returns the transports to drain on shutdown."""
     root = Branch()
     origins = OriginPolicy(config.client.allowed_origins)
-    drains: list[Any] = []
+    drains: list[Drainable] = []
     if not config.websocket.disabled:
         from autobahn.twisted.resource import WebSocketResource
 
@@ -132,8 +146,8 @@ def build_site(node: Node, config: Config, reactor: Any) -> tuple[RTSite, list[A
         limits.append((prefix, body_limit))
 
     if config.http_stream.enabled:
-        resource = HTTPStreamResource(node, write_timeout=timeout)
         hs = config.http_stream
+        resource: Resource = HTTPStreamResource(node, write_timeout=timeout)
         mount_http(hs.handler_prefix, resource, b"POST", hs.max_request_body_size)
     if config.sse.enabled:
         resource = SSEResource(node, write_timeout=timeout)
@@ -184,10 +198,10 @@ def build_site(node: Node, config: Config, reactor: Any) -> tuple[RTSite, list[A
     executor = APIExecutor(node)
     if not config.http_api.disabled:
         api = config.http_api
-        resource = APIResource(executor, api)
-        mount(root, api.handler_prefix, resource)
+        api_resource = APIResource(executor, api)
+        mount(root, api.handler_prefix, api_resource)
         limits.append((api.handler_prefix, api.max_request_body_size))
-        fast_path = APIFastPath(resource, api.handler_prefix, api.max_request_body_size)
+        fast_path = APIFastPath(api_resource, api.handler_prefix, api.max_request_body_size)
     if config.prometheus.enabled:
         from rtserver.web.metrics import MetricsResource, registry_for
 

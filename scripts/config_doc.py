@@ -7,14 +7,15 @@ The tables sit between ``.. keys-start``/``.. keys-end`` and
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
-from typing import Any
 
-from rtserver import config
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "configuration.rst"
+# document this checkout's schema, not an installed rtserver
+sys.path.insert(0, str(ROOT))
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.rst"
+from rtserver import config  # noqa: E402
 
 MEANING = {
     "http_server.address": "interface to bind (empty: all)",
@@ -147,10 +148,8 @@ MEANING = {
 }
 
 
-def _default(f: dataclasses.Field[Any]) -> str:
-    value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-    if f.metadata.get("duration"):
-        value = config.format_duration(value)
+def _default(key: config.SchemaKey) -> str:
+    value = key.default
     if isinstance(value, bool):
         return "true" if value else "false"
     if value == "":
@@ -160,18 +159,12 @@ def _default(f: dataclasses.Field[Any]) -> str:
     return str(value)
 
 
-def _rows(cls: type, path: list[str], skip: tuple[str, ...]) -> list[tuple[str, str, str]]:
-    rows = []
-    for f, hint in config._fields(cls):
-        here = [*path, f.name]
-        key = ".".join(here)
-        if key in skip:
-            continue
-        if dataclasses.is_dataclass(hint):
-            rows += _rows(hint, here, skip)  # type: ignore[arg-type]
-        else:
-            rows.append((f"``{key}``", f"``{_default(f)}``", MEANING.get(key, "")))
-    return rows
+def _rows(cls: type, skip: str = "") -> list[tuple[str, str, str]]:
+    return [
+        (f"``{key.name}``", f"``{_default(key)}``", MEANING.get(key.name, ""))
+        for key in config.schema_keys(cls)
+        if not (skip and key.name.startswith(skip + "."))
+    ]
 
 
 def _table(rows: list[tuple[str, str, str]], headers: tuple[str, str, str]) -> str:
@@ -186,9 +179,9 @@ def _table(rows: list[tuple[str, str, str]], headers: tuple[str, str, str]) -> s
 
 def render(text: str) -> str:
     """The document with both tables regenerated."""
-    keys = _table(_rows(config.Config, [], ("channel.without_namespace",)),
+    keys = _table(_rows(config.Config, skip="channel.without_namespace"),
                   ("key", "default", "meaning"))
-    options = _table(_rows(config.ChannelOptions, [], ()), ("option", "default", "meaning"))
+    options = _table(_rows(config.ChannelOptions), ("option", "default", "meaning"))
     for marker, table in (("keys", keys), ("options", options)):
         start, end = f".. {marker}-start\n", f".. {marker}-end\n"
         head, rest = text.split(start, 1)

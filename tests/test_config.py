@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -36,7 +37,7 @@ def _error(data: dict[str, Any]) -> str:
 
 # --- defaults --------------------------------------------------------------------------
 
-#: Defaults from protocol.md §8.1 for the keys this server implements.
+#: Centrifugo v6's defaults for the keys this server implements (docs/configuration.rst).
 PROTOCOL_DEFAULTS: dict[str, Any] = {
     "http_server.address": "",
     "http_server.port": 8000,
@@ -92,12 +93,12 @@ PROTOCOL_DEFAULTS: dict[str, Any] = {
 
 @pytest.mark.parametrize("key", sorted(PROTOCOL_DEFAULTS))
 def test_default_matches_protocol(key: str) -> None:
-    """Each default present in protocol.md §8.1 is the built-in default."""
+    """Each Centrifugo v6 default listed above is the built-in default."""
     assert _get(config.Config(), key) == PROTOCOL_DEFAULTS[key]
 
 
 def test_channel_options_all_off_by_default() -> None:
-    """Channel options default to false/0/"" as in protocol.md §5.5."""
+    """Channel options default to false/0/"" (docs/configuration.rst, "Channel options")."""
     opts = config.ChannelOptions()
     others = set(opts.__dataclass_fields__) - {"force_recovery_mode"}
     assert not any(getattr(opts, name) for name in others)
@@ -710,3 +711,25 @@ def test_zero_presence_ttl_is_refused() -> None:
     """A Redis presence TTL of 0 would empty presence at once: refused at load."""
     with pytest.raises(config.ConfigError, match=r"engine\.redis\.presence_ttl"):
         config.from_mapping({"engine": {"type": "redis", "redis": {"presence_ttl": "0s"}}})
+
+
+def test_schema_keys_are_the_leaves_the_loader_accepts() -> None:
+    """Each key of the one schema walker loads from a file and from its env variable."""
+    keys = list(config.schema_keys())
+    by_name = {key.name: key for key in keys}
+    assert len(by_name) == len(keys)
+    assert by_name["client.ping_interval"].env_name == "RTSERVER_CLIENT_PING_INTERVAL"
+    assert by_name["channel.namespaces"].holds_objects
+    assert "channel.without_namespace.presence" in by_name
+    assert [k.name for k in config.schema_keys(config.ChannelOptions)] == [
+        f.name for f in dataclasses.fields(config.ChannelOptions)
+    ]
+    for key in keys:
+        tree: dict[str, Any] = {}
+        node = tree
+        for part in key.path[:-1]:
+            node = node.setdefault(part, {})
+        node[key.path[-1]] = key.default
+        assert config.from_mapping(tree) == config.Config(), key.name
+        environ = {key.env_name: key.env_default}
+        assert config.load(environ=environ)[0] == config.Config(), key.env_name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from rtserver import config
@@ -40,7 +41,7 @@ def test_configuration_tables_are_generated_from_the_schema() -> None:
 
 
 def _dotted_paths() -> list[str]:
-    return [".".join(p) for p, _, _ in config._env_leaves(config.Config, [])]
+    return [key.name for key in config.schema_keys()]
 
 
 def test_readme_holds_the_two_commands() -> None:
@@ -49,3 +50,57 @@ def test_readme_holds_the_two_commands() -> None:
     assert "pip install . && twistd -n rtserver" in readme
     assert "./scripts/test.sh" in readme
     assert "./scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
+
+
+_SOURCES = ("rtserver", "tests", "bench", "scripts", "twisted", "tac", "docs")
+_SUFFIXES = {".py", ".md", ".rst", ".js", ".tac", ".cfg", ".toml"}
+#: Background notes that never were part of the repository.
+_NOTES = re.compile(r"\b(?:protocol|reliability|architecture|performance|sockjs|style)\.md\b")
+_DOC_REF = re.compile(r'docs/([\w.-]+\.rst)(?:,? \(?"([^"]+)")?')
+
+
+def _repository_texts() -> list[tuple[Path, str]]:
+    out = [(ROOT / "README.rst", (ROOT / "README.rst").read_text())]
+    for top in _SOURCES:
+        for path in sorted((ROOT / top).rglob("*")):
+            if "node_modules" in path.parts or path.suffix not in _SUFFIXES:
+                continue
+            if path.is_file() and path != Path(__file__).resolve():
+                out.append((path, path.read_text(encoding="utf-8", errors="replace")))
+    return out
+
+
+def _titles(rst: str) -> set[str]:
+    lines = rst.splitlines()
+    return {
+        lines[i].strip()
+        for i in range(len(lines) - 1)
+        if lines[i].strip()
+        and len(set(lines[i + 1].strip())) == 1
+        and lines[i + 1].strip()[0] in "=-~^"
+        and len(lines[i + 1].strip()) >= len(lines[i].strip())
+    }
+
+
+def test_no_file_cites_notes_outside_the_repository() -> None:
+    """Code, tests, benchmarks and docs cite only documents a clone contains."""
+    cited = [
+        f"{path.relative_to(ROOT)}:{text.count(chr(10), 0, m.start()) + 1}: {m.group(0)}"
+        for path, text in _repository_texts()
+        for m in _NOTES.finditer(text)
+    ]
+    assert cited == []
+
+
+def test_every_docs_reference_resolves() -> None:
+    """Each ``docs/<file>.rst`` (and ``, "Section"``) cited in the tree exists."""
+    broken = []
+    for path, text in _repository_texts():
+        for m in _DOC_REF.finditer(text):
+            doc = ROOT / "docs" / m.group(1)
+            where = f"{path.relative_to(ROOT)}: {m.group(0)}"
+            if not doc.is_file():
+                broken.append(where)
+            elif m.group(2) and m.group(2) not in _titles(doc.read_text()):
+                broken.append(where)
+    assert broken == []

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults
@@ -31,7 +32,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from rtserver.config import RedisEngineConfig
+from rtserver.config import RedisAddress, RedisEngineConfig, parse_address
 from rtserver.core.ports import IEngine
 from rtserver.core.types import (
     ControlMessage,
@@ -45,10 +46,8 @@ from rtserver.engines.memory import new_epoch
 from rtserver.engines.redisconn import (
     CommandLink,
     PubSubLink,
-    RedisAddress,
     RedisTimeout,
     RedisUnavailable,
-    parse_address,
     shard_index,
 )
 from rtserver.engines.wire import (
@@ -148,9 +147,9 @@ class RedisEngine:
                 address,
                 clock,
                 reactor,
-                channels=lambda s=shard: self._channels_of(s),
+                channels=partial(self._channels_of, shard),
                 on_message=self._on_message,
-                on_probe=lambda link, s=shard: self._probe(s),
+                on_probe=partial(self._probe, shard),
                 probe_interval=config.pubsub_probe_interval,
                 rng=self._rng,
                 **timeouts,
@@ -275,7 +274,8 @@ class RedisEngine:
         else:
             handler.handle_publication(channel, decode_publication(data))
 
-    def _probe(self, shard: _Shard) -> None:
+    def _probe(self, shard: _Shard, link: PubSubLink | None = None) -> None:
+        # link: the PUB/SUB link asking for the probe (shard.pubsub)
         if not shard.command.ready:  # cannot probe now; do not call the PUB/SUB link deaf
             shard.pubsub.probe_sent = False
             return

@@ -1,4 +1,6 @@
-"""The Lua scripts of the Redis engine (Centrifugo's steps, §9.6 of the protocol notes).
+"""The Lua scripts of the Redis engine, following Centrifugo's steps.
+
+The data layout they work on is in docs/deployment.rst, "Redis engine".
 
 Each script runs atomically in Redis; TTLs are milliseconds (PEXPIRE), 0 = keep.
 Scripts are loaded with SCRIPT LOAD when a command link comes up and called with

@@ -1,4 +1,4 @@
-"""Redis connections for the Redis engine: addresses, sharding, and self-healing links.
+"""Redis connections for the Redis engine: sharding and self-healing links.
 
 Each Redis address gets one :class:`CommandLink` (every command; replies are matched in
 order, so commands issued in one reactor turn go out in one write: pipelining without
@@ -8,8 +8,9 @@ the injected clock. While a link is down its callers fail at once with
 :class:`RedisUnavailable`; a command that gets no answer within ``io_timeout`` fails with
 a timeout and the connection is dropped and re-established.
 
-txredisapi supplies the RESP parser (hiredis when installed) and command encoding; it is
-imported lazily because importing it installs the default reactor.
+txredisapi supplies the RESP parser (hiredis when installed) and command encoding
+(through :mod:`rtserver._compat`); it is imported lazily because importing it installs
+the default reactor.
 """
 
 from __future__ import annotations
@@ -27,17 +28,16 @@ from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
-from rtserver.config import RedisAddress, parse_address
+from rtserver._compat import encode_redis_command, redis_protocol_base, use_clock
+from rtserver.config import RedisAddress
 from rtserver.engines.redis_scripts import Script
 from rtserver.logs import Logger
 
 __all__ = [
     "CommandLink",
     "PubSubLink",
-    "RedisAddress",
     "RedisTimeout",
     "RedisUnavailable",
-    "parse_address",
     "shard_index",
 ]
 
@@ -92,32 +92,9 @@ def shard_index(channel: str, shards: int) -> int:
 
 @cache
 def _protocols() -> tuple[type, type]:
-    import txredisapi
+    base: Any = redis_protocol_base()
 
-    class FastEncoding(txredisapi.RedisProtocol):  # type: ignore[misc]
-        """RESP encoding of bytes/str/int arguments in one pass.
-
-        txredisapi encodes every argument through several generic calls (~2 µs each; a
-        history publish has 14 arguments); this keeps its results byte for byte.
-        """
-
-        def _build_command(self, *args: Any, **kwargs: Any) -> bytes:
-            parts = [b"*%d\r\n" % len(args)]
-            for arg in args:
-                if isinstance(arg, bytes):
-                    value = arg
-                elif isinstance(arg, str):
-                    value = arg.encode(self.charset or "utf-8", self.errors or "strict")
-                elif isinstance(arg, int) and not isinstance(arg, bool):
-                    value = b"%d" % arg
-                else:
-                    return bytes(super()._build_command(*args, **kwargs))
-                parts.append(b"$%d\r\n%s\r\n" % (len(value), value))
-            return b"".join(parts)
-
-    base: Any = FastEncoding
-
-    class CommandProtocol(base):  # type: ignore[misc, valid-type]
+    class CommandProtocol(base):
         """Replies go to txredisapi's in-order reply queue."""
 
         link: Any = None
@@ -127,7 +104,7 @@ def _protocols() -> tuple[type, type]:
             if self.link is not None:
                 self.link._lost(self, why)
 
-    class PubSubProtocol(base):  # type: ignore[misc, valid-type]
+    class PubSubProtocol(base):
         """Every reply goes to the link (messages and acknowledgements)."""
 
         link: Any = None
@@ -251,7 +228,7 @@ class _Link:
         proto = self._protocol_class()(
             charset=None, convertNumbers=False, replyTimeout=self.io_timeout
         )
-        proto.callLater = self._clock.callLater
+        use_clock(proto, self._clock.callLater)
         proto.link = self
         endpoint = HostnameEndpoint(
             self._reactor, self.address.host, self.address.port, timeout=self._connect_timeout
@@ -387,7 +364,7 @@ class CommandLink(_Link):
         commands.extend(("SCRIPT", "LOAD", s.body) for s in self._scripts)
         return gatherResults(
             [proto.execute_command(*c) for c in commands], consumeErrors=True
-        ).addErrback(lambda f: f.value.subFailure if hasattr(f.value, "subFailure") else f)
+        ).addErrback(_first_error)
 
     def execute(self, *args: Any) -> Deferred[Any]:
         """Run one command; fails at once with RedisUnavailable while the link is down."""
@@ -480,7 +457,7 @@ class PubSubLink(_Link):
             else None
         )
         self._pending.append(_Pending(replies, d, timer))
-        proto.transport.write(proto._build_command(*args))
+        proto.transport.write(encode_redis_command(proto, *args))
         return d
 
     def _timed_out(self, proto: Any) -> None:
@@ -530,7 +507,7 @@ class PubSubLink(_Link):
         names = list(self._channels())
         ds.append(self._subscribe_all(proto, names))
         d = gatherResults(ds, consumeErrors=True)
-        d.addErrback(lambda f: f.value.subFailure if hasattr(f.value, "subFailure") else f)
+        d.addErrback(_first_error)
 
         def done(result: Any) -> Any:
             _log.debug(

@@ -227,8 +227,8 @@ def decode_control(payload: bytes) -> ControlMessage | None:
     name = obj.get("type")
     if name == "probe":
         return None
-    cls = CONTROL_TYPES.get(name) if isinstance(name, str) else None
-    if cls is None:
+    if not isinstance(name, str) or name not in CONTROL_TYPES:
         raise WireError(f"unknown control message type {name!r}")
+    cls = CONTROL_TYPES[name]
     message: ControlMessage = _decode_fields(cls, obj.get("data", {}), name)
     return message

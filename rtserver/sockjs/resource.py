@@ -30,12 +30,13 @@ from twisted.web import http as twhttp
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from rtserver.connections import request_body
 from rtserver.protocol import sockjs as frames
 from rtserver.sockjs import http
 from rtserver.sockjs.options import SockJSOptions
 from rtserver.sockjs.receivers import HTTPReceiver
 from rtserver.sockjs.session import SessionRegistry
-from rtserver.sockjs.websocket import RawWebSocketFactory, SockJSWebSocketFactory
+from rtserver.sockjs.wstransport import RawWebSocketFactory, SockJSWebSocketFactory
 
 __all__ = ["CLIENT_SCRIPT", "SockJSResource"]
 
@@ -99,7 +100,7 @@ class SockJSResource(Resource):
         origin = request.getHeader(b"origin")
         if origin is not None and not self._origin_allowed(request, origin):
             return http.error(request, 403, "origin not allowed\n")
-        path = list(request.postpath)
+        path = list(request.postpath or ())
         if len(path) == 4 and path[-1] == b"":
             path.pop()  # a trailing slash after the transport name
         if not path or path == [b""]:
@@ -163,7 +164,7 @@ class SockJSResource(Resource):
     def _iframe(self, request: Request) -> bytes:
         if request.method != b"GET":
             return http.method_not_allowed(request, b"GET")
-        prefix = b"/" + b"/".join(request.prepath)
+        prefix = b"/" + b"/".join(request.prepath or ())
         cached = self._iframes.get(prefix)
         if cached is None:
             url = self.options.client_url or (prefix + b"/" + CLIENT_SCRIPT).decode("utf-8")
@@ -270,7 +271,7 @@ class SockJSResource(Resource):
         if session is None:
             return http.error(request, 404, "Not found\n")
         try:
-            messages = frames.decode_messages(request.content.read())
+            messages = frames.decode_messages(request_body(request))
         except frames.FramingError as e:
             return http.error(request, 500, str(e))
         request.setResponseCode(204)
@@ -285,7 +286,7 @@ class SockJSResource(Resource):
             return http.error(request, 404, "Not found\n")
         content_type = (request.getHeader(b"content-type") or b"").decode("latin-1")
         try:
-            messages = frames.decode_form_messages(request.content.read(), content_type)
+            messages = frames.decode_form_messages(request_body(request), content_type)
         except frames.FramingError as e:
             return http.error(request, 500, str(e))
         session.deliver(messages)

@@ -32,13 +32,15 @@ _ANOTHER_CONNECTION = frames.close_frame(2010, "Another connection still open")
 class ISockJSHandler(Interface):
     """The application behind a SockJS endpoint (one instance serves every session)."""
 
-    def on_open(session):  # type: ignore[no-untyped-def]
+    # ``session`` is a Session, or for raw ``/websocket`` a RawSession with the same calls.
+
+    def on_open(session: Session) -> None:
         """A session opened (the client has received ``o``)."""
 
-    def on_message(session, message):  # type: ignore[no-untyped-def]
+    def on_message(session: Session, message: str) -> None:
         """One message (a ``str``) arrived on ``session``."""
 
-    def on_close(session):  # type: ignore[no-untyped-def]
+    def on_close(session: Session) -> None:
         """The session ended: closed by the application, timed out or aborted."""
 
 

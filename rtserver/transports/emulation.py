@@ -14,6 +14,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from rtserver.connections import request_body
 from rtserver.core.node import Node
 from rtserver.logs import Logger
 from rtserver.transports.streaming import CONNECT_PARAM, StreamingResource, sse_frame
@@ -29,7 +30,7 @@ class HTTPStreamResource(StreamingResource):
     transport_name = "http_stream"
 
     def render_POST(self, request: Request) -> Any:
-        return self.open(request, request.content.read())
+        return self.open(request, request_body(request))
 
 
 class SSEResource(StreamingResource):
@@ -47,7 +48,7 @@ class SSEResource(StreamingResource):
         return self.open(request, values[0])
 
     def render_POST(self, request: Request) -> Any:
-        return self.open(request, request.content.read())
+        return self.open(request, request_body(request))
 
 
 class EmulationResource(Resource):
@@ -61,7 +62,7 @@ class EmulationResource(Resource):
 
     def render_POST(self, request: Request) -> Any:
         try:
-            body = orjson.loads(request.content.read())
+            body = orjson.loads(request_body(request))
         except orjson.JSONDecodeError:
             return _status(request, 400, b"malformed emulation request\n")
         if not isinstance(body, dict):
@@ -71,13 +72,14 @@ class EmulationResource(Resource):
             return _status(request, 400, b"malformed emulation request\n")
         if node_id is not None and not isinstance(node_id, str):
             return _status(request, 400, b"malformed emulation request\n")
+        answer: list[bytes] = []
         d = self._node.emulate(session, node_id or "", data)
-        if d.called:  # this node's session: answered in this turn
-            return _answer(d.result, request)
-        d.addCallback(_answer, request)
-        d.addErrback(_unavailable, request)
-        d.addCallback(_finish, request)
-        d.addErrback(lambda f: _log.failure("writing an emulation response failed", f))
+        done = d.addCallback(_answer, request).addErrback(_unavailable, request)
+        done.addCallback(answer.append)
+        if answer:  # this node's session: answered within this call
+            return answer[0]
+        done.addCallback(lambda _: _finish(answer[0], request))
+        done.addErrback(lambda f: _log.failure("writing an emulation response failed", f))
         return NOT_DONE_YET
 
 
@@ -95,7 +97,7 @@ def _unavailable(failure: Failure, request: Request) -> bytes:
 
 
 def _finish(body: bytes, request: Request) -> None:
-    if not request._disconnected:
+    if request.channel is not None:  # None once the connection is lost
         request.write(body)
         request.finish()
 

@@ -1,7 +1,7 @@
 """Output flow control shared by transports: eager TCP sends and backpressure.
 
 * :func:`write_eagerly` sends on an idle plain-TCP transport at once instead of waiting
-  for the reactor's next write pass (architecture.md §4).
+  for the reactor's next write pass (docs/performance.rst, "Eager send").
 * :class:`Backpressure` is the push producer a transport registers: it pauses the
   client's writer while the transport buffer is full, and closes with 3009 "write error"
   when the peer reads nothing for ``write_timeout`` seconds.
@@ -9,39 +9,28 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from twisted.internet import tcp
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITransport
 from zope.interface import implementer
 
+from rtserver._compat import send_now
 from rtserver.core.client import Client
 from rtserver.protocol.codes import Disconnect
 
 __all__ = ["Backpressure", "write_eagerly"]
 
 
-def write_eagerly(transport: Any, data: bytes) -> None:
+def write_eagerly(transport: ITransport | None, data: bytes) -> None:
     """Write ``data``, trying one immediate ``send()`` when the transport is idle.
 
     Falls back to ``transport.write`` for TLS, for anything already buffered (order is
-    kept), and for whatever the kernel did not take.
+    kept), and for whatever the kernel did not take. Without a transport (the connection
+    is gone) there is nothing to write to.
     """
-    if (
-        type(transport) is tcp.Server
-        and not transport.dataBuffer
-        and not transport._tempDataBuffer
-        and transport.connected
-        and not transport.disconnecting
-    ):
-        try:
-            sent = transport.socket.send(data)
-        except OSError:
-            sent = 0  # EAGAIN or a dead peer: Twisted's own write path handles both
-        if sent == len(data):
-            return
-        data = data[sent:]
-    transport.write(data)
+    if transport is None:
+        return
+    sent = send_now(transport, data)
+    if sent < len(data):
+        transport.write(data[sent:] if sent else data)
 
 
 @implementer(IPushProducer)

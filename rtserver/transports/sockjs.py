@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
 
+from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from rtserver.config import SockJSConfig
@@ -117,7 +117,7 @@ def sockjs_resource(
     *,
     message_size_limit: int,
     write_timeout: float,
-    clock: Any,
+    clock: IReactorTime,
 ) -> SockJSResource:
     """The SockJS endpoint for ``config`` (mount it at ``config.handler_prefix``)."""
     options = SockJSOptions(

@@ -14,12 +14,14 @@ from typing import Any
 from autobahn.websocket.types import ConnectionRequest
 from twisted.web.server import Request
 
+from rtserver.connections import request_body
 from rtserver.core.node import Node
 from rtserver.core.writer import Payload
 from rtserver.protocol import codec
 from rtserver.protocol.codes import Disconnect
 from rtserver.protocol.wsframe import text_frame
 from rtserver.transports.flow import write_eagerly
+from rtserver.transports.origin import OriginPolicy
 from rtserver.transports.streaming import CONNECT_PARAM, StreamingResource, sse_frame
 from rtserver.transports.websocket import WebSocketFactory, WebSocketProtocol
 
@@ -37,7 +39,7 @@ class UniHTTPStreamResource(StreamingResource):
     unidirectional = True
 
     def render_POST(self, request: Request) -> Any:
-        return self.open(request, request.content.read())
+        return self.open(request, request_body(request))
 
 
 class UniSSEResource(StreamingResource):
@@ -54,7 +56,7 @@ class UniSSEResource(StreamingResource):
         return self.open(request, values[0] if values else b"")
 
     def render_POST(self, request: Request) -> Any:
-        return self.open(request, request.content.read())
+        return self.open(request, request_body(request))
 
 
 class UniWebSocketProtocol(WebSocketProtocol):
@@ -108,9 +110,15 @@ class UniWebSocketProtocol(WebSocketProtocol):
 class UniWebSocketFactory(WebSocketFactory):
     """Builds :class:`UniWebSocketProtocol` connections."""
 
-    protocol = UniWebSocketProtocol
+    protocol_class = UniWebSocketProtocol
 
-    def __init__(self, node: Node, origins: Any, *, join_push_messages: bool = False,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        node: Node,
+        origins: OriginPolicy,
+        *,
+        join_push_messages: bool = False,
+        **kwargs: Any,  # WebSocketFactory's keywords
+    ) -> None:
         super().__init__(node, origins, **kwargs)
         self.join_push_messages = join_push_messages

@@ -4,21 +4,21 @@ Autobahn parses the handshake and inbound frames; outbound frames are built by
 :func:`rtserver.protocol.wsframe.text_frame` and written straight to the TCP transport,
 so a publication's frame is built once and shared by every subscriber. On plain TCP,
 when nothing is buffered, the frame is sent with one eager ``send()`` instead of
-waiting for the reactor's next write pass (see architecture.md §4).
+waiting for the reactor's next write pass (docs/performance.rst, "Eager send").
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pprint import pformat
-from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
-from rtserver.connections import OpenConnections, websocket_server_options
+from rtserver._compat import preset_protocol_options
+from rtserver.connections import OpenConnections, take_over_producer, websocket_server_options
 from rtserver.core.client import Client
 from rtserver.core.node import Node
 from rtserver.core.ports import ISink
@@ -27,6 +27,7 @@ from rtserver.logs import Logger
 from rtserver.protocol.codes import Disconnect
 from rtserver.protocol.wsframe import text_frame
 from rtserver.transports.flow import Backpressure, write_eagerly
+from rtserver.transports.origin import OriginPolicy
 
 __all__ = ["WebSocketFactory", "WebSocketProtocol"]
 
@@ -34,41 +35,8 @@ _log = Logger()
 _OPEN = WebSocketServerProtocol.STATE_OPEN
 
 
-class _Pretty:
-    """``pformat(obj)`` computed only when a log event is actually formatted."""
-
-    __slots__ = ("obj",)
-
-    def __init__(self, obj: Any) -> None:
-        self.obj = obj
-
-    def __format__(self, spec: str) -> str:
-        return format(pformat(self.obj), spec)
-
-    def __str__(self) -> str:
-        return pformat(self.obj)
-
-
-def _format_autobahn_debug_lazily() -> None:
-    """Stop Autobahn pretty-printing its options on every new connection.
-
-    ``WebSocketProtocol._connectionMade`` and ``startHandshake`` pass
-    ``pformat(...)`` to ``log.debug`` eagerly: ~125 µs of CPU per connection (measured
-    with 29 options), spent even when debug logging is off. The log text is unchanged
-    when debug logging is on.
-    """
-    import autobahn.websocket.protocol as wsp
-
-    if wsp.pformat is pformat:
-        wsp.pformat = _Pretty
-        wsp.Timings.__str__ = lambda self: pformat(self._timings)
-
-
-_format_autobahn_debug_lazily()
-
-
 @implementer(ISink)
-class WebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
+class WebSocketProtocol(WebSocketServerProtocol):
     """One WebSocket connection feeding one :class:`Client`."""
 
     transport_name = "websocket"
@@ -99,7 +67,6 @@ class WebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
 
     def onOpen(self) -> None:
         """Create the client and take over backpressure signalling."""
-        transport = self.transport
         client = self.factory.node.make_client(self, headers=self._headers)
         self.client = client
         # handshake leftovers are not needed once open (memory of idle connections)
@@ -108,13 +75,8 @@ class WebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         self.http_request_data = b""
         self.http_response_data = ""
         self.factory.opened(self)
-        try:
-            self._backpressure = Backpressure(
-                client, self.factory.reactor, self.factory.write_timeout
-            )
-            transport.unregisterProducer()
-            transport.registerProducer(self._backpressure, True)
-        except (AttributeError, RuntimeError):
+        self._backpressure = Backpressure(client, self.factory.reactor, self.factory.write_timeout)
+        if not take_over_producer(self.transport, self._backpressure):
             _log.debug("transport does not accept a producer; output is bounded by queue only")
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
@@ -180,22 +142,23 @@ def join_frames(payloads: Sequence[Payload], max_messages: int, max_bytes: int) 
     return frames[0] if len(frames) == 1 else b"".join(frames)
 
 
-class WebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
+class WebSocketFactory(WebSocketServerFactory):
     """Builds :class:`WebSocketProtocol` connections for one node."""
 
-    protocol = WebSocketProtocol
+    #: The connection class; its per-factory subclass becomes ``protocol``.
+    protocol_class: type[WebSocketProtocol] = WebSocketProtocol
 
     def __init__(
         self,
         node: Node,
-        origins: Any,
+        origins: OriginPolicy,
         *,
         message_size_limit: int,
         max_messages_in_frame: int = 16,
         max_frame_bytes: int = 65536,
         write_timeout: float = 1.0,
         close_timeout: float = 5.0,
-        reactor: Any = None,
+        reactor: IReactorTime | None = None,
     ) -> None:
         super().__init__(reactor=reactor)
         self.node = node
@@ -205,17 +168,10 @@ class WebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
         self.max_frame_bytes = max_frame_bytes
         self.write_timeout = write_timeout
         self.setProtocolOptions(**websocket_server_options(message_size_limit, close_timeout))
-        # Autobahn copies ~40 options from the factory onto every connection unless its
-        # class already has them: a per-factory subclass holding them as class attributes
-        # keeps them out of each connection's __dict__ (memory of idle connections).
-        # Callables (e.g. perMessageCompressionAccept) stay plain functions, not methods.
-        base = self.protocol
-        options = {name: getattr(self, name) for name in base.CONFIG_ATTRS}
-        self.protocol = type(
-            base.__name__,
-            (base,),
-            {k: staticmethod(v) if callable(v) else v for k, v in options.items()},
-        )
+        # Autobahn would copy ~40 options onto every connection and pretty-print them:
+        # a per-factory protocol class holds them instead (memory and CPU per connection)
+        options = preset_protocol_options(self, self.protocol_class)
+        _log.debug("websocket options: {options}", options=options)
 
     def opened(self, protocol: WebSocketProtocol) -> None:
         """Track an open connection (for draining at shutdown)."""

@@ -206,7 +206,7 @@ class Branch(Resource):
         return b"not found\n"
 
 
-def mount(root: Resource, prefix: str, resource: Resource) -> None:
+def mount(root: Resource, prefix: str, resource: IResource) -> None:
     """Put ``resource`` at ``prefix`` (e.g. ``/connection/websocket``) under ``root``."""
     parts = [p.encode("utf-8") for p in prefix.strip("/").split("/") if p]
     if not parts:

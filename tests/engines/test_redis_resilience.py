@@ -17,6 +17,7 @@ from redis_support import handler, make_engine, pause, until
 from redisserver import RedisServer, free_port, require_redis_server
 from twisted.internet import reactor
 
+from rtserver._compat import encode_redis_command
 from rtserver.core.types import DisconnectControl, HistoryFilter
 from rtserver.engines.redis import RedisEngine, RedisTimeout, RedisUnavailable
 from rtserver.protocol.frames import ClientInfo
@@ -239,7 +240,7 @@ async def test_deaf_pubsub_link_is_reestablished_by_the_probe(server: RedisServe
         await engine.subscribe("ch")
         link = engine.shards[0].pubsub
         deaf = link._proto
-        deaf.transport.write(deaf._build_command("UNSUBSCRIBE"))
+        deaf.transport.write(encode_redis_command(deaf, "UNSUBSCRIBE"))
         await until(
             lambda: link._proto is not deaf and engine.healthy,
             timeout=3.0,

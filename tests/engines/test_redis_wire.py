@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 
+from rtserver.config import RedisAddress, parse_address
 from rtserver.core.types import (
     CONTROL_TYPES,
     DisconnectControl,
@@ -19,7 +20,7 @@ from rtserver.core.types import (
     SurveyRequest,
     UnsubscribeControl,
 )
-from rtserver.engines.redisconn import RedisAddress, _fnv1a64, parse_address, shard_index
+from rtserver.engines.redisconn import _fnv1a64, shard_index
 from rtserver.engines.wire import (
     PROBE,
     WireError,

@@ -19,7 +19,13 @@ from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 
-from rtserver.connections import OpenConnections, websocket_server_options
+from rtserver._compat import preset_protocol_options
+from rtserver.connections import (
+    Consumer,
+    OpenConnections,
+    take_over_producer,
+    websocket_server_options,
+)
 from rtserver.logs import Logger
 from rtserver.protocol import sockjs as frames
 from rtserver.sockjs.http import same_origin
@@ -30,7 +36,7 @@ __all__ = ["RawSession", "RawWebSocketFactory", "SockJSWebSocketFactory"]
 _log = Logger()
 
 
-class _Base(WebSocketServerProtocol):  # type: ignore[misc]
+class _Base(WebSocketServerProtocol):
     """Origin check, header capture and producer registration shared by both kinds."""
 
     factory: _Factory
@@ -47,24 +53,22 @@ class _Base(WebSocketServerProtocol):  # type: ignore[misc]
 
     def register_producer(self, producer: IPushProducer) -> None:
         """Pause ``producer`` while the socket's send buffer is full."""
-        transport = self.transport
-        try:
-            transport.unregisterProducer()
-            transport.registerProducer(producer, True)
-            self._producing = True
-        except (AttributeError, RuntimeError):
+        self._producing = take_over_producer(self.transport, producer)
+        if not self._producing:
             _log.debug("transport does not accept a producer")
 
     def unregister_producer(self) -> None:
         """Stop reporting buffer state."""
-        if self._producing and self.transport is not None:
+        transport = self.transport
+        if self._producing and isinstance(transport, Consumer):
             self._producing = False
-            self.transport.unregisterProducer()
+            transport.unregisterProducer()
 
 
 class FramedWebSocket(_Base):
     """One SockJS session over one WebSocket; the protocol is the session's receiver."""
 
+    factory: SockJSWebSocketFactory
     session: Session | None = None
 
     def onOpen(self) -> None:
@@ -149,6 +153,7 @@ class RawSession:
 class RawWebSocket(_Base):
     """``<prefix>/websocket``: application messages are WebSocket messages."""
 
+    factory: RawWebSocketFactory
     session: RawSession | None = None
 
     def onOpen(self) -> None:
@@ -174,8 +179,11 @@ class RawWebSocket(_Base):
         self.factory.closed(self)
 
 
-class _Factory(WebSocketServerFactory):  # type: ignore[misc]
+class _Factory(WebSocketServerFactory):
     """Common settings and open-connection tracking (drained at shutdown)."""
+
+    #: The connection class; its per-factory subclass becomes ``protocol``.
+    protocol_class: type[_Base]
 
     def __init__(
         self,
@@ -188,6 +196,8 @@ class _Factory(WebSocketServerFactory):  # type: ignore[misc]
         self.allow_origin = allow_origin
         self.connections: OpenConnections[_Base] = OpenConnections(self.reactor)
         self.setProtocolOptions(**websocket_server_options(max_message_size))
+        # no per-connection copy and pretty-print of the options
+        preset_protocol_options(self, self.protocol_class)
 
     @property
     def open_connections(self) -> int:
@@ -214,7 +224,7 @@ class _Factory(WebSocketServerFactory):  # type: ignore[misc]
 class SockJSWebSocketFactory(_Factory):
     """Framed SockJS WebSocket sessions."""
 
-    protocol = FramedWebSocket
+    protocol_class = FramedWebSocket
 
     def __init__(self, registry: SessionRegistry, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -224,7 +234,7 @@ class SockJSWebSocketFactory(_Factory):
 class RawWebSocketFactory(_Factory):
     """Raw WebSocket connections for ``handler``."""
 
-    protocol = RawWebSocket
+    protocol_class = RawWebSocket
 
     def __init__(self, handler: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -1,0 +1,161 @@
+"""Every use of another library's undocumented internals, in one place.
+
+rtserver reaches past the public API of Twisted, Autobahn and txredisapi in a few spots
+where the public API costs too much CPU or memory per connection or per command. Each
+such spot is one small function below, in a section headed with the library, the
+internal it relies on and why; ``tests/test_compat.py`` has a test per entry that fails
+loudly when the internal disappears or changes shape, and ``setup.cfg`` bounds each of
+these libraries below its next major release.
+
+Nothing outside this module may touch another library's private attributes.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from autobahn.websocket.protocol import WebSocketServerProtocol
+from twisted.internet import tcp
+
+__all__ = [
+    "encode_redis_command",
+    "preset_protocol_options",
+    "redis_protocol_base",
+    "send_now",
+    "use_clock",
+]
+
+
+# --- Twisted: eager send on an idle TCP connection ---------------------------------------
+#
+# ``tcp.Server`` buffers a write and sends it on the reactor's next write pass. When
+# nothing is buffered, one ``socket.send()`` at once saves that pass (and a wake-up) per
+# message (docs/performance.rst, "Eager send"). Relies on ``tcp.Server.dataBuffer``,
+# ``_tempDataBuffer`` (writes not yet joined into ``dataBuffer``), ``connected``,
+# ``disconnecting`` and ``socket``.
+
+
+def send_now(transport: object, data: bytes) -> int:
+    """Send ``data`` straight to the socket of an idle plain-TCP server transport.
+
+    Only a ``tcp.Server`` (not TLS, not a test transport) with nothing buffered and not
+    disconnecting qualifies; anything else is left to the transport's own ``write`` so
+    that order is kept.
+
+    Args:
+        transport: The connection's transport.
+        data: The bytes to send.
+
+    Returns:
+        How many leading bytes of ``data`` the kernel took (0 when the transport does
+        not qualify, or on ``EAGAIN`` or a dead peer: Twisted's write path handles both).
+        The caller writes the rest with ``transport.write``.
+    """
+    if (
+        type(transport) is not tcp.Server
+        or transport.dataBuffer
+        or transport._tempDataBuffer
+        or not transport.connected
+        or transport.disconnecting
+    ):
+        return 0
+    try:
+        return transport.socket.send(data)
+    except OSError:
+        return 0
+
+
+# --- Autobahn: connection options as class attributes -------------------------------------
+#
+# ``WebSocketProtocol._connectionMade`` copies every name in ``CONFIG_ATTRS`` from the
+# factory onto each new connection (~40 instance attributes per idle connection) and
+# passes ``pformat()`` of all of them to ``log.debug`` eagerly (~125 µs of CPU per
+# connection with 29 options, spent even when debug logging is off). A per-factory
+# subclass that already holds the options as class attributes and has an empty
+# ``CONFIG_ATTRS`` gives every connection the same options with neither cost.
+# ``CONFIG_ATTRS`` is read nowhere else in Autobahn.
+
+
+def preset_protocol_options(
+    factory: Any, base: type[WebSocketServerProtocol]
+) -> dict[str, Any]:
+    """Set ``factory.protocol`` to a subclass of ``base`` carrying the factory's options.
+
+    Call it after the factory's last ``setProtocolOptions``. The subclass keeps the base
+    class's name; callables among the options (e.g. ``perMessageCompressionAccept``)
+    stay plain functions, not methods.
+
+    Args:
+        factory: An Autobahn ``WebSocketServerFactory``. Any: Twisted types
+            ``Factory.protocol`` as a callable returning its own protocol type, which a
+            connection class declaring its concrete factory cannot match.
+        base: The connection class.
+
+    Returns:
+        The options now held by the protocol class (for a one-off debug log line).
+    """
+    options = {name: getattr(factory, name) for name in base.CONFIG_ATTRS}
+    namespace: dict[str, Any] = {
+        k: staticmethod(v) if callable(v) else v for k, v in options.items()
+    }
+    namespace["CONFIG_ATTRS"] = ()
+    factory.protocol = type(base.__name__, (base,), namespace)
+    return options
+
+
+# --- txredisapi: command encoding and clock ------------------------------------------------
+#
+# ``RedisProtocol._build_command`` encodes every argument through several generic calls
+# (~2 µs each; a history publish has 14 arguments). The subclass below encodes
+# bytes/str/int arguments in one pass, byte for byte the same, and falls back to
+# txredisapi for anything else. The PUB/SUB link writes encoded commands itself (its
+# replies do not go through txredisapi's reply queue), so it calls ``_build_command``
+# too. ``callLater`` is the class attribute txredisapi schedules its reply timeouts
+# with; setting it on a connection puts those timeouts on the injected clock.
+
+
+@functools.cache
+def redis_protocol_base() -> type:
+    """``txredisapi.RedisProtocol`` with fast command encoding (imported on first use).
+
+    txredisapi is imported lazily because importing it installs the default reactor.
+    """
+    import txredisapi
+
+    class FastEncoding(txredisapi.RedisProtocol):
+        """RESP encoding of bytes/str/int arguments in one pass."""
+
+        def _build_command(self, *args: Any, **kwargs: Any) -> bytes:
+            parts = [b"*%d\r\n" % len(args)]
+            for arg in args:
+                if isinstance(arg, bytes):
+                    value = arg
+                elif isinstance(arg, str):
+                    value = arg.encode(self.charset or "utf-8", self.errors or "strict")
+                elif isinstance(arg, int) and not isinstance(arg, bool):
+                    value = b"%d" % arg
+                else:
+                    return bytes(super()._build_command(*args, **kwargs))
+                parts.append(b"$%d\r\n%s\r\n" % (len(value), value))
+            return b"".join(parts)
+
+    return FastEncoding
+
+
+def encode_redis_command(proto: Any, *args: Any) -> bytes:
+    """The RESP encoding of one command, as ``proto`` would send it.
+
+    Args:
+        proto: A connection built from :func:`redis_protocol_base` (Any: txredisapi is
+            untyped).
+        *args: The command and its arguments.
+    """
+    command: bytes = proto._build_command(*args)
+    return command
+
+
+def use_clock(proto: Any, call_later: Callable[..., Any]) -> None:
+    """Make a txredisapi connection schedule its reply timeouts with ``call_later``."""
+    proto.callLater = call_later

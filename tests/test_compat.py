@@ -1,0 +1,171 @@
+"""Every internal rtserver._compat relies on is still there and still behaves as assumed.
+
+One test (or two) per section of rtserver/_compat.py. A failure here after upgrading
+Twisted, Autobahn or txredisapi names the internal that moved; fix _compat.py (and the
+version bound in setup.cfg), not the callers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import pytest_twisted
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet import defer, reactor, tcp
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+
+from rtserver import _compat
+from rtserver.connections import websocket_server_options
+
+# --- Twisted: eager send --------------------------------------------------------------
+
+
+async def _tcp_pair() -> tuple[Any, list[bytes], Any, Any]:
+    """A real server-side ``tcp.Server`` and what its peer receives."""
+    received: list[bytes] = []
+    server_side: defer.Deferred[Protocol] = defer.Deferred()
+
+    class Accept(Protocol):
+        def connectionMade(self) -> None:
+            server_side.callback(self)
+
+    class Sink(Protocol):
+        def dataReceived(self, data: bytes) -> None:
+            received.append(data)
+
+    port = reactor.listenTCP(0, Factory.forProtocol(Accept), interface="127.0.0.1")
+    client = await connectProtocol(
+        TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), Sink()
+    )
+    accepted = await server_side
+    return accepted.transport, received, client, port
+
+
+@pytest_twisted.ensureDeferred
+async def test_send_now_uses_the_socket_of_an_idle_tcp_server() -> None:
+    """tcp.Server still has dataBuffer, _tempDataBuffer, connected, disconnecting, socket."""
+    transport, received, client, port = await _tcp_pair()
+    try:
+        assert type(transport) is tcp.Server
+        for name in ("dataBuffer", "_tempDataBuffer", "connected", "disconnecting", "socket"):
+            assert hasattr(transport, name), f"twisted tcp.Server lost {name}"
+        assert _compat.send_now(transport, b"now") == 3
+        while b"".join(received) != b"now":
+            await _turn()
+    finally:
+        client.transport.loseConnection()
+        transport.loseConnection()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_send_now_never_overtakes_a_buffered_write() -> None:
+    """A write Twisted has not sent yet (in _tempDataBuffer) makes send_now step aside."""
+    transport, received, client, port = await _tcp_pair()
+    try:
+        transport.write(b"first")
+        assert transport._tempDataBuffer, "twisted no longer buffers writes in _tempDataBuffer"
+        assert _compat.send_now(transport, b"second") == 0
+        transport.write(b"second")
+        while b"".join(received) != b"firstsecond":
+            await _turn()
+    finally:
+        client.transport.loseConnection()
+        transport.loseConnection()
+        await port.stopListening()
+
+
+def test_send_now_leaves_other_transports_alone() -> None:
+    """Anything but a plain tcp.Server (TLS, test transports) is not touched."""
+    transport = StringTransport()
+    assert _compat.send_now(transport, b"data") == 0
+    assert transport.value() == b""
+
+
+async def _turn() -> None:
+    d: defer.Deferred[None] = defer.Deferred()
+    reactor.callLater(0.01, d.callback, None)
+    await d
+
+
+# --- Autobahn: options as class attributes -----------------------------------------------
+
+
+def _connected_protocol(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, list[Any]]:
+    import autobahn.websocket.protocol as wsp
+
+    formatted: list[Any] = []
+    real = wsp.pformat
+    monkeypatch.setattr(wsp, "pformat", lambda obj: formatted.append(obj) or real(obj))
+    factory = WebSocketServerFactory(reactor=Clock())
+    factory.setProtocolOptions(**websocket_server_options(4096, close_timeout=2.0))
+    options = _compat.preset_protocol_options(factory, WebSocketServerProtocol)
+    assert options["maxMessagePayloadSize"] == 4096
+    proto = factory.buildProtocol(None)
+    proto.makeConnection(StringTransport())
+    return proto, formatted
+
+
+def test_autobahn_still_copies_options_listed_in_config_attrs() -> None:
+    """Autobahn's server protocol names its per-connection options in CONFIG_ATTRS."""
+    names = WebSocketServerProtocol.CONFIG_ATTRS
+    assert "maxMessagePayloadSize" in names and "closeHandshakeTimeout" in names
+    factory = WebSocketServerFactory()
+    assert all(hasattr(factory, name) for name in names)
+
+
+def test_preset_options_reach_every_connection_without_copies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A connection sees the factory's options, holds no copy, and formats none of them."""
+    proto, formatted = _connected_protocol(monkeypatch)
+    assert proto.maxMessagePayloadSize == 4096
+    assert proto.closeHandshakeTimeout == 2.0
+    assert proto.perMessageCompressionAccept([object()]) is None  # a function, not a method
+    copied = set(vars(proto)) & set(WebSocketServerProtocol.CONFIG_ATTRS)
+    assert copied == set()
+    assert [obj for obj in formatted if obj] == []
+    proto.connectionLost(Failure(ConnectionDone()))
+
+
+# --- txredisapi: command encoding and clock -----------------------------------------------
+
+
+def test_fast_redis_encoding_matches_txredisapi_byte_for_byte() -> None:
+    """RedisProtocol._build_command exists, and the fast subclass encodes the same bytes."""
+    import txredisapi
+
+    plain = txredisapi.RedisProtocol(charset=None, convertNumbers=False)
+    fast = _compat.redis_protocol_base()(charset=None, convertNumbers=False)
+    for args in (
+        ("PING",),
+        ("SET", "kéy", b"\x00\xffbytes", 14, -3),
+        ("EVALSHA", "abc", 2, b"k1", "k2", 1.5),  # a float: txredisapi's own path
+        ("PUBLISH", "ch", b""),
+    ):
+        expected = plain._build_command(*args)
+        assert _compat.encode_redis_command(fast, *args) == expected
+        assert _compat.encode_redis_command(plain, *args) == expected
+
+
+def test_redis_reply_timeouts_run_on_the_injected_clock() -> None:
+    """Txredisapi schedules reply timeouts with its callLater attribute."""
+    import txredisapi
+
+    assert hasattr(txredisapi.RedisProtocol, "callLater")
+    clock = Clock()
+    proto = _compat.redis_protocol_base()(charset=None, convertNumbers=False, replyTimeout=2)
+    _compat.use_clock(proto, clock.callLater)
+    proto.makeConnection(StringTransport())
+    failures: list[Any] = []
+    proto.execute_command("PING").addErrback(failures.append)
+    clock.advance(1.9)
+    assert failures == []
+    clock.advance(0.2)
+    assert len(failures) == 1 and failures[0].check(txredisapi.TimeoutError)
