@@ -1,6 +1,6 @@
 """Error, unsubscribe and disconnect codes of the Centrifugo client protocol v2.
 
-The code tables are the wire contract (docs/client-protocol.rst, "Error codes",
+The code tables are the wire contract (docs/client-protocol.rst, "Codes",
 "Unsubscribe codes", "Disconnect codes"): clients decide whether to retry, resubscribe
 or give up from these numbers alone.
 
