@@ -49,8 +49,9 @@ def refused(data: bytes) -> ProtocolError:
 
 json_data = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=8),
-    lambda children: st.lists(children, max_size=3)
-    | st.dictionaries(st.text(max_size=6), children, max_size=3),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3)
+    ),
     max_leaves=8,
 )
 
@@ -158,7 +159,9 @@ def test_an_empty_request_still_names_its_method() -> None:
 def test_raw_bytes_pass_through_unchanged() -> None:
     """Publish data from a Protobuf client is kept byte for byte, even when not JSON."""
     payload = b"\x00\xff binary \n"
-    [cmd] = protobuf.decode_commands(command({"id": 1, "publish": {"channel": "c", "data": payload}}))
+    [cmd] = protobuf.decode_commands(
+        command({"id": 1, "publish": {"channel": "c", "data": payload}})
+    )
     assert PublishRequest.parse(cmd.params) == PublishRequest("c", payload)
 
 
@@ -266,7 +269,9 @@ def test_arbitrary_bytes_raise_only_protocol_errors(data: bytes) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(message("Command"), st.data())
-def test_mutated_commands_raise_only_protocol_errors(cmd: dict[str, Any], data: st.DataObject) -> None:
+def test_mutated_commands_raise_only_protocol_errors(
+    cmd: dict[str, Any], data: st.DataObject
+) -> None:
     """Valid commands with a byte flipped or cut short decode or raise ProtocolError."""
     raw = bytearray(command(cmd))
     index = data.draw(st.integers(0, len(raw) - 1))
