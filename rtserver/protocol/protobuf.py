@@ -559,16 +559,20 @@ def _bytes_of(value: object) -> bytes:
 
 
 def _encode(msg: Message, obj: Mapping[str, Any]) -> bytes:
-    """Encode a JSON-shaped dict; empty scalars are omitted, present messages kept."""
+    """Encode a JSON-shaped dict in field-number order (as Go and upb do).
+
+    Empty scalars and ``None`` are omitted; a present message is written even when empty.
+    """
     parts: list[bytes] = []
     add = parts.append
-    by_name = msg.by_name
-    for name, value in obj.items():
-        field = by_name.get(name)
-        if field is None:
-            raise ValueError(f"{msg.name} has no field {name!r}")
+    seen = 0
+    for field in msg.fields:
+        value = obj.get(field.name)
         if value is None:
+            if field.name in obj:
+                seen += 1
             continue
+        seen += 1
         kind = field.kind
         tag = field.tag
         if kind <= _LAST_VARINT:
@@ -602,6 +606,9 @@ def _encode(msg: Message, obj: Mapping[str, Any]) -> bytes:
                     val = _encode(SCHEMA[field.message], item)
                 entry = b"\x0a" + _uvarint(len(raw)) + raw + b"\x12" + _uvarint(len(val)) + val
                 _add_delimited(parts, tag, entry)
+    if seen != len(obj):
+        unknown = sorted(set(obj) - set(msg.by_name))
+        raise ValueError(f"{msg.name} has no field {unknown}")
     return b"".join(parts)
 
 

@@ -395,3 +395,9 @@ def test_emulation_request() -> None:
 def test_json_payload(data: bytes, expected: bytes | None) -> None:
     """Raw newlines are dropped; anything that is not then JSON cannot go to JSON clients."""
     assert protobuf.json_payload(data) == expected
+
+
+def test_encoding_a_field_the_schema_lacks_is_a_programming_error() -> None:
+    """A result key with no Protobuf field fails loudly in tests instead of vanishing."""
+    with pytest.raises(ValueError, match="bogus"):
+        protobuf.encode_reply(1, "publish", {"bogus": 1})
