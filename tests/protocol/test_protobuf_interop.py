@@ -152,8 +152,10 @@ def test_rtserver_bytes_parse_in_the_sdk(named: tuple[str, dict[str, Any]]) -> N
 @settings(max_examples=300, deadline=None)
 @given(any_message)
 def test_sdk_bytes_decode_in_rtserver(named: tuple[str, dict[str, Any]]) -> None:
-    """What the SDK's classes serialise, rtserver decodes to the same fields, byte-identical
-    to its own encoding when no map (whose entry order is free) is involved."""
+    """What the SDK's classes serialise, rtserver decodes to the same fields.
+
+    Without maps (whose entry order is free) rtserver's own encoding is byte-identical.
+    """
     name, value = named
     data = fill(getattr(client_pb2, name)(), value).SerializeToString()
     assert protobuf.decode_message(name, data) == value
