@@ -303,6 +303,10 @@ def _field(type_: str, name: str, number: int) -> Field:
 def _uvarint(value: int) -> bytes:
     if value < 0x80:
         return _VARINT1[value]
+    if value < 0x4000:
+        return bytes((value & 0x7F | 0x80, value >> 7))
+    if value < 0x200000:
+        return bytes((value & 0x7F | 0x80, value >> 7 & 0x7F | 0x80, value >> 14))
     out = bytearray()
     while value >= 0x80:
         out.append(value & 0x7F | 0x80)
@@ -663,8 +667,8 @@ def encode_disconnect(disconnect: Disconnect, *, uni: bool = False) -> bytes:
 
 
 def _client_info(info: ClientInfo) -> bytes:
-    user = info.user.encode("utf-8")
-    client = info.client.encode("utf-8")
+    user = info.user.encode()
+    client = info.client.encode()
     out = b"\x0a" + _uvarint(len(user)) + user if user else b""
     if client:
         out += b"\x12" + _uvarint(len(client)) + client
@@ -685,8 +689,8 @@ def _publication(pub: PublicationValue) -> bytes:
         out += b"\x30" + _uvarint(pub.offset)
     if pub.tags:
         for key, value in pub.tags.items():
-            k = key.encode("utf-8")
-            v = value.encode("utf-8")
+            k = key.encode()
+            v = value.encode()
             entry = b"\x0a" + _uvarint(len(k)) + k + b"\x12" + _uvarint(len(v)) + v
             out += b"\x3a" + _uvarint(len(entry)) + entry
     return out
@@ -698,7 +702,7 @@ def encode_publication_push(channel: str, pub: PublicationValue, *, uni: bool = 
     Byte for byte what ``encode_push(channel, "pub", pub.to_wire(), uni=uni)`` returns.
     """
     body = _publication(pub)
-    ch = channel.encode("utf-8")
+    ch = channel.encode()
     push = (b"\x12" + _uvarint(len(ch)) + ch if ch else b"") + b"\x22" + _uvarint(len(body)) + body
     if uni:
         return _framed(push)
