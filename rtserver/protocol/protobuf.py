@@ -45,6 +45,7 @@ __all__ = [
     "decode_message",
     "encode_disconnect",
     "encode_error",
+    "encode_join_leave_push",
     "encode_message",
     "encode_publication_push",
     "encode_push",
@@ -704,6 +705,26 @@ def encode_publication_push(channel: str, pub: PublicationValue, *, uni: bool = 
     body = _publication(pub)
     ch = channel.encode()
     push = (b"\x12" + _uvarint(len(ch)) + ch if ch else b"") + b"\x22" + _uvarint(len(body)) + body
+    if uni:
+        return _framed(push)
+    return _framed(b"\x22" + _uvarint(len(push)) + push)
+
+
+def encode_join_leave_push(
+    channel: str, kind: str, info: ClientInfo, *, uni: bool = False
+) -> bytes:
+    """The ``join`` or ``leave`` push for ``info`` (fan-out), without the generic walk.
+
+    Byte for byte what ``encode_push(channel, kind, {"info": info.to_wire()}, uni=uni)``
+    returns.
+    """
+    if kind not in ("join", "leave"):
+        raise ValueError(f"not a join/leave push: {kind!r}")
+    tag = b"\x2a" if kind == "join" else b"\x32"
+    inner = _client_info(info)
+    body = b"\x0a" + _uvarint(len(inner)) + inner
+    ch = channel.encode()
+    push = (b"\x12" + _uvarint(len(ch)) + ch if ch else b"") + tag + _uvarint(len(body)) + body
     if uni:
         return _framed(push)
     return _framed(b"\x22" + _uvarint(len(push)) + push)

@@ -323,6 +323,26 @@ def test_publication_fast_path_matches_the_generic_encoder(
     assert fast == protobuf.encode_push(channel, "pub", pub.to_wire(), uni=uni)
 
 
+@given(
+    channel=st.text(max_size=20),
+    kind=st.sampled_from(["join", "leave"]),
+    info=st.builds(
+        ClientInfo,
+        user=st.text(max_size=8),
+        client=st.text(max_size=8),
+        conn_info=st.none() | st.binary(max_size=8),
+        chan_info=st.none() | st.binary(max_size=8),
+    ),
+    uni=st.booleans(),
+)
+def test_join_leave_fast_path_matches_the_generic_encoder(
+    channel: str, kind: str, info: ClientInfo, uni: bool
+) -> None:
+    """The join/leave fan-out encoder writes exactly what the generic one does."""
+    fast = protobuf.encode_join_leave_push(channel, kind, info, uni=uni)
+    assert fast == protobuf.encode_push(channel, kind, {"info": info.to_wire()}, uni=uni)
+
+
 def _replies(data: bytes) -> list[dict[str, Any]]:
     out, pos = [], 0
     while pos < len(data):
