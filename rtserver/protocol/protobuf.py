@@ -19,8 +19,8 @@ unknown fields, like the JSON codec: a truncated varint or length, a length beyo
 frame, a wrong wire type for a known field, an invalid wire type, invalid UTF-8 in a
 string, an out-of-range integer or nesting deeper than :data:`MAX_DEPTH` raise
 :class:`~rtserver.protocol.frames.ProtocolError` (``Disconnect(3501, "bad request")``);
-well-formed fields with numbers the schema does not know are skipped. Decoding never
-allocates more than the input it was given.
+well-formed fields with numbers the schema does not know are skipped. No length prefix is
+trusted before its bytes are there, so memory stays proportional to the input's size.
 """
 
 from __future__ import annotations

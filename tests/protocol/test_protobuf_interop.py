@@ -140,7 +140,7 @@ def _has_map(name: str, value: dict[str, Any]) -> bool:
 any_message = st.sampled_from(MESSAGE_NAMES).flatmap(lambda n: st.tuples(st.just(n), message(n)))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(any_message)
 def test_rtserver_bytes_parse_in_the_sdk(named: tuple[str, dict[str, Any]]) -> None:
     """What rtserver encodes, the SDK's classes parse to the same fields."""
@@ -149,7 +149,7 @@ def test_rtserver_bytes_parse_in_the_sdk(named: tuple[str, dict[str, Any]]) -> N
     assert to_dict(parsed) == value
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(any_message)
 def test_sdk_bytes_decode_in_rtserver(named: tuple[str, dict[str, Any]]) -> None:
     """What the SDK's classes serialise, rtserver decodes to the same fields.
