@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from typing import Any
 
 import orjson
@@ -421,3 +422,28 @@ def test_encoding_a_field_the_schema_lacks_is_a_programming_error() -> None:
     """A result key with no Protobuf field fails loudly in tests instead of vanishing."""
     with pytest.raises(ValueError, match="bogus"):
         protobuf.encode_reply(1, "publish", {"bogus": 1})
+
+
+def _peak(data: bytes) -> int:
+    tracemalloc.start()
+    try:
+        protobuf.decode_commands(data)
+    except ProtocolError:
+        pass
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return peak
+
+
+def test_memory_stays_proportional_to_the_frame() -> None:
+    """Length claims are not trusted, and dense frames cost a bounded factor of their size."""
+    claim = b"\xff\xff\xff\x07" + b"\x08\x01"  # a 16 MB message announced, 2 bytes sent
+    assert _peak(claim) < 64 * 1024
+    size = 60000
+    nodes = b"\x6a" + protobuf._uvarint(size) + b"\x32\x00" * (size // 2)
+    dense = [
+        frame(b"\x08\x01\x2a" + protobuf._uvarint(len(nodes)) + nodes),  # 30k empty filter nodes
+        b"\x00" * size,  # 60k pongs: one Command each, as "{}\n" * 20k is in JSON
+    ]
+    for data in dense:
+        assert _peak(data) < 200 * len(data)
