@@ -22,8 +22,9 @@ from rtserver.protocol.wsframe import text_frame
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -129,8 +130,11 @@ def test_push_shapes_for_bidirectional_and_unidirectional() -> None:
     assert bidi == {
         "push": {
             "channel": "chat",
-            "pub": {"data": {"t": 1}, "info": {"user": "42", "client": "c1", "conn_info": {"n": 1}},
-                    "offset": 4},
+            "pub": {
+                "data": {"t": 1},
+                "info": {"user": "42", "client": "c1", "conn_info": {"n": 1}},
+                "offset": 4,
+            },
         }
     }
     uni = orjson.loads(codec.encode_push("chat", "pub", pub.to_wire(), uni=True))
@@ -140,7 +144,9 @@ def test_push_shapes_for_bidirectional_and_unidirectional() -> None:
 def test_unsubscribe_and_disconnect_pushes_have_code_and_reason() -> None:
     """Python SDK indexes both code and reason of these pushes."""
     unsub = orjson.loads(codec.encode_unsubscribe("c", Unsubscribe.SERVER))
-    assert unsub == {"push": {"channel": "c", "unsubscribe": {"code": 2000, "reason": "server unsubscribe"}}}
+    assert unsub == {
+        "push": {"channel": "c", "unsubscribe": {"code": 2000, "reason": "server unsubscribe"}}
+    }
     disc = orjson.loads(codec.encode_disconnect(Disconnect.SLOW))
     assert disc == {"push": {"disconnect": {"code": 3008, "reason": "slow"}}}
 
