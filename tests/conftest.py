@@ -35,7 +35,7 @@ class LoggedFailures:
     """Failure and critical events logged during one test, and the ones it declared."""
 
     events: list[dict[str, Any]] = field(default_factory=list)
-    expected: list[tuple[type[BaseException] | str, int]] = field(default_factory=list)
+    expected: list[tuple[type[BaseException] | str, int | None]] = field(default_factory=list)
 
     def observe(self, event: dict[str, Any]) -> None:
         """Log observer: keep failure-carrying and critical events."""
@@ -66,9 +66,10 @@ class LoggedFailures:
         out = []
         for what, count in self.expected:
             hits = [e for e in unexpected if self.matches(e, what)]
-            if len(hits) < count:
+            if (count is None and not hits) or (count is not None and len(hits) != count):
                 name = what.__name__ if isinstance(what, type) else repr(what)
-                out.append(f"expected {count} logged failure(s) {name}, got {len(hits)}")
+                wanted = "one or more" if count is None else str(count)
+                out.append(f"expected {wanted} logged failure(s) {name}, got {len(hits)}")
             unexpected = [e for e in unexpected if not any(e is h for h in hits)]
         out += [self.describe(e) for e in unexpected]
         return out
@@ -99,11 +100,12 @@ def expect_logged_failure(
     """Declare a failure the test provokes: ``expect_logged_failure(ValueError)``.
 
     The argument is an exception type the logged failure must be an instance of, or a
-    substring of the logged text (message or traceback); ``count`` is the minimum number of
-    such events. A declared failure that is not logged fails the test too.
+    substring of the logged text (message or traceback); ``count`` is the exact number of
+    such events (None: one or more). A declared failure logged a different number of times
+    fails the test too.
     """
 
-    def expect(what: type[BaseException] | str, count: int = 1) -> None:
+    def expect(what: type[BaseException] | str, count: int | None = 1) -> None:
         _logged_failures.expected.append((what, count))
 
     return expect

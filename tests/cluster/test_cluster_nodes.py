@@ -200,6 +200,9 @@ def test_redis_restart_is_survived_and_loss_is_reported(cluster: Cluster, redis:
     """Redis restarts without persistence: nodes recover alone; clients learn of the loss."""
     a, b = cluster.nodes["a"], cluster.nodes["b"]
     user, channel = name("u-"), name("room-")
+    # While Redis is down, the refused publish and the presence refreshes log a failure.
+    for node in (a, b):
+        node.expect_logged_failure("RedisUnavailable")
 
     async def scenario() -> None:
         rec = Recorder()
