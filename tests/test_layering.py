@@ -259,3 +259,42 @@ def test_checker_reports_a_violation(module_path: str, source: str) -> None:
 def test_checker_accepts_a_downward_import(module_path: str, source: str) -> None:
     """Imports the doc allows are not reported."""
     assert _check(module_path, source) == []
+
+
+# --- library code takes its reactor ------------------------------------------------------
+
+
+_IMPORT_EACH = """
+import importlib, sys
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+    if "twisted.internet.reactor" in sys.modules:
+        print(name)
+        break
+"""
+
+
+def library_modules() -> list[str]:
+    """Every importable module of rtserver/, and the twistd plugin."""
+    names = [module_name(p) for p in sorted(PACKAGE.rglob("*.py"))]
+    return [*names, "twisted.plugins.rtserver_plugin"]
+
+
+def test_reactor_not_imported_by_library() -> None:
+    """Importing any library module (or the twistd plugin) leaves the global reactor alone.
+
+    Each is imported in turn in a fresh interpreter that checks, after every import,
+    that ``twisted.internet.reactor`` was not imported (which installs the default
+    reactor, before twistd's ``--reactor`` or a test's own reactor).
+    """
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, "-c", _IMPORT_EACH, *library_modules()],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "", f"{result.stdout.strip()} imports the global reactor"
