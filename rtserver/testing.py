@@ -96,3 +96,22 @@ def make_node(
     node = Node(MemoryEngine(clock, cleanup_interval=0), cfg, clock=clock, verifier=verifier)
     node.start()
     return node, clock
+
+
+# --- Observation hooks (tests of transports and flow control) -------------------------
+
+
+def queued_bytes(client: object) -> int:
+    """Bytes of output waiting in a client's writer (held while its transport is full).
+
+    Args:
+        client: a :class:`rtserver.core.client.Client`.
+
+    Returns:
+        The size of the payloads queued and not yet handed to the transport.
+    """
+    from rtserver.core.client import Client
+
+    if not isinstance(client, Client):
+        raise TypeError(f"expected a Client, got {type(client).__name__}")
+    return client._writer.queued_bytes

@@ -2,7 +2,9 @@
 
 ``run_server`` starts ``twistd -n rtserver`` on a free loopback port with a config built
 from ``base_config`` plus per-suite overrides, waits for ``/health``, and on exit checks
-the process shut down cleanly. ``NodeScenario`` drives one Node script (JSON lines out,
+the process shut down cleanly and logged no traceback, unhandled error or critical line
+(``subprocess_hook/sitecustomize.py`` is on the server's PYTHONPATH: it records logged
+failures and measures coverage when ``scripts/test.sh`` asks for it). ``NodeScenario`` drives one Node script (JSON lines out,
 commands in).
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import socket
@@ -31,6 +34,10 @@ import requests
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = TESTS_DIR.parent
 INTEROP_DIR = TESTS_DIR / "interop"
+#: Start-up hook of every server process (coverage, logged-failure alarms).
+SUBPROCESS_HOOK = TESTS_DIR / "subprocess_hook"
+#: What in a server's own output means it hit an unexpected error.
+LOG_ALARMS = ("Traceback", "Unhandled", "CRITICAL")
 NODE_MODULES = INTEROP_DIR / "node_modules"
 SERVER_START_TIMEOUT = 15.0
 SERVER_STOP_TIMEOUT = 10.0
@@ -53,7 +60,15 @@ class Server:
     secret: str
     log_path: Path
     process: subprocess.Popen[bytes]
+    #: Where the start-up hook records every logged failure and critical event.
+    alarms_path: Path | None = None
+    #: Patterns (``re.search``, ``.`` matches newlines) of logged failures that are expected.
+    expected_failures: list[str] = field(default_factory=list)
     _cent_clients: list[Any] = field(default_factory=list)
+
+    def expect_logged_failure(self, pattern: str) -> None:
+        """Declare that a logged failure matching ``pattern`` is expected (not an alarm)."""
+        self.expected_failures.append(pattern)
 
     def token(self, user: str, ttl: float | None = 3600, **claims: Any) -> str:
         """HS256 connection token for ``user``; ``ttl`` seconds from now (negative: expired)."""
@@ -221,12 +236,15 @@ def spawn_server(
     log_path = workdir / log_name
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+        [str(SUBPROCESS_HOOK), str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
     )
     # Environment overrides of the config would make the server differ from the file.
     for name in list(env):
         if name.startswith(("RTSERVER_", "CENTRIFUGO_")):
             del env[name]
+    alarms_path = workdir / (Path(log_name).stem + ".alarms")
+    alarms_path.unlink(missing_ok=True)
+    env["RTSERVER_TEST_LOG_ALARMS"] = str(alarms_path)
     cmd = [_twistd(), "-n", "--pidfile=", "rtserver", "--config", str(cfg),
            "-l", f"tcp:{port}:interface=127.0.0.1"]
     with log_path.open("ab") as log_file:
@@ -243,6 +261,7 @@ def spawn_server(
         secret=secret,
         log_path=log_path,
         process=proc,
+        alarms_path=alarms_path,
     )
     try:
         _wait_healthy(proc, base, log_path)
@@ -253,12 +272,44 @@ def spawn_server(
 
 
 def stop_server(server: Server) -> None:
-    """SIGTERM the server and check it shut down cleanly."""
+    """SIGTERM the server; check it shut down cleanly and logged no unexpected failure."""
     server.close_clients()
     code = _stop(server.process)
     # twistd ends by re-raising the signal that stopped it: -SIGTERM is a clean exit.
     assert code in (0, -signal.SIGTERM), f"rtserver exited with {code}; log:\n{server.log()}"
     assert "Server Shut Down." in server.log(), server.log()
+    alarms = unexpected_log_alarms(server)
+    assert not alarms, (
+        f"rtserver ({server.log_path}) logged unexpected failures:\n" + "\n".join(alarms)
+    )
+
+
+def unexpected_log_alarms(server: Server) -> list[str]:
+    """Logged failures, critical events and alarm lines not declared as expected.
+
+    Two sources: the start-up hook's record of failure/critical events (twistd's text log
+    shows no levels), and the text log itself, where anything written to stderr (a
+    traceback printed outside the logger) lands; a log entry is its first line plus the
+    tab-indented continuation lines twistd writes for a multi-line message.
+    """
+    found: list[str] = []
+    if server.alarms_path is not None and server.alarms_path.exists():
+        text = server.alarms_path.read_text(encoding="utf-8", errors="replace")
+        found += [block for block in text.split("\n\n") if block.strip()]
+    entries: list[list[str]] = []
+    for line in server.log(tail=10**9).splitlines():
+        if line.startswith("\t") and entries:
+            entries[-1].append(line)
+        else:
+            entries.append([line])
+    found += [
+        "\n".join(entry) for entry in entries
+        if any(word in line for line in entry for word in LOG_ALARMS)
+    ]
+    return [
+        block for block in found
+        if not any(re.search(p, block, re.DOTALL) for p in server.expected_failures)
+    ]
 
 
 @contextmanager

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from rtserver import config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,8 +56,6 @@ def test_readme_holds_the_two_commands() -> None:
 
 _SOURCES = ("rtserver", "tests", "bench", "scripts", "twisted", "tac", "docs")
 _SUFFIXES = {".py", ".md", ".rst", ".js", ".tac", ".cfg", ".toml"}
-#: Background notes that never were part of the repository.
-_NOTES = re.compile(r"\b(?:protocol|reliability|architecture|performance|sockjs|style)\.md\b")
 _DOC_REF = re.compile(r'docs/([\w.-]+\.rst)(?:,? \(?"([^"]+)")?')
 
 
@@ -82,16 +82,6 @@ def _titles(rst: str) -> set[str]:
     }
 
 
-def test_no_file_cites_notes_outside_the_repository() -> None:
-    """Code, tests, benchmarks and docs cite only documents a clone contains."""
-    cited = [
-        f"{path.relative_to(ROOT)}:{text.count(chr(10), 0, m.start()) + 1}: {m.group(0)}"
-        for path, text in _repository_texts()
-        for m in _NOTES.finditer(text)
-    ]
-    assert cited == []
-
-
 def test_every_docs_reference_resolves() -> None:
     """Each ``docs/<file>.rst`` (and ``, "Section"``) cited in the tree exists."""
     broken = []
@@ -104,3 +94,74 @@ def test_every_docs_reference_resolves() -> None:
             elif m.group(2) and m.group(2) not in _titles(doc.read_text()):
                 broken.append(where)
     assert broken == []
+
+
+# --- every reference resolves inside the repository ---------------------------------------
+
+#: Notes that lived outside the repository; what the code relies on is in docs/*.rst now.
+_OUTSIDE_NOTES = re.compile(
+    r"(?<![\w-])(?:protocol|reliability|architecture|performance|sockjs|style)\.md\b"
+    r"|\.\./shared\b"
+)
+_DOCS_PATH = re.compile(r"(?<![\w/.-])docs/[\w./-]+?\.rst\b")
+_SKIP_DIRS = {".git", "node_modules", "__pycache__", ".hypothesis", "build", "dist",
+              ".ruff_cache", ".mypy_cache", ".pytest_cache", "_trial_temp"}
+_TEXT_SUFFIXES = {".py", ".rst", ".md", ".txt", ".cfg", ".toml", ".ini", ".tac", ".json",
+                  ".sh", ".mjs", ".js", ".html", ".yaml", ".yml", ""}
+
+
+def _repository_files() -> list[Path]:
+    files = []
+    for path in sorted(ROOT.rglob("*")):
+        rel = path.relative_to(ROOT)
+        if any(part in _SKIP_DIRS or part.endswith(".egg-info") for part in rel.parts):
+            continue
+        if path.is_file() and path.suffix in _TEXT_SUFFIXES and path != Path(__file__):
+            files.append(path)
+    return files
+
+
+def _cites(pattern: re.Pattern[str]) -> list[tuple[str, int, str]]:
+    found = []
+    for path in _repository_files():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        for number, line in enumerate(text.splitlines(), 1):
+            found += [
+                (str(path.relative_to(ROOT)), number, m.group(0)) for m in pattern.finditer(line)
+            ]
+    return found
+
+
+def test_no_reference_to_notes_outside_the_repository() -> None:
+    """No file cites protocol.md, reliability.md, ... or ../shared: a clone has no such file."""
+    cited = [f"{path}:{line}: {name}" for path, line, name in _cites(_OUTSIDE_NOTES)]
+    assert cited == []
+
+
+def test_every_cited_docs_file_exists() -> None:
+    """Every ``docs/<name>.rst`` cited anywhere in the repository is a file of the repository."""
+    missing = [
+        f"{path}:{line}: {name}"
+        for path, line, name in _cites(_DOCS_PATH)
+        if not (ROOT / name).is_file()
+    ]
+    assert missing == []
+
+
+@pytest.mark.parametrize(
+    ("pattern", "line", "hits"),
+    [
+        (_OUTSIDE_NOTES, "Semantics follow Centrifugo (protocol.md §6.2).", ["protocol.md"]),
+        (_OUTSIDE_NOTES, "see /work/../shared/docs for it", ["../shared"]),
+        (_OUTSIDE_NOTES, "``style.md`` and sockjs.md", ["style.md", "sockjs.md"]),
+        (_OUTSIDE_NOTES, "bench/RESULTS.md and my-protocol.md", []),
+        (_DOCS_PATH, "`docs/cluster.rst <docs/cluster.rst>`_", ["docs/cluster.rst"] * 2),
+        (_DOCS_PATH, "see docs/api/server.rst, not mydocs/x.rst", ["docs/api/server.rst"]),
+    ],
+)
+def test_reference_patterns(pattern: re.Pattern[str], line: str, hits: list[str]) -> None:
+    """The patterns find the citations they are meant to and nothing else."""
+    assert [m.group(0) for m in pattern.finditer(line)] == hits

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
 from rtserver.api.executor import APIExecutor
@@ -386,23 +386,17 @@ def test_unknown_method(api: Harness) -> None:
 
 
 def test_unexpected_exception_is_internal_and_logged(
-    api: Harness, monkeypatch: pytest.MonkeyPatch
+    api: Harness, monkeypatch: pytest.MonkeyPatch, expect_logged_failure: Callable[..., None]
 ) -> None:
-    """An unexpected failure answers error 100 and is logged."""
+    """An unexpected failure answers error 100 and is logged once, with its traceback."""
 
     def broken(channel: str) -> Any:
         raise RuntimeError("engine exploded")
 
     monkeypatch.setattr(api.node.engine, "presence", broken)
-    events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(events.append)
-    try:
-        body = api.call("presence", {"channel": "pres:room"})
-    finally:
-        globalLogPublisher.removeObserver(events.append)
+    expect_logged_failure(RuntimeError)
+    body = api.call("presence", {"channel": "pres:room"})
     assert body["error"]["code"] == 100
-    [event] = [e for e in events if "log_failure" in e]
-    assert event["log_failure"].check(RuntimeError)
 
 
 # --- batch -----------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -10,8 +10,10 @@ import pytest_twisted
 from contract import HISTORY, NO_HISTORY, EngineContract, EngineEnv, pub
 from redis_support import age, handler, make_engine
 from redisserver import RedisServer, require_redis_server
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.logger import formatEvent, globalLogPublisher
+from twisted.protocols import portforward
 
 from rtserver.core.types import (
     DisconnectControl,
@@ -222,25 +224,96 @@ async def test_noscript_falls_back_to_eval(one_redis: RedisServer) -> None:
         await engine.stop()
 
 
+class HoldingProxy:
+    """A TCP proxy in front of Redis that can hold Redis's replies back.
+
+    While holding, the engine's bytes still reach Redis (and are recorded) but no reply
+    reaches the engine: a command sent only after the previous reply never goes out.
+    """
+
+    def __init__(self, redis_port: int) -> None:
+        self.holding = False
+        self.sent = b""  # what the engine sent while holding
+        self.held: list[tuple[Any, bytes]] = []
+        self._waiters: list[tuple[Callable[[bytes], bool], Deferred[None]]] = []
+        proxy = self
+
+        class Client(portforward.ProxyClient):
+            def dataReceived(self, data: bytes) -> None:  # Redis -> engine
+                if proxy.holding:
+                    proxy.held.append((self.peer.transport, data))
+                else:
+                    super().dataReceived(data)
+
+        class ClientFactory(portforward.ProxyClientFactory):
+            protocol = Client
+
+        class Server(portforward.ProxyServer):
+            clientProtocolFactory = ClientFactory  # noqa: N815 (Twisted's name)
+
+            def dataReceived(self, data: bytes) -> None:  # engine -> Redis
+                if proxy.holding:
+                    proxy.sent += data
+                    proxy._check()
+                super().dataReceived(data)
+
+        factory = portforward.ProxyFactory("127.0.0.1", redis_port)
+        factory.protocol = Server
+        self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.address = f"redis://127.0.0.1:{self.port.getHost().port}"
+
+    def hold(self) -> None:
+        self.holding = True
+
+    def release(self) -> None:
+        self.holding = False
+        for transport, data in self.held:
+            transport.write(data)
+        self.held.clear()
+
+    def when_sent(self, check: Callable[[bytes], bool], timeout: float) -> Deferred[None]:
+        """Fires once ``check(bytes sent while holding)`` is true; fails after ``timeout``."""
+        d: Deferred[None] = Deferred()
+        self._waiters.append((check, d))
+        self._check()
+        return d.addTimeout(timeout, reactor)
+
+    def _check(self) -> None:
+        for check, d in list(self._waiters):
+            if check(self.sent) and not d.called:
+                self._waiters.remove((check, d))
+                d.callback(None)
+
+    async def close(self) -> None:
+        await self.port.stopListening()
+
+
 @pytest_twisted.ensureDeferred
 async def test_commands_in_one_turn_are_pipelined(one_redis: RedisServer) -> None:
-    """Commands issued in one reactor turn go out in one write, not one per round trip."""
-    engine = make_engine([one_redis.address])
+    """Commands issued in one turn are all on the wire before the first reply comes back.
+
+    Redis's replies are held back by a proxy: 50 publishes must reach Redis anyway (a
+    client that waits for each reply before sending the next command sends only one).
+    """
+    proxy = HoldingProxy(int(one_redis.address.rsplit(":", 1)[1]))
+    engine = make_engine([proxy.address])
     await engine.start(handler())
     try:
-        transport = engine.shards[0].command._proto.transport
-        writes: list[bytes] = []
-        original = transport.write
-        transport.write = lambda data: (writes.append(data), original(data))[1]
-        try:
-            ds = [engine.publish("ch", pub(i), HISTORY) for i in range(50)]
-            assert len(writes) == 50  # all written before any reply arrived
-            positions = [await d for d in ds]
-        finally:
-            del transport.write
+        proxy.hold()
+        ds = [engine.publish("ch", pub(i), HISTORY) for i in range(50)]
+
+        def evals(sent: bytes) -> int:
+            return sent.count(b"\r\nEVALSHA\r\n") + sent.count(b"\r\nEVAL\r\n")
+
+        await proxy.when_sent(lambda sent: evals(sent) >= 50, timeout=1.5)
+        assert not any(d.called for d in ds)  # no reply reached the engine yet
+        proxy.release()
+        positions = [await d for d in ds]
         assert [p.offset for p in positions] == list(range(1, 51))
     finally:
+        proxy.release()
         await engine.stop()
+        await proxy.close()
 
 
 @pytest_twisted.ensureDeferred

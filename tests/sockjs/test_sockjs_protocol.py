@@ -1001,15 +1001,3 @@ class TestHttp11:
         assert await r.read() == GO_AWAY
         assert await r.read() == b""
         assert not r.closed.called
-
-
-def test_reactor_not_imported_by_library() -> None:
-    """The SockJS package takes its clock; no module imports the global reactor."""
-    import pathlib
-
-    import rtserver.sockjs
-
-    root = pathlib.Path(rtserver.sockjs.__file__).parent
-    for path in root.glob("*.py"):
-        assert "import reactor" not in path.read_text(), path
-    assert reactor is not None

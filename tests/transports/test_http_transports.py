@@ -5,6 +5,7 @@ from __future__ import annotations
 import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 import pytest
@@ -202,6 +203,22 @@ async def test_uni_websocket(server: Server) -> None:
     await server.node.control(DisconnectControl(user="", code=3503, reason="force disconnect"))
     assert await factory.next_messages() == [{"disconnect": {"code": 3503, "reason": "force disconnect"}}]
     assert await factory.closed == (3503, "force disconnect")
+
+
+@pytest_twisted.ensureDeferred
+async def test_uni_websocket_connect_in_query(server: Server) -> None:
+    """uni_websocket with ``?cf_connect=``: connected on open; later messages are ignored."""
+    query = quote('{"subs":{"news":{}}}')
+    factory = connect(f"ws://127.0.0.1:{server.port}/connection/uni_websocket?cf_connect={query}")
+    proto = await factory.opened
+    (connect_push,) = await factory.next_messages()
+    assert list(connect_push["connect"]["subs"]) == ["news"]
+    proto.sendMessage(b'{"subs":{"other":{}}}')  # one connect per connection: ignored
+    server.node.publish("other", b'{"n":1}')
+    server.node.publish("news", b'{"n":2}')
+    assert await factory.next_messages() == [{"channel": "news", "pub": {"data": {"n": 2}, "offset": 1}}]
+    proto.sendClose()
+    await factory.closed
 
 
 @pytest_twisted.ensureDeferred

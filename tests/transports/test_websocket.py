@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import pytest_twisted
 from liveserver import Server
-from twisted.internet import defer, reactor, task
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet import reactor, task
 from wsclient import ClientFactory, RecordingClient, connect
 
 from rtserver.core.types import DisconnectControl
-from rtserver.transports.flow import write_eagerly
+from rtserver.protocol import codec
 
 SETTINGS: dict[str, Any] = {
     "client": {
@@ -72,12 +72,24 @@ async def test_publications_in_one_turn_share_one_frame(server: Server) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_all_subscribers_get_identical_bytes(server: Server) -> None:
-    """Fan-out writes the same frame bytes to every subscriber."""
+async def test_all_subscribers_get_identical_bytes(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fan-out encodes a publication once and writes the same frame bytes to every subscriber."""
     clients = [await connected(server) for _ in range(3)]
+    encoded: list[bytes] = []
+    encode_push = codec.encode_push
+
+    def counting(*args: Any, **kwargs: Any) -> bytes:
+        data = encode_push(*args, **kwargs)
+        encoded.append(data)
+        return data
+
+    monkeypatch.setattr(codec, "encode_push", counting)
     server.node.publish("room", b'{"n":1}')
     frames = [await f.frames.get() for f, _ in clients]
     assert len(set(frames)) == 1
+    assert len(encoded) == 1, "the publication was encoded once per subscriber"
     for f, p in clients:
         p.sendClose()
         await f.closed
@@ -169,39 +181,6 @@ async def test_shutdown_closes_clients_with_3001() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_eager_write_sends_immediately() -> None:
-    """On an idle TCP transport the frame is sent at once, nothing left buffered."""
-    received: list[bytes] = []
-    got: defer.Deferred[None] = defer.Deferred()
-
-    class Sink(Protocol):
-        def dataReceived(self, data: bytes) -> None:
-            received.append(data)
-            if b"".join(received) == b"hello" and not got.called:
-                got.callback(None)
-
-    server_side: defer.Deferred[Protocol] = defer.Deferred()
-
-    class Accept(Protocol):
-        def connectionMade(self) -> None:
-            server_side.callback(self)
-
-    port = reactor.listenTCP(0, Factory.forProtocol(Accept), interface="127.0.0.1")
-    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-
-    client = await connectProtocol(
-        TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), Sink()
-    )
-    accepted = await server_side
-    write_eagerly(accepted.transport, b"hello")
-    assert accepted.transport.dataBuffer == b"" and not accepted.transport._tempDataBuffer
-    await got
-    client.transport.loseConnection()
-    accepted.transport.loseConnection()
-    await port.stopListening()
-
-
-@pytest_twisted.ensureDeferred
 async def test_client_offering_permessage_deflate_connects_uncompressed(server: Server) -> None:
     """Browsers and SDKs offer permessage-deflate; the server declines it and serves as usual."""
     from autobahn.websocket.compress import PerMessageDeflateOffer
@@ -215,7 +194,9 @@ async def test_client_offering_permessage_deflate_connects_uncompressed(server: 
 
     connectWS(factory)
     proto = await factory.opened
-    assert proto._perMessageCompress is None
+    # The server's handshake response names no extension: frames are not compressed.
+    assert "sec-websocket-extensions" not in proto.http_headers
+    assert proto.websocket_extensions_in_use == []
     proto.send_json({"id": 1, "connect": {}})
     assert (await factory.next_messages())[0]["connect"]["client"]
     proto.sendClose()
@@ -225,13 +206,18 @@ async def test_client_offering_permessage_deflate_connects_uncompressed(server: 
 @pytest_twisted.ensureDeferred
 async def test_upgraded_connections_are_not_kept_by_the_site(server: Server) -> None:
     """Connection churn does not grow memory: the site forgets upgraded HTTP connections."""
-    before = len(server.site._channels)
+
+    def live_channels() -> int:
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if isinstance(o, server.site.protocol))
+
+    before = live_channels()
     for _ in range(5):
         factory = connect(server.url)
         proto = await factory.opened
         proto.sendClose()
         await factory.closed
-    assert len(server.site._channels) == before
+    assert live_channels() == before
 
 
 @pytest_twisted.ensureDeferred

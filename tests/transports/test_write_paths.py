@@ -19,11 +19,13 @@ import pytest_twisted
 from autobahn.twisted.websocket import connectWS
 from liveserver import Server
 from twisted.internet import defer, reactor, ssl, task, tcp
+from twisted.internet.protocol import Factory, Protocol
 from wsclient import ClientFactory, RecordingClient
 
 from rtserver import config as rtconfig
 from rtserver.core.writer import ClientWriter, FlushScheduler, Payload
 from rtserver.service import build_node, build_site
+from rtserver.testing import queued_bytes
 from rtserver.transports.flow import write_eagerly
 from rtserver.transports.websocket import WebSocketFactory, WebSocketProtocol, join_frames
 
@@ -158,7 +160,7 @@ async def test_full_socket_buffer_resumes_in_order(plain: Server) -> None:
         total += 50
         await next_turn()
     assert server_side.client is not None
-    assert server_side.client._writer.queued_bytes > 0
+    assert queued_bytes(server_side.client) > 0
     proto.transport.resumeProducing()
     # keep publishing while the backlog drains: eager sends must not overtake it
     for _ in range(5):
@@ -173,39 +175,104 @@ async def test_full_socket_buffer_resumes_in_order(plain: Server) -> None:
     await factory.closed
 
 
-class _Socket:
-    def __init__(self, accept: int) -> None:
-        self.accept = accept
-        self.sent: list[bytes] = []
+class RawPeer:
+    """A plain blocking-socket peer of a Twisted ``tcp.Server`` transport.
 
-    def send(self, data: bytes) -> int:
-        self.sent.append(bytes(data[: self.accept]))
-        return min(self.accept, len(data))
+    Its non-blocking :meth:`available` shows what the kernel already delivered: on
+    loopback a ``send()`` lands in the peer's receive queue at once, so bytes present
+    before the reactor ran were sent eagerly, and bytes absent are still in Twisted's
+    buffer, waiting for the reactor's write pass.
+    """
+
+    def __init__(self, sock: socket.socket, transport: Any, port: Any) -> None:
+        self.sock = sock
+        self.transport = transport
+        self._port = port
+
+    def available(self) -> bytes:
+        chunks = []
+        while True:
+            try:
+                chunk = self.sock.recv(1 << 20, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def read(self, size: int) -> bytes:
+        """Read ``size`` bytes, letting the reactor write in between."""
+        data = b""
+        for _ in range(10000):
+            data += self.available()
+            if len(data) >= size:
+                return data
+            await task.deferLater(reactor, 0, lambda: None)
+        raise AssertionError(f"got {len(data)} of {size} bytes")
+
+    async def close(self) -> None:
+        self.sock.close()
+        self.transport.loseConnection()
+        await self._port.stopListening()
 
 
-def _fake_transport(accept: int, buffered: bytes = b"") -> Any:
-    transport: Any = tcp.Server.__new__(tcp.Server)
-    transport.dataBuffer = buffered
-    transport._tempDataBuffer = []
-    transport.connected = 1
-    transport.disconnecting = 0
-    transport.socket = _Socket(accept)
-    transport.written = []
-    transport.write = transport.written.append
-    return transport
+async def raw_peer(rcvbuf: int | None = None) -> RawPeer:
+    """A listening ``tcp.Port`` and a raw client socket; the accepted server transport."""
+    accepted: defer.Deferred[Any] = defer.Deferred()
+
+    class Accept(Protocol):
+        def connectionMade(self) -> None:
+            accepted.callback(self.transport)
+
+    port = reactor.listenTCP(0, Factory.forProtocol(Accept), interface="127.0.0.1")
+    sock = socket.socket()
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.connect(("127.0.0.1", port.getHost().port))
+    transport = await accepted
+    assert type(transport) is tcp.Server
+    return RawPeer(sock, transport, port)
 
 
-def test_eager_send_never_overtakes_buffered_output() -> None:
-    """With anything buffered the frame goes behind it; a partial send leaves the rest."""
-    busy = _fake_transport(accept=1000, buffered=b"older")
-    write_eagerly(busy, b"newer")
-    assert busy.socket.sent == [] and busy.written == [b"newer"]
-    partial = _fake_transport(accept=3)
-    write_eagerly(partial, b"abcdef")
-    assert partial.socket.sent == [b"abc"] and partial.written == [b"def"]
-    idle = _fake_transport(accept=1000)
-    write_eagerly(idle, b"abcdef")
-    assert idle.socket.sent == [b"abcdef"] and idle.written == []
+@pytest_twisted.ensureDeferred
+async def test_eager_send_on_an_idle_transport_is_immediate() -> None:
+    """On an idle plain-TCP transport the bytes reach the kernel at once."""
+    peer = await raw_peer()
+    try:
+        write_eagerly(peer.transport, b"abcdef")
+        assert peer.available() == b"abcdef"
+    finally:
+        await peer.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_eager_send_never_overtakes_buffered_output() -> None:
+    """With output buffered in Twisted, the frame goes behind it: order is kept."""
+    peer = await raw_peer()
+    try:
+        peer.transport.write(b"older")  # buffered until the reactor's write pass
+        write_eagerly(peer.transport, b"newer")
+        assert peer.available() == b""
+        assert await peer.read(10) == b"oldernewer"
+    finally:
+        await peer.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_eager_send_partly_taken_leaves_the_rest_buffered() -> None:
+    """What the kernel does not take is written later, once, in order."""
+    peer = await raw_peer(rcvbuf=4096)
+    try:
+        peer.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        data = bytes(range(256)) * 4096  # 1 MiB: far more than both kernel buffers
+        write_eagerly(peer.transport, data)
+        first = peer.available()
+        assert 0 < len(first) < len(data)  # part went out at once
+        assert first + await peer.read(len(data) - len(first)) == data
+        assert peer.available() == b""
+    finally:
+        await peer.close()
 
 
 def test_write_delay_coalesces_across_turns() -> None:
