@@ -22,6 +22,7 @@ while one is down ``healthy`` is False and calls that need it fail at once.
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -32,7 +33,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from rtserver.config import RedisEngineConfig
-from rtserver.core.ports import IEngine
+from rtserver.core.ports import IEngine, IEngineHandler
 from rtserver.core.types import (
     ControlMessage,
     HistoryFilter,
@@ -108,6 +109,8 @@ class RedisEngine:
         clock: IReactorTime,
         config: RedisEngineConfig,
         *,
+        # Any: HostnameEndpoint needs a reactor providing IReactorTCP, IReactorTime and
+        # IReactorPluggableNameResolver at once; Twisted has no type for that.
         reactor: Any = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -122,7 +125,7 @@ class RedisEngine:
         # Epochs (one candidate per history publish) and jitter need no secrecy: a
         # Mersenne Twister seeded from os.urandom is ~10x cheaper than SystemRandom.
         self._rng = rng or random.Random()
-        self._handler: Any = None
+        self._handler: IEngineHandler | None = None
         self._started = False
         self._stopped = False
         self._healthy = False
@@ -148,9 +151,9 @@ class RedisEngine:
                 address,
                 clock,
                 reactor,
-                channels=lambda s=shard: self._channels_of(s),
+                channels=functools.partial(self._channels_of, shard),
                 on_message=self._on_message,
-                on_probe=lambda link, s=shard: self._probe(s),
+                on_probe=functools.partial(self._probe_link, shard),
                 probe_interval=config.pubsub_probe_interval,
                 rng=self._rng,
                 **timeouts,
@@ -164,7 +167,7 @@ class RedisEngine:
         """True while every command and PUB/SUB link is up (and resubscribed)."""
         return self._healthy
 
-    def start(self, handler: Any) -> Deferred[None]:
+    def start(self, handler: IEngineHandler) -> Deferred[None]:
         """Connect every link; fires once all are up or each has tried once.
 
         The engine keeps reconnecting in the background either way.
@@ -258,7 +261,7 @@ class RedisEngine:
                 "redis engine: handler failed for a message on {channel!r}", channel=channel[:200]
             )
 
-    def _deliver(self, handler: Any, channel: str, data: bytes) -> None:
+    def _deliver(self, handler: IEngineHandler, channel: str, data: bytes) -> None:
         if data.startswith(_PUB_PREFIX):
             end = data.find(b"__", len(_PUB_PREFIX))
             if end < 0:
@@ -274,6 +277,9 @@ class RedisEngine:
             handler.handle_leave(channel, decode_client_info(data[len(_LEAVE_PREFIX) :]))
         else:
             handler.handle_publication(channel, decode_publication(data))
+
+    def _probe_link(self, shard: _Shard, link: PubSubLink) -> None:
+        self._probe(shard)
 
     def _probe(self, shard: _Shard) -> None:
         if not shard.command.ready:  # cannot probe now; do not call the PUB/SUB link deaf
@@ -378,6 +384,7 @@ class RedisEngine:
         )
         return d.addCallback(self._history_result, channel)
 
+    # Any: a raw Redis reply (top offset, epoch bytes, [entry id, [field, value...]]...).
     def _history_result(self, reply: list[Any], channel: str) -> HistoryResult:
         top, epoch_bytes, entries = reply
         epoch = epoch_bytes.decode()
