@@ -13,6 +13,7 @@ import dataclasses
 import random
 import string
 from collections import deque
+
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
