@@ -100,6 +100,11 @@ class MemoryEngine:
             self._cleanup.stop()
         return succeed(None)
 
+    @property
+    def retained_streams(self) -> int:
+        """Channels whose stream (epoch, top offset, publications) is held in memory."""
+        return len(self._streams)
+
     def expire(self) -> None:
         """Drop expired publications, stream metadata and idempotency results."""
         now = self._clock.seconds()

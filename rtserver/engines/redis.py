@@ -163,6 +163,11 @@ class RedisEngine:
     # --- lifecycle -----------------------------------------------------------------------
 
     @property
+    def prefix(self) -> str:
+        """The key prefix (``engine.redis.prefix``) every key and channel starts with."""
+        return self._prefix
+
+    @property
     def healthy(self) -> bool:
         """True while every command and PUB/SUB link is up (and resubscribed)."""
         return self._healthy
