@@ -256,6 +256,8 @@ class Client:
             return None
         return self._run(cmd, handler(self, cmd))
 
+    # Any: a handler awaits Deferreds of several result types (Deferred.fromCoroutine's own
+    # signature uses Any the same way).
     def _run(self, cmd: Command, coro: Coroutine[Deferred[Any], Any, None]) -> Deferred[None]:
         d = Deferred.fromCoroutine(coro)
         d.addErrback(self._command_failed, cmd)
@@ -886,6 +888,7 @@ class Client:
     async def _not_available(self, cmd: Command) -> None:
         raise Error.NOT_AVAILABLE
 
+    # Any: as in _run.
     _HANDLERS: dict[str, Callable[[Client, Command], Coroutine[Deferred[Any], Any, None]]] = {
         "subscribe": _subscribe,
         "unsubscribe": _unsubscribe,

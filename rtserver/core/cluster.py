@@ -13,11 +13,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
+from twisted.python.failure import Failure
 
 from rtserver.core.types import (
     ControlMessage,
@@ -178,7 +178,7 @@ class Cluster:
         sent.addErrback(self._survey_failed, survey_id)
         return survey.done
 
-    def _survey_failed(self, failure: Any, survey_id: str) -> None:
+    def _survey_failed(self, failure: Failure, survey_id: str) -> None:
         survey = self._take(survey_id)
         if survey is not None:
             survey.done.errback(failure)

@@ -36,7 +36,6 @@ from rtserver.core.types import (
     HistoryFilter,
     HistoryResult,
     NodeInfo,
-    NodeShutdown,
     PresenceStats,
     PublishOptions,
     RefreshControl,
@@ -44,6 +43,7 @@ from rtserver.core.types import (
     SurveyReply,
     SurveyRequest,
     UnsubscribeControl,
+    UserControl,
 )
 from rtserver.core.writer import FlushScheduler
 from rtserver.logs import Logger
@@ -261,7 +261,7 @@ class Node:
         if isinstance(message, SurveyRequest):
             self._answer(message)
             return
-        if isinstance(message, NodeInfo | NodeShutdown | SurveyReply):
+        if not isinstance(message, UserControl):
             return  # membership and survey replies are the cluster's (handled above)
         for client in self._targets(message.user, message.client, message.session):
             if isinstance(message, SubscribeControl):
@@ -289,10 +289,12 @@ class Node:
         reply = SurveyReply(id=request.id, sender=self.uid, code=code, data=data)
         self.background(self._publish_control(reply, request.sender), "survey reply")
 
+    # Any: decoded JSON arguments of a survey, validated here.
     def _channels_op(self, args: Any) -> tuple[int, bytes]:
         pattern = args.get("pattern", "") if isinstance(args, dict) else ""
         return SurveyCode.OK, orjson.dumps(self.local_channels(str(pattern)))
 
+    # Any: as in _channels_op.
     def _emulation_op(self, args: Any) -> tuple[int, bytes]:
         if not isinstance(args, dict):
             return SurveyCode.BAD_REQUEST, b"null"

@@ -80,6 +80,7 @@ def recovery_result(
     return result
 
 
+# Any: as in recovery_result.
 def positioned_result(
     result: dict[str, Any], top: StreamPosition, recoverable: bool
 ) -> dict[str, Any]:
