@@ -340,20 +340,21 @@ class Client:
 
     def close(self, disconnect: Disconnect | None = None) -> None:
         """End the connection; idempotent. Queued output is flushed first."""
-        if self._state is State.CLOSED:
-            return
-        self._state = State.CLOSED
-        self._cleanup()
-        self._writer.close(flush=True)
-        self._sink.close(disconnect)
+        if self._end(flush=True):
+            self._sink.close(disconnect)
 
     def transport_lost(self) -> None:
         """The transport went away; nothing more can be written."""
+        self._end(flush=False)
+
+    def _end(self, flush: bool) -> bool:
+        """Close once: timers, subscriptions and the node's registration go; False if done."""
         if self._state is State.CLOSED:
-            return
+            return False
         self._state = State.CLOSED
         self._cleanup()
-        self._writer.close(flush=False)
+        self._writer.close(flush=flush)
+        return True
 
     def _cleanup(self) -> None:
         for timer in (self._stale_timer, self._ping_timer, self._pong_timer, self._expire_timer):

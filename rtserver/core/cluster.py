@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
+from rtserver.core.loops import run_every
 from rtserver.core.types import (
     ControlMessage,
     NodeInfo,
@@ -83,16 +84,10 @@ class Cluster:
 
     def start(self) -> None:
         """Announce this node now and every heartbeat; sweep silent peers."""
-        for interval, call, now in (
-            (self._heartbeat, self.announce, True),
-            (self._sweep_interval, self.sweep, False),
-        ):
-            loop = LoopingCall(call)
-            loop.clock = self._clock
-            loop.start(interval, now=now).addErrback(
-                lambda f: _log.failure("cluster loop stopped", f)
-            )
-            self._loops.append(loop)
+        self._loops = [
+            run_every(self._clock, self._heartbeat, self.announce, "node announcements", now=True),
+            run_every(self._clock, self._sweep_interval, self.sweep, "peer sweep", now=False),
+        ]
 
     @property
     def running(self) -> bool:

@@ -27,6 +27,7 @@ from rtserver.core.channels import ChannelResolver
 from rtserver.core.client import Client
 from rtserver.core.cluster import Cluster, SurveyCode
 from rtserver.core.hub import Hub
+from rtserver.core.loops import run_every
 from rtserver.core.ports import IEngine, IEngineHandler, IPresenceManager, ISink, ITokenVerifier
 from rtserver.core.positions import PositionCheck
 from rtserver.core.subscription import Subscription
@@ -135,10 +136,8 @@ class Node:
         self.cluster.start()
         interval = self.config.client.presence_update_interval
         if interval > 0:
-            self._presence_loop = LoopingCall(self._refresh_presence)
-            self._presence_loop.clock = self.clock
-            self._presence_loop.start(interval, now=False).addErrback(
-                self._log_failure, "presence refresh loop"
+            self._presence_loop = run_every(
+                self.clock, interval, self._refresh_presence, "presence refresh loop", now=False
             )
         return result
 

@@ -24,6 +24,7 @@ from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
 from rtserver.config import ChannelOptions
+from rtserver.core.loops import run_every
 from rtserver.core.ports import Subscriber
 from rtserver.core.subscription import Subscription, SubState
 from rtserver.logs import Logger
@@ -67,10 +68,8 @@ class PositionCheck:
         """Check every ``interval`` seconds from now on."""
         if self._interval <= 0 or self._loop is not None:
             return
-        self._loop = LoopingCall(self.check)
-        self._loop.clock = self._clock
-        self._loop.start(self._interval, now=False).addErrback(
-            lambda f: _log.failure("position check loop stopped", f)
+        self._loop = run_every(
+            self._clock, self._interval, self.check, "position check loop", now=False
         )
 
     def stop(self) -> None:
