@@ -179,6 +179,11 @@ class Client:
         """The transport this client uses (``websocket``, ``sse``, ...)."""
         return self._sink.transport_name
 
+    @property
+    def queued_bytes(self) -> int:
+        """Output bytes waiting for the transport (held while it is full)."""
+        return self._writer.queued_bytes
+
     def channels(self) -> list[str]:
         """Channels this client is subscribed to."""
         return list(self._subs)

@@ -84,7 +84,9 @@ class Node:
         presence_manager: IPresenceManager | None = None,
     ) -> None:
         self.engine = engine
-        self.presence_manager: IPresenceManager = presence_manager or engine
+        self.presence_manager: IPresenceManager = (
+            engine if presence_manager is None else presence_manager
+        )
         self.config = config
         self.clock = clock
         self.verifier = verifier

@@ -40,7 +40,7 @@ def verify_connection_token(
     except TokenExpired:
         raise expired from None
     except InvalidToken as e:
-        _log.info("client {client}: invalid connection token: {e}", client=client_id, e=e)
+        _log.info("client {client}: invalid connection token: {e}", client=client_id, e=str(e))
         raise Disconnect.INVALID_TOKEN from None
 
 
@@ -67,7 +67,9 @@ def verify_subscription_token(
     except TokenExpired:
         raise Error.TOKEN_EXPIRED from None
     except InvalidToken as e:
-        _log.info("client {client}: invalid subscription token: {e}", client=client_id, e=e)
+        _log.info(
+            "client {client}: invalid subscription token: {e}", client=client_id, e=str(e)
+        )
         raise Error.PERMISSION_DENIED from None
     if token.channel != channel or token.user != user:
         raise Disconnect.INVALID_TOKEN

@@ -840,3 +840,16 @@ def test_unexpected_handler_error_is_100_and_logged_once(h: Harness) -> None:
     assert not h.node.hub.has_subscribers("news:x")
     h.send(client, {"id": 3, "subscribe": {"channel": "news:x"}})
     assert reply(sink, 3) == {"id": 3, "subscribe": {}}
+
+
+def test_output_waits_while_the_transport_is_full(h: Harness) -> None:
+    """While the transport is paused, output is held (and counted), then written at once."""
+    client, sink = h.client(connect=USER)
+    h.send(client, {"id": 2, "subscribe": {"channel": "news:a"}})
+    sink.clear()
+    client.pause_writing()
+    h.publish("news:a")
+    assert sink.messages() == [] and client.queued_bytes > 0
+    client.resume_writing()
+    assert client.queued_bytes == 0
+    assert [p["channel"] for p in sink.pushes()] == ["news:a"]
