@@ -33,7 +33,12 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
 
 from rtserver.config import ChannelOptions
-from rtserver.core.connecting import anonymous_allowed, server_side_channels, uni_disconnect
+from rtserver.core.connecting import (
+    anonymous_allowed,
+    connect_result,
+    server_side_channels,
+    uni_disconnect,
+)
 from rtserver.core.permissions import (
     may_publish,
     may_read_history,
@@ -481,20 +486,17 @@ class Client:
         if self._state is State.CLOSED:
             return {}
 
-        result: Result = {"client": self.id, "version": node.version}
-        result.update(expiry_fields(self.expire_at, now))
-        if subs_result:
-            result["subs"] = subs_result
-        if config.ping_interval > 0:
-            result["ping"] = int(config.ping_interval)
-            if self._sink.pong and config.pong_timeout > 0:
-                result["pong"] = True
-        if self.session:
-            result["session"] = self.session
-            if self._sink.emulation:
-                result["node"] = node.uid
-        if config.connect_include_server_time:
-            result["time"] = int(now * 1000)
+        result = connect_result(
+            config,
+            client_id=self.id,
+            version=node.version,
+            expire_at=self.expire_at,
+            now=now,
+            subs=subs_result,
+            pong=self._sink.pong,
+            session=self.session,
+            node=node.uid if self._sink.emulation else "",
+        )
         self._state = State.CONNECTED
         if self._stale_timer is not None and self._stale_timer.active():
             self._stale_timer.cancel()

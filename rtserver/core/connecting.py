@@ -1,4 +1,4 @@
-"""Pure parts of a connect: who the client is, its server-side channels, its errors.
+"""Pure parts of a connect: its server-side channels, its result, its errors.
 
 The client (``core/client.py``) runs the connect; these functions decide, given the
 configuration and the verified token, without touching the node.
@@ -6,12 +6,21 @@ configuration and the verified token, without touching the node.
 
 from __future__ import annotations
 
+from typing import Any
+
 from rtserver.config import ChannelOptions, ClientConfig
 from rtserver.core.channels import ChannelResolver
+from rtserver.core.tokens import expiry_fields
 from rtserver.core.types import ConnectionToken, SubscriptionGrant
 from rtserver.protocol.codes import Disconnect, Error
 
-__all__ = ["ServerSideChannel", "anonymous_allowed", "server_side_channels", "uni_disconnect"]
+__all__ = [
+    "ServerSideChannel",
+    "anonymous_allowed",
+    "connect_result",
+    "server_side_channels",
+    "uni_disconnect",
+]
 
 #: A server-side subscription to establish on connect: channel, the token's ``subs``
 #: grant for it (None for ``channels`` and the personal channel), its options.
@@ -47,6 +56,41 @@ def server_side_channels(
     if len(out) > config.channel_limit:
         raise Error.LIMIT_EXCEEDED
     return out
+
+
+# Any: JSON values of the connect result (the codec encodes them).
+def connect_result(
+    config: ClientConfig,
+    *,
+    client_id: str,
+    version: str,
+    expire_at: int,
+    now: float,
+    subs: dict[str, dict[str, Any]],
+    pong: bool,
+    session: str,
+    node: str,
+) -> dict[str, Any]:
+    """The connect result (reply or unidirectional push) of an accepted connection.
+
+    ``pong``: the transport answers pings; ``session``: emulation and unidirectional
+    connections; ``node``: this node's uid for emulation connections (else "").
+    """
+    result: dict[str, Any] = {"client": client_id, "version": version}
+    result.update(expiry_fields(expire_at, now))
+    if subs:
+        result["subs"] = subs
+    if config.ping_interval > 0:
+        result["ping"] = int(config.ping_interval)
+        if pong and config.pong_timeout > 0:
+            result["pong"] = True
+    if session:
+        result["session"] = session
+        if node:
+            result["node"] = node
+    if config.connect_include_server_time:
+        result["time"] = int(now * 1000)
+    return result
 
 
 def uni_disconnect(error: Error) -> Disconnect:
