@@ -853,3 +853,23 @@ def test_output_waits_while_the_transport_is_full(h: Harness) -> None:
     client.resume_writing()
     assert client.queued_bytes == 0
     assert [p["channel"] for p in sink.pushes()] == ["news:a"]
+
+
+def test_a_publication_is_encoded_once_for_all_subscribers(h: Harness) -> None:
+    """Every bidirectional subscriber is handed the very same encoded bytes (one encode per
+    wire shape, not per subscriber); unidirectional ones share their own shape.
+    """
+    sinks = []
+    for uni in (False, False, True, True):
+        client, sink = h.client(unidirectional=uni)
+        if uni:
+            client.start_unidirectional(b'{"token":"user","subs":{"news:a":{}}}')
+            h.clock.advance(0)
+        else:
+            h.send(client, {"id": 1, "connect": USER}, {"id": 2, "subscribe": {"channel": "news:a"}})
+        assert client.channels() == ["news:a"]
+        sink.clear()
+        sinks.append(sink)
+    h.publish("news:a")
+    (b1,), (b2,), (u1,), (u2,) = ([m for batch in s.batches for m in batch] for s in sinks)
+    assert b1 is b2 and u1 is u2 and b1 != u1
