@@ -856,8 +856,9 @@ def test_output_waits_while_the_transport_is_full(h: Harness) -> None:
 
 
 def test_a_publication_is_encoded_once_for_all_subscribers(h: Harness) -> None:
-    """Every bidirectional subscriber is handed the very same encoded bytes (one encode per
-    wire shape, not per subscriber); unidirectional ones share their own shape.
+    """Subscribers of one wire shape are handed the very same encoded bytes.
+
+    One encode per shape (bidirectional, unidirectional), not one per subscriber.
     """
     sinks = []
     for uni in (False, False, True, True):
