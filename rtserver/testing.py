@@ -21,7 +21,7 @@ from zope.interface import implementer
 
 from rtserver import config as rtconfig
 from rtserver.core.node import Node
-from rtserver.core.ports import ISink
+from rtserver.core.ports import ISink, ITokenVerifier
 from rtserver.core.writer import Payload
 from rtserver.engines.memory import MemoryEngine
 from rtserver.protocol.codes import Disconnect
@@ -59,10 +59,12 @@ class RecordingSink:
         self.closed = True
         self.closed_with = disconnect
 
+    # Any: decoded JSON messages (objects, or arrays for batched replies).
     def messages(self) -> list[Any]:
         """Every message written so far, decoded, in order."""
         return [orjson.loads(m) for batch in self.batches for m in batch]
 
+    # Any (here and below): values of decoded JSON objects.
     def replies(self) -> list[dict[str, Any]]:
         """Messages with an ``id`` (command replies)."""
         return [m for m in self.messages() if m.get("id")]
@@ -77,10 +79,11 @@ class RecordingSink:
 
 
 def make_node(
+    # Any: a configuration mapping in the config-file layout, validated by config.
     settings: Mapping[str, Any] | None = None,
     *,
     clock: Clock | None = None,
-    verifier: Any = None,
+    verifier: ITokenVerifier | None = None,
 ) -> tuple[Node, Clock]:
     """A started node with the memory engine, driven by a ``Clock``.
 
@@ -96,22 +99,3 @@ def make_node(
     node = Node(MemoryEngine(clock, cleanup_interval=0), cfg, clock=clock, verifier=verifier)
     node.start()
     return node, clock
-
-
-# --- Observation hooks (tests of transports and flow control) -------------------------
-
-
-def queued_bytes(client: object) -> int:
-    """Bytes of output waiting in a client's writer (held while its transport is full).
-
-    Args:
-        client: a :class:`rtserver.core.client.Client`.
-
-    Returns:
-        The size of the payloads queued and not yet handed to the transport.
-    """
-    from rtserver.core.client import Client
-
-    if not isinstance(client, Client):
-        raise TypeError(f"expected a Client, got {type(client).__name__}")
-    return client._writer.queued_bytes

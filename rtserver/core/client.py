@@ -5,8 +5,18 @@ feeds it raw frames with :meth:`Client.receive`; everything else (decoding, orde
 permissions, replies, pings, expiry) happens here, identically for every transport.
 
 Commands of a connection are processed strictly in order: a command that waits on the
-engine holds back the ones after it. Every timer goes through the injected clock and
+node holds back the ones after it. Every timer goes through the injected clock and
 every close path (:meth:`Client.close`, :meth:`Client.transport_lost`) cancels them all.
+
+The client talks only to its node's :class:`~rtserver.core.ports.ClientNode` facade,
+never to an engine. The decisions that need no state of the connection live in pure
+modules: :mod:`~rtserver.core.connecting` (server-side channels, unidirectional
+errors), :mod:`~rtserver.core.tokens` (token outcomes, ``expires``/``ttl``),
+:mod:`~rtserver.core.subscription` (how a subscription is configured) and
+:mod:`~rtserver.core.recovery` (the position and recovery part of a subscribe result).
+
+Where a backend proxy would plug in (Centrifugo's connect, subscribe, publish and RPC
+proxies), a comment says "proxy hook".
 """
 
 from __future__ import annotations
@@ -14,8 +24,8 @@ from __future__ import annotations
 import enum
 import uuid
 from collections import deque
-from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import orjson
 from twisted.internet.defer import Deferred
@@ -23,21 +33,38 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
 
 from rtserver.config import ChannelOptions
+from rtserver.core.connecting import (
+    anonymous_allowed,
+    connect_result,
+    server_side_channels,
+    uni_disconnect,
+)
 from rtserver.core.permissions import (
     may_publish,
     may_read_history,
     may_read_presence,
     may_subscribe,
 )
-from rtserver.core.subscription import Subscription, SubState, cache_recovered, recovered
+from rtserver.core.ports import ClientNode, ISink
+from rtserver.core.recovery import positioned_result, recovery_filter, recovery_result
+from rtserver.core.subscription import (
+    Subscription,
+    SubState,
+    client_subscription,
+    server_subscription,
+)
+from rtserver.core.tokens import (
+    check_unexpired,
+    expiry_fields,
+    verify_connection_token,
+    verify_subscription_token,
+)
 from rtserver.core.types import (
     ConnectionToken,
     DisconnectControl,
     HistoryFilter,
-    InvalidToken,
     SubscribeControl,
     SubscriptionToken,
-    TokenExpired,
 )
 from rtserver.core.writer import ClientWriter, Payload, SharedPush
 from rtserver.logs import Logger
@@ -58,10 +85,10 @@ from rtserver.protocol.frames import (
     channel_of,
 )
 
-if TYPE_CHECKING:
-    from rtserver.core.node import Node
+__all__ = ["Client"]
 
-__all__ = ["Client", "Subscription"]
+# Any: command results are JSON objects of mixed value types (the codec encodes them).
+Result = dict[str, Any]
 
 _log = Logger()
 _PING_PAYLOAD = Payload(codec.PING, shared=True)
@@ -104,7 +131,9 @@ class Client:
         "version",
     )
 
-    def __init__(self, node: Node, sink: Any, *, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, node: ClientNode, sink: ISink, *, headers: dict[str, str] | None = None
+    ) -> None:
         self._node = node
         self._sink = sink
         self._clock = node.clock
@@ -148,12 +177,17 @@ class Client:
     @property
     def emulation(self) -> bool:
         """Whether commands reach this client through ``/emulation``."""
-        return bool(self._sink.emulation)
+        return self._sink.emulation
 
     @property
     def transport_name(self) -> str:
         """The transport this client uses (``websocket``, ``sse``, ...)."""
-        return str(self._sink.transport_name)
+        return self._sink.transport_name
+
+    @property
+    def queued_bytes(self) -> int:
+        """Output bytes waiting for the transport (held while it is full)."""
+        return self._writer.queued_bytes
 
     def channels(self) -> list[str]:
         """Channels this client is subscribed to."""
@@ -232,7 +266,9 @@ class Client:
             return None
         return self._run(cmd, handler(self, cmd))
 
-    def _run(self, cmd: Command, coro: Coroutine[Any, Any, None]) -> Deferred[None]:
+    # Any: a handler awaits Deferreds of several result types (Deferred.fromCoroutine's own
+    # signature uses Any the same way).
+    def _run(self, cmd: Command, coro: Coroutine[Deferred[Any], Any, None]) -> Deferred[None]:
         d = Deferred.fromCoroutine(coro)
         d.addErrback(self._command_failed, cmd)
         return d
@@ -241,26 +277,25 @@ class Client:
         exc = failure.value
         if isinstance(exc, Disconnect):
             self.close(exc)
-        elif isinstance(exc, Error):
-            if cmd.method == "connect":
-                self._connect_failed = True
-                self._drop_subscriptions()
-            self._reply_error(cmd, exc)
-        else:
+            return
+        if not isinstance(exc, Error):
             _log.failure(
                 "client {client}: {method} failed", failure, client=self.id, method=cmd.method
             )
-            if cmd.method == "connect":
-                self._connect_failed = True
-                self._drop_subscriptions()
-            self._reply_error(cmd, Error.INTERNAL)
+            exc = Error.INTERNAL
+        if cmd.method == "connect":
+            # a failed connect leaves no server-side subscription behind; the
+            # connection may only be closed now
+            self._connect_failed = True
+            self._drop_subscriptions()
+        self._reply_error(cmd, exc)
 
     # --- output ----------------------------------------------------------------------
 
     def _send(self, data: bytes) -> None:
         self._writer.enqueue(Payload(data))
 
-    def _reply(self, cmd: Command, result: dict[str, Any]) -> None:
+    def _reply(self, cmd: Command, result: Result) -> None:
         if self._state is State.CLOSED:
             return
         assert cmd.method is not None
@@ -272,7 +307,7 @@ class Client:
         if cmd.id:
             self._send(codec.encode_error(cmd.id, error))
 
-    def _push(self, channel: str, kind: str, body: dict[str, Any]) -> None:
+    def _push(self, channel: str, kind: str, body: Result) -> None:
         self._send(codec.encode_push(channel, kind, body, uni=self._uni))
 
     def deliver_publication(self, sub: Subscription, pub: Publication, push: SharedPush) -> None:
@@ -282,12 +317,12 @@ class Client:
             return
         if sub.positioned and pub.offset:
             if pub.epoch and sub.epoch and pub.epoch != sub.epoch:
-                self._insufficient_state(sub)
+                self.insufficient_state(sub)
                 return
             if pub.offset <= sub.offset:
                 return
             if pub.offset != sub.offset + 1:
-                self._insufficient_state(sub)
+                self.insufficient_state(sub)
                 return
             sub.offset = pub.offset
         self._writer.enqueue(push.payload(self._uni))
@@ -315,20 +350,21 @@ class Client:
 
     def close(self, disconnect: Disconnect | None = None) -> None:
         """End the connection; idempotent. Queued output is flushed first."""
-        if self._state is State.CLOSED:
-            return
-        self._state = State.CLOSED
-        self._cleanup()
-        self._writer.close(flush=True)
-        self._sink.close(disconnect)
+        if self._end(flush=True):
+            self._sink.close(disconnect)
 
     def transport_lost(self) -> None:
         """The transport went away; nothing more can be written."""
+        self._end(flush=False)
+
+    def _end(self, flush: bool) -> bool:
+        """Close once: timers, subscriptions and the node's registration go; False if done."""
         if self._state is State.CLOSED:
-            return
+            return False
         self._state = State.CLOSED
         self._cleanup()
-        self._writer.close(flush=False)
+        self._writer.close(flush=flush)
+        return True
 
     def _cleanup(self) -> None:
         for timer in (self._stale_timer, self._ping_timer, self._pong_timer, self._expire_timer):
@@ -405,69 +441,62 @@ class Client:
         else:
             self._schedule_sub_expiry(sub)
 
-    def _ttl(self, expire_at: int) -> int:
-        return max(1, int(expire_at - self._clock.seconds()))
+    def _expiry(self, expire_at: int) -> dict[str, bool | int]:
+        return expiry_fields(expire_at, self._clock.seconds())
 
     # --- connect ---------------------------------------------------------------------
 
     async def _connect(self, cmd: Command) -> None:
         req = ConnectRequest.parse(cmd.params)
-        result = await self.connect(req)
+        result = await self._accept(req)
         self._reply(cmd, result)
         self._go_live()
 
-    async def connect(self, req: ConnectRequest) -> dict[str, Any]:
+    async def _accept(self, req: ConnectRequest) -> Result:
         """Authenticate and establish server-side subscriptions; returns the result.
 
         The caller writes the result (reply or push) and then calls :meth:`_go_live`.
         """
         node = self._node
         config = self._config
+        # proxy hook (connect): a connect proxy would authenticate here instead
         token = self._authenticate(req)
         self.name, self.version = req.name, req.version
         self.user = token.user
         self.conn_info = token.info
         now = self._clock.seconds()
-        if token.expire_at and token.expire_at <= now:
-            raise Error.EXPIRED
+        check_unexpired(token.expire_at, now)
         self.expire_at = token.expire_at
         limit = config.user_connection_limit
-        if limit and self.user and len(node.hub.user_clients(self.user)) >= limit:
+        if limit and self.user and node.user_connections(self.user) >= limit:
             raise Disconnect.CONNECTION_LIMIT
 
-        subs_result: dict[str, Any] = {}
-        for channel, grant, opts in self._server_side_channels(token):
-            sub = Subscription(channel, opts, server_side=True)
-            sub.positioned = opts.force_positioning or opts.force_recovery
-            sub.recoverable = opts.force_recovery
-            sub.push_join_leave = opts.join_leave and opts.force_push_join_leave
-            if grant is not None:
-                sub.chan_info = grant.info
-                sub.apply(grant.overrides)
-            hint = req.subs.get(channel)
-            result = await self._establish(sub, hint, reject_unrecovered=False)
+        subs_result: dict[str, Result] = {}
+        for channel, grant, opts in server_side_channels(token, self.user, config, node.resolver):
+            sub = server_subscription(
+                channel,
+                opts,
+                info=grant.info if grant is not None else None,
+                overrides=grant.overrides if grant is not None else None,
+            )
+            sub_result = await self._establish(sub, req.subs.get(channel), reject_unrecovered=False)
             if grant is not None and grant.data is not None:
-                result["data"] = orjson.Fragment(grant.data)
-            subs_result[channel] = result
+                sub_result["data"] = orjson.Fragment(grant.data)
+            subs_result[channel] = sub_result
         if self._state is State.CLOSED:
             return {}
 
-        result: dict[str, Any] = {"client": self.id, "version": node.version}
-        if self.expire_at:
-            result["expires"] = True
-            result["ttl"] = self._ttl(self.expire_at)
-        if subs_result:
-            result["subs"] = subs_result
-        if config.ping_interval > 0:
-            result["ping"] = int(config.ping_interval)
-            if self._sink.pong and config.pong_timeout > 0:
-                result["pong"] = True
-        if self.session:
-            result["session"] = self.session
-            if self._sink.emulation:
-                result["node"] = node.uid
-        if config.connect_include_server_time:
-            result["time"] = int(now * 1000)
+        result = connect_result(
+            config,
+            client_id=self.id,
+            version=node.version,
+            expire_at=self.expire_at,
+            now=now,
+            subs=subs_result,
+            pong=self._sink.pong,
+            session=self.session,
+            node=node.uid if self._sink.emulation else "",
+        )
         self._state = State.CONNECTED
         if self._stale_timer is not None and self._stale_timer.active():
             self._stale_timer.cancel()
@@ -499,7 +528,7 @@ class Client:
         d.addErrback(self._unidirectional_failed)
 
     async def _connect_unidirectional(self, req: ConnectRequest) -> None:
-        result = await self.connect(req)
+        result = await self._accept(req)
         if self._state is not State.CONNECTED:
             return
         for channel, hint in req.subs.items():
@@ -527,7 +556,7 @@ class Client:
         if isinstance(exc, Disconnect):
             self.close(exc)
         elif isinstance(exc, Error):
-            self.close(_uni_disconnect(exc))
+            self.close(uni_disconnect(exc))
         else:
             _log.failure("client {client}: connect failed", failure, client=self.id)
             self.close(Disconnect.SERVER_ERROR)
@@ -559,44 +588,24 @@ class Client:
             if not token.user and config.disallow_anonymous_connection_tokens:
                 raise Disconnect.INVALID_TOKEN
             return token
-        if config.allow_anonymous_connect_without_token or config.insecure:
+        if anonymous_allowed(config):
             return ConnectionToken(user="")
         raise Disconnect.BAD_REQUEST
 
     def _verify_connection_token(self, raw: str, expired: Exception) -> ConnectionToken:
-        """Verify a connection token; ``expired`` is raised when it has expired."""
-        verifier = self._node.verifier
-        if verifier is None:
-            raise Disconnect.INVALID_TOKEN
-        try:
-            token: ConnectionToken = verifier.verify_connection_token(raw, self._clock.seconds())
-        except TokenExpired:
-            raise expired from None
-        except InvalidToken as e:
-            _log.info("client {client}: invalid connection token: {e}", client=self.id, e=str(e))
-            raise Disconnect.INVALID_TOKEN from None
-        return token
+        return verify_connection_token(
+            self._node.verifier, raw, self._clock.seconds(), expired, self.id
+        )
 
-    def _server_side_channels(
-        self, token: ConnectionToken
-    ) -> list[tuple[str, Any, ChannelOptions]]:
-        resolver = self._node.resolver
-        out: list[tuple[str, Any, ChannelOptions]] = []
-        seen: set[str] = set()
-        personal = self._config.subscribe_to_user_personal_channel
-        names: list[tuple[str, Any]] = [(ch, None) for ch in token.channels]
-        names += list(token.subs.items())
-        if personal.enabled and self.user:
-            ns = personal.personal_channel_namespace
-            names.append((resolver.personal_channel(self.user, ns), None))
-        for channel, grant in names:
-            if channel in seen:
-                continue
-            seen.add(channel)
-            out.append((channel, grant, resolver.options(channel)))
-        if len(out) > self._config.channel_limit:
-            raise Error.LIMIT_EXCEEDED
-        return out
+    def _verify_sub_token(self, raw: str, channel: str) -> SubscriptionToken:
+        return verify_subscription_token(
+            self._node.verifier,
+            raw,
+            self._clock.seconds(),
+            channel=channel,
+            user=self.user,
+            client_id=self.id,
+        )
 
     # --- subscribe -------------------------------------------------------------------
 
@@ -608,16 +617,14 @@ class Client:
         result = await self._establish(sub, req, reject_unrecovered=req.reject_unrecovered)
         if self._subs.get(sub.channel) is not sub:
             return  # closed or unsubscribed while waiting
-        if sub.expire_at:
-            result["expires"] = True
-            result["ttl"] = self._ttl(sub.expire_at)
-            self._schedule_sub_expiry(sub)
+        result.update(self._expiry(sub.expire_at))
+        self._schedule_sub_expiry(sub)
         self._reply(cmd, result)
         self._flush_buffer(sub)
         self._joined(sub)
 
     def _authorize_subscribe(self, req: SubscribeRequest) -> Subscription:
-        """Permission checks of protocol.md §5.4; returns the new subscription."""
+        """Permission checks (docs/client-protocol.rst, "Channels"); the new subscription."""
         node = self._node
         resolver = node.resolver
         channel = req.channel
@@ -639,54 +646,15 @@ class Client:
             raise Error.PERMISSION_DENIED
         if token is None:
             resolver.check_regex(channel, opts)
-
-        sub = Subscription(channel, opts, server_side=False)
-        insecure = self._config.insecure or token is not None
-        history_ok = opts.history_enabled and may_read_history(opts, self.user, True, insecure)
-        presence_ok = may_read_presence(opts, self.user, True, insecure)
-        sub.recoverable = opts.history_enabled and (
-            opts.force_recovery or (req.recoverable and (opts.allow_recovery or history_ok))
-        )
-        sub.positioned = sub.recoverable or (
-            opts.history_enabled
-            and (
-                opts.force_positioning
-                or (req.positioned and (opts.allow_positioning or history_ok))
-            )
-        )
-        sub.push_join_leave = opts.join_leave and (
-            opts.force_push_join_leave or (req.join_leave and presence_ok)
-        )
-        if token is not None:
-            if token.expire_at and token.expire_at <= self._clock.seconds():
-                raise Error.EXPIRED
-            sub.expire_at = token.expire_at
-            sub.chan_info = token.info
-            sub.apply(token.overrides)
-        return sub
-
-    def _verify_sub_token(self, raw: str, channel: str) -> SubscriptionToken:
-        verifier = self._node.verifier
-        if verifier is None:
-            raise Error.PERMISSION_DENIED
-        try:
-            token: SubscriptionToken = verifier.verify_subscription_token(
-                raw, self._clock.seconds()
-            )
-        except TokenExpired:
-            raise Error.TOKEN_EXPIRED from None
-        except InvalidToken as e:
-            _log.info("client {client}: invalid subscription token: {e}", client=self.id, e=str(e))
-            raise Error.PERMISSION_DENIED from None
-        if token.channel != channel or token.user != self.user:
-            raise Disconnect.INVALID_TOKEN
-        if token.client and token.client != self.id:
-            raise Disconnect.INVALID_TOKEN
-        return token
+        else:
+            check_unexpired(token.expire_at, self._clock.seconds())
+        # proxy hook (subscribe): a subscribe proxy would decide here, and could add
+        # channel info, data and overrides
+        return client_subscription(req, opts, token, self.user, self._config.insecure)
 
     async def _establish(
         self, sub: Subscription, req: SubscribeRequest | None, *, reject_unrecovered: bool
-    ) -> dict[str, Any]:
+    ) -> Result:
         """Register ``sub`` (buffering live publications) and compute its result.
 
         The caller writes the result, then calls :meth:`_flush_buffer`.
@@ -702,53 +670,28 @@ class Client:
 
     async def _position(
         self, sub: Subscription, req: SubscribeRequest | None, reject_unrecovered: bool
-    ) -> dict[str, Any]:
+    ) -> Result:
         node = self._node
         channel = sub.channel
         await node.add_subscription(channel, self, sub)
-        if self._subs.get(channel) is not sub:
+        if self._subs.get(channel) is not sub or not sub.positioned:
             return {}
-        result: dict[str, Any] = {}
-        if not sub.positioned:
-            return result
-        recover = req is not None and req.recover and sub.recoverable
-        meta_ttl = node.meta_ttl(sub.opts)
-        if recover:
-            assert req is not None
-            if sub.opts.force_recovery_mode == "cache":
-                flt = HistoryFilter(limit=1, reverse=True)
-            else:
-                limit = self._config.recovery_max_publication_limit
-                flt = HistoryFilter(since=StreamPosition(req.offset, ""), limit=limit or -1)
-            history = await node.engine.history(channel, flt, meta_ttl)
+        top: StreamPosition
+        if req is not None and req.recover and sub.recoverable:
+            cache = sub.opts.force_recovery_mode == "cache"
+            limit = self._config.recovery_max_publication_limit
+            flt = recovery_filter(cache, req.offset, limit)
+            history = await node.read_stream(channel, flt, sub.opts)
+            result = recovery_result(
+                history, req.offset, req.epoch, cache=cache, reject_unrecovered=reject_unrecovered
+            )
             top = history.position
-            if sub.opts.force_recovery_mode == "cache":
-                pubs = cache_recovered(history.publications, req.offset, req.epoch, top)
-            else:
-                pubs = recovered(history.publications, req.offset, req.epoch, top)
-            result["was_recovering"] = True
-            if pubs is not None:
-                result["recovered"] = True
-                result["offset"] = req.offset
-                if pubs:
-                    result["publications"] = [p.to_wire() for p in pubs]
-            else:
-                if reject_unrecovered:
-                    raise Error.UNRECOVERABLE_POSITION
-                result["offset"] = top.offset
         else:
-            history = await node.engine.history(channel, HistoryFilter(limit=0), meta_ttl)
-            top = history.position
-            result["offset"] = top.offset
+            top = await node.stream_top(channel, sub.opts)
+            result = {"offset": top.offset}
         sub.offset = top.offset
         sub.epoch = top.epoch
-        result["epoch"] = top.epoch
-        result["positioned"] = True
-        if sub.recoverable:
-            result["recoverable"] = True
-        if not result["offset"]:
-            del result["offset"]
-        return result
+        return positioned_result(result, top, sub.recoverable)
 
     def _flush_buffer(self, sub: Subscription) -> None:
         """Switch ``sub`` to live, delivering what arrived while subscribing."""
@@ -767,16 +710,15 @@ class Client:
         node = self._node
         for sub in self._subs.values():
             if sub.presence and sub.state is SubState.LIVE:
-                info = self.info(sub.channel)
-                node.background(node.engine.add_presence(sub.channel, self.id, info))
+                node.background(node.add_presence(sub.channel, self.id, self.info(sub.channel)))
 
     def _joined(self, sub: Subscription) -> None:
         """Presence and join event for a subscription that just went live."""
         node = self._node
         if sub.presence:
-            node.background(node.engine.add_presence(sub.channel, self.id, self.info(sub.channel)))
+            node.background(node.add_presence(sub.channel, self.id, self.info(sub.channel)))
         if sub.emit_join_leave:
-            node.background(node.engine.publish_join(sub.channel, self.info(sub.channel)))
+            node.background(node.publish_join(sub.channel, self.info(sub.channel)))
 
     def _remove_subscription(self, channel: str) -> Subscription | None:
         sub = self._subs.pop(channel, None)
@@ -789,17 +731,14 @@ class Client:
         node.remove_subscription(channel, self)
         if sub.state is SubState.LIVE:
             if sub.presence:
-                node.background(node.engine.remove_presence(channel, self.id, self.user))
+                node.background(node.remove_presence(channel, self.id, self.user))
             if sub.emit_join_leave:
                 info = ClientInfo(self.user, self.id, self.conn_info, sub.chan_info)
-                node.background(node.engine.publish_leave(channel, info))
+                node.background(node.publish_leave(channel, info))
         return sub
 
     def insufficient_state(self, sub: Subscription) -> None:
         """The subscriber's stream position is lost: resubscribe (2500) or reconnect (3010)."""
-        self._insufficient_state(sub)
-
-    def _insufficient_state(self, sub: Subscription) -> None:
         _log.info(
             "client {client}: gap in {channel}, position lost", client=self.id, channel=sub.channel
         )
@@ -811,20 +750,20 @@ class Client:
     def unsubscribe(self, channel: str, unsub: Unsubscribe = Unsubscribe.SERVER) -> None:
         """Server-initiated unsubscribe with an ``unsubscribe`` push."""
         if self._remove_subscription(channel) is not None and self._state is State.CONNECTED:
-            self._push(channel, "unsubscribe", unsub.to_wire())
+            self._send(codec.encode_unsubscribe(channel, unsub, uni=self._uni))
 
     async def server_subscribe(self, ctrl: SubscribeControl) -> None:
         """Subscribe server-side at runtime (server API ``subscribe``)."""
         if self._state is not State.CONNECTED or ctrl.channel in self._subs:
             return
         opts = self._node.resolver.options(ctrl.channel)
-        sub = Subscription(ctrl.channel, opts, server_side=True)
-        sub.positioned = opts.force_positioning or opts.force_recovery
-        sub.recoverable = opts.force_recovery
-        sub.push_join_leave = opts.join_leave and opts.force_push_join_leave
-        sub.chan_info = ctrl.info
-        sub.apply(ctrl.overrides)
-        sub.expire_at = ctrl.expire_at
+        sub = server_subscription(
+            ctrl.channel,
+            opts,
+            info=ctrl.info,
+            overrides=ctrl.overrides,
+            expire_at=ctrl.expire_at,
+        )
         hint = None
         if ctrl.recover_since is not None:
             hint = SubscribeRequest(
@@ -838,10 +777,8 @@ class Client:
             return
         if ctrl.data is not None:
             result["data"] = orjson.Fragment(ctrl.data)
-        if sub.expire_at:
-            result["expires"] = True
-            result["ttl"] = self._ttl(sub.expire_at)
-            self._schedule_sub_expiry(sub)
+        result.update(self._expiry(sub.expire_at))
+        self._schedule_sub_expiry(sub)
         self._push(ctrl.channel, "subscribe", result)
         self._flush_buffer(sub)
         self._joined(sub)
@@ -867,6 +804,7 @@ class Client:
         subscribed = req.channel in self._subs
         if not may_publish(opts, self.user, subscribed, self._config.insecure):
             raise Error.PERMISSION_DENIED
+        # proxy hook (publish): a publish proxy would decide here, and could change data
         await self._node.publish(req.channel, req.data, info=self.info(req.channel), opts=opts)
         self._reply(cmd, {})
 
@@ -881,13 +819,13 @@ class Client:
     async def _presence(self, cmd: Command) -> None:
         channel = channel_of(cmd.params)
         self._check_presence(channel)
-        presence = await self._node.engine.presence(channel)
+        presence = await self._node.presence(channel)
         self._reply(cmd, {"presence": {cid: info.to_wire() for cid, info in presence.items()}})
 
     async def _presence_stats(self, cmd: Command) -> None:
         channel = channel_of(cmd.params)
         self._check_presence(channel)
-        stats = await self._node.engine.presence_stats(channel)
+        stats = await self._node.presence_stats(channel)
         self._reply(cmd, {"num_clients": stats.num_clients, "num_users": stats.num_users})
 
     async def _history(self, cmd: Command) -> None:
@@ -921,16 +859,13 @@ class Client:
         token = self._verify_connection_token(req.token, Disconnect.EXPIRED)
         if token.user != self.user:
             raise Disconnect.INVALID_TOKEN
-        if token.expire_at and token.expire_at <= self._clock.seconds():
-            raise Error.EXPIRED
+        check_unexpired(token.expire_at, self._clock.seconds())
         self.expire_at = token.expire_at
         if token.info is not None:
             self.conn_info = token.info
         self._schedule_expiry()
-        result: dict[str, Any] = {"client": self.id, "version": self._node.version}
-        if self.expire_at:
-            result["expires"] = True
-            result["ttl"] = self._ttl(self.expire_at)
+        result: Result = {"client": self.id, "version": self._node.version}
+        result.update(self._expiry(self.expire_at))
         self._reply(cmd, result)
 
     async def _sub_refresh(self, cmd: Command) -> None:
@@ -947,24 +882,22 @@ class Client:
                 self._reply(cmd, {})
                 return
             raise Disconnect.INVALID_TOKEN from None
-        if token.expire_at and token.expire_at <= self._clock.seconds():
-            raise Error.EXPIRED
+        check_unexpired(token.expire_at, self._clock.seconds())
         sub.expire_at = token.expire_at
         if token.info is not None:
             sub.chan_info = token.info
         self._schedule_sub_expiry(sub)
-        result: dict[str, Any] = {}
-        if sub.expire_at:
-            result = {"expires": True, "ttl": self._ttl(sub.expire_at)}
-        self._reply(cmd, result)
+        self._reply(cmd, self._expiry(sub.expire_at))
 
     async def _rpc(self, cmd: Command) -> None:
+        # proxy hook (rpc): an RPC proxy would answer here
         raise Error.NOT_AVAILABLE.with_message("rpc is not available: no rpc proxy configured")
 
     async def _not_available(self, cmd: Command) -> None:
         raise Error.NOT_AVAILABLE
 
-    _HANDLERS = {
+    # Any: as in _run.
+    _HANDLERS: dict[str, Callable[[Client, Command], Coroutine[Deferred[Any], Any, None]]] = {
         "subscribe": _subscribe,
         "unsubscribe": _unsubscribe,
         "publish": _publish,
@@ -991,18 +924,5 @@ class Client:
             self.conn_info = info
         self._schedule_expiry()
         if self._uni:
-            body: dict[str, Any] = {}
-            if expire_at:
-                body = {"expires": True, "ttl": self._ttl(expire_at)}
-            self._push("", "refresh", body)
+            self._push("", "refresh", self._expiry(expire_at))
 
-
-def _uni_disconnect(error: Error) -> Disconnect:
-    """Connect errors on unidirectional transports become disconnects."""
-    if error.code in (Error.TOKEN_EXPIRED.code, Error.EXPIRED.code):
-        return Disconnect.EXPIRED
-    if error.code == Error.TOO_MANY_REQUESTS.code:
-        return Disconnect.TOO_MANY_REQUESTS
-    if error.code == Error.PERMISSION_DENIED.code:
-        return Disconnect.PERMISSION_DENIED
-    return Disconnect.SERVER_ERROR

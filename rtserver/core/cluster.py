@@ -13,12 +13,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
+from twisted.python.failure import Failure
 
+from rtserver.core.loops import run_every
 from rtserver.core.types import (
     ControlMessage,
     NodeInfo,
@@ -83,16 +84,10 @@ class Cluster:
 
     def start(self) -> None:
         """Announce this node now and every heartbeat; sweep silent peers."""
-        for interval, call, now in (
-            (self._heartbeat, self.announce, True),
-            (self._sweep_interval, self.sweep, False),
-        ):
-            loop = LoopingCall(call)
-            loop.clock = self._clock
-            loop.start(interval, now=now).addErrback(
-                lambda f: _log.failure("cluster loop stopped", f)
-            )
-            self._loops.append(loop)
+        self._loops = [
+            run_every(self._clock, self._heartbeat, self.announce, "node announcements", now=True),
+            run_every(self._clock, self._sweep_interval, self.sweep, "peer sweep", now=False),
+        ]
 
     @property
     def running(self) -> bool:
@@ -178,7 +173,7 @@ class Cluster:
         sent.addErrback(self._survey_failed, survey_id)
         return survey.done
 
-    def _survey_failed(self, failure: Any, survey_id: str) -> None:
+    def _survey_failed(self, failure: Failure, survey_id: str) -> None:
         survey = self._take(survey_id)
         if survey is not None:
             survey.done.errback(failure)

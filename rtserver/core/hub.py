@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import Generic, TypeVar
 
+from rtserver.core.ports import Subscriber
+from rtserver.core.subscription import Subscription
 from rtserver.core.writer import SharedPush
 from rtserver.protocol.frames import ClientInfo, Publication
 
-if TYPE_CHECKING:
-    from rtserver.core.client import Client, Subscription
-
 __all__ = ["Hub"]
 
+#: The connection type the hub holds (``Client`` in a node); the hub itself needs only
+#: the :class:`~rtserver.core.ports.Subscriber` port.
+ConnT = TypeVar("ConnT", bound=Subscriber)
 
-class Hub:
+
+class Hub(Generic[ConnT]):
     """Connections by id, session and user; subscribers by channel.
 
     Broadcasts encode once per wire shape (:class:`SharedPush`) and iterate a snapshot of
@@ -22,16 +25,16 @@ class Hub:
     """
 
     def __init__(self) -> None:
-        self._clients: dict[str, Client] = {}
-        self._sessions: dict[str, Client] = {}
-        self._users: dict[str, dict[str, Client]] = {}
-        self._subs: dict[str, dict[Client, Subscription]] = {}
+        self._clients: dict[str, ConnT] = {}
+        self._sessions: dict[str, ConnT] = {}
+        self._users: dict[str, dict[str, ConnT]] = {}
+        self._subs: dict[str, dict[ConnT, Subscription]] = {}
         #: Connections accepted since start, by transport name (``/metrics``).
         self.accepted: dict[str, int] = {}
 
     # --- connections ---------------------------------------------------------------
 
-    def add_client(self, client: Client) -> None:
+    def add_client(self, client: ConnT) -> None:
         """Register a connected client."""
         self._clients[client.id] = client
         transport = client.transport_name
@@ -40,7 +43,7 @@ class Hub:
             self._sessions[client.session] = client
         self._users.setdefault(client.user, {})[client.id] = client
 
-    def remove_client(self, client: Client) -> None:
+    def remove_client(self, client: ConnT) -> None:
         """Forget a client (its subscriptions must be removed separately)."""
         if self._clients.pop(client.id, None) is None:
             return
@@ -52,19 +55,15 @@ class Hub:
             if not users:
                 del self._users[client.user]
 
-    def client(self, client_id: str) -> Client | None:
-        """The connected client with this id."""
-        return self._clients.get(client_id)
-
-    def by_session(self, session: str) -> Client | None:
+    def by_session(self, session: str) -> ConnT | None:
         """The connected client with this emulation session id."""
         return self._sessions.get(session)
 
-    def user_clients(self, user: str) -> list[Client]:
+    def user_clients(self, user: str) -> list[ConnT]:
         """A snapshot of ``user``'s connections on this node."""
         return list(self._users.get(user, {}).values())
 
-    def clients(self) -> list[Client]:
+    def clients(self) -> list[ConnT]:
         """A snapshot of every connection."""
         return list(self._clients.values())
 
@@ -80,7 +79,7 @@ class Hub:
 
     # --- subscriptions ---------------------------------------------------------------
 
-    def add_subscriber(self, channel: str, client: Client, sub: Subscription) -> bool:
+    def add_subscriber(self, channel: str, client: ConnT, sub: Subscription) -> bool:
         """Add a subscriber; True when it is the channel's first on this node."""
         subs = self._subs.get(channel)
         if subs is None:
@@ -89,7 +88,7 @@ class Hub:
         subs[client] = sub
         return False
 
-    def remove_subscriber(self, channel: str, client: Client) -> bool:
+    def remove_subscriber(self, channel: str, client: ConnT) -> bool:
         """Remove a subscriber; True when the channel has none left on this node."""
         subs = self._subs.get(channel)
         if subs is None or subs.pop(client, None) is None:
@@ -103,7 +102,7 @@ class Hub:
         """Whether anyone on this node is subscribed to ``channel``."""
         return channel in self._subs
 
-    def subscribers(self, channel: str) -> list[tuple[Client, Subscription]]:
+    def subscribers(self, channel: str) -> list[tuple[ConnT, Subscription]]:
         """A snapshot of ``channel``'s local subscribers."""
         return list(self._subs.get(channel, {}).items())
 

@@ -24,23 +24,27 @@ from zope.interface import implementer
 from rtserver import __version__
 from rtserver.config import ChannelOptions, Config
 from rtserver.core.channels import ChannelResolver
-from rtserver.core.client import Client, Subscription
+from rtserver.core.client import Client
 from rtserver.core.cluster import Cluster, SurveyCode
 from rtserver.core.hub import Hub
-from rtserver.core.ports import IEngineHandler
+from rtserver.core.loops import run_every
+from rtserver.core.ports import IEngine, IEngineHandler, IPresenceManager, ISink, ITokenVerifier
 from rtserver.core.positions import PositionCheck
+from rtserver.core.subscription import Subscription
 from rtserver.core.types import (
     ControlMessage,
     DisconnectControl,
     HistoryFilter,
     HistoryResult,
     NodeInfo,
+    PresenceStats,
     PublishOptions,
     RefreshControl,
     SubscribeControl,
     SurveyReply,
     SurveyRequest,
     UnsubscribeControl,
+    UserControl,
 )
 from rtserver.core.writer import FlushScheduler
 from rtserver.logs import Logger
@@ -54,18 +58,35 @@ _log = Logger()
 
 @implementer(IEngineHandler)
 class Node:
-    """One rtserver process: its clients, channels and engine."""
+    """One rtserver process: its clients, channels and engine.
+
+    Implements :class:`~rtserver.core.ports.ClientNode` for its clients: they reach the
+    broker, history and presence only through the facade methods below.
+
+    Args:
+        engine: broker, history and (unless ``presence_manager`` is given) presence.
+        config: the server configuration.
+        clock: every timer of the node and its clients.
+        verifier: JWT verification; None refuses every token.
+        name: shown in ``info``; defaults to ``node.name`` or ``<host>_<port>``.
+        presence_manager: presence kept elsewhere than in ``engine``; its lifecycle
+            belongs to whoever made it.
+    """
 
     def __init__(
         self,
-        engine: Any,
+        engine: IEngine,
         config: Config,
         *,
         clock: IReactorTime,
-        verifier: Any = None,
+        verifier: ITokenVerifier | None = None,
         name: str = "",
+        presence_manager: IPresenceManager | None = None,
     ) -> None:
         self.engine = engine
+        self.presence_manager: IPresenceManager = (
+            engine if presence_manager is None else presence_manager
+        )
         self.config = config
         self.clock = clock
         self.verifier = verifier
@@ -73,7 +94,7 @@ class Node:
         self.name = name or config.node.name or f"{socket.gethostname()}_{config.http_server.port}"
         self.version = __version__
         self.resolver = ChannelResolver(config.channel)
-        self.hub = Hub()
+        self.hub: Hub[Client] = Hub()
         self.scheduler = FlushScheduler(clock, config.client.write_delay)
         self._started_at = clock.seconds()
         self._subscribing: dict[str, list[Deferred[None]]] = {}
@@ -83,7 +104,8 @@ class Node:
         self._rate_count = 0
         self.cluster = Cluster(self.uid, clock, self._publish_control, self.node_info)
         self._presence_loop: LoopingCall | None = None
-        self.position_check = PositionCheck(self)
+        self.position_check = PositionCheck(self.hub, self.stream_top, clock)
+        # Survey arguments are decoded JSON of any shape; each op validates its own.
         self._survey_ops: dict[str, Callable[[Any], tuple[int, bytes]]] = {
             "channels": self._channels_op,
             "emulation": self._emulation_op,
@@ -94,18 +116,18 @@ class Node:
     @property
     def shared_engine(self) -> bool:
         """True when other nodes share the engine (Redis): heartbeats, presence refresh."""
-        return bool(getattr(self.engine, "shared", False))
+        return bool(self.engine.shared)
 
     def start(self) -> Deferred[None]:
         """Start the engine and begin serving; join the cluster on a shared engine."""
         self._running = True
         self._started_at = self.clock.seconds()
-        d: Deferred[None] = self.engine.start(self)
+        d = self.engine.start(self)
         if self.shared_engine:
             d.addBoth(self._join_cluster)
         return d
 
-    def _join_cluster(self, result: Any) -> Any:
+    def _join_cluster(self, result: Failure | None) -> Failure | None:
         """Once the engine tried its links: start the cluster's periodic work.
 
         Node announcements, presence refresh and the stream-position check.
@@ -116,10 +138,8 @@ class Node:
         self.cluster.start()
         interval = self.config.client.presence_update_interval
         if interval > 0:
-            self._presence_loop = LoopingCall(self._refresh_presence)
-            self._presence_loop.clock = self.clock
-            self._presence_loop.start(interval, now=False).addErrback(
-                self._log_failure, "presence refresh loop"
+            self._presence_loop = run_every(
+                self.clock, interval, self._refresh_presence, "presence refresh loop", now=False
             )
         return result
 
@@ -142,8 +162,7 @@ class Node:
             client.refresh_presence()
 
     def _publish_control(self, message: ControlMessage, node: str) -> Deferred[None]:
-        d: Deferred[None] = self.engine.publish_control(message, node)
-        return d
+        return self.engine.publish_control(message, node)
 
     def admit(self) -> bool:
         """Whether a new connection may start; transports answer HTTP 503 when not.
@@ -163,11 +182,12 @@ class Node:
             self._rate_count += 1
         return True
 
-    def make_client(self, sink: Any, headers: dict[str, str] | None = None) -> Client:
+    def make_client(self, sink: ISink, headers: dict[str, str] | None = None) -> Client:
         """A new client connection for ``sink`` (the transport adapter)."""
         self.open_clients += 1
         return Client(self, sink, headers=headers)
 
+    # Any: a detached operation's result is dropped, whatever its type.
     def background(self, d: Deferred[Any], what: str = "background operation") -> None:
         """Run ``d`` detached: its failure is logged, never lost."""
         d.addErrback(self._log_failure, what)
@@ -191,12 +211,15 @@ class Node:
         self.open_clients -= 1
         self.hub.remove_client(client)
 
+    def user_connections(self, user: str) -> int:
+        """How many connected clients ``user`` has on this node."""
+        return len(self.hub.user_clients(user))
+
     def add_subscription(self, channel: str, client: Client, sub: Subscription) -> Deferred[None]:
         """Add a local subscriber; fires once the engine delivers ``channel`` here."""
         if self.hub.add_subscriber(channel, client, sub):
             self._subscribing[channel] = []
-            d: Deferred[None] = self.engine.subscribe(channel)
-            d.addBoth(self._subscribed, channel)
+            self.engine.subscribe(channel).addBoth(self._subscribed, channel)
         waiters = self._subscribing.get(channel)
         if waiters is None:
             return succeed(None)
@@ -239,6 +262,8 @@ class Node:
         if isinstance(message, SurveyRequest):
             self._answer(message)
             return
+        if not isinstance(message, UserControl):
+            return  # membership and survey replies are the cluster's (handled above)
         for client in self._targets(message.user, message.client, message.session):
             if isinstance(message, SubscribeControl):
                 d = Deferred.fromCoroutine(client.server_subscribe(message))
@@ -265,10 +290,12 @@ class Node:
         reply = SurveyReply(id=request.id, sender=self.uid, code=code, data=data)
         self.background(self._publish_control(reply, request.sender), "survey reply")
 
+    # Any: decoded JSON arguments of a survey, validated here.
     def _channels_op(self, args: Any) -> tuple[int, bytes]:
         pattern = args.get("pattern", "") if isinstance(args, dict) else ""
         return SurveyCode.OK, orjson.dumps(self.local_channels(str(pattern)))
 
+    # Any: as in _channels_op.
     def _emulation_op(self, args: Any) -> tuple[int, bytes]:
         if not isinstance(args, dict):
             return SurveyCode.BAD_REQUEST, b"null"
@@ -315,8 +342,7 @@ class Node:
             idempotency_key=idempotency_key,
         )
         pub = Publication(data=data, info=info, tags=tags or None)
-        d: Deferred[StreamPosition] = self.engine.publish(channel, pub, options)
-        return d
+        return self.engine.publish(channel, pub, options)
 
     def history(
         self, channel: str, flt: HistoryFilter, opts: ChannelOptions | None = None
@@ -331,16 +357,53 @@ class Node:
                 raise Error.BAD_REQUEST.with_message("reverse history needs since.offset > 0")
         except Error as e:
             return fail(e)
-        d: Deferred[HistoryResult] = self.engine.history(channel, flt, self.meta_ttl(opts))
+        d = self.read_stream(channel, flt, opts)
         since = flt.since
         if since is not None and since.epoch:
             d.addCallback(_check_epoch, since.epoch)
         return d
 
+    def read_stream(
+        self, channel: str, flt: HistoryFilter, opts: ChannelOptions
+    ) -> Deferred[HistoryResult]:
+        """Read a stream as it is, with no permission or epoch check (recovery)."""
+        return self.engine.history(channel, flt, self.meta_ttl(opts))
+
+    def stream_top(self, channel: str, opts: ChannelOptions) -> Deferred[StreamPosition]:
+        """A stream's current epoch and top offset (creating the epoch if none yet)."""
+        return self.read_stream(channel, HistoryFilter(limit=0), opts).addCallback(_top)
+
+    def remove_history(self, channel: str) -> Deferred[None]:
+        """Drop a stream's publications; its epoch and top offset stay."""
+        return self.engine.remove_history(channel)
+
+    def publish_join(self, channel: str, info: ClientInfo) -> Deferred[None]:
+        """Announce a join to every node."""
+        return self.engine.publish_join(channel, info)
+
+    def publish_leave(self, channel: str, info: ClientInfo) -> Deferred[None]:
+        """Announce a leave to every node."""
+        return self.engine.publish_leave(channel, info)
+
+    def add_presence(self, channel: str, client_id: str, info: ClientInfo) -> Deferred[None]:
+        """Add or refresh a connection's presence."""
+        return self.presence_manager.add_presence(channel, client_id, info)
+
+    def remove_presence(self, channel: str, client_id: str, user: str) -> Deferred[None]:
+        """Remove a connection's presence."""
+        return self.presence_manager.remove_presence(channel, client_id, user)
+
+    def presence(self, channel: str) -> Deferred[dict[str, ClientInfo]]:
+        """``{client_id: ClientInfo}`` of a channel, across nodes."""
+        return self.presence_manager.presence(channel)
+
+    def presence_stats(self, channel: str) -> Deferred[PresenceStats]:
+        """A channel's connection and distinct-user counts, across nodes."""
+        return self.presence_manager.presence_stats(channel)
+
     def control(self, message: ControlMessage) -> Deferred[None]:
         """Send a control command to every node (this one included)."""
-        d: Deferred[None] = self.engine.publish_control(message)
-        return d
+        return self.engine.publish_control(message)
 
     def local_channels(self, pattern: str = "") -> dict[str, int]:
         """Channels with subscribers on this node, filtered by a glob ``pattern``."""
@@ -355,8 +418,7 @@ class Node:
         if not self.shared_engine:
             return succeed(self.local_channels(pattern))
         d = self.cluster.survey("channels", orjson.dumps({"pattern": pattern}))
-        d.addCallback(_merge_channel_counts)
-        return d
+        return d.addCallback(_merge_channel_counts)
 
     def emulate(self, session: str, node: str, data: str) -> Deferred[bool]:
         """Feed emulation commands to ``session`` on ``node``; fires False if not found.
@@ -368,8 +430,7 @@ class Node:
         if not self.cluster.knows(node):
             return succeed(False)
         d = self.cluster.survey("emulation", orjson.dumps({"session": session, "data": data}), node)
-        d.addCallback(lambda replies: any(r.code == SurveyCode.OK for r in replies))
-        return d
+        return d.addCallback(_any_ok)
 
     def _emulate_here(self, session: str, data: str) -> bool:
         client = self.hub.by_session(session)
@@ -392,6 +453,7 @@ class Node:
             uptime=int(self.clock.seconds() - self._started_at),
         )
 
+    # Any: JSON values of the API response (str and int here).
     def info(self) -> list[dict[str, Any]]:
         """The server API ``info`` result's ``nodes``: this node and every live peer.
 
@@ -411,6 +473,14 @@ def _merge_channel_counts(replies: list[SurveyReply]) -> dict[str, int]:
                 if isinstance(n, int):
                     merged[channel] = merged.get(channel, 0) + n
     return merged
+
+
+def _any_ok(replies: list[SurveyReply]) -> bool:
+    return any(r.code == SurveyCode.OK for r in replies)
+
+
+def _top(result: HistoryResult) -> StreamPosition:
+    return result.position
 
 
 def _check_epoch(result: HistoryResult, epoch: str) -> HistoryResult:

@@ -1,8 +1,9 @@
-"""Channel permissions of client commands (protocol.md §5.4), as pure decisions.
+"""Channel permissions of client commands, as pure decisions.
 
-Each function answers one question for one client and channel; callers raise 103 on
-``False``. ``insecure`` (``client.insecure``) grants everything. Anonymous users (user
-``""``) additionally need the ``*_for_anonymous`` option.
+The rules are in docs/client-protocol.rst ("Channels"). Each function answers one
+question for one client and channel; callers raise 103 on ``False``. ``insecure``
+(``client.insecure``) grants everything. Anonymous users (user ``""``) additionally need
+the ``*_for_anonymous`` option.
 """
 
 from __future__ import annotations

@@ -15,28 +15,52 @@ Insufficient state makes clients resubscribe (2500) or reconnect (3010) and reco
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol
 
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
+from twisted.python.failure import Failure
 
-from rtserver.core.subscription import SubState
-from rtserver.core.types import HistoryFilter, HistoryResult
+from rtserver.config import ChannelOptions
+from rtserver.core.loops import run_every
+from rtserver.core.ports import Subscriber
+from rtserver.core.subscription import Subscription, SubState
 from rtserver.logs import Logger
+from rtserver.protocol.frames import StreamPosition
 
-if TYPE_CHECKING:
-    from rtserver.core.node import Node
-
-__all__ = ["PositionCheck"]
+__all__ = ["PositionCheck", "StreamTop", "Subscribers"]
 
 _log = Logger()
+
+#: Reads a channel's stream top (``Node.stream_top``).
+StreamTop = Callable[[str, ChannelOptions], Deferred[StreamPosition]]
+
+
+class Subscribers(Protocol):
+    """The local subscribers by channel (the node's ``Hub``)."""
+
+    def channels(self) -> Iterator[tuple[str, int]]:
+        """``(channel, local subscriber count)`` for every channel."""
+
+    def subscribers(self, channel: str) -> Sequence[tuple[Subscriber, Subscription]]:
+        """A snapshot of ``channel``'s local subscribers."""
 
 
 class PositionCheck:
     """Checks positioned subscriptions against their stream tops on a loop."""
 
-    def __init__(self, node: Node, interval: float = 40.0) -> None:
-        self._node = node
+    def __init__(
+        self,
+        subscribers: Subscribers,
+        stream_top: StreamTop,
+        clock: IReactorTime,
+        interval: float = 40.0,
+    ) -> None:
+        self._subscribers = subscribers
+        self._stream_top = stream_top
+        self._clock = clock
         self._interval = interval
         self._loop: LoopingCall | None = None
 
@@ -44,10 +68,8 @@ class PositionCheck:
         """Check every ``interval`` seconds from now on."""
         if self._interval <= 0 or self._loop is not None:
             return
-        self._loop = LoopingCall(self.check)
-        self._loop.clock = self._node.clock
-        self._loop.start(self._interval, now=False).addErrback(
-            lambda f: _log.failure("position check loop stopped", f)
+        self._loop = run_every(
+            self._clock, self._interval, self.check, "position check loop", now=False
         )
 
     def stop(self) -> None:
@@ -56,24 +78,19 @@ class PositionCheck:
             self._loop.stop()
         self._loop = None
 
-    def check(self) -> Deferred[Any]:
+    def check(self) -> Deferred[list[None]]:
         """One pass over every channel with positioned local subscribers."""
-        node = self._node
-        reads = []
-        for channel, _ in list(node.hub.channels()):
-            subs = node.hub.subscribers(channel)
+        reads: list[Deferred[None]] = []
+        for channel, _ in list(self._subscribers.channels()):
+            subs = self._subscribers.subscribers(channel)
             if not any(sub.positioned for _, sub in subs):
                 continue
-            opts = subs[0][1].opts
-            d = node.engine.history(channel, HistoryFilter(limit=0), node.meta_ttl(opts))
-            d.addCallback(self._compare, channel)
-            d.addErrback(_unavailable, channel)
-            reads.append(d)
+            d = self._stream_top(channel, subs[0][1].opts).addCallback(self._compare, channel)
+            reads.append(d.addErrback(_unavailable, channel))
         return gatherResults(reads)
 
-    def _compare(self, result: HistoryResult, channel: str) -> None:
-        top = result.position
-        for client, sub in self._node.hub.subscribers(channel):
+    def _compare(self, top: StreamPosition, channel: str) -> None:
+        for client, sub in self._subscribers.subscribers(channel):
             if not sub.positioned or sub.state is not SubState.LIVE or client.closed:
                 continue
             if top.epoch != sub.epoch or (sub.check_top and sub.offset < sub.check_top):
@@ -85,6 +102,6 @@ class PositionCheck:
                 sub.check_top = 0
 
 
-def _unavailable(failure: Any, channel: str) -> None:
+def _unavailable(failure: Failure, channel: str) -> None:
     """The engine could not answer (e.g. Redis down): try again next time."""
     _log.debug("position check of {channel} skipped: {e}", channel=channel, e=failure.value)

@@ -1,7 +1,9 @@
-"""Subscriptions: per-channel state of a client and the recovery rules.
+"""Subscriptions: per-channel state of a client, and how a new one is configured.
 
-Recovery is all-or-nothing (reliability.md §1.2): a resubscribing client gets the whole
-gap from history, or ``recovered: false`` and no publications.
+:func:`client_subscription` and :func:`server_subscription` are the two ways a
+subscription comes to be (a ``subscribe`` command; a token's ``channels``/``subs``,
+the personal channel or the server API); both are pure given the channel's options.
+The recovery rules are in :mod:`rtserver.core.recovery`.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ import enum
 from twisted.internet.interfaces import IDelayedCall
 
 from rtserver.config import ChannelOptions
-from rtserver.core.types import Overrides
+from rtserver.core.permissions import may_read_history, may_read_presence
+from rtserver.core.types import Overrides, SubscriptionToken
 from rtserver.core.writer import SharedPush
-from rtserver.protocol.frames import Publication, StreamPosition
+from rtserver.protocol.frames import Publication, SubscribeRequest
 
-__all__ = ["SubState", "Subscription", "cache_recovered", "recovered"]
+__all__ = ["SubState", "Subscription", "client_subscription", "server_subscription"]
 
 
 class SubState(enum.Enum):
@@ -79,28 +82,56 @@ class Subscription:
             self.recoverable = self.positioned = True
 
 
-def recovered(
-    pubs: list[Publication], offset: int, epoch: str, top: StreamPosition
-) -> list[Publication] | None:
-    """The publications that fill the gap after ``offset``, or None when they can't.
 
-    Recovery is all-or-nothing: the whole gap from history, or nothing.
+def client_subscription(
+    req: SubscribeRequest,
+    opts: ChannelOptions,
+    token: SubscriptionToken | None,
+    user: str,
+    insecure: bool,
+) -> Subscription:
+    """A ``subscribe`` command's subscription (permission to subscribe already checked).
+
+    Positioning, recovery and join/leave pushes are granted when the namespace forces
+    them, or when the client asks and may read history/presence (a subscription token or
+    ``insecure`` grants both). The token's expiry, channel info and overrides apply.
     """
-    if epoch and epoch != top.epoch:
-        return None
-    if not pubs:
-        return pubs if top.offset == offset else None
-    if pubs[0].offset == offset + 1 and pubs[-1].offset == top.offset:
-        return pubs
-    return None
+    sub = Subscription(req.channel, opts, server_side=False)
+    insecure = insecure or token is not None
+    history_ok = opts.history_enabled and may_read_history(opts, user, True, insecure)
+    presence_ok = may_read_presence(opts, user, True, insecure)
+    sub.recoverable = opts.history_enabled and (
+        opts.force_recovery or (req.recoverable and (opts.allow_recovery or history_ok))
+    )
+    sub.positioned = sub.recoverable or (
+        opts.history_enabled
+        and (opts.force_positioning or (req.positioned and (opts.allow_positioning or history_ok)))
+    )
+    sub.push_join_leave = opts.join_leave and (
+        opts.force_push_join_leave or (req.join_leave and presence_ok)
+    )
+    if token is not None:
+        sub.expire_at = token.expire_at
+        sub.chan_info = token.info
+        sub.apply(token.overrides)
+    return sub
 
 
-def cache_recovered(
-    latest: list[Publication], offset: int, epoch: str, top: StreamPosition
-) -> list[Publication] | None:
-    """Cache-mode recovery: the client needs only the newest publication, if any."""
-    if epoch == top.epoch and offset == top.offset:
-        return []
-    if latest and latest[0].offset == top.offset:
-        return latest
-    return None
+def server_subscription(
+    channel: str,
+    opts: ChannelOptions,
+    *,
+    info: bytes | None = None,
+    overrides: Overrides | None = None,
+    expire_at: int = 0,
+) -> Subscription:
+    """A server-side subscription: only what the namespace forces, then the overrides."""
+    sub = Subscription(channel, opts, server_side=True)
+    sub.positioned = opts.force_positioning or opts.force_recovery
+    sub.recoverable = opts.force_recovery
+    sub.push_join_leave = opts.join_leave and opts.force_push_join_leave
+    sub.chan_info = info
+    if overrides is not None:
+        sub.apply(overrides)
+    sub.expire_at = expire_at
+    return sub

@@ -1,16 +1,20 @@
-"""Domain values shared by the core, the engines and the adapters."""
+"""Domain values shared by the core, the engines and the adapters.
+
+The message values the codec encodes (ClientInfo, Publication, StreamPosition) live in
+``protocol/frames.py``; import them from there.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-from rtserver.protocol.frames import ClientInfo, Publication, StreamPosition
+from rtserver.protocol.frames import Publication, StreamPosition
 
 __all__ = [
     "CONTROL_TYPES",
-    "ClientInfo",
     "ConnectionToken",
+    "ControlMessage",
     "DisconnectControl",
     "HistoryFilter",
     "HistoryResult",
@@ -19,11 +23,10 @@ __all__ = [
     "NodeShutdown",
     "Overrides",
     "PresenceStats",
-    "Publication",
     "PublishOptions",
     "RefreshControl",
-    "StreamPosition",
     "SubscribeControl",
+    "SubscriptionGrant",
     "SubscriptionToken",
     "SurveyReply",
     "SurveyRequest",
@@ -109,7 +112,7 @@ class ConnectionToken:
     info: bytes | None = None
     channels: tuple[str, ...] = ()
     subs: dict[str, SubscriptionGrant] = field(default_factory=dict)
-    meta: dict[str, Any] | None = None
+    meta: dict[str, Any] | None = None  # Any: the token's ``meta`` claim, arbitrary JSON
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
+from rtserver.core.ports import ISink
 from rtserver.logs import Logger
 from rtserver.protocol import codec
 
@@ -62,6 +63,7 @@ class SharedPush:
 
     __slots__ = ("_bidi", "_uni", "body", "channel", "kind")
 
+    # Any: the push body is a JSON object of mixed values, encoded by the codec.
     def __init__(self, channel: str, kind: str, body: dict[str, Any]) -> None:
         self.channel = channel
         self.kind = kind
@@ -139,7 +141,7 @@ class ClientWriter:
 
     def __init__(
         self,
-        sink: Any,
+        sink: ISink,
         scheduler: FlushScheduler,
         max_bytes: int,
         on_overflow: Callable[[], None],

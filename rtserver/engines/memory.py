@@ -13,14 +13,13 @@ import dataclasses
 import random
 import string
 from collections import deque
-from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from zope.interface import implementer
 
-from rtserver.core.ports import IEngine
+from rtserver.core.ports import IEngine, IEngineHandler
 from rtserver.core.types import (
     ControlMessage,
     HistoryFilter,
@@ -71,7 +70,7 @@ class MemoryEngine:
     ) -> None:
         self._clock = clock
         self._rng = rng or random.SystemRandom()
-        self._handler: Any = None
+        self._handler: IEngineHandler | None = None
         self._streams: dict[str, _Stream] = {}
         self._presence: dict[str, dict[str, ClientInfo]] = {}
         self._idempotency: dict[tuple[str, str], tuple[StreamPosition, float]] = {}
@@ -81,7 +80,7 @@ class MemoryEngine:
 
     # --- lifecycle -----------------------------------------------------------------------
 
-    def start(self, handler: Any) -> Deferred[None]:
+    def start(self, handler: IEngineHandler) -> Deferred[None]:
         """Deliver to ``handler`` and start the periodic cleanup."""
         self._handler = handler
         if self._cleanup_interval > 0 and not self._cleanup.running:
@@ -89,11 +88,22 @@ class MemoryEngine:
             d.addErrback(lambda f: _log.failure("memory engine cleanup stopped", f))
         return succeed(None)
 
+    @property
+    def _target(self) -> IEngineHandler:
+        if self._handler is None:
+            raise RuntimeError("MemoryEngine.start() was not called")
+        return self._handler
+
     def stop(self) -> Deferred[None]:
         """Stop the cleanup loop."""
         if self._cleanup.running:
             self._cleanup.stop()
         return succeed(None)
+
+    @property
+    def retained_streams(self) -> int:
+        """Channels whose stream (epoch, top offset, publications) is held in memory."""
+        return len(self._streams)
 
     def expire(self) -> None:
         """Drop expired publications, stream metadata and idempotency results."""
@@ -142,23 +152,24 @@ class MemoryEngine:
             position = StreamPosition(0, "")
         if options.idempotency_key:
             self._idempotency[key] = (position, now + options.idempotency_ttl)
-        self._handler.handle_publication(channel, publication)
+        self._target.handle_publication(channel, publication)
         return succeed(position)
 
     def publish_join(self, channel: str, info: ClientInfo) -> Deferred[None]:
         """Deliver a join."""
-        self._handler.handle_join(channel, info)
+        self._target.handle_join(channel, info)
         return succeed(None)
 
     def publish_leave(self, channel: str, info: ClientInfo) -> Deferred[None]:
         """Deliver a leave."""
-        self._handler.handle_leave(channel, info)
+        self._target.handle_leave(channel, info)
         return succeed(None)
 
     def publish_control(self, message: ControlMessage, node: str = "") -> Deferred[None]:
         """Deliver a control message to this (the only) node."""
-        if not node or node == self._handler.uid:
-            self._handler.handle_control(message)
+        handler = self._target
+        if not node or node == handler.uid:
+            handler.handle_control(message)
         return succeed(None)
 
     # --- history -------------------------------------------------------------------------

@@ -22,9 +22,9 @@ while one is down ``healthy`` is False and calls that need it fail at once.
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Iterator
-from functools import partial
 from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults
@@ -33,7 +33,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from rtserver.config import RedisAddress, RedisEngineConfig, parse_address
-from rtserver.core.ports import IEngine
+from rtserver.core.ports import IEngine, IEngineHandler
 from rtserver.core.types import (
     ControlMessage,
     HistoryFilter,
@@ -107,6 +107,8 @@ class RedisEngine:
         clock: IReactorTime,
         config: RedisEngineConfig,
         *,
+        # Any: HostnameEndpoint needs a reactor providing IReactorTCP, IReactorTime and
+        # IReactorPluggableNameResolver at once; Twisted has no type for that.
         reactor: Any = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -121,7 +123,7 @@ class RedisEngine:
         # Epochs (one candidate per history publish) and jitter need no secrecy: a
         # Mersenne Twister seeded from os.urandom is ~10x cheaper than SystemRandom.
         self._rng = rng or random.Random()
-        self._handler: Any = None
+        self._handler: IEngineHandler | None = None
         self._started = False
         self._stopped = False
         self._healthy = False
@@ -147,9 +149,9 @@ class RedisEngine:
                 address,
                 clock,
                 reactor,
-                channels=partial(self._channels_of, shard),
+                channels=functools.partial(self._channels_of, shard),
                 on_message=self._on_message,
-                on_probe=partial(self._probe, shard),
+                on_probe=functools.partial(self._probe_link, shard),
                 probe_interval=config.pubsub_probe_interval,
                 rng=self._rng,
                 **timeouts,
@@ -159,11 +161,16 @@ class RedisEngine:
     # --- lifecycle -----------------------------------------------------------------------
 
     @property
+    def prefix(self) -> str:
+        """The key prefix (``engine.redis.prefix``) every key and channel starts with."""
+        return self._prefix
+
+    @property
     def healthy(self) -> bool:
         """True while every command and PUB/SUB link is up (and resubscribed)."""
         return self._healthy
 
-    def start(self, handler: Any) -> Deferred[None]:
+    def start(self, handler: IEngineHandler) -> Deferred[None]:
         """Connect every link; fires once all are up or each has tried once.
 
         The engine keeps reconnecting in the background either way.
@@ -257,7 +264,7 @@ class RedisEngine:
                 "redis engine: handler failed for a message on {channel!r}", channel=channel[:200]
             )
 
-    def _deliver(self, handler: Any, channel: str, data: bytes) -> None:
+    def _deliver(self, handler: IEngineHandler, channel: str, data: bytes) -> None:
         if data.startswith(_PUB_PREFIX):
             end = data.find(b"__", len(_PUB_PREFIX))
             if end < 0:
@@ -274,8 +281,10 @@ class RedisEngine:
         else:
             handler.handle_publication(channel, decode_publication(data))
 
-    def _probe(self, shard: _Shard, link: PubSubLink | None = None) -> None:
-        # link: the PUB/SUB link asking for the probe (shard.pubsub)
+    def _probe_link(self, shard: _Shard, link: PubSubLink) -> None:
+        self._probe(shard)
+
+    def _probe(self, shard: _Shard) -> None:
         if not shard.command.ready:  # cannot probe now; do not call the PUB/SUB link deaf
             shard.pubsub.probe_sent = False
             return
@@ -378,6 +387,7 @@ class RedisEngine:
         )
         return d.addCallback(self._history_result, channel)
 
+    # Any: a raw Redis reply (top offset, epoch bytes, [entry id, [field, value...]]...).
     def _history_result(self, reply: list[Any], channel: str) -> HistoryResult:
         top, epoch_bytes, entries = reply
         epoch = epoch_bytes.decode()

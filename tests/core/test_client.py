@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 import pytest
 from twisted.internet.defer import Deferred
+from twisted.logger import globalLogPublisher
 from zope.interface import implementer
 
 from rtserver.core.client import Client
@@ -671,3 +672,205 @@ def test_unidirectional_connect_errors_become_disconnects(h: Harness) -> None:
     other, other_sink = h.client(unidirectional=True, pong=False)
     other.start_unidirectional(b"[1]")
     assert other_sink.closed_with == Disconnect.BAD_REQUEST
+
+
+# --- sub_refresh, limits, unsubscribe, token mismatches, failures ------------------------
+
+
+#: These tests span minutes: no server pings (the test clients answer none).
+QUIET: dict[str, Any] = dict(SETTINGS, client={**SETTINGS["client"], "ping_interval": "0s"})
+
+
+@pytest.fixture
+def quiet() -> Harness:
+    return Harness(QUIET)
+
+
+def _sub_token(h: Harness, name: str, user: str, channel: str, ttl: int, **kw: Any) -> None:
+    h.tokens.subscription[name] = SubscriptionToken(
+        user=user, channel=channel, expire_at=int(h.clock.seconds()) + ttl, **kw
+    )
+
+
+def _unsub_codes(sink: RecordingSink) -> list[int]:
+    return [p["unsubscribe"]["code"] for p in sink.pushes() if "unsubscribe" in p]
+
+
+def test_sub_refresh_moves_the_subscription_expiry(quiet: Harness) -> None:
+    """sub_refresh with a later token keeps the subscription past the first token's end."""
+    h = quiet
+    h.tokens.connection["c"] = ConnectionToken(user="7")
+    _sub_token(h, "short", "7", "news:x", 10)
+    _sub_token(h, "long", "7", "news:x", 600)
+    client, sink = h.client(connect={"token": "c"})
+    h.send(client, {"id": 2, "subscribe": {"channel": "news:x", "token": "short"}})
+    h.clock.advance(5)
+    h.send(client, {"id": 3, "sub_refresh": {"channel": "news:x", "token": "long"}})
+    assert reply(sink, 3)["sub_refresh"] == {"expires": True, "ttl": 595}
+    h.clock.advance(100)  # well past the first token's expiry + expired_sub_close_delay
+    assert _unsub_codes(sink) == [] and client.channels() == ["news:x"]
+    h.publish("news:x")
+    assert sink.pushes()[-1]["channel"] == "news:x"
+    h.clock.advance(600)
+    assert _unsub_codes(sink) == [2501] and client.channels() == []
+
+
+def test_sub_refresh_refusals(h: Harness) -> None:
+    """An expired token is ignored (empty reply); an unknown channel is 103; a bad token 3500."""
+    h.tokens.connection["c"] = ConnectionToken(user="7")
+    _sub_token(h, "s", "7", "news:x", 10)
+    client, sink = h.client(connect={"token": "c"})
+    h.send(client, {"id": 2, "subscribe": {"channel": "news:x", "token": "s"}})
+    h.send(client, {"id": 3, "sub_refresh": {"channel": "news:x", "token": "expired"}})
+    assert reply(sink, 3)["sub_refresh"] == {}
+    h.send(client, {"id": 4, "sub_refresh": {"channel": "news:y", "token": "s"}})
+    assert reply(sink, 4)["error"]["code"] == 103
+    h.send(client, {"id": 5, "sub_refresh": {"channel": "news:x", "token": "bad"}})
+    assert sink.closed_with == Disconnect.INVALID_TOKEN
+
+
+def test_user_connection_limit_is_enforced_per_user() -> None:
+    """``client.user_connection_limit``: one more connection of the user is closed with 3504.
+
+    Other users' connections and closed ones do not count.
+    """
+    h = Harness(dict(QUIET, client={**QUIET["client"], "user_connection_limit": 2}))
+    h.tokens.connection["other"] = ConnectionToken(user="v")
+    first, _ = h.client(connect=USER)
+    h.client(connect=USER)
+    third, sink = h.client()
+    h.send(third, {"id": 1, "connect": USER})
+    assert sink.closed_with == Disconnect.CONNECTION_LIMIT and not third.connected
+    h.client(connect={"token": "other"})  # another user is not limited by u's count
+    first.close(None)
+    fourth, _ = h.client(connect=USER)  # a slot is free again
+    assert fourth.connected
+
+
+def test_unsubscribe_command_stops_delivery_and_presence(h: Harness) -> None:
+    """``unsubscribe`` answers {}, ends delivery, removes presence and announces the leave."""
+    watcher, wsink = h.client(connect=USER)
+    h.send(watcher, {"id": 2, "subscribe": {"channel": "chat:a"}})
+    client, sink = h.client(connect=USER)
+    h.send(client, {"id": 2, "subscribe": {"channel": "chat:a"}})
+    assert client.id in h.node.presence("chat:a").result
+    h.send(client, {"id": 3, "unsubscribe": {"channel": "chat:a"}})
+    assert reply(sink, 3) == {"id": 3, "unsubscribe": {}}
+    assert client.channels() == []
+    assert client.id not in h.node.presence("chat:a").result
+    assert wsink.pushes()[-1] == {"channel": "chat:a", "leave": {"info": {"user": "u", "client": client.id}}}
+    sink.clear()
+    h.publish("chat:a")
+    assert sink.messages() == []
+    h.send(client, {"id": 4, "unsubscribe": {"channel": "chat:a"}})  # not subscribed: still {}
+    assert reply(sink, 4) == {"id": 4, "unsubscribe": {}}
+    h.send(client, {"id": 5, "unsubscribe": {}})
+    assert sink.closed_with == Disconnect.BAD_REQUEST
+
+
+def test_invalid_subscription_token_is_103(h: Harness) -> None:
+    """A token the verifier rejects: error 103, the connection stays."""
+    client, sink = h.client(connect=USER)
+    h.send(client, {"id": 2, "subscribe": {"channel": "$s", "token": "bad"}})
+    assert reply(sink, 2)["error"]["code"] == 103 and not sink.closed
+    assert client.channels() == []
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [{"user": "someone-else", "channel": "$s"}, {"user": "u", "channel": "$s", "client": "not-me"}],
+    ids=["other-user", "other-connection"],
+)
+def test_subscription_token_for_another_user_or_connection_is_3500(
+    h: Harness, claims: dict[str, str]
+) -> None:
+    """A subscription token is bound to its user and, with ``client``, to one connection."""
+    h.tokens.subscription["s"] = SubscriptionToken(**claims)
+    client, sink = h.client(connect=USER)
+    h.send(client, {"id": 2, "subscribe": {"channel": "$s", "token": "s"}})
+    assert sink.closed_with == Disconnect.INVALID_TOKEN
+    assert not h.node.hub.has_subscribers("$s")
+
+
+def test_expiring_server_side_subscription_closes_the_connection(quiet: Harness) -> None:
+    """An expiring server-side subscription ends the connection with 3006.
+
+    The client cannot resubscribe to it: the server owns it.
+    """
+    h = quiet
+    client, sink = h.client(connect=USER)
+    h.node.control(
+        SubscribeControl(user="u", channel="news:x", expire_at=int(h.clock.seconds()) + 30)
+    )
+    h.clock.advance(0)
+    assert sink.pushes() == [{"channel": "news:x", "subscribe": {"expires": True, "ttl": 30}}]
+    h.clock.advance(30 + 24)  # expired_sub_close_delay is 25 s
+    assert not sink.closed
+    h.clock.advance(1)
+    assert sink.closed_with == Disconnect.SUB_EXPIRED and client.channels() == []
+
+
+class FailingVerifier(StaticTokens):
+    """A verifier with a bug: subscription token ``boom`` raises an unexpected error."""
+
+    def verify_subscription_token(self, token: str, now: float) -> SubscriptionToken:
+        if token == "boom":
+            raise RuntimeError("verifier bug")
+        return super().verify_subscription_token(token, now)
+
+
+def test_unexpected_handler_error_is_100_and_logged_once(h: Harness) -> None:
+    """A command whose handler raises unexpectedly gets error 100.
+
+    The failure is logged once and the connection keeps working, nothing half-subscribed.
+    """
+    h.node.verifier = verifier = FailingVerifier()
+    verifier.connection["user"] = ConnectionToken(user="u")
+    client, sink = h.client(connect=USER)
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        h.send(client, {"id": 2, "subscribe": {"channel": "news:x", "token": "boom"}})
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert reply(sink, 2)["error"]["code"] == 100
+    failures = [e for e in events if "log_failure" in e]
+    assert len(failures) == 1 and isinstance(failures[0]["log_failure"].value, RuntimeError)
+    assert client.connected and client.channels() == []
+    assert not h.node.hub.has_subscribers("news:x")
+    h.send(client, {"id": 3, "subscribe": {"channel": "news:x"}})
+    assert reply(sink, 3) == {"id": 3, "subscribe": {}}
+
+
+def test_output_waits_while_the_transport_is_full(h: Harness) -> None:
+    """While the transport is paused, output is held (and counted), then written at once."""
+    client, sink = h.client(connect=USER)
+    h.send(client, {"id": 2, "subscribe": {"channel": "news:a"}})
+    sink.clear()
+    client.pause_writing()
+    h.publish("news:a")
+    assert sink.messages() == [] and client.queued_bytes > 0
+    client.resume_writing()
+    assert client.queued_bytes == 0
+    assert [p["channel"] for p in sink.pushes()] == ["news:a"]
+
+
+def test_a_publication_is_encoded_once_for_all_subscribers(h: Harness) -> None:
+    """Subscribers of one wire shape are handed the very same encoded bytes.
+
+    One encode per shape (bidirectional, unidirectional), not one per subscriber.
+    """
+    sinks = []
+    for uni in (False, False, True, True):
+        client, sink = h.client(unidirectional=uni)
+        if uni:
+            client.start_unidirectional(b'{"token":"user","subs":{"news:a":{}}}')
+            h.clock.advance(0)
+        else:
+            h.send(client, {"id": 1, "connect": USER}, {"id": 2, "subscribe": {"channel": "news:a"}})
+        assert client.channels() == ["news:a"]
+        sink.clear()
+        sinks.append(sink)
+    h.publish("news:a")
+    (b1,), (b2,), (u1,), (u2,) = ([m for batch in s.batches for m in batch] for s in sinks)
+    assert b1 is b2 and u1 is u2 and b1 != u1

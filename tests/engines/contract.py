@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from rtserver.core.ports import IEngine, IEngineHandler
+from rtserver.core.ports import IBroker, IEngine, IEngineHandler, IHistory, IPresenceManager
 from rtserver.core.types import DisconnectControl, HistoryFilter, PublishOptions
 from rtserver.protocol.frames import ClientInfo, Publication, StreamPosition
 
@@ -67,8 +67,9 @@ class EngineContract:
     """Mix into a test class that has an ``engine_env`` fixture."""
 
     def test_provides_interface(self, engine_env: EngineEnv) -> None:
-        """The engine declares and implements IEngine."""
-        assert verifyObject(IEngine, engine_env.engine)
+        """The engine declares and implements IEngine: broker, history and presence."""
+        for port in (IEngine, IBroker, IHistory, IPresenceManager):
+            assert verifyObject(port, engine_env.engine), port
 
     @pytest_twisted.ensureDeferred
     async def test_publish_reaches_subscribed_node(self, engine_env: EngineEnv) -> None:

@@ -62,7 +62,7 @@ async def age(engine: RedisEngine, seconds: float) -> None:
     """Age every key of ``engine``'s prefix by ``seconds`` on every shard."""
     for shard in engine.shards:
         await shard.command.execute(
-            "EVAL", AGE_KEYS, 0, engine._prefix, max(1, round(seconds * 1000))
+            "EVAL", AGE_KEYS, 0, engine.prefix, max(1, round(seconds * 1000))
         )
 
 

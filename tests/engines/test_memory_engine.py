@@ -40,9 +40,9 @@ class TestMemoryEngine(EngineContract):
         """The periodic cleanup forgets streams whose metadata expired."""
         engine = engine_env.engine
         engine.publish("h", pub(1), HISTORY)
-        assert "h" in engine._streams
+        assert engine.retained_streams == 1
         clock.advance(HISTORY.history_meta_ttl + 31)
-        assert "h" not in engine._streams
+        assert engine.retained_streams == 0
 
     def test_reverse_limit_without_since(self, engine_env: EngineEnv) -> None:
         """Reverse with a limit returns the newest publications, newest first."""

@@ -120,7 +120,7 @@ async def test_sharding_spreads_channels_over_two_servers(
         await engine.sync()
         assert sorted(ch for ch, _ in recorder.publications) == sorted(channels)
         assert len(recorder.controls) == 1
-        p = engine._prefix
+        p = engine.prefix
         for index, server in enumerate(redis_pair):
             subscribed = set(server.command("PUBSUB", "CHANNELS", f"{p}.client.*"))
             expected = {f"{p}.client.{ch}".encode() for ch, i in placement.items() if i == index}
@@ -202,7 +202,7 @@ async def test_stream_restart_after_meta_loss_with_stream_left_over(
     try:
         for i in range(3):
             old = await engine.publish("h", pub(i), HISTORY)
-        one_redis.command("DEL", f"{engine._prefix}.stream.meta.h")
+        one_redis.command("DEL", f"{engine.prefix}.stream.meta.h")
         new = await engine.publish("h", pub(9), HISTORY)
         assert new.offset == 1 and new.epoch != old.epoch
         result = await engine.history("h", HistoryFilter(limit=-1), 3600.0)
@@ -352,7 +352,7 @@ async def test_history_read_after_meta_loss_shows_no_old_entries(
     try:
         for i in range(3):
             old = await engine.publish("h", pub(i), HISTORY)
-        one_redis.command("DEL", f"{engine._prefix}.stream.meta.h")
+        one_redis.command("DEL", f"{engine.prefix}.stream.meta.h")
         result = await engine.history("h", HistoryFilter(limit=-1), 3600.0)
         assert result.position.offset == 0 and result.position.epoch != old.epoch
         assert result.publications == []
@@ -375,7 +375,7 @@ async def test_publish_past_offset_10_to_the_14(one_redis: RedisServer) -> None:
     await engine.start(recorder)
     try:
         first = await engine.publish("big", pub(0), HISTORY)
-        one_redis.command("HSET", f"{engine._prefix}.stream.meta.big", "s", 10**14 - 1)
+        one_redis.command("HSET", f"{engine.prefix}.stream.meta.big", "s", 10**14 - 1)
         await engine.subscribe("big")
         positions = [await engine.publish("big", pub(i), HISTORY) for i in (1, 2)]
         assert positions == [StreamPosition(10**14, first.epoch),

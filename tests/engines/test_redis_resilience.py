@@ -54,7 +54,7 @@ async def test_presence_expires_unless_refreshed(server: RedisServer) -> None:
         stats = await engine.presence_stats("p")
         assert (stats.num_clients, stats.num_users) == (1, 1)
         # the keys themselves carry the TTL, so an abandoned channel leaves nothing behind
-        p = engine._prefix
+        p = engine.prefix
         assert 0 < server.command("PTTL", f"{p}.presence.data.p") <= 600
         assert 0 < server.command("PTTL", f"{p}.presence.expire.p") <= 600
     finally:
@@ -130,7 +130,7 @@ async def test_redis_restart_reconnects_resubscribes_and_changes_epoch(
             (1, before.epoch),
             (1, after.epoch),
         ]
-        assert b"P.client.h".replace(b"P", engine._prefix.encode()) in server.command(
+        assert b"P.client.h".replace(b"P", engine.prefix.encode()) in server.command(
             "PUBSUB", "CHANNELS"
         )
     finally:
@@ -184,7 +184,7 @@ async def test_subscribe_cut_off_by_a_lost_link_fails_with_redis_unavailable(
         await until(
             lambda: engine.healthy and link._proto not in (None, old), what="the link to return"
         )
-        p = engine._prefix
+        p = engine.prefix
         assert server.command("PUBSUB", "CHANNELS", f"{p}.client.*") == [f"{p}.client.b".encode()]
     finally:
         await _stop(engine)
@@ -220,7 +220,7 @@ async def test_unsubscribe_from_a_failed_subscribe_errback_leaves_no_stale_reply
         await until(lambda: engine.healthy, what="the resubscribe")
         assert link._proto is new  # no second reconnect
         assert reactions == [None] and not link._pending
-        p = engine._prefix
+        p = engine.prefix
         assert server.command("PUBSUB", "CHANNELS", f"{p}.client.*") == [f"{p}.client.a".encode()]
     finally:
         await _stop(engine)
@@ -275,7 +275,7 @@ async def test_garbled_messages_are_dropped(server: RedisServer) -> None:
     await engine.start(recorder)
     try:
         await engine.subscribe("ch")
-        p = engine._prefix
+        p = engine.prefix
         for channel, payload in [
             (f"{p}.client.ch", b"not json"),
             (f"{p}.client.ch", b"__p1:x__{}\ndata"),

@@ -25,7 +25,6 @@ from wsclient import ClientFactory, RecordingClient
 from rtserver import config as rtconfig
 from rtserver.core.writer import ClientWriter, FlushScheduler, Payload
 from rtserver.service import build_node, build_site
-from rtserver.testing import queued_bytes
 from rtserver.transports.flow import write_eagerly
 from rtserver.transports.websocket import WebSocketFactory, WebSocketProtocol, join_frames
 
@@ -160,7 +159,7 @@ async def test_full_socket_buffer_resumes_in_order(plain: Server) -> None:
         total += 50
         await next_turn()
     assert server_side.client is not None
-    assert queued_bytes(server_side.client) > 0
+    assert server_side.client.queued_bytes > 0
     proto.transport.resumeProducing()
     # keep publishing while the backlog drains: eager sends must not overtake it
     for _ in range(5):
