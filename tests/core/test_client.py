@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -819,11 +820,14 @@ class FailingVerifier(StaticTokens):
         return super().verify_subscription_token(token, now)
 
 
-def test_unexpected_handler_error_is_100_and_logged_once(h: Harness) -> None:
+def test_unexpected_handler_error_is_100_and_logged_once(
+    h: Harness, expect_logged_failure: Callable[..., None]
+) -> None:
     """A command whose handler raises unexpectedly gets error 100.
 
     The failure is logged once and the connection keeps working, nothing half-subscribed.
     """
+    expect_logged_failure(RuntimeError, count=1)
     h.node.verifier = verifier = FailingVerifier()
     verifier.connection["user"] = ConnectionToken(user="u")
     client, sink = h.client(connect=USER)
