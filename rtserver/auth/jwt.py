@@ -312,12 +312,19 @@ def _check_audience_issuer(claims: dict[str, Any], policy: _Policy) -> None:
         raise InvalidToken("issuer mismatch")
 
 
+#: Time claims are 64-bit signed integers (or floats within that range), as in Centrifugo.
+_MIN_INT64 = -(2**63)
+_MAX_INT64 = 2**63 - 1
+
+
 def _numeric_date(claims: dict[str, Any], name: str) -> float | None:
     value = claims.get(name)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise InvalidToken(f"claim '{name}' must be a number")
+    if not _MIN_INT64 <= value <= _MAX_INT64:
+        raise InvalidToken(f"claim '{name}' is out of range")
     return value
 
 
@@ -338,8 +345,8 @@ def _expire_at(claims: dict[str, Any], exp: float | None) -> int:
     value = claims.get("expire_at")
     if value is None:
         return int(exp) if exp is not None else 0
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidToken("claim 'expire_at' must be a non-negative integer")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_INT64:
+        raise InvalidToken("claim 'expire_at' must be a non-negative 64-bit integer")
     return value
 
 
