@@ -289,7 +289,9 @@ class Soak:
                 )
             )
             replies: dict[int, Any] = {}
-            deadline = time.monotonic() + 1 + 3 * self.rng.random()
+            answered = time.monotonic() + 10  # all four replies, however busy the box
+            hold = 1 + 3 * self.rng.random()  # then read publications for 1-4 s
+            deadline = answered
             while time.monotonic() < deadline:
                 try:
                     raw = await asyncio.wait_for(ws.recv(), deadline - time.monotonic())
@@ -299,6 +301,8 @@ class Soak:
                     msg = json.loads(line)
                     if msg.get("id"):
                         replies[msg["id"]] = msg
+                        if len(replies) == 4 and deadline == answered:
+                            deadline = time.monotonic() + hold
                     elif msg == {}:
                         await ws.send("{}")
             ok = (
