@@ -69,14 +69,14 @@ def services(clock: IReactorTime, **overrides: object) -> dict[str, SockJSResour
     }
 
 
-class WebSocketEcho(WebSocketServerProtocol):  # type: ignore[misc]
+class WebSocketEcho(WebSocketServerProtocol):
     """Echoes every message: text as rtserver frames it, binary through Autobahn."""
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         """Send ``payload`` back as a message of the same kind."""
         if isBinary:
             self.sendMessage(payload, True)
-        else:
+        elif self.transport is not None:
             # the frame rtserver's transports write for every reply and publication
             self.transport.write(text_frame(payload))
 
