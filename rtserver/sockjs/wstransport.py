@@ -84,7 +84,11 @@ class FramedWebSocket(_Base):
         try:
             messages = frames.decode_ws_message(payload.decode("utf-8"))
         except (frames.FramingError, UnicodeDecodeError):
-            session.close(3000, "Broken framing.")
+            # Terminate at once, as the sockjs-protocol suite expects: a WebSocket close
+            # saying why, no SockJS close frame, nothing buffered delivered.
+            self.unregister_producer()
+            self.sendClose(3000, "Broken framing.")
+            session.expire()
             return
         session.deliver(messages)
 
