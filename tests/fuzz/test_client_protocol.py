@@ -74,8 +74,11 @@ SETTINGS: dict[str, Any] = {
 
 #: Every code the server may close a client connection with.
 DOCUMENTED_CLOSE = {
-    value.code for value in vars(Disconnect).values() if isinstance(value, Disconnect)
+    getattr(Disconnect, name).code
+    for name in dir(Disconnect)
+    if name.isupper() and isinstance(getattr(Disconnect, name), Disconnect)
 }
+assert {3000, 3500, 3501, 3504} <= DOCUMENTED_CLOSE
 
 # --- strategies -------------------------------------------------------------------------
 
