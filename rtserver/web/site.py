@@ -1,4 +1,18 @@
-"""The twisted.web site: resource tree, request body limits, quiet access logging."""
+"""The twisted.web site: resource tree, request body limits, request-head deadlines.
+
+Every HTTP connection (server API, its fast path, HTTP transports, SockJS, WebSocket
+upgrades) is a :class:`TrackedChannel`, which enforces two limits against slow or
+stalled clients (slowloris):
+
+* a request head must be complete within ``http_server.read_header_timeout`` of its
+  first byte (of the connection, for the first request); otherwise the client gets
+  ``408 Request Timeout`` and the connection closes;
+* while ``http_server.max_unfinished_request_heads`` connections are inside an
+  unfinished head, a new connection gets ``503 Service Unavailable`` and is closed
+  before any of its bytes is read.
+
+Both are counted in :class:`HTTPStats` (Prometheus, ``web/metrics.py``).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.interfaces import IDelayedCall
 from twisted.web import pages
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource, Resource
@@ -14,7 +29,7 @@ from twisted.web.server import Request, Site
 from rtserver.logs import Logger
 from rtserver.web.apifast import APIFastPath, FastConnection
 
-__all__ = ["Branch", "LimitedRequest", "RTSite", "mount"]
+__all__ = ["Branch", "HTTPStats", "LimitedRequest", "RTSite", "mount"]
 
 _log = Logger()
 
@@ -25,6 +40,37 @@ _TOO_LARGE = (
     b"Connection: close\r\n\r\n"
     b"request body too large\r\n"
 )
+_HEAD_TIMEOUT = (
+    b"HTTP/1.1 408 Request Timeout\r\n"
+    b"Content-Type: text/plain\r\n"
+    b"Content-Length: 22\r\n"
+    b"Connection: close\r\n\r\n"
+    b"request head too slow\n"
+)
+_TOO_MANY_HEADS = (
+    b"HTTP/1.1 503 Service Unavailable\r\n"
+    b"Content-Type: text/plain\r\n"
+    b"Content-Length: 30\r\n"
+    b"Connection: close\r\n\r\n"
+    b"too many unfinished requests\r\n"
+)
+
+
+class HTTPStats:
+    """Counters of the HTTP front door, read by the Prometheus collector.
+
+    Attributes:
+        unfinished_heads: connections inside a request head right now.
+        head_timeouts: connections closed because a head missed its deadline.
+        heads_refused: connections refused because of the unfinished-head cap.
+    """
+
+    __slots__ = ("head_timeouts", "heads_refused", "unfinished_heads")
+
+    def __init__(self) -> None:
+        self.unfinished_heads = 0
+        self.head_timeouts = 0
+        self.heads_refused = 0
 
 
 class LimitedRequest(Request):
@@ -37,10 +83,12 @@ class LimitedRequest(Request):
     _limit = 0
     _received = 0
     _refused = False
+    #: The request-target of the request line, set by the channel as soon as it is read.
+    target = b"/"
 
     def gotLength(self, length: int | None) -> None:
         site: RTSite = self.channel.site
-        self._limit = site.body_limit(getattr(self.channel, "_path", b"") or b"/")
+        self._limit = site.body_limit(self.target)
         if length is not None and length > self._limit:
             self._refuse()
             return
@@ -77,23 +125,49 @@ class LimitedRequest(Request):
 
 
 class TrackedChannel(HTTPChannel):
-    """An HTTP connection the site can close at shutdown.
+    """An HTTP connection the site can close at shutdown, with a request-head deadline.
 
     With the API fast path on, its bytes go to :class:`APIFastPath` first, which hands
     them to twisted.web (for the rest of the connection) when they are not a simple
     server API request.
+
+    The head deadline runs from the connection's start and, later, from the first byte
+    received while no request is in progress; a complete head stops it, and the end of
+    that request lets the next byte start it again.
     """
 
     site: RTSite
     _fast: FastConnection | None = None
+    _head_call: IDelayedCall | None = None
+    _busy = False  # a head is complete and its request is not finished yet
+    _refused = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self.site.channel_opened(self)
-        if self.site.api_fast_path is not None:
-            self._fast = FastConnection(self._write_fast, self._close_fast, self._to_twisted)
+        site = self.site
+        site.channel_opened(self)
+        cap = site.max_unfinished_heads
+        if cap and site.stats.unfinished_heads >= cap:
+            self._refused = True
+            site.stats.heads_refused += 1
+            self.transport.write(_TOO_MANY_HEADS)
+            self.transport.loseConnection()
+            return
+        if site.api_fast_path is not None:
+            self._fast = FastConnection(
+                self._write_fast,
+                self._close_fast,
+                self._to_twisted,
+                head_done=self._head_complete,
+                request_done=self._fast_request_done,
+            )
+        self._arm_head_deadline()
 
     def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if not self._busy:
+            self._arm_head_deadline()
         fast = self._fast
         if fast is None or fast.slow:
             super().dataReceived(data)
@@ -102,6 +176,67 @@ class TrackedChannel(HTTPChannel):
         path = self.site.api_fast_path
         assert path is not None  # ``_fast`` exists only when the site has a fast path
         path.feed(fast, data)
+
+    # --- request-head deadline -----------------------------------------------------------
+
+    def lineReceived(self, line: bytes) -> None:
+        requests = self.requests
+        count = len(requests)
+        super().lineReceived(line)
+        if len(requests) > count:  # that line was a request line: remember its target
+            parts = line.split(b" ")
+            if len(parts) == 3:
+                requests[-1].target = parts[1]
+
+    def allHeadersReceived(self) -> None:
+        self._head_complete()
+        super().allHeadersReceived()
+
+    def requestDone(self, request: Request) -> None:
+        self._busy = False
+        count = len(self.requests)
+        super().requestDone(request)
+        # Replayed pipelined bytes may have started (not finished) the next head.
+        if not self._busy and len(self.requests) >= count:
+            self._arm_head_deadline()
+
+    def _fast_request_done(self) -> None:
+        self._busy = False
+        fast = self._fast
+        if fast is not None and fast.buffer:
+            self._arm_head_deadline()
+
+    def _arm_head_deadline(self) -> None:
+        site = self.site
+        if self._head_call is not None or not site.read_header_timeout:
+            return
+        if self.transport is None or self.transport.disconnecting:
+            return
+        self._head_call = site.reactor.callLater(site.read_header_timeout, self._head_expired)
+        site.stats.unfinished_heads += 1
+
+    def _head_complete(self) -> None:
+        self._busy = True
+        self._cancel_head_deadline()
+
+    def _cancel_head_deadline(self) -> None:
+        call, self._head_call = self._head_call, None
+        if call is not None:
+            self.site.stats.unfinished_heads -= 1
+            if call.active():
+                call.cancel()
+
+    def _head_expired(self) -> None:
+        self._cancel_head_deadline()
+        transport = self.transport
+        if transport is None or transport.disconnecting:
+            return
+        self.site.stats.head_timeouts += 1
+        _log.debug("closing a connection whose request head was not complete in time")
+        transport.write(_HEAD_TIMEOUT)
+        transport.loseConnection()
+
+    # --- fast path -----------------------------------------------------------------------
 
     def _write_fast(self, data: bytes) -> None:
         if self.transport is not None:
@@ -115,6 +250,7 @@ class TrackedChannel(HTTPChannel):
         HTTPChannel.dataReceived(self, data)
 
     def connectionLost(self, reason: Any) -> None:
+        self._cancel_head_deadline()
         if self._fast is not None:
             self._fast.gone = True
         super().connectionLost(reason)
@@ -122,7 +258,19 @@ class TrackedChannel(HTTPChannel):
 
 
 class RTSite(Site):
-    """The server's Site: per-prefix body limits, quiet access log, closable connections."""
+    """The server's Site: per-prefix body limits, quiet access log, closable connections.
+
+    Args:
+        resource: the root of the resource tree.
+        body_limits: ``(path prefix, bytes)`` body caps; longest prefix wins.
+        default_body_limit: the cap elsewhere.
+        api_fast_path: answers plain server API requests before twisted.web.
+        read_header_timeout: seconds a request head may take (0: no deadline).
+        max_unfinished_heads: new connections are refused while this many heads are
+            unfinished (0: no cap).
+        stats: counters for metrics (a fresh one by default).
+        reactor: the reactor; its ``callLater`` drives the deadlines (a Clock in tests).
+    """
 
     displayTracebacks = False
     requestFactory = LimitedRequest
@@ -135,6 +283,9 @@ class RTSite(Site):
         body_limits: Sequence[tuple[str, int]] = (),
         default_body_limit: int = 65536,
         api_fast_path: APIFastPath | None = None,
+        read_header_timeout: float = 10.0,
+        max_unfinished_heads: int = 0,
+        stats: HTTPStats | None = None,
         reactor: Any = None,
     ) -> None:
         try:
@@ -149,6 +300,9 @@ class RTSite(Site):
         )
         self._default_limit = default_body_limit
         self.api_fast_path = api_fast_path
+        self.read_header_timeout = read_header_timeout
+        self.max_unfinished_heads = max_unfinished_heads
+        self.stats = stats if stats is not None else HTTPStats()
         self._channels: dict[TrackedChannel, Deferred[None]] = {}
 
     def channel_opened(self, channel: TrackedChannel) -> None:
