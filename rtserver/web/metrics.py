@@ -100,7 +100,7 @@ class NodeCollector:
             labels=["protocol", "method"],
         )
         for method, (count, seconds) in sorted(stats.calls.items()):
-            duration.add_metric(["http", method], count_value=count, sum_value=seconds)
+            duration.add_metric(["http", method], count_value=int(count), sum_value=seconds)
         yield duration
         errors = CounterMetricFamily(
             "centrifugo_api_command_errors",
@@ -117,7 +117,7 @@ def registry_for(
 ) -> CollectorRegistry:
     """A registry holding only this node's collector (not the process-global one)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(NodeCollector(node, api_stats, http_stats))  # type: ignore[arg-type]
+    registry.register(NodeCollector(node, api_stats, http_stats))
     return registry
 
 

@@ -16,13 +16,16 @@ Both are counted in :class:`HTTPStats` (Prometheus, ``web/metrics.py``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, ITransport
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 from twisted.web import pages
 from twisted.web.http import HTTPChannel
+from twisted.web.http import Request as HTTPRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
@@ -33,6 +36,7 @@ __all__ = ["Branch", "HTTPStats", "LimitedRequest", "RTSite", "mount"]
 
 _log = Logger()
 
+_DEFAULT_BODY_LIMIT = 65536
 _TOO_LARGE = (
     b"HTTP/1.1 413 Request Entity Too Large\r\n"
     b"Content-Type: text/plain\r\n"
@@ -87,8 +91,11 @@ class LimitedRequest(Request):
     target = b"/"
 
     def gotLength(self, length: int | None) -> None:
-        site: RTSite = self.channel.site
-        self._limit = site.body_limit(self.target)
+        channel = self.channel
+        if isinstance(channel, TrackedChannel):
+            self._limit = channel.site.body_limit(self.target)
+        else:  # a channel of another site: the default cap
+            self._limit = _DEFAULT_BODY_LIMIT
         if length is not None and length > self._limit:
             self._refuse()
             return
@@ -147,11 +154,12 @@ class TrackedChannel(HTTPChannel):
         site = self.site
         site.channel_opened(self)
         cap = site.max_unfinished_heads
-        if cap and site.stats.unfinished_heads >= cap:
+        transport = self.transport
+        if cap and site.stats.unfinished_heads >= cap and transport is not None:
             self._refused = True
             site.stats.heads_refused += 1
-            self.transport.write(_TOO_MANY_HEADS)
-            self.transport.loseConnection()
+            transport.write(_TOO_MANY_HEADS)
+            transport.loseConnection()
             return
         if site.api_fast_path is not None:
             self._fast = FastConnection(
@@ -210,7 +218,7 @@ class TrackedChannel(HTTPChannel):
         site = self.site
         if self._head_call is not None or not site.read_header_timeout:
             return
-        if self.transport is None or self.transport.disconnecting:
+        if _closing(self.transport):
             return
         self._head_call = site.reactor.callLater(site.read_header_timeout, self._head_expired)
         site.stats.unfinished_heads += 1
@@ -229,7 +237,7 @@ class TrackedChannel(HTTPChannel):
     def _head_expired(self) -> None:
         self._cancel_head_deadline()
         transport = self.transport
-        if transport is None or transport.disconnecting:
+        if transport is None or _closing(transport):
             return
         self.site.stats.head_timeouts += 1
         _log.debug("closing a connection whose request head was not complete in time")
@@ -249,7 +257,7 @@ class TrackedChannel(HTTPChannel):
     def _to_twisted(self, data: bytes) -> None:
         HTTPChannel.dataReceived(self, data)
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_head_deadline()
         if self._fast is not None:
             self._fast.gone = True
@@ -274,14 +282,16 @@ class RTSite(Site):
 
     displayTracebacks = False
     requestFactory = LimitedRequest
-    protocol = TrackedChannel
+    #: twisted.web annotates ``protocol`` as a factory of its HTTP/2-capable wrapper, but
+    #: any HTTPChannel subclass is a valid channel factory for HTTP/1.1.
+    protocol = cast("Callable[[], Any]", TrackedChannel)
 
     def __init__(
         self,
         resource: Resource,
         *,
         body_limits: Sequence[tuple[str, int]] = (),
-        default_body_limit: int = 65536,
+        default_body_limit: int = _DEFAULT_BODY_LIMIT,
         api_fast_path: APIFastPath | None = None,
         read_header_timeout: float = 10.0,
         max_unfinished_heads: int = 0,
@@ -338,7 +348,7 @@ class RTSite(Site):
                 return limit
         return self._default_limit
 
-    def log(self, request: Request) -> None:
+    def log(self, request: HTTPRequest) -> None:
         """Access lines at debug level only."""
         _log.debug(
             "{method} {path} {code}",
@@ -346,6 +356,11 @@ class RTSite(Site):
             path=request.path,
             code=request.code,
         )
+
+
+def _closing(transport: ITransport | None) -> bool:
+    """Whether a connection is gone or already closing (``loseConnection`` was called)."""
+    return transport is None or bool(getattr(transport, "disconnecting", False))
 
 
 class Branch(Resource):
@@ -360,7 +375,7 @@ class Branch(Resource):
         return b"not found\n"
 
 
-def mount(root: Resource, prefix: str, resource: Resource) -> None:
+def mount(root: Resource, prefix: str, resource: IResource) -> None:
     """Put ``resource`` at ``prefix`` (e.g. ``/connection/websocket``) under ``root``."""
     parts = [p.encode("utf-8") for p in prefix.strip("/").split("/") if p]
     if not parts:
@@ -368,7 +383,7 @@ def mount(root: Resource, prefix: str, resource: Resource) -> None:
     node = root
     for part in parts[:-1]:
         child = node.children.get(part)
-        if child is None:
+        if not isinstance(child, Resource):
             child = Branch()
             node.putChild(part, child)
         node = child
