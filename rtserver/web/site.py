@@ -145,7 +145,7 @@ class TrackedChannel(HTTPChannel):
 
     site: RTSite
     _fast: FastConnection | None = None
-    _head_call: IDelayedCall | None = None
+    _in_head = False  # registered with the site's head deadlines
     _busy = False  # a head is complete and its request is not finished yet
     _refused = False
 
@@ -215,27 +215,21 @@ class TrackedChannel(HTTPChannel):
             self._arm_head_deadline()
 
     def _arm_head_deadline(self) -> None:
-        site = self.site
-        if self._head_call is not None or not site.read_header_timeout:
-            return
-        if _closing(self.transport):
-            return
-        self._head_call = site.reactor.callLater(site.read_header_timeout, self._head_expired)
-        site.stats.unfinished_heads += 1
+        if not self._in_head and not _closing(self.transport):
+            self._in_head = self.site.head_started(self)
 
     def _head_complete(self) -> None:
         self._busy = True
         self._cancel_head_deadline()
 
     def _cancel_head_deadline(self) -> None:
-        call, self._head_call = self._head_call, None
-        if call is not None:
-            self.site.stats.unfinished_heads -= 1
-            if call.active():
-                call.cancel()
+        if self._in_head:
+            self._in_head = False
+            self.site.head_finished(self)
 
-    def _head_expired(self) -> None:
-        self._cancel_head_deadline()
+    def head_expired(self) -> None:
+        """The site's sweep found this connection's head past its deadline: 408, close."""
+        self._in_head = False
         transport = self.transport
         if transport is None or _closing(transport):
             return
@@ -313,7 +307,48 @@ class RTSite(Site):
         self.read_header_timeout = read_header_timeout
         self.max_unfinished_heads = max_unfinished_heads
         self.stats = stats if stats is not None else HTTPStats()
+        # Connections inside a request head -> their deadline. Insertion order is deadline
+        # order (one timeout for all), so one timer for the oldest entry serves them all:
+        # starting and finishing a head is a dict insert and a pop, not a timer each.
+        self._heads: dict[TrackedChannel, float] = {}
+        self._sweep: IDelayedCall | None = None
         self._channels: dict[TrackedChannel, Deferred[None]] = {}
+
+    def head_started(self, channel: TrackedChannel) -> bool:
+        """Start ``channel``'s head deadline; False when deadlines are off."""
+        timeout = self.read_header_timeout
+        if not timeout:
+            return False
+        self._heads[channel] = self.reactor.seconds() + timeout
+        self.stats.unfinished_heads += 1
+        if self._sweep is None:
+            self._sweep = self.reactor.callLater(timeout, self._expire_heads)
+        return True
+
+    def head_finished(self, channel: TrackedChannel) -> None:
+        """``channel``'s head is complete (or the connection is gone)."""
+        if self._heads.pop(channel, None) is not None:
+            self.stats.unfinished_heads -= 1
+
+    def _expire_heads(self) -> None:
+        self._sweep = None
+        heads = self._heads
+        now = self.reactor.seconds() + 1e-6  # a timer may fire a float's rounding early
+        while heads:
+            channel, deadline = next(iter(heads.items()))
+            if deadline > now:
+                self._sweep = self.reactor.callLater(deadline - now, self._expire_heads)
+                return
+            del heads[channel]
+            self.stats.unfinished_heads -= 1
+            channel.head_expired()
+
+    def stopFactory(self) -> None:
+        """No more connections: stop the head-deadline timer."""
+        if self._sweep is not None and self._sweep.active():
+            self._sweep.cancel()
+        self._sweep = None
+        super().stopFactory()
 
     def channel_opened(self, channel: TrackedChannel) -> None:
         """Track an open HTTP connection."""

@@ -181,3 +181,12 @@ def test_deadline_zero_turns_it_off() -> None:
         server.clock.advance(2)
     assert not transport.disconnecting
     server.close_all()
+
+
+def test_negative_limits_are_refused_by_config() -> None:
+    """A negative deadline or cap is a configuration error naming the key."""
+    from rtserver.config import ConfigError
+
+    for key, value in (("read_header_timeout", "-1s"), ("max_unfinished_request_heads", -1)):
+        with pytest.raises(ConfigError, match=f"http_server.{key}"):
+            from_mapping({"http_server": {key: value}})
