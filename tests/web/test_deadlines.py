@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from prometheus_client import generate_latest
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
@@ -18,7 +17,6 @@ from twisted.python.failure import Failure
 from rtserver.config import from_mapping
 from rtserver.service import build_site
 from rtserver.testing import make_node
-from rtserver.web.metrics import registry_for
 from rtserver.web.site import RTSite
 
 KEY = "k"
@@ -164,8 +162,10 @@ def test_unfinished_heads_are_capped_and_counted_in_metrics() -> None:
     _, fresh = server.connect()
     assert not fresh.disconnecting
     server.clock.advance(TIMEOUT)
-    registry = registry_for(server.node, None, server.site.stats)
-    text = generate_latest(registry).decode()
+    scrape, scraped = server.connect()  # GET /metrics on the server's own site
+    scrape.dataReceived(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    text = scraped.value().decode()
+    assert text.startswith("HTTP/1.1 200 ")
     assert "rtserver_http_connections_refused_total 1.0" in text
     assert "rtserver_http_request_head_timeouts_total 3.0" in text  # 2 slow + the fresh one
     assert "rtserver_http_unfinished_request_heads 0.0" in text
