@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.interfaces import IDelayedCall, ITransport
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, ITransport
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web import pages
@@ -37,6 +37,7 @@ __all__ = ["Branch", "HTTPStats", "LimitedRequest", "RTSite", "mount"]
 _log = Logger()
 
 _DEFAULT_BODY_LIMIT = 65536
+_PIPELINE_LIMIT = 65536  # bytes waiting behind a pending fast-path command before pausing
 _TOO_LARGE = (
     b"HTTP/1.1 413 Request Entity Too Large\r\n"
     b"Content-Type: text/plain\r\n"
@@ -146,6 +147,7 @@ class TrackedChannel(HTTPChannel):
     site: RTSite
     _fast: FastConnection | None = None
     _in_head = False  # registered with the site's head deadlines
+    _paused_reading = False  # the fast path stopped reading behind a pending command
     _busy = False  # a head is complete and its request is not finished yet
     _refused = False
 
@@ -184,6 +186,13 @@ class TrackedChannel(HTTPChannel):
         path = self.site.api_fast_path
         assert path is not None  # ``_fast`` exists only when the site has a fast path
         path.feed(fast, data)
+        if fast.pending and len(fast.buffer) > _PIPELINE_LIMIT and not self._paused_reading:
+            # Requests pipelined behind a running command: stop reading until it is
+            # answered (as twisted.web does), so the waiting bytes stay bounded.
+            producer = IPushProducer(self.transport, None)
+            if producer is not None:
+                self._paused_reading = True
+                producer.pauseProducing()
 
     # --- request-head deadline -----------------------------------------------------------
 
@@ -210,6 +219,11 @@ class TrackedChannel(HTTPChannel):
 
     def _fast_request_done(self) -> None:
         self._busy = False
+        if self._paused_reading:
+            self._paused_reading = False
+            producer = IPushProducer(self.transport, None)
+            if producer is not None:
+                producer.resumeProducing()
         fast = self._fast
         if fast is not None and fast.buffer:
             self._arm_head_deadline()
