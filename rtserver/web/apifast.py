@@ -276,19 +276,27 @@ class APIFastPath:
             state.buffer = b""
             state.close()
             return
-        d = Deferred.fromCoroutine(self._api.run_method(state.method, body, state.mode))
-        d.addErrback(_internal_error)
         state.pending = True
-        d.addCallback(self._done, state).addErrback(_log_failure)
+        d = Deferred.fromCoroutine(self._api.run_method(state.method, body, state.mode))
+        # One callback pair (each added callback costs a pass of Deferred machinery);
+        # both ends catch and log everything, so the Deferred never ends in a failure.
+        d.addCallbacks(self._done, self._failed, callbackArgs=(state,), errbackArgs=(state,))
+
+    def _failed(self, failure: Failure, state: FastConnection) -> None:
+        _log.failure("server API request failed", failure)
+        self._done(INTERNAL_ERROR, state)
 
     def _done(self, response: APIResponse, state: FastConnection) -> None:
         """A command finished: answer it, then continue with waiting requests."""
-        state.pending = False
-        _send(state, response)
-        if state.request_done is not None and not state.gone:
-            state.request_done()
-        if not state.feeding:  # answered later than the turn that received it
-            self.feed(state, b"")
+        try:
+            state.pending = False
+            _send(state, response)
+            if state.request_done is not None and not state.gone:
+                state.request_done()
+            if not state.feeding:  # answered later than the turn that received it
+                self.feed(state, b"")
+        except Exception:
+            _log.failure("server API response could not be written", Failure())
 
     @staticmethod
     def _hand_over(state: FastConnection) -> None:
@@ -318,12 +326,3 @@ def _send(state: FastConnection, response: APIResponse) -> None:
     state.write(head + b"\r\n" + body)
     if state.closing and not state.discard:
         state.close()
-
-
-def _internal_error(failure: Failure) -> APIResponse:
-    _log.failure("server API request failed", failure)
-    return INTERNAL_ERROR
-
-
-def _log_failure(failure: Failure) -> None:
-    _log.failure("server API response could not be written", failure)
