@@ -115,6 +115,8 @@ class HTTPServerConfig:
     address: str = ""
     port: int = 8000
     tls: TLSConfig = field(default_factory=TLSConfig)
+    read_header_timeout: float = duration(10.0)
+    max_unfinished_request_heads: int = 1024
 
 
 @dataclass(frozen=True)
@@ -731,6 +733,10 @@ def validate(config: Config) -> None:
         raise ConfigError("client.pong_timeout: must be less than client.ping_interval")
     if not 0 < config.http_server.port < 65536:
         raise ConfigError("http_server.port: must be between 1 and 65535")
+    if config.http_server.read_header_timeout < 0:
+        raise ConfigError("http_server.read_header_timeout: must not be negative")
+    if config.http_server.max_unfinished_request_heads < 0:
+        raise ConfigError("http_server.max_unfinished_request_heads: must not be negative")
     if config.engine.type not in ("memory", "redis"):
         raise ConfigError(
             f"engine.type: unsupported engine {config.engine.type!r} (supported: memory, redis)"

@@ -29,7 +29,7 @@ from rtserver.web.api import APIResource
 from rtserver.web.apifast import APIFastPath
 from rtserver.web.cors import CORSResource
 from rtserver.web.health import HealthResource
-from rtserver.web.site import Branch, RTSite, mount
+from rtserver.web.site import Branch, HTTPStats, RTSite, mount
 
 __all__ = [
     "NodeService",
@@ -195,6 +195,7 @@ def build_site(
         limits.append((sj.handler_prefix, sj.max_request_body_size))
         drains.append(sockjs)
     fast_path = None
+    http_stats = HTTPStats()
     executor = APIExecutor(node)
     if not config.http_api.disabled:
         api = config.http_api
@@ -205,11 +206,19 @@ def build_site(
     if config.prometheus.enabled:
         from rtserver.web.metrics import MetricsResource, registry_for
 
-        registry = registry_for(node, executor.stats)
+        registry = registry_for(node, executor.stats, http_stats)
         mount(root, config.prometheus.handler_prefix, MetricsResource(registry))
     if config.health.enabled:
         mount(root, config.health.handler_prefix, HealthResource(node.engine))
-    site = RTSite(root, body_limits=limits, api_fast_path=fast_path, reactor=reactor)
+    site = RTSite(
+        root,
+        body_limits=limits,
+        api_fast_path=fast_path,
+        read_header_timeout=config.http_server.read_header_timeout,
+        max_unfinished_heads=config.http_server.max_unfinished_request_heads,
+        stats=http_stats,
+        reactor=reactor,
+    )
     drains.append(site)
     return site, drains
 

@@ -23,6 +23,10 @@ MEANING = {
     "http_server.tls.enabled": "serve HTTPS/WSS on the same port",
     "http_server.tls.cert_pem_file": "certificate chain (PEM file path)",
     "http_server.tls.key_pem_file": "private key (PEM file path)",
+    "http_server.read_header_timeout":
+        "request head (incl. WebSocket upgrade) deadline, else 408 + close; 0 = off",
+    "http_server.max_unfinished_request_heads":
+        "new connections get 503 + close while this many heads are open; 0 = off",
     "log.level": "trace, debug, info, warn, error, fatal or none",
     "client.token.hmac_secret_key": "HS256/384/512 secret for connection tokens",
     "client.token.rsa_public_key": "PEM public key for RS256/384/512",

@@ -3,7 +3,7 @@
 A thin adapter over :class:`~rtserver.api.executor.APIExecutor`: it authenticates,
 decodes the JSON body, runs the command and encodes the response with orjson. API-level
 errors keep HTTP 200 (``cent`` treats any other status as a transport failure) unless
-the caller asks for ``X-Centrifugo-Error-Mode: transport`` (protocol.md §6.1).
+the caller asks for ``X-Centrifugo-Error-Mode: transport`` (docs/server-api.rst, "Responses").
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import orjson
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.web.pages import notFound
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from rtserver.config import HTTPAPIConfig
@@ -215,7 +215,7 @@ class _MethodResource(Resource):
         self._api = api
         self._method = method
 
-    def getChild(self, path: bytes, request: Request) -> Resource:
+    def getChild(self, path: bytes, request: Request) -> IResource:
         """Nothing lives below a method: 404."""
         return notFound()
 

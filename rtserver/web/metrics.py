@@ -21,6 +21,7 @@ from twisted.web.server import Request
 
 from rtserver.api.executor import CommandStats
 from rtserver.core.node import Node
+from rtserver.web.site import HTTPStats
 
 __all__ = ["MetricsResource", "NodeCollector", "registry_for"]
 
@@ -28,9 +29,15 @@ __all__ = ["MetricsResource", "NodeCollector", "registry_for"]
 class NodeCollector:
     """Collects the node's gauges and counters when Prometheus scrapes."""
 
-    def __init__(self, node: Node, api_stats: CommandStats | None = None) -> None:
+    def __init__(
+        self,
+        node: Node,
+        api_stats: CommandStats | None = None,
+        http_stats: HTTPStats | None = None,
+    ) -> None:
         self._node = node
         self._api = api_stats
+        self._http = http_stats
 
     def collect(self) -> Iterator[Metric]:
         node, hub = self._node, self._node.hub
@@ -62,6 +69,28 @@ class NodeCollector:
         yield accepted
         if self._api is not None:
             yield from self._api_metrics(self._api)
+        if self._http is not None:
+            yield from self._http_metrics(self._http)
+
+    @staticmethod
+    def _http_metrics(stats: HTTPStats) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "rtserver_http_unfinished_request_heads",
+            "HTTP connections inside a request head that is not complete yet.",
+            value=stats.unfinished_heads,
+        )
+        yield CounterMetricFamily(
+            "rtserver_http_request_head_timeouts",
+            "HTTP connections closed with 408: request head not complete within "
+            "http_server.read_header_timeout.",
+            value=stats.head_timeouts,
+        )
+        yield CounterMetricFamily(
+            "rtserver_http_connections_refused",
+            "HTTP connections refused with 503: http_server.max_unfinished_request_heads "
+            "heads were unfinished.",
+            value=stats.heads_refused,
+        )
 
     @staticmethod
     def _api_metrics(stats: CommandStats) -> Iterator[Metric]:
@@ -71,7 +100,7 @@ class NodeCollector:
             labels=["protocol", "method"],
         )
         for method, (count, seconds) in sorted(stats.calls.items()):
-            duration.add_metric(["http", method], count_value=count, sum_value=seconds)
+            duration.add_metric(["http", method], count_value=int(count), sum_value=seconds)
         yield duration
         errors = CounterMetricFamily(
             "centrifugo_api_command_errors",
@@ -83,10 +112,12 @@ class NodeCollector:
         yield errors
 
 
-def registry_for(node: Node, api_stats: CommandStats | None = None) -> CollectorRegistry:
+def registry_for(
+    node: Node, api_stats: CommandStats | None = None, http_stats: HTTPStats | None = None
+) -> CollectorRegistry:
     """A registry holding only this node's collector (not the process-global one)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(NodeCollector(node, api_stats))  # type: ignore[arg-type]
+    registry.register(NodeCollector(node, api_stats, http_stats))
     return registry
 
 

@@ -1,23 +1,43 @@
-"""The twisted.web site: resource tree, request body limits, quiet access logging."""
+"""The twisted.web site: resource tree, request body limits, request-head deadlines.
+
+Every HTTP connection (server API, its fast path, HTTP transports, SockJS, WebSocket
+upgrades) is a :class:`TrackedChannel`, which enforces two limits against slow or
+stalled clients (slowloris):
+
+* a request head must be complete within ``http_server.read_header_timeout`` of its
+  first byte (of the connection, for the first request); otherwise the client gets
+  ``408 Request Timeout`` and the connection closes;
+* while ``http_server.max_unfinished_request_heads`` connections are inside an
+  unfinished head, a new connection gets ``503 Service Unavailable`` and is closed
+  before any of its bytes is read.
+
+Both are counted in :class:`HTTPStats` (Prometheus, ``web/metrics.py``).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, ITransport
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 from twisted.web import pages
 from twisted.web.http import HTTPChannel
+from twisted.web.http import Request as HTTPRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
 from rtserver.logs import Logger
 from rtserver.web.apifast import APIFastPath, FastConnection
 
-__all__ = ["Branch", "LimitedRequest", "RTSite", "mount"]
+__all__ = ["Branch", "HTTPStats", "LimitedRequest", "RTSite", "mount"]
 
 _log = Logger()
 
+_DEFAULT_BODY_LIMIT = 65536
+_PIPELINE_LIMIT = 65536  # bytes waiting behind a pending fast-path command before pausing
 _TOO_LARGE = (
     b"HTTP/1.1 413 Request Entity Too Large\r\n"
     b"Content-Type: text/plain\r\n"
@@ -25,6 +45,37 @@ _TOO_LARGE = (
     b"Connection: close\r\n\r\n"
     b"request body too large\r\n"
 )
+_HEAD_TIMEOUT = (
+    b"HTTP/1.1 408 Request Timeout\r\n"
+    b"Content-Type: text/plain\r\n"
+    b"Content-Length: 22\r\n"
+    b"Connection: close\r\n\r\n"
+    b"request head too slow\n"
+)
+_TOO_MANY_HEADS = (
+    b"HTTP/1.1 503 Service Unavailable\r\n"
+    b"Content-Type: text/plain\r\n"
+    b"Content-Length: 30\r\n"
+    b"Connection: close\r\n\r\n"
+    b"too many unfinished requests\r\n"
+)
+
+
+class HTTPStats:
+    """Counters of the HTTP front door, read by the Prometheus collector.
+
+    Attributes:
+        unfinished_heads: connections inside a request head right now.
+        head_timeouts: connections closed because a head missed its deadline.
+        heads_refused: connections refused because of the unfinished-head cap.
+    """
+
+    __slots__ = ("head_timeouts", "heads_refused", "unfinished_heads")
+
+    def __init__(self) -> None:
+        self.unfinished_heads = 0
+        self.head_timeouts = 0
+        self.heads_refused = 0
 
 
 class LimitedRequest(Request):
@@ -37,10 +88,15 @@ class LimitedRequest(Request):
     _limit = 0
     _received = 0
     _refused = False
+    #: The request-target of the request line, set by the channel as soon as it is read.
+    target = b"/"
 
     def gotLength(self, length: int | None) -> None:
-        site: RTSite = self.channel.site
-        self._limit = site.body_limit(getattr(self.channel, "_path", b"") or b"/")
+        channel = self.channel
+        if isinstance(channel, TrackedChannel):
+            self._limit = channel.site.body_limit(self.target)
+        else:  # a channel of another site: the default cap
+            self._limit = _DEFAULT_BODY_LIMIT
         if length is not None and length > self._limit:
             self._refuse()
             return
@@ -77,23 +133,51 @@ class LimitedRequest(Request):
 
 
 class TrackedChannel(HTTPChannel):
-    """An HTTP connection the site can close at shutdown.
+    """An HTTP connection the site can close at shutdown, with a request-head deadline.
 
     With the API fast path on, its bytes go to :class:`APIFastPath` first, which hands
     them to twisted.web (for the rest of the connection) when they are not a simple
     server API request.
+
+    The head deadline runs from the connection's start and, later, from the first byte
+    received while no request is in progress; a complete head stops it, and the end of
+    that request lets the next byte start it again.
     """
 
     site: RTSite
     _fast: FastConnection | None = None
+    _in_head = False  # registered with the site's head deadlines
+    _paused_reading = False  # the fast path stopped reading behind a pending command
+    _busy = False  # a head is complete and its request is not finished yet
+    _refused = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self.site.channel_opened(self)
-        if self.site.api_fast_path is not None:
-            self._fast = FastConnection(self._write_fast, self._close_fast, self._to_twisted)
+        site = self.site
+        site.channel_opened(self)
+        cap = site.max_unfinished_heads
+        transport = self.transport
+        if cap and site.stats.unfinished_heads >= cap and transport is not None:
+            self._refused = True
+            site.stats.heads_refused += 1
+            transport.write(_TOO_MANY_HEADS)
+            transport.loseConnection()
+            return
+        if site.api_fast_path is not None:
+            self._fast = FastConnection(
+                self._write_fast,
+                self._close_fast,
+                self._to_twisted,
+                head_done=self._head_complete,
+                request_done=self._fast_request_done,
+            )
+        self._arm_head_deadline()
 
     def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if not self._busy:
+            self._arm_head_deadline()
         fast = self._fast
         if fast is None or fast.slow:
             super().dataReceived(data)
@@ -102,6 +186,73 @@ class TrackedChannel(HTTPChannel):
         path = self.site.api_fast_path
         assert path is not None  # ``_fast`` exists only when the site has a fast path
         path.feed(fast, data)
+        if fast.pending and len(fast.buffer) > _PIPELINE_LIMIT and not self._paused_reading:
+            # Requests pipelined behind a running command: stop reading until it is
+            # answered (as twisted.web does), so the waiting bytes stay bounded.
+            producer = IPushProducer(self.transport, None)
+            if producer is not None:
+                self._paused_reading = True
+                producer.pauseProducing()
+
+    # --- request-head deadline -----------------------------------------------------------
+
+    def lineReceived(self, line: bytes) -> None:
+        requests = self.requests
+        count = len(requests)
+        super().lineReceived(line)
+        if len(requests) > count:  # that line was a request line: remember its target
+            parts = line.split(b" ")
+            if len(parts) == 3:
+                requests[-1].target = parts[1]
+
+    def allHeadersReceived(self) -> None:
+        self._head_complete()
+        super().allHeadersReceived()
+
+    def requestDone(self, request: Request) -> None:
+        self._busy = False
+        count = len(self.requests)
+        super().requestDone(request)
+        # Replayed pipelined bytes may have started (not finished) the next head.
+        if not self._busy and len(self.requests) >= count:
+            self._arm_head_deadline()
+
+    def _fast_request_done(self) -> None:
+        self._busy = False
+        if self._paused_reading:
+            self._paused_reading = False
+            producer = IPushProducer(self.transport, None)
+            if producer is not None:
+                producer.resumeProducing()
+        fast = self._fast
+        if fast is not None and fast.buffer:
+            self._arm_head_deadline()
+
+    def _arm_head_deadline(self) -> None:
+        if not self._in_head and not _closing(self.transport):
+            self._in_head = self.site.head_started(self)
+
+    def _head_complete(self) -> None:
+        self._busy = True
+        self._cancel_head_deadline()
+
+    def _cancel_head_deadline(self) -> None:
+        if self._in_head:
+            self._in_head = False
+            self.site.head_finished(self)
+
+    def head_expired(self) -> None:
+        """The site's sweep found this connection's head past its deadline: 408, close."""
+        self._in_head = False
+        transport = self.transport
+        if transport is None or _closing(transport):
+            return
+        self.site.stats.head_timeouts += 1
+        _log.debug("closing a connection whose request head was not complete in time")
+        transport.write(_HEAD_TIMEOUT)
+        transport.loseConnection()
+
+    # --- fast path -----------------------------------------------------------------------
 
     def _write_fast(self, data: bytes) -> None:
         if self.transport is not None:
@@ -114,7 +265,8 @@ class TrackedChannel(HTTPChannel):
     def _to_twisted(self, data: bytes) -> None:
         HTTPChannel.dataReceived(self, data)
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._cancel_head_deadline()
         if self._fast is not None:
             self._fast.gone = True
         super().connectionLost(reason)
@@ -122,19 +274,36 @@ class TrackedChannel(HTTPChannel):
 
 
 class RTSite(Site):
-    """The server's Site: per-prefix body limits, quiet access log, closable connections."""
+    """The server's Site: per-prefix body limits, quiet access log, closable connections.
+
+    Args:
+        resource: the root of the resource tree.
+        body_limits: ``(path prefix, bytes)`` body caps; longest prefix wins.
+        default_body_limit: the cap elsewhere.
+        api_fast_path: answers plain server API requests before twisted.web.
+        read_header_timeout: seconds a request head may take (0: no deadline).
+        max_unfinished_heads: new connections are refused while this many heads are
+            unfinished (0: no cap).
+        stats: counters for metrics (a fresh one by default).
+        reactor: the reactor; its ``callLater`` drives the deadlines (a Clock in tests).
+    """
 
     displayTracebacks = False
     requestFactory = LimitedRequest
-    protocol = TrackedChannel
+    #: twisted.web annotates ``protocol`` as a factory of its HTTP/2-capable wrapper, but
+    #: any HTTPChannel subclass is a valid channel factory for HTTP/1.1.
+    protocol = cast("Callable[[], Any]", TrackedChannel)
 
     def __init__(
         self,
         resource: Resource,
         *,
         body_limits: Sequence[tuple[str, int]] = (),
-        default_body_limit: int = 65536,
+        default_body_limit: int = _DEFAULT_BODY_LIMIT,
         api_fast_path: APIFastPath | None = None,
+        read_header_timeout: float = 10.0,
+        max_unfinished_heads: int = 0,
+        stats: HTTPStats | None = None,
         reactor: Any = None,
     ) -> None:
         try:
@@ -149,7 +318,51 @@ class RTSite(Site):
         )
         self._default_limit = default_body_limit
         self.api_fast_path = api_fast_path
+        self.read_header_timeout = read_header_timeout
+        self.max_unfinished_heads = max_unfinished_heads
+        self.stats = stats if stats is not None else HTTPStats()
+        # Connections inside a request head -> their deadline. Insertion order is deadline
+        # order (one timeout for all), so one timer for the oldest entry serves them all:
+        # starting and finishing a head is a dict insert and a pop, not a timer each.
+        self._heads: dict[TrackedChannel, float] = {}
+        self._sweep: IDelayedCall | None = None
         self._channels: dict[TrackedChannel, Deferred[None]] = {}
+
+    def head_started(self, channel: TrackedChannel) -> bool:
+        """Start ``channel``'s head deadline; False when deadlines are off."""
+        timeout = self.read_header_timeout
+        if not timeout:
+            return False
+        self._heads[channel] = self.reactor.seconds() + timeout
+        self.stats.unfinished_heads += 1
+        if self._sweep is None:
+            self._sweep = self.reactor.callLater(timeout, self._expire_heads)
+        return True
+
+    def head_finished(self, channel: TrackedChannel) -> None:
+        """``channel``'s head is complete (or the connection is gone)."""
+        if self._heads.pop(channel, None) is not None:
+            self.stats.unfinished_heads -= 1
+
+    def _expire_heads(self) -> None:
+        self._sweep = None
+        heads = self._heads
+        now = self.reactor.seconds() + 1e-6  # a timer may fire a float's rounding early
+        while heads:
+            channel, deadline = next(iter(heads.items()))
+            if deadline > now:
+                self._sweep = self.reactor.callLater(deadline - now, self._expire_heads)
+                return
+            del heads[channel]
+            self.stats.unfinished_heads -= 1
+            channel.head_expired()
+
+    def stopFactory(self) -> None:
+        """No more connections: stop the head-deadline timer."""
+        if self._sweep is not None and self._sweep.active():
+            self._sweep.cancel()
+        self._sweep = None
+        super().stopFactory()
 
     def channel_opened(self, channel: TrackedChannel) -> None:
         """Track an open HTTP connection."""
@@ -184,7 +397,7 @@ class RTSite(Site):
                 return limit
         return self._default_limit
 
-    def log(self, request: Request) -> None:
+    def log(self, request: HTTPRequest) -> None:
         """Access lines at debug level only."""
         _log.debug(
             "{method} {path} {code}",
@@ -192,6 +405,11 @@ class RTSite(Site):
             path=request.path,
             code=request.code,
         )
+
+
+def _closing(transport: ITransport | None) -> bool:
+    """Whether a connection is gone or already closing (``loseConnection`` was called)."""
+    return transport is None or bool(getattr(transport, "disconnecting", False))
 
 
 class Branch(Resource):
@@ -214,7 +432,7 @@ def mount(root: Resource, prefix: str, resource: IResource) -> None:
     node = root
     for part in parts[:-1]:
         child = node.children.get(part)
-        if child is None:
+        if not isinstance(child, Resource):
             child = Branch()
             node.putChild(part, child)
         node = child

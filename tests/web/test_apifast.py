@@ -172,3 +172,19 @@ def test_bare_lf_requests_get_twisted_web_behaviour() -> None:
     assert transport.value().startswith(b"HTTP/1.1 400 Bad Request\r\n")
     assert b"HTTP/1.1 200" not in transport.value()
     close(proto)
+
+
+def test_pipelined_bytes_behind_a_pending_command_pause_reading() -> None:
+    """Over 64 KiB waiting behind a running command: the connection stops reading."""
+    executor = PendingExecutor()
+    server = Server(executor, HTTPAPIConfig(insecure=True), fast=True)
+    proto, transport = connection(server)
+    request = b"POST /api/info HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}"
+    proto.dataReceived(request)
+    assert transport.producerState == "producing"
+    proto.dataReceived(request * 2000)  # ~90 KB of further requests
+    assert transport.producerState == "paused"
+    executor.release()
+    assert transport.producerState == "producing"
+    assert transport.value().count(b"HTTP/1.1 200") == 2001
+    close(proto)
