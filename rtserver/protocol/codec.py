@@ -120,3 +120,14 @@ def encode_disconnect(disconnect: Disconnect, *, uni: bool = False) -> bytes:
     """The ``disconnect`` push for transports without close frames."""
     return encode_push("", "disconnect", disconnect.to_wire(), uni=uni)
 
+
+
+def join(payloads: list[bytes]) -> bytes:
+    """Join encoded messages into one transport frame (newline-delimited JSON).
+
+    The JSON half of :class:`rtserver.protocol.encoding.Codec`; the Protobuf codec joins
+    its length-prefixed messages with nothing between them.
+    """
+    if len(payloads) == 1:
+        return payloads[0]
+    return b"\n".join(payloads)
