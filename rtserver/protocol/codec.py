@@ -27,6 +27,7 @@ __all__ = [
     "encode_error",
     "encode_push",
     "encode_reply",
+    "join",
 ]
 
 #: A server ping on bidirectional transports, and a client pong: the empty object.
