@@ -165,3 +165,23 @@ def test_every_cited_docs_file_exists() -> None:
 def test_reference_patterns(pattern: re.Pattern[str], line: str, hits: list[str]) -> None:
     """The patterns find the citations they are meant to and nothing else."""
     assert [m.group(0) for m in pattern.finditer(line)] == hits
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["README.rst", "CHANGELOG.rst", *sorted(p.name for p in (ROOT / "docs").glob("*.rst"))],
+)
+def test_rst_parses_cleanly(name: str) -> None:
+    """Each reST document parses without a warning (a broken table renders as an error)."""
+    import io
+
+    import docutils.core
+
+    path = ROOT / name if (ROOT / name).is_file() else ROOT / "docs" / name
+    warnings = io.StringIO()
+    docutils.core.publish_doctree(
+        path.read_text(),
+        source_path=str(path),
+        settings_overrides={"warning_stream": warnings, "report_level": 2, "halt_level": 5},
+    )
+    assert warnings.getvalue() == ""
