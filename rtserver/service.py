@@ -34,6 +34,7 @@ __all__ = [
     "NodeService",
     "build",
     "build_engine",
+    "build_grpc_api",
     "build_node",
     "build_site",
     "default_listen",
@@ -106,7 +107,9 @@ def build_node(config: Config, reactor: Any) -> Node:
     return Node(engine, config, clock=reactor, verifier=verifier)
 
 
-def build_site(node: Node, config: Config, reactor: Any) -> tuple[RTSite, list[Any]]:
+def build_site(
+    node: Node, config: Config, reactor: Any, executor: APIExecutor | None = None
+) -> tuple[RTSite, list[Any]]:
     """The resource tree; also returns the transports to drain on shutdown."""
     root = Branch()
     origins = OriginPolicy(config.client.allowed_origins)
@@ -181,7 +184,7 @@ def build_site(node: Node, config: Config, reactor: Any) -> tuple[RTSite, list[A
         limits.append((sj.handler_prefix, sj.max_request_body_size))
         drains.append(sockjs)
     fast_path = None
-    executor = APIExecutor(node)
+    executor = executor or APIExecutor(node)
     if not config.http_api.disabled:
         api = config.http_api
         resource = APIResource(executor, api)
@@ -198,6 +201,28 @@ def build_site(node: Node, config: Config, reactor: Any) -> tuple[RTSite, list[A
     site = RTSite(root, body_limits=limits, api_fast_path=fast_path, reactor=reactor)
     drains.append(site)
     return site, drains
+
+
+def build_grpc_api(executor: APIExecutor, config: Config, reactor: Any) -> Service:
+    """The GRPC server API on ``grpc_api.address``:``grpc_api.port`` (rtserver/grpcapi)."""
+    from rtserver.grpcapi.api import SERVICE_NAME, APIServicer
+    from rtserver.grpcapi.bridge import ReactorBridge
+    from rtserver.grpcapi.server import GRPCServerService
+
+    grpc = config.grpc_api
+    bridge = ReactorBridge(reactor)
+    servicer = APIServicer(executor, bridge, grpc)
+    return GRPCServerService(
+        "GRPC API",
+        [servicer.handler()],
+        bridge,
+        reactor,
+        address=grpc.address,
+        port=grpc.port,
+        tls=grpc.tls,
+        max_receive_message_size=grpc.max_receive_message_size,
+        reflection=[SERVICE_NAME] if grpc.reflection else [],
+    )
 
 
 def default_listen(config: Config) -> list[str]:
@@ -226,12 +251,15 @@ def build(config: Config, *, listen: list[str] | None = None, reactor: Any = Non
         reactor = default_reactor
     logs.set_level(config.log.level)
     node = build_node(config, reactor)
-    site, drains = build_site(node, config, reactor)
+    executor = APIExecutor(node)
+    site, drains = build_site(node, config, reactor, executor)
     top = MultiService()
     top.setName("rtserver")
     endpoints = listen or default_listen(config)
     NodeService(node, drains, endpoints).setServiceParent(top)
     for desc in endpoints:
         strports_service(desc, site, reactor=reactor).setServiceParent(top)
+    if config.grpc_api.enabled:
+        build_grpc_api(executor, config, reactor).setServiceParent(top)
     top.node = node  # type: ignore[attr-defined]
     return top
