@@ -194,7 +194,7 @@ def report(args: argparse.Namespace, http: list[dict[str, Any]],
     def row(api: str, r: dict[str, Any]) -> str:
         burst = r["burst"]
         rps = r["requests_per_s"]
-        us = r.get("server_cpu_us_per_request") or r.get("server_cpu_us_per_pub", 0) * burst
+        us = r.get("server_cpu_us_per_request") or r.get("server_us_per_pub", 0) * burst
         client = r.get("client_util")
         bound = " (client-bound)" if client is not None and client > CLIENT_BOUND else ""
         client_cell = "—" if client is None else f"{client:.0%}{bound}"
@@ -209,12 +209,18 @@ def report(args: argparse.Namespace, http: list[dict[str, Any]],
     grpc_unary = next((r["requests_per_s"] for r in grpc_rows if r["burst"] == 1), 0.0)
     grpc_batch = next((r["publications_per_s"] for r in grpc_rows if r["burst"] > 1), 0.0)
     ratio = grpc_unary / http_unary if http_unary else 0.0
+    http_us = next((r["server_us_per_pub"] for r in http if r["burst"] == 1), 0.0)
+    grpc_us = next((r["server_cpu_us_per_request"] for r in grpc_rows if r["burst"] == 1), 0.0)
+    cpu_ratio = http_us / grpc_us if grpc_us else 0.0
     lines += [
         "",
         f"GRPC unary / HTTP fast path: {ratio:.0%} (target ≥ {TARGET_UNARY_RATIO:.0%}: "
         f"{'met' if ratio >= TARGET_UNARY_RATIO else 'NOT met'}); GRPC batch: "
         f"{grpc_batch:,.0f} publications/s (target ≥ {TARGET_BATCH_PUBS:,.0f}: "
         f"{'met' if grpc_batch >= TARGET_BATCH_PUBS else 'NOT met'}).",
+        f"Server CPU per unary request, HTTP / GRPC: {http_us:.0f} / {grpc_us:.0f} µs = "
+        f"{cpu_ratio:.0%} (the throughput ratio of two saturated servers, whatever the "
+        "clients manage).",
     ]
     errors = sum(r.get("errors", 0) for r in grpc_rows)
     if errors:

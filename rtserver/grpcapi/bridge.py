@@ -3,8 +3,8 @@
 grpcio's synchronous server calls servicer methods on threads of its own pool. Nothing
 in rtserver's core may be touched from those threads, so a servicer hands each call to
 the reactor with :meth:`ReactorBridge.call`: the function runs in the reactor thread
-(``callFromThread``), its Deferred's outcome comes back through a
-:class:`concurrent.futures.Future` the worker thread waits on. The reactor never waits
+(``callFromThread``), its Deferred's outcome comes back through a lock the worker
+thread waits on. The reactor never waits
 for a worker; a worker waits for at most one call at a time.
 
 :meth:`ReactorBridge.close` (run in the reactor when the service stops) fails every call
@@ -15,7 +15,7 @@ outlive the reactor waiting on a result that will never come.
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import Future
+from threading import Lock
 from typing import Any, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -49,7 +49,7 @@ class ReactorBridge:
 
     def __init__(self, reactor: ThreadCaller) -> None:
         self._reactor = reactor
-        self._pending: set[Future[Any]] = set()
+        self._pending: set[_Waiter] = set()
         self._closed = False
 
     @property
@@ -69,39 +69,65 @@ class ReactorBridge:
         """
         if self._closed:
             raise BridgeClosed()
-        future: Future[T] = Future()
-        self._reactor.callFromThread(self._start, fn, future)
-        while True:
-            try:
-                return future.result(_POLL_SECONDS)
-            except TimeoutError:
-                if self._closed:
-                    future.cancel()
-                    raise BridgeClosed() from None
+        waiter = _Waiter()
+        self._reactor.callFromThread(self._start, fn, waiter)
+        while not waiter.done.acquire(timeout=_POLL_SECONDS):
+            if self._closed:
+                waiter.abandon()
+                break
+        return waiter.outcome()
 
-    def _start(self, fn: Callable[[], Deferred[T]], future: Future[T]) -> None:
-        """Reactor thread: run ``fn`` and route its outcome to ``future``."""
-        if self._closed or not future.set_running_or_notify_cancel():
-            if not future.done():
-                future.set_exception(BridgeClosed())
+    def _start(self, fn: Callable[[], Deferred[T]], waiter: _Waiter) -> None:
+        """Reactor thread: run ``fn`` and route its outcome to ``waiter``."""
+        if self._closed:
+            waiter.abandon()
             return
-        self._pending.add(future)
+        self._pending.add(waiter)
         d = maybeDeferred(fn)
-        d.addBoth(self._finish, future)
+        d.addBoth(self._finish, waiter)
 
-    def _finish(self, outcome: T | Failure, future: Future[T]) -> None:
-        self._pending.discard(future)
-        if future.done():  # abandoned by close()
-            return
-        if isinstance(outcome, Failure):
-            future.set_exception(outcome.value)
-        else:
-            future.set_result(outcome)
+    def _finish(self, outcome: object, waiter: _Waiter) -> None:
+        self._pending.discard(waiter)
+        waiter.settle(outcome)
 
     def close(self) -> None:
         """Reactor thread: fail pending and later calls with :class:`BridgeClosed`."""
         self._closed = True
         pending, self._pending = self._pending, set()
-        for future in pending:
-            if not future.done():
-                future.set_exception(BridgeClosed())
+        for waiter in pending:
+            waiter.abandon()
+
+
+class _Waiter:
+    """One call's outcome, handed from the reactor thread to the one waiting thread.
+
+    A bare lock, acquired at creation and released once the outcome is set, is the
+    cheapest cross-thread wake-up CPython has (no Condition, no Future bookkeeping:
+    this sits on every GRPC call's path).
+    """
+
+    __slots__ = ("_outcome", "_settled", "done")
+
+    def __init__(self) -> None:
+        self.done = Lock()
+        self.done.acquire()
+        self._settled = False
+        self._outcome: object = None
+
+    def settle(self, outcome: object) -> None:
+        """Reactor thread: the first outcome wins; wakes the waiting thread."""
+        if self._settled:
+            return
+        self._settled = True
+        self._outcome = outcome
+        self.done.release()
+
+    def abandon(self) -> None:
+        """The call will not complete: its waiter gets :class:`BridgeClosed`."""
+        self.settle(Failure(BridgeClosed()))
+
+    def outcome(self) -> Any:
+        """The result; raises the failure's exception."""
+        if isinstance(self._outcome, Failure):
+            self._outcome.raiseException()
+        return self._outcome
