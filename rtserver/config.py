@@ -211,6 +211,20 @@ class HTTPAPIConfig:
 
 
 @dataclass(frozen=True)
+class GRPCAPIConfig:
+    """The server API over GRPC (``centrifugal.centrifugo.api.CentrifugoApi``)."""
+
+    enabled: bool = False
+    address: str = ""
+    port: int = 10000
+    key: str = field(default="", repr=False)
+    error_mode: str = ""
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    reflection: bool = False
+    max_receive_message_size: int = 0
+
+
+@dataclass(frozen=True)
 class WebSocketConfig:
     """The bidirectional WebSocket endpoint."""
 
@@ -346,6 +360,7 @@ class Config:
     client: ClientConfig = field(default_factory=ClientConfig)
     channel: ChannelConfig = field(default_factory=ChannelConfig)
     http_api: HTTPAPIConfig = field(default_factory=HTTPAPIConfig)
+    grpc_api: GRPCAPIConfig = field(default_factory=GRPCAPIConfig)
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
     http_stream: HTTPStreamConfig = field(default_factory=HTTPStreamConfig)
     sse: SSEConfig = field(default_factory=SSEConfig)
@@ -754,6 +769,7 @@ def validate(config: Config) -> None:
     tls = config.http_server.tls
     if tls.enabled and not (tls.cert_pem_file and tls.key_pem_file):
         raise ConfigError("http_server.tls: cert_pem_file and key_pem_file are required")
+    _validate_grpc_api(config.grpc_api)
     seen: set[str] = set()
     _validate_options(config.channel.without_namespace, "channel.without_namespace", config)
     for i, ns in enumerate(config.channel.namespaces):
@@ -764,6 +780,19 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{key}.name: namespace {ns.name!r} is defined twice")
         seen.add(ns.name)
         _validate_options(ns, key, config)
+
+
+def _validate_grpc_api(grpc: GRPCAPIConfig) -> None:
+    if not grpc.enabled:
+        return
+    if not 0 < grpc.port < 65536:
+        raise ConfigError("grpc_api.port: must be between 1 and 65535")
+    if grpc.error_mode not in ("", "transport"):
+        raise ConfigError(f"grpc_api.error_mode: {grpc.error_mode!r} is not '' or 'transport'")
+    if grpc.max_receive_message_size < 0:
+        raise ConfigError("grpc_api.max_receive_message_size: must not be negative")
+    if grpc.tls.enabled and not (grpc.tls.cert_pem_file and grpc.tls.key_pem_file):
+        raise ConfigError("grpc_api.tls: cert_pem_file and key_pem_file are required")
 
 
 def _validate_redis(redis: RedisEngineConfig) -> None:
@@ -848,6 +877,8 @@ def _risky(config: Config) -> list[str]:
         out.append("http_api.insecure is on: anyone can use the server API")
     elif not config.http_api.key and not config.http_api.disabled:
         out.append("http_api.key is empty: every server API request will get 401")
+    if config.grpc_api.enabled and not config.grpc_api.key:
+        out.append("grpc_api.key is empty: anyone who reaches the GRPC API port can use it")
     return out
 
 

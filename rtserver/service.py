@@ -35,6 +35,7 @@ __all__ = [
     "NodeService",
     "build",
     "build_engine",
+    "build_grpc_api",
     "build_node",
     "build_site",
     "default_listen",
@@ -119,7 +120,7 @@ def build_node(config: Config, reactor: Any) -> Node:
 
 
 def build_site(
-    node: Node, config: Config, reactor: Any
+    node: Node, config: Config, reactor: Any, executor: APIExecutor | None = None
 ) -> tuple[RTSite, list[Drainable]]:
     """The resource tree; also returns the transports to drain on shutdown."""
     root = Branch()
@@ -196,7 +197,7 @@ def build_site(
         drains.append(sockjs)
     fast_path = None
     http_stats = HTTPStats()
-    executor = APIExecutor(node)
+    executor = executor or APIExecutor(node)
     if not config.http_api.disabled:
         api = config.http_api
         api_resource = APIResource(executor, api)
@@ -221,6 +222,28 @@ def build_site(
     )
     drains.append(site)
     return site, drains
+
+
+def build_grpc_api(executor: APIExecutor, config: Config, reactor: Any) -> Service:
+    """The GRPC server API on ``grpc_api.address``:``grpc_api.port`` (rtserver/grpcapi)."""
+    from rtserver.grpcapi.api import SERVICE_NAME, APIServicer
+    from rtserver.grpcapi.bridge import ReactorBridge
+    from rtserver.grpcapi.server import GRPCServerService
+
+    grpc = config.grpc_api
+    bridge = ReactorBridge(reactor)
+    servicer = APIServicer(executor, bridge, grpc)
+    return GRPCServerService(
+        "GRPC API",
+        [servicer.handler()],
+        bridge,
+        reactor,
+        address=grpc.address,
+        port=grpc.port,
+        tls=grpc.tls,
+        max_receive_message_size=grpc.max_receive_message_size,
+        reflection=[SERVICE_NAME] if grpc.reflection else [],
+    )
 
 
 def default_listen(config: Config) -> list[str]:
@@ -249,12 +272,15 @@ def build(config: Config, *, listen: list[str] | None = None, reactor: Any = Non
         reactor = default_reactor
     logs.set_level(config.log.level)
     node = build_node(config, reactor)
-    site, drains = build_site(node, config, reactor)
+    executor = APIExecutor(node)
+    site, drains = build_site(node, config, reactor, executor)
     top = MultiService()
     top.setName("rtserver")
     endpoints = listen or default_listen(config)
     NodeService(node, drains, endpoints).setServiceParent(top)
     for desc in endpoints:
         strports_service(desc, site, reactor=reactor).setServiceParent(top)
+    if config.grpc_api.enabled:
+        build_grpc_api(executor, config, reactor).setServiceParent(top)
     top.node = node  # type: ignore[attr-defined]
     return top

@@ -1,0 +1,154 @@
+"""A grpcio server as a Twisted service: listens on start, drains on stop.
+
+Generic over the GRPC services it serves, so the server API (:mod:`rtserver.grpcapi.api`)
+and any later GRPC endpoint share one lifecycle. grpcio runs its own threads (a C-core
+poller and a small worker pool); handlers reach the reactor only through a
+:class:`~rtserver.grpcapi.bridge.ReactorBridge`.
+
+:meth:`GRPCServerService.startService` binds the port (a bind failure raises, so twistd
+refuses to start) and starts serving. :meth:`GRPCServerService.stopService` stops
+accepting calls, lets calls in flight finish for ``grace`` seconds, cancels the rest,
+closes the bridge and returns a Deferred that fires when grpcio reports the shutdown
+done: the reactor keeps running meanwhile (the completion is polled on the injected
+clock, never waited for).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+
+from rtserver.config import TLSConfig
+from rtserver.grpcapi.bridge import ReactorBridge
+from rtserver.logs import Logger
+
+__all__ = ["GRPCServerService", "bind_address"]
+
+_log = Logger()
+
+#: How often stopService checks whether grpcio finished shutting down.
+_STOP_POLL_SECONDS = 0.02
+
+
+def bind_address(address: str, port: int) -> str:
+    """The ``host:port`` grpcio binds for ``address`` (empty: every interface; IPv6 bracketed)."""
+    host = address or "[::]"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}"
+
+
+class GRPCServerService(Service):
+    """One grpcio server on one port.
+
+    Args:
+        label: how the log names this server (``GRPC API``).
+        handlers: the GRPC services (generic handlers) to serve.
+        bridge: the bridge the handlers use; closed when the service stops.
+        clock: the reactor's clock, for polling shutdown completion.
+        address: interface to bind; empty for all.
+        port: port to bind; 0 picks a free one (:attr:`port` tells which).
+        tls: serve over TLS with these PEM files when enabled.
+        max_receive_message_size: largest request in bytes; 0 keeps grpcio's 4 MiB.
+        reflection: names of the services to announce through server reflection;
+            empty for no reflection service.
+        workers: grpcio worker threads (calls served at once).
+        grace: seconds calls in flight get to finish when the service stops.
+    """
+
+    def __init__(
+        self,
+        label: str,
+        handlers: Sequence[grpc.GenericRpcHandler],
+        bridge: ReactorBridge,
+        clock: IReactorTime,
+        *,
+        address: str = "",
+        port: int = 0,
+        tls: TLSConfig | None = None,
+        max_receive_message_size: int = 0,
+        reflection: Sequence[str] = (),
+        workers: int = 8,
+        grace: float = 5.0,
+    ) -> None:
+        self.label = label
+        self._handlers = list(handlers)
+        self._bridge = bridge
+        self._clock = clock
+        self._address = address
+        self._requested_port = port
+        self._tls = tls or TLSConfig()
+        self._max_receive = max_receive_message_size
+        self._reflection = tuple(reflection)
+        self._workers = workers
+        self._grace = grace
+        self._server: grpc.Server | None = None
+        #: The bound port once started.
+        self.port = 0
+
+    def _options(self) -> list[tuple[str, Any]]:
+        # A second process must not share the port silently (grpcio sets SO_REUSEPORT).
+        options: list[tuple[str, Any]] = [("grpc.so_reuseport", 0)]
+        if self._max_receive > 0:
+            options.append(("grpc.max_receive_message_length", self._max_receive))
+        return options
+
+    def startService(self) -> None:
+        """Bind, then serve. Raises when the port cannot be bound."""
+        pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="grpc")
+        server = grpc.server(pool, handlers=self._handlers, options=self._options())
+        if self._reflection:
+            from grpc_reflection.v1alpha import reflection
+
+            reflection.enable_server_reflection((*self._reflection, reflection.SERVICE_NAME),
+                                                server)
+        target = bind_address(self._address, self._requested_port)
+        try:
+            if self._tls.enabled:
+                key = Path(self._tls.key_pem_file).read_bytes()
+                cert = Path(self._tls.cert_pem_file).read_bytes()
+                creds = grpc.ssl_server_credentials([(key, cert)])
+                self.port = server.add_secure_port(target, creds)
+            else:
+                self.port = server.add_insecure_port(target)
+        except (OSError, RuntimeError) as e:
+            pool.shutdown(wait=False)
+            raise RuntimeError(f"{self.label}: cannot listen on {target}: {e}") from None
+        if not self.port:  # older grpcio reports a failed bind as port 0
+            pool.shutdown(wait=False)
+            raise RuntimeError(f"{self.label}: cannot listen on {target}")
+        server.start()
+        self._server = server
+        super().startService()
+        scheme = "TLS" if self._tls.enabled else "plaintext"
+        _log.info("{label} listening on {address} ({scheme})", label=self.label,
+                  address=bind_address(self._address, self.port), scheme=scheme)
+
+    def stopService(self) -> Deferred[None]:
+        """Stop accepting calls and drain; the Deferred fires when the port is closed."""
+        super().stopService()
+        server, self._server = self._server, None
+        done: Deferred[None] = Deferred()
+        if server is None:
+            self._bridge.close()
+            done.callback(None)
+            return done
+        stopped = server.stop(self._grace)
+
+        def poll() -> None:
+            if not stopped.is_set():
+                self._clock.callLater(_STOP_POLL_SECONDS, poll)
+                return
+            self._bridge.close()
+            _log.info("{label} stopped", label=self.label)
+            done.callback(None)
+
+        poll()
+        return done

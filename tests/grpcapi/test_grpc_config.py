@@ -1,0 +1,62 @@
+"""The ``grpc_api`` configuration section: defaults, validation, warnings, environment."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from rtserver import config
+from rtserver.config import ConfigError
+
+
+def test_defaults_are_centrifugos() -> None:
+    grpc = config.from_mapping({}).grpc_api
+    assert (grpc.enabled, grpc.address, grpc.port, grpc.key) == (False, "", 10000, "")
+    assert (grpc.reflection, grpc.max_receive_message_size, grpc.error_mode) == (False, 0, "")
+    assert grpc.tls.enabled is False
+
+
+def test_key_never_shows_in_repr() -> None:
+    grpc = config.from_mapping({"grpc_api": {"key": "hunter2-secret"}}).grpc_api
+    assert "hunter2-secret" not in repr(grpc)
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"port": 0}, "grpc_api.port: must be between 1 and 65535"),
+        ({"port": 70000}, "grpc_api.port: must be between 1 and 65535"),
+        ({"error_mode": "loud"}, "grpc_api.error_mode: 'loud' is not '' or 'transport'"),
+        ({"max_receive_message_size": -1},
+         "grpc_api.max_receive_message_size: must not be negative"),
+        ({"tls": {"enabled": True, "cert_pem_file": "c.pem"}},
+         "grpc_api.tls: cert_pem_file and key_pem_file are required"),
+    ],
+)
+def test_invalid_settings_are_refused(section: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        config.from_mapping({"grpc_api": {"enabled": True, **section}})
+    assert str(e.value) == message
+
+
+def test_a_disabled_section_is_not_checked() -> None:
+    assert config.from_mapping({"grpc_api": {"port": 0}}).grpc_api.port == 0
+
+
+def test_an_enabled_api_without_key_warns() -> None:
+    _, warnings = config.load(environ={}, overrides={"grpc_api": {"enabled": True}})
+    assert any(w.startswith("grpc_api.key is empty") for w in warnings)
+    _, warnings = config.load(environ={}, overrides={"grpc_api": {"enabled": True, "key": "k"}})
+    assert not any("grpc_api" in w for w in warnings)
+
+
+def test_environment_overrides() -> None:
+    loaded, _ = config.load(environ={
+        "CENTRIFUGO_GRPC_API_ENABLED": "true",
+        "CENTRIFUGO_GRPC_API_PORT": "10001",
+        "RTSERVER_GRPC_API_KEY": "k",
+        "RTSERVER_GRPC_API_TLS_ENABLED": "false",
+    })
+    grpc = loaded.grpc_api
+    assert (grpc.enabled, grpc.port, grpc.key) == (True, 10001, "k")

@@ -1,0 +1,187 @@
+"""The reactor bridge and the grpcio server service, in-process on the running reactor.
+
+A test servicer's handler waits (through the bridge) on a Deferred the test fires, so the
+tests control exactly when a call in flight ends; GRPC clients run in reactor threadpool
+threads (``deferToThread``) because their calls block.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.threads import deferToThread
+
+from rtserver.grpcapi.bridge import BridgeClosed, ReactorBridge
+from rtserver.grpcapi.server import GRPCServerService, bind_address
+
+CALL_TIMEOUT = 10.0
+
+
+class Boom(Exception):
+    pass
+
+
+# --- the bridge -------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_call_runs_in_the_reactor_thread_and_returns_the_result() -> None:
+    bridge = ReactorBridge(reactor)
+    ran_in: list[threading.Thread] = []
+
+    def fn() -> Deferred[str]:
+        ran_in.append(threading.current_thread())
+        return succeed("done")
+
+    result = await deferToThread(bridge.call, fn)
+    assert result == "done"
+    assert ran_in == [threading.current_thread()]  # the test runs in the reactor thread
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failure_reaches_the_calling_thread() -> None:
+    bridge = ReactorBridge(reactor)
+
+    def fn() -> Deferred[str]:
+        d: Deferred[str] = Deferred()
+        reactor.callLater(0, d.errback, Boom("no"))
+        return d
+
+    with pytest.raises(Boom, match="no"):
+        await deferToThread(bridge.call, fn)
+    assert bridge.pending == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_close_releases_a_waiting_thread_and_refuses_later_calls() -> None:
+    bridge = ReactorBridge(reactor)
+    started: Deferred[None] = Deferred()
+    never: Deferred[str] = Deferred()
+
+    def fn() -> Deferred[str]:
+        started.callback(None)
+        return never
+
+    waiting = deferToThread(bridge.call, fn)
+    await started
+    assert bridge.pending == 1
+    bridge.close()
+    with pytest.raises(BridgeClosed):
+        await waiting
+    assert bridge.pending == 0
+    never.callback("late")  # an outcome after close goes nowhere, raises nothing
+    with pytest.raises(BridgeClosed):
+        await deferToThread(bridge.call, lambda: succeed("x"))
+
+
+# --- the server service -----------------------------------------------------------------
+
+
+class Gated:
+    """A GRPC service ``test.Gated/Wait`` whose calls end when the test says so."""
+
+    def __init__(self, bridge: ReactorBridge) -> None:
+        self.bridge = bridge
+        self.started: Deferred[None] = Deferred()
+        self.gate: Deferred[bytes] = Deferred()
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        def wait(request: bytes, context: grpc.ServicerContext) -> bytes:
+            def in_reactor() -> Deferred[bytes]:
+                if not self.started.called:
+                    self.started.callback(None)
+                return self.gate
+
+            try:
+                return b"reply to " + request + b": " + self.bridge.call(in_reactor)
+            except BridgeClosed:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "stopping")
+                raise
+
+        return grpc.method_handlers_generic_handler(
+            "test.Gated", {"Wait": grpc.unary_unary_rpc_method_handler(wait)}
+        )
+
+
+def _service(grace: float = 5.0, **kwargs: Any) -> tuple[GRPCServerService, Gated]:
+    bridge = ReactorBridge(reactor)
+    gated = Gated(bridge)
+    service = GRPCServerService("test GRPC", [gated.handler()], bridge, reactor,
+                                address="127.0.0.1", port=0, grace=grace, **kwargs)
+    return service, gated
+
+
+def _caller(port: int) -> Callable[[bytes], bytes]:
+    def call(request: bytes) -> bytes:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            method = channel.unary_unary("/test.Gated/Wait")
+            reply: bytes = method(request, timeout=CALL_TIMEOUT)
+            return reply
+
+    return call
+
+
+def _accepts(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_drains_a_call_in_flight_then_closes_the_port() -> None:
+    service, gated = _service()
+    service.startService()
+    port = service.port
+    assert port and _accepts(port)
+    in_flight = deferToThread(_caller(port), b"first")
+    await gated.started
+    stopped = service.stopService()
+    assert not stopped.called, "stopService must wait for the call in flight"
+    with pytest.raises(grpc.RpcError) as refused:
+        await deferToThread(_caller(port), b"second")
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    gated.gate.callback(b"ok")
+    assert await in_flight == b"reply to first: ok"
+    await stopped
+    assert not _accepts(port)
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_cancels_what_the_grace_period_did_not_drain() -> None:
+    service, gated = _service(grace=0.2)
+    service.startService()
+    in_flight = deferToThread(_caller(service.port), b"stuck")
+    await gated.started
+    await service.stopService()
+    with pytest.raises(grpc.RpcError) as cancelled:
+        await in_flight
+    assert cancelled.value.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
+    assert gated.bridge.pending == 0
+    assert not _accepts(service.port)
+
+
+def test_a_port_in_use_fails_start_loudly() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        bridge = ReactorBridge(reactor)
+        service = GRPCServerService("test GRPC", [], bridge, reactor, address="127.0.0.1",
+                                    port=port)
+        with pytest.raises(RuntimeError, match=f"test GRPC: cannot listen on 127.0.0.1:{port}"):
+            service.startService()
+        assert not service.running
+
+
+def test_bind_address() -> None:
+    assert bind_address("", 10000) == "[::]:10000"
+    assert bind_address("127.0.0.1", 10000) == "127.0.0.1:10000"
+    assert bind_address("::1", 10000) == "[::1]:10000"
+    assert bind_address("[::1]", 10000) == "[::1]:10000"
