@@ -36,6 +36,7 @@ LAYERS: dict[str, int] = {
     "rtserver.engines": 4,
     "rtserver.auth": 4,
     "rtserver.web": 5,
+    "rtserver.grpcapi": 5,  # the GRPC server API, beside web/
     "rtserver.service": 6,
     "rtserver.tap": 7,
     "rtserver.cli": 8,
