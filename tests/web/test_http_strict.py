@@ -21,7 +21,6 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
-from twisted.web.resource import Resource
 
 from rtserver.api.executor import APIExecutor
 from rtserver.config import from_mapping
@@ -29,7 +28,7 @@ from rtserver.core.node import Node
 from rtserver.engines.memory import MemoryEngine
 from rtserver.web.api import APIResource
 from rtserver.web.apifast import APIFastPath
-from rtserver.web.site import RTSite
+from rtserver.web.site import Branch, RTSite
 
 KEY = b"s3cret"
 LIMIT = 4096
@@ -76,7 +75,7 @@ def send(raw: bytes, *, fast: bool, chunks: int = 1) -> Outcome:
     node = Node(MemoryEngine(clock), config, clock=clock)
     node.start()
     executor = CountingExecutor(node)
-    root = Resource()
+    root = Branch()
     api = APIResource(executor, config.http_api)
     root.putChild(b"api", api)
     site = RTSite(
@@ -250,7 +249,7 @@ def test_unauthenticated_body_is_not_stored() -> None:
     clock = Clock()
     node = Node(MemoryEngine(clock), config, clock=clock)
     api = APIResource(CountingExecutor(node), config.http_api)
-    root = Resource()
+    root = Branch()
     root.putChild(b"api", api)
     limit = 10 * 1024 * 1024
     site = RTSite(root, api_fast_path=APIFastPath(api, "/api", limit), reactor=clock)
