@@ -16,8 +16,10 @@ Payloads are JSON (:mod:`rtserver.engines.wire`), not the Protobuf of Go Centrif
 rtserver and Centrifugo nodes must not share a prefix.
 
 Several addresses shard channels with jump consistent hash of the channel name; the
-control channels live on the first shard. Links reconnect by themselves and resubscribe;
-while one is down ``healthy`` is False and calls that need it fail at once.
+control channels live on the first shard. Each address is a standalone Redis (plain or
+TLS) or a Sentinel-monitored master (:mod:`rtserver.engines.redisconn`). Links reconnect
+by themselves and resubscribe; while one is down ``healthy`` is False and calls that
+need it fail at once.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from rtserver.config import RedisAddress, RedisEngineConfig, parse_address
+from rtserver.config import RedisAddress, RedisEngineConfig, redis_shards
 from rtserver.core.ports import IEngine
 from rtserver.core.types import (
     ControlMessage,
@@ -114,7 +116,8 @@ class RedisEngine:
             from twisted.internet import reactor as global_reactor
 
             reactor = global_reactor
-        if not config.address:
+        addresses = redis_shards(config)  # ConfigError (a ValueError) when unusable
+        if not addresses:
             raise ValueError("engine.redis.address: at least one Redis address is required")
         self._clock = clock
         self._config = config
@@ -137,8 +140,7 @@ class RedisEngine:
             "io_timeout": config.io_timeout,
             "on_change": self._links_changed,
         }
-        for i, text in enumerate(config.address):
-            address = parse_address(text, db=config.db, user=config.user, password=config.password)
+        for i, address in enumerate(addresses):
             shard = _Shard(i, address)
             shard.command = CommandLink(
                 address, clock, reactor, scripts=scripts.ALL, rng=self._rng, **timeouts
