@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import random
 import re
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -114,6 +115,13 @@ def tls_connection_creator(options: RedisTLSConfig, host: str, key: str) -> Any:
     from twisted.internet import ssl
 
     trust, client = _tls_material(options, key)
+    if client is not None:
+        # Twisted hands the client certificate and key to pyOpenSSL as X509/PKey objects,
+        # which pyOpenSSL >= 24.3 deprecates. The context is built later, in the reactor,
+        # so a scoped filter cannot cover it: this exact message is ignored process-wide.
+        warnings.filterwarnings(
+            "ignore", "Passing pyOpenSSL (X509|PKey) objects is deprecated", DeprecationWarning
+        )
     if options.insecure_skip_verify:
         if client is None:
             return ssl.CertificateOptions(verify=False)

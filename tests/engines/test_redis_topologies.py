@@ -1,0 +1,367 @@
+"""The Redis engine on real Redis topologies: ACL user and db, TLS, Sentinel failover.
+
+Every server is a real ``redis-server`` (``--sentinel`` for the sentinels) started by
+the test on free ports (tests/redisserver.py). Waits are bounded polls, never fixed
+sleeps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from contract import HISTORY, pub
+from redis_support import handler, make_engine, until
+from redisserver import (
+    RedisServer,
+    SentinelServer,
+    TLSFiles,
+    make_tls,
+    require_redis_server,
+    wait_for,
+)
+from twisted.internet.defer import Deferred
+
+from rtserver.config import RedisTLSConfig
+from rtserver.core.types import HistoryFilter
+from rtserver.engines.redis import RedisEngine, RedisUnavailable
+from rtserver.protocol.frames import ClientInfo
+
+pytestmark = pytest.mark.redis
+
+ALL = HistoryFilter(limit=-1)
+
+
+def _tls(options: dict[str, Any]) -> RedisTLSConfig:
+    return RedisTLSConfig(**options)
+
+
+async def _works(engine: RedisEngine, channel: str, n: int) -> None:
+    """Publish with history, read it back, add and read presence: the engine's basics."""
+    position = await engine.publish(channel, pub(n), HISTORY)
+    assert position.offset == n
+    result = await engine.history(channel, ALL, 60.0)
+    assert [p.offset for p in result.publications][-1] == n
+    await engine.add_presence(channel, f"client-{n}", ClientInfo("u", f"client-{n}"))
+    assert f"client-{n}" in await engine.presence(channel)
+
+
+# --- ACL user and database ---------------------------------------------------------------
+
+
+@pytest.fixture
+def acl_server() -> Iterator[RedisServer]:
+    """A redis-server with a default-user password and an ACL user alice."""
+    require_redis_server()
+    with RedisServer(password="admin-secret", user=("alice", "alice-secret")) as s:
+        yield s
+
+
+@pytest_twisted.ensureDeferred
+async def test_acl_user_and_database_from_the_url(acl_server: RedisServer) -> None:
+    """redis://alice:pw@host:port/5 authenticates as alice and keeps every key in db 5."""
+    address = f"redis://alice:alice-secret@127.0.0.1:{acl_server.port}/5"
+    engine = make_engine([address])
+    await engine.start(handler())
+    try:
+        assert engine.healthy
+        await _works(engine, "acl", 1)
+        p = engine._prefix
+        assert acl_server.pipeline([("SELECT", 5), ("EXISTS", f"{p}.stream.acl")])[1] == 1
+        assert acl_server.command("EXISTS", f"{p}.stream.acl") == 0  # not in db 0
+        users = acl_server.command("CLIENT", "LIST").decode()
+        assert "user=alice" in users
+    finally:
+        await engine.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_acl_password_keeps_the_engine_down(acl_server: RedisServer) -> None:
+    """A refused AUTH leaves the engine unhealthy and every call failing at once."""
+    engine = make_engine([f"redis://alice:wrong-secret@127.0.0.1:{acl_server.port}/0"])
+    await engine.start(handler())
+    try:
+        assert not engine.healthy
+        with pytest.raises(RedisUnavailable):
+            await engine.publish("acl", pub(1), HISTORY)
+    finally:
+        await engine.stop()
+
+
+# --- TLS -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> TLSFiles:
+    """A test CA, a server certificate for 127.0.0.1 and a client certificate."""
+    return make_tls(tmp_path)
+
+
+@pytest.fixture
+def tls_server(tls_files: TLSFiles) -> Iterator[RedisServer]:
+    """A redis-server with a TLS port (the plain port is for the test's own commands)."""
+    require_redis_server()
+    with RedisServer(tls=tls_files) as s:
+        yield s
+
+
+@pytest_twisted.ensureDeferred
+async def test_rediss_with_the_test_ca(tls_server: RedisServer, tls_files: TLSFiles) -> None:
+    """rediss:// + tls.server_ca_pem: the engine works over TLS, PUB/SUB included."""
+    address = f"rediss://127.0.0.1:{tls_server.tls_port}"
+    engine = make_engine(
+        [address], tls=_tls({"enabled": True, "server_ca_pem": str(tls_files.ca_cert)})
+    )
+    h = handler()
+    await engine.start(h)
+    try:
+        assert engine.healthy
+        await engine.subscribe("secure")
+        await _works(engine, "secure", 1)
+        await until(lambda: len(h.publications) == 1, what="the publication over TLS")
+        # every connection of the engine is on the TLS port
+        clients = tls_server.command("CLIENT", "LIST").decode().splitlines()
+        tls_port = f"laddr=127.0.0.1:{tls_server.tls_port}"
+        assert sum(tls_port in line for line in clients) == 2  # command + PUB/SUB links
+    finally:
+        await engine.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_client_certificate(tls_files: TLSFiles) -> None:
+    """cert_pem/key_pem are presented when the server requires a client certificate."""
+    require_redis_server()
+    with RedisServer(tls=tls_files, extra_args=("--tls-auth-clients", "yes")) as server:
+        address = f"rediss://127.0.0.1:{server.tls_port}"
+        tls: dict[str, Any] = {"enabled": True, "server_ca_pem": str(tls_files.ca_cert)}
+        anonymous = make_engine([address], tls=_tls(tls))
+        await anonymous.start(handler())
+        try:
+            assert not anonymous.healthy  # the server refuses a client without certificate
+        finally:
+            await anonymous.stop()
+        tls |= {"cert_pem": str(tls_files.client_cert), "key_pem": str(tls_files.client_key)}
+        engine = make_engine([address], tls=_tls(tls))
+        await engine.start(handler())
+        try:
+            assert engine.healthy
+            await _works(engine, "mtls", 1)
+        finally:
+            await engine.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_refuses_a_server_it_cannot_verify(
+    tls_server: RedisServer, tmp_path: Path
+) -> None:
+    """With another CA (or the system's) the handshake fails: no data goes to that server."""
+    (tmp_path / "other").mkdir()
+    other = make_tls(tmp_path / "other")
+    address = f"rediss://127.0.0.1:{tls_server.tls_port}"
+    engine = make_engine(
+        [address], tls=_tls({"enabled": True, "server_ca_pem": str(other.ca_cert)})
+    )
+    await engine.start(handler())
+    try:
+        assert not engine.healthy
+        with pytest.raises(RedisUnavailable):
+            await engine.publish("x", pub(1), HISTORY)
+    finally:
+        await engine.stop()
+    # insecure_skip_verify accepts it (for tests only)
+    engine = make_engine([address], tls=_tls({"enabled": True, "insecure_skip_verify": True}))
+    await engine.start(handler())
+    try:
+        assert engine.healthy
+    finally:
+        await engine.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_server_name_is_checked(tls_server: RedisServer, tls_files: TLSFiles) -> None:
+    """server_name must match the certificate (localhost does; another name does not)."""
+    address = f"rediss://127.0.0.1:{tls_server.tls_port}"
+    ca = str(tls_files.ca_cert)
+    for name, healthy in (("localhost", True), ("redis.example.com", False)):
+        engine = make_engine(
+            [address], tls=_tls({"enabled": True, "server_ca_pem": ca, "server_name": name})
+        )
+        await engine.start(handler())
+        try:
+            assert engine.healthy is healthy, name
+        finally:
+            await engine.stop()
+
+
+# --- Sentinel ------------------------------------------------------------------------------
+
+
+class SentinelSetup:
+    """A master, one replica and three sentinels (quorum 2) on loopback."""
+
+    def __init__(self, directory: Path) -> None:
+        self.master = RedisServer().start()
+        self.replica = RedisServer(replicaof=self.master.port).start()
+        self.sentinels = [SentinelServer(self.master.port, directory).start() for _ in range(3)]
+        wait_for(
+            lambda: self.replica.info("replication").get("master_link_status") == "up",
+            10,
+            "the replica to sync",
+        )
+        # every sentinel knows the replica and the two other sentinels before any failover
+        for s in self.sentinels:
+            wait_for(
+                lambda s=s: (
+                    len(s.command("SENTINEL", "replicas", "mymaster")) == 1
+                    and len(s.command("SENTINEL", "sentinels", "mymaster")) == 2
+                ),
+                15,
+                "the sentinels to discover the replica and each other",
+            )
+
+    @property
+    def url(self) -> str:
+        first, *rest = self.sentinels
+        extra = "".join(f"&addr={s.address}" for s in rest)
+        return f"redis+sentinel://{first.address}?sentinel_master_name=mymaster{extra}"
+
+    def wait_replicated(self) -> None:
+        """Until the replica has everything the master wrote."""
+
+        def caught_up() -> bool:
+            offset = self.master.info("replication")["master_repl_offset"]
+            return self.replica.info("replication").get("slave_repl_offset") == offset
+
+        wait_for(caught_up, 10, "the replica to catch up")
+
+    def stop(self) -> None:
+        # the old master first: a master stopping with a replica attached waits for it
+        for server in (*self.sentinels, self.master, self.replica):
+            server.stop()
+
+
+@pytest.fixture
+def sentinel_setup(tmp_path: Path) -> Iterator[SentinelSetup]:
+    """Master + replica + 3 sentinels of this test's own."""
+    require_redis_server()
+    setup = SentinelSetup(tmp_path)
+    try:
+        yield setup
+    finally:
+        setup.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sentinel_failover_without_restarting_the_engine(
+    sentinel_setup: SentinelSetup,
+) -> None:
+    """Kill -9 the master: the same engine works again once the replica is promoted.
+
+    It publishes, reads history and presence, and its subscriptions deliver again.
+    """
+    setup = sentinel_setup
+    h = handler()
+    engine = make_engine([setup.url], connect_timeout=0.5, io_timeout=1.0)
+    await engine.start(h)
+    try:
+        assert engine.healthy
+        assert {link.target for link in engine._links()} == {("127.0.0.1", setup.master.port)}
+        await engine.subscribe("ha")
+        await _works(engine, "ha", 1)
+        await until(lambda: len(h.publications) == 1, what="the first publication")
+        setup.wait_replicated()
+
+        setup.master.kill()
+        await until(lambda: not engine.healthy, what="the engine to notice the master died")
+        with pytest.raises(RedisUnavailable):
+            await engine.publish("ha", pub(2), HISTORY)
+        new_master = ("127.0.0.1", setup.replica.port)
+        await until(
+            lambda: all(s.master() == new_master for s in setup.sentinels),
+            timeout=20,
+            what="the sentinels to promote the replica",
+        )
+        await until(lambda: engine.healthy, timeout=15, what="the engine to reach the new master")
+        assert {link.target for link in engine._links()} == {new_master}
+
+        # history written before the failover survived on the promoted replica
+        await _works(engine, "ha", 2)
+        result = await engine.history("ha", ALL, 60.0)
+        assert [p.offset for p in result.publications] == [1, 2]
+        assert "client-1" in await engine.presence("ha")
+        # the PUB/SUB link resubscribed on the new master
+        await until(lambda: len(h.publications) == 2, what="delivery after the failover")
+        assert [p.offset for _, p in h.publications] == [1, 2]
+    finally:
+        await engine.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sentinel_demoted_master_is_left(sentinel_setup: SentinelSetup) -> None:
+    """A planned failover moves the engine to the new master.
+
+    SENTINEL FAILOVER: the new master is found even though the old one stays up (demoted to a replica: READONLY, killed connections).
+    """
+    setup = sentinel_setup
+    engine = make_engine([setup.url], connect_timeout=0.5, io_timeout=1.0)
+    await engine.start(handler())
+    try:
+        await _works(engine, "planned", 1)
+        setup.wait_replicated()
+        setup.sentinels[0].command("SENTINEL", "FAILOVER", "mymaster")
+        new_master = ("127.0.0.1", setup.replica.port)
+        await until(
+            lambda: setup.sentinels[0].master() == new_master,
+            timeout=20,
+            what="the planned failover",
+        )
+        # Until Sentinel demotes the old master it still takes writes (Sentinel's own
+        # window, docs/cluster.rst); once demoted, the engine must leave it.
+        await until(
+            lambda: setup.master.info("replication")["role"] == "slave",
+            timeout=20,
+            what="the old master to be demoted",
+        )
+
+        async def publishes() -> bool:
+            try:
+                await engine.publish("planned", pub(2), HISTORY)
+            except RedisUnavailable:
+                return False
+            return True
+
+        ok = False
+        for _ in range(200):  # bounded: each failed try waits for a reconnect
+            if engine.healthy and await publishes():
+                ok = True
+                break
+            await until(lambda: engine.healthy, timeout=15, what="a healthy engine")
+        assert ok
+        assert {link.target for link in engine._links()} == {new_master}
+        result = await engine.history("planned", ALL, 60.0)
+        assert [p.offset for p in result.publications] == [1, 2]
+    finally:
+        await engine.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sentinels_all_down_fail_fast(tmp_path: Path) -> None:
+    """With no sentinel reachable the engine is unhealthy and calls fail at once."""
+    require_redis_server()
+    from redisserver import free_port
+
+    engine = make_engine(
+        [f"redis+sentinel://127.0.0.1:{free_port()}?sentinel_master_name=mymaster"],
+        connect_timeout=0.3,
+    )
+    d: Deferred[None] = engine.start(handler())
+    await d
+    try:
+        assert not engine.healthy
+        with pytest.raises(RedisUnavailable):
+            await engine.presence("x")
+    finally:
+        await engine.stop()
