@@ -227,6 +227,13 @@ def _is_error(reply: Any) -> bool:
     return isinstance(reply, Exception)
 
 
+def _is_cluster_error(error: object) -> bool:
+    """An error only a Redis Cluster node gives (keys of another slot, no slot served)."""
+    return isinstance(error, Exception) and str(error).startswith(
+        ("MOVED ", "ASK ", "CROSSSLOT ", "CLUSTERDOWN ")
+    )
+
+
 def _is_readonly(error: object) -> bool:
     """A ``-READONLY`` error reply, also when a Lua script's write hit a replica."""
     return isinstance(error, Exception) and "READONLY " in str(error)[:120]
@@ -565,6 +572,7 @@ class CommandLink(_Link):
     def __init__(self, *args: Any, scripts: Iterable[Script] = (), **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._scripts = tuple(scripts)
+        self._cluster_reported = False
 
     def _protocol_class(self) -> type:
         return _protocols()[0]
@@ -604,6 +612,18 @@ class CommandLink(_Link):
             if proto is self._proto:
                 self.drop("the server became a read-only replica")
             return Failure(RedisNotMaster(f"redis {self.address}: {failure.value}"))
+        if _is_cluster_error(failure.value):
+            if not self._cluster_reported:
+                self._cluster_reported = True
+                _log.error(
+                    "redis {address} is a Redis Cluster node ({error}); Redis Cluster is "
+                    "not supported yet: use standalone or Sentinel-managed Redis",
+                    address=str(self.address),
+                    error=str(failure.value)[:80],
+                )
+            return Failure(
+                RedisUnavailable(f"redis {self.address}: Redis Cluster is not supported yet")
+            )
         return failure
 
     def evalsha(self, script: Script, keys: list[Any], args: list[Any]) -> Deferred[Any]:

@@ -365,3 +365,37 @@ async def test_sentinels_all_down_fail_fast(tmp_path: Path) -> None:
             await engine.presence("x")
     finally:
         await engine.stop()
+
+
+# --- Redis Cluster (not supported yet) -------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cluster_node_address_fails_with_a_clear_error(tmp_path: Path) -> None:
+    """A plain address pointing at a Redis Cluster node: calls fail saying why."""
+    require_redis_server()
+    node = RedisServer(
+        extra_args=(
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", str(tmp_path / "nodes.conf"),
+        )
+    )  # fmt: skip
+    with node:
+        node.command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+        wait_for(
+            lambda: (
+                node.info("cluster").get("cluster_enabled") == "1"
+                and b"cluster_state:ok" in node.command("CLUSTER", "INFO")
+            ),
+            10,
+            "the one-node cluster to serve every slot",
+        )
+        engine = make_engine([node.address])
+        await engine.start(handler())
+        try:
+            with pytest.raises(RedisUnavailable, match="Redis Cluster is not supported yet"):
+                await engine.publish("c", pub(1), HISTORY)
+            with pytest.raises(RedisUnavailable, match="Redis Cluster is not supported yet"):
+                await engine.presence("c")
+        finally:
+            await engine.stop()
