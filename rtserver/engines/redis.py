@@ -50,6 +50,7 @@ from rtserver.engines.redisconn import (
     PubSubLink,
     RedisTimeout,
     RedisUnavailable,
+    SentinelWatch,
     shard_index,
 )
 from rtserver.engines.wire import (
@@ -88,6 +89,8 @@ class _Shard:
         self.channels: set[bytes] = set()
         self.command: CommandLink
         self.pubsub: PubSubLink
+        #: Sentinel shards: the ``+switch-master`` listener (not part of health).
+        self.watch: SentinelWatch | None = None
 
 
 @implementer(IEngine)
@@ -156,6 +159,16 @@ class RedisEngine:
                 rng=self._rng,
                 **timeouts,
             )
+            if address.is_sentinel:
+                shard.watch = SentinelWatch(
+                    address,
+                    clock,
+                    reactor,
+                    on_switch=partial(self._master_switched, shard),
+                    connect_timeout=config.connect_timeout,
+                    io_timeout=config.io_timeout,
+                    rng=self._rng,
+                )
             self.shards.append(shard)
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -176,13 +189,16 @@ class RedisEngine:
         self._ready = Deferred()
         for link in self._links():
             link.start()
+        for watch in self._watches():
+            watch.start()
         self._links_changed()
         return self._ready
 
     def stop(self) -> Deferred[None]:
         """Close every connection and cancel every timer."""
         self._stopped = True
-        d = gatherResults([link.stop() for link in self._links()], consumeErrors=True)
+        links: list[CommandLink | PubSubLink] = [*self._links(), *self._watches()]
+        d = gatherResults([link.stop() for link in links], consumeErrors=True)
         self._links_changed()
         return d.addCallback(lambda _: None)
 
@@ -198,6 +214,17 @@ class RedisEngine:
         for shard in self.shards:
             yield shard.command
             yield shard.pubsub
+
+    def _watches(self) -> Iterator[SentinelWatch]:
+        for shard in self.shards:
+            if shard.watch is not None:
+                yield shard.watch
+
+    def _master_switched(self, shard: _Shard, host: str, port: int) -> None:
+        watch = shard.watch
+        if watch is not None and not self._stopped:
+            watch.follow(shard.command, host, port)
+            watch.follow(shard.pubsub, host, port)
 
     def _links_changed(self) -> None:
         links = list(self._links())

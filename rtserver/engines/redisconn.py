@@ -14,7 +14,8 @@ Topologies (docs/cluster.rst): a link connects over TLS when its address says so
 one that answered is asked first next time), the link connects there and checks with
 ``ROLE`` that it reached a master; a ``READONLY`` reply (the master was demoted) drops
 the link, so it resolves again. Sentinel itself closes client connections of an
-instance it reconfigures, which does the same.
+instance it reconfigures, which does the same; and :class:`SentinelWatch` listens for
+Sentinel's ``+switch-master`` so the links leave a replaced master at once.
 
 txredisapi supplies the RESP parser (hiredis when installed) and command encoding
 (through :mod:`rtserver._compat`); it is imported lazily because importing it installs
@@ -49,6 +50,7 @@ __all__ = [
     "RedisNotMaster",
     "RedisTimeout",
     "RedisUnavailable",
+    "SentinelWatch",
     "shard_index",
     "tls_connection_creator",
 ]
@@ -828,3 +830,88 @@ class PubSubLink(_Link):
             return
         self.probe_sent = True
         self._on_probe(self)
+
+
+class SentinelWatch(PubSubLink):
+    """Sentinel's ``+switch-master`` events for one Sentinel shard.
+
+    Subscribed on one sentinel at a time (the next one after each failed or lost
+    connection). When the sentinels switch the watched master, ``on_switch(host, port)``
+    is called at once, so the shard's links can leave a master that Sentinel has given
+    up before Sentinel gets round to demoting it. Not part of the engine's health: with
+    every sentinel down, the links still work and still find the master on reconnect.
+    """
+
+    kind = "sentinel"
+    _CHANNEL = b"+switch-master"
+
+    def __init__(
+        self,
+        watched: RedisAddress,
+        clock: IReactorTime,
+        reactor: Any,
+        *,
+        on_switch: Callable[[str, int], None],
+        connect_timeout: float,
+        io_timeout: float,
+        rng: random.Random | None = None,
+    ) -> None:
+        sentinel = RedisAddress(
+            watched.host,
+            watched.port,
+            user=watched.sentinel_user,
+            password=watched.sentinel_password,
+            tls=watched.sentinel_tls,
+            client_name=watched.sentinel_client_name,
+            connect_timeout=watched.connect_timeout,
+            io_timeout=watched.io_timeout,
+        )
+        super().__init__(
+            sentinel,
+            clock,
+            reactor,
+            channels=lambda: [self._CHANNEL],
+            on_message=self._message,
+            on_probe=lambda link: None,
+            probe_interval=0,
+            connect_timeout=connect_timeout,
+            io_timeout=io_timeout,
+            on_change=lambda: None,
+            rng=rng,
+        )
+        self._watched = watched
+        self._on_switch = on_switch
+        self._turn = 0
+
+    def __repr__(self) -> str:
+        return f"<SentinelWatch {self._watched}>"
+
+    def _resolve(self) -> Deferred[tuple[str, int]]:
+        sentinels = self._watched.sentinels
+        target = sentinels[self._turn % len(sentinels)]
+        self._turn += 1
+        return succeed(target)
+
+    def _message(self, channel: bytes, data: bytes) -> None:
+        # "<master name> <old ip> <old port> <new ip> <new port>"
+        parts = data.split()
+        if channel != self._CHANNEL or len(parts) != 5:
+            return
+        if parts[0].decode(errors="replace") != self._watched.master_name:
+            return
+        try:
+            host, port = parts[3].decode(), int(parts[4])
+        except (UnicodeDecodeError, ValueError):
+            return
+        _log.info(
+            "redis sentinel: master {name} switched to {host}:{port}",
+            name=self._watched.master_name,
+            host=host,
+            port=port,
+        )
+        self._on_switch(host, port)
+
+    def follow(self, link: _Link, host: str, port: int) -> None:
+        """Drop ``link`` if it is connected anywhere but the new master."""
+        if link.target != (host, port) and link.ready:
+            link.drop(f"Sentinel switched master {self._watched.master_name} to {host}:{port}")

@@ -28,6 +28,7 @@ from twisted.internet.defer import Deferred
 from rtserver.config import RedisTLSConfig
 from rtserver.core.types import HistoryFilter
 from rtserver.engines.redis import RedisEngine, RedisUnavailable
+from rtserver.engines.redisconn import RedisNotMaster
 from rtserver.protocol.frames import ClientInfo
 
 pytestmark = pytest.mark.redis
@@ -300,10 +301,15 @@ async def test_sentinel_failover_without_restarting_the_engine(
 
 
 @pytest_twisted.ensureDeferred
-async def test_sentinel_demoted_master_is_left(sentinel_setup: SentinelSetup) -> None:
-    """A planned failover moves the engine to the new master.
+async def test_sentinel_switch_moves_the_engine_before_the_old_master_is_demoted(
+    sentinel_setup: SentinelSetup,
+) -> None:
+    """A planned failover (SENTINEL FAILOVER) with the old master still up.
 
-    SENTINEL FAILOVER: the new master is found even though the old one stays up (demoted to a replica: READONLY, killed connections).
+    Sentinel demotes the old master only when it next reaches it, seconds later; until
+    then that master still takes writes, which are lost when it becomes a replica. The
+    engine follows Sentinel's +switch-master at once instead, so its writes go to the
+    new master while the old one still calls itself master.
     """
     setup = sentinel_setup
     engine = make_engine([setup.url], connect_timeout=0.5, io_timeout=1.0)
@@ -314,37 +320,42 @@ async def test_sentinel_demoted_master_is_left(sentinel_setup: SentinelSetup) ->
         setup.sentinels[0].command("SENTINEL", "FAILOVER", "mymaster")
         new_master = ("127.0.0.1", setup.replica.port)
         await until(
-            lambda: setup.sentinels[0].master() == new_master,
-            timeout=20,
-            what="the planned failover",
+            lambda: engine.healthy and {link.target for link in engine._links()} == {new_master},
+            timeout=10,
+            what="the engine to follow the switch",
         )
-        # Until Sentinel demotes the old master it still takes writes (Sentinel's own
-        # window, docs/cluster.rst); once demoted, the engine must leave it.
-        await until(
-            lambda: setup.master.info("replication")["role"] == "slave",
-            timeout=20,
-            what="the old master to be demoted",
-        )
-
-        async def publishes() -> bool:
-            try:
-                await engine.publish("planned", pub(2), HISTORY)
-            except RedisUnavailable:
-                return False
-            return True
-
-        ok = False
-        for _ in range(200):  # bounded: each failed try waits for a reconnect
-            if engine.healthy and await publishes():
-                ok = True
-                break
-            await until(lambda: engine.healthy, timeout=15, what="a healthy engine")
-        assert ok
-        assert {link.target for link in engine._links()} == {new_master}
+        old_role = setup.master.info("replication")["role"]
+        await _works(engine, "planned", 2)
+        assert setup.replica.info("replication")["role"] == "master"
         result = await engine.history("planned", ALL, 60.0)
         assert [p.offset for p in result.publications] == [1, 2]
+        assert old_role == "master"  # the engine moved before Sentinel demoted it
     finally:
         await engine.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_readonly_replica_drops_the_link() -> None:
+    """A READONLY reply (the server is a replica now) fails the call and drops the link.
+
+    The caller gets RedisNotMaster (error 100); the link reconnects, which for a
+    Sentinel address means asking the sentinels for the master again.
+    """
+    require_redis_server()
+    with RedisServer() as master, RedisServer(replicaof=master.port) as replica:
+        engine = make_engine([replica.address])
+        await engine.start(handler())
+        try:
+            link = engine.shards[0].command
+            first = link._proto
+            with pytest.raises(RedisNotMaster):
+                await engine.publish("ro", pub(1), HISTORY)
+            await until(
+                lambda: link._proto is not None and link._proto is not first and engine.healthy,
+                what="the link to be re-established",
+            )
+        finally:
+            await engine.stop()
 
 
 @pytest_twisted.ensureDeferred
