@@ -14,6 +14,7 @@ Usable from pytest fixtures and from plain code::
     RedisServer(tls=make_tls(tmp_path))                   # + a TLS port (server.tls_port)
     RedisServer(replicaof=master.port)                    # a replica
     SentinelServer(master.port, tmp_path)                 # redis-server --sentinel
+    SentinelSetup(tmp_path)        # master + replica + 3 sentinels; .url, .stop()
 
 The helper's own commands (``command``/``pipeline``) always use the plain port and, with
 a password, the default user. :func:`require_redis_server` gives the binary's path, or
@@ -39,6 +40,7 @@ __all__ = [
     "RedisServer",
     "RespError",
     "SentinelServer",
+    "SentinelSetup",
     "TLSFiles",
     "free_port",
     "make_tls",
@@ -453,3 +455,56 @@ class SentinelServer(RedisServer):
         if not reply:
             return None
         return reply[0].decode(), int(reply[1])
+
+
+class SentinelSetup:
+    """A master, one replica and three sentinels (quorum 2) on loopback."""
+
+    def __init__(self, directory: Path) -> None:
+        self.master = RedisServer()
+        self.replica = RedisServer(replicaof=self.master.port)
+        self.sentinels = [SentinelServer(self.master.port, directory) for _ in range(3)]
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
+        for server in (self.master, self.replica, *self.sentinels):
+            server.start()
+        wait_for(
+            lambda: self.replica.info("replication").get("master_link_status") == "up",
+            10,
+            "the replica to sync",
+        )
+        # every sentinel knows the replica and the two other sentinels before any failover
+        for s in self.sentinels:
+            wait_for(
+                lambda s=s: (
+                    len(s.command("SENTINEL", "replicas", "mymaster")) == 1
+                    and len(s.command("SENTINEL", "sentinels", "mymaster")) == 2
+                ),
+                15,
+                "the sentinels to discover the replica and each other",
+            )
+
+    @property
+    def url(self) -> str:
+        first, *rest = self.sentinels
+        extra = "".join(f"&addr={s.address}" for s in rest)
+        return f"redis+sentinel://{first.address}?sentinel_master_name=mymaster{extra}"
+
+    def wait_replicated(self) -> None:
+        """Until the replica has everything the master wrote."""
+
+        def caught_up() -> bool:
+            offset = self.master.info("replication")["master_repl_offset"]
+            return self.replica.info("replication").get("slave_repl_offset") == offset
+
+        wait_for(caught_up, 10, "the replica to catch up")
+
+    def stop(self) -> None:
+        # the old master first: a master stopping with a replica attached waits for it
+        for server in (*self.sentinels, self.master, self.replica):
+            server.stop()

@@ -17,7 +17,7 @@ from contract import HISTORY, pub
 from redis_support import handler, make_engine, until
 from redisserver import (
     RedisServer,
-    SentinelServer,
+    SentinelSetup,
     TLSFiles,
     make_tls,
     require_redis_server,
@@ -198,50 +198,6 @@ async def test_tls_server_name_is_checked(tls_server: RedisServer, tls_files: TL
 
 
 # --- Sentinel ------------------------------------------------------------------------------
-
-
-class SentinelSetup:
-    """A master, one replica and three sentinels (quorum 2) on loopback."""
-
-    def __init__(self, directory: Path) -> None:
-        self.master = RedisServer().start()
-        self.replica = RedisServer(replicaof=self.master.port).start()
-        self.sentinels = [SentinelServer(self.master.port, directory).start() for _ in range(3)]
-        wait_for(
-            lambda: self.replica.info("replication").get("master_link_status") == "up",
-            10,
-            "the replica to sync",
-        )
-        # every sentinel knows the replica and the two other sentinels before any failover
-        for s in self.sentinels:
-            wait_for(
-                lambda s=s: (
-                    len(s.command("SENTINEL", "replicas", "mymaster")) == 1
-                    and len(s.command("SENTINEL", "sentinels", "mymaster")) == 2
-                ),
-                15,
-                "the sentinels to discover the replica and each other",
-            )
-
-    @property
-    def url(self) -> str:
-        first, *rest = self.sentinels
-        extra = "".join(f"&addr={s.address}" for s in rest)
-        return f"redis+sentinel://{first.address}?sentinel_master_name=mymaster{extra}"
-
-    def wait_replicated(self) -> None:
-        """Until the replica has everything the master wrote."""
-
-        def caught_up() -> bool:
-            offset = self.master.info("replication")["master_repl_offset"]
-            return self.replica.info("replication").get("slave_repl_offset") == offset
-
-        wait_for(caught_up, 10, "the replica to catch up")
-
-    def stop(self) -> None:
-        # the old master first: a master stopping with a replica attached waits for it
-        for server in (*self.sentinels, self.master, self.replica):
-            server.stop()
 
 
 @pytest.fixture
