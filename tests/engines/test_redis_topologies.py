@@ -19,6 +19,7 @@ from redisserver import (
     RedisServer,
     SentinelSetup,
     TLSFiles,
+    free_port,
     make_tls,
     require_redis_server,
     wait_for,
@@ -318,8 +319,6 @@ async def test_readonly_replica_drops_the_link() -> None:
 async def test_sentinels_all_down_fail_fast(tmp_path: Path) -> None:
     """With no sentinel reachable the engine is unhealthy and calls fail at once."""
     require_redis_server()
-    from redisserver import free_port
-
     engine = make_engine(
         [f"redis+sentinel://127.0.0.1:{free_port()}?sentinel_master_name=mymaster"],
         connect_timeout=0.3,
@@ -345,6 +344,8 @@ async def test_a_cluster_node_address_fails_with_a_clear_error(tmp_path: Path) -
         extra_args=(
             "--cluster-enabled", "yes",
             "--cluster-config-file", str(tmp_path / "nodes.conf"),
+            # the bus port defaults to port + 10000, which may not exist
+            "--cluster-port", str(free_port()),
         )
     )  # fmt: skip
     with node:
