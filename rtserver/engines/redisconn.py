@@ -274,6 +274,7 @@ class _Link:
         #: Where the link connects now: the address itself, or the master a Sentinel named.
         self.target: tuple[str, int] = (address.host, address.port)
         self._sentinels = list(address.sentinels)
+        self._hint: tuple[str, int] | None = None
         if address.tls is not None:  # load the certificates now: a bad file fails at start
             _tls_material(address.tls, "engine.redis.tls")
         if address.sentinel_tls is not None:
@@ -330,6 +331,25 @@ class _Link:
             )
             proto.transport.abortConnection()
 
+    def redirect(self, target: tuple[str, int], reason: str) -> None:
+        """Connect to ``target`` next (a master Sentinel announced), now.
+
+        A link connected elsewhere is dropped; a link waiting to reconnect skips what
+        is left of its backoff. The next connection goes to ``target`` without asking
+        the sentinels (some may not know the new master yet); the ROLE check still
+        applies, and later reconnects ask the sentinels again.
+        """
+        if self.stopped or (self.ready and self.target == target):
+            return
+        self._hint = target
+        if self.ready:
+            self.drop(reason)
+            return
+        retry = self._retry
+        if retry is not None and retry.active():
+            retry.cancel()
+            self._connect()
+
     # connecting
 
     def _protocol_class(self) -> type:
@@ -373,6 +393,9 @@ class _Link:
         """Where to connect: the address, or the master the sentinels name now."""
         if not self.address.is_sentinel:
             return succeed((self.address.host, self.address.port))
+        hint, self._hint = self._hint, None
+        if hint is not None:
+            return succeed(hint)
         return Deferred.fromCoroutine(self._ask_sentinels())
 
     async def _ask_sentinels(self) -> tuple[str, int]:
@@ -912,6 +935,6 @@ class SentinelWatch(PubSubLink):
         self._on_switch(host, port)
 
     def follow(self, link: _Link, host: str, port: int) -> None:
-        """Drop ``link`` if it is connected anywhere but the new master."""
-        if link.target != (host, port) and link.ready:
-            link.drop(f"Sentinel switched master {self._watched.master_name} to {host}:{port}")
+        """Move ``link`` to the new master (see :meth:`_Link.redirect`)."""
+        name = self._watched.master_name
+        link.redirect((host, port), f"Sentinel switched master {name} to {host}:{port}")
