@@ -13,6 +13,8 @@ stored as float seconds.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import json
 import os
@@ -23,7 +25,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 __all__ = [
     "ChannelConfig",
@@ -37,7 +39,9 @@ __all__ = [
     "default_tree",
     "env_names",
     "load",
+    "load_pem",
     "parse_address",
+    "redis_shards",
     "schema_keys",
 ]
 
@@ -321,14 +325,46 @@ class PrometheusConfig:
 
 
 @dataclass(frozen=True)
+class RedisTLSConfig:
+    """TLS of the connections to Redis or to Sentinel (Centrifugo's TLS object).
+
+    Each ``*_pem`` value is PEM text, base64 of PEM text, or the path of a PEM file
+    (tried in that order, as Centrifugo does).
+    """
+
+    enabled: bool = False
+    cert_pem: str = ""
+    key_pem: str = field(default="", repr=False)
+    server_ca_pem: str = ""
+    insecure_skip_verify: bool = False
+    server_name: str = ""
+
+
+#: A list key that also takes a single string (``"address": "127.0.0.1:6379"``).
+_ONE_OR_MANY = {"one_or_many": True}
+
+
+@dataclass(frozen=True)
 class RedisEngineConfig:
     """The Redis engine (``engine.type: redis``): the bus and store of a cluster."""
 
-    address: list[str] = field(default_factory=lambda: ["redis://127.0.0.1:6379"])
+    address: list[str] = field(
+        default_factory=lambda: ["redis://127.0.0.1:6379"], metadata=_ONE_OR_MANY
+    )
     prefix: str = "centrifugo"
     db: int = 0
     user: str = ""
     password: str = field(default="", repr=False)
+    client_name: str = ""
+    force_resp2: bool = False
+    tls: RedisTLSConfig = field(default_factory=RedisTLSConfig)
+    sentinel_address: list[str] = field(default_factory=list, metadata=_ONE_OR_MANY)
+    sentinel_master_name: str = ""
+    sentinel_user: str = ""
+    sentinel_password: str = field(default="", repr=False)
+    sentinel_client_name: str = ""
+    sentinel_tls: RedisTLSConfig = field(default_factory=RedisTLSConfig)
+    cluster_address: list[str] = field(default_factory=list, metadata=_ONE_OR_MANY)
     connect_timeout: float = duration(1.0)
     io_timeout: float = duration(4.0)
     presence_ttl: float = duration(60.0)
@@ -529,37 +565,123 @@ def schema_keys(cls: type = Config, prefix: tuple[str, ...] = ()) -> Iterator[Sc
 
 @dataclass(frozen=True)
 class RedisAddress:
-    """Where one Redis shard lives; ``str()`` never shows the password."""
+    """Where one Redis shard lives; ``str()`` never shows a password.
+
+    A Sentinel shard has a ``master_name`` and its ``sentinels`` (host, port); its
+    ``host``/``port`` are then the first sentinel's and the master is asked for on each
+    connect. ``tls``/``sentinel_tls`` are None for plain TCP.
+    """
 
     host: str
     port: int = 6379
     db: int = 0
     user: str = ""
-    password: str = ""
+    password: str = field(default="", repr=False)
+    tls: RedisTLSConfig | None = None
+    client_name: str = ""
+    master_name: str = ""
+    sentinels: tuple[tuple[str, int], ...] = ()
+    sentinel_user: str = ""
+    sentinel_password: str = field(default="", repr=False)
+    sentinel_tls: RedisTLSConfig | None = None
+    sentinel_client_name: str = ""
+    #: Per-address overrides of engine.redis.connect_timeout / io_timeout (seconds).
+    connect_timeout: float | None = None
+    io_timeout: float | None = None
+
+    @property
+    def is_sentinel(self) -> bool:
+        """Whether the master is found through Sentinel."""
+        return bool(self.master_name)
 
     def __str__(self) -> str:
-        return f"{self.host}:{self.port}/{self.db}"
+        scheme = "rediss" if self.tls is not None else "redis"
+        if self.is_sentinel:
+            where = ",".join(f"{h}:{p}" for h, p in self.sentinels)
+            return f"{scheme}+sentinel://{where}/{self.db} (master {self.master_name})"
+        return f"{scheme}://{self.host}:{self.port}/{self.db}"
 
     def __repr__(self) -> str:
         return f"RedisAddress({self!s})"
 
 
-def parse_address(address: str, *, db: int = 0, user: str = "", password: str = "") -> RedisAddress:
-    """Parse ``redis://[user:password@]host:port[/db]`` or ``host:port``.
+_REDIS_SCHEMES = ("redis", "rediss", "tcp", "redis+sentinel", "rediss+sentinel")
+_CLUSTER_REFUSAL = (
+    "Redis Cluster is not supported yet: shard over several standalone Redis "
+    "(a list of addresses) or use Sentinel (redis+sentinel://)"
+)
 
-    The keyword arguments are the defaults for the parts the address leaves out.
+
+def _host_port(text: str, what: str) -> tuple[str, int]:
+    host, sep, port = text.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{what} {text!r} is not host:port")
+    return host, int(port)
+
+
+def _flag(query: dict[str, list[str]], name: str) -> bool | None:
+    if name not in query:
+        return None
+    value = query[name][-1].strip().lower()
+    if value in ("1", "t", "true", "yes", "on"):
+        return True
+    if value in ("0", "f", "false", "no", "off"):
+        return False
+    raise ValueError(f"Redis address parameter {name} must be true or false")
+
+
+def parse_address(
+    address: str,
+    *,
+    db: int = 0,
+    user: str = "",
+    password: str = "",
+    base: RedisAddress | None = None,
+) -> RedisAddress:
+    """Parse one ``engine.redis.address`` entry, as Centrifugo reads it.
+
+    Forms: ``host:port``; ``redis://[[user]:password@]host:port[/db]`` (``tcp://`` too);
+    ``rediss://...`` (TLS); ``redis+sentinel://[[user]:password@]host:port[/db]
+    ?sentinel_master_name=NAME[&addr=host:port...]`` (``rediss+sentinel://`` for TLS).
+    Query parameters: ``sentinel_master_name``, ``addr`` (more sentinels),
+    ``sentinel_user``, ``sentinel_password``, ``tls_enabled``, ``sentinel_tls_enabled``,
+    ``connect_timeout``, ``io_timeout``, ``force_resp2``. ``redis+cluster://`` is
+    refused (not supported yet).
+
+    Args:
+        address: The text.
+        db: Database when the address has none.
+        user: ACL user when the address has none.
+        password: Password when the address has none.
+        base: Defaults of the other fields (TLS, client names, Sentinel credentials).
+
+    Raises:
+        ValueError: saying what is wrong (never echoing a password).
     """
     text = address.strip()
+    defaults = base or RedisAddress("")
     if "://" not in text:
-        text = "redis://" + text
+        host, port = _host_port(text, "Redis address") if ":" in text else (text, 6379)
+        if not host:
+            raise ValueError("Redis address has no host")
+        return dataclasses.replace(
+            defaults, host=host, port=port, db=db, user=user, password=password
+        )
     parts = urlsplit(text)
-    if parts.scheme != "redis":
-        raise ValueError(f"unsupported Redis address scheme {parts.scheme!r} (use redis://)")
+    scheme = parts.scheme.lower()
+    if scheme in ("redis+cluster", "rediss+cluster"):
+        raise ValueError(_CLUSTER_REFUSAL)
+    if scheme not in _REDIS_SCHEMES:
+        raise ValueError(
+            f"unsupported Redis address scheme {parts.scheme!r} "
+            "(use redis://, rediss://, redis+sentinel:// or rediss+sentinel://)"
+        )
     try:
-        port = parts.port or 6379
+        port = parts.port or (26379 if scheme.endswith("+sentinel") else 6379)
     except ValueError:
         raise ValueError("Redis address has an invalid port") from None
-    host = parts.hostname
+    host = parts.hostname or ""
     if not host:
         raise ValueError("Redis address has no host")
     path = parts.path.strip("/")
@@ -574,7 +696,166 @@ def parse_address(address: str, *, db: int = 0, user: str = "", password: str = 
     elif parts.username and ":" not in parts.netloc.rpartition("@")[0]:
         # redis://password@host is a common shorthand for a password without a user
         user, password = "", unquote(parts.username)
-    return RedisAddress(host, port, db, user, password)
+    query = parse_qs(parts.query, keep_blank_values=True)
+    known = {
+        "sentinel_master_name",
+        "addr",
+        "sentinel_user",
+        "sentinel_password",
+        "tls_enabled",
+        "sentinel_tls_enabled",
+        "connect_timeout",
+        "io_timeout",
+        "force_resp2",
+        "replica_client_enabled",
+    }
+    unknown = sorted(set(query) - known)
+    if unknown:
+        raise ValueError(f"unknown Redis address parameter {unknown[0]!r}")
+    if _flag(query, "replica_client_enabled"):
+        raise ValueError("replica_client_enabled is not supported")
+    tls = defaults.tls
+    if scheme.startswith("rediss") or _flag(query, "tls_enabled"):
+        tls = tls or RedisTLSConfig(enabled=True)
+    master_name = query.get("sentinel_master_name", [defaults.master_name])[-1]
+    sentinel = scheme.endswith("+sentinel") or bool(query.get("sentinel_master_name"))
+    extra = query.get("addr", [])
+    fields: dict[str, Any] = {}
+    for name in ("connect_timeout", "io_timeout"):
+        if name in query:
+            try:
+                fields[name] = parse_duration(query[name][-1], name)
+            except ConfigError:
+                raise ValueError(f"Redis address parameter {name} is not a duration") from None
+    if not sentinel:
+        if extra:
+            raise ValueError(
+                "Redis address parameter addr lists more sentinels (redis+sentinel://) "
+                "or cluster seeds; " + _CLUSTER_REFUSAL
+            )
+        return dataclasses.replace(
+            defaults,
+            host=host,
+            port=port,
+            db=db,
+            user=user,
+            password=password,
+            tls=tls,
+            master_name="",
+            sentinels=(),
+            **fields,
+        )
+    if not master_name:
+        raise ValueError("a Redis Sentinel address needs ?sentinel_master_name=<master name>")
+    sentinels = ((host, port), *(_host_port(a, "Sentinel address") for a in extra))
+    sentinel_tls = defaults.sentinel_tls
+    if scheme == "rediss+sentinel" or _flag(query, "sentinel_tls_enabled"):
+        sentinel_tls = sentinel_tls or RedisTLSConfig(enabled=True)
+    return dataclasses.replace(
+        defaults,
+        host=host,
+        port=port,
+        db=db,
+        user=user,
+        password=password,
+        tls=tls,
+        master_name=master_name,
+        sentinels=sentinels,
+        sentinel_user=query.get("sentinel_user", [defaults.sentinel_user])[-1],
+        sentinel_password=query.get("sentinel_password", [defaults.sentinel_password])[-1],
+        sentinel_tls=sentinel_tls,
+        **fields,
+    )
+
+
+def redis_shards(redis: RedisEngineConfig) -> list[RedisAddress]:
+    """The shards ``engine.redis`` describes, one address each (as Centrifugo builds them).
+
+    ``cluster_address`` is refused (not supported yet); a non-empty ``sentinel_address``
+    wins over ``address``: each of its entries is one shard, its sentinels separated by
+    commas.
+
+    Raises:
+        ConfigError: naming the key and the problem.
+    """
+    if redis.cluster_address:
+        raise ConfigError(f"engine.redis.cluster_address: {_CLUSTER_REFUSAL}")
+    base = RedisAddress(
+        "",
+        tls=redis.tls if redis.tls.enabled else None,
+        client_name=redis.client_name,
+        master_name=redis.sentinel_master_name,
+        sentinel_user=redis.sentinel_user,
+        sentinel_password=redis.sentinel_password,
+        sentinel_tls=redis.sentinel_tls if redis.sentinel_tls.enabled else None,
+        sentinel_client_name=redis.sentinel_client_name,
+    )
+    shards: list[RedisAddress] = []
+    if redis.sentinel_address:
+        if not redis.sentinel_master_name:
+            raise ConfigError(
+                "engine.redis.sentinel_master_name: required with engine.redis.sentinel_address"
+            )
+        for i, entry in enumerate(redis.sentinel_address):
+            key = f"engine.redis.sentinel_address[{i}]"
+            try:
+                sentinels = tuple(
+                    _host_port(a, "Sentinel address") for a in entry.split(",") if a.strip()
+                )
+            except ValueError as e:
+                raise ConfigError(f"{key}: {e}") from None
+            if not sentinels:
+                raise ConfigError(f"{key}: no Sentinel address")
+            host, port = sentinels[0]
+            shards.append(
+                dataclasses.replace(
+                    base,
+                    host=host,
+                    port=port,
+                    db=redis.db,
+                    user=redis.user,
+                    password=redis.password,
+                    sentinels=sentinels,
+                )
+            )
+        return shards
+    base = dataclasses.replace(base, master_name="")
+    for i, text in enumerate(redis.address):
+        try:
+            shards.append(
+                parse_address(
+                    text, db=redis.db, user=redis.user, password=redis.password, base=base
+                )
+            )
+        except ValueError as e:
+            raise ConfigError(f"engine.redis.address[{i}]: {e}") from None
+    return shards
+
+
+def load_pem(value: str, key: str) -> bytes:
+    """PEM bytes from PEM text, base64 of PEM text, or a PEM file path (in that order).
+
+    Raises:
+        ConfigError: naming ``key`` when the value is none of them.
+    """
+    if "-----BEGIN " in value:
+        return value.encode()
+    try:
+        decoded = base64.b64decode(value, validate=True)
+    except (ValueError, binascii.Error):
+        decoded = b""
+    if b"-----BEGIN " in decoded:
+        return decoded
+    path = Path(value)
+    if value and path.is_file():
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise ConfigError(f"{key}: cannot read {value}: {e.strerror}") from None
+        if b"-----BEGIN " not in data:
+            raise ConfigError(f"{key}: file {value} holds no PEM data")
+        return data
+    raise ConfigError(f"{key}: neither PEM text, base64 PEM nor an existing PEM file")
 
 
 def parse_duration(value: Any, key: str) -> float:
@@ -615,6 +896,8 @@ def _convert(value: Any, hint: Any, f: dataclasses.Field[Any], key: str, warn: l
     origin = typing.get_origin(hint)
     if f.metadata.get("duration"):
         return parse_duration(value, key)
+    if f.metadata.get("one_or_many") and isinstance(value, str):
+        value = [value]
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected an object, got {type(value).__name__}")
@@ -796,15 +1079,20 @@ def _validate_grpc_api(grpc: GRPCAPIConfig) -> None:
 
 
 def _validate_redis(redis: RedisEngineConfig) -> None:
-    if not redis.address:
+    if not redis.address and not redis.sentinel_address:
         raise ConfigError("engine.redis.address: at least one Redis address is required")
     if redis.presence_ttl < 1:
         raise ConfigError("engine.redis.presence_ttl: must be at least 1s")
-    for i, address in enumerate(redis.address):
-        try:
-            parse_address(address)
-        except ValueError as e:
-            raise ConfigError(f"engine.redis.address[{i}]: {e}") from None
+    redis_shards(redis)
+    for name, tls in (("tls", redis.tls), ("sentinel_tls", redis.sentinel_tls)):
+        if not tls.enabled:
+            continue
+        if bool(tls.cert_pem) != bool(tls.key_pem):
+            raise ConfigError(f"engine.redis.{name}: cert_pem and key_pem go together")
+        for pem in ("cert_pem", "key_pem", "server_ca_pem"):
+            value = getattr(tls, pem)
+            if value:
+                load_pem(value, f"engine.redis.{name}.{pem}")
 
 
 def _validate_options(opts: ChannelOptions, key: str, config: Config) -> None:

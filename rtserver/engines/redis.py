@@ -16,8 +16,10 @@ Payloads are JSON (:mod:`rtserver.engines.wire`), not the Protobuf of Go Centrif
 rtserver and Centrifugo nodes must not share a prefix.
 
 Several addresses shard channels with jump consistent hash of the channel name; the
-control channels live on the first shard. Links reconnect by themselves and resubscribe;
-while one is down ``healthy`` is False and calls that need it fail at once.
+control channels live on the first shard. Each address is a standalone Redis (plain or
+TLS) or a Sentinel-monitored master (:mod:`rtserver.engines.redisconn`). Links reconnect
+by themselves and resubscribe; while one is down ``healthy`` is False and calls that
+need it fail at once.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from rtserver.config import RedisAddress, RedisEngineConfig, parse_address
+from rtserver.config import RedisAddress, RedisEngineConfig, redis_shards
 from rtserver.core.ports import IEngine, IEngineHandler
 from rtserver.core.types import (
     ControlMessage,
@@ -48,6 +50,7 @@ from rtserver.engines.redisconn import (
     PubSubLink,
     RedisTimeout,
     RedisUnavailable,
+    SentinelWatch,
     shard_index,
 )
 from rtserver.engines.wire import (
@@ -86,6 +89,8 @@ class _Shard:
         self.channels: set[bytes] = set()
         self.command: CommandLink
         self.pubsub: PubSubLink
+        #: Sentinel shards: the ``+switch-master`` listener (not part of health).
+        self.watch: SentinelWatch | None = None
 
 
 @implementer(IEngine)
@@ -116,7 +121,8 @@ class RedisEngine:
             from twisted.internet import reactor as global_reactor
 
             reactor = global_reactor
-        if not config.address:
+        addresses = redis_shards(config)  # ConfigError (a ValueError) when unusable
+        if not addresses:
             raise ValueError("engine.redis.address: at least one Redis address is required")
         self._clock = clock
         self._config = config
@@ -139,8 +145,7 @@ class RedisEngine:
             "io_timeout": config.io_timeout,
             "on_change": self._links_changed,
         }
-        for i, text in enumerate(config.address):
-            address = parse_address(text, db=config.db, user=config.user, password=config.password)
+        for i, address in enumerate(addresses):
             shard = _Shard(i, address)
             shard.command = CommandLink(
                 address, clock, reactor, scripts=scripts.ALL, rng=self._rng, **timeouts
@@ -156,6 +161,16 @@ class RedisEngine:
                 rng=self._rng,
                 **timeouts,
             )
+            if address.is_sentinel:
+                shard.watch = SentinelWatch(
+                    address,
+                    clock,
+                    reactor,
+                    on_switch=functools.partial(self._master_switched, shard),
+                    connect_timeout=config.connect_timeout,
+                    io_timeout=config.io_timeout,
+                    rng=self._rng,
+                )
             self.shards.append(shard)
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -181,13 +196,16 @@ class RedisEngine:
         self._ready = Deferred()
         for link in self._links():
             link.start()
+        for watch in self._watches():
+            watch.start()
         self._links_changed()
         return self._ready
 
     def stop(self) -> Deferred[None]:
         """Close every connection and cancel every timer."""
         self._stopped = True
-        d = gatherResults([link.stop() for link in self._links()], consumeErrors=True)
+        links: list[CommandLink | PubSubLink] = [*self._links(), *self._watches()]
+        d = gatherResults([link.stop() for link in links], consumeErrors=True)
         self._links_changed()
         return d.addCallback(lambda _: None)
 
@@ -203,6 +221,17 @@ class RedisEngine:
         for shard in self.shards:
             yield shard.command
             yield shard.pubsub
+
+    def _watches(self) -> Iterator[SentinelWatch]:
+        for shard in self.shards:
+            if shard.watch is not None:
+                yield shard.watch
+
+    def _master_switched(self, shard: _Shard, host: str, port: int) -> None:
+        watch = shard.watch
+        if watch is not None and not self._stopped:
+            watch.follow(shard.command, host, port)
+            watch.follow(shard.pubsub, host, port)
 
     def _links_changed(self) -> None:
         links = list(self._links())

@@ -8,6 +8,15 @@ the injected clock. While a link is down its callers fail at once with
 :class:`RedisUnavailable`; a command that gets no answer within ``io_timeout`` fails with
 a timeout and the connection is dropped and re-established.
 
+Topologies (docs/cluster.rst): a link connects over TLS when its address says so
+(``rediss://`` or ``engine.redis.tls``). A Sentinel address is resolved on every
+(re)connect: the sentinels are asked ``SENTINEL get-master-addr-by-name`` in turn (the
+one that answered is asked first next time), the link connects there and checks with
+``ROLE`` that it reached a master; a ``READONLY`` reply (the master was demoted) drops
+the link, so it resolves again. Sentinel itself closes client connections of an
+instance it reconfigures, which does the same; and :class:`SentinelWatch` listens for
+Sentinel's ``+switch-master`` so the links leave a replaced master at once.
+
 txredisapi supplies the RESP parser (hiredis when installed) and command encoding
 (through :mod:`rtserver._compat`); it is imported lazily because importing it installs
 the default reactor.
@@ -16,29 +25,34 @@ the default reactor.
 from __future__ import annotations
 
 import random
+import re
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail, gatherResults, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, gatherResults, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
 from rtserver._compat import encode_redis_command, redis_protocol_base, use_clock
-from rtserver.config import RedisAddress
+from rtserver.config import RedisAddress, RedisTLSConfig, load_pem
 from rtserver.engines.redis_scripts import Script
 from rtserver.logs import Logger
 
 __all__ = [
     "CommandLink",
     "PubSubLink",
+    "RedisNotMaster",
     "RedisTimeout",
     "RedisUnavailable",
+    "SentinelWatch",
     "shard_index",
+    "tls_connection_creator",
 ]
 
 _log = Logger()
@@ -54,6 +68,84 @@ class RedisUnavailable(ConnectionError):
 
 class RedisTimeout(RedisUnavailable):
     """Redis did not answer within ``io_timeout``."""
+
+
+class RedisNotMaster(RedisUnavailable):
+    """The server a Sentinel named is not (or no longer) a master."""
+
+
+# --- TLS -------------------------------------------------------------------------------
+
+_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
+
+
+@cache
+def _tls_material(options: RedisTLSConfig, key: str) -> tuple[Any, Any]:
+    """(trust root or None, client certificate or None), loaded once per TLS object."""
+    from twisted.internet import ssl
+
+    trust = None
+    if options.server_ca_pem:
+        pem = load_pem(options.server_ca_pem, f"{key}.server_ca_pem")
+        certs = [ssl.Certificate.loadPEM(block) for block in _PEM_CERT.findall(pem)]
+        if not certs:
+            raise ValueError(f"{key}.server_ca_pem: no certificate in it")
+        trust = ssl.trustRootFromCertificates(certs)
+    client = None
+    if options.cert_pem and options.key_pem:
+        cert = load_pem(options.cert_pem, f"{key}.cert_pem")
+        private = load_pem(options.key_pem, f"{key}.key_pem")
+        client = ssl.PrivateCertificate.loadPEM(cert + b"\n" + private)
+    return trust, client
+
+
+def tls_connection_creator(options: RedisTLSConfig, host: str, key: str) -> Any:
+    """The Twisted TLS client options for a connection to ``host``.
+
+    Verifies the server's certificate against ``server_ca_pem`` (or the system's trust
+    store) and its name against ``server_name`` (or ``host``), unless
+    ``insecure_skip_verify``; presents ``cert_pem``/``key_pem`` when set.
+
+    Args:
+        options: The TLS object (``engine.redis.tls`` or ``sentinel_tls``).
+        host: The host connected to.
+        key: The configuration key, for error messages.
+
+    Raises:
+        ValueError: when a PEM value cannot be loaded (ConfigError is a ValueError).
+    """
+    from twisted.internet import ssl
+
+    trust, client = _tls_material(options, key)
+    if client is not None:
+        # Twisted hands the client certificate and key to pyOpenSSL as X509/PKey objects,
+        # which pyOpenSSL >= 24.3 deprecates. The context is built later, in the reactor,
+        # so a scoped filter cannot cover it: this exact message is ignored process-wide.
+        warnings.filterwarnings(
+            "ignore", "Passing pyOpenSSL (X509|PKey) objects is deprecated", DeprecationWarning
+        )
+    if options.insecure_skip_verify:
+        if client is None:
+            return ssl.CertificateOptions(verify=False)
+        return ssl.CertificateOptions(
+            verify=False, privateKey=client.privateKey.original, certificate=client.original
+        )
+    return ssl.optionsForClientTLS(
+        options.server_name or host,
+        trustRoot=trust if trust is not None else ssl.platformTrust(),
+        clientCertificate=client,
+    )
+
+
+def _endpoint(
+    reactor: Any, host: str, port: int, timeout: float, tls: RedisTLSConfig | None, key: str
+) -> Any:
+    from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+
+    endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
+    if tls is None:
+        return endpoint
+    return wrapClientTLS(tls_connection_creator(tls, host, key), endpoint)
 
 
 # --- addresses and sharding ------------------------------------------------------------
@@ -137,6 +229,18 @@ def _is_error(reply: Any) -> bool:
     return isinstance(reply, Exception)
 
 
+def _is_cluster_error(error: object) -> bool:
+    """An error only a Redis Cluster node gives (keys of another slot, no slot served)."""
+    return isinstance(error, Exception) and str(error).startswith(
+        ("MOVED ", "ASK ", "CROSSSLOT ", "CLUSTERDOWN ")
+    )
+
+
+def _is_readonly(error: object) -> bool:
+    """A ``-READONLY`` error reply, also when a Lua script's write hit a replica."""
+    return isinstance(error, Exception) and "READONLY " in str(error)[:120]
+
+
 # --- links -----------------------------------------------------------------------------
 
 
@@ -161,8 +265,20 @@ class _Link:
         self.address = address
         self._clock = clock
         self._reactor = reactor
+        if address.connect_timeout is not None:
+            connect_timeout = address.connect_timeout
+        if address.io_timeout is not None:
+            io_timeout = address.io_timeout
         self._connect_timeout = connect_timeout
         self.io_timeout = io_timeout
+        #: Where the link connects now: the address itself, or the master a Sentinel named.
+        self.target: tuple[str, int] = (address.host, address.port)
+        self._sentinels = list(address.sentinels)
+        self._hint: tuple[str, int] | None = None
+        if address.tls is not None:  # load the certificates now: a bad file fails at start
+            _tls_material(address.tls, "engine.redis.tls")
+        if address.sentinel_tls is not None:
+            _tls_material(address.sentinel_tls, "engine.redis.sentinel_tls")
         self._on_change = on_change
         self._rng = rng or random.Random()
         self._proto: Any = None
@@ -215,31 +331,148 @@ class _Link:
             )
             proto.transport.abortConnection()
 
+    def redirect(self, target: tuple[str, int], reason: str) -> None:
+        """Connect to ``target`` next (a master Sentinel announced), now.
+
+        A link connected elsewhere is dropped; a link waiting to reconnect skips what
+        is left of its backoff. The next connection goes to ``target`` without asking
+        the sentinels (some may not know the new master yet); the ROLE check still
+        applies, and later reconnects ask the sentinels again.
+        """
+        if self.stopped or (self.ready and self.target == target):
+            return
+        self._hint = target
+        if self.ready:
+            self.drop(reason)
+            return
+        retry = self._retry
+        if retry is not None and retry.active():
+            retry.cancel()
+            self._connect()
+
     # connecting
 
     def _protocol_class(self) -> type:
         raise NotImplementedError
 
-    def _connect(self) -> None:
-        from twisted.internet.endpoints import HostnameEndpoint
+    def _new_protocol(self, cls: type) -> Any:
+        proto = cls(charset=None, convertNumbers=False, replyTimeout=self.io_timeout)
+        use_clock(proto, self._clock.callLater)
+        return proto
 
+    def _connect(self) -> None:
         self._retry = None
         self._attempts += 1
-        proto = self._protocol_class()(
-            charset=None, convertNumbers=False, replyTimeout=self.io_timeout
-        )
-        use_clock(proto, self._clock.callLater)
-        proto.link = self
-        endpoint = HostnameEndpoint(
-            self._reactor, self.address.host, self.address.port, timeout=self._connect_timeout
-        )
-        d = self._connecting = endpoint.connect(_OneProtocol(proto))
-        d.addTimeout(self._connect_timeout + self.io_timeout, self._clock)
+        d = self._connecting = self._resolve()
+        d.addCallback(self._dial)
         d.addCallback(self._connected)
         d.addErrback(self._connect_failed)
         d.addErrback(
             lambda f: _log.failure("redis {kind} link: unexpected error", f, kind=self.kind)
         )
+
+    def _dial(self, target: tuple[str, int]) -> Deferred[Any]:
+        self.target = target
+        proto = self._new_protocol(self._protocol_class())
+        proto.link = self
+        host, port = target
+        endpoint = _endpoint(
+            self._reactor,
+            host,
+            port,
+            self._connect_timeout,
+            self.address.tls,
+            "engine.redis.tls",
+        )
+        d: Deferred[Any] = endpoint.connect(_OneProtocol(proto))
+        return d.addTimeout(self._connect_timeout + self.io_timeout, self._clock)
+
+    # Sentinel
+
+    def _resolve(self) -> Deferred[tuple[str, int]]:
+        """Where to connect: the address, or the master the sentinels name now."""
+        if not self.address.is_sentinel:
+            return succeed((self.address.host, self.address.port))
+        hint, self._hint = self._hint, None
+        if hint is not None:
+            return succeed(hint)
+        return Deferred.fromCoroutine(self._ask_sentinels())
+
+    async def _ask_sentinels(self) -> tuple[str, int]:
+        a = self.address
+        problems: list[str] = []
+        for sentinel in list(self._sentinels):
+            try:
+                reply = await self._ask_sentinel(*sentinel)
+            except CancelledError:
+                raise
+            except Exception as e:  # any failure of one sentinel: ask the next one
+                problems.append(f"{sentinel[0]}:{sentinel[1]}: {_describe(Failure(e))}")
+                continue
+            if not isinstance(reply, list) or len(reply) != 2:
+                problems.append(f"{sentinel[0]}:{sentinel[1]}: no master {a.master_name!r}")
+                continue
+            # the sentinel that answered is asked first next time (Sentinel client rules)
+            self._sentinels.remove(sentinel)
+            self._sentinels.insert(0, sentinel)
+            return reply[0].decode(), int(reply[1])
+        raise RedisUnavailable(
+            f"no Sentinel named the master {a.master_name!r}: " + "; ".join(problems)
+        )
+
+    def _ask_sentinel(self, host: str, port: int) -> Deferred[Any]:
+        """``SENTINEL get-master-addr-by-name`` on a short-lived connection."""
+        a = self.address
+        proto = self._new_protocol(redis_protocol_base())
+        endpoint = _endpoint(
+            self._reactor,
+            host,
+            port,
+            self._connect_timeout,
+            a.sentinel_tls,
+            "engine.redis.sentinel_tls",
+        )
+        d: Deferred[Any] = endpoint.connect(_OneProtocol(proto))
+
+        def query(proto: Any) -> Deferred[Any]:
+            commands: list[tuple[Any, ...]] = []
+            if a.sentinel_password:
+                auth = (a.sentinel_user,) if a.sentinel_user else ()
+                commands.append(("AUTH", *auth, a.sentinel_password))
+            if a.sentinel_client_name:
+                commands.append(("CLIENT", "SETNAME", a.sentinel_client_name))
+            commands.append(("SENTINEL", "get-master-addr-by-name", a.master_name))
+            replies = gatherResults(
+                [proto.execute_command(*c) for c in commands], consumeErrors=True
+            ).addErrback(_first_error)
+
+            def done(result: Any) -> Any:
+                if proto.transport is not None:
+                    proto.transport.loseConnection()
+                return result[-1] if isinstance(result, list) else result
+
+            return replies.addBoth(done)
+
+        d.addCallback(query)
+        return d.addTimeout(self._connect_timeout + self.io_timeout, self._clock)
+
+    def _role_check(self, reply: Any) -> None:
+        """Fail the set-up unless ``ROLE`` says master (Sentinel addresses only)."""
+        if not (isinstance(reply, list) and reply and reply[0] == b"master"):
+            role = reply[0].decode(errors="replace") if isinstance(reply, list) and reply else "?"
+            raise RedisNotMaster(
+                f"{self.target[0]}:{self.target[1]} is a {role}, not the master "
+                f"{self.address.master_name!r} (yet)"
+            )
+
+    def _setup_commands(self) -> list[tuple[Any, ...]]:
+        """AUTH, then ROLE (Sentinel) and CLIENT SETNAME when configured."""
+        commands = self._auth_args()
+        if self.address.is_sentinel:
+            commands.append(("ROLE",))
+        if self.address.client_name:
+            commands.append(("CLIENT", "SETNAME", self.address.client_name))
+        return commands
 
     def _connected(self, proto: Any) -> Deferred[None]:
         self._connecting = None
@@ -273,7 +506,18 @@ class _Link:
     def _up(self, proto: Any) -> None:
         if proto is not self._proto or self.stopped:
             return
-        _log.info("redis {kind} link to {address} is up", kind=self.kind, address=str(self.address))
+        if self.address.is_sentinel:
+            _log.info(
+                "redis {kind} link to {address} is up (master at {host}:{port})",
+                kind=self.kind,
+                address=str(self.address),
+                host=self.target[0],
+                port=self.target[1],
+            )
+        else:
+            _log.info(
+                "redis {kind} link to {address} is up", kind=self.kind, address=str(self.address)
+            )
         self._attempts = 0
         self.ever_tried = True
         self._set_ready(True)
@@ -353,18 +597,20 @@ class CommandLink(_Link):
     def __init__(self, *args: Any, scripts: Iterable[Script] = (), **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._scripts = tuple(scripts)
+        self._cluster_reported = False
 
     def _protocol_class(self) -> type:
         return _protocols()[0]
 
     def _handshake(self, proto: Any) -> Deferred[Any]:
-        commands = self._auth_args()
+        commands = self._setup_commands()
         if self.address.db:
             commands.append(("SELECT", self.address.db))
         commands.extend(("SCRIPT", "LOAD", s.body) for s in self._scripts)
-        return gatherResults(
-            [proto.execute_command(*c) for c in commands], consumeErrors=True
-        ).addErrback(_first_error)
+        ds = [proto.execute_command(*c) for c in commands]
+        if self.address.is_sentinel:
+            ds[commands.index(("ROLE",))].addCallback(self._role_check)
+        return gatherResults(ds, consumeErrors=True).addErrback(_first_error)
 
     def execute(self, *args: Any) -> Deferred[Any]:
         """Run one command; fails at once with RedisUnavailable while the link is down."""
@@ -386,6 +632,23 @@ class CommandLink(_Link):
             return Failure(RedisTimeout(f"redis {self.address}: {failure.value}"))
         if failure.check(txredisapi.ConnectionError):
             return Failure(RedisUnavailable(f"redis {self.address}: {failure.value}"))
+        if _is_readonly(failure.value):
+            # a replica now (failover): find the master again
+            if proto is self._proto:
+                self.drop("the server became a read-only replica")
+            return Failure(RedisNotMaster(f"redis {self.address}: {failure.value}"))
+        if _is_cluster_error(failure.value):
+            if not self._cluster_reported:
+                self._cluster_reported = True
+                _log.error(
+                    "redis {address} is a Redis Cluster node ({error}); Redis Cluster is "
+                    "not supported yet: use standalone or Sentinel-managed Redis",
+                    address=str(self.address),
+                    error=str(failure.value)[:80],
+                )
+            return Failure(
+                RedisUnavailable(f"redis {self.address}: Redis Cluster is not supported yet")
+            )
         return failure
 
     def evalsha(self, script: Script, keys: list[Any], args: list[Any]) -> Deferred[Any]:
@@ -503,7 +766,10 @@ class PubSubLink(_Link):
 
     def _handshake(self, proto: Any) -> Deferred[Any]:
         self._last_received = self._clock.seconds()
-        ds = [self._send(proto, *c) for c in self._auth_args()]
+        commands = self._setup_commands()
+        ds = [self._send(proto, *c) for c in commands]
+        if self.address.is_sentinel:
+            ds[commands.index(("ROLE",))].addCallback(self._role_check)
         names = list(self._channels())
         ds.append(self._subscribe_all(proto, names))
         d = gatherResults(ds, consumeErrors=True)
@@ -587,3 +853,88 @@ class PubSubLink(_Link):
             return
         self.probe_sent = True
         self._on_probe(self)
+
+
+class SentinelWatch(PubSubLink):
+    """Sentinel's ``+switch-master`` events for one Sentinel shard.
+
+    Subscribed on one sentinel at a time (the next one after each failed or lost
+    connection). When the sentinels switch the watched master, ``on_switch(host, port)``
+    is called at once, so the shard's links can leave a master that Sentinel has given
+    up before Sentinel gets round to demoting it. Not part of the engine's health: with
+    every sentinel down, the links still work and still find the master on reconnect.
+    """
+
+    kind = "sentinel"
+    _CHANNEL = b"+switch-master"
+
+    def __init__(
+        self,
+        watched: RedisAddress,
+        clock: IReactorTime,
+        reactor: Any,
+        *,
+        on_switch: Callable[[str, int], None],
+        connect_timeout: float,
+        io_timeout: float,
+        rng: random.Random | None = None,
+    ) -> None:
+        sentinel = RedisAddress(
+            watched.host,
+            watched.port,
+            user=watched.sentinel_user,
+            password=watched.sentinel_password,
+            tls=watched.sentinel_tls,
+            client_name=watched.sentinel_client_name,
+            connect_timeout=watched.connect_timeout,
+            io_timeout=watched.io_timeout,
+        )
+        super().__init__(
+            sentinel,
+            clock,
+            reactor,
+            channels=lambda: [self._CHANNEL],
+            on_message=self._message,
+            on_probe=lambda link: None,
+            probe_interval=0,
+            connect_timeout=connect_timeout,
+            io_timeout=io_timeout,
+            on_change=lambda: None,
+            rng=rng,
+        )
+        self._watched = watched
+        self._on_switch = on_switch
+        self._turn = 0
+
+    def __repr__(self) -> str:
+        return f"<SentinelWatch {self._watched}>"
+
+    def _resolve(self) -> Deferred[tuple[str, int]]:
+        sentinels = self._watched.sentinels
+        target = sentinels[self._turn % len(sentinels)]
+        self._turn += 1
+        return succeed(target)
+
+    def _message(self, channel: bytes, data: bytes) -> None:
+        # "<master name> <old ip> <old port> <new ip> <new port>"
+        parts = data.split()
+        if channel != self._CHANNEL or len(parts) != 5:
+            return
+        if parts[0].decode(errors="replace") != self._watched.master_name:
+            return
+        try:
+            host, port = parts[3].decode(), int(parts[4])
+        except (UnicodeDecodeError, ValueError):
+            return
+        _log.info(
+            "redis sentinel: master {name} switched to {host}:{port}",
+            name=self._watched.master_name,
+            host=host,
+            port=port,
+        )
+        self._on_switch(host, port)
+
+    def follow(self, link: _Link, host: str, port: int) -> None:
+        """Move ``link`` to the new master (see :meth:`_Link.redirect`)."""
+        name = self._watched.master_name
+        link.redirect((host, port), f"Sentinel switched master {name} to {host}:{port}")
