@@ -25,6 +25,7 @@ from rtserver.transports.emulation import EmulationResource, HTTPStreamResource,
 from rtserver.transports.origin import OriginPolicy
 from rtserver.transports.uni import UniHTTPStreamResource, UniSSEResource, UniWebSocketFactory
 from rtserver.transports.websocket import WebSocketFactory
+from rtserver.web.admin import AdminRoot, admin_root
 from rtserver.web.api import APIResource
 from rtserver.web.apifast import APIFastPath
 from rtserver.web.cors import CORSResource
@@ -37,6 +38,7 @@ __all__ = [
     "build_engine",
     "build_node",
     "build_site",
+    "build_sites",
     "default_listen",
     "enabled_transports",
 ]
@@ -122,7 +124,27 @@ def build_site(
     node: Node, config: Config, reactor: Any
 ) -> tuple[RTSite, list[Drainable]]:
     """The resource tree; also returns the transports to drain on shutdown."""
-    root = Branch()
+    site, _, drains = build_sites(node, config, reactor)
+    return site, drains
+
+
+def admin_internal(config: Config) -> bool:
+    """Whether the admin UI has its own listener (``http_server.internal_port``)."""
+    admin = config.admin
+    return admin.enabled and bool(config.http_server.internal_port) and not admin.external
+
+
+def build_sites(
+    node: Node, config: Config, reactor: Any
+) -> tuple[RTSite, RTSite | None, list[Drainable]]:
+    """The main site, the internal one (admin UI on ``internal_port``) or None, drains."""
+    executor = APIExecutor(node)
+    admin_tree: AdminRoot | None = None
+    if config.admin.enabled:
+        admin_tree = admin_root(node, executor, config.admin, reactor)
+    at_root = admin_tree is not None and not config.admin.handler_prefix.strip("/")
+    internal = admin_internal(config)
+    root: Branch = admin_tree if admin_tree is not None and at_root and not internal else Branch()
     origins = OriginPolicy(config.client.allowed_origins)
     drains: list[Drainable] = []
     if not config.websocket.disabled:
@@ -195,7 +217,6 @@ def build_site(
         limits.append((sj.handler_prefix, sj.max_request_body_size))
         drains.append(sockjs)
     fast_path = None
-    executor = APIExecutor(node)
     if not config.http_api.disabled:
         api = config.http_api
         api_resource = APIResource(executor, api)
@@ -209,9 +230,19 @@ def build_site(
         mount(root, config.prometheus.handler_prefix, MetricsResource(registry))
     if config.health.enabled:
         mount(root, config.health.handler_prefix, HealthResource(node.engine))
+    internal_site = None
+    if admin_tree is not None:
+        if internal:
+            internal_root: Branch = admin_tree if at_root else Branch()
+            if not at_root:
+                mount(internal_root, config.admin.handler_prefix, admin_tree)
+            internal_site = RTSite(internal_root, reactor=reactor)
+            drains.append(internal_site)
+        elif not at_root:
+            mount(root, config.admin.handler_prefix, admin_tree)
     site = RTSite(root, body_limits=limits, api_fast_path=fast_path, reactor=reactor)
     drains.append(site)
-    return site, drains
+    return site, internal_site, drains
 
 
 def default_listen(config: Config) -> list[str]:
@@ -228,6 +259,15 @@ def default_listen(config: Config) -> list[str]:
     return [desc]
 
 
+def internal_listen(config: Config) -> str:
+    """The endpoint description of ``http_server.internal_port`` (plain TCP)."""
+    server = config.http_server
+    desc = f"tcp:{server.internal_port}"
+    if server.internal_address:
+        desc += f":interface={_escape(server.internal_address)}"
+    return desc
+
+
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
 
@@ -240,12 +280,16 @@ def build(config: Config, *, listen: list[str] | None = None, reactor: Any = Non
         reactor = default_reactor
     logs.set_level(config.log.level)
     node = build_node(config, reactor)
-    site, drains = build_site(node, config, reactor)
+    site, internal_site, drains = build_sites(node, config, reactor)
     top = MultiService()
     top.setName("rtserver")
     endpoints = listen or default_listen(config)
-    NodeService(node, drains, endpoints).setServiceParent(top)
+    internal_endpoints = [internal_listen(config)] if internal_site is not None else []
+    NodeService(node, drains, endpoints + internal_endpoints).setServiceParent(top)
     for desc in endpoints:
         strports_service(desc, site, reactor=reactor).setServiceParent(top)
+    if internal_site is not None:
+        for desc in internal_endpoints:
+            strports_service(desc, internal_site, reactor=reactor).setServiceParent(top)
     top.node = node  # type: ignore[attr-defined]
     return top
