@@ -34,6 +34,7 @@ from rtserver.web.site import Branch, RTSite, mount
 
 __all__ = [
     "NodeService",
+    "admin_url",
     "build",
     "build_engine",
     "build_node",
@@ -84,6 +85,8 @@ class NodeService(Service):
             transports=", ".join(enabled_transports(config)) or "none",
             endpoints=", ".join(self._endpoints),
         )
+        if config.admin.enabled:
+            _log.info("admin web UI at {url}", url=admin_url(config))
         d = self.node.start()
         d.addErrback(lambda f: _log.failure("node failed to start", f))
 
@@ -257,6 +260,19 @@ def default_listen(config: Config) -> list[str]:
     if server.address:
         desc += f":interface={_escape(server.address)}"
     return [desc]
+
+
+def admin_url(cfg: Config, host: str = "") -> str:
+    """The URL of the admin web UI a server with ``cfg`` serves (``localhost`` by default)."""
+    server = cfg.http_server
+    internal = bool(server.internal_port) and not cfg.admin.external
+    address = (server.internal_address if internal else server.address) or host or "localhost"
+    if ":" in address and not address.startswith("["):
+        address = f"[{address}]"
+    port = server.internal_port if internal else server.port
+    scheme = "https" if server.tls.enabled and not internal else "http"
+    prefix = cfg.admin.handler_prefix.strip("/")
+    return f"{scheme}://{address}:{port}/{prefix + '/' if prefix else ''}"
 
 
 def internal_listen(config: Config) -> str:
