@@ -119,7 +119,13 @@ def build_engine(config: Config, reactor: Any) -> IEngine:
 def build_node(config: Config, reactor: Any) -> Node:
     """The engine, token verifier and node for ``config``."""
     engine = build_engine(config, reactor)
-    verifier = JWTVerifier.from_config(config.client)
+    fetch = None
+    token, sub_token = config.client.token, config.client.subscription_token
+    if token.jwks_public_endpoint or sub_token.jwks_public_endpoint:
+        from rtserver.auth.jwks import treq_fetcher
+
+        fetch = treq_fetcher(reactor)
+    verifier = JWTVerifier.from_config(config.client, clock=reactor, fetch=fetch)
     return Node(engine, config, clock=reactor, verifier=verifier)
 
 
