@@ -71,6 +71,7 @@ _TYPES = {
     ".html": b"text/html; charset=utf-8",
     ".js": b"text/javascript; charset=utf-8",
     ".css": b"text/css; charset=utf-8",
+    ".svg": b"image/svg+xml",
 }
 # The page loads nothing from elsewhere and may not be framed (clickjacking).
 _SECURITY_HEADERS = (
