@@ -272,7 +272,9 @@ def admin_url(cfg: Config, host: str = "") -> str:
     """The URL of the admin web UI a server with ``cfg`` serves (``localhost`` by default)."""
     server = cfg.http_server
     internal = bool(server.internal_port) and not cfg.admin.external
-    address = (server.internal_address if internal else server.address) or host or "localhost"
+    address = (server.internal_address if internal else server.address) or host
+    if address in ("", "0.0.0.0", "::"):  # every interface: this machine answers too
+        address = "localhost"
     if ":" in address and not address.startswith("["):
         address = f"[{address}]"
     port = server.internal_port if internal else server.port

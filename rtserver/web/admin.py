@@ -5,7 +5,7 @@ Everything an operator's browser talks to (docs/admin.rst):
 * ``<prefix>/`` the single page (``admin_static/``: plain HTML, CSS and JavaScript);
 * ``GET <prefix>/admin/init``: ``{"insecure", "edition", "authenticated"}``;
 * ``POST <prefix>/admin/auth``: the ``password`` (form field or JSON) for a session
-  token ``{"token": ...}``; 401 for a wrong one;
+  token ``{"token": ...}``; 401 for a wrong one, 429 after too many wrong ones;
 * ``POST <prefix>/admin/api`` and ``<prefix>/admin/api/<method>``: the server API
   (:class:`~rtserver.web.api.APIResource`, legacy and per-method shapes);
 * ``GET <prefix>/admin/status``: the ``info`` nodes, engine health, connection and API
@@ -25,7 +25,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import uuid
+from collections import deque
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
@@ -51,6 +53,8 @@ if TYPE_CHECKING:
     from rtserver.core.node import Node
 
 __all__ = [
+    "LOGIN_WINDOW",
+    "MAX_FAILED_LOGINS",
     "SESSION_TTL",
     "AdminAuth",
     "AdminRoot",
@@ -62,6 +66,10 @@ _log = Logger()
 
 #: How long a session token is valid, in seconds.
 SESSION_TTL = 24 * 3600
+#: Wrong passwords accepted per :data:`LOGIN_WINDOW` before logins get 429 for a while.
+MAX_FAILED_LOGINS = 10
+#: The window of :data:`MAX_FAILED_LOGINS`, in seconds.
+LOGIN_WINDOW = 60.0
 #: How often the channel view re-reads presence while it is open, in seconds.
 PRESENCE_INTERVAL = 2.0
 
@@ -110,6 +118,24 @@ class AdminAuth:
         self.insecure = config.insecure
         self._clock = clock
         self._ttl = ttl
+        self._failures: deque[float] = deque()
+
+    def retry_after(self) -> int:
+        """Seconds until a login may be tried again; 0 unless too many have failed.
+
+        At most :data:`MAX_FAILED_LOGINS` wrong passwords per :data:`LOGIN_WINDOW`
+        seconds are checked; beyond that every login (right or wrong) waits.
+        """
+        now = self._clock.seconds()
+        while self._failures and self._failures[0] <= now - LOGIN_WINDOW:
+            self._failures.popleft()
+        if len(self._failures) < MAX_FAILED_LOGINS:
+            return 0
+        return max(1, math.ceil(self._failures[0] + LOGIN_WINDOW - now))
+
+    def failed(self) -> None:
+        """Count a wrong password."""
+        self._failures.append(self._clock.seconds())
 
     def login(self, password: str) -> str | None:
         """A fresh session token for the right password, else None."""
@@ -236,8 +262,13 @@ class _Login(Resource):
         password = _password(request.content.read(4096), request.getHeader(b"content-type"))
         if self._auth.insecure:
             return _json(request, 200, {"token": "insecure"})
+        wait = self._auth.retry_after()
+        if wait:
+            request.setHeader(b"Retry-After", b"%d" % wait)
+            return _json(request, 429, {"error": "too many failed logins, retry later"})
         token = None if password is None else self._auth.login(password)
         if token is None:
+            self._auth.failed()
             _log.warn("admin: login refused (wrong password)")
             return _json(request, 401, {"error": "wrong password"})
         return _json(request, 200, {"token": token})

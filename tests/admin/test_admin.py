@@ -20,7 +20,7 @@ from web.web_http import Connections, parse_response
 from rtserver import config as rtconfig
 from rtserver.core.node import Node
 from rtserver.service import build_node, build_site
-from rtserver.web.admin import SESSION_TTL, AdminAuth
+from rtserver.web.admin import LOGIN_WINDOW, MAX_FAILED_LOGINS, SESSION_TTL, AdminAuth
 
 PASSWORD = "correct horse"
 SECRET = "admin-secret-for-tests"
@@ -144,8 +144,21 @@ def test_wrong_password_is_401(http: Connections) -> None:
     """A wrong or missing password gets 401 and no token."""
     served = Served({"admin": ADMIN})
     assert login(http, served, "wrong") == (401, {"error": "wrong password"})
+    assert login(http, served, PASSWORD[:-1]) == (401, {"error": "wrong password"})
     code, _, body = http.request(served.site, request(b"POST", b"/admin/auth"))
     assert code == 401 and b"token" not in body
+
+
+def test_failed_logins_are_throttled(http: Connections) -> None:
+    """After ``MAX_FAILED_LOGINS`` wrong passwords in a minute, logins get 429 for a while."""
+    served = Served({"admin": ADMIN})
+    for _ in range(MAX_FAILED_LOGINS):
+        assert login(http, served, "guess")[0] == 401
+    raw = request(b"POST", b"/admin/auth", b"password=" + PASSWORD.replace(" ", "+").encode())
+    code, headers, _ = http.request(served.site, raw)
+    assert (code, headers["retry-after"]) == (429, str(int(LOGIN_WINDOW)))
+    served.clock.advance(LOGIN_WINDOW)
+    assert login(http, served)[0] == 200
 
 
 def test_login_accepts_json_too(http: Connections) -> None:

@@ -76,7 +76,9 @@ $("#login-form").addEventListener("submit", async (event) => {
   const response = await fetch("admin/auth", { method: "POST", body });
   if (!response.ok) {
     const error = $("#login-error");
-    error.textContent = response.status === 401 ? "Wrong password." : "Login failed (" + response.status + ").";
+    error.textContent = response.status === 401 ? "Wrong password."
+      : response.status === 429 ? "Too many failed logins: retry in " + response.headers.get("Retry-After") + " s."
+      : "Login failed (" + response.status + ").";
     error.hidden = false;
     return;
   }
