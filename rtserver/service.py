@@ -6,6 +6,10 @@ the API executor, the resource tree and one listening service per endpoint descr
 
 from __future__ import annotations
 
+import dataclasses
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from twisted.application.service import MultiService, Service
@@ -17,6 +21,7 @@ from rtserver import logs
 from rtserver.api.executor import APIExecutor
 from rtserver.auth.jwt import JWTVerifier
 from rtserver.config import Config
+from rtserver.core.channels import ChannelResolver
 from rtserver.core.node import Node
 from rtserver.core.ports import IEngine
 from rtserver.engines.memory import MemoryEngine
@@ -34,12 +39,15 @@ from rtserver.web.site import Branch, RTSite, mount
 
 __all__ = [
     "NodeService",
+    "Reloader",
+    "Sites",
     "admin_url",
     "build",
     "build_engine",
     "build_node",
     "build_site",
     "build_sites",
+    "build_verifier",
     "default_listen",
     "enabled_transports",
 ]
@@ -67,11 +75,14 @@ class NodeService(Service):
         drains: list[Drainable],
         endpoints: list[str],
         shutdown_timeout: float = 5.0,
+        reloader: Reloader | None = None,
     ) -> None:
         self.node = node
         self._drains = drains
         self._endpoints = endpoints
         self._timeout = shutdown_timeout
+        self._reloader = reloader
+        self._previous_hup: Any = None
 
     def startService(self) -> None:
         super().startService()
@@ -89,13 +100,114 @@ class NodeService(Service):
             _log.info("admin web UI at {url}", url=admin_url(config))
         d = self.node.start()
         d.addErrback(lambda f: _log.failure("node failed to start", f))
+        if self._reloader is not None and hasattr(signal, "SIGHUP"):
+            self._previous_hup = signal.signal(signal.SIGHUP, self._hup)
+
+    def _hup(self, signum: int, frame: object) -> None:
+        """SIGHUP: reload in the reactor thread (a signal handler may not touch state)."""
+        reloader = self._reloader
+        if reloader is not None:
+            reloader.reactor.callFromThread(reloader.reload)
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
+        if self._previous_hup is not None:
+            signal.signal(signal.SIGHUP, self._previous_hup)
+            self._previous_hup = None
         stopped = self.node.stop()  # 3001 to clients, goodbye to peers, engine closed
         stopped.addErrback(lambda f: _log.failure("node did not stop cleanly", f))
         waits = [drain.wait_closed(self._timeout) for drain in self._drains]
         return DeferredList([stopped, *waits], consumeErrors=True)
+
+
+#: Loads the configuration again: the config and its warnings (raises ConfigError).
+Loader = Callable[[], tuple[Config, list[str]]]
+
+#: Sections a reload cannot change: they shape listeners, engines and the resource tree.
+_RESTART_SECTIONS = (
+    "http_server",
+    "engine",
+    "node",
+    "websocket",
+    "http_stream",
+    "sse",
+    "emulation",
+    "uni_websocket",
+    "uni_sse",
+    "uni_http_stream",
+    "sockjs",
+    "health",
+    "prometheus",
+)
+
+
+class Reloader:
+    """Applies a re-read configuration to a running server (SIGHUP; docs/deployment.rst).
+
+    Changes for new operations: token keys and checks (``client.token``,
+    ``client.subscription_token``), the rest of ``client`` for new connections,
+    channel namespaces and options, ``client.allowed_origins``, ``http_api.key`` and
+    ``insecure``, the admin password, secret and ``insecure``, ``log.level``. Connected
+    clients stay connected. Other sections need a restart: a change there is logged and
+    not applied. A configuration that fails to load or validate is refused with a log
+    line; the running one stays.
+    """
+
+    def __init__(self, node: Node, sites: Sites, load: Loader, reactor: Any) -> None:
+        self.node = node
+        self.sites = sites
+        self.load = load
+        self.reactor = reactor
+
+    def reload(self) -> bool:
+        """Re-read and apply the configuration; False when it was refused."""
+        old = self.node.config
+        try:
+            new, warnings = self.load()
+            verifier = build_verifier(new, self.reactor)
+        except ValueError as e:  # ConfigError is one
+            _log.error("config reload refused, the running configuration stays: {error}", error=e)
+            return False
+        for warning in warnings:
+            _log.warn("config: {warning}", warning=warning)
+        fixed = [name for name in _RESTART_SECTIONS if getattr(new, name) != getattr(old, name)]
+        api = dataclasses.replace(
+            old.http_api, key=new.http_api.key, insecure=new.http_api.insecure
+        )
+        if api != new.http_api:
+            fixed.append("http_api (except key and insecure)")
+        admin = dataclasses.replace(
+            old.admin,
+            password=new.admin.password,
+            secret=new.admin.secret,
+            insecure=new.admin.insecure,
+        )
+        if admin != new.admin:
+            fixed.append("admin (except password, secret and insecure)")
+        if admin.enabled and not admin.insecure and not (admin.password and admin.secret):
+            _log.error("config reload refused: the admin UI would have no password or secret")
+            return False
+        applied = dataclasses.replace(
+            old, log=new.log, client=new.client, channel=new.channel, http_api=api, admin=admin
+        )
+        logs.set_level(applied.log.level)
+        node = self.node
+        node.config = applied
+        node.resolver = ChannelResolver(applied.channel)
+        node.verifier = verifier
+        self.sites.origins.replace(applied.client.allowed_origins)
+        if self.sites.api is not None:
+            self.sites.api.reconfigure(api)
+        if self.sites.admin is not None and self.sites.admin.auth is not None:
+            self.sites.admin.auth.reconfigure(admin)
+        if fixed:
+            _log.warn(
+                "config reloaded, but changes to {sections} need a restart",
+                sections=", ".join(fixed),
+            )
+        else:
+            _log.info("config reloaded")
+        return True
 
 
 def enabled_transports(config: Config) -> list[str]:
@@ -116,16 +228,25 @@ def build_engine(config: Config, reactor: Any) -> IEngine:
     return MemoryEngine(reactor)
 
 
-def build_node(config: Config, reactor: Any) -> Node:
-    """The engine, token verifier and node for ``config``."""
-    engine = build_engine(config, reactor)
+def build_verifier(config: Config, reactor: Any) -> JWTVerifier | None:
+    """The token verifier of ``config`` (JWKS keys fetched with treq on ``reactor``).
+
+    Raises:
+        ValueError: a key cannot be loaded.
+    """
     fetch = None
     token, sub_token = config.client.token, config.client.subscription_token
     if token.jwks_public_endpoint or sub_token.jwks_public_endpoint:
         from rtserver.auth.jwks import treq_fetcher
 
         fetch = treq_fetcher(reactor)
-    verifier = JWTVerifier.from_config(config.client, clock=reactor, fetch=fetch)
+    return JWTVerifier.from_config(config.client, clock=reactor, fetch=fetch)
+
+
+def build_node(config: Config, reactor: Any) -> Node:
+    """The engine, token verifier and node for ``config``."""
+    engine = build_engine(config, reactor)
+    verifier = build_verifier(config, reactor)
     return Node(engine, config, clock=reactor, verifier=verifier)
 
 
@@ -133,8 +254,8 @@ def build_site(
     node: Node, config: Config, reactor: Any
 ) -> tuple[RTSite, list[Drainable]]:
     """The resource tree; also returns the transports to drain on shutdown."""
-    site, _, drains = build_sites(node, config, reactor)
-    return site, drains
+    sites = build_sites(node, config, reactor)
+    return sites.site, sites.drains
 
 
 def admin_internal(config: Config) -> bool:
@@ -143,10 +264,21 @@ def admin_internal(config: Config) -> bool:
     return admin.enabled and bool(config.http_server.internal_port) and not admin.external
 
 
-def build_sites(
-    node: Node, config: Config, reactor: Any
-) -> tuple[RTSite, RTSite | None, list[Drainable]]:
-    """The main site, the internal one (admin UI on ``internal_port``) or None, drains."""
+@dataclass
+class Sites:
+    """What :func:`build_sites` makes: listeners' sites and the parts a reload changes."""
+
+    site: RTSite
+    #: The admin UI's own site on ``http_server.internal_port``, or None.
+    internal: RTSite | None
+    drains: list[Drainable]
+    origins: OriginPolicy
+    api: APIResource | None
+    admin: AdminRoot | None
+
+
+def build_sites(node: Node, config: Config, reactor: Any) -> Sites:
+    """The main site, the internal one (admin UI on ``internal_port``), drains, parts."""
     executor = APIExecutor(node)
     admin_tree: AdminRoot | None = None
     if config.admin.enabled:
@@ -226,6 +358,7 @@ def build_sites(
         limits.append((sj.handler_prefix, sj.max_request_body_size))
         drains.append(sockjs)
     fast_path = None
+    api_resource = None
     if not config.http_api.disabled:
         api = config.http_api
         api_resource = APIResource(executor, api)
@@ -251,7 +384,7 @@ def build_sites(
             mount(root, config.admin.handler_prefix, admin_tree)
     site = RTSite(root, body_limits=limits, api_fast_path=fast_path, reactor=reactor)
     drains.append(site)
-    return site, internal_site, drains
+    return Sites(site, internal_site, drains, origins, api_resource, admin_tree)
 
 
 def default_listen(config: Config) -> list[str]:
@@ -296,20 +429,34 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
 
 
-def build(config: Config, *, listen: list[str] | None = None, reactor: Any = None) -> MultiService:
-    """The whole server as a MultiService (the twistd plugin and .tac files call this)."""
+def build(
+    config: Config,
+    *,
+    listen: list[str] | None = None,
+    reactor: Any = None,
+    reload: Loader | None = None,
+) -> MultiService:
+    """The whole server as a MultiService (the twistd plugin and .tac files call this).
+
+    ``reload`` loads the configuration again (the file given to ``twistd rtserver -c``):
+    with it, SIGHUP applies what can change without a restart (:class:`Reloader`).
+    """
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
     logs.set_level(config.log.level)
     node = build_node(config, reactor)
-    site, internal_site, drains = build_sites(node, config, reactor)
+    sites = build_sites(node, config, reactor)
+    site, internal_site, drains = sites.site, sites.internal, sites.drains
     top = MultiService()
     top.setName("rtserver")
     endpoints = listen or default_listen(config)
     internal_endpoints = [internal_listen(config)] if internal_site is not None else []
-    NodeService(node, drains, endpoints + internal_endpoints).setServiceParent(top)
+    reloader = None if reload is None else Reloader(node, sites, reload, reactor)
+    NodeService(node, drains, endpoints + internal_endpoints, reloader=reloader).setServiceParent(
+        top
+    )
     for desc in endpoints:
         strports_service(desc, site, reactor=reactor).setServiceParent(top)
     if internal_site is not None:

@@ -50,6 +50,7 @@ class Options(usage.Options):
         except rtconfig.ConfigError as e:
             raise usage.UsageError(f"configuration error: {e}") from None
         self["config_object"] = cfg
+        self["overrides"] = overrides
         self["warnings"] = warnings
 
 
@@ -95,6 +96,11 @@ def makeService(options: Options) -> IService:
     for warning in options["warnings"]:
         _log.warn("config: {warning}", warning=warning)
     try:
-        return service.build(options["config_object"], listen=options["listen"] or None)
+        path = options["config"]
+        overrides = options["overrides"]
+        reload = None if path is None else (lambda: rtconfig.load(path, overrides=overrides))
+        return service.build(
+            options["config_object"], listen=options["listen"] or None, reload=reload
+        )
     except ValueError as e:
         raise usage.UsageError(f"configuration error: {e}") from None

@@ -120,6 +120,15 @@ class AdminAuth:
         self._ttl = ttl
         self._failures: deque[float] = deque()
 
+    def reconfigure(self, config: AdminConfig) -> None:
+        """Use the password and secret of ``config`` from now on (SIGHUP reload).
+
+        A new secret ends every session signed with the old one.
+        """
+        self._password = config.password.encode("utf-8")
+        self._secret = config.secret.encode("utf-8")
+        self.insecure = config.insecure
+
     def retry_after(self) -> int:
         """Seconds until a login may be tried again; 0 unless too many have failed.
 
@@ -381,9 +390,11 @@ class AdminRoot(Branch):
     every other mount is a child of it and unknown paths stay 404.
     """
 
-    def __init__(self, index: Resource | None = None) -> None:
+    def __init__(self, index: Resource | None = None, auth: AdminAuth | None = None) -> None:
         super().__init__()
         self._index = index
+        #: The login checks of this tree (reconfigured on SIGHUP reload).
+        self.auth = auth
 
     def getChild(self, path: bytes, request: Request) -> IResource:
         if not path and self._index is not None:
@@ -404,7 +415,7 @@ def admin_root(
     """The admin UI's resource tree, to mount at ``admin.handler_prefix``."""
     auth = AdminAuth(config, clock)
     files = _static_files()
-    root = AdminRoot(files.pop("index.html"))
+    root = AdminRoot(files.pop("index.html"), auth)
     admin = Branch()
     root.putChild(b"admin", admin)
     admin.putChild(b"init", _Init(auth))
