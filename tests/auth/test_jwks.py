@@ -324,3 +324,17 @@ def test_client_connect_waits_for_the_keys_and_a_close_meanwhile_leaks_nothing()
     assert node.node_info().num_users == 1
     node.stop()
     clock.advance(10)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_server_wiring_fetches_with_treq(provider: Provider) -> None:
+    """``service.build_verifier`` gives a verifier that fetches the configured endpoint."""
+    from rtserver import config as rtconfig
+    from rtserver.service import build_verifier
+
+    provider.publish(r1=provider.rsa)
+    cfg = rtconfig.from_mapping({"client": {"token": {"jwks_public_endpoint": provider.url}}})
+    verifier = build_verifier(cfg, reactor)
+    assert verifier is not None
+    assert (await connect(verifier, sign(provider.rsa, "r1", "RS256", "w"))).user == "w"
+    assert provider.resource.requests == 1
