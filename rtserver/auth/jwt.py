@@ -354,14 +354,15 @@ def _decode(token: str, policy: _Policy) -> dict[str, Any]:
     if "crit" in header or header.get("b64", True) is not True:
         raise InvalidToken("unsupported JWS extension")
     kid = header.get("kid")
-    if policy.jwks_url and isinstance(kid, str) and kid:
+    if policy.jwks_url and isinstance(kid, str) and kid and alg not in _HMAC_ALGS:
+        # a key set holds public keys only: HS tokens always use hmac_secret_key
         algorithm, key = _jwks_key(policy, kid, alg)
     else:
         if not isinstance(alg, str) or alg not in _KNOWN_ALGS:
             raise InvalidToken("unsupported JWT algorithm")
         entry = policy.keys.get(alg)
         if entry is None:
-            if policy.jwks_url:
+            if policy.jwks_url and alg not in _HMAC_ALGS:
                 raise InvalidToken("token has no kid header to pick a key of the JWKS")
             raise InvalidToken(
                 f"disabled JWT algorithm {alg}: {policy.section}.{_KEY_NAMES[alg[:2]]} is not"

@@ -264,7 +264,8 @@ def test_key_pinning_and_bad_sets(clock: Clock) -> None:
         b'{"sub":"x"}', "k" * 32, algorithm="HS256", headers={"kid": "r1"}
     )
     for token, reason in (
-        (confused, "unsupported JWT algorithm"),
+        (confused, "disabled JWT algorithm HS256"),
+        (sign(key, "r1", "PS256"), "unsupported JWT algorithm"),
         (sign(ec_key, "r1", "ES256"), "does not fit"),
         (sign(key, "e1", "RS256"), "does not fit"),
         (sign(key, "pinned", "RS256"), "is for RS512"),
@@ -273,6 +274,25 @@ def test_key_pinning_and_bad_sets(clock: Clock) -> None:
         with pytest.raises(InvalidToken, match=reason):
             verifier.verify_connection_token(token, NOW)
     assert len(fetched) == 1  # the unknown "h" within the interval fetched nothing
+
+
+def test_hmac_tokens_with_a_kid_use_the_static_secret(clock: Clock) -> None:
+    """An HS256 token carrying a ``kid`` is checked with ``hmac_secret_key``, no fetch."""
+    fetched: list[str] = []
+
+    def fetch(url: str) -> Deferred[bytes]:
+        fetched.append(url)
+        return Deferred()
+
+    secret = "s" * 40
+    verifier = JWTVerifier(
+        TokenConfig(jwks_public_endpoint="http://idp/jwks", hmac_secret_key=secret),
+        clock=clock,
+        fetch=fetch,
+    )
+    token = jwt.encode({"sub": "h"}, secret, algorithm="HS256", headers={"kid": "any"})
+    assert verifier.verify_connection_token(token, NOW).user == "h"
+    assert fetched == []
 
 
 def test_without_a_fetcher_kid_tokens_are_refused(clock: Clock) -> None:
