@@ -5,8 +5,8 @@ Subcommands (docs/deployment.rst, "Command line"): ``checkconfig``, ``genconfig`
 ``checksubtoken`` and ``version``. ``checktoken``/``checksubtoken`` verify with the
 server's own verifier (:mod:`rtserver.auth.jwt`), so they accept exactly the tokens the
 server accepts (docs/client-protocol.rst, "Token checks"). Failures print
-``error: <message>`` to stderr and exit with status 1; the only secret ever printed is a
-token that was asked for.
+``error: <message>`` to stderr and exit with status 1; the only secrets ever printed are
+a token that was asked for and the admin password ``genconfig`` generated.
 """
 
 from __future__ import annotations
@@ -221,20 +221,36 @@ def cmd_checkconfig(args: argparse.Namespace) -> int:
 
 
 def cmd_genconfig(args: argparse.Namespace) -> int:
-    """Write a minimal configuration with fresh secrets, then validate it."""
+    """Write a minimal configuration with fresh secrets and the admin UI on, then validate it.
+
+    Prints how to start the server, the admin UI's URL and its generated password (the
+    one secret shown: the operator needs it to log in; the file holds it too).
+    """
     path = Path(args.config)
+    password = secrets.token_urlsafe(12)
     tree = {
         "client": {
             "token": {"hmac_secret_key": secrets.token_urlsafe(64)},
             "allowed_origins": [],
         },
         "http_api": {"key": str(uuid.uuid4())},
+        "admin": {
+            "enabled": True,
+            "password": password,
+            "secret": secrets.token_urlsafe(32),
+        },
     }
     _write_new_file(path, dump_config(tree, _file_format(path)), 0o600)
     _, warns = config.load(path, environ={})
     for message in warns:
         _warn(message)
+    cfg, _ = config.load(path)  # the URL as the server will see it (environment included)
     print(f"{path} written")
+    print(f"start the server:  twistd -n rtserver -c {path}")
+    from rtserver.service import admin_url
+
+    print(f"admin web UI:      {admin_url(cfg)}")
+    print(f"admin password:    {password}")
     return 0
 
 

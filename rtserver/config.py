@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 __all__ = [
+    "AdminConfig",
     "ChannelConfig",
     "ChannelOptions",
     "ClientConfig",
@@ -118,6 +119,9 @@ class HTTPServerConfig:
 
     address: str = ""
     port: int = 8000
+    #: A second listener for the admin web UI (unless ``admin.external``); 0 = none.
+    internal_address: str = ""
+    internal_port: int = 0
     tls: TLSConfig = field(default_factory=TLSConfig)
     read_header_timeout: float = duration(10.0)
     max_unfinished_request_heads: int = 1024
@@ -137,6 +141,8 @@ class TokenConfig:
     hmac_secret_key: str = field(default="", repr=False)
     rsa_public_key: str = ""
     ecdsa_public_key: str = ""
+    #: URL of a JSON Web Key Set (RSA, EC and OKP keys chosen by the token's ``kid``).
+    jwks_public_endpoint: str = ""
     audience: str = ""
     issuer: str = ""
     user_id_claim: str = ""
@@ -381,6 +387,18 @@ class EngineConfig:
 
 
 @dataclass(frozen=True)
+class AdminConfig:
+    """The admin web UI (docs/admin.rst); off by default."""
+
+    enabled: bool = False
+    password: str = field(default="", repr=False)
+    secret: str = field(default="", repr=False)
+    insecure: bool = False
+    handler_prefix: str = ""
+    external: bool = False
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     """This node's identity in ``info`` and cluster messages."""
 
@@ -409,6 +427,7 @@ class Config:
     prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     node: NodeConfig = field(default_factory=NodeConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
 
 
 # --- loading ---------------------------------------------------------------------------
@@ -1049,6 +1068,7 @@ def validate(config: Config) -> None:
         raise ConfigError("client.queue_max_size: must be at least 1024 bytes")
     if client.max_messages_in_frame < 1:
         raise ConfigError("client.max_messages_in_frame: must be at least 1")
+    _validate_admin(config)
     tls = config.http_server.tls
     if tls.enabled and not (tls.cert_pem_file and tls.key_pem_file):
         raise ConfigError("http_server.tls: cert_pem_file and key_pem_file are required")
@@ -1076,6 +1096,17 @@ def _validate_grpc_api(grpc: GRPCAPIConfig) -> None:
         raise ConfigError("grpc_api.max_receive_message_size: must not be negative")
     if grpc.tls.enabled and not (grpc.tls.cert_pem_file and grpc.tls.key_pem_file):
         raise ConfigError("grpc_api.tls: cert_pem_file and key_pem_file are required")
+
+
+def _validate_admin(config: Config) -> None:
+    admin = config.admin
+    if config.http_server.internal_port > 65535:
+        raise ConfigError("http_server.internal_port: must be between 0 and 65535")
+    if admin.enabled and not admin.insecure and not (admin.password and admin.secret):
+        raise ConfigError(
+            "admin: password and secret are required when admin.enabled is on "
+            "(run 'rtserver genconfig' to generate them, or set admin.insecure for local use)"
+        )
 
 
 def _validate_redis(redis: RedisEngineConfig) -> None:
@@ -1161,6 +1192,8 @@ def _risky(config: Config) -> list[str]:
         out.append("client.allowed_origins contains '*': any web page may connect")
     if config.client.insecure:
         out.append("client.insecure is on: connections and channels are not protected")
+    if config.admin.enabled and config.admin.insecure:
+        out.append("admin.insecure is on: anyone who reaches the admin UI controls the server")
     if config.http_api.insecure:
         out.append("http_api.insecure is on: anyone can use the server API")
     elif not config.http_api.key and not config.http_api.disabled:

@@ -6,6 +6,10 @@ the API executor, the resource tree and one listening service per endpoint descr
 
 from __future__ import annotations
 
+import dataclasses
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from twisted.application.service import MultiService, Service
@@ -17,6 +21,7 @@ from rtserver import logs
 from rtserver.api.executor import APIExecutor
 from rtserver.auth.jwt import JWTVerifier
 from rtserver.config import Config
+from rtserver.core.channels import ChannelResolver
 from rtserver.core.node import Node
 from rtserver.core.ports import IEngine
 from rtserver.engines.memory import MemoryEngine
@@ -25,6 +30,7 @@ from rtserver.transports.emulation import EmulationResource, HTTPStreamResource,
 from rtserver.transports.origin import OriginPolicy
 from rtserver.transports.uni import UniHTTPStreamResource, UniSSEResource, UniWebSocketFactory
 from rtserver.transports.websocket import WebSocketFactory
+from rtserver.web.admin import AdminRoot, admin_root
 from rtserver.web.api import APIResource
 from rtserver.web.apifast import APIFastPath
 from rtserver.web.cors import CORSResource
@@ -33,11 +39,16 @@ from rtserver.web.site import Branch, HTTPStats, RTSite, mount
 
 __all__ = [
     "NodeService",
+    "Reloader",
+    "Sites",
+    "admin_url",
     "build",
     "build_engine",
     "build_grpc_api",
     "build_node",
     "build_site",
+    "build_sites",
+    "build_verifier",
     "default_listen",
     "enabled_transports",
 ]
@@ -65,11 +76,14 @@ class NodeService(Service):
         drains: list[Drainable],
         endpoints: list[str],
         shutdown_timeout: float = 5.0,
+        reloader: Reloader | None = None,
     ) -> None:
         self.node = node
         self._drains = drains
         self._endpoints = endpoints
         self._timeout = shutdown_timeout
+        self._reloader = reloader
+        self._previous_hup: Any = None
 
     def startService(self) -> None:
         super().startService()
@@ -83,15 +97,118 @@ class NodeService(Service):
             transports=", ".join(enabled_transports(config)) or "none",
             endpoints=", ".join(self._endpoints),
         )
+        if config.admin.enabled:
+            _log.info("admin web UI at {url}", url=admin_url(config))
         d = self.node.start()
         d.addErrback(lambda f: _log.failure("node failed to start", f))
+        if self._reloader is not None and hasattr(signal, "SIGHUP"):
+            self._previous_hup = signal.signal(signal.SIGHUP, self._hup)
+
+    def _hup(self, signum: int, frame: object) -> None:
+        """SIGHUP: reload in the reactor thread (a signal handler may not touch state)."""
+        reloader = self._reloader
+        if reloader is not None:
+            reloader.reactor.callFromThread(reloader.reload)
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
+        if self._previous_hup is not None:
+            signal.signal(signal.SIGHUP, self._previous_hup)
+            self._previous_hup = None
         stopped = self.node.stop()  # 3001 to clients, goodbye to peers, engine closed
         stopped.addErrback(lambda f: _log.failure("node did not stop cleanly", f))
         waits = [drain.wait_closed(self._timeout) for drain in self._drains]
         return DeferredList([stopped, *waits], consumeErrors=True)
+
+
+#: Loads the configuration again: the config and its warnings (raises ConfigError).
+Loader = Callable[[], tuple[Config, list[str]]]
+
+#: Sections a reload cannot change: they shape listeners, engines and the resource tree.
+_RESTART_SECTIONS = (
+    "http_server",
+    "engine",
+    "node",
+    "websocket",
+    "http_stream",
+    "sse",
+    "emulation",
+    "uni_websocket",
+    "uni_sse",
+    "uni_http_stream",
+    "sockjs",
+    "health",
+    "prometheus",
+)
+
+
+class Reloader:
+    """Applies a re-read configuration to a running server (SIGHUP; docs/deployment.rst).
+
+    Changes for new operations: token keys and checks (``client.token``,
+    ``client.subscription_token``), the rest of ``client`` for new connections,
+    channel namespaces and options, ``client.allowed_origins``, ``http_api.key`` and
+    ``insecure``, the admin password, secret and ``insecure``, ``log.level``. Connected
+    clients stay connected. Other sections need a restart: a change there is logged and
+    not applied. A configuration that fails to load or validate is refused with a log
+    line; the running one stays.
+    """
+
+    def __init__(self, node: Node, sites: Sites, load: Loader, reactor: Any) -> None:
+        self.node = node
+        self.sites = sites
+        self.load = load
+        self.reactor = reactor
+
+    def reload(self) -> bool:
+        """Re-read and apply the configuration; False when it was refused."""
+        old = self.node.config
+        try:
+            new, warnings = self.load()
+            verifier = build_verifier(new, self.reactor)
+        except ValueError as e:  # ConfigError is one
+            _log.error("config reload refused, the running configuration stays: {error}", error=e)
+            return False
+        for warning in warnings:
+            _log.warn("config: {warning}", warning=warning)
+        fixed = [name for name in _RESTART_SECTIONS if getattr(new, name) != getattr(old, name)]
+        api = dataclasses.replace(
+            old.http_api, key=new.http_api.key, insecure=new.http_api.insecure
+        )
+        if api != new.http_api:
+            fixed.append("http_api (except key and insecure)")
+        admin = dataclasses.replace(
+            old.admin,
+            password=new.admin.password,
+            secret=new.admin.secret,
+            insecure=new.admin.insecure,
+        )
+        if admin != new.admin:
+            fixed.append("admin (except password, secret and insecure)")
+        if admin.enabled and not admin.insecure and not (admin.password and admin.secret):
+            _log.error("config reload refused: the admin UI would have no password or secret")
+            return False
+        applied = dataclasses.replace(
+            old, log=new.log, client=new.client, channel=new.channel, http_api=api, admin=admin
+        )
+        logs.set_level(applied.log.level)
+        node = self.node
+        node.config = applied
+        node.resolver = ChannelResolver(applied.channel)
+        node.verifier = verifier
+        self.sites.origins.replace(applied.client.allowed_origins)
+        if self.sites.api is not None:
+            self.sites.api.reconfigure(api)
+        if self.sites.admin is not None and self.sites.admin.auth is not None:
+            self.sites.admin.auth.reconfigure(admin)
+        if fixed:
+            _log.warn(
+                "config reloaded, but changes to {sections} need a restart",
+                sections=", ".join(fixed),
+            )
+        else:
+            _log.info("config reloaded")
+        return True
 
 
 def enabled_transports(config: Config) -> list[str]:
@@ -112,10 +229,25 @@ def build_engine(config: Config, reactor: Any) -> IEngine:
     return MemoryEngine(reactor)
 
 
+def build_verifier(config: Config, reactor: Any) -> JWTVerifier | None:
+    """The token verifier of ``config`` (JWKS keys fetched with treq on ``reactor``).
+
+    Raises:
+        ValueError: a key cannot be loaded.
+    """
+    fetch = None
+    token, sub_token = config.client.token, config.client.subscription_token
+    if token.jwks_public_endpoint or sub_token.jwks_public_endpoint:
+        from rtserver.auth.jwks import treq_fetcher
+
+        fetch = treq_fetcher(reactor)
+    return JWTVerifier.from_config(config.client, clock=reactor, fetch=fetch)
+
+
 def build_node(config: Config, reactor: Any) -> Node:
     """The engine, token verifier and node for ``config``."""
     engine = build_engine(config, reactor)
-    verifier = JWTVerifier.from_config(config.client)
+    verifier = build_verifier(config, reactor)
     return Node(engine, config, clock=reactor, verifier=verifier)
 
 
@@ -123,7 +255,40 @@ def build_site(
     node: Node, config: Config, reactor: Any, executor: APIExecutor | None = None
 ) -> tuple[RTSite, list[Drainable]]:
     """The resource tree; also returns the transports to drain on shutdown."""
-    root = Branch()
+    sites = build_sites(node, config, reactor, executor)
+    return sites.site, sites.drains
+
+
+def admin_internal(config: Config) -> bool:
+    """Whether the admin UI has its own listener (``http_server.internal_port``)."""
+    admin = config.admin
+    return admin.enabled and bool(config.http_server.internal_port) and not admin.external
+
+
+@dataclass
+class Sites:
+    """What :func:`build_sites` makes: listeners' sites and the parts a reload changes."""
+
+    site: RTSite
+    #: The admin UI's own site on ``http_server.internal_port``, or None.
+    internal: RTSite | None
+    drains: list[Drainable]
+    origins: OriginPolicy
+    api: APIResource | None
+    admin: AdminRoot | None
+
+
+def build_sites(
+    node: Node, config: Config, reactor: Any, executor: APIExecutor | None = None
+) -> Sites:
+    """The main site, the internal one (admin UI on ``internal_port``), drains, parts."""
+    executor = executor or APIExecutor(node)
+    admin_tree: AdminRoot | None = None
+    if config.admin.enabled:
+        admin_tree = admin_root(node, executor, config.admin, reactor)
+    at_root = admin_tree is not None and not config.admin.handler_prefix.strip("/")
+    internal = admin_internal(config)
+    root: Branch = admin_tree if admin_tree is not None and at_root and not internal else Branch()
     origins = OriginPolicy(config.client.allowed_origins)
     drains: list[Drainable] = []
     if not config.websocket.disabled:
@@ -197,7 +362,7 @@ def build_site(
         drains.append(sockjs)
     fast_path = None
     http_stats = HTTPStats()
-    executor = executor or APIExecutor(node)
+    api_resource = None
     if not config.http_api.disabled:
         api = config.http_api
         api_resource = APIResource(executor, api)
@@ -211,6 +376,16 @@ def build_site(
         mount(root, config.prometheus.handler_prefix, MetricsResource(registry))
     if config.health.enabled:
         mount(root, config.health.handler_prefix, HealthResource(node.engine))
+    internal_site = None
+    if admin_tree is not None:
+        if internal:
+            internal_root: Branch = admin_tree if at_root else Branch()
+            if not at_root:
+                mount(internal_root, config.admin.handler_prefix, admin_tree)
+            internal_site = RTSite(internal_root, reactor=reactor)
+            drains.append(internal_site)
+        elif not at_root:
+            mount(root, config.admin.handler_prefix, admin_tree)
     site = RTSite(
         root,
         body_limits=limits,
@@ -221,7 +396,7 @@ def build_site(
         reactor=reactor,
     )
     drains.append(site)
-    return site, drains
+    return Sites(site, internal_site, drains, origins, api_resource, admin_tree)
 
 
 def build_grpc_api(executor: APIExecutor, config: Config, reactor: Any) -> Service:
@@ -260,12 +435,46 @@ def default_listen(config: Config) -> list[str]:
     return [desc]
 
 
+def admin_url(cfg: Config, host: str = "") -> str:
+    """The URL of the admin web UI a server with ``cfg`` serves (``localhost`` by default)."""
+    server = cfg.http_server
+    internal = bool(server.internal_port) and not cfg.admin.external
+    address = (server.internal_address if internal else server.address) or host
+    if address in ("", "0.0.0.0", "::"):  # every interface: this machine answers too
+        address = "localhost"
+    if ":" in address and not address.startswith("["):
+        address = f"[{address}]"
+    port = server.internal_port if internal else server.port
+    scheme = "https" if server.tls.enabled and not internal else "http"
+    prefix = cfg.admin.handler_prefix.strip("/")
+    return f"{scheme}://{address}:{port}/{prefix + '/' if prefix else ''}"
+
+
+def internal_listen(config: Config) -> str:
+    """The endpoint description of ``http_server.internal_port`` (plain TCP)."""
+    server = config.http_server
+    desc = f"tcp:{server.internal_port}"
+    if server.internal_address:
+        desc += f":interface={_escape(server.internal_address)}"
+    return desc
+
+
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
 
 
-def build(config: Config, *, listen: list[str] | None = None, reactor: Any = None) -> MultiService:
-    """The whole server as a MultiService (the twistd plugin and .tac files call this)."""
+def build(
+    config: Config,
+    *,
+    listen: list[str] | None = None,
+    reactor: Any = None,
+    reload: Loader | None = None,
+) -> MultiService:
+    """The whole server as a MultiService (the twistd plugin and .tac files call this).
+
+    ``reload`` loads the configuration again (the file given to ``twistd rtserver -c``):
+    with it, SIGHUP applies what can change without a restart (:class:`Reloader`).
+    """
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
@@ -273,14 +482,22 @@ def build(config: Config, *, listen: list[str] | None = None, reactor: Any = Non
     logs.set_level(config.log.level)
     node = build_node(config, reactor)
     executor = APIExecutor(node)
-    site, drains = build_site(node, config, reactor, executor)
+    sites = build_sites(node, config, reactor, executor)
+    site, internal_site, drains = sites.site, sites.internal, sites.drains
     top = MultiService()
     top.setName("rtserver")
     endpoints = listen or default_listen(config)
-    NodeService(node, drains, endpoints).setServiceParent(top)
+    internal_endpoints = [internal_listen(config)] if internal_site is not None else []
+    reloader = None if reload is None else Reloader(node, sites, reload, reactor)
+    NodeService(node, drains, endpoints + internal_endpoints, reloader=reloader).setServiceParent(
+        top
+    )
     for desc in endpoints:
         strports_service(desc, site, reactor=reactor).setServiceParent(top)
     if config.grpc_api.enabled:
         build_grpc_api(executor, config, reactor).setServiceParent(top)
+    if internal_site is not None:
+        for desc in internal_endpoints:
+            strports_service(desc, internal_site, reactor=reactor).setServiceParent(top)
     top.node = node  # type: ignore[attr-defined]
     return top

@@ -20,6 +20,8 @@ from rtserver import config  # noqa: E402
 MEANING = {
     "http_server.address": "interface to bind (empty: all)",
     "http_server.port": "HTTP port for every endpoint",
+    "http_server.internal_address": "interface of the internal port (empty: all)",
+    "http_server.internal_port": "second port for the admin UI (0: none)",
     "http_server.tls.enabled": "serve HTTPS/WSS on the same port",
     "http_server.tls.cert_pem_file": "certificate chain (PEM file path)",
     "http_server.tls.key_pem_file": "private key (PEM file path)",
@@ -31,6 +33,7 @@ MEANING = {
     "client.token.hmac_secret_key": "HS256/384/512 secret for connection tokens",
     "client.token.rsa_public_key": "PEM public key for RS256/384/512",
     "client.token.ecdsa_public_key": "PEM public key for ES256/384/512",
+    "client.token.jwks_public_endpoint": "JWKS URL: RSA, EC and Ed25519 keys by ``kid``",
     "client.token.audience": "required ``aud`` (checked only when set)",
     "client.token.issuer": "required ``iss`` (checked only when set)",
     "client.token.user_id_claim": "claim (dotted path) holding the user id instead of ``sub``",
@@ -181,6 +184,12 @@ MEANING = {
     "allow_user_limited_channels": "``name#1,2`` channels open to users 1 and 2",
     "channel_regex": "regular expression the channel name (after ``ns:``) must match",
     "publication_data_format": "``json_object`` requires object payloads (107 otherwise)",
+    "admin.enabled": "serve the admin web UI (docs/admin.rst)",
+    "admin.password": "password to log into the admin UI",
+    "admin.secret": "signs admin session tokens",
+    "admin.insecure": "admin UI without login (local use only)",
+    "admin.handler_prefix": "path of the admin UI (empty: ``/``)",
+    "admin.external": "keep the admin UI on the main port despite ``internal_port``",
 }
 
 

@@ -217,6 +217,27 @@ def test_genconfig_formats(capsys: pytest.CaptureFixture[str], tmp_path: Path, n
     assert cfg.client.token.hmac_secret_key == secret
 
 
+def test_genconfig_turns_on_the_admin_ui(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The generated config enables the admin UI with a fresh password and secret.
+
+    The output says how to start, where to go and the password (no other secret).
+    """
+    code, out, err = run(capsys, "genconfig", "-c", "gen.yaml")
+    assert code == 0, err
+    admin = _read(tmp_path / "gen.yaml")["admin"]
+    assert admin["enabled"] is True
+    assert len(admin["password"]) >= 16 and len(admin["secret"]) >= 40
+    assert f"admin password:    {admin['password']}\n" in out
+    assert "admin web UI:      http://localhost:8000/\n" in out
+    assert "twistd -n rtserver -c gen.yaml" in out
+    assert admin["secret"] not in out + err
+    other = tmp_path / "other.json"
+    run(capsys, "genconfig", "-c", str(other))
+    assert _read(other)["admin"]["password"] != admin["password"]
+
+
 def test_genconfig_default_path(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     """Without ``-c`` genconfig writes ``config.json`` in the current directory."""
     code, _, _ = run(capsys, "genconfig")

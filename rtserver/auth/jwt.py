@@ -26,17 +26,20 @@ from typing import Any
 import orjson
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from jwt.algorithms import Algorithm, get_default_algorithms
 from jwt.exceptions import InvalidKeyError
+from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
+from rtserver.auth.jwks import Fetch, JWKSKeys
 from rtserver.config import ClientConfig, SubscriptionTokenConfig, TokenConfig
 from rtserver.core.ports import ITokenVerifier
 from rtserver.core.types import (
     ConnectionToken,
     InvalidToken,
+    KeysLoading,
     Overrides,
     SubscriptionGrant,
     SubscriptionToken,
@@ -58,6 +61,8 @@ _RSA_ALGS: dict[str, Algorithm] = {a: _PYJWT_ALGS[a] for a in ("RS256", "RS384",
 _EC_ALGS: dict[str, Algorithm] = {a: _PYJWT_ALGS[a] for a in ("ES256", "ES384", "ES512")}
 _EC_CURVES = {"ES256": ec.SECP256R1, "ES384": ec.SECP384R1, "ES512": ec.SECP521R1}
 _KNOWN_ALGS = {**_HMAC_ALGS, **_RSA_ALGS, **_EC_ALGS}
+#: Algorithms of keys from a JWKS (never HMAC: a key set holds public keys).
+_JWKS_ALGS: dict[str, Algorithm] = {**_RSA_ALGS, **_EC_ALGS, "EdDSA": _PYJWT_ALGS["EdDSA"]}
 #: The config key that enables each algorithm family.
 _KEY_NAMES = {"HS": "hmac_secret_key", "RS": "rsa_public_key", "ES": "ecdsa_public_key"}
 
@@ -84,6 +89,10 @@ class _Policy:
     user_path: tuple[str, ...] = ("sub",)
     #: Config section of the keys (``client.token``...), named in error messages.
     section: str = ""
+    #: ``jwks_public_endpoint`` when set; ``jwks`` holds its keys unless nothing may
+    #: fetch them (``rtserver checktoken``).
+    jwks_url: str = ""
+    jwks: JWKSKeys | None = None
 
 
 @implementer(ITokenVerifier)
@@ -105,20 +114,38 @@ class JWTVerifier:
         self,
         token: TokenConfig,
         subscription_token: SubscriptionTokenConfig | None = None,
+        *,
+        clock: IReactorTime | None = None,
+        fetch: Fetch | None = None,
     ) -> None:
-        self._connection = _policy(token, "client.token")
+        def keys(url: str) -> JWKSKeys | None:
+            if not url or clock is None or fetch is None:
+                return None
+            return JWKSKeys(url, fetch, clock)
+
+        self._connection = _policy(token, "client.token", keys(token.jwks_public_endpoint))
         if subscription_token is not None and subscription_token.enabled:
             if not _has_key(subscription_token):
                 raise ValueError(
                     "client.subscription_token: enabled but no hmac_secret_key, "
                     "rsa_public_key or ecdsa_public_key is set"
                 )
-            self._subscription = _policy(subscription_token, "client.subscription_token")
+            self._subscription = _policy(
+                subscription_token,
+                "client.subscription_token",
+                keys(subscription_token.jwks_public_endpoint),
+            )
         else:
             self._subscription = self._connection
 
     @classmethod
-    def from_config(cls, client: ClientConfig) -> JWTVerifier | None:
+    def from_config(
+        cls,
+        client: ClientConfig,
+        *,
+        clock: IReactorTime | None = None,
+        fetch: Fetch | None = None,
+    ) -> JWTVerifier | None:
         """Build the verifier for ``client`` config, or None when no key is configured.
 
         Raises:
@@ -126,7 +153,7 @@ class JWTVerifier:
         """
         if not _has_key(client.token) and not client.subscription_token.enabled:
             return None
-        return cls(client.token, client.subscription_token)
+        return cls(client.token, client.subscription_token, clock=clock, fetch=fetch)
 
     def verify_connection_token(self, token: str, now: float) -> ConnectionToken:
         """Verify a connection JWT at unix time ``now``.
@@ -219,10 +246,15 @@ class JWTVerifier:
 
 
 def _has_key(config: TokenConfig) -> bool:
-    return bool(config.hmac_secret_key or config.rsa_public_key or config.ecdsa_public_key)
+    return bool(
+        config.hmac_secret_key
+        or config.rsa_public_key
+        or config.ecdsa_public_key
+        or config.jwks_public_endpoint
+    )
 
 
-def _policy(config: TokenConfig, prefix: str) -> _Policy:
+def _policy(config: TokenConfig, prefix: str, jwks: JWKSKeys | None = None) -> _Policy:
     """Prepare the keys of one config block (``prefix`` names it in errors)."""
     keys: dict[str, tuple[Algorithm, Any]] = {}
     if config.hmac_secret_key:
@@ -259,12 +291,18 @@ def _policy(config: TokenConfig, prefix: str) -> _Policy:
         user_path = tuple(config.user_id_claim.split("."))
         if not all(user_path):
             raise ValueError(f"{prefix}.user_id_claim: empty segment in claim path")
+    if config.jwks_public_endpoint and not config.jwks_public_endpoint.startswith(
+        ("http://", "https://")
+    ):
+        raise ValueError(f"{prefix}.jwks_public_endpoint: must be an http:// or https:// URL")
     return _Policy(
         keys=keys,
         audience=config.audience,
         issuer=config.issuer,
         user_path=user_path,
         section=prefix,
+        jwks_url=config.jwks_public_endpoint,
+        jwks=jwks,
     )
 
 
@@ -313,17 +351,24 @@ def _decode(token: str, policy: _Policy) -> dict[str, Any]:
         raise InvalidToken("malformed token")
     header = _json_object(_b64url(parts[0]), "header")
     alg = header.get("alg")
-    if not isinstance(alg, str) or alg not in _KNOWN_ALGS:
-        raise InvalidToken("unsupported JWT algorithm")
     if "crit" in header or header.get("b64", True) is not True:
         raise InvalidToken("unsupported JWS extension")
-    entry = policy.keys.get(alg)
-    if entry is None:
-        raise InvalidToken(
-            f"disabled JWT algorithm {alg}: {policy.section}.{_KEY_NAMES[alg[:2]]} is not set"
-            " (or holds a key of another type or curve)"
-        )
-    algorithm, key = entry
+    kid = header.get("kid")
+    if policy.jwks_url and isinstance(kid, str) and kid and alg not in _HMAC_ALGS:
+        # a key set holds public keys only: HS tokens always use hmac_secret_key
+        algorithm, key = _jwks_key(policy, kid, alg)
+    else:
+        if not isinstance(alg, str) or alg not in _KNOWN_ALGS:
+            raise InvalidToken("unsupported JWT algorithm")
+        entry = policy.keys.get(alg)
+        if entry is None:
+            if policy.jwks_url and alg not in _HMAC_ALGS:
+                raise InvalidToken("token has no kid header to pick a key of the JWKS")
+            raise InvalidToken(
+                f"disabled JWT algorithm {alg}: {policy.section}.{_KEY_NAMES[alg[:2]]} is not"
+                " set (or holds a key of another type or curve)"
+            )
+        algorithm, key = entry
     signature = _b64url(parts[2])
     signing_input = f"{parts[0]}.{parts[1]}".encode("ascii")
     try:
@@ -335,6 +380,43 @@ def _decode(token: str, policy: _Policy) -> dict[str, Any]:
     claims = _json_object(_b64url(parts[1]), "payload")
     _check_audience_issuer(claims, policy)
     return claims
+
+
+def _jwks_key(policy: _Policy, kid: str, alg: object) -> tuple[Algorithm, Any]:
+    """The algorithm and key of ``kid`` in the JWKS, pinned to the key's type and curve.
+
+    Raises:
+        KeysLoading: ``kid`` is not cached and a fetch is under way (wait, retry).
+        InvalidToken: unknown ``kid`` (no fetch allowed now, or fetched and absent),
+            or ``alg`` does not fit the key.
+    """
+    if policy.jwks is None:
+        raise InvalidToken("keys of jwks_public_endpoint are not fetched here")
+    entry = policy.jwks.get(kid)
+    if entry is None:
+        ready = policy.jwks.refetch()
+        if ready is None:
+            raise InvalidToken("unknown key id")
+        raise KeysLoading(ready)
+    if not isinstance(alg, str) or alg not in _JWKS_ALGS:
+        raise InvalidToken("unsupported JWT algorithm")
+    if entry.alg and entry.alg != alg:
+        raise InvalidToken(f"key {kid} is for {entry.alg}, not {alg}")
+    key = entry.jwk.key
+    if hasattr(key, "public_key"):  # a set that (wrongly) publishes private parts
+        key = key.public_key()
+    fits = (
+        (isinstance(key, rsa.RSAPublicKey) and alg in _RSA_ALGS)
+        or (
+            isinstance(key, ec.EllipticCurvePublicKey)
+            and alg in _EC_CURVES
+            and isinstance(key.curve, _EC_CURVES[alg])
+        )
+        or (isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey) and alg == "EdDSA")
+    )
+    if not fits:
+        raise InvalidToken(f"key {kid} does not fit algorithm {alg}")
+    return _JWKS_ALGS[alg], key
 
 
 def _check_audience_issuer(claims: dict[str, Any], policy: _Policy) -> None:

@@ -460,7 +460,9 @@ class Client:
         node = self._node
         config = self._config
         # proxy hook (connect): a connect proxy would authenticate here instead
-        token = self._authenticate(req)
+        token = await self._authenticate(req)
+        if self.closed:  # closed while the verifier fetched keys (JWKS)
+            raise Disconnect.INVALID_TOKEN
         self.name, self.version = req.name, req.version
         self.user = token.user
         self.conn_info = token.info
@@ -535,7 +537,7 @@ class Client:
             if channel in self._subs:
                 continue
             try:
-                sub = self._authorize_subscribe(hint)
+                sub = await self._authorize_subscribe(hint)
                 sub_result = await self._establish(sub, hint, reject_unrecovered=False)
             except Error as e:
                 _log.debug(
@@ -581,10 +583,10 @@ class Client:
                 self._flush_buffer(sub)
             self._joined(sub)
 
-    def _authenticate(self, req: ConnectRequest) -> ConnectionToken:
+    async def _authenticate(self, req: ConnectRequest) -> ConnectionToken:
         config = self._config
         if req.token:
-            token = self._verify_connection_token(req.token, Error.TOKEN_EXPIRED)
+            token = await self._verify_connection_token(req.token, Error.TOKEN_EXPIRED)
             if not token.user and config.disallow_anonymous_connection_tokens:
                 raise Disconnect.INVALID_TOKEN
             return token
@@ -592,13 +594,13 @@ class Client:
             return ConnectionToken(user="")
         raise Disconnect.BAD_REQUEST
 
-    def _verify_connection_token(self, raw: str, expired: Exception) -> ConnectionToken:
-        return verify_connection_token(
+    async def _verify_connection_token(self, raw: str, expired: Exception) -> ConnectionToken:
+        return await verify_connection_token(
             self._node.verifier, raw, self._clock.seconds(), expired, self.id
         )
 
-    def _verify_sub_token(self, raw: str, channel: str) -> SubscriptionToken:
-        return verify_subscription_token(
+    async def _verify_sub_token(self, raw: str, channel: str) -> SubscriptionToken:
+        return await verify_subscription_token(
             self._node.verifier,
             raw,
             self._clock.seconds(),
@@ -613,7 +615,7 @@ class Client:
         req = SubscribeRequest.parse(cmd.params)
         if not req.channel:
             raise ProtocolError("subscribe needs a channel")
-        sub = self._authorize_subscribe(req)
+        sub = await self._authorize_subscribe(req)
         result = await self._establish(sub, req, reject_unrecovered=req.reject_unrecovered)
         if self._subs.get(sub.channel) is not sub:
             return  # closed or unsubscribed while waiting
@@ -623,7 +625,7 @@ class Client:
         self._flush_buffer(sub)
         self._joined(sub)
 
-    def _authorize_subscribe(self, req: SubscribeRequest) -> Subscription:
+    async def _authorize_subscribe(self, req: SubscribeRequest) -> Subscription:
         """Permission checks (docs/client-protocol.rst, "Channels"); the new subscription."""
         node = self._node
         resolver = node.resolver
@@ -636,7 +638,9 @@ class Client:
             raise Error.LIMIT_EXCEEDED
         token: SubscriptionToken | None = None
         if req.token:
-            token = self._verify_sub_token(req.token, channel)
+            token = await self._verify_sub_token(req.token, channel)
+            if self.closed:  # closed while the verifier fetched keys (JWKS)
+                raise Error.PERMISSION_DENIED
         elif resolver.is_private(channel):
             raise Error.PERMISSION_DENIED
         elif resolver.is_user_limited(channel, opts):
@@ -856,7 +860,7 @@ class Client:
         req = RefreshRequest.parse(cmd.params)
         if not req.token:
             raise ProtocolError("refresh needs a token")
-        token = self._verify_connection_token(req.token, Disconnect.EXPIRED)
+        token = await self._verify_connection_token(req.token, Disconnect.EXPIRED)
         if token.user != self.user:
             raise Disconnect.INVALID_TOKEN
         check_unexpired(token.expire_at, self._clock.seconds())
@@ -876,7 +880,7 @@ class Client:
         if sub is None:
             raise Error.PERMISSION_DENIED
         try:
-            token = self._verify_sub_token(req.token, req.channel)
+            token = await self._verify_sub_token(req.token, req.channel)
         except Error as e:
             if e.code == Error.TOKEN_EXPIRED.code:
                 self._reply(cmd, {})

@@ -28,7 +28,9 @@ class Hub(Generic[ConnT]):
         self._clients: dict[str, ConnT] = {}
         self._sessions: dict[str, ConnT] = {}
         self._users: dict[str, dict[str, ConnT]] = {}
-        self._subs: dict[str, dict[ConnT, Subscription]] = {}
+        # Subscribers are connections, or node-level observers (the admin UI's channel
+        # inspector) that are no connection and no user.
+        self._subs: dict[str, dict[Subscriber, Subscription]] = {}
         #: Connections accepted since start, by transport name (``/metrics``).
         self.accepted: dict[str, int] = {}
 
@@ -79,7 +81,7 @@ class Hub(Generic[ConnT]):
 
     # --- subscriptions ---------------------------------------------------------------
 
-    def add_subscriber(self, channel: str, client: ConnT, sub: Subscription) -> bool:
+    def add_subscriber(self, channel: str, client: Subscriber, sub: Subscription) -> bool:
         """Add a subscriber; True when it is the channel's first on this node."""
         subs = self._subs.get(channel)
         if subs is None:
@@ -88,7 +90,7 @@ class Hub(Generic[ConnT]):
         subs[client] = sub
         return False
 
-    def remove_subscriber(self, channel: str, client: ConnT) -> bool:
+    def remove_subscriber(self, channel: str, client: Subscriber) -> bool:
         """Remove a subscriber; True when the channel has none left on this node."""
         subs = self._subs.get(channel)
         if subs is None or subs.pop(client, None) is None:
@@ -102,7 +104,7 @@ class Hub(Generic[ConnT]):
         """Whether anyone on this node is subscribed to ``channel``."""
         return channel in self._subs
 
-    def subscribers(self, channel: str) -> list[tuple[ConnT, Subscription]]:
+    def subscribers(self, channel: str) -> list[tuple[Subscriber, Subscription]]:
         """A snapshot of ``channel``'s local subscribers."""
         return list(self._subs.get(channel, {}).items())
 

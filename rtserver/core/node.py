@@ -28,7 +28,14 @@ from rtserver.core.client import Client
 from rtserver.core.cluster import Cluster, SurveyCode
 from rtserver.core.hub import Hub
 from rtserver.core.loops import run_every
-from rtserver.core.ports import IEngine, IEngineHandler, IPresenceManager, ISink, ITokenVerifier
+from rtserver.core.ports import (
+    IEngine,
+    IEngineHandler,
+    IPresenceManager,
+    ISink,
+    ITokenVerifier,
+    Subscriber,
+)
 from rtserver.core.positions import PositionCheck
 from rtserver.core.subscription import Subscription
 from rtserver.core.types import (
@@ -215,8 +222,14 @@ class Node:
         """How many connected clients ``user`` has on this node."""
         return len(self.hub.user_clients(user))
 
-    def add_subscription(self, channel: str, client: Client, sub: Subscription) -> Deferred[None]:
-        """Add a local subscriber; fires once the engine delivers ``channel`` here."""
+    def add_subscription(
+        self, channel: str, client: Subscriber, sub: Subscription
+    ) -> Deferred[None]:
+        """Add a local subscriber; fires once the engine delivers ``channel`` here.
+
+        ``client`` is a connection, or an observer that is no connection (the admin UI's
+        channel inspector): it receives the channel's traffic without being a user.
+        """
         if self.hub.add_subscriber(channel, client, sub):
             self._subscribing[channel] = []
             self.engine.subscribe(channel).addBoth(self._subscribed, channel)
@@ -236,7 +249,7 @@ class Node:
         if isinstance(result, Failure) and not self.hub.has_subscribers(channel):
             _log.failure("engine subscribe to {channel} failed", result, channel=channel)
 
-    def remove_subscription(self, channel: str, client: Client) -> None:
+    def remove_subscription(self, channel: str, client: Subscriber) -> None:
         """Remove a local subscriber; the engine stops delivering when none are left."""
         if self.hub.remove_subscriber(channel, client):
             self.background(self.engine.unsubscribe(channel), f"unsubscribe {channel}")

@@ -8,8 +8,17 @@ carries.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 from rtserver.core.ports import ITokenVerifier
-from rtserver.core.types import ConnectionToken, InvalidToken, SubscriptionToken, TokenExpired
+from rtserver.core.types import (
+    ConnectionToken,
+    InvalidToken,
+    KeysLoading,
+    SubscriptionToken,
+    TokenExpired,
+)
 from rtserver.logs import Logger
 from rtserver.protocol.codes import Disconnect, Error
 
@@ -22,8 +31,22 @@ __all__ = [
 
 _log = Logger()
 
+T = TypeVar("T")
 
-def verify_connection_token(
+
+async def _verified(check: Callable[[], T]) -> T:
+    """Run ``check``; if its keys are being fetched (JWKS), wait for them and run it again.
+
+    A second :class:`KeysLoading` propagates as the InvalidToken it is.
+    """
+    try:
+        return check()
+    except KeysLoading as e:
+        await e.ready
+    return check()
+
+
+async def verify_connection_token(
     verifier: ITokenVerifier | None, raw: str, now: float, expired: Exception, client_id: str
 ) -> ConnectionToken:
     """Verify a connection token.
@@ -36,7 +59,7 @@ def verify_connection_token(
     if verifier is None:
         raise Disconnect.INVALID_TOKEN
     try:
-        return verifier.verify_connection_token(raw, now)
+        return await _verified(lambda: verifier.verify_connection_token(raw, now))
     except TokenExpired:
         raise expired from None
     except InvalidToken as e:
@@ -44,7 +67,7 @@ def verify_connection_token(
         raise Disconnect.INVALID_TOKEN from None
 
 
-def verify_subscription_token(
+async def verify_subscription_token(
     verifier: ITokenVerifier | None,
     raw: str,
     now: float,
@@ -63,7 +86,7 @@ def verify_subscription_token(
     if verifier is None:
         raise Error.PERMISSION_DENIED
     try:
-        token = verifier.verify_subscription_token(raw, now)
+        token = await _verified(lambda: verifier.verify_subscription_token(raw, now))
     except TokenExpired:
         raise Error.TOKEN_EXPIRED from None
     except InvalidToken as e:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from twisted.internet.defer import Deferred
+
 from rtserver.protocol.frames import Publication, StreamPosition
 
 __all__ = [
@@ -89,6 +91,18 @@ class TokenExpired(Exception):
 
 class InvalidToken(Exception):
     """The token is malformed, badly signed, or has claims it must not have."""
+
+
+class KeysLoading(InvalidToken):
+    """The token names a key (``kid``) the verifier is fetching right now.
+
+    The caller may wait for ``ready`` (it never fails) and verify once more; one that
+    cannot wait treats it as the :class:`InvalidToken` it is.
+    """
+
+    def __init__(self, ready: Deferred[None]) -> None:
+        super().__init__("unknown key id; keys are being fetched")
+        self.ready = ready
 
 
 @dataclass(frozen=True)

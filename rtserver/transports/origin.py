@@ -17,6 +17,10 @@ class OriginPolicy:
     """Decides whether a request's ``Origin`` may use the server."""
 
     def __init__(self, patterns: Iterable[str]) -> None:
+        self.replace(patterns)
+
+    def replace(self, patterns: Iterable[str]) -> None:
+        """Admit ``patterns`` from now on (SIGHUP reload; every transport shares the policy)."""
         self._any = False
         regexes = []
         for pattern in patterns:

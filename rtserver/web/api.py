@@ -112,6 +112,12 @@ class APIResource(Resource):
         self._key = config.key.encode("utf-8")
         self._warned_no_key = False
 
+    def reconfigure(self, config: HTTPAPIConfig) -> None:
+        """Use the key and ``insecure`` flag of ``config`` from now on (SIGHUP reload)."""
+        self._config = config
+        self._key = config.key.encode("utf-8")
+        self._warned_no_key = False
+
     def getChild(self, path: bytes, request: Request) -> Resource:
         """``<prefix>/<method>``; an empty segment (``<prefix>/``) is the legacy route."""
         if not path:

@@ -1,0 +1,113 @@
+// Drives the admin web UI in a real headless Chromium (Debian /usr/bin/chromium) with
+// playwright-core, as an operator would: wrong password, login, status page, follow a
+// channel, publish from the actions page, see it arrive. One JSON object per line on
+// stdout ({"step": ...} observations, {"fatal": ...} on failure, {"done": true} at the end);
+// pytest asserts on them. Screenshots go to SCREENSHOT_DIR (never committed).
+// env: CHROMIUM, USER_DATA_DIR, ADMIN_URL, PASSWORD, CHANNEL, NODE_NAMES (comma separated),
+//      SCREENSHOT_DIR, SCENARIO_TIMEOUT_MS
+import { createRequire } from 'node:module';
+
+const require = createRequire(new URL('../interop/package.json', import.meta.url));
+const { chromium } = require('playwright-core');
+
+const TIMEOUT_MS = Number(process.env.SCENARIO_TIMEOUT_MS || 25000);
+let context = null;
+
+function emit(obj) {
+  process.stdout.write(JSON.stringify(obj) + '\n');
+}
+
+async function fatal(message) {
+  emit({ fatal: String(message) });
+  if (context) await context.close().catch(() => {});
+  process.exit(2);
+}
+
+setTimeout(() => fatal(`driver timeout after ${TIMEOUT_MS} ms`), TIMEOUT_MS).unref();
+process.on('unhandledRejection', (reason) => fatal(reason && reason.stack ? reason.stack : reason));
+
+const env = (name) => process.env[name] || fatal(`environment variable ${name} is required`);
+const url = env('ADMIN_URL');
+const shots = env('SCREENSHOT_DIR');
+const channel = env('CHANNEL');
+
+context = await chromium.launchPersistentContext(env('USER_DATA_DIR'), {
+  executablePath: env('CHROMIUM'),
+  headless: true,
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-sync',
+    '--disable-background-networking', '--disable-component-update'],
+  viewport: { width: 1200, height: 800 },
+  timeout: 15000,
+});
+const page = context.pages()[0] || (await context.newPage());
+page.on('pageerror', (err) => emit({ step: 'pageerror', message: String(err) }));
+page.on('console', (msg) => { if (msg.type() === 'error') emit({ step: 'console', text: msg.text() }); });
+
+await page.goto(url, { waitUntil: 'load', timeout: 10000 });
+await page.waitForSelector('#login:not([hidden])');
+
+// Without a session every admin API answers 401.
+const anonymous = await page.evaluate(async () => {
+  const out = {};
+  for (const [path, method] of [['admin/api/info', 'POST'], ['admin/api', 'POST'], ['admin/status', 'GET'], ['admin/channel?channel=x', 'GET']]) {
+    out[path] = (await fetch(path, { method, body: method === 'POST' ? '{}' : undefined })).status;
+  }
+  return out;
+});
+emit({ step: 'anonymous', statuses: anonymous });
+
+await page.fill('#password', 'not the password');
+await page.click('#login-form button[type=submit]');
+await page.waitForSelector('#login-error:not([hidden])');
+emit({ step: 'wrong-password', text: await page.textContent('#login-error'), appHidden: await page.isHidden('#app') });
+await page.screenshot({ path: `${shots}/admin-login.png` });
+
+await page.fill('#password', env('PASSWORD'));
+await page.click('#login-form button[type=submit]');
+await page.waitForSelector('#app:not([hidden])');
+const names = env('NODE_NAMES').split(',');
+await page.waitForFunction((expected) => {
+  const cells = [...document.querySelectorAll('#nodes tbody tr td:first-child')].map((td) => td.textContent);
+  return expected.every((name) => cells.some((cell) => cell.startsWith(name)));
+}, names, { timeout: 10000 });
+const rows = await page.$$eval('#nodes tbody tr', (trs) => trs.map((tr) => [...tr.children].map((td) => td.textContent)));
+const summary = await page.textContent('#summary');
+emit({ step: 'status', rows, summary });
+await page.screenshot({ path: `${shots}/admin-status.png` });
+
+// Follow the channel first, so the publication has somewhere to arrive.
+await page.click('nav button[data-page=channel]');
+await page.fill('#watch-channel', channel);
+await page.click('#watch');
+await page.waitForFunction(() => document.querySelector('#watch-state').textContent.startsWith('following'));
+emit({ step: 'following', state: await page.textContent('#watch-state') });
+
+await page.click('nav button[data-page=actions]');
+await page.selectOption('#method', 'publish');
+await page.fill('#fields [name=channel]', channel);
+await page.fill('#fields [name=data]', '{"text": "hello from the actions page"}');
+await page.click('#run');
+await page.waitForFunction(() => document.querySelector('#reply').textContent.trim() !== '');
+emit({ step: 'reply', text: await page.textContent('#reply') });
+await page.selectOption('#method', 'info');
+await page.click('#run');
+await page.waitForFunction(() => document.querySelector('#reply').textContent.includes('nodes'));
+await page.screenshot({ path: `${shots}/admin-actions.png` });
+
+await page.click('nav button[data-page=channel]');
+await page.waitForFunction(() => [...document.querySelectorAll('#events li.pub')].length > 0, null, { timeout: 10000 });
+await page.waitForFunction(() => document.querySelectorAll('#presence tbody tr').length > 0, null, { timeout: 10000 }).catch(() => {});
+emit({
+  step: 'inspector',
+  events: await page.$$eval('#events li', (lis) => lis.map((li) => [li.className, li.textContent])),
+  presence: await page.$$eval('#presence tbody tr', (trs) => trs.map((tr) => [...tr.children].map((td) => td.textContent))),
+});
+await page.screenshot({ path: `${shots}/admin-channel.png` });
+
+await page.click('#logout');
+await page.waitForSelector('#login:not([hidden])');
+const afterLogout = await page.evaluate(async () => (await fetch('admin/status')).status);
+emit({ step: 'logout', status: afterLogout, token: await page.evaluate(() => sessionStorage.length) });
+emit({ done: true });
+await context.close();
+process.exit(0);
