@@ -195,6 +195,12 @@ class HTTPConnection:
                     self.close()
                     if attempt:
                         raise
+                except BaseException:
+                    # Cancelled (the caller's deadline) or failed mid-exchange: the answer
+                    # may still arrive and would be read as the next request's, so this
+                    # connection cannot be reused.
+                    self.close()
+                    raise
         raise AssertionError("unreachable")
 
     def close(self) -> None:
