@@ -352,30 +352,27 @@ def _print_claims(claims: Mapping[str, Any]) -> None:
     print(json.dumps(claims, indent=2, ensure_ascii=False))
 
 
-def cmd_checktoken(args: argparse.Namespace) -> int:
-    """Verify a connection token as the server does and print its payload as JSON."""
+def _check_token(args: argparse.Namespace, subscription: bool) -> int:
     verifier = _verifier(_load(args.config))
+    check = verifier.check_subscription_token if subscription else verifier.check_connection_token
     try:
-        _, claims = verifier.check_connection_token(args.token, time.time())
+        _, claims = check(args.token, time.time())
     except TokenExpired:
         raise CLIError("invalid token: token expired") from None
     except InvalidToken as e:
         raise CLIError(f"invalid token: {e}") from None
     _print_claims(claims)
     return 0
+
+
+def cmd_checktoken(args: argparse.Namespace) -> int:
+    """Verify a connection token as the server does and print its payload as JSON."""
+    return _check_token(args, subscription=False)
 
 
 def cmd_checksubtoken(args: argparse.Namespace) -> int:
     """Verify a subscription token as the server does and print its payload as JSON."""
-    verifier = _verifier(_load(args.config))
-    try:
-        _, claims = verifier.check_subscription_token(args.token, time.time())
-    except TokenExpired:
-        raise CLIError("invalid token: token expired") from None
-    except InvalidToken as e:
-        raise CLIError(f"invalid token: {e}") from None
-    _print_claims(claims)
-    return 0
+    return _check_token(args, subscription=True)
 
 
 def cmd_version(args: argparse.Namespace) -> int:
