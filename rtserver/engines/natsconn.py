@@ -309,6 +309,8 @@ class NatsProtocol(Protocol):
 class _Factory(ClientFactory):
     """Builds the link's protocol and reports failed connection attempts."""
 
+    noisy = False  # no "Starting factory" line per reconnect attempt
+
     def __init__(self, link: NatsLink) -> None:
         self.link = link
 
