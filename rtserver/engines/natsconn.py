@@ -4,9 +4,9 @@ Why not the official ``nats-py``: it runs on an asyncio event loop, while rtserv
 twistd's default epoll reactor; using it would mean switching the whole process to the
 asyncio reactor (a global decision affecting every transport) or running it on a thread.
 The core protocol the broker needs is small (``INFO``, ``CONNECT``, ``PUB``, ``SUB``,
-``UNSUB``, ``MSG``, ``PING``, ``PONG``, ``+OK``, ``-ERR``; see docs/cluster.rst, "NATS
-broker"), so :class:`NatsLink` speaks it directly: no threads, no second event loop, one
-``transport.write`` per publication.
+``UNSUB``, ``MSG``, ``PING``, ``PONG``, ``+OK``, ``-ERR``; see
+docs/cluster.rst, "The NATS client"), so :class:`NatsLink` speaks it directly: no
+threads, no second event loop, one ``transport.write`` per publication.
 
 The link:
 

@@ -33,7 +33,7 @@ class Socket(StringTransport):
 
     aborted = False
 
-    def abortConnection(self) -> None:  # noqa: N802 - Twisted API
+    def abortConnection(self) -> None:
         self.aborted = True
 
 
