@@ -306,14 +306,18 @@ class NatsBroker:
 
         In raw mode only the data is sent and nothing is kept.
         """
-        if self._raw:
-            return self._publish_channel(channel, publication.data).addCallback(_no_position)
         store = self._store
-        history = options.history_size > 0 and options.history_ttl > 0
-        if store is None or not (history or options.idempotency_key):
-            return self._publish_channel(channel, encode_publication(publication)).addCallback(
-                _no_position
-            )
+        if self._raw or store is None or not (
+            options.idempotency_key or (options.history_size > 0 and options.history_ttl > 0)
+        ):
+            payload = publication.data if self._raw else encode_publication(publication)
+            try:
+                if self._wildcard(channel):
+                    raise Error.BAD_REQUEST.with_message("cannot publish into a wildcard channel")
+                self.link.publish(self._subject(channel), payload)
+            except (Error, NatsUnavailable) as e:
+                return fail(e)
+            return succeed(_NO_POSITION)
         if self._wildcard(channel):
             return fail(Error.BAD_REQUEST.with_message("cannot publish into a wildcard channel"))
         try:
@@ -383,10 +387,6 @@ class NatsBroker:
 def _valid_subject(text: str) -> bool:
     """No whitespace or control bytes, no empty ``.``-separated token."""
     return bool(text) and not _BAD_SUBJECT.search(text) and "" not in text.split(".")
-
-
-def _no_position(_: object) -> StreamPosition:
-    return _NO_POSITION
 
 
 def _ignore_unavailable(failure: Failure) -> None:

@@ -79,7 +79,7 @@ def redis_nats_cluster(
         "broker": {"enabled": True, "type": "nats",
                    "nats": {"url": nats.url, "prefix": name("t")}},
     })
-    config["channel"] = merge(config["channel"], {})
+    config["channel"] = dict(config["channel"])
     config["channel"]["namespaces"] = [*config["channel"]["namespaces"], small]
     cluster = _start(Cluster(tmp_path, config, secret, api_key))
     try:

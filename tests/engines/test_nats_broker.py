@@ -257,3 +257,42 @@ async def test_authenticated_server() -> None:
 def test_redis_history_store_type() -> None:
     """The Redis engine serves as the NATS broker's history store."""
     assert callable(RedisEngine.append)
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_subscribing_to_a_channel_nats_refuses_gets_107(
+    nats_server: NatsServer,
+) -> None:
+    """A client asking for ``news.*`` (wildcards off) gets 107; nothing is logged as a failure.
+
+    The broker's refusal is the client's error, not a server fault: the node must not
+    log it with a traceback.
+    """
+    from twisted.internet import reactor
+
+    from rtserver import config as rtconfig
+    from rtserver.core.node import Node
+    from rtserver.testing import RecordingSink
+
+    cfg = rtconfig.from_mapping({"client": {"insecure": True}})
+    broker = make_broker(nats_server.url)
+    node = Node(CompositeEngine(broker, broker, make_engine_memory()), cfg, clock=reactor)
+    await node.start()
+    try:
+        sink = RecordingSink()
+        client = node.make_client(sink)
+        client.receive(b'{"id":1,"connect":{}}\n{"id":2,"subscribe":{"channel":"news.*"}}')
+        await until(lambda: any(r.get("id") == 2 for r in sink.replies()), what="reply 2")
+        reply = next(r for r in sink.replies() if r.get("id") == 2)
+        assert reply["error"]["code"] == 107
+        assert not sink.closed
+    finally:
+        await node.stop()
+
+
+def make_engine_memory() -> Any:
+    from twisted.internet import reactor
+
+    from rtserver.engines.memory import MemoryEngine
+
+    return MemoryEngine(reactor)
