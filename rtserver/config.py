@@ -29,12 +29,15 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 __all__ = [
     "AdminConfig",
+    "BrokerConfig",
     "ChannelConfig",
     "ChannelOptions",
     "ClientConfig",
     "Config",
     "ConfigError",
     "NamespaceOptions",
+    "NatsBrokerConfig",
+    "PresenceManagerConfig",
     "RedisAddress",
     "SchemaKey",
     "default_tree",
@@ -399,6 +402,46 @@ class AdminConfig:
 
 
 @dataclass(frozen=True)
+class NatsRawModeConfig:
+    """NATS raw mode: channels map to plain NATS subjects, payloads travel unwrapped."""
+
+    enabled: bool = False
+    channel_replacements: dict[str, str] = field(default_factory=dict)
+    prefix: str = ""
+
+
+@dataclass(frozen=True)
+class NatsBrokerConfig:
+    """The NATS broker (``broker.type: nats``): PUB/SUB between nodes over NATS."""
+
+    url: str = "nats://localhost:4222"
+    prefix: str = "centrifugo"
+    dial_timeout: float = duration(1.0)
+    write_timeout: float = duration(1.0)
+    allow_wildcards: bool = False
+    raw_mode: NatsRawModeConfig = field(default_factory=NatsRawModeConfig)
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """A broker chosen apart from ``engine`` (Centrifugo v6's ``broker`` section)."""
+
+    enabled: bool = False
+    type: str = "memory"
+    redis: RedisEngineConfig = field(default_factory=RedisEngineConfig)
+    nats: NatsBrokerConfig = field(default_factory=NatsBrokerConfig)
+
+
+@dataclass(frozen=True)
+class PresenceManagerConfig:
+    """A presence manager chosen apart from ``engine`` (``presence_manager`` section)."""
+
+    enabled: bool = False
+    type: str = "memory"
+    redis: RedisEngineConfig = field(default_factory=RedisEngineConfig)
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     """This node's identity in ``info`` and cluster messages."""
 
@@ -426,6 +469,8 @@ class Config:
     health: HealthConfig = field(default_factory=HealthConfig)
     prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+    presence_manager: PresenceManagerConfig = field(default_factory=PresenceManagerConfig)
     node: NodeConfig = field(default_factory=NodeConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
 
@@ -523,11 +568,18 @@ class SchemaKey:
         return value
 
     @property
+    def is_map(self) -> bool:
+        """Whether the key is a string-to-string map, JSON in the environment."""
+        return typing.get_origin(self.hint) is dict
+
+    @property
     def env_default(self) -> str:
         """The default as the environment loader reads it back."""
         value = self.default
         if isinstance(value, bool):
             return "true" if value else "false"
+        if isinstance(value, dict):
+            return json.dumps(value)
         if isinstance(value, list):
             return json.dumps(value) if self.holds_objects else " ".join(value)
         return str(value)
@@ -558,6 +610,11 @@ class SchemaKey:
                 return json.loads(raw)
             except ValueError:
                 raise ConfigError(f"{name}: expected a JSON array") from None
+        if self.is_map:
+            try:
+                return json.loads(raw)
+            except ValueError:
+                raise ConfigError(f"{name}: expected a JSON object") from None
         if typing.get_origin(hint) is list:
             return raw.split()
         return raw
@@ -935,6 +992,12 @@ def _convert(value: Any, hint: Any, f: dataclasses.Field[Any], key: str, warn: l
         if not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{key}: expected a list of strings")
         return list(value)
+    if origin is dict:
+        if not isinstance(value, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            raise ConfigError(f"{key}: expected an object of strings")
+        return dict(value)
     if hint is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true or false, got {_shown(value, key)}")
@@ -1060,6 +1123,7 @@ def validate(config: Config) -> None:
         )
     if config.engine.type == "redis":
         _validate_redis(config.engine.redis)
+    _validate_broker(config)
     if config.log.level not in ("trace", "debug", "info", "warn", "error", "fatal", "none"):
         raise ConfigError(f"log.level: unknown level {config.log.level!r}")
     if config.websocket.message_size_limit < 1024:
@@ -1124,6 +1188,59 @@ def _validate_redis(redis: RedisEngineConfig) -> None:
             value = getattr(tls, pem)
             if value:
                 load_pem(value, f"engine.redis.{name}.{pem}")
+
+
+_BROKER_TYPES = ("memory", "redis", "nats")
+_PRESENCE_MANAGER_TYPES = ("memory", "redis")
+
+
+def _validate_broker(config: Config) -> None:
+    """``broker`` and ``presence_manager``: checked only when enabled, as Centrifugo does."""
+    broker = config.broker
+    if broker.enabled:
+        if broker.type not in _BROKER_TYPES:
+            raise ConfigError(
+                f"broker.type: unsupported broker {broker.type!r} (supported: memory, redis, nats)"
+            )
+        if broker.type == "redis":
+            _validate_redis_at(broker.redis, "broker.redis")
+        if broker.type == "nats":
+            _validate_nats(broker.nats)
+    pm = config.presence_manager
+    if pm.enabled:
+        if pm.type not in _PRESENCE_MANAGER_TYPES:
+            raise ConfigError(
+                f"presence_manager.type: unsupported presence manager {pm.type!r} "
+                "(supported: memory, redis)"
+            )
+        if pm.type == "redis":
+            _validate_redis_at(pm.redis, "presence_manager.redis")
+
+
+def _validate_redis_at(redis: RedisEngineConfig, key: str) -> None:
+    """The checks of ``engine.redis`` for a Redis section found at ``key``."""
+    try:
+        _validate_redis(redis)
+    except ConfigError as e:
+        raise ConfigError(str(e).replace("engine.redis", key, 1)) from None
+
+
+def _validate_nats(nats: NatsBrokerConfig) -> None:
+    parts = urlsplit(nats.url.split(",")[0].strip())
+    if parts.scheme not in ("nats", "tls") or not parts.hostname:
+        raise ConfigError(
+            f"broker.nats.url: expected nats://[user:password@]host[:port], got {nats.url!r}"
+        )
+    if parts.scheme == "tls":
+        raise ConfigError("broker.nats.url: TLS to NATS is not supported yet (use nats://)")
+    try:
+        parts.port  # noqa: B018 - parsing the port validates it
+    except ValueError:
+        raise ConfigError("broker.nats.url: invalid port") from None
+    if nats.dial_timeout <= 0 or nats.write_timeout <= 0:
+        raise ConfigError("broker.nats: dial_timeout and write_timeout must be positive")
+    if not nats.raw_mode.enabled and not nats.prefix:
+        raise ConfigError("broker.nats.prefix: must not be empty")
 
 
 def _validate_options(opts: ChannelOptions, key: str, config: Config) -> None:

@@ -20,10 +20,11 @@ from twisted.web.resource import Resource
 from rtserver import logs
 from rtserver.api.executor import APIExecutor
 from rtserver.auth.jwt import JWTVerifier
-from rtserver.config import Config
+from rtserver.config import Config, RedisEngineConfig
 from rtserver.core.channels import ChannelResolver
 from rtserver.core.node import Node
-from rtserver.core.ports import IEngine
+from rtserver.core.ports import IBroker, IEngine, IHistory
+from rtserver.engines.composite import CompositeEngine
 from rtserver.engines.memory import MemoryEngine
 from rtserver.logs import Logger
 from rtserver.transports.emulation import EmulationResource, HTTPStreamResource, SSEResource
@@ -50,6 +51,7 @@ __all__ = [
     "build_sites",
     "build_verifier",
     "default_listen",
+    "describe_engine",
     "enabled_transports",
 ]
 
@@ -89,11 +91,11 @@ class NodeService(Service):
         super().startService()
         config = self.node.config
         _log.info(
-            "rtserver {version} node {name}: {engine} engine, transports {transports}, "
+            "rtserver {version} node {name}: {engine}, transports {transports}, "
             "listening on {endpoints}",
             version=self.node.version,
             name=self.node.name,
-            engine=config.engine.type,
+            engine=describe_engine(config),
             transports=", ".join(enabled_transports(config)) or "none",
             endpoints=", ".join(self._endpoints),
         )
@@ -221,11 +223,64 @@ def enabled_transports(config: Config) -> list[str]:
 
 
 def build_engine(config: Config, reactor: Any) -> IEngine:
-    """The engine ``engine.type`` names: memory (default) or redis."""
-    if config.engine.type == "redis":
+    """The engine for ``engine``, with ``broker``/``presence_manager`` replacing a side.
+
+    As Centrifugo v6: ``engine.type`` (memory, redis) configures broker, history and
+    presence together; an enabled ``broker`` replaces the broker (and its history), an
+    enabled ``presence_manager`` the presence. A NATS broker keeps history in the
+    ``engine.type: redis`` engine when there is one, and has none otherwise (see
+    docs/cluster.rst, "NATS broker").
+    """
+    broker_config, pm_config = config.broker, config.presence_manager
+    if not broker_config.enabled and not pm_config.enabled:
+        return _engine_of(config.engine.type, config.engine.redis, reactor)
+    base: IEngine | None = None
+    if not (broker_config.enabled and pm_config.enabled):
+        base = _engine_of(config.engine.type, config.engine.redis, reactor)
+    broker: IBroker
+    history: IHistory
+    if broker_config.enabled and broker_config.type == "nats":
+        from rtserver.engines.nats import NatsBroker
         from rtserver.engines.redis import RedisEngine
 
-        return RedisEngine(reactor, config.engine.redis, reactor=reactor)
+        store = base if isinstance(base, RedisEngine) else None
+        nats = NatsBroker(reactor, broker_config.nats, reactor=reactor, history=store)
+        broker, history = nats, nats
+    elif broker_config.enabled:
+        engine = _engine_of(broker_config.type, broker_config.redis, reactor)
+        broker, history = engine, engine
+    else:
+        assert base is not None
+        broker, history = base, base
+    presence: IEngine
+    if pm_config.enabled:
+        presence = _engine_of(pm_config.type, pm_config.redis, reactor)
+    else:
+        assert base is not None
+        presence = base
+    parts = [e for e in (base, presence) if e is not None]
+    if base is not None and history is broker and base is not presence:
+        parts.remove(base)  # neither history nor presence: not needed at all
+    unique = list({id(e): e for e in parts}.values())
+    return CompositeEngine(broker, history, presence, unique)
+
+
+def describe_engine(config: Config) -> str:
+    """The backends in one phrase for the start-up log line."""
+    broker = config.broker.type if config.broker.enabled else config.engine.type
+    presence = (
+        config.presence_manager.type if config.presence_manager.enabled else config.engine.type
+    )
+    if broker == presence == config.engine.type:
+        return f"{broker} engine"
+    return f"{broker} broker, {presence} presence"
+
+
+def _engine_of(kind: str, redis: RedisEngineConfig, reactor: Any) -> IEngine:
+    if kind == "redis":
+        from rtserver.engines.redis import RedisEngine
+
+        return RedisEngine(reactor, redis, reactor=reactor)
     return MemoryEngine(reactor)
 
 

@@ -154,6 +154,19 @@ MEANING = {
     "engine.redis.idempotent_result_ttl": "how long an ``idempotency_key`` result is kept",
     "engine.redis.pubsub_probe_interval":
         "probe a silent PUB/SUB link after this; reconnect if deaf",
+    "broker.enabled": "replace the engine's broker (PUB/SUB and history) with ``broker.type``",
+    "broker.type": "memory, redis or nats (read only when enabled)",
+    "broker.nats.url": "``nats://[user:pass@]host:port`` of the NATS server",
+    "broker.nats.prefix": "prefix of every NATS subject rtserver uses",
+    "broker.nats.dial_timeout": "give up a connection attempt (TCP and handshake) after this",
+    "broker.nats.write_timeout": "drop a NATS connection whose writes block this long",
+    "broker.nats.allow_wildcards": "allow channels with ``*``/``>`` (NATS wildcard subscriptions)",
+    "broker.nats.raw_mode.enabled": "channels are plain NATS subjects; payloads unwrapped",
+    "broker.nats.raw_mode.channel_replacements":
+        "JSON object: substrings replaced in channel names to form subjects",
+    "broker.nats.raw_mode.prefix": "subject prefix in raw mode (not ``broker.nats.prefix``)",
+    "presence_manager.enabled": "replace the engine's presence with ``presence_manager.type``",
+    "presence_manager.type": "memory or redis (read only when enabled)",
     "prometheus.enabled": "serve Prometheus metrics",
     "prometheus.handler_prefix": "path of the metrics endpoint",
     "node.name": "name in ``info`` (default ``<hostname>_<port>``)",
@@ -197,6 +210,8 @@ def _default(key: config.SchemaKey) -> str:
     value = key.default
     if isinstance(value, bool):
         return "true" if value else "false"
+    if value == {}:
+        return "{}"
     if value == "":
         return '""'
     if value == []:
@@ -204,9 +219,19 @@ def _default(key: config.SchemaKey) -> str:
     return str(value)
 
 
+def _meaning(name: str) -> str:
+    """The key's meaning; a Redis section of broker/presence_manager reads as engine.redis."""
+    if name in MEANING:
+        return MEANING[name]
+    for section in ("broker.redis.", "presence_manager.redis."):
+        if name.startswith(section):
+            return "as ``engine.redis." + name.removeprefix(section) + "``, for this side"
+    return ""
+
+
 def _rows(cls: type, skip: str = "") -> list[tuple[str, str, str]]:
     return [
-        (f"``{key.name}``", f"``{_default(key)}``", MEANING.get(key.name, ""))
+        (f"``{key.name}``", f"``{_default(key)}``", _meaning(key.name))
         for key in config.schema_keys(cls)
         if not (skip and key.name.startswith(skip + "."))
     ]

@@ -230,13 +230,16 @@ class Node:
         ``client`` is a connection, or an observer that is no connection (the admin UI's
         channel inspector): it receives the channel's traffic without being a user.
         """
+        waiter: Deferred[None] = Deferred()
         if self.hub.add_subscriber(channel, client, sub):
-            self._subscribing[channel] = []
+            # The waiter is registered first: an engine that refuses at once (a channel
+            # its backend cannot carry, a link that is down) fires before returning.
+            self._subscribing[channel] = [waiter]
             self.engine.subscribe(channel).addBoth(self._subscribed, channel)
+            return waiter
         waiters = self._subscribing.get(channel)
         if waiters is None:
             return succeed(None)
-        waiter: Deferred[None] = Deferred()
         waiters.append(waiter)
         return waiter
 
@@ -247,7 +250,12 @@ class Node:
             else:
                 waiter.callback(None)
         if isinstance(result, Failure) and not self.hub.has_subscribers(channel):
-            _log.failure("engine subscribe to {channel} failed", result, channel=channel)
+            if isinstance(result.value, Error):  # the engine refused the channel
+                _log.debug(
+                    "engine refused {channel}: {error}", channel=channel, error=result.value
+                )
+            else:
+                _log.failure("engine subscribe to {channel} failed", result, channel=channel)
 
     def remove_subscription(self, channel: str, client: Subscriber) -> None:
         """Remove a local subscriber; the engine stops delivering when none are left."""

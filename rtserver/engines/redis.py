@@ -357,6 +357,30 @@ class RedisEngine:
         if not history and not options.idempotency_key:
             d = shard.command.execute("PUBLISH", self._client_channel(channel), payload)
             return d.addCallback(lambda _: StreamPosition(0, ""))
+        d = self._append(channel, payload, options, history, self._client_channel(channel))
+        return d.addCallback(lambda r: r[0])
+
+    def append(
+        self, channel: str, publication: Publication, options: PublishOptions
+    ) -> Deferred[tuple[StreamPosition, bool]]:
+        """Append to the stream and keep the idempotent result, without PUBLISH.
+
+        For a broker whose PUB/SUB runs elsewhere (NATS) while history stays here.
+        Fires with the position and whether it is a repeated idempotency key's first
+        result (then nothing was appended and nothing should be delivered).
+        """
+        history = options.history_size > 0 and options.history_ttl > 0
+        return self._append(channel, encode_publication(publication), options, history, b"")
+
+    def _append(
+        self,
+        channel: str,
+        payload: bytes,
+        options: PublishOptions,
+        history: bool,
+        pubsub_channel: bytes,
+    ) -> Deferred[tuple[StreamPosition, bool]]:
+        shard = self._shard(channel)
         p = self._prefix
         result_key = (
             f"{p}.result.{channel}.{options.idempotency_key}" if options.idempotency_key else ""
@@ -369,13 +393,13 @@ class RedisEngine:
                 payload,
                 options.history_size if history else 0,
                 _ms(options.history_ttl),
-                self._client_channel(channel),
+                pubsub_channel,
                 _ms(options.history_meta_ttl),
                 new_epoch(self._rng),
                 _ms(idempotency_ttl),
             ],
         )
-        return d.addCallback(lambda r: StreamPosition(int(r[0]), r[1].decode()))
+        return d.addCallback(lambda r: (StreamPosition(int(r[0]), r[1].decode()), bool(r[2])))
 
     def publish_join(self, channel: str, info: ClientInfo) -> Deferred[None]:
         """PUBLISH a join."""

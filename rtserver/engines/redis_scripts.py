@@ -31,6 +31,8 @@ class Script:
 #: KEYS: stream, meta, idempotency result ('' = none).
 #: ARGV: payload, history_size (0 = no history), history_ttl_ms, pubsub channel,
 #: meta_ttl_ms, new epoch candidate, idempotency_ttl_ms.
+#: An empty pubsub channel appends without PUBLISH (history for another broker's
+#: PUB/SUB, e.g. NATS).
 #: Returns {offset, epoch, from_cache}.
 PUBLISH = Script(
     "publish",
@@ -61,8 +63,10 @@ if tonumber(ARGV[2]) > 0 then
   if tonumber(ARGV[5]) > 0 then
     redis.call('pexpire', KEYS[2], ARGV[5])
   end
-  redis.call('publish', ARGV[4], '__p1:' .. offset .. ':' .. epoch .. '__' .. ARGV[1])
-else
+  if ARGV[4] ~= '' then
+    redis.call('publish', ARGV[4], '__p1:' .. offset .. ':' .. epoch .. '__' .. ARGV[1])
+  end
+elseif ARGV[4] ~= '' then
   redis.call('publish', ARGV[4], ARGV[1])
 end
 if result_key ~= '' then

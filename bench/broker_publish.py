@@ -1,0 +1,183 @@
+"""S7: the publishing node's CPU per publication, NATS broker vs Redis engine, in-process.
+
+::
+
+    PYTHONPATH=. python bench/broker_publish.py                 # 20k publications x 3 rounds
+    PYTHONPATH=. python bench/broker_publish.py --pubs 50000 --rounds 5
+
+A ``Node`` (no clients, no HTTP) publishes through each backend against a real
+``redis-server`` / ``nats-server`` on loopback: ``Node.publish`` -> engine -> socket,
+``--batch`` publications per reactor turn, each batch awaited (Redis replies; for NATS a
+PING round trip after the batch, so every byte is on the wire and the server has
+processed it). Backends: ``redis`` (the Redis engine: PUBLISH, or one EVALSHA of the
+history script), ``nats`` (``broker.type: nats`` on the memory engine) and
+``redis+nats`` (``engine.type: redis`` + NATS: the history script without its PUBLISH,
+then a NATS PUB). Channels: ``plain`` (no history) and ``hist`` (history 100). Rounds
+interleave the backends so machine noise hits all of them alike; the table shows the
+median of the rounds of this process's CPU time (user+system) per publication, and the
+ratio to the Redis engine of the same channel kind. The server processes' own CPU is
+not included. This process is pinned to CPU0 and the servers to CPU1 when possible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from fanout import _cpus, _free_port, _spawn, _stop, _wait_listening, machine  # noqa: E402
+from run import HOST  # noqa: E402
+
+
+@contextlib.contextmanager
+def server(kind: str, cpu: int | None) -> Iterator[int]:
+    """A throw-away redis-server or nats-server; yields its port."""
+    port = _free_port()
+    if kind == "redis":
+        binary = shutil.which("redis-server")
+        cmd = [str(binary), "--port", str(port), "--bind", HOST, "--save", "",
+               "--appendonly", "no", "--loglevel", "warning"]
+    else:
+        binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
+        cmd = [binary, "-a", HOST, "-p", str(port)]
+    if binary is None or not Path(binary).exists():
+        raise SystemExit(f"{kind}-server is not installed")
+    proc = _spawn(cmd, cpu, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_listening(proc, port, Path("/dev/null"), timeout=10)
+        yield port
+    finally:
+        _stop(proc)
+
+
+def make_config(kind: str, redis_port: int, nats_port: int) -> Any:
+    from rtserver import config
+
+    data: dict[str, Any] = {
+        "channel": {"namespaces": [{"name": "hist", "history_size": 100,
+                                    "history_ttl": "300s"}]},
+    }
+    if "redis" in kind:
+        data["engine"] = {"type": "redis",
+                          "redis": {"address": [f"redis://{HOST}:{redis_port}"],
+                                    "prefix": f"b{os.getpid()}"}}
+    if "nats" in kind:
+        data["broker"] = {"enabled": True, "type": "nats",
+                          "nats": {"url": f"nats://{HOST}:{nats_port}"}}
+    return config.from_mapping(data)
+
+
+async def one_round(node: Any, channel: str, pubs: int, batch: int) -> float:
+    """CPU seconds of this process for ``pubs`` publications."""
+    from twisted.internet.defer import DeferredList
+
+    from rtserver.engines.composite import CompositeEngine
+    from rtserver.engines.nats import NatsBroker
+
+    engine = node.engine
+    broker = engine.broker if isinstance(engine, CompositeEngine) else engine
+    data = b'{"text":"a publication of about eighty bytes of json","n":12345,"ok":true}'
+    start = time.process_time()
+    for i in range(0, pubs, batch):
+        ds = [node.publish(channel, data) for _ in range(min(batch, pubs - i))]
+        await DeferredList(ds, fireOnOneErrback=True, consumeErrors=True)
+        if isinstance(broker, NatsBroker):
+            await broker.sync()
+    return time.process_time() - start
+
+
+async def measure(args: argparse.Namespace, redis_port: int, nats_port: int) -> dict[str, Any]:
+    from twisted.internet import reactor
+
+    from rtserver.core.node import Node
+    from rtserver.service import build_engine
+
+    nodes = {}
+    for kind in args.backends:
+        cfg = make_config(kind, redis_port, nats_port)
+        node = Node(build_engine(cfg, reactor), cfg, clock=reactor)
+        await node.start()
+        assert node.engine.healthy, kind
+        nodes[kind] = node
+    results: dict[tuple[str, str], list[float]] = {}
+    for _ in range(args.rounds):
+        for channel in ("plain", "hist:x"):
+            for kind, node in nodes.items():
+                await one_round(node, channel, args.pubs // 10, args.batch)  # warm-up
+                cpu = await one_round(node, channel, args.pubs, args.batch)
+                results.setdefault((kind, channel), []).append(cpu / args.pubs * 1e6)
+    for node in nodes.values():
+        await node.stop()
+    return {k: statistics.median(v) for k, v in results.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--pubs", type=int, default=20000)
+    p.add_argument("--batch", type=int, default=100, help="publications per reactor turn")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--backends", type=lambda t: t.split(","),
+                   default=["redis", "nats", "redis+nats"])
+    args = p.parse_args(argv)
+    command = "PYTHONPATH=. python bench/broker_publish.py " + " ".join(
+        sys.argv[1:] if argv is None else argv)
+    loadavg = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    here_cpu, side_cpu = _cpus()
+    if here_cpu is not None:
+        os.sched_setaffinity(0, {here_cpu})
+    started = time.monotonic()
+    from twisted.internet import reactor
+    from twisted.internet.defer import Deferred
+
+    with server("redis", side_cpu) as redis_port, server("nats", side_cpu) as nats_port:
+        out: dict[str, Any] = {}
+
+        def run(_: Any) -> Deferred[None]:
+            async def go() -> None:
+                out.update(await measure(args, redis_port, nats_port))
+
+            return Deferred.fromCoroutine(go())
+
+        d = Deferred.fromCoroutine(_wrap(run))
+        d.addBoth(lambda r: (out.setdefault("_error", r) if r is not None else None,
+                             reactor.stop()))
+        reactor.run()
+    if "_error" in out:
+        print(out["_error"], file=sys.stderr)
+        return 1
+    lines = [
+        "### S7 Publishing node CPU per publication, in-process (no HTTP)",
+        "",
+        f"`{command}` — {time.monotonic() - started:.0f} s, load average at start {loadavg}; "
+        f"{machine()}",
+        "",
+        "| channel | backend | CPU µs/publication (median of rounds) | redis ÷ this |",
+        "|---|---|---|---|",
+    ]
+    for channel, label in (("plain", "no history"), ("hist:x", "history 100")):
+        base = out.get(("redis", channel))
+        for kind in args.backends:
+            v = out[(kind, channel)]
+            ratio = f"{base / v:.2f}" if base and kind != "redis" else "-"
+            lines.append(f"| {label} | {kind} | {v:.1f} | {ratio} |")
+    print("\n".join(lines))
+    return 0
+
+
+async def _wrap(run: Any) -> None:
+    await run(None)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,254 @@
+"""Two real ``twistd rtserver`` nodes connected by a real ``nats-server``.
+
+* ``broker.type: nats`` on the memory engine (Centrifugo's NATS broker): publications,
+  node membership, surveys and server-side commands cross nodes over NATS; history is
+  "not available" (108); after a NATS restart delivery resumes without restarting
+  either node.
+* ``engine.type: redis`` + ``broker.type: nats``: PUB/SUB and control over NATS, history
+  and presence in Redis. Emulation requests are forwarded between nodes; when NATS is
+  killed mid-stream and restarted, a client that missed publications recovers them, and
+  a loss larger than the history is reported as ``recovered: false``, never skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cent
+import pytest
+from harness import INTEROP_DIR, NodeScenario, merge
+from natsserver import NatsServer, require_nats_server
+from pysdk import Recorder, in_thread, name, run_scenario
+from test_cluster_nodes import (
+    CLUSTER_TIMEOUT,
+    Cluster,
+    health,
+    node_names,
+    subscribed_client,
+    wait_until,
+)
+
+NO_HISTORY = {"history_size": 0, "history_ttl": "0s", "force_recovery": False}
+
+
+@pytest.fixture
+def nats() -> Iterator[NatsServer]:
+    server = NatsServer(binary=require_nats_server()).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _start(cluster: Cluster) -> Cluster:
+    for label in ("a", "b"):
+        cluster.start(label)
+        # While NATS is down, node announcements cannot go out (logged, retried).
+        cluster.nodes[label].expect_logged_failure("NatsUnavailable")
+    return cluster
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path, nats: NatsServer, cluster_config: Any) -> Iterator[Cluster]:
+    """Memory engine, NATS broker: Centrifugo's ``broker.type: nats`` alone."""
+    config, secret, api_key = cluster_config("redis://127.0.0.1:1")
+    config = merge(config, {
+        "engine": {"type": "memory"},
+        "broker": {"enabled": True, "type": "nats",
+                   "nats": {"url": nats.url, "prefix": name("t")}},
+        "channel": {"without_namespace": NO_HISTORY},
+    })
+    cluster = _start(Cluster(tmp_path, config, secret, api_key))
+    try:
+        yield cluster
+    finally:
+        cluster.stop_all()
+
+
+@pytest.fixture
+def redis_nats_cluster(
+    tmp_path: Path, nats: NatsServer, redis_url: str, cluster_config: Any
+) -> Iterator[Cluster]:
+    """Redis engine (history, presence), NATS broker (PUB/SUB, control)."""
+    config, secret, api_key = cluster_config(redis_url)
+    small = {"name": "small", "allow_subscribe_for_client": True,
+             "history_size": 2, "history_ttl": "300s", "force_recovery": True}
+    config = merge(config, {
+        "broker": {"enabled": True, "type": "nats",
+                   "nats": {"url": nats.url, "prefix": name("t")}},
+    })
+    config["channel"] = dict(config["channel"])
+    config["channel"]["namespaces"] = [*config["channel"]["namespaces"], small]
+    cluster = _start(Cluster(tmp_path, config, secret, api_key))
+    try:
+        yield cluster
+    finally:
+        cluster.stop_all()
+
+
+def test_nats_broker_joins_two_nodes(nats_cluster: Cluster) -> None:
+    """Publications, membership, surveys and server-side commands cross over NATS."""
+    a, b = nats_cluster.nodes["a"], nats_cluster.nodes["b"]
+    user, channel = name("u-"), name("room-")
+    wait_until(lambda: node_names(a) == ["a", "b"] and node_names(b) == ["a", "b"],
+               "both nodes listed by info on both nodes")
+
+    async def scenario() -> None:
+        rec = Recorder()
+        client = await subscribed_client(a, rec, a.token(user), channel)
+        try:
+            for i in (1, 2, 3):
+                await in_thread(b.publish, channel, {"n": i})
+            got = await rec.wait("publication", count=3)
+            assert [e["data"] for e in got] == [{"n": 1}, {"n": 2}, {"n": 3}]
+            channels = await in_thread(b.cent_client.channels, cent.ChannelsRequest())
+            assert channels.channels[channel].num_clients == 1
+            with pytest.raises(cent.CentApiResponseError) as e:
+                await in_thread(b.cent_client.history, cent.HistoryRequest(channel=channel))
+            assert e.value.code == 108  # as Centrifugo's NATS broker: no history
+            extra = name("extra-")
+            await in_thread(
+                b.cent_client.subscribe, cent.SubscribeRequest(user=user, channel=extra)
+            )
+            await rec.wait("server_subscribed", channel=extra)
+            await in_thread(b.publish, extra, {"server": "side"})
+            got = await rec.wait("server_publication", channel=extra)
+            assert got[0]["data"] == {"server": "side"}
+            await in_thread(
+                b.cent_client.unsubscribe, cent.UnsubscribeRequest(user=user, channel=channel)
+            )
+            assert (await rec.wait("unsubscribed"))[0]["code"] == 2000
+            await in_thread(
+                b.cent_client.disconnect,
+                cent.DisconnectRequest(
+                    user=user, disconnect=cent.Disconnect(code=4501, reason="bye")
+                ),
+            )
+            assert (await rec.wait("disconnected"))[0]["code"] == 4501
+        finally:
+            await client.disconnect()
+
+    run_scenario(scenario())
+
+
+def test_nats_restart_is_survived(nats_cluster: Cluster, nats: NatsServer) -> None:
+    """NATS killed: 503 and error 100 on publish; restarted: delivery resumes alone."""
+    a, b = nats_cluster.nodes["a"], nats_cluster.nodes["b"]
+    user, channel = name("u-"), name("room-")
+
+    async def scenario() -> None:
+        rec = Recorder()
+        client = await subscribed_client(a, rec, a.token(user), channel)
+        try:
+            await in_thread(b.publish, channel, {"n": 1})
+            await rec.wait("publication", count=1)
+            await in_thread(nats.kill)
+            for node in (a, b):
+                await in_thread(wait_until, lambda n=node: health(n) == 503, "health 503")
+            with pytest.raises(cent.CentApiResponseError) as refused:
+                await in_thread(b.publish, channel, {"n": "lost"})
+            assert refused.value.code == 100
+            await in_thread(nats.start)
+            for node in (a, b):
+                await in_thread(wait_until, lambda n=node: health(n) == 200, "health 200")
+            await in_thread(b.publish, channel, {"n": 2})
+            got = await rec.wait("publication", count=2)
+            assert [e["data"]["n"] for e in got] == [1, 2]
+        finally:
+            await client.disconnect()
+
+    run_scenario(scenario())
+
+
+def test_emulation_requests_cross_nodes_over_nats(
+    redis_nats_cluster: Cluster, node_js: str
+) -> None:
+    """centrifuge-js streams from node A but posts every command to B's /emulation."""
+    a, b = redis_nats_cluster.nodes["a"], redis_nats_cluster.nodes["b"]
+    wait_until(lambda: node_names(b) == ["a", "b"], "node B knows node A")
+    user, peer = name("u-"), name("p-")
+    channel, chat = name("room-"), name("chat:room-")
+    js = NodeScenario(
+        node_js,
+        INTEROP_DIR / "js" / "emulation_pubsub.mjs",
+        {
+            "BASE_URL": a.url,
+            "EMULATION_URL": b.url,
+            "TRANSPORT": "http_stream",
+            "TOKEN": a.token(user),
+            "PEER_TOKEN": a.token(peer),
+            "CHANNEL": channel,
+            "CHAT_CHANNEL": chat,
+            "COUNT": "3",
+        },
+        timeout=30.0,
+    )
+    try:
+        ready = js.expect("subscribed", timeout=CLUSTER_TIMEOUT)
+        sent = [{"n": i} for i in (1, 2, 3)]
+        for data in sent:
+            b.publish(channel, data)
+        js.send("published")
+        events = js.finish(timeout=CLUSTER_TIMEOUT)
+    finally:
+        js.close()
+    pubs = [e["data"] for e in events if e.get("event") == "publication"
+            and e.get("channel") == channel]
+    assert pubs == sent
+    presence = next(e["presence"] for e in events if "presence" in e)
+    assert list(presence) == [ready["id"]]
+    assert "forwarding an emulation request failed" not in b.log()
+
+
+def test_nats_killed_mid_stream_recovers_or_reports_loss(
+    redis_nats_cluster: Cluster, nats: NatsServer
+) -> None:
+    """NATS dies while B publishes; once back, A's client recovers or learns of the loss.
+
+    ``room-*`` keeps 100 publications: everything missed is recovered (``recovered:
+    true``). ``small:*`` keeps 2: five missed cannot be, and the client is told
+    (``recovered: false``).
+    """
+    a, b = redis_nats_cluster.nodes["a"], redis_nats_cluster.nodes["b"]
+    user = name("u-")
+    roomy, small = name("room-"), name("small:room-")
+
+    async def scenario() -> None:
+        rec_roomy, rec_small = Recorder(), Recorder()
+        c1 = await subscribed_client(a, rec_roomy, a.token(user), roomy)
+        c2 = await subscribed_client(a, rec_small, a.token(user), small)
+        try:
+            for channel, rec in ((roomy, rec_roomy), (small, rec_small)):
+                await in_thread(b.publish, channel, {"n": 1})
+                await rec.wait("publication", count=1)
+            await in_thread(nats.kill)
+            for node in (a, b):
+                await in_thread(wait_until, lambda n=node: health(n) == 503, "health 503")
+            for i in range(2, 7):  # kept in Redis; NATS cannot deliver them
+                for channel in (roomy, small):
+                    await in_thread(b.publish, channel, {"n": i})
+            await in_thread(nats.start)
+            for node in (a, b):
+                await in_thread(wait_until, lambda n=node: health(n) == 200, "health 200")
+            for channel in (roomy, small):
+                await in_thread(b.publish, channel, {"n": 7})
+
+            got = await rec_roomy.wait("publication", count=7, timeout=CLUSTER_TIMEOUT)
+            assert [e["data"]["n"] for e in got] == [1, 2, 3, 4, 5, 6, 7]
+            assert any(e["was_recovering"] and e["recovered"]
+                       for e in rec_roomy.find("subscribed"))
+
+            def loss_reported() -> bool:
+                return any(e["was_recovering"] and not e["recovered"]
+                           for e in rec_small.find("subscribed"))
+
+            await in_thread(wait_until, loss_reported, "small channel reports the loss")
+            await in_thread(b.publish, small, {"n": 8})
+            await rec_small.wait("publication", data={"n": 8})
+        finally:
+            await c1.disconnect()
+            await c2.disconnect()
+
+    run_scenario(scenario())
