@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything the test suite needs, then run all of it under coverage.
 #   Python packages (pip), the official JS client for interop tests (npm),
-#   and, when missing and we may install system packages, redis-server and chromium (apt-get).
+#   and, when missing and we may install system packages, redis-server, nats-server,
+#   chromium and node/npm (apt-get).
 # Coverage includes the twistd servers the tests start (COVERAGE_PROCESS_START, see
 # tests/subprocess_hook/sitecustomize.py); the combined report is printed at the end and
 # fails the run below setup.cfg's fail_under when the whole suite ran.
@@ -12,6 +13,7 @@ cd "$(dirname "$0")/.."
 
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+{ command -v nats-server || test -x /usr/sbin/nats-server; } >/dev/null 2>&1 || need+=(nats-server)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
 if [ ${#need[@]} -gt 0 ]; then
