@@ -16,11 +16,13 @@ from twisted.web.resource import Resource
 from rtserver import logs
 from rtserver.api.executor import APIExecutor
 from rtserver.auth.jwt import JWTVerifier
-from rtserver.config import Config
+from rtserver.config import Config, ProxyConfig, check_proxy_references, proxy_names
 from rtserver.core.node import Node
 from rtserver.core.ports import IEngine
+from rtserver.core.proxy import IProxy, Proxies, ProxyEntry
 from rtserver.engines.memory import MemoryEngine
 from rtserver.logs import Logger
+from rtserver.proxy.hooks import HookProxy, Hooks
 from rtserver.transports.emulation import EmulationResource, HTTPStreamResource, SSEResource
 from rtserver.transports.origin import OriginPolicy
 from rtserver.transports.uni import UniHTTPStreamResource, UniSSEResource, UniWebSocketFactory
@@ -32,10 +34,12 @@ from rtserver.web.health import HealthResource
 from rtserver.web.site import Branch, RTSite, mount
 
 __all__ = [
+    "Hooks",
     "NodeService",
     "build",
     "build_engine",
     "build_node",
+    "build_proxies",
     "build_site",
     "default_listen",
     "enabled_transports",
@@ -111,11 +115,89 @@ def build_engine(config: Config, reactor: Any) -> IEngine:
     return MemoryEngine(reactor)
 
 
-def build_node(config: Config, reactor: Any) -> Node:
+class ProxyPoolService(Service):
+    """Closes the HTTP proxies' keep-alive connections when the server stops."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        closed: Deferred[Any] = self.pool.closeCachedConnections()
+        return closed
+
+
+def build_proxies(
+    config: Config, reactor: Any, hooks: Hooks | None = None
+) -> tuple[Proxies, Any]:
+    """The backend proxies of ``config`` plus in-process ``hooks`` (docs/proxies.rst).
+
+    Returns:
+        The proxies and the HTTP connection pool they share (None without HTTP proxies;
+        the caller closes it on shutdown).
+
+    Raises:
+        ConfigError: a namespace names a proxy nobody provides.
+    """
+    pool: Any = None
+    adapters: dict[int, IProxy] = {}
+
+    def http(name: str, proxy: ProxyConfig) -> ProxyEntry:
+        nonlocal pool
+        from rtserver.proxy.http import HTTPProxy, make_pool
+
+        if pool is None:
+            pool = make_pool(reactor)
+        backend = adapters.get(id(proxy))
+        if backend is None:
+            backend = adapters[id(proxy)] = HTTPProxy(name, proxy, reactor=reactor, pool=pool)
+        return ProxyEntry(
+            name,
+            backend,
+            timeout=proxy.timeout,
+            binary=proxy.binary_encoding,
+            include_meta=proxy.include_connection_meta,
+        )
+
+    proxies = Proxies(rpc_config=config.rpc)
+    client = config.client.proxy
+    if client.connect.enabled:
+        proxies.connect = http("connect", client.connect)
+    if client.refresh.enabled:
+        proxies.refresh = http("refresh", client.refresh)
+    tables = {
+        "subscribe": proxies.subscribe,
+        "publish": proxies.publish,
+        "sub_refresh": proxies.sub_refresh,
+        "rpc": proxies.rpc,
+    }
+    for kind, named in proxy_names(config).items():
+        for name, proxy in named.items():
+            tables[kind][name] = http(name, proxy)
+    if hooks is not None:
+        backend = HookProxy(hooks)
+        entry = ProxyEntry(hooks.name, backend, timeout=hooks.timeout)
+        if hooks.connect is not None:
+            proxies.connect = ProxyEntry("hooks", backend, timeout=hooks.timeout)
+        if hooks.refresh is not None:
+            proxies.refresh = ProxyEntry("hooks", backend, timeout=hooks.timeout)
+        for kind, hook in (
+            ("subscribe", hooks.subscribe),
+            ("publish", hooks.publish),
+            ("sub_refresh", hooks.sub_refresh),
+            ("rpc", hooks.rpc),
+        ):
+            if hook is not None:
+                tables[kind][hooks.name] = entry
+    check_proxy_references(config, {kind: set(table) for kind, table in tables.items()})
+    return proxies, pool
+
+
+def build_node(config: Config, reactor: Any, proxies: Proxies | None = None) -> Node:
     """The engine, token verifier and node for ``config``."""
     engine = build_engine(config, reactor)
     verifier = JWTVerifier.from_config(config.client)
-    return Node(engine, config, clock=reactor, verifier=verifier)
+    return Node(engine, config, clock=reactor, verifier=verifier, proxies=proxies)
 
 
 def build_site(
@@ -232,18 +314,40 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
 
 
-def build(config: Config, *, listen: list[str] | None = None, reactor: Any = None) -> MultiService:
-    """The whole server as a MultiService (the twistd plugin and .tac files call this)."""
+def build(
+    config: Config,
+    *,
+    listen: list[str] | None = None,
+    reactor: Any = None,
+    hooks: Hooks | None = None,
+) -> MultiService:
+    """The whole server as a MultiService (the twistd plugin and .tac files call this).
+
+    Args:
+        config: The configuration (``rtserver.config.load`` or ``from_mapping``).
+        listen: Endpoint descriptions; default from ``http_server``.
+        reactor: The reactor (default: the global one).
+        hooks: In-process proxy hooks of an embedding application (docs/proxies.rst,
+            "Embedding: Python hooks"); they answer the events they define instead of
+            an HTTP backend.
+
+    Raises:
+        ConfigError: a namespace names a proxy that neither ``config`` nor ``hooks``
+            provides.
+    """
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
     logs.set_level(config.log.level)
-    node = build_node(config, reactor)
+    proxies, pool = build_proxies(config, reactor, hooks)
+    node = build_node(config, reactor, proxies)
     site, drains = build_site(node, config, reactor)
     top = MultiService()
     top.setName("rtserver")
     endpoints = listen or default_listen(config)
+    if pool is not None:
+        ProxyPoolService(pool).setServiceParent(top)
     NodeService(node, drains, endpoints).setServiceParent(top)
     for desc in endpoints:
         strports_service(desc, site, reactor=reactor).setServiceParent(top)

@@ -30,6 +30,7 @@ from rtserver.core.hub import Hub
 from rtserver.core.loops import run_every
 from rtserver.core.ports import IEngine, IEngineHandler, IPresenceManager, ISink, ITokenVerifier
 from rtserver.core.positions import PositionCheck
+from rtserver.core.proxy import Proxies
 from rtserver.core.subscription import Subscription
 from rtserver.core.types import (
     ControlMessage,
@@ -82,8 +83,10 @@ class Node:
         verifier: ITokenVerifier | None = None,
         name: str = "",
         presence_manager: IPresenceManager | None = None,
+        proxies: Proxies | None = None,
     ) -> None:
         self.engine = engine
+        self.proxies = proxies if proxies is not None else Proxies()
         self.presence_manager: IPresenceManager = (
             engine if presence_manager is None else presence_manager
         )
