@@ -88,7 +88,11 @@ def request_headers(config: ProxyConfig, request: ProxyRequest) -> Headers:
 
 
 class _Body(Protocol):
-    """Collects a response body up to a limit; a cancel aborts the connection."""
+    """Collects a response body up to a limit; a cancel aborts the connection.
+
+    The outcome is reported from ``connectionLost`` only, once the HTTP client is done
+    with the connection (reused when the body was complete, else aborted).
+    """
 
     def __init__(self, finished: Deferred[bytes], limit: int) -> None:
         self._finished = finished
@@ -97,18 +101,21 @@ class _Body(Protocol):
         self._size = 0
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+        if self._size > self._limit:
+            return
         self._size += len(data)
         if self._size > self._limit:
+            self._parts.clear()
             self._abort()
-            if not self._finished.called:
-                self._finished.errback(ProxyFailure("response body too large"))
             return
         self._parts.append(data)
 
     def connectionLost(self, reason: Failure | None = None) -> None:  # noqa: N802
         if self._finished.called:
             return
-        if reason is None or reason.check(ResponseDone, PotentialDataLoss):
+        if self._size > self._limit:
+            self._finished.errback(ProxyFailure("response body too large"))
+        elif reason is None or reason.check(ResponseDone, PotentialDataLoss):
             self._finished.callback(b"".join(self._parts))
         else:
             self._finished.errback(ProxyFailure(f"response body lost: {reason.value!r}"))
