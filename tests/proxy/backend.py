@@ -77,7 +77,7 @@ def answer(kind: str, body: dict[str, Any], headers: dict[str, str]) -> dict[str
 
 
 class ProxyEndpoint(Resource):
-    isLeaf = True
+    isLeaf = True  # noqa: N815 - twisted.web's name
 
     def __init__(self, kind: str) -> None:
         super().__init__()
@@ -113,7 +113,7 @@ def _finish(request: Request, payload: bytes) -> None:
 
 
 class Control(Resource):
-    isLeaf = True
+    isLeaf = True  # noqa: N815 - twisted.web's name
 
     def render_GET(self, request: Request) -> bytes:
         return json.dumps(STATE["requests"]).encode()

@@ -87,7 +87,7 @@ def fresh_backend(backend: Backend) -> Backend:
 
 
 def proxy_config(backend_url: str, timeout: str = "500ms") -> dict[str, Any]:
-    """rtserver config overrides sending every proxy event to the backend."""
+    """Rtserver config overrides sending every proxy event to the backend."""
 
     def proxy(kind: str, **extra: Any) -> dict[str, Any]:
         return {"endpoint": f"{backend_url}/{kind}", "timeout": timeout, **extra}

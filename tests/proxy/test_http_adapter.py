@@ -18,9 +18,9 @@ from twisted.internet import reactor
 from rtserver.config import ProxyConfig, ProxyHTTPConfig
 from rtserver.core.proxy import (
     ConnectProxyRequest,
+    Proxies,
     ProxyEntry,
     ProxyFailure,
-    Proxies,
     PublishProxyRequest,
     RPCProxyRequest,
     SubscribeProxyRequest,
