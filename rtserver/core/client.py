@@ -25,7 +25,8 @@ from __future__ import annotations
 import enum
 import uuid
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 import orjson
@@ -111,6 +112,7 @@ _log = Logger()
 _T = TypeVar("_T")
 #: How long a connection or subscription is extended when its refresh proxy fails.
 _REFRESH_RETRY = 60
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 _PING_PAYLOAD = Payload(codec.PING, shared=True)
 
 
@@ -168,8 +170,8 @@ class Client:
         self.conn_info: bytes | None = None
         self.meta: bytes | None = None  # connection meta (raw JSON): token or connect proxy
         self.expire_at = 0
-        self._emulated_headers: dict[str, str] = {}
-        self._proxy_calls: set[Deferred[Any]] = set()
+        self._emulated_headers: Mapping[str, str] = _NO_HEADERS
+        self._proxy_calls: set[Deferred[Any]] | None = None  # made by the first proxy call
         self.name = ""
         self.version = ""
         self._state = State.CONNECTING
@@ -397,8 +399,9 @@ class Client:
             if timer is not None and timer.active():
                 timer.cancel()
         self._stale_timer = self._ping_timer = self._pong_timer = self._expire_timer = None
-        for call in list(self._proxy_calls):
-            call.cancel()  # a backend answering after the client left is not waited for
+        if self._proxy_calls:
+            for call in list(self._proxy_calls):
+                call.cancel()  # a backend answering after the client left is not waited for
         self._pending.clear()
         self._drop_subscriptions()
         self._node.remove_client(self)
@@ -1041,6 +1044,8 @@ class Client:
             ProxyFailure: the backend failed (logged here, once, with the proxy name).
         """
         d = self._node.proxies.call(entry, call, self._clock)
+        if self._proxy_calls is None:
+            self._proxy_calls = set()
         self._proxy_calls.add(d)
         try:
             return await d
@@ -1059,7 +1064,7 @@ class Client:
             )
             raise ProxyFailure(reason) from None
         finally:
-            self._proxy_calls.discard(d)
+            self._proxy_calls.discard(d)  # set above; the connection may have closed since
 
     async def _ask(self, entry: ProxyEntry, kind: str, call: Deferred[_T]) -> _T:
         """:meth:`_call` for a command: a failed backend is error 100 (temporary)."""

@@ -1,11 +1,14 @@
-"""The HTTP proxy adapter: Centrifugo's JSON proxy requests over treq.
+"""The HTTP proxy adapter: Centrifugo's JSON proxy requests over Twisted's HTTP client.
 
 One :class:`HTTPProxy` per configured endpoint; all of them share one persistent
 :class:`~twisted.web.client.HTTPConnectionPool` (keep-alive), created by the service and
-closed when it stops. The core applies the timeout by cancelling the call, which aborts
-the request or the body being read; the connection is then closed, never returned to
-the pool. Non-200 answers, connection errors, oversized or invalid bodies fail the call
-with :class:`~rtserver.core.proxy.ProxyFailure`.
+closed when it stops. Requests go straight to the ``Agent`` that treq wraps: treq's
+``HTTPClient`` re-parses and IDNA-normalises the URL on every request, which cost about
+as much as the rest of the call (measured with ``bench/proxy.py``); endpoints are made
+once per backend for the same reason. The core applies the timeout by cancelling the
+call, which aborts the request or the body being read; the connection is then closed,
+never returned to the pool. Non-200 answers, connection errors, oversized or invalid
+bodies fail the call with :class:`~rtserver.core.proxy.ProxyFailure`.
 """
 
 from __future__ import annotations
@@ -13,15 +16,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
-from treq.client import HTTPClient
-from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import (
+    IConsumer,
+    IPushProducer,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.client import (
+    URI,
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    HTTPConnectionPool,
+    ResponseDone,
+)
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IResponse
+from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from rtserver.config import ProxyConfig
@@ -127,6 +140,53 @@ class _Body(Protocol):
             cast(IPushProducer, self.transport).stopProducing()
 
 
+@implementer(IAgentEndpointFactory)
+class _Endpoints:
+    """Endpoints per backend, made once.
+
+    A new ``HostnameEndpoint`` per request would IDNA-encode the host name every time,
+    even when a pooled connection is used.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+        self._tls = BrowserLikePolicyForHTTPS()
+        self._made: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
+
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:  # noqa: N802
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._made.get(key)
+        if endpoint is None:
+            host = uri.host.decode("ascii")
+            endpoint = HostnameEndpoint(self._reactor, host, uri.port)
+            if uri.scheme == b"https":
+                endpoint = wrapClientTLS(self._tls.creatorForNetloc(uri.host, uri.port), endpoint)
+            self._made[key] = endpoint
+        return endpoint
+
+
+@implementer(IBodyProducer)
+class _BytesProducer:
+    """A request body already in memory, written at once."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:  # noqa: N802
+        consumer.write(self.body)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:  # noqa: N802
+        """Nothing to pause: the body is written at once."""
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        """Nothing to resume."""
+
+    def stopProducing(self) -> None:  # noqa: N802
+        """Nothing to stop."""
+
+
 def _read_body(response: IResponse, limit: int) -> Deferred[bytes]:
     collector: _Body
 
@@ -163,8 +223,8 @@ class HTTPProxy:
         """
         self.name = name
         self._config = config
-        self._endpoint = config.endpoint
-        self._http = HTTPClient(Agent(reactor, pool=pool))
+        self._endpoint = config.endpoint.encode("ascii")
+        self._agent = Agent.usingEndpointFactory(reactor, _Endpoints(reactor), pool=pool)
         self._limit = max_response_bytes
 
     def _post(self, request: ProxyRequest, decode: Callable[[bytes], _T]) -> Deferred[_T]:
@@ -174,7 +234,8 @@ class HTTPProxy:
         body = codec.encode_request(request)
         headers = request_headers(self._config, request)
         try:
-            response = await self._http.post(self._endpoint, data=body, headers=headers)
+            producer = _BytesProducer(body)
+            response = await self._agent.request(b"POST", self._endpoint, headers, producer)
         except CancelledError:
             raise
         except Exception as e:
