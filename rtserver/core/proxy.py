@@ -2,7 +2,7 @@
 
 Centrifugo's proxy events (docs/proxies.rst) as typed values and one zope interface,
 :class:`IProxy`. Adapters implement it: ``rtserver/proxy/http.py`` (JSON over HTTP with
-treq) and ``rtserver/proxy/hooks.py`` (in-process Python callables). The client state
+Twisted's Agent) and ``rtserver/proxy/hooks.py`` (in-process Python callables). The client state
 machine (``core/client.py``) calls the port through :class:`Proxies` and never knows which
 adapter answers.
 
