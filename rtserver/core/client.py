@@ -1030,8 +1030,8 @@ class Client:
             protocol=self._proxy_protocol(),
             encoding=entry.encoding,
             user=self.user,
-            headers=self.headers,
-            emulated_headers=self._emulated_headers,
+            headers={k.lower(): v for k, v in self.headers.items()},
+            emulated_headers={k.lower(): v for k, v in self._emulated_headers.items()},
             meta=self.meta if entry.include_meta else None,
         )
 

@@ -87,8 +87,9 @@ class ProxyRequest:
 
     ``headers`` are the HTTP headers of the client's connection request (the WebSocket
     upgrade, the HTTP-stream POST...), ``emulated_headers`` the ``headers`` of its
-    connect command (centrifuge-js ``headers`` option). Adapters forward the ones their
-    proxy's ``http_headers`` / ``emulated_headers`` allow; in-process hooks see all.
+    connect command (centrifuge-js ``headers`` option); names are lower-case in both.
+    Adapters forward the ones their proxy's ``http_headers`` / ``emulated_headers``
+    allow; in-process hooks see all.
     ``encoding`` is ``binary`` when the proxy has ``binary_encoding`` (data travels as
     base64), else ``json``. ``meta`` is the connection's meta (raw JSON) when the proxy
     has ``include_connection_meta``.

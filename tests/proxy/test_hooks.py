@@ -85,7 +85,7 @@ class Backend:
         self.requests.append(req)
         if self.slow:
             return self._hang()
-        cookie = req.headers.get("Cookie", "")
+        cookie = req.headers.get("cookie", "")
         if cookie != "session=alice":
             raise Disconnect(4001, "no session")
         return ConnectProxyResult(
@@ -204,7 +204,7 @@ def test_connect_without_token_asks_the_hook_and_applies_every_result_field(s: S
     assert (req.client, req.transport, req.protocol, req.encoding) == (
         client.id, "websocket", "json", "json"
     )
-    assert req.headers["Cookie"] == "session=alice" and req.emulated_headers == {"X-A": "1"}
+    assert req.headers["cookie"] == "session=alice" and req.emulated_headers == {"x-a": "1"}
     assert (req.name, orjson.loads(req.data or b"")) == ("js", {"hi": 1})
     result = reply(sink, 1)["connect"]
     assert result["data"] == {"welcome": True}
