@@ -427,3 +427,43 @@ def test_a_namespace_naming_a_missing_proxy_fails_at_build() -> None:
     )
     with pytest.raises(rtconfig.ConfigError, match=r"publish_proxy_name.*billing"):
         build_proxies(cfg, Clock(), Hooks())
+
+
+def test_connection_meta_reaches_later_requests_when_included() -> None:
+    """``include_connection_meta``: the connect result's meta goes with every later event."""
+    from rtserver.core.proxy import Proxies, ProxyEntry
+    from rtserver.proxy.hooks import HookProxy
+
+    backend = Backend()
+    hooks = HookProxy(backend.hooks())
+    clock = Clock()
+    clock.advance(NOW)
+    with_meta = ProxyEntry("meta", hooks, include_meta=True)
+    proxies = Proxies(
+        connect=ProxyEntry("connect", hooks),
+        subscribe={"default": with_meta},
+        rpc={"default": ProxyEntry("plain", hooks)},
+        rpc_config=rtconfig.from_mapping(SETTINGS).rpc,
+    )
+    node, _ = make_node(SETTINGS, clock=clock, proxies=proxies)
+    sink = RecordingSink()
+    client = node.make_client(sink, headers={"Cookie": "session=alice"})
+    client.receive(b'{"id":1,"connect":{}}\n{"id":2,"subscribe":{"channel":"room:a"}}')
+    client.receive(b'{"id":3,"rpc":{"method":"echo"}}')
+    clock.advance(0)
+    subscribe, rpc = backend.requests[1:]
+    assert subscribe.meta == b'{"plan":"pro"}' and rpc.meta is None
+
+
+def test_unidirectional_connect_sends_its_channels_and_skips_proxied_subs() -> None:
+    """Uni clients: ``channels`` lists the requested subs; subscribe-proxy channels are skipped."""
+    s = Setup()
+    sink = RecordingSink(transport_name="uni_websocket", unidirectional=True)
+    client = s.node.make_client(sink, headers={"Cookie": "session=alice"})
+    client.start_unidirectional(b'{"subs":{"open:x":{},"room:y":{}}}')
+    s.clock.advance(0)
+    (req,) = s.backend.requests
+    assert isinstance(req, ConnectProxyRequest) and set(req.channels) == {"open:x", "room:y"}
+    assert req.transport == "uni_websocket"
+    (push,) = sink.messages()
+    assert set(push["connect"]["subs"]) == {"open:news", "room:lobby", "open:x"}
