@@ -53,6 +53,7 @@ from rtserver.core.proxy import (
     ProxyCommon,
     ProxyEntry,
     ProxyFailure,
+    ProxyResult,
     PublishProxyRequest,
     RefreshProxyRequest,
     RefreshProxyResult,
@@ -61,6 +62,7 @@ from rtserver.core.proxy import (
     SubRefreshProxyResult,
     SubscribeProxyRequest,
     SubscribeProxyResult,
+    check_json,
     rpc_options,
 )
 from rtserver.core.recovery import positioned_result, recovery_filter, recovery_result
@@ -109,7 +111,7 @@ __all__ = ["Client"]
 Result = dict[str, Any]
 
 _log = Logger()
-_T = TypeVar("_T")
+_R = TypeVar("_R", bound="ProxyResult | None")
 #: How long a connection or subscription is extended when its refresh proxy fails.
 _REFRESH_RETRY = 60
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
@@ -1035,7 +1037,7 @@ class Client:
             meta=self.meta if entry.include_meta else None,
         )
 
-    async def _call(self, entry: ProxyEntry, kind: str, call: Deferred[_T]) -> _T:
+    async def _call(self, entry: ProxyEntry, kind: str, call: Deferred[_R]) -> _R:
         """Await a proxy call under its timeout; cancelled when the connection closes.
 
         Raises:
@@ -1048,7 +1050,9 @@ class Client:
             self._proxy_calls = set()
         self._proxy_calls.add(d)
         try:
-            return await d
+            result = await d
+            check_json(result)
+            return result
         except (Error, Disconnect):
             raise
         except CancelledError:
@@ -1066,7 +1070,7 @@ class Client:
         finally:
             self._proxy_calls.discard(d)  # set above; the connection may have closed since
 
-    async def _ask(self, entry: ProxyEntry, kind: str, call: Deferred[_T]) -> _T:
+    async def _ask(self, entry: ProxyEntry, kind: str, call: Deferred[_R]) -> _R:
         """:meth:`_call` for a command: a failed backend is error 100 (temporary)."""
         try:
             return await self._call(entry, kind, call)

@@ -23,10 +23,11 @@ Timeouts are the core's: :meth:`Proxies.call` cancels a call after its proxy's
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypedDict, TypeVar
 
+import orjson
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
@@ -57,6 +58,7 @@ __all__ = [
     "SubRefreshProxyResult",
     "SubscribeProxyRequest",
     "SubscribeProxyResult",
+    "check_json",
     "rpc_options",
 ]
 
@@ -171,6 +173,12 @@ class ConnectProxyResult:
     subs: Mapping[str, SubscriptionGrant] = field(default_factory=dict)
     meta: bytes | None = None
 
+    def json_values(self) -> Iterator[bytes | None]:
+        """The raw values that end up in JSON frames or requests."""
+        yield from (self.info, self.data, self.meta)
+        for grant in self.subs.values():
+            yield from (grant.info, grant.data)
+
 
 @dataclass(frozen=True)
 class RefreshProxyResult:
@@ -180,6 +188,10 @@ class RefreshProxyResult:
     expire_at: int = 0
     info: bytes | None = None
     meta: bytes | None = None
+
+    def json_values(self) -> Iterator[bytes | None]:
+        """The raw values that end up in JSON frames or requests."""
+        yield from (self.info, self.meta)
 
 
 @dataclass(frozen=True)
@@ -191,6 +203,10 @@ class SubscribeProxyResult:
     override: Overrides = field(default_factory=Overrides)
     expire_at: int = 0
 
+    def json_values(self) -> Iterator[bytes | None]:
+        """The raw values that end up in JSON frames."""
+        yield from (self.info, self.data)
+
 
 @dataclass(frozen=True)
 class PublishProxyResult:
@@ -198,6 +214,10 @@ class PublishProxyResult:
 
     data: bytes | None = None
     skip_history: bool = False
+
+    def json_values(self) -> Iterator[bytes | None]:
+        """The raw values that end up in JSON frames."""
+        yield self.data
 
 
 @dataclass(frozen=True)
@@ -208,12 +228,47 @@ class SubRefreshProxyResult:
     expire_at: int = 0
     info: bytes | None = None
 
+    def json_values(self) -> Iterator[bytes | None]:
+        """The raw values that end up in JSON frames."""
+        yield self.info
+
 
 @dataclass(frozen=True)
 class RPCProxyResult:
     """The RPC reply's ``data``."""
 
     data: bytes | None = None
+
+    def json_values(self) -> Iterator[bytes | None]:
+        """The raw values that end up in JSON frames."""
+        yield self.data
+
+
+class ProxyResult(Protocol):
+    """What every result value offers the client."""
+
+    def json_values(self) -> Iterator[bytes | None]:
+        """The raw values that end up in JSON frames or requests."""
+        ...
+
+
+def check_json(result: ProxyResult | None) -> None:
+    """Refuse a result whose raw values are not JSON (they would break client frames).
+
+    The client protocol is JSON: a ``b64data``/``b64info`` answer, or a hook's bytes,
+    must decode to JSON too.
+
+    Raises:
+        ProxyFailure: naming the problem.
+    """
+    if result is None:
+        return
+    for value in result.json_values():
+        if value is not None:
+            try:
+                orjson.loads(value)
+            except orjson.JSONDecodeError:
+                raise ProxyFailure("a data/info/meta value is not JSON") from None
 
 
 # --- the port ------------------------------------------------------------------------------

@@ -467,3 +467,16 @@ def test_unidirectional_connect_sends_its_channels_and_skips_proxied_subs() -> N
     assert req.transport == "uni_websocket"
     (push,) = sink.messages()
     assert set(push["connect"]["subs"]) == {"open:news", "room:lobby", "open:x"}
+
+
+def test_values_that_are_not_json_are_a_failed_backend(warnings: list[str]) -> None:
+    """A hook's (or a ``b64data`` answer's) bytes must be JSON: a broken frame never goes out."""
+    settings = {"client": CLIENT, "rpc": {"without_namespace": {"proxy_enabled": True}}}
+    s = Setup(settings, Hooks(
+        connect=lambda r: ConnectProxyResult(user="x"),
+        rpc=lambda r: RPCProxyResult(data=b"\x00binary"),
+    ))
+    client, sink = s.client()
+    s.send(client, {"id": 1, "connect": {}}, {"id": 2, "rpc": {"method": "m"}})
+    assert reply(sink, 2)["error"]["code"] == 100
+    assert len(warnings) == 1 and "not JSON" in warnings[0]
