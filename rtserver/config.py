@@ -872,10 +872,10 @@ def validate(config: Config) -> None:
 
 def _validate_endpoint(proxy: ProxyConfig, key: str) -> None:
     endpoint = proxy.endpoint
-    if endpoint.startswith("grpc://"):
-        raise ConfigError(f"{key}.endpoint: grpc:// proxies are not supported yet (use http://)")
-    if not endpoint.startswith(("http://", "https://")):
-        raise ConfigError(f"{key}.endpoint: expected an http:// or https:// URL, got {endpoint!r}")
+    if not endpoint.startswith(("http://", "https://", "grpc://")):
+        raise ConfigError(
+            f"{key}.endpoint: expected an http://, https:// or grpc:// URL, got {endpoint!r}"
+        )
     if proxy.timeout <= 0:
         raise ConfigError(f"{key}.timeout: must be positive")
 

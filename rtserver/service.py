@@ -6,11 +6,12 @@ the API executor, the resource tree and one listening service per endpoint descr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from twisted.application.service import MultiService, Service
 from twisted.application.strports import service as strports_service
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.web.resource import Resource
 
 from rtserver import logs
@@ -116,40 +117,52 @@ def build_engine(config: Config, reactor: Any) -> IEngine:
 
 
 class ProxyPoolService(Service):
-    """Closes the HTTP proxies' keep-alive connections when the server stops."""
+    """Closes the proxies' connections (HTTP keep-alive pool, GRPC channels) at stop."""
 
-    def __init__(self, pool: Any) -> None:
+    def __init__(self, pool: Any, closers: list[Callable[[], None]] | None = None) -> None:
         self.pool = pool
+        self.closers = closers or []
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
+        for close in self.closers:
+            close()
+        if self.pool is None:
+            return succeed(None)
         closed: Deferred[Any] = self.pool.closeCachedConnections()
         return closed
 
 
 def build_proxies(
     config: Config, reactor: Any, hooks: Hooks | None = None
-) -> tuple[Proxies, Any]:
+) -> tuple[Proxies, ProxyPoolService | None]:
     """The backend proxies of ``config`` plus in-process ``hooks`` (docs/proxies.rst).
 
     Returns:
-        The proxies and the HTTP connection pool they share (None without HTTP proxies;
-        the caller closes it on shutdown).
+        The proxies and a service closing their connections at shutdown (None without
+        HTTP or GRPC proxies).
 
     Raises:
         ConfigError: a namespace names a proxy nobody provides.
     """
     pool: Any = None
+    closers: list[Callable[[], None]] = []
     adapters: dict[int, IProxy] = {}
 
     def http(name: str, proxy: ProxyConfig) -> ProxyEntry:
         nonlocal pool
-        from rtserver.proxy.http import HTTPProxy, make_pool
-
-        if pool is None:
-            pool = make_pool(reactor)
         backend = adapters.get(id(proxy))
-        if backend is None:
+        if backend is None and proxy.endpoint.startswith("grpc://"):
+            from rtserver.proxy.grpc import GRPCProxy
+
+            grpc_proxy = GRPCProxy(name, proxy, reactor=reactor)
+            closers.append(grpc_proxy.close)
+            backend = adapters[id(proxy)] = grpc_proxy
+        elif backend is None:
+            from rtserver.proxy.http import HTTPProxy, make_pool
+
+            if pool is None:
+                pool = make_pool(reactor)
             backend = adapters[id(proxy)] = HTTPProxy(name, proxy, reactor=reactor, pool=pool)
         return ProxyEntry(
             name,
@@ -190,7 +203,8 @@ def build_proxies(
             if hook is not None:
                 tables[kind][hooks.name] = entry
     check_proxy_references(config, {kind: set(table) for kind, table in tables.items()})
-    return proxies, pool
+    closing = ProxyPoolService(pool, closers) if pool is not None or closers else None
+    return proxies, closing
 
 
 def build_node(config: Config, reactor: Any, proxies: Proxies | None = None) -> Node:
@@ -340,14 +354,14 @@ def build(
 
         reactor = default_reactor
     logs.set_level(config.log.level)
-    proxies, pool = build_proxies(config, reactor, hooks)
+    proxies, closing = build_proxies(config, reactor, hooks)
     node = build_node(config, reactor, proxies)
     site, drains = build_site(node, config, reactor)
     top = MultiService()
     top.setName("rtserver")
     endpoints = listen or default_listen(config)
-    if pool is not None:
-        ProxyPoolService(pool).setServiceParent(top)
+    if closing is not None:
+        closing.setServiceParent(top)
     NodeService(node, drains, endpoints).setServiceParent(top)
     for desc in endpoints:
         strports_service(desc, site, reactor=reactor).setServiceParent(top)

@@ -99,9 +99,9 @@ def test_environment_sets_maps_and_named_proxies() -> None:
     ("data", "message"),
     [
         ({"client": {"proxy": {"connect": {"enabled": True}}}},
-         "client.proxy.connect.endpoint: expected an http:// or https:// URL"),
-        ({"client": {"proxy": {"refresh": {"enabled": True, "endpoint": "grpc://b:9000"}}}},
-         "client.proxy.refresh.endpoint: grpc:// proxies are not supported yet"),
+         "client.proxy.connect.endpoint: expected an http://, https:// or grpc:// URL"),
+        ({"client": {"proxy": {"refresh": {"enabled": True, "endpoint": "tcp://b:9000"}}}},
+         "client.proxy.refresh.endpoint: expected an http://, https:// or grpc:// URL"),
         ({"proxies": [{"name": "a", "endpoint": "http://a"}, {"name": "a", "endpoint": "http://b"}]},
          "proxies[1].name: proxy 'a' is defined twice"),
         ({"proxies": [{"endpoint": "http://a"}]}, "proxies[0].name"),

@@ -151,8 +151,8 @@ class Setup:
         self.clock.advance(NOW)
         cfg = rtconfig.from_mapping(settings)
         hooks = hooks or self.backend.hooks()
-        proxies, pool = build_proxies(cfg, self.clock, hooks)
-        assert pool is None  # no HTTP proxy configured
+        proxies, closing = build_proxies(cfg, self.clock, hooks)
+        assert closing is None  # no HTTP or GRPC proxy to close
         self.node, _ = make_node(settings, clock=self.clock, proxies=proxies)
 
     def client(self, headers: dict[str, str] | None = None) -> tuple[Client, RecordingSink]:
