@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 import pytest_twisted
-from conftest import Backend
+from proxy_support import Backend
 from twisted.internet import reactor
 
 from rtserver.config import ProxyConfig, ProxyHTTPConfig

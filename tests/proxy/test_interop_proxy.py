@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 from centrifuge import ReplyError
-from conftest import Backend, proxy_config
 from harness import INTEROP_DIR, NODE_MODULES, NodeScenario, Server, run_server
+from proxy_support import Backend, proxy_config
 from pysdk import ClientEvents, Recorder, bounded, name, run_scenario, subscribe
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
