@@ -27,10 +27,16 @@ DOC = REPO_ROOT / "docs" / "proxies.rst"
 
 
 def tac_example() -> str:
+    """The literal block after "A complete ``.tac`` file" (up to an unindented line)."""
     text = DOC.read_text()
     start = text.index("A complete ``.tac`` file")
-    block = text[text.index("::\n", start) + 3 : text.index("Differences from Centrifugo")]
-    return textwrap.dedent(block)
+    lines = text[text.index("::\n", start) + 3 :].splitlines()
+    block = []
+    for line in lines:
+        if line and not line.startswith(" "):
+            break
+        block.append(line)
+    return textwrap.dedent("\n".join(block))
 
 
 def test_the_documented_tac_runs_and_authenticates_by_cookie(tmp_path: Path) -> None:
