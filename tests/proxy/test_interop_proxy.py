@@ -190,6 +190,45 @@ def test_python_cookie_session_subscribe_publish_rpc(
     assert {r["headers"]["cookie"] for r in connects} == {"session=erin", "session=frank"}
 
 
+def test_python_refresh_sub_refresh_and_terminal_disconnect(
+    rt_server: Server, fresh_backend: Backend
+) -> None:
+    """Expiring connection and subscription renewed in place; no cookie: 4501 for good."""
+    channel = name("proxied:short-")
+
+    async def scenario() -> None:
+        from centrifuge import Client
+
+        rec = Recorder()
+        client = Client(rt_server.ws_url, events=ClientEvents(rec),
+                        headers={"Cookie": "session=short-omar"}, max_reconnect_delay=1.0,
+                        proxy=None)
+        sub = subscribe(client, channel, rec)
+        stranger_rec = Recorder()
+        stranger = Client(rt_server.ws_url, events=ClientEvents(stranger_rec, "stranger"),
+                          max_reconnect_delay=0.2, proxy=None)
+        try:
+            await client.connect()
+            await sub.subscribe()
+            await bounded(sub.ready())
+            await asyncio.sleep(5)  # past two 2 s expiries of both
+            assert len(rec.find("connected")) == 1 and len(rec.find("subscribed")) == 1
+            assert not rec.find("disconnected") and not rec.find("unsubscribed")
+            await bounded(client.rpc("whoami", {}))  # still connected
+            await stranger.connect()
+            (gone,) = await stranger_rec.wait("disconnected")
+            assert (gone["code"], gone["reason"]) == (4501, "unauthorized")
+            await asyncio.sleep(1)
+            assert len(stranger_rec.find("connecting")) == 1  # no reconnect attempt
+        finally:
+            await client.disconnect()
+            await stranger.disconnect()
+
+    run_scenario(scenario())
+    assert len(fresh_backend.requests("refresh")) >= 2
+    assert len(fresh_backend.requests("sub_refresh")) >= 2
+
+
 # --- faults -----------------------------------------------------------------------------------
 
 
