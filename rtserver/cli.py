@@ -213,7 +213,12 @@ def cmd_checkconfig(args: argparse.Namespace) -> int:
     """Load and validate a configuration, printing its warnings."""
     if args.file and args.config and args.file != args.config:
         raise CLIError("give the config file either with -c or as an argument, not both")
-    _, warns = config.load(args.file or args.config)
+    cfg, warns = config.load(args.file or args.config)
+    # the server checks these at start-up, where in-process hooks may add proxies; a
+    # configuration file on its own must name only proxies it configures
+    config.check_proxy_references(
+        cfg, {kind: set(named) for kind, named in config.proxy_names(cfg).items()}
+    )
     for message in warns:
         _warn(message)
     print("config is valid")

@@ -93,6 +93,12 @@ class ChannelOptions:
     allow_user_limited_channels: bool = False
     channel_regex: str = ""
     publication_data_format: str = ""
+    subscribe_proxy_enabled: bool = False
+    subscribe_proxy_name: str = "default"
+    publish_proxy_enabled: bool = False
+    publish_proxy_name: str = "default"
+    sub_refresh_proxy_enabled: bool = False
+    sub_refresh_proxy_name: str = "default"
 
     @property
     def history_enabled(self) -> bool:
@@ -168,6 +174,92 @@ class PersonalChannelConfig:
 
 
 @dataclass(frozen=True)
+class ProxyHTTPConfig:
+    """HTTP specifics of a proxy: headers added to every request."""
+
+    static_headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """One backend proxy endpoint (docs/proxies.rst)."""
+
+    endpoint: str = ""
+    timeout: float = duration(1.0)
+    http_headers: list[str] = field(default_factory=list)
+    grpc_metadata: list[str] = field(default_factory=list)
+    emulated_headers: list[str] = field(default_factory=list)
+    binary_encoding: bool = False
+    include_connection_meta: bool = False
+    http: ProxyHTTPConfig = field(default_factory=ProxyHTTPConfig)
+
+
+@dataclass(frozen=True)
+class SwitchedProxyConfig(ProxyConfig):
+    """The connect or refresh proxy: a proxy with a switch."""
+
+    enabled: bool = False
+
+
+@dataclass(frozen=True)
+class NamedProxyConfig(ProxyConfig):
+    """An entry of the top-level ``proxies`` list, referenced by ``*_proxy_name``."""
+
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class ClientProxyConfig:
+    """``client.proxy``: connect and refresh proxies."""
+
+    connect: SwitchedProxyConfig = field(default_factory=SwitchedProxyConfig)
+    refresh: SwitchedProxyConfig = field(default_factory=SwitchedProxyConfig)
+
+
+@dataclass(frozen=True)
+class ChannelProxyConfig:
+    """``channel.proxy``: the proxies named ``default`` of channel events."""
+
+    subscribe: ProxyConfig = field(default_factory=ProxyConfig)
+    publish: ProxyConfig = field(default_factory=ProxyConfig)
+    sub_refresh: ProxyConfig = field(default_factory=ProxyConfig)
+
+
+@dataclass(frozen=True)
+class RPCOptions:
+    """Options of an RPC namespace, or of methods without one."""
+
+    proxy_enabled: bool = False
+    proxy_name: str = "default"
+
+
+@dataclass(frozen=True)
+class RPCNamespace(RPCOptions):
+    """A named RPC namespace: methods ``<name>:<rest>`` use these options."""
+
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class RPCPingConfig:
+    """The built-in RPC method answering ``{}``."""
+
+    enabled: bool = False
+    method: str = "ping"
+
+
+@dataclass(frozen=True)
+class RPCConfig:
+    """Client ``rpc`` calls: the RPC proxy and its namespaces."""
+
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    without_namespace: RPCOptions = field(default_factory=RPCOptions)
+    namespaces: list[RPCNamespace] = field(default_factory=list)
+    namespace_boundary: str = ":"
+    ping: RPCPingConfig = field(default_factory=RPCPingConfig)
+
+
+@dataclass(frozen=True)
 class ClientConfig:
     """Client connections: auth, origins, timers, limits."""
 
@@ -196,6 +288,7 @@ class ClientConfig:
     subscribe_to_user_personal_channel: PersonalChannelConfig = field(
         default_factory=PersonalChannelConfig
     )
+    proxy: ClientProxyConfig = field(default_factory=ClientProxyConfig)
 
 
 @dataclass(frozen=True)
@@ -210,6 +303,7 @@ class ChannelConfig:
     namespace_boundary: str = ":"
     user_boundary: str = "#"
     user_separator: str = ","
+    proxy: ChannelProxyConfig = field(default_factory=ChannelProxyConfig)
 
 
 @dataclass(frozen=True)
@@ -473,6 +567,8 @@ class Config:
     presence_manager: PresenceManagerConfig = field(default_factory=PresenceManagerConfig)
     node: NodeConfig = field(default_factory=NodeConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
+    rpc: RPCConfig = field(default_factory=RPCConfig)
+    proxies: list[NamedProxyConfig] = field(default_factory=list)
 
 
 # --- loading ---------------------------------------------------------------------------
@@ -582,6 +678,8 @@ class SchemaKey:
             return json.dumps(value)
         if isinstance(value, list):
             return json.dumps(value) if self.holds_objects else " ".join(value)
+        if isinstance(value, dict):
+            return json.dumps(value)
         return str(value)
 
     def from_env(self, raw: str, name: str) -> Any:
@@ -978,6 +1076,12 @@ def _convert(value: Any, hint: Any, f: dataclasses.Field[Any], key: str, warn: l
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected an object, got {type(value).__name__}")
         return build(hint, value, key, warn)  # type: ignore[arg-type]
+    if origin is dict:
+        if not isinstance(value, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            raise ConfigError(f"{key}: expected an object of strings")
+        return dict(value)
     if origin is list:
         (item,) = typing.get_args(hint)
         if not isinstance(value, list):
@@ -1147,6 +1251,111 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{key}.name: namespace {ns.name!r} is defined twice")
         seen.add(ns.name)
         _validate_options(ns, key, config)
+    _validate_proxies(config)
+
+
+def _validate_endpoint(proxy: ProxyConfig, key: str) -> None:
+    endpoint = proxy.endpoint
+    if not endpoint.startswith(("http://", "https://", "grpc://")):
+        raise ConfigError(
+            f"{key}.endpoint: expected an http://, https:// or grpc:// URL, got {endpoint!r}"
+        )
+    if proxy.timeout <= 0:
+        raise ConfigError(f"{key}.timeout: must be positive")
+
+
+def proxy_names(config: Config) -> dict[str, dict[str, ProxyConfig]]:
+    """Per channel/RPC event kind, the proxies a ``*_proxy_name`` may name.
+
+    ``default`` is the event's own section (``channel.proxy.subscribe``, ``rpc.proxy``);
+    every entry of ``proxies`` is available to every kind under its name.
+    """
+    named = {p.name: p for p in config.proxies}
+    defaults: dict[str, ProxyConfig] = {
+        "subscribe": config.channel.proxy.subscribe,
+        "publish": config.channel.proxy.publish,
+        "sub_refresh": config.channel.proxy.sub_refresh,
+        "rpc": config.rpc.proxy,
+    }
+    out: dict[str, dict[str, ProxyConfig]] = {}
+    for kind, default in defaults.items():
+        table: dict[str, ProxyConfig] = dict(named)
+        if default.endpoint:
+            table["default"] = default
+        out[kind] = table
+    return out
+
+
+def _validate_proxies(config: Config) -> None:
+    """Endpoints of enabled proxies, names of named proxies and their references."""
+    client = config.client.proxy
+    for kind, proxy in (("connect", client.connect), ("refresh", client.refresh)):
+        if proxy.enabled:
+            _validate_endpoint(proxy, f"client.proxy.{kind}")
+    seen: set[str] = set()
+    for i, named in enumerate(config.proxies):
+        key = f"proxies[{i}]"
+        if not named.name or named.name == "default":
+            raise ConfigError(f"{key}.name: a proxy needs a name other than 'default'")
+        if named.name in seen:
+            raise ConfigError(f"{key}.name: proxy {named.name!r} is defined twice")
+        seen.add(named.name)
+        _validate_endpoint(named, key)
+    channel = config.channel.proxy
+    for kind, default in (
+        ("subscribe", channel.subscribe),
+        ("publish", channel.publish),
+        ("sub_refresh", channel.sub_refresh),
+    ):
+        if default.endpoint:
+            _validate_endpoint(default, f"channel.proxy.{kind}")
+    if config.rpc.proxy.endpoint:
+        _validate_endpoint(config.rpc.proxy, "rpc.proxy")
+    if not config.rpc.namespace_boundary:
+        raise ConfigError("rpc.namespace_boundary: must not be empty")
+    rpc_seen: set[str] = set()
+    for i, ns in enumerate(config.rpc.namespaces):
+        if not _NAMESPACE_NAME_RE.match(ns.name):
+            raise ConfigError(
+                f"rpc.namespaces[{i}].name: {ns.name!r} must match {_NAMESPACE_NAME_RE.pattern}"
+            )
+        if ns.name in rpc_seen:
+            raise ConfigError(f"rpc.namespaces[{i}].name: namespace {ns.name!r} is defined twice")
+        rpc_seen.add(ns.name)
+
+
+def check_proxy_references(config: Config, available: Mapping[str, set[str]]) -> None:
+    """Every enabled ``*_proxy_name`` names a proxy of ``available[kind]``.
+
+    The service calls this with the configured proxies plus any in-process hooks, so
+    a namespace naming a proxy that nobody provides fails at startup, not per call.
+
+    Raises:
+        ConfigError: naming the namespace key and the missing proxy.
+    """
+    spaces: list[tuple[str, ChannelOptions]] = [
+        ("channel.without_namespace", config.channel.without_namespace)
+    ]
+    spaces += [(f"channel.namespaces[{i}]", ns) for i, ns in enumerate(config.channel.namespaces)]
+    for key, opts in spaces:
+        for kind, enabled, name in (
+            ("subscribe", opts.subscribe_proxy_enabled, opts.subscribe_proxy_name),
+            ("publish", opts.publish_proxy_enabled, opts.publish_proxy_name),
+            ("sub_refresh", opts.sub_refresh_proxy_enabled, opts.sub_refresh_proxy_name),
+        ):
+            if enabled and name not in available.get(kind, set()):
+                raise ConfigError(
+                    f"{key}.{kind}_proxy_name: no {kind} proxy named {name!r} is configured"
+                )
+    rpc_spaces: list[tuple[str, RPCOptions]] = [
+        ("rpc.without_namespace", config.rpc.without_namespace)
+    ]
+    rpc_spaces += [(f"rpc.namespaces[{i}]", ns) for i, ns in enumerate(config.rpc.namespaces)]
+    for key, rpc_opts in rpc_spaces:
+        if rpc_opts.proxy_enabled and rpc_opts.proxy_name not in available.get("rpc", set()):
+            raise ConfigError(
+                f"{key}.proxy_name: no rpc proxy named {rpc_opts.proxy_name!r} is configured"
+            )
 
 
 def _validate_grpc_api(grpc: GRPCAPIConfig) -> None:

@@ -14,19 +14,27 @@ from typing import Any, Protocol
 
 from twisted.application.service import MultiService, Service
 from twisted.application.strports import service as strports_service
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.web.resource import Resource
 
 from rtserver import logs
 from rtserver.api.executor import APIExecutor
 from rtserver.auth.jwt import JWTVerifier
-from rtserver.config import Config, RedisEngineConfig
+from rtserver.config import (
+    Config,
+    ProxyConfig,
+    RedisEngineConfig,
+    check_proxy_references,
+    proxy_names,
+)
 from rtserver.core.channels import ChannelResolver
 from rtserver.core.node import Node
 from rtserver.core.ports import IBroker, IEngine, IHistory
+from rtserver.core.proxy import IProxy, Proxies, ProxyEntry
 from rtserver.engines.composite import CompositeEngine
 from rtserver.engines.memory import MemoryEngine
 from rtserver.logs import Logger
+from rtserver.proxy.hooks import HookProxy, Hooks
 from rtserver.transports.emulation import EmulationResource, HTTPStreamResource, SSEResource
 from rtserver.transports.origin import OriginPolicy
 from rtserver.transports.uni import UniHTTPStreamResource, UniSSEResource, UniWebSocketFactory
@@ -39,6 +47,7 @@ from rtserver.web.health import HealthResource
 from rtserver.web.site import Branch, HTTPStats, RTSite, mount
 
 __all__ = [
+    "Hooks",
     "NodeService",
     "Reloader",
     "Sites",
@@ -47,6 +56,7 @@ __all__ = [
     "build_engine",
     "build_grpc_api",
     "build_node",
+    "build_proxies",
     "build_site",
     "build_sites",
     "build_verifier",
@@ -299,11 +309,105 @@ def build_verifier(config: Config, reactor: Any) -> JWTVerifier | None:
     return JWTVerifier.from_config(config.client, clock=reactor, fetch=fetch)
 
 
-def build_node(config: Config, reactor: Any) -> Node:
+
+
+
+class ProxyPoolService(Service):
+    """Closes the proxies' connections (HTTP keep-alive pool, GRPC channels) at stop."""
+
+    def __init__(self, pool: Any, closers: list[Callable[[], None]] | None = None) -> None:
+        self.pool = pool
+        self.closers = closers or []
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        for close in self.closers:
+            close()
+        if self.pool is None:
+            return succeed(None)
+        closed: Deferred[Any] = self.pool.closeCachedConnections()
+        return closed
+
+
+def build_proxies(
+    config: Config, reactor: Any, hooks: Hooks | None = None
+) -> tuple[Proxies, ProxyPoolService | None]:
+    """The backend proxies of ``config`` plus in-process ``hooks`` (docs/proxies.rst).
+
+    Returns:
+        The proxies and a service closing their connections at shutdown (None without
+        HTTP or GRPC proxies).
+
+    Raises:
+        ConfigError: a namespace names a proxy nobody provides.
+    """
+    pool: Any = None
+    closers: list[Callable[[], None]] = []
+    adapters: dict[int, IProxy] = {}
+
+    def http(name: str, proxy: ProxyConfig) -> ProxyEntry:
+        nonlocal pool
+        backend = adapters.get(id(proxy))
+        if backend is None and proxy.endpoint.startswith("grpc://"):
+            from rtserver.proxy.grpc import GRPCProxy
+
+            grpc_proxy = GRPCProxy(name, proxy, reactor=reactor)
+            closers.append(grpc_proxy.close)
+            backend = adapters[id(proxy)] = grpc_proxy
+        elif backend is None:
+            from rtserver.proxy.http import HTTPProxy, make_pool
+
+            if pool is None:
+                pool = make_pool(reactor)
+            backend = adapters[id(proxy)] = HTTPProxy(name, proxy, reactor=reactor, pool=pool)
+        return ProxyEntry(
+            name,
+            backend,
+            timeout=proxy.timeout,
+            binary=proxy.binary_encoding,
+            include_meta=proxy.include_connection_meta,
+        )
+
+    proxies = Proxies(rpc_config=config.rpc)
+    client = config.client.proxy
+    if client.connect.enabled:
+        proxies.connect = http("connect", client.connect)
+    if client.refresh.enabled:
+        proxies.refresh = http("refresh", client.refresh)
+    tables = {
+        "subscribe": proxies.subscribe,
+        "publish": proxies.publish,
+        "sub_refresh": proxies.sub_refresh,
+        "rpc": proxies.rpc,
+    }
+    for kind, named in proxy_names(config).items():
+        for name, proxy in named.items():
+            tables[kind][name] = http(name, proxy)
+    if hooks is not None:
+        backend = HookProxy(hooks)
+        entry = ProxyEntry(hooks.name, backend, timeout=hooks.timeout)
+        if hooks.connect is not None:
+            proxies.connect = ProxyEntry("hooks", backend, timeout=hooks.timeout)
+        if hooks.refresh is not None:
+            proxies.refresh = ProxyEntry("hooks", backend, timeout=hooks.timeout)
+        for kind, hook in (
+            ("subscribe", hooks.subscribe),
+            ("publish", hooks.publish),
+            ("sub_refresh", hooks.sub_refresh),
+            ("rpc", hooks.rpc),
+        ):
+            if hook is not None:
+                tables[kind][hooks.name] = entry
+    check_proxy_references(config, {kind: set(table) for kind, table in tables.items()})
+    closing = ProxyPoolService(pool, closers) if pool is not None or closers else None
+    return proxies, closing
+
+
+def build_node(config: Config, reactor: Any, proxies: Proxies | None = None) -> Node:
     """The engine, token verifier and node for ``config``."""
     engine = build_engine(config, reactor)
     verifier = build_verifier(config, reactor)
-    return Node(engine, config, clock=reactor, verifier=verifier)
+    return Node(engine, config, clock=reactor, verifier=verifier, proxies=proxies)
 
 
 def build_site(
@@ -524,24 +628,40 @@ def build(
     listen: list[str] | None = None,
     reactor: Any = None,
     reload: Loader | None = None,
+    hooks: Hooks | None = None,
 ) -> MultiService:
     """The whole server as a MultiService (the twistd plugin and .tac files call this).
 
-    ``reload`` loads the configuration again (the file given to ``twistd rtserver -c``):
-    with it, SIGHUP applies what can change without a restart (:class:`Reloader`).
+    Args:
+        config: The configuration (``rtserver.config.load`` or ``from_mapping``).
+        listen: Endpoint descriptions; default from ``http_server``.
+        reactor: The reactor (default: the global one).
+        reload: Loads the configuration again (the file given to ``twistd rtserver
+            -c``): with it, SIGHUP applies what can change without a restart
+            (:class:`Reloader`).
+        hooks: In-process proxy hooks of an embedding application (docs/proxies.rst,
+            "Embedding: Python hooks"); they answer the events they define instead of
+            an HTTP backend.
+
+    Raises:
+        ConfigError: a namespace names a proxy that neither ``config`` nor ``hooks``
+            provides.
     """
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
     logs.set_level(config.log.level)
-    node = build_node(config, reactor)
+    proxies, closing = build_proxies(config, reactor, hooks)
+    node = build_node(config, reactor, proxies)
     executor = APIExecutor(node)
     sites = build_sites(node, config, reactor, executor)
     site, internal_site, drains = sites.site, sites.internal, sites.drains
     top = MultiService()
     top.setName("rtserver")
     endpoints = listen or default_listen(config)
+    if closing is not None:
+        closing.setServiceParent(top)
     internal_endpoints = [internal_listen(config)] if internal_site is not None else []
     reloader = None if reload is None else Reloader(node, sites, reload, reactor)
     NodeService(node, drains, endpoints + internal_endpoints, reloader=reloader).setServiceParent(

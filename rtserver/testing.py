@@ -22,6 +22,7 @@ from zope.interface import implementer
 from rtserver import config as rtconfig
 from rtserver.core.node import Node
 from rtserver.core.ports import ISink, ITokenVerifier
+from rtserver.core.proxy import Proxies
 from rtserver.core.writer import Payload
 from rtserver.engines.memory import MemoryEngine
 from rtserver.protocol.codes import Disconnect
@@ -84,11 +85,13 @@ def make_node(
     *,
     clock: Clock | None = None,
     verifier: ITokenVerifier | None = None,
+    proxies: Proxies | None = None,
 ) -> tuple[Node, Clock]:
     """A started node with the memory engine, driven by a ``Clock``.
 
     ``settings`` is a configuration mapping in the config-file layout. A JWT verifier is
-    built from ``client.token`` settings unless ``verifier`` is given.
+    built from ``client.token`` settings unless ``verifier`` is given; ``proxies`` are
+    the node's backend proxies (none by default).
     """
     clock = clock or Clock()
     cfg = rtconfig.from_mapping(settings or {})
@@ -96,6 +99,12 @@ def make_node(
         from rtserver.auth.jwt import JWTVerifier
 
         verifier = JWTVerifier.from_config(cfg.client)
-    node = Node(MemoryEngine(clock, cleanup_interval=0), cfg, clock=clock, verifier=verifier)
+    node = Node(
+        MemoryEngine(clock, cleanup_interval=0),
+        cfg,
+        clock=clock,
+        verifier=verifier,
+        proxies=proxies,
+    )
     node.start()
     return node, clock

@@ -203,7 +203,47 @@ MEANING = {
     "admin.insecure": "admin UI without login (local use only)",
     "admin.handler_prefix": "path of the admin UI (empty: ``/``)",
     "admin.external": "keep the admin UI on the main port despite ``internal_port``",
+    "subscribe_proxy_enabled": "the subscribe proxy decides subscriptions (docs/proxies.rst)",
+    "subscribe_proxy_name": "which subscribe proxy: ``default`` or a ``proxies`` name",
+    "publish_proxy_enabled": "the publish proxy decides client publications",
+    "publish_proxy_name": "which publish proxy: ``default`` or a ``proxies`` name",
+    "sub_refresh_proxy_enabled": "the server refreshes expiring subscriptions via the proxy",
+    "sub_refresh_proxy_name": "which sub_refresh proxy: ``default`` or a ``proxies`` name",
+    "client.proxy.connect.enabled": "ask the connect proxy when a client brings no token",
+    "client.proxy.refresh.enabled": "the server refreshes expiring connections via the proxy",
+    "channel.proxy.subscribe.endpoint": "the subscribe proxy named ``default``",
+    "channel.proxy.publish.endpoint": "the publish proxy named ``default``",
+    "channel.proxy.sub_refresh.endpoint": "the sub_refresh proxy named ``default``",
+    "rpc.proxy.endpoint": "the RPC proxy named ``default``",
+    "rpc.without_namespace.proxy_enabled": "methods without namespace go to the RPC proxy",
+    "rpc.without_namespace.proxy_name": "which RPC proxy: ``default`` or a ``proxies`` name",
+    "rpc.namespaces": "list of RPC namespaces: ``name``, ``proxy_enabled``, ``proxy_name``",
+    "rpc.namespace_boundary": "separates RPC namespace and method (``ns:method``)",
+    "rpc.ping.enabled": "answer the RPC method below with ``{}`` without a proxy",
+    "rpc.ping.method": "name of that method",
+    "proxies": "named proxies (``name`` plus the proxy keys) for ``*_proxy_name``",
 }
+
+_PROXY_KEYS = {
+    "endpoint": "``http://``, ``https://`` or ``grpc://host:port`` of the backend",
+    "timeout": "give up on the backend after this (error 100 to the client)",
+    "http_headers": "headers of the client's connection request forwarded",
+    "grpc_metadata": "accepted (metadata of GRPC client connections, not served)",
+    "emulated_headers": "connect command ``headers`` (SDK emulation) forwarded",
+    "binary_encoding": "``b64data``/``b64info`` instead of raw JSON",
+    "include_connection_meta": "send the connection's ``meta`` along",
+    "http.static_headers": "headers added to every request (object)",
+}
+for _prefix in (
+    "client.proxy.connect",
+    "client.proxy.refresh",
+    "channel.proxy.subscribe",
+    "channel.proxy.publish",
+    "channel.proxy.sub_refresh",
+    "rpc.proxy",
+):
+    for _leaf, _meaning in _PROXY_KEYS.items():
+        MEANING.setdefault(f"{_prefix}.{_leaf}", _meaning)
 
 
 def _default(key: config.SchemaKey) -> str:

@@ -98,11 +98,16 @@ def test_default_matches_protocol(key: str) -> None:
 
 
 def test_channel_options_all_off_by_default() -> None:
-    """Channel options default to false/0/"" (docs/configuration.rst, "Channel options")."""
+    """Channel options default to false/0/"" (docs/configuration.rst, "Channel options").
+
+    The exceptions: the recovery mode, and the proxy names, "default" as in Centrifugo.
+    """
     opts = config.ChannelOptions()
-    others = set(opts.__dataclass_fields__) - {"force_recovery_mode"}
+    names = {"subscribe_proxy_name", "publish_proxy_name", "sub_refresh_proxy_name"}
+    others = set(opts.__dataclass_fields__) - {"force_recovery_mode"} - names
     assert not any(getattr(opts, name) for name in others)
     assert opts.force_recovery_mode == "stream"
+    assert {getattr(opts, name) for name in names} == {"default"}
     assert not opts.history_enabled
 
 

@@ -1,7 +1,7 @@
 """Import layering of rtserver/ as docs/architecture.rst states it.
 
 A layer imports only layers below it; the adapters (transports, api, engines, auth) are
-independent of each other; ``sockjs/`` knows nothing of the core; ``protocol/`` uses only
+independent of each other (and of ``proxy/``); ``sockjs/`` knows nothing of the core; ``protocol/`` uses only
 the standard library and orjson; the core takes from Twisted only Deferreds, the reactor
 time interfaces (an injected clock) and the logger. Every ``import`` in the tree counts,
 including lazy ones inside functions and ``importlib.import_module("...")`` calls.
@@ -35,6 +35,7 @@ LAYERS: dict[str, int] = {
     "rtserver.api": 4,
     "rtserver.engines": 4,
     "rtserver.auth": 4,
+    "rtserver.proxy": 4,
     "rtserver.web": 5,
     "rtserver.grpcapi": 5,  # the GRPC server API, beside web/
     "rtserver.service": 6,
@@ -44,7 +45,13 @@ LAYERS: dict[str, int] = {
 }
 
 #: Packages that sit in one layer but must not import each other.
-INDEPENDENT = ("rtserver.transports", "rtserver.api", "rtserver.engines", "rtserver.auth")
+INDEPENDENT = (
+    "rtserver.transports",
+    "rtserver.api",
+    "rtserver.engines",
+    "rtserver.auth",
+    "rtserver.proxy",
+)
 
 #: What a package may import besides the layers below it, when the doc restricts it.
 FORBIDDEN_BELOW = {"rtserver.sockjs": ("rtserver.core",)}

@@ -15,8 +15,9 @@ errors), :mod:`~rtserver.core.tokens` (token outcomes, ``expires``/``ttl``),
 :mod:`~rtserver.core.subscription` (how a subscription is configured) and
 :mod:`~rtserver.core.recovery` (the position and recovery part of a subscribe result).
 
-Where a backend proxy would plug in (Centrifugo's connect, subscribe, publish and RPC
-proxies), a comment says "proxy hook".
+The backend proxies (docs/proxies.rst) are asked where a comment says "proxy hook":
+connect without a token, refresh at expiry, subscribe, publish, sub_refresh at expiry,
+rpc. The client only sees the :class:`~rtserver.core.proxy.IProxy` port.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from __future__ import annotations
 import enum
 import uuid
 from collections import deque
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable, Coroutine, Mapping
+from types import MappingProxyType
+from typing import Any, TypeVar
 
 import orjson
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
 
@@ -46,6 +48,23 @@ from rtserver.core.permissions import (
     may_subscribe,
 )
 from rtserver.core.ports import ClientNode, ISink
+from rtserver.core.proxy import (
+    ConnectProxyRequest,
+    ProxyCommon,
+    ProxyEntry,
+    ProxyFailure,
+    ProxyResult,
+    PublishProxyRequest,
+    RefreshProxyRequest,
+    RefreshProxyResult,
+    RPCProxyRequest,
+    SubRefreshProxyRequest,
+    SubRefreshProxyResult,
+    SubscribeProxyRequest,
+    SubscribeProxyResult,
+    check_json,
+    rpc_options,
+)
 from rtserver.core.recovery import positioned_result, recovery_filter, recovery_result
 from rtserver.core.subscription import (
     Subscription,
@@ -79,6 +98,7 @@ from rtserver.protocol.frames import (
     Publication,
     PublishRequest,
     RefreshRequest,
+    RPCRequest,
     StreamPosition,
     SubRefreshRequest,
     SubscribeRequest,
@@ -91,6 +111,10 @@ __all__ = ["Client"]
 Result = dict[str, Any]
 
 _log = Logger()
+_R = TypeVar("_R", bound="ProxyResult | None")
+#: How long a connection or subscription is extended when its refresh proxy fails.
+_REFRESH_RETRY = 60
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 _PING_PAYLOAD = Payload(codec.PING, shared=True)
 
 
@@ -110,11 +134,13 @@ class Client:
         "_clock",
         "_config",
         "_connect_failed",
+        "_emulated_headers",
         "_expire_timer",
         "_node",
         "_pending",
         "_ping_timer",
         "_pong_timer",
+        "_proxy_calls",
         "_sink",
         "_stale_timer",
         "_state",
@@ -125,6 +151,7 @@ class Client:
         "expire_at",
         "headers",
         "id",
+        "meta",
         "name",
         "session",
         "user",
@@ -143,7 +170,10 @@ class Client:
         self.headers = headers or {}
         self.user = ""
         self.conn_info: bytes | None = None
+        self.meta: bytes | None = None  # connection meta (raw JSON): token or connect proxy
         self.expire_at = 0
+        self._emulated_headers: Mapping[str, str] = _NO_HEADERS
+        self._proxy_calls: set[Deferred[Any]] | None = None  # made by the first proxy call
         self.name = ""
         self.version = ""
         self._state = State.CONNECTING
@@ -371,6 +401,9 @@ class Client:
             if timer is not None and timer.active():
                 timer.cancel()
         self._stale_timer = self._ping_timer = self._pong_timer = self._expire_timer = None
+        if self._proxy_calls:
+            for call in list(self._proxy_calls):
+                call.cancel()  # a backend answering after the client left is not waited for
         self._pending.clear()
         self._drop_subscriptions()
         self._node.remove_client(self)
@@ -409,11 +442,19 @@ class Client:
         self._expire_timer = None
         if not self.expire_at:
             return
-        delay = max(0.0, self.expire_at - self._clock.seconds()) + self._config.expired_close_delay
+        delay = max(0.0, self.expire_at - self._clock.seconds())
+        if self._node.proxies.refresh is None:
+            delay += self._config.expired_close_delay
         self._expire_timer = self._clock.callLater(delay, self._check_expired)
 
     def _check_expired(self) -> None:
         self._expire_timer = None
+        refresh = self._node.proxies.refresh
+        if refresh is not None and self._state is State.CONNECTED:
+            # proxy hook (refresh): the server refreshes the connection at expiry
+            d = Deferred.fromCoroutine(self._proxy_refresh(refresh))
+            d.addErrback(self._background_failed, "refresh")
+            return
         if self.expire_at and self._clock.seconds() >= self.expire_at:
             self.close(Disconnect.EXPIRED)
         else:
@@ -426,12 +467,19 @@ class Client:
         if not sub.expire_at:
             return
         delay = max(0.0, sub.expire_at - self._clock.seconds())
-        delay += self._config.expired_sub_close_delay
+        if self._sub_refresh_proxy(sub.opts) is None:
+            delay += self._config.expired_sub_close_delay
         sub.timer = self._clock.callLater(delay, self._check_sub_expired, sub)
 
     def _check_sub_expired(self, sub: Subscription) -> None:
         sub.timer = None
         if self._subs.get(sub.channel) is not sub:
+            return
+        entry = self._sub_refresh_proxy(sub.opts)
+        if entry is not None and self._state is State.CONNECTED:
+            # proxy hook (sub_refresh): the server refreshes the subscription at expiry
+            d = Deferred.fromCoroutine(self._proxy_sub_refresh(entry, sub))
+            d.addErrback(self._background_failed, "sub_refresh")
             return
         if sub.expire_at and self._clock.seconds() >= sub.expire_at:
             if sub.server_side:
@@ -459,11 +507,19 @@ class Client:
         """
         node = self._node
         config = self._config
-        # proxy hook (connect): a connect proxy would authenticate here instead
-        token = await self._authenticate(req)
-        if self.closed:  # closed while the verifier fetched keys (JWKS)
-            raise Disconnect.INVALID_TOKEN
         self.name, self.version = req.name, req.version
+        self._emulated_headers = req.headers
+        connect_proxy = node.proxies.connect
+        connect_data: bytes | None = None
+        if not req.token and connect_proxy is not None:
+            # proxy hook (connect): the backend authenticates a connect without a token
+            token, connect_data = await self._proxy_connect(connect_proxy, req)
+        else:
+            token = await self._authenticate(req)
+            if self.closed:  # closed while the verifier fetched keys (JWKS)
+                raise Disconnect.INVALID_TOKEN
+            if token.meta is not None:
+                self.meta = orjson.dumps(token.meta)
         self.user = token.user
         self.conn_info = token.info
         now = self._clock.seconds()
@@ -492,13 +548,16 @@ class Client:
             config,
             client_id=self.id,
             version=node.version,
-            expire_at=self.expire_at,
+            # with a refresh proxy the server refreshes: no expires/ttl for the client
+            expire_at=self.expire_at if node.proxies.refresh is None else 0,
             now=now,
             subs=subs_result,
             pong=self._sink.pong,
             session=self.session,
             node=node.uid if self._sink.emulation else "",
         )
+        if connect_data is not None:
+            result["data"] = orjson.Fragment(connect_data)
         self._state = State.CONNECTED
         if self._stale_timer is not None and self._stale_timer.active():
             self._stale_timer.cancel()
@@ -537,7 +596,10 @@ class Client:
             if channel in self._subs:
                 continue
             try:
-                sub = await self._authorize_subscribe(hint)
+                maybe_sub = await self._authorize_subscribe(hint)
+                if maybe_sub is None:
+                    continue  # subscribe-proxy namespaces: not for unidirectional subs
+                sub = maybe_sub
                 sub_result = await self._establish(sub, hint, reject_unrecovered=False)
             except Error as e:
                 _log.debug(
@@ -615,18 +677,29 @@ class Client:
         req = SubscribeRequest.parse(cmd.params)
         if not req.channel:
             raise ProtocolError("subscribe needs a channel")
-        sub = await self._authorize_subscribe(req)
+        maybe_sub = await self._authorize_subscribe(req)
+        data: bytes | None = None
+        if maybe_sub is None:
+            sub, data = await self._proxy_subscribe(req)
+        else:
+            sub = maybe_sub
         result = await self._establish(sub, req, reject_unrecovered=req.reject_unrecovered)
         if self._subs.get(sub.channel) is not sub:
             return  # closed or unsubscribed while waiting
-        result.update(self._expiry(sub.expire_at))
+        if data is not None:
+            result["data"] = orjson.Fragment(data)
+        if self._sub_refresh_proxy(sub.opts) is None:
+            result.update(self._expiry(sub.expire_at))
         self._schedule_sub_expiry(sub)
         self._reply(cmd, result)
         self._flush_buffer(sub)
         self._joined(sub)
 
-    async def _authorize_subscribe(self, req: SubscribeRequest) -> Subscription:
-        """Permission checks (docs/client-protocol.rst, "Channels"); the new subscription."""
+    async def _authorize_subscribe(self, req: SubscribeRequest) -> Subscription | None:
+        """Permission checks (docs/client-protocol.rst, "Channels"); the new subscription.
+
+        None: the namespace has ``subscribe_proxy_enabled`` and the backend decides.
+        """
         node = self._node
         resolver = node.resolver
         channel = req.channel
@@ -646,14 +719,16 @@ class Client:
         elif resolver.is_user_limited(channel, opts):
             if not resolver.user_allowed(channel, self.user):
                 raise Error.PERMISSION_DENIED
+        elif opts.subscribe_proxy_enabled:
+            # proxy hook (subscribe): the backend allows or refuses, see _proxy_subscribe
+            resolver.check_regex(channel, opts)
+            return None
         elif not may_subscribe(opts, self.user, self._config.insecure):
             raise Error.PERMISSION_DENIED
         if token is None:
             resolver.check_regex(channel, opts)
         else:
             check_unexpired(token.expire_at, self._clock.seconds())
-        # proxy hook (subscribe): a subscribe proxy would decide here, and could add
-        # channel info, data and overrides
         return client_subscription(req, opts, token, self.user, self._config.insecure)
 
     async def _establish(
@@ -805,10 +880,21 @@ class Client:
     async def _publish(self, cmd: Command) -> None:
         req = PublishRequest.parse(cmd.params)
         opts = self._options_for(req.channel)
+        if opts.publish_proxy_enabled:
+            # proxy hook (publish): the backend allows, refuses or rewrites the data
+            data, skip_history = await self._proxy_publish(req, opts)
+            await self._node.publish(
+                req.channel,
+                data,
+                info=self.info(req.channel),
+                skip_history=skip_history,
+                opts=opts,
+            )
+            self._reply(cmd, {})
+            return
         subscribed = req.channel in self._subs
         if not may_publish(opts, self.user, subscribed, self._config.insecure):
             raise Error.PERMISSION_DENIED
-        # proxy hook (publish): a publish proxy would decide here, and could change data
         await self._node.publish(req.channel, req.data, info=self.info(req.channel), opts=opts)
         self._reply(cmd, {})
 
@@ -857,6 +943,8 @@ class Client:
         )
 
     async def _refresh(self, cmd: Command) -> None:
+        if self._node.proxies.refresh is not None:
+            raise Disconnect.BAD_REQUEST  # the server refreshes through its refresh proxy
         req = RefreshRequest.parse(cmd.params)
         if not req.token:
             raise ProtocolError("refresh needs a token")
@@ -894,8 +982,25 @@ class Client:
         self._reply(cmd, self._expiry(sub.expire_at))
 
     async def _rpc(self, cmd: Command) -> None:
-        # proxy hook (rpc): an RPC proxy would answer here
-        raise Error.NOT_AVAILABLE.with_message("rpc is not available: no rpc proxy configured")
+        req = RPCRequest.parse(cmd.params)
+        proxies = self._node.proxies
+        ping = proxies.rpc_config.ping
+        if ping.enabled and req.method == ping.method:
+            self._reply(cmd, {})
+            return
+        if not proxies.rpc:
+            raise Error.NOT_AVAILABLE.with_message("rpc is not available: no rpc proxy configured")
+        opts = rpc_options(proxies.rpc_config, req.method)
+        entry = proxies.rpc.get(opts.proxy_name) if opts.proxy_enabled else None
+        if entry is None:
+            raise Error.NOT_AVAILABLE
+        # proxy hook (rpc): the backend answers
+        request = RPCProxyRequest(**self._proxy_common(entry), method=req.method, data=req.data)
+        reply = await self._ask(entry, "rpc", entry.backend.rpc(request))
+        result: Result = {}
+        if reply is not None and reply.data is not None:
+            result["data"] = orjson.Fragment(reply.data)
+        self._reply(cmd, result)
 
     async def _not_available(self, cmd: Command) -> None:
         raise Error.NOT_AVAILABLE
@@ -913,6 +1018,186 @@ class Client:
         "rpc": _rpc,
         "ping": _not_available,
     }
+
+    # --- backend proxies (docs/proxies.rst) -----------------------------------------------
+
+    def _proxy_protocol(self) -> str:
+        """The ``protocol`` field of proxy requests: the wire protocol of this connection.
+
+        Every connection speaks JSON until the Protobuf codec is negotiated by the
+        transports; this is the one place to read the client's encoding from then.
+        """
+        return "json"
+
+    def _proxy_common(self, entry: ProxyEntry) -> ProxyCommon:
+        return ProxyCommon(
+            client=self.id,
+            transport=self.transport_name,
+            protocol=self._proxy_protocol(),
+            encoding=entry.encoding,
+            user=self.user,
+            headers={k.lower(): v for k, v in self.headers.items()},
+            emulated_headers={k.lower(): v for k, v in self._emulated_headers.items()},
+            meta=self.meta if entry.include_meta else None,
+        )
+
+    async def _call(self, entry: ProxyEntry, kind: str, call: Deferred[_R]) -> _R:
+        """Await a proxy call under its timeout; cancelled when the connection closes.
+
+        Raises:
+            Error: the backend's error.
+            Disconnect: the backend's disconnect; 3000 when the client left meanwhile.
+            ProxyFailure: the backend failed (logged here, once, with the proxy name).
+        """
+        d = self._node.proxies.call(entry, call, self._clock)
+        if self._proxy_calls is None:
+            self._proxy_calls = set()
+        self._proxy_calls.add(d)
+        try:
+            result = await d
+            check_json(result)
+            return result
+        except (Error, Disconnect):
+            raise
+        except CancelledError:
+            raise Disconnect.CONNECTION_CLOSED from None
+        except Exception as e:
+            reason = str(e) if isinstance(e, ProxyFailure) else repr(e)
+            _log.warn(
+                "proxy {proxy}: {kind} for client {client} failed: {reason}",
+                proxy=entry.name,
+                kind=kind,
+                client=self.id,
+                reason=reason,
+            )
+            raise ProxyFailure(reason) from None
+        finally:
+            self._proxy_calls.discard(d)  # set above; the connection may have closed since
+
+    async def _ask(self, entry: ProxyEntry, kind: str, call: Deferred[_R]) -> _R:
+        """:meth:`_call` for a command: a failed backend is error 100 (temporary)."""
+        try:
+            return await self._call(entry, kind, call)
+        except ProxyFailure:
+            raise Error.INTERNAL from None
+
+    def _background_failed(self, failure: Failure, kind: str) -> None:
+        exc = failure.value
+        if isinstance(exc, Disconnect):
+            self.close(exc)
+            return
+        _log.failure("client {client}: {kind} failed", failure, client=self.id, kind=kind)
+        self.close(Disconnect.SERVER_ERROR)
+
+    async def _proxy_connect(
+        self, entry: ProxyEntry, req: ConnectRequest
+    ) -> tuple[ConnectionToken, bytes | None]:
+        """The connect proxy's credentials as a token; and the connect result's data."""
+        request = ConnectProxyRequest(
+            **self._proxy_common(entry),
+            name=req.name,
+            version=req.version,
+            data=req.data,
+            channels=tuple(req.subs) if self._uni else (),
+        )
+        reply = await self._ask(entry, "connect", entry.backend.connect(request))
+        if reply is None:
+            if anonymous_allowed(self._config):
+                return ConnectionToken(user=""), None
+            raise Disconnect.BAD_REQUEST
+        self.meta = reply.meta
+        token = ConnectionToken(
+            user=reply.user,
+            expire_at=reply.expire_at,
+            info=reply.info,
+            channels=reply.channels,
+            subs=dict(reply.subs),
+        )
+        return token, reply.data
+
+    async def _proxy_refresh(self, entry: ProxyEntry) -> None:
+        request = RefreshProxyRequest(**self._proxy_common(entry))
+        try:
+            reply = await self._call(entry, "refresh", entry.backend.refresh(request))
+        except ProxyFailure:
+            reply = RefreshProxyResult(expire_at=int(self._clock.seconds()) + _REFRESH_RETRY)
+        except Error:
+            reply = None  # an error is no result: the connection expires
+        if self._state is not State.CONNECTED:
+            return
+        now = self._clock.seconds()
+        if reply is None or reply.expired or (reply.expire_at and reply.expire_at <= now):
+            self.close(Disconnect.EXPIRED)
+            return
+        self.expire_at = reply.expire_at
+        if reply.info is not None:
+            self.conn_info = reply.info
+        if reply.meta is not None:
+            self.meta = reply.meta
+        self._schedule_expiry()
+
+    def _sub_refresh_proxy(self, opts: ChannelOptions) -> ProxyEntry | None:
+        if not opts.sub_refresh_proxy_enabled:
+            return None
+        return self._node.proxies.sub_refresh.get(opts.sub_refresh_proxy_name)
+
+    async def _proxy_subscribe(self, req: SubscribeRequest) -> tuple[Subscription, bytes | None]:
+        """The subscription the subscribe proxy allows; and the subscribe result's data."""
+        opts = self._node.resolver.options(req.channel)
+        entry = self._node.proxies.subscribe.get(opts.subscribe_proxy_name)
+        if entry is None:
+            raise Error.NOT_AVAILABLE
+        request = SubscribeProxyRequest(
+            **self._proxy_common(entry), channel=req.channel, token=req.token, data=req.data
+        )
+        reply = await self._ask(entry, "subscribe", entry.backend.subscribe(request))
+        if reply is None:
+            reply = SubscribeProxyResult()
+        check_unexpired(reply.expire_at, self._clock.seconds())
+        if req.channel in self._subs:
+            raise Error.ALREADY_SUBSCRIBED
+        # only what the namespace forces, then the backend's overrides (as Centrifugo)
+        sub = server_subscription(
+            req.channel, opts, info=reply.info, overrides=reply.override, expire_at=reply.expire_at
+        )
+        sub.server_side = False
+        return sub, reply.data
+
+    async def _proxy_sub_refresh(self, entry: ProxyEntry, sub: Subscription) -> None:
+        request = SubRefreshProxyRequest(**self._proxy_common(entry), channel=sub.channel)
+        try:
+            reply = await self._call(entry, "sub_refresh", entry.backend.sub_refresh(request))
+        except ProxyFailure:
+            reply = SubRefreshProxyResult(expire_at=int(self._clock.seconds()) + _REFRESH_RETRY)
+        except Error:
+            reply = None
+        if self._state is not State.CONNECTED or self._subs.get(sub.channel) is not sub:
+            return
+        now = self._clock.seconds()
+        if reply is None or reply.expired or (reply.expire_at and reply.expire_at <= now):
+            if sub.server_side:
+                self.close(Disconnect.SUB_EXPIRED)
+            else:
+                self.unsubscribe(sub.channel, Unsubscribe.EXPIRED)
+            return
+        sub.expire_at = reply.expire_at
+        if reply.info is not None:
+            sub.chan_info = reply.info
+        self._schedule_sub_expiry(sub)
+
+    async def _proxy_publish(self, req: PublishRequest, opts: ChannelOptions) -> tuple[bytes, bool]:
+        """The data to publish (the backend's replacement or the client's) and skip_history."""
+        entry = self._node.proxies.publish.get(opts.publish_proxy_name)
+        if entry is None:
+            raise Error.NOT_AVAILABLE
+        request = PublishProxyRequest(
+            **self._proxy_common(entry), channel=req.channel, data=req.data
+        )
+        reply = await self._ask(entry, "publish", entry.backend.publish(request))
+        if reply is None:
+            return req.data, False
+        data = reply.data if reply.data is not None else req.data
+        return data, reply.skip_history
 
     # --- server-side control -----------------------------------------------------------
 

@@ -37,6 +37,7 @@ from rtserver.core.ports import (
     Subscriber,
 )
 from rtserver.core.positions import PositionCheck
+from rtserver.core.proxy import Proxies
 from rtserver.core.subscription import Subscription
 from rtserver.core.types import (
     ControlMessage,
@@ -89,8 +90,10 @@ class Node:
         verifier: ITokenVerifier | None = None,
         name: str = "",
         presence_manager: IPresenceManager | None = None,
+        proxies: Proxies | None = None,
     ) -> None:
         self.engine = engine
+        self.proxies = proxies if proxies is not None else Proxies()
         self.presence_manager: IPresenceManager = (
             engine if presence_manager is None else presence_manager
         )

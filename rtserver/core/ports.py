@@ -27,9 +27,9 @@ Two kinds, one per port, never mixed:
     its node (``Node`` implements it). A client never sees an engine.
   - :class:`Subscriber`: a connection as the hub and the position check see it.
 
-Hooks such as a connect/subscribe/publish/RPC proxy (Centrifugo's backend proxies) would
-be a further port called by the client at the points marked "proxy hook" in
-``core/client.py``; see docs/architecture.rst.
+The backend proxies (Centrifugo's connect/refresh/subscribe/publish/sub_refresh/RPC
+proxies) are a further port, :class:`rtserver.core.proxy.IProxy`, called by the client at
+the points marked "proxy hook" in ``core/client.py``; see docs/proxies.rst.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from rtserver.config import ChannelOptions, Config
     from rtserver.core.channels import ChannelResolver
     from rtserver.core.client import Client
+    from rtserver.core.proxy import Proxies
     from rtserver.core.subscription import Subscription
     from rtserver.core.types import (
         ConnectionToken,
@@ -258,6 +259,10 @@ class ClientNode(Protocol):
     @property
     def resolver(self) -> ChannelResolver:
         """Channel names to namespace options."""
+
+    @property
+    def proxies(self) -> Proxies:
+        """The backend proxies (docs/proxies.rst); empty when none is configured."""
 
     @property
     def verifier(self) -> ITokenVerifier | None:

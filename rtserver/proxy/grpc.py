@@ -1,0 +1,283 @@
+"""The GRPC proxy adapter: Centrifugo's ``CentrifugoProxy`` service over grpcio.
+
+One channel per ``grpc://host:port`` endpoint (plaintext, HTTP/2 keep-alive by grpcio).
+Calls use grpcio's future API: the answer arrives on a grpcio thread and is handed to the
+reactor with ``callFromThread``; cancelling the Deferred (the core's timeout, or the
+client leaving) cancels the RPC. Messages are ``proxy.proto`` (Centrifugo's field
+numbers). ``http_headers``/``emulated_headers`` become metadata as in Centrifugo
+(lower-case keys).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from twisted.internet.defer import Deferred
+from zope.interface import implementer
+
+from rtserver.config import ProxyConfig
+from rtserver.core.proxy import (
+    ConnectProxyRequest,
+    ConnectProxyResult,
+    IProxy,
+    ProxyFailure,
+    ProxyRequest,
+    PublishProxyRequest,
+    PublishProxyResult,
+    RefreshProxyRequest,
+    RefreshProxyResult,
+    RPCProxyRequest,
+    RPCProxyResult,
+    SubRefreshProxyRequest,
+    SubRefreshProxyResult,
+    SubscribeProxyRequest,
+    SubscribeProxyResult,
+)
+from rtserver.core.types import Overrides, SubscriptionGrant
+from rtserver.protocol.codes import Disconnect, Error
+from rtserver.proxy import proxy_pb2 as pb
+
+__all__ = ["SERVICE", "GRPCProxy"]
+
+SERVICE = "/centrifugal.centrifugo.proxy.CentrifugoProxy/"
+_T = TypeVar("_T")
+
+
+def metadata(config: ProxyConfig, request: ProxyRequest) -> tuple[tuple[str, str | bytes], ...]:
+    """Emulated headers then transport headers allowed by the config, as metadata."""
+    out: dict[str, str] = {}
+    emulated = {h.lower() for h in config.emulated_headers}
+    for name, value in request.emulated_headers.items():
+        if name.lower() in emulated:
+            out[name.lower()] = value
+    allowed = {h.lower() for h in config.http_headers}
+    for name, value in request.headers.items():
+        if name.lower() in allowed:
+            out[name.lower()] = value
+    return tuple(out.items())
+
+
+# --- values <-> messages ---------------------------------------------------------------------
+
+
+def _fill_common(msg: Any, request: ProxyRequest) -> None:
+    msg.client = request.client
+    msg.transport = request.transport
+    msg.protocol = request.protocol
+    msg.encoding = request.encoding
+
+
+def _fill_data(msg: Any, data: bytes | None, binary: bool) -> None:
+    if data is None:
+        return
+    if binary:
+        msg.b64data = base64.b64encode(data).decode("ascii")
+    else:
+        msg.data = data
+
+
+def _raw(msg: Any, name: str) -> bytes | None:
+    """``name`` or ``b64<name>`` of a result message; None when empty."""
+    encoded: str = getattr(msg, "b64" + name)
+    if encoded:
+        try:
+            return base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise ProxyFailure(f"b64{name} is not base64") from None
+    value: bytes = getattr(msg, name)
+    return value or None
+
+
+def _overrides(msg: Any) -> Overrides:
+    if not msg.HasField("override"):
+        return Overrides()
+    override = msg.override
+
+    def flag(name: str) -> bool | None:
+        return bool(getattr(override, name).value) if override.HasField(name) else None
+
+    return Overrides(
+        presence=flag("presence"),
+        join_leave=flag("join_leave"),
+        force_push_join_leave=flag("force_push_join_leave"),
+        force_recovery=flag("force_recovery"),
+        force_positioning=flag("force_positioning"),
+    )
+
+
+def _outcome(response: Any) -> Any:
+    """The response's ``result`` message (None if absent); raises its error/disconnect."""
+    if response.HasField("disconnect"):
+        code = response.disconnect.code
+        if not 4000 <= code <= 4999:
+            raise ProxyFailure(f"disconnect code {code} outside 4000-4999")
+        raise Disconnect(code, response.disconnect.reason)
+    if response.HasField("error"):
+        error = response.error
+        if not error.code:
+            raise ProxyFailure("error code 0")
+        raise Error(error.code, error.message, error.temporary)
+    return response.result if response.HasField("result") else None
+
+
+def _connect_result(r: Any) -> ConnectProxyResult:
+    subs = {
+        channel: SubscriptionGrant(
+            info=_raw(o, "info"), data=_raw(o, "data"), overrides=_overrides(o)
+        )
+        for channel, o in r.subs.items()
+    }
+    return ConnectProxyResult(
+        user=r.user,
+        expire_at=r.expire_at,
+        info=_raw(r, "info"),
+        data=_raw(r, "data"),
+        channels=tuple(r.channels),
+        subs=subs,
+        meta=r.meta or None,
+    )
+
+
+# --- the adapter -------------------------------------------------------------------------------
+
+
+@implementer(IProxy)
+class GRPCProxy:
+    """A ``grpc://host:port`` backend answering proxy events."""
+
+    def __init__(self, name: str, config: ProxyConfig, *, reactor: Any) -> None:
+        """Open a channel to ``config.endpoint`` (connected lazily by grpcio).
+
+        Args:
+            name: The proxy's name in log lines.
+            config: Endpoint and metadata rules (the timeout is applied by the core).
+            reactor: The server's reactor (answers are handed to it from grpcio threads).
+        """
+        import grpc
+
+        self.name = name
+        self._config = config
+        self._reactor = reactor
+        self._binary = config.binary_encoding
+        self._channel = grpc.insecure_channel(config.endpoint.removeprefix("grpc://"))
+        self._methods: dict[str, Any] = {}
+
+    def close(self) -> None:
+        """Close the channel (at server shutdown)."""
+        self._channel.close()
+
+    def _call(
+        self, method: str, msg: Any, response_type: Any, request: ProxyRequest,
+        convert: Callable[[Any], _T],
+    ) -> Deferred[_T | None]:
+        stub = self._methods.get(method)
+        if stub is None:
+            stub = self._methods[method] = self._channel.unary_unary(
+                SERVICE + method,
+                request_serializer=lambda m: m.SerializeToString(),
+                response_deserializer=response_type.FromString,
+            )
+        future = stub.future(msg, metadata=metadata(self._config, request))
+        def cancel(_: Deferred[_T | None]) -> None:
+            future.cancel()
+
+        d: Deferred[_T | None] = Deferred(cancel)
+
+        def fire(result: Any) -> None:
+            if d.called:
+                return
+            try:
+                value = _outcome(result)
+                d.callback(None if value is None else convert(value))
+            except Exception as e:  # each becomes the call's failure
+                d.errback(e)
+
+        def failed(reason: str) -> None:
+            if not d.called:
+                d.errback(ProxyFailure(reason))
+
+        def done(f: Any) -> None:  # on a grpcio thread
+            if f.cancelled():
+                return
+            error = f.exception()
+            if error is not None:
+                code = getattr(error, "code", lambda: None)()
+                detail = getattr(error, "details", lambda: "")()
+                reason = f"GRPC {getattr(code, 'name', code)}: {detail}"
+                self._reactor.callFromThread(failed, reason)
+            else:
+                self._reactor.callFromThread(fire, f.result())
+
+        future.add_done_callback(done)
+        return d
+
+    def connect(self, request: ConnectProxyRequest) -> Deferred[ConnectProxyResult | None]:
+        """Call ``Connect``."""
+        msg = pb.ConnectRequest(name=request.name, version=request.version,
+                                channels=list(request.channels))
+        _fill_common(msg, request)
+        _fill_data(msg, request.data, self._binary)
+        return self._call("Connect", msg, pb.ConnectResponse, request, _connect_result)
+
+    def refresh(self, request: RefreshProxyRequest) -> Deferred[RefreshProxyResult | None]:
+        """Call ``Refresh``."""
+        msg = pb.RefreshRequest(user=request.user, meta=request.meta or b"")
+        _fill_common(msg, request)
+        return self._call(
+            "Refresh", msg, pb.RefreshResponse, request,
+            lambda r: RefreshProxyResult(
+                expired=r.expired, expire_at=r.expire_at, info=_raw(r, "info"),
+                meta=r.meta or None,
+            ),
+        )
+
+    def subscribe(self, request: SubscribeProxyRequest) -> Deferred[SubscribeProxyResult | None]:
+        """Call ``Subscribe``."""
+        msg = pb.SubscribeRequest(user=request.user, channel=request.channel,
+                                  token=request.token, meta=request.meta or b"")
+        _fill_common(msg, request)
+        _fill_data(msg, request.data, self._binary)
+        return self._call(
+            "Subscribe", msg, pb.SubscribeResponse, request,
+            lambda r: SubscribeProxyResult(
+                info=_raw(r, "info"), data=_raw(r, "data"), override=_overrides(r),
+                expire_at=r.expire_at,
+            ),
+        )
+
+    def publish(self, request: PublishProxyRequest) -> Deferred[PublishProxyResult | None]:
+        """Call ``Publish``."""
+        msg = pb.PublishRequest(user=request.user, channel=request.channel,
+                                meta=request.meta or b"")
+        _fill_common(msg, request)
+        _fill_data(msg, request.data, self._binary)
+        return self._call(
+            "Publish", msg, pb.PublishResponse, request,
+            lambda r: PublishProxyResult(data=_raw(r, "data"), skip_history=r.skip_history),
+        )
+
+    def sub_refresh(
+        self, request: SubRefreshProxyRequest
+    ) -> Deferred[SubRefreshProxyResult | None]:
+        """Call ``SubRefresh``."""
+        msg = pb.SubRefreshRequest(user=request.user, channel=request.channel,
+                                   meta=request.meta or b"")
+        _fill_common(msg, request)
+        return self._call(
+            "SubRefresh", msg, pb.SubRefreshResponse, request,
+            lambda r: SubRefreshProxyResult(
+                expired=r.expired, expire_at=r.expire_at, info=_raw(r, "info")
+            ),
+        )
+
+    def rpc(self, request: RPCProxyRequest) -> Deferred[RPCProxyResult | None]:
+        """Call ``RPC``."""
+        msg = pb.RPCRequest(user=request.user, method=request.method, meta=request.meta or b"")
+        _fill_common(msg, request)
+        _fill_data(msg, request.data, self._binary)
+        return self._call(
+            "RPC", msg, pb.RPCResponse, request, lambda r: RPCProxyResult(data=_raw(r, "data"))
+        )
