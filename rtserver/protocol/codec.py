@@ -24,9 +24,12 @@ __all__ = [
     "PING",
     "EncodeError",
     "decode_commands",
+    "encode_disconnect",
     "encode_error",
     "encode_push",
     "encode_reply",
+    "encode_unsubscribe",
+    "join",
 ]
 
 #: A server ping on bidirectional transports, and a client pong: the empty object.
@@ -120,3 +123,9 @@ def encode_disconnect(disconnect: Disconnect, *, uni: bool = False) -> bytes:
     """The ``disconnect`` push for transports without close frames."""
     return encode_push("", "disconnect", disconnect.to_wire(), uni=uni)
 
+
+def join(payloads: list[bytes]) -> bytes:
+    """Join encoded messages into one transport frame (newline-delimited)."""
+    if len(payloads) == 1:
+        return payloads[0]
+    return b"\n".join(payloads)
