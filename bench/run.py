@@ -61,9 +61,14 @@ SECRET = "bench-secret"
 SERVER_LABELS = {
     "rtserver": "rtserver",
     "rtserver-wd": "rtserver (write_delay)",
+    "rtserver-pb": "rtserver, Protobuf subscribers",
+    "rtserver-mixed": "rtserver, half JSON half Protobuf",
     "autobahn": "naive Autobahn",
     "nodews": "Node ws",
 }
+
+#: Share of S1 subscribers that speak Protobuf, per server variant (the rest speak JSON).
+PROTOBUF_SHARE = {"rtserver-pb": 1.0, "rtserver-mixed": 0.5}
 
 #: Client CPU share above which a run measured the load generator as much as the server.
 CLIENT_BOUND = 0.9
@@ -262,6 +267,7 @@ def s1(args: argparse.Namespace, workdir: Path, ui: Progress) -> list[dict[str, 
                     "window": args.window,
                     "nofile": n + 2000,
                     "timeout": args.timeout,
+                    "protobuf": PROTOBUF_SHARE.get(kind, 0.0),
                 }
                 res = drive(params, pid, label, ui, 4 * args.timeout + n / 100)
             for case in res.get("cases", []) or [{"case": "-", "error": res.get("error")}]:
@@ -423,6 +429,32 @@ def s5(args: argparse.Namespace, workdir: Path, ui: Progress) -> list[dict[str, 
 # --- report -----------------------------------------------------------------------------
 
 
+def _encoding_rows(by: dict[tuple[int, str, str], dict[str, Any]]) -> list[str]:
+    """Protobuf and mixed audiences against JSON subscribers of the same N and case.
+
+    CPU per delivery ÷ JSON's (target ≤ 1.10 for Protobuf), and the server CPU per
+    publication above JSON's (the mixed audience: one more encoding per publication).
+    """
+    rows = []
+    for (n, case, kind), r in sorted(by.items()):
+        base = by.get((n, case, "rtserver"))
+        if kind not in PROTOBUF_SHARE or not r.get("delivered") or not base:
+            continue
+        if not base.get("delivered"):
+            continue
+        per = r["server_cpu_s"] / r["delivered"]
+        base_per = base["server_cpu_s"] / base["delivered"]
+        extra = (per - base_per) * n * 1e6
+        ratio = per / base_per
+        target = _target(ratio, 1.10, higher=False) if kind == "rtserver-pb" else "-"
+        rows.append(_row([f"{n:,}", case, SERVER_LABELS[kind], f"{ratio:.3f} ({target})",
+                          f"{extra:+.1f}"]))
+    if not rows:
+        return []
+    return ["", _row(["N", "case", "server", "CPU/delivery ÷ JSON subscribers (target ≤ 1.10)",
+                      "server CPU µs per publication vs JSON"]), _row(["---"] * 5), *rows]
+
+
 def _target(value: float, target: float, higher: bool = True) -> str:
     if value <= 0:
         return "no result"
@@ -493,6 +525,7 @@ def report(args: argparse.Namespace, res: dict[str, Any], elapsed: float) -> str
             out += ["", _row(["N", "case", "server", "÷ naive Autobahn (target ≥ 3x)",
                               "÷ Node ws (target ≥ 1.5x)"]), _row(["---"] * 5)]
             out += ratio_rows
+        out += _encoding_rows(by)
         out.append("")
     if "S2" in res:
         out += [
@@ -601,7 +634,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="short smoke run (N <= 2000)")
     p.add_argument("--scenarios", default="S1,S2,S3,S4,S5")
     p.add_argument("--servers", default="rtserver,rtserver-wd,autobahn,nodews",
-                   help="S1 servers: rtserver, rtserver-wd, autobahn, nodews")
+                   help="S1 servers: rtserver, rtserver-wd, rtserver-pb (Protobuf "
+                   "subscribers), rtserver-mixed (half Protobuf), autobahn, nodews")
     p.add_argument("--s1-n", type=_ints, default=None, help="S1 subscriber counts (1k,5k,10k)")
     p.add_argument("--cases", type=parse_cases, default=None, help="S1 cases BxC (1x1,1x4,16x2)")
     p.add_argument("--pubs", type=int, default=None,
