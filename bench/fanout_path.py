@@ -19,6 +19,7 @@ each shape.
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from types import SimpleNamespace
 from typing import Any
@@ -145,6 +146,9 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=1, help="publications per reactor turn")
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument(
+        "--repeat", type=int, default=1, help="alternate the shares this many times; medians"
+    )
+    parser.add_argument(
         "--protobuf",
         type=lambda text: [float(x) for x in text.split(",")],
         default=None,
@@ -152,13 +156,24 @@ def main() -> None:
     )
     args = parser.parse_args()
     shares = args.protobuf if args.protobuf is not None else [0.0]
-    for share in shares:
-        enqueue, flush, encodings = measure(args.n, args.burst, args.rounds, share)
-        print(
-            f"N={args.n} burst={args.burst} protobuf={share:g}: {enqueue + flush:.2f} "
-            f"µs/delivery of Python (enqueue pass {enqueue:.2f}, flush pass {flush:.2f}); "
-            f"{encodings:g} encodings per publication; send() is a no-op"
-        )
+    totals: dict[float, list[float]] = {share: [] for share in shares}
+    for _ in range(args.repeat):
+        for share in shares:
+            enqueue, flush, encodings = measure(args.n, args.burst, args.rounds, share)
+            totals[share].append(enqueue + flush)
+            print(
+                f"N={args.n} burst={args.burst} protobuf={share:g}: {enqueue + flush:.2f} "
+                f"µs/delivery of Python (enqueue pass {enqueue:.2f}, flush pass {flush:.2f}); "
+                f"{encodings:g} encodings per publication; send() is a no-op"
+            )
+    if args.repeat > 1:
+        first = statistics.median(totals[shares[0]])
+        for share in shares:
+            median = statistics.median(totals[share])
+            print(
+                f"median protobuf={share:g}: {median:.2f} µs/delivery, "
+                f"{median / first:.3f}x protobuf={shares[0]:g}"
+            )
     if args.protobuf is not None:
         cost = encoding_cost()
         print(
