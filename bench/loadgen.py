@@ -37,6 +37,33 @@ from typing import Any, cast
 from loadclient import PAYLOAD, core_times, masked_text_frame, proc_cpu, proc_rss_kb, self_cpu
 
 _PONG = b"\x81\x82\x00\x00\x00\x00{}"
+#: The Protobuf pong: a binary frame holding the empty Command (length prefix 0).
+_PB_PONG = b"\x82\x81\x00\x00\x00\x00\x00"
+#: Protobuf replies to the subscribe command (id 2): ``Reply.id = 2`` then ``subscribe`` (6)
+#: or ``error`` (2).
+_PB_ACK = b"\x08\x02\x32"
+_PB_REFUSED = b"\x08\x02\x12"
+
+
+def pb_pub_marker(channel: str) -> bytes:
+    """The bytes that open every Protobuf ``pub`` push of ``channel``: Push.channel, Push.pub."""
+    raw = channel.encode()
+    return b"\x12" + bytes((len(raw),)) + raw + b"\x22"
+
+
+def pb_command(fields: bytes) -> bytes:
+    """One varint-delimited Command (bodies here are short)."""
+    return bytes((len(fields),)) + fields
+
+
+def pb_hello(channel: str) -> bytes:
+    """``connect`` (id 1) and ``subscribe`` to ``channel`` (id 2) in one masked binary frame."""
+    raw = channel.encode()
+    sub = b"\x0a" + bytes((len(raw),)) + raw
+    payload = pb_command(b"\x08\x01\x22\x00") + pb_command(
+        b"\x08\x02\x2a" + bytes((len(sub),)) + sub
+    )
+    return bytes((0x82, 0x80 | len(payload))) + b"\x00\x00\x00\x00" + payload
 _STAMP = re.compile(rb'"t":(\d+)')
 
 
@@ -69,10 +96,11 @@ def percentiles(values: list[int], points: tuple[float, ...]) -> list[float]:
 class Conn(asyncio.Protocol):
     """One WebSocket connection: handshake, hello frame, count ``pub`` pushes."""
 
-    def __init__(self, gen: Gen, hello: bytes, ack: bytes) -> None:
+    def __init__(self, gen: Gen, hello: bytes, ack: bytes, protobuf: bool = False) -> None:
         self.gen = gen
         self.hello = hello
         self.ack = ack
+        self.protobuf = protobuf
         self.transport: asyncio.Transport | None = None
         self.ready: asyncio.Future[None] = gen.loop.create_future()
         self.open = False
@@ -86,8 +114,8 @@ class Conn(asyncio.Protocol):
         key = base64.b64encode(os.urandom(16))
         self.transport.write(
             b"GET /connection/websocket HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-            b"Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            % key
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n%s\r\n"
+            % (key, b"Sec-WebSocket-Protocol: centrifuge-protobuf\r\n" if self.protobuf else b"")
         )
 
     def data_received(self, data: bytes) -> None:
@@ -135,6 +163,13 @@ class Conn(asyncio.Protocol):
                     stamps.extend(now - int(m) for m in _STAMP.findall(data, start, end))
                 if not self.acked or data.find(b"{}", start, end) >= 0:
                     self._control(data[start:end])
+            elif opcode == 2:
+                delivered += data.count(self.gen.pb_marker, start, end)
+                # a zero byte only occurs as an empty message (a ping): payloads are JSON
+                if data.find(b"\x00", start, end) >= 0 and self.transport is not None:
+                    self.transport.write(_PB_PONG)
+                if not self.acked:
+                    self._pb_control(data[start:end])
             elif opcode == 8:
                 code = int.from_bytes(data[start : start + 2], "big") if length >= 2 else 1005
                 self.gen.note_close(self, str(code))
@@ -161,6 +196,14 @@ class Conn(asyncio.Protocol):
                 self.acked = True
                 if not self.ready.done():
                     self.ready.set_result(None)
+
+    def _pb_control(self, payload: bytes) -> None:
+        if _PB_REFUSED in payload:
+            self._fail("refused (protobuf subscribe error)")
+        elif _PB_ACK in payload:
+            self.acked = True
+            if not self.ready.done():
+                self.ready.set_result(None)
 
     def _fail(self, reason: str) -> None:
         self.gen.error = self.gen.error or reason
@@ -244,12 +287,25 @@ class Gen:
         self.wake_at = 1 << 62
         self.done: asyncio.Future[None] | None = None
         self.keep_sending = False
+        self.pb_marker = pb_pub_marker(p.get("channel", "bench"))
 
     # --- connections ------------------------------------------------------------------
 
     async def connect(self, n: int, hello_for: Any, ack: bytes, sources: int = 1) -> None:
-        """Open ``n`` WebSocket connections (bounded handshakes) and wait for each ack."""
+        """Open ``n`` WebSocket connections (bounded handshakes) and wait for each ack.
+
+        With ``protobuf`` (a share, 0..1) that share of the connections, spread evenly,
+        negotiates ``centrifuge-protobuf`` and subscribes with a binary frame.
+        """
         p = self.p
+        share = float(p.get("protobuf", 0.0))
+        pb_hello_frame = pb_hello(p.get("channel", "bench"))
+
+        def make(i: int) -> Conn:
+            if share and int((i + 1) * share) > int(i * share):
+                return Conn(self, pb_hello_frame, _PB_ACK, protobuf=True)
+            return Conn(self, hello_for(i), ack)
+
         gate = asyncio.Semaphore(p.get("connect_concurrency", 40))
         started = time.monotonic()
 
@@ -257,7 +313,7 @@ class Gen:
             async with gate:
                 local = (f"127.0.0.{2 + i % sources}", 0) if sources > 1 else None
                 _, conn = await self.loop.create_connection(
-                    lambda: Conn(self, hello_for(i), ack), p["host"], p["port"], local_addr=local
+                    lambda: make(i), p["host"], p["port"], local_addr=local
                 )
                 self.conns.append(conn)
                 await conn.ready

@@ -32,6 +32,7 @@ import os
 import resource
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -61,9 +62,14 @@ SECRET = "bench-secret"
 SERVER_LABELS = {
     "rtserver": "rtserver",
     "rtserver-wd": "rtserver (write_delay)",
+    "rtserver-pb": "rtserver, Protobuf subscribers",
+    "rtserver-mixed": "rtserver, half JSON half Protobuf",
     "autobahn": "naive Autobahn",
     "nodews": "Node ws",
 }
+
+#: Share of S1 subscribers that speak Protobuf, per server variant (the rest speak JSON).
+PROTOBUF_SHARE = {"rtserver-pb": 1.0, "rtserver-mixed": 0.5}
 
 #: Client CPU share above which a run measured the load generator as much as the server.
 CLIENT_BOUND = 0.9
@@ -248,7 +254,7 @@ def s1(args: argparse.Namespace, workdir: Path, ui: Progress) -> list[dict[str, 
     """Single-channel fan-out for every N and server."""
     rows = []
     for n in args.s1_n:
-        for kind in args.servers:
+        for kind in [k for _ in range(args.repeat) for k in args.servers]:
             label = f"S1 N={n} {SERVER_LABELS[kind]}"
             with server(kind, workdir, args.write_delay) as (port, pid):
                 params = {
@@ -262,6 +268,7 @@ def s1(args: argparse.Namespace, workdir: Path, ui: Progress) -> list[dict[str, 
                     "window": args.window,
                     "nofile": n + 2000,
                     "timeout": args.timeout,
+                    "protobuf": PROTOBUF_SHARE.get(kind, 0.0),
                 }
                 res = drive(params, pid, label, ui, 4 * args.timeout + n / 100)
             for case in res.get("cases", []) or [{"case": "-", "error": res.get("error")}]:
@@ -423,6 +430,36 @@ def s5(args: argparse.Namespace, workdir: Path, ui: Progress) -> list[dict[str, 
 # --- report -----------------------------------------------------------------------------
 
 
+def _encoding_rows(s1_rows: list[dict[str, Any]]) -> list[str]:
+    """Protobuf and mixed audiences against JSON subscribers of the same N and case.
+
+    Median server CPU per delivery over the runs of each server (``--repeat`` alternates
+    them), ÷ the JSON audience's median (target ≤ 1.10 for Protobuf subscribers).
+    """
+    per: dict[tuple[int, str, str], list[float]] = {}
+    for r in s1_rows:
+        if r.get("delivered"):
+            key = (r["n"], r["case"], r["server"])
+            per.setdefault(key, []).append(r["server_cpu_s"] * 1e6 / r["delivered"])
+    rows = []
+    for (n, case, kind), values in sorted(per.items()):
+        base = per.get((n, case, "rtserver"))
+        if kind not in PROTOBUF_SHARE or not base:
+            continue
+        med, base_med = statistics.median(values), statistics.median(base)
+        ratio = med / base_med
+        target = _target(ratio, 1.10, higher=False) if kind == "rtserver-pb" else "-"
+        runs = " / ".join(f"{v:.2f}" for v in values)
+        base_runs = " / ".join(f"{v:.2f}" for v in base)
+        rows.append(_row([f"{n:,}", case, SERVER_LABELS[kind], f"{runs} (JSON: {base_runs})",
+                          f"{ratio:.3f} ({target})"]))
+    if not rows:
+        return []
+    return ["", _row(["N", "case", "server", "server CPU µs/delivery per run",
+                      "median ÷ JSON subscribers' median (target ≤ 1.10)"]),
+            _row(["---"] * 5), *rows]
+
+
 def _target(value: float, target: float, higher: bool = True) -> str:
     if value <= 0:
         return "no result"
@@ -493,6 +530,7 @@ def report(args: argparse.Namespace, res: dict[str, Any], elapsed: float) -> str
             out += ["", _row(["N", "case", "server", "÷ naive Autobahn (target ≥ 3x)",
                               "÷ Node ws (target ≥ 1.5x)"]), _row(["---"] * 5)]
             out += ratio_rows
+        out += _encoding_rows(res["S1"])
         out.append("")
     if "S2" in res:
         out += [
@@ -601,7 +639,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="short smoke run (N <= 2000)")
     p.add_argument("--scenarios", default="S1,S2,S3,S4,S5")
     p.add_argument("--servers", default="rtserver,rtserver-wd,autobahn,nodews",
-                   help="S1 servers: rtserver, rtserver-wd, autobahn, nodews")
+                   help="S1 servers: rtserver, rtserver-wd, rtserver-pb (Protobuf "
+                   "subscribers), rtserver-mixed (half Protobuf), autobahn, nodews")
     p.add_argument("--s1-n", type=_ints, default=None, help="S1 subscriber counts (1k,5k,10k)")
     p.add_argument("--cases", type=parse_cases, default=None, help="S1 cases BxC (1x1,1x4,16x2)")
     p.add_argument("--pubs", type=int, default=None,
@@ -609,6 +648,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--deliveries", type=int, default=None,
                    help="measured deliveries per S1 case (600k; --quick 200k)")
     p.add_argument("--window", type=int, default=16)
+    p.add_argument("--repeat", type=int, default=1,
+                   help="S1: run the server list this many times, alternating")
     p.add_argument("--write-delay", type=float, default=0.002,
                    help="client.write_delay in seconds for the rtserver-wd server")
     p.add_argument("--s2-n", type=int, default=None)

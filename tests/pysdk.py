@@ -46,6 +46,7 @@ def name(prefix: str) -> str:
 
 def run_scenario(scenario: Coroutine[Any, Any, T]) -> T:
     """Run one asyncio scenario to its end, bounded by SCENARIO_TIMEOUT."""
+
     async def bounded_scenario() -> T:
         try:
             return await asyncio.wait_for(scenario, SCENARIO_TIMEOUT)
@@ -197,6 +198,7 @@ def sdk_client(
     token: str = "",
     get_token: Callable[[], Awaitable[str]] | None = None,
     label: str = "main",
+    use_protobuf: bool = False,
 ) -> tuple[Client, ClientEvents]:
     events = ClientEvents(rec, label)
     client = Client(
@@ -204,14 +206,17 @@ def sdk_client(
         events=events,
         token=token,
         get_token=get_token,
+        use_protobuf=use_protobuf,
         max_reconnect_delay=1.0,
         proxy=None,
     )
     return client, events
 
 
-def subscribe(client: Client, channel: str, rec: Recorder, label: str = "main") -> Subscription:
-    return client.new_subscription(channel, events=SubEvents(rec, channel, label))
+def subscribe(
+    client: Client, channel: str, rec: Recorder, label: str = "main", **options: Any
+) -> Subscription:
+    return client.new_subscription(channel, events=SubEvents(rec, channel, label), **options)
 
 
 async def in_thread(fn: Callable[..., T], *args: Any) -> T:

@@ -85,10 +85,17 @@ from rtserver.core.types import (
     SubscribeControl,
     SubscriptionToken,
 )
-from rtserver.core.writer import ClientWriter, Payload, SharedPush
+from rtserver.core.writer import (
+    ClientWriter,
+    Payload,
+    SharedPush,
+    json_publication,
+    wire_shape,
+)
 from rtserver.logs import Logger
-from rtserver.protocol import codec
+from rtserver.protocol import codec, protobuf
 from rtserver.protocol.codes import Disconnect, Error, Unsubscribe
+from rtserver.protocol.encoding import JSON, PROTOBUF, Codec, codec_for
 from rtserver.protocol.frames import (
     ClientInfo,
     Command,
@@ -115,7 +122,11 @@ _R = TypeVar("_R", bound="ProxyResult | None")
 #: How long a connection or subscription is extended when its refresh proxy fails.
 _REFRESH_RETRY = 60
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
-_PING_PAYLOAD = Payload(codec.PING, shared=True)
+#: The server ping of each encoding, one shared payload each.
+_PING_PAYLOADS = {
+    JSON: Payload(codec.PING, shared=True),
+    PROTOBUF: Payload(protobuf.PING, shared=True),
+}
 
 
 class State(enum.Enum):
@@ -132,15 +143,18 @@ class Client:
     __slots__ = (
         "_busy",
         "_clock",
+        "_codec",
         "_config",
         "_connect_failed",
         "_emulated_headers",
         "_expire_timer",
         "_node",
         "_pending",
+        "_ping_payload",
         "_ping_timer",
         "_pong_timer",
         "_proxy_calls",
+        "_shape",
         "_sink",
         "_stale_timer",
         "_state",
@@ -148,6 +162,7 @@ class Client:
         "_uni",
         "_writer",
         "conn_info",
+        "encoding",
         "expire_at",
         "headers",
         "id",
@@ -159,7 +174,12 @@ class Client:
     )
 
     def __init__(
-        self, node: ClientNode, sink: ISink, *, headers: dict[str, str] | None = None
+        self,
+        node: ClientNode,
+        sink: ISink,
+        *,
+        headers: dict[str, str] | None = None,
+        encoding: str = JSON,
     ) -> None:
         self._node = node
         self._sink = sink
@@ -179,6 +199,11 @@ class Client:
         self._state = State.CONNECTING
         self._connect_failed = False
         self._uni = bool(sink.unidirectional)
+        #: The client protocol encoding (``json`` or ``protobuf``), fixed at the handshake.
+        self.encoding = encoding
+        self._codec: Codec = codec_for(encoding)
+        self._shape = wire_shape(encoding, self._uni)
+        self._ping_payload = _PING_PAYLOADS[encoding]
         self._subs: dict[str, Subscription] = {}
         self._writer = ClientWriter(sink, node.scheduler, self._config.queue_max_size, self._slow)
         self._pending: deque[Command] = deque()
@@ -236,7 +261,7 @@ class Client:
     # --- input -----------------------------------------------------------------------
 
     def receive(self, data: bytes | str) -> None:
-        """Process one transport frame of newline-delimited commands.
+        """Process one transport frame of commands in the client's encoding.
 
         Unidirectional clients send no commands (see :meth:`start_unidirectional`).
         """
@@ -246,7 +271,7 @@ class Client:
             self.close(Disconnect.BAD_REQUEST)
             return
         try:
-            commands = codec.decode_commands(data)
+            commands = self._codec.decode_commands(data)
         except ProtocolError as e:
             _log.debug("client {client}: bad frame: {detail}", client=self.id, detail=e.detail)
             self.close(Disconnect.BAD_REQUEST)
@@ -329,16 +354,16 @@ class Client:
         if self._state is State.CLOSED:
             return
         assert cmd.method is not None
-        self._send(codec.encode_reply(cmd.id, cmd.method, result))
+        self._send(self._codec.encode_reply(cmd.id, cmd.method, result))
 
     def _reply_error(self, cmd: Command, error: Error) -> None:
         if self._state is State.CLOSED:
             return
         if cmd.id:
-            self._send(codec.encode_error(cmd.id, error))
+            self._send(self._codec.encode_error(cmd.id, error))
 
     def _push(self, channel: str, kind: str, body: Result) -> None:
-        self._send(codec.encode_push(channel, kind, body, uni=self._uni))
+        self._send(self._codec.encode_push(channel, kind, body, uni=self._uni))
 
     def deliver_publication(self, sub: Subscription, pub: Publication, push: SharedPush) -> None:
         """Fan-out entry point: queue a publication for this subscriber."""
@@ -355,14 +380,32 @@ class Client:
                 self.insufficient_state(sub)
                 return
             sub.offset = pub.offset
-        self._writer.enqueue(push.payload(self._uni))
+        self._enqueue_shared(push)
 
     def deliver_push(self, sub: Subscription, push: SharedPush) -> None:
         """Fan-out entry point for join/leave pushes."""
         if sub.state is SubState.SUBSCRIBING:
             sub.buffer.append((None, push))
             return
-        self._writer.enqueue(push.payload(self._uni))
+        self._enqueue_shared(push)
+
+    def _enqueue_shared(self, push: SharedPush) -> None:
+        payload = push.payload(self._shape)
+        if payload is None:
+            # Protobuf bytes that are not JSON cannot reach a JSON client (Centrifugo's
+            # rule, docs/client-protocol.rst "Protobuf encoding").
+            self.close(Disconnect.INAPPROPRIATE_PROTOCOL)
+            return
+        self._writer.enqueue(payload)
+
+    def _wire_publication(self, pub: Publication) -> Result:
+        """``pub`` for a reply; raises 3506 when a JSON client cannot receive its data."""
+        if self.encoding == PROTOBUF:
+            return pub.to_wire()
+        body = json_publication(pub)
+        if body is None:
+            raise Disconnect.INAPPROPRIATE_PROTOCOL
+        return body
 
     def pause_writing(self) -> None:
         """The transport's buffer is full."""
@@ -423,7 +466,7 @@ class Client:
         self._ping_timer = None
         if self._state is not State.CONNECTED:
             return
-        self._writer.enqueue(_PING_PAYLOAD)
+        self._writer.enqueue(self._ping_payload)
         if self._sink.pong and self._config.pong_timeout > 0 and self._pong_timer is None:
             self._pong_timer = self._clock.callLater(
                 self._config.pong_timeout, self.close, Disconnect.NO_PONG
@@ -612,7 +655,7 @@ class Client:
             if self._subs.get(channel) is sub:
                 result.setdefault("subs", {})[channel] = sub_result
         if self._state is State.CONNECTED:
-            self._send(codec.encode_push("", "connect", result, uni=True))
+            self._send(self._codec.encode_push("", "connect", result, uni=True))
             self._go_live()
 
     def _unidirectional_failed(self, failure: Failure) -> None:
@@ -762,7 +805,12 @@ class Client:
             flt = recovery_filter(cache, req.offset, limit)
             history = await node.read_stream(channel, flt, sub.opts)
             result = recovery_result(
-                history, req.offset, req.epoch, cache=cache, reject_unrecovered=reject_unrecovered
+                history,
+                req.offset,
+                req.epoch,
+                cache=cache,
+                reject_unrecovered=reject_unrecovered,
+                wire=self._wire_publication,
             )
             top = history.position
         else:
@@ -778,7 +826,7 @@ class Client:
         sub.state = SubState.LIVE
         for pub, push in buffered:
             if pub is None:
-                self._writer.enqueue(push.payload(self._uni))
+                self._enqueue_shared(push)
             else:
                 self.deliver_publication(sub, pub, push)
             if self._subs.get(sub.channel) is not sub:
@@ -829,7 +877,7 @@ class Client:
     def unsubscribe(self, channel: str, unsub: Unsubscribe = Unsubscribe.SERVER) -> None:
         """Server-initiated unsubscribe with an ``unsubscribe`` push."""
         if self._remove_subscription(channel) is not None and self._state is State.CONNECTED:
-            self._send(codec.encode_unsubscribe(channel, unsub, uni=self._uni))
+            self._send(self._codec.encode_unsubscribe(channel, unsub, uni=self._uni))
 
     async def server_subscribe(self, ctrl: SubscribeControl) -> None:
         """Subscribe server-side at runtime (server API ``subscribe``)."""
@@ -936,7 +984,7 @@ class Client:
         self._reply(
             cmd,
             {
-                "publications": [p.to_wire() for p in result.publications],
+                "publications": [self._wire_publication(p) for p in result.publications],
                 "epoch": result.position.epoch,
                 "offset": result.position.offset,
             },
@@ -1022,12 +1070,8 @@ class Client:
     # --- backend proxies (docs/proxies.rst) -----------------------------------------------
 
     def _proxy_protocol(self) -> str:
-        """The ``protocol`` field of proxy requests: the wire protocol of this connection.
-
-        Every connection speaks JSON until the Protobuf codec is negotiated by the
-        transports; this is the one place to read the client's encoding from then.
-        """
-        return "json"
+        """The ``protocol`` field of proxy requests: ``json`` or ``protobuf``."""
+        return self.encoding
 
     def _proxy_common(self, entry: ProxyEntry) -> ProxyCommon:
         return ProxyCommon(
@@ -1214,4 +1258,3 @@ class Client:
         self._schedule_expiry()
         if self._uni:
             self._push("", "refresh", self._expiry(expire_at))
-

@@ -20,7 +20,8 @@ ConnT = TypeVar("ConnT", bound=Subscriber)
 class Hub(Generic[ConnT]):
     """Connections by id, session and user; subscribers by channel.
 
-    Broadcasts encode once per wire shape (:class:`SharedPush`) and iterate a snapshot of
+    Broadcasts encode once per wire shape present among the subscribers (JSON and
+    Protobuf, see :class:`SharedPush`) and iterate a snapshot of
     the subscriber set, so a delivery that closes a connection cannot break the loop.
     """
 
@@ -130,7 +131,7 @@ class Hub(Generic[ConnT]):
         subs = self._subs.get(channel)
         if not subs:
             return
-        push = SharedPush(channel, "pub", publication.to_wire())
+        push = SharedPush.publication(channel, publication)
         # a dict copy is a snapshot without one tuple per subscriber
         for client, sub in subs.copy().items():
             client.deliver_publication(sub, publication, push)
@@ -140,7 +141,7 @@ class Hub(Generic[ConnT]):
         subs = self._subs.get(channel)
         if not subs:
             return
-        push = SharedPush(channel, kind, {"info": info.to_wire()})
+        push = SharedPush.join_leave(channel, kind, info)
         for client, sub in subs.copy().items():
             if sub.push_join_leave:
                 client.deliver_push(sub, push)

@@ -7,6 +7,8 @@ publish/history/presence/control methods; the engine calls back through the
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import fnmatch
 import socket
@@ -57,6 +59,7 @@ from rtserver.core.types import (
 from rtserver.core.writer import FlushScheduler
 from rtserver.logs import Logger
 from rtserver.protocol.codes import Disconnect, Error
+from rtserver.protocol.encoding import JSON
 from rtserver.protocol.frames import ClientInfo, Publication, StreamPosition
 
 __all__ = ["Node"]
@@ -192,10 +195,12 @@ class Node:
             self._rate_count += 1
         return True
 
-    def make_client(self, sink: ISink, headers: dict[str, str] | None = None) -> Client:
-        """A new client connection for ``sink`` (the transport adapter)."""
+    def make_client(
+        self, sink: ISink, headers: dict[str, str] | None = None, encoding: str = JSON
+    ) -> Client:
+        """A new client connection for ``sink`` speaking ``encoding`` (``json``/``protobuf``)."""
         self.open_clients += 1
-        return Client(self, sink, headers=headers)
+        return Client(self, sink, headers=headers, encoding=encoding)
 
     # Any: a detached operation's result is dropped, whatever its type.
     def background(self, d: Deferred[Any], what: str = "background operation") -> None:
@@ -323,8 +328,12 @@ class Node:
     def _emulation_op(self, args: Any) -> tuple[int, bytes]:
         if not isinstance(args, dict):
             return SurveyCode.BAD_REQUEST, b"null"
-        session, data = args.get("session"), args.get("data")
-        if not isinstance(session, str) or not isinstance(data, str):
+        session, encoded = args.get("session"), args.get("b64")
+        if not isinstance(session, str) or not isinstance(encoded, str):
+            return SurveyCode.BAD_REQUEST, b"null"
+        try:
+            data = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
             return SurveyCode.BAD_REQUEST, b"null"
         found = self._emulate_here(session, data)
         return (SurveyCode.OK if found else SurveyCode.NOT_FOUND), b"null"
@@ -444,19 +453,22 @@ class Node:
         d = self.cluster.survey("channels", orjson.dumps({"pattern": pattern}))
         return d.addCallback(_merge_channel_counts)
 
-    def emulate(self, session: str, node: str, data: str) -> Deferred[bool]:
+    def emulate(self, session: str, node: str, data: bytes) -> Deferred[bool]:
         """Feed emulation commands to ``session`` on ``node``; fires False if not found.
 
-        A session on another node is reached through a survey of that node.
+        ``data`` is a frame in the session's encoding (JSON or Protobuf). A session on
+        another node is reached through a survey of that node, the frame base64-encoded
+        in the survey's JSON (``b64``).
         """
         if not node or node == self.uid:
             return succeed(self._emulate_here(session, data))
         if not self.cluster.knows(node):
             return succeed(False)
-        d = self.cluster.survey("emulation", orjson.dumps({"session": session, "data": data}), node)
+        args = {"session": session, "b64": base64.b64encode(data).decode("ascii")}
+        d = self.cluster.survey("emulation", orjson.dumps(args), node)
         return d.addCallback(_any_ok)
 
-    def _emulate_here(self, session: str, data: str) -> bool:
+    def _emulate_here(self, session: str, data: bytes) -> bool:
         client = self.hub.by_session(session)
         if client is None or not client.emulation:
             return False

@@ -8,6 +8,7 @@ reads the stream and hands the result in.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from rtserver.core.types import HistoryFilter, HistoryResult
@@ -56,9 +57,18 @@ def recovery_filter(cache: bool, offset: int, max_limit: int) -> HistoryFilter:
 
 # Any: the values are JSON of the subscribe result (bools, ints, publication objects).
 def recovery_result(
-    history: HistoryResult, offset: int, epoch: str, *, cache: bool, reject_unrecovered: bool
+    history: HistoryResult,
+    offset: int,
+    epoch: str,
+    *,
+    cache: bool,
+    reject_unrecovered: bool,
+    wire: Callable[[Publication], dict[str, Any]] = Publication.to_wire,
 ) -> dict[str, Any]:
     """``was_recovering``, ``recovered``, ``offset`` and ``publications`` of a recovery.
+
+    ``wire`` turns a recovered publication into its wire object (the client's encoding
+    decides what a payload may be).
 
     Raises:
         Error: 112 unrecoverable position when ``reject_unrecovered`` and the gap cannot
@@ -72,7 +82,7 @@ def recovery_result(
         result["recovered"] = True
         result["offset"] = offset
         if pubs:
-            result["publications"] = [p.to_wire() for p in pubs]
+            result["publications"] = [wire(p) for p in pubs]
     elif reject_unrecovered:
         raise Error.UNRECOVERABLE_POSITION
     else:

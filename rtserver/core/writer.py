@@ -7,29 +7,48 @@ bounded: past ``max_bytes`` the connection is cut as a slow consumer (3008) inst
 buffering without limit. With ``client.write_delay`` the flush waits that long instead,
 so bursts spread over several turns share frames and ``send()`` calls.
 
-A publication is encoded once (:class:`SharedPush`) and its :class:`Payload` is shared
-by all subscribers; transports cache their framing of it on the payload, so the
-WebSocket frame for a publication is built once too.
+A publication is encoded once per wire shape (:class:`SharedPush`: JSON or Protobuf,
+bidirectional or unidirectional) and each :class:`Payload` is shared by all subscribers
+of that shape; transports cache their framing of it on the payload, so the WebSocket
+frame for a publication is built once per shape too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
+import orjson
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from rtserver.core.ports import ISink
 from rtserver.logs import Logger
-from rtserver.protocol import codec
+from rtserver.protocol import codec, protobuf
+from rtserver.protocol.encoding import JSON, PROTOBUF
+from rtserver.protocol.frames import ClientInfo, Publication
 
-__all__ = ["ClientWriter", "FlushScheduler", "Payload", "SharedPush"]
+__all__ = [
+    "ENCODERS",
+    "JSON_SHAPE",
+    "JSON_UNI_SHAPE",
+    "PB_SHAPE",
+    "PB_UNI_SHAPE",
+    "ClientWriter",
+    "FlushScheduler",
+    "Payload",
+    "SharedPush",
+    "json_publication",
+    "wire_shape",
+]
 
 _log = Logger()
 
 
 class Payload:
-    """One encoded message (a single JSON line) plus transport framings of it."""
+    """One encoded message (a JSON line, or a length-prefixed Protobuf message).
+
+    Transports cache their framings of a shared payload on it (:meth:`framed`).
+    """
 
     __slots__ = ("_framed", "data", "shared", "size")
 
@@ -58,30 +77,117 @@ class Payload:
         return f"Payload({self.data!r})"
 
 
+#: Wire shapes of a push: the encoding, and whether the push is wrapped for
+#: bidirectional transports (``{"push":...}`` / ``Reply.push``) or bare (unidirectional).
+JSON_SHAPE: Final = "json"
+JSON_UNI_SHAPE: Final = "json-uni"
+PB_SHAPE: Final = "pb"
+PB_UNI_SHAPE: Final = "pb-uni"
+
+
+def wire_shape(encoding: str, uni: bool) -> str:
+    """The wire shape a connection of ``encoding`` (``json``/``protobuf``) receives."""
+    if encoding == PROTOBUF:
+        return PB_UNI_SHAPE if uni else PB_SHAPE
+    if encoding == JSON:
+        return JSON_UNI_SHAPE if uni else JSON_SHAPE
+    raise ValueError(f"unknown encoding {encoding!r}")
+
+
+# Any: the client-protocol Publication object, a JSON object of mixed values.
+def json_publication(pub: Publication) -> dict[str, Any] | None:
+    """``pub`` as a JSON ``Publication`` object, or None when its data is not JSON.
+
+    Data published by Protobuf clients is raw bytes; JSON clients get it as JSON after
+    raw newlines are dropped, when what remains is valid JSON
+    (:func:`~rtserver.protocol.protobuf.json_payload`, docs/client-protocol.rst,
+    "Protobuf encoding").
+    """
+    data = protobuf.json_payload(pub.data)
+    if data is None:
+        return None
+    body = pub.to_wire()
+    if data is not pub.data:
+        body["data"] = orjson.Fragment(data)
+    return body
+
+
 class SharedPush:
-    """A push to many connections, encoded at most once per wire shape."""
+    """A push to many connections, encoded at most once per wire shape.
 
-    __slots__ = ("_bidi", "_uni", "body", "channel", "kind")
+    It keeps the value (a :class:`Publication`, or the :class:`ClientInfo` of a join or
+    leave) and caches one :class:`Payload` per wire shape on first use, so a channel
+    whose subscribers all speak one encoding pays for one encoding, and a mixed channel
+    for one per shape present. A shape the value cannot be expressed in (Protobuf bytes
+    that are not JSON, for JSON clients) has no payload: :meth:`payload` returns None
+    and the caller closes that connection with 3506.
 
-    # Any: the push body is a JSON object of mixed values, encoded by the codec.
-    def __init__(self, channel: str, kind: str, body: dict[str, Any]) -> None:
+    New wire shapes plug in through :data:`ENCODERS` (shape -> encoder of a push).
+    """
+
+    __slots__ = ("_payloads", "channel", "info", "kind", "pub")
+
+    def __init__(
+        self,
+        channel: str,
+        kind: str,
+        *,
+        pub: Publication | None = None,
+        info: ClientInfo | None = None,
+    ) -> None:
+        if (pub is None) == (info is None):
+            raise ValueError("a shared push holds a publication or a client info")
         self.channel = channel
         self.kind = kind
-        self.body = body
-        self._bidi: Payload | None = None
-        self._uni: Payload | None = None
+        self.pub = pub
+        self.info = info
+        self._payloads: dict[str, Payload | None] = {}
 
-    def payload(self, uni: bool) -> Payload:
-        """The payload for bidirectional (``{"push":...}``) or unidirectional clients."""
-        if uni:
-            if self._uni is None:
-                data = codec.encode_push(self.channel, self.kind, self.body, uni=True)
-                self._uni = Payload(data, shared=True)
-            return self._uni
-        if self._bidi is None:
-            data = codec.encode_push(self.channel, self.kind, self.body)
-            self._bidi = Payload(data, shared=True)
-        return self._bidi
+    @classmethod
+    def publication(cls, channel: str, pub: Publication) -> SharedPush:
+        """The ``pub`` push of a publication."""
+        return cls(channel, "pub", pub=pub)
+
+    @classmethod
+    def join_leave(cls, channel: str, kind: str, info: ClientInfo) -> SharedPush:
+        """A ``join`` or ``leave`` push."""
+        return cls(channel, kind, info=info)
+
+    def payload(self, shape: str) -> Payload | None:
+        """The shared payload in ``shape``, encoded on first use; None if inexpressible."""
+        cache = self._payloads
+        if shape in cache:
+            return cache[shape]
+        data = ENCODERS[shape](self)
+        payload = cache[shape] = None if data is None else Payload(data, shared=True)
+        return payload
+
+
+def _json_push(push: SharedPush, uni: bool) -> bytes | None:
+    if push.pub is not None:
+        body = json_publication(push.pub)
+        if body is None:
+            return None
+    else:
+        assert push.info is not None
+        body = {"info": push.info.to_wire()}
+    return codec.encode_push(push.channel, push.kind, body, uni=uni)
+
+
+def _pb_push(push: SharedPush, uni: bool) -> bytes:
+    if push.pub is not None:
+        return protobuf.encode_publication_push(push.channel, push.pub, uni=uni)
+    assert push.info is not None
+    return protobuf.encode_join_leave_push(push.channel, push.kind, push.info, uni=uni)
+
+
+#: How a push is encoded in each wire shape (None: not expressible in that shape).
+ENCODERS: Final[dict[str, Callable[[SharedPush], bytes | None]]] = {
+    JSON_SHAPE: lambda push: _json_push(push, False),
+    JSON_UNI_SHAPE: lambda push: _json_push(push, True),
+    PB_SHAPE: lambda push: _pb_push(push, False),
+    PB_UNI_SHAPE: lambda push: _pb_push(push, True),
+}
 
 
 class FlushScheduler:

@@ -24,9 +24,11 @@ __all__ = [
     "PING",
     "EncodeError",
     "decode_commands",
+    "encode_disconnect",
     "encode_error",
     "encode_push",
     "encode_reply",
+    "encode_unsubscribe",
     "join",
 ]
 

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final, Protocol
 
 from rtserver.protocol import codec, protobuf
-from rtserver.protocol.codes import Error
+from rtserver.protocol.codes import Disconnect, Error, Unsubscribe
 from rtserver.protocol.frames import Command
 
 __all__ = [
@@ -67,6 +67,14 @@ class Codec(Protocol):
         self, channel: str, kind: str, body: dict[str, Any], *, uni: bool = False
     ) -> bytes:
         """A push, wrapped for bidirectional transports unless ``uni``."""
+        ...
+
+    def encode_unsubscribe(self, channel: str, unsub: Unsubscribe, *, uni: bool = False) -> bytes:
+        """The ``unsubscribe`` push for a server-initiated unsubscribe."""
+        ...
+
+    def encode_disconnect(self, disconnect: Disconnect, *, uni: bool = False) -> bytes:
+        """The ``disconnect`` push for transports without close frames."""
         ...
 
     def join(self, payloads: list[bytes]) -> bytes:

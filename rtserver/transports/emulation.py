@@ -3,6 +3,12 @@
 centrifuge-js sends the connect command in the request that opens the stream; every later
 command (subscribe, pongs, ...) arrives through ``/emulation`` carrying the ``session`` and
 ``node`` from the connect result. Replies and pushes go out on the stream.
+
+As in Centrifugo, ``Content-Type: application/octet-stream`` selects Protobuf: the
+HTTP-streaming body holds varint-delimited commands and the stream carries
+varint-delimited replies; an ``/emulation`` body is then a Protobuf ``EmulationRequest``
+whose ``data`` is the session's command frame. SSE is JSON only: a Protobuf request to
+it is refused with HTTP 400.
 """
 
 from __future__ import annotations
@@ -17,6 +23,9 @@ from twisted.web.server import NOT_DONE_YET, Request
 from rtserver.connections import request_body
 from rtserver.core.node import Node
 from rtserver.logs import Logger
+from rtserver.protocol import protobuf
+from rtserver.protocol.encoding import PROTOBUF, http_encoding
+from rtserver.protocol.frames import ProtocolError
 from rtserver.transports.streaming import CONNECT_PARAM, StreamingResource, sse_frame
 
 __all__ = ["EmulationResource", "HTTPStreamResource", "SSEResource"]
@@ -30,7 +39,7 @@ class HTTPStreamResource(StreamingResource):
     transport_name = "http_stream"
 
     def render_POST(self, request: Request) -> Any:
-        return self.open(request, request_body(request))
+        return self.open(request, request_body(request), _encoding(request))
 
 
 class SSEResource(StreamingResource):
@@ -48,11 +57,17 @@ class SSEResource(StreamingResource):
         return self.open(request, values[0])
 
     def render_POST(self, request: Request) -> Any:
+        if _encoding(request) == PROTOBUF:
+            return _status(request, 400, b"protobuf is not available over SSE\n")
         return self.open(request, request_body(request))
 
 
 class EmulationResource(Resource):
-    """``POST /emulation``: ``{"session","node","data"}`` feeds commands to a session."""
+    """``POST /emulation``: ``{"session","node","data"}`` feeds commands to a session.
+
+    With ``Content-Type: application/octet-stream`` the body is a Protobuf
+    ``EmulationRequest`` (``node``, ``session``, ``data`` bytes).
+    """
 
     isLeaf = True
 
@@ -61,19 +76,12 @@ class EmulationResource(Resource):
         self._node = node
 
     def render_POST(self, request: Request) -> Any:
-        try:
-            body = orjson.loads(request_body(request))
-        except orjson.JSONDecodeError:
+        parsed = _parse_emulation(request)
+        if parsed is None:
             return _status(request, 400, b"malformed emulation request\n")
-        if not isinstance(body, dict):
-            return _status(request, 400, b"malformed emulation request\n")
-        session, node_id, data = body.get("session"), body.get("node"), body.get("data")
-        if not isinstance(session, str) or not isinstance(data, str):
-            return _status(request, 400, b"malformed emulation request\n")
-        if node_id is not None and not isinstance(node_id, str):
-            return _status(request, 400, b"malformed emulation request\n")
+        session, node_id, data = parsed
         answer: list[bytes] = []
-        d = self._node.emulate(session, node_id or "", data)
+        d = self._node.emulate(session, node_id, data)
         done = d.addCallback(_answer, request).addErrback(_unavailable, request)
         done.addCallback(answer.append)
         if answer:  # this node's session: answered within this call
@@ -81,6 +89,34 @@ class EmulationResource(Resource):
         done.addCallback(lambda _: _finish(answer[0], request))
         done.addErrback(lambda f: _log.failure("writing an emulation response failed", f))
         return NOT_DONE_YET
+
+
+def _encoding(request: Request) -> str:
+    content_type = request.getHeader(b"content-type")
+    return http_encoding(None if content_type is None else content_type.decode("latin-1"))
+
+
+def _parse_emulation(request: Request) -> tuple[str, str, bytes] | None:
+    """``(session, node, command frame)`` of an ``/emulation`` body, None if malformed."""
+    raw = request_body(request)
+    if _encoding(request) == PROTOBUF:
+        try:
+            node_id, session, frame = protobuf.decode_emulation_request(raw)
+        except ProtocolError:
+            return None
+        return session, node_id, frame
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    sid, node, data = body.get("session"), body.get("node"), body.get("data")
+    if not isinstance(sid, str) or not isinstance(data, str):
+        return None
+    if node is not None and not isinstance(node, str):
+        return None
+    return sid, node or "", data.encode("utf-8", "replace")
 
 
 def _answer(found: bool, request: Request) -> bytes:

@@ -10,14 +10,21 @@ Backpressure: the session registers a :class:`~rtserver.transports.flow.Backpres
 producer on every receiver (3009 after ``write_timeout`` with a full buffer); messages
 waiting for a polling client to come back are bounded by ``client.queue_max_size``
 (3008 slow past it).
+
+SockJS carries JSON only, as in Centrifugo. A request that asks for Protobuf (the
+``centrifuge-protobuf`` WebSocket subprotocol, or ``format=protobuf`` /
+``cf_protocol=protobuf`` in the query) is refused with HTTP 400 "protobuf is not
+available over SockJS" instead of being misread as JSON.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
+from twisted.web.server import Request
 from zope.interface import implementer
 
 from rtserver.config import SockJSConfig
@@ -27,12 +34,13 @@ from rtserver.core.ports import ISink
 from rtserver.core.writer import Payload
 from rtserver.logs import Logger
 from rtserver.protocol.codes import Disconnect
+from rtserver.protocol.encoding import JSON, websocket_encoding
 from rtserver.protocol.sockjs import quote_utf8
 from rtserver.sockjs import ISockJSHandler, Session, SockJSOptions, SockJSResource
 from rtserver.transports.flow import Backpressure
 from rtserver.transports.origin import OriginPolicy
 
-__all__ = ["CentrifugeSockJS", "SockJSSink", "sockjs_resource"]
+__all__ = ["CentrifugeSockJS", "CentrifugeSockJSResource", "SockJSSink", "sockjs_resource"]
 
 _log = Logger()
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -110,6 +118,28 @@ class CentrifugeSockJS:
             client.transport_lost()
 
 
+class CentrifugeSockJSResource(SockJSResource):
+    """The SockJS endpoint of the client protocol: JSON only, Protobuf refused."""
+
+    def render(self, request: Request) -> Any:
+        """Refuse a Protobuf request with 400; serve everything else as SockJS."""
+        if wants_protobuf(request):
+            request.setResponseCode(400)
+            request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+            return b"protobuf is not available over SockJS\n"
+        return super().render(request)
+
+
+def wants_protobuf(request: Request) -> bool:
+    """Whether a request asks for the Protobuf protocol (subprotocol or query)."""
+    header = request.getHeader(b"sec-websocket-protocol")
+    offered = [p.strip() for p in header.decode("latin-1").split(",")] if header else []
+    query = {
+        k.decode("latin-1"): [v.decode("latin-1") for v in vs] for k, vs in request.args.items()
+    }
+    return websocket_encoding(offered, query)[0] != JSON
+
+
 def sockjs_resource(
     node: Node,
     config: SockJSConfig,
@@ -130,4 +160,4 @@ def sockjs_resource(
         max_message_size=message_size_limit,
     )
     handler = CentrifugeSockJS(node, write_timeout=write_timeout)
-    return SockJSResource(handler, options, clock=clock, allow_origin=origins.allows)
+    return CentrifugeSockJSResource(handler, options, clock=clock, allow_origin=origins.allows)

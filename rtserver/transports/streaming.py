@@ -5,6 +5,10 @@ HTTP/1.1, raw until close on HTTP/1.0), registers backpressure with the channel,
 turns a disconnect into a ``disconnect`` push followed by the end of the response. When
 the peer goes away the client is released at once: no timers or sessions outlive the
 request.
+
+A Protobuf stream (HTTP-streaming opened with ``Content-Type: application/octet-stream``)
+writes the varint-delimited messages back to back; JSON streams write one message per
+line (HTTP-streaming) or per event (SSE).
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ from rtserver.core.node import Node
 from rtserver.core.ports import ISink
 from rtserver.core.writer import Payload
 from rtserver.logs import Logger
-from rtserver.protocol import codec
 from rtserver.protocol.codes import Disconnect
+from rtserver.protocol.encoding import JSON, OCTET_STREAM, PROTOBUF, codec_for
 from rtserver.transports.flow import Backpressure
 
 __all__ = [
@@ -82,13 +86,17 @@ class ResponseSink:
         frame: Callable[[bytes], bytes],
         unidirectional: bool,
         emulation: bool,
+        encoding: str = JSON,
     ) -> None:
         self.transport_name = transport_name
+        self.encoding = encoding
+        self._codec = codec_for(encoding)
         self.unidirectional = unidirectional
         self.emulation = emulation
         self.pong = emulation
         self._request = request
-        self._frame = frame
+        # Protobuf messages carry their own length prefix: no framing
+        self._frame = None if encoding == PROTOBUF else frame
         self._kind = transport_name
         self._finished = False
         self._backpressure: Backpressure | None = None
@@ -98,7 +106,7 @@ class ResponseSink:
     def start(self, node: Node, write_timeout: float) -> Client:
         """Create the client and take over backpressure of the response."""
         request = self._request
-        client = node.make_client(self, headers=request_headers(request))
+        client = node.make_client(self, headers=request_headers(request), encoding=self.encoding)
         self.client = client
         self._backpressure = Backpressure(client, node.clock, write_timeout)
         request.registerProducer(self._backpressure, True)
@@ -109,15 +117,18 @@ class ResponseSink:
         if self._finished:
             return
         kind, frame = self._kind, self._frame
-        self._request.write(b"".join(p.framed(kind, frame) for p in payloads))
+        if frame is None:
+            self._request.write(b"".join(p.data for p in payloads))
+        else:
+            self._request.write(b"".join(p.framed(kind, frame) for p in payloads))
 
     def close(self, disconnect: Disconnect | None) -> None:
         """Send the disconnect push, then end the response."""
         if self._finished:
             return
         if disconnect is not None:
-            push = codec.encode_disconnect(disconnect, uni=self.unidirectional)
-            self._request.write(self._frame(push))
+            push = self._codec.encode_disconnect(disconnect, uni=self.unidirectional)
+            self._request.write(push if self._frame is None else self._frame(push))
         self._finished = True
         self._release()
         self._request.finish()
@@ -160,19 +171,21 @@ class StreamingResource(Resource):
         self._node = node
         self._write_timeout = write_timeout
 
-    def open(self, request: Request, data: bytes) -> Any:
-        """Start the response, create the client and hand it ``data``."""
+    def open(self, request: Request, data: bytes, encoding: str = JSON) -> Any:
+        """Start the response, create the client and hand it ``data`` (in ``encoding``)."""
         if not self._node.admit():
             request.setResponseCode(503)
             request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
             return b"connection limit reached\n"
-        prepare_stream(request, self.content_type)
+        binary = encoding == PROTOBUF
+        prepare_stream(request, OCTET_STREAM.encode() if binary else self.content_type)
         sink = ResponseSink(
             request,
             transport_name=self.transport_name,
             frame=self.frame,
             unidirectional=self.unidirectional,
             emulation=not self.unidirectional,
+            encoding=encoding,
         )
         client = sink.start(self._node, self._write_timeout)
         request.write(self.preamble)  # headers go out now: clients wait for them

@@ -4,6 +4,9 @@ For clients without an SDK: ``curl -N``, a browser ``EventSource``, a plain WebS
 The first (and only) client message is a ``ConnectRequest`` (token, subs); the server
 answers with a ``{"connect":...}`` push, then publications, joins/leaves, pings ``{}``
 and finally a ``{"disconnect":...}`` push.
+
+They speak JSON only, as in Centrifugo: a Protobuf handshake on the unidirectional
+WebSocket is refused with HTTP 400.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from autobahn.websocket.types import ConnectionRequest
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.web.server import Request
 
 from rtserver.connections import request_body
@@ -19,6 +22,7 @@ from rtserver.core.node import Node
 from rtserver.core.writer import Payload
 from rtserver.protocol import codec
 from rtserver.protocol.codes import Disconnect
+from rtserver.protocol.encoding import JSON
 from rtserver.protocol.wsframe import text_frame
 from rtserver.transports.flow import write_eagerly
 from rtserver.transports.origin import OriginPolicy
@@ -31,6 +35,7 @@ __all__ = [
     "UniWebSocketFactory",
     "UniWebSocketProtocol",
 ]
+
 
 class UniHTTPStreamResource(StreamingResource):
     """``POST /connection/uni_http_stream`` with a ConnectRequest body; pushes per line."""
@@ -74,6 +79,13 @@ class UniWebSocketProtocol(WebSocketProtocol):
         if values:
             self._connect = values[0].encode("utf-8")
         return protocol
+
+    def negotiate(self, request: ConnectionRequest) -> tuple[str, str | None]:
+        """JSON only: a Protobuf request is refused."""
+        encoding, subprotocol = super().negotiate(request)
+        if encoding != JSON:
+            raise ConnectionDeny(400, "protobuf is not available over the unidirectional WebSocket")
+        return encoding, subprotocol
 
     def onOpen(self) -> None:
         super().onOpen()

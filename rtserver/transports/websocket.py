@@ -1,8 +1,16 @@
 """Bidirectional WebSocket transport (``/connection/websocket``) on Autobahn.
 
 Autobahn parses the handshake and inbound frames; outbound frames are built by
-:func:`rtserver.protocol.wsframe.text_frame` and written straight to the TCP transport,
-so a publication's frame is built once and shared by every subscriber. On plain TCP,
+:func:`rtserver.protocol.wsframe.text_frame` (JSON) or
+:func:`~rtserver.protocol.wsframe.binary_frame` (Protobuf) and written straight to the
+TCP transport, so a publication's frame is built once per encoding and shared by every
+subscriber.
+
+The encoding is chosen at the handshake (:func:`rtserver.protocol.encoding.websocket_encoding`):
+the ``centrifuge-protobuf`` subprotocol or ``?format=protobuf`` / ``?cf_protocol=protobuf``
+select Protobuf (binary frames of varint-delimited messages, several per frame); anything
+else is JSON (text frames, newline-delimited). A binary frame on a JSON connection closes
+it with 3506, a text frame on a Protobuf connection with 3501. On plain TCP,
 when nothing is buffered, the frame is sent with one eager ``send()`` instead of
 waiting for the reactor's next write pass (docs/performance.rst, "Eager send").
 """
@@ -25,7 +33,8 @@ from rtserver.core.ports import ISink
 from rtserver.core.writer import Payload
 from rtserver.logs import Logger
 from rtserver.protocol.codes import Disconnect
-from rtserver.protocol.wsframe import text_frame
+from rtserver.protocol.encoding import JSON, PROTOBUF, websocket_encoding
+from rtserver.protocol.wsframe import binary_frame, text_frame
 from rtserver.transports.flow import Backpressure, write_eagerly
 from rtserver.transports.origin import OriginPolicy
 
@@ -46,11 +55,13 @@ class WebSocketProtocol(WebSocketServerProtocol):
     factory: WebSocketFactory
 
     client: Client | None = None
+    #: ``json`` or ``protobuf``, from the handshake.
+    encoding: str = JSON
     _backpressure: Backpressure | None = None
     _headers: dict[str, str]
 
     def onConnect(self, request: ConnectionRequest) -> str | None:
-        """Apply the origin policy and refuse protocols this server does not speak."""
+        """Apply the origin policy and connection limits; choose the encoding."""
         factory = self.factory
         origin = request.headers.get("origin")
         if not factory.origins.allows(origin):
@@ -58,16 +69,19 @@ class WebSocketProtocol(WebSocketServerProtocol):
             raise ConnectionDeny(403, "origin not allowed")
         if not factory.node.admit():
             raise ConnectionDeny(503, "connection limit reached")
-        params = request.params
-        fmt = (params.get("format") or params.get("cf_protocol") or [""])[0]
-        if "centrifuge-protobuf" in request.protocols or fmt == "protobuf":
-            raise ConnectionDeny(400, "protobuf protocol is not supported")
+        encoding, subprotocol = self.negotiate(request)
+        if encoding != JSON:
+            self.encoding = encoding
         self._headers = {k: v for k, v in request.headers.items() if isinstance(v, str)}
-        return None
+        return subprotocol
+
+    def negotiate(self, request: ConnectionRequest) -> tuple[str, str | None]:
+        """``(encoding, subprotocol to accept)`` for the upgrade request."""
+        return websocket_encoding(request.protocols, request.params)
 
     def onOpen(self) -> None:
         """Create the client and take over backpressure signalling."""
-        client = self.factory.node.make_client(self, headers=self._headers)
+        client = self.factory.node.make_client(self, headers=self._headers, encoding=self.encoding)
         self.client = client
         # handshake leftovers are not needed once open (memory of idle connections)
         del self._headers
@@ -84,7 +98,11 @@ class WebSocketProtocol(WebSocketServerProtocol):
         client = self.client
         if client is None:
             return
-        if isBinary:
+        if self.encoding == PROTOBUF:
+            if not isBinary:
+                client.close(Disconnect.BAD_REQUEST)
+                return
+        elif isBinary:
             client.close(Disconnect.INAPPROPRIATE_PROTOCOL)
             return
         client.receive(payload)
@@ -109,11 +127,17 @@ class WebSocketProtocol(WebSocketServerProtocol):
         """
         if self.state != _OPEN:
             return
+        binary = self.encoding == PROTOBUF
         if len(payloads) == 1:
-            data = payloads[0].framed("ws", text_frame)
+            if binary:
+                data = payloads[0].framed("ws-binary", binary_frame)
+            else:
+                data = payloads[0].framed("ws", text_frame)
         else:
             factory = self.factory
-            data = join_frames(payloads, factory.max_messages_in_frame, factory.max_frame_bytes)
+            data = join_frames(
+                payloads, factory.max_messages_in_frame, factory.max_frame_bytes, binary=binary
+            )
         write_eagerly(self.transport, data)
 
     def close(self, disconnect: Disconnect | None) -> None:
@@ -126,19 +150,26 @@ class WebSocketProtocol(WebSocketServerProtocol):
             self.sendClose(disconnect.code, disconnect.reason)
 
 
-def join_frames(payloads: Sequence[Payload], max_messages: int, max_bytes: int) -> bytes:
-    """Newline-joined text frames of ``payloads``, bounded in messages and bytes each."""
+def join_frames(
+    payloads: Sequence[Payload], max_messages: int, max_bytes: int, *, binary: bool = False
+) -> bytes:
+    """Frames of ``payloads``, bounded in messages and bytes each.
+
+    JSON messages are newline-joined in text frames; Protobuf messages (already
+    length-prefixed) are concatenated in binary frames.
+    """
+    frame, sep = (binary_frame, b"") if binary else (text_frame, b"\n")
     frames: list[bytes] = []
     group: list[bytes] = []
     size = 0
     for p in payloads:
         if group and (len(group) >= max_messages or size + p.size > max_bytes):
-            frames.append(text_frame(b"\n".join(group)))
+            frames.append(frame(sep.join(group)))
             group = []
             size = 0
         group.append(p.data)
         size += p.size + 1
-    frames.append(text_frame(b"\n".join(group)))
+    frames.append(frame(sep.join(group)))
     return frames[0] if len(frames) == 1 else b"".join(frames)
 
 

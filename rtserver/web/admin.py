@@ -41,7 +41,7 @@ from zope.interface import implementer
 
 from rtserver.config import AdminConfig, HTTPAPIConfig
 from rtserver.core.subscription import Subscription, SubState
-from rtserver.core.writer import SharedPush
+from rtserver.core.writer import JSON_SHAPE, SharedPush
 from rtserver.logs import Logger
 from rtserver.protocol.codes import Error
 from rtserver.protocol.frames import Publication
@@ -515,12 +515,17 @@ class ChannelWatch:
     # --- Subscriber ------------------------------------------------------------------
 
     def deliver_publication(self, sub: Subscription, pub: Publication, push: SharedPush) -> None:
-        """A publication: the client protocol's push line."""
-        self._write(push.payload(False).data)
+        """A publication: the client protocol's push line (bytes that are not JSON: skipped)."""
+        self._write_shared(push)
 
     def deliver_push(self, sub: Subscription, push: SharedPush) -> None:
         """A join or leave: the client protocol's push line."""
-        self._write(push.payload(False).data)
+        self._write_shared(push)
+
+    def _write_shared(self, push: SharedPush) -> None:
+        payload = push.payload(JSON_SHAPE)
+        if payload is not None:  # None: Protobuf bytes that JSON cannot show
+            self._write(payload.data)
 
     def insufficient_state(self, sub: Subscription) -> None:
         """Never positioned: nothing to lose."""

@@ -20,6 +20,7 @@ from rtserver.core.node import Node
 from rtserver.core.ports import IEngineHandler
 from rtserver.core.types import ControlMessage
 from rtserver.engines.memory import MemoryEngine
+from rtserver.protocol import protobuf
 from rtserver.protocol.frames import ClientInfo, Publication
 from rtserver.testing import RecordingSink, make_node
 
@@ -204,13 +205,36 @@ def test_emulation_reaches_a_session_on_another_node(clock: Clock, bus: Bus) -> 
     _, sink = connect(b, clock)
     session = sink.replies()[0]["connect"]["session"]
     assert sink.replies()[0]["connect"]["node"] == b.uid
-    command = orjson.dumps({"id": 2, "subscribe": {"channel": "room"}}).decode()
+    command = orjson.dumps({"id": 2, "subscribe": {"channel": "room"}})
     found = a.emulate(session, b.uid, command)
     clock.advance(0)
     assert found.result is True
     assert sink.replies()[-1] == {"id": 2, "subscribe": {}}
     assert a.emulate("no-such-session", b.uid, command).result is False
     assert a.emulate(session, "no-such-node", command).result is False
+    a.stop(), b.stop()
+
+
+def test_protobuf_emulation_bytes_cross_nodes_unchanged(clock: Clock, bus: Bus) -> None:
+    """A Protobuf session's binary commands survive forwarding (base64 in the survey)."""
+    a, b = start_node(clock, bus, "a"), start_node(clock, bus, "b")
+    clock.advance(3)
+    sink = RecordingSink(emulation=True)
+    client = b.make_client(sink, encoding="protobuf")
+    connect_cmd = protobuf.encode_message("Command", {"id": 1, "connect": {}})
+    client.receive(bytes([len(connect_cmd)]) + connect_cmd)
+    clock.advance(0)
+    reply = protobuf.decode_message("Reply", sink.batches[0][0][1:])
+    session = reply["connect"]["session"]
+    # field 2 of Command (unknown, skipped) holds bytes that are not UTF-8
+    subscribe = protobuf.encode_message("Command", {"id": 2, "subscribe": {"channel": "room"}})
+    subscribe = b"\x12\x02\xff\xfe" + subscribe
+    found = a.emulate(session, b.uid, bytes([len(subscribe)]) + subscribe)
+    clock.advance(0)
+    assert found.result is True
+    last = sink.batches[-1][-1]
+    assert protobuf.decode_message("Reply", last[1:]) == {"id": 2, "subscribe": {}}
+    assert client.channels() == ["room"]
     a.stop(), b.stop()
 
 

@@ -39,11 +39,27 @@ def rt_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield server
 
 
+#: The Protobuf suites: client publish in channels without namespace, HTTP-streaming on.
+PROTOBUF_OVERRIDES: dict[str, Any] = {
+    "channel": {"without_namespace": {"allow_publish_for_subscriber": True}},
+    "http_stream": {"enabled": True},
+    "emulation": {"enabled": True},
+}
+
+
+@pytest.fixture(scope="session")
+def pb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A real ``twistd -n rtserver`` for the Protobuf suites (:data:`PROTOBUF_OVERRIDES`)."""
+    with run_server(tmp_path_factory.mktemp("rtserver-pb"), PROTOBUF_OVERRIDES) as server:
+        yield server
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     """Attach the server log tail to a failing interop test."""
     report = yield
-    server = getattr(item, "funcargs", {}).get("rt_server")
+    funcargs = getattr(item, "funcargs", {})
+    server = funcargs.get("rt_server") or funcargs.get("pb_server")
     if report.failed and isinstance(server, Server):
         report.sections.append(("rtserver log (tail)", server.log(8000)))
     return report

@@ -34,7 +34,12 @@ def test_connect_subscribe_receive_presence_history(rt_server: Server, run_js: R
     events = js.finish()
 
     check_pubsub_presence_history(
-        events, channel=channel, sent=sent, offsets=offsets, client_id=client_id, user=user,
+        events,
+        channel=channel,
+        sent=sent,
+        offsets=offsets,
+        client_id=client_id,
+        user=user,
         info=info,
     )
     pubs = events_of(events, "publication", channel=channel)

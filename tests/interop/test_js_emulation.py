@@ -97,7 +97,12 @@ def test_emulation_pubsub_presence_history_publish(
     assert not events_of(events, "error"), "no transport or command errors"
 
     check_pubsub_presence_history(
-        events, channel=channel, sent=sent, offsets=offsets, client_id=client_id, user=user,
+        events,
+        channel=channel,
+        sent=sent,
+        offsets=offsets,
+        client_id=client_id,
+        user=user,
         info=info,
     )
 

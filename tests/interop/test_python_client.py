@@ -302,7 +302,9 @@ def test_join_leave_pushed(rt_server: Server) -> None:
     async def scenario() -> None:
         rec = Recorder()
         a, _ = sdk_client(rt_server, rec, token=rt_server.token(user_a), label="a")
-        b, _ = sdk_client(rt_server, rec, token=rt_server.token(user_b, info={"role": "b"}), label="b")
+        b, _ = sdk_client(
+            rt_server, rec, token=rt_server.token(user_b, info={"role": "b"}), label="b"
+        )
         sub_a = subscribe(a, channel, rec, "a")
         sub_b = subscribe(b, channel, rec, "b")
         try:

@@ -138,15 +138,6 @@ async def test_binary_frame_is_inappropriate_protocol(server: Server) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_protobuf_subprotocol_is_refused(server: Server) -> None:
-    """This server speaks JSON only; a protobuf handshake is refused, not misread."""
-    factory = connect(server.url, protocols=["centrifuge-protobuf"])
-    with pytest.raises(ConnectionError):
-        await factory.opened
-    await factory.closed
-
-
-@pytest_twisted.ensureDeferred
 async def test_bad_command_closes_3501(server: Server) -> None:
     """Garbage input closes the connection with 3501 and the server keeps serving."""
     factory, proto = await connected(server)

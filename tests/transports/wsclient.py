@@ -18,6 +18,7 @@ class RecordingClient(WebSocketClientProtocol):  # type: ignore[misc]
         self.factory.opened.callback(self)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.factory.binary.append(isBinary)
         self.factory.frames.put(payload)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
@@ -37,6 +38,8 @@ class ClientFactory(WebSocketClientFactory):  # type: ignore[misc]
         self.opened: Deferred[RecordingClient] = Deferred()
         self.closed: Deferred[tuple[int | None, str | None]] = Deferred()
         self.frames: DeferredQueue[bytes] = DeferredQueue()
+        #: Whether each frame received was binary, in order.
+        self.binary: list[bool] = []
 
     def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
         if not self.opened.called:
