@@ -8,11 +8,13 @@ wraps that into the response body an adapter encodes (with orjson: results may h
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from twisted.internet.defer import Deferred, gatherResults
 
 from rtserver.api import schema
@@ -26,6 +28,8 @@ from rtserver.core.types import (
 )
 from rtserver.logs import Logger
 from rtserver.protocol.codes import Disconnect, Error
+from rtserver.protocol.frames import Publication
+from rtserver.protocol.protobuf import json_payload
 
 if TYPE_CHECKING:
     from rtserver.core.node import Node
@@ -288,7 +292,7 @@ class APIExecutor:
         )
         result = await self._node.history(channel, flt, self._options(channel))
         return {
-            "publications": [p.to_wire() for p in result.publications],
+            "publications": [_api_publication(p) for p in result.publications],
             "offset": result.position.offset,
             "epoch": result.position.epoch,
         }
@@ -349,3 +353,20 @@ class APIExecutor:
         if "result" in outcome:
             return {method: outcome["result"]}
         return outcome
+
+
+def _api_publication(pub: Publication) -> dict[str, Any]:
+    """A history publication for the JSON API.
+
+    Data a Protobuf client published may be bytes that are not JSON: those come back
+    base64-encoded as ``b64data`` instead of ``data`` (docs/server-api.rst, "history"),
+    never spliced raw into the response.
+    """
+    body = pub.to_wire()
+    data = json_payload(pub.data)
+    if data is None:
+        del body["data"]
+        body["b64data"] = base64.b64encode(pub.data).decode("ascii")
+    elif data is not pub.data:
+        body["data"] = orjson.Fragment(data)
+    return body

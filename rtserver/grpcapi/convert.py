@@ -14,6 +14,7 @@ no I/O, no reactor.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from typing import Any
 
@@ -250,8 +251,10 @@ def history_result(result: dict[str, Any]) -> pb.HistoryResult:
     """Publications with the stream's current ``offset`` and ``epoch``."""
     out = pb.HistoryResult(offset=result["offset"], epoch=result["epoch"])
     for publication in result["publications"]:
-        item = out.publications.add(data=_bytes(publication["data"]),
-                                    offset=publication.get("offset", 0))
+        # Bytes that are not JSON come as b64data from the executor; GRPC carries them raw.
+        raw = (base64.b64decode(publication["b64data"]) if "b64data" in publication
+               else _bytes(publication["data"]))
+        item = out.publications.add(data=raw, offset=publication.get("offset", 0))
         if "info" in publication:
             item.info.CopyFrom(_client_info(publication["info"]))
         if publication.get("tags"):

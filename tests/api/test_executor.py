@@ -559,3 +559,16 @@ def test_refresh_extends(api: Harness) -> None:
     assert alice.expire_at == expire_at
     assert alice.conn_info == b'{"v":2}'
     assert sink.closed is None
+
+
+def test_history_of_bytes_that_are_not_json(api: Harness) -> None:
+    """Bytes a Protobuf client published that are not JSON come back as ``b64data``.
+
+    Spliced in as they are, they would make the whole API response invalid JSON.
+    """
+    api.node.publish("hist:a", b"\xff\x00binary")
+    api.node.publish("hist:a", b'{"ok":\n1}')
+    api.clock.advance(0)
+    pubs = api.result("history", {"channel": "hist:a", "limit": 10})["publications"]
+    assert pubs[0] == {"b64data": base64.b64encode(b"\xff\x00binary").decode(), "offset": 1}
+    assert pubs[1] == {"data": {"ok": 1}, "offset": 2}
