@@ -359,7 +359,7 @@ def _api_publication(pub: Publication) -> dict[str, Any]:
     """A history publication for the JSON API.
 
     Data a Protobuf client published may be bytes that are not JSON: those come back
-    base64-encoded as ``b64data`` instead of ``data`` (docs/server-api.rst, "history"),
+    base64-encoded as ``b64data`` instead of ``data`` (docs/server-api.rst, "Methods"),
     never spliced raw into the response.
     """
     body = pub.to_wire()
