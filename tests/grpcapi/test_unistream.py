@@ -8,6 +8,7 @@ disconnect as the final push before the stream ends.
 from __future__ import annotations
 
 import json
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -214,3 +215,24 @@ def test_slow_consumer_is_cut_with_3008(tmp_path: Path) -> None:
         rest = list(stream)  # reading again within the close grace: the final push arrives
         assert (rest[-1].disconnect.code, rest[-1].disconnect.reason) == (3008, "slow")
         assert sum(p.HasField("pub") for p in rest) > 1  # what was queued before the cut
+
+
+def test_stream_cap_and_shutdown_drain(tmp_path: Path) -> None:
+    """Beyond max_concurrent_streams: RESOURCE_EXHAUSTED; SIGTERM: 3001 push, then the end."""
+    port = free_port()
+    overrides = uni_overrides(port)
+    overrides["uni_grpc"]["max_concurrent_streams"] = 1
+    with run_server(tmp_path, overrides) as server, \
+            grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        uni = UniServer(server, f"127.0.0.1:{port}")
+        call = uni.consume(ch, server.token("frank"))
+        stream = pushes(call)
+        assert next(stream).HasField("connect")
+        with pytest.raises(grpc.RpcError) as refused:
+            next(iter(uni.consume(ch, server.token("grace"))))
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        server.process.send_signal(signal.SIGTERM)
+        rest = list(stream)
+        assert [(p.disconnect.code, p.disconnect.reason) for p in rest] == [(3001, "shutdown")]
+        assert call.code() == grpc.StatusCode.OK
+        assert server.process.wait(timeout=10) in (0, -signal.SIGTERM)
