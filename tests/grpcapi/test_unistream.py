@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -236,3 +237,39 @@ def test_stream_cap_and_shutdown_drain(tmp_path: Path) -> None:
         assert [(p.disconnect.code, p.disconnect.reason) for p in rest] == [(3001, "shutdown")]
         assert call.code() == grpc.StatusCode.OK
         assert server.process.wait(timeout=10) in (0, -signal.SIGTERM)
+
+
+def test_cancelled_consumer_is_released(uni: UniServer, channel: grpc.Channel) -> None:
+    """A consumer that cancels its call leaves the node's connections (and presence)."""
+    name = chan("gone")
+    user = "gina-" + uuid.uuid4().hex[:6]
+    call = uni.consume(channel, uni.server.token(user), subs={name: pb.SubscribeRequest()})
+    assert next(pushes(call)).HasField("connect")
+    assert [c["user"] for c in uni.api("presence", {"channel": name})["presence"].values()] \
+        == [user]
+    call.cancel()
+    deadline = time.monotonic() + 5  # across processes, the API is the only way to look
+    while uni.api("presence", {"channel": name})["presence"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert uni.api("presence", {"channel": name})["presence"] == {}
+
+
+def test_tls_and_max_receive_message_size(tmp_path: Path) -> None:
+    """uni_grpc over TLS; a connect request over max_receive_message_size is refused."""
+    from test_options import _self_signed
+
+    cert, key, cert_pem = _self_signed(tmp_path)
+    port = free_port()
+    overrides = uni_overrides(port)
+    overrides["uni_grpc"].update(max_receive_message_size=1024, tls={
+        "enabled": True, "cert_pem_file": str(cert), "key_pem_file": str(key)})
+    credentials = grpc.ssl_channel_credentials(root_certificates=cert_pem)
+    with run_server(tmp_path, overrides) as server, \
+            grpc.secure_channel(f"127.0.0.1:{port}", credentials) as ch:
+        uni = UniServer(server, f"127.0.0.1:{port}")
+        call = uni.consume(ch, server.token("hank"))
+        assert next(pushes(call)).connect.client
+        call.cancel()
+        with pytest.raises(grpc.RpcError) as refused:
+            next(iter(uni.consume(ch, server.token("hank"), name="x" * 2000)))
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
