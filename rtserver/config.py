@@ -397,6 +397,19 @@ class UniHTTPStreamConfig(StreamEndpointConfig):
 
 
 @dataclass(frozen=True)
+class UniGRPCConfig:
+    """Unidirectional GRPC (``centrifugal.centrifugo.unistream.CentrifugoUniStream``)."""
+
+    enabled: bool = False
+    address: str = ""
+    port: int = 11000
+    max_receive_message_size: int = 0
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    #: Streams served at once; each holds one grpcio worker thread. Beyond: RESOURCE_EXHAUSTED.
+    max_concurrent_streams: int = 128
+
+
+@dataclass(frozen=True)
 class SockJSConfig:
     """SockJS endpoint for legacy browsers (centrifuge-js ``sockjs`` transport)."""
 
@@ -559,6 +572,7 @@ class Config:
     uni_websocket: UniWebSocketConfig = field(default_factory=UniWebSocketConfig)
     uni_sse: UniSSEConfig = field(default_factory=UniSSEConfig)
     uni_http_stream: UniHTTPStreamConfig = field(default_factory=UniHTTPStreamConfig)
+    uni_grpc: UniGRPCConfig = field(default_factory=UniGRPCConfig)
     sockjs: SockJSConfig = field(default_factory=SockJSConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
@@ -1241,6 +1255,7 @@ def validate(config: Config) -> None:
     if tls.enabled and not (tls.cert_pem_file and tls.key_pem_file):
         raise ConfigError("http_server.tls: cert_pem_file and key_pem_file are required")
     _validate_grpc_api(config.grpc_api)
+    _validate_uni_grpc(config.uni_grpc)
     seen: set[str] = set()
     _validate_options(config.channel.without_namespace, "channel.without_namespace", config)
     for i, ns in enumerate(config.channel.namespaces):
@@ -1369,6 +1384,19 @@ def _validate_grpc_api(grpc: GRPCAPIConfig) -> None:
         raise ConfigError("grpc_api.max_receive_message_size: must not be negative")
     if grpc.tls.enabled and not (grpc.tls.cert_pem_file and grpc.tls.key_pem_file):
         raise ConfigError("grpc_api.tls: cert_pem_file and key_pem_file are required")
+
+
+def _validate_uni_grpc(uni: UniGRPCConfig) -> None:
+    if not uni.enabled:
+        return
+    if not 0 < uni.port < 65536:
+        raise ConfigError("uni_grpc.port: must be between 1 and 65535")
+    if uni.max_receive_message_size < 0:
+        raise ConfigError("uni_grpc.max_receive_message_size: must not be negative")
+    if uni.max_concurrent_streams < 1:
+        raise ConfigError("uni_grpc.max_concurrent_streams: must be at least 1")
+    if uni.tls.enabled and not (uni.tls.cert_pem_file and uni.tls.key_pem_file):
+        raise ConfigError("uni_grpc.tls: cert_pem_file and key_pem_file are required")
 
 
 def _validate_admin(config: Config) -> None:

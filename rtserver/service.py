@@ -59,6 +59,7 @@ __all__ = [
     "build_proxies",
     "build_site",
     "build_sites",
+    "build_uni_grpc",
     "build_verifier",
     "default_listen",
     "describe_engine",
@@ -148,6 +149,7 @@ _RESTART_SECTIONS = (
     "uni_websocket",
     "uni_sse",
     "uni_http_stream",
+    "uni_grpc",
     "sockjs",
     "health",
     "prometheus",
@@ -229,6 +231,8 @@ def enabled_transports(config: Config) -> list[str]:
     for name in ("http_stream", "sse", "uni_websocket", "uni_sse", "uni_http_stream", "sockjs"):
         if getattr(config, name).enabled:
             names.append(name)
+    if config.uni_grpc.enabled:
+        names.append("uni_grpc")
     return names
 
 
@@ -580,6 +584,31 @@ def build_grpc_api(executor: APIExecutor, config: Config, reactor: Any) -> Servi
     )
 
 
+def build_uni_grpc(node: Node, config: Config, reactor: Any) -> Service:
+    """The uni_grpc transport on ``uni_grpc.address``:``uni_grpc.port`` (rtserver/grpcapi)."""
+    from rtserver.grpcapi.bridge import ReactorBridge
+    from rtserver.grpcapi.server import GRPCServerService
+    from rtserver.grpcapi.unistream import KEEPALIVE_OPTIONS, UniStreamServicer
+
+    uni = config.uni_grpc
+    bridge = ReactorBridge(reactor)
+    servicer = UniStreamServicer(node, bridge)
+    return GRPCServerService(
+        "uni_grpc",
+        [servicer.handler()],
+        bridge,
+        reactor,
+        address=uni.address,
+        port=uni.port,
+        tls=uni.tls,
+        max_receive_message_size=uni.max_receive_message_size,
+        # each stream holds a worker thread for its life: one thread per admitted stream
+        workers=uni.max_concurrent_streams,
+        max_concurrent_rpcs=uni.max_concurrent_streams,
+        options=KEEPALIVE_OPTIONS,
+    )
+
+
 def default_listen(config: Config) -> list[str]:
     """The endpoint description for ``http_server`` settings."""
     server = config.http_server
@@ -671,6 +700,8 @@ def build(
         strports_service(desc, site, reactor=reactor).setServiceParent(top)
     if config.grpc_api.enabled:
         build_grpc_api(executor, config, reactor).setServiceParent(top)
+    if config.uni_grpc.enabled:
+        build_uni_grpc(node, config, reactor).setServiceParent(top)
     if internal_site is not None:
         for desc in internal_endpoints:
             strports_service(desc, internal_site, reactor=reactor).setServiceParent(top)

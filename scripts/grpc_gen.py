@@ -2,10 +2,11 @@
 
 Usage: python scripts/grpc_gen.py [--check]
 
-Runs grpcio-tools' protoc on ``rtserver/grpcapi/proto/api.proto`` and writes
-``api_pb2.py``, ``api_pb2.pyi`` and ``api_pb2_grpc.py`` beside it. ``--check`` writes
-nothing and exits 1 when the checked-in files differ from a fresh generation
-(tests/grpcapi/test_schema.py runs the same comparison).
+Runs grpcio-tools' protoc on ``api.proto`` and ``unistream.proto`` (in
+``rtserver/grpcapi/proto/``) and writes ``<name>_pb2.py``, ``<name>_pb2.pyi`` and
+``<name>_pb2_grpc.py`` beside each. ``--check`` writes nothing and exits 1 when the
+checked-in files differ from a fresh generation (tests/grpcapi/test_schema.py and
+test_unistream_schema.py run the same comparison).
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PROTOS = ["rtserver/grpcapi/proto/api.proto"]
+PROTOS = [
+    "rtserver/grpcapi/proto/api.proto",
+    "rtserver/grpcapi/proto/unistream.proto",
+]
 SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 
 

@@ -57,6 +57,11 @@ class ReactorBridge:
         """Calls started in the reactor whose outcome has not arrived yet."""
         return len(self._pending)
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` ran (the service is stopping)."""
+        return self._closed
+
     def call(self, fn: Callable[[], Deferred[T]]) -> T:
         """Run ``fn()`` in the reactor; block this (non-reactor) thread for its outcome.
 
@@ -76,6 +81,19 @@ class ReactorBridge:
                 waiter.abandon()
                 break
         return waiter.outcome()
+
+    def post(self, fn: Callable[[], object]) -> None:
+        """Run ``fn()`` in the reactor soon, without waiting; nothing once closed.
+
+        For notifications from grpcio threads (a stream's consumer read or went away).
+        """
+        if not self._closed:
+            self._reactor.callFromThread(self._run_posted, fn)
+
+    def _run_posted(self, fn: Callable[[], object]) -> None:
+        """Reactor thread: run a posted call unless the bridge closed meanwhile."""
+        if not self._closed:
+            fn()
 
     def _start(self, fn: Callable[[], Deferred[T]], waiter: _Waiter) -> None:
         """Reactor thread: run ``fn`` and route its outcome to ``waiter``."""

@@ -61,6 +61,9 @@ class GRPCServerService(Service):
             empty for no reflection service.
         workers: grpcio worker threads (calls served at once).
         grace: seconds calls in flight get to finish when the service stops.
+        max_concurrent_rpcs: calls admitted at once; grpcio refuses more with
+            RESOURCE_EXHAUSTED. None for no cap.
+        options: further grpcio server options (channel arguments).
     """
 
     def __init__(
@@ -77,6 +80,8 @@ class GRPCServerService(Service):
         reflection: Sequence[str] = (),
         workers: int = 8,
         grace: float = 5.0,
+        max_concurrent_rpcs: int | None = None,
+        options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         self.label = label
         self._handlers = list(handlers)
@@ -89,6 +94,8 @@ class GRPCServerService(Service):
         self._reflection = tuple(reflection)
         self._workers = workers
         self._grace = grace
+        self._max_concurrent = max_concurrent_rpcs
+        self._extra_options = list(options)
         self._server: grpc.Server | None = None
         #: The bound port once started.
         self.port = 0
@@ -98,12 +105,13 @@ class GRPCServerService(Service):
         options: list[tuple[str, Any]] = [("grpc.so_reuseport", 0)]
         if self._max_receive > 0:
             options.append(("grpc.max_receive_message_length", self._max_receive))
-        return options
+        return options + self._extra_options
 
     def startService(self) -> None:
         """Bind, then serve. Raises when the port cannot be bound."""
         pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="grpc")
-        server = grpc.server(pool, handlers=self._handlers, options=self._options())
+        server = grpc.server(pool, handlers=self._handlers, options=self._options(),
+                             maximum_concurrent_rpcs=self._max_concurrent)
         if self._reflection:
             from grpc_reflection.v1alpha import reflection
 

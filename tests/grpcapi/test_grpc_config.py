@@ -60,3 +60,33 @@ def test_environment_overrides() -> None:
     })
     grpc = loaded.grpc_api
     assert (grpc.enabled, grpc.port, grpc.key) == (True, 10001, "k")
+
+
+def test_uni_grpc_defaults_are_centrifugos() -> None:
+    uni = config.from_mapping({}).uni_grpc
+    assert (uni.enabled, uni.address, uni.port, uni.max_receive_message_size) == (
+        False, "", 11000, 0)
+    assert (uni.tls.enabled, uni.max_concurrent_streams) == (False, 128)
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"port": 0}, "uni_grpc.port: must be between 1 and 65535"),
+        ({"max_receive_message_size": -1},
+         "uni_grpc.max_receive_message_size: must not be negative"),
+        ({"max_concurrent_streams": 0}, "uni_grpc.max_concurrent_streams: must be at least 1"),
+        ({"tls": {"enabled": True, "key_pem_file": "k.pem"}},
+         "uni_grpc.tls: cert_pem_file and key_pem_file are required"),
+    ],
+)
+def test_invalid_uni_grpc_settings_are_refused(section: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        config.from_mapping({"uni_grpc": {"enabled": True, **section}})
+    assert str(e.value) == message
+
+
+def test_uni_grpc_from_the_environment() -> None:
+    environ = {"CENTRIFUGO_UNI_GRPC_ENABLED": "true", "CENTRIFUGO_UNI_GRPC_PORT": "11001"}
+    uni = config.load(None, environ=environ)[0].uni_grpc
+    assert (uni.enabled, uni.port) == (True, 11001)

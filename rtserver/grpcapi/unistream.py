@@ -1,0 +1,395 @@
+"""The unidirectional GRPC transport (``uni_grpc``): ``CentrifugoUniStream/Consume``.
+
+A consumer calls ``Consume(ConnectRequest)`` and reads a stream of ``Push`` messages,
+the same pushes the other unidirectional transports send (docs/transports.rst,
+"Unidirectional GRPC"), encoded as Protobuf. Messages travel as raw bytes: the
+handler has no (de)serializers; the request is read and the pushes are written with the
+client protocol's codec (:mod:`rtserver.protocol.protobuf`), whose numbering the
+unistream schema shares.
+
+Threads. grpcio serves each stream on one of its worker threads for the stream's whole
+life. That thread connects the client through the
+:class:`~rtserver.grpcapi.bridge.ReactorBridge` (the client lives in the reactor, like any
+other); from then on the client's :class:`UniGRPCSink` (reactor thread) hands the
+encoded pushes to an :class:`Outbox`, and the worker thread yields them to grpcio. The
+outbox is bounded: past :data:`OUTBOX_BYTES` the sink pauses the client's writer, whose
+own queue is bounded by ``client.queue_max_size`` (3008 beyond), so a consumer that stops
+reading is cut like any slow client. The worker resumes the writer through the bridge
+when it has taken what was queued.
+
+Ends. A disconnect is written as the final push and ends the stream with status OK (as in
+Centrifugo). When the consumer goes away (cancel, deadline), grpcio's termination
+callback tells the reactor through the bridge, which drops the client at once. A stream
+whose consumer does not read its final pushes within :data:`CLOSE_GRACE` seconds is
+cancelled, so no worker thread stays blocked on a consumer that never reads again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from threading import Condition
+from typing import Any, Final
+
+import grpc
+import orjson
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from zope.interface import implementer
+
+from rtserver.core.client import Client
+from rtserver.core.node import Node
+from rtserver.core.ports import ISink
+from rtserver.core.writer import Payload
+from rtserver.grpcapi.bridge import BridgeClosed, ReactorBridge
+from rtserver.logs import Logger
+from rtserver.protocol import protobuf
+from rtserver.protocol.codes import Disconnect
+from rtserver.protocol.frames import ProtocolError
+
+__all__ = [
+    "CLOSE_GRACE",
+    "KEEPALIVE_OPTIONS",
+    "OUTBOX_BYTES",
+    "SERVICE_NAME",
+    "TRANSPORT_NAME",
+    "Outbox",
+    "UniGRPCSink",
+    "UniStreamServicer",
+    "connect_request_json",
+    "push_message",
+]
+
+_log = Logger()
+
+#: The fully-qualified GRPC service name of the transport.
+SERVICE_NAME: Final = "centrifugal.centrifugo.unistream.CentrifugoUniStream"
+#: The transport's name in logs and ``/metrics``.
+TRANSPORT_NAME: Final = "uni_grpc"
+#: Bytes handed to a stream's thread and not yet taken, beyond which the writer pauses.
+OUTBOX_BYTES: Final = 65536
+#: Seconds a closed stream's consumer gets to read its final pushes before the cancel.
+CLOSE_GRACE: Final = 5.0
+#: HTTP/2 keepalive as Centrifugo's uni_grpc server: ping an idle connection every 25 s,
+#: drop it when the ping is not answered in 5 s; client pings more often than every 5 s
+#: are refused.
+KEEPALIVE_OPTIONS: Final[tuple[tuple[str, int], ...]] = (
+    ("grpc.keepalive_time_ms", 25000),
+    ("grpc.keepalive_timeout_ms", 5000),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
+)
+
+#: How often a waiting stream thread checks whether the bridge was closed meanwhile.
+_POLL_SECONDS = 1.0
+
+
+# --- messages --------------------------------------------------------------------------
+
+
+def connect_request_json(data: bytes) -> bytes:
+    """The JSON ``ConnectRequest`` the core takes, from a unistream ``ConnectRequest``.
+
+    Only the unistream schema's fields are read (``subs`` values: ``recover``, ``epoch``,
+    ``offset``, as Centrifugo copies them). ``data`` is kept when it is JSON; without a
+    connect proxy nothing reads it.
+
+    Raises:
+        ProtocolError: the bytes are not a well-formed ``ConnectRequest``.
+    """
+    fields = protobuf.decode_message("ConnectRequest", data)
+    out: dict[str, Any] = {}
+    for key in ("token", "name", "version", "headers"):
+        if fields.get(key):
+            out[key] = fields[key]
+    raw = fields.get("data")
+    if raw:
+        payload = protobuf.json_payload(raw)
+        if payload is not None:
+            out["data"] = orjson.Fragment(payload)
+    subs: dict[str, dict[str, Any]] = {}
+    for channel, hint in (fields.get("subs") or {}).items():
+        subs[channel] = {k: hint[k] for k in ("recover", "epoch", "offset") if hint.get(k)}
+    if subs:
+        out["subs"] = subs
+    return orjson.dumps(out)
+
+
+def _schema_tables() -> tuple[dict[str, frozenset[str]], dict[str, dict[str, tuple[str, str]]]]:
+    """Per message: its ``bytes`` fields, and its message-typed fields (kind, type)."""
+    scalars = {"bool", "uint32", "uint64", "int32", "int64", "string", "bytes",
+               "repeated string", "map<string, string>"}
+    raw: dict[str, frozenset[str]] = {}
+    nested: dict[str, dict[str, tuple[str, str]]] = {}
+    for message, fields in protobuf.SCHEMA_SOURCE.items():
+        raw[message] = frozenset(name for type_, name, _ in fields if type_ == "bytes")
+        nested[message] = {}
+        for type_, name, _ in fields:
+            if type_ in scalars:
+                continue
+            if type_.startswith("repeated "):
+                nested[message][name] = ("list", type_.removeprefix("repeated "))
+            elif type_.startswith("map<string, "):
+                sub = type_.removeprefix("map<string, ").removesuffix(">")
+                nested[message][name] = ("map", sub)
+            else:
+                nested[message][name] = ("message", type_)
+    return raw, nested
+
+
+_RAW_FIELDS, _NESTED_FIELDS = _schema_tables()
+
+
+def _protobuf_shape(message: str, obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` (decoded JSON) with its ``bytes`` fields as JSON text, recursively."""
+    raw, nested = _RAW_FIELDS[message], _NESTED_FIELDS[message]
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        if key in raw:
+            out[key] = orjson.dumps(value)
+            continue
+        spec = nested.get(key)
+        if spec is None:
+            out[key] = value
+        elif spec[0] == "message":
+            out[key] = _protobuf_shape(spec[1], value)
+        elif spec[0] == "list":
+            out[key] = [_protobuf_shape(spec[1], item) for item in value]
+        else:
+            out[key] = {k: _protobuf_shape(spec[1], v) for k, v in value.items()}
+    return out
+
+
+def push_message(data: bytes) -> bytes:
+    """A unidirectional JSON push as the Protobuf ``Push`` message ``uni_grpc`` sends.
+
+    The core's fan-out encodes pushes as JSON today; the conversion runs once per
+    shared payload (a publication's push is converted once for all of its ``uni_grpc``
+    subscribers, cached on the payload). Payload fields (``data``, ``conn_info``,
+    ``chan_info``) become the compact JSON text of their value. The ping ``{}`` is the
+    empty ``Push``.
+
+    Raises:
+        ValueError: ``data`` is not a push the schema can hold (orjson's errors are
+            ValueErrors too).
+    """
+    obj = orjson.loads(data)
+    if not isinstance(obj, dict):
+        raise ValueError("a push must be a JSON object")
+    return protobuf.encode_message("Push", _protobuf_shape("Push", obj))
+
+
+# --- the hand-off between the reactor and a stream's thread ------------------------------
+
+
+class Outbox:
+    """Encoded pushes from the reactor to one stream's thread, bounded in bytes.
+
+    The reactor puts batches in; the thread takes everything queued at once. ``None``
+    in a batch marks the end of the stream.
+    """
+
+    __slots__ = ("_bytes", "_ended", "_items", "_limit", "_paused", "_ready", "_waiting")
+
+    def __init__(self, limit: int = OUTBOX_BYTES) -> None:
+        self._ready = Condition()
+        self._items: list[bytes | None] = []
+        self._bytes = 0
+        self._limit = limit
+        self._waiting = False
+        self._paused = False
+        self._ended = False
+
+    def put(self, messages: Sequence[bytes]) -> bool:
+        """Queue ``messages``; True when the outbox went over its bound (pause the writer)."""
+        with self._ready:
+            if self._ended:
+                return False
+            self._items.extend(messages)
+            self._bytes += sum(len(m) for m in messages)
+            if self._waiting:
+                self._ready.notify()
+            if self._bytes > self._limit:
+                self._paused = True
+                return True
+            return False
+
+    def end(self) -> None:
+        """No more messages: the thread stops after taking what is queued."""
+        with self._ready:
+            if self._ended:
+                return
+            self._ended = True
+            self._items.append(None)
+            if self._waiting:
+                self._ready.notify()
+
+    def take(self, timeout: float) -> tuple[list[bytes | None], bool]:
+        """Everything queued, waiting up to ``timeout`` for something.
+
+        Returns:
+            The messages, and whether the writer was paused meanwhile (the caller
+            resumes it).
+        """
+        with self._ready:
+            if not self._items:
+                self._waiting = True
+                self._ready.wait(timeout)
+                self._waiting = False
+            items, self._items = self._items, []
+            self._bytes = 0
+            resume, self._paused = self._paused, False
+            return items, resume
+
+
+@implementer(ISink)
+class UniGRPCSink:
+    """One ``uni_grpc`` client's output (reactor thread).
+
+    Args:
+        outbox: the hand-off to the stream's thread.
+        clock: for the close grace.
+        cancel: cancels the RPC (grpcio's ``context.cancel``; safe from any thread).
+        close_grace: seconds the consumer gets to read the final pushes.
+    """
+
+    transport_name = TRANSPORT_NAME
+    unidirectional = True
+    emulation = False
+    pong = False
+
+    def __init__(self, outbox: Outbox, clock: IReactorTime, cancel: Callable[[], object],
+                 close_grace: float = CLOSE_GRACE) -> None:
+        self._outbox = outbox
+        self._clock = clock
+        self._cancel = cancel
+        self._grace = close_grace
+        self._closed = False
+        self._grace_timer: IDelayedCall | None = None
+        self.client: Client | None = None
+
+    def write(self, payloads: Sequence[Payload]) -> None:
+        """Convert the batch to ``Push`` messages and hand them to the stream's thread."""
+        if self._closed:
+            return
+        try:
+            messages = [p.framed(TRANSPORT_NAME, push_message) for p in payloads]
+        except ValueError as e:
+            _log.warn("uni_grpc: a push could not be encoded: {error}", error=e)
+            if self.client is not None:
+                self.client.close(Disconnect.SERVER_ERROR)
+            return
+        if self._outbox.put(messages) and self.client is not None:
+            self.client.pause_writing()
+
+    def resume(self) -> None:
+        """The stream's thread took what was queued: write what accumulated."""
+        if not self._closed and self.client is not None:
+            self.client.resume_writing()
+
+    def close(self, disconnect: Disconnect | None) -> None:
+        """The ``disconnect`` push, then the end of the stream (status OK)."""
+        if self._closed:
+            return
+        self._closed = True
+        if disconnect is not None:
+            self._outbox.put([protobuf.encode_message("Push",
+                                                      {"disconnect": disconnect.to_wire()})])
+        self._outbox.end()
+        if self._grace > 0:
+            self._grace_timer = self._clock.callLater(self._grace, self._expired)
+
+    def _expired(self) -> None:
+        self._grace_timer = None
+        self._cancel()
+
+    def lost(self) -> None:
+        """The RPC ended (finished, cancelled or expired): release the client."""
+        self._closed = True
+        if self._grace_timer is not None and self._grace_timer.active():
+            self._grace_timer.cancel()
+        self._grace_timer = None
+        client, self.client = self.client, None
+        if client is not None:
+            client.transport_lost()
+
+
+# --- the service -----------------------------------------------------------------------
+
+
+class UniStreamServicer:
+    """Serves ``CentrifugoUniStream/Consume``: one client connection per stream.
+
+    Args:
+        node: the node the clients join.
+        bridge: hands the connect and the stream's notifications to the reactor.
+        close_grace: seconds a closed stream's consumer gets to read its final pushes.
+        outbox_bytes: the bound of each stream's hand-off.
+    """
+
+    def __init__(self, node: Node, bridge: ReactorBridge, *, close_grace: float = CLOSE_GRACE,
+                 outbox_bytes: int = OUTBOX_BYTES) -> None:
+        self._node = node
+        self._bridge = bridge
+        self._grace = close_grace
+        self._outbox_bytes = outbox_bytes
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        """The generic handler of the service: raw bytes in and out (no serializers)."""
+        consume: grpc.RpcMethodHandler = grpc.unary_stream_rpc_method_handler(self.Consume)
+        return grpc.method_handlers_generic_handler(SERVICE_NAME, {"Consume": consume})
+
+    def Consume(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        """Connect a client for this stream; the iterator yields its pushes.
+
+        A request that is not a ``ConnectRequest`` fails with INTERNAL, as grpc-go's
+        unmarshalling error does in Centrifugo; a node over ``client.connection_limit``
+        or ``client.connection_rate_limit`` refuses with RESOURCE_EXHAUSTED; a stopping
+        server with UNAVAILABLE.
+        """
+        try:
+            connect = connect_request_json(request)
+        except ProtocolError as e:
+            context.abort(grpc.StatusCode.INTERNAL,
+                          f"error unmarshalling request: {e.detail}")
+        headers = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
+        outbox = Outbox(self._outbox_bytes)
+
+        def start() -> Deferred[UniGRPCSink | None]:
+            node = self._node
+            if not node.admit():
+                return succeed(None)
+            sink = UniGRPCSink(outbox, node.clock, context.cancel, self._grace)
+            client = node.make_client(sink, headers=headers)
+            sink.client = client
+            client.start_unidirectional(connect)
+            return succeed(sink)
+
+        try:
+            sink = self._bridge.call(start)
+        except BridgeClosed:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+        if sink is None:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "connection limit reached")
+        bridge = self._bridge
+        live: UniGRPCSink = sink
+
+        def ended() -> None:
+            outbox.end()
+            bridge.post(live.lost)
+
+        if not context.add_callback(ended):
+            ended()  # the RPC is already over
+        return self._stream(outbox, live)
+
+    def _stream(self, outbox: Outbox, sink: UniGRPCSink) -> Iterator[bytes]:
+        """The stream's thread: yield the pushes the sink hands over, until the end."""
+        bridge = self._bridge
+        while True:
+            items, resume = outbox.take(_POLL_SECONDS)
+            if resume:
+                bridge.post(sink.resume)
+            for item in items:
+                if item is None:
+                    return
+                yield item
+            if not items and bridge.closed:
+                return

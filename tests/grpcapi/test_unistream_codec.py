@@ -1,0 +1,188 @@
+"""uni_grpc's messages: the connect request read, pushes converted, the hand-off bounded.
+
+Pushes are checked by parsing them with the classes generated from unistream.proto, as a
+consumer does.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+import orjson
+import pytest
+from twisted.internet.task import Clock
+
+from rtserver.core.client import Client
+from rtserver.core.writer import Payload
+from rtserver.grpcapi.proto import unistream_pb2 as pb
+from rtserver.grpcapi.unistream import (
+    Outbox,
+    UniGRPCSink,
+    connect_request_json,
+    push_message,
+)
+from rtserver.protocol import codec, protobuf
+from rtserver.protocol.codes import Disconnect, Unsubscribe
+from rtserver.protocol.frames import ClientInfo, ProtocolError, Publication
+
+
+def test_connect_request_keeps_the_schema_fields() -> None:
+    """Token, name, version, headers, JSON data and each sub's recovery hint."""
+    request = pb.ConnectRequest(
+        token="t", data=b'{"a": 1}', name="svc", version="1.0", headers={"x-k": "v"},
+        subs={"news": pb.SubscribeRequest(recover=True, epoch="e", offset=7),
+              "plain": pb.SubscribeRequest()},
+    )
+    assert orjson.loads(connect_request_json(request.SerializeToString())) == {
+        "token": "t", "data": {"a": 1}, "name": "svc", "version": "1.0",
+        "headers": {"x-k": "v"},
+        "subs": {"news": {"recover": True, "epoch": "e", "offset": 7}, "plain": {}},
+    }
+
+
+def test_empty_connect_request_is_an_empty_object() -> None:
+    """No token, no subs: the core decides (anonymous or refused)."""
+    assert connect_request_json(b"") == b"{}"
+
+
+def test_malformed_connect_request_raises() -> None:
+    """A length beyond the message is a ProtocolError, never a crash."""
+    with pytest.raises(ProtocolError):
+        connect_request_json(b"\x0a\x05ab")
+
+
+def _push(data: bytes) -> pb.Push:
+    return pb.Push.FromString(push_message(data))
+
+
+def test_publication_push_is_byte_for_byte_the_codecs() -> None:
+    """The converted push equals what the Protobuf codec makes from the publication."""
+    pub = Publication(data=b'{"n":1,"s":"\xc3\xa9"}', offset=5, tags={"k": "v"},
+                      info=ClientInfo("u", "c", conn_info=b'{"i":1}', chan_info=b"[2]"))
+    json_push = codec.encode_push("news", "pub", pub.to_wire(), uni=True)
+    framed = protobuf.encode_publication_push("news", pub, uni=True)
+    assert push_message(json_push) == framed[1:]  # without the one-byte length prefix
+    push = _push(json_push)
+    assert (push.channel, push.pub.data, push.pub.offset, dict(push.pub.tags)) == (
+        "news", pub.data, 5, {"k": "v"})
+    assert (push.pub.info.conn_info, push.pub.info.chan_info) == (b'{"i":1}', b"[2]")
+
+
+def test_connect_push_with_recovered_publications() -> None:
+    """Subscribe results with publications; payloads stay JSON text."""
+    body = {"client": "c1", "version": "v", "data": {"x": None}, "ping": 25,
+            "session": "s1", "subs": {"news": {
+                "recoverable": True, "epoch": "ep", "offset": 3, "recovered": True,
+                "was_recovering": True, "positioned": True,
+                "publications": [{"data": orjson.Fragment(b'"a"'), "offset": 2},
+                                 {"data": orjson.Fragment(b"null"), "offset": 3}]}}}
+    push = _push(codec.encode_push("", "connect", body, uni=True))
+    assert (push.connect.client, push.connect.ping, push.connect.session) == ("c1", 25, "s1")
+    assert push.connect.data == b'{"x":null}'
+    sub = push.connect.subs["news"]
+    assert (sub.epoch, sub.offset, sub.recovered, sub.was_recovering) == ("ep", 3, True, True)
+    assert [(p.data, p.offset) for p in sub.publications] == [(b'"a"', 2), (b"null", 3)]
+
+
+@pytest.mark.parametrize("kind", ["join", "leave"])
+def test_join_and_leave_pushes(kind: str) -> None:
+    """The ClientInfo of who joined or left."""
+    info = ClientInfo("u", "c", conn_info=b"{}")
+    push = _push(codec.encode_push("room", kind, {"info": info.to_wire()}, uni=True))
+    got = getattr(push, kind).info
+    assert (push.channel, got.user, got.client, got.conn_info) == ("room", "u", "c", b"{}")
+
+
+def test_unsubscribe_subscribe_refresh_disconnect_and_ping() -> None:
+    """The other pushes the core sends to unidirectional clients."""
+    unsub = _push(codec.encode_unsubscribe("room", Unsubscribe.SERVER, uni=True))
+    assert (unsub.channel, unsub.unsubscribe.code) == ("room", Unsubscribe.SERVER.code)
+    sub = _push(codec.encode_push("room", "subscribe",
+                                  {"recoverable": True, "epoch": "e", "offset": 4,
+                                   "data": orjson.Fragment(b"[1]")}, uni=True))
+    assert (sub.subscribe.epoch, sub.subscribe.offset, sub.subscribe.data) == ("e", 4, b"[1]")
+    refresh = _push(codec.encode_push("", "refresh", {"expires": True, "ttl": 60}, uni=True))
+    assert (refresh.refresh.expires, refresh.refresh.ttl) == (True, 60)
+    bye = _push(codec.encode_disconnect(Disconnect.SLOW, uni=True))
+    assert (bye.disconnect.code, bye.disconnect.reason) == (3008, "slow")
+    assert push_message(codec.PING) == b""
+
+
+def test_a_push_the_schema_cannot_hold_raises() -> None:
+    """Unknown fields fail loudly (the sink then closes the client with 3004)."""
+    with pytest.raises(ValueError):
+        push_message(b'{"channel":"c","bogus":{}}')
+    with pytest.raises(ValueError):
+        push_message(b"[]")
+
+
+def test_outbox_is_bounded_and_asks_for_a_resume() -> None:
+    """Over the bound ``put`` says pause; the next ``take`` says resume, once."""
+    box = Outbox(limit=10)
+    assert box.put([b"12345"]) is False
+    assert box.put([b"123456"]) is True
+    assert box.take(0) == ([b"12345", b"123456"], True)
+    assert box.put([b"1"]) is False
+    assert box.take(0) == ([b"1"], False)
+    box.end()
+    assert box.put([b"late"]) is False
+    assert box.take(0) == ([None], False)
+
+
+class _Client:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def pause_writing(self) -> None:
+        self.calls.append("pause")
+
+    def resume_writing(self) -> None:
+        self.calls.append("resume")
+
+    def close(self, disconnect: Disconnect) -> None:
+        self.calls.append(f"close {disconnect.code}")
+
+    def transport_lost(self) -> None:
+        self.calls.append("lost")
+
+
+def test_sink_close_sends_the_disconnect_then_ends_and_cancels_after_the_grace() -> None:
+    """A consumer that does not read its final pushes is cancelled after the grace."""
+    clock, box, cancelled = Clock(), Outbox(limit=4), []
+    sink = UniGRPCSink(box, clock, lambda: cancelled.append(True), close_grace=5.0)
+    client = _Client()
+    sink.client = cast("Client", client)
+    sink.write([Payload(b'{"channel":"c","pub":{"data":"abc"}}')])
+    assert client.calls == ["pause"]
+    sink.close(Disconnect.SLOW)
+    sink.write([Payload(b"{}")])  # nothing after the close
+    items, _ = box.take(0)
+    assert [pb.Push.FromString(i) if i is not None else None for i in items] == [
+        pb.Push(channel="c", pub=pb.Publication(data=b'"abc"')),
+        pb.Push(disconnect=pb.Disconnect(code=3008, reason="slow")), None]
+    clock.advance(4.9)
+    assert cancelled == []
+    clock.advance(0.2)
+    assert cancelled == [True]
+
+
+def test_sink_lost_releases_the_client_and_the_grace_timer() -> None:
+    """The RPC ended: the client is told, and no cancel follows."""
+    clock, box, cancelled = Clock(), Outbox(), []
+    sink = UniGRPCSink(box, clock, lambda: cancelled.append(True), close_grace=5.0)
+    client = _Client()
+    sink.client = cast("Client", client)
+    sink.close(None)
+    sink.lost()
+    sink.resume()
+    clock.advance(10)
+    assert (client.calls, cancelled, clock.getDelayedCalls()) == (["lost"], [], [])
+
+
+def test_unencodable_push_closes_the_client_with_3004() -> None:
+    """A push the schema cannot hold closes the connection instead of dropping silently."""
+    sink = UniGRPCSink(Outbox(), Clock(), lambda: None)
+    client = _Client()
+    sink.client = cast("Client", client)
+    sink.write([Payload(b'{"bogus":1}')])
+    assert client.calls == ["close 3004"]
