@@ -68,30 +68,52 @@ def checksum(data: bytes) -> int:
     return sum(words) & 0xFFFFFFFF
 
 
-def _forward(source: bytes, spos: int, target: bytes, tpos: int) -> int:
-    """Length of the common run of ``source[spos:]`` and ``target[tpos:]``.
+def _forward(source: bytes, spos: int, target: bytes, tpos: int, tstop: int) -> int:
+    """Length of the common run of ``source[spos:]`` and ``target[tpos:tstop]``.
 
     Galloping: equal chunks of doubling size, then a binary search inside the first
     unequal one, so a run of ``n`` bytes costs O(log n) slice comparisons.
     """
-    limit = min(len(source) - spos, len(target) - tpos)
+    limit = min(len(source) - spos, tstop - tpos)
     n = 0
     step = _STRIDE
-    while step and n < limit:
+    growing = True
+    while n < limit:
         size = min(step, limit - n)
         if source[spos + n : spos + n + size] == target[tpos + n : tpos + n + size]:
             n += size
-            step *= 2
-            continue
-        if size == 1:
+            step = step * 2 if growing else max(1, step // 2)
+        elif size == 1:
             break
-        step = size // 2
+        else:
+            growing = False
+            step = size // 2
     return n
 
 
-def _backward(source: bytes, spos: int, target: bytes, tpos: int, floor: int) -> int:
-    """How many bytes before ``spos``/``tpos`` also match, not going below ``floor`` in target."""
-    limit = min(spos, tpos - floor)
+def _common_tail(source: bytes, target: bytes, limit: int) -> int:
+    """Length of the common suffix of ``source`` and ``target``, at most ``limit``."""
+    send = len(source)
+    tend = len(target)
+    n = 0
+    step = _STRIDE
+    growing = True
+    while n < limit:
+        size = min(step, limit - n)
+        if source[send - n - size : send - n] == target[tend - n - size : tend - n]:
+            n += size
+            step = step * 2 if growing else max(1, step // 2)
+        elif size == 1:
+            break
+        else:
+            growing = False
+            step = size // 2
+    return n
+
+
+def _backward(source: bytes, spos: int, target: bytes, tpos: int, floor: int, sfloor: int) -> int:
+    """How many bytes before ``spos``/``tpos`` also match, staying at/above both floors."""
+    limit = min(spos - sfloor, tpos - floor)
     n = 0
     while n < limit and source[spos - n - 1] == target[tpos - n - 1]:
         n += 1
@@ -102,8 +124,17 @@ def _is_continuation(byte: int) -> bool:
     return 0x80 <= byte < 0xC0
 
 
+def _copy_pays(count: int, offset: int) -> bool:
+    """Whether ``<count>@<offset>,`` is shorter than inserting the bytes."""
+    return count > len(_int(count)) + len(_int(offset)) + 2
+
+
 def delta(source: bytes, target: bytes, *, utf8: bool = True) -> bytes:
     """The fossil delta that turns ``source`` into ``target``.
+
+    The common head and tail of the two are found first (O(log n) comparisons; most
+    republished documents change in one region), then the middle of the target is
+    matched against an index of the middle of the source.
 
     Args:
         source: The previous payload (what the client holds).
@@ -114,26 +145,42 @@ def delta(source: bytes, target: bytes, *, utf8: bool = True) -> bytes:
     Returns:
         The delta bytes; any fossil decoder applied to ``source`` returns ``target``.
     """
-    out = [_int(len(target)), b"\n"]
     size = len(target)
-    if len(source) >= NHASH and size >= NHASH:
+    slen = len(source)
+    out = [_int(size), b"\n"]
+    head = _forward(source, 0, target, 0, size)
+    tail = _common_tail(source, target, min(slen, size) - head)
+    if utf8:
+        while 0 < head < size and _is_continuation(target[head]):
+            head -= 1
+        while tail and _is_continuation(target[size - tail]):
+            tail -= 1
+    if not _copy_pays(head, 0):
+        head = 0
+    if not _copy_pays(tail, slen - tail):
+        tail = 0
+    if head:
+        out += (_int(head), b"@0,")
+    stop = size - tail  # the middle of the target is [head, stop)
+    sstop = slen - tail
+    base = head  # start of the pending literal run in target
+    if sstop - head >= NHASH and stop - head >= NHASH:
         # Built last block first so the first block with given content wins (smaller
         # offsets take fewer digits).
-        top = (len(source) - NHASH) // NHASH * NHASH
-        index = {source[spos : spos + NHASH]: spos for spos in range(top, -1, -NHASH)}
-        base = 0  # start of the pending literal run in target
-        tpos = 0
-        last = size - NHASH
+        top = head + (sstop - head - NHASH) // NHASH * NHASH
+        index = {source[spos : spos + NHASH]: spos for spos in range(top, head - 1, -NHASH)}
         lookup = index.get
+        tpos = head
+        last = stop - NHASH
         while tpos <= last:
             spos = lookup(target[tpos : tpos + NHASH])
             if spos is None:
                 tpos += 1
                 continue
-            back = _backward(source, spos, target, tpos, base)
+            back = _backward(source, spos, target, tpos, base, head)
             start = tpos - back
             sstart = spos - back
-            end = tpos + NHASH + _forward(source, spos + NHASH, target, tpos + NHASH)
+            end = tpos + NHASH + _forward(source, spos + NHASH, target, tpos + NHASH, stop)
             if utf8:
                 while start < end and _is_continuation(target[start]):
                     start += 1
@@ -141,18 +188,17 @@ def delta(source: bytes, target: bytes, *, utf8: bool = True) -> bytes:
                 while end > start and end < size and _is_continuation(target[end]):
                     end -= 1
             count = end - start
-            cost = len(_int(count)) + len(_int(sstart)) + 2
-            if count < NHASH or count <= cost:
+            if count < NHASH or not _copy_pays(count, sstart):
                 tpos += 1
                 continue
             if start > base:
                 out += (_int(start - base), b":", target[base:start])
             out += (_int(count), b"@", _int(sstart), b",")
             base = tpos = end
-        if base < size:
-            out += (_int(size - base), b":", target[base:])
-    elif size:
-        out += (_int(size), b":", target)
+    if base < stop:
+        out += (_int(stop - base), b":", target[base:stop])
+    if tail:
+        out += (_int(tail), b"@", _int(sstop), b",")
     out += (_int(checksum(target)), b";")
     return b"".join(out)
 
