@@ -29,7 +29,15 @@ from typing import Final
 
 from rtserver.protocol.codes import Error
 
-__all__ = ["COMPARISONS", "MAX_DEPTH", "MAX_NODES", "Filter", "FilterError", "parse"]
+__all__ = [
+    "COMPARISONS",
+    "MAX_DEPTH",
+    "MAX_NODES",
+    "Filter",
+    "FilterError",
+    "parse",
+    "subscription_filter",
+]
 
 #: Leaf comparisons and whether each takes ``val`` ("val"), ``vals`` ("vals") or neither.
 COMPARISONS: Final[Mapping[str, str]] = {
@@ -219,3 +227,25 @@ def _node(raw: object, depth: int, budget: list[int]) -> Filter:
     if not key and takes:
         raise FilterError(f"tf {cmp} comparison needs key")
     return Filter(key=key, cmp=cmp, val=val, vals=tuple(str(v) for v in vals))
+
+
+def subscription_filter(tf: object, *, delta: str, allowed: bool) -> Filter | None:
+    """The filter of a subscribe request, or None without ``tf``; what the handler calls.
+
+    Args:
+        tf: The request's decoded ``tf`` (``SubscribeRequest.tf``), None when absent.
+        delta: The request's ``delta`` (a filter cannot be combined with delta: the
+            subscriber would get deltas against publications it never received).
+        allowed: The namespace's ``allow_tags_filter``.
+
+    Raises:
+        FilterError: ``tf`` is set but not allowed, combined with delta, or malformed;
+            ``to_error()`` is the 107 reply.
+    """
+    if tf is None:
+        return None
+    if not allowed:
+        raise FilterError("tags filter is not allowed in this namespace")
+    if delta:
+        raise FilterError("tags filter cannot be combined with delta")
+    return parse(tf)

@@ -88,3 +88,19 @@ def test_subscribe_request_fields() -> None:
         SubscribeRequest.parse({"channel": "c", "tf": "ticker == AAPL"})
     with pytest.raises(ProtocolError):
         SubscribeRequest.parse({"channel": "c", "delta": "zstd"})
+
+
+def test_subscription_filter_rules() -> None:
+    """Not allowed, combined with delta, or malformed: 107 with the reason; absent: None."""
+    leaf = {"key": "a", "cmp": "ex"}
+    assert filters.subscription_filter(None, delta="fossil", allowed=False) is None
+    assert filters.subscription_filter(leaf, delta="", allowed=True) == filters.parse(leaf)
+    for tf, delta, allowed, reason in [
+        (leaf, "", False, "not allowed"),
+        (leaf, "fossil", True, "cannot be combined with delta"),
+        ({"cmp": "eq"}, "", True, "needs val"),
+    ]:
+        with pytest.raises(filters.FilterError) as caught:
+            filters.subscription_filter(tf, delta=delta, allowed=allowed)
+        assert caught.value.to_error().code == 107
+        assert reason in caught.value.to_error().message
