@@ -8,9 +8,9 @@ For a JSON document republished with one small edit each time (the interop tests
   encoding the same publication once as a JSON ``pub`` push (``codec.encode_push``,
   the work the fan-out already does once per publication), so the ratio says what
   delta adds to a publication's encode cost. The delta is computed once per
-  publication whatever the number of subscribers (docs/client-protocol.rst, "Delta
-  compression and tag filters"), so at N=1000 subscribers it is added once to a
-  publication whose fan-out costs ~1,000 deliveries.
+  publication whatever the number of subscribers (see docs/client-protocol.rst,
+  "Delta compression and tag filters"), so at N=1000 subscribers it is added once to
+  a publication whose fan-out costs ~1,000 deliveries.
 
 ``python bench/delta.py [--number 200] [--repeat 5]``
 """
