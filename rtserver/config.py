@@ -99,6 +99,12 @@ class ChannelOptions:
     publish_proxy_name: str = "default"
     sub_refresh_proxy_enabled: bool = False
     sub_refresh_proxy_name: str = "default"
+    #: Delta formats subscribers may negotiate (``delta`` in subscribe); only "fossil".
+    allowed_delta_types: list[str] = field(default_factory=list)
+    #: Publish every publication of the channel with ``delta`` (as if the API said so).
+    delta_publish: bool = False
+    #: Subscribers may send a ``tf`` tag filter.
+    allow_tags_filter: bool = False
 
     @property
     def history_enabled(self) -> bool:
@@ -1496,6 +1502,13 @@ def _validate_options(opts: ChannelOptions, key: str, config: Config) -> None:
             f"{key}.publication_data_format: must be one of '', 'json', 'json_object', "
             f"'binary'{where}"
         )
+    unknown = [t for t in opts.allowed_delta_types if t != "fossil"]
+    if unknown:
+        raise ConfigError(
+            f"{key}.allowed_delta_types: only 'fossil' is supported, not {unknown}{where}"
+        )
+    if opts.delta_publish and not opts.allowed_delta_types:
+        raise ConfigError(f"{key}.delta_publish: needs allowed_delta_types{where}")
     if opts.channel_regex:
         try:
             re.compile(opts.channel_regex)

@@ -171,13 +171,24 @@ class SubscribeRequest:
     recoverable: bool = False
     join_leave: bool = False
     flag: int = 0
+    delta: str = ""
+    tf: dict[str, Any] | None = None
 
     @classmethod
     def parse(cls, params: dict[str, Any], channel: str | None = None) -> SubscribeRequest:
-        """Validate a ``subscribe`` object (``channel`` given for connect ``subs``)."""
+        """Validate a ``subscribe`` object (``channel`` given for connect ``subs``).
+
+        ``delta`` must be empty or ``"fossil"`` (anything else is a protocol violation, as
+        in Centrifugo). ``tf`` must be an object when present; it is kept as decoded, and
+        the subscribe handler validates it with ``filters.parse`` (error 107 when
+        malformed or not allowed in the namespace).
+        """
         delta = _str(params, "delta")
         if delta and delta != "fossil":
             raise ProtocolError("unknown delta type")
+        tf = params.get("tf")
+        if tf is not None and not isinstance(tf, dict):
+            raise ProtocolError("tf must be an object")
         return cls(
             channel=_str(params, "channel") if channel is None else channel,
             token=_str(params, "token"),
@@ -189,6 +200,8 @@ class SubscribeRequest:
             recoverable=_bool(params, "recoverable"),
             join_leave=_bool(params, "join_leave"),
             flag=_int(params, "flag", -(2**63), 2**63 - 1),
+            delta=delta,
+            tf=tf,
         )
 
     @property
