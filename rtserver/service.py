@@ -39,6 +39,7 @@ from rtserver.web.health import HealthResource
 from rtserver.web.site import Branch, HTTPStats, RTSite, mount
 
 __all__ = [
+    "Listener",
     "NodeService",
     "Reloader",
     "Sites",
@@ -518,18 +519,32 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
 
 
+#: Makes the listening service of one endpoint description for a site.
+Listener = Callable[[str, RTSite, Any], Service]
+
+
+def _strports_listener(description: str, site: RTSite, reactor: Any) -> Service:
+    service: Service = strports_service(description, site, reactor=reactor)
+    return service
+
+
 def build(
     config: Config,
     *,
     listen: list[str] | None = None,
     reactor: Any = None,
     reload: Loader | None = None,
+    listener: Listener | None = None,
 ) -> MultiService:
     """The whole server as a MultiService (the twistd plugin and .tac files call this).
 
     ``reload`` loads the configuration again (the file given to ``twistd rtserver -c``):
     with it, SIGHUP applies what can change without a restart (:class:`Reloader`).
+    ``listener`` makes the listening service of an endpoint description (default: the
+    strports service; a worker of ``--workers N`` passes one listening with
+    ``SO_REUSEPORT``, rtserver/workers.py).
     """
+    listen_on = listener or _strports_listener
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
@@ -548,11 +563,11 @@ def build(
         top
     )
     for desc in endpoints:
-        strports_service(desc, site, reactor=reactor).setServiceParent(top)
+        listen_on(desc, site, reactor).setServiceParent(top)
     if config.grpc_api.enabled:
         build_grpc_api(executor, config, reactor).setServiceParent(top)
     if internal_site is not None:
         for desc in internal_endpoints:
-            strports_service(desc, internal_site, reactor=reactor).setServiceParent(top)
+            listen_on(desc, internal_site, reactor).setServiceParent(top)
     top.node = node  # type: ignore[attr-defined]
     return top
