@@ -62,6 +62,17 @@ def nodes(server: Server) -> dict[str, int]:
     return {n.name: n.num_clients for n in server.cent_client.info(cent.InfoRequest()).nodes}
 
 
+def publish_again_on_reset(server: Server, channel: str, data: Any) -> None:
+    """Publish; once more when the API client's kept-alive connection was to a killed worker.
+
+    A reset before any answer means the dead worker never read the request.
+    """
+    try:
+        server.publish(channel, data)
+    except cent.CentNetworkError:
+        server.publish(channel, data)
+
+
 def counted(server: Server, count: int) -> dict[str, int]:
     """``info``'s clients per node once two nodes count ``count`` clients in all.
 
@@ -148,7 +159,7 @@ def test_killed_worker_comes_back_and_its_clients_recover(workers: Server) -> No
             os.kill(before[0], signal.SIGKILL)
             await rec.wait("connecting", count=1)
             for i in (2, 3, 4):
-                await in_thread(workers.publish, channel, {"n": i})
+                await in_thread(publish_again_on_reset, workers, channel, {"n": i})
             await rec.wait("subscribed", count=count + 1, timeout=TIMEOUT)
             resubscribed = rec.find("subscribed")[count:]
             assert resubscribed and all(
@@ -182,6 +193,11 @@ def test_sigterm_drains_every_worker(
     server = spawn_server(
         tmp_path, config, secret=secret, api_key=api_key, extra_args=("--workers", "2")
     )
+    # Known core issues, not of the workers: a node stopped while an engine (un)subscribe
+    # is in flight logs that call as a failure when the engine closes its links (here a
+    # client reconnecting after 3001 can reach the other worker as it stops too).
+    server.expect_logged_failure(r"unsubscribe \S+ failed.*RedisUnavailable")
+    server.expect_logged_failure(r"subscribe failed.*RedisUnavailable")
     channel = name("room-")
     pids = worker_pids(server)
     assert len(pids) == 2, pids
@@ -203,16 +219,20 @@ def test_sigterm_drains_every_worker(
 
     try:
         run_scenario(scenario())
+        server.process.wait(timeout=TIMEOUT)  # the supervisor exits once its workers have
     finally:
-        stop_server(server)  # exit code and "Server Shut Down." checked there
+        stop_server(server)  # exit code, "Server Shut Down." and logged failures checked
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(
             f"/proc/{pid}/status").read_text(), pid
 
 
 def test_emulation_session_spans_workers(workers: Server, node_js: str) -> None:
-    """centrifuge-js over http_stream: the stream and its /emulation posts may hit either
-    worker; delivery, presence and publishing from the client all work."""
+    """centrifuge-js over http_stream on two workers: delivery, presence and publishing work.
+
+    The stream and its /emulation posts use separate connections, so the kernel may put
+    them on different workers (then the post is forwarded through the cluster).
+    """
     user, peer = name("u-"), name("p-")
     channel, chat = name("room-"), name("chat:room-")
     js = NodeScenario(
