@@ -268,6 +268,61 @@ def test_emulation_session_spans_workers(workers: Server, node_js: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("script", "transport"),
+    [("recover", "websocket"), ("emulation_recover", "http_stream")],
+)
+def test_js_client_reconnects_to_any_worker_and_recovers(
+    workers: Server, node_js: str, script: str, transport: str
+) -> None:
+    """centrifuge-js reconnects to either worker and recovers what it missed, once, in order."""
+    channel = name("js-rec-")
+    live, missed = 2, 5
+    js = NodeScenario(
+        node_js,
+        INTEROP_DIR / "js" / f"{script}.mjs",
+        {
+            "WS_URL": workers.ws_url,
+            "BASE_URL": workers.url,
+            "TRANSPORT": transport,
+            "TOKEN": workers.token(name("u-")),
+            "CHANNEL": channel,
+            "MODE": "disconnect",
+            "LIVE": str(live),
+            "MISSED": str(missed),
+        },
+        timeout=30.0,
+    )
+    try:
+        js.expect("subscribed", timeout=TIMEOUT)
+        for i in range(live):
+            workers.publish(channel, {"live": i})
+        js.send("published_live")
+        js.expect("away", timeout=TIMEOUT)
+        for i in range(missed):
+            workers.publish(channel, {"missed": i})
+        js.send("published_missed")
+        js.expect("recovered", timeout=TIMEOUT)
+        workers.publish(channel, {"sentinel": True})
+        js.send("published_sentinel")
+        events = js.finish(timeout=TIMEOUT)
+    finally:
+        js.close()
+    subscribed = [e for e in events if e.get("event") == "subscribed"]
+    assert len(subscribed) == 2, subscribed
+    first, again = subscribed
+    assert again["wasRecovering"] and again["recovered"], again
+    assert again["streamPosition"]["epoch"] == first["streamPosition"]["epoch"]
+    pubs = [e for e in events if e.get("event") == "publication"]
+    expected = (
+        [{"live": i} for i in range(live)]
+        + [{"missed": i} for i in range(missed)]
+        + [{"sentinel": True}]
+    )
+    assert [p["data"] for p in pubs] == expected, "every publication exactly once, in order"
+    assert [p["offset"] for p in pubs] == list(range(1, live + missed + 2))
+
+
+@pytest.mark.parametrize(
     ("overrides", "expected"),
     [
         ({}, "set engine.type to redis"),
