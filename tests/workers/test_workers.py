@@ -185,6 +185,13 @@ def test_killed_worker_comes_back_and_its_clients_recover(workers: Server) -> No
     assert "restarting in" in workers.log()
 
 
+def test_sighup_reaches_every_worker(workers: Server) -> None:
+    """SIGHUP to the supervisor: each worker reloads the configuration file."""
+    workers.process.send_signal(signal.SIGHUP)
+    wait_until(lambda: workers.log().count("config reloaded") == 2, "both workers reloaded")
+    assert len(worker_pids(workers)) == 2  # nobody died of the signal
+
+
 def test_sigterm_drains_every_worker(
     tmp_path: Path, redis_config: tuple[dict[str, Any], str, str]
 ) -> None:
