@@ -130,6 +130,11 @@ def refusals(config: Config, listen: Sequence[str]) -> list[str]:
             "workers, which do not share sessions; run SockJS with --workers 1 (see "
             'docs/deployment.rst, "Workers")'
         )
+    if config.grpc_api.enabled:
+        out.append(
+            "grpc_api.enabled: the GRPC API listens in one process only; serve it from a "
+            "separate --workers 1 instance"
+        )
     for description in listen:
         try:
             parse_tcp(description)

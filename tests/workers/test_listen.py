@@ -42,6 +42,8 @@ def test_refusals_name_what_to_configure() -> None:
     sockjs = dataclasses.replace(redis, sockjs=dataclasses.replace(redis.sockjs, enabled=True))
     assert [p for p in refusals(sockjs, ["tcp:8000"]) if "sockjs" in p]
     assert refusals(redis, ["ssl:8443:privateKey=k.pem"])
+    grpc = dataclasses.replace(redis, grpc_api=dataclasses.replace(redis.grpc_api, enabled=True))
+    assert [p for p in refusals(grpc, ["tcp:8000"]) if "grpc_api" in p]
 
 
 def test_worker_names_are_distinct() -> None:
