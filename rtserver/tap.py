@@ -41,6 +41,7 @@ class Options(usage.Options):
             int,
         ],
         ["worker-index", None, None, "Internal: set by the --workers supervisor.", int],
+        ["supervisor-pid", None, None, "Internal: set by the --workers supervisor.", int],
     ]
 
     def __init__(self) -> None:
@@ -187,5 +188,7 @@ def _worker(options: Options, reload: Loader | None) -> IService:
         listener=lambda desc, site, r: workers.ReusePortService(desc, site, r),
         reactor=reactor,
     )
-    workers.WorkerWatchdog(reactor).setServiceParent(top)
+    parent = options["supervisor-pid"]
+    if parent is not None:
+        workers.WorkerWatchdog(reactor, parent).setServiceParent(top)
     return top

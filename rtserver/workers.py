@@ -212,10 +212,10 @@ class ReusePortService(Service):
 class WorkerWatchdog(Service):
     """Stops a worker whose supervisor has gone (killed with SIGKILL, say)."""
 
-    def __init__(self, reactor: Any, interval: float = 1.0) -> None:
+    def __init__(self, reactor: Any, parent: int, interval: float = 1.0) -> None:
         self.reactor = reactor
         self.interval = interval
-        self._parent = os.getppid()
+        self._parent = parent  # given, not read: the supervisor may die before this runs
         self._call: IDelayedCall | None = None
 
     def startService(self) -> None:
@@ -375,4 +375,6 @@ def twistd_argv(args: Sequence[str], index: int) -> list[str]:
         *args,
         "--worker-index",
         str(index),
+        "--supervisor-pid",
+        str(os.getpid()),
     ]
