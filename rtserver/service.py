@@ -48,6 +48,7 @@ from rtserver.web.site import Branch, HTTPStats, RTSite, mount
 
 __all__ = [
     "Hooks",
+    "Listener",
     "NodeService",
     "Reloader",
     "Sites",
@@ -651,6 +652,15 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
 
 
+#: Makes the listening service of one endpoint description for a site.
+Listener = Callable[[str, RTSite, Any], Service]
+
+
+def _strports_listener(description: str, site: RTSite, reactor: Any) -> Service:
+    service: Service = strports_service(description, site, reactor=reactor)
+    return service
+
+
 def build(
     config: Config,
     *,
@@ -658,6 +668,7 @@ def build(
     reactor: Any = None,
     reload: Loader | None = None,
     hooks: Hooks | None = None,
+    listener: Listener | None = None,
 ) -> MultiService:
     """The whole server as a MultiService (the twistd plugin and .tac files call this).
 
@@ -671,11 +682,15 @@ def build(
         hooks: In-process proxy hooks of an embedding application (docs/proxies.rst,
             "Embedding: Python hooks"); they answer the events they define instead of
             an HTTP backend.
+        listener: Makes the listening service of an endpoint description (default:
+            the strports service; a worker of ``--workers N`` passes one listening with
+            ``SO_REUSEPORT``, rtserver/workers.py).
 
     Raises:
         ConfigError: a namespace names a proxy that neither ``config`` nor ``hooks``
             provides.
     """
+    listen_on = listener or _strports_listener
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
@@ -697,13 +712,13 @@ def build(
         top
     )
     for desc in endpoints:
-        strports_service(desc, site, reactor=reactor).setServiceParent(top)
+        listen_on(desc, site, reactor).setServiceParent(top)
     if config.grpc_api.enabled:
         build_grpc_api(executor, config, reactor).setServiceParent(top)
     if config.uni_grpc.enabled:
         build_uni_grpc(node, config, reactor).setServiceParent(top)
     if internal_site is not None:
         for desc in internal_endpoints:
-            strports_service(desc, internal_site, reactor=reactor).setServiceParent(top)
+            listen_on(desc, internal_site, reactor).setServiceParent(top)
     top.node = node  # type: ignore[attr-defined]
     return top

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import IService
@@ -9,6 +12,9 @@ from twisted.python import usage
 
 from rtserver import config as rtconfig
 from rtserver.logs import Logger
+
+#: Loads the configuration again (as rtserver.service.Loader).
+Loader = Callable[[], tuple[rtconfig.Config, list[str]]]
 
 __all__ = ["Options", "makeService", "quick_start_notes"]
 
@@ -26,6 +32,16 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "Configuration file (JSON, YAML or TOML)."],
         ["port", "p", None, "HTTP port (overrides http_server.port).", int],
+        [
+            "workers",
+            "w",
+            1,
+            "Worker processes serving the port(s), each a node of the cluster "
+            "(needs engine.type redis or a NATS broker when above 1).",
+            int,
+        ],
+        ["worker-index", None, None, "Internal: set by the --workers supervisor.", int],
+        ["supervisor-pid", None, None, "Internal: set by the --workers supervisor.", int],
     ]
 
     def __init__(self) -> None:
@@ -49,6 +65,15 @@ class Options(usage.Options):
             cfg, warnings = rtconfig.load(self["config"], overrides=overrides)
         except rtconfig.ConfigError as e:
             raise usage.UsageError(f"configuration error: {e}") from None
+        if self["workers"] < 1:
+            raise usage.UsageError("--workers must be 1 or more")
+        index = self["worker-index"]
+        if index is not None:
+            from rtserver.workers import worker_name
+
+            name = worker_name(cfg, index)
+            overrides["node"] = {"name": name}
+            cfg = dataclasses.replace(cfg, node=dataclasses.replace(cfg.node, name=name))
         self["config_object"] = cfg
         self["overrides"] = overrides
         self["warnings"] = warnings
@@ -86,10 +111,52 @@ def quick_start_notes(cfg: rtconfig.Config) -> list[str]:
     return notes
 
 
+def worker_args(options: Options) -> list[str]:
+    """The ``twistd rtserver`` arguments a worker gets (all but ``--workers``)."""
+    args: list[str] = []
+    if options["config"] is not None:
+        args += ["--config", os.path.abspath(options["config"])]
+    if options["port"] is not None:
+        args += ["--port", str(options["port"])]
+    for description in options["listen"]:
+        args += ["--listen", description]
+    return args
+
+
+def _supervisor(options: Options) -> IService:
+    """``--workers N`` (N > 1): the parent process that runs N workers."""
+    from twisted.internet import reactor
+
+    from rtserver import service, workers
+
+    cfg = options["config_object"]
+    listen = list(options["listen"] or service.default_listen(cfg))
+    if service.admin_internal(cfg):
+        listen.append(service.internal_listen(cfg))
+    problems = workers.refusals(cfg, listen)
+    if problems:
+        raise usage.UsageError(
+            f"--workers {options['workers']} cannot run this configuration: " + "; ".join(problems)
+        )
+    try:
+        held = workers.reserve(listen)
+    except OSError as e:
+        raise usage.UsageError(f"cannot listen on {', '.join(listen)}: {e.strerror}") from None
+    args = worker_args(options)
+    return workers.Supervisor(
+        options["workers"],
+        lambda index: workers.twistd_argv(args, index),
+        reactor,
+        held=held,
+    )
+
+
 def makeService(options: Options) -> IService:
     """Build the server from parsed options."""
     from rtserver import service
 
+    if options["workers"] > 1 and options["worker-index"] is None:
+        return _supervisor(options)
     if options["config"] is None:
         for note in quick_start_notes(options["config_object"]):
             _log.warn("{note}", note=note)
@@ -99,8 +166,29 @@ def makeService(options: Options) -> IService:
         path = options["config"]
         overrides = options["overrides"]
         reload = None if path is None else (lambda: rtconfig.load(path, overrides=overrides))
-        return service.build(
-            options["config_object"], listen=options["listen"] or None, reload=reload
-        )
+        if options["worker-index"] is None:
+            return service.build(
+                options["config_object"], listen=options["listen"] or None, reload=reload
+            )
+        return _worker(options, reload)
     except ValueError as e:
         raise usage.UsageError(f"configuration error: {e}") from None
+
+
+def _worker(options: Options, reload: Loader | None) -> IService:
+    """One worker of ``--workers N``: the whole server, listening with SO_REUSEPORT."""
+    from twisted.internet import reactor
+
+    from rtserver import service, workers
+
+    top = service.build(
+        options["config_object"],
+        listen=options["listen"] or None,
+        reload=reload,
+        listener=lambda desc, site, r: workers.ReusePortService(desc, site, r),
+        reactor=reactor,
+    )
+    parent = options["supervisor-pid"]
+    if parent is not None:
+        workers.WorkerWatchdog(reactor, parent).setServiceParent(top)
+    return top

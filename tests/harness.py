@@ -228,8 +228,12 @@ def spawn_server(
     api_key: str,
     port: int | None = None,
     log_name: str = "server.log",
+    extra_args: tuple[str, ...] = (),
 ) -> Server:
-    """Start ``twistd -n rtserver`` with ``config`` and wait until ``/health`` answers 200."""
+    """Start ``twistd -n rtserver`` with ``config`` and wait until ``/health`` answers 200.
+
+    ``extra_args`` go after the ``rtserver`` options (e.g. ``("--workers", "2")``).
+    """
     cfg = workdir / (Path(log_name).stem + ".json")
     cfg.write_text(json.dumps(config, indent=2), encoding="utf-8")
     port = port or free_port()
@@ -246,7 +250,7 @@ def spawn_server(
     alarms_path.unlink(missing_ok=True)
     env["RTSERVER_TEST_LOG_ALARMS"] = str(alarms_path)
     cmd = [_twistd(), "-n", "--pidfile=", "rtserver", "--config", str(cfg),
-           "-l", f"tcp:{port}:interface=127.0.0.1"]
+           "-l", f"tcp:{port}:interface=127.0.0.1", *extra_args]
     with log_path.open("ab") as log_file:
         proc = subprocess.Popen(
             cmd, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=log_file,

@@ -39,6 +39,7 @@ LAYERS: dict[str, int] = {
     "rtserver.web": 5,
     "rtserver.grpcapi": 5,  # the GRPC server API, beside web/
     "rtserver.service": 6,
+    "rtserver.workers": 6,  # the --workers supervisor, beside service (tap uses both)
     "rtserver.tap": 7,
     "rtserver.cli": 8,
     "rtserver.testing": 8,

@@ -129,10 +129,14 @@ class Cluster:
         """Take a membership or survey-reply message; False for anything else."""
         if isinstance(message, NodeInfo):
             if message.uid != self.uid:
-                if message.uid not in self._peers:
+                joined = message.uid not in self._peers
+                self._peers[message.uid] = (message, self._clock.seconds())
+                if joined:
                     _log.info("node {name} ({uid}) joined the cluster", name=message.name,
                               uid=message.uid)
-                self._peers[message.uid] = (message, self._clock.seconds())
+                    if self.running:
+                        # The newcomer learns of this node now, not at the next heartbeat.
+                        self.announce()
             return True
         if isinstance(message, NodeShutdown):
             if self._peers.pop(message.uid, None) is not None:

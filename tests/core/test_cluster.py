@@ -145,6 +145,21 @@ def test_nodes_see_each_other(clock: Clock, bus: Bus) -> None:
     a.stop(), b.stop()
 
 
+def test_a_new_node_learns_of_its_peers_at_once(clock: Clock, bus: Bus) -> None:
+    """Peers answer a newcomer's first announcement with theirs, not at their next tick.
+
+    Until it knows its peers a node cannot forward an /emulation request to the session's
+    node (a restarted --workers worker, or a new node behind a load balancer).
+    """
+    a = start_node(clock, bus, "a")
+    clock.advance(3)
+    b = start_node(clock, bus, "b")
+    clock.advance(0)
+    assert names(b) == ["a", "b"]
+    assert names(a) == ["a", "b"]
+    a.stop(), b.stop()
+
+
 def test_a_silent_node_is_forgotten(clock: Clock, bus: Bus) -> None:
     """A node killed without a goodbye disappears within expiry + one sweep (7 s + 9 s)."""
     a, b = start_node(clock, bus, "a"), start_node(clock, bus, "b")

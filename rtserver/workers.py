@@ -1,0 +1,385 @@
+"""``twistd rtserver --workers N``: N worker processes serving one port.
+
+The parent (:class:`Supervisor`) serves no client: it reserves the listening ports,
+starts N children ``twistd -n rtserver ... --worker-index I``, restarts a child that
+dies (with backoff), forwards SIGHUP, and on shutdown sends SIGTERM to every child and
+waits for their drain. Each child is a full cluster node (its own node name) over the
+configured broker, and listens with ``SO_REUSEPORT`` (:class:`ReusePortService`): the
+Linux kernel spreads new connections over the children's sockets by a hash of the
+connection's addresses. See docs/deployment.rst, "Workers".
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IDelayedCall, IListeningPort, IProtocolFactory
+from twisted.internet.protocol import ProcessProtocol
+from twisted.python.failure import Failure
+
+from rtserver.config import Config
+from rtserver.logs import Logger
+
+__all__ = [
+    "ListenAddress",
+    "ReusePortService",
+    "Supervisor",
+    "WorkerWatchdog",
+    "parse_tcp",
+    "refusals",
+    "reserve",
+    "twistd_argv",
+    "worker_name",
+]
+
+_log = Logger()
+
+#: First restart delay of a worker that died; doubles per quick death up to the cap.
+RESTART_DELAY = 0.5
+RESTART_DELAY_MAX = 30.0
+#: A worker that ran this long before dying restarts after RESTART_DELAY again.
+STABLE_AFTER = 10.0
+
+
+class ListenAddress:
+    """A ``tcp:`` endpoint description taken apart: port, interface, backlog."""
+
+    def __init__(self, port: int, interface: str = "", backlog: int = 50) -> None:
+        self.port = port
+        self.interface = interface
+        self.backlog = backlog
+
+    @property
+    def family(self) -> socket.AddressFamily:
+        return socket.AF_INET6 if ":" in self.interface else socket.AF_INET
+
+
+def _split(description: str) -> list[str]:
+    """Split an endpoint description on unescaped colons, removing the escapes."""
+    parts, current, escaped = [], "", False
+    for char in description:
+        if escaped:
+            current += char
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
+    return parts
+
+
+def parse_tcp(description: str) -> ListenAddress:
+    """The address of a ``tcp:PORT[:interface=H][:backlog=N]`` description.
+
+    Raises:
+        ValueError: another endpoint type (``ssl:``, ``unix:``...), an unknown
+            argument, or port 0 (each worker would get its own port).
+    """
+    parts = _split(description)
+    if parts[0] != "tcp":
+        raise ValueError(
+            f"--listen {description!r}: with --workers > 1 only tcp: endpoints are served "
+            "(terminate TLS at a proxy, or run one process per TLS listener)"
+        )
+    args: dict[str, str] = {}
+    positional: list[str] = []
+    for part in parts[1:]:
+        key, sep, value = part.partition("=")
+        if sep:
+            args[key] = value
+        else:
+            positional.append(part)
+    if positional:
+        args.setdefault("port", positional[0])
+    unknown = set(args) - {"port", "interface", "backlog"}
+    if unknown or len(positional) > 1:
+        raise ValueError(f"--listen {description!r}: unsupported with --workers > 1")
+    try:
+        port, backlog = int(args.get("port", "")), int(args.get("backlog", "50"))
+    except ValueError:
+        raise ValueError(f"--listen {description!r}: port and backlog must be numbers") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"--listen {description!r}: --workers > 1 needs a fixed port")
+    return ListenAddress(port, args.get("interface", ""), backlog)
+
+
+def refusals(config: Config, listen: Sequence[str]) -> list[str]:
+    """Why this configuration cannot run with more than one worker (empty: it can)."""
+    out: list[str] = []
+    broker = config.broker.type if config.broker.enabled else config.engine.type
+    if broker == "memory":
+        out.append(
+            "the memory engine keeps each worker's channels to itself: set engine.type "
+            "to redis (with engine.redis.address), or enable a shared broker "
+            '(broker.enabled: true with broker.type "nats" and broker.nats.url)'
+        )
+    if config.sockjs.enabled:
+        out.append(
+            "sockjs.enabled: the requests of one SockJS session can reach different "
+            "workers, which do not share sessions; run SockJS with --workers 1 (see "
+            'docs/deployment.rst, "Workers")'
+        )
+    if config.grpc_api.enabled:
+        out.append(
+            "grpc_api.enabled: the GRPC API listens in one process only; serve it from a "
+            "separate --workers 1 instance"
+        )
+    if config.uni_grpc.enabled:
+        out.append(
+            "uni_grpc.enabled: the uni_grpc transport listens in one process only; serve it "
+            "from a separate --workers 1 instance"
+        )
+    for description in listen:
+        try:
+            parse_tcp(description)
+        except ValueError as e:
+            out.append(str(e))
+    return out
+
+
+def worker_name(config: Config, index: int) -> str:
+    """The node name of worker ``index``: ``node.name`` (or ``<host>_<port>``) + ``-I``."""
+    base = config.node.name or f"{socket.gethostname()}_{config.http_server.port}"
+    return f"{base}-{index}"
+
+
+def _socket(address: ListenAddress) -> socket.socket:
+    sock = socket.socket(address.family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((address.interface, address.port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def reserve(descriptions: Sequence[str]) -> list[socket.socket]:
+    """Bind (without listening) every address, so a port in use fails the parent at start.
+
+    A bound socket that does not listen receives no connection, yet keeps processes
+    without ``SO_REUSEPORT`` off the port while workers restart.
+
+    Raises:
+        OSError: an address cannot be bound (e.g. in use by another program).
+    """
+    held: list[socket.socket] = []
+    try:
+        for description in descriptions:
+            held.append(_socket(parse_tcp(description)))
+    except BaseException:
+        for sock in held:
+            sock.close()
+        raise
+    return held
+
+
+class ReusePortService(Service):
+    """Listens on a ``tcp:`` description with ``SO_REUSEPORT`` (one per worker)."""
+
+    def __init__(self, description: str, factory: IProtocolFactory, reactor: Any) -> None:
+        self.address = parse_tcp(description)
+        self.factory = factory
+        self.reactor = reactor
+        self.port: IListeningPort | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        sock = _socket(self.address)
+        try:
+            sock.listen(self.address.backlog)
+            sock.setblocking(False)
+            self.port = self.reactor.adoptStreamPort(sock.fileno(), sock.family, self.factory)
+        finally:
+            sock.close()  # the reactor holds its own duplicate of the descriptor
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        port, self.port = self.port, None
+        if port is None:
+            return None
+        stopped: Deferred[None] | None = port.stopListening()
+        return stopped
+
+
+class WorkerWatchdog(Service):
+    """Stops a worker whose supervisor has gone (killed with SIGKILL, say)."""
+
+    def __init__(self, reactor: Any, parent: int, interval: float = 1.0) -> None:
+        self.reactor = reactor
+        self.interval = interval
+        self._parent = parent  # given, not read: the supervisor may die before this runs
+        self._call: IDelayedCall | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._schedule()
+
+    def _schedule(self) -> None:
+        self._call = self.reactor.callLater(self.interval, self._check)
+
+    def _check(self) -> None:
+        self._call = None
+        if os.getppid() != self._parent:
+            _log.warn("the supervisor (pid {pid}) is gone: stopping", pid=self._parent)
+            self.reactor.stop()
+            return
+        self._schedule()
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+
+class _Worker(ProcessProtocol):
+    """One child process; tells the supervisor when it ends."""
+
+    def __init__(self, supervisor: Supervisor, index: int, started: float) -> None:
+        self.supervisor = supervisor
+        self.index = index
+        self.started = started
+        self.ended: Deferred[None] = Deferred()
+        #: The child's process transport (set once spawned).
+        self.process: Any = None
+
+    def processEnded(self, reason: Failure) -> None:
+        self.supervisor._ended(self, reason)
+        self.ended.callback(None)
+
+
+class Supervisor(Service):
+    """Starts N workers, restarts the ones that die, drains them all on stop."""
+
+    def __init__(
+        self,
+        count: int,
+        argv: Callable[[int], list[str]],
+        reactor: Any,
+        *,
+        held: Sequence[socket.socket] = (),
+        stop_timeout: float = 15.0,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.count = count
+        self.argv = argv
+        self.reactor = reactor
+        self.held = list(held)
+        self.stop_timeout = stop_timeout
+        self.env = dict(os.environ) if env is None else env
+        self.workers: dict[int, _Worker] = {}
+        self._failures: dict[int, int] = {}
+        self._restarts: dict[int, IDelayedCall] = {}
+        self._stopping = False
+        self._previous_hup: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        _log.info("supervisor: starting {count} workers", count=self.count)
+        for index in range(self.count):
+            self._spawn(index)
+        if hasattr(signal, "SIGHUP"):
+            self._previous_hup = signal.signal(signal.SIGHUP, self._hup)
+
+    def _hup(self, signum: int, frame: object) -> None:
+        self.reactor.callFromThread(self.signal_all, "HUP")
+
+    def signal_all(self, name: str) -> None:
+        """Send signal ``name`` (``"TERM"``, ``"HUP"``...) to every running worker."""
+        for worker in list(self.workers.values()):
+            try:
+                worker.process.signalProcess(name)
+            except Exception as e:  # ProcessExitedAlready: it ended meanwhile
+                _log.debug("worker {index}: no signal: {error}", index=worker.index, error=e)
+
+    def _spawn(self, index: int) -> None:
+        self._restarts.pop(index, None)
+        worker = _Worker(self, index, self.reactor.seconds())
+        argv = self.argv(index)
+        worker.process = self.reactor.spawnProcess(
+            worker, argv[0], argv, env=self.env, childFDs={0: 0, 1: 1, 2: 2}
+        )
+        self.workers[index] = worker
+        _log.info("worker {index} started (pid {pid})", index=index, pid=worker.process.pid)
+
+    def _ended(self, worker: _Worker, reason: Failure) -> None:
+        if self.workers.get(worker.index) is worker:
+            del self.workers[worker.index]
+        if self._stopping:
+            return
+        ran = self.reactor.seconds() - worker.started
+        failures = 0 if ran >= STABLE_AFTER else self._failures.get(worker.index, 0) + 1
+        self._failures[worker.index] = failures
+        delay = min(RESTART_DELAY * 2 ** max(failures - 1, 0), RESTART_DELAY_MAX)
+        _log.warn(
+            "worker {index} ended ({reason}) after {ran:.1f}s: restarting in {delay:g}s",
+            index=worker.index,
+            reason=reason.getErrorMessage(),
+            ran=ran,
+            delay=delay,
+        )
+        self._restarts[worker.index] = self.reactor.callLater(delay, self._spawn, worker.index)
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        self._stopping = True
+        if self._previous_hup is not None:
+            signal.signal(signal.SIGHUP, self._previous_hup)
+            self._previous_hup = None
+        for call in self._restarts.values():
+            if call.active():
+                call.cancel()
+        self._restarts.clear()
+        ended = [worker.ended for worker in self.workers.values()]
+        self.signal_all("TERM")  # each worker drains: 3001 to its clients, then exits
+        kill = self.reactor.callLater(self.stop_timeout, self._kill)
+        done = DeferredList(ended, consumeErrors=True)
+
+        def finished(result: object) -> object:
+            if kill.active():
+                kill.cancel()
+            for sock in self.held:
+                sock.close()
+            self.held = []
+            return result
+
+        return done.addBoth(finished)
+
+    def _kill(self) -> None:
+        if self.workers:
+            _log.error(
+                "workers {indexes} did not drain within {timeout:g}s: killed",
+                indexes=sorted(self.workers),
+                timeout=self.stop_timeout,
+            )
+            self.signal_all("KILL")
+
+
+def twistd_argv(args: Sequence[str], index: int) -> list[str]:
+    """The command of worker ``index``: this Python running twistd in the foreground."""
+    return [
+        sys.executable,
+        "-c",
+        "from twisted.scripts.twistd import run; run()",
+        "-n",
+        "--pidfile=",
+        "rtserver",
+        *args,
+        "--worker-index",
+        str(index),
+        "--supervisor-pid",
+        str(os.getpid()),
+    ]
