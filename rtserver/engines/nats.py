@@ -39,10 +39,11 @@ from rtserver.core.ports import IBroker, IEngineHandler, IHistory
 from rtserver.core.types import ControlMessage, HistoryFilter, HistoryResult, PublishOptions
 from rtserver.engines.natsconn import NatsLink, NatsUnavailable, parse_nats_url
 from rtserver.engines.wire import (
+    JOIN_PREFIX,
+    LEAVE_PREFIX,
     WireError,
-    decode_client_info,
     decode_control,
-    decode_publication,
+    deliver,
     encode_client_info,
     encode_control,
     encode_publication,
@@ -55,9 +56,6 @@ __all__ = ["HistoryStore", "NatsBroker", "NatsUnavailable"]
 
 _log = Logger()
 
-_PUB_PREFIX = b"__p1:"
-_JOIN_PREFIX = b"__j__"
-_LEAVE_PREFIX = b"__l__"
 # Bytes that end a subject or break the protocol line: whitespace and controls.
 _BAD_SUBJECT = re.compile(r"[\x00-\x20\x7f]")
 _NO_POSITION = StreamPosition(0, "")
@@ -234,7 +232,7 @@ class NatsBroker:
                 orjson.loads(payload)  # clients get JSON: drop what is not
                 handler.handle_publication(channel, Publication(data=payload))
             else:
-                self._deliver(handler, channel, payload)
+                deliver(handler, channel, payload)
         except (WireError, orjson.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
             _log.warn(
                 "nats broker: dropped a malformed message on {subject!r}: {error}",
@@ -248,22 +246,6 @@ class NatsBroker:
                 error=e,
             )
 
-    def _deliver(self, handler: IEngineHandler, channel: str, data: bytes) -> None:
-        if data.startswith(_PUB_PREFIX):
-            end = data.find(b"__", len(_PUB_PREFIX))
-            if end < 0:
-                raise WireError("publication prefix is not terminated")
-            offset, sep, epoch = data[len(_PUB_PREFIX) : end].partition(b":")
-            if not sep or not offset.isdigit():
-                raise WireError("publication prefix has no offset/epoch")
-            pub = decode_publication(data[end + 2 :], int(offset), epoch.decode())
-            handler.handle_publication(channel, pub)
-        elif data.startswith(_JOIN_PREFIX):
-            handler.handle_join(channel, decode_client_info(data[len(_JOIN_PREFIX) :]))
-        elif data.startswith(_LEAVE_PREFIX):
-            handler.handle_leave(channel, decode_client_info(data[len(_LEAVE_PREFIX) :]))
-        else:
-            handler.handle_publication(channel, decode_publication(data))
 
     # --- broker ----------------------------------------------------------------------
 
@@ -311,13 +293,7 @@ class NatsBroker:
             options.idempotency_key or (options.history_size > 0 and options.history_ttl > 0)
         ):
             payload = publication.data if self._raw else encode_publication(publication)
-            try:
-                if self._wildcard(channel):
-                    raise Error.BAD_REQUEST.with_message("cannot publish into a wildcard channel")
-                self.link.publish(self._subject(channel), payload)
-            except (Error, NatsUnavailable) as e:
-                return fail(e)
-            return succeed(_NO_POSITION)
+            return self._publish_channel(channel, payload).addCallback(lambda _: _NO_POSITION)
         if self._wildcard(channel):
             return fail(Error.BAD_REQUEST.with_message("cannot publish into a wildcard channel"))
         try:
@@ -350,13 +326,13 @@ class NatsBroker:
         """Deliver a join (not in raw mode or on wildcard channels)."""
         if self._raw or self._wildcard(channel):
             return succeed(None)
-        return self._publish_channel(channel, _JOIN_PREFIX + encode_client_info(info))
+        return self._publish_channel(channel, JOIN_PREFIX + encode_client_info(info))
 
     def publish_leave(self, channel: str, info: ClientInfo) -> Deferred[None]:
         """Deliver a leave (not in raw mode or on wildcard channels)."""
         if self._raw or self._wildcard(channel):
             return succeed(None)
-        return self._publish_channel(channel, _LEAVE_PREFIX + encode_client_info(info))
+        return self._publish_channel(channel, LEAVE_PREFIX + encode_client_info(info))
 
     def publish_control(self, message: ControlMessage, node: str = "") -> Deferred[None]:
         """PUB on ``P.control`` (every node) or ``P.node.<node>`` (one node)."""

@@ -54,11 +54,14 @@ from rtserver.engines.redisconn import (
     shard_index,
 )
 from rtserver.engines.wire import (
+    JOIN_PREFIX,
+    LEAVE_PREFIX,
     PROBE,
     WireError,
     decode_client_info,
     decode_control,
     decode_publication,
+    deliver,
     encode_client_info,
     encode_control,
     encode_publication,
@@ -70,9 +73,6 @@ __all__ = ["RedisEngine", "RedisTimeout", "RedisUnavailable"]
 
 _log = Logger()
 
-_PUB_PREFIX = b"__p1:"
-_JOIN_PREFIX = b"__j__"
-_LEAVE_PREFIX = b"__l__"
 
 
 def _ms(seconds: float) -> int:
@@ -273,7 +273,7 @@ class RedisEngine:
             return
         try:
             if channel.startswith(self._client_prefix):
-                self._deliver(handler, channel[len(self._client_prefix) :].decode(), data)
+                deliver(handler, channel[len(self._client_prefix) :].decode(), data)
             elif channel == self._control or channel == self._node:
                 message = decode_control(data)
                 if message is not None:
@@ -293,22 +293,6 @@ class RedisEngine:
                 "redis engine: handler failed for a message on {channel!r}", channel=channel[:200]
             )
 
-    def _deliver(self, handler: IEngineHandler, channel: str, data: bytes) -> None:
-        if data.startswith(_PUB_PREFIX):
-            end = data.find(b"__", len(_PUB_PREFIX))
-            if end < 0:
-                raise WireError("publication prefix is not terminated")
-            offset, sep, epoch = data[len(_PUB_PREFIX) : end].partition(b":")
-            if not sep or not offset.isdigit():
-                raise WireError("publication prefix has no offset/epoch")
-            pub = decode_publication(data[end + 2 :], int(offset), epoch.decode())
-            handler.handle_publication(channel, pub)
-        elif data.startswith(_JOIN_PREFIX):
-            handler.handle_join(channel, decode_client_info(data[len(_JOIN_PREFIX) :]))
-        elif data.startswith(_LEAVE_PREFIX):
-            handler.handle_leave(channel, decode_client_info(data[len(_LEAVE_PREFIX) :]))
-        else:
-            handler.handle_publication(channel, decode_publication(data))
 
     def _probe_link(self, shard: _Shard, link: PubSubLink) -> None:
         self._probe(shard)
@@ -403,11 +387,11 @@ class RedisEngine:
 
     def publish_join(self, channel: str, info: ClientInfo) -> Deferred[None]:
         """PUBLISH a join."""
-        return self._publish_raw(channel, _JOIN_PREFIX + encode_client_info(info))
+        return self._publish_raw(channel, JOIN_PREFIX + encode_client_info(info))
 
     def publish_leave(self, channel: str, info: ClientInfo) -> Deferred[None]:
         """PUBLISH a leave."""
-        return self._publish_raw(channel, _LEAVE_PREFIX + encode_client_info(info))
+        return self._publish_raw(channel, LEAVE_PREFIX + encode_client_info(info))
 
     def _publish_raw(self, channel: str, payload: bytes) -> Deferred[None]:
         d = self._shard(channel).command.execute("PUBLISH", self._client_channel(channel), payload)

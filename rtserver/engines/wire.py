@@ -6,6 +6,10 @@ the two servers must never share a Redis prefix.
 * A publication is a JSON header object (``info``, ``tags``, ``time``; omit-empty), a
   newline, then the publication ``data`` bytes unchanged. Compact JSON never contains a
   newline, so splitting at the first newline is exact and ``data`` is never re-encoded.
+* On a channel's PUB/SUB subject, a message is a publication (optionally prefixed
+  ``__p1:<offset>:<epoch>__`` when it has a stream position), or ``__j__`` / ``__l__``
+  followed by a ClientInfo for join / leave (Centrifugo's prefixes); :func:`deliver`
+  decodes one for any broker.
 * A ClientInfo (join, leave, presence) is ``{"user","client","conn_info","chan_info"}``
   with the info fields as raw JSON (absent when None).
 * A control message is ``{"type": <class name>, "data": {fields}}`` for any dataclass in
@@ -26,16 +30,21 @@ from typing import Any
 
 import orjson
 
+from rtserver.core.ports import IEngineHandler
 from rtserver.core.types import CONTROL_TYPES, ControlMessage
 from rtserver.protocol.fields import compact_json
 from rtserver.protocol.frames import ClientInfo, Publication
 
 __all__ = [
+    "JOIN_PREFIX",
+    "LEAVE_PREFIX",
     "PROBE",
+    "PUB_PREFIX",
     "WireError",
     "decode_client_info",
     "decode_control",
     "decode_publication",
+    "deliver",
     "encode_client_info",
     "encode_control",
     "encode_publication",
@@ -43,6 +52,11 @@ __all__ = [
 
 #: The control payload a node publishes on its own channel to probe a quiet link.
 PROBE = b'{"type":"probe"}'
+
+#: Channel message prefixes: a positioned publication, a join, a leave.
+PUB_PREFIX = b"__p1:"
+JOIN_PREFIX = b"__j__"
+LEAVE_PREFIX = b"__l__"
 
 
 class WireError(ValueError):
@@ -232,3 +246,29 @@ def decode_control(payload: bytes) -> ControlMessage | None:
     cls = CONTROL_TYPES[name]
     message: ControlMessage = _decode_fields(cls, obj.get("data", {}), name)
     return message
+
+
+# --- channel messages ----------------------------------------------------------------
+
+
+def deliver(handler: IEngineHandler, channel: str, data: bytes) -> None:
+    """Decode one message received on ``channel``'s subject and hand it to ``handler``.
+
+    Raises:
+        WireError: (or UnicodeDecodeError / ValueError) the message is malformed.
+    """
+    if data.startswith(PUB_PREFIX):
+        end = data.find(b"__", len(PUB_PREFIX))
+        if end < 0:
+            raise WireError("publication prefix is not terminated")
+        offset, sep, epoch = data[len(PUB_PREFIX) : end].partition(b":")
+        if not sep or not offset.isdigit():
+            raise WireError("publication prefix has no offset/epoch")
+        pub = decode_publication(data[end + 2 :], int(offset), epoch.decode())
+        handler.handle_publication(channel, pub)
+    elif data.startswith(JOIN_PREFIX):
+        handler.handle_join(channel, decode_client_info(data[len(JOIN_PREFIX) :]))
+    elif data.startswith(LEAVE_PREFIX):
+        handler.handle_leave(channel, decode_client_info(data[len(LEAVE_PREFIX) :]))
+    else:
+        handler.handle_publication(channel, decode_publication(data))
