@@ -454,3 +454,48 @@ class NodeScenario:
                     pass
         for t in self._threads:
             t.join(timeout=5)
+
+
+def run_emulation_pubsub(
+    node_js: str, stream: Any, emulation: Any, timeout: float
+) -> list[dict[str, Any]]:
+    """centrifuge-js streams from ``stream`` and posts its commands to ``emulation``.
+
+    Both are servers (``url``, ``token``, ``publish``, ``log``): two nodes of a cluster, or
+    the one port of ``--workers N``. Three publications through ``emulation``'s API must
+    arrive in order, presence must show the streaming client, and ``emulation`` must not
+    have logged a failed forward. Returns the scenario's events for further checks.
+    """
+    suffix = uuid.uuid4().hex[:10]
+    channel = f"room-{suffix}"
+    js = NodeScenario(
+        node_js,
+        INTEROP_DIR / "js" / "emulation_pubsub.mjs",
+        {
+            "BASE_URL": stream.url,
+            "EMULATION_URL": emulation.url,
+            "TRANSPORT": "http_stream",
+            "TOKEN": stream.token(f"u-{suffix}"),
+            "PEER_TOKEN": stream.token(f"p-{suffix}"),
+            "CHANNEL": channel,
+            "CHAT_CHANNEL": f"chat:room-{suffix}",
+            "COUNT": "3",
+        },
+        timeout=30.0,
+    )
+    try:
+        ready = js.expect("subscribed", timeout=timeout)
+        sent = [{"n": i} for i in (1, 2, 3)]
+        for data in sent:
+            emulation.publish(channel, data)
+        js.send("published")
+        events = js.finish(timeout=timeout)
+    finally:
+        js.close()
+    pubs = [e["data"] for e in events if e.get("event") == "publication"
+            and e.get("channel") == channel]
+    assert pubs == sent
+    presence = next(e["presence"] for e in events if "presence" in e)
+    assert list(presence) == [ready["id"]]
+    assert "forwarding an emulation request failed" not in emulation.log()
+    return events

@@ -18,7 +18,7 @@ from typing import Any
 
 import cent
 import pytest
-from harness import INTEROP_DIR, NodeScenario, merge
+from harness import merge, run_emulation_pubsub
 from natsserver import NatsServer, require_nats_server
 from pysdk import Recorder, in_thread, name, run_scenario
 from test_cluster_nodes import (
@@ -168,38 +168,7 @@ def test_emulation_requests_cross_nodes_over_nats(
     """centrifuge-js streams from node A but posts every command to B's /emulation."""
     a, b = redis_nats_cluster.nodes["a"], redis_nats_cluster.nodes["b"]
     wait_until(lambda: node_names(b) == ["a", "b"], "node B knows node A")
-    user, peer = name("u-"), name("p-")
-    channel, chat = name("room-"), name("chat:room-")
-    js = NodeScenario(
-        node_js,
-        INTEROP_DIR / "js" / "emulation_pubsub.mjs",
-        {
-            "BASE_URL": a.url,
-            "EMULATION_URL": b.url,
-            "TRANSPORT": "http_stream",
-            "TOKEN": a.token(user),
-            "PEER_TOKEN": a.token(peer),
-            "CHANNEL": channel,
-            "CHAT_CHANNEL": chat,
-            "COUNT": "3",
-        },
-        timeout=30.0,
-    )
-    try:
-        ready = js.expect("subscribed", timeout=CLUSTER_TIMEOUT)
-        sent = [{"n": i} for i in (1, 2, 3)]
-        for data in sent:
-            b.publish(channel, data)
-        js.send("published")
-        events = js.finish(timeout=CLUSTER_TIMEOUT)
-    finally:
-        js.close()
-    pubs = [e["data"] for e in events if e.get("event") == "publication"
-            and e.get("channel") == channel]
-    assert pubs == sent
-    presence = next(e["presence"] for e in events if "presence" in e)
-    assert list(presence) == [ready["id"]]
-    assert "forwarding an emulation request failed" not in b.log()
+    run_emulation_pubsub(node_js, a, b, CLUSTER_TIMEOUT)
 
 
 def test_nats_killed_mid_stream_recovers_or_reports_loss(

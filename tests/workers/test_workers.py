@@ -26,6 +26,7 @@ from harness import (
     Server,
     _twistd,
     base_config,
+    run_emulation_pubsub,
     spawn_server,
     stop_server,
 )
@@ -266,38 +267,7 @@ def test_emulation_session_spans_workers(workers: Server, node_js: str) -> None:
     The stream and its /emulation posts use separate connections, so the kernel may put
     them on different workers (then the post is forwarded through the cluster).
     """
-    user, peer = name("u-"), name("p-")
-    channel, chat = name("room-"), name("chat:room-")
-    js = NodeScenario(
-        node_js,
-        INTEROP_DIR / "js" / "emulation_pubsub.mjs",
-        {
-            "BASE_URL": workers.url,
-            "EMULATION_URL": workers.url,
-            "TRANSPORT": "http_stream",
-            "TOKEN": workers.token(user),
-            "PEER_TOKEN": workers.token(peer),
-            "CHANNEL": channel,
-            "CHAT_CHANNEL": chat,
-            "COUNT": "3",
-        },
-        timeout=30.0,
-    )
-    try:
-        ready = js.expect("subscribed", timeout=TIMEOUT)
-        sent = [{"n": i} for i in (1, 2, 3)]
-        for data in sent:
-            workers.publish(channel, data)
-        js.send("published")
-        events = js.finish(timeout=TIMEOUT)
-    finally:
-        js.close()
-    pubs = [e["data"] for e in events if e.get("event") == "publication"
-            and e.get("channel") == channel]
-    assert pubs == sent
-    presence = next(e["presence"] for e in events if "presence" in e)
-    assert list(presence) == [ready["id"]]
-    assert "forwarding an emulation request failed" not in workers.log()
+    run_emulation_pubsub(node_js, workers, workers, TIMEOUT)
 
 
 def test_workers_stop_when_the_supervisor_is_killed(
