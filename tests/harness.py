@@ -39,7 +39,10 @@ SUBPROCESS_HOOK = TESTS_DIR / "subprocess_hook"
 #: What in a server's own output means it hit an unexpected error.
 LOG_ALARMS = ("Traceback", "Unhandled", "CRITICAL")
 NODE_MODULES = INTEROP_DIR / "node_modules"
-SERVER_START_TIMEOUT = 15.0
+#: A deadline, not a wait: start-up returns as soon as /health answers. Generous because
+#: a server under coverage on a loaded 2-core machine (``--workers 2`` starts three
+#: processes) has been seen to need more than 15 s.
+SERVER_START_TIMEOUT = 45.0
 SERVER_STOP_TIMEOUT = 10.0
 
 #: ``client.expired_close_delay`` of the server under test (seconds): small, so that a connection
