@@ -786,14 +786,21 @@ class PubSubLink(_Link):
         return d.addCallback(done)
 
     def _up(self, proto: Any) -> None:
-        super()._up(proto)
-        if self.ready and self._probe_interval > 0 and self._watchdog is None:
+        # Arm the watchdog before announcing readiness: what waits for the link (the
+        # engine's start, a resubscribe) runs inside super()._up and may rely on probes.
+        if (
+            proto is self._proto
+            and not self.stopped
+            and self._probe_interval > 0
+            and self._watchdog is None
+        ):
             self.probe_sent = False
             self._watchdog = LoopingCall(self._check)
             self._watchdog.clock = self._clock
             self._watchdog.start(self._probe_interval, now=False).addErrback(
                 lambda f: _log.failure("redis pubsub watchdog stopped", f)
             )
+        super()._up(proto)
 
     def _set_ready(self, ready: bool) -> None:
         if not ready and self._watchdog is not None:

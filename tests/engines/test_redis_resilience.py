@@ -13,11 +13,13 @@ from typing import Any
 import pytest
 import pytest_twisted
 from contract import HISTORY, NO_HISTORY, pub
-from redis_support import handler, make_engine, pause, until
+from redis_support import handler, make_engine, pause, unique_prefix, until
 from redisserver import RedisServer, free_port, require_redis_server
 from twisted.internet import reactor
+from twisted.internet.task import Clock
 
 from rtserver._compat import encode_redis_command
+from rtserver.config import RedisEngineConfig
 from rtserver.core.types import DisconnectControl, HistoryFilter
 from rtserver.engines.redis import RedisEngine, RedisTimeout, RedisUnavailable
 from rtserver.protocol.frames import ClientInfo
@@ -255,13 +257,25 @@ async def test_deaf_pubsub_link_is_reestablished_by_the_probe(server: RedisServe
 
 @pytest_twisted.ensureDeferred
 async def test_idle_pubsub_link_survives_probes(server: RedisServer) -> None:
-    """An idle but working link answers its probes and is kept."""
-    engine = make_engine([server.address], pubsub_probe_interval=0.05)
+    """An idle but working link answers its probes and is kept.
+
+    The probe timer runs on a Clock the test advances (a real-time interval short enough
+    to test quickly loses races on a loaded machine); the probes travel through the real
+    redis-server. The watchdog is armed by the time start() returns.
+    """
+    clock = Clock()
+    config = RedisEngineConfig(
+        address=[server.address], prefix=unique_prefix(), pubsub_probe_interval=1.0
+    )
+    engine = RedisEngine(clock, config, reactor=reactor)
     await engine.start(handler())
     try:
         link = engine.shards[0].pubsub
         proto = link._proto
-        await pause(0.4)  # several probe rounds
+        for _ in range(5):  # several quiet intervals, each answered
+            clock.advance(1.0)
+            assert link.probe_sent
+            await until(lambda: not link.probe_sent, what="the probe to come back")
         assert link._proto is proto and engine.healthy
     finally:
         await _stop(engine)
