@@ -18,7 +18,7 @@ from harness import NodeScenario, Server, run_server
 from pages import CENTRIFUGE_BROWSER_BUILD, HTML, JS, PAGE_DIR, serve_pages
 from test_chromium_emulation import START_TIMEOUT, _page, _seen, _wait
 
-pytestmark = [pytest.mark.interop, pytest.mark.browser, pytest.mark.timeout(40)]
+pytestmark = [pytest.mark.interop, pytest.mark.browser, pytest.mark.timeout(90)]
 
 TRANSPORTS = [
     "websocket",
