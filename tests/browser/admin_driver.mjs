@@ -6,7 +6,8 @@
 // SCREENSHOT_DIR.
 // env: CHROMIUM, USER_DATA_DIR, ADMIN_URL, PASSWORD, CHANNEL, NODE_NAMES (comma separated;
 //      the status page must show one client on each), PRESENCE (clients expected in the
-//      channel's presence), SCREENSHOT_DIR, SCENARIO_TIMEOUT_MS
+//      channel's presence once followed, one of them joining after the "following" step),
+//      CLIENTS (then in the cluster), SCREENSHOT_DIR, SCENARIO_TIMEOUT_MS
 import { createRequire } from 'node:module';
 
 const require = createRequire(new URL('../interop/package.json', import.meta.url));
@@ -48,10 +49,14 @@ page.on('console', (msg) => { if (msg.type() === 'error') emit({ step: 'console'
 await page.goto(url, { waitUntil: 'load', timeout: 10000 });
 await page.waitForSelector('#login:not([hidden])');
 
-// Without a session every admin API answers 401.
+// Without a session every admin API answers 401: each method the actions page offers,
+// the legacy API endpoint, the status and the channel stream.
 const anonymous = await page.evaluate(async () => {
   const out = {};
-  for (const [path, method] of [['admin/api/info', 'POST'], ['admin/api', 'POST'], ['admin/status', 'GET'], ['admin/channel?channel=x', 'GET']]) {
+  const methods = [...document.querySelectorAll('#method option')].map((option) => option.value);
+  const calls = [...methods.map((m) => ['admin/api/' + m, 'POST']), ['admin/api', 'POST'],
+    ['admin/status', 'GET'], ['admin/channel?channel=news', 'GET']];
+  for (const [path, method] of calls) {
     out[path] = (await fetch(path, { method, body: method === 'POST' ? '{}' : undefined })).status;
   }
   return out;
@@ -85,8 +90,10 @@ await page.fill('#watch-channel', channel);
 await page.click('#watch');
 await page.waitForFunction(() => document.querySelector('#watch-state').textContent.startsWith('following'));
 emit({ step: 'following', state: await page.textContent('#watch-state') });
+// pytest connects one more client now: its join arrives, and presence fills up.
 const presence = Number(env('PRESENCE'));
-await page.waitForFunction((n) => document.querySelectorAll('#presence tbody tr').length === n, presence, { timeout: 10000 });
+await page.waitForFunction((n) => document.querySelectorAll('#presence tbody tr').length === n, presence, { timeout: 15000 });
+await page.waitForSelector('#events li.join', { timeout: 10000 });
 
 await page.click('nav button[data-page=actions]');
 await page.selectOption('#method', 'publish');
@@ -110,7 +117,8 @@ emit({
 await page.screenshot({ path: `${shots}/admin-channel.png`, fullPage: true });
 
 await page.click('nav button[data-page=connections]');
-await page.waitForFunction(() => document.querySelector('#api-stats tbody').textContent.includes('info'), null, { timeout: 10000 });
+await page.waitForFunction((clients) => document.querySelector('#api-stats tbody').textContent.includes('info')
+  && document.querySelector('#totals dd').textContent === clients, env('CLIENTS'), { timeout: 15000 });
 emit({
   step: 'connections',
   totals: await page.$$eval('#totals > *', (items) => items.map((el) => el.textContent)),

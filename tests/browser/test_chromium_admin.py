@@ -1,14 +1,14 @@
 """The admin web UI in a real headless Chromium against two real ``twistd rtserver`` nodes.
 
 The nodes share a real ``redis-server`` and run the config ``rtserver genconfig`` wrote
-(its generated password and secrets), with the Redis engine added. Two centrifuge-js
-clients (Node, ``tests/interop/js/follow.mjs``) subscribe to a channel, one on each node.
-The driver (``admin_driver.mjs``) acts as an operator on node A: every admin API is 401
-before login, a wrong password is refused, the printed password shows the status page
-with both nodes (node B's client appears there live), the channel inspector shows both
-clients' presence and receives what the actions page publishes, which both JS clients
-receive too; the connections page sums the cluster while both stay connected; logging
-out ends the session.
+(its generated password and secrets), with the Redis engine added. centrifuge-js clients
+(Node, ``tests/interop/js/follow.mjs``) subscribe to a channel: alice on node A, bob on
+node B. The driver (``admin_driver.mjs``) acts as an operator on node A: every admin API
+is 401 before login, a wrong password is refused, the printed password shows the status
+page with both nodes (node B's client appears there live); the channel inspector follows
+the channel, sees carol join on node B and the presence of all three, and receives what
+the actions page publishes, which the three JS clients receive too; the connections page
+sums the cluster while they stay connected; logging out ends the session.
 
 Screenshots of each page land in the test's temporary directory, or in
 ``RTSERVER_ADMIN_SCREENSHOTS`` when set (``scripts/admin_screenshots.sh`` refreshes the
@@ -101,12 +101,15 @@ def test_operator_logs_in_sees_both_nodes_publishes_and_watches(
     channel = "news"  # a fresh Redis server and key prefix: nothing else uses it
     node_a, node_b = cluster.nodes["node-a"], cluster.nodes["node-b"]
     followers: dict[str, NodeScenario] = {}
+
+    def follow(user: str, server: Server) -> str:
+        env = {"WS_URL": server.ws_url, "TOKEN": server.token(user), "CHANNEL": channel,
+               "COUNT": "1"}
+        followers[user] = NodeScenario(browser_node, FOLLOW, env, timeout=80.0)
+        return str(followers[user].expect("subscribed")["id"])
+
     try:
-        for user, server in (("alice", node_a), ("bob", node_b)):
-            env = {"WS_URL": server.ws_url, "TOKEN": server.token(user), "CHANNEL": channel,
-                   "COUNT": "1"}
-            followers[user] = NodeScenario(browser_node, FOLLOW, env, timeout=80.0)
-        client_ids = {user: js.expect("subscribed")["id"] for user, js in followers.items()}
+        client_ids = {"alice": follow("alice", node_a), "bob": follow("bob", node_b)}
         driver = NodeScenario(
             browser_node, DRIVER,
             {
@@ -116,13 +119,16 @@ def test_operator_logs_in_sees_both_nodes_publishes_and_watches(
                 "PASSWORD": cluster.password,
                 "CHANNEL": channel,
                 "NODE_NAMES": "node-a,node-b",
-                "PRESENCE": "2",
+                "PRESENCE": "3",
+                "CLIENTS": "3",
                 "SCREENSHOT_DIR": str(shots),
                 "PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD": "1",
             },
             timeout=60.0,
         )
         try:
+            driver.expect(lambda e: e.get("step") == "following" or "fatal" in e, timeout=40.0)
+            client_ids["carol"] = follow("carol", node_b)  # joins while the page follows
             events = driver.finish(timeout=70.0)
         finally:
             driver.close()
@@ -145,7 +151,9 @@ def test_operator_logs_in_sees_both_nodes_publishes_and_watches(
     assert not problems, events
     assert events[-1] == {"done": True}, events
 
-    assert set(steps["anonymous"]["statuses"].values()) == {401}, steps["anonymous"]
+    anonymous = steps["anonymous"]["statuses"]
+    assert set(anonymous.values()) == {401}, anonymous
+    assert len(anonymous) == 13 + 3  # every server API method, /admin/api, status, channel
     assert steps["wrong-password"]["text"] == "Wrong password."
     assert steps["wrong-password"]["appHidden"] is True
 
@@ -162,16 +170,20 @@ def test_operator_logs_in_sees_both_nodes_publishes_and_watches(
     assert reply["offset"] == 1 and reply["epoch"]
     pubs = [text for kind, text in steps["inspector"]["events"] if kind == "pub"]
     assert pubs == ['{"text":"hello from the actions page"} #1']
+    joins = [text for kind, text in steps["inspector"]["events"] if kind == "join"]
+    assert joins == [f"carol {client_ids['carol']}"]  # from node B, through Redis
     presence = {client: user for client, user in steps["inspector"]["presence"]}
-    assert presence == {client_ids["alice"]: "alice", client_ids["bob"]: "bob"}
+    assert presence == {client_id: user for user, client_id in client_ids.items()}
 
     for user, js_events in received.items():
         (pub,) = [e for e in js_events if e.get("event") == "publication"]
         assert pub["data"] == {"text": "hello from the actions page"}, user
         assert pub["offset"] == 1
 
+    assert set(received) == {"alice", "bob", "carol"}
     totals = dict(zip(*[iter(steps["connections"]["totals"])] * 2, strict=True))
-    assert totals["Clients in the cluster"] == "2", totals
+    assert totals["Clients in the cluster"] == "3", totals
+    assert totals["Users in the cluster"] == "3", totals
     assert totals["Open connections on this node"] == "1", totals
     assert steps["connections"]["transports"] == [["websocket", "1"]]
     calls = {row[0]: row for row in steps["connections"]["api"]}
