@@ -136,13 +136,23 @@ def readme_quick_start() -> list[str]:
     return [textwrap.dedent(block).strip() for block in re.findall(r"::\n\n((?: {4}.*\n)+)", section)]
 
 
+#: Left out of the copy when the checkout is not a git work tree (an unpacked archive).
+_NOT_SOURCES = shutil.ignore_patterns(
+    ".git", "node_modules", "__pycache__", "*.egg-info", "build", "dist", ".*_cache",
+    ".hypothesis", ".coverage*", "_trial_temp",
+)
+
+
 def _copy_checkout(dest: Path) -> None:
     """The files of the working tree git knows about (tracked or new, not ignored)."""
-    listed = subprocess.run(
+    listing = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO_ROOT, capture_output=True, check=True, timeout=30,
-    ).stdout.decode().split("\0")
-    for name in filter(None, listed):
+        cwd=REPO_ROOT, capture_output=True, check=False, timeout=30,
+    )
+    if listing.returncode != 0:
+        shutil.copytree(REPO_ROOT, dest, ignore=_NOT_SOURCES, symlinks=True)
+        return
+    for name in filter(None, listing.stdout.decode().split("\0")):
         source = REPO_ROOT / name
         if source.is_file() and not source.is_symlink():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 // Drives the admin web UI in a real headless Chromium (Debian /usr/bin/chromium) with
 // playwright-core, as an operator would: wrong password, login, status page, follow a
-// channel, publish from the actions page, see it arrive, read the connections page. One JSON
+// channel, publish from the actions page and from the channel page, see both arrive, read
+// the connections page. One JSON
 // object per line on stdout ({"step": ...} observations, {"fatal": ...} on failure,
 // {"done": true} at the end); pytest asserts on them. Screenshots of each page go to
 // SCREENSHOT_DIR.
@@ -109,6 +110,12 @@ await page.waitForFunction(() => document.querySelector('#reply').textContent.in
 
 await page.click('nav button[data-page=channel]');
 await page.waitForFunction(() => [...document.querySelectorAll('#events li.pub')].length > 0, null, { timeout: 10000 });
+// The quick start's way: the Publish button of the channel page.
+await page.click('#quick-publish button[type=submit]');
+await page.waitForFunction(() => [...document.querySelectorAll('#events li.pub')].length > 1, null, { timeout: 10000 });
+emit({
+  step: 'quick-publish', result: await page.textContent('#quick-result'),
+});
 emit({
   step: 'inspector',
   events: await page.$$eval('#events li', (lis) => lis.map((li) => [li.className, li.textContent])),

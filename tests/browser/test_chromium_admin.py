@@ -7,7 +7,8 @@ node B. The driver (``admin_driver.mjs``) acts as an operator on node A: every a
 is 401 before login, a wrong password is refused, the printed password shows the status
 page with both nodes (node B's client appears there live); the channel inspector follows
 the channel, sees carol join on node B and the presence of all three, and receives what
-the actions page publishes, which the three JS clients receive too; the connections page
+the actions page publishes and what its own Publish button sends (the README's quick
+start), which the three JS clients receive too; the connections page
 sums the cluster while they stay connected; logging out ends the session.
 
 Screenshots of each page land in the test's temporary directory, or in
@@ -39,7 +40,9 @@ from redisserver import RedisServer, require_redis_server
 
 from rtserver.cli import main as rtserver_cli
 
-pytestmark = [pytest.mark.interop, pytest.mark.browser, pytest.mark.timeout(90)]
+pytestmark = [
+    pytest.mark.interop, pytest.mark.browser, pytest.mark.redis, pytest.mark.timeout(90)
+]
 
 HERE = Path(__file__).resolve().parent
 DRIVER = HERE / "admin_driver.mjs"
@@ -104,7 +107,7 @@ def test_operator_logs_in_sees_both_nodes_publishes_and_watches(
 
     def follow(user: str, server: Server) -> str:
         env = {"WS_URL": server.ws_url, "TOKEN": server.token(user), "CHANNEL": channel,
-               "COUNT": "1"}
+               "COUNT": "2"}
         followers[user] = NodeScenario(browser_node, FOLLOW, env, timeout=80.0)
         return str(followers[user].expect("subscribed")["id"])
 
@@ -169,16 +172,16 @@ def test_operator_logs_in_sees_both_nodes_publishes_and_watches(
     reply = json.loads(steps["reply"]["text"])["result"]  # history is on: a position
     assert reply["offset"] == 1 and reply["epoch"]
     pubs = [text for kind, text in steps["inspector"]["events"] if kind == "pub"]
-    assert pubs == ['{"text":"hello from the actions page"} #1']
+    assert pubs == ['{"text":"hello from the actions page"} #1', '{"text":"hello"} #2']
+    assert steps["quick-publish"]["result"] == "published #2"
     joins = [text for kind, text in steps["inspector"]["events"] if kind == "join"]
     assert joins == [f"carol {client_ids['carol']}"]  # from node B, through Redis
     presence = {client: user for client, user in steps["inspector"]["presence"]}
     assert presence == {client_id: user for user, client_id in client_ids.items()}
 
     for user, js_events in received.items():
-        (pub,) = [e for e in js_events if e.get("event") == "publication"]
-        assert pub["data"] == {"text": "hello from the actions page"}, user
-        assert pub["offset"] == 1
+        pubs = [(e["data"], e["offset"]) for e in js_events if e.get("event") == "publication"]
+        assert pubs == [({"text": "hello from the actions page"}, 1), ({"text": "hello"}, 2)], user
 
     assert set(received) == {"alice", "bob", "carol"}
     totals = dict(zip(*[iter(steps["connections"]["totals"])] * 2, strict=True))
@@ -187,7 +190,7 @@ def test_operator_logs_in_sees_both_nodes_publishes_and_watches(
     assert totals["Open connections on this node"] == "1", totals
     assert steps["connections"]["transports"] == [["websocket", "1"]]
     calls = {row[0]: row for row in steps["connections"]["api"]}
-    assert calls["publish"][1] == "1" and calls["publish"][3] == "0", calls
+    assert calls["publish"][1] == "2" and calls["publish"][3] == "0", calls
     assert calls["info"][1] == "1", calls
 
     assert steps["logout"] == {"step": "logout", "status": 401, "token": 0}

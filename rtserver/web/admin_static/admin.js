@@ -366,7 +366,8 @@ $("#quick-publish").addEventListener("submit", async (event) => {
     return;
   }
   const reply = await api("publish", { channel: $("#watch-channel").value.trim(), data });
-  $("#quick-result").textContent = reply.error ? "error " + reply.error.code + ": " + reply.error.message : "published";
+  $("#quick-result").textContent = reply.error ? "error " + reply.error.code + ": " + reply.error.message
+    : "published" + (reply.result && reply.result.offset ? " #" + reply.result.offset : "");
 });
 
 // --- start ------------------------------------------------------------------------
