@@ -8,8 +8,8 @@ is 401 before login, a wrong password is refused, the printed password shows the
 page with both nodes (node B's client appears there live); the channel inspector follows
 the channel, sees carol join on node B and the presence of all three, and receives what
 the actions page publishes and what its own Publish button sends (the README's quick
-start), which the three JS clients receive too; the connections page
-sums the cluster while they stay connected; logging out ends the session.
+start), which the three JS clients receive too; the connections page sums the cluster
+while they stay connected; logging out ends the session.
 
 Screenshots of each page land in the test's temporary directory, or in
 ``RTSERVER_ADMIN_SCREENSHOTS`` when set (``scripts/admin_screenshots.sh`` refreshes the
