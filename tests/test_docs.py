@@ -185,3 +185,63 @@ def test_rst_parses_cleanly(name: str) -> None:
         settings_overrides={"warning_stream": warnings, "report_level": 2, "halt_level": 5},
     )
     assert warnings.getvalue() == ""
+
+
+# --- images -------------------------------------------------------------------------------
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: Screenshots are committed to the repository: keep each one small.
+_MAX_IMAGE_BYTES = 100_000
+
+
+def _image_uris(path: Path) -> list[str]:
+    """The ``image`` and ``figure`` URIs of a reST document, as docutils parses them."""
+    import docutils.core
+    import docutils.nodes
+
+    doctree = docutils.core.publish_doctree(
+        path.read_text(), source_path=str(path), settings_overrides={"report_level": 5}
+    )
+    return [str(node["uri"]) for node in doctree.findall(docutils.nodes.image)]
+
+
+def _rst_documents() -> list[Path]:
+    return [ROOT / "README.rst", ROOT / "CHANGELOG.rst", *sorted((ROOT / "docs").glob("*.rst"))]
+
+
+def test_every_image_in_the_docs_exists() -> None:
+    """Each image a document embeds is a small PNG in the repository, next to the document."""
+    broken = []
+    for doc in _rst_documents():
+        for uri in _image_uris(doc):
+            image = (doc.parent / uri).resolve()
+            where = f"{doc.relative_to(ROOT)}: {uri}"
+            if "://" in uri or ROOT not in image.parents or not image.is_file():
+                broken.append(f"{where}: not a file of the repository")
+            elif image.read_bytes()[:8] != _PNG_SIGNATURE:
+                broken.append(f"{where}: not a PNG")
+            elif image.stat().st_size > _MAX_IMAGE_BYTES:
+                broken.append(f"{where}: {image.stat().st_size} bytes")
+    assert broken == []
+
+
+def test_every_docs_image_is_embedded() -> None:
+    """No image in docs/_static/ is left behind by a page that stopped showing it."""
+    embedded = {(doc.parent / uri).resolve() for doc in _rst_documents() for uri in _image_uris(doc)}
+    orphans = sorted(
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "docs" / "_static").glob("*")
+        if path.resolve() not in embedded
+    )
+    assert orphans == []
+
+
+def test_admin_page_screenshots_are_embedded() -> None:
+    """docs/admin.rst shows every page the browser test photographs."""
+    text = (ROOT / "tests" / "browser" / "test_chromium_admin.py").read_text()
+    pages = re.search(r"^PAGES = \(([^)]*)\)", text, re.M)
+    assert pages is not None
+    names = re.findall(r'"([\w-]+)"', pages.group(1))
+    assert len(names) == 5
+    uris = _image_uris(ROOT / "docs" / "admin.rst")
+    assert [f"_static/{name}.png" for name in names] == uris

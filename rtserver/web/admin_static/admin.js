@@ -102,7 +102,7 @@ function show(page) {
   }
   clearInterval(statusTimer);
   statusTimer = null;
-  if (page === "status") {
+  if (page === "status" || page === "connections") {
     refreshStatus();
     statusTimer = setInterval(refreshStatus, 2000);
   }
@@ -129,48 +129,62 @@ async function refreshStatus() {
   try {
     status = await (await call("admin/status")).json();
   } catch (e) {
-    $("#status-updated").textContent = "(" + e.message + ")";
+    $("#status-updated").textContent = $("#connections-updated").textContent = "(" + e.message + ")";
     return;
   }
-  const body = $("#nodes tbody");
-  body.replaceChildren();
-  for (const node of status.nodes) {
-    const row = document.createElement("tr");
-    cell(row, node.name + (node.uid === status.node ? " (this node)" : ""));
-    cell(row, node.version);
-    cell(row, uptime(node.uptime));
-    cell(row, node.num_clients);
-    cell(row, node.num_users);
-    cell(row, node.num_subs);
-    cell(row, node.num_channels);
-    body.appendChild(row);
-  }
+  fill($("#nodes tbody"), status.nodes.map((node) => [
+    node.name + (node.uid === status.node ? " (this node)" : ""), node.version, uptime(node.uptime),
+    node.num_clients, node.num_users, node.num_subs, node.num_channels,
+  ]), 7, "no node answered");
   const summary = $("#summary");
   summary.replaceChildren();
-  const item = (term, value, cls) => {
-    const dt = document.createElement("dt");
-    dt.textContent = term;
-    const dd = document.createElement("dd");
-    dd.textContent = value;
-    if (cls) dd.className = cls;
-    summary.append(dt, dd);
-  };
-  item("Engine", status.engine.type + (status.engine.healthy ? " (healthy)" : " (unavailable)"),
+  item(summary, "Engine", status.engine.type + (status.engine.healthy ? " (healthy)" : " (unavailable)"),
     status.engine.healthy ? "ok" : "bad");
-  item("Open connections", status.connections.open);
-  const accepted = Object.entries(status.connections.accepted);
-  item("Accepted by transport", accepted.length ? accepted.map(([k, v]) => k + ": " + v).join(", ") : "none yet");
-  const stats = $("#api-stats tbody");
-  stats.replaceChildren();
-  for (const [method, entry] of Object.entries(status.api)) {
+  showConnections(status);
+  const updated = "updated " + new Date().toLocaleTimeString();
+  $("#status-updated").textContent = updated;
+  $("#connections-updated").textContent = updated;
+}
+
+// A term and its value in a <dl>.
+function item(list, term, value, cls) {
+  const dt = document.createElement("dt");
+  dt.textContent = term;
+  const dd = document.createElement("dd");
+  dd.textContent = value;
+  if (cls) dd.className = cls;
+  list.append(dt, dd);
+}
+
+// A table body, or one row saying there is nothing yet.
+function fill(body, rows, columns, empty) {
+  body.replaceChildren();
+  if (!rows.length) {
     const row = document.createElement("tr");
-    cell(row, method);
-    cell(row, entry.count);
-    cell(row, (1000 * entry.seconds / Math.max(entry.count, 1)).toFixed(2) + " ms");
-    cell(row, status.api_errors.filter((e) => e.method === method).reduce((n, e) => n + e.count, 0));
-    stats.appendChild(row);
+    cell(row, empty).colSpan = columns;
+    row.className = "empty";
+    body.appendChild(row);
   }
-  $("#status-updated").textContent = "updated " + new Date().toLocaleTimeString();
+  for (const values of rows) {
+    const row = document.createElement("tr");
+    for (const value of values) cell(row, value);
+    body.appendChild(row);
+  }
+}
+
+function showConnections(status) {
+  const sum = (key) => status.nodes.reduce((n, node) => n + node[key], 0);
+  const totals = $("#totals");
+  totals.replaceChildren();
+  item(totals, "Clients in the cluster", sum("num_clients"));
+  item(totals, "Users in the cluster", sum("num_users"));
+  item(totals, "Subscriptions in the cluster", sum("num_subs"));
+  item(totals, "Open connections on this node", status.connections.open);
+  fill($("#transports tbody"), Object.entries(status.connections.accepted), 2, "no connection accepted yet");
+  const errors = (method) => status.api_errors.filter((e) => e.method === method).reduce((n, e) => n + e.count, 0);
+  fill($("#api-stats tbody"), Object.entries(status.api).map(([method, entry]) => [
+    method, entry.count, (1000 * entry.seconds / Math.max(entry.count, 1)).toFixed(2) + " ms", errors(method),
+  ]), 4, "no server API call yet");
 }
 
 // --- actions ----------------------------------------------------------------------
@@ -352,7 +366,8 @@ $("#quick-publish").addEventListener("submit", async (event) => {
     return;
   }
   const reply = await api("publish", { channel: $("#watch-channel").value.trim(), data });
-  $("#quick-result").textContent = reply.error ? "error " + reply.error.code + ": " + reply.error.message : "published";
+  $("#quick-result").textContent = reply.error ? "error " + reply.error.code + ": " + reply.error.message
+    : "published" + (reply.result && reply.result.offset ? " #" + reply.result.offset : "");
 });
 
 // --- start ------------------------------------------------------------------------
