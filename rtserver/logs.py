@@ -10,8 +10,9 @@ from typing import Any
 
 from twisted.logger import Logger as _TwistedLogger
 from twisted.logger import LogLevel
+from twisted.python.failure import Failure
 
-__all__ = ["Logger", "set_level"]
+__all__ = ["Logger", "log_failure", "set_level"]
 
 _LEVELS = {
     "trace": LogLevel.debug,
@@ -48,3 +49,17 @@ class Logger(_TwistedLogger):
         if _state["off"] or _ORDER.get(level, 4) < _state["min"]:
             return
         super().emit(level, format, **kwargs)
+
+
+def log_failure(log: _TwistedLogger, failure: Failure, format: str, **kwargs: Any) -> None:
+    """Log a failed operation: a traceback for a bug, one warning line for an outage.
+
+    Engines fail with a ``ConnectionError`` (``RedisUnavailable``, ``NatsUnavailable``)
+    while their backend is unreachable (see docs/reliability.rst): an expected outage that
+    the health check and the reconnecting links already report, so it gets one ``warn``
+    line with the error text. Anything else is a bug and keeps its traceback.
+    """
+    if failure.check(ConnectionError):
+        log.warn(format + ": {error}", error=str(failure.value), **kwargs)
+    else:
+        log.failure(format, failure, **kwargs)

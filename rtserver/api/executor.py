@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.python.failure import Failure
 
 from rtserver.api import schema
 from rtserver.config import ChannelOptions
@@ -26,7 +27,7 @@ from rtserver.core.types import (
     SubscribeControl,
     UnsubscribeControl,
 )
-from rtserver.logs import Logger
+from rtserver.logs import Logger, log_failure
 from rtserver.protocol.codes import Disconnect, Error
 from rtserver.protocol.frames import Publication
 from rtserver.protocol.protobuf import json_payload
@@ -153,7 +154,7 @@ class APIExecutor:
         except Error as e:
             return {"error": e.to_wire()}
         except Exception:
-            _log.failure("server API {method} failed", method=method)
+            log_failure(_log, Failure(), "server API {method} failed", method=method)
             return {"error": Error.INTERNAL.to_wire()}
         return {"result": result}
 
@@ -183,7 +184,9 @@ class APIExecutor:
         except Error as e:
             return {"error": e.to_wire()}
         except Exception:
-            _log.failure("server API broadcast to {channel} failed", channel=channel)
+            log_failure(
+                _log, Failure(), "server API broadcast to {channel} failed", channel=channel
+            )
             return {"error": Error.INTERNAL.to_wire()}
 
     async def _publish(self, channel: str, pub: _Publication) -> Result:

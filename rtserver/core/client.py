@@ -92,7 +92,7 @@ from rtserver.core.writer import (
     json_publication,
     wire_shape,
 )
-from rtserver.logs import Logger
+from rtserver.logs import Logger, log_failure
 from rtserver.protocol import codec, protobuf
 from rtserver.protocol.codes import Disconnect, Error, Unsubscribe
 from rtserver.protocol.encoding import JSON, PROTOBUF, Codec, codec_for
@@ -334,8 +334,8 @@ class Client:
             self.close(exc)
             return
         if not isinstance(exc, Error):
-            _log.failure(
-                "client {client}: {method} failed", failure, client=self.id, method=cmd.method
+            log_failure(
+                _log, failure, "client {client}: {method} failed", client=self.id, method=cmd.method
             )
             exc = Error.INTERNAL
         if cmd.method == "connect":
@@ -665,7 +665,7 @@ class Client:
         elif isinstance(exc, Error):
             self.close(uni_disconnect(exc))
         else:
-            _log.failure("client {client}: connect failed", failure, client=self.id)
+            log_failure(_log, failure, "client {client}: connect failed", client=self.id)
             self.close(Disconnect.SERVER_ERROR)
 
     def _go_live(self) -> None:
@@ -1130,7 +1130,7 @@ class Client:
         if isinstance(exc, Disconnect):
             self.close(exc)
             return
-        _log.failure("client {client}: {kind} failed", failure, client=self.id, kind=kind)
+        log_failure(_log, failure, "client {client}: {kind} failed", client=self.id, kind=kind)
         self.close(Disconnect.SERVER_ERROR)
 
     async def _proxy_connect(

@@ -57,7 +57,7 @@ from rtserver.core.types import (
     UserControl,
 )
 from rtserver.core.writer import FlushScheduler
-from rtserver.logs import Logger
+from rtserver.logs import Logger, log_failure
 from rtserver.protocol.codes import Disconnect, Error
 from rtserver.protocol.encoding import JSON
 from rtserver.protocol.frames import ClientInfo, Publication, StreamPosition
@@ -209,7 +209,7 @@ class Node:
 
     @staticmethod
     def _log_failure(failure: Failure, what: str) -> None:
-        _log.failure("{what} failed", failure, what=what)
+        log_failure(_log, failure, "{what} failed", what=what)
 
     def meta_ttl(self, opts: ChannelOptions) -> float:
         """How long a channel's stream epoch and top offset survive without traffic."""
@@ -259,11 +259,9 @@ class Node:
                 waiter.callback(None)
         if isinstance(result, Failure) and not self.hub.has_subscribers(channel):
             if isinstance(result.value, Error):  # the engine refused the channel
-                _log.debug(
-                    "engine refused {channel}: {error}", channel=channel, error=result.value
-                )
+                _log.debug("engine refused {channel}: {error}", channel=channel, error=result.value)
             else:
-                _log.failure("engine subscribe to {channel} failed", result, channel=channel)
+                log_failure(_log, result, "engine subscribe to {channel} failed", channel=channel)
 
     def remove_subscription(self, channel: str, client: Subscriber) -> None:
         """Remove a local subscriber; the engine stops delivering when none are left."""

@@ -10,6 +10,7 @@ import orjson
 import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
 from rtserver.api.executor import APIExecutor
@@ -397,6 +398,29 @@ def test_unexpected_exception_is_internal_and_logged(
     expect_logged_failure(RuntimeError)
     body = api.call("presence", {"channel": "pres:room"})
     assert body["error"]["code"] == 100
+
+
+def test_engine_outage_is_internal_and_one_warning_line(
+    api: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An engine that cannot reach its backend: error 100, one warn line, no traceback."""
+    seen: list[dict[str, Any]] = []
+
+    def broken(channel: str) -> Any:
+        raise ConnectionError("redis 127.0.0.1:6379 is unavailable")
+
+    monkeypatch.setattr(api.node.engine, "presence", broken)
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        body = api.call("presence", {"channel": "pres:room"})
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+    assert body["error"]["code"] == 100
+    mine = [e for e in seen if "server API" in (e.get("log_format") or "")]
+    assert [(e["log_level"], formatEvent(e)) for e in mine] == [
+        (LogLevel.warn, "server API presence failed: redis 127.0.0.1:6379 is unavailable")
+    ]
+    assert "log_failure" not in mine[0]
 
 
 # --- batch -----------------------------------------------------------------------------
