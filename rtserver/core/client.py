@@ -426,7 +426,8 @@ class Client:
         """``pub`` for a reply; raises 3506 when a JSON client cannot receive its data.
 
         ``as_string``: a JSON delta subscriber's recovered publication, whose ``data`` is
-        the JSON text as a JSON string (docs/client-protocol.rst, "Delta compression").
+        the JSON text as a JSON string (see
+        docs/client-protocol.rst, "Delta compression and tag filters").
         """
         if self.encoding == PROTOBUF:
             return pub.to_wire()
