@@ -391,8 +391,11 @@ class Client:
         self._enqueue_shared(push)
 
     def _enqueue_delta(self, sub: Subscription, pub: Publication, push: SharedPush) -> None:
-        """A delta subscriber's publication: the delta when its base is the channel's
-        previous publication, else the full payload (which becomes its base)."""
+        """A delta subscriber's publication: a delta, or the full payload.
+
+        The delta when the subscriber's base is the channel's previous publication, else
+        the full payload, which becomes its base.
+        """
         full_shape, delta_shape = DELTA_SHAPES[self._shape]
         payload = None
         prev = push.prev

@@ -12,7 +12,6 @@ import orjson
 import pytest
 from centrifuge.fossil import apply_delta
 from test_encodings import Counter, PayloadSink, pb_command, pb_replies
-
 from twisted.internet.defer import Deferred
 
 from rtserver.api.executor import APIExecutor
@@ -148,9 +147,11 @@ def test_unknown_delta_type_closes_with_3501(node: tuple[Node, Any]) -> None:
 def test_json_delta_subscriber_gets_full_then_deltas_and_plain_one_gets_values(
     node: tuple[Node, Any],
 ) -> None:
-    """50 edits of a document: the delta subscriber rebuilds each exactly from deltas far
-    smaller than the document; a subscriber without delta in the same channel gets plain
-    JSON values."""
+    """50 edits of a document: deltas rebuild it exactly, plain subscribers get values.
+
+    The delta subscriber's deltas are far smaller than the document; a subscriber
+    without delta in the same channel gets plain JSON values.
+    """
     _, dsink, _ = subscriber(node, "dd:doc", delta="fossil")
     _, psink, _ = subscriber(node, "dd:doc")
     docs = documents(50)
@@ -224,8 +225,10 @@ def test_late_subscriber_starts_with_a_full_publication(node: tuple[Node, Any]) 
 
 
 def test_recovery_returns_full_strings_and_the_last_is_the_base(node: tuple[Node, Any]) -> None:
-    """Recovered publications are full (JSON strings for a JSON delta subscriber); the
-    next live publication is a delta against the last recovered one."""
+    """Recovered publications are full; the next live one is a delta against the last.
+
+    A JSON delta subscriber gets the recovered publications as JSON strings.
+    """
     subscriber(node, "dd:r", delta="fossil")  # a delta subscriber: the hub keeps the base
     docs = documents(5)
     for data in docs[:4]:
@@ -303,7 +306,7 @@ def test_tag_filter_delivers_exactly_the_matching_publications(
     for tags, _ in TAGGED:
         parsed.matches(tags)
     assert shared == evaluations.calls
-    for _, sink, answer in filtered:
+    for _, sink, _ in filtered:
         if encoding == "json":
             got = [orjson.dumps(p["data"]) for p in json_pubs(sink)]
         else:

@@ -135,8 +135,11 @@ def test_js_delta_and_tag_filter(rt_server: Server, run_js: RunJS, build: str) -
 
 
 class WireTap:
-    """Wraps a centrifuge-python client's codec: counts the bytes of each frame read and
-    whether its publications in ``channel`` were deltas."""
+    """Wraps a centrifuge-python client's codec to read its wire.
+
+    Records the bytes of each frame read and whether its publications in ``channel``
+    were deltas.
+    """
 
     def __init__(self, codec: Any, channel: str) -> None:
         self._codec = codec
