@@ -111,8 +111,10 @@ def main() -> None:
             us, nbytes = measure(args.n, docs, delta)
             results[delta].append(us)
             sent[delta] = nbytes
-            print(f"N={args.n} {'delta' if delta else 'plain'}: {us:,.0f} µs/publication, "
-                  f"{nbytes:,} B sent/publication")
+            print(
+                f"N={args.n} {'delta' if delta else 'plain'}: {us:,.0f} µs/publication, "
+                f"{nbytes:,} B sent/publication"
+            )
     plain = statistics.median(results[False])
     with_delta = statistics.median(results[True])
     print(
