@@ -24,7 +24,16 @@ from centrifuge.filter import Filter
 from deltachains import edited_document
 from harness import NodeScenario, Server, run_server
 from interop_support import unique
-from pysdk import Recorder, bounded, in_thread, name, run_scenario, sdk_client, subscribe
+from pysdk import (
+    Recorder,
+    WireTap,
+    bounded,
+    in_thread,
+    name,
+    run_scenario,
+    sdk_client,
+    subscribe,
+)
 
 RunJS = Callable[..., NodeScenario]
 
@@ -132,34 +141,6 @@ def test_js_delta_and_tag_filter(rt_server: Server, run_js: RunJS, build: str) -
     )
     assert ratio < 0.1
     assert out["sdk_stats"]["deltas"] == COUNT - 1 and out["sdk_stats"]["full"] == 1
-
-
-class WireTap:
-    """Wraps a centrifuge-python client's codec to read its wire.
-
-    Records the bytes of each frame read and whether its publications in ``channel``
-    were deltas.
-    """
-
-    def __init__(self, codec: Any, channel: str) -> None:
-        self._codec = codec
-        self._channel = channel
-        self.frames: list[tuple[int, list[bool]]] = []
-
-    def __getattr__(self, attr: str) -> Any:
-        return getattr(self._codec, attr)
-
-    def decode_replies(self, data: Any) -> Any:
-        replies = self._codec.decode_replies(data)
-        flags = [
-            bool(r["push"]["pub"].get("delta"))
-            for r in replies
-            if "push" in r and "pub" in r["push"] and r["push"].get("channel") == self._channel
-        ]
-        if flags:
-            size = len(data.encode() if isinstance(data, str) else data)
-            self.frames.append((size, flags))
-        return replies
 
 
 @pytest.mark.parametrize("use_protobuf", [False, True], ids=["json", "protobuf"])
