@@ -846,9 +846,12 @@ class Client:
             flt = recovery_filter(cache, req.offset, limit)
             history = await node.read_stream(channel, flt, sub.opts)
 
+            recovered: list[Publication] = []
+
             def wire(pub: Publication) -> Result:
                 # recovered publications are full; the last one is a delta subscriber's base
                 sub.delta_base = pub.offset
+                recovered.append(pub)
                 return self._wire_publication(pub, sub.delta)
 
             tags = sub.tags_filter
@@ -861,6 +864,8 @@ class Client:
                 wire=wire,
                 keep=None if tags is None else (lambda pub: tags.matches(pub.tags)),
             )
+            if sub.delta and recovered:
+                node.seed_delta_base(channel, recovered[-1])
             top = history.position
         else:
             top = await node.stream_top(channel, sub.opts)

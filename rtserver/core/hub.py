@@ -126,6 +126,17 @@ class Hub(Generic[ConnT]):
             return True
         return False
 
+    def seed_delta_base(self, channel: str, pub: Publication) -> None:
+        """Take a recovered publication as the channel's last one, if none is known.
+
+        A delta subscriber that recovered has ``pub`` as its base; without it, the next
+        publication would go out full although the subscriber could take a delta. The
+        offset and epoch check of :meth:`broadcast_publication` keeps a stale seed
+        harmless.
+        """
+        if channel in self._delta_subs and channel not in self._last:
+            self._last[channel] = pub
+
     def has_subscribers(self, channel: str) -> bool:
         """Whether anyone on this node is subscribed to ``channel``."""
         return channel in self._subs

@@ -265,6 +265,10 @@ class Node:
             else:
                 _log.failure("engine subscribe to {channel} failed", result, channel=channel)
 
+    def seed_delta_base(self, channel: str, pub: Publication) -> None:
+        """A delta subscriber recovered up to ``pub`` (see :meth:`Hub.seed_delta_base`)."""
+        self.hub.seed_delta_base(channel, pub)
+
     def remove_subscription(self, channel: str, client: Subscriber) -> None:
         """Remove a local subscriber; the engine stops delivering when none are left."""
         if self.hub.remove_subscriber(channel, client):

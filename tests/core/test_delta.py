@@ -224,12 +224,17 @@ def test_late_subscriber_starts_with_a_full_publication(node: tuple[Node, Any]) 
     assert rebuild(json_pubs(first), as_text=True)[0] == docs
 
 
-def test_recovery_returns_full_strings_and_the_last_is_the_base(node: tuple[Node, Any]) -> None:
+@pytest.mark.parametrize("keeper", [True, False], ids=["hub-has-base", "base-seeded"])
+def test_recovery_returns_full_strings_and_the_last_is_the_base(
+    node: tuple[Node, Any], keeper: bool
+) -> None:
     """Recovered publications are full; the next live one is a delta against the last.
 
     A JSON delta subscriber gets the recovered publications as JSON strings.
     """
-    subscriber(node, "dd:r", delta="fossil")  # a delta subscriber: the hub keeps the base
+    if keeper:  # another delta subscriber: the hub keeps the last publication
+        subscriber(node, "dd:r", delta="fossil")
+    # else the recovering subscriber's last recovered publication seeds it
     docs = documents(5)
     for data in docs[:4]:
         publish(node, "dd:r", data, delta=True)
@@ -346,3 +351,26 @@ def test_bad_tag_filters_are_107(
     assert answer["error"]["code"] == 107
     assert message in answer["error"]["message"]
     assert client.channels() == [] and not sink.closed
+
+
+def test_payload_changed_on_the_way_to_json_is_not_a_json_delta_base(
+    node: tuple[Node, Any],
+) -> None:
+    """A payload JSON clients get changed is no delta base for them.
+
+    Raw newlines (bytes from a Protobuf client) are dropped for JSON clients, so a JSON
+    delta subscriber's base differs from the raw payload: it gets the next one full,
+    while a Protobuf delta subscriber gets the delta.
+    """
+    _, jsink, _ = subscriber(node, "dd:nl", delta="fossil")
+    _, psink, _ = subscriber(node, "dd:nl", "protobuf", delta="fossil")
+    raw = documents(1)[0].replace(b',"rows"', b',\n"rows"')
+    following = raw.replace(b"\n", b"").replace(b'"version":0', b'"version":1')
+    publish(node, "dd:nl", raw, delta=True)
+    publish(node, "dd:nl", following, delta=True)
+    jpubs = json_pubs(jsink)
+    assert [bool(p.get("delta")) for p in jpubs] == [False, False]
+    assert [p["data"].encode() for p in jpubs] == [raw.replace(b"\n", b""), following]
+    ppubs = [r["push"]["pub"] for r in pb_replies(psink)]
+    assert [bool(p.get("delta")) for p in ppubs] == [False, True]
+    assert rebuild(ppubs, as_text=False)[0] == [raw, following]

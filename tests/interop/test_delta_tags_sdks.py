@@ -193,3 +193,55 @@ def test_python_delta_and_tag_filter(rt_server: Server, use_protobuf: bool) -> N
         assert ratio < 0.1
 
     run_scenario(scenario())
+
+
+@pytest.mark.parametrize("use_protobuf", [False, True], ids=["json", "protobuf"])
+def test_python_delta_recovery(rt_server: Server, use_protobuf: bool) -> None:
+    """A reconnecting delta subscriber recovers full publications, then deltas.
+
+    ``recovered: true``; the deltas that follow are against the last one recovered.
+    """
+    channel = name("docs:r-")
+    docs = DOCS[:12]
+
+    def value(data: Any) -> Any:
+        return json.loads(data) if isinstance(data, bytes) else data
+
+    def publish(doc: bytes) -> None:
+        api(rt_server, "publish", {"channel": channel, "data": json.loads(doc), "delta": True})
+
+    async def scenario() -> None:
+        rec = Recorder()
+        client, _ = sdk_client(rt_server, rec, token=rt_server.token(name("pyr-")),
+                               use_protobuf=use_protobuf)
+        tap = WireTap(client._codec, channel)
+        client._codec = tap  # type: ignore[assignment]
+        sub = subscribe(client, channel, rec, delta=DeltaType.FOSSIL)
+        try:
+            await client.connect()
+            await sub.subscribe()
+            await bounded(sub.ready())
+            for doc in docs[:4]:
+                await in_thread(publish, doc)
+            await rec.wait("publication", count=4)
+            await client.disconnect()
+            for doc in docs[4:8]:
+                await in_thread(publish, doc)
+            await client.connect()
+            await rec.wait("subscribed", count=2)
+            await rec.wait("publication", count=8)
+            for doc in docs[8:]:
+                await in_thread(publish, doc)
+            pubs = await rec.wait("publication", count=len(docs))
+        finally:
+            await client.disconnect()
+        _, again = rec.find("subscribed")
+        assert again["was_recovering"] is True and again["recovered"] is True
+        assert [value(p["data"]) for p in pubs] == [json.loads(d) for d in docs]
+        assert [p["offset"] for p in pubs] == list(range(1, len(docs) + 1))
+        # live: full then deltas; recovered (in the subscribe reply, not a push) full;
+        # after recovery: deltas against the last recovered publication
+        flags = [f for _, frame in tap.frames for f in frame]
+        assert flags == [False, True, True, True] + [True] * 4
+
+    run_scenario(scenario())
