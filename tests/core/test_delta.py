@@ -374,3 +374,44 @@ def test_payload_changed_on_the_way_to_json_is_not_a_json_delta_base(
     ppubs = [r["push"]["pub"] for r in pb_replies(psink)]
     assert [bool(p.get("delta")) for p in ppubs] == [False, True]
     assert rebuild(ppubs, as_text=False)[0] == [raw, following]
+
+
+def test_a_delta_not_smaller_than_the_payload_is_not_sent(node: tuple[Node, Any]) -> None:
+    """Centrifugo's rule: unrelated payloads go out full, to JSON and Protobuf alike."""
+    _, jsink, _ = subscriber(node, "dd:small", delta="fossil")
+    _, psink, _ = subscriber(node, "dd:small", "protobuf", delta="fossil")
+    sent = [b'{"a":1}', b'[2,3]', b'"x"']
+    for data in sent:
+        publish(node, "dd:small", data, delta=True)
+    assert [p.get("delta") for p in json_pubs(jsink)] == [None, None, None]
+    assert [p["data"].encode() for p in json_pubs(jsink)] == sent
+    assert [r["push"]["pub"].get("delta") for r in pb_replies(psink)] == [None, None, None]
+
+
+def test_non_json_bytes_close_a_json_delta_subscriber_with_3506(node: tuple[Node, Any]) -> None:
+    """Bytes that are not JSON cannot reach a JSON client, delta or not (3506)."""
+    _, jsink, _ = subscriber(node, "dd:bin", delta="fossil")
+    _, psink, _ = subscriber(node, "dd:bin", "protobuf", delta="fossil")
+    publish(node, "dd:bin", b"\x00\x01 not json", delta=True)
+    assert jsink.closed_with is not None and jsink.closed_with.code == 3506
+    assert [r["push"]["pub"]["data"] for r in pb_replies(psink)] == [b"\x00\x01 not json"]
+
+
+def test_the_last_delta_subscriber_leaving_frees_the_channel_base(node: tuple[Node, Any]) -> None:
+    """The node keeps a channel's last publication only while delta subscribers remain."""
+    n, clock = node
+    first, _, _ = subscriber(node, "dd:free", delta="fossil")
+    second, _, _ = subscriber(node, "dd:free", delta="fossil")
+    plain, _, _ = subscriber(node, "dd:free")
+    publish(node, "dd:free", documents(1)[0], delta=True)
+    assert "dd:free" in n.hub._last
+    first.receive(b'{"id":5,"unsubscribe":{"channel":"dd:free"}}')
+    clock.advance(0)
+    assert "dd:free" in n.hub._last
+    second.close()
+    clock.advance(0)
+    assert "dd:free" not in n.hub._last and "dd:free" not in n.hub._delta_subs
+    assert n.hub.has_subscribers("dd:free")  # the plain subscriber stays
+    publish(node, "dd:free", documents(2)[1], delta=True)
+    assert "dd:free" not in n.hub._last
+    plain.close()
