@@ -41,6 +41,8 @@ pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
 
 HISTORY = {"history_size": 100, "history_ttl": "300s", "force_recovery": True}
 OVERRIDES: dict[str, Any] = {
+    "http_stream": {"enabled": True},
+    "emulation": {"enabled": True},
     "channel": {
         "namespaces": [
             {"name": "docs", "allow_subscribe_for_client": True,
@@ -105,11 +107,14 @@ def wire_ratio(delta_bytes: int, full_bytes: int) -> float:
 
 @pytest.mark.parametrize("build", ["json", "protobuf"])
 def test_js_delta_and_tag_filter(rt_server: Server, run_js: RunJS, build: str) -> None:
+    """Both builds over WebSocket, reading the wire: deltas at a few % of the bytes."""
     doc_channel, tags_channel = unique("docs:d-"), unique("quotes:q-")
     js = run_js(
         "delta_tags",
         timeout=50.0,
         BUILD=build,
+        BASE_URL=rt_server.url,
+        TRANSPORT="websocket",
         DELTA_TOKEN=rt_server.token(unique("jsd-")),
         PLAIN_TOKEN=rt_server.token(unique("jsp-")),
         DELTA_CHANNEL=doc_channel,
@@ -245,3 +250,35 @@ def test_python_delta_recovery(rt_server: Server, use_protobuf: bool) -> None:
         assert flags == [False, True, True, True] + [True] * 4
 
     run_scenario(scenario())
+
+
+@pytest.mark.parametrize("build", ["json", "protobuf"])
+def test_js_delta_and_tag_filter_over_http_streaming(
+    rt_server: Server, run_js: RunJS, build: str
+) -> None:
+    """The delta and tag-filter subscriptions over HTTP-streaming + /emulation."""
+    doc_channel, tags_channel = unique("docs:h-"), unique("quotes:h-")
+    js = run_js(
+        "delta_tags",
+        timeout=50.0,
+        BUILD=build,
+        BASE_URL=rt_server.url,
+        TRANSPORT="http_stream",
+        DELTA_TOKEN=rt_server.token(unique("jsd-")),
+        PLAIN_TOKEN=rt_server.token(unique("jsp-")),
+        DELTA_CHANNEL=doc_channel,
+        TAGS_CHANNEL=tags_channel,
+        TAGS_FILTER=json.dumps(JS_FILTER),
+        COUNT=str(COUNT),
+        TAGGED_MATCHING=str(len(MATCHING)),
+    )
+    ready = js.expect("subscribed")
+    assert ready["delta_negotiated"] is True and ready["transport"] == "http_stream"
+    publish_all(rt_server, doc_channel, tags_channel)
+    js.send("published")
+    out = js.expect(lambda e: "delta_wire" in e, timeout=30.0)
+    js.finish()
+    expected = [json.loads(d) for d in DOCS]
+    assert [json.loads(d) for d in out["delta"]] == expected
+    assert [json.loads(d) for d in out["tags"]] == MATCHING
+    assert out["sdk_stats"]["deltas"] == COUNT - 1 and out["sdk_stats"]["full"] == 1

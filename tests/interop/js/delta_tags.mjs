@@ -9,7 +9,9 @@
 // 3. print what each subscription got (data as text) and, decoded from the recorded frames
 //    with the build's own codec, each DELTA_CHANNEL publication's size on the wire and
 //    whether it was a delta.
-// env: WS_URL, BUILD, DELTA_TOKEN, PLAIN_TOKEN, DELTA_CHANNEL, TAGS_CHANNEL, TAGS_FILTER,
+// With TRANSPORT=http_stream the `delta` client uses HTTP-streaming + /emulation instead
+// (its frames are not recorded; the `plain` client stays on WebSocket).
+// env: WS_URL, BASE_URL, TRANSPORT, BUILD, DELTA_TOKEN, PLAIN_TOKEN, DELTA_CHANNEL, TAGS_CHANNEL, TAGS_FILTER,
 //      COUNT, TAGGED_MATCHING
 import { Centrifuge as JsonCentrifuge } from 'centrifuge';
 import { Centrifuge as ProtobufCentrifuge } from 'centrifuge/build/protobuf';
@@ -34,9 +36,15 @@ function recordingWebSocket(frames) {
   };
 }
 
-function makeClient(label, token, frames) {
-  return traceClient(new Centrifuge(env('WS_URL'), {
+const TRANSPORT = env('TRANSPORT');
+
+function makeClient(label, token, frames, transport = 'websocket') {
+  const endpoint = transport === 'websocket'
+    ? env('WS_URL')
+    : [{ transport: 'http_stream', endpoint: `${env('BASE_URL')}/connection/http_stream` }];
+  return traceClient(new Centrifuge(endpoint, {
     websocket: recordingWebSocket(frames),
+    emulationEndpoint: `${env('BASE_URL')}/emulation`,
     token,
     minReconnectDelay: 100,
     maxReconnectDelay: 1000,
@@ -45,7 +53,7 @@ function makeClient(label, token, frames) {
 
 const deltaFrames = [];
 const plainFrames = [];
-const deltaClient = makeClient('delta', env('DELTA_TOKEN'), deltaFrames);
+const deltaClient = makeClient('delta', env('DELTA_TOKEN'), deltaFrames, TRANSPORT);
 const plainClient = makeClient('plain', env('PLAIN_TOKEN'), plainFrames);
 const deltaSub = makeSubscription(deltaClient, deltaChannel, 'delta', { delta: 'fossil' });
 const plainSub = makeSubscription(plainClient, deltaChannel, 'plain');
@@ -56,13 +64,15 @@ const tagsPubs = new Collector(tagsSub, 'publication');
 const subscribed = Promise.all([
   waitFor(deltaSub, 'subscribed'), waitFor(plainSub, 'subscribed'), waitFor(tagsSub, 'subscribed'),
 ]);
+const deltaConnected = waitFor(deltaClient, 'connected');
 deltaClient.connect();
 plainClient.connect();
 deltaSub.subscribe();
 plainSub.subscribe();
 tagsSub.subscribe();
 await subscribed;
-await handshake('subscribed', 'published', { delta_negotiated: deltaSub._delta_negotiated });
+const { transport } = await deltaConnected;
+await handshake('subscribed', 'published', { delta_negotiated: deltaSub._delta_negotiated, transport });
 
 const got = await deltaPubs.next(count);
 const plain = await plainPubs.next(count);
