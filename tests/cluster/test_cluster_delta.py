@@ -1,8 +1,9 @@
 """Delta compression across two real nodes sharing one real ``redis-server``.
 
-The publisher's ``delta`` flag travels with the publication through Redis: a document
-published through node ``a`` with ``delta: true`` reaches a centrifuge-python delta
-subscriber on node ``b`` as fossil deltas it rebuilds exactly.
+The publisher's ``delta`` flag travels with the publication between nodes, through
+Redis PUB/SUB or through a real ``nats-server`` (``broker.type: nats``, history in
+Redis): a document published through node ``a`` with ``delta: true`` reaches a
+centrifuge-python delta subscriber on node ``b`` as fossil deltas it rebuilds exactly.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pysdk import (
     sdk_client,
     subscribe,
 )
+from test_cluster_nats import nats  # noqa: F401 - the fixture
 from test_cluster_nodes import Cluster
 
 COUNT = 10
@@ -37,16 +39,24 @@ DOCS = [
 ]
 
 
-@pytest.fixture
-def delta_cluster(tmp_path: Path, redis_url: str, cluster_config: Any) -> Iterator[Cluster]:
+@pytest.fixture(params=["redis", "nats"])
+def delta_cluster(
+    request: pytest.FixtureRequest, tmp_path: Path, redis_url: str, cluster_config: Any
+) -> Iterator[Cluster]:
     config, secret, api_key = cluster_config(redis_url)
+    if request.param == "nats":
+        nats = request.getfixturevalue("nats")
+        config = merge(config, {"broker": {"enabled": True, "type": "nats",
+                                           "nats": {"url": nats.url, "prefix": name("t")}}})
     config = merge(config, {"channel": {"namespaces": [{
         "name": "docs", "allow_subscribe_for_client": True, "allowed_delta_types": ["fossil"],
         "history_size": 100, "history_ttl": "300s", "force_positioning": True,
     }]}})
     c = Cluster(tmp_path, config, secret, api_key)
-    c.start("a")
-    c.start("b")
+    for label in ("a", "b"):
+        c.start(label)
+        if request.param == "nats":  # announcements before the NATS link is up
+            c.nodes[label].expect_logged_failure("NatsUnavailable")
     try:
         yield c
     finally:
