@@ -173,7 +173,7 @@ class Hub(Generic[ConnT]):
             if (
                 publication.delta
                 and last is not None
-                and publication.offset
+                and last.offset
                 and publication.offset == last.offset + 1
                 and publication.epoch == last.epoch
             ):

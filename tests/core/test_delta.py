@@ -415,3 +415,19 @@ def test_the_last_delta_subscriber_leaving_frees_the_channel_base(node: tuple[No
     publish(node, "dd:free", documents(2)[1], delta=True)
     assert "dd:free" not in n.hub._last
     plain.close()
+
+
+def test_a_publication_without_history_breaks_the_delta_chain(node: tuple[Node, Any]) -> None:
+    """``skip_history`` publications have no offset: they and the next one go out full.
+
+    The next one's base would not be a stream publication.
+    """
+    _, sink, _ = subscriber(node, "dd:skip", delta="fossil")
+    docs = documents(4)
+    publish(node, "dd:skip", docs[0], delta=True)
+    publish(node, "dd:skip", docs[1], delta=True)
+    publish(node, "dd:skip", docs[2], delta=True, skip_history=True)
+    publish(node, "dd:skip", docs[3], delta=True)
+    pubs = json_pubs(sink)
+    assert [bool(p.get("delta")) for p in pubs] == [False, True, False, False]
+    assert rebuild(pubs, as_text=True)[0] == docs
