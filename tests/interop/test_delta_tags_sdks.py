@@ -3,7 +3,7 @@
 centrifuge-js (JSON and Protobuf builds, in Node: js/delta_tags.mjs) and
 centrifuge-python (JSON and ``use_protobuf=True``) subscribe with ``delta: "fossil"`` to a
 namespace with ``allowed_delta_types``, next to a subscriber without delta in the same
-channel; a ~6 KB document is republished 50 times with one small edit each time through
+channel; a ~3.6 KB document is republished 50 times with one small edit each time through
 the server API with ``delta: true``. Every version must arrive intact on both, and the
 bytes each client reads off its WebSocket show the delta subscriber's publications are
 a small fraction of the full ones. A tag-filtered subscription gets exactly the
