@@ -8,7 +8,7 @@ without delta and each publication is published plainly. Variant *delta*: the
 subscribers subscribe with ``delta: "fossil"`` and each publication is published with
 ``delta`` (the API flag), so each one is encoded as a fossil delta once and the
 subscribers get the small delta frames. Same documents in both (the interop tests'
-``edited_document``: ~6 KB, one small edit each time), same process, variants
+``edited_document``: ~3.6 KB, one small edit each time), same process, variants
 alternated ``--repeat`` times; reported: CPU µs per publication (``node.publish`` and
 the reactor turn that flushes it: engine, fan-out, encoding, WebSocket framing) and the
 bytes handed to the sockets.
