@@ -221,3 +221,31 @@ def subscribe(
 
 async def in_thread(fn: Callable[..., T], *args: Any) -> T:
     return await asyncio.to_thread(fn, *args)
+
+
+class WireTap:
+    """Wraps a centrifuge-python client's codec to read its wire.
+
+    Records the bytes of each frame read and whether its publications in ``channel``
+    were deltas.
+    """
+
+    def __init__(self, codec: Any, channel: str) -> None:
+        self._codec = codec
+        self._channel = channel
+        self.frames: list[tuple[int, list[bool]]] = []
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._codec, attr)
+
+    def decode_replies(self, data: Any) -> Any:
+        replies = self._codec.decode_replies(data)
+        flags = [
+            bool(r["push"]["pub"].get("delta"))
+            for r in replies
+            if "push" in r and "pub" in r["push"] and r["push"].get("channel") == self._channel
+        ]
+        if flags:
+            size = len(data.encode() if isinstance(data, str) else data)
+            self.frames.append((size, flags))
+        return replies

@@ -71,13 +71,13 @@ class _Publication:
     tags: dict[str, str]
     skip_history: bool
     idempotency_key: str
+    delta: bool
 
     @classmethod
     def parse(cls, params: dict[str, Any]) -> _Publication:
         data = schema.raw_json(params, "data", "b64data")
         if data is None:
             raise schema.bad_request("data is required")
-        schema.boolean(params, "delta")
         schema.integer(params, "version", 0, schema.MAX_UINT64)
         schema.string(params, "version_epoch")
         return cls(
@@ -85,6 +85,7 @@ class _Publication:
             tags=schema.string_map(params, "tags"),
             skip_history=schema.boolean(params, "skip_history"),
             idempotency_key=schema.string(params, "idempotency_key"),
+            delta=schema.boolean(params, "delta"),
         )
 
 
@@ -196,6 +197,7 @@ class APIExecutor:
             tags=pub.tags,
             skip_history=pub.skip_history,
             idempotency_key=pub.idempotency_key,
+            delta=pub.delta,
         )
         if not position.epoch:
             return {}

@@ -70,6 +70,7 @@ from rtserver.core.subscription import (
     Subscription,
     SubState,
     client_subscription,
+    negotiate,
     server_subscription,
 )
 from rtserver.core.tokens import (
@@ -86,6 +87,7 @@ from rtserver.core.types import (
     SubscriptionToken,
 )
 from rtserver.core.writer import (
+    DELTA_SHAPES,
     ClientWriter,
     Payload,
     SharedPush,
@@ -93,7 +95,7 @@ from rtserver.core.writer import (
     wire_shape,
 )
 from rtserver.logs import Logger, log_failure
-from rtserver.protocol import codec, protobuf
+from rtserver.protocol import codec, fossil, protobuf
 from rtserver.protocol.codes import Disconnect, Error, Unsubscribe
 from rtserver.protocol.encoding import JSON, PROTOBUF, Codec, codec_for
 from rtserver.protocol.frames import (
@@ -380,7 +382,32 @@ class Client:
                 self.insufficient_state(sub)
                 return
             sub.offset = pub.offset
+        flt = sub.tags_filter
+        if flt is not None and not push.matches(flt):
+            return  # filtered out (its offset still advanced the position above)
+        if sub.delta:
+            self._enqueue_delta(sub, pub, push)
+            return
         self._enqueue_shared(push)
+
+    def _enqueue_delta(self, sub: Subscription, pub: Publication, push: SharedPush) -> None:
+        """A delta subscriber's publication: a delta, or the full payload.
+
+        The delta when the subscriber's base is the channel's previous publication, else
+        the full payload, which becomes its base.
+        """
+        full_shape, delta_shape = DELTA_SHAPES[self._shape]
+        payload = None
+        prev = push.prev
+        if prev is not None and prev.offset and sub.delta_base == prev.offset:
+            payload = push.payload(delta_shape)
+        if payload is None:
+            payload = push.payload(full_shape)
+            if payload is None:
+                self.close(Disconnect.INAPPROPRIATE_PROTOCOL)
+                return
+        sub.delta_base = pub.offset
+        self._writer.enqueue(payload)
 
     def deliver_push(self, sub: Subscription, push: SharedPush) -> None:
         """Fan-out entry point for join/leave pushes."""
@@ -398,13 +425,24 @@ class Client:
             return
         self._writer.enqueue(payload)
 
-    def _wire_publication(self, pub: Publication) -> Result:
-        """``pub`` for a reply; raises 3506 when a JSON client cannot receive its data."""
+    def _wire_publication(self, pub: Publication, as_string: bool = False) -> Result:
+        """``pub`` for a reply; raises 3506 when a JSON client cannot receive its data.
+
+        ``as_string``: a JSON delta subscriber's recovered publication, whose ``data`` is
+        the JSON text as a JSON string (see
+        docs/client-protocol.rst, "Delta compression and tag filters").
+        """
         if self.encoding == PROTOBUF:
             return pub.to_wire()
         body = json_publication(pub)
         if body is None:
             raise Disconnect.INAPPROPRIATE_PROTOCOL
+        if as_string:
+            data = protobuf.json_payload(pub.data)
+            text = None if data is None else fossil.json_data(data)
+            if text is None:
+                raise Disconnect.INAPPROPRIATE_PROTOCOL
+            body["data"] = orjson.Fragment(text)
         return body
 
     def pause_writing(self) -> None:
@@ -726,11 +764,14 @@ class Client:
             sub, data = await self._proxy_subscribe(req)
         else:
             sub = maybe_sub
+        negotiate(sub, req)
         result = await self._establish(sub, req, reject_unrecovered=req.reject_unrecovered)
         if self._subs.get(sub.channel) is not sub:
             return  # closed or unsubscribed while waiting
         if data is not None:
             result["data"] = orjson.Fragment(data)
+        if sub.delta:
+            result["delta"] = True
         if self._sub_refresh_proxy(sub.opts) is None:
             result.update(self._expiry(sub.expire_at))
         self._schedule_sub_expiry(sub)
@@ -804,14 +845,27 @@ class Client:
             limit = self._config.recovery_max_publication_limit
             flt = recovery_filter(cache, req.offset, limit)
             history = await node.read_stream(channel, flt, sub.opts)
+
+            recovered: list[Publication] = []
+
+            def wire(pub: Publication) -> Result:
+                # recovered publications are full; the last one is a delta subscriber's base
+                sub.delta_base = pub.offset
+                recovered.append(pub)
+                return self._wire_publication(pub, sub.delta)
+
+            tags = sub.tags_filter
             result = recovery_result(
                 history,
                 req.offset,
                 req.epoch,
                 cache=cache,
                 reject_unrecovered=reject_unrecovered,
-                wire=self._wire_publication,
+                wire=wire,
+                keep=None if tags is None else (lambda pub: tags.matches(pub.tags)),
             )
+            if sub.delta and recovered:
+                node.seed_delta_base(channel, recovered[-1])
             top = history.position
         else:
             top = await node.stream_top(channel, sub.opts)

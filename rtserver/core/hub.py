@@ -23,6 +23,10 @@ class Hub(Generic[ConnT]):
     Broadcasts encode once per wire shape present among the subscribers (JSON and
     Protobuf, see :class:`SharedPush`) and iterate a snapshot of
     the subscriber set, so a delivery that closes a connection cannot break the loop.
+
+    For channels with delta subscribers the hub keeps the last publication it fanned
+    out: it is the base a publication flagged ``delta`` is encoded against (once, by the
+    shared push) when it directly follows it in the stream.
     """
 
     def __init__(self) -> None:
@@ -32,6 +36,9 @@ class Hub(Generic[ConnT]):
         # Subscribers are connections, or node-level observers (the admin UI's channel
         # inspector) that are no connection and no user.
         self._subs: dict[str, dict[Subscriber, Subscription]] = {}
+        #: Delta subscribers per channel, and the last publication of those channels.
+        self._delta_subs: dict[str, int] = {}
+        self._last: dict[str, Publication] = {}
         #: Connections accepted since start, by transport name (``/metrics``).
         self.accepted: dict[str, int] = {}
 
@@ -84,22 +91,51 @@ class Hub(Generic[ConnT]):
 
     def add_subscriber(self, channel: str, client: Subscriber, sub: Subscription) -> bool:
         """Add a subscriber; True when it is the channel's first on this node."""
+        if sub.delta:
+            self._delta_subs[channel] = self._delta_subs.get(channel, 0) + 1
         subs = self._subs.get(channel)
         if subs is None:
             self._subs[channel] = {client: sub}
             return True
+        old = subs.get(client)
         subs[client] = sub
+        if old is not None and old.delta:
+            self._forget_delta(channel)
         return False
+
+    def _forget_delta(self, channel: str) -> None:
+        count = self._delta_subs[channel] - 1
+        if count:
+            self._delta_subs[channel] = count
+        else:
+            del self._delta_subs[channel]
+            self._last.pop(channel, None)
 
     def remove_subscriber(self, channel: str, client: Subscriber) -> bool:
         """Remove a subscriber; True when the channel has none left on this node."""
         subs = self._subs.get(channel)
-        if subs is None or subs.pop(client, None) is None:
+        if subs is None:
             return False
+        sub = subs.pop(client, None)
+        if sub is None:
+            return False
+        if sub.delta:
+            self._forget_delta(channel)
         if not subs:
             del self._subs[channel]
             return True
         return False
+
+    def seed_delta_base(self, channel: str, pub: Publication) -> None:
+        """Take a recovered publication as the channel's last one, if none is known.
+
+        A delta subscriber that recovered has ``pub`` as its base; without it, the next
+        publication would go out full although the subscriber could take a delta. The
+        offset and epoch check of :meth:`broadcast_publication` keeps a stale seed
+        harmless.
+        """
+        if channel in self._delta_subs and channel not in self._last:
+            self._last[channel] = pub
 
     def has_subscribers(self, channel: str) -> bool:
         """Whether anyone on this node is subscribed to ``channel``."""
@@ -131,7 +167,19 @@ class Hub(Generic[ConnT]):
         subs = self._subs.get(channel)
         if not subs:
             return
-        push = SharedPush.publication(channel, publication)
+        prev = None
+        if channel in self._delta_subs:
+            last = self._last.get(channel)
+            if (
+                publication.delta
+                and last is not None
+                and last.offset
+                and publication.offset == last.offset + 1
+                and publication.epoch == last.epoch
+            ):
+                prev = last
+            self._last[channel] = publication
+        push = SharedPush.publication(channel, publication, prev)
         # a dict copy is a snapshot without one tuple per subscriber
         for client, sub in subs.copy().items():
             client.deliver_publication(sub, publication, push)

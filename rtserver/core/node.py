@@ -263,6 +263,10 @@ class Node:
             else:
                 log_failure(_log, result, "engine subscribe to {channel} failed", channel=channel)
 
+    def seed_delta_base(self, channel: str, pub: Publication) -> None:
+        """A delta subscriber recovered up to ``pub`` (see :meth:`Hub.seed_delta_base`)."""
+        self.hub.seed_delta_base(channel, pub)
+
     def remove_subscription(self, channel: str, client: Subscriber) -> None:
         """Remove a local subscriber; the engine stops delivering when none are left."""
         if self.hub.remove_subscriber(channel, client):
@@ -355,9 +359,14 @@ class Node:
         tags: dict[str, str] | None = None,
         skip_history: bool = False,
         idempotency_key: str = "",
+        delta: bool = False,
         opts: ChannelOptions | None = None,
     ) -> Deferred[StreamPosition]:
-        """Publish ``data`` (raw JSON) into ``channel`` on every node."""
+        """Publish ``data`` (raw JSON) into ``channel`` on every node.
+
+        ``delta`` (or the namespace's ``delta_publish``) lets subscribers that negotiated
+        delta compression receive it as a fossil delta (docs/client-protocol.rst).
+        """
         if opts is None:
             try:
                 opts = self.resolver.options(channel)
@@ -372,7 +381,9 @@ class Node:
             history_meta_ttl=self.meta_ttl(opts),
             idempotency_key=idempotency_key,
         )
-        pub = Publication(data=data, info=info, tags=tags or None)
+        pub = Publication(
+            data=data, info=info, tags=tags or None, delta=delta or opts.delta_publish
+        )
         return self.engine.publish(channel, pub, options)
 
     def history(

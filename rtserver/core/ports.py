@@ -282,6 +282,13 @@ class ClientNode(Protocol):
     def add_subscription(self, channel: str, client: Client, sub: Subscription) -> Deferred[None]:
         """Add a local subscriber; fires once the broker delivers ``channel`` here."""
 
+    def seed_delta_base(self, channel: str, pub: Publication) -> None:
+        """A delta subscriber recovered up to ``pub``.
+
+        The next publication may be a delta against it when this node has no previous
+        publication of the channel.
+        """
+
     def remove_subscription(self, channel: str, client: Client) -> None:
         """Remove a local subscriber."""
 

@@ -64,11 +64,13 @@ def recovery_result(
     cache: bool,
     reject_unrecovered: bool,
     wire: Callable[[Publication], dict[str, Any]] = Publication.to_wire,
+    keep: Callable[[Publication], bool] | None = None,
 ) -> dict[str, Any]:
     """``was_recovering``, ``recovered``, ``offset`` and ``publications`` of a recovery.
 
     ``wire`` turns a recovered publication into its wire object (the client's encoding
-    decides what a payload may be).
+    decides what a payload may be); ``keep`` (a subscriber's tag filter) drops the
+    publications it is false for.
 
     Raises:
         Error: 112 unrecoverable position when ``reject_unrecovered`` and the gap cannot
@@ -81,6 +83,8 @@ def recovery_result(
     if pubs is not None:
         result["recovered"] = True
         result["offset"] = offset
+        if keep is not None:
+            pubs = [p for p in pubs if keep(p)]
         if pubs:
             result["publications"] = [wire(p) for p in pubs]
     elif reject_unrecovered:

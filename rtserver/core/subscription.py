@@ -16,9 +16,16 @@ from rtserver.config import ChannelOptions
 from rtserver.core.permissions import may_read_history, may_read_presence
 from rtserver.core.types import Overrides, SubscriptionToken
 from rtserver.core.writer import SharedPush
+from rtserver.protocol.filters import Filter, FilterError, subscription_filter
 from rtserver.protocol.frames import Publication, SubscribeRequest
 
-__all__ = ["SubState", "Subscription", "client_subscription", "server_subscription"]
+__all__ = [
+    "SubState",
+    "Subscription",
+    "client_subscription",
+    "negotiate",
+    "server_subscription",
+]
 
 
 class SubState(enum.Enum):
@@ -36,6 +43,8 @@ class Subscription:
         "chan_info",
         "channel",
         "check_top",
+        "delta",
+        "delta_base",
         "emit_join_leave",
         "epoch",
         "expire_at",
@@ -47,6 +56,7 @@ class Subscription:
         "recoverable",
         "server_side",
         "state",
+        "tags_filter",
         "timer",
     )
 
@@ -67,6 +77,13 @@ class Subscription:
         self.expire_at = 0
         self.buffer: list[tuple[Publication | None, SharedPush]] = []
         self.timer: IDelayedCall | None = None
+        #: Fossil delta compression negotiated (publications go out as deltas).
+        self.delta = False
+        #: Offset of the last publication this delta subscriber got (its delta base);
+        #: 0 when it has none and the next publication must go out full.
+        self.delta_base = 0
+        #: The ``tf`` filter: only publications whose tags match are delivered.
+        self.tags_filter: Filter | None = None
 
     def apply(self, overrides: Overrides) -> None:
         """Apply token or API overrides of namespace options."""
@@ -115,6 +132,26 @@ def client_subscription(
         sub.chan_info = token.info
         sub.apply(token.overrides)
     return sub
+
+
+def negotiate(sub: Subscription, req: SubscribeRequest) -> None:
+    """Apply the request's ``delta`` and ``tf`` to a client subscription.
+
+    Delta is granted as in Centrifugo: requested, listed in the namespace's
+    ``allowed_delta_types``, and the subscription is positioned (which needs history);
+    otherwise the reply says nothing and publications go out plain.
+
+    Raises:
+        Error: 107 for a ``tf`` not allowed in the namespace, combined with ``delta``, or
+            malformed.
+    """
+    try:
+        sub.tags_filter = subscription_filter(
+            req.tf, delta=req.delta, allowed=sub.opts.allow_tags_filter
+        )
+    except FilterError as e:
+        raise e.to_error() from None
+    sub.delta = bool(req.delta) and req.delta in sub.opts.allowed_delta_types and sub.positioned
 
 
 def server_subscription(

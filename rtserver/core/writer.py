@@ -11,6 +11,13 @@ A publication is encoded once per wire shape (:class:`SharedPush`: JSON or Proto
 bidirectional or unidirectional) and each :class:`Payload` is shared by all subscribers
 of that shape; transports cache their framing of it on the payload, so the WebSocket
 frame for a publication is built once per shape too.
+
+Subscribers that negotiated delta compression get three more shapes (bidirectional
+only: delta is negotiated by a ``subscribe`` command): :data:`JSON_DELTA_SHAPE` and
+:data:`PB_DELTA_SHAPE` carry the fossil delta against the channel's previous
+publication, computed once per publication (:meth:`SharedPush.patch`), and
+:data:`JSON_FULL_STR_SHAPE` is the full payload as a JSON string, which is how JSON
+delta subscribers receive full payloads (Protobuf ones get the plain :data:`PB_SHAPE`).
 """
 
 from __future__ import annotations
@@ -23,14 +30,19 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from rtserver.core.ports import ISink
 from rtserver.logs import Logger
-from rtserver.protocol import codec, protobuf
+from rtserver.protocol import codec, fossil, protobuf
 from rtserver.protocol.encoding import JSON, PROTOBUF
+from rtserver.protocol.filters import Filter
 from rtserver.protocol.frames import ClientInfo, Publication
 
 __all__ = [
+    "DELTA_SHAPES",
     "ENCODERS",
+    "JSON_DELTA_SHAPE",
+    "JSON_FULL_STR_SHAPE",
     "JSON_SHAPE",
     "JSON_UNI_SHAPE",
+    "PB_DELTA_SHAPE",
     "PB_SHAPE",
     "PB_UNI_SHAPE",
     "ClientWriter",
@@ -83,6 +95,21 @@ JSON_SHAPE: Final = "json"
 JSON_UNI_SHAPE: Final = "json-uni"
 PB_SHAPE: Final = "pb"
 PB_UNI_SHAPE: Final = "pb-uni"
+#: A publication for a JSON delta subscriber: ``data`` is a JSON string holding the full
+#: payload text.
+JSON_FULL_STR_SHAPE: Final = "json-full-str"
+#: A publication for a JSON delta subscriber: ``data`` is a JSON string holding the
+#: fossil delta, and ``"delta": true``.
+JSON_DELTA_SHAPE: Final = "json-delta"
+#: A publication for a Protobuf delta subscriber: ``data`` is the delta, ``delta`` set.
+PB_DELTA_SHAPE: Final = "pb-delta"
+
+#: For a connection's shape, the shapes of a delta subscriber's publications:
+#: ``(full, delta)``. Unidirectional connections never negotiate delta.
+DELTA_SHAPES: Final[dict[str, tuple[str, str]]] = {
+    JSON_SHAPE: (JSON_FULL_STR_SHAPE, JSON_DELTA_SHAPE),
+    PB_SHAPE: (PB_SHAPE, PB_DELTA_SHAPE),
+}
 
 
 def wire_shape(encoding: str, uni: bool) -> str:
@@ -123,9 +150,13 @@ class SharedPush:
     and the caller closes that connection with 3506.
 
     New wire shapes plug in through :data:`ENCODERS` (shape -> encoder of a push).
+
+    ``prev`` is the channel's previous publication when this one may go out as a fossil
+    delta against it (the hub sets it); :meth:`patch` computes that delta once, and
+    :meth:`matches` evaluates each distinct tag filter once.
     """
 
-    __slots__ = ("_payloads", "channel", "info", "kind", "pub")
+    __slots__ = ("_patch", "_payloads", "_verdicts", "channel", "info", "kind", "prev", "pub")
 
     def __init__(
         self,
@@ -134,6 +165,7 @@ class SharedPush:
         *,
         pub: Publication | None = None,
         info: ClientInfo | None = None,
+        prev: Publication | None = None,
     ) -> None:
         if (pub is None) == (info is None):
             raise ValueError("a shared push holds a publication or a client info")
@@ -141,12 +173,46 @@ class SharedPush:
         self.kind = kind
         self.pub = pub
         self.info = info
+        self.prev = prev
         self._payloads: dict[str, Payload | None] = {}
+        self._patch: bytes | None = None
+        self._verdicts: dict[Filter, bool] | None = None
 
     @classmethod
-    def publication(cls, channel: str, pub: Publication) -> SharedPush:
-        """The ``pub`` push of a publication."""
-        return cls(channel, "pub", pub=pub)
+    def publication(
+        cls, channel: str, pub: Publication, prev: Publication | None = None
+    ) -> SharedPush:
+        """The ``pub`` push of a publication; ``prev`` is its delta base, if any."""
+        return cls(channel, "pub", pub=pub, prev=prev)
+
+    def patch(self) -> bytes | None:
+        """The fossil delta from ``prev`` to this publication, computed on first use.
+
+        None without a base, or when the delta would not be smaller than the payload
+        (then the publication goes out full, Centrifugo's rule).
+        """
+        prev, pub = self.prev, self.pub
+        if prev is None or pub is None:
+            return None
+        patch = self._patch
+        if patch is None:
+            patch, is_delta = fossil.delta_or_full(prev.data, pub.data)
+            if not is_delta:
+                self.prev = None  # not worth a delta: every delta subscriber gets it full
+                return None
+            self._patch = patch
+        return patch
+
+    def matches(self, flt: Filter) -> bool:
+        """Whether the publication's tags match ``flt``, evaluated once per filter."""
+        verdicts = self._verdicts
+        if verdicts is None:
+            verdicts = self._verdicts = {}
+        verdict = verdicts.get(flt)
+        if verdict is None:
+            assert self.pub is not None
+            verdict = verdicts[flt] = flt.matches(self.pub.tags)
+        return verdict
 
     @classmethod
     def join_leave(cls, channel: str, kind: str, info: ClientInfo) -> SharedPush:
@@ -181,12 +247,58 @@ def _pb_push(push: SharedPush, uni: bool) -> bytes:
     return protobuf.encode_join_leave_push(push.channel, push.kind, push.info, uni=uni)
 
 
-#: How a push is encoded in each wire shape (None: not expressible in that shape).
+def _json_string_push(push: SharedPush, data: bytes, delta: bool) -> bytes | None:
+    assert push.pub is not None
+    text = fossil.json_data(data)
+    if text is None:
+        return None
+    body = push.pub.to_wire()
+    body["data"] = orjson.Fragment(text)
+    if delta:
+        body["delta"] = True
+    return codec.encode_push(push.channel, "pub", body, uni=False)
+
+
+def _json_full_str_push(push: SharedPush) -> bytes | None:
+    # the JSON text JSON clients get (json_payload), as a string
+    assert push.pub is not None
+    data = protobuf.json_payload(push.pub.data)
+    if data is None:
+        return None
+    return _json_string_push(push, data, False)
+
+
+def _json_delta_push(push: SharedPush) -> bytes | None:
+    # A JSON client's base is the JSON text it got; a delta between raw payloads only
+    # rebuilds it when neither payload was changed on the way to JSON.
+    patch = push.patch()
+    if patch is None:
+        return None
+    assert push.pub is not None and push.prev is not None
+    for data in (push.prev.data, push.pub.data):
+        if protobuf.json_payload(data) is not data:
+            return None
+    return _json_string_push(push, patch, True)
+
+
+def _pb_delta_push(push: SharedPush) -> bytes | None:
+    patch = push.patch()
+    if patch is None:
+        return None
+    assert push.pub is not None
+    return protobuf.encode_publication_push(push.channel, push.pub, data=patch, delta=True)
+
+
+#: How a push is encoded in each wire shape (None: not expressible in that shape; for a
+#: delta shape: no delta, send the full shape).
 ENCODERS: Final[dict[str, Callable[[SharedPush], bytes | None]]] = {
     JSON_SHAPE: lambda push: _json_push(push, False),
     JSON_UNI_SHAPE: lambda push: _json_push(push, True),
     PB_SHAPE: lambda push: _pb_push(push, False),
     PB_UNI_SHAPE: lambda push: _pb_push(push, True),
+    JSON_FULL_STR_SHAPE: _json_full_str_push,
+    JSON_DELTA_SHAPE: _json_delta_push,
+    PB_DELTA_SHAPE: _pb_delta_push,
 }
 
 

@@ -3,7 +3,8 @@
 Payloads are JSON (orjson), **not** the Protobuf messages of Go Centrifugo: nodes of
 the two servers must never share a Redis prefix.
 
-* A publication is a JSON header object (``info``, ``tags``, ``time``; omit-empty), a
+* A publication is a JSON header object (``info``, ``tags``, ``time``, ``delta``;
+  omit-empty), a
   newline, then the publication ``data`` bytes unchanged. Compact JSON never contains a
   newline, so splitting at the first newline is exact and ``data`` is never re-encoded.
 * On a channel's PUB/SUB subject, a message is a publication (optionally prefixed
@@ -112,6 +113,8 @@ def encode_publication(publication: Publication) -> bytes:
         header["tags"] = publication.tags
     if publication.time:
         header["time"] = publication.time
+    if publication.delta:
+        header["delta"] = True
     return orjson.dumps(header) + b"\n" + publication.data
 
 
@@ -129,12 +132,15 @@ def decode_publication(payload: bytes, offset: int = 0, epoch: str = "") -> Publ
     info = header.get("info")
     tags = header.get("tags")
     time = header.get("time", 0)
+    delta = header.get("delta", False)
     if tags is not None and not (
         isinstance(tags, dict) and all(isinstance(v, str) for v in tags.values())
     ):
         raise WireError("publication tags must map strings to strings")
     if not isinstance(time, int):
         raise WireError("publication time must be an integer")
+    if not isinstance(delta, bool):
+        raise WireError("publication delta must be a boolean")
     return Publication(
         data=data,
         info=None if info is None else _info_from(info),
@@ -142,6 +148,7 @@ def decode_publication(payload: bytes, offset: int = 0, epoch: str = "") -> Publ
         tags=tags or None,
         time=time,
         epoch=epoch,
+        delta=delta,
     )
 
 

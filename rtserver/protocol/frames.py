@@ -110,7 +110,10 @@ class Publication:
 
     ``epoch`` is the stream epoch the engine assigned ``offset`` in (empty without
     history); it is not sent to clients, but lets a subscriber notice a stream that
-    restarted under it.
+    restarted under it. ``delta`` is the publisher's request (API ``delta`` flag or the
+    namespace's ``delta_publish``) that subscribers which negotiated delta compression
+    get it as a fossil delta against the channel's previous publication; it is not the
+    client-protocol ``delta`` field (which marks a ``data`` that *is* a delta).
     """
 
     data: bytes
@@ -119,6 +122,7 @@ class Publication:
     tags: dict[str, str] | None = None
     time: int = 0
     epoch: str = ""
+    delta: bool = False
 
     def to_wire(self) -> dict[str, Any]:
         """The client-protocol ``Publication`` object (omit-empty)."""

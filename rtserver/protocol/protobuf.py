@@ -680,8 +680,7 @@ def _client_info(info: ClientInfo) -> bytes:
     return out
 
 
-def _publication(pub: PublicationValue) -> bytes:
-    data = pub.data
+def _publication(pub: PublicationValue, data: bytes, delta: bool) -> bytes:
     out = b"\x22" + _uvarint(len(data)) + data if data else b""
     if pub.info is not None:
         info = _client_info(pub.info)
@@ -694,15 +693,26 @@ def _publication(pub: PublicationValue) -> bytes:
             v = value.encode()
             entry = b"\x0a" + _uvarint(len(k)) + k + b"\x12" + _uvarint(len(v)) + v
             out += b"\x3a" + _uvarint(len(entry)) + entry
+    if delta:
+        out += b"\x40\x01"
     return out
 
 
-def encode_publication_push(channel: str, pub: PublicationValue, *, uni: bool = False) -> bytes:
+def encode_publication_push(
+    channel: str,
+    pub: PublicationValue,
+    *,
+    uni: bool = False,
+    data: bytes | None = None,
+    delta: bool = False,
+) -> bytes:
     """The ``pub`` push of ``pub``, built from the value directly (the fan-out hot path).
 
     Byte for byte what ``encode_push(channel, "pub", pub.to_wire(), uni=uni)`` returns.
+    ``data`` replaces the publication's data and ``delta`` sets its ``delta`` field (a
+    fossil delta for a subscriber that negotiated delta compression).
     """
-    body = _publication(pub)
+    body = _publication(pub, pub.data if data is None else data, delta)
     ch = channel.encode()
     push = (b"\x12" + _uvarint(len(ch)) + ch if ch else b"") + b"\x22" + _uvarint(len(body)) + body
     if uni:

@@ -104,6 +104,7 @@ def test_publication_round_trip_keeps_data_bytes() -> None:
         info=ClientInfo("u", "c", conn_info=b'{"x":null}', chan_info=b"[1]"),
         tags={"k": "v"},
         time=1700000000000,
+        delta=True,  # the publisher's delta flag reaches every node's subscribers
     )
     payload = encode_publication(pub)
     decoded = decode_publication(payload, 5, "ep")
@@ -127,6 +128,7 @@ def test_client_info_round_trip() -> None:
         b"x\n1",
         b'{"tags":{"a":1}}\n1',
         b'{"time":"1"}\n1',
+        b'{"delta":1}\n1',
         b'{"info":{"user":1}}\n1',
     ],
 )
