@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from harness import NODE_MODULES, Server, base_config, merge
+from natsserver import NatsServer, require_nats_server
 from redisserver import RedisServer, require_redis_server
 
 HERE = Path(__file__).resolve().parent
@@ -23,6 +24,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if HERE in Path(str(item.path)).resolve().parents:
             item.add_marker(pytest.mark.interop)
+
+
+@pytest.fixture
+def nats() -> Iterator[NatsServer]:
+    """A fresh ``nats-server`` on a free port."""
+    server = NatsServer(binary=require_nats_server()).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -27,7 +27,6 @@ from pysdk import (
     sdk_client,
     subscribe,
 )
-from test_cluster_nats import nats  # noqa: F401 - the fixture
 from test_cluster_nodes import Cluster
 
 COUNT = 10

@@ -19,7 +19,7 @@ from typing import Any
 import cent
 import pytest
 from harness import merge, run_emulation_pubsub
-from natsserver import NatsServer, require_nats_server
+from natsserver import NatsServer
 from pysdk import Recorder, in_thread, name, run_scenario
 from test_cluster_nodes import (
     CLUSTER_TIMEOUT,
@@ -31,15 +31,6 @@ from test_cluster_nodes import (
 )
 
 NO_HISTORY = {"history_size": 0, "history_ttl": "0s", "force_recovery": False}
-
-
-@pytest.fixture
-def nats() -> Iterator[NatsServer]:
-    server = NatsServer(binary=require_nats_server()).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _start(cluster: Cluster) -> Cluster:
