@@ -147,6 +147,9 @@ class LogConfig:
     """Logging."""
 
     level: str = "info"
+    #: ``text`` (twistd's lines) or ``json`` (one JSON object per line); rtserver's own
+    #: key, Centrifugo has no equivalent.
+    format: str = "text"
 
 
 @dataclass(frozen=True)
@@ -1258,6 +1261,8 @@ def validate(config: Config) -> None:
     _validate_broker(config)
     if config.log.level not in ("trace", "debug", "info", "warn", "error", "fatal", "none"):
         raise ConfigError(f"log.level: unknown level {config.log.level!r}")
+    if config.log.format not in ("text", "json"):
+        raise ConfigError(f"log.format: unknown format {config.log.format!r} (text or json)")
     if config.websocket.message_size_limit < 1024:
         raise ConfigError("websocket.message_size_limit: must be at least 1024 bytes")
     if client.queue_max_size < 1024:

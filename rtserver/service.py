@@ -187,6 +187,8 @@ class Reloader:
         for warning in warnings:
             _log.warn("config: {warning}", warning=warning)
         fixed = [name for name in _RESTART_SECTIONS if getattr(new, name) != getattr(old, name)]
+        if new.log.format != old.log.format:
+            fixed.append("log.format")
         api = dataclasses.replace(
             old.http_api, key=new.http_api.key, insecure=new.http_api.insecure
         )
@@ -203,8 +205,9 @@ class Reloader:
         if admin.enabled and not admin.insecure and not (admin.password and admin.secret):
             _log.error("config reload refused: the admin UI would have no password or secret")
             return False
+        log = dataclasses.replace(new.log, format=old.log.format)
         applied = dataclasses.replace(
-            old, log=new.log, client=new.client, channel=new.channel, http_api=api, admin=admin
+            old, log=log, client=new.client, channel=new.channel, http_api=api, admin=admin
         )
         logs.set_level(applied.log.level)
         node = self.node
@@ -312,9 +315,6 @@ def build_verifier(config: Config, reactor: Any) -> JWTVerifier | None:
 
         fetch = treq_fetcher(reactor)
     return JWTVerifier.from_config(config.client, clock=reactor, fetch=fetch)
-
-
-
 
 
 class ProxyPoolService(Service):
