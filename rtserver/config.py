@@ -443,10 +443,15 @@ class SockJSConfig:
 
 @dataclass(frozen=True)
 class HealthConfig:
-    """``GET /health`` (on by default, unlike Centrifugo)."""
+    """``GET /health`` (on by default, unlike Centrifugo) and ``GET /ready``."""
 
     enabled: bool = True
     handler_prefix: str = "/health"
+    #: Readiness (rtserver's own): 503 while starting, draining or the engine is down.
+    ready_handler_prefix: str = "/ready"
+    #: On SIGTERM, answer 503 on readiness for this long, still serving, before closing
+    #: listeners and clients (rtserver's own; 0 = close at once).
+    drain_delay: float = duration(0.0)
 
 
 @dataclass(frozen=True)
@@ -1261,6 +1266,11 @@ def validate(config: Config) -> None:
     _validate_broker(config)
     if config.log.level not in ("trace", "debug", "info", "warn", "error", "fatal", "none"):
         raise ConfigError(f"log.level: unknown level {config.log.level!r}")
+    if config.health.enabled and config.health.ready_handler_prefix in (
+        "",
+        config.health.handler_prefix,
+    ):
+        raise ConfigError("health.ready_handler_prefix: must be set and differ from handler_prefix")
     if config.log.format not in ("text", "json"):
         raise ConfigError(f"log.format: unknown format {config.log.format!r} (text or json)")
     if config.websocket.message_size_limit < 1024:

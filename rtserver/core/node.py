@@ -112,6 +112,9 @@ class Node:
         self._started_at = clock.seconds()
         self._subscribing: dict[str, list[Deferred[None]]] = {}
         self._running = False
+        #: ``starting`` until the engine has started, then ``ready``; ``draining`` once
+        #: shutdown began, ``stopped`` after (see :meth:`readiness`).
+        self.phase = "starting"
         self.open_clients = 0  # made and not yet closed (connected or not)
         self._rate_second = -1
         self._rate_count = 0
@@ -134,11 +137,34 @@ class Node:
     def start(self) -> Deferred[None]:
         """Start the engine and begin serving; join the cluster on a shared engine."""
         self._running = True
+        self.phase = "starting"
         self._started_at = self.clock.seconds()
         d = self.engine.start(self)
+        d.addCallback(self._serving)
         if self.shared_engine:
             d.addBoth(self._join_cluster)
         return d
+
+    def _serving(self, result: None) -> None:
+        if self.phase == "starting":
+            self.phase = "ready"
+        return result
+
+    def drain(self) -> None:
+        """Shutdown began: report not ready (clients are still served until :meth:`stop`)."""
+        if self.phase in ("starting", "ready"):
+            self.phase = "draining"
+
+    def readiness(self) -> str:
+        """``ready``, or why not.
+
+        ``starting``, ``draining``, ``stopped`` or ``engine unavailable``.
+        """
+        if self.phase != "ready":
+            return self.phase
+        if not self.engine.healthy:
+            return "engine unavailable"
+        return "ready"
 
     def _join_cluster(self, result: Failure | None) -> Failure | None:
         """Once the engine tried its links: start the cluster's periodic work.
@@ -159,6 +185,7 @@ class Node:
     def stop(self, disconnect: Disconnect = Disconnect.SHUTDOWN) -> Deferred[None]:
         """Disconnect every client (reconnect code 3001), leave the cluster, stop the engine."""
         self._running = False
+        self.phase = "stopped"
         for client in self.hub.clients():
             client.close(disconnect)
         self.scheduler.stop()
@@ -259,9 +286,7 @@ class Node:
                 waiter.callback(None)
         if isinstance(result, Failure) and not self.hub.has_subscribers(channel):
             if isinstance(result.value, Error):  # the engine refused the channel
-                _log.debug(
-                    "engine refused {channel}: {error}", channel=channel, error=result.value
-                )
+                _log.debug("engine refused {channel}: {error}", channel=channel, error=result.value)
             else:
                 _log.failure("engine subscribe to {channel} failed", result, channel=channel)
 
