@@ -398,6 +398,7 @@ def build_proxies(
             timeout=proxy.timeout,
             binary=proxy.binary_encoding,
             include_meta=proxy.include_connection_meta,
+            protocol="grpc" if proxy.endpoint.startswith("grpc://") else "http",
         )
 
     proxies = Proxies(rpc_config=config.rpc)
@@ -417,11 +418,11 @@ def build_proxies(
             tables[kind][name] = http(name, proxy)
     if hooks is not None:
         backend = HookProxy(hooks)
-        entry = ProxyEntry(hooks.name, backend, timeout=hooks.timeout)
+        entry = ProxyEntry(hooks.name, backend, timeout=hooks.timeout, protocol="hooks")
         if hooks.connect is not None:
-            proxies.connect = ProxyEntry("hooks", backend, timeout=hooks.timeout)
+            proxies.connect = ProxyEntry("hooks", backend, timeout=hooks.timeout, protocol="hooks")
         if hooks.refresh is not None:
-            proxies.refresh = ProxyEntry("hooks", backend, timeout=hooks.timeout)
+            proxies.refresh = ProxyEntry("hooks", backend, timeout=hooks.timeout, protocol="hooks")
         for kind, hook in (
             ("subscribe", hooks.subscribe),
             ("publish", hooks.publish),
