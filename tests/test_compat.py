@@ -199,3 +199,5 @@ def test_twistd_takes_the_logger_a_plugin_sets(tmp_path: Any) -> None:
     options.parseOptions(["--logger", "rtserver.logs.json_observer", "rtserver"])
     assert options.subOptions.parent is options
     assert _compat.set_twistd_logger(options.subOptions, "x.y") is None
+    # options parsed outside twistd (no parent): nothing to set
+    assert _compat.set_twistd_logger(object(), "x.y") is None

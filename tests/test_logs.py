@@ -73,6 +73,16 @@ def test_observer_writes_one_line_per_event() -> None:
     assert [json.loads(line)["message"] for line in lines] == ["a\nb", "c"]
 
 
+def test_json_observer_writes_to_stdout_without_a_logfile(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for logfile in (None, "-"):
+        logs.set_json_output(logfile)
+        logs.json_observer()({"log_format": "to stdout", "log_time": 0})
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line)["message"] for line in lines] == ["to stdout", "to stdout"]
+
+
 def test_unknown_format_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"log\.format: unknown format 'xml'"):
         rtconfig.from_mapping({"log": {"format": "xml"}})

@@ -162,6 +162,19 @@ def test_bad_regex_is_a_config_error(section: str, key: str) -> None:
         JWTVerifier(TokenConfig(hmac_secret_key=CURRENT, **{key: "(["}))
 
 
+def test_checkconfig_reports_a_bad_pattern(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rtserver.cli import main
+
+    path = tmp_path / "c.json"
+    token = {"hmac_secret_key": CURRENT, "issuer_regex": "(["}
+    path.write_text(json.dumps({"client": {"subscription_token": token}}))
+    assert main(["checkconfig", "-c", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: client.subscription_token.issuer_regex: not a valid regular")
+
+
 # --- a running server rotated with SIGHUP ---------------------------------------------------
 
 
