@@ -154,6 +154,8 @@ def _supervisor(options: Options) -> IService:
         lambda index: workers.twistd_argv(args, index),
         reactor,
         held=held,
+        # workers stay up, not ready, for health.drain_delay before they drain
+        stop_timeout=15.0 + cfg.health.drain_delay,
     )
 
 
