@@ -60,7 +60,11 @@ print(json.dumps(out))
 def run(tree: str) -> dict[str, float]:
     env = dict(os.environ, PYTHONPATH=os.path.abspath(tree))
     done = subprocess.run(
-        [sys.executable, "-c", _CHILD], env=env, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-c", _CHILD],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
         check=True,
     )
     result: dict[str, float] = json.loads(done.stdout)
@@ -80,7 +84,8 @@ def main() -> None:
     for op in results["a"][0]:
         a = statistics.median(r[op] for r in results["a"])
         b = statistics.median(r[op] for r in results["b"])
-        print(f"{op:12s}  A {a:6.2f} us  B {b:6.2f} us  B-A {b - a:+.2f} us ({(b / a - 1) * 100:+.1f}%)")
+        change = (b / a - 1) * 100
+        print(f"{op:12s}  A {a:6.2f} us  B {b:6.2f} us  B-A {b - a:+.2f} us ({change:+.1f}%)")
 
 
 if __name__ == "__main__":
