@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_twisted
 import requests
 from harness import base_config, merge, spawn_server, stop_server
 from prometheus_client import generate_latest
@@ -140,6 +141,22 @@ def test_engine_failures_are_counted() -> None:
     got = parse(generate_latest(registry_for(node)).decode())
     assert value(got, "rtserver_engine_errors", operation="publish") == 1
     assert value(got, "rtserver_engine_duration_seconds_count", operation="publish") == 1
+    node.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_server_api_engine_calls_are_timed() -> None:
+    """presence, presence_stats and history_remove of the server API count as round trips."""
+    from rtserver.api.executor import APIExecutor
+
+    node, _ = make_node(SETTINGS)
+    executor = APIExecutor(node)
+    for method in ("presence", "presence_stats", "history_remove"):
+        reply = await executor.call(method, {"channel": "room"})
+        assert "result" in reply, reply
+    got = parse(generate_latest(registry_for(node)).decode())
+    for op in ("presence", "presence_stats", "remove_history"):
+        assert value(got, "rtserver_engine_duration_seconds_count", operation=op) == 1, op
     node.stop()
 
 
