@@ -24,6 +24,7 @@ __all__ = [
     "preset_protocol_options",
     "redis_protocol_base",
     "send_now",
+    "set_twistd_logger",
     "use_clock",
 ]
 
@@ -67,6 +68,33 @@ def send_now(transport: object, data: bytes) -> int:
         return 0
 
 
+# --- Twisted: the log observer of twistd, chosen by a plugin's options ----------------------
+#
+# twistd builds its log observer from its own options (``--logger``, ``--logfile``) after
+# the plugin's options are parsed and before the plugin's service starts. A plugin's
+# ``usage.Options`` reaches twistd's options through ``parent`` (set by ``usage`` on
+# sub-command options); setting ``--logger`` there before twistd's ``postOptions``
+# resolves it makes twistd install the plugin's observer instead of its text one.
+
+
+def set_twistd_logger(options: Any, factory: str) -> str | None:
+    """Make twistd log through ``factory`` (a dotted name) unless ``--logger`` was given.
+
+    Args:
+        options: The plugin's ``usage.Options`` inside ``postOptions``.
+        factory: Fully-qualified name of a callable returning an ``ILogObserver``.
+
+    Returns:
+        twistd's ``--logfile`` ("" when none), or None when ``options`` has no twistd
+        parent or ``--logger`` was given on the command line (nothing changed).
+    """
+    parent = getattr(options, "parent", None)
+    if parent is None or "logger" not in parent or parent["logger"] is not None:
+        return None
+    parent["logger"] = factory
+    return str(parent.get("logfile") or "")
+
+
 # --- Autobahn: connection options as class attributes -------------------------------------
 #
 # ``WebSocketProtocol._connectionMade`` copies every name in ``CONFIG_ATTRS`` from the
@@ -78,9 +106,7 @@ def send_now(transport: object, data: bytes) -> int:
 # ``CONFIG_ATTRS`` is read nowhere else in Autobahn.
 
 
-def preset_protocol_options(
-    factory: Any, base: type[WebSocketServerProtocol]
-) -> dict[str, Any]:
+def preset_protocol_options(factory: Any, base: type[WebSocketServerProtocol]) -> dict[str, Any]:
     """Set ``factory.protocol`` to a subclass of ``base`` carrying the factory's options.
 
     Call it after the factory's last ``setProtocolOptions``. The subclass keeps the base

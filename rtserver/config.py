@@ -147,6 +147,9 @@ class LogConfig:
     """Logging."""
 
     level: str = "info"
+    #: ``text`` (twistd's lines) or ``json`` (one JSON object per line); rtserver's own
+    #: key, Centrifugo has no equivalent.
+    format: str = "text"
 
 
 @dataclass(frozen=True)
@@ -154,12 +157,20 @@ class TokenConfig:
     """Keys and checks for JWT verification."""
 
     hmac_secret_key: str = field(default="", repr=False)
+    #: The HMAC key before a rotation: tokens signed with it still verify (until
+    #: ``hmac_previous_secret_key_valid_until``, unix seconds, when that is not 0).
+    hmac_previous_secret_key: str = field(default="", repr=False)
+    hmac_previous_secret_key_valid_until: int = 0
     rsa_public_key: str = ""
     ecdsa_public_key: str = ""
     #: URL of a JSON Web Key Set (RSA, EC and OKP keys chosen by the token's ``kid``).
     jwks_public_endpoint: str = ""
     audience: str = ""
+    #: A regular expression one ``aud`` value must match (searched, not anchored).
+    audience_regex: str = ""
     issuer: str = ""
+    #: A regular expression ``iss`` must match (searched, not anchored).
+    issuer_regex: str = ""
     user_id_claim: str = ""
 
 
@@ -432,10 +443,15 @@ class SockJSConfig:
 
 @dataclass(frozen=True)
 class HealthConfig:
-    """``GET /health`` (on by default, unlike Centrifugo)."""
+    """``GET /health`` (on by default, unlike Centrifugo) and ``GET /ready``."""
 
     enabled: bool = True
     handler_prefix: str = "/health"
+    #: Readiness (rtserver's own): 503 while starting, draining or the engine is down.
+    ready_handler_prefix: str = "/ready"
+    #: On SIGTERM, answer 503 on readiness for this long, still serving, before closing
+    #: listeners and clients (rtserver's own; 0 = close at once).
+    drain_delay: float = duration(0.0)
 
 
 @dataclass(frozen=True)
@@ -1250,6 +1266,13 @@ def validate(config: Config) -> None:
     _validate_broker(config)
     if config.log.level not in ("trace", "debug", "info", "warn", "error", "fatal", "none"):
         raise ConfigError(f"log.level: unknown level {config.log.level!r}")
+    if config.health.enabled and config.health.ready_handler_prefix in (
+        "",
+        config.health.handler_prefix,
+    ):
+        raise ConfigError("health.ready_handler_prefix: must be set and differ from handler_prefix")
+    if config.log.format not in ("text", "json"):
+        raise ConfigError(f"log.format: unknown format {config.log.format!r} (text or json)")
     if config.websocket.message_size_limit < 1024:
         raise ConfigError("websocket.message_size_limit: must be at least 1024 bytes")
     if client.queue_max_size < 1024:
@@ -1257,6 +1280,8 @@ def validate(config: Config) -> None:
     if client.max_messages_in_frame < 1:
         raise ConfigError("client.max_messages_in_frame: must be at least 1")
     _validate_admin(config)
+    _validate_token(client.token, "client.token")
+    _validate_token(client.subscription_token, "client.subscription_token")
     tls = config.http_server.tls
     if tls.enabled and not (tls.cert_pem_file and tls.key_pem_file):
         raise ConfigError("http_server.tls: cert_pem_file and key_pem_file are required")
@@ -1273,6 +1298,20 @@ def validate(config: Config) -> None:
         seen.add(ns.name)
         _validate_options(ns, key, config)
     _validate_proxies(config)
+
+
+def _validate_token(token: TokenConfig, key: str) -> None:
+    for name in ("audience_regex", "issuer_regex"):
+        pattern = getattr(token, name)
+        if pattern:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ConfigError(f"{key}.{name}: not a valid regular expression ({e})") from None
+    if token.hmac_previous_secret_key and not token.hmac_secret_key:
+        raise ConfigError(f"{key}.hmac_previous_secret_key: set without hmac_secret_key")
+    if token.hmac_previous_secret_key_valid_until < 0:
+        raise ConfigError(f"{key}.hmac_previous_secret_key_valid_until: must not be negative")
 
 
 def _validate_endpoint(proxy: ProxyConfig, key: str) -> None:

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from twisted.application.service import MultiService, Service
 from twisted.application.strports import service as strports_service
 from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.task import deferLater
 from twisted.web.resource import Resource
 
 from rtserver import logs
@@ -43,7 +44,7 @@ from rtserver.web.admin import AdminRoot, admin_root
 from rtserver.web.api import APIResource
 from rtserver.web.apifast import APIFastPath
 from rtserver.web.cors import CORSResource
-from rtserver.web.health import HealthResource
+from rtserver.web.health import HealthResource, ReadyResource
 from rtserver.web.site import Branch, HTTPStats, RTSite, mount
 
 __all__ = [
@@ -79,6 +80,32 @@ class Drainable(Protocol):
     def wait_closed(self, timeout: float) -> Deferred[None]:
         """Fires when every connection has closed, or after ``timeout`` seconds."""
         ...
+
+
+class ServerService(MultiService):
+    """The whole server; on stop, first reports not ready for ``drain_delay`` seconds.
+
+    During the delay everything keeps serving (listeners open, clients connected) while
+    ``/ready`` answers 503 ``draining``, so a balancer stops sending new clients before
+    the listeners close and clients get 3001 (``health.drain_delay``).
+    """
+
+    def __init__(self, node: Node, drain_delay: float, reactor: Any) -> None:
+        super().__init__()
+        self.node = node
+        self._delay = drain_delay
+        self._reactor = reactor
+
+    def stopService(self) -> Deferred[Any]:
+        self.node.drain()
+        if self._delay <= 0:
+            return super().stopService()
+        _log.info(
+            "shutting down: not ready for {delay:g}s (health.drain_delay), then closing",
+            delay=self._delay,
+        )
+        d: Deferred[None] = deferLater(self._reactor, self._delay, lambda: None)
+        return d.addCallback(lambda _: MultiService.stopService(self))
 
 
 class NodeService(Service):
@@ -187,6 +214,8 @@ class Reloader:
         for warning in warnings:
             _log.warn("config: {warning}", warning=warning)
         fixed = [name for name in _RESTART_SECTIONS if getattr(new, name) != getattr(old, name)]
+        if new.log.format != old.log.format:
+            fixed.append("log.format")
         api = dataclasses.replace(
             old.http_api, key=new.http_api.key, insecure=new.http_api.insecure
         )
@@ -203,8 +232,9 @@ class Reloader:
         if admin.enabled and not admin.insecure and not (admin.password and admin.secret):
             _log.error("config reload refused: the admin UI would have no password or secret")
             return False
+        log = dataclasses.replace(new.log, format=old.log.format)
         applied = dataclasses.replace(
-            old, log=new.log, client=new.client, channel=new.channel, http_api=api, admin=admin
+            old, log=log, client=new.client, channel=new.channel, http_api=api, admin=admin
         )
         logs.set_level(applied.log.level)
         node = self.node
@@ -314,9 +344,6 @@ def build_verifier(config: Config, reactor: Any) -> JWTVerifier | None:
     return JWTVerifier.from_config(config.client, clock=reactor, fetch=fetch)
 
 
-
-
-
 class ProxyPoolService(Service):
     """Closes the proxies' connections (HTTP keep-alive pool, GRPC channels) at stop."""
 
@@ -371,6 +398,7 @@ def build_proxies(
             timeout=proxy.timeout,
             binary=proxy.binary_encoding,
             include_meta=proxy.include_connection_meta,
+            protocol="grpc" if proxy.endpoint.startswith("grpc://") else "http",
         )
 
     proxies = Proxies(rpc_config=config.rpc)
@@ -390,11 +418,11 @@ def build_proxies(
             tables[kind][name] = http(name, proxy)
     if hooks is not None:
         backend = HookProxy(hooks)
-        entry = ProxyEntry(hooks.name, backend, timeout=hooks.timeout)
+        entry = ProxyEntry(hooks.name, backend, timeout=hooks.timeout, protocol="hooks")
         if hooks.connect is not None:
-            proxies.connect = ProxyEntry("hooks", backend, timeout=hooks.timeout)
+            proxies.connect = ProxyEntry("hooks", backend, timeout=hooks.timeout, protocol="hooks")
         if hooks.refresh is not None:
-            proxies.refresh = ProxyEntry("hooks", backend, timeout=hooks.timeout)
+            proxies.refresh = ProxyEntry("hooks", backend, timeout=hooks.timeout, protocol="hooks")
         for kind, hook in (
             ("subscribe", hooks.subscribe),
             ("publish", hooks.publish),
@@ -540,6 +568,7 @@ def build_sites(
         mount(root, config.prometheus.handler_prefix, MetricsResource(registry))
     if config.health.enabled:
         mount(root, config.health.handler_prefix, HealthResource(node.engine))
+        mount(root, config.health.ready_handler_prefix, ReadyResource(node))
     internal_site = None
     if admin_tree is not None:
         if internal:
@@ -701,7 +730,7 @@ def build(
     executor = APIExecutor(node)
     sites = build_sites(node, config, reactor, executor)
     site, internal_site, drains = sites.site, sites.internal, sites.drains
-    top = MultiService()
+    top = ServerService(node, config.health.drain_delay, reactor)
     top.setName("rtserver")
     endpoints = listen or default_listen(config)
     if closing is not None:
@@ -720,5 +749,4 @@ def build(
     if internal_site is not None:
         for desc in internal_endpoints:
             listen_on(desc, internal_site, reactor).setServiceParent(top)
-    top.node = node  # type: ignore[attr-defined]
     return top

@@ -11,6 +11,8 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from rtserver import config as rtconfig
+from rtserver import logs
+from rtserver._compat import set_twistd_logger
 from rtserver.logs import Logger
 
 #: Loads the configuration again (as rtserver.service.Loader).
@@ -74,6 +76,10 @@ class Options(usage.Options):
             name = worker_name(cfg, index)
             overrides["node"] = {"name": name}
             cfg = dataclasses.replace(cfg, node=dataclasses.replace(cfg.node, name=name))
+        if cfg.log.format == "json":
+            logfile = set_twistd_logger(self, "rtserver.logs.json_observer")
+            if logfile is not None:
+                logs.set_json_output(logfile)
         self["config_object"] = cfg
         self["overrides"] = overrides
         self["warnings"] = warnings
@@ -148,6 +154,8 @@ def _supervisor(options: Options) -> IService:
         lambda index: workers.twistd_argv(args, index),
         reactor,
         held=held,
+        # workers stay up, not ready, for health.drain_delay before they drain
+        stop_timeout=15.0 + cfg.health.drain_delay,
     )
 
 

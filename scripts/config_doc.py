@@ -30,12 +30,18 @@ MEANING = {
     "http_server.max_unfinished_request_heads":
         "new connections get 503 + close while this many heads are open; 0 = off",
     "log.level": "trace, debug, info, warn, error, fatal or none",
+    "log.format": "``text`` or ``json`` (one JSON object per line; rtserver's own key)",
     "client.token.hmac_secret_key": "HS256/384/512 secret for connection tokens",
+    "client.token.hmac_previous_secret_key": "the HMAC secret before a rotation, still accepted",
+    "client.token.hmac_previous_secret_key_valid_until":
+        "unix seconds after which the previous secret is refused; 0 = no end",
     "client.token.rsa_public_key": "PEM public key for RS256/384/512",
     "client.token.ecdsa_public_key": "PEM public key for ES256/384/512",
     "client.token.jwks_public_endpoint": "JWKS URL: RSA, EC and Ed25519 keys by ``kid``",
     "client.token.audience": "required ``aud`` (checked only when set)",
+    "client.token.audience_regex": "pattern one ``aud`` value must match (searched; anchor it)",
     "client.token.issuer": "required ``iss`` (checked only when set)",
+    "client.token.issuer_regex": "pattern ``iss`` must match (searched; anchor it)",
     "client.token.user_id_claim": "claim (dotted path) holding the user id instead of ``sub``",
     "client.subscription_token.enabled": "verify subscription tokens with the keys of this block",
     "client.allowed_origins":
@@ -128,6 +134,8 @@ MEANING = {
     "sockjs.max_request_body_size": "413 beyond (``xhr_send``/``jsonp_send``)",
     "health.enabled": "serve the health endpoint",
     "health.handler_prefix": "path of the health endpoint",
+    "health.ready_handler_prefix": "path of the readiness endpoint (503 starting/draining)",
+    "health.drain_delay": "on SIGTERM, not ready for this long before closing; 0 = off",
     "engine.type": "memory (one process) or redis (a cluster of nodes)",
     "engine.redis.address":
         "a string or a list (several shard channels): ``host:port``, ``redis://``, "

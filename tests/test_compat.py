@@ -169,3 +169,35 @@ def test_redis_reply_timeouts_run_on_the_injected_clock() -> None:
     assert failures == []
     clock.advance(0.2)
     assert len(failures) == 1 and failures[0].check(txredisapi.TimeoutError)
+
+
+# --- Twisted: twistd's log observer set from a plugin's options -------------------------
+
+
+def test_twistd_takes_the_logger_a_plugin_sets(tmp_path: Any) -> None:
+    """A plugin's ``parent`` is twistd's options; ``--logger`` set there is resolved."""
+    import json
+
+    from twisted.application import app
+    from twisted.scripts.twistd import ServerOptions
+
+    from rtserver import logs
+
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"log": {"format": "json"}}))
+    log = tmp_path / "x.log"
+    options = ServerOptions()
+    options.parseOptions(["--logfile", str(log), "rtserver", "-c", str(cfg)])
+    assert options["logger"] is logs.json_observer
+    assert app.AppLogger(options)._observerFactory is logs.json_observer
+    observer = logs.json_observer()
+    observer({"log_format": "hello {who}", "who": "x", "log_time": 0.0})
+    assert json.loads(log.read_text())["message"] == "hello x"
+    logs.set_json_output("")
+    # an explicit --logger wins
+    options = ServerOptions()
+    options.parseOptions(["--logger", "rtserver.logs.json_observer", "rtserver"])
+    assert options.subOptions.parent is options
+    assert _compat.set_twistd_logger(options.subOptions, "x.y") is None
+    # options parsed outside twistd (no parent): nothing to set
+    assert _compat.set_twistd_logger(object(), "x.y") is None

@@ -271,13 +271,13 @@ class APIExecutor:
     async def presence(self, params: dict[str, Any]) -> Result:
         """Who is in ``channel``: ``{"presence": {client_id: ClientInfo}}``."""
         channel = self._presence_channel(params)
-        clients = await self._node.engine.presence(channel)
+        clients = await self._node.presence(channel)
         return {"presence": {cid: info.to_wire() for cid, info in clients.items()}}
 
     async def presence_stats(self, params: dict[str, Any]) -> Result:
         """How many connections and distinct users are in ``channel``."""
         channel = self._presence_channel(params)
-        stats = await self._node.engine.presence_stats(channel)
+        stats = await self._node.presence_stats(channel)
         return {"num_clients": stats.num_clients, "num_users": stats.num_users}
 
     def _presence_channel(self, params: dict[str, Any]) -> str:
@@ -307,7 +307,7 @@ class APIExecutor:
         channel = schema.channel(params)
         if not self._options(channel).history_enabled:
             raise Error.NOT_AVAILABLE
-        await self._node.engine.remove_history(channel)
+        await self._node.remove_history(channel)
         return {}
 
     async def channels(self, params: dict[str, Any]) -> Result:

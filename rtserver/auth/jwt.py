@@ -83,8 +83,14 @@ class _Policy:
 
     #: alg name -> (algorithm object, prepared key); only configured families.
     keys: Mapping[str, tuple[Algorithm, Any]] = field(repr=False)
+    #: HS alg name -> (algorithm, prepared ``hmac_previous_secret_key``); empty if unset.
+    previous: Mapping[str, tuple[Algorithm, Any]] = field(default_factory=dict, repr=False)
+    #: Unix seconds after which the previous HMAC key no longer verifies (0 = never).
+    previous_until: float = 0
     audience: str = ""
+    audience_regex: re.Pattern[str] | None = None
     issuer: str = ""
+    issuer_regex: re.Pattern[str] | None = None
     #: Path of the user claim; ``("sub",)`` unless ``user_id_claim`` is set.
     user_path: tuple[str, ...] = ("sub",)
     #: Config section of the keys (``client.token``...), named in error messages.
@@ -174,7 +180,7 @@ class JWTVerifier:
         ``rtserver checktoken`` prints the claims; the verdict is the server's.
         """
         policy = self._connection
-        claims = _decode(token, policy)
+        claims = _decode(token, policy, now)
         # Tokens are not interchangeable: only subscription tokens carry a channel
         # (an empty one is tolerated, as in Centrifugo).
         if claims.get("channel") not in (None, ""):
@@ -214,7 +220,7 @@ class JWTVerifier:
     ) -> tuple[SubscriptionToken, dict[str, Any]]:
         """As :meth:`verify_subscription_token`, also returning the verified claims."""
         policy = self._subscription
-        claims = _decode(token, policy)
+        claims = _decode(token, policy, now)
         channel = claims.get("channel")
         if not isinstance(channel, str) or not channel:
             raise InvalidToken("subscription token needs a channel claim")
@@ -257,15 +263,14 @@ def _has_key(config: TokenConfig) -> bool:
 def _policy(config: TokenConfig, prefix: str, jwks: JWKSKeys | None = None) -> _Policy:
     """Prepare the keys of one config block (``prefix`` names it in errors)."""
     keys: dict[str, tuple[Algorithm, Any]] = {}
+    previous: dict[str, tuple[Algorithm, Any]] = {}
     if config.hmac_secret_key:
-        name = f"{prefix}.hmac_secret_key"
-        for alg, obj in _HMAC_ALGS.items():
-            try:
-                keys[alg] = (obj, obj.prepare_key(config.hmac_secret_key))
-            except InvalidKeyError:
-                raise ValueError(
-                    f"{name}: looks like a public key or JWK, not an HMAC secret"
-                ) from None
+        keys.update(_hmac_keys(config.hmac_secret_key, f"{prefix}.hmac_secret_key"))
+    if config.hmac_previous_secret_key:
+        name = f"{prefix}.hmac_previous_secret_key"
+        if not config.hmac_secret_key:
+            raise ValueError(f"{name}: set without hmac_secret_key")
+        previous.update(_hmac_keys(config.hmac_previous_secret_key, name))
     if config.rsa_public_key:
         name = f"{prefix}.rsa_public_key"
         rsa_key = _load_pem(config.rsa_public_key, name)
@@ -297,13 +302,38 @@ def _policy(config: TokenConfig, prefix: str, jwks: JWKSKeys | None = None) -> _
         raise ValueError(f"{prefix}.jwks_public_endpoint: must be an http:// or https:// URL")
     return _Policy(
         keys=keys,
+        previous=previous,
+        previous_until=config.hmac_previous_secret_key_valid_until,
         audience=config.audience,
+        audience_regex=_regex(config.audience_regex, f"{prefix}.audience_regex"),
         issuer=config.issuer,
+        issuer_regex=_regex(config.issuer_regex, f"{prefix}.issuer_regex"),
         user_path=user_path,
         section=prefix,
         jwks_url=config.jwks_public_endpoint,
         jwks=jwks,
     )
+
+
+def _hmac_keys(secret: str, name: str) -> dict[str, tuple[Algorithm, Any]]:
+    keys: dict[str, tuple[Algorithm, Any]] = {}
+    for alg, obj in _HMAC_ALGS.items():
+        try:
+            keys[alg] = (obj, obj.prepare_key(secret))
+        except InvalidKeyError:
+            raise ValueError(
+                f"{name}: looks like a public key or JWK, not an HMAC secret"
+            ) from None
+    return keys
+
+
+def _regex(pattern: str, name: str) -> re.Pattern[str] | None:
+    if not pattern:
+        return None
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"{name}: not a valid regular expression ({e})") from None
 
 
 def _load_pem(pem: str, name: str) -> Any:
@@ -342,8 +372,12 @@ def _json_object(raw: bytes, what: str) -> dict[str, Any]:
     return value
 
 
-def _decode(token: str, policy: _Policy) -> dict[str, Any]:
-    """Check the signature with the key the header's alg selects; return the claims."""
+def _decode(token: str, policy: _Policy, now: float) -> dict[str, Any]:
+    """Check the signature with the key the header's alg selects; return the claims.
+
+    An HMAC token that fails the current key is tried with ``hmac_previous_secret_key``
+    (while ``now`` is before its ``valid_until``, if that is set).
+    """
     if not isinstance(token, str) or not token.isascii():
         raise InvalidToken("malformed token")
     parts = token.split(".")
@@ -371,15 +405,23 @@ def _decode(token: str, policy: _Policy) -> dict[str, Any]:
         algorithm, key = entry
     signature = _b64url(parts[2])
     signing_input = f"{parts[0]}.{parts[1]}".encode("ascii")
-    try:
-        valid = algorithm.verify(signing_input, key, signature)
-    except (ValueError, TypeError):
-        valid = False
+    valid = _verify(algorithm, signing_input, key, signature)
+    if not valid and isinstance(alg, str) and alg in policy.previous:
+        if not policy.previous_until or now < policy.previous_until:
+            algorithm, key = policy.previous[alg]
+            valid = _verify(algorithm, signing_input, key, signature)
     if not valid:
         raise InvalidToken("bad signature")
     claims = _json_object(_b64url(parts[1]), "payload")
     _check_audience_issuer(claims, policy)
     return claims
+
+
+def _verify(algorithm: Algorithm, signing_input: bytes, key: Any, signature: bytes) -> bool:
+    try:
+        return bool(algorithm.verify(signing_input, key, signature))
+    except (ValueError, TypeError):
+        return False
 
 
 def _jwks_key(policy: _Policy, kid: str, alg: object) -> tuple[Algorithm, Any]:
@@ -430,8 +472,18 @@ def _check_audience_issuer(claims: dict[str, Any], policy: _Policy) -> None:
             ok = False
         if not ok:
             raise InvalidToken("audience mismatch")
+    if policy.audience_regex is not None:
+        aud = claims.get("aud")
+        values = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+        pattern = policy.audience_regex
+        if not any(isinstance(a, str) and pattern.search(a) for a in values):
+            raise InvalidToken("audience mismatch")
     if policy.issuer and claims.get("iss") != policy.issuer:
         raise InvalidToken("issuer mismatch")
+    if policy.issuer_regex is not None:
+        iss = claims.get("iss")
+        if not isinstance(iss, str) or not policy.issuer_regex.search(iss):
+            raise InvalidToken("issuer mismatch")
 
 
 def _numeric_date(claims: dict[str, Any], name: str) -> float | None:

@@ -326,9 +326,14 @@ class Client:
     # Any: a handler awaits Deferreds of several result types (Deferred.fromCoroutine's own
     # signature uses Any the same way).
     def _run(self, cmd: Command, coro: Coroutine[Deferred[Any], Any, None]) -> Deferred[None]:
+        start = self._clock.seconds()
         d = Deferred.fromCoroutine(coro)
         d.addErrback(self._command_failed, cmd)
+        d.addCallback(self._command_done, cmd.method or "", start)
         return d
+
+    def _command_done(self, _: None, method: str, start: float) -> None:
+        self._node.stats.commands.observe(method, self._clock.seconds() - start)
 
     def _command_failed(self, failure: Failure, cmd: Command) -> None:
         exc = failure.value
@@ -359,6 +364,8 @@ class Client:
         self._send(self._codec.encode_reply(cmd.id, cmd.method, result))
 
     def _reply_error(self, cmd: Command, error: Error) -> None:
+        stats = self._node.stats
+        stats.count(stats.reply_errors, (cmd.method or "", error.code))
         if self._state is State.CLOSED:
             return
         if cmd.id:
@@ -462,6 +469,8 @@ class Client:
     def close(self, disconnect: Disconnect | None = None) -> None:
         """End the connection; idempotent. Queued output is flushed first."""
         if self._end(flush=True):
+            if disconnect is not None:
+                self._node.stats.count(self._node.stats.disconnects, disconnect.code)
             self._sink.close(disconnect)
 
     def transport_lost(self) -> None:
@@ -1148,6 +1157,8 @@ class Client:
             ProxyFailure: the backend failed (logged here, once, with the proxy name).
         """
         d = self._node.proxies.call(entry, call, self._clock)
+        key = (entry.protocol, kind, entry.name)
+        start = self._clock.seconds()
         if self._proxy_calls is None:
             self._proxy_calls = set()
         self._proxy_calls.add(d)
@@ -1160,6 +1171,8 @@ class Client:
         except CancelledError:
             raise Disconnect.CONNECTION_CLOSED from None
         except Exception as e:
+            stats = self._node.stats
+            stats.count(stats.proxy_errors, key)
             reason = str(e) if isinstance(e, ProxyFailure) else repr(e)
             _log.warn(
                 "proxy {proxy}: {kind} for client {client} failed: {reason}",
@@ -1170,6 +1183,7 @@ class Client:
             )
             raise ProxyFailure(reason) from None
         finally:
+            self._node.stats.proxies.observe(key, self._clock.seconds() - start)
             self._proxy_calls.discard(d)  # set above; the connection may have closed since
 
     async def _ask(self, entry: ProxyEntry, kind: str, call: Deferred[_R]) -> _R:

@@ -40,6 +40,7 @@ from rtserver.core.ports import (
 )
 from rtserver.core.positions import PositionCheck
 from rtserver.core.proxy import Proxies
+from rtserver.core.stats import NodeStats
 from rtserver.core.subscription import Subscription
 from rtserver.core.types import (
     ControlMessage,
@@ -108,10 +109,14 @@ class Node:
         self.version = __version__
         self.resolver = ChannelResolver(config.channel)
         self.hub: Hub[Client] = Hub()
+        self.stats = NodeStats(clock)
         self.scheduler = FlushScheduler(clock, config.client.write_delay)
         self._started_at = clock.seconds()
         self._subscribing: dict[str, list[Deferred[None]]] = {}
         self._running = False
+        #: ``starting`` until the engine has started, then ``ready``; ``draining`` once
+        #: shutdown began, ``stopped`` after (see :meth:`readiness`).
+        self.phase = "starting"
         self.open_clients = 0  # made and not yet closed (connected or not)
         self._rate_second = -1
         self._rate_count = 0
@@ -134,11 +139,34 @@ class Node:
     def start(self) -> Deferred[None]:
         """Start the engine and begin serving; join the cluster on a shared engine."""
         self._running = True
+        self.phase = "starting"
         self._started_at = self.clock.seconds()
         d = self.engine.start(self)
+        d.addCallback(self._serving)
         if self.shared_engine:
             d.addBoth(self._join_cluster)
         return d
+
+    def _serving(self, result: None) -> None:
+        if self.phase == "starting":
+            self.phase = "ready"
+        return result
+
+    def drain(self) -> None:
+        """Shutdown began: report not ready (clients are still served until :meth:`stop`)."""
+        if self.phase in ("starting", "ready"):
+            self.phase = "draining"
+
+    def readiness(self) -> str:
+        """``ready``, or why not.
+
+        ``starting``, ``draining``, ``stopped`` or ``engine unavailable``.
+        """
+        if self.phase != "ready":
+            return self.phase
+        if not self.engine.healthy:
+            return "engine unavailable"
+        return "ready"
 
     def _join_cluster(self, result: Failure | None) -> Failure | None:
         """Once the engine tried its links: start the cluster's periodic work.
@@ -159,6 +187,7 @@ class Node:
     def stop(self, disconnect: Disconnect = Disconnect.SHUTDOWN) -> Deferred[None]:
         """Disconnect every client (reconnect code 3001), leave the cluster, stop the engine."""
         self._running = False
+        self.phase = "stopped"
         for client in self.hub.clients():
             client.close(disconnect)
         self.scheduler.stop()
@@ -243,7 +272,9 @@ class Node:
             # The waiter is registered first: an engine that refuses at once (a channel
             # its backend cannot carry, a link that is down) fires before returning.
             self._subscribing[channel] = [waiter]
-            self.engine.subscribe(channel).addBoth(self._subscribed, channel)
+            self.stats.time_engine("subscribe", self.engine.subscribe(channel)).addBoth(
+                self._subscribed, channel
+            )
             return waiter
         waiters = self._subscribing.get(channel)
         if waiters is None:
@@ -270,7 +301,8 @@ class Node:
     def remove_subscription(self, channel: str, client: Subscriber) -> None:
         """Remove a local subscriber; the engine stops delivering when none are left."""
         if self.hub.remove_subscriber(channel, client):
-            self.background(self.engine.unsubscribe(channel), f"unsubscribe {channel}")
+            d = self.stats.time_engine("unsubscribe", self.engine.unsubscribe(channel))
+            self.background(d, f"unsubscribe {channel}")
 
     # --- IEngineHandler ------------------------------------------------------------------
 
@@ -384,7 +416,7 @@ class Node:
         pub = Publication(
             data=data, info=info, tags=tags or None, delta=delta or opts.delta_publish
         )
-        return self.engine.publish(channel, pub, options)
+        return self.stats.time_engine("publish", self.engine.publish(channel, pub, options))
 
     def history(
         self, channel: str, flt: HistoryFilter, opts: ChannelOptions | None = None
@@ -409,7 +441,8 @@ class Node:
         self, channel: str, flt: HistoryFilter, opts: ChannelOptions
     ) -> Deferred[HistoryResult]:
         """Read a stream as it is, with no permission or epoch check (recovery)."""
-        return self.engine.history(channel, flt, self.meta_ttl(opts))
+        d = self.engine.history(channel, flt, self.meta_ttl(opts))
+        return self.stats.time_engine("history", d)
 
     def stream_top(self, channel: str, opts: ChannelOptions) -> Deferred[StreamPosition]:
         """A stream's current epoch and top offset (creating the epoch if none yet)."""
@@ -417,31 +450,34 @@ class Node:
 
     def remove_history(self, channel: str) -> Deferred[None]:
         """Drop a stream's publications; its epoch and top offset stay."""
-        return self.engine.remove_history(channel)
+        return self.stats.time_engine("remove_history", self.engine.remove_history(channel))
 
     def publish_join(self, channel: str, info: ClientInfo) -> Deferred[None]:
         """Announce a join to every node."""
-        return self.engine.publish_join(channel, info)
+        return self.stats.time_engine("publish_join", self.engine.publish_join(channel, info))
 
     def publish_leave(self, channel: str, info: ClientInfo) -> Deferred[None]:
         """Announce a leave to every node."""
-        return self.engine.publish_leave(channel, info)
+        return self.stats.time_engine("publish_leave", self.engine.publish_leave(channel, info))
 
     def add_presence(self, channel: str, client_id: str, info: ClientInfo) -> Deferred[None]:
         """Add or refresh a connection's presence."""
-        return self.presence_manager.add_presence(channel, client_id, info)
+        d = self.presence_manager.add_presence(channel, client_id, info)
+        return self.stats.time_engine("add_presence", d)
 
     def remove_presence(self, channel: str, client_id: str, user: str) -> Deferred[None]:
         """Remove a connection's presence."""
-        return self.presence_manager.remove_presence(channel, client_id, user)
+        d = self.presence_manager.remove_presence(channel, client_id, user)
+        return self.stats.time_engine("remove_presence", d)
 
     def presence(self, channel: str) -> Deferred[dict[str, ClientInfo]]:
         """``{client_id: ClientInfo}`` of a channel, across nodes."""
-        return self.presence_manager.presence(channel)
+        return self.stats.time_engine("presence", self.presence_manager.presence(channel))
 
     def presence_stats(self, channel: str) -> Deferred[PresenceStats]:
         """A channel's connection and distinct-user counts, across nodes."""
-        return self.presence_manager.presence_stats(channel)
+        d = self.presence_manager.presence_stats(channel)
+        return self.stats.time_engine("presence_stats", d)
 
     def control(self, message: ControlMessage) -> Deferred[None]:
         """Send a control command to every node (this one included)."""

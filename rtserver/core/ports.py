@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from rtserver.core.channels import ChannelResolver
     from rtserver.core.client import Client
     from rtserver.core.proxy import Proxies
+    from rtserver.core.stats import NodeStats
     from rtserver.core.subscription import Subscription
     from rtserver.core.types import (
         ConnectionToken,
@@ -255,6 +256,10 @@ class ClientNode(Protocol):
     @property
     def scheduler(self) -> FlushScheduler:
         """Flushes every writer once per reactor turn."""
+
+    @property
+    def stats(self) -> NodeStats:
+        """Counters and timings for ``/metrics`` (commands, proxies, disconnects)."""
 
     @property
     def resolver(self) -> ChannelResolver:

@@ -311,6 +311,8 @@ class ProxyEntry:
     timeout: float = 1.0
     binary: bool = False
     include_meta: bool = False
+    #: ``http``, ``grpc`` or ``hooks`` (the ``protocol`` label of proxy metrics).
+    protocol: str = "http"
 
     @property
     def encoding(self) -> str:

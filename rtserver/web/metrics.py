@@ -2,12 +2,19 @@
 
 Names follow Centrifugo's (``centrifugo_`` namespace) so existing dashboards keep
 working; rtserver-only series use the ``rtserver_`` namespace. Values are read from the
-node at scrape time: nothing is counted on the fan-out path.
+node at scrape time: nothing is counted on the fan-out path. The table is in
+docs/operations.rst, "Metrics".
+
+Counters keep Centrifugo's exact sample names: prometheus_client names a counter's
+samples ``<name>_total``, Centrifugo's (Go) counters mostly have no suffix, so
+:func:`_counter` exposes them as ``untyped`` families whose samples carry the name
+itself (Prometheus queries them, ``rate()`` included, exactly as counters).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -16,11 +23,13 @@ from prometheus_client.core import (
     Metric,
     SummaryMetricFamily,
 )
+from prometheus_client.samples import Sample
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from rtserver.api.executor import CommandStats
 from rtserver.core.node import Node
+from rtserver.core.stats import NodeStats
 from rtserver.web.site import HTTPStats
 
 __all__ = ["MetricsResource", "NodeCollector", "registry_for"]
@@ -44,10 +53,8 @@ class NodeCollector:
         for name, doc, value in (
             ("num_clients", "Number of clients connected to this node.", hub.num_clients),
             ("num_users", "Number of unique users connected to this node.", hub.num_users),
-            ("num_channels", "Number of channels with subscribers on this node.",
-             hub.num_channels),
-            ("num_subscriptions", "Number of subscriptions on this node.",
-             hub.num_subscriptions),
+            ("num_channels", "Number of channels with subscribers on this node.", hub.num_channels),
+            ("num_subscriptions", "Number of subscriptions on this node.", hub.num_subscriptions),
             ("num_nodes", "Number of live nodes in the cluster.", len(node.cluster.nodes())),
         ):
             yield GaugeMetricFamily(f"centrifugo_node_{name}", doc, value=value)
@@ -59,18 +66,90 @@ class NodeCollector:
             "1 while the engine can publish and deliver (Redis links up), else 0.",
             value=1 if node.engine.healthy else 0,
         )
-        accepted = CounterMetricFamily(
+        yield _counter(
             "centrifugo_client_connections_accepted",
             "Client connections accepted (connect succeeded), by transport.",
-            labels=["transport"],
+            ["transport"],
+            {(t,): n for t, n in hub.accepted.items()},
         )
-        for transport, count in sorted(hub.accepted.items()):
-            accepted.add_metric([transport], count)
-        yield accepted
+        yield from self._client_metrics(node)
+        yield from self._stats_metrics(node.stats)
         if self._api is not None:
             yield from self._api_metrics(self._api)
         if self._http is not None:
             yield from self._http_metrics(self._http)
+
+    @staticmethod
+    def _client_metrics(node: Node) -> Iterator[Metric]:
+        inflight: dict[tuple[str], int] = {}
+        total = largest = waiting = 0
+        for client in node.hub.clients():
+            key = (client.transport_name,)
+            inflight[key] = inflight.get(key, 0) + 1
+            queued = client.queued_bytes
+            if queued:
+                total += queued
+                waiting += 1
+                largest = max(largest, queued)
+        family = GaugeMetricFamily(
+            "centrifugo_client_connections_inflight",
+            "Connected clients now, by transport.",
+            labels=["transport"],
+        )
+        for key, count in sorted(inflight.items()):
+            family.add_metric(list(key), count)
+        yield family
+        for name, doc, value in (
+            ("queue_bytes", "Bytes queued for all clients, waiting for their transport.", total),
+            ("queue_max_bytes", "Bytes queued for the most backed-up client.", largest),
+            ("queued_clients", "Clients with output waiting for their transport.", waiting),
+        ):
+            yield GaugeMetricFamily(f"rtserver_client_{name}", doc, value=value)
+
+    @staticmethod
+    def _stats_metrics(stats: NodeStats) -> Iterator[Metric]:
+        yield _summary(
+            "centrifugo_client_command_duration_seconds",
+            "Client command duration, by method.",
+            ["method"],
+            {(m,): v for m, v in stats.commands.calls.items()},
+        )
+        yield _counter(
+            "centrifugo_client_num_reply_errors",
+            "Error replies to client commands, by method and code.",
+            ["method", "code"],
+            {(m, str(c)): n for (m, c), n in stats.reply_errors.items()},
+        )
+        yield _counter(
+            "centrifugo_client_num_server_disconnects",
+            "Connections the server closed, by disconnect code.",
+            ["code"],
+            {(str(c),): n for c, n in stats.disconnects.items()},
+        )
+        yield _summary(
+            "centrifugo_proxy_duration_seconds",
+            "Proxy call duration, by protocol, type and proxy name.",
+            ["protocol", "type", "name"],
+            stats.proxies.calls,
+        )
+        yield _counter(
+            "centrifugo_proxy_errors",
+            "Proxy calls that failed (timeout, transport error, bad answer).",
+            ["protocol", "type", "name"],
+            stats.proxy_errors,
+        )
+        yield _summary(
+            "rtserver_engine_duration_seconds",
+            "Engine round trip duration (broker, history, presence), by operation.",
+            ["operation"],
+            {(op,): v for op, v in stats.engine.calls.items()},
+        )
+        yield _counter(
+            "rtserver_engine_errors",
+            "Engine calls that failed, by operation.",
+            ["operation"],
+            {(op,): n for op, n in stats.engine_errors.items()},
+        )
 
     @staticmethod
     def _http_metrics(stats: HTTPStats) -> Iterator[Metric]:
@@ -110,6 +189,21 @@ class NodeCollector:
         for (method, code), count in sorted(stats.errors.items()):
             errors.add_metric(["http", method, str(code)], count)
         yield errors
+
+
+def _counter(name: str, doc: str, labels: list[str], values: Mapping[Any, float]) -> Metric:
+    """A monotonic count whose samples carry ``name`` itself (no ``_total``)."""
+    family = Metric(name, doc, "unknown")
+    for key, value in sorted(values.items()):
+        family.samples.append(Sample(name, dict(zip(labels, key, strict=True)), value))
+    return family
+
+
+def _summary(name: str, doc: str, labels: list[str], calls: Mapping[Any, list[float]]) -> Metric:
+    family = SummaryMetricFamily(name, doc, labels=labels)
+    for key, (count, seconds) in sorted(calls.items()):
+        family.add_metric(list(key), count_value=int(count), sum_value=seconds)
+    return family
 
 
 def registry_for(

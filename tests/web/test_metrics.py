@@ -54,7 +54,7 @@ async def test_metrics_reflect_clients_subscriptions_and_api_calls() -> None:
     assert got[("centrifugo_node_num_subscriptions", ())] == 2
     assert got[("centrifugo_node_num_nodes", ())] == 1
     assert got[("rtserver_engine_healthy", ())] == 1
-    assert got[("centrifugo_client_connections_accepted_total", (("transport", "test"),))] == 2
+    assert got[("centrifugo_client_connections_accepted", (("transport", "test"),))] == 2
     publish = (("method", "publish"), ("protocol", "http"))
     assert got[("centrifugo_api_command_duration_seconds_count", publish)] == 2
     bad = (("error", "107"), ("method", "publish"), ("protocol", "http"))

@@ -1,0 +1,78 @@
+"""Counters and timings of one node for ``/metrics`` (docs/operations.rst, "Metrics").
+
+Plain dictionaries updated where the work happens (a command, a proxy call, an engine
+round trip) and read by the Prometheus collector at scrape time. Nothing here is touched
+per subscriber on the fan-out path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import Any, Generic, TypeVar
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+
+__all__ = ["NodeStats", "Timings"]
+
+K = TypeVar("K", bound=Hashable)
+_R = TypeVar("_R")
+
+
+class Timings(Generic[K]):
+    """Count and total seconds per key (a Prometheus summary without quantiles)."""
+
+    __slots__ = ("calls",)
+
+    def __init__(self) -> None:
+        #: key -> [count, seconds]
+        self.calls: dict[K, list[float]] = {}
+
+    def observe(self, key: K, seconds: float) -> None:
+        """Record one call of ``seconds``."""
+        entry = self.calls.get(key)
+        if entry is None:
+            self.calls[key] = [1, seconds]
+        else:
+            entry[0] += 1
+            entry[1] += seconds
+
+
+class NodeStats:
+    """What ``/metrics`` reports beyond the hub's gauges.
+
+    Args:
+        clock: the node's clock (durations are differences of its ``seconds()``).
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self.clock = clock
+        #: Client protocol commands by method (``connect``, ``subscribe``...).
+        self.commands: Timings[str] = Timings()
+        #: Error replies to client commands by (method, code).
+        self.reply_errors: dict[tuple[str, int], int] = {}
+        #: Disconnects the server initiated, by code.
+        self.disconnects: dict[int, int] = {}
+        #: Proxy calls by (protocol, type, name); failures (timeouts, backend errors).
+        self.proxies: Timings[tuple[str, str, str]] = Timings()
+        self.proxy_errors: dict[tuple[str, str, str], int] = {}
+        #: Engine round trips by operation; failed ones.
+        self.engine: Timings[str] = Timings()
+        self.engine_errors: dict[str, int] = {}
+
+    def count(self, table: dict[Any, int], key: Hashable) -> None:
+        """Add one to ``table[key]``."""
+        table[key] = table.get(key, 0) + 1
+
+    def time_engine(self, op: str, d: Deferred[_R]) -> Deferred[_R]:
+        """Record the round trip of engine call ``d`` under ``op``; returns ``d``."""
+        start = self.clock.seconds()
+
+        def done(result: Any) -> Any:
+            self.engine.observe(op, self.clock.seconds() - start)
+            if isinstance(result, Failure):
+                self.count(self.engine_errors, op)
+            return result
+
+        return d.addBoth(done)
