@@ -209,8 +209,8 @@ def test_sentinel_address_keys_make_one_shard_per_entry() -> None:
             {
                 "sentinel_address": ["s1:26379,s2:26379", "t1:26379"],
                 "sentinel_master_name": "mymaster",
-                "sentinel_password": "sentinel-secret",
-                "password": "redis-secret",
+                "sentinel_password": "sentinel-pw-8f3a",
+                "password": "redis-pw-8f3a",
                 "db": 1,
             }
         )
@@ -222,9 +222,9 @@ def test_sentinel_address_keys_make_one_shard_per_entry() -> None:
     ]
     assert all(s.master_name == "mymaster" and s.db == 1 for s in shards)
     assert all(
-        s.password == "redis-secret" and s.sentinel_password == "sentinel-secret" for s in shards
+        s.password == "redis-pw-8f3a" and s.sentinel_password == "sentinel-pw-8f3a" for s in shards
     )
-    assert "secret" not in repr(cfg) + repr(shards)
+    assert "pw-8f3a" not in repr(cfg) + repr(shards)
 
 
 def test_sentinel_address_needs_a_master_name() -> None:
