@@ -35,6 +35,7 @@ from rtserver.engines.composite import CompositeEngine
 from rtserver.engines.memory import MemoryEngine
 from rtserver.logs import Logger
 from rtserver.proxy.hooks import HookProxy, Hooks
+from rtserver.sockjs.forward import Siblings
 from rtserver.transports.emulation import EmulationResource, HTTPStreamResource, SSEResource
 from rtserver.transports.origin import OriginPolicy
 from rtserver.transports.uni import UniHTTPStreamResource, UniSSEResource, UniWebSocketFactory
@@ -440,12 +441,23 @@ class Sites:
     origins: OriginPolicy
     api: APIResource | None
     admin: AdminRoot | None
+    #: The site of this worker's private socket, where the other workers relay the
+    #: requests of SockJS sessions this one owns (``--workers N`` with SockJS), or None.
+    owned: RTSite | None = None
 
 
 def build_sites(
-    node: Node, config: Config, reactor: Any, executor: APIExecutor | None = None
+    node: Node,
+    config: Config,
+    reactor: Any,
+    executor: APIExecutor | None = None,
+    *,
+    siblings: Siblings | None = None,
 ) -> Sites:
-    """The main site, the internal one (admin UI on ``internal_port``), drains, parts."""
+    """The main site, the internal one (admin UI on ``internal_port``), drains, parts.
+
+    ``siblings`` (a worker of ``--workers N``): the workers sharing the SockJS endpoint.
+    """
     executor = executor or APIExecutor(node)
     admin_tree: AdminRoot | None = None
     if config.admin.enabled:
@@ -509,7 +521,10 @@ def build_sites(
         )
         mount(root, uws.handler_prefix, WebSocketResource(uni_factory))
         drains.append(uni_factory)
+    owned_site: RTSite | None = None
     if config.sockjs.enabled:
+        from rtserver.sockjs.forward import Forwarder
+        from rtserver.sockjs.resource import OwnedSessions
         from rtserver.transports.sockjs import sockjs_resource
 
         sj = config.sockjs
@@ -520,10 +535,17 @@ def build_sites(
             message_size_limit=config.websocket.message_size_limit,
             write_timeout=timeout,
             clock=reactor,
+            forwarder=None if siblings is None else Forwarder(siblings, reactor),
         )
         mount(root, sj.handler_prefix, sockjs)
         limits.append((sj.handler_prefix, sj.max_request_body_size))
         drains.append(sockjs)
+        if siblings is not None:
+            owned_root = Branch()
+            mount(owned_root, sj.handler_prefix, OwnedSessions(sockjs))
+            owned_limits = [(sj.handler_prefix, sj.max_request_body_size)]
+            owned_site = RTSite(owned_root, body_limits=owned_limits, reactor=reactor)
+            drains.append(owned_site)
     fast_path = None
     http_stats = HTTPStats()
     api_resource = None
@@ -560,7 +582,7 @@ def build_sites(
         reactor=reactor,
     )
     drains.append(site)
-    return Sites(site, internal_site, drains, origins, api_resource, admin_tree)
+    return Sites(site, internal_site, drains, origins, api_resource, admin_tree, owned_site)
 
 
 def build_grpc_api(executor: APIExecutor, config: Config, reactor: Any) -> Service:
@@ -669,6 +691,7 @@ def build(
     reload: Loader | None = None,
     hooks: Hooks | None = None,
     listener: Listener | None = None,
+    siblings: Siblings | None = None,
 ) -> MultiService:
     """The whole server as a MultiService (the twistd plugin and .tac files call this).
 
@@ -685,6 +708,9 @@ def build(
         listener: Makes the listening service of an endpoint description (default:
             the strports service; a worker of ``--workers N`` passes one listening with
             ``SO_REUSEPORT``, rtserver/workers.py).
+        siblings: The workers of ``--workers N`` (each one's private Unix socket): with
+            SockJS on, this worker listens on its own and relays the requests of
+            sessions another worker owns to that worker's.
 
     Raises:
         ConfigError: a namespace names a proxy that neither ``config`` nor ``hooks``
@@ -699,7 +725,7 @@ def build(
     proxies, closing = build_proxies(config, reactor, hooks)
     node = build_node(config, reactor, proxies)
     executor = APIExecutor(node)
-    sites = build_sites(node, config, reactor, executor)
+    sites = build_sites(node, config, reactor, executor, siblings=siblings)
     site, internal_site, drains = sites.site, sites.internal, sites.drains
     top = MultiService()
     top.setName("rtserver")
@@ -713,6 +739,10 @@ def build(
     )
     for desc in endpoints:
         listen_on(desc, site, reactor).setServiceParent(top)
+    if sites.owned is not None and siblings is not None:
+        # lockfile=1: a stale socket of a killed predecessor is removed, a live one kept.
+        private = "unix:" + siblings.own_path.replace(":", "\\:") + ":mode=600:lockfile=1"
+        strports_service(private, sites.owned, reactor=reactor).setServiceParent(top)
     if config.grpc_api.enabled:
         build_grpc_api(executor, config, reactor).setServiceParent(top)
     if config.uni_grpc.enabled:

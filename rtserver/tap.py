@@ -42,6 +42,7 @@ class Options(usage.Options):
         ],
         ["worker-index", None, None, "Internal: set by the --workers supervisor.", int],
         ["supervisor-pid", None, None, "Internal: set by the --workers supervisor.", int],
+        ["worker-dir", None, None, "Internal: set by the --workers supervisor."],
     ]
 
     def __init__(self) -> None:
@@ -142,12 +143,15 @@ def _supervisor(options: Options) -> IService:
         held = workers.reserve(listen)
     except OSError as e:
         raise usage.UsageError(f"cannot listen on {', '.join(listen)}: {e.strerror}") from None
-    args = worker_args(options)
+    directory = workers.runtime_dir()
+    count = str(options["workers"])
+    args = [*worker_args(options), "--workers", count, "--worker-dir", directory]
     return workers.Supervisor(
         options["workers"],
         lambda index: workers.twistd_argv(args, index),
         reactor,
         held=held,
+        directory=directory,
     )
 
 
@@ -180,13 +184,19 @@ def _worker(options: Options, reload: Loader | None) -> IService:
     from twisted.internet import reactor
 
     from rtserver import service, workers
+    from rtserver.sockjs.forward import Siblings
 
+    siblings = None
+    if options["worker-dir"] is not None and options["workers"] > 1:
+        paths = workers.sibling_paths(options["worker-dir"], options["workers"])
+        siblings = Siblings(options["worker-index"], paths)
     top = service.build(
         options["config_object"],
         listen=options["listen"] or None,
         reload=reload,
         listener=lambda desc, site, r: workers.ReusePortService(desc, site, r),
         reactor=reactor,
+        siblings=siblings,
     )
     parent = options["supervisor-pid"]
     if parent is not None:

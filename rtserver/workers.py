@@ -12,9 +12,11 @@ connection's addresses. See docs/deployment.rst, "Workers".
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -35,6 +37,8 @@ __all__ = [
     "parse_tcp",
     "refusals",
     "reserve",
+    "runtime_dir",
+    "sibling_paths",
     "twistd_argv",
     "worker_name",
 ]
@@ -124,12 +128,6 @@ def refusals(config: Config, listen: Sequence[str]) -> list[str]:
             "to redis (with engine.redis.address), or enable a shared broker "
             '(broker.enabled: true with broker.type "nats" and broker.nats.url)'
         )
-    if config.sockjs.enabled:
-        out.append(
-            "sockjs.enabled: the requests of one SockJS session can reach different "
-            "workers, which do not share sessions; run SockJS with --workers 1 (see "
-            'docs/deployment.rst, "Workers")'
-        )
     if config.grpc_api.enabled:
         out.append(
             "grpc_api.enabled: the GRPC API listens in one process only; serve it from a "
@@ -152,6 +150,20 @@ def worker_name(config: Config, index: int) -> str:
     """The node name of worker ``index``: ``node.name`` (or ``<host>_<port>``) + ``-I``."""
     base = config.node.name or f"{socket.gethostname()}_{config.http_server.port}"
     return f"{base}-{index}"
+
+
+def runtime_dir() -> str:
+    """A new private directory (mode 0700) for the workers' Unix sockets."""
+    return tempfile.mkdtemp(prefix="rtserver-workers-")
+
+
+def sibling_paths(directory: str, count: int) -> list[str]:
+    """The private Unix socket of each of ``count`` workers, by index.
+
+    A worker serves there the SockJS sessions it owns to the other workers, which relay
+    those sessions' requests (rtserver/sockjs/forward.py).
+    """
+    return [os.path.join(directory, f"worker-{index}.sock") for index in range(count)]
 
 
 def _socket(address: ListenAddress) -> socket.socket:
@@ -273,8 +285,11 @@ class Supervisor(Service):
         held: Sequence[socket.socket] = (),
         stop_timeout: float = 15.0,
         env: dict[str, str] | None = None,
+        directory: str | None = None,
     ) -> None:
         self.count = count
+        #: The workers' private directory (removed once they all ended), if any.
+        self.directory = directory
         self.argv = argv
         self.reactor = reactor
         self.held = list(held)
@@ -354,6 +369,8 @@ class Supervisor(Service):
             for sock in self.held:
                 sock.close()
             self.held = []
+            if self.directory is not None:
+                shutil.rmtree(self.directory, ignore_errors=True)
             return result
 
         return done.addBoth(finished)

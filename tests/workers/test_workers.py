@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -369,3 +370,95 @@ def test_configurations_workers_cannot_share_are_refused(
     output = done.stdout + done.stderr
     assert "--workers 2 cannot run this configuration" in output, output
     assert expected in output, output
+
+
+@pytest.fixture
+def sockjs_workers(
+    tmp_path: Path, redis_config: tuple[dict[str, Any], str, str]
+) -> Iterator[Server]:
+    """``--workers 2`` with SockJS on; debug log, which names every relayed request."""
+    config, secret, api_key = redis_config
+    config = {
+        **config,
+        "node": {"name": "w"},
+        "sockjs": {"enabled": True},
+        "log": {"level": "debug"},
+    }
+    server = spawn_server(
+        tmp_path, config, secret=secret, api_key=api_key, extra_args=("--workers", "2")
+    )
+    server.expect_logged_failure(r"unsubscribe \S+ failed.*RedisUnavailable: [^\n]*connection lost")
+    try:
+        wait_ready(server)
+        yield server
+    finally:
+        stop_server(server)
+
+
+RELAYED = re.compile(r"sockjs session (\S+): request relayed to worker (\d)")
+
+
+def fresh_post(url: str, body: str | None = None) -> requests.Response:
+    """POST on a new TCP connection (the kernel picks a worker per connection)."""
+    with requests.Session() as session:
+        session.trust_env = False
+        return session.post(url, data=body, headers={"Connection": "close"}, timeout=TIMEOUT)
+
+
+def test_sockjs_session_requests_on_either_worker_reach_its_owner(
+    sockjs_workers: Server,
+) -> None:
+    """A SockJS xhr session whose every request is a new connection works on two workers.
+
+    Each request lands on either worker; those that land on the worker not owning the
+    session are relayed to its owner (the debug log names them), and the client sees
+    one session: the open frame once, replies and publications in order.
+    """
+    server = sockjs_workers
+    sid = uuid.uuid4().hex
+    base = f"{server.url}/connection/sockjs/123/{sid}"
+    channel = name("sj-")
+    assert fresh_post(f"{base}/xhr").text == "o\n"
+
+    def send(*commands: dict[str, Any]) -> None:
+        frame = json.dumps([json.dumps(c) for c in commands])
+        assert fresh_post(f"{base}/xhr_send", frame).status_code == 204
+
+    replies: list[dict[str, Any]] = []
+
+    def poll_until(check: Any) -> None:
+        for _ in range(20):
+            text = fresh_post(f"{base}/xhr").text
+            assert text.endswith("\n"), text
+            if text.startswith("a"):
+                for message in json.loads(text[1:]):
+                    replies.extend(json.loads(line) for line in message.splitlines())
+            else:
+                assert text == "h\n", text  # a heartbeat, never a second "o"
+            if check():
+                return
+        raise AssertionError(f"not received: {replies}")
+
+    send({"id": 1, "connect": {"token": server.token(name("u-"))}})
+    poll_until(lambda: any(r.get("id") == 1 for r in replies))
+    send({"id": 2, "subscribe": {"channel": channel, "recover": True}})
+    poll_until(lambda: any(r.get("id") == 2 for r in replies))
+    assert "error" not in replies[-1], replies
+    for i in range(8):
+        server.publish(channel, {"n": i})
+    pubs: list[Any] = []
+
+    def got_all() -> bool:
+        pubs[:] = [r["push"]["pub"]["data"]["n"] for r in replies if "pub" in r.get("push", {})]
+        return len(pubs) == 8
+
+    poll_until(got_all)
+    assert pubs == list(range(8))
+    # A session nobody owns: 404 whichever worker the post reaches (SockJS says so).
+    for _ in range(4):
+        missing = fresh_post(f"{server.url}/connection/sockjs/123/{uuid.uuid4().hex}/xhr_send",
+                             '["{}"]')
+        assert missing.status_code == 404
+    relayed = [m for m in RELAYED.findall(server.log(tail=10**7)) if m[0] == sid]
+    assert relayed, "no request of the session reached the worker not owning it"
+    assert len({owner for _, owner in relayed}) == 1  # one owner for the whole session
