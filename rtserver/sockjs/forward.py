@@ -115,7 +115,7 @@ class Forwarder:
             id=session_id,
             owner=self.siblings.owner_index(session_id),
         )
-        relay = _Relay(request, request_body(request), local, self)
+        relay = _Relay(request, session_id, request_body(request), local, self)
         self._reactor.connectUNIX(path, _RelayFactory(relay), timeout=self._timeout)
         return NOT_DONE_YET
 
@@ -124,9 +124,15 @@ class _Relay:
     """One relayed request: the client's request, the owner's answer."""
 
     def __init__(
-        self, request: Request, body: bytes, local: Callable[[], Any], forwarder: Forwarder
+        self,
+        request: Request,
+        session_id: str,
+        body: bytes,
+        local: Callable[[], Any],
+        forwarder: Forwarder,
     ) -> None:
         self.request = request
+        self.session_id = session_id
         self.body = body
         self.local = local
         self.forwarder = forwarder
@@ -161,7 +167,8 @@ class _Relay:
             return
         self.forwarder.unreachable += 1
         _log.info(
-            "sockjs: worker of a session unreachable ({reason}): serving it here",
+            "sockjs session {id}: its worker is unreachable ({reason}): served here",
+            id=self.session_id,
             reason=reason.getErrorMessage(),
         )
         result = self.local()
@@ -198,12 +205,12 @@ class _Relay:
         end = self._head.find(b"\r\n\r\n")
         if end < 0:
             if len(self._head) > MAX_HEAD:
-                self._bad_gateway("response head too large")
+                self._bad_gateway("its response head is too large")
             return
         head, rest = self._head[:end], self._head[end + 4 :]
         self._head = b""
         if not self._start(head):
-            self._bad_gateway("malformed response head")
+            self._bad_gateway("its response head is malformed")
             return
         self._headed = True
         if rest:
@@ -235,8 +242,13 @@ class _Relay:
             request.defaultContentType = None
         return True
 
-    def _bad_gateway(self, why: str) -> None:
-        _log.error("sockjs: relaying a session request failed: {why}", why=why)
+    def _bad_gateway(self, why: str, *, expected: bool = False) -> None:
+        """Answer 502 (unless the answer has begun) and drop the owner's connection.
+
+        ``expected``: the owner went away (a worker restarting), a warning, not an error.
+        """
+        log = _log.warn if expected else _log.error
+        log("sockjs session {id}: relaying failed: {why}", id=self.session_id, why=why)
         upstream, self.upstream = self.upstream, None
         if upstream is not None:
             upstream.abortConnection()  # type: ignore[attr-defined]
@@ -252,7 +264,7 @@ class _Relay:
         if self.done:
             return
         if not self._headed:
-            self._bad_gateway("the owner closed before answering")
+            self._bad_gateway("its worker closed before answering", expected=True)
             return
         self._finish()
 

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import time
 import uuid
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -351,13 +352,13 @@ def test_js_client_reconnects_to_any_worker_and_recovers(
     ("overrides", "expected"),
     [
         ({}, "set engine.type to redis"),
-        ({"engine": {"type": "redis"}, "sockjs": {"enabled": True}}, "sockjs.enabled"),
+        ({"engine": {"type": "redis"}, "grpc_api": {"enabled": True}}, "grpc_api.enabled"),
     ],
 )
 def test_configurations_workers_cannot_share_are_refused(
     tmp_path: Path, overrides: dict[str, Any], expected: str
 ) -> None:
-    """The memory engine (and SockJS) with --workers 2: twistd refuses to start, saying why."""
+    """The memory engine (and the GRPC API) with --workers 2: twistd refuses, saying why."""
     config = {**base_config("s" * 40, "k"), **overrides}
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config), encoding="utf-8")
@@ -462,3 +463,138 @@ def test_sockjs_session_requests_on_either_worker_reach_its_owner(
     relayed = [m for m in RELAYED.findall(server.log(tail=10**7)) if m[0] == sid]
     assert relayed, "no request of the session reached the worker not owning it"
     assert len({owner for _, owner in relayed}) == 1  # one owner for the whole session
+
+
+@pytest.mark.parametrize("transport", ["xhr-polling", "xhr-streaming"])
+def test_js_sockjs_client_on_two_workers_delivers_and_recovers(
+    sockjs_workers: Server, node_js: str, transport: str
+) -> None:
+    """centrifuge-js over SockJS, every request on a new connection, on two workers.
+
+    Its polls, streams and sends land on either worker: those reaching the worker that
+    does not own the session are relayed (the log names them), and the client receives
+    every publication once, in order, and recovers the ones it missed while away.
+    """
+    server = sockjs_workers
+    if not (INTEROP_DIR / "node_modules" / "sockjs-client" / "package.json").is_file():
+        pytest.fail("sockjs-client is missing: run npm ci --prefix tests/interop", pytrace=False)
+    channel = name("js-sj-")
+    live, missed = 2, 5
+    js = NodeScenario(
+        node_js,
+        INTEROP_DIR / "js" / "sockjs_recover.mjs",
+        {
+            "BASE_URL": server.url,
+            "SOCKJS_TRANSPORT": transport,
+            "FRESH_CONNECTIONS": "1",
+            "TOKEN": server.token(name("u-")),
+            "CHANNEL": channel,
+            "LIVE": str(live),
+            "MISSED": str(missed),
+        },
+        timeout=30.0,
+    )
+    try:
+        assert js.expect("subscribed", timeout=TIMEOUT)["transport"] == f"sockjs-{transport}"
+        for i in range(live):
+            server.publish(channel, {"live": i})
+        js.send("published_live")
+        js.expect("away", timeout=TIMEOUT)
+        for i in range(missed):
+            server.publish(channel, {"missed": i})
+        js.send("published_missed")
+        js.expect("recovered", timeout=TIMEOUT)
+        server.publish(channel, {"sentinel": True})
+        js.send("published_sentinel")
+        events = js.finish(timeout=TIMEOUT)
+    finally:
+        js.close()
+    assert not [e for e in events if e.get("event") == "error"], events
+    subscribed = [e for e in events if e.get("event") == "subscribed"]
+    assert len(subscribed) == 2, subscribed
+    first, again = subscribed
+    assert again["wasRecovering"] and again["recovered"], again
+    assert again["streamPosition"]["epoch"] == first["streamPosition"]["epoch"]
+    pubs = [e for e in events if e.get("event") == "publication"]
+    expected = (
+        [{"live": i} for i in range(live)]
+        + [{"missed": i} for i in range(missed)]
+        + [{"sentinel": True}]
+    )
+    assert [p["data"] for p in pubs] == expected, "every publication exactly once, in order"
+    relayed = RELAYED.findall(server.log(tail=10**7))
+    assert relayed, "no SockJS request reached the worker not owning its session"
+
+
+def worker_index(pid: int) -> int:
+    """The ``--worker-index`` of worker process ``pid``."""
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    return int(argv[argv.index(b"--worker-index") + 1])
+
+
+def test_killed_worker_comes_back_and_its_sockjs_clients_recover(
+    sockjs_workers: Server, node_js: str
+) -> None:
+    """SIGKILL the worker owning SockJS sessions: their clients reconnect and recover.
+
+    Eight centrifuge-js clients over SockJS xhr-polling, every request on a new
+    connection; the killed worker is one that owns sessions (the owner of a session is
+    CRC-32 of its id modulo the worker count), and it is restarted.
+    """
+    server = sockjs_workers
+    channel = name("js-sj-kill-")
+    clients = 8
+    js = NodeScenario(
+        node_js,
+        INTEROP_DIR / "js" / "sockjs_many.mjs",
+        {
+            "BASE_URL": server.url,
+            "SOCKJS_TRANSPORT": "xhr-polling",
+            "FRESH_CONNECTIONS": "1",
+            "TOKEN": server.token(name("u-")),
+            "CHANNEL": channel,
+            "CLIENTS": str(clients),
+            "COUNT": "5",
+        },
+        timeout=60.0,
+    )
+    try:
+        js.expect("subscribed", timeout=TIMEOUT)
+        server.publish(channel, {"n": 1})
+        seen: set[str] = set()
+
+        def first_publication(e: dict[str, Any]) -> bool:
+            if e.get("event") == "publication":
+                seen.add(e["client"])
+            return len(seen) == clients
+
+        js.expect(first_publication, timeout=TIMEOUT)
+        sessions = set(re.findall(r"/connection/sockjs/\d+/([^/]+)/xhr", server.log(tail=10**7)))
+        owners = [zlib.crc32(s.encode()) % 2 for s in sessions]
+        doomed = max((0, 1), key=owners.count)  # a worker owning at least one session
+        pids = worker_pids(server)
+        victim = next(pid for pid in pids if worker_index(pid) == doomed)
+        os.kill(victim, signal.SIGKILL)
+        for i in (2, 3, 4):
+            publish_again_on_reset(server, channel, {"n": i})
+
+        def restarted() -> list[int] | None:
+            now = worker_pids(server)
+            return now if len(now) == 2 and victim not in now else None
+
+        wait_until(restarted, "the killed worker restarted")
+        wait_until(lambda: sorted(nodes(server)) == ["w-0", "w-1"], "info lists both workers")
+        js.send("go")
+        publish_again_on_reset(server, channel, {"n": 5})
+        events = js.finish(timeout=40.0)
+    finally:
+        js.close()
+    for i in range(clients):
+        mine = [e["data"]["n"] for e in events if e.get("event") == "publication"
+                and e["client"] == f"c{i}"]
+        assert mine == [1, 2, 3, 4, 5], (i, mine)
+    resubscribed = [
+        e for e in events if e.get("event") == "subscribed" and e.get("wasRecovering")
+    ]
+    assert resubscribed, "no client of the killed worker reconnected"
+    assert all(e["recovered"] for e in resubscribed), resubscribed
