@@ -13,7 +13,6 @@ import signal
 import subprocess
 import time
 import uuid
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -532,23 +531,35 @@ def worker_index(pid: int) -> int:
     return int(argv[argv.index(b"--worker-index") + 1])
 
 
-def test_killed_worker_comes_back_and_its_sockjs_clients_recover(
-    sockjs_workers: Server, node_js: str
-) -> None:
-    """SIGKILL the worker owning SockJS sessions: their clients reconnect and recover.
+#: Log lines naming a request that reached a worker other than its session's.
+CROSSED = {
+    "sockjs": RELAYED,
+    "http_stream": re.compile(r"emulation session (\S+): commands forwarded to node (\S+)"),
+}
 
-    Eight centrifuge-js clients over SockJS xhr-polling, every request on a new
-    connection; the killed worker is one that owns sessions (the owner of a session is
-    CRC-32 of its id modulo the worker count), and it is restarted.
+
+@pytest.mark.parametrize("transport", ["websocket", "http_stream", "sockjs"])
+def test_killed_worker_comes_back_and_its_js_clients_recover(
+    sockjs_workers: Server, node_js: str, transport: str
+) -> None:
+    """SIGKILL the worker serving most of eight centrifuge-js clients: they all recover.
+
+    The clients spread over both workers (``info`` counts them per node); the requests of
+    one HTTP session (SockJS xhr-polling, every request a new connection; http_stream and
+    its /emulation posts) cross between workers (the debug log names each crossing). The
+    killed worker is restarted; every client receives every publication once, in order,
+    those that reconnected through recovery.
     """
     server = sockjs_workers
-    channel = name("js-sj-kill-")
-    clients = 8
+    channel = name("js-kill-")
+    clients = 8  # all on one worker by chance: 2 / 2**8
     js = NodeScenario(
         node_js,
-        INTEROP_DIR / "js" / "sockjs_many.mjs",
+        INTEROP_DIR / "js" / "many_clients.mjs",
         {
             "BASE_URL": server.url,
+            "WS_URL": server.ws_url,
+            "TRANSPORT": transport,
             "SOCKJS_TRANSPORT": "xhr-polling",
             "FRESH_CONNECTIONS": "1",
             "TOKEN": server.token(name("u-")),
@@ -560,6 +571,8 @@ def test_killed_worker_comes_back_and_its_sockjs_clients_recover(
     )
     try:
         js.expect("subscribed", timeout=TIMEOUT)
+        spread = counted(server, clients)
+        assert all(n > 0 for n in spread.values()), spread  # both workers serve clients
         server.publish(channel, {"n": 1})
         seen: set[str] = set()
 
@@ -569,11 +582,8 @@ def test_killed_worker_comes_back_and_its_sockjs_clients_recover(
             return len(seen) == clients
 
         js.expect(first_publication, timeout=TIMEOUT)
-        sessions = set(re.findall(r"/connection/sockjs/\d+/([^/]+)/xhr", server.log(tail=10**7)))
-        owners = [zlib.crc32(s.encode()) % 2 for s in sessions]
-        doomed = max((0, 1), key=owners.count)  # a worker owning at least one session
-        pids = worker_pids(server)
-        victim = next(pid for pid in pids if worker_index(pid) == doomed)
+        doomed = int(max(spread, key=lambda n: spread[n]).rsplit("-", 1)[1])
+        victim = next(pid for pid in worker_pids(server) if worker_index(pid) == doomed)
         os.kill(victim, signal.SIGKILL)
         for i in (2, 3, 4):
             publish_again_on_reset(server, channel, {"n": i})
@@ -590,11 +600,17 @@ def test_killed_worker_comes_back_and_its_sockjs_clients_recover(
     finally:
         js.close()
     for i in range(clients):
-        mine = [e["data"]["n"] for e in events if e.get("event") == "publication"
-                and e["client"] == f"c{i}"]
+        mine = [
+            e["data"]["n"]
+            for e in events
+            if e.get("event") == "publication" and e["client"] == f"c{i}"
+        ]
         assert mine == [1, 2, 3, 4, 5], (i, mine)
     resubscribed = [
         e for e in events if e.get("event") == "subscribed" and e.get("wasRecovering")
     ]
-    assert resubscribed, "no client of the killed worker reconnected"
+    assert len({e["client"] for e in resubscribed}) >= spread[f"w-{doomed}"], resubscribed
     assert all(e["recovered"] for e in resubscribed), resubscribed
+    if transport in CROSSED:
+        crossed = CROSSED[transport].findall(server.log(tail=10**8))
+        assert crossed, "no request reached the worker not serving its session"
