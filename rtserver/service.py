@@ -585,8 +585,13 @@ def build_sites(
     return Sites(site, internal_site, drains, origins, api_resource, admin_tree, owned_site)
 
 
-def build_grpc_api(executor: APIExecutor, config: Config, reactor: Any) -> Service:
-    """The GRPC server API on ``grpc_api.address``:``grpc_api.port`` (rtserver/grpcapi)."""
+def build_grpc_api(
+    executor: APIExecutor, config: Config, reactor: Any, *, reuse_port: bool = False
+) -> Service:
+    """The GRPC server API on ``grpc_api.address``:``grpc_api.port`` (rtserver/grpcapi).
+
+    ``reuse_port``: the port is shared with the other workers of ``--workers N``.
+    """
     from rtserver.grpcapi.api import SERVICE_NAME, APIServicer
     from rtserver.grpcapi.bridge import ReactorBridge
     from rtserver.grpcapi.server import GRPCServerService
@@ -604,11 +609,17 @@ def build_grpc_api(executor: APIExecutor, config: Config, reactor: Any) -> Servi
         tls=grpc.tls,
         max_receive_message_size=grpc.max_receive_message_size,
         reflection=[SERVICE_NAME] if grpc.reflection else [],
+        reuse_port=reuse_port,
     )
 
 
-def build_uni_grpc(node: Node, config: Config, reactor: Any) -> Service:
-    """The uni_grpc transport on ``uni_grpc.address``:``uni_grpc.port`` (rtserver/grpcapi)."""
+def build_uni_grpc(
+    node: Node, config: Config, reactor: Any, *, reuse_port: bool = False
+) -> Service:
+    """The uni_grpc transport on ``uni_grpc.address``:``uni_grpc.port`` (rtserver/grpcapi).
+
+    ``reuse_port``: the port is shared with the other workers of ``--workers N``.
+    """
     from rtserver.grpcapi.bridge import ReactorBridge
     from rtserver.grpcapi.server import GRPCServerService
     from rtserver.grpcapi.unistream import KEEPALIVE_OPTIONS, UniStreamServicer
@@ -629,6 +640,7 @@ def build_uni_grpc(node: Node, config: Config, reactor: Any) -> Service:
         workers=uni.max_concurrent_streams,
         max_concurrent_rpcs=uni.max_concurrent_streams,
         options=KEEPALIVE_OPTIONS,
+        reuse_port=reuse_port,
     )
 
 
@@ -692,6 +704,7 @@ def build(
     hooks: Hooks | None = None,
     listener: Listener | None = None,
     siblings: Siblings | None = None,
+    reuse_port: bool = False,
 ) -> MultiService:
     """The whole server as a MultiService (the twistd plugin and .tac files call this).
 
@@ -711,6 +724,8 @@ def build(
         siblings: The workers of ``--workers N`` (each one's private Unix socket): with
             SockJS on, this worker listens on its own and relays the requests of
             sessions another worker owns to that worker's.
+        reuse_port: The GRPC ports (``grpc_api``, ``uni_grpc``) are shared with the
+            other workers of ``--workers N`` (``SO_REUSEPORT``).
 
     Raises:
         ConfigError: a namespace names a proxy that neither ``config`` nor ``hooks``
@@ -744,9 +759,9 @@ def build(
         private = "unix:" + siblings.own_path.replace(":", "\\:") + ":mode=600:lockfile=1"
         strports_service(private, sites.owned, reactor=reactor).setServiceParent(top)
     if config.grpc_api.enabled:
-        build_grpc_api(executor, config, reactor).setServiceParent(top)
+        build_grpc_api(executor, config, reactor, reuse_port=reuse_port).setServiceParent(top)
     if config.uni_grpc.enabled:
-        build_uni_grpc(node, config, reactor).setServiceParent(top)
+        build_uni_grpc(node, config, reactor, reuse_port=reuse_port).setServiceParent(top)
     if internal_site is not None:
         for desc in internal_endpoints:
             listen_on(desc, internal_site, reactor).setServiceParent(top)

@@ -140,7 +140,8 @@ def _supervisor(options: Options) -> IService:
             f"--workers {options['workers']} cannot run this configuration: " + "; ".join(problems)
         )
     try:
-        held = workers.reserve(listen)
+        # The GRPC ports too: a port in use fails here, and stays reserved across restarts.
+        held = workers.reserve(listen + workers.grpc_listen(cfg))
     except OSError as e:
         raise usage.UsageError(f"cannot listen on {', '.join(listen)}: {e.strerror}") from None
     directory = workers.runtime_dir()
@@ -197,6 +198,7 @@ def _worker(options: Options, reload: Loader | None) -> IService:
         listener=lambda desc, site, r: workers.ReusePortService(desc, site, r),
         reactor=reactor,
         siblings=siblings,
+        reuse_port=True,
     )
     parent = options["supervisor-pid"]
     if parent is not None:

@@ -34,6 +34,7 @@ __all__ = [
     "ReusePortService",
     "Supervisor",
     "WorkerWatchdog",
+    "grpc_listen",
     "parse_tcp",
     "refusals",
     "reserve",
@@ -128,21 +129,22 @@ def refusals(config: Config, listen: Sequence[str]) -> list[str]:
             "to redis (with engine.redis.address), or enable a shared broker "
             '(broker.enabled: true with broker.type "nats" and broker.nats.url)'
         )
-    if config.grpc_api.enabled:
-        out.append(
-            "grpc_api.enabled: the GRPC API listens in one process only; serve it from a "
-            "separate --workers 1 instance"
-        )
-    if config.uni_grpc.enabled:
-        out.append(
-            "uni_grpc.enabled: the uni_grpc transport listens in one process only; serve it "
-            "from a separate --workers 1 instance"
-        )
-    for description in listen:
+    for description in [*listen, *grpc_listen(config)]:
         try:
             parse_tcp(description)
         except ValueError as e:
             out.append(str(e))
+    return out
+
+
+def grpc_listen(config: Config) -> list[str]:
+    """``tcp:`` descriptions of the enabled GRPC ports (the supervisor reserves them)."""
+    out = []
+    for section in (config.grpc_api, config.uni_grpc):
+        if section.enabled:
+            interface = section.address.replace(":", "\\:")
+            out.append(f"tcp:{section.port}:interface={interface}" if interface
+                       else f"tcp:{section.port}")
     return out
 
 

@@ -27,6 +27,8 @@ from harness import (
     Server,
     _twistd,
     base_config,
+    free_port,
+    merge,
     run_emulation_pubsub,
     spawn_server,
     stop_server,
@@ -351,13 +353,12 @@ def test_js_client_reconnects_to_any_worker_and_recovers(
     ("overrides", "expected"),
     [
         ({}, "set engine.type to redis"),
-        ({"engine": {"type": "redis"}, "grpc_api": {"enabled": True}}, "grpc_api.enabled"),
     ],
 )
 def test_configurations_workers_cannot_share_are_refused(
     tmp_path: Path, overrides: dict[str, Any], expected: str
 ) -> None:
-    """The memory engine (and the GRPC API) with --workers 2: twistd refuses, saying why."""
+    """The memory engine with --workers 2: twistd refuses to start, saying why."""
     config = {**base_config("s" * 40, "k"), **overrides}
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config), encoding="utf-8")
@@ -614,3 +615,69 @@ def test_killed_worker_comes_back_and_its_js_clients_recover(
     if transport in CROSSED:
         crossed = CROSSED[transport].findall(server.log(tail=10**8))
         assert crossed, "no request reached the worker not serving its session"
+
+
+def test_grpc_api_and_uni_grpc_are_served_by_every_worker(
+    tmp_path: Path, redis_config: tuple[dict[str, Any], str, str]
+) -> None:
+    """``grpc_api`` and ``uni_grpc`` share their ports between the workers (SO_REUSEPORT).
+
+    Eight uni_grpc consumers (a channel each, so a connection each) land on both workers;
+    publications made through the GRPC API (a connection per call) reach all of them.
+    """
+    import grpc
+
+    from rtserver.grpcapi.proto import api_pb2, api_pb2_grpc, unistream_pb2_grpc
+    from rtserver.grpcapi.proto import unistream_pb2 as uni_pb
+
+    config, secret, api_key = redis_config
+    api_port, uni_port, key = free_port(), free_port(), "grpc-" + uuid.uuid4().hex
+    config = merge(
+        config,
+        {
+            "node": {"name": "w"},
+            "grpc_api": {"enabled": True, "address": "127.0.0.1", "port": api_port, "key": key},
+            "uni_grpc": {"enabled": True, "address": "127.0.0.1", "port": uni_port},
+        },
+    )
+    server = spawn_server(
+        tmp_path, config, secret=secret, api_key=api_key, extra_args=("--workers", "2")
+    )
+    server.expect_logged_failure(r"unsubscribe \S+ failed.*RedisUnavailable: [^\n]*connection lost")
+    channel = name("grpc-")
+    consumers: list[tuple[Any, Any, Any]] = []
+    # grpcio shares one connection between channels to one target unless told otherwise.
+    own_connection = [("grpc.use_local_subchannel_pool", 1)]
+    try:
+        wait_ready(server)
+        token = server.token(name("u-"), channels=[channel])
+        for _ in range(8):  # all on one worker by chance: 2 / 2**8
+            link = grpc.insecure_channel(f"127.0.0.1:{uni_port}", options=own_connection)
+            stub = unistream_pb2_grpc.CentrifugoUniStreamStub(link)
+            call = stub.Consume(uni_pb.ConnectRequest(token=token), timeout=60)
+            pushes = iter(call)
+            assert next(pushes).HasField("connect")
+            consumers.append((link, call, pushes))
+        spread = counted(server, 8)
+        assert all(n > 0 for n in spread.values()), spread
+        for i in range(4):
+            with grpc.insecure_channel(f"127.0.0.1:{api_port}", options=own_connection) as link:
+                reply = api_pb2_grpc.CentrifugoApiStub(link).Publish(
+                    api_pb2.PublishRequest(channel=channel, data=json.dumps({"n": i}).encode()),
+                    metadata=[("authorization", f"apikey {key}")],
+                    timeout=10,
+                )
+            assert not reply.HasField("error"), reply
+        for _, _, pushes in consumers:
+            got = []
+            for push in pushes:
+                if push.HasField("pub"):
+                    got.append(json.loads(push.pub.data)["n"])
+                    if len(got) == 4:
+                        break
+            assert got == [0, 1, 2, 3]
+    finally:
+        for link, call, _ in consumers:
+            call.cancel()
+            link.close()
+        stop_server(server)
