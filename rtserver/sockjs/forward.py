@@ -115,7 +115,10 @@ class Forwarder:
             id=session_id,
             owner=self.siblings.owner_index(session_id),
         )
-        relay = _Relay(request, session_id, request_body(request), local, self)
+        body = request_body(request)
+        if request.content is not None:
+            request.content.seek(0)  # served here after all if the owner is unreachable
+        relay = _Relay(request, session_id, body, local, self)
         self._reactor.connectUNIX(path, _RelayFactory(relay), timeout=self._timeout)
         return NOT_DONE_YET
 

@@ -171,6 +171,10 @@ async def test_an_unreachable_owner_leaves_the_session_to_the_worker_reached(pai
     assert (opened.status, opened.body) == (200, b"o\n")
     assert pair.workers[0].resource.sessions.get(sid) is not None
     assert pair.workers[0].forwarder.unreachable == 1
+    sent = await pair.fetch(0, "POST", f"/echo/000/{sid}/xhr_send", b'["x"]')
+    assert sent.status == 204  # the body read for the relay is read again here
+    polled = await pair.fetch(0, "POST", f"/echo/000/{sid}/xhr")
+    assert polled.body == b'a["x"]\n'
     missing = await pair.fetch(0, "POST", f"/echo/000/{pair.session_owned_by(1)}/xhr_send", b"[]")
     assert missing.status == 404  # a bytes answer served here
     assert missing.header("content-length") == str(len(missing.body))
