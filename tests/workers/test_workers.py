@@ -472,7 +472,8 @@ def test_js_sockjs_client_on_two_workers_delivers_and_recovers(
     """centrifuge-js over SockJS, every request on a new connection, on two workers.
 
     Its polls, streams and sends land on either worker: those reaching the worker that
-    does not own the session are relayed (the log names them), and the client receives
+    does not own the session are relayed (the log names them; a streaming session makes
+    too few requests to be sure one crosses), and the client receives
     every publication once, in order, and recovers the ones it missed while away.
     """
     server = sockjs_workers
@@ -522,8 +523,9 @@ def test_js_sockjs_client_on_two_workers_delivers_and_recovers(
         + [{"sentinel": True}]
     )
     assert [p["data"] for p in pubs] == expected, "every publication exactly once, in order"
-    relayed = RELAYED.findall(server.log(tail=10**7))
-    assert relayed, "no SockJS request reached the worker not owning its session"
+    if transport == "xhr-polling":  # a dozen polls and sends: some reach the other worker
+        relayed = RELAYED.findall(server.log(tail=10**7))
+        assert relayed, "no SockJS request reached the worker not owning its session"
 
 
 def worker_index(pid: int) -> int:
@@ -543,7 +545,7 @@ CROSSED = {
 def test_killed_worker_comes_back_and_its_js_clients_recover(
     sockjs_workers: Server, node_js: str, transport: str
 ) -> None:
-    """SIGKILL the worker serving most of eight centrifuge-js clients: they all recover.
+    """SIGKILL the worker serving most of twelve centrifuge-js clients: they all recover.
 
     The clients spread over both workers (``info`` counts them per node); the requests of
     one HTTP session (SockJS xhr-polling, every request a new connection; http_stream and
@@ -553,7 +555,7 @@ def test_killed_worker_comes_back_and_its_js_clients_recover(
     """
     server = sockjs_workers
     channel = name("js-kill-")
-    clients = 8  # all on one worker by chance: 2 / 2**8
+    clients = 12  # all on one worker by chance: 2 / 2**12
     js = NodeScenario(
         node_js,
         INTEROP_DIR / "js" / "many_clients.mjs",
@@ -622,7 +624,7 @@ def test_grpc_api_and_uni_grpc_are_served_by_every_worker(
 ) -> None:
     """``grpc_api`` and ``uni_grpc`` share their ports between the workers (SO_REUSEPORT).
 
-    Eight uni_grpc consumers (a channel each, so a connection each) land on both workers;
+    Twelve uni_grpc consumers (a channel each, so a connection each) land on both workers;
     publications made through the GRPC API (a connection per call) reach all of them.
     """
     import grpc
@@ -651,14 +653,14 @@ def test_grpc_api_and_uni_grpc_are_served_by_every_worker(
     try:
         wait_ready(server)
         token = server.token(name("u-"), channels=[channel])
-        for _ in range(8):  # all on one worker by chance: 2 / 2**8
+        for _ in range(12):  # all on one worker by chance: 2 / 2**12
             link = grpc.insecure_channel(f"127.0.0.1:{uni_port}", options=own_connection)
             stub = unistream_pb2_grpc.CentrifugoUniStreamStub(link)
             call = stub.Consume(uni_pb.ConnectRequest(token=token), timeout=60)
             pushes = iter(call)
             assert next(pushes).HasField("connect")
             consumers.append((link, call, pushes))
-        spread = counted(server, 8)
+        spread = counted(server, 12)
         assert all(n > 0 for n in spread.values()), spread
         for i in range(4):
             with grpc.insecure_channel(f"127.0.0.1:{api_port}", options=own_connection) as link:
