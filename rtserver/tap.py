@@ -139,11 +139,12 @@ def _supervisor(options: Options) -> IService:
         raise usage.UsageError(
             f"--workers {options['workers']} cannot run this configuration: " + "; ".join(problems)
         )
+    # The GRPC ports too: a port in use fails here, and stays reserved across restarts.
+    shared = listen + workers.grpc_listen(cfg)
     try:
-        # The GRPC ports too: a port in use fails here, and stays reserved across restarts.
-        held = workers.reserve(listen + workers.grpc_listen(cfg))
+        held = workers.reserve(shared)
     except OSError as e:
-        raise usage.UsageError(f"cannot listen on {', '.join(listen)}: {e.strerror}") from None
+        raise usage.UsageError(f"cannot listen on {', '.join(shared)}: {e.strerror}") from None
     directory = workers.runtime_dir()
     count = str(options["workers"])
     args = [*worker_args(options), "--workers", count, "--worker-dir", directory]

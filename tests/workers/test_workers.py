@@ -239,6 +239,9 @@ def test_sigterm_drains_every_worker(
     wait_ready(server)
     pids = worker_pids(server)
     assert len(pids) == 2, pids
+    argv = Path(f"/proc/{pids[0]}/cmdline").read_bytes().split(b"\0")
+    private = Path(argv[argv.index(b"--worker-dir") + 1].decode())
+    assert private.is_dir() and private.stat().st_mode & 0o777 == 0o700
     rec = Recorder()
     count = 12  # all on one worker by chance: 2 / 2**12
 
@@ -262,6 +265,7 @@ def test_sigterm_drains_every_worker(
     finally:
         stop_server(server)  # exit code, "Server Shut Down." and logged failures checked
     assert not [pid for pid in pids if running(pid)]
+    assert not private.exists()  # the workers' private sockets are removed with them
 
 
 def test_emulation_session_spans_workers(workers: Server, node_js: str) -> None:
