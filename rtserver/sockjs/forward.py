@@ -14,6 +14,12 @@ relayed request, which the owner sees as a client abort (the session ends, as So
 says). An owner that cannot be reached (restarting) is replaced by the process the
 request reached: it serves the session itself, so a new session opens anyway and a
 session of the dead owner gets what SockJS gives a lost session.
+
+Why not through the broker, as ``/emulation`` posts are forwarded between nodes: a
+SockJS poll or stream is a response held open while frames arrive, which would cost
+broker round trips per frame plus a survey per request to find the session's node; the
+processes of one host reach each other directly, and between hosts a balancer's sticky
+routing does this job (docs/transports.rst).
 """
 
 from __future__ import annotations
