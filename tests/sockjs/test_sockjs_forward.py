@@ -69,7 +69,8 @@ class Pair:
                 return sid
 
     async def open(
-        self, worker: int, method: str, path: str, body: bytes = b"", head: bool = True
+        self, worker: int, method: str, path: str, body: bytes = b"", head: bool = True,
+        headers: tuple[str, ...] = (),
     ) -> Response:
         """Send a request to ``worker``'s TCP port; fires once its head arrived."""
         response = Response(method)
@@ -77,13 +78,16 @@ class Pair:
         await connectProtocol(endpoint, response)
         self.clients.append(response)
         lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(body)}"]
+        lines += headers
         response.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
         if head:
             await response.head
         return response
 
-    async def fetch(self, worker: int, method: str, path: str, body: bytes = b"") -> Response:
-        response = await self.open(worker, method, path, body)
+    async def fetch(
+        self, worker: int, method: str, path: str, body: bytes = b"", *headers: str
+    ) -> Response:
+        response = await self.open(worker, method, path, body, headers=headers)
         await response.complete
         return response
 
@@ -251,3 +255,33 @@ def test_siblings_owner() -> None:
         assert (siblings.owner(sid) is None) == (siblings.owner_index(sid) == 1)
     with pytest.raises(ValueError, match="outside"):
         Siblings(3, ["a", "b", "c"])
+
+
+@pytest.mark.parametrize(
+    ("method", "transport", "opening"),
+    [
+        ("GET", "eventsource", b"\r\ndata: o\r\n\r\n"),
+        ("GET", "htmlfile?c=%63b", b'<script>\np("o");\n</script>\r\n'),
+        ("GET", "jsonp?c=cb", b'/**/cb("o");\r\n'),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_every_receiving_transport_is_relayed_with_its_query(
+    pair: Pair, method: str, transport: str, opening: bytes
+) -> None:
+    """eventsource, htmlfile and jsonp (callback in the query) open through the relay."""
+    sid = pair.session_owned_by(1)
+    response = await pair.open(0, method, f"/echo/000/{sid}/{transport}")
+    assert response.status == 200
+    received = b""
+    while opening not in received and not response.complete.called:
+        received += await response.read()
+    assert received.endswith(opening), received
+    assert pair.workers[1].resource.sessions.get(sid) is not None
+    assert pair.workers[0].forwarder.forwarded == 1
+    if transport.startswith("jsonp"):
+        form = "Content-Type: application/x-www-form-urlencoded"
+        sent = await pair.fetch(0, "POST", f"/echo/000/{sid}/jsonp_send", b"d=%5B%22x%22%5D", form)
+        assert (sent.status, sent.body) == (200, b"ok")
+        polled = await pair.fetch(1, "GET", f"/echo/000/{sid}/jsonp?c=cb")
+        assert polled.body == b'/**/cb("a[\\"x\\"]");\r\n'
