@@ -522,12 +522,14 @@ def build_sites(
         mount(root, uws.handler_prefix, WebSocketResource(uni_factory))
         drains.append(uni_factory)
     owned_site: RTSite | None = None
+    relay = None
     if config.sockjs.enabled:
         from rtserver.sockjs.forward import Forwarder
         from rtserver.sockjs.resource import OwnedSessions
         from rtserver.transports.sockjs import sockjs_resource
 
         sj = config.sockjs
+        relay = None if siblings is None else Forwarder(siblings, reactor)
         sockjs = sockjs_resource(
             node,
             sj,
@@ -535,7 +537,7 @@ def build_sites(
             message_size_limit=config.websocket.message_size_limit,
             write_timeout=timeout,
             clock=reactor,
-            forwarder=None if siblings is None else Forwarder(siblings, reactor),
+            forwarder=relay,
         )
         mount(root, sj.handler_prefix, sockjs)
         limits.append((sj.handler_prefix, sj.max_request_body_size))
@@ -558,7 +560,7 @@ def build_sites(
     if config.prometheus.enabled:
         from rtserver.web.metrics import MetricsResource, registry_for
 
-        registry = registry_for(node, executor.stats, http_stats)
+        registry = registry_for(node, executor.stats, http_stats, relay)
         mount(root, config.prometheus.handler_prefix, MetricsResource(registry))
     if config.health.enabled:
         mount(root, config.health.handler_prefix, HealthResource(node.engine))

@@ -388,6 +388,7 @@ def sockjs_workers(
         "node": {"name": "w"},
         "sockjs": {"enabled": True},
         "log": {"level": "debug"},
+        "prometheus": {"enabled": True},
     }
     server = spawn_server(
         tmp_path, config, secret=secret, api_key=api_key, extra_args=("--workers", "2")
@@ -467,6 +468,16 @@ def test_sockjs_session_requests_on_either_worker_reach_its_owner(
     relayed = [m for m in RELAYED.findall(server.log(tail=10**7)) if m[0] == sid]
     assert relayed, "no request of the session reached the worker not owning it"
     assert len({owner for _, owner in relayed}) == 1  # one owner for the whole session
+    # /metrics of the worker that relayed counts them (each scrape reaches either worker).
+    counts = set()
+    for _ in range(12):
+        with requests.Session() as session:
+            session.trust_env = False
+            text = session.get(f"{server.url}/metrics", timeout=TIMEOUT).text
+        found = re.search(r"^rtserver_sockjs_relayed_requests_total (\S+)$", text, re.M)
+        assert found, text
+        counts.add(float(found.group(1)))
+    assert max(counts) >= 1, counts
 
 
 @pytest.mark.parametrize("transport", ["xhr-polling", "xhr-streaming"])
