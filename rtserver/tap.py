@@ -203,5 +203,6 @@ def _worker(options: Options, reload: Loader | None) -> IService:
     )
     parent = options["supervisor-pid"]
     if parent is not None:
-        workers.WorkerWatchdog(reactor, parent).setServiceParent(top)
+        watchdog = workers.WorkerWatchdog(reactor, parent, directory=options["worker-dir"])
+        watchdog.setServiceParent(top)
     return top

@@ -229,11 +229,18 @@ class ReusePortService(Service):
 
 
 class WorkerWatchdog(Service):
-    """Stops a worker whose supervisor has gone (killed with SIGKILL, say)."""
+    """Stops a worker whose supervisor has gone (killed with SIGKILL, say).
 
-    def __init__(self, reactor: Any, parent: int, interval: float = 1.0) -> None:
+    ``directory``: the workers' private directory, which the supervisor can no longer
+    remove: the first worker to notice removes it.
+    """
+
+    def __init__(
+        self, reactor: Any, parent: int, interval: float = 1.0, directory: str | None = None
+    ) -> None:
         self.reactor = reactor
         self.interval = interval
+        self.directory = directory
         self._parent = parent  # given, not read: the supervisor may die before this runs
         self._call: IDelayedCall | None = None
 
@@ -248,6 +255,8 @@ class WorkerWatchdog(Service):
         self._call = None
         if os.getppid() != self._parent:
             _log.warn("the supervisor (pid {pid}) is gone: stopping", pid=self._parent)
+            if self.directory is not None:
+                shutil.rmtree(self.directory, ignore_errors=True)
             self.reactor.stop()
             return
         self._schedule()

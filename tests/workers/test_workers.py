@@ -287,6 +287,8 @@ def test_workers_stop_when_the_supervisor_is_killed(
     )
     pids = worker_pids(server)
     assert len(pids) == 2, pids
+    argv = Path(f"/proc/{pids[0]}/cmdline").read_bytes().split(b"\0")
+    private = Path(argv[argv.index(b"--worker-dir") + 1].decode())
     server.process.kill()
     server.process.wait(timeout=TIMEOUT)
 
@@ -296,6 +298,7 @@ def test_workers_stop_when_the_supervisor_is_killed(
     wait_until(gone, "orphaned workers exited")
     assert server.log().count("the supervisor (pid") == 2
     assert server.log().count("Server Shut Down.") == 2  # the workers' clean exits
+    assert not private.exists()  # removed by the workers in place of the supervisor
 
 
 @pytest.mark.parametrize(
