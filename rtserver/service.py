@@ -546,7 +546,11 @@ def build_sites(
             owned_root = Branch()
             mount(owned_root, sj.handler_prefix, OwnedSessions(sockjs))
             owned_limits = [(sj.handler_prefix, sj.max_request_body_size)]
-            owned_site = RTSite(owned_root, body_limits=owned_limits, reactor=reactor)
+            # No head deadline: the peers are this host's workers, keeping idle
+            # connections for their next relayed request.
+            owned_site = RTSite(
+                owned_root, body_limits=owned_limits, read_header_timeout=0, reactor=reactor
+            )
             drains.append(owned_site)
     fast_path = None
     http_stats = HTTPStats()

@@ -21,7 +21,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import formatEvent, globalLogPublisher
 
 from rtserver.sockjs.conformance import Echo
-from rtserver.sockjs.forward import MAX_HEAD, Forwarder, Siblings
+from rtserver.sockjs.forward import MAX_HEAD, Forwarder, Siblings, _Chunks
 from rtserver.sockjs.options import SockJSOptions
 from rtserver.sockjs.resource import OwnedSessions, SockJSResource
 from rtserver.web.site import Branch, RTSite
@@ -39,7 +39,7 @@ class Worker:
         owned = Branch()
         owned.putChild(b"echo", OwnedSessions(self.resource))
         self.site = RTSite(root, reactor=reactor)
-        self.owned_site = RTSite(owned, reactor=reactor)
+        self.owned_site = RTSite(owned, read_header_timeout=0, reactor=reactor)
         self.tcp = reactor.listenTCP(0, self.site, interface="127.0.0.1")
         self.unix: Any = reactor.listenUNIX(paths[index], self.owned_site, mode=0o600)
         self.port = self.tcp.getHost().port
@@ -285,3 +285,162 @@ async def test_every_receiving_transport_is_relayed_with_its_query(
         assert (sent.status, sent.body) == (200, b"ok")
         polled = await pair.fetch(1, "GET", f"/echo/000/{sid}/jsonp?c=cb")
         assert polled.body == b'/**/cb("a[\\"x\\"]");\r\n'
+
+
+@pytest_twisted.ensureDeferred
+async def test_relayed_requests_reuse_kept_alive_connections(pair: Pair) -> None:
+    """Sequential requests to one owner share one connection; one closed idle is replaced."""
+    sid = pair.session_owned_by(1)
+    forwarder = pair.workers[0].forwarder
+    assert (await pair.fetch(0, "POST", f"/echo/000/{sid}/xhr")).body == b"o\n"
+    for i in range(3):
+        sent = await pair.fetch(0, "POST", f"/echo/000/{sid}/xhr_send", f'["{i}"]'.encode())
+        assert sent.status == 204
+        assert (await pair.fetch(0, "POST", f"/echo/000/{sid}/xhr")).body == b'a["%d"]\n' % i
+    assert (forwarder.forwarded, forwarder.connections) == (7, 1)
+    # The owner closes its idle connections (as at a reload): the next request opens one.
+    for channel in list(pair.workers[1].owned_site._channels):
+        channel.transport.loseConnection()
+    await turns()
+    assert (await pair.fetch(0, "POST", f"/echo/000/{sid}/xhr_send", b'["z"]')).status == 204
+    assert (forwarder.forwarded, forwarder.connections) == (8, 2)
+
+
+class _Scripted(Protocol):
+    """A fake owner answering the Nth request of a connection with ``replies[N]``.
+
+    ``None`` closes the connection without an answer.
+    """
+
+    def __init__(self, replies: list[bytes | None]) -> None:
+        self.replies = list(replies)
+        self.buffer = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        while b"\r\n\r\n" in self.buffer:
+            _, self.buffer = self.buffer.split(b"\r\n\r\n", 1)  # bodies are empty here
+            reply = self.replies.pop(0) if self.replies else None
+            if reply is None:
+                self.transport.loseConnection()
+                return
+            self.transport.write(reply)
+
+
+class _Alone:
+    """A worker 0 whose sessions are all owned by a fake worker 1 (``replies`` per connection)."""
+
+    def __init__(self, directory: Path, replies: list[bytes | None]) -> None:
+        path = str(directory / "owner.sock")
+        self.owner: Any = reactor.listenUNIX(
+            path, Factory.forProtocol(lambda: _Scripted(replies))
+        )
+        self.forwarder = Forwarder(Siblings(0, ["unused", path]), reactor)
+        self.resource = SockJSResource(
+            Echo(), SockJSOptions(), clock=reactor, forwarder=self.forwarder
+        )
+        root = Branch()
+        root.putChild(b"echo", self.resource)
+        self.site = RTSite(root, reactor=reactor)
+        self.tcp = reactor.listenTCP(0, self.site, interface="127.0.0.1")
+        self.sid = next(s for s in (uuid.uuid4().hex for _ in range(100))
+                        if self.forwarder.siblings.owner_index(s) == 1)
+
+    async def send(self, transport: str = "xhr_send") -> Response:
+        response = Response("POST")
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.tcp.getHost().port)
+        await connectProtocol(endpoint, response)
+        response.transport.write(
+            f"POST /echo/000/{self.sid}/{transport} HTTP/1.1\r\nHost: x\r\n"
+            "Content-Length: 2\r\n\r\n[]".encode()
+        )
+        await response.complete
+        return response
+
+    async def stop(self) -> None:
+        await self.resource.wait_closed(3)
+        await self.site.wait_closed(3)
+        await self.tcp.stopListening()
+        if self.owner is not None:
+            await self.owner.stopListening()
+
+
+_NO_CONTENT = b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_kept_alive_connection_closed_before_answering_is_replaced_once(
+    tmp_path: Path,
+) -> None:
+    """The owner closed the idle connection as the request went out: a new one carries it."""
+    alone = _Alone(tmp_path, [_NO_CONTENT, None])
+    try:
+        assert (await alone.send()).status == 204
+        assert (await alone.send()).status == 204  # the first connection closed: retried
+        assert alone.forwarder.connections == 2
+    finally:
+        await alone.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_owner_answer_with_connection_close_is_not_reused(tmp_path: Path) -> None:
+    closing = b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n"
+    alone = _Alone(tmp_path, [closing, _NO_CONTENT])
+    try:
+        assert (await alone.send()).status == 204
+        assert (await alone.send()).status == 204
+        assert alone.forwarder.connections == 2
+    finally:
+        await alone.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_malformed_chunked_answer_ends_the_response(tmp_path: Path) -> None:
+    """A chunked body that is not: the client's response ends there, the error is logged."""
+    logged: list[str] = []
+
+    def observe(event: Any) -> None:
+        if event.get("log_namespace") == "rtserver.sockjs.forward":
+            logged.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    bad = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\nzz\r\n"
+    alone = _Alone(tmp_path, [bad])
+    try:
+        response = await alone.send()
+        assert (response.status, response.body) == (200, b"ok")
+    finally:
+        await alone.stop()
+        globalLogPublisher.removeObserver(observe)
+    assert any("chunked body is malformed" in line for line in logged), logged
+
+
+def test_chunked_bodies_are_decoded_whatever_the_splits() -> None:
+    body = b"3;ext=1\r\nabc\r\n10\r\n" + b"x" * 16 + b"\r\n0\r\nTrailer: t\r\n\r\n"
+    for step in (1, 2, 5, len(body)):
+        chunks = _Chunks()
+        out = b"".join(chunks.feed(body[i : i + step]) for i in range(0, len(body), step))
+        assert out == b"abc" + b"x" * 16
+        assert chunks.done and not chunks.leftover
+    for broken, before in ((b"g\r\n", b""), (b"3\r\nabcX\r\n", b"abc"), (b"1" * 2000, b"")):
+        chunks = _Chunks()
+        assert chunks.feed(broken) == before
+        assert chunks.error
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_owner_gone_under_a_kept_alive_connection_leaves_the_poll_here(
+    tmp_path: Path,
+) -> None:
+    """The owner closes a kept-alive connection and no longer listens: served here."""
+    alone = _Alone(tmp_path, [_NO_CONTENT, None])
+    try:
+        assert (await alone.send()).status == 204
+        await alone.owner.stopListening()  # the connection kept alive stays open
+        alone.owner = None
+        polled = await alone.send("xhr")
+        assert (polled.status, polled.body) == (200, b"o\n")  # a new session, served here
+        assert alone.forwarder.unreachable == 1
+        assert alone.resource.sessions.get(alone.sid) is not None
+    finally:
+        await alone.stop()
