@@ -36,6 +36,7 @@ from rtserver.engines.composite import CompositeEngine
 from rtserver.engines.memory import MemoryEngine
 from rtserver.logs import Logger
 from rtserver.proxy.hooks import HookProxy, Hooks
+from rtserver.sockjs.forward import Siblings
 from rtserver.transports.emulation import EmulationResource, HTTPStreamResource, SSEResource
 from rtserver.transports.origin import OriginPolicy
 from rtserver.transports.uni import UniHTTPStreamResource, UniSSEResource, UniWebSocketFactory
@@ -468,12 +469,23 @@ class Sites:
     origins: OriginPolicy
     api: APIResource | None
     admin: AdminRoot | None
+    #: The site of this worker's private socket, where the other workers relay the
+    #: requests of SockJS sessions this one owns (``--workers N`` with SockJS), or None.
+    owned: RTSite | None = None
 
 
 def build_sites(
-    node: Node, config: Config, reactor: Any, executor: APIExecutor | None = None
+    node: Node,
+    config: Config,
+    reactor: Any,
+    executor: APIExecutor | None = None,
+    *,
+    siblings: Siblings | None = None,
 ) -> Sites:
-    """The main site, the internal one (admin UI on ``internal_port``), drains, parts."""
+    """The main site, the internal one (admin UI on ``internal_port``), drains, parts.
+
+    ``siblings`` (a worker of ``--workers N``): the workers sharing the SockJS endpoint.
+    """
     executor = executor or APIExecutor(node)
     admin_tree: AdminRoot | None = None
     if config.admin.enabled:
@@ -537,10 +549,15 @@ def build_sites(
         )
         mount(root, uws.handler_prefix, WebSocketResource(uni_factory))
         drains.append(uni_factory)
+    owned_site: RTSite | None = None
+    relay = None
     if config.sockjs.enabled:
+        from rtserver.sockjs.forward import Forwarder
+        from rtserver.sockjs.resource import OwnedSessions
         from rtserver.transports.sockjs import sockjs_resource
 
         sj = config.sockjs
+        relay = None if siblings is None else Forwarder(siblings, reactor)
         sockjs = sockjs_resource(
             node,
             sj,
@@ -548,10 +565,21 @@ def build_sites(
             message_size_limit=config.websocket.message_size_limit,
             write_timeout=timeout,
             clock=reactor,
+            forwarder=relay,
         )
         mount(root, sj.handler_prefix, sockjs)
         limits.append((sj.handler_prefix, sj.max_request_body_size))
         drains.append(sockjs)
+        if siblings is not None:
+            owned_root = Branch()
+            mount(owned_root, sj.handler_prefix, OwnedSessions(sockjs))
+            owned_limits = [(sj.handler_prefix, sj.max_request_body_size)]
+            # No head deadline: the peers are this host's workers, keeping idle
+            # connections for their next relayed request.
+            owned_site = RTSite(
+                owned_root, body_limits=owned_limits, read_header_timeout=0, reactor=reactor
+            )
+            drains.append(owned_site)
     fast_path = None
     http_stats = HTTPStats()
     api_resource = None
@@ -564,7 +592,7 @@ def build_sites(
     if config.prometheus.enabled:
         from rtserver.web.metrics import MetricsResource, registry_for
 
-        registry = registry_for(node, executor.stats, http_stats)
+        registry = registry_for(node, executor.stats, http_stats, relay)
         mount(root, config.prometheus.handler_prefix, MetricsResource(registry))
     if config.health.enabled:
         mount(root, config.health.handler_prefix, HealthResource(node.engine))
@@ -589,11 +617,16 @@ def build_sites(
         reactor=reactor,
     )
     drains.append(site)
-    return Sites(site, internal_site, drains, origins, api_resource, admin_tree)
+    return Sites(site, internal_site, drains, origins, api_resource, admin_tree, owned_site)
 
 
-def build_grpc_api(executor: APIExecutor, config: Config, reactor: Any) -> Service:
-    """The GRPC server API on ``grpc_api.address``:``grpc_api.port`` (rtserver/grpcapi)."""
+def build_grpc_api(
+    executor: APIExecutor, config: Config, reactor: Any, *, reuse_port: bool = False
+) -> Service:
+    """The GRPC server API on ``grpc_api.address``:``grpc_api.port`` (rtserver/grpcapi).
+
+    ``reuse_port``: the port is shared with the other workers of ``--workers N``.
+    """
     from rtserver.grpcapi.api import SERVICE_NAME, APIServicer
     from rtserver.grpcapi.bridge import ReactorBridge
     from rtserver.grpcapi.server import GRPCServerService
@@ -611,11 +644,17 @@ def build_grpc_api(executor: APIExecutor, config: Config, reactor: Any) -> Servi
         tls=grpc.tls,
         max_receive_message_size=grpc.max_receive_message_size,
         reflection=[SERVICE_NAME] if grpc.reflection else [],
+        reuse_port=reuse_port,
     )
 
 
-def build_uni_grpc(node: Node, config: Config, reactor: Any) -> Service:
-    """The uni_grpc transport on ``uni_grpc.address``:``uni_grpc.port`` (rtserver/grpcapi)."""
+def build_uni_grpc(
+    node: Node, config: Config, reactor: Any, *, reuse_port: bool = False
+) -> Service:
+    """The uni_grpc transport on ``uni_grpc.address``:``uni_grpc.port`` (rtserver/grpcapi).
+
+    ``reuse_port``: the port is shared with the other workers of ``--workers N``.
+    """
     from rtserver.grpcapi.bridge import ReactorBridge
     from rtserver.grpcapi.server import GRPCServerService
     from rtserver.grpcapi.unistream import KEEPALIVE_OPTIONS, UniStreamServicer
@@ -636,6 +675,7 @@ def build_uni_grpc(node: Node, config: Config, reactor: Any) -> Service:
         workers=uni.max_concurrent_streams,
         max_concurrent_rpcs=uni.max_concurrent_streams,
         options=KEEPALIVE_OPTIONS,
+        reuse_port=reuse_port,
     )
 
 
@@ -698,6 +738,8 @@ def build(
     reload: Loader | None = None,
     hooks: Hooks | None = None,
     listener: Listener | None = None,
+    siblings: Siblings | None = None,
+    reuse_port: bool = False,
 ) -> MultiService:
     """The whole server as a MultiService (the twistd plugin and .tac files call this).
 
@@ -714,6 +756,11 @@ def build(
         listener: Makes the listening service of an endpoint description (default:
             the strports service; a worker of ``--workers N`` passes one listening with
             ``SO_REUSEPORT``, rtserver/workers.py).
+        siblings: The workers of ``--workers N`` (each one's private Unix socket): with
+            SockJS on, this worker listens on its own and relays the requests of
+            sessions another worker owns to that worker's.
+        reuse_port: The GRPC ports (``grpc_api``, ``uni_grpc``) are shared with the
+            other workers of ``--workers N`` (``SO_REUSEPORT``).
 
     Raises:
         ConfigError: a namespace names a proxy that neither ``config`` nor ``hooks``
@@ -728,7 +775,7 @@ def build(
     proxies, closing = build_proxies(config, reactor, hooks)
     node = build_node(config, reactor, proxies)
     executor = APIExecutor(node)
-    sites = build_sites(node, config, reactor, executor)
+    sites = build_sites(node, config, reactor, executor, siblings=siblings)
     site, internal_site, drains = sites.site, sites.internal, sites.drains
     top = ServerService(node, config.health.drain_delay, reactor)
     top.setName("rtserver")
@@ -742,10 +789,14 @@ def build(
     )
     for desc in endpoints:
         listen_on(desc, site, reactor).setServiceParent(top)
+    if sites.owned is not None and siblings is not None:
+        # lockfile=1: a stale socket of a killed predecessor is removed, a live one kept.
+        private = "unix:" + siblings.own_path.replace(":", "\\:") + ":mode=600:lockfile=1"
+        strports_service(private, sites.owned, reactor=reactor).setServiceParent(top)
     if config.grpc_api.enabled:
-        build_grpc_api(executor, config, reactor).setServiceParent(top)
+        build_grpc_api(executor, config, reactor, reuse_port=reuse_port).setServiceParent(top)
     if config.uni_grpc.enabled:
-        build_uni_grpc(node, config, reactor).setServiceParent(top)
+        build_uni_grpc(node, config, reactor, reuse_port=reuse_port).setServiceParent(top)
     if internal_site is not None:
         for desc in internal_endpoints:
             listen_on(desc, internal_site, reactor).setServiceParent(top)

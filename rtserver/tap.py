@@ -44,6 +44,7 @@ class Options(usage.Options):
         ],
         ["worker-index", None, None, "Internal: set by the --workers supervisor.", int],
         ["supervisor-pid", None, None, "Internal: set by the --workers supervisor.", int],
+        ["worker-dir", None, None, "Internal: set by the --workers supervisor."],
     ]
 
     def __init__(self) -> None:
@@ -144,11 +145,15 @@ def _supervisor(options: Options) -> IService:
         raise usage.UsageError(
             f"--workers {options['workers']} cannot run this configuration: " + "; ".join(problems)
         )
+    # The GRPC ports too: a port in use fails here, and stays reserved across restarts.
+    shared = listen + workers.grpc_listen(cfg)
     try:
-        held = workers.reserve(listen)
+        held = workers.reserve(shared)
     except OSError as e:
-        raise usage.UsageError(f"cannot listen on {', '.join(listen)}: {e.strerror}") from None
-    args = worker_args(options)
+        raise usage.UsageError(f"cannot listen on {', '.join(shared)}: {e.strerror}") from None
+    directory = workers.runtime_dir()
+    count = str(options["workers"])
+    args = [*worker_args(options), "--workers", count, "--worker-dir", directory]
     return workers.Supervisor(
         options["workers"],
         lambda index: workers.twistd_argv(args, index),
@@ -156,6 +161,7 @@ def _supervisor(options: Options) -> IService:
         held=held,
         # workers stay up, not ready, for health.drain_delay before they drain
         stop_timeout=15.0 + cfg.health.drain_delay,
+        directory=directory,
     )
 
 
@@ -188,15 +194,23 @@ def _worker(options: Options, reload: Loader | None) -> IService:
     from twisted.internet import reactor
 
     from rtserver import service, workers
+    from rtserver.sockjs.forward import Siblings
 
+    siblings = None
+    if options["worker-dir"] is not None and options["workers"] > 1:
+        paths = workers.sibling_paths(options["worker-dir"], options["workers"])
+        siblings = Siblings(options["worker-index"], paths)
     top = service.build(
         options["config_object"],
         listen=options["listen"] or None,
         reload=reload,
         listener=lambda desc, site, r: workers.ReusePortService(desc, site, r),
         reactor=reactor,
+        siblings=siblings,
+        reuse_port=True,
     )
     parent = options["supervisor-pid"]
     if parent is not None:
-        workers.WorkerWatchdog(reactor, parent).setServiceParent(top)
+        watchdog = workers.WorkerWatchdog(reactor, parent, directory=options["worker-dir"])
+        watchdog.setServiceParent(top)
     return top

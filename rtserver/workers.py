@@ -12,9 +12,11 @@ connection's addresses. See docs/deployment.rst, "Workers".
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -32,9 +34,12 @@ __all__ = [
     "ReusePortService",
     "Supervisor",
     "WorkerWatchdog",
+    "grpc_listen",
     "parse_tcp",
     "refusals",
     "reserve",
+    "runtime_dir",
+    "sibling_paths",
     "twistd_argv",
     "worker_name",
 ]
@@ -124,23 +129,7 @@ def refusals(config: Config, listen: Sequence[str]) -> list[str]:
             "to redis (with engine.redis.address), or enable a shared broker "
             '(broker.enabled: true with broker.type "nats" and broker.nats.url)'
         )
-    if config.sockjs.enabled:
-        out.append(
-            "sockjs.enabled: the requests of one SockJS session can reach different "
-            "workers, which do not share sessions; run SockJS with --workers 1 (see "
-            'docs/deployment.rst, "Workers")'
-        )
-    if config.grpc_api.enabled:
-        out.append(
-            "grpc_api.enabled: the GRPC API listens in one process only; serve it from a "
-            "separate --workers 1 instance"
-        )
-    if config.uni_grpc.enabled:
-        out.append(
-            "uni_grpc.enabled: the uni_grpc transport listens in one process only; serve it "
-            "from a separate --workers 1 instance"
-        )
-    for description in listen:
+    for description in [*listen, *grpc_listen(config)]:
         try:
             parse_tcp(description)
         except ValueError as e:
@@ -148,10 +137,35 @@ def refusals(config: Config, listen: Sequence[str]) -> list[str]:
     return out
 
 
+def grpc_listen(config: Config) -> list[str]:
+    """``tcp:`` descriptions of the enabled GRPC ports (the supervisor reserves them)."""
+    out = []
+    for section in (config.grpc_api, config.uni_grpc):
+        if section.enabled:
+            interface = section.address.replace(":", "\\:")
+            out.append(f"tcp:{section.port}:interface={interface}" if interface
+                       else f"tcp:{section.port}")
+    return out
+
+
 def worker_name(config: Config, index: int) -> str:
     """The node name of worker ``index``: ``node.name`` (or ``<host>_<port>``) + ``-I``."""
     base = config.node.name or f"{socket.gethostname()}_{config.http_server.port}"
     return f"{base}-{index}"
+
+
+def runtime_dir() -> str:
+    """A new private directory (mode 0700) for the workers' Unix sockets."""
+    return tempfile.mkdtemp(prefix="rtserver-workers-")
+
+
+def sibling_paths(directory: str, count: int) -> list[str]:
+    """The private Unix socket of each of ``count`` workers, by index.
+
+    A worker serves there the SockJS sessions it owns to the other workers, which relay
+    those sessions' requests (rtserver/sockjs/forward.py).
+    """
+    return [os.path.join(directory, f"worker-{index}.sock") for index in range(count)]
 
 
 def _socket(address: ListenAddress) -> socket.socket:
@@ -215,11 +229,18 @@ class ReusePortService(Service):
 
 
 class WorkerWatchdog(Service):
-    """Stops a worker whose supervisor has gone (killed with SIGKILL, say)."""
+    """Stops a worker whose supervisor has gone (killed with SIGKILL, say).
 
-    def __init__(self, reactor: Any, parent: int, interval: float = 1.0) -> None:
+    ``directory``: the workers' private directory, which the supervisor can no longer
+    remove: the first worker to notice removes it.
+    """
+
+    def __init__(
+        self, reactor: Any, parent: int, interval: float = 1.0, directory: str | None = None
+    ) -> None:
         self.reactor = reactor
         self.interval = interval
+        self.directory = directory
         self._parent = parent  # given, not read: the supervisor may die before this runs
         self._call: IDelayedCall | None = None
 
@@ -234,6 +255,8 @@ class WorkerWatchdog(Service):
         self._call = None
         if os.getppid() != self._parent:
             _log.warn("the supervisor (pid {pid}) is gone: stopping", pid=self._parent)
+            if self.directory is not None:
+                shutil.rmtree(self.directory, ignore_errors=True)
             self.reactor.stop()
             return
         self._schedule()
@@ -273,8 +296,11 @@ class Supervisor(Service):
         held: Sequence[socket.socket] = (),
         stop_timeout: float = 15.0,
         env: dict[str, str] | None = None,
+        directory: str | None = None,
     ) -> None:
         self.count = count
+        #: The workers' private directory (removed once they all ended), if any.
+        self.directory = directory
         self.argv = argv
         self.reactor = reactor
         self.held = list(held)
@@ -354,6 +380,8 @@ class Supervisor(Service):
             for sock in self.held:
                 sock.close()
             self.held = []
+            if self.directory is not None:
+                shutil.rmtree(self.directory, ignore_errors=True)
             return result
 
         return done.addBoth(finished)

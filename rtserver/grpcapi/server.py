@@ -64,6 +64,8 @@ class GRPCServerService(Service):
         max_concurrent_rpcs: calls admitted at once; grpcio refuses more with
             RESOURCE_EXHAUSTED. None for no cap.
         options: further grpcio server options (channel arguments).
+        reuse_port: share the port with other processes that set ``SO_REUSEPORT`` (the
+            workers of ``--workers N``); off, a port in use fails the start.
     """
 
     def __init__(
@@ -82,8 +84,10 @@ class GRPCServerService(Service):
         grace: float = 5.0,
         max_concurrent_rpcs: int | None = None,
         options: Sequence[tuple[str, Any]] = (),
+        reuse_port: bool = False,
     ) -> None:
         self.label = label
+        self._reuse_port = reuse_port
         self._handlers = list(handlers)
         self._bridge = bridge
         self._clock = clock
@@ -101,8 +105,9 @@ class GRPCServerService(Service):
         self.port = 0
 
     def _options(self) -> list[tuple[str, Any]]:
-        # A second process must not share the port silently (grpcio sets SO_REUSEPORT).
-        options: list[tuple[str, Any]] = [("grpc.so_reuseport", 0)]
+        # A second process must not share the port silently (grpcio sets SO_REUSEPORT),
+        # unless it is a sibling worker.
+        options: list[tuple[str, Any]] = [("grpc.so_reuseport", int(self._reuse_port))]
         if self._max_receive > 0:
             options.append(("grpc.max_receive_message_length", self._max_receive))
         return options + self._extra_options

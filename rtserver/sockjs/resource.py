@@ -33,12 +33,13 @@ from twisted.web.server import NOT_DONE_YET, Request
 from rtserver.connections import request_body
 from rtserver.protocol import sockjs as frames
 from rtserver.sockjs import http
+from rtserver.sockjs.forward import Forwarder
 from rtserver.sockjs.options import SockJSOptions
 from rtserver.sockjs.receivers import HTTPReceiver
 from rtserver.sockjs.session import SessionRegistry
 from rtserver.sockjs.wstransport import RawWebSocketFactory, SockJSWebSocketFactory
 
-__all__ = ["CLIENT_SCRIPT", "SockJSResource"]
+__all__ = ["CLIENT_SCRIPT", "OwnedSessions", "SockJSResource"]
 
 #: Route of the bundled sockjs-client, relative to the prefix.
 CLIENT_SCRIPT = b"sockjs.min.js"
@@ -66,6 +67,9 @@ class SockJSResource(Resource):
         options: Endpoint settings.
         clock: Runs heartbeats and disconnect delays (the reactor, or a ``Clock``).
         allow_origin: Origin policy; a refused ``Origin`` gets 403.
+        forwarder: Relays the requests of sessions another process owns (several
+            processes sharing the endpoint, rtserver/sockjs/forward.py); None: every
+            session is served here.
     """
 
     isLeaf = True
@@ -77,8 +81,10 @@ class SockJSResource(Resource):
         *,
         clock: IReactorTime,
         allow_origin: Callable[[str | None], bool] = _allow_all,
+        forwarder: Forwarder | None = None,
     ) -> None:
         super().__init__()
+        self.forwarder = forwarder
         self.options = options = options or SockJSOptions()
         self.sessions = SessionRegistry(handler, clock, options)
         self._clock = clock
@@ -97,6 +103,13 @@ class SockJSResource(Resource):
     # --- routing ---------------------------------------------------------------------
 
     def render(self, request: Request) -> Any:
+        return self._render(request, relay=self.forwarder is not None)
+
+    def render_owned(self, request: Request) -> Any:
+        """Serve a request relayed by another process: the session is this one's."""
+        return self._render(request, relay=False)
+
+    def _render(self, request: Request, *, relay: bool) -> Any:
         origin = request.getHeader(b"origin")
         if origin is not None and not self._origin_allowed(request, origin):
             return http.error(request, 403, "origin not allowed\n")
@@ -123,7 +136,12 @@ class SockJSResource(Resource):
                     return http.preflight(request, _XHR, self._clock.seconds())
                 if request.method not in method.split(b", "):
                     return http.method_not_allowed(request, method)
-                return handler(self, request, path[1].decode("latin-1"))
+                session_id = path[1].decode("latin-1")
+                if relay and self.forwarder is not None:
+                    return self.forwarder.forward(
+                        request, session_id, lambda: handler(self, request, session_id)
+                    )
+                return handler(self, request, session_id)
             if path[2] == b"websocket" and self.options.websocket:
                 return self._websocket(request, self._ws)
         return http.error(request, 404, "Not found\n")
@@ -327,3 +345,19 @@ class SockJSResource(Resource):
         self.sessions.close_all()
         waits = [f.wait_closed(timeout) for f in (self._ws_factory, self._raw_factory)]
         return DeferredList(waits, consumeErrors=True)
+
+
+class OwnedSessions(Resource):
+    """Where the other processes sharing ``resource``'s endpoint relay its sessions' requests.
+
+    Mount it at the endpoint's prefix on the site of this process's private socket.
+    """
+
+    isLeaf = True
+
+    def __init__(self, resource: SockJSResource) -> None:
+        super().__init__()
+        self._resource = resource
+
+    def render(self, request: Request) -> Any:
+        return self._resource.render_owned(request)

@@ -37,6 +37,7 @@ from rtserver.protocol.codes import Disconnect
 from rtserver.protocol.encoding import JSON, websocket_encoding
 from rtserver.protocol.sockjs import quote_utf8
 from rtserver.sockjs import ISockJSHandler, Session, SockJSOptions, SockJSResource
+from rtserver.sockjs.forward import Forwarder
 from rtserver.transports.flow import Backpressure
 from rtserver.transports.origin import OriginPolicy
 
@@ -148,8 +149,13 @@ def sockjs_resource(
     message_size_limit: int,
     write_timeout: float,
     clock: IReactorTime,
+    forwarder: Forwarder | None = None,
 ) -> SockJSResource:
-    """The SockJS endpoint for ``config`` (mount it at ``config.handler_prefix``)."""
+    """The SockJS endpoint for ``config`` (mount it at ``config.handler_prefix``).
+
+    With ``forwarder`` (``--workers N``), requests of sessions another worker owns are
+    relayed to it.
+    """
     options = SockJSOptions(
         heartbeat_delay=config.heartbeat_delay,
         disconnect_delay=config.disconnect_delay,
@@ -160,4 +166,6 @@ def sockjs_resource(
         max_message_size=message_size_limit,
     )
     handler = CentrifugeSockJS(node, write_timeout=write_timeout)
-    return CentrifugeSockJSResource(handler, options, clock=clock, allow_origin=origins.allows)
+    return CentrifugeSockJSResource(
+        handler, options, clock=clock, allow_origin=origins.allows, forwarder=forwarder
+    )

@@ -30,6 +30,7 @@ from twisted.web.server import Request
 from rtserver.api.executor import CommandStats
 from rtserver.core.node import Node
 from rtserver.core.stats import NodeStats
+from rtserver.sockjs.forward import Forwarder
 from rtserver.web.site import HTTPStats
 
 __all__ = ["MetricsResource", "NodeCollector", "registry_for"]
@@ -43,10 +44,12 @@ class NodeCollector:
         node: Node,
         api_stats: CommandStats | None = None,
         http_stats: HTTPStats | None = None,
+        sockjs_relay: Forwarder | None = None,
     ) -> None:
         self._node = node
         self._api = api_stats
         self._http = http_stats
+        self._relay = sockjs_relay
 
     def collect(self) -> Iterator[Metric]:
         node, hub = self._node, self._node.hub
@@ -78,6 +81,17 @@ class NodeCollector:
             yield from self._api_metrics(self._api)
         if self._http is not None:
             yield from self._http_metrics(self._http)
+        if self._relay is not None:
+            yield CounterMetricFamily(
+                "rtserver_sockjs_relayed_requests",
+                "SockJS requests this worker relayed to the worker owning their session.",
+                value=self._relay.forwarded,
+            )
+            yield CounterMetricFamily(
+                "rtserver_sockjs_relay_unreachable",
+                "SockJS requests served here because their session's worker was unreachable.",
+                value=self._relay.unreachable,
+            )
 
     @staticmethod
     def _client_metrics(node: Node) -> Iterator[Metric]:
@@ -207,11 +221,14 @@ def _summary(name: str, doc: str, labels: list[str], calls: Mapping[Any, list[fl
 
 
 def registry_for(
-    node: Node, api_stats: CommandStats | None = None, http_stats: HTTPStats | None = None
+    node: Node,
+    api_stats: CommandStats | None = None,
+    http_stats: HTTPStats | None = None,
+    sockjs_relay: Forwarder | None = None,
 ) -> CollectorRegistry:
     """A registry holding only this node's collector (not the process-global one)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(NodeCollector(node, api_stats, http_stats))
+    registry.register(NodeCollector(node, api_stats, http_stats, sockjs_relay))
     return registry
 
 

@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from rtserver import config as rtconfig
-from rtserver.workers import parse_tcp, refusals, reserve, worker_name
+from rtserver.workers import grpc_listen, parse_tcp, refusals, reserve, worker_name
 
 
 def test_tcp_descriptions_are_taken_apart() -> None:
@@ -39,13 +39,18 @@ def test_refusals_name_what_to_configure() -> None:
     assert "engine.type" in memory and "nats" in memory
     redis = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, type="redis"))
     assert refusals(redis, ["tcp:8000"]) == []
-    sockjs = dataclasses.replace(redis, sockjs=dataclasses.replace(redis.sockjs, enabled=True))
-    assert [p for p in refusals(sockjs, ["tcp:8000"]) if "sockjs" in p]
     assert refusals(redis, ["ssl:8443:privateKey=k.pem"])
+    # SockJS and the GRPC servers are shared by the workers (relayed sessions, SO_REUSEPORT).
+    sockjs = dataclasses.replace(redis, sockjs=dataclasses.replace(redis.sockjs, enabled=True))
+    assert refusals(sockjs, ["tcp:8000"]) == []
     grpc = dataclasses.replace(redis, grpc_api=dataclasses.replace(redis.grpc_api, enabled=True))
-    assert [p for p in refusals(grpc, ["tcp:8000"]) if "grpc_api" in p]
-    uni = dataclasses.replace(redis, uni_grpc=dataclasses.replace(redis.uni_grpc, enabled=True))
-    assert [p for p in refusals(uni, ["tcp:8000"]) if "uni_grpc" in p]
+    uni = dataclasses.replace(grpc, uni_grpc=dataclasses.replace(redis.uni_grpc, enabled=True))
+    assert refusals(uni, ["tcp:8000"]) == []
+    assert grpc_listen(uni) == ["tcp:10000", "tcp:11000"]
+    v6 = dataclasses.replace(grpc, grpc_api=dataclasses.replace(grpc.grpc_api, address="::1"))
+    assert parse_tcp(grpc_listen(v6)[0]).interface == "::1"
+    unbound = dataclasses.replace(grpc, grpc_api=dataclasses.replace(grpc.grpc_api, port=0))
+    assert [p for p in refusals(unbound, ["tcp:8000"]) if "fixed port" in p]
 
 
 def test_worker_names_are_distinct() -> None:

@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ from harness import (
     Server,
     _twistd,
     base_config,
+    free_port,
+    merge,
     run_emulation_pubsub,
     spawn_server,
     stop_server,
@@ -228,6 +231,9 @@ def test_sigterm_drains_every_worker(
     wait_ready(server)
     pids = worker_pids(server)
     assert len(pids) == 2, pids
+    argv = Path(f"/proc/{pids[0]}/cmdline").read_bytes().split(b"\0")
+    private = Path(argv[argv.index(b"--worker-dir") + 1].decode())
+    assert private.is_dir() and private.stat().st_mode & 0o777 == 0o700
     rec = Recorder()
     count = 12  # all on one worker by chance: 2 / 2**12
 
@@ -251,6 +257,7 @@ def test_sigterm_drains_every_worker(
     finally:
         stop_server(server)  # exit code, "Server Shut Down." and logged failures checked
     assert not [pid for pid in pids if running(pid)]
+    assert not private.exists()  # the workers' private sockets are removed with them
 
 
 def test_emulation_session_spans_workers(workers: Server, node_js: str) -> None:
@@ -272,6 +279,8 @@ def test_workers_stop_when_the_supervisor_is_killed(
     )
     pids = worker_pids(server)
     assert len(pids) == 2, pids
+    argv = Path(f"/proc/{pids[0]}/cmdline").read_bytes().split(b"\0")
+    private = Path(argv[argv.index(b"--worker-dir") + 1].decode())
     server.process.kill()
     server.process.wait(timeout=TIMEOUT)
 
@@ -281,6 +290,7 @@ def test_workers_stop_when_the_supervisor_is_killed(
     wait_until(gone, "orphaned workers exited")
     assert server.log().count("the supervisor (pid") == 2
     assert server.log().count("Server Shut Down.") == 2  # the workers' clean exits
+    assert not private.exists()  # removed by the workers in place of the supervisor
 
 
 @pytest.mark.parametrize(
@@ -342,13 +352,12 @@ def test_js_client_reconnects_to_any_worker_and_recovers(
     ("overrides", "expected"),
     [
         ({}, "set engine.type to redis"),
-        ({"engine": {"type": "redis"}, "sockjs": {"enabled": True}}, "sockjs.enabled"),
     ],
 )
 def test_configurations_workers_cannot_share_are_refused(
     tmp_path: Path, overrides: dict[str, Any], expected: str
 ) -> None:
-    """The memory engine (and SockJS) with --workers 2: twistd refuses to start, saying why."""
+    """The memory engine with --workers 2: twistd refuses to start, saying why."""
     config = {**base_config("s" * 40, "k"), **overrides}
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config), encoding="utf-8")
@@ -361,3 +370,326 @@ def test_configurations_workers_cannot_share_are_refused(
     output = done.stdout + done.stderr
     assert "--workers 2 cannot run this configuration" in output, output
     assert expected in output, output
+
+
+@pytest.fixture
+def sockjs_workers(
+    tmp_path: Path, redis_config: tuple[dict[str, Any], str, str]
+) -> Iterator[Server]:
+    """``--workers 2`` with SockJS on; debug log, which names every relayed request."""
+    config, secret, api_key = redis_config
+    config = {
+        **config,
+        "node": {"name": "w"},
+        "sockjs": {"enabled": True},
+        "log": {"level": "debug"},
+        "prometheus": {"enabled": True},
+    }
+    server = spawn_server(
+        tmp_path, config, secret=secret, api_key=api_key, extra_args=("--workers", "2")
+    )
+    server.expect_logged_failure(r"unsubscribe \S+ failed.*RedisUnavailable: [^\n]*connection lost")
+    try:
+        wait_ready(server)
+        yield server
+    finally:
+        stop_server(server)
+
+
+RELAYED = re.compile(r"sockjs session (\S+): request relayed to worker (\d)")
+
+
+def fresh_post(url: str, body: str | None = None) -> requests.Response:
+    """POST on a new TCP connection (the kernel picks a worker per connection)."""
+    with requests.Session() as session:
+        session.trust_env = False
+        return session.post(url, data=body, headers={"Connection": "close"}, timeout=TIMEOUT)
+
+
+def test_sockjs_session_requests_on_either_worker_reach_its_owner(
+    sockjs_workers: Server,
+) -> None:
+    """A SockJS xhr session whose every request is a new connection works on two workers.
+
+    Each request lands on either worker; those that land on the worker not owning the
+    session are relayed to its owner (the debug log names them), and the client sees
+    one session: the open frame once, replies and publications in order.
+    """
+    server = sockjs_workers
+    sid = uuid.uuid4().hex
+    base = f"{server.url}/connection/sockjs/123/{sid}"
+    channel = name("sj-")
+    assert fresh_post(f"{base}/xhr").text == "o\n"
+
+    def send(*commands: dict[str, Any]) -> None:
+        frame = json.dumps([json.dumps(c) for c in commands])
+        assert fresh_post(f"{base}/xhr_send", frame).status_code == 204
+
+    replies: list[dict[str, Any]] = []
+
+    def poll_until(check: Any) -> None:
+        for _ in range(20):
+            text = fresh_post(f"{base}/xhr").text
+            assert text.endswith("\n"), text
+            if text.startswith("a"):
+                for message in json.loads(text[1:]):
+                    replies.extend(json.loads(line) for line in message.splitlines())
+            else:
+                assert text == "h\n", text  # a heartbeat, never a second "o"
+            if check():
+                return
+        raise AssertionError(f"not received: {replies}")
+
+    send({"id": 1, "connect": {"token": server.token(name("u-"))}})
+    poll_until(lambda: any(r.get("id") == 1 for r in replies))
+    send({"id": 2, "subscribe": {"channel": channel, "recover": True}})
+    poll_until(lambda: any(r.get("id") == 2 for r in replies))
+    assert "error" not in replies[-1], replies
+    for i in range(8):
+        server.publish(channel, {"n": i})
+    pubs: list[Any] = []
+
+    def got_all() -> bool:
+        pubs[:] = [r["push"]["pub"]["data"]["n"] for r in replies if "pub" in r.get("push", {})]
+        return len(pubs) == 8
+
+    poll_until(got_all)
+    assert pubs == list(range(8))
+    # A session nobody owns: 404 whichever worker the post reaches (SockJS says so).
+    for _ in range(4):
+        missing = fresh_post(f"{server.url}/connection/sockjs/123/{uuid.uuid4().hex}/xhr_send",
+                             '["{}"]')
+        assert missing.status_code == 404
+    relayed = [m for m in RELAYED.findall(server.log(tail=10**7)) if m[0] == sid]
+    assert relayed, "no request of the session reached the worker not owning it"
+    assert len({owner for _, owner in relayed}) == 1  # one owner for the whole session
+    # /metrics of the worker that relayed counts them (each scrape reaches either worker).
+    counts = set()
+    for _ in range(12):
+        with requests.Session() as session:
+            session.trust_env = False
+            text = session.get(f"{server.url}/metrics", timeout=TIMEOUT).text
+        found = re.search(r"^rtserver_sockjs_relayed_requests_total (\S+)$", text, re.M)
+        assert found, text
+        counts.add(float(found.group(1)))
+    assert max(counts) >= 1, counts
+
+
+@pytest.mark.parametrize("transport", ["xhr-polling", "xhr-streaming"])
+def test_js_sockjs_client_on_two_workers_delivers_and_recovers(
+    sockjs_workers: Server, node_js: str, transport: str
+) -> None:
+    """centrifuge-js over SockJS, every request on a new connection, on two workers.
+
+    Its polls, streams and sends land on either worker: those reaching the worker that
+    does not own the session are relayed (the log names them; a streaming session makes
+    too few requests to be sure one crosses), and the client receives
+    every publication once, in order, and recovers the ones it missed while away.
+    """
+    server = sockjs_workers
+    if not (INTEROP_DIR / "node_modules" / "sockjs-client" / "package.json").is_file():
+        pytest.fail("sockjs-client is missing: run npm ci --prefix tests/interop", pytrace=False)
+    channel = name("js-sj-")
+    live, missed = 2, 5
+    js = NodeScenario(
+        node_js,
+        INTEROP_DIR / "js" / "sockjs_recover.mjs",
+        {
+            "BASE_URL": server.url,
+            "SOCKJS_TRANSPORT": transport,
+            "FRESH_CONNECTIONS": "1",
+            "TOKEN": server.token(name("u-")),
+            "CHANNEL": channel,
+            "LIVE": str(live),
+            "MISSED": str(missed),
+        },
+        timeout=30.0,
+    )
+    try:
+        assert js.expect("subscribed", timeout=TIMEOUT)["transport"] == f"sockjs-{transport}"
+        for i in range(live):
+            server.publish(channel, {"live": i})
+        js.send("published_live")
+        js.expect("away", timeout=TIMEOUT)
+        for i in range(missed):
+            server.publish(channel, {"missed": i})
+        js.send("published_missed")
+        js.expect("recovered", timeout=TIMEOUT)
+        server.publish(channel, {"sentinel": True})
+        js.send("published_sentinel")
+        events = js.finish(timeout=TIMEOUT)
+    finally:
+        js.close()
+    assert not [e for e in events if e.get("event") == "error"], events
+    subscribed = [e for e in events if e.get("event") == "subscribed"]
+    assert len(subscribed) == 2, subscribed
+    first, again = subscribed
+    assert again["wasRecovering"] and again["recovered"], again
+    assert again["streamPosition"]["epoch"] == first["streamPosition"]["epoch"]
+    pubs = [e for e in events if e.get("event") == "publication"]
+    expected = (
+        [{"live": i} for i in range(live)]
+        + [{"missed": i} for i in range(missed)]
+        + [{"sentinel": True}]
+    )
+    assert [p["data"] for p in pubs] == expected, "every publication exactly once, in order"
+    if transport == "xhr-polling":  # a dozen polls and sends: some reach the other worker
+        relayed = RELAYED.findall(server.log(tail=10**7))
+        assert relayed, "no SockJS request reached the worker not owning its session"
+
+
+def worker_index(pid: int) -> int:
+    """The ``--worker-index`` of worker process ``pid``."""
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    return int(argv[argv.index(b"--worker-index") + 1])
+
+
+#: Log lines naming a request that reached a worker other than its session's.
+CROSSED = {
+    "sockjs": RELAYED,
+    "http_stream": re.compile(r"emulation session (\S+): commands forwarded to node (\S+)"),
+}
+
+
+@pytest.mark.parametrize("transport", ["websocket", "http_stream", "sockjs"])
+def test_killed_worker_comes_back_and_its_js_clients_recover(
+    sockjs_workers: Server, node_js: str, transport: str
+) -> None:
+    """SIGKILL the worker serving most of twelve centrifuge-js clients: they all recover.
+
+    The clients spread over both workers (``info`` counts them per node); the requests of
+    one HTTP session (SockJS xhr-polling, every request a new connection; http_stream and
+    its /emulation posts) cross between workers (the debug log names each crossing). The
+    killed worker is restarted; every client receives every publication once, in order,
+    those that reconnected through recovery.
+    """
+    server = sockjs_workers
+    channel = name("js-kill-")
+    clients = 12  # all on one worker by chance: 2 / 2**12
+    js = NodeScenario(
+        node_js,
+        INTEROP_DIR / "js" / "many_clients.mjs",
+        {
+            "BASE_URL": server.url,
+            "WS_URL": server.ws_url,
+            "TRANSPORT": transport,
+            "SOCKJS_TRANSPORT": "xhr-polling",
+            "FRESH_CONNECTIONS": "1",
+            "TOKEN": server.token(name("u-")),
+            "CHANNEL": channel,
+            "CLIENTS": str(clients),
+            "COUNT": "5",
+        },
+        timeout=60.0,
+    )
+    try:
+        js.expect("subscribed", timeout=TIMEOUT)
+        spread = counted(server, clients)
+        assert all(n > 0 for n in spread.values()), spread  # both workers serve clients
+        server.publish(channel, {"n": 1})
+        seen: set[str] = set()
+
+        def first_publication(e: dict[str, Any]) -> bool:
+            if e.get("event") == "publication":
+                seen.add(e["client"])
+            return len(seen) == clients
+
+        js.expect(first_publication, timeout=TIMEOUT)
+        doomed = int(max(spread, key=lambda n: spread[n]).rsplit("-", 1)[1])
+        victim = next(pid for pid in worker_pids(server) if worker_index(pid) == doomed)
+        os.kill(victim, signal.SIGKILL)
+        for i in (2, 3, 4):
+            publish_again_on_reset(server, channel, {"n": i})
+
+        def restarted() -> list[int] | None:
+            now = worker_pids(server)
+            return now if len(now) == 2 and victim not in now else None
+
+        wait_until(restarted, "the killed worker restarted")
+        wait_until(lambda: sorted(nodes(server)) == ["w-0", "w-1"], "info lists both workers")
+        js.send("go")
+        publish_again_on_reset(server, channel, {"n": 5})
+        events = js.finish(timeout=40.0)
+    finally:
+        js.close()
+    for i in range(clients):
+        mine = [
+            e["data"]["n"]
+            for e in events
+            if e.get("event") == "publication" and e["client"] == f"c{i}"
+        ]
+        assert mine == [1, 2, 3, 4, 5], (i, mine)
+    resubscribed = [
+        e for e in events if e.get("event") == "subscribed" and e.get("wasRecovering")
+    ]
+    assert len({e["client"] for e in resubscribed}) >= spread[f"w-{doomed}"], resubscribed
+    assert all(e["recovered"] for e in resubscribed), resubscribed
+    if transport in CROSSED:
+        crossed = CROSSED[transport].findall(server.log(tail=10**8))
+        assert crossed, "no request reached the worker not serving its session"
+
+
+def test_grpc_api_and_uni_grpc_are_served_by_every_worker(
+    tmp_path: Path, redis_config: tuple[dict[str, Any], str, str]
+) -> None:
+    """``grpc_api`` and ``uni_grpc`` share their ports between the workers (SO_REUSEPORT).
+
+    Twelve uni_grpc consumers (a channel each, so a connection each) land on both workers;
+    publications made through the GRPC API (a connection per call) reach all of them.
+    """
+    import grpc
+
+    from rtserver.grpcapi.proto import api_pb2, api_pb2_grpc, unistream_pb2_grpc
+    from rtserver.grpcapi.proto import unistream_pb2 as uni_pb
+
+    config, secret, api_key = redis_config
+    api_port, uni_port, key = free_port(), free_port(), "grpc-" + uuid.uuid4().hex
+    config = merge(
+        config,
+        {
+            "node": {"name": "w"},
+            "grpc_api": {"enabled": True, "address": "127.0.0.1", "port": api_port, "key": key},
+            "uni_grpc": {"enabled": True, "address": "127.0.0.1", "port": uni_port},
+        },
+    )
+    server = spawn_server(
+        tmp_path, config, secret=secret, api_key=api_key, extra_args=("--workers", "2")
+    )
+    server.expect_logged_failure(r"unsubscribe \S+ failed.*RedisUnavailable: [^\n]*connection lost")
+    channel = name("grpc-")
+    consumers: list[tuple[Any, Any, Any]] = []
+    # grpcio shares one connection between channels to one target unless told otherwise.
+    own_connection = [("grpc.use_local_subchannel_pool", 1)]
+    try:
+        wait_ready(server)
+        token = server.token(name("u-"), channels=[channel])
+        for _ in range(12):  # all on one worker by chance: 2 / 2**12
+            link = grpc.insecure_channel(f"127.0.0.1:{uni_port}", options=own_connection)
+            stub = unistream_pb2_grpc.CentrifugoUniStreamStub(link)
+            call = stub.Consume(uni_pb.ConnectRequest(token=token), timeout=60)
+            pushes = iter(call)
+            assert next(pushes).HasField("connect")
+            consumers.append((link, call, pushes))
+        spread = counted(server, 12)
+        assert all(n > 0 for n in spread.values()), spread
+        for i in range(4):
+            with grpc.insecure_channel(f"127.0.0.1:{api_port}", options=own_connection) as link:
+                reply = api_pb2_grpc.CentrifugoApiStub(link).Publish(
+                    api_pb2.PublishRequest(channel=channel, data=json.dumps({"n": i}).encode()),
+                    metadata=[("authorization", f"apikey {key}")],
+                    timeout=10,
+                )
+            assert not reply.HasField("error"), reply
+        for _, _, pushes in consumers:
+            got = []
+            for push in pushes:
+                if push.HasField("pub"):
+                    got.append(json.loads(push.pub.data)["n"])
+                    if len(got) == 4:
+                        break
+            assert got == [0, 1, 2, 3]
+    finally:
+        for link, call, _ in consumers:
+            call.cancel()
+            link.close()
+        stop_server(server)
