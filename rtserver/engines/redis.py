@@ -45,6 +45,7 @@ from rtserver.core.types import (
 )
 from rtserver.engines import redis_scripts as scripts
 from rtserver.engines.memory import new_epoch
+from rtserver.engines.rediscluster import ClusterCommandLink, ClusterPubSubLink
 from rtserver.engines.redisconn import (
     CommandLink,
     PubSubLink,
@@ -87,8 +88,10 @@ class _Shard:
         self.index = index
         self.address = address
         self.channels: set[bytes] = set()
-        self.command: CommandLink
+        self.command: CommandLink | ClusterCommandLink
         self.pubsub: PubSubLink
+        #: Redis Cluster: every key of a channel carries the channel as a hash tag.
+        self.cluster = address.is_cluster
         #: Sentinel shards: the ``+switch-master`` listener (not part of health).
         self.watch: SentinelWatch | None = None
 
@@ -147,20 +150,27 @@ class RedisEngine:
         }
         for i, address in enumerate(addresses):
             shard = _Shard(i, address)
-            shard.command = CommandLink(
-                address, clock, reactor, scripts=scripts.ALL, rng=self._rng, **timeouts
-            )
-            shard.pubsub = PubSubLink(
-                address,
-                clock,
-                reactor,
-                channels=functools.partial(self._channels_of, shard),
-                on_message=self._on_message,
-                on_probe=functools.partial(self._probe_link, shard),
-                probe_interval=config.pubsub_probe_interval,
-                rng=self._rng,
+            pubsub_options: dict[str, Any] = {
+                "channels": functools.partial(self._channels_of, shard),
+                "on_message": self._on_message,
+                "on_probe": functools.partial(self._probe_link, shard),
+                "probe_interval": config.pubsub_probe_interval,
+                "rng": self._rng,
                 **timeouts,
-            )
+            }
+            if address.is_cluster:
+                command = ClusterCommandLink(
+                    address, clock, reactor, scripts=scripts.ALL, rng=self._rng, **timeouts
+                )
+                shard.command = command
+                shard.pubsub = ClusterPubSubLink(
+                    address, clock, reactor, nodes=command.nodes, **pubsub_options
+                )
+            else:
+                shard.command = CommandLink(
+                    address, clock, reactor, scripts=scripts.ALL, rng=self._rng, **timeouts
+                )
+                shard.pubsub = PubSubLink(address, clock, reactor, **pubsub_options)
             if address.is_sentinel:
                 shard.watch = SentinelWatch(
                     address,
@@ -204,7 +214,10 @@ class RedisEngine:
     def stop(self) -> Deferred[None]:
         """Close every connection and cancel every timer."""
         self._stopped = True
-        links: list[CommandLink | PubSubLink] = [*self._links(), *self._watches()]
+        links: list[CommandLink | ClusterCommandLink | PubSubLink] = [
+            *self._links(),
+            *self._watches(),
+        ]
         d = gatherResults([link.stop() for link in links], consumeErrors=True)
         self._links_changed()
         return d.addCallback(lambda _: None)
@@ -217,7 +230,7 @@ class RedisEngine:
         d = gatherResults([s.pubsub.ping() for s in self.shards], consumeErrors=True)
         return d.addCallback(lambda _: None)
 
-    def _links(self) -> Iterator[CommandLink | PubSubLink]:
+    def _links(self) -> Iterator[CommandLink | ClusterCommandLink | PubSubLink]:
         for shard in self.shards:
             yield shard.command
             yield shard.pubsub
@@ -254,6 +267,15 @@ class RedisEngine:
 
     def _shard(self, channel: str) -> _Shard:
         return self.shards[shard_index(channel, len(self.shards))]
+
+    def _key(self, kind: str, channel: str) -> str:
+        """The key ``P.<kind>.<channel>``; ``P.<kind>.{<channel>}`` on a Redis Cluster.
+
+        The hash tag puts every key of one channel in one hash slot.
+        """
+        if self._shard(channel).cluster:
+            return f"{self._prefix}.{kind}.{{{channel}}}"
+        return f"{self._prefix}.{kind}.{channel}"
 
     def _client_channel(self, channel: str) -> bytes:
         return self._client_prefix + channel.encode()
@@ -365,14 +387,13 @@ class RedisEngine:
         pubsub_channel: bytes,
     ) -> Deferred[tuple[StreamPosition, bool]]:
         shard = self._shard(channel)
-        p = self._prefix
-        result_key = (
-            f"{p}.result.{channel}.{options.idempotency_key}" if options.idempotency_key else ""
-        )
+        keys = [self._key("stream", channel), self._key("stream.meta", channel)]
+        if options.idempotency_key:
+            keys.append(f"{self._key('result', channel)}.{options.idempotency_key}")
         idempotency_ttl = options.idempotency_ttl or self._config.idempotent_result_ttl
         d = shard.command.evalsha(
             scripts.PUBLISH,
-            [f"{p}.stream.{channel}", f"{p}.stream.meta.{channel}", result_key],
+            keys,
             [
                 payload,
                 options.history_size if history else 0,
@@ -409,10 +430,9 @@ class RedisEngine:
         self, channel: str, filter: HistoryFilter, meta_ttl: float
     ) -> Deferred[HistoryResult]:
         """Read the stream; creates its epoch if the channel has none yet."""
-        p = self._prefix
         d = self._shard(channel).command.evalsha(
             scripts.HISTORY,
-            [f"{p}.stream.{channel}", f"{p}.stream.meta.{channel}"],
+            [self._key("stream", channel), self._key("stream.meta", channel)],
             [
                 0 if filter.limit == 0 else 1,
                 "" if filter.since is None else filter.since.offset,
@@ -444,14 +464,13 @@ class RedisEngine:
 
     def remove_history(self, channel: str) -> Deferred[None]:
         """Delete the stream; the meta hash (epoch, top offset) stays."""
-        d = self._shard(channel).command.execute("DEL", f"{self._prefix}.stream.{channel}")
+        d = self._shard(channel).command.execute("DEL", self._key("stream", channel))
         return d.addCallback(lambda _: None)
 
     # --- presence ------------------------------------------------------------------------
 
     def _presence_keys(self, channel: str) -> list[str]:
-        p = self._prefix
-        return [f"{p}.presence.data.{channel}", f"{p}.presence.expire.{channel}"]
+        return [self._key("presence.data", channel), self._key("presence.expire", channel)]
 
     def _now_ms(self) -> int:
         return int(self._clock.seconds() * 1000)

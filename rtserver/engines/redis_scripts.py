@@ -28,7 +28,7 @@ class Script:
         return hashlib.sha1(self.body).hexdigest()
 
 
-#: KEYS: stream, meta, idempotency result ('' = none).
+#: KEYS: stream, meta, idempotency result (optional: without it, no idempotency).
 #: ARGV: payload, history_size (0 = no history), history_ttl_ms, pubsub channel,
 #: meta_ttl_ms, new epoch candidate, idempotency_ttl_ms.
 #: An empty pubsub channel appends without PUBLISH (history for another broker's
@@ -37,7 +37,7 @@ class Script:
 PUBLISH = Script(
     "publish",
     b"""
-local result_key = KEYS[3]
+local result_key = KEYS[3] or ''
 if result_key ~= '' then
   local cached = redis.call('hmget', result_key, 'e', 's')
   if cached[1] then

@@ -423,25 +423,31 @@ class _Link:
     def _ask_sentinel(self, host: str, port: int) -> Deferred[Any]:
         """``SENTINEL get-master-addr-by-name`` on a short-lived connection."""
         a = self.address
+        commands: list[tuple[Any, ...]] = []
+        if a.sentinel_password:
+            auth = (a.sentinel_user,) if a.sentinel_user else ()
+            commands.append(("AUTH", *auth, a.sentinel_password))
+        if a.sentinel_client_name:
+            commands.append(("CLIENT", "SETNAME", a.sentinel_client_name))
+        commands.append(("SENTINEL", "get-master-addr-by-name", a.master_name))
+        return self.ask(host, port, commands, a.sentinel_tls, "engine.redis.sentinel_tls")
+
+    def ask(
+        self,
+        host: str,
+        port: int,
+        commands: list[tuple[Any, ...]],
+        tls: RedisTLSConfig | None,
+        tls_key: str,
+    ) -> Deferred[Any]:
+        """Run ``commands`` on a short-lived connection to ``host``; the last reply."""
         proto = self._new_protocol(redis_protocol_base())
         endpoint = _endpoint(
-            self._reactor,
-            host,
-            port,
-            self._connect_timeout,
-            a.sentinel_tls,
-            "engine.redis.sentinel_tls",
+            self._reactor, host, port, self._connect_timeout, tls, tls_key
         )
         d: Deferred[Any] = endpoint.connect(_OneProtocol(proto))
 
         def query(proto: Any) -> Deferred[Any]:
-            commands: list[tuple[Any, ...]] = []
-            if a.sentinel_password:
-                auth = (a.sentinel_user,) if a.sentinel_user else ()
-                commands.append(("AUTH", *auth, a.sentinel_password))
-            if a.sentinel_client_name:
-                commands.append(("CLIENT", "SETNAME", a.sentinel_client_name))
-            commands.append(("SENTINEL", "get-master-addr-by-name", a.master_name))
             replies = gatherResults(
                 [proto.execute_command(*c) for c in commands], consumeErrors=True
             ).addErrback(_first_error)
@@ -594,9 +600,18 @@ class CommandLink(_Link):
 
     kind = "command"
 
-    def __init__(self, *args: Any, scripts: Iterable[Script] = (), **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        scripts: Iterable[Script] = (),
+        in_cluster: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._scripts = tuple(scripts)
+        #: A master of a Redis Cluster: MOVED/ASK replies go to the caller as they are
+        #: (the cluster router follows them), not turned into "not supported".
+        self.in_cluster = in_cluster
         self._cluster_reported = False
 
     def _protocol_class(self) -> type:
@@ -637,30 +652,42 @@ class CommandLink(_Link):
             if proto is self._proto:
                 self.drop("the server became a read-only replica")
             return Failure(RedisNotMaster(f"redis {self.address}: {failure.value}"))
-        if _is_cluster_error(failure.value):
+        if _is_cluster_error(failure.value) and not self.in_cluster:
             if not self._cluster_reported:
                 self._cluster_reported = True
                 _log.error(
-                    "redis {address} is a Redis Cluster node ({error}); Redis Cluster is "
-                    "not supported yet: use standalone or Sentinel-managed Redis",
+                    "redis {address} is a Redis Cluster node ({error}); configure it as "
+                    "redis+cluster://{host}:{port} (docs/cluster.rst)",
                     address=str(self.address),
                     error=str(failure.value)[:80],
+                    host=self.address.host,
+                    port=self.address.port,
                 )
             return Failure(
-                RedisUnavailable(f"redis {self.address}: Redis Cluster is not supported yet")
+                RedisUnavailable(
+                    f"redis {self.address} is a Redis Cluster node: "
+                    "configure it as redis+cluster://"
+                )
             )
         return failure
 
     def evalsha(self, script: Script, keys: list[Any], args: list[Any]) -> Deferred[Any]:
         """EVALSHA, falling back to EVAL when Redis lost the script (NOSCRIPT)."""
-        d = self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+        return evalsha(self.execute, script, keys, args)
 
-        def noscript(failure: Failure) -> Any:
-            if str(failure.value).startswith("NOSCRIPT"):
-                return self.execute("EVAL", script.body, len(keys), *keys, *args)
-            return failure
 
-        return d.addErrback(noscript)
+def evalsha(
+    execute: Callable[..., Deferred[Any]], script: Script, keys: list[Any], args: list[Any]
+) -> Deferred[Any]:
+    """EVALSHA through ``execute``, falling back to EVAL on NOSCRIPT."""
+    d = execute("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    def noscript(failure: Failure) -> Any:
+        if str(failure.value).startswith("NOSCRIPT"):
+            return execute("EVAL", script.body, len(keys), *keys, *args)
+        return failure
+
+    return d.addErrback(noscript)
 
 
 @dataclass
