@@ -74,6 +74,9 @@ __all__ = ["RedisEngine", "RedisTimeout", "RedisUnavailable"]
 
 _log = Logger()
 
+#: What :meth:`RedisEngine.sync` publishes on a Redis Cluster, numbered.
+_SYNC_PREFIX = b"__sync__:"
+
 
 
 def _ms(seconds: float) -> int:
@@ -142,6 +145,8 @@ class RedisEngine:
         self._client_prefix = f"{p}.client.".encode()
         self._control = f"{p}.control".encode()
         self._node = b""
+        self._sync_serial = 0
+        self._sync_waits: dict[bytes, Deferred[None]] = {}
         self.shards: list[_Shard] = []
         timeouts = {
             "connect_timeout": config.connect_timeout,
@@ -225,10 +230,32 @@ class RedisEngine:
     def sync(self) -> Deferred[None]:
         """Fire once everything Redis sent this node before the call is handled.
 
-        A PING round trip on every PUB/SUB link (tests and two-node checks use it).
+        A PING round trip on every PUB/SUB link (tests and two-node checks use it). On a
+        Redis Cluster, messages published on another master travel over the cluster bus
+        first: each master publishes a marker on this node's channel, after whatever it
+        published before, and the call waits for every marker.
         """
-        d = gatherResults([s.pubsub.ping() for s in self.shards], consumeErrors=True)
+        waits: list[Deferred[Any]] = []
+        for shard in self.shards:
+            command = shard.command
+            if isinstance(command, ClusterCommandLink):
+                for link in command.links():
+                    self._sync_serial += 1
+                    marker = _SYNC_PREFIX + b"%d" % self._sync_serial
+                    arrived: Deferred[None] = Deferred()
+                    self._sync_waits[marker] = arrived
+                    sent = link.execute("PUBLISH", self._node, marker)
+                    sent.addErrback(self._sync_failed, marker)
+                    waits.append(arrived)
+            else:
+                waits.append(shard.pubsub.ping())
+        d = gatherResults(waits, consumeErrors=True)
         return d.addCallback(lambda _: None)
+
+    def _sync_failed(self, failure: Failure, marker: bytes) -> None:
+        waiting = self._sync_waits.pop(marker, None)
+        if waiting is not None:
+            waiting.errback(failure)
 
     def _links(self) -> Iterator[CommandLink | ClusterCommandLink | PubSubLink]:
         for shard in self.shards:
@@ -296,6 +323,10 @@ class RedisEngine:
         try:
             if channel.startswith(self._client_prefix):
                 deliver(handler, channel[len(self._client_prefix) :].decode(), data)
+            elif channel == self._node and data.startswith(_SYNC_PREFIX):
+                waiting = self._sync_waits.pop(data, None)
+                if waiting is not None:
+                    waiting.callback(None)
             elif channel == self._control or channel == self._node:
                 message = decode_control(data)
                 if message is not None:

@@ -111,9 +111,11 @@ class ClusterCommandLink:
     """
 
     kind = "cluster"
-    #: Redirections and retries one command may take.
-    max_redirects = 5
-    retry_delay = 0.05
+    #: Redirections and retries one command may take (a multi-key script on a slot in
+    #: migration goes ASK, TRYAGAIN, ASK... until the keys have moved).
+    max_redirects = 16
+    retry_delay = 0.02
+    retry_delay_max = 0.5
     refresh_min = 0.05
     refresh_max = 2.0
 
@@ -381,7 +383,7 @@ class ClusterCommandLink:
             _, where = _redirect_target(text, target[0])
             return self._when_up(where, lambda: self._run(slot, args, where, tries + 1))
         # TRYAGAIN (keys of a slot in migration), CLUSTERDOWN (failover under way)
-        delay = self.retry_delay * 2**tries
+        delay = min(self.retry_delay_max, self.retry_delay * 2**tries)
         return deferLater(self._clock, delay, self._run, slot, args, None, tries + 1)
 
     def _when_up(self, target: tuple[str, int], then: Callable[[], Deferred[Any]]) -> Any:
