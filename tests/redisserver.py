@@ -522,22 +522,23 @@ class RedisClusterSetup:
     def __init__(self, directory: Path, masters: int = 3) -> None:
         self.directory = directory
         self.nodes = [
-            RedisServer(
-                extra_args=(
-                    "--cluster-enabled", "yes",
-                    "--cluster-config-file", str(directory / f"nodes-{i}-{free_port()}.conf"),
-                    # the bus port defaults to port + 10000, which may be taken
-                    "--cluster-port", str(free_port()),
-                    "--cluster-node-timeout", "2000",
-                )
-            )  # fmt: skip
-            for i in range(masters)
+            RedisServer(extra_args=self._cluster_args(directory, i)) for i in range(masters)
         ]
         try:
             self._start()
         except BaseException:
             self.stop()
             raise
+
+    @staticmethod
+    def _cluster_args(directory: Path, i: int) -> tuple[str, ...]:
+        return (
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", str(directory / f"nodes-{i}-{free_port()}.conf"),
+            # the bus port defaults to port + 10000, which may be taken
+            "--cluster-port", str(free_port()),
+            "--cluster-node-timeout", "2000",
+        )  # fmt: skip
 
     def _start(self) -> None:
         for node in self.nodes:

@@ -78,7 +78,6 @@ _log = Logger()
 _SYNC_PREFIX = b"__sync__:"
 
 
-
 def _ms(seconds: float) -> int:
     """Seconds as a positive millisecond TTL; 0 stays 0 (no expiry)."""
     return max(1, round(seconds * 1000)) if seconds > 0 else 0
@@ -148,10 +147,12 @@ class RedisEngine:
         self._sync_serial = 0
         self._sync_waits: dict[bytes, Deferred[None]] = {}
         self.shards: list[_Shard] = []
-        timeouts = {
+        # Any: keyword arguments shared by every link class
+        timeouts: dict[str, Any] = {
             "connect_timeout": config.connect_timeout,
             "io_timeout": config.io_timeout,
             "on_change": self._links_changed,
+            "rng": self._rng,
         }
         for i, address in enumerate(addresses):
             shard = _Shard(i, address)
@@ -160,12 +161,11 @@ class RedisEngine:
                 "on_message": self._on_message,
                 "on_probe": functools.partial(self._probe_link, shard),
                 "probe_interval": config.pubsub_probe_interval,
-                "rng": self._rng,
                 **timeouts,
             }
             if address.is_cluster:
                 command = ClusterCommandLink(
-                    address, clock, reactor, scripts=scripts.ALL, rng=self._rng, **timeouts
+                    address, clock, reactor, scripts=scripts.ALL, **timeouts
                 )
                 shard.command = command
                 shard.pubsub = ClusterPubSubLink(
@@ -173,7 +173,7 @@ class RedisEngine:
                 )
             else:
                 shard.command = CommandLink(
-                    address, clock, reactor, scripts=scripts.ALL, rng=self._rng, **timeouts
+                    address, clock, reactor, scripts=scripts.ALL, **timeouts
                 )
                 shard.pubsub = PubSubLink(address, clock, reactor, **pubsub_options)
             if address.is_sentinel:
@@ -270,6 +270,7 @@ class RedisEngine:
     def _master_switched(self, shard: _Shard, host: str, port: int) -> None:
         watch = shard.watch
         if watch is not None and not self._stopped:
+            assert isinstance(shard.command, CommandLink)  # a Sentinel shard's
             watch.follow(shard.command, host, port)
             watch.follow(shard.pubsub, host, port)
 
@@ -345,7 +346,6 @@ class RedisEngine:
             _log.failure(
                 "redis engine: handler failed for a message on {channel!r}", channel=channel[:200]
             )
-
 
     def _probe_link(self, shard: _Shard, link: PubSubLink) -> None:
         self._probe(shard)

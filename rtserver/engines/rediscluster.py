@@ -24,6 +24,7 @@ any live node of the cluster, moving to the next known node when it is lost.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -135,11 +136,19 @@ class ClusterCommandLink:
         self._clock = clock
         self._reactor = reactor
         self._scripts = tuple(scripts)
-        self._timeouts = {"connect_timeout": connect_timeout, "io_timeout": io_timeout}
+        self._connect_timeout = connect_timeout
+        self._io_timeout = io_timeout
         self._on_change = on_change
         self._rng = rng or random.Random()
         #: asks CLUSTER SLOTS on short-lived connections; never started itself
-        self._asker = CommandLink(address, clock, reactor, on_change=lambda: None, **self._timeouts)
+        self._asker = CommandLink(
+            address,
+            clock,
+            reactor,
+            on_change=lambda: None,
+            connect_timeout=connect_timeout,
+            io_timeout=io_timeout,
+        )
         self._slots: list[tuple[str, int] | None] = [None] * SLOTS
         self._masters: dict[tuple[str, int], CommandLink] = {}
         self._mapped = False
@@ -202,7 +211,10 @@ class ClusterCommandLink:
             self.ready = ready
         self._on_change()
 
-    def _link_changed(self, link: CommandLink) -> None:
+    def _link_changed(self, target: tuple[str, int]) -> None:
+        link = self._masters.get(target)
+        if link is None:
+            return
         if not self.stopped and not link.ready and link.ever_tried and self._mapped:
             # a master is unreachable: a replica may be taking over its slots
             self._schedule_refresh()
@@ -218,12 +230,14 @@ class ClusterCommandLink:
             self._refresh_again = True
             return self._refreshing
         d = self._refreshing = Deferred.fromCoroutine(self._refresh())
-        d.addErrback(
-            lambda f: None
-            if f.check(CancelledError)
-            else _log.failure("redis cluster {address}: refresh failed", f, address=str(self.address))
-        )
+        d.addErrback(self._refresh_failed)
         return d
+
+    def _refresh_failed(self, failure: Failure) -> None:
+        if not failure.check(CancelledError):  # stop() cancels a refresh under way
+            _log.failure(
+                "redis cluster {address}: refresh failed", failure, address=str(self.address)
+            )
 
     def _schedule_refresh(self) -> None:
         if self.stopped or self._refresh_timer is not None:
@@ -295,12 +309,12 @@ class ClusterCommandLink:
                     slots[slot] = target
         except (TypeError, ValueError, IndexError, UnicodeDecodeError):
             return False
-        if any(target is None for target in slots):
+        wanted = {target for target in slots if target is not None}
+        if len(wanted) == 0 or None in slots:
             return False
         self._slots = slots
-        wanted = set(slots)
         for target in wanted:
-            self._link(target)  # type: ignore[arg-type]  # no None left
+            self._link(target)
         for target in [t for t in self._masters if t not in wanted]:
             link = self._masters.pop(target)
             link.stop().addErrback(lambda f: _log.failure("redis cluster: link stop", f))
@@ -324,9 +338,10 @@ class ClusterCommandLink:
                 self._reactor,
                 scripts=self._scripts,
                 in_cluster=True,
-                on_change=lambda: self._link_changed(link),  # type: ignore[has-type]
+                on_change=functools.partial(self._link_changed, target),
                 rng=self._rng,
-                **self._timeouts,
+                connect_timeout=self._connect_timeout,
+                io_timeout=self._io_timeout,
             )
             self._masters[target] = link
             if not self.stopped:

@@ -442,9 +442,7 @@ class _Link:
     ) -> Deferred[Any]:
         """Run ``commands`` on a short-lived connection to ``host``; the last reply."""
         proto = self._new_protocol(redis_protocol_base())
-        endpoint = _endpoint(
-            self._reactor, host, port, self._connect_timeout, tls, tls_key
-        )
+        endpoint = _endpoint(self._reactor, host, port, self._connect_timeout, tls, tls_key)
         d: Deferred[Any] = endpoint.connect(_OneProtocol(proto))
 
         def query(proto: Any) -> Deferred[Any]:

@@ -110,8 +110,10 @@ class TestRedisClusterContract(EngineContract):
 async def test_channel_keys_share_a_slot_and_channels_spread(
     redis_cluster: RedisClusterSetup,
 ) -> None:
-    """Each channel's stream, meta, result and presence keys sit on one master, and
-    channels are spread over all three masters."""
+    """Each channel's keys (stream, meta, result, presence) sit on one master.
+
+    Channels are spread over all three masters.
+    """
     engine = make_engine([redis_cluster.url])
     await engine.start(handler())
     try:
@@ -182,8 +184,10 @@ def _move_empty_slot(setup: RedisClusterSetup, slot: int, to: RedisServer) -> No
 
 @pytest_twisted.ensureDeferred
 async def test_moved_slot_is_followed(redis_cluster: RedisClusterSetup) -> None:
-    """A slot moved to another master after the engine read the map: the engine gets
-    MOVED, goes to the new master, and later commands go straight there."""
+    """A slot moved to another master after the engine read the map.
+
+    The engine gets MOVED, goes to the new master, and later commands go straight there.
+    """
     engine = make_engine([redis_cluster.url])
     await engine.start(handler())
     try:
@@ -244,9 +248,7 @@ async def test_slot_migration_ask_and_tryagain_are_followed(
         _move_empty_slot(redis_cluster, slot, target)  # the migration ends
         await added
         assert await engine.presence(channel) == {"c1": ClientInfo("u", "c1")}
-        assert f"{engine.prefix}.presence.data.{{{channel}}}" in _keys(
-            target, f"{engine.prefix}.*"
-        )
+        assert f"{engine.prefix}.presence.data.{{{channel}}}" in _keys(target, f"{engine.prefix}.*")
     finally:
         await engine.stop()
         _move_empty_slot(redis_cluster, slot, target)
@@ -256,8 +258,11 @@ async def test_slot_migration_ask_and_tryagain_are_followed(
 
 @pytest_twisted.ensureDeferred
 async def test_master_restart_is_survived(redis_cluster: RedisClusterSetup) -> None:
-    """A master goes away and comes back: calls for its slots fail fast (error 100)
-    meanwhile, the engine is unhealthy, then works again by itself."""
+    """A master goes away and comes back.
+
+    Meanwhile calls for its slots fail fast (error 100) and the engine is unhealthy; then
+    it works again by itself.
+    """
     engine = make_engine([redis_cluster.url], connect_timeout=0.3)
     recorder = handler()
     await engine.start(recorder)
