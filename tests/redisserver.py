@@ -588,6 +588,13 @@ class RedisClusterSetup:
         """``CLIENT KILL TYPE pubsub`` on every node."""
         return sum(n.kill_pubsub_clients() for n in self.nodes if n.running)
 
+    def start(self) -> None:
+        """Start every stopped node again (each rejoins from its nodes.conf, empty)."""
+        for node in self.nodes:
+            node.start()
+        self.wait_ok()
+
     def stop(self) -> None:
+        """Stop every node; their nodes.conf files stay for :meth:`start`."""
         for node in self.nodes:
             node.stop()
