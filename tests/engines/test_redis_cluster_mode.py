@@ -10,14 +10,18 @@ from a master restart.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import pytest_twisted
 from contract import HISTORY, EngineContract, EngineEnv, pub
 from redis_support import AGE_KEYS, handler, make_engine, until
-from redisserver import RedisClusterSetup, RedisServer, require_redis_server
+from redisserver import RedisClusterSetup, RedisServer, require_redis_server, wait_for
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
+from rtserver.config import RedisAddress
 from rtserver.core.types import DisconnectControl, HistoryFilter, PublishOptions
 from rtserver.engines.redis import RedisEngine, RedisUnavailable
 from rtserver.engines.rediscluster import ClusterCommandLink, crc16, key_slot
@@ -301,3 +305,69 @@ async def test_no_reachable_seed_keeps_the_engine_unhealthy() -> None:
             await engine.presence("x")
     finally:
         await engine.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_new_master_is_found_through_moved(
+    redis_cluster: RedisClusterSetup, tmp_path: Path
+) -> None:
+    """A master added to the cluster after the engine started, given a slot.
+
+    The engine meets it through MOVED, connects to it, runs the command there once the
+    link is up, and the refreshed slot map lists it.
+    """
+    engine = make_engine([redis_cluster.url])
+    await engine.start(handler())
+    channel = "room-on-a-new-master"
+    slot = key_slot("{" + channel + "}")
+    before = redis_cluster.owner(channel)
+    newcomer = RedisServer(extra_args=RedisClusterSetup._cluster_args(tmp_path, 9)).start()
+    first = redis_cluster.nodes[0]
+    everyone = [*redis_cluster.nodes, newcomer]
+    target = _node_id(newcomer)
+    try:
+        bus_port = newcomer.extra_args[newcomer.extra_args.index("--cluster-port") + 1]
+        first.command("CLUSTER", "MEET", "127.0.0.1", newcomer.port, bus_port)
+        wait_for(
+            lambda: all(len(n.command("CLUSTER", "NODES").splitlines()) == 4 for n in everyone),
+            10,
+            "every node to know the newcomer",
+        )
+        for node in [newcomer, *redis_cluster.nodes]:
+            node.command("CLUSTER", "SETSLOT", slot, "NODE", target)
+        assert ("127.0.0.1", newcomer.port) not in _command(engine).nodes()
+        position = await engine.publish(channel, pub(1), HISTORY)
+        assert position.offset == 1
+        assert f"{engine.prefix}.stream.{{{channel}}}" in _keys(newcomer, f"{engine.prefix}.*")
+        await until(lambda: ("127.0.0.1", newcomer.port) in _command(engine).nodes())
+        await until(lambda: engine.healthy, what="healthy with four masters")
+    finally:
+        await engine.stop()
+        for key in _keys(newcomer, "*"):
+            newcomer.command("DEL", key)
+        for node in [before, *(n for n in everyone if n is not before)]:
+            node.command("CLUSTER", "SETSLOT", slot, "NODE", _node_id(before))
+        newcomer.stop()
+        for node in redis_cluster.nodes:
+            if target.encode() in node.command("CLUSTER", "NODES"):
+                node.command("CLUSTER", "FORGET", target)
+        redis_cluster.wait_ok()
+
+
+def test_slot_map_replies_that_do_not_cover_every_slot_are_refused() -> None:
+    """A partial or malformed CLUSTER SLOTS reply leaves the map as it was."""
+    link = ClusterCommandLink(
+        RedisAddress("h", 1, cluster_seeds=(("h", 1),)),
+        reactor,
+        reactor,
+        connect_timeout=1.0,
+        io_timeout=1.0,
+        on_change=lambda: None,
+    )
+    assert not link._apply([[0, 8000, [b"127.0.0.1", 7000, b"id"]]], "127.0.0.1")
+    assert not link._apply([[0, 16383, [None]]], "127.0.0.1")
+    assert not link._apply(b"nonsense", "127.0.0.1")
+    assert not link.ready and link._slots == [None] * 16384
+    failures: list[Failure] = []
+    link.execute("GET", "k").addErrback(failures.append)
+    assert failures[0].check(RedisUnavailable)
