@@ -27,6 +27,7 @@ import dataclasses
 import functools
 import random
 from collections.abc import Callable, Iterable
+from functools import lru_cache
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, fail, gatherResults, succeed
@@ -73,6 +74,7 @@ def crc16(data: bytes) -> int:
     return crc
 
 
+@lru_cache(maxsize=65536)
 def key_slot(key: bytes | str) -> int:
     """The hash slot of ``key`` (its hash tag's when it has a non-empty one)."""
     if isinstance(key, str):
@@ -85,14 +87,18 @@ def key_slot(key: bytes | str) -> int:
     return crc16(key) % SLOTS
 
 
+_SCRIPT_COMMANDS = frozenset(
+    name for word in ("EVALSHA", "EVAL") for name in (word, word.lower(), word.encode())
+)
+
+
 def _first_key(args: tuple[Any, ...]) -> Any:
     """The key a command is routed by: the first key of EVAL/EVALSHA, else argument 1.
 
     The engine's commands (PUBLISH, DEL, EVALSHA, EVAL) all name their key (or channel)
     there; a command without one goes to any master.
     """
-    name = args[0].upper() if isinstance(args[0], str) else args[0]
-    if name in ("EVALSHA", "EVAL", b"EVALSHA", b"EVAL"):
+    if args[0] in _SCRIPT_COMMANDS:
         return args[3] if len(args) > 3 and int(args[2]) > 0 else None
     return args[1] if len(args) > 1 else None
 
@@ -119,6 +125,8 @@ class ClusterCommandLink:
     retry_delay_max = 0.5
     refresh_min = 0.05
     refresh_max = 2.0
+    #: Scheduled refreshes (MOVED, a master link down) start at most this often.
+    refresh_interval = 0.5
 
     def __init__(
         self,
@@ -157,6 +165,7 @@ class ClusterCommandLink:
         self._refresh_again = False
         self._refresh_timer: IDelayedCall | None = None
         self._refresh_failures = 0
+        self._last_refresh = float("-inf")
         self.stopped = True
         self.ready = False
 
@@ -247,6 +256,8 @@ class ClusterCommandLink:
             return
         delay = min(self.refresh_max, self.refresh_min * 2**self._refresh_failures)
         delay *= 0.5 + self._rng.random() / 2
+        # a master that stays down must not make every reconnect attempt ask for the map
+        delay = max(delay, self._last_refresh + self.refresh_interval - self._clock.seconds())
 
         def fire() -> None:
             self._refresh_timer = None
@@ -255,6 +266,7 @@ class ClusterCommandLink:
         self._refresh_timer = self._clock.callLater(delay, fire)
 
     async def _refresh(self) -> None:
+        self._last_refresh = self._clock.seconds()
         try:
             reply, problems = None, []
             for host, port in self.nodes():
