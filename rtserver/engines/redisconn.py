@@ -187,9 +187,13 @@ def _protocols() -> tuple[type, type]:
     base: Any = redis_protocol_base()
 
     class CommandProtocol(base):
-        """Replies go to txredisapi's in-order reply queue."""
+        """Every reply goes to the link, which matches replies to commands in order."""
 
         link: Any = None
+
+        def replyReceived(self, reply: Any) -> None:  # noqa: N802 - txredisapi API
+            if self.link is not None:
+                self.link._reply(self, reply)
 
         def connectionLost(self, why: Failure) -> None:  # noqa: N802 - Twisted API
             base.connectionLost(self, why)
@@ -611,40 +615,89 @@ class CommandLink(_Link):
         #: (the cluster router follows them), not turned into "not supported".
         self.in_cluster = in_cluster
         self._cluster_reported = False
+        #: (reply Deferred, when the command was written), oldest first
+        self._waiting: deque[tuple[Deferred[Any], float]] = deque()
+        self._watchdog: LoopingCall | None = None
 
     def _protocol_class(self) -> type:
         return _protocols()[0]
+
+    def start(self) -> None:
+        """Connect (and keep reconnecting until :meth:`stop`); watch for late replies."""
+        super().start()
+        if self._watchdog is None and self.io_timeout > 0:
+            # one timer per link instead of one per command: a reply later than
+            # io_timeout is noticed within a quarter of io_timeout after it
+            self._watchdog = LoopingCall(self._check_replies)
+            self._watchdog.clock = self._clock
+            self._watchdog.start(self.io_timeout / 4, now=False).addErrback(
+                lambda f: _log.failure("redis command watchdog stopped", f)
+            )
+
+    def stop(self) -> Deferred[None]:
+        """Close the connection and cancel every timer; fires once it is closed."""
+        if self._watchdog is not None:
+            if self._watchdog.running:
+                self._watchdog.stop()
+            self._watchdog = None
+        return super().stop()
 
     def _handshake(self, proto: Any) -> Deferred[Any]:
         commands = self._setup_commands()
         if self.address.db:
             commands.append(("SELECT", self.address.db))
         commands.extend(("SCRIPT", "LOAD", s.body) for s in self._scripts)
-        ds = [proto.execute_command(*c) for c in commands]
+        ds = [self._write(proto, c) for c in commands]
         if self.address.is_sentinel:
             ds[commands.index(("ROLE",))].addCallback(self._role_check)
         return gatherResults(ds, consumeErrors=True).addErrback(_first_error)
 
+    def _write(self, proto: Any, args: tuple[Any, ...]) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self._waiting.append((d, self._clock.seconds()))
+        proto.transport.write(encode_redis_command(proto, *args))
+        return d
+
     def execute(self, *args: Any) -> Deferred[Any]:
         """Run one command; fails at once with RedisUnavailable while the link is down."""
         proto = self._proto
-        if not self.ready or proto is None:
+        if not self.ready or proto is None or proto.transport is None:
             return fail(RedisUnavailable(f"redis {self.address} is unavailable"))
-        try:
-            d: Deferred[Any] = proto.execute_command(*args)
-        except Exception as e:  # txredisapi raises when its transport is already gone
-            d = fail(e)
-        return d.addErrback(self._translate, proto)
+        return self._write(proto, args).addErrback(self._translate, proto)
+
+    def _reply(self, proto: Any, reply: Any) -> None:
+        if proto is not self._proto or not self._waiting:
+            return
+        d = self._waiting.popleft()[0]
+        if isinstance(reply, Exception):
+            d.errback(reply)
+        else:
+            d.callback(reply)
+
+    def _check_replies(self) -> None:
+        proto = self._proto
+        if not self._waiting or proto is None:
+            return
+        if self._waiting[0][1] + self.io_timeout > self._clock.seconds():
+            return
+        self._set_ready(False)
+        self._fail_waiting(RedisTimeout, f"no reply within {self.io_timeout:g}s")
+        self.drop(f"no reply within {self.io_timeout:g}s")
+
+    def _fail_waiting(self, error: type[RedisUnavailable], reason: str) -> None:
+        waiting, self._waiting = self._waiting, deque()
+        for d, _ in waiting:
+            d.errback(error(f"redis {self.address}: {reason}"))
+
+    def _lost(self, proto: Any, why: Failure) -> None:
+        if proto is not self._proto:
+            return
+        # forget the connection first: callers reacting to the failures must not queue
+        # commands on it
+        super()._lost(proto, why)
+        self._fail_waiting(RedisUnavailable, "connection lost")
 
     def _translate(self, failure: Failure, proto: Any) -> Failure:
-        import txredisapi
-
-        if failure.check(txredisapi.TimeoutError):
-            if proto is self._proto:  # txredisapi aborts the connection; down from now
-                self._set_ready(False)
-            return Failure(RedisTimeout(f"redis {self.address}: {failure.value}"))
-        if failure.check(txredisapi.ConnectionError):
-            return Failure(RedisUnavailable(f"redis {self.address}: {failure.value}"))
         if _is_readonly(failure.value):
             # a replica now (failover): find the master again
             if proto is self._proto:
