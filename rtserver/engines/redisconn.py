@@ -6,7 +6,9 @@ waiting for round trips) and one :class:`PubSubLink` (SUBSCRIBE/UNSUBSCRIBE and 
 messages). Both reconnect by themselves with capped, jittered exponential backoff on
 the injected clock. While a link is down its callers fail at once with
 :class:`RedisUnavailable`; a command that gets no answer within ``io_timeout`` fails with
-a timeout and the connection is dropped and re-established.
+a timeout and the connection is dropped and re-established (the command link checks
+its oldest command every quarter of ``io_timeout``: one timer per link, not per command).
+The command link matches replies to commands itself, in order; txredisapi only parses.
 
 Topologies (docs/cluster.rst): a link connects over TLS when its address says so
 (``rediss://`` or ``engine.redis.tls``). A Sentinel address is resolved on every
