@@ -285,7 +285,7 @@ class ClusterCommandLink:
                     continue
                 if self._apply(reply, host):
                     break
-                problems.append(f"{host}:{port}: the slot map does not cover every slot")
+                problems.append(f"{host}:{port}: no usable slot map")
                 reply = None
         finally:
             self._refreshing = None
@@ -310,7 +310,11 @@ class ClusterCommandLink:
             self._schedule_refresh()
 
     def _apply(self, reply: Any, answered_by: str) -> bool:
-        """Adopt a ``CLUSTER SLOTS`` reply; False when it does not cover every slot."""
+        """Adopt a ``CLUSTER SLOTS`` reply; False when it is malformed or names no master.
+
+        Slots it leaves out (``cluster-require-full-coverage no``, a cluster being set
+        up) have no server: their commands fail until a later map covers them.
+        """
         slots: list[tuple[str, int] | None] = [None] * SLOTS
         try:
             for entry in reply:
@@ -322,7 +326,7 @@ class ClusterCommandLink:
         except (TypeError, ValueError, IndexError, UnicodeDecodeError):
             return False
         wanted = {target for target in slots if target is not None}
-        if len(wanted) == 0 or None in slots:
+        if not wanted:
             return False
         self._slots = slots
         for target in wanted:
@@ -378,7 +382,11 @@ class ClusterCommandLink:
         if self.stopped or not self._mapped:
             return fail(RedisUnavailable(f"redis cluster {self.address} is unavailable"))
         target = ask or self._slots[slot]
-        assert target is not None
+        if target is None:
+            self._schedule_refresh()
+            return fail(
+                RedisUnavailable(f"redis cluster {self.address}: slot {slot} has no master")
+            )
         link = self._link(target)
         if not link.ready:
             self._schedule_refresh()  # a replica may be taking over

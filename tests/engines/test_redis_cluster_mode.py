@@ -354,8 +354,11 @@ async def test_new_master_is_found_through_moved(
         redis_cluster.wait_ok()
 
 
-def test_slot_map_replies_that_do_not_cover_every_slot_are_refused() -> None:
-    """A partial or malformed CLUSTER SLOTS reply leaves the map as it was."""
+def test_malformed_slot_maps_are_refused_and_partial_ones_are_used() -> None:
+    """A malformed CLUSTER SLOTS reply leaves the map as it was; a partial one is used.
+
+    Slots a partial map leaves out have no master (until a later map covers them).
+    """
     link = ClusterCommandLink(
         RedisAddress("h", 1, cluster_seeds=(("h", 1),)),
         reactor,
@@ -364,10 +367,14 @@ def test_slot_map_replies_that_do_not_cover_every_slot_are_refused() -> None:
         io_timeout=1.0,
         on_change=lambda: None,
     )
-    assert not link._apply([[0, 8000, [b"127.0.0.1", 7000, b"id"]]], "127.0.0.1")
     assert not link._apply([[0, 16383, [None]]], "127.0.0.1")
     assert not link._apply(b"nonsense", "127.0.0.1")
+    assert not link._apply([[0, 20000, [b"127.0.0.1", 7000, b"id"]]], "127.0.0.1")
     assert not link.ready and link._slots == [None] * 16384
     failures: list[Failure] = []
     link.execute("GET", "k").addErrback(failures.append)
-    assert failures[0].check(RedisUnavailable)
+    assert failures[0].check(RedisUnavailable)  # no map yet
+    assert link._apply([[0, 8000, [b"", 7000, b"id"]]], "10.0.0.9")
+    assert link._slots[0] == ("10.0.0.9", 7000) and link._slots[8001] is None
+    assert set(link._slots[8001:]) == {None} and set(link._slots[:8001]) == {("10.0.0.9", 7000)}
+    link.stop()
