@@ -378,3 +378,62 @@ def test_malformed_slot_maps_are_refused_and_partial_ones_are_used() -> None:
     assert link._slots[0] == ("10.0.0.9", 7000) and link._slots[8001] is None
     assert set(link._slots[8001:]) == {None} and set(link._slots[:8001]) == {("10.0.0.9", 7000)}
     link.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_master_failover_to_its_replica_is_followed(tmp_path: Path) -> None:
+    """A master with a replica is killed; the cluster promotes the replica.
+
+    Meanwhile the engine is unhealthy and calls for the lost slots fail at once; once the
+    cluster has failed over, the engine finds the new master through the slot map by
+    itself (no restart), history continues in the same epoch (the data was replicated)
+    and publications reach a subscriber again.
+    """
+    require_redis_server()
+    setup = RedisClusterSetup(tmp_path)
+    channel = "failover-room"
+    master = setup.owner(channel)
+    replica = RedisServer(extra_args=RedisClusterSetup._cluster_args(tmp_path, 7)).start()
+    engine = make_engine([setup.url], connect_timeout=0.3)
+    recorder = handler()
+    try:
+        bus_port = master.extra_args[master.extra_args.index("--cluster-port") + 1]
+        replica.command("CLUSTER", "MEET", "127.0.0.1", master.port, bus_port)
+        wait_for(
+            lambda: _node_id(master).encode() in replica.command("CLUSTER", "NODES"),
+            10,
+            "the replica to meet the master",
+        )
+        replica.command("CLUSTER", "REPLICATE", _node_id(master))
+        wait_for(
+            lambda: replica.info("replication").get("master_link_status") == "up",
+            15,
+            "the replica to sync",
+        )
+        await engine.start(recorder)
+        assert engine.healthy
+        await engine.subscribe(channel)
+        first = await engine.publish(channel, pub(1), HISTORY)
+        assert master.command("WAIT", 1, 2000) == 1  # the replica has it
+
+        master.kill()
+        await until(lambda: not engine.healthy, what="unhealthy without the master")
+        with pytest.raises(RedisUnavailable):
+            await engine.history(channel, ALL, 60.0)
+        await until(lambda: replica.info("replication").get("role") == "master", timeout=20,
+                    what="the cluster to promote the replica")  # fmt: skip
+        await until(lambda: engine.healthy, timeout=20, what="healthy on the new master")
+
+        second = await engine.publish(channel, pub(2), HISTORY)
+        assert (second.offset, second.epoch) == (2, first.epoch)
+        result = await engine.history(channel, ALL, 60.0)
+        assert [p.offset for p in result.publications] == [1, 2]
+        await until(
+            lambda: any(p.offset == 2 for _, p in recorder.publications),
+            timeout=10,
+            what="delivery through the new master",
+        )
+    finally:
+        await engine.stop()
+        replica.stop()
+        setup.stop()
