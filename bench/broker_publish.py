@@ -65,8 +65,8 @@ def server(kind: str, cpu: int | None) -> Iterator[int]:
 
 
 @contextlib.contextmanager
-def redis_cluster(cpu: int | None, masters: int = 3) -> Iterator[str]:
-    """A throw-away Redis Cluster of ``masters`` masters; yields its redis+cluster URL."""
+def redis_cluster(cpu: int | None, masters: int = 3) -> Iterator[tuple[str, list[int]]]:
+    """A throw-away Redis Cluster of ``masters`` masters; yields its URL and the pids."""
     import tempfile
 
     binary = shutil.which("redis-server")
@@ -96,7 +96,8 @@ def redis_cluster(cpu: int | None, masters: int = 3) -> Iterator[str]:
                 if time.monotonic() > deadline:
                     raise SystemExit("the Redis Cluster did not come up")
                 time.sleep(0.1)
-            yield "redis+cluster://" + ",".join(f"{HOST}:{p}" for p in ports)
+            url = "redis+cluster://" + ",".join(f"{HOST}:{p}" for p in ports)
+            yield url, [proc.pid for proc in procs]
         finally:
             for proc in procs:
                 _stop(proc)
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         redis_port = stack.enter_context(server("redis", side_cpu))
         nats_port = stack.enter_context(server("nats", side_cpu))
         cluster_url = (
-            stack.enter_context(redis_cluster(side_cpu))
+            stack.enter_context(redis_cluster(side_cpu))[0]
             if "redis-cluster" in args.backends
             else ""
         )
