@@ -533,6 +533,8 @@ class RedisClusterSetup:
     @staticmethod
     def _cluster_args(directory: Path, i: int) -> tuple[str, ...]:
         return (
+            # a replica's full sync writes dump.rdb to --dir (the working directory if unset)
+            "--dir", str(directory),
             "--cluster-enabled", "yes",
             "--cluster-config-file", str(directory / f"nodes-{i}-{free_port()}.conf"),
             # the bus port defaults to port + 10000, which may be taken

@@ -166,6 +166,8 @@ class ClusterCommandLink:
         self._refresh_timer: IDelayedCall | None = None
         self._refresh_failures = 0
         self._last_refresh = float("-inf")
+        #: retries waiting for their turn (TRYAGAIN backoff, a new master's link)
+        self._waits: set[Deferred[Any]] = set()
         self.stopped = True
         self.ready = False
 
@@ -193,6 +195,8 @@ class ClusterCommandLink:
         self._refresh_timer = None
         if self._refreshing is not None:
             self._refreshing.cancel()
+        for waiting in list(self._waits):
+            waiting.cancel()
         links = list(self._masters.values())
         self._update()
         d = gatherResults([link.stop() for link in links], consumeErrors=True)
@@ -419,7 +423,20 @@ class ClusterCommandLink:
             return self._when_up(where, lambda: self._run(slot, args, where, tries + 1))
         # TRYAGAIN (keys of a slot in migration), CLUSTERDOWN (failover under way)
         delay = min(self.retry_delay_max, self.retry_delay * 2**tries)
-        return deferLater(self._clock, delay, self._run, slot, args, None, tries + 1)
+        return self._pause(delay).addCallback(lambda _: self._run(slot, args, None, tries + 1))
+
+    def _pause(self, delay: float) -> Deferred[None]:
+        """Fire after ``delay``; fails with RedisUnavailable when :meth:`stop` comes first."""
+        d: Deferred[None] = deferLater(self._clock, delay, lambda: None)
+        self._waits.add(d)
+
+        def done(result: Any) -> Any:
+            self._waits.discard(d)
+            if isinstance(result, Failure) and result.check(CancelledError):
+                return Failure(RedisUnavailable(f"redis cluster {self.address} stopped"))
+            return result
+
+        return d.addBoth(done)
 
     def _when_up(self, target: tuple[str, int], then: Callable[[], Deferred[Any]]) -> Any:
         """``then()`` once the link to ``target`` is up (a new master: it is connecting)."""
@@ -431,9 +448,9 @@ class ClusterCommandLink:
             waited = 0.0
             delay = self.retry_delay
             while not link.ready and not self.stopped and waited < link.io_timeout:
-                await deferLater(self._clock, delay)
+                await self._pause(delay)
                 waited += delay
-                delay = min(delay * 2, 0.5)
+                delay = min(delay * 2, self.retry_delay_max)
             return await then()
 
         return Deferred.fromCoroutine(wait())

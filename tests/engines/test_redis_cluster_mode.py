@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -437,3 +438,37 @@ async def test_master_failover_to_its_replica_is_followed(tmp_path: Path) -> Non
         await engine.stop()
         replica.stop()
         setup.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_during_a_retry_fails_the_call_and_leaves_no_timer(
+    redis_cluster: RedisClusterSetup,
+) -> None:
+    """The engine stops while a write waits for a slot migration to end.
+
+    The write fails with RedisUnavailable at once and no retry timer is left behind.
+    """
+    engine = make_engine([redis_cluster.url])
+    await engine.start(handler())
+    channel = "stopping-room"
+    slot = key_slot("{" + channel + "}")
+    source = redis_cluster.owner(channel)
+    target = next(n for n in redis_cluster.nodes if n is not source)
+    stopped = False
+    try:
+        target.command("CLUSTER", "SETSLOT", slot, "IMPORTING", _node_id(source))
+        source.command("CLUSTER", "SETSLOT", slot, "MIGRATING", _node_id(target))
+        retries = _errors(target, "TRYAGAIN")
+        outcome: list[Any] = []
+        engine.add_presence(channel, "c1", ClientInfo("u", "c1")).addBoth(outcome.append)
+        await until(lambda: _errors(target, "TRYAGAIN") > retries, what="TRYAGAIN")
+        assert outcome == []  # still retrying
+        stopping = engine.stop()
+        stopped = True
+        # failed by stop() itself, not by a later retry
+        assert len(outcome) == 1 and outcome[0].check(RedisUnavailable)
+        await stopping
+    finally:
+        if not stopped:
+            await engine.stop()
+        _move_empty_slot(redis_cluster, slot, source)
