@@ -45,7 +45,11 @@ from rtserver.core.types import (
 )
 from rtserver.engines import redis_scripts as scripts
 from rtserver.engines.memory import new_epoch
-from rtserver.engines.rediscluster import ClusterCommandLink, ClusterPubSubLink
+from rtserver.engines.rediscluster import (
+    ClusterCommandLink,
+    ClusterPubSubLink,
+    ShardedSubscriber,
+)
 from rtserver.engines.redisconn import (
     CommandLink,
     PubSubLink,
@@ -94,8 +98,16 @@ class _Shard:
         self.pubsub: PubSubLink
         #: Redis Cluster: every key of a channel carries the channel as a hash tag.
         self.cluster = address.is_cluster
+        #: Redis Cluster with sharded PUB/SUB: the client channels' SSUBSCRIBE links.
+        self.sharded: ShardedSubscriber | None = None
         #: Sentinel shards: the ``+switch-master`` listener (not part of health).
         self.watch: SentinelWatch | None = None
+
+    @property
+    def uses_sharded(self) -> bool:
+        """Whether client channels use sharded PUB/SUB now (Redis Cluster, Redis 7+)."""
+        command = self.command
+        return isinstance(command, ClusterCommandLink) and command.sharded
 
 
 @implementer(IEngine)
@@ -168,9 +180,21 @@ class RedisEngine:
                     address, clock, reactor, scripts=scripts.ALL, **timeouts
                 )
                 shard.command = command
+                pubsub_options["on_message"] = self._on_cluster_message
                 shard.pubsub = ClusterPubSubLink(
                     address, clock, reactor, nodes=command.nodes, **pubsub_options
                 )
+                shard.sharded = ShardedSubscriber(
+                    command,
+                    clock,
+                    reactor,
+                    on_message=self._on_cluster_message,
+                    on_change=self._links_changed,
+                    connect_timeout=config.connect_timeout,
+                    io_timeout=config.io_timeout,
+                    rng=self._rng,
+                )
+                command.map_listeners.append(functools.partial(self._mode_known, shard))
             else:
                 shard.command = CommandLink(
                     address, clock, reactor, scripts=scripts.ALL, **timeouts
@@ -213,17 +237,19 @@ class RedisEngine:
             link.start()
         for watch in self._watches():
             watch.start()
+        for shard in self.shards:
+            if shard.sharded is not None:
+                shard.sharded.start()
         self._links_changed()
         return self._ready
 
     def stop(self) -> Deferred[None]:
         """Close every connection and cancel every timer."""
         self._stopped = True
-        links: list[CommandLink | ClusterCommandLink | PubSubLink] = [
-            *self._links(),
-            *self._watches(),
-        ]
-        d = gatherResults([link.stop() for link in links], consumeErrors=True)
+        stops = [link.stop() for link in self._links(sharded=False)]
+        stops += [watch.stop() for watch in self._watches()]
+        stops += [s.sharded.stop() for s in self.shards if s.sharded is not None]
+        d = gatherResults(stops, consumeErrors=True)
         self._links_changed()
         return d.addCallback(lambda _: None)
 
@@ -238,6 +264,8 @@ class RedisEngine:
         waits: list[Deferred[Any]] = []
         for shard in self.shards:
             command = shard.command
+            if shard.sharded is not None:
+                waits.extend(link.ping() for link in shard.sharded.links())
             if isinstance(command, ClusterCommandLink):
                 for link in command.links():
                     self._sync_serial += 1
@@ -257,10 +285,14 @@ class RedisEngine:
         if waiting is not None:
             waiting.errback(failure)
 
-    def _links(self) -> Iterator[CommandLink | ClusterCommandLink | PubSubLink]:
+    def _links(
+        self, sharded: bool = True
+    ) -> Iterator[CommandLink | ClusterCommandLink | PubSubLink]:
         for shard in self.shards:
             yield shard.command
             yield shard.pubsub
+            if sharded and shard.sharded is not None:
+                yield from shard.sharded.links()
 
     def _watches(self) -> Iterator[SentinelWatch]:
         for shard in self.shards:
@@ -306,16 +338,42 @@ class RedisEngine:
         return f"{self._prefix}.{kind}.{channel}"
 
     def _client_channel(self, channel: str) -> bytes:
+        if self._shard(channel).cluster:  # the slot of the channel's keys
+            return self._client_prefix + b"{" + channel.encode() + b"}"
         return self._client_prefix + channel.encode()
 
     def _channels_of(self, shard: _Shard) -> list[bytes]:
         names = [self._node]
         if shard.index == 0:
             names.append(self._control)
-        names.extend(shard.channels)
+        if not shard.uses_sharded:
+            names.extend(shard.channels)
         return names
 
     # --- inbound -------------------------------------------------------------------------
+
+    def _mode_known(self, shard: _Shard) -> None:
+        """Channels subscribed before the first slot map said "sharded" move there."""
+        sharded = shard.sharded
+        if sharded is None or not shard.uses_sharded or self._stopped:
+            return
+        early = [name for name in shard.channels if name not in sharded.channels]
+        if not early:
+            return
+        shard.pubsub.unsubscribe(early).addErrback(lambda f: None)  # reconnects drop them too
+        for name in early:
+            sharded.subscribe(name).addErrback(lambda f: None)  # placed by the next map
+
+    def _on_cluster_message(self, channel: bytes, data: bytes) -> None:
+        # a client channel is P.client.{<channel>} on a Redis Cluster
+        prefix = self._client_prefix
+        if (
+            channel.startswith(prefix)
+            and channel.endswith(b"}")
+            and channel[len(prefix) :][:1] == b"{"
+        ):
+            channel = prefix + channel[len(prefix) + 1 : -1]
+        self._on_message(channel, data)
 
     def _on_message(self, channel: bytes, data: bytes) -> None:
         handler = self._handler
@@ -375,6 +433,8 @@ class RedisEngine:
         shard = self._shard(channel)
         name = self._client_channel(channel)
         shard.channels.add(name)
+        if shard.sharded is not None and shard.uses_sharded:
+            return shard.sharded.subscribe(name).addCallback(lambda _: None)
         return shard.pubsub.subscribe([name]).addCallback(lambda _: None)
 
     def unsubscribe(self, channel: str) -> Deferred[None]:
@@ -382,6 +442,8 @@ class RedisEngine:
         shard = self._shard(channel)
         name = self._client_channel(channel)
         shard.channels.discard(name)
+        if shard.sharded is not None and shard.uses_sharded:
+            return shard.sharded.unsubscribe(name).addCallback(lambda _: None)
         return shard.pubsub.unsubscribe([name]).addCallback(lambda _: None)
 
     def publish(
@@ -392,7 +454,8 @@ class RedisEngine:
         payload = encode_publication(publication)
         history = options.history_size > 0 and options.history_ttl > 0
         if not history and not options.idempotency_key:
-            d = shard.command.execute("PUBLISH", self._client_channel(channel), payload)
+            publish = "SPUBLISH" if shard.uses_sharded else "PUBLISH"
+            d = shard.command.execute(publish, self._client_channel(channel), payload)
             return d.addCallback(lambda _: StreamPosition(0, ""))
         d = self._append(channel, payload, options, history, self._client_channel(channel))
         return d.addCallback(lambda r: r[0])
@@ -433,6 +496,7 @@ class RedisEngine:
                 _ms(options.history_meta_ttl),
                 new_epoch(self._rng),
                 _ms(idempotency_ttl),
+                1 if shard.uses_sharded else 0,
             ],
         )
         return d.addCallback(lambda r: (StreamPosition(int(r[0]), r[1].decode()), bool(r[2])))
@@ -446,7 +510,9 @@ class RedisEngine:
         return self._publish_raw(channel, LEAVE_PREFIX + encode_client_info(info))
 
     def _publish_raw(self, channel: str, payload: bytes) -> Deferred[None]:
-        d = self._shard(channel).command.execute("PUBLISH", self._client_channel(channel), payload)
+        shard = self._shard(channel)
+        publish = "SPUBLISH" if shard.uses_sharded else "PUBLISH"
+        d = shard.command.execute(publish, self._client_channel(channel), payload)
         return d.addCallback(lambda _: None)
 
     def publish_control(self, message: ControlMessage, node: str = "") -> Deferred[None]:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from functools import lru_cache
 from typing import Any
 
@@ -168,6 +168,11 @@ class ClusterCommandLink:
         self._last_refresh = float("-inf")
         #: retries waiting for their turn (TRYAGAIN backoff, a new master's link)
         self._waits: set[Deferred[Any]] = set()
+        #: Whether the cluster has sharded PUB/SUB (Redis 7+: SSUBSCRIBE, SPUBLISH); known
+        #: from the first slot map on.
+        self.sharded = False
+        #: Called after each change of the slot map.
+        self.map_listeners: list[Callable[[], None]] = []
         self.stopped = True
         self.ready = False
 
@@ -202,9 +207,21 @@ class ClusterCommandLink:
         d = gatherResults([link.stop() for link in links], consumeErrors=True)
         return d.addCallback(lambda _: None)
 
+    def _map_changed(self) -> None:
+        for listener in list(self.map_listeners):
+            listener()
+
+    def owner(self, key: bytes) -> tuple[str, int] | None:
+        """The master serving ``key``'s slot in the current map (None: none known)."""
+        return self._slots[key_slot(key)]
+
     def links(self) -> list[CommandLink]:
         """The command link of each master of the current slot map."""
         return list(self._masters.values())
+
+    def masters(self) -> list[tuple[str, int]]:
+        """(host, port) of each master of the current slot map."""
+        return list(self._masters)
 
     def nodes(self) -> list[tuple[str, int]]:
         """Every node worth trying, masters of the current map first, then the seeds."""
@@ -252,6 +269,10 @@ class ClusterCommandLink:
                 "redis cluster {address}: refresh failed", failure, address=str(self.address)
             )
 
+    def refresh_soon(self) -> None:
+        """Ask for the slot map again after a short, rate-limited delay."""
+        self._schedule_refresh()
+
     def _schedule_refresh(self) -> None:
         if self.stopped or self._refresh_timer is not None:
             return
@@ -275,19 +296,25 @@ class ClusterCommandLink:
             reply, problems = None, []
             for host, port in self.nodes():
                 try:
-                    reply = await self._asker.ask(
+                    replies = await self._asker.ask(
                         host,
                         port,
-                        [*self._asker._auth_args(), ("CLUSTER", "SLOTS")],
+                        [
+                            *self._asker._auth_args(),
+                            ("COMMAND", "INFO", "SSUBSCRIBE"),
+                            ("CLUSTER", "SLOTS"),
+                        ],
                         self.address.tls,
                         "engine.redis.tls",
                     )
+                    sharded, reply = replies[-2] != [None], replies[-1]
                 except CancelledError:
                     raise
                 except Exception as e:  # this node cannot answer: ask the next one
                     problems.append(f"{host}:{port}: {str(e) or type(e).__name__}")
                     continue
                 if self._apply(reply, host):
+                    self.sharded = sharded
                     break
                 problems.append(f"{host}:{port}: no usable slot map")
                 reply = None
@@ -309,6 +336,7 @@ class ClusterCommandLink:
             return
         self._refresh_failures = 0
         self._update()
+        self._map_changed()
         if self._refresh_again:
             self._refresh_again = False
             self._schedule_refresh()
@@ -415,7 +443,9 @@ class ClusterCommandLink:
             return failure
         if text.startswith("MOVED "):
             moved_slot, where = _redirect_target(text, target[0])
-            self._slots[moved_slot] = where
+            if self._slots[moved_slot] != where:
+                self._slots[moved_slot] = where
+                self._map_changed()
             self._schedule_refresh()
             return self._when_up(where, lambda: self._run(slot, args, None, tries + 1))
         if text.startswith("ASK "):
@@ -473,3 +503,234 @@ class ClusterPubSubLink(PubSubLink):
         target = nodes[self._turn % len(nodes)]
         self._turn += 1
         return succeed(target)
+
+
+class ShardedPubSubLink(PubSubLink):
+    """Sharded PUB/SUB (SSUBSCRIBE) on one master of a Redis Cluster (Redis 7+).
+
+    One SSUBSCRIBE carries channels of one hash slot only. When the cluster moves a slot
+    away, Redis unsubscribes its shard channels itself (an ``sunsubscribe`` this link did
+    not ask for): ``on_lost(channel)`` is called so the channel is subscribed again at
+    the slot's new master.
+    """
+
+    kind = "sharded pubsub"
+    subscribe_command = "SSUBSCRIBE"
+    unsubscribe_command = "SUNSUBSCRIBE"
+    message_kind = b"smessage"
+
+    def __init__(self, *args: Any, on_lost: Callable[[bytes], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_lost = on_lost
+        self._leaving: set[bytes] = set()
+
+    def _batches(self, names: list[bytes]) -> Iterator[list[bytes]]:
+        by_slot: dict[int, list[bytes]] = {}
+        for name in names:
+            by_slot.setdefault(key_slot(name), []).append(name)
+        for group in by_slot.values():
+            yield from super()._batches(group)
+
+    def unsubscribe(self, names: list[bytes]) -> Deferred[Any]:
+        """SUNSUBSCRIBE if connected (expected: not reported as lost)."""
+        if self._proto is not None and self._proto.transport is not None:
+            self._leaving.update(names)
+        return super().unsubscribe(names)
+
+    def _reply(self, proto: Any, reply: Any) -> None:
+        if (
+            proto is self._proto
+            and isinstance(reply, list)
+            and len(reply) == 3
+            and reply[0] == b"sunsubscribe"
+        ):
+            if reply[1] in self._leaving:
+                self._leaving.discard(reply[1])
+            else:  # the slot moved: Redis dropped the subscription by itself
+                self._last_received = self._clock.seconds()
+                self._on_lost(reply[1])
+                return
+        super()._reply(proto, reply)
+
+    def _lost(self, proto: Any, why: Failure) -> None:
+        if proto is self._proto:
+            self._leaving.clear()
+        super()._lost(proto, why)
+
+
+class ShardedSubscriber:
+    """The client channels of one Redis Cluster, each SSUBSCRIBEd on its slot's master.
+
+    Keeps one :class:`ShardedPubSubLink` per master the channels need, moves channels
+    when the slot map changes, and offers the link interface the engine's health uses
+    (``links()``).
+    """
+
+    def __init__(
+        self,
+        command: ClusterCommandLink,
+        clock: IReactorTime,
+        reactor: Any,
+        *,
+        on_message: Callable[[bytes, bytes], None],
+        on_change: Callable[[], None],
+        connect_timeout: float,
+        io_timeout: float,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._command = command
+        self._clock = clock
+        self._reactor = reactor
+        self._on_message = on_message
+        self._on_change = on_change
+        self._timeouts = (connect_timeout, io_timeout)
+        self._rng = rng
+        self.channels: set[bytes] = set()
+        #: where each channel is subscribed (or being subscribed) now
+        self._where: dict[bytes, tuple[str, int]] = {}
+        self._links: dict[tuple[str, int], ShardedPubSubLink] = {}
+        #: subscribe calls waiting for a new link's first connection
+        self._waiters: dict[tuple[str, int], list[Deferred[Any]]] = {}
+        self.stopped = True
+        command.map_listeners.append(self._place_all)
+
+    def links(self) -> list[ShardedPubSubLink]:
+        """The PUB/SUB link of each master some channel lives on."""
+        return list(self._links.values())
+
+    def start(self) -> None:
+        """Subscribe what is wanted as soon as the slot map is known."""
+        self.stopped = False
+        self._place_all()
+
+    def stop(self) -> Deferred[None]:
+        """Close every link."""
+        self.stopped = True
+        links, self._links = list(self._links.values()), {}
+        self._where.clear()
+        for target in list(self._waiters):
+            self._release(target, RedisUnavailable("redis cluster PUB/SUB stopped"))
+        d = gatherResults([link.stop() for link in links], consumeErrors=True)
+        return d.addCallback(lambda _: None)
+
+    def _link(self, target: tuple[str, int]) -> ShardedPubSubLink:
+        link = self._links.get(target)
+        if link is None:
+            host, port = target
+            address = dataclasses.replace(
+                self._command.address, host=host, port=port, cluster_seeds=()
+            )
+            link = ShardedPubSubLink(
+                address,
+                self._clock,
+                self._reactor,
+                channels=functools.partial(self._channels_at, target),
+                on_message=self._on_message,
+                on_probe=lambda link: None,
+                probe_interval=0,
+                on_lost=self._lost,
+                connect_timeout=self._timeouts[0],
+                io_timeout=self._timeouts[1],
+                on_change=functools.partial(self._link_changed, target),
+                rng=self._rng,
+            )
+            self._links[target] = link
+            link.start()
+        return link
+
+    def _link_changed(self, target: tuple[str, int]) -> None:
+        link = self._links.get(target)
+        if link is not None and link.ready:
+            self._release(target, None)  # its set-up subscribed every channel placed there
+        elif link is not None and link.ever_tried:
+            self._release(target, RedisUnavailable(f"redis {link.address} PUB/SUB is down"))
+        self._on_change()
+
+    def _release(self, target: tuple[str, int], error: Exception | None) -> None:
+        for waiting in self._waiters.pop(target, []):
+            if error is None:
+                waiting.callback(None)
+            else:
+                waiting.errback(error)
+
+    def _channels_at(self, target: tuple[str, int]) -> list[bytes]:
+        return [name for name, where in self._where.items() if where == target]
+
+    def subscribe(self, name: bytes) -> Deferred[Any]:
+        """SSUBSCRIBE ``name`` on its master (and again after every move or reconnect)."""
+        self.channels.add(name)
+        target = self._command.owner(name)
+        if self.stopped or target is None:
+            return fail(RedisUnavailable(f"redis cluster {self._command.address}: no slot map"))
+        self._where[name] = target
+        d = self._subscribe_at(name, target)
+
+        def failed(failure: Failure) -> Failure:
+            if self._where.get(name) == target:
+                self._lost(name)
+            return failure
+
+        return d.addErrback(failed)
+
+    def _subscribe_at(self, name: bytes, target: tuple[str, int]) -> Deferred[Any]:
+        link = self._link(target)
+        if link.ready:
+            return link.subscribe([name])
+        # connecting: its set-up subscribes every channel placed there
+        d: Deferred[Any] = Deferred()
+        self._waiters.setdefault(target, []).append(d)
+        return d
+
+    def unsubscribe(self, name: bytes) -> Deferred[Any]:
+        """SUNSUBSCRIBE ``name``."""
+        self.channels.discard(name)
+        target = self._where.pop(name, None)
+        link = self._links.get(target) if target is not None else None
+        if link is None:
+            return succeed(None)
+        return link.unsubscribe([name])
+
+    def _place_all(self) -> None:
+        """Move every channel whose slot changed master; drop links no channel needs."""
+        if self.stopped:
+            return
+        for name in list(self.channels):
+            target = self._command.owner(name)
+            where = self._where.get(name)
+            if target is None or target == where:
+                continue
+            old = self._links.get(where) if where is not None else None
+            self._where[name] = target
+            if old is not None:
+                old.unsubscribe([name]).addErrback(self._unsubscribe_failed, name)
+            self._subscribe_at(name, target).addErrback(self._subscribe_failed, name, target)
+        masters = set(self._command.masters())
+        for target in masters:  # a link per master, ready before channels need it
+            self._link(target)
+        for target in [t for t in self._links if t not in masters]:
+            self._release(target, RedisUnavailable("redis cluster: the master left"))
+            self._links.pop(target).stop().addErrback(self._unsubscribe_failed, b"")
+        self._on_change()
+
+    def _lost(self, name: bytes) -> None:
+        """Redis dropped ``name`` (its slot moved): find its master again."""
+        if name in self.channels:
+            self._where.pop(name, None)
+            self._command.refresh_soon()  # the next slot map places it
+
+    def _subscribe_failed(self, failure: Failure, name: bytes, target: tuple[str, int]) -> None:
+        # e.g. MOVED (the map was stale): the next slot map places the channel again
+        if self._where.get(name) == target:
+            self._lost(name)
+        _log.debug(
+            "redis cluster: subscribe of {name!r} failed: {error}",
+            name=name,
+            error=str(failure.value),
+        )
+
+    def _unsubscribe_failed(self, failure: Failure, name: bytes) -> None:
+        _log.debug(
+            "redis cluster: unsubscribe of {name!r} failed: {error}",
+            name=name,
+            error=str(failure.value),
+        )

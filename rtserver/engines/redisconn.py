@@ -30,7 +30,7 @@ import random
 import re
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from typing import Any
@@ -436,7 +436,8 @@ class _Link:
         if a.sentinel_client_name:
             commands.append(("CLIENT", "SETNAME", a.sentinel_client_name))
         commands.append(("SENTINEL", "get-master-addr-by-name", a.master_name))
-        return self.ask(host, port, commands, a.sentinel_tls, "engine.redis.sentinel_tls")
+        d = self.ask(host, port, commands, a.sentinel_tls, "engine.redis.sentinel_tls")
+        return d.addCallback(lambda replies: replies[-1])
 
     def ask(
         self,
@@ -446,7 +447,7 @@ class _Link:
         tls: RedisTLSConfig | None,
         tls_key: str,
     ) -> Deferred[Any]:
-        """Run ``commands`` on a short-lived connection to ``host``; the last reply."""
+        """Run ``commands`` on a short-lived connection to ``host``; every reply."""
         proto = self._new_protocol(redis_protocol_base())
         endpoint = _endpoint(self._reactor, host, port, self._connect_timeout, tls, tls_key)
         d: Deferred[Any] = endpoint.connect(_OneProtocol(proto))
@@ -459,7 +460,7 @@ class _Link:
             def done(result: Any) -> Any:
                 if proto.transport is not None:
                     proto.transport.loseConnection()
-                return result[-1] if isinstance(result, list) else result
+                return result
 
             return replies.addBoth(done)
 
@@ -809,15 +810,20 @@ class PubSubLink(_Link):
         if proto is self._proto:
             self.drop(f"no reply within {self.io_timeout:g}s")
 
+    #: The commands and the message kind: classic PUB/SUB here, sharded in a subclass.
+    subscribe_command = "SUBSCRIBE"
+    unsubscribe_command = "UNSUBSCRIBE"
+    message_kind = b"message"
+
+    def _batches(self, names: list[bytes]) -> Iterator[list[bytes]]:
+        """``names`` in the groups one (UN)SUBSCRIBE command may carry."""
+        for i in range(0, len(names), self.batch):
+            yield names[i : i + self.batch]
+
     def _subscribe_all(self, proto: Any, names: list[bytes]) -> Deferred[Any]:
         ds = [
-            self._send(
-                proto,
-                "SUBSCRIBE",
-                *names[i : i + self.batch],
-                replies=len(names[i : i + self.batch]),
-            )
-            for i in range(0, len(names), self.batch)
+            self._send(proto, self.subscribe_command, *group, replies=len(group))
+            for group in self._batches(names)
         ]
         return gatherResults(ds, consumeErrors=True).addErrback(_first_error)
 
@@ -833,7 +839,11 @@ class PubSubLink(_Link):
         proto = self._proto
         if proto is None or proto.transport is None:
             return succeed(None)
-        return self._send(proto, "UNSUBSCRIBE", *names, replies=len(names))
+        ds = [
+            self._send(proto, self.unsubscribe_command, *group, replies=len(group))
+            for group in self._batches(names)
+        ]
+        return gatherResults(ds, consumeErrors=True).addErrback(_first_error)
 
     def ping(self) -> Deferred[Any]:
         """A PING round trip: everything Redis sent this link before it has arrived."""
@@ -902,7 +912,7 @@ class PubSubLink(_Link):
         if self.probe_sent:  # something came back after a probe: the link hears
             self.probe_sent = False
             self._stale_restarts = 0
-        if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
+        if isinstance(reply, list) and len(reply) == 3 and reply[0] == self.message_kind:
             self._on_message(reply[1], reply[2])
             return
         if not self._pending:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from contract import HISTORY, EngineContract, EngineEnv, pub
+from contract import HISTORY, NO_HISTORY, EngineContract, EngineEnv, pub
 from redis_support import AGE_KEYS, handler, make_engine, until
 from redisserver import RedisClusterSetup, RedisServer, require_redis_server, wait_for
 from twisted.internet import reactor
@@ -472,3 +472,82 @@ async def test_stop_during_a_retry_fails_the_call_and_leaves_no_timer(
         if not stopped:
             await engine.stop()
         _move_empty_slot(redis_cluster, slot, source)
+
+
+def _shard_channels(server: RedisServer, pattern: str) -> list[bytes]:
+    return list(server.command("PUBSUB", "SHARDCHANNELS", pattern))
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_channels_use_sharded_pubsub_on_their_master(
+    redis_cluster: RedisClusterSetup,
+) -> None:
+    """On Redis 7 each client channel is SSUBSCRIBEd on its slot's master only.
+
+    No classic subscription carries it, and publications arrive (SPUBLISH, also from the
+    history script).
+    """
+    engine = make_engine([redis_cluster.url])
+    recorder = handler()
+    await engine.start(recorder)
+    try:
+        assert _command(engine).sharded
+        channels = [f"sharded:{i}" for i in range(6)]
+        for ch in channels:
+            await engine.subscribe(ch)
+        p = engine.prefix
+        for ch in channels:
+            owner = redis_cluster.owner(ch)
+            name = f"{p}.client.{{{ch}}}".encode()
+            assert _shard_channels(owner, f"{p}.*").count(name) == 1
+            for node in redis_cluster.nodes:
+                assert name not in node.command("PUBSUB", "CHANNELS", f"{p}.*")
+                if node is not owner:
+                    assert name not in _shard_channels(node, f"{p}.*")
+        await engine.publish(channels[0], pub(1), HISTORY)
+        await engine.publish(channels[1], pub(2), NO_HISTORY)
+        await engine.publish_join(channels[2], ClientInfo("u", "c1"))
+        await engine.sync()
+        assert [(ch, p.data) for ch, p in recorder.publications] == [
+            (channels[0], pub(1).data),
+            (channels[1], pub(2).data),
+        ]
+        assert recorder.joins == [(channels[2], ClientInfo("u", "c1"))]
+        await engine.unsubscribe(channels[0])
+        assert _shard_channels(redis_cluster.owner(channels[0]), f"{p}.*{channels[0]}*") == []
+    finally:
+        await engine.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_subscription_follows_its_slot_to_another_master(
+    redis_cluster: RedisClusterSetup,
+) -> None:
+    """A subscribed channel's slot moves to another master.
+
+    Redis drops the shard subscription; the engine subscribes again on the new master
+    and deliveries continue.
+    """
+    engine = make_engine([redis_cluster.url])
+    recorder = handler()
+    await engine.start(recorder)
+    channel = "wandering-room"
+    slot = key_slot("{" + channel + "}")
+    before = redis_cluster.owner(channel)
+    after = next(n for n in redis_cluster.nodes if n is not before)
+    name = f"{engine.prefix}.client.{{{channel}}}".encode()
+    try:
+        await engine.subscribe(channel)
+        await engine.publish(channel, pub(1), NO_HISTORY)
+        await until(lambda: len(recorder.publications) == 1, what="first delivery")
+        _move_empty_slot(redis_cluster, slot, after)
+        await until(
+            lambda: name in _shard_channels(after, f"{engine.prefix}.*"),
+            what="subscribed again on the new master",
+        )
+        assert name not in _shard_channels(before, f"{engine.prefix}.*")
+        await engine.publish(channel, pub(2), NO_HISTORY)
+        await until(lambda: len(recorder.publications) == 2, what="delivery after the move")
+    finally:
+        await engine.stop()
+        _move_empty_slot(redis_cluster, slot, before)
