@@ -16,9 +16,13 @@ map; ``TRYAGAIN`` and ``CLUSTERDOWN`` are retried a few times with a short backo
 a master link goes down the map is refreshed (a replica may have been promoted), again
 until it works.
 
-PUB/SUB uses classic (not sharded) Redis PUB/SUB: a message published on any node
-reaches subscribers on every node, so :class:`ClusterPubSubLink` is one connection to
-any live node of the cluster, moving to the next known node when it is lost.
+PUB/SUB: on Redis 7+ (``COMMAND INFO SSUBSCRIBE`` answers) client channels use sharded
+PUB/SUB: :class:`ShardedSubscriber` keeps one :class:`ShardedPubSubLink` per master and
+SSUBSCRIBEs each channel on the master of its slot, moving it when the slot map changes
+or Redis drops it after a slot move; the engine publishes with SPUBLISH. Node-to-node
+channels (and every channel on older clusters) use classic PUB/SUB, where a message
+published on any node reaches subscribers on every node: :class:`ClusterPubSubLink` is
+one connection to any live node, moving to the next known node when it is lost.
 """
 
 from __future__ import annotations
