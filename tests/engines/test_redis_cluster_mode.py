@@ -551,3 +551,30 @@ async def test_subscription_follows_its_slot_to_another_master(
     finally:
         await engine.stop()
         _move_empty_slot(redis_cluster, slot, before)
+
+
+@pytest_twisted.ensureDeferred
+async def test_channel_subscribed_before_the_slot_map_moves_to_sharded_pubsub(
+    redis_cluster: RedisClusterSetup,
+) -> None:
+    """A subscribe made while the engine still waits for its first slot map.
+
+    It fails (nothing is connected yet), but the channel is kept: once the map says
+    the cluster has sharded PUB/SUB, the channel is SSUBSCRIBEd on its master and
+    publications reach it.
+    """
+    engine = make_engine([redis_cluster.url])
+    recorder = handler()
+    started = engine.start(recorder)
+    channel = "early-room"
+    with pytest.raises(RedisUnavailable):
+        await engine.subscribe(channel)
+    await started
+    name = f"{engine.prefix}.client.{{{channel}}}".encode()
+    try:
+        owner = redis_cluster.owner(channel)
+        await until(lambda: name in _shard_channels(owner, f"{engine.prefix}.*"))
+        await engine.publish(channel, pub(1), NO_HISTORY)
+        await until(lambda: len(recorder.publications) == 1, what="delivery")
+    finally:
+        await engine.stop()
