@@ -122,6 +122,7 @@ def parse_nats_url(url: str) -> NatsAddress:
 _AWAIT_INFO, _AWAIT_PONG, _READY = range(3)
 
 
+
 @implementer(IPushProducer)
 class NatsProtocol(Protocol):
     """One TCP connection to NATS; the link owns its lifecycle.
