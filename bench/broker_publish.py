@@ -10,12 +10,15 @@ A ``Node`` (no clients, no HTTP) publishes through each backend against a real
 ``--batch`` publications per reactor turn, each batch awaited (Redis replies; for NATS a
 PING round trip after the batch, so every byte is on the wire and the server has
 processed it). Backends: ``redis`` (the Redis engine: PUBLISH, or one EVALSHA of the
-history script), ``nats`` (``broker.type: nats`` on the memory engine) and
-``redis+nats`` (``engine.type: redis`` + NATS: the history script without its PUBLISH,
-then a NATS PUB). Channels: ``plain`` (no history) and ``hist`` (history 100). Rounds
-interleave the backends so machine noise hits all of them alike; the table shows the
-median of the rounds of this process's CPU time (user+system) per publication, and the
-ratio to the Redis engine of the same channel kind. The server processes' own CPU is
+history script), ``nats`` (``broker.type: nats`` on the memory engine), ``redis+nats``
+(``engine.type: redis`` + NATS: the history script without its PUBLISH, then a NATS
+PUB) and ``redis-cluster`` (the Redis engine on a 3-master Redis Cluster started for
+the run: commands routed by hash slot, one EVALSHA or PUBLISH on the channel's master;
+only when ``--backends`` names it). Channels: ``plain`` (no history) and ``hist``
+(history 100). Rounds interleave the backends so machine noise hits all of them alike;
+the table shows the median of the rounds of this process's CPU time (user+system) per
+publication, and the ratio to the Redis engine of the same channel kind. The server
+processes' own CPU is
 not included. This process is pinned to CPU0 and the servers to CPU1 when possible.
 """
 
@@ -61,14 +64,56 @@ def server(kind: str, cpu: int | None) -> Iterator[int]:
         _stop(proc)
 
 
-def make_config(kind: str, redis_port: int, nats_port: int) -> Any:
+@contextlib.contextmanager
+def redis_cluster(cpu: int | None, masters: int = 3) -> Iterator[tuple[str, list[int]]]:
+    """A throw-away Redis Cluster of ``masters`` masters; yields its URL and the pids."""
+    import tempfile
+
+    binary = shutil.which("redis-server")
+    cli = shutil.which("redis-cli")
+    if binary is None or cli is None:
+        raise SystemExit("redis-server and redis-cli are needed for redis-cluster")
+    ports = [_free_port() for _ in range(masters)]
+    procs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            for port in ports:
+                cmd = [binary, "--port", str(port), "--bind", HOST, "--save", "",
+                       "--appendonly", "no", "--loglevel", "warning",
+                       "--cluster-enabled", "yes",
+                       "--cluster-config-file", f"{tmp}/nodes-{port}.conf",
+                       "--cluster-port", str(_free_port())]
+                procs.append(_spawn(cmd, cpu, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL))
+                _wait_listening(procs[-1], port, Path("/dev/null"), timeout=10)
+            subprocess.run([cli, "--cluster", "create", *(f"{HOST}:{p}" for p in ports),
+                            "--cluster-yes"], check=True, stdout=subprocess.DEVNULL,
+                           timeout=30)
+            deadline = time.monotonic() + 20
+            while any(b"cluster_state:ok" not in subprocess.run(
+                    [cli, "-p", str(p), "CLUSTER", "INFO"], capture_output=True,
+                    check=True).stdout for p in ports):
+                if time.monotonic() > deadline:
+                    raise SystemExit("the Redis Cluster did not come up")
+                time.sleep(0.1)
+            url = "redis+cluster://" + ",".join(f"{HOST}:{p}" for p in ports)
+            yield url, [proc.pid for proc in procs]
+        finally:
+            for proc in procs:
+                _stop(proc)
+
+
+def make_config(kind: str, redis_port: int, nats_port: int, cluster_url: str = "") -> Any:
     from rtserver import config
 
     data: dict[str, Any] = {
         "channel": {"namespaces": [{"name": "hist", "history_size": 100,
                                     "history_ttl": "300s"}]},
     }
-    if "redis" in kind:
+    if kind == "redis-cluster":
+        data["engine"] = {"type": "redis",
+                          "redis": {"address": cluster_url, "prefix": f"b{os.getpid()}"}}
+    elif "redis" in kind:
         data["engine"] = {"type": "redis",
                           "redis": {"address": [f"redis://{HOST}:{redis_port}"],
                                     "prefix": f"b{os.getpid()}"}}
@@ -97,7 +142,9 @@ async def one_round(node: Any, channel: str, pubs: int, batch: int) -> float:
     return time.process_time() - start
 
 
-async def measure(args: argparse.Namespace, redis_port: int, nats_port: int) -> dict[str, Any]:
+async def measure(
+    args: argparse.Namespace, redis_port: int, nats_port: int, cluster_url: str = ""
+) -> dict[str, Any]:
     from twisted.internet import reactor
 
     from rtserver.core.node import Node
@@ -105,7 +152,7 @@ async def measure(args: argparse.Namespace, redis_port: int, nats_port: int) -> 
 
     nodes = {}
     for kind in args.backends:
-        cfg = make_config(kind, redis_port, nats_port)
+        cfg = make_config(kind, redis_port, nats_port, cluster_url)
         node = Node(build_engine(cfg, reactor), cfg, clock=reactor)
         await node.start()
         assert node.engine.healthy, kind
@@ -140,12 +187,19 @@ def main(argv: list[str] | None = None) -> int:
     from twisted.internet import reactor
     from twisted.internet.defer import Deferred
 
-    with server("redis", side_cpu) as redis_port, server("nats", side_cpu) as nats_port:
+    with contextlib.ExitStack() as stack:
+        redis_port = stack.enter_context(server("redis", side_cpu))
+        nats_port = stack.enter_context(server("nats", side_cpu))
+        cluster_url = (
+            stack.enter_context(redis_cluster(side_cpu))[0]
+            if "redis-cluster" in args.backends
+            else ""
+        )
         out: dict[str, Any] = {}
 
         def run(_: Any) -> Deferred[None]:
             async def go() -> None:
-                out.update(await measure(args, redis_port, nats_port))
+                out.update(await measure(args, redis_port, nats_port, cluster_url))
 
             return Deferred.fromCoroutine(go())
 

@@ -16,7 +16,9 @@ requests in flight), the same load generator (``loadgen.py`` fanout mode) drives
   publication crosses ``nats-server`` (no history: ``hist:bench`` publishes keep none,
   as with Centrifugo's NATS broker);
 * **redis+nats**: ``engine.type: redis`` plus ``broker.type: nats``: PUB/SUB over NATS,
-  history appended in Redis (the Lua script without its PUBLISH).
+  history appended in Redis (the Lua script without its PUBLISH);
+* **redis-cluster** (only when ``--engines`` names it): the two nodes on a 3-master
+  Redis Cluster (``redis+cluster://``); Redis CPU is the three masters' together.
 
 Node A (or the memory node) is pinned to CPU0; the load generator, node B and
 ``redis-server``/``nats-server`` share CPU1 (the machine has two cores). Reported:
@@ -40,6 +42,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from broker_publish import redis_cluster
 from fanout import (
     _SIGNALS,
     _cpus,
@@ -169,7 +172,11 @@ def measure(args: argparse.Namespace, ui: Progress, workdir: Path) -> list[dict[
                 else:
                     base: dict[str, Any] = {"type": "memory"}
                     broker: dict[str, Any] | None = None
-                    if "redis" in engine:
+                    if engine == "redis-cluster":
+                        url, rpids = stack.enter_context(redis_cluster(side_cpu))
+                        base = {"type": "redis", "redis": {"address": [url]}}
+                        extra.update((f"redis{i}", rpid) for i, rpid in enumerate(rpids))
+                    elif "redis" in engine:
                         rport, rpid = stack.enter_context(redis_server(side_cpu))
                         base = {"type": "redis",
                                 "redis": {"address": [f"redis://{HOST}:{rport}"]}}
@@ -190,6 +197,10 @@ def measure(args: argparse.Namespace, ui: Progress, workdir: Path) -> list[dict[
                 case.update(engine=engine, channel=channel, n=n)
                 for key, xpid in extra.items():
                     case[f"{key}_cpu_s"] = case.get("extra_cpu_s", {}).get(str(xpid), 0.0)
+                if engine == "redis-cluster":  # the masters together
+                    case["redis_cpu_s"] = sum(
+                        case[f"{key}_cpu_s"] for key in extra if key.startswith("redis")
+                    )
                 rows.append(case)
                 ui.log(f"  {label} {case['case']}: {brief(case)}")
     return rows
@@ -245,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="measured deliveries per case (at least 200 publications)")
     p.add_argument("--engines", type=lambda t: t.split(","),
                    default=["memory", "redis", "nats", "redis+nats"],
-                   help="memory,redis,nats,redis+nats")
+                   help="memory,redis,nats,redis+nats,redis-cluster (a 3-master Redis Cluster)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     args.command = "python bench/cluster.py " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -798,14 +798,25 @@ class RedisAddress:
     #: Per-address overrides of engine.redis.connect_timeout / io_timeout (seconds).
     connect_timeout: float | None = None
     io_timeout: float | None = None
+    #: Redis Cluster: the seed nodes (host, port) the slot map is first asked of; the
+    #: first one is also ``host``/``port``. Empty for standalone and Sentinel.
+    cluster_seeds: tuple[tuple[str, int], ...] = ()
 
     @property
     def is_sentinel(self) -> bool:
         """Whether the master is found through Sentinel."""
         return bool(self.master_name)
 
+    @property
+    def is_cluster(self) -> bool:
+        """Whether this shard is a Redis Cluster (keys routed by hash slot)."""
+        return bool(self.cluster_seeds)
+
     def __str__(self) -> str:
         scheme = "rediss" if self.tls is not None else "redis"
+        if self.is_cluster:
+            where = ",".join(f"{h}:{p}" for h, p in self.cluster_seeds)
+            return f"{scheme}+cluster://{where}"
         if self.is_sentinel:
             where = ",".join(f"{h}:{p}" for h, p in self.sentinels)
             return f"{scheme}+sentinel://{where}/{self.db} (master {self.master_name})"
@@ -815,11 +826,16 @@ class RedisAddress:
         return f"RedisAddress({self!s})"
 
 
-_REDIS_SCHEMES = ("redis", "rediss", "tcp", "redis+sentinel", "rediss+sentinel")
-_CLUSTER_REFUSAL = (
-    "Redis Cluster is not supported yet: shard over several standalone Redis "
-    "(a list of addresses) or use Sentinel (redis+sentinel://)"
+_REDIS_SCHEMES = (
+    "redis",
+    "rediss",
+    "tcp",
+    "redis+sentinel",
+    "rediss+sentinel",
+    "redis+cluster",
+    "rediss+cluster",
 )
+_CLUSTER_DB = "Redis Cluster has only database 0"
 
 
 def _host_port(text: str, what: str) -> tuple[str, int]:
@@ -856,8 +872,10 @@ def parse_address(
     ?sentinel_master_name=NAME[&addr=host:port...]`` (``rediss+sentinel://`` for TLS).
     Query parameters: ``sentinel_master_name``, ``addr`` (more sentinels),
     ``sentinel_user``, ``sentinel_password``, ``tls_enabled``, ``sentinel_tls_enabled``,
-    ``connect_timeout``, ``io_timeout``, ``force_resp2``. ``redis+cluster://`` is
-    refused (not supported yet).
+    ``connect_timeout``, ``io_timeout``, ``force_resp2``. Redis Cluster:
+    ``redis+cluster://[[user]:password@]host:port[,host:port...][?addr=host:port...]``
+    (``rediss+cluster://`` for TLS), or a ``redis://`` address with ``addr=`` seeds (the
+    form of Centrifugo v6's docs); every host:port is a seed node, the database is 0.
 
     Args:
         address: The text.
@@ -880,13 +898,17 @@ def parse_address(
         )
     parts = urlsplit(text)
     scheme = parts.scheme.lower()
-    if scheme in ("redis+cluster", "rediss+cluster"):
-        raise ValueError(_CLUSTER_REFUSAL)
     if scheme not in _REDIS_SCHEMES:
         raise ValueError(
-            f"unsupported Redis address scheme {parts.scheme!r} "
-            "(use redis://, rediss://, redis+sentinel:// or rediss+sentinel://)"
+            f"unsupported Redis address scheme {parts.scheme!r} (use redis://, rediss://, "
+            "redis+sentinel://, rediss+sentinel://, redis+cluster:// or rediss+cluster://)"
         )
+    more_seeds: list[str] = []
+    if scheme.endswith("+cluster"):
+        # redis+cluster://h1:p1,h2:p2: the seeds after the first one are like addr= ones
+        userinfo, at, hosts = parts.netloc.rpartition("@")
+        first, *more_seeds = hosts.split(",")
+        parts = parts._replace(netloc=userinfo + at + first)
     try:
         port = parts.port or (26379 if scheme.endswith("+sentinel") else 6379)
     except ValueError:
@@ -937,12 +959,26 @@ def parse_address(
                 fields[name] = parse_duration(query[name][-1], name)
             except ConfigError:
                 raise ValueError(f"Redis address parameter {name} is not a duration") from None
+    if scheme.endswith("+cluster") or (extra and not sentinel):
+        if sentinel:
+            raise ValueError("a Redis Cluster address takes no sentinel_master_name")
+        if db:
+            raise ValueError(_CLUSTER_DB)
+        seeds = ((host, port), *(_host_port(a, "Redis Cluster seed") for a in more_seeds + extra))
+        return dataclasses.replace(
+            defaults,
+            host=host,
+            port=port,
+            db=0,
+            user=user,
+            password=password,
+            tls=tls,
+            master_name="",
+            sentinels=(),
+            cluster_seeds=seeds,
+            **fields,
+        )
     if not sentinel:
-        if extra:
-            raise ValueError(
-                "Redis address parameter addr lists more sentinels (redis+sentinel://) "
-                "or cluster seeds; " + _CLUSTER_REFUSAL
-            )
         return dataclasses.replace(
             defaults,
             host=host,
@@ -981,15 +1017,14 @@ def parse_address(
 def redis_shards(redis: RedisEngineConfig) -> list[RedisAddress]:
     """The shards ``engine.redis`` describes, one address each (as Centrifugo builds them).
 
-    ``cluster_address`` is refused (not supported yet); a non-empty ``sentinel_address``
-    wins over ``address``: each of its entries is one shard, its sentinels separated by
-    commas.
+    A non-empty ``cluster_address`` wins over ``sentinel_address`` and ``address``: each
+    of its entries is one Redis Cluster (seed nodes separated by commas), clusters are
+    shards like addresses. A non-empty ``sentinel_address`` wins over ``address``: each
+    of its entries is one shard, its sentinels separated by commas.
 
     Raises:
         ConfigError: naming the key and the problem.
     """
-    if redis.cluster_address:
-        raise ConfigError(f"engine.redis.cluster_address: {_CLUSTER_REFUSAL}")
     base = RedisAddress(
         "",
         tls=redis.tls if redis.tls.enabled else None,
@@ -1001,6 +1036,24 @@ def redis_shards(redis: RedisEngineConfig) -> list[RedisAddress]:
         sentinel_client_name=redis.sentinel_client_name,
     )
     shards: list[RedisAddress] = []
+    if redis.cluster_address:
+        base = dataclasses.replace(base, master_name="")
+        for i, entry in enumerate(redis.cluster_address):
+            text = entry.strip()
+            if "://" not in text:
+                text = "redis+cluster://" + text
+            elif not urlsplit(text).scheme.lower().endswith("+cluster"):
+                scheme, _, rest = text.partition("://")
+                text = f"{scheme}+cluster://{rest}"
+            try:
+                shards.append(
+                    parse_address(
+                        text, db=redis.db, user=redis.user, password=redis.password, base=base
+                    )
+                )
+            except ValueError as e:
+                raise ConfigError(f"engine.redis.cluster_address[{i}]: {e}") from None
+        return shards
     if redis.sentinel_address:
         if not redis.sentinel_master_name:
             raise ConfigError(

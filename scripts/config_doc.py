@@ -139,7 +139,7 @@ MEANING = {
     "engine.type": "memory (one process) or redis (a cluster of nodes)",
     "engine.redis.address":
         "a string or a list (several shard channels): ``host:port``, ``redis://``, "
-        "``rediss://``, ``redis+sentinel://`` (docs/cluster.rst)",
+        "``rediss://``, ``redis+sentinel://``, ``redis+cluster://`` (docs/cluster.rst)",
     "engine.redis.prefix": "prefix of every Redis key and PUB/SUB channel",
     "engine.redis.db": "database number (when the URL has none)",
     "engine.redis.user": "ACL user (when the URL has none)",
@@ -164,7 +164,9 @@ MEANING = {
     "engine.redis.sentinel_tls.server_ca_pem": "as ``engine.redis.tls.server_ca_pem``",
     "engine.redis.sentinel_tls.insecure_skip_verify": "as for ``engine.redis.tls``",
     "engine.redis.sentinel_tls.server_name": "as for ``engine.redis.tls``",
-    "engine.redis.cluster_address": "Redis Cluster: not supported yet, refused when set",
+    "engine.redis.cluster_address":
+        "Redis Cluster seeds: one cluster per entry, ``host:port`` seeds separated by "
+        "commas; wins over ``address`` (docs/cluster.rst)",
     "engine.redis.connect_timeout": "give up a Redis connection attempt after this",
     "engine.redis.io_timeout": "fail a Redis command (error 100) after this",
     "engine.redis.presence_ttl": "presence entries of a vanished node expire after this",

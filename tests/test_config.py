@@ -679,7 +679,7 @@ def test_no_api_key_warning_when_key_set() -> None:
 @pytest.mark.parametrize(
     ("address", "problem"),
     [
-        ("redis+cluster://cache:7000", "Redis Cluster is not supported yet"),
+        ("redis+cluster://cache:7000/2", "Redis Cluster has only database 0"),
         ("memcached://cache:11211", "unsupported Redis address scheme"),
         ("redis://cache:99999", "invalid port"),
         ("redis://user:hunter2-secret@cache:6379/zero", "database number"),

@@ -45,6 +45,11 @@ from rtserver.core.types import (
 )
 from rtserver.engines import redis_scripts as scripts
 from rtserver.engines.memory import new_epoch
+from rtserver.engines.rediscluster import (
+    ClusterCommandLink,
+    ClusterPubSubLink,
+    ShardedSubscriber,
+)
 from rtserver.engines.redisconn import (
     CommandLink,
     PubSubLink,
@@ -73,6 +78,8 @@ __all__ = ["RedisEngine", "RedisTimeout", "RedisUnavailable"]
 
 _log = Logger()
 
+#: What :meth:`RedisEngine.sync` publishes on a Redis Cluster, numbered.
+_SYNC_PREFIX = b"__sync__:"
 
 
 def _ms(seconds: float) -> int:
@@ -87,10 +94,20 @@ class _Shard:
         self.index = index
         self.address = address
         self.channels: set[bytes] = set()
-        self.command: CommandLink
+        self.command: CommandLink | ClusterCommandLink
         self.pubsub: PubSubLink
+        #: Redis Cluster: every key of a channel carries the channel as a hash tag.
+        self.cluster = address.is_cluster
+        #: Redis Cluster with sharded PUB/SUB: the client channels' SSUBSCRIBE links.
+        self.sharded: ShardedSubscriber | None = None
         #: Sentinel shards: the ``+switch-master`` listener (not part of health).
         self.watch: SentinelWatch | None = None
+
+    @property
+    def uses_sharded(self) -> bool:
+        """Whether client channels use sharded PUB/SUB now (Redis Cluster, Redis 7+)."""
+        command = self.command
+        return isinstance(command, ClusterCommandLink) and command.sharded
 
 
 @implementer(IEngine)
@@ -139,28 +156,50 @@ class RedisEngine:
         self._client_prefix = f"{p}.client.".encode()
         self._control = f"{p}.control".encode()
         self._node = b""
+        self._sync_serial = 0
+        self._sync_waits: dict[bytes, Deferred[None]] = {}
         self.shards: list[_Shard] = []
-        timeouts = {
+        # Any: keyword arguments shared by every link class
+        timeouts: dict[str, Any] = {
             "connect_timeout": config.connect_timeout,
             "io_timeout": config.io_timeout,
             "on_change": self._links_changed,
+            "rng": self._rng,
         }
         for i, address in enumerate(addresses):
             shard = _Shard(i, address)
-            shard.command = CommandLink(
-                address, clock, reactor, scripts=scripts.ALL, rng=self._rng, **timeouts
-            )
-            shard.pubsub = PubSubLink(
-                address,
-                clock,
-                reactor,
-                channels=functools.partial(self._channels_of, shard),
-                on_message=self._on_message,
-                on_probe=functools.partial(self._probe_link, shard),
-                probe_interval=config.pubsub_probe_interval,
-                rng=self._rng,
+            pubsub_options: dict[str, Any] = {
+                "channels": functools.partial(self._channels_of, shard),
+                "on_message": self._on_message,
+                "on_probe": functools.partial(self._probe_link, shard),
+                "probe_interval": config.pubsub_probe_interval,
                 **timeouts,
-            )
+            }
+            if address.is_cluster:
+                command = ClusterCommandLink(
+                    address, clock, reactor, scripts=scripts.ALL, **timeouts
+                )
+                shard.command = command
+                pubsub_options["on_message"] = self._on_cluster_message
+                shard.pubsub = ClusterPubSubLink(
+                    address, clock, reactor, nodes=command.nodes, **pubsub_options
+                )
+                shard.sharded = ShardedSubscriber(
+                    command,
+                    clock,
+                    reactor,
+                    on_message=self._on_cluster_message,
+                    on_change=self._links_changed,
+                    connect_timeout=config.connect_timeout,
+                    io_timeout=config.io_timeout,
+                    rng=self._rng,
+                )
+                command.map_listeners.append(functools.partial(self._mode_known, shard))
+            else:
+                shard.command = CommandLink(
+                    address, clock, reactor, scripts=scripts.ALL, **timeouts
+                )
+                shard.pubsub = PubSubLink(address, clock, reactor, **pubsub_options)
             if address.is_sentinel:
                 shard.watch = SentinelWatch(
                     address,
@@ -198,29 +237,62 @@ class RedisEngine:
             link.start()
         for watch in self._watches():
             watch.start()
+        for shard in self.shards:
+            if shard.sharded is not None:
+                shard.sharded.start()
         self._links_changed()
         return self._ready
 
     def stop(self) -> Deferred[None]:
         """Close every connection and cancel every timer."""
         self._stopped = True
-        links: list[CommandLink | PubSubLink] = [*self._links(), *self._watches()]
-        d = gatherResults([link.stop() for link in links], consumeErrors=True)
+        stops = [link.stop() for link in self._links(sharded=False)]
+        stops += [watch.stop() for watch in self._watches()]
+        stops += [s.sharded.stop() for s in self.shards if s.sharded is not None]
+        d = gatherResults(stops, consumeErrors=True)
         self._links_changed()
         return d.addCallback(lambda _: None)
 
     def sync(self) -> Deferred[None]:
         """Fire once everything Redis sent this node before the call is handled.
 
-        A PING round trip on every PUB/SUB link (tests and two-node checks use it).
+        A PING round trip on every PUB/SUB link (tests and two-node checks use it). On a
+        Redis Cluster, messages published on another master travel over the cluster bus
+        first: each master publishes a marker on this node's channel, after whatever it
+        published before, and the call waits for every marker.
         """
-        d = gatherResults([s.pubsub.ping() for s in self.shards], consumeErrors=True)
+        waits: list[Deferred[Any]] = []
+        for shard in self.shards:
+            command = shard.command
+            if shard.sharded is not None:
+                waits.extend(link.ping() for link in shard.sharded.links())
+            if isinstance(command, ClusterCommandLink):
+                for link in command.links():
+                    self._sync_serial += 1
+                    marker = _SYNC_PREFIX + b"%d" % self._sync_serial
+                    arrived: Deferred[None] = Deferred()
+                    self._sync_waits[marker] = arrived
+                    sent = link.execute("PUBLISH", self._node, marker)
+                    sent.addErrback(self._sync_failed, marker)
+                    waits.append(arrived)
+            else:
+                waits.append(shard.pubsub.ping())
+        d = gatherResults(waits, consumeErrors=True)
         return d.addCallback(lambda _: None)
 
-    def _links(self) -> Iterator[CommandLink | PubSubLink]:
+    def _sync_failed(self, failure: Failure, marker: bytes) -> None:
+        waiting = self._sync_waits.pop(marker, None)
+        if waiting is not None:
+            waiting.errback(failure)
+
+    def _links(
+        self, sharded: bool = True
+    ) -> Iterator[CommandLink | ClusterCommandLink | PubSubLink]:
         for shard in self.shards:
             yield shard.command
             yield shard.pubsub
+            if sharded and shard.sharded is not None:
+                yield from shard.sharded.links()
 
     def _watches(self) -> Iterator[SentinelWatch]:
         for shard in self.shards:
@@ -230,6 +302,7 @@ class RedisEngine:
     def _master_switched(self, shard: _Shard, host: str, port: int) -> None:
         watch = shard.watch
         if watch is not None and not self._stopped:
+            assert isinstance(shard.command, CommandLink)  # a Sentinel shard's
             watch.follow(shard.command, host, port)
             watch.follow(shard.pubsub, host, port)
 
@@ -255,17 +328,52 @@ class RedisEngine:
     def _shard(self, channel: str) -> _Shard:
         return self.shards[shard_index(channel, len(self.shards))]
 
+    def _key(self, kind: str, channel: str) -> str:
+        """The key ``P.<kind>.<channel>``; ``P.<kind>.{<channel>}`` on a Redis Cluster.
+
+        The hash tag puts every key of one channel in one hash slot.
+        """
+        if self._shard(channel).cluster:
+            return f"{self._prefix}.{kind}.{{{channel}}}"
+        return f"{self._prefix}.{kind}.{channel}"
+
     def _client_channel(self, channel: str) -> bytes:
+        if self._shard(channel).cluster:  # the slot of the channel's keys
+            return self._client_prefix + b"{" + channel.encode() + b"}"
         return self._client_prefix + channel.encode()
 
     def _channels_of(self, shard: _Shard) -> list[bytes]:
         names = [self._node]
         if shard.index == 0:
             names.append(self._control)
-        names.extend(shard.channels)
+        if not shard.uses_sharded:
+            names.extend(shard.channels)
         return names
 
     # --- inbound -------------------------------------------------------------------------
+
+    def _mode_known(self, shard: _Shard) -> None:
+        """Channels subscribed before the first slot map said "sharded" move there."""
+        sharded = shard.sharded
+        if sharded is None or not shard.uses_sharded or self._stopped:
+            return
+        early = [name for name in shard.channels if name not in sharded.channels]
+        if not early:
+            return
+        shard.pubsub.unsubscribe(early).addErrback(lambda f: None)  # reconnects drop them too
+        for name in early:
+            sharded.subscribe(name).addErrback(lambda f: None)  # placed by the next map
+
+    def _on_cluster_message(self, channel: bytes, data: bytes) -> None:
+        # a client channel is P.client.{<channel>} on a Redis Cluster
+        prefix = self._client_prefix
+        if (
+            channel.startswith(prefix)
+            and channel.endswith(b"}")
+            and channel[len(prefix) :][:1] == b"{"
+        ):
+            channel = prefix + channel[len(prefix) + 1 : -1]
+        self._on_message(channel, data)
 
     def _on_message(self, channel: bytes, data: bytes) -> None:
         handler = self._handler
@@ -274,6 +382,10 @@ class RedisEngine:
         try:
             if channel.startswith(self._client_prefix):
                 deliver(handler, channel[len(self._client_prefix) :].decode(), data)
+            elif channel == self._node and data.startswith(_SYNC_PREFIX):
+                waiting = self._sync_waits.pop(data, None)
+                if waiting is not None:
+                    waiting.callback(None)
             elif channel == self._control or channel == self._node:
                 message = decode_control(data)
                 if message is not None:
@@ -292,7 +404,6 @@ class RedisEngine:
             _log.failure(
                 "redis engine: handler failed for a message on {channel!r}", channel=channel[:200]
             )
-
 
     def _probe_link(self, shard: _Shard, link: PubSubLink) -> None:
         self._probe(shard)
@@ -322,6 +433,8 @@ class RedisEngine:
         shard = self._shard(channel)
         name = self._client_channel(channel)
         shard.channels.add(name)
+        if shard.sharded is not None and shard.uses_sharded:
+            return shard.sharded.subscribe(name).addCallback(lambda _: None)
         return shard.pubsub.subscribe([name]).addCallback(lambda _: None)
 
     def unsubscribe(self, channel: str) -> Deferred[None]:
@@ -329,6 +442,8 @@ class RedisEngine:
         shard = self._shard(channel)
         name = self._client_channel(channel)
         shard.channels.discard(name)
+        if shard.sharded is not None and shard.uses_sharded:
+            return shard.sharded.unsubscribe(name).addCallback(lambda _: None)
         return shard.pubsub.unsubscribe([name]).addCallback(lambda _: None)
 
     def publish(
@@ -339,7 +454,8 @@ class RedisEngine:
         payload = encode_publication(publication)
         history = options.history_size > 0 and options.history_ttl > 0
         if not history and not options.idempotency_key:
-            d = shard.command.execute("PUBLISH", self._client_channel(channel), payload)
+            publish = "SPUBLISH" if shard.uses_sharded else "PUBLISH"
+            d = shard.command.execute(publish, self._client_channel(channel), payload)
             return d.addCallback(lambda _: StreamPosition(0, ""))
         d = self._append(channel, payload, options, history, self._client_channel(channel))
         return d.addCallback(lambda r: r[0])
@@ -365,14 +481,13 @@ class RedisEngine:
         pubsub_channel: bytes,
     ) -> Deferred[tuple[StreamPosition, bool]]:
         shard = self._shard(channel)
-        p = self._prefix
-        result_key = (
-            f"{p}.result.{channel}.{options.idempotency_key}" if options.idempotency_key else ""
-        )
+        keys = [self._key("stream", channel), self._key("stream.meta", channel)]
+        if options.idempotency_key:
+            keys.append(f"{self._key('result', channel)}.{options.idempotency_key}")
         idempotency_ttl = options.idempotency_ttl or self._config.idempotent_result_ttl
         d = shard.command.evalsha(
             scripts.PUBLISH,
-            [f"{p}.stream.{channel}", f"{p}.stream.meta.{channel}", result_key],
+            keys,
             [
                 payload,
                 options.history_size if history else 0,
@@ -381,6 +496,7 @@ class RedisEngine:
                 _ms(options.history_meta_ttl),
                 new_epoch(self._rng),
                 _ms(idempotency_ttl),
+                1 if shard.uses_sharded else 0,
             ],
         )
         return d.addCallback(lambda r: (StreamPosition(int(r[0]), r[1].decode()), bool(r[2])))
@@ -394,7 +510,9 @@ class RedisEngine:
         return self._publish_raw(channel, LEAVE_PREFIX + encode_client_info(info))
 
     def _publish_raw(self, channel: str, payload: bytes) -> Deferred[None]:
-        d = self._shard(channel).command.execute("PUBLISH", self._client_channel(channel), payload)
+        shard = self._shard(channel)
+        publish = "SPUBLISH" if shard.uses_sharded else "PUBLISH"
+        d = shard.command.execute(publish, self._client_channel(channel), payload)
         return d.addCallback(lambda _: None)
 
     def publish_control(self, message: ControlMessage, node: str = "") -> Deferred[None]:
@@ -409,10 +527,9 @@ class RedisEngine:
         self, channel: str, filter: HistoryFilter, meta_ttl: float
     ) -> Deferred[HistoryResult]:
         """Read the stream; creates its epoch if the channel has none yet."""
-        p = self._prefix
         d = self._shard(channel).command.evalsha(
             scripts.HISTORY,
-            [f"{p}.stream.{channel}", f"{p}.stream.meta.{channel}"],
+            [self._key("stream", channel), self._key("stream.meta", channel)],
             [
                 0 if filter.limit == 0 else 1,
                 "" if filter.since is None else filter.since.offset,
@@ -444,14 +561,13 @@ class RedisEngine:
 
     def remove_history(self, channel: str) -> Deferred[None]:
         """Delete the stream; the meta hash (epoch, top offset) stays."""
-        d = self._shard(channel).command.execute("DEL", f"{self._prefix}.stream.{channel}")
+        d = self._shard(channel).command.execute("DEL", self._key("stream", channel))
         return d.addCallback(lambda _: None)
 
     # --- presence ------------------------------------------------------------------------
 
     def _presence_keys(self, channel: str) -> list[str]:
-        p = self._prefix
-        return [f"{p}.presence.data.{channel}", f"{p}.presence.expire.{channel}"]
+        return [self._key("presence.data", channel), self._key("presence.expire", channel)]
 
     def _now_ms(self) -> int:
         return int(self._clock.seconds() * 1000)

@@ -28,16 +28,17 @@ class Script:
         return hashlib.sha1(self.body).hexdigest()
 
 
-#: KEYS: stream, meta, idempotency result ('' = none).
+#: KEYS: stream, meta, idempotency result (optional: without it, no idempotency).
 #: ARGV: payload, history_size (0 = no history), history_ttl_ms, pubsub channel,
-#: meta_ttl_ms, new epoch candidate, idempotency_ttl_ms.
+#: meta_ttl_ms, new epoch candidate, idempotency_ttl_ms, '1' to SPUBLISH (sharded PUB/SUB
+#: on a Redis Cluster) instead of PUBLISH.
 #: An empty pubsub channel appends without PUBLISH (history for another broker's
 #: PUB/SUB, e.g. NATS).
 #: Returns {offset, epoch, from_cache}.
 PUBLISH = Script(
     "publish",
     b"""
-local result_key = KEYS[3]
+local result_key = KEYS[3] or ''
 if result_key ~= '' then
   local cached = redis.call('hmget', result_key, 'e', 's')
   if cached[1] then
@@ -46,6 +47,10 @@ if result_key ~= '' then
 end
 local offset = 0
 local epoch = ''
+local publish = 'publish'
+if ARGV[8] == '1' then
+  publish = 'spublish'
+end
 if tonumber(ARGV[2]) > 0 then
   epoch = redis.call('hget', KEYS[2], 'e')
   if not epoch then
@@ -64,10 +69,10 @@ if tonumber(ARGV[2]) > 0 then
     redis.call('pexpire', KEYS[2], ARGV[5])
   end
   if ARGV[4] ~= '' then
-    redis.call('publish', ARGV[4], '__p1:' .. offset .. ':' .. epoch .. '__' .. ARGV[1])
+    redis.call(publish, ARGV[4], '__p1:' .. offset .. ':' .. epoch .. '__' .. ARGV[1])
   end
 elseif ARGV[4] ~= '' then
-  redis.call('publish', ARGV[4], ARGV[1])
+  redis.call(publish, ARGV[4], ARGV[1])
 end
 if result_key ~= '' then
   redis.call('hset', result_key, 'e', epoch, 's', offset)

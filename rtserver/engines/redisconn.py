@@ -6,7 +6,9 @@ waiting for round trips) and one :class:`PubSubLink` (SUBSCRIBE/UNSUBSCRIBE and 
 messages). Both reconnect by themselves with capped, jittered exponential backoff on
 the injected clock. While a link is down its callers fail at once with
 :class:`RedisUnavailable`; a command that gets no answer within ``io_timeout`` fails with
-a timeout and the connection is dropped and re-established.
+a timeout and the connection is dropped and re-established (the command link checks
+its oldest command every quarter of ``io_timeout``: one timer per link, not per command).
+The command link matches replies to commands itself, in order; txredisapi only parses.
 
 Topologies (docs/cluster.rst): a link connects over TLS when its address says so
 (``rediss://`` or ``engine.redis.tls``). A Sentinel address is resolved on every
@@ -28,7 +30,7 @@ import random
 import re
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from typing import Any
@@ -187,9 +189,13 @@ def _protocols() -> tuple[type, type]:
     base: Any = redis_protocol_base()
 
     class CommandProtocol(base):
-        """Replies go to txredisapi's in-order reply queue."""
+        """Every reply goes to the link, which matches replies to commands in order."""
 
         link: Any = None
+
+        def replyReceived(self, reply: Any) -> None:  # noqa: N802 - txredisapi API
+            if self.link is not None:
+                self.link._reply(self, reply)
 
         def connectionLost(self, why: Failure) -> None:  # noqa: N802 - Twisted API
             base.connectionLost(self, why)
@@ -423,25 +429,30 @@ class _Link:
     def _ask_sentinel(self, host: str, port: int) -> Deferred[Any]:
         """``SENTINEL get-master-addr-by-name`` on a short-lived connection."""
         a = self.address
+        commands: list[tuple[Any, ...]] = []
+        if a.sentinel_password:
+            auth = (a.sentinel_user,) if a.sentinel_user else ()
+            commands.append(("AUTH", *auth, a.sentinel_password))
+        if a.sentinel_client_name:
+            commands.append(("CLIENT", "SETNAME", a.sentinel_client_name))
+        commands.append(("SENTINEL", "get-master-addr-by-name", a.master_name))
+        d = self.ask(host, port, commands, a.sentinel_tls, "engine.redis.sentinel_tls")
+        return d.addCallback(lambda replies: replies[-1])
+
+    def ask(
+        self,
+        host: str,
+        port: int,
+        commands: list[tuple[Any, ...]],
+        tls: RedisTLSConfig | None,
+        tls_key: str,
+    ) -> Deferred[Any]:
+        """Run ``commands`` on a short-lived connection to ``host``; every reply."""
         proto = self._new_protocol(redis_protocol_base())
-        endpoint = _endpoint(
-            self._reactor,
-            host,
-            port,
-            self._connect_timeout,
-            a.sentinel_tls,
-            "engine.redis.sentinel_tls",
-        )
+        endpoint = _endpoint(self._reactor, host, port, self._connect_timeout, tls, tls_key)
         d: Deferred[Any] = endpoint.connect(_OneProtocol(proto))
 
         def query(proto: Any) -> Deferred[Any]:
-            commands: list[tuple[Any, ...]] = []
-            if a.sentinel_password:
-                auth = (a.sentinel_user,) if a.sentinel_user else ()
-                commands.append(("AUTH", *auth, a.sentinel_password))
-            if a.sentinel_client_name:
-                commands.append(("CLIENT", "SETNAME", a.sentinel_client_name))
-            commands.append(("SENTINEL", "get-master-addr-by-name", a.master_name))
             replies = gatherResults(
                 [proto.execute_command(*c) for c in commands], consumeErrors=True
             ).addErrback(_first_error)
@@ -449,7 +460,7 @@ class _Link:
             def done(result: Any) -> Any:
                 if proto.transport is not None:
                     proto.transport.loseConnection()
-                return result[-1] if isinstance(result, list) else result
+                return result
 
             return replies.addBoth(done)
 
@@ -594,73 +605,143 @@ class CommandLink(_Link):
 
     kind = "command"
 
-    def __init__(self, *args: Any, scripts: Iterable[Script] = (), **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        scripts: Iterable[Script] = (),
+        in_cluster: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._scripts = tuple(scripts)
+        #: A master of a Redis Cluster: MOVED/ASK replies go to the caller as they are
+        #: (the cluster router follows them), not turned into "not supported".
+        self.in_cluster = in_cluster
         self._cluster_reported = False
+        #: (reply Deferred, when the command was written), oldest first
+        self._waiting: deque[tuple[Deferred[Any], float]] = deque()
+        self._watchdog: LoopingCall | None = None
 
     def _protocol_class(self) -> type:
         return _protocols()[0]
+
+    def start(self) -> None:
+        """Connect (and keep reconnecting until :meth:`stop`); watch for late replies."""
+        super().start()
+        if self._watchdog is None and self.io_timeout > 0:
+            # one timer per link instead of one per command: a reply later than
+            # io_timeout is noticed within a quarter of io_timeout after it
+            self._watchdog = LoopingCall(self._check_replies)
+            self._watchdog.clock = self._clock
+            self._watchdog.start(self.io_timeout / 4, now=False).addErrback(
+                lambda f: _log.failure("redis command watchdog stopped", f)
+            )
+
+    def stop(self) -> Deferred[None]:
+        """Close the connection and cancel every timer; fires once it is closed."""
+        if self._watchdog is not None:
+            if self._watchdog.running:
+                self._watchdog.stop()
+            self._watchdog = None
+        return super().stop()
 
     def _handshake(self, proto: Any) -> Deferred[Any]:
         commands = self._setup_commands()
         if self.address.db:
             commands.append(("SELECT", self.address.db))
         commands.extend(("SCRIPT", "LOAD", s.body) for s in self._scripts)
-        ds = [proto.execute_command(*c) for c in commands]
+        ds = [self._write(proto, c) for c in commands]
         if self.address.is_sentinel:
             ds[commands.index(("ROLE",))].addCallback(self._role_check)
         return gatherResults(ds, consumeErrors=True).addErrback(_first_error)
 
+    def _write(self, proto: Any, args: tuple[Any, ...]) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self._waiting.append((d, self._clock.seconds()))
+        proto.transport.write(encode_redis_command(proto, *args))
+        return d
+
     def execute(self, *args: Any) -> Deferred[Any]:
         """Run one command; fails at once with RedisUnavailable while the link is down."""
         proto = self._proto
-        if not self.ready or proto is None:
+        if not self.ready or proto is None or proto.transport is None:
             return fail(RedisUnavailable(f"redis {self.address} is unavailable"))
-        try:
-            d: Deferred[Any] = proto.execute_command(*args)
-        except Exception as e:  # txredisapi raises when its transport is already gone
-            d = fail(e)
-        return d.addErrback(self._translate, proto)
+        return self._write(proto, args).addErrback(self._translate, proto)
+
+    def _reply(self, proto: Any, reply: Any) -> None:
+        if proto is not self._proto or not self._waiting:
+            return
+        d = self._waiting.popleft()[0]
+        if isinstance(reply, Exception):
+            d.errback(reply)
+        else:
+            d.callback(reply)
+
+    def _check_replies(self) -> None:
+        proto = self._proto
+        if not self._waiting or proto is None:
+            return
+        if self._waiting[0][1] + self.io_timeout > self._clock.seconds():
+            return
+        self._set_ready(False)
+        self._fail_waiting(RedisTimeout, f"no reply within {self.io_timeout:g}s")
+        self.drop(f"no reply within {self.io_timeout:g}s")
+
+    def _fail_waiting(self, error: type[RedisUnavailable], reason: str) -> None:
+        waiting, self._waiting = self._waiting, deque()
+        for d, _ in waiting:
+            d.errback(error(f"redis {self.address}: {reason}"))
+
+    def _lost(self, proto: Any, why: Failure) -> None:
+        if proto is not self._proto:
+            return
+        # forget the connection first: callers reacting to the failures must not queue
+        # commands on it
+        super()._lost(proto, why)
+        self._fail_waiting(RedisUnavailable, "connection lost")
 
     def _translate(self, failure: Failure, proto: Any) -> Failure:
-        import txredisapi
-
-        if failure.check(txredisapi.TimeoutError):
-            if proto is self._proto:  # txredisapi aborts the connection; down from now
-                self._set_ready(False)
-            return Failure(RedisTimeout(f"redis {self.address}: {failure.value}"))
-        if failure.check(txredisapi.ConnectionError):
-            return Failure(RedisUnavailable(f"redis {self.address}: {failure.value}"))
         if _is_readonly(failure.value):
             # a replica now (failover): find the master again
             if proto is self._proto:
                 self.drop("the server became a read-only replica")
             return Failure(RedisNotMaster(f"redis {self.address}: {failure.value}"))
-        if _is_cluster_error(failure.value):
+        if _is_cluster_error(failure.value) and not self.in_cluster:
             if not self._cluster_reported:
                 self._cluster_reported = True
                 _log.error(
-                    "redis {address} is a Redis Cluster node ({error}); Redis Cluster is "
-                    "not supported yet: use standalone or Sentinel-managed Redis",
+                    "redis {address} is a Redis Cluster node ({error}); configure it as "
+                    "redis+cluster://{host}:{port} (docs/cluster.rst)",
                     address=str(self.address),
                     error=str(failure.value)[:80],
+                    host=self.address.host,
+                    port=self.address.port,
                 )
             return Failure(
-                RedisUnavailable(f"redis {self.address}: Redis Cluster is not supported yet")
+                RedisUnavailable(
+                    f"redis {self.address} is a Redis Cluster node: "
+                    "configure it as redis+cluster://"
+                )
             )
         return failure
 
     def evalsha(self, script: Script, keys: list[Any], args: list[Any]) -> Deferred[Any]:
         """EVALSHA, falling back to EVAL when Redis lost the script (NOSCRIPT)."""
-        d = self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+        return evalsha(self.execute, script, keys, args)
 
-        def noscript(failure: Failure) -> Any:
-            if str(failure.value).startswith("NOSCRIPT"):
-                return self.execute("EVAL", script.body, len(keys), *keys, *args)
-            return failure
 
-        return d.addErrback(noscript)
+def evalsha(
+    execute: Callable[..., Deferred[Any]], script: Script, keys: list[Any], args: list[Any]
+) -> Deferred[Any]:
+    """EVALSHA through ``execute``, falling back to EVAL on NOSCRIPT."""
+    d = execute("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    def noscript(failure: Failure) -> Any:
+        if str(failure.value).startswith("NOSCRIPT"):
+            return execute("EVAL", script.body, len(keys), *keys, *args)
+        return failure
+
+    return d.addErrback(noscript)
 
 
 @dataclass
@@ -729,15 +810,20 @@ class PubSubLink(_Link):
         if proto is self._proto:
             self.drop(f"no reply within {self.io_timeout:g}s")
 
+    #: The commands and the message kind: classic PUB/SUB here, sharded in a subclass.
+    subscribe_command = "SUBSCRIBE"
+    unsubscribe_command = "UNSUBSCRIBE"
+    message_kind = b"message"
+
+    def _batches(self, names: list[bytes]) -> Iterator[list[bytes]]:
+        """``names`` in the groups one (UN)SUBSCRIBE command may carry."""
+        for i in range(0, len(names), self.batch):
+            yield names[i : i + self.batch]
+
     def _subscribe_all(self, proto: Any, names: list[bytes]) -> Deferred[Any]:
         ds = [
-            self._send(
-                proto,
-                "SUBSCRIBE",
-                *names[i : i + self.batch],
-                replies=len(names[i : i + self.batch]),
-            )
-            for i in range(0, len(names), self.batch)
+            self._send(proto, self.subscribe_command, *group, replies=len(group))
+            for group in self._batches(names)
         ]
         return gatherResults(ds, consumeErrors=True).addErrback(_first_error)
 
@@ -753,7 +839,11 @@ class PubSubLink(_Link):
         proto = self._proto
         if proto is None or proto.transport is None:
             return succeed(None)
-        return self._send(proto, "UNSUBSCRIBE", *names, replies=len(names))
+        ds = [
+            self._send(proto, self.unsubscribe_command, *group, replies=len(group))
+            for group in self._batches(names)
+        ]
+        return gatherResults(ds, consumeErrors=True).addErrback(_first_error)
 
     def ping(self) -> Deferred[Any]:
         """A PING round trip: everything Redis sent this link before it has arrived."""
@@ -829,7 +919,7 @@ class PubSubLink(_Link):
         if self.probe_sent:  # something came back after a probe: the link hears
             self.probe_sent = False
             self._stale_restarts = 0
-        if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
+        if isinstance(reply, list) and len(reply) == 3 and reply[0] == self.message_kind:
             self._on_message(reply[1], reply[2])
             return
         if not self._pending:

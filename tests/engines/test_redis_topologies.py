@@ -333,12 +333,12 @@ async def test_sentinels_all_down_fail_fast(tmp_path: Path) -> None:
         await engine.stop()
 
 
-# --- Redis Cluster (not supported yet) -------------------------------------------------------
+# --- a Redis Cluster node given as a plain address ---------------------------------------------
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_cluster_node_address_fails_with_a_clear_error(tmp_path: Path) -> None:
-    """A plain address pointing at a Redis Cluster node: calls fail saying why."""
+    """A plain address pointing at a Redis Cluster node: calls fail saying what to write."""
     require_redis_server()
     node = RedisServer(
         extra_args=(
@@ -361,9 +361,9 @@ async def test_a_cluster_node_address_fails_with_a_clear_error(tmp_path: Path) -
         engine = make_engine([node.address])
         await engine.start(handler())
         try:
-            with pytest.raises(RedisUnavailable, match="Redis Cluster is not supported yet"):
+            with pytest.raises(RedisUnavailable, match="configure it as redis\\+cluster://"):
                 await engine.publish("c", pub(1), HISTORY)
-            with pytest.raises(RedisUnavailable, match="Redis Cluster is not supported yet"):
+            with pytest.raises(RedisUnavailable, match="configure it as redis\\+cluster://"):
                 await engine.presence("c")
         finally:
             await engine.stop()

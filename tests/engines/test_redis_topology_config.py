@@ -2,8 +2,8 @@
 
 Every ``engine.redis`` example of Centrifugo v6's engines documentation
 (centrifugal.dev, "Engines and scalability") is written out below and must pass
-``rtserver checkconfig`` without an unknown-key warning; the Redis Cluster examples
-must be refused with a message saying Cluster is not supported yet.
+``rtserver checkconfig`` without an unknown-key warning, its Redis Cluster examples
+included (each gives one Redis Cluster shard with the seeds it lists).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ CENTRIFUGO_EXAMPLES: list[tuple[str, dict[str, Any]]] = [
     ("sharding", _redis({"address": ["127.0.0.1:6379", "127.0.0.1:6380"]})),
 ]
 
-#: Its Redis Cluster examples: refused with a clear message until Cluster is supported.
+#: Its Redis Cluster examples.
 CENTRIFUGO_CLUSTER_EXAMPLES: list[tuple[str, dict[str, Any]]] = [
     (
         "cluster seeds",
@@ -112,14 +112,36 @@ def test_centrifugo_redis_examples_load(
 @pytest.mark.parametrize(
     ("what", "data"), CENTRIFUGO_CLUSTER_EXAMPLES, ids=[w for w, _ in CENTRIFUGO_CLUSTER_EXAMPLES]
 )
-def test_centrifugo_cluster_examples_are_refused_clearly(
+def test_centrifugo_cluster_examples_load_as_clusters(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, what: str, data: dict[str, Any]
 ) -> None:
-    """Redis Cluster configurations fail checkconfig, naming the key and saying why."""
+    """Each Redis Cluster example passes checkconfig and gives one cluster of its seeds."""
     code, output = _checkconfig(capsys, tmp_path, data)
-    assert code == 1
-    assert "error: engine.redis." in output
-    assert "Redis Cluster is not supported yet" in output
+    assert code == 0, output
+    assert "config is valid" in output
+    assert "unknown key engine" not in output, output
+    (shard,) = redis_shards(config.from_mapping(data).engine.redis)
+    assert shard.is_cluster and not shard.is_sentinel and shard.db == 0
+    assert len(shard.cluster_seeds) >= 1
+    assert (shard.host, shard.port) == shard.cluster_seeds[0]
+
+
+def test_cluster_address_forms() -> None:
+    """Seeds in the host list, in addr=, with TLS and credentials; one shard per cluster."""
+    a = parse_address("rediss+cluster://bob:pw@n1:7000,n2:7001?addr=n3:7002")
+    assert a.cluster_seeds == (("n1", 7000), ("n2", 7001), ("n3", 7002))
+    assert (a.user, a.password, a.tls) == ("bob", "pw", RedisTLSConfig(enabled=True))
+    assert str(a) == "rediss+cluster://n1:7000,n2:7001,n3:7002" and "pw" not in repr(a)
+    shards = redis_shards(
+        config.from_mapping(
+            _redis({"cluster_address": ["h1:30001,h2:30002", "redis://:pw@h3:30101,h4:30102"]})
+        ).engine.redis
+    )
+    assert [s.cluster_seeds for s in shards] == [
+        (("h1", 30001), ("h2", 30002)),
+        (("h3", 30101), ("h4", 30102)),
+    ]
+    assert shards[1].password == "pw"
 
 
 def test_address_string_and_list_give_the_same_shards() -> None:
@@ -191,7 +213,9 @@ def test_sentinel_url_forms() -> None:
         ("redis://cache?io_timeout=soon", "not a duration"),
         ("redis://cache?replica_client_enabled=true", "not supported"),
         ("unix:///run/redis.sock", "unsupported Redis address scheme"),
-        ("rediss+cluster://cache:7000", "Redis Cluster is not supported yet"),
+        ("rediss+cluster://cache:7000/1", "Redis Cluster has only database 0"),
+        ("redis+cluster://c:7000?sentinel_master_name=m", "takes no sentinel_master_name"),
+        ("redis+cluster://c:7000,nope", "seed 'nope' is not host:port"),
     ],
 )
 def test_bad_addresses_are_refused_with_the_reason(address: str, problem: str) -> None:

@@ -145,7 +145,7 @@ def test_parse_address_forms() -> None:
     assert parse_address("h:1", db=4, user="d", password="q") == RedisAddress("h", 1, 4, "d", "q")
     addr = parse_address("redis://user:topsecret@h:1/0")
     assert "topsecret" not in str(addr) and "topsecret" not in repr(addr)
-    for bad in ("redis+cluster://h:1", "redis://h:x", "redis://h:1/db", "redis://:1"):
+    for bad in ("redis+cluster://h:1/2", "redis://h:x", "redis://h:1/db", "redis://:1"):
         with pytest.raises(ValueError):
             parse_address(bad)
 
