@@ -30,7 +30,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -257,12 +259,18 @@ class RedisServer:
         self.replicaof = replicaof
         self.extra_args = extra_args
         self.process: subprocess.Popen[bytes] | None = None
+        # a replica's full sync writes dump.rdb even with --save "": keep it out of the
+        # working directory (the checkout), in a directory removed with this object
+        self.directory = tempfile.mkdtemp(prefix="rtserver-redis-")
+        weakref.finalize(self, shutil.rmtree, self.directory, True)
 
     def _argv(self) -> list[str]:
         argv = [
             self.binary,
             "--port",
             str(self.port),
+            "--dir",
+            self.directory,
             "--bind",
             "127.0.0.1",
             "--save",
