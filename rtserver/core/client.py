@@ -55,6 +55,7 @@ from rtserver.core.proxy import (
     ProxyFailure,
     ProxyResult,
     PublishProxyRequest,
+    PublishProxyResult,
     RefreshProxyRequest,
     RefreshProxyResult,
     RPCProxyRequest,
@@ -992,13 +993,16 @@ class Client:
         req = PublishRequest.parse(cmd.params)
         opts = self._options_for(req.channel)
         if opts.publish_proxy_enabled:
-            # proxy hook (publish): the backend allows, refuses or rewrites the data
-            data, skip_history = await self._proxy_publish(req, opts)
+            # proxy hook (publish): the backend allows, refuses or rewrites the publication
+            answer = await self._proxy_publish(req, opts)
             await self._node.publish(
                 req.channel,
-                data,
+                req.data if answer.data is None else answer.data,
                 info=self.info(req.channel),
-                skip_history=skip_history,
+                tags=dict(answer.tags),
+                skip_history=answer.skip_history,
+                idempotency_key=answer.idempotency_key,
+                delta=answer.delta,
                 opts=opts,
             )
             self._reply(cmd, {})
@@ -1297,8 +1301,10 @@ class Client:
             sub.chan_info = reply.info
         self._schedule_sub_expiry(sub)
 
-    async def _proxy_publish(self, req: PublishRequest, opts: ChannelOptions) -> tuple[bytes, bool]:
-        """The data to publish (the backend's replacement or the client's) and skip_history."""
+    async def _proxy_publish(
+        self, req: PublishRequest, opts: ChannelOptions
+    ) -> PublishProxyResult:
+        """The backend's publish result (no result: the client's data as is)."""
         entry = self._node.proxies.publish.get(opts.publish_proxy_name)
         if entry is None:
             raise Error.NOT_AVAILABLE
@@ -1306,10 +1312,7 @@ class Client:
             **self._proxy_common(entry), channel=req.channel, data=req.data
         )
         reply = await self._ask(entry, "publish", entry.backend.publish(request))
-        if reply is None:
-            return req.data, False
-        data = reply.data if reply.data is not None else req.data
-        return data, reply.skip_history
+        return PublishProxyResult() if reply is None else reply
 
     # --- server-side control -----------------------------------------------------------
 

@@ -308,9 +308,10 @@ class ClientNode(Protocol):
         tags: dict[str, str] | None = None,
         skip_history: bool = False,
         idempotency_key: str = "",
+        delta: bool = False,
         opts: ChannelOptions | None = None,
     ) -> Deferred[StreamPosition]:
-        """Publish into a channel on every node."""
+        """Publish into a channel on every node (``delta``: as a fossil delta if negotiated)."""
 
     def history(
         self, channel: str, flt: HistoryFilter, opts: ChannelOptions | None = None

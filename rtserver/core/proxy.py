@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from twisted.python.failure import Failure
 
 __all__ = [
+    "MAX_VERSION",
     "ConnectProxyRequest",
     "ConnectProxyResult",
     "IProxy",
@@ -208,12 +209,49 @@ class SubscribeProxyResult:
         yield from (self.info, self.data)
 
 
+#: The largest ``version`` a publish result may carry (Centrifugo's ``uint64``).
+MAX_VERSION = 2**64 - 1
+
+
 @dataclass(frozen=True)
 class PublishProxyResult:
-    """The publication is allowed; ``data`` replaces the client's when set."""
+    """The publication is allowed, published with these fields (docs/proxies.rst, publish).
+
+    ``data`` replaces the client's when set; ``skip_history`` keeps it out of history;
+    ``tags`` go with the publication to subscribers (and tag filters); a repeated
+    ``idempotency_key`` within the engine's TTL publishes nothing again; ``delta`` lets
+    delta subscribers receive it as a fossil delta. ``version``/``version_epoch`` are
+    checked and otherwise ignored, as in the server API's ``publish``.
+
+    Raises:
+        ProxyFailure: a field of the wrong type or out of range (a hook's value, or an
+            adapter's decoded answer): the call counts as a failed backend.
+    """
 
     data: bytes | None = None
     skip_history: bool = False
+    tags: Mapping[str, str] = field(default_factory=dict)
+    idempotency_key: str = ""
+    delta: bool = False
+    version: int = 0
+    version_epoch: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.tags, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.tags.items()
+        ):
+            raise ProxyFailure("tags must map strings to strings")
+        if not isinstance(self.idempotency_key, str):
+            raise ProxyFailure("idempotency_key must be a string")
+        if not isinstance(self.version_epoch, str):
+            raise ProxyFailure("version_epoch must be a string")
+        if not isinstance(self.skip_history, bool) or not isinstance(self.delta, bool):
+            raise ProxyFailure("skip_history and delta must be true or false")
+        version = self.version
+        if isinstance(version, bool) or not isinstance(version, int) or not (
+            0 <= version <= MAX_VERSION
+        ):
+            raise ProxyFailure(f"version must be an integer in [0, {MAX_VERSION}]")
 
     def json_values(self) -> Iterator[bytes | None]:
         """The raw values that end up in JSON frames."""

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import orjson
 
 from rtserver.core.proxy import (
+    MAX_VERSION,
     ConnectProxyRequest,
     ConnectProxyResult,
     ProxyFailure,
@@ -257,8 +258,35 @@ def _subscribe(result: JSON) -> SubscribeProxyResult:
     )
 
 
+def _tags(obj: JSON) -> dict[str, str]:
+    tags = obj.get("tags")
+    if tags is None:
+        return {}
+    if not isinstance(tags, dict):
+        raise ProxyFailure("tags must be an object")
+    return tags
+
+
+def _uint64(obj: JSON, key: str) -> int:
+    value = obj.get(key, 0)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_VERSION:
+        raise ProxyFailure(f"{key} must be an integer in [0, {MAX_VERSION}]")
+    return value
+
+
 def _publish(result: JSON) -> PublishProxyResult:
-    return PublishProxyResult(data=_raw(result, "data"), skip_history=_bool(result, "skip_history"))
+    # PublishProxyResult checks the tag values' types
+    return PublishProxyResult(
+        data=_raw(result, "data"),
+        skip_history=_bool(result, "skip_history"),
+        tags=_tags(result),
+        idempotency_key=_str(result, "idempotency_key"),
+        delta=_bool(result, "delta"),
+        version=_uint64(result, "version"),
+        version_epoch=_str(result, "version_epoch"),
+    )
 
 
 def _sub_refresh(result: JSON) -> SubRefreshProxyResult:

@@ -256,7 +256,11 @@ class GRPCProxy:
         _fill_data(msg, request.data, self._binary)
         return self._call(
             "Publish", msg, pb.PublishResponse, request,
-            lambda r: PublishProxyResult(data=_raw(r, "data"), skip_history=r.skip_history),
+            lambda r: PublishProxyResult(
+                data=_raw(r, "data"), skip_history=r.skip_history, tags=dict(r.tags),
+                idempotency_key=r.idempotency_key, delta=r.delta, version=r.version,
+                version_epoch=r.version_epoch,
+            ),
         )
 
     def sub_refresh(
