@@ -9,7 +9,9 @@ header) and records every proxy request it gets, for the tests to inspect:
 * ``POST /refresh``, ``POST /sub_refresh``: extend by 2 s; ``info`` counts the renewals.
 * ``POST /subscribe``: ``proxied:allowed*`` and ``proxied:short*`` (expiring in 2 s)
   allowed with channel ``info`` and ``data``; anything else refused with error 1403.
-* ``POST /publish``: ``{"text": t}`` becomes ``{"text": T.upper(), "by": user}``.
+* ``POST /publish``: ``{"text": t}`` becomes ``{"text": T.upper(), "by": user}``; the
+  fields of an ``"ask"`` object in the data (``tags``, ``idempotency_key``, ``delta``,
+  ``version``...) are added to the result as they are.
 * ``POST /rpc``: ``whoami`` answers what the backend saw; ``fail`` is error 1404.
 * ``POST /mode`` ``{"mode": "ok"|"sleep"|"garbage"|"status"}`` switches every proxy
   endpoint to answer normally, after 5 s, with a non-JSON body, or with status 503.
@@ -67,7 +69,8 @@ def answer(kind: str, body: dict[str, Any], headers: dict[str, str]) -> dict[str
         return {"error": {"code": 1403, "message": "not a member"}}
     if kind == "publish":
         text = body["data"]["text"]
-        return {"result": {"data": {"text": text.upper(), "by": body["user"]}}}
+        result = {"data": {"text": text.upper(), "by": body["user"]}}
+        return {"result": {**result, **body["data"].get("ask", {})}}
     if kind == "rpc":
         if body["method"] == "fail":
             return {"error": {"code": 1404, "message": "no such thing"}}

@@ -1,7 +1,8 @@
 """A grpcio backend implementing Centrifugo's ``CentrifugoProxy`` service for the tests.
 
 Same site as ``backend.py``: a session in the ``cookie`` metadata (``session=<user>``)
-authenticates, ``proxied:allowed*`` channels are allowed, publications are upper-cased,
+authenticates, ``proxied:allowed*`` channels are allowed, publications are upper-cased
+(kept out of history, plus the ``PublishResult`` fields of an ``"ask"`` object in the data),
 RPC ``whoami`` tells what the backend saw, ``fail`` is error 1404 and ``sleep`` answers
 after 2 s. Runs in the test process on grpcio's threads; ``calls`` records
 ``(method, request, metadata)`` and ``cancelled`` counts calls the client cancelled.
@@ -89,9 +90,10 @@ class GRPCBackend:
         return pb.SubscribeResponse(result=result)
 
     def publish(self, req: pb.PublishRequest, md: dict[str, str], ctx: Any) -> Any:
-        text = json.loads(req.data)["text"]
-        data = json.dumps({"text": text.upper(), "by": req.user}).encode()
-        return pb.PublishResponse(result=pb.PublishResult(data=data, skip_history=True))
+        body = json.loads(req.data)
+        data = json.dumps({"text": body["text"].upper(), "by": req.user}).encode()
+        ask = {"skip_history": True, **body.get("ask", {})}
+        return pb.PublishResponse(result=pb.PublishResult(data=data, **ask))
 
     def rpc(self, req: pb.RPCRequest, md: dict[str, str], ctx: grpc.ServicerContext) -> Any:
         if req.method == "fail":

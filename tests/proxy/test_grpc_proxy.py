@@ -89,6 +89,19 @@ async def test_disconnect_error_and_overrides(proxy: GRPCProxy) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_publish_result_fields_of_centrifugo_v6(proxy: GRPCProxy) -> None:
+    ask = {"tags": {"kind": "a"}, "idempotency_key": "k-1", "delta": True,
+           "skip_history": False, "version": 2**64 - 1, "version_epoch": "e1"}
+    data = orjson.dumps({"text": "a", "ask": ask})
+    result = await call(proxy, "publish", PublishProxyRequest(**COMMON, channel="c", data=data))
+    assert orjson.loads(result.data)["text"] == "A"
+    assert (result.tags, result.idempotency_key, result.delta, result.skip_history) == (
+        {"kind": "a"}, "k-1", True, False
+    )
+    assert (result.version, result.version_epoch) == (2**64 - 1, "e1")
+
+
+@pytest_twisted.ensureDeferred
 async def test_timeout_cancels_the_rpc(proxy: GRPCProxy, grpc_backend: GRPCBackend) -> None:
     with pytest.raises(ProxyFailure, match=r"no answer within 0\.3s"):
         await call(proxy, "rpc", RPCProxyRequest(**COMMON, method="sleep"), timeout=0.3)

@@ -143,6 +143,57 @@ async def test_keep_alive_reuses_one_connection(calls: Calls) -> None:
     assert len(calls.backend.requests("publish")) == 5 and len(ports) == 1
 
 
+ALL_FIELDS: dict[str, Any] = {
+    "tags": {"kind": "a", "by": "u"},
+    "idempotency_key": "k-1",
+    "delta": True,
+    "skip_history": True,
+    "version": 2**64 - 1,
+    "version_epoch": "e1",
+}
+
+
+@pytest_twisted.ensureDeferred
+async def test_publish_result_fields_of_centrifugo_v6(calls: Calls) -> None:
+    entry = calls.entry("publish")
+    data = orjson.dumps({"text": "a", "ask": ALL_FIELDS})
+    result = await calls.call(
+        entry, "publish", PublishProxyRequest(**COMMON, user="u", channel="c", data=data)
+    )
+    assert orjson.loads(result.data) == {"text": "A", "by": "u"}
+    assert (result.tags, result.idempotency_key, result.delta, result.skip_history) == (
+        {"kind": "a", "by": "u"}, "k-1", True, True
+    )
+    assert (result.version, result.version_epoch) == (2**64 - 1, "e1")
+    plain = await calls.call(
+        entry, "publish", PublishProxyRequest(**COMMON, user="u", channel="c", data=b'{"text":"b"}')
+    )
+    assert (plain.tags, plain.idempotency_key, plain.delta, plain.version) == ({}, "", False, 0)
+
+
+@pytest.mark.parametrize(
+    ("ask", "reason"),
+    [
+        ({"tags": ["kind", "a"]}, "tags must be an object"),
+        ({"tags": {"n": 1}}, "tags must map strings to strings"),
+        ({"idempotency_key": 7}, "idempotency_key must be a string"),
+        ({"delta": "yes"}, "delta must be true or false"),
+        ({"version": -1}, r"version must be an integer in \[0, 18446744073709551615\]"),
+        ({"version": 1.5}, "version must be an integer"),
+        ({"version_epoch": {}}, "version_epoch must be a string"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_publish_result_fields_of_the_wrong_type_fail_the_call(
+    calls: Calls, ask: dict[str, Any], reason: str
+) -> None:
+    request = PublishProxyRequest(
+        **COMMON, user="u", channel="c", data=orjson.dumps({"text": "a", "ask": ask})
+    )
+    with pytest.raises(ProxyFailure, match=reason):
+        await calls.call(calls.entry("publish"), "publish", request)
+
+
 @pytest.mark.parametrize(
     ("mode", "reason"),
     [
