@@ -52,6 +52,16 @@ SETTINGS: dict[str, Any] = {
             },
             {"name": "feed", "subscribe_proxy_enabled": True, "sub_refresh_proxy_enabled": True},
             {"name": "open", "allow_subscribe_for_client": True},
+            {
+                "name": "live",
+                "allow_subscribe_for_client": True,
+                "publish_proxy_enabled": True,
+                "allowed_delta_types": ["fossil"],
+                "allow_tags_filter": True,
+                "history_size": 10,
+                "history_ttl": "60s",
+                "force_recovery": True,
+            },
         ]
     },
     "rpc": {
@@ -118,7 +128,8 @@ class Backend:
         body = orjson.loads(req.data)
         if body.get("spam"):
             raise Error(1001, "no spam")
-        return PublishProxyResult(data=orjson.dumps({"text": body["text"].upper()}))
+        text = orjson.dumps({"text": body["text"].upper()})
+        return PublishProxyResult(data=text, **body.get("ask", {}))  # the result fields asked
 
     def sub_refresh(self, req: SubRefreshProxyRequest) -> Any:
         self.requests.append(req)
@@ -376,6 +387,58 @@ def test_publish_hook_rewrites_what_subscribers_receive(s: Setup) -> None:
     assert reply(alice_sink, 4)["error"] == {"code": 1001, "message": "no spam"}
     pubs = [p["pub"]["data"] for p in bob_sink.pushes() if "pub" in p]
     assert pubs == [{"text": "HI"}]
+
+
+def test_publish_hook_tags_idempotency_key_and_delta(s: Setup) -> None:
+    """The hook's tags reach subscribers and their filters; a repeated key publishes once."""
+    alice, alice_sink = s.connected()
+    bob, bob_sink = s.connected()
+    carol, carol_sink = s.connected()
+    s.send(alice, {"id": 2, "subscribe": {"channel": "live:a"}})
+    s.send(bob, {"id": 2, "subscribe": {"channel": "live:a", "delta": "fossil"}})
+    tf = {"key": "kind", "cmp": "eq", "val": "a"}
+    s.send(carol, {"id": 2, "subscribe": {"channel": "live:a", "tf": tf}})
+    assert reply(bob_sink, 2)["subscribe"]["delta"] is True
+    doc = "word " * 200
+    sent = [
+        {"text": "t0", "ask": {"tags": {"kind": "a"}}},
+        {"text": "t1", "ask": {"tags": {"kind": "b"}}},
+        {"text": "once", "ask": {"idempotency_key": "k1"}},
+        {"text": "once again", "ask": {"idempotency_key": "k1"}},
+        {"text": doc + "1", "ask": {"version": 2, "version_epoch": "e"}},
+        {"text": doc + "2", "ask": {"delta": True}},
+    ]
+    for i, data in enumerate(sent, start=3):
+        s.send(alice, {"id": i, "publish": {"channel": "live:a", "data": data}})
+        assert reply(alice_sink, i) == {"id": i, "publish": {}}
+    pubs = [p["pub"] for p in alice_sink.pushes() if "pub" in p]
+    assert [p["data"]["text"] for p in pubs] == ["T0", "T1", "ONCE", (doc + "1").upper(),
+                                                 (doc + "2").upper()]
+    assert [p.get("tags") for p in pubs] == [{"kind": "a"}, {"kind": "b"}, None, None, None]
+    assert [p["pub"]["data"]["text"] for p in carol_sink.pushes() if "pub" in p] == ["T0"]
+    # the delta subscriber: the last one as a fossil delta against the one before
+    bob_pubs = [p["pub"] for p in bob_sink.pushes() if "pub" in p]
+    assert [p.get("delta", False) for p in bob_pubs] == [False] * 4 + [True]
+    assert len(bob_pubs[-1]["data"]) < 100
+
+
+@pytest.mark.parametrize(
+    ("ask", "reason"),
+    [
+        ({"tags": {"n": 1}}, "tags must map strings to strings"),
+        ({"version": -1}, "version must be an integer"),
+        ({"idempotency_key": 5}, "idempotency_key must be a string"),
+    ],
+)
+def test_publish_hook_fields_of_the_wrong_type_are_error_100(
+    s: Setup, warnings: list[str], ask: dict[str, Any], reason: str
+) -> None:
+    alice, sink = s.connected()
+    s.send(alice, {"id": 2, "subscribe": {"channel": "live:a"}})
+    s.send(alice, {"id": 3, "publish": {"channel": "live:a", "data": {"text": "a", "ask": ask}}})
+    assert reply(sink, 3)["error"]["code"] == 100
+    assert not [p for p in sink.pushes() if "pub" in p]
+    assert len(warnings) == 1 and reason in warnings[0]
 
 
 def test_a_slow_publish_hook_is_error_100_and_nothing_is_published(

@@ -37,14 +37,14 @@ NAMESPACE: dict[str, Any] = {
 
 #: A ~4 KB text republished with one word changed each time (the backend upper-cases it).
 WORDS = [f"word{i}" for i in range(600)]
-DOCS = [" ".join(WORDS[:i] + [f"edit{i}"] + WORDS[i + 1 :]) for i in range(8)]
+DOCS = [" ".join([*WORDS[:i], f"edit{i}", *WORDS[i + 1 :]]) for i in range(8)]
 
 
 @pytest.fixture(scope="module")
 def rt_server(
     tmp_path_factory: pytest.TempPathFactory, backend: Backend
 ) -> Iterator[Server]:
-    """rtserver with ``hp`` publishing through HTTP and ``gp`` through GRPC."""
+    """The server, with ``hp`` publishing through HTTP and ``gp`` through GRPC."""
     grpc_backend = GRPCBackend(free_port())
     overrides = {
         "channel": {
