@@ -427,7 +427,11 @@ def test_publish_hook_tags_idempotency_key_and_delta(s: Setup) -> None:
     [
         ({"tags": {"n": 1}}, "tags must map strings to strings"),
         ({"version": -1}, "version must be an integer"),
+        ({"tags": [["kind", "a"]]}, "tags must map strings to strings"),
+        ({"version": True}, "version must be an integer"),
         ({"idempotency_key": 5}, "idempotency_key must be a string"),
+        ({"version_epoch": 1}, "version_epoch must be a string"),
+        ({"delta": 1}, "skip_history and delta must be true or false"),
     ],
 )
 def test_publish_hook_fields_of_the_wrong_type_are_error_100(

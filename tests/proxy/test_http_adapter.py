@@ -165,6 +165,12 @@ async def test_publish_result_fields_of_centrifugo_v6(calls: Calls) -> None:
         {"kind": "a", "by": "u"}, "k-1", True, True
     )
     assert (result.version, result.version_epoch) == (2**64 - 1, "e1")
+    nulls = {key: None for key in ALL_FIELDS}
+    data = orjson.dumps({"text": "a", "ask": nulls})
+    cleared = await calls.call(
+        entry, "publish", PublishProxyRequest(**COMMON, user="u", channel="c", data=data)
+    )
+    assert (cleared.tags, cleared.idempotency_key, cleared.version) == ({}, "", 0)
     plain = await calls.call(
         entry, "publish", PublishProxyRequest(**COMMON, user="u", channel="c", data=b'{"text":"b"}')
     )
