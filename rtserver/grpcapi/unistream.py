@@ -3,9 +3,10 @@
 A consumer calls ``Consume(ConnectRequest)`` and reads a stream of ``Push`` messages,
 the same pushes the other unidirectional transports send (docs/transports.rst,
 "Unidirectional GRPC"), encoded as Protobuf. Messages travel as raw bytes: the
-handler has no (de)serializers; the request is read and the pushes are written with the
-client protocol's codec (:mod:`rtserver.protocol.protobuf`), whose numbering the
-unistream schema shares.
+handler has no (de)serializers; the request is read with the client protocol's codec
+(:mod:`rtserver.protocol.protobuf`), whose numbering the unistream schema shares, and
+the client speaks the Protobuf encoding, so its pushes are the core's ``pb-uni``
+payloads (one encoding per publication for all consumers, :func:`push_bytes`).
 
 Threads. grpcio serves each stream on one of its worker threads for the stream's whole
 life. That thread connects the client through the
@@ -44,6 +45,7 @@ from rtserver.grpcapi.bridge import BridgeClosed, ReactorBridge
 from rtserver.logs import Logger
 from rtserver.protocol import protobuf
 from rtserver.protocol.codes import Disconnect
+from rtserver.protocol.encoding import PROTOBUF
 from rtserver.protocol.frames import ProtocolError
 
 __all__ = [
@@ -56,7 +58,7 @@ __all__ = [
     "UniGRPCSink",
     "UniStreamServicer",
     "connect_request_json",
-    "push_message",
+    "push_bytes",
 ]
 
 _log = Logger()
@@ -113,68 +115,21 @@ def connect_request_json(data: bytes) -> bytes:
     return orjson.dumps(out)
 
 
-def _schema_tables() -> tuple[dict[str, frozenset[str]], dict[str, dict[str, tuple[str, str]]]]:
-    """Per message: its ``bytes`` fields, and its message-typed fields (kind, type)."""
-    scalars = {"bool", "uint32", "uint64", "int32", "int64", "string", "bytes",
-               "repeated string", "map<string, string>"}
-    raw: dict[str, frozenset[str]] = {}
-    nested: dict[str, dict[str, tuple[str, str]]] = {}
-    for message, fields in protobuf.SCHEMA_SOURCE.items():
-        raw[message] = frozenset(name for type_, name, _ in fields if type_ == "bytes")
-        nested[message] = {}
-        for type_, name, _ in fields:
-            if type_ in scalars:
-                continue
-            if type_.startswith("repeated "):
-                nested[message][name] = ("list", type_.removeprefix("repeated "))
-            elif type_.startswith("map<string, "):
-                sub = type_.removeprefix("map<string, ").removesuffix(">")
-                nested[message][name] = ("map", sub)
-            else:
-                nested[message][name] = ("message", type_)
-    return raw, nested
+def push_bytes(data: bytes) -> bytes:
+    """The bare ``Push`` message of a length-prefixed unidirectional Protobuf push.
 
-
-_RAW_FIELDS, _NESTED_FIELDS = _schema_tables()
-
-
-def _protobuf_shape(message: str, obj: dict[str, Any]) -> dict[str, Any]:
-    """``obj`` (decoded JSON) with its ``bytes`` fields as JSON text, recursively."""
-    raw, nested = _RAW_FIELDS[message], _NESTED_FIELDS[message]
-    out: dict[str, Any] = {}
-    for key, value in obj.items():
-        if key in raw:
-            out[key] = orjson.dumps(value)
-            continue
-        spec = nested.get(key)
-        if spec is None:
-            out[key] = value
-        elif spec[0] == "message":
-            out[key] = _protobuf_shape(spec[1], value)
-        elif spec[0] == "list":
-            out[key] = [_protobuf_shape(spec[1], item) for item in value]
-        else:
-            out[key] = {k: _protobuf_shape(spec[1], v) for k, v in value.items()}
-    return out
-
-
-def push_message(data: bytes) -> bytes:
-    """A unidirectional JSON push as the Protobuf ``Push`` message ``uni_grpc`` sends.
-
-    The core's fan-out encodes pushes as JSON today; the conversion runs once per
-    shared payload (a publication's push is converted once for all of its ``uni_grpc``
-    subscribers, cached on the payload). Payload fields (``data``, ``conn_info``,
-    ``chan_info``) become the compact JSON text of their value. The ping ``{}`` is the
-    empty ``Push``.
+    uni_grpc clients speak the Protobuf client protocol: the core encodes their pushes
+    in the ``pb-uni`` wire shape (one ``Push`` with a varint length prefix, the same
+    bytes the other unidirectional Protobuf consumers get), and a shared publication is
+    encoded once for all of them. GRPC frames each message itself, so only the prefix
+    goes: a slice, cached on a shared payload (:meth:`Payload.framed`) so every
+    consumer of one publication sends the same bytes object. The server ping (a
+    zero length) is the empty ``Push``.
 
     Raises:
-        ValueError: ``data`` is not a push the schema can hold (orjson's errors are
-            ValueErrors too).
+        ProtocolError: the length prefix does not match the rest of ``data``.
     """
-    obj = orjson.loads(data)
-    if not isinstance(obj, dict):
-        raise ValueError("a push must be a JSON object")
-    return protobuf.encode_message("Push", _protobuf_shape("Push", obj))
+    return protobuf.unframe(data)
 
 
 # --- the hand-off between the reactor and a stream's thread ------------------------------
@@ -267,13 +222,17 @@ class UniGRPCSink:
         self.client: Client | None = None
 
     def write(self, payloads: Sequence[Payload]) -> None:
-        """Convert the batch to ``Push`` messages and hand them to the stream's thread."""
+        """Hand the batch's ``Push`` messages to the stream's thread.
+
+        The payloads are the core's ``pb-uni`` pushes; a shared one (a publication to
+        many consumers) is unframed once and the same bytes go to every stream.
+        """
         if self._closed:
             return
         try:
-            messages = [p.framed(TRANSPORT_NAME, push_message) for p in payloads]
-        except ValueError as e:
-            _log.warn("uni_grpc: a push could not be encoded: {error}", error=e)
+            messages = [p.framed(TRANSPORT_NAME, push_bytes) for p in payloads]
+        except ProtocolError as e:
+            _log.warn("uni_grpc: a push could not be unframed: {error}", error=e.detail)
             if self.client is not None:
                 self.client.close(Disconnect.SERVER_ERROR)
             return
@@ -291,8 +250,7 @@ class UniGRPCSink:
             return
         self._closed = True
         if disconnect is not None:
-            self._outbox.put([protobuf.encode_message("Push",
-                                                      {"disconnect": disconnect.to_wire()})])
+            self._outbox.put([push_bytes(protobuf.encode_disconnect(disconnect, uni=True))])
         self._outbox.end()
         if self._grace > 0:
             self._grace_timer = self._clock.callLater(self._grace, self._expired)
@@ -358,7 +316,7 @@ class UniStreamServicer:
             if not node.admit():
                 return succeed(None)
             sink = UniGRPCSink(outbox, node.clock, context.cancel, self._grace)
-            client = node.make_client(sink, headers=headers)
+            client = node.make_client(sink, headers=headers, encoding=PROTOBUF)
             sink.client = client
             client.start_unidirectional(connect)
             return succeed(sink)
