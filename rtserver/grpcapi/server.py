@@ -109,11 +109,6 @@ class GRPCServerService(Service):
 
     def startService(self) -> None:
         """Bind, then serve. Raises when the port cannot be bound."""
-        import json as _j, os as _o
-        if self.label == "GRPC API" and _o.environ.get("XW"):
-            self._workers = int(_o.environ["XW"])
-        if self.label == "GRPC API" and _o.environ.get("XO"):
-            self._extra_options += [tuple(x) for x in _j.loads(_o.environ["XO"])]
         pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="grpc")
         server = grpc.server(pool, handlers=self._handlers, options=self._options(),
                              maximum_concurrent_rpcs=self._max_concurrent)
