@@ -23,7 +23,9 @@ from rtserver.grpcapi.unistream import (
 )
 from rtserver.protocol import protobuf
 from rtserver.protocol.codes import Disconnect, Unsubscribe
+from rtserver.protocol.encoding import PROTOBUF
 from rtserver.protocol.frames import ClientInfo, ProtocolError, Publication
+from rtserver.testing import make_node
 
 
 def test_connect_request_keeps_the_schema_fields() -> None:
@@ -210,3 +212,23 @@ def test_a_shared_payload_is_unframed_once_for_every_stream() -> None:
     (first,), _ = boxes[0].take(0)
     (second,), _ = boxes[1].take(0)
     assert first is second and first == payload.data[1:]
+
+
+def test_a_consumer_receives_binary_publications_as_is() -> None:
+    """Data that is not JSON reaches a uni_grpc client (it speaks Protobuf): no 3506."""
+    node, clock = make_node({"client": {"insecure": True,
+                                        "allow_anonymous_connect_without_token": True}})
+    box = Outbox()
+    sink = UniGRPCSink(box, clock, lambda: None)
+    client = node.make_client(sink, encoding=PROTOBUF)
+    sink.client = client
+    client.start_unidirectional(b'{"subs": {"bin": {}}}')
+    clock.advance(0)
+    node.publish("bin", b"\x00\xff not json")
+    node.publish("bin", b'{"n": 1}')
+    clock.advance(0)
+    items, _ = box.take(0)
+    pushes = [pb.Push.FromString(i) for i in items if i is not None]
+    assert pushes[0].HasField("connect") and "bin" in pushes[0].connect.subs
+    assert [p.pub.data for p in pushes[1:]] == [b"\x00\xff not json", b'{"n": 1}']
+    assert client.connected
