@@ -29,9 +29,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -85,12 +86,11 @@ async def _consume(port: int, n: int) -> int:
     import grpc
 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        call = channel.unary_stream(f"/{SERVICE}/Consume")
+        call: Any = channel.unary_stream(f"/{SERVICE}/Consume")
 
         async def one() -> int:
             count = 0
-            stream: AsyncIterator[bytes] = call(b"")
-            async for _ in stream:
+            async for _ in call(b""):
                 count += 1
             return count
 
