@@ -588,13 +588,13 @@ def build_grpc_api(executor: APIExecutor, config: Config, reactor: Any) -> Servi
 def build_uni_grpc(node: Node, config: Config, reactor: Any) -> Service:
     """The uni_grpc transport on ``uni_grpc.address``:``uni_grpc.port`` (rtserver/grpcapi)."""
     from rtserver.grpcapi.bridge import ReactorBridge
-    from rtserver.grpcapi.server import GRPCServerService
+    from rtserver.grpcapi.server import AioGRPCServerService
     from rtserver.grpcapi.unistream import KEEPALIVE_OPTIONS, UniStreamServicer
 
     uni = config.uni_grpc
     bridge = ReactorBridge(reactor)
     servicer = UniStreamServicer(node, bridge)
-    return GRPCServerService(
+    return AioGRPCServerService(
         "uni_grpc",
         [servicer.handler()],
         bridge,
@@ -603,8 +603,6 @@ def build_uni_grpc(node: Node, config: Config, reactor: Any) -> Service:
         port=uni.port,
         tls=uni.tls,
         max_receive_message_size=uni.max_receive_message_size,
-        # each stream holds a worker thread for its life: one thread per admitted stream
-        workers=uni.max_concurrent_streams,
         max_concurrent_rpcs=uni.max_concurrent_streams,
         options=KEEPALIVE_OPTIONS,
     )

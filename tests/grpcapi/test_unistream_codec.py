@@ -6,6 +6,9 @@ consumer does.
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from collections.abc import Iterator
 from typing import cast
 
 import orjson
@@ -129,17 +132,43 @@ def test_a_misframed_push_raises(data: bytes) -> None:
         push_bytes(data)
 
 
-def test_outbox_is_bounded_and_asks_for_a_resume() -> None:
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """The stream side's event loop (the grpc.aio server's, in production)."""
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+def take(box: Outbox, loop: asyncio.AbstractEventLoop) -> tuple[list[bytes | None], bool]:
+    """What the stream's coroutine takes next (bounded: a test never hangs)."""
+    return loop.run_until_complete(asyncio.wait_for(box.take(), 5))
+
+
+def test_outbox_is_bounded_and_asks_for_a_resume(loop: asyncio.AbstractEventLoop) -> None:
     """Over the bound ``put`` says pause; the next ``take`` says resume, once."""
-    box = Outbox(limit=10)
+    box = Outbox(loop, limit=10)
     assert box.put([b"12345"]) is False
     assert box.put([b"123456"]) is True
-    assert box.take(0) == ([b"12345", b"123456"], True)
+    assert take(box, loop) == ([b"12345", b"123456"], True)
     assert box.put([b"1"]) is False
-    assert box.take(0) == ([b"1"], False)
+    assert take(box, loop) == ([b"1"], False)
     box.end()
     assert box.put([b"late"]) is False
-    assert box.take(0) == ([None], False)
+    assert take(box, loop) == ([None], False)
+
+
+def test_outbox_wakes_a_waiting_stream_from_another_thread(
+        loop: asyncio.AbstractEventLoop) -> None:
+    """The reactor thread's put wakes the stream's coroutine waiting on its loop."""
+    box = Outbox(loop)
+    waiting = loop.create_task(box.take())
+    loop.run_until_complete(asyncio.sleep(0))  # the coroutine now waits
+    assert not waiting.done()
+    putter = threading.Thread(target=box.put, args=([b"a", b"b"],))
+    putter.start()
+    putter.join(5)
+    assert loop.run_until_complete(asyncio.wait_for(waiting, 5)) == ([b"a", b"b"], False)
 
 
 class _Client:
@@ -159,9 +188,10 @@ class _Client:
         self.calls.append("lost")
 
 
-def test_sink_close_sends_the_disconnect_then_ends_and_cancels_after_the_grace() -> None:
+def test_sink_close_sends_the_disconnect_then_ends_and_cancels_after_the_grace(
+        loop: asyncio.AbstractEventLoop) -> None:
     """A consumer that does not read its final pushes is cancelled after the grace."""
-    clock, box, cancelled = Clock(), Outbox(limit=4), []
+    clock, box, cancelled = Clock(), Outbox(loop, limit=4), []
     sink = UniGRPCSink(box, clock, lambda: cancelled.append(True), close_grace=5.0)
     client = _Client()
     sink.client = cast("Client", client)
@@ -170,7 +200,7 @@ def test_sink_close_sends_the_disconnect_then_ends_and_cancels_after_the_grace()
     assert client.calls == ["pause"]
     sink.close(Disconnect.SLOW)
     sink.write([Payload(protobuf.PING)])  # nothing after the close
-    items, _ = box.take(0)
+    items, _ = take(box, loop)
     assert [pb.Push.FromString(i) if i is not None else None for i in items] == [
         pb.Push(channel="c", pub=pb.Publication(data=b'"abc"')),
         pb.Push(disconnect=pb.Disconnect(code=3008, reason="slow")), None]
@@ -180,9 +210,10 @@ def test_sink_close_sends_the_disconnect_then_ends_and_cancels_after_the_grace()
     assert cancelled == [True]
 
 
-def test_sink_lost_releases_the_client_and_the_grace_timer() -> None:
+def test_sink_lost_releases_the_client_and_the_grace_timer(
+        loop: asyncio.AbstractEventLoop) -> None:
     """The RPC ended: the client is told, and no cancel follows."""
-    clock, box, cancelled = Clock(), Outbox(), []
+    clock, box, cancelled = Clock(), Outbox(loop), []
     sink = UniGRPCSink(box, clock, lambda: cancelled.append(True), close_grace=5.0)
     client = _Client()
     sink.client = cast("Client", client)
@@ -193,32 +224,34 @@ def test_sink_lost_releases_the_client_and_the_grace_timer() -> None:
     assert (client.calls, cancelled, clock.getDelayedCalls()) == (["lost"], [], [])
 
 
-def test_misframed_push_closes_the_client_with_3004() -> None:
+def test_misframed_push_closes_the_client_with_3004(loop: asyncio.AbstractEventLoop) -> None:
     """A payload that is not one framed message closes the connection, never sends junk."""
-    sink = UniGRPCSink(Outbox(), Clock(), lambda: None)
+    sink = UniGRPCSink(Outbox(loop), Clock(), lambda: None)
     client = _Client()
     sink.client = cast("Client", client)
     sink.write([Payload(b"\x05ab")])
     assert client.calls == ["close 3004"]
 
 
-def test_a_shared_payload_is_unframed_once_for_every_stream() -> None:
+def test_a_shared_payload_is_unframed_once_for_every_stream(
+        loop: asyncio.AbstractEventLoop) -> None:
     """Consumers of one publication get the same bytes object (no per-stream encoding)."""
     payload = Payload(protobuf.encode_publication_push("c", Publication(data=b"1"), uni=True),
                       shared=True)
-    boxes = [Outbox(), Outbox()]
+    boxes = [Outbox(loop), Outbox(loop)]
     for box in boxes:
         UniGRPCSink(box, Clock(), lambda: None).write([payload])
-    (first,), _ = boxes[0].take(0)
-    (second,), _ = boxes[1].take(0)
+    (first,), _ = take(boxes[0], loop)
+    (second,), _ = take(boxes[1], loop)
     assert first is second and first == payload.data[1:]
 
 
-def test_a_consumer_receives_binary_publications_as_is() -> None:
+def test_a_consumer_receives_binary_publications_as_is(
+        loop: asyncio.AbstractEventLoop) -> None:
     """Data that is not JSON reaches a uni_grpc client (it speaks Protobuf): no 3506."""
     node, clock = make_node({"client": {"insecure": True,
                                         "allow_anonymous_connect_without_token": True}})
-    box = Outbox()
+    box = Outbox(loop)
     sink = UniGRPCSink(box, clock, lambda: None)
     client = node.make_client(sink, encoding=PROTOBUF)
     sink.client = client
@@ -227,7 +260,7 @@ def test_a_consumer_receives_binary_publications_as_is() -> None:
     node.publish("bin", b"\x00\xff not json")
     node.publish("bin", b'{"n": 1}')
     clock.advance(0)
-    items, _ = box.take(0)
+    items, _ = take(box, loop)
     pushes = [pb.Push.FromString(i) for i in items if i is not None]
     assert pushes[0].HasField("connect") and "bin" in pushes[0].connect.subs
     assert [p.pub.data for p in pushes[1:]] == [b"\x00\xff not json", b'{"n": 1}']
