@@ -271,12 +271,15 @@ class AioGRPCServerService(Service):
             done.callback(None)
             return done
         stopped = asyncio.run_coroutine_threadsafe(server.stop(self._grace), loop)
+        stopping_loop = False
 
         def poll() -> None:
+            nonlocal stopping_loop
             if not stopped.done():
                 self._clock.callLater(_STOP_POLL_SECONDS, poll)
                 return
-            if not self._bridge.closed:
+            if not stopping_loop:
+                stopping_loop = True
                 # While the loop still runs: abandoned calls' outcomes can still reach it.
                 self._bridge.close()
                 loop.call_soon_threadsafe(loop.stop)

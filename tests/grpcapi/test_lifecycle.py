@@ -21,8 +21,10 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 
-from rtserver.grpcapi.bridge import BridgeClosed, ReactorBridge
+from rtserver.grpcapi.bridge import BridgeClosed, ReactorBridge, to_loop
 from rtserver.grpcapi.server import AioGRPCServerService, GRPCServerService, bind_address
+from rtserver.grpcapi.unistream import UniStreamServicer
+from rtserver.testing import make_node
 
 CALL_TIMEOUT = 10.0
 
@@ -293,3 +295,40 @@ def test_aio_port_in_use_fails_start_loudly() -> None:
                            match=f"test aio GRPC: cannot listen on 127.0.0.1:{port}"):
             service.startService()
         assert not service.running
+
+
+def test_to_loop_runs_on_the_loop_and_ignores_a_closed_one() -> None:
+    """A late notification after the service stopped does nothing and raises nothing."""
+    loop = asyncio.new_event_loop()
+    seen: list[str] = []
+    to_loop(loop, seen.append, "first")
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.close()
+    to_loop(loop, seen.append, "late")
+    assert seen == ["first"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_consume_on_a_stopping_server_is_unavailable() -> None:
+    """uni_grpc's connect hand-off refused (the bridge closed): UNAVAILABLE, no client."""
+    node, _clock = make_node()
+    bridge = ReactorBridge(reactor)
+    service = AioGRPCServerService("test uni_grpc", [UniStreamServicer(node, bridge).handler()],
+                                   bridge, reactor, address="127.0.0.1", port=0)
+    service.startService()
+    try:
+        bridge.close()
+
+        def consume() -> list[bytes]:
+            with grpc.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+                method = channel.unary_stream(
+                    "/centrifugal.centrifugo.unistream.CentrifugoUniStream/Consume")
+                return list(method(b"", timeout=CALL_TIMEOUT))
+
+        with pytest.raises(grpc.RpcError) as refused:
+            await deferToThread(consume)
+        assert (refused.value.code(), refused.value.details()) == (
+            grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+        assert node.open_clients == 0
+    finally:
+        await service.stopService()
