@@ -422,7 +422,7 @@ class UniGRPCConfig:
     port: int = 11000
     max_receive_message_size: int = 0
     tls: TLSConfig = field(default_factory=TLSConfig)
-    #: Streams served at once; each holds one grpcio worker thread. Beyond: RESOURCE_EXHAUSTED.
+    #: Streams served at once (each a connection of the node). Beyond: RESOURCE_EXHAUSTED.
     max_concurrent_streams: int = 128
 
 

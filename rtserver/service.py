@@ -656,13 +656,13 @@ def build_uni_grpc(
     ``reuse_port``: the port is shared with the other workers of ``--workers N``.
     """
     from rtserver.grpcapi.bridge import ReactorBridge
-    from rtserver.grpcapi.server import GRPCServerService
+    from rtserver.grpcapi.server import AioGRPCServerService
     from rtserver.grpcapi.unistream import KEEPALIVE_OPTIONS, UniStreamServicer
 
     uni = config.uni_grpc
     bridge = ReactorBridge(reactor)
     servicer = UniStreamServicer(node, bridge)
-    return GRPCServerService(
+    return AioGRPCServerService(
         "uni_grpc",
         [servicer.handler()],
         bridge,
@@ -671,8 +671,6 @@ def build_uni_grpc(
         port=uni.port,
         tls=uni.tls,
         max_receive_message_size=uni.max_receive_message_size,
-        # each stream holds a worker thread for its life: one thread per admitted stream
-        workers=uni.max_concurrent_streams,
         max_concurrent_rpcs=uni.max_concurrent_streams,
         options=KEEPALIVE_OPTIONS,
         reuse_port=reuse_port,

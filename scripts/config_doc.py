@@ -99,7 +99,7 @@ MEANING = {
     "uni_grpc.tls.cert_pem_file": "certificate chain of uni_grpc (PEM file path)",
     "uni_grpc.tls.key_pem_file": "private key of uni_grpc (PEM file path)",
     "uni_grpc.max_concurrent_streams":
-        "streams at once (one grpcio thread each); RESOURCE_EXHAUSTED beyond",
+        "streams at once; RESOURCE_EXHAUSTED beyond",
     "websocket.disabled": "turn the WebSocket endpoint off",
     "websocket.handler_prefix": "path of the WebSocket endpoint",
     "websocket.message_size_limit": "largest inbound message (close 1009 beyond)",

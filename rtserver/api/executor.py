@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.python.failure import Failure
 
 from rtserver.api import schema
@@ -29,13 +29,13 @@ from rtserver.core.types import (
 )
 from rtserver.logs import Logger, log_failure
 from rtserver.protocol.codes import Disconnect, Error
-from rtserver.protocol.frames import Publication
+from rtserver.protocol.frames import Publication, StreamPosition
 from rtserver.protocol.protobuf import json_payload
 
 if TYPE_CHECKING:
     from rtserver.core.node import Node
 
-__all__ = ["METHODS", "APIExecutor"]
+__all__ = ["METHODS", "APIExecutor", "PublishCommand"]
 
 _log = Logger()
 
@@ -87,6 +87,22 @@ class _Publication:
             idempotency_key=schema.string(params, "idempotency_key"),
             delta=schema.boolean(params, "delta"),
         )
+
+
+@dataclass(slots=True)
+class PublishCommand:
+    """A ``publish`` whose fields an adapter's schema already typed (the GRPC API).
+
+    ``data`` is compact JSON (no newline); the channel is checked by the executor.
+    Fields the executor ignores (``version``, ``version_epoch``) are absent.
+    """
+
+    channel: str
+    data: bytes
+    tags: dict[str, str]
+    skip_history: bool = False
+    idempotency_key: str = ""
+    delta: bool = False
 
 
 class CommandStats:
@@ -199,9 +215,7 @@ class APIExecutor:
             idempotency_key=pub.idempotency_key,
             delta=pub.delta,
         )
-        if not position.epoch:
-            return {}
-        return {"offset": position.offset, "epoch": position.epoch}
+        return _position_result(position)
 
     # --- connection control --------------------------------------------------------------
 
@@ -323,6 +337,62 @@ class APIExecutor:
     def _options(self, channel: str) -> ChannelOptions:
         return self._node.resolver.options(channel)
 
+    async def publish_commands(
+        self, commands: Sequence[PublishCommand], *, parallel: bool = False,
+        method: str = "batch",
+    ) -> list[Result | Error]:
+        """Run typed publishes: what ``batch`` of ``publish`` commands does, less parsing.
+
+        For adapters whose schema typed the request already (GRPC): no JSON-shaped
+        params to build and check, no coroutine per command. The same checks and
+        :meth:`Node.publish` as :meth:`publish`; in order unless ``parallel``.
+
+        Returns:
+            Per command, its result (``{}`` or ``{"offset", "epoch"}``) or its error.
+            The call counts in the stats as one ``method`` call.
+        """
+        started = time.perf_counter()
+        outcomes: list[Result | Error]
+        if parallel:
+            outcomes = await gatherResults(
+                [self._publish_outcome(c) for c in commands], consumeErrors=True)
+        else:
+            outcomes = []
+            for command in commands:
+                d = self._publish_command(command)
+                if isinstance(d, Error):
+                    outcomes.append(d)
+                elif d.called and not d.paused and isinstance(d.result, StreamPosition):
+                    # Already published (the memory engine answers at once): no callback
+                    # chain, no suspension; this loop is the whole cost of a batch here.
+                    outcomes.append(_position_result(d.result))
+                else:
+                    outcomes.append(await self._publish_outcome(command, d))
+        error = None
+        if method != "batch" and len(outcomes) == 1 and isinstance(outcomes[0], Error):
+            error = outcomes[0].to_wire()
+        self.stats.record(method, time.perf_counter() - started, error)
+        return outcomes
+
+    def _publish_command(self, cmd: PublishCommand) -> Deferred[StreamPosition] | Error:
+        """Start one typed publish, or the error that stops it before it starts."""
+        try:
+            schema.check_channel(cmd.channel)
+        except Error as e:
+            return e
+        return self._node.publish(cmd.channel, cmd.data, tags=cmd.tags,
+                                  skip_history=cmd.skip_history,
+                                  idempotency_key=cmd.idempotency_key, delta=cmd.delta)
+
+    def _publish_outcome(
+        self, cmd: PublishCommand, started: Deferred[StreamPosition] | Error | None = None
+    ) -> Deferred[Result | Error]:
+        """One typed publish's result or error (never a failure)."""
+        d = self._publish_command(cmd) if started is None else started
+        if isinstance(d, Error):
+            return succeed(d)
+        return d.addCallbacks(_position_result, _publish_failed, errbackArgs=(cmd.channel,))
+
     # --- rpc and batch -------------------------------------------------------------------
 
     async def rpc(self, params: dict[str, Any]) -> Result:
@@ -358,6 +428,19 @@ class APIExecutor:
         if "result" in outcome:
             return {method: outcome["result"]}
         return outcome
+
+
+def _position_result(position: StreamPosition) -> Result:
+    if not position.epoch:
+        return {}
+    return {"offset": position.offset, "epoch": position.epoch}
+
+
+def _publish_failed(failure: Failure, channel: str) -> Error:
+    if isinstance(failure.value, Error):
+        return failure.value
+    _log.failure("server API publish to {channel} failed", failure, channel=channel)
+    return Error.INTERNAL
 
 
 def _api_publication(pub: Publication) -> dict[str, Any]:

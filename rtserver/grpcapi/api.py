@@ -22,7 +22,7 @@ import grpc
 from google.protobuf.message import Message
 from twisted.internet.defer import Deferred
 
-from rtserver.api.executor import APIExecutor
+from rtserver.api.executor import APIExecutor, PublishCommand
 from rtserver.config import GRPCAPIConfig
 from rtserver.grpcapi import convert
 from rtserver.grpcapi.bridge import BridgeClosed, ReactorBridge
@@ -57,6 +57,13 @@ def status_code(code: int) -> grpc.StatusCode:
 Behaviour = Callable[[Any, grpc.ServicerContext], Message]
 
 
+def _serialize(response: Message | bytes) -> bytes:
+    """A response message, or the bytes a fast path encoded by hand."""
+    if isinstance(response, bytes):
+        return response
+    return response.SerializeToString()
+
+
 class APIServicer:
     """Serves every ``CentrifugoApi`` method with the server API executor.
 
@@ -82,10 +89,15 @@ class APIServicer:
                 request_deserializer=method.request.FromString,
                 response_serializer=method.response.SerializeToString,
             )
+        handlers["Publish"] = grpc.unary_unary_rpc_method_handler(
+            self._publish,
+            request_deserializer=pb.PublishRequest.FromString,
+            response_serializer=_serialize,
+        )
         handlers["Batch"] = grpc.unary_unary_rpc_method_handler(
             self._batch,
             request_deserializer=pb.BatchRequest.FromString,
-            response_serializer=pb.BatchResponse.SerializeToString,
+            response_serializer=_serialize,
         )
         return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 
@@ -145,8 +157,45 @@ class APIServicer:
 
         return behaviour
 
-    def _batch(self, request: pb.BatchRequest, context: grpc.ServicerContext) -> Message:
+    def _run_publishes(self, commands: list[PublishCommand], parallel: bool, method: str,
+                       context: grpc.ServicerContext) -> list[dict[str, Any] | Error]:
+        """Run typed publishes in the reactor; UNAVAILABLE while stopping."""
+
+        def run() -> Deferred[list[dict[str, Any] | Error]]:
+            return Deferred.fromCoroutine(
+                self._executor.publish_commands(commands, parallel=parallel, method=method))
+
+        try:
+            return self._bridge.call(run)
+        except BridgeClosed:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+        except Exception:
+            _log.failure("GRPC API {method} failed", method=method)
+            return [Error.INTERNAL for _ in commands]
+        raise AssertionError("unreachable")  # context.abort always raises
+
+    def _publish(self, request: pb.PublishRequest, context: grpc.ServicerContext) -> bytes:
+        """``Publish``: the typed path (no JSON-shaped params), response encoded by hand."""
         self._authorize(context)
+        try:
+            command = convert.publish_command(request)
+        except Error as e:
+            outcome: dict[str, Any] | Error = e
+        else:
+            [outcome] = self._run_publishes([command], False, "publish", context)
+        if isinstance(outcome, Error) and self._wants_transport_errors(context):
+            context.abort(status_code(outcome.code), outcome.message)
+        return convert.encode_publish_response(outcome)
+
+    def _batch(self, request: pb.BatchRequest, context: grpc.ServicerContext) -> Message | bytes:
+        self._authorize(context)
+        publishes = convert.batch_publishes(request)
+        if publishes is not None:  # only publish commands: the typed path
+            typed, failed_typed = publishes
+            outcomes = (self._run_publishes(typed, request.parallel, "batch", context)
+                        if typed else [])
+            return convert.encode_batch_publish_response(outcomes, failed_typed,
+                                                         len(request.commands))
         commands, failed = convert.batch_commands(request)
         replies: list[dict[str, Any]] = []
         if commands:

@@ -14,6 +14,7 @@ outlive the reactor waiting on a result that will never come.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from threading import Lock
 from typing import Any, Protocol, TypeVar
@@ -21,7 +22,7 @@ from typing import Any, Protocol, TypeVar
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python.failure import Failure
 
-__all__ = ["BridgeClosed", "ReactorBridge", "ThreadCaller"]
+__all__ = ["BridgeClosed", "ReactorBridge", "ThreadCaller", "to_loop"]
 
 T = TypeVar("T")
 
@@ -34,6 +35,19 @@ class ThreadCaller(Protocol):
 
     def callFromThread(self, f: Callable[..., Any], *args: Any) -> None:
         """Run ``f(*args)`` in the reactor thread soon; safe from any thread."""
+
+
+def to_loop(loop: asyncio.AbstractEventLoop, fn: Callable[..., object], *args: Any) -> None:
+    """``loop.call_soon_threadsafe(fn, *args)``; nothing once the loop is closed.
+
+    For the reactor's side of a ``grpc.aio`` service: after its service stopped, a late
+    notification has nobody to reach and must not raise in the reactor.
+    """
+    try:
+        loop.call_soon_threadsafe(fn, *args)
+    except RuntimeError:
+        if not loop.is_closed():
+            raise
 
 
 class BridgeClosed(Exception):
@@ -49,7 +63,7 @@ class ReactorBridge:
 
     def __init__(self, reactor: ThreadCaller) -> None:
         self._reactor = reactor
-        self._pending: set[_Waiter] = set()
+        self._pending: set[_Waiter | _Notify] = set()
         self._closed = False
 
     @property
@@ -82,6 +96,19 @@ class ReactorBridge:
                 break
         return waiter.outcome()
 
+    def submit(self, fn: Callable[[], Deferred[T]], done: Callable[[object], object]) -> None:
+        """Run ``fn()`` in the reactor; ``done(result or Failure)`` gets the outcome.
+
+        The non-blocking twin of :meth:`call`, for callers on an event loop: ``done`` runs
+        in the reactor thread (hand it on with ``loop.call_soon_threadsafe``), exactly
+        once; with a :class:`BridgeClosed` failure when the bridge is or gets closed.
+        """
+        waiter = _Notify(done)
+        if self._closed:
+            waiter.abandon()
+            return
+        self._reactor.callFromThread(self._start, fn, waiter)
+
     def post(self, fn: Callable[[], object]) -> None:
         """Run ``fn()`` in the reactor soon, without waiting; nothing once closed.
 
@@ -95,7 +122,7 @@ class ReactorBridge:
         if not self._closed:
             fn()
 
-    def _start(self, fn: Callable[[], Deferred[T]], waiter: _Waiter) -> None:
+    def _start(self, fn: Callable[[], Deferred[T]], waiter: _Waiter | _Notify) -> None:
         """Reactor thread: run ``fn`` and route its outcome to ``waiter``."""
         if self._closed:
             waiter.abandon()
@@ -104,7 +131,7 @@ class ReactorBridge:
         d = maybeDeferred(fn)
         d.addBoth(self._finish, waiter)
 
-    def _finish(self, outcome: object, waiter: _Waiter) -> None:
+    def _finish(self, outcome: object, waiter: _Waiter | _Notify) -> None:
         self._pending.discard(waiter)
         waiter.settle(outcome)
 
@@ -149,3 +176,24 @@ class _Waiter:
         if isinstance(self._outcome, Failure):
             self._outcome.raiseException()
         return self._outcome
+
+
+class _Notify:
+    """One call's outcome, handed to a callback (the first outcome wins)."""
+
+    __slots__ = ("_done", "_settled")
+
+    def __init__(self, done: Callable[[object], object]) -> None:
+        self._done = done
+        self._settled = False
+
+    def settle(self, outcome: object) -> None:
+        """Reactor thread: pass the outcome on, once."""
+        if self._settled:
+            return
+        self._settled = True
+        self._done(outcome)
+
+    def abandon(self) -> None:
+        """The call will not complete: the callback gets :class:`BridgeClosed`."""
+        self.settle(Failure(BridgeClosed()))

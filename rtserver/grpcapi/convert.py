@@ -22,16 +22,22 @@ import orjson
 from google.protobuf.message import Message
 
 from rtserver.api import schema
+from rtserver.api.executor import PublishCommand
 from rtserver.grpcapi.proto import api_pb2 as pb
 from rtserver.protocol.codes import Error
+from rtserver.protocol.fields import compact_json
 
 __all__ = [
     "METHODS",
     "UNKNOWN_COMMAND",
     "Method",
     "batch_commands",
+    "batch_publishes",
+    "encode_batch_publish_response",
+    "encode_publish_response",
     "error_message",
     "json_payload",
+    "publish_command",
 ]
 
 #: The method name an empty (or Centrifugo PRO) batch :class:`Command` runs as: the
@@ -97,6 +103,29 @@ def publish_params(req: pb.PublishRequest) -> dict[str, Any]:
     params = _publication(req)
     params["channel"] = req.channel
     return params
+
+
+def publish_command(req: pb.PublishRequest) -> PublishCommand:
+    """``publish`` as the executor's typed command.
+
+    What :func:`publish_params` and the executor's parsing make of the request, without
+    the detour through JSON-shaped params.
+
+    Raises:
+        Error: 107 when the channel is missing or invalid (checked first, as by the
+            executor's ``publish``), or the data is missing or not JSON.
+    """
+    schema.check_channel(req.channel)
+    if req.b64data:
+        data = schema.raw_json({"b64data": req.b64data}, "data", "b64data")
+    elif req.data:
+        data = compact_json(json_payload(req.data, "data"))
+    else:
+        data = None
+    if data is None:
+        raise schema.bad_request("data is required")
+    return PublishCommand(req.channel, data, dict(req.tags) if req.tags else {},
+                          req.skip_history, req.idempotency_key, req.delta)
 
 
 def broadcast_params(req: pb.BroadcastRequest) -> dict[str, Any]:
@@ -401,6 +430,27 @@ def batch_commands(req: pb.BatchRequest) -> tuple[list[dict[str, Any]], dict[int
     return commands, failed
 
 
+def batch_publishes(
+    req: pb.BatchRequest,
+) -> tuple[list[PublishCommand], dict[int, Error]] | None:
+    """A batch of publish commands only (the common batch), typed; None for any other.
+
+    Returns:
+        The convertible publishes in order, and request index -> the error of each
+        command that could not be converted.
+    """
+    commands: list[PublishCommand] = []
+    failed: dict[int, Error] = {}
+    for i, command in enumerate(req.commands):
+        if not command.HasField("publish"):
+            return None
+        try:
+            commands.append(publish_command(command.publish))
+        except Error as e:
+            failed[i] = e
+    return commands, failed
+
+
 def _set_field(command: pb.Command) -> str | None:
     """The one command field set (the first, if a client set several)."""
     if command.HasField("publish"):
@@ -435,3 +485,74 @@ def batch_response(
         else:
             getattr(reply, name).CopyFrom(METHODS[name].result(result))
     return out
+
+
+# --- responses of the publish fast path, encoded by hand -------------------------------
+#
+# Field numbers from api.proto (checked against Centrifugo's by tests/grpcapi/test_schema.py):
+# BatchResponse.replies = 1; Reply.error = 2, Reply.publish = 4; PublishResponse.error = 1,
+# PublishResponse.result = 2; PublishResult.offset = 1, .epoch = 2; Error.code = 1,
+# .message = 2. Each tag byte is (number << 3) | wire type.
+
+#: A reply holding an empty PublishResult (no history): ``Reply{publish: {}}`` in
+#: ``BatchResponse.replies``.
+_EMPTY_PUBLISH_REPLY = b"\x0a\x02\x22\x00"
+
+
+def _uvarint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _delimited(tag: bytes, body: bytes) -> bytes:
+    return tag + _uvarint(len(body)) + body
+
+
+def _publish_result_bytes(result: dict[str, Any]) -> bytes:
+    if not result:
+        return b""
+    epoch = result["epoch"].encode()
+    offset = result["offset"]
+    return (b"\x08" + _uvarint(offset) if offset else b"") + _delimited(b"\x12", epoch)
+
+
+def _error_bytes(error: Error) -> bytes:
+    message = error.message.encode()
+    return (b"\x08" + _uvarint(error.code) if error.code else b"") + (
+        _delimited(b"\x12", message) if message else b"")
+
+
+def encode_publish_response(outcome: dict[str, Any] | Error) -> bytes:
+    """A ``PublishResponse`` of one typed publish's outcome."""
+    if isinstance(outcome, Error):
+        return _delimited(b"\x0a", _error_bytes(outcome))
+    return _delimited(b"\x12", _publish_result_bytes(outcome))
+
+
+def encode_batch_publish_response(
+    outcomes: list[dict[str, Any] | Error], failed: dict[int, Error], total: int
+) -> bytes:
+    """A ``BatchResponse`` of :func:`batch_publishes`, in request order.
+
+    ``outcomes`` are the executed commands' results or errors, ``failed`` the commands
+    that could not be converted (by request index).
+    """
+    parts: list[bytes] = []
+    executed = iter(outcomes)
+    for i in range(total):
+        outcome: dict[str, Any] | Error | None = failed.get(i)
+        if outcome is None:
+            outcome = next(executed)
+        if isinstance(outcome, Error):
+            reply = _delimited(b"\x12", _error_bytes(outcome))
+        elif not outcome:
+            parts.append(_EMPTY_PUBLISH_REPLY)
+            continue
+        else:
+            reply = _delimited(b"\x22", _publish_result_bytes(outcome))
+        parts.append(_delimited(b"\x0a", reply))
+    return b"".join(parts)

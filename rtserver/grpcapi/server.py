@@ -15,6 +15,8 @@ clock, never waited for).
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,7 +31,7 @@ from rtserver.config import TLSConfig
 from rtserver.grpcapi.bridge import ReactorBridge
 from rtserver.logs import Logger
 
-__all__ = ["GRPCServerService", "bind_address"]
+__all__ = ["AioGRPCServerService", "GRPCServerService", "bind_address"]
 
 _log = Logger()
 
@@ -165,3 +167,149 @@ class GRPCServerService(Service):
 
         poll()
         return done
+
+
+class AioGRPCServerService(Service):
+    """One ``grpc.aio`` server on one port, on an asyncio loop in a thread of its own.
+
+    For streaming services (uni_grpc): a stream is a coroutine on that loop, not a
+    thread, and each message costs grpcio less than on the synchronous server
+    (bench/grpc_stream_floor.py). The reactor and the loop only meet through the
+    :class:`~rtserver.grpcapi.bridge.ReactorBridge` (loop to reactor) and
+    ``loop.call_soon_threadsafe`` (reactor to loop).
+
+    :meth:`startService` starts the thread and binds (a bind failure raises, so twistd
+    refuses to start). :meth:`stopService` stops accepting calls, lets calls in flight
+    finish for ``grace`` seconds, cancels the rest, stops the loop and closes the bridge;
+    its Deferred fires once the thread is gone, polled on the injected clock.
+
+    Args: as :class:`GRPCServerService`, without ``workers`` (no thread per call).
+    """
+
+    def __init__(
+        self,
+        label: str,
+        handlers: Sequence[grpc.GenericRpcHandler],
+        bridge: ReactorBridge,
+        clock: IReactorTime,
+        *,
+        address: str = "",
+        port: int = 0,
+        tls: TLSConfig | None = None,
+        max_receive_message_size: int = 0,
+        grace: float = 5.0,
+        max_concurrent_rpcs: int | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self.label = label
+        self._handlers = list(handlers)
+        self._bridge = bridge
+        self._clock = clock
+        self._address = address
+        self._requested_port = port
+        self._tls = tls or TLSConfig()
+        self._max_receive = max_receive_message_size
+        self._grace = grace
+        self._max_concurrent = max_concurrent_rpcs
+        self._extra_options = list(options)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: grpc.aio.Server | None = None
+        #: The loop the service's calls run on, once started.
+        self.loop: asyncio.AbstractEventLoop | None = None
+        #: The bound port once started.
+        self.port = 0
+
+    def _options(self) -> list[tuple[str, Any]]:
+        options: list[tuple[str, Any]] = [("grpc.so_reuseport", 0)]
+        if self._max_receive > 0:
+            options.append(("grpc.max_receive_message_length", self._max_receive))
+        return options + self._extra_options
+
+    async def _start(self, target: str) -> int:
+        server = grpc.aio.server(handlers=self._handlers, options=self._options(),
+                                 maximum_concurrent_rpcs=self._max_concurrent)
+        try:
+            if self._tls.enabled:
+                key = Path(self._tls.key_pem_file).read_bytes()
+                cert = Path(self._tls.cert_pem_file).read_bytes()
+                port = server.add_secure_port(target, grpc.ssl_server_credentials([(key, cert)]))
+            else:
+                port = server.add_insecure_port(target)
+        except (OSError, RuntimeError) as e:
+            raise RuntimeError(f"{self.label}: cannot listen on {target}: {e}") from None
+        if not port:
+            raise RuntimeError(f"{self.label}: cannot listen on {target}")
+        await server.start()
+        self._server = server
+        return int(port)
+
+    def startService(self) -> None:
+        """Start the loop thread, bind, then serve. Raises when the port cannot be bound."""
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=_run_loop, args=(loop,), name=f"{self.label} loop",
+                                  daemon=True)
+        thread.start()
+        target = bind_address(self._address, self._requested_port)
+        started = asyncio.run_coroutine_threadsafe(self._start(target), loop)
+        try:
+            # Startup only, before the service serves: bounded, and bind errors surface.
+            self.port = started.result(timeout=_START_TIMEOUT)
+        except BaseException:
+            loop.call_soon_threadsafe(loop.stop)
+            raise
+        self._loop = self.loop = loop
+        self._thread = thread
+        super().startService()
+        scheme = "TLS" if self._tls.enabled else "plaintext"
+        _log.info("{label} listening on {address} ({scheme})", label=self.label,
+                  address=bind_address(self._address, self.port), scheme=scheme)
+
+    def stopService(self) -> Deferred[None]:
+        """Stop accepting calls and drain; the Deferred fires when the loop thread ended."""
+        super().stopService()
+        done: Deferred[None] = Deferred()
+        loop, thread, server = self._loop, self._thread, self._server
+        self._loop = self._thread = self._server = None
+        if loop is None or thread is None or server is None:
+            self._bridge.close()
+            done.callback(None)
+            return done
+        stopped = asyncio.run_coroutine_threadsafe(server.stop(self._grace), loop)
+        stopping_loop = False
+
+        def poll() -> None:
+            nonlocal stopping_loop
+            if not stopped.done():
+                self._clock.callLater(_STOP_POLL_SECONDS, poll)
+                return
+            if not stopping_loop:
+                stopping_loop = True
+                # While the loop still runs: abandoned calls' outcomes can still reach it.
+                self._bridge.close()
+                loop.call_soon_threadsafe(loop.stop)
+            if thread.is_alive():
+                self._clock.callLater(_STOP_POLL_SECONDS, poll)
+                return
+            loop.close()
+            _log.info("{label} stopped", label=self.label)
+            done.callback(None)
+
+        poll()
+        return done
+
+
+#: Seconds startService waits for the loop thread to bind the port.
+_START_TIMEOUT = 10.0
+
+
+def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_forever()
+    finally:
+        pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))

@@ -3,47 +3,52 @@
 A consumer calls ``Consume(ConnectRequest)`` and reads a stream of ``Push`` messages,
 the same pushes the other unidirectional transports send (docs/transports.rst,
 "Unidirectional GRPC"), encoded as Protobuf. Messages travel as raw bytes: the
-handler has no (de)serializers; the request is read and the pushes are written with the
-client protocol's codec (:mod:`rtserver.protocol.protobuf`), whose numbering the
-unistream schema shares.
+handler has no (de)serializers; the request is read with the client protocol's codec
+(:mod:`rtserver.protocol.protobuf`), whose numbering the unistream schema shares, and
+the client speaks the Protobuf encoding, so its pushes are the core's ``pb-uni``
+payloads (one encoding per publication for all consumers, :func:`push_bytes`).
 
-Threads. grpcio serves each stream on one of its worker threads for the stream's whole
-life. That thread connects the client through the
+Threads. The service runs on ``grpc.aio`` in an event loop thread of its own
+(:class:`~rtserver.grpcapi.server.AioGRPCServerService`): each stream is a coroutine
+there, not a thread. The coroutine connects the client through the
 :class:`~rtserver.grpcapi.bridge.ReactorBridge` (the client lives in the reactor, like any
 other); from then on the client's :class:`UniGRPCSink` (reactor thread) hands the
-encoded pushes to an :class:`Outbox`, and the worker thread yields them to grpcio. The
-outbox is bounded: past :data:`OUTBOX_BYTES` the sink pauses the client's writer, whose
-own queue is bounded by ``client.queue_max_size`` (3008 beyond), so a consumer that stops
-reading is cut like any slow client. The worker resumes the writer through the bridge
-when it has taken what was queued.
+encoded pushes to an :class:`Outbox`, which wakes the coroutine on its loop, and the
+coroutine writes them to grpcio. The outbox is bounded: past :data:`OUTBOX_BYTES` the sink
+pauses the client's writer, whose own queue is bounded by ``client.queue_max_size``
+(3008 beyond), so a consumer that stops reading is cut like any slow client. The
+coroutine resumes the writer through the bridge when it has taken what was queued.
 
 Ends. A disconnect is written as the final push and ends the stream with status OK (as in
-Centrifugo). When the consumer goes away (cancel, deadline), grpcio's termination
-callback tells the reactor through the bridge, which drops the client at once. A stream
-whose consumer does not read its final pushes within :data:`CLOSE_GRACE` seconds is
-cancelled, so no worker thread stays blocked on a consumer that never reads again.
+Centrifugo). When the consumer goes away (cancel, deadline), grpcio's done callback tells
+the reactor through the bridge, which drops the client at once. A stream whose consumer
+does not read its final pushes within :data:`CLOSE_GRACE` seconds is cancelled, so no
+stream waits forever on a consumer that never reads again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from threading import Condition
-from typing import Any, Final
+import asyncio
+from collections.abc import Callable, Sequence
+from threading import Lock
+from typing import Any, Final, cast
 
 import grpc
 import orjson
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from rtserver.core.client import Client
 from rtserver.core.node import Node
 from rtserver.core.ports import ISink
 from rtserver.core.writer import Payload
-from rtserver.grpcapi.bridge import BridgeClosed, ReactorBridge
+from rtserver.grpcapi.bridge import BridgeClosed, ReactorBridge, to_loop
 from rtserver.logs import Logger
 from rtserver.protocol import protobuf
 from rtserver.protocol.codes import Disconnect
+from rtserver.protocol.encoding import PROTOBUF
 from rtserver.protocol.frames import ProtocolError
 
 __all__ = [
@@ -56,7 +61,7 @@ __all__ = [
     "UniGRPCSink",
     "UniStreamServicer",
     "connect_request_json",
-    "push_message",
+    "push_bytes",
 ]
 
 _log = Logger()
@@ -65,7 +70,7 @@ _log = Logger()
 SERVICE_NAME: Final = "centrifugal.centrifugo.unistream.CentrifugoUniStream"
 #: The transport's name in logs and ``/metrics``.
 TRANSPORT_NAME: Final = "uni_grpc"
-#: Bytes handed to a stream's thread and not yet taken, beyond which the writer pauses.
+#: Bytes handed to a stream's coroutine and not yet taken, beyond which the writer pauses.
 OUTBOX_BYTES: Final = 65536
 #: Seconds a closed stream's consumer gets to read its final pushes before the cancel.
 CLOSE_GRACE: Final = 5.0
@@ -78,8 +83,6 @@ KEEPALIVE_OPTIONS: Final[tuple[tuple[str, int], ...]] = (
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
 )
 
-#: How often a waiting stream thread checks whether the bridge was closed meanwhile.
-_POLL_SECONDS = 1.0
 
 
 # --- messages --------------------------------------------------------------------------
@@ -113,131 +116,97 @@ def connect_request_json(data: bytes) -> bytes:
     return orjson.dumps(out)
 
 
-def _schema_tables() -> tuple[dict[str, frozenset[str]], dict[str, dict[str, tuple[str, str]]]]:
-    """Per message: its ``bytes`` fields, and its message-typed fields (kind, type)."""
-    scalars = {"bool", "uint32", "uint64", "int32", "int64", "string", "bytes",
-               "repeated string", "map<string, string>"}
-    raw: dict[str, frozenset[str]] = {}
-    nested: dict[str, dict[str, tuple[str, str]]] = {}
-    for message, fields in protobuf.SCHEMA_SOURCE.items():
-        raw[message] = frozenset(name for type_, name, _ in fields if type_ == "bytes")
-        nested[message] = {}
-        for type_, name, _ in fields:
-            if type_ in scalars:
-                continue
-            if type_.startswith("repeated "):
-                nested[message][name] = ("list", type_.removeprefix("repeated "))
-            elif type_.startswith("map<string, "):
-                sub = type_.removeprefix("map<string, ").removesuffix(">")
-                nested[message][name] = ("map", sub)
-            else:
-                nested[message][name] = ("message", type_)
-    return raw, nested
+def push_bytes(data: bytes) -> bytes:
+    """The bare ``Push`` message of a length-prefixed unidirectional Protobuf push.
 
-
-_RAW_FIELDS, _NESTED_FIELDS = _schema_tables()
-
-
-def _protobuf_shape(message: str, obj: dict[str, Any]) -> dict[str, Any]:
-    """``obj`` (decoded JSON) with its ``bytes`` fields as JSON text, recursively."""
-    raw, nested = _RAW_FIELDS[message], _NESTED_FIELDS[message]
-    out: dict[str, Any] = {}
-    for key, value in obj.items():
-        if key in raw:
-            out[key] = orjson.dumps(value)
-            continue
-        spec = nested.get(key)
-        if spec is None:
-            out[key] = value
-        elif spec[0] == "message":
-            out[key] = _protobuf_shape(spec[1], value)
-        elif spec[0] == "list":
-            out[key] = [_protobuf_shape(spec[1], item) for item in value]
-        else:
-            out[key] = {k: _protobuf_shape(spec[1], v) for k, v in value.items()}
-    return out
-
-
-def push_message(data: bytes) -> bytes:
-    """A unidirectional JSON push as the Protobuf ``Push`` message ``uni_grpc`` sends.
-
-    The core's fan-out encodes pushes as JSON today; the conversion runs once per
-    shared payload (a publication's push is converted once for all of its ``uni_grpc``
-    subscribers, cached on the payload). Payload fields (``data``, ``conn_info``,
-    ``chan_info``) become the compact JSON text of their value. The ping ``{}`` is the
-    empty ``Push``.
+    uni_grpc clients speak the Protobuf client protocol: the core encodes their pushes
+    in the ``pb-uni`` wire shape (one ``Push`` with a varint length prefix, the same
+    bytes the other unidirectional Protobuf consumers get), and a shared publication is
+    encoded once for all of them. GRPC frames each message itself, so only the prefix
+    goes: a slice, cached on a shared payload (:meth:`Payload.framed`) so every
+    consumer of one publication sends the same bytes object. The server ping (a
+    zero length) is the empty ``Push``.
 
     Raises:
-        ValueError: ``data`` is not a push the schema can hold (orjson's errors are
-            ValueErrors too).
+        ProtocolError: the length prefix does not match the rest of ``data``.
     """
-    obj = orjson.loads(data)
-    if not isinstance(obj, dict):
-        raise ValueError("a push must be a JSON object")
-    return protobuf.encode_message("Push", _protobuf_shape("Push", obj))
+    return protobuf.unframe(data)
 
 
-# --- the hand-off between the reactor and a stream's thread ------------------------------
+# --- the hand-off between the reactor and a stream's coroutine ---------------------------
 
 
 class Outbox:
-    """Encoded pushes from the reactor to one stream's thread, bounded in bytes.
+    """Encoded pushes from the reactor to one stream's coroutine, bounded in bytes.
 
-    The reactor puts batches in; the thread takes everything queued at once. ``None``
-    in a batch marks the end of the stream.
+    The reactor puts batches in (:meth:`put`, :meth:`end`: any thread); the stream's
+    coroutine takes everything queued at once (:meth:`take`, on ``loop``), woken through
+    ``loop.call_soon_threadsafe`` only when it is waiting. ``None`` in a batch marks the
+    end of the stream.
     """
 
-    __slots__ = ("_bytes", "_ended", "_items", "_limit", "_paused", "_ready", "_waiting")
+    __slots__ = ("_bytes", "_ended", "_items", "_limit", "_lock", "_loop", "_paused",
+                 "_waiter")
 
-    def __init__(self, limit: int = OUTBOX_BYTES) -> None:
-        self._ready = Condition()
+    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int = OUTBOX_BYTES) -> None:
+        self._loop = loop
+        self._lock = Lock()
         self._items: list[bytes | None] = []
         self._bytes = 0
         self._limit = limit
-        self._waiting = False
+        self._waiter: asyncio.Future[None] | None = None
         self._paused = False
         self._ended = False
 
     def put(self, messages: Sequence[bytes]) -> bool:
         """Queue ``messages``; True when the outbox went over its bound (pause the writer)."""
-        with self._ready:
+        with self._lock:
             if self._ended:
                 return False
             self._items.extend(messages)
             self._bytes += sum(len(m) for m in messages)
-            if self._waiting:
-                self._ready.notify()
+            self._wake()
             if self._bytes > self._limit:
                 self._paused = True
                 return True
             return False
 
     def end(self) -> None:
-        """No more messages: the thread stops after taking what is queued."""
-        with self._ready:
+        """No more messages: the stream stops after taking what is queued."""
+        with self._lock:
             if self._ended:
                 return
             self._ended = True
             self._items.append(None)
-            if self._waiting:
-                self._ready.notify()
+            self._wake()
 
-    def take(self, timeout: float) -> tuple[list[bytes | None], bool]:
-        """Everything queued, waiting up to ``timeout`` for something.
+    def _wake(self) -> None:
+        """Under the lock: wake the waiting coroutine, if any."""
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            to_loop(self._loop, _release, waiter)
+
+    async def take(self) -> tuple[list[bytes | None], bool]:
+        """Everything queued, waiting for something.
 
         Returns:
             The messages, and whether the writer was paused meanwhile (the caller
             resumes it).
         """
-        with self._ready:
-            if not self._items:
-                self._waiting = True
-                self._ready.wait(timeout)
-                self._waiting = False
-            items, self._items = self._items, []
-            self._bytes = 0
-            resume, self._paused = self._paused, False
-            return items, resume
+        while True:
+            with self._lock:
+                if self._items:
+                    items, self._items = self._items, []
+                    self._bytes = 0
+                    resume, self._paused = self._paused, False
+                    return items, resume
+                waiter = self._waiter = self._loop.create_future()
+            await waiter
+
+
+def _release(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 @implementer(ISink)
@@ -245,9 +214,9 @@ class UniGRPCSink:
     """One ``uni_grpc`` client's output (reactor thread).
 
     Args:
-        outbox: the hand-off to the stream's thread.
+        outbox: the hand-off to the stream's coroutine.
         clock: for the close grace.
-        cancel: cancels the RPC (grpcio's ``context.cancel``; safe from any thread).
+        cancel: cancels the RPC (safe from any thread).
         close_grace: seconds the consumer gets to read the final pushes.
     """
 
@@ -267,13 +236,17 @@ class UniGRPCSink:
         self.client: Client | None = None
 
     def write(self, payloads: Sequence[Payload]) -> None:
-        """Convert the batch to ``Push`` messages and hand them to the stream's thread."""
+        """Hand the batch's ``Push`` messages to the stream's coroutine.
+
+        The payloads are the core's ``pb-uni`` pushes; a shared one (a publication to
+        many consumers) is unframed once and the same bytes go to every stream.
+        """
         if self._closed:
             return
         try:
-            messages = [p.framed(TRANSPORT_NAME, push_message) for p in payloads]
-        except ValueError as e:
-            _log.warn("uni_grpc: a push could not be encoded: {error}", error=e)
+            messages = [p.framed(TRANSPORT_NAME, push_bytes) for p in payloads]
+        except ProtocolError as e:
+            _log.warn("uni_grpc: a push could not be unframed: {error}", error=e.detail)
             if self.client is not None:
                 self.client.close(Disconnect.SERVER_ERROR)
             return
@@ -281,7 +254,7 @@ class UniGRPCSink:
             self.client.pause_writing()
 
     def resume(self) -> None:
-        """The stream's thread took what was queued: write what accumulated."""
+        """The stream's coroutine took what was queued: write what accumulated."""
         if not self._closed and self.client is not None:
             self.client.resume_writing()
 
@@ -291,8 +264,7 @@ class UniGRPCSink:
             return
         self._closed = True
         if disconnect is not None:
-            self._outbox.put([protobuf.encode_message("Push",
-                                                      {"disconnect": disconnect.to_wire()})])
+            self._outbox.put([push_bytes(protobuf.encode_disconnect(disconnect, uni=True))])
         self._outbox.end()
         if self._grace > 0:
             self._grace_timer = self._clock.callLater(self._grace, self._expired)
@@ -337,59 +309,72 @@ class UniStreamServicer:
         consume: grpc.RpcMethodHandler = grpc.unary_stream_rpc_method_handler(self.Consume)
         return grpc.method_handlers_generic_handler(SERVICE_NAME, {"Consume": consume})
 
-    def Consume(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
-        """Connect a client for this stream; the iterator yields its pushes.
+    async def Consume(self, request: bytes, context: grpc.aio.ServicerContext) -> None:
+        """Connect a client for this stream, then write its pushes until the end.
 
-        A request that is not a ``ConnectRequest`` fails with INTERNAL, as grpc-go's
-        unmarshalling error does in Centrifugo; a node over ``client.connection_limit``
-        or ``client.connection_rate_limit`` refuses with RESOURCE_EXHAUSTED; a stopping
+        Runs on the ``grpc.aio`` server's loop. A request that is not a
+        ``ConnectRequest`` fails with INTERNAL, as grpc-go's unmarshalling error does in
+        Centrifugo; a node over ``client.connection_limit`` or
+        ``client.connection_rate_limit`` refuses with RESOURCE_EXHAUSTED; a stopping
         server with UNAVAILABLE.
         """
         try:
             connect = connect_request_json(request)
         except ProtocolError as e:
-            context.abort(grpc.StatusCode.INTERNAL,
-                          f"error unmarshalling request: {e.detail}")
-        headers = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
-        outbox = Outbox(self._outbox_bytes)
+            await context.abort(grpc.StatusCode.INTERNAL,
+                                f"error unmarshalling request: {e.detail}")
+        metadata = context.invocation_metadata() or ()
+        headers = {k: v for k, v in metadata if isinstance(v, str)}
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        outbox = Outbox(loop, self._outbox_bytes)
+
+        def cancel() -> None:
+            if task is not None:
+                to_loop(loop, task.cancel)
 
         def start() -> Deferred[UniGRPCSink | None]:
             node = self._node
             if not node.admit():
                 return succeed(None)
-            sink = UniGRPCSink(outbox, node.clock, context.cancel, self._grace)
-            client = node.make_client(sink, headers=headers)
+            sink = UniGRPCSink(outbox, node.clock, cancel, self._grace)
+            client = node.make_client(sink, headers=headers, encoding=PROTOBUF)
             sink.client = client
             client.start_unidirectional(connect)
             return succeed(sink)
 
-        try:
-            sink = self._bridge.call(start)
-        except BridgeClosed:
-            context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
-        if sink is None:
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "connection limit reached")
+        connected: asyncio.Future[object] = loop.create_future()
+        self._bridge.submit(start, lambda outcome: to_loop(loop, _settle, connected, outcome))
+        outcome = await connected
+        if isinstance(outcome, Failure):
+            if outcome.check(BridgeClosed):
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+            _log.failure("uni_grpc: connect failed", outcome)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal server error")
+        if not isinstance(outcome, UniGRPCSink):
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "connection limit reached")
+        sink: UniGRPCSink = outcome
         bridge = self._bridge
-        live: UniGRPCSink = sink
 
         def ended() -> None:
             outbox.end()
-            bridge.post(live.lost)
+            bridge.post(sink.lost)
 
-        if not context.add_callback(ended):
-            ended()  # the RPC is already over
-        return self._stream(outbox, live)
+        # The stubs declare the callback as a class, not a protocol: any callable works.
+        context.add_done_callback(cast("Any", lambda _context: ended()))
+        try:
+            while True:
+                items, resume = await outbox.take()
+                if resume:
+                    bridge.post(sink.resume)
+                for item in items:
+                    if item is None:
+                        return
+                    await context.write(item)
+        finally:
+            ended()  # idempotent: the done callback may follow
 
-    def _stream(self, outbox: Outbox, sink: UniGRPCSink) -> Iterator[bytes]:
-        """The stream's thread: yield the pushes the sink hands over, until the end."""
-        bridge = self._bridge
-        while True:
-            items, resume = outbox.take(_POLL_SECONDS)
-            if resume:
-                bridge.post(sink.resume)
-            for item in items:
-                if item is None:
-                    return
-                yield item
-            if not items and bridge.closed:
-                return
+
+def _settle(future: asyncio.Future[object], outcome: object) -> None:
+    if not future.done():
+        future.set_result(outcome)

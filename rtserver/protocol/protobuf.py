@@ -53,6 +53,7 @@ __all__ = [
     "encode_unsubscribe",
     "join",
     "json_payload",
+    "unframe",
 ]
 
 #: Deepest nesting of messages accepted in a command (a ``tf`` filter tree is the only
@@ -625,6 +626,19 @@ def _add_delimited(parts: list[bytes], tag: bytes, body: bytes) -> None:
 
 def _framed(body: bytes) -> bytes:
     return _uvarint(len(body)) + body
+
+
+def unframe(data: bytes) -> bytes:
+    """The message of one length-prefixed message (the inverse of the framing).
+
+    Raises:
+        ProtocolError: ``data`` is not exactly one length-prefixed message.
+    """
+    end = len(data)
+    length, pos = _length(data, 0, end)
+    if pos + length != end:
+        raise ProtocolError("bytes after the length-prefixed message")
+    return data[pos:]
 
 
 def encode_message(name: str, obj: Mapping[str, Any]) -> bytes:

@@ -8,18 +8,19 @@ from typing import Any
 
 import orjson
 import pytest
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
-from rtserver.api.executor import APIExecutor
+from rtserver.api.executor import APIExecutor, PublishCommand
 from rtserver.config import from_mapping
 from rtserver.core.client import Client
 from rtserver.core.node import Node
 from rtserver.core.types import ConnectionToken
 from rtserver.engines.memory import MemoryEngine
-from rtserver.protocol.codes import Disconnect
+from rtserver.protocol.codes import Disconnect, Error
+from rtserver.protocol.frames import StreamPosition
 
 CONFIG = {
     "client": {"insecure": True, "allow_anonymous_connect_without_token": True},
@@ -462,6 +463,119 @@ def test_batch_empty_and_invalid(api: Harness) -> None:
     """An empty batch has no replies; a non-list commands field is error 107."""
     assert api.call("batch", {}) == {"replies": []}
     assert api.error("batch", {"commands": {"publish": {}}}) == 107
+
+
+# --- typed publishes (the GRPC API's path) --------------------------------------------
+
+
+def _typed(api: Harness, commands: list[PublishCommand], *, parallel: bool = False,
+           method: str = "batch") -> list[Any]:
+    out: list[Any] = []
+    d = Deferred.fromCoroutine(
+        api.executor.publish_commands(commands, parallel=parallel, method=method))
+    d.addBoth(out.append)
+    assert out, "typed publishes did not complete synchronously"
+    return [{"error": o.to_wire()} if isinstance(o, Error) else o for o in out[0]]
+
+
+_SAME = [
+    ("hist:a", b'{"n":1}', {}, False, ""),
+    ("news", b"1", {"k": "v"}, False, ""),
+    ("hist:a", b"2", {}, True, ""),  # skip_history: not stored
+    ("hist:a", b"3", {}, False, "key"),
+    ("hist:a", b"3", {}, False, "key"),  # same idempotency key: the same position
+    ("", b"1", {}, False, ""),
+    ("bad\x01", b"1", {}, False, ""),
+    ("nope:a", b"1", {}, False, ""),
+    ("obj:a", b"[1]", {}, False, ""),  # json_object namespace
+]
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_typed_publishes_answer_what_a_batch_of_publish_answers(parallel: bool) -> None:
+    """Results, positions, dedup and every error as ``batch`` gives them for the same input."""
+    typed, generic = Harness(), Harness()
+    commands = [PublishCommand(ch, data, tags, skip, key) for ch, data, tags, skip, key in _SAME]
+    got = _typed(typed, commands, parallel=parallel)
+    body = generic.call("batch", {"parallel": parallel, "commands": [
+        {"publish": {"channel": ch, "data": orjson.loads(data), "tags": tags,
+                     "skip_history": skip, "idempotency_key": key}}
+        for ch, data, tags, skip, key in _SAME]})
+    want = [reply.get("publish", reply) for reply in body["replies"]]
+    # Epochs are random per node; everything else must match.
+    epochs = {r.pop("epoch") for r in got if "epoch" in r}
+    assert len(epochs) == 1
+    for r in want:
+        r.pop("epoch", None)
+    assert got == want
+    assert [r.get("offset") for r in got[:5]] == [1, None, None, 2, 2]
+    assert [r["error"]["code"] for r in got[5:]] == [107, 107, 102, 107]
+    assert typed.result("history", {"channel": "hist:a", "limit": -1})["offset"] == 2
+
+
+def test_typed_publish_reaches_subscribers_and_counts_as_its_method(api: Harness) -> None:
+    """A unary typed publish is delivered and recorded in the stats as ``publish``."""
+    _client, sink = api.connect("alice", "news")
+    assert _typed(api, [PublishCommand("news", b'{"x":1}', {})], method="publish") == [{}]
+    api.clock.advance(0)
+    assert [p["pub"]["data"] for p in sink.pushes("pub")] == [{"x": 1}]
+    assert _typed(api, [PublishCommand("nope:x", b"1", {})], method="publish") == [
+        {"error": {"code": 102, "message": "unknown channel"}}]
+    assert api.executor.stats.calls["publish"][0] == 2
+    assert api.executor.stats.errors == {("publish", 102): 1}
+
+
+def test_typed_publish_carries_the_delta_flag(
+    api: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``delta`` of a typed publish reaches Node.publish, as the HTTP API's does."""
+    seen: list[Any] = []
+    real = api.node.publish
+
+    def spy(channel: str, data: bytes, **kwargs: Any) -> Any:
+        seen.append(kwargs.get("delta"))
+        return real(channel, data, **kwargs)
+
+    monkeypatch.setattr(api.node, "publish", spy)
+    commands = [PublishCommand("news", b"1", {}, delta=True), PublishCommand("news", b"2", {})]
+    assert _typed(api, commands) == [{}, {}]
+    assert seen == [True, False]
+
+
+def test_typed_publish_waits_for_a_slow_engine(
+    api: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An engine that answers later (Redis) is awaited, in order."""
+    pending: list[Deferred[StreamPosition]] = []
+
+    def later(channel: str, data: bytes, **kwargs: Any) -> Deferred[StreamPosition]:
+        d: Deferred[StreamPosition] = Deferred()
+        pending.append(d)
+        return d
+
+    monkeypatch.setattr(api.node, "publish", later)
+    out: list[Any] = []
+    Deferred.fromCoroutine(api.executor.publish_commands(
+        [PublishCommand("a", b"1", {}), PublishCommand("b", b"2", {})])).addBoth(out.append)
+    assert (len(pending), out) == (1, [])
+    pending[0].callback(StreamPosition(4, "e"))
+    assert (len(pending), out) == (2, [])
+    pending[1].callback(StreamPosition(0, ""))
+    assert out == [[{"offset": 4, "epoch": "e"}, {}]]
+
+
+def test_typed_publish_unexpected_failure_is_internal_and_logged(
+    api: Harness, monkeypatch: pytest.MonkeyPatch, expect_logged_failure: Callable[..., None]
+) -> None:
+    """An engine failure that is not an API error answers 100 and is logged."""
+
+    def broken(channel: str, data: bytes, **kwargs: Any) -> Deferred[StreamPosition]:
+        return fail(RuntimeError("engine exploded"))
+
+    monkeypatch.setattr(api.node, "publish", broken)
+    expect_logged_failure(RuntimeError)
+    assert _typed(api, [PublishCommand("a", b"1", {})]) == [
+        {"error": {"code": 100, "message": "internal server error", "temporary": True}}]
 
 
 # --- connection control ----------------------------------------------------------------

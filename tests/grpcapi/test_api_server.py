@@ -163,6 +163,29 @@ def test_batch_replies_in_order_with_per_command_errors(
     assert [json.loads(p.data) for p in replies[5].history.publications] == [{"n": 1}, 2]
 
 
+@pytest.mark.parametrize("parallel", [False, True])
+def test_batch_of_publish_replies_in_order(
+    grpc_server: GRPCServer, stub: Stub, parallel: bool
+) -> None:
+    """A batch of publish commands only: offsets in order, errors in place, history kept."""
+    channel = name("grpc-pubs-")
+
+    def publish(ch: str, data: bytes) -> pb.Command:
+        return pb.Command(publish=pb.PublishRequest(channel=ch, data=data))
+
+    request = pb.BatchRequest(parallel=parallel, commands=[
+        publish(channel, b'{"n": 1}'), publish(channel, b"{not json"),
+        publish("nope:" + channel, b"1"), publish(channel, b"2")])
+    replies = list(call(grpc_server, stub, "Batch", request).replies)
+    assert [r.ListFields()[0][0].name for r in replies] == [
+        "publish", "error", "error", "publish"]
+    assert (replies[0].publish.offset, replies[3].publish.offset) == (1, 2)
+    assert replies[0].publish.epoch == replies[3].publish.epoch != ""
+    assert (replies[1].error.code, replies[2].error.code) == (107, 102)
+    history = call(grpc_server, stub, "History", pb.HistoryRequest(channel=channel, limit=-1))
+    assert [json.loads(p.data) for p in history.result.publications] == [{"n": 1}, 2]
+
+
 def test_invalid_requests_return_an_error_object(grpc_server: GRPCServer, stub: Stub) -> None:
     """API errors come back in ``error`` with status OK, as in Centrifugo."""
     missing = call(grpc_server, stub, "Publish", pb.PublishRequest(channel="", data=b"1"))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 import orjson
 import pytest
 
+from rtserver.api.executor import PublishCommand
 from rtserver.grpcapi import convert
 from rtserver.grpcapi.proto import api_pb2 as pb
 from rtserver.protocol.codes import Error
@@ -94,3 +96,86 @@ def test_batch_keeps_request_order_around_failed_conversions() -> None:
     assert response.replies[0].error.code == 107
     assert response.replies[2].error.code == 104
     assert response.replies[3].publish == pb.PublishResult(offset=3, epoch="e")
+
+
+# --- the typed publish path ------------------------------------------------------------
+
+
+def test_publish_command_types_what_the_request_sets() -> None:
+    """Compact JSON data, tags, flags; base64 data wins; the channel is checked first."""
+    command = convert.publish_command(pb.PublishRequest(
+        channel="c", data=b'{"a": [1, 2]}', tags={"t": "v"}, skip_history=True,
+        idempotency_key="k1"))
+    assert command == PublishCommand("c", b'{"a":[1,2]}', {"t": "v"}, True, "k1")
+    delta = convert.publish_command(pb.PublishRequest(channel="c", data=b"1", delta=True))
+    assert delta == PublishCommand("c", b"1", {}, delta=True)
+    b64 = base64.b64encode(b' "x" ').decode()
+    both = convert.publish_command(pb.PublishRequest(channel="c", data=b"ignored", b64data=b64))
+    assert (both.data, both.tags) == (b'"x"', {})
+
+
+@pytest.mark.parametrize(("request_", "message"), [
+    (pb.PublishRequest(data=b"{"), "bad request: channel is required"),
+    (pb.PublishRequest(channel="c"), "bad request: data is required"),
+    (pb.PublishRequest(channel="c", data=b"\xff"),
+     "bad request: data must be JSON: this server is JSON-only"),
+    (pb.PublishRequest(channel="c", b64data="!"), "bad request: b64data must be valid base64"),
+])
+def test_publish_command_errors_are_the_executors(request_: pb.PublishRequest,
+                                                  message: str) -> None:
+    with pytest.raises(Error) as e:
+        convert.publish_command(request_)
+    assert (e.value.code, e.value.message) == (107, message)
+
+
+def test_batch_publishes_only_for_a_batch_of_publish() -> None:
+    """Any other command sends the batch down the generic path (None)."""
+    publish = pb.Command(publish=pb.PublishRequest(channel="a", data=b"1"))
+    mixed = pb.BatchRequest(commands=[publish, pb.Command(info=pb.InfoRequest())])
+    assert convert.batch_publishes(mixed) is None
+    assert convert.batch_publishes(pb.BatchRequest(commands=[publish, pb.Command()])) is None
+    request = pb.BatchRequest(commands=[
+        pb.Command(publish=pb.PublishRequest(channel="a", data=b"{")), publish])
+    typed = convert.batch_publishes(request)
+    assert typed is not None
+    commands, failed = typed
+    assert commands == [PublishCommand("a", b"1", {})]
+    assert list(failed) == [0] and failed[0].code == 107
+
+
+_OUTCOMES: list[dict[str, Any] | Error] = [
+    {},
+    {"offset": 1, "epoch": "e"},
+    {"offset": 300, "epoch": "épœque"},  # multi-byte varint, UTF-8 epoch
+    {"offset": 2**63 + 5, "epoch": "x" * 200},  # long epoch: multi-byte length
+    {"offset": 0, "epoch": "e"},
+    Error(102, "unknown channel"),
+    Error(100, "internal server error", True),
+    Error(0, ""),
+]
+
+
+@pytest.mark.parametrize("outcome", _OUTCOMES)
+def test_hand_encoded_publish_response_is_the_schemas(outcome: dict[str, Any] | Error) -> None:
+    """Byte for byte what the generated classes serialize for the same response."""
+    if isinstance(outcome, Error):
+        want = pb.PublishResponse(error=pb.Error(code=outcome.code, message=outcome.message))
+    else:
+        want = pb.PublishResponse(result=convert.publish_result(outcome))
+    got = convert.encode_publish_response(outcome)
+    assert got == want.SerializeToString()
+    assert pb.PublishResponse.FromString(got) == want
+
+
+def test_hand_encoded_batch_response_is_the_schemas() -> None:
+    """Outcomes and conversion failures merged in request order, as batch_response does."""
+    failed = {0: Error(107, "bad request: data is required"), 4: Error(107, "x")}
+    outcomes = list(_OUTCOMES)
+    total = len(outcomes) + len(failed)
+    replies = [{"error": o.to_wire()} if isinstance(o, Error) else {"publish": o}
+               for o in outcomes]
+    want = convert.batch_response(replies, failed, total)
+    got = convert.encode_batch_publish_response(outcomes, failed, total)
+    assert got == want.SerializeToString()
+    assert pb.BatchResponse.FromString(got) == want
+    assert convert.encode_batch_publish_response([], {}, 0) == b""
