@@ -200,8 +200,10 @@ class AioGRPCServerService(Service):
         grace: float = 5.0,
         max_concurrent_rpcs: int | None = None,
         options: Sequence[tuple[str, Any]] = (),
+        reuse_port: bool = False,
     ) -> None:
         self.label = label
+        self._reuse_port = reuse_port
         self._handlers = list(handlers)
         self._bridge = bridge
         self._clock = clock
@@ -221,7 +223,8 @@ class AioGRPCServerService(Service):
         self.port = 0
 
     def _options(self) -> list[tuple[str, Any]]:
-        options: list[tuple[str, Any]] = [("grpc.so_reuseport", 0)]
+        # as GRPCServerService: SO_REUSEPORT only between sibling workers
+        options: list[tuple[str, Any]] = [("grpc.so_reuseport", int(self._reuse_port))]
         if self._max_receive > 0:
             options.append(("grpc.max_receive_message_length", self._max_receive))
         return options + self._extra_options
