@@ -121,6 +121,7 @@ def _child(tree: str, args: list[str], valgrind: list[str] | None = None) -> str
 
 def instructions(tree: str, requests: int, warmup: int, shape: str) -> int:
     """Total instructions (Ir) of one child run under callgrind."""
+    _child(tree, ["--run", "1", "--warmup", "1"])  # byte-code caches written: no compiling
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
         _child(

@@ -27,10 +27,11 @@ answered in order: while one command is pending, later bytes wait.
 
 Cost per request (see ``bench/apifast_callgrind.py``): one llhttp parser serves all the
 requests of a connection (it is fed each body too, so it is ready for the next head) and
-calls back into Python once per head, at its end; the few headers the path reads are
-found in the lowercased head with ``bytes.find`` (in a head llhttp accepts, every CRLF
-starts a header line, so ``CRLF name:`` finds exactly that header); a command that
-finishes at once is answered without a Deferred; response heads are built once.
+calls back into Python once per head, at its end; the few header lines the path looks
+at are found by one regular-expression scan of the lowercased head (in a head llhttp
+accepts, every CRLF starts a header line, so ``CRLF name:`` finds exactly that header);
+a command that finishes at once is answered without a Deferred; response heads are
+built once.
 """
 
 from __future__ import annotations
@@ -62,16 +63,14 @@ _MAX_HEADERS = 500  # twisted.web's HTTPChannel.maxHeaders
 _METHOD_RE = re.compile(rb"[a-z_]{1,64}")
 _UNAUTHORIZED = APIResponse(401, b"")
 _VERSION = b" HTTP/1.1"
-#: Header lines whose presence makes a request twisted.web's (other framing or semantics).
-_NOT_OURS = (b"\r\ntransfer-encoding:", b"\r\nexpect:", b"\r\nupgrade:")
-#: Obs-fold continuation lines (a header value over several lines): twisted.web's.
-_FOLDS = (b"\r\n ", b"\r\n\t")
-_CONTENT_LENGTH = b"\r\ncontent-length:"
-_CONNECTION = b"\r\nconnection:"
-_X_API_KEY = b"\r\nx-api-key:"
-_AUTHORIZATION = b"\r\nauthorization:"
-_ERROR_MODE = b"\r\nx-centrifugo-error-mode:"
-_REPEATED = b"\x00"  # a header value llhttp never lets through: "the header repeats"
+#: The header lines the fast path looks at, in a lowercased head that llhttp accepts
+#: (where every CRLF starts a header line): the ones it reads (group 1), and those that
+#: make a request twisted.web's: other framing or semantics (``Transfer-Encoding``,
+#: ``Expect``, ``Upgrade``) or an obs-fold continuation line.
+_HEADER_LINE = re.compile(
+    rb"\r\n(?:(content-length|connection|x-api-key|authorization|x-centrifugo-error-mode):"
+    rb"|transfer-encoding:|expect:|upgrade:|[ \t])"
+)
 #: Request lines already checked (``POST <prefix><method> HTTP/1.1`` -> method); bounded.
 _LINES_CACHED = 64
 _HEADS_CACHED = 64
@@ -264,32 +263,25 @@ class APIFastPath:
             method = self._method(line)
             if method is None:
                 return False
-        if (
-            _FOLDS[0] in head
-            or _FOLDS[1] in head
-            or _NOT_OURS[0] in head
-            or _NOT_OURS[1] in head
-            or _NOT_OURS[2] in head
-            or head.count(b"\r\n") > _MAX_HEADERS + 2
-        ):
+        if head.count(b"\r\n") > _MAX_HEADERS + 2:
             return False
-        length = _value(head, buffered, _CONTENT_LENGTH)
+        values: dict[bytes, bytes] = {}
+        for found in _HEADER_LINE.finditer(head):
+            name = found.group(1)
+            if name is None or name in values:
+                return False  # not ours (framing, semantics, obs-fold), or a repeat
+            start = found.end()
+            values[name] = buffered[start : head.find(b"\r\n", start)].strip(b" \t")
+        length = values.get(b"content-length")
         if length is None or not length.isdigit():
-            return False  # absent, repeated (``_REPEATED``) or not a plain number
+            return False  # absent, or not a plain number
         size = int(length)
         if size > self._body_limit:
             return False  # twisted.web answers 413
-        connection = _value(head, buffered, _CONNECTION)
-        x_api_key = _value(head, buffered, _X_API_KEY)
-        authorization = _value(head, buffered, _AUTHORIZATION)
-        error_mode = _value(head, buffered, _ERROR_MODE)
-        if (
-            connection is _REPEATED
-            or x_api_key is _REPEATED
-            or authorization is _REPEATED
-            or error_mode is _REPEATED
-        ):
-            return False
+        connection = values.get(b"connection")
+        x_api_key = values.get(b"x-api-key")
+        authorization = values.get(b"authorization")
+        error_mode = values.get(b"x-centrifugo-error-mode")
         state.closing = connection is not None and _asks_close(connection)
         state.discard = not self._api.authorized(header_credentials(x_api_key, authorization))
         state.method = method
@@ -402,22 +394,6 @@ def _resume(
         except StopIteration as finished:
             result: APIResponse = finished.value
             return result
-
-
-def _value(head: bytes, raw: bytes, name: bytes) -> bytes | None:
-    """The value of header line ``name`` (``CRLF name:``) of a lowercased head.
-
-    None when absent, ``_REPEATED`` when the header appears more than once. ``raw`` is the
-    head as received (values keep their case).
-    """
-    at = head.find(name)
-    if at < 0:
-        return None
-    start = at + len(name)
-    end = head.find(b"\r\n", start)
-    if head.find(name, end) >= 0:
-        return _REPEATED
-    return raw[start:end].strip(b" \t")
 
 
 def _asks_close(connection: bytes) -> bool:
