@@ -71,7 +71,8 @@ _HEADER_LINE = re.compile(
     rb"\r\n(?:(content-length|connection|x-api-key|authorization|x-centrifugo-error-mode):"
     rb"|transfer-encoding:|expect:|upgrade:|[ \t])"
 )
-#: Request lines already checked (``POST <prefix><method> HTTP/1.1`` -> method); bounded.
+#: Request lines already checked (``POST <prefix><method> HTTP/1.1`` -> method), of
+#: authenticated requests; at most this many.
 _LINES_CACHED = 64
 _HEADS_CACHED = 64
 
@@ -259,6 +260,7 @@ class APIFastPath:
         # the request line must be exactly ``POST <prefix><method> HTTP/1.1``.
         line = buffered[: head.find(b"\r\n")]
         method = self._lines.get(line)
+        cached = method is not None
         if method is None:
             method = self._method(line)
             if method is None:
@@ -284,6 +286,8 @@ class APIFastPath:
         error_mode = values.get(b"x-centrifugo-error-mode")
         state.closing = connection is not None and _asks_close(connection)
         state.discard = not self._api.authorized(header_credentials(x_api_key, authorization))
+        if not cached and not state.discard and len(self._lines) < _LINES_CACHED:
+            self._lines[line] = method  # remembered for authenticated callers only
         state.method = method
         state.mode = error_mode is not None and transport_mode(error_mode)
         state.body_left = size
@@ -297,10 +301,7 @@ class APIFastPath:
         name = line[len(start) : -len(_VERSION)]
         if _METHOD_RE.fullmatch(name) is None:
             return None
-        method = name.decode("ascii")
-        if len(self._lines) < _LINES_CACHED:
-            self._lines[line] = method
-        return method
+        return name.decode("ascii")
 
     @staticmethod
     def _take_body(state: FastConnection, data: bytes) -> bytes:

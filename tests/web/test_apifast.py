@@ -271,3 +271,22 @@ def test_only_heads_left_unfinished_by_a_read_are_counted() -> None:
     assert transport.value().count(b"HTTP/1.1 200 ") == 4
     close(proto)
     assert stats.unfinished_heads == 0
+
+
+def test_request_lines_remembered_are_bounded_and_only_for_authenticated_callers() -> None:
+    """Made-up method names retain no memory: none for a wrong key, at most 64 in all."""
+    server = make_server(fast=True)
+    path = server.site.api_fast_path  # type: ignore[attr-defined]
+    for key in ("wrong", KEY):
+        for i in range(100):
+            proto, transport = connection(server)
+            name = "m" + "".join(chr(ord("a") + int(d)) for d in str(i))
+            proto.dataReceived(
+                f"POST /api/{name} HTTP/1.1\r\nX-API-Key: {key}\r\n"
+                "Content-Length: 2\r\n\r\n{}".encode()
+            )
+            assert transport.value().startswith(
+                b"HTTP/1.1 401 " if key == "wrong" else b"HTTP/1.1 200 "
+            )
+            close(proto)
+        assert len(path._lines) == (0 if key == "wrong" else 64)
