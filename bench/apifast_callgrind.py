@@ -111,7 +111,14 @@ def run(requests: int, warmup: int, shape: str) -> float:
 
 
 def _child(tree: str, args: list[str], valgrind: list[str] | None = None) -> str:
-    env = {**os.environ, "PYTHONPATH": str(Path(tree).resolve()), "PYTHONHASHSEED": "0"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(tree).resolve()),
+        "PYTHONHASHSEED": "0",
+        # Byte code cached outside the trees, so no measured run compiles a module.
+        "PYTHONPYCACHEPREFIX": str(Path(tempfile.gettempdir()) / "apifast_callgrind_pycache"),
+    }
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     cmd = [*(valgrind or []), sys.executable, str(Path(__file__).resolve()), *args]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if done.returncode:
@@ -162,6 +169,8 @@ def main() -> None:
                 small = instructions(tree, args.small, args.warmup, args.shape)
                 large = instructions(tree, args.large, args.warmup, args.shape)
                 value = (large - small) / (args.large - args.small)
+                if value <= 0:
+                    raise SystemExit(f"{name}: the long run counted fewer instructions")
                 shown = f"{value:,.0f} instructions/request"
             else:
                 value = float(
