@@ -28,7 +28,7 @@ from rtserver.core.types import (
 )
 from rtserver.logs import Logger
 from rtserver.protocol.codes import Disconnect, Error
-from rtserver.protocol.frames import Publication, StreamPosition
+from rtserver.protocol.frames import Publication
 from rtserver.protocol.protobuf import json_payload
 
 if TYPE_CHECKING:
@@ -166,7 +166,8 @@ class APIExecutor:
             # The plain request, ``channel`` and ``data`` only: no optional field to read.
             data = schema.raw_json(params, "data")
             assert data is not None  # present (JSON null is the bytes ``null``)
-            return _position(await self._node.publish(channel, data))
+            position = await self._node.publish(channel, data)
+            return {"offset": position.offset, "epoch": position.epoch} if position.epoch else {}
         return await self._publish(channel, _Publication.parse(params))
 
     async def broadcast(self, params: dict[str, Any]) -> Result:
@@ -199,7 +200,9 @@ class APIExecutor:
             skip_history=pub.skip_history,
             idempotency_key=pub.idempotency_key,
         )
-        return _position(position)
+        if not position.epoch:
+            return {}
+        return {"offset": position.offset, "epoch": position.epoch}
 
     # --- connection control --------------------------------------------------------------
 
@@ -356,13 +359,6 @@ class APIExecutor:
         if "result" in outcome:
             return {method: outcome["result"]}
         return outcome
-
-
-def _position(position: StreamPosition) -> Result:
-    """A publish result: the stream position, when the channel keeps history."""
-    if not position.epoch:
-        return {}
-    return {"offset": position.offset, "epoch": position.epoch}
 
 
 def _api_publication(pub: Publication) -> dict[str, Any]:
