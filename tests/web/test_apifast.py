@@ -290,3 +290,35 @@ def test_request_lines_remembered_are_bounded_and_only_for_authenticated_callers
             )
             close(proto)
         assert len(path._lines) == (0 if key == "wrong" else 64)
+
+
+def test_unauthenticated_request_without_body_is_refused_and_closed() -> None:
+    """``Content-Length: 0`` and a wrong key: 401 with ``Connection: close``, then close."""
+    server = make_server(fast=True)
+    proto, transport = connection(server)
+    proto.dataReceived(
+        b"POST /api/info HTTP/1.1\r\nX-API-Key: wrong\r\nContent-Length: 0\r\n\r\n"
+        + publish("a")
+    )
+    [response] = responses(transport.value())
+    assert response.code == 401 and response.headers["connection"] == "close"
+    assert transport.disconnecting
+    close(proto)
+
+
+def test_twisted_web_request_behind_a_pending_command_is_answered_after_it() -> None:
+    """A chunked request waiting behind a running command goes to twisted.web, in order."""
+    executor = PendingExecutor()
+    server = Server(executor, HTTPAPIConfig(insecure=True), fast=True)
+    proto, transport = connection(server)
+    plain = b"POST /api/info HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}"
+    chunked = (b"POST /api/info HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"2\r\n{}\r\n0\r\n\r\n")
+    proto.dataReceived(plain + chunked)
+    assert transport.value() == b""
+    executor.release()
+    first, second = transport.value().split(b"HTTP/1.1 200 OK\r\n")[1:]
+    assert not served_by_twisted_web(b"HTTP/1.1 200 OK\r\n" + first)
+    assert served_by_twisted_web(b"HTTP/1.1 200 OK\r\n" + second)
+    assert server.site.stats.unfinished_heads == 0  # type: ignore[attr-defined]
+    close(proto)
