@@ -180,6 +180,12 @@ class APIExecutor:
     async def publish(self, params: dict[str, Any]) -> Result:
         """Publish ``data`` into ``channel``; ``{offset, epoch}`` when history is kept."""
         channel = schema.channel(params)
+        if len(params) == 2 and "data" in params:
+            # The plain request, ``channel`` and ``data`` only: no optional field to read.
+            data = schema.raw_json(params, "data")
+            assert data is not None  # present (JSON null is the bytes ``null``)
+            position = await self._node.publish(channel, data)
+            return {"offset": position.offset, "epoch": position.epoch} if position.epoch else {}
         return await self._publish(channel, _Publication.parse(params))
 
     async def broadcast(self, params: dict[str, Any]) -> Result:

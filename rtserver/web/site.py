@@ -141,7 +141,9 @@ class TrackedChannel(HTTPChannel):
 
     The head deadline runs from the connection's start and, later, from the first byte
     received while no request is in progress; a complete head stops it, and the end of
-    that request lets the next byte start it again.
+    that request lets the next byte start it again. On the fast path it is settled once
+    per read (:meth:`dataReceived`), from the state the read leaves: a request head that
+    arrives whole within one read costs no deadline bookkeeping at all.
     """
 
     site: RTSite
@@ -163,12 +165,11 @@ class TrackedChannel(HTTPChannel):
             transport.write(_TOO_MANY_HEADS)
             transport.loseConnection()
             return
-        if site.api_fast_path is not None:
+        if site.api_fast_path is not None and transport is not None:
             self._fast = FastConnection(
-                self._write_fast,
+                transport.write,
                 self._close_fast,
                 self._to_twisted,
-                head_done=self._head_complete,
                 request_done=self._fast_request_done,
             )
         self._arm_head_deadline()
@@ -176,16 +177,25 @@ class TrackedChannel(HTTPChannel):
     def dataReceived(self, data: bytes) -> None:
         if self._refused:
             return
-        if not self._busy:
-            self._arm_head_deadline()
         fast = self._fast
         if fast is None or fast.slow:
+            if not self._busy:
+                self._arm_head_deadline()
             super().dataReceived(data)
             return
         self.resetTimeout()
         path = self.site.api_fast_path
         assert path is not None  # ``_fast`` exists only when the site has a fast path
         path.feed(fast, data)
+        if fast.slow:
+            return  # handed over: twisted.web's hooks keep the head deadline from now on
+        # The fast path's head deadline is settled once per read, on the state the read
+        # left: a head that began and ended within it never needed one.
+        if fast.in_head:
+            if not self._in_head:
+                self._arm_head_deadline()
+        elif self._in_head:
+            self._cancel_head_deadline()
         if fast.pending and len(fast.buffer) > _PIPELINE_LIMIT and not self._paused_reading:
             # Requests pipelined behind a running command: stop reading until it is
             # answered (as twisted.web does), so the waiting bytes stay bounded.
@@ -218,15 +228,19 @@ class TrackedChannel(HTTPChannel):
             self._arm_head_deadline()
 
     def _fast_request_done(self) -> None:
-        self._busy = False
+        """A fast-path command answered after its read, and the bytes behind it taken on."""
         if self._paused_reading:
             self._paused_reading = False
             producer = IPushProducer(self.transport, None)
             if producer is not None:
                 producer.resumeProducing()
         fast = self._fast
-        if fast is not None and fast.buffer:
+        if fast is None or fast.slow:
+            return
+        if fast.in_head:
             self._arm_head_deadline()
+        else:
+            self._cancel_head_deadline()
 
     def _arm_head_deadline(self) -> None:
         if not self._in_head and not _closing(self.transport):
@@ -254,15 +268,15 @@ class TrackedChannel(HTTPChannel):
 
     # --- fast path -----------------------------------------------------------------------
 
-    def _write_fast(self, data: bytes) -> None:
-        if self.transport is not None:
-            self.transport.write(data)
-
     def _close_fast(self) -> None:
         if self.transport is not None:
             self.transport.loseConnection()
 
     def _to_twisted(self, data: bytes) -> None:
+        # A hand-over happens between requests: the head it passes on is unfinished until
+        # twisted.web's ``allHeadersReceived`` (its deadline runs from its first byte).
+        self._busy = False
+        self._arm_head_deadline()
         HTTPChannel.dataReceived(self, data)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:

@@ -6,6 +6,7 @@ raw connection shows.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -187,4 +188,137 @@ def test_pipelined_bytes_behind_a_pending_command_pause_reading() -> None:
     executor.release()
     assert transport.producerState == "producing"
     assert transport.value().count(b"HTTP/1.1 200") == 2001
+    close(proto)
+
+
+def test_body_in_pieces_then_more_requests_stay_on_the_fast_path() -> None:
+    """After a body that came in pieces, the next heads on the connection are parsed right.
+
+    One parser serves the connection's requests, so it must have counted the earlier
+    body off: the following requests are answered by the fast path, not handed over.
+    """
+    server = make_server(fast=True)
+    proto, transport = connection(server)
+    raw = publish("hist:a")
+    split = raw.index(b"\r\n\r\n") + 6  # the head and two body bytes, then the rest
+    proto.dataReceived(raw[:split])
+    proto.dataReceived(raw[split:-3])
+    proto.dataReceived(raw[-3:] + publish("hist:a") + publish("hist:a")[:7])
+    proto.dataReceived(publish("hist:a")[7:])
+    out = transport.value()
+    assert [r.json()["result"]["offset"] for r in responses(out)] == [1, 2, 3]
+    assert b"twistedweb" not in out.lower()
+    close(proto)
+
+
+def test_failure_after_a_wait_is_500_and_logged(
+    expect_logged_failure: Callable[..., None],
+) -> None:
+    """A command that fails once the engine answers gets 500; the next request goes on."""
+    executor = PendingExecutor()
+    server = Server(executor, HTTPAPIConfig(insecure=True), fast=True)
+    proto, transport = connection(server)
+    request = b"POST /api/info HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}"
+    proto.dataReceived(request + request)
+    expect_logged_failure(RuntimeError)
+    failing = executor.pending
+    executor.pending = type(failing)()
+    failing.errback(RuntimeError("engine broke"))
+    executor.release()
+    got = responses(transport.value())
+    assert [r.code for r in got] == [500, 200]
+    assert got[0].body == b"internal server error"
+    close(proto)
+
+
+def test_head_behind_a_running_command_gets_its_deadline_when_answered() -> None:
+    """Bytes of the next head that wait behind a command: its deadline starts at the answer.
+
+    While the command runs the head is not the client's delay; once answered, the head
+    has the usual ``read_header_timeout`` (10 s) to complete, or the client gets 408.
+    """
+    executor = PendingExecutor()
+    server = Server(executor, HTTPAPIConfig(insecure=True), fast=True)
+    proto, transport = connection(server)
+    request = b"POST /api/info HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}"
+    proto.dataReceived(request + request[:9])
+    server.clock.advance(30)
+    assert not transport.disconnecting
+    executor.release()
+    assert transport.value().startswith(b"HTTP/1.1 200 ")
+    server.clock.advance(9.9)
+    assert not transport.disconnecting
+    server.clock.advance(0.1)
+    assert transport.disconnecting
+    assert transport.value().count(b"HTTP/1.1 408 Request Timeout\r\n") == 1
+    close(proto)
+
+
+def test_only_heads_left_unfinished_by_a_read_are_counted() -> None:
+    """``unfinished_heads`` (metrics, the cap): a head split over reads, not a whole one."""
+    server = make_server(fast=True)
+    stats = server.site.stats  # type: ignore[attr-defined]
+    proto, transport = connection(server)
+    assert stats.unfinished_heads == 1  # a new connection owes its first head
+    proto.dataReceived(publish("a"))
+    assert stats.unfinished_heads == 0
+    proto.dataReceived(publish("a") + publish("a"))
+    assert stats.unfinished_heads == 0
+    proto.dataReceived(publish("a")[:20])
+    assert stats.unfinished_heads == 1
+    proto.dataReceived(publish("a")[20:])
+    assert stats.unfinished_heads == 0
+    assert transport.value().count(b"HTTP/1.1 200 ") == 4
+    close(proto)
+    assert stats.unfinished_heads == 0
+
+
+def test_request_lines_remembered_are_bounded_and_only_for_authenticated_callers() -> None:
+    """Made-up method names retain no memory: none for a wrong key, at most 64 in all."""
+    server = make_server(fast=True)
+    path = server.site.api_fast_path  # type: ignore[attr-defined]
+    for key in ("wrong", KEY):
+        for i in range(100):
+            proto, transport = connection(server)
+            name = "m" + "".join(chr(ord("a") + int(d)) for d in str(i))
+            proto.dataReceived(
+                f"POST /api/{name} HTTP/1.1\r\nX-API-Key: {key}\r\n"
+                "Content-Length: 2\r\n\r\n{}".encode()
+            )
+            assert transport.value().startswith(
+                b"HTTP/1.1 401 " if key == "wrong" else b"HTTP/1.1 200 "
+            )
+            close(proto)
+        assert len(path._lines) == (0 if key == "wrong" else 64)
+
+
+def test_unauthenticated_request_without_body_is_refused_and_closed() -> None:
+    """``Content-Length: 0`` and a wrong key: 401 with ``Connection: close``, then close."""
+    server = make_server(fast=True)
+    proto, transport = connection(server)
+    proto.dataReceived(
+        b"POST /api/info HTTP/1.1\r\nX-API-Key: wrong\r\nContent-Length: 0\r\n\r\n"
+        + publish("a")
+    )
+    [response] = responses(transport.value())
+    assert response.code == 401 and response.headers["connection"] == "close"
+    assert transport.disconnecting
+    close(proto)
+
+
+def test_twisted_web_request_behind_a_pending_command_is_answered_after_it() -> None:
+    """A chunked request waiting behind a running command goes to twisted.web, in order."""
+    executor = PendingExecutor()
+    server = Server(executor, HTTPAPIConfig(insecure=True), fast=True)
+    proto, transport = connection(server)
+    plain = b"POST /api/info HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}"
+    chunked = (b"POST /api/info HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"2\r\n{}\r\n0\r\n\r\n")
+    proto.dataReceived(plain + chunked)
+    assert transport.value() == b""
+    executor.release()
+    first, second = transport.value().split(b"HTTP/1.1 200 OK\r\n")[1:]
+    assert not served_by_twisted_web(b"HTTP/1.1 200 OK\r\n" + first)
+    assert served_by_twisted_web(b"HTTP/1.1 200 OK\r\n" + second)
+    assert server.site.stats.unfinished_heads == 0  # type: ignore[attr-defined]
     close(proto)

@@ -165,6 +165,26 @@ CASES: dict[str, tuple[bytes, tuple[Any, ...]]] = {
     "obs-fold continuation line": (request(b"X: a\r\n b\r\n"), (200, 1, False)),
     "DEL in a header value": (request(b"X: a\x7fb\r\n"), (200, 1, False)),
     "incomplete body": (request(length=b"26"), (None, 0, False)),
+    # Repeats: of a header the fast path reads (twisted.web's call), of one it does not.
+    "two X-API-Key headers, the second wrong": (
+        request(b"X-API-Key: wrong\r\n"), (401, None, None)
+    ),
+    "two Authorization headers": (
+        request(b"Authorization: apikey s3cret\r\nAuthorization: apikey s3cret\r\n"),
+        (200, 1, False),
+    ),
+    "two Connection headers, the second close": (
+        request(b"Connection: keep-alive\r\nConnection: close\r\n"),
+        (200, 1, False),  # twisted.web reads the first
+    ),
+    "two Host headers": (request(b"Host: y\r\n"), (200, 1, False)),
+    # Names that end like a header the fast path reads are other headers.
+    "X-Content-Length": (request(b"X-Content-Length: 99\r\n"), (200, 1, False)),
+    "Old-X-API-Key": (request(b"Old-X-API-Key: wrong\r\n", key=b"wrong"), (401, None, None)),
+    "spaces around the Content-Length value": (request(length=b" 25 "), (200, 1, False)),
+    "API key in an obs-fold continuation": (
+        request(b"X: a\r\n X-API-Key: s3cret\r\n", key=b"wrong"), (401, None, None)
+    ),
 }
 
 
