@@ -26,7 +26,10 @@ from rtserver.config import (
     RedisEngineConfig,
     check_proxy_references,
     proxy_names,
+    server_tls_files,
+    server_tls_pem,
 )
+from rtserver.connections import split_description
 from rtserver.core.channels import ChannelResolver
 from rtserver.core.node import Node
 from rtserver.core.ports import IBroker, IEngine, IHistory
@@ -56,6 +59,7 @@ __all__ = [
     "build",
     "build_engine",
     "build_grpc_api",
+    "build_http3",
     "build_node",
     "build_proxies",
     "build_site",
@@ -65,6 +69,7 @@ __all__ = [
     "default_listen",
     "describe_engine",
     "enabled_transports",
+    "http3_address",
 ]
 
 _log = Logger()
@@ -610,15 +615,45 @@ def build_uni_grpc(node: Node, config: Config, reactor: Any) -> Service:
     )
 
 
+def http3_address(config: Config, listen: list[str]) -> tuple[int, str]:
+    """``(UDP port, interface)`` of HTTP/3.
+
+    The first ``ssl:`` listener's port and interface, else ``http_server``'s.
+    """
+    for description in listen:
+        parts = split_description(description)
+        if parts[0] != "ssl":
+            continue
+        args = dict(p.partition("=")[::2] for p in parts[1:] if "=" in p)
+        positional = [p for p in parts[1:] if "=" not in p]
+        port = args.get("port") or (positional[0] if positional else "")
+        if port.isdigit():
+            return int(port), args.get("interface", "")
+    server = config.http_server
+    return server.port, server.address
+
+
+def build_http3(
+    node: Node, config: Config, origins: OriginPolicy, listen: list[str], reactor: Any
+) -> Service:
+    """HTTP/3 on UDP (the WebTransport endpoint; rtserver/transports/webtransport.py)."""
+    from rtserver.transports.webtransport import HTTP3Service, QuicListener, quic_configuration
+
+    cert, key = server_tls_pem(config.http_server.tls)
+    wt = config.webtransport
+    quic = quic_configuration(cert, key, wt.idle_timeout)
+    listener = QuicListener(node, origins, wt, quic, reactor)
+    port, interface = http3_address(config, listen)
+    return HTTP3Service(listener, port, interface, reactor)
+
+
 def default_listen(config: Config) -> list[str]:
     """The endpoint description for ``http_server`` settings."""
     server = config.http_server
     desc = f"tcp:{server.port}"
     if server.tls.enabled:
-        desc = (
-            f"ssl:{server.port}:privateKey={_escape(server.tls.key_pem_file)}"
-            f":certKey={_escape(server.tls.cert_pem_file)}"
-        )
+        cert, key = server_tls_files(server.tls)
+        desc = f"ssl:{server.port}:privateKey={_escape(key)}:certKey={_escape(cert)}"
     if server.address:
         desc += f":interface={_escape(server.address)}"
     return [desc]
@@ -713,6 +748,8 @@ def build(
     )
     for desc in endpoints:
         listen_on(desc, site, reactor).setServiceParent(top)
+    if config.http_server.http3.enabled:
+        build_http3(node, config, sites.origins, endpoints, reactor).setServiceParent(top)
     if config.grpc_api.enabled:
         build_grpc_api(executor, config, reactor).setServiceParent(top)
     if config.uni_grpc.enabled:

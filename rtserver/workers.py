@@ -25,6 +25,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
 from rtserver.config import Config
+from rtserver.connections import split_description as _split
 from rtserver.logs import Logger
 
 __all__ = [
@@ -59,24 +60,6 @@ class ListenAddress:
     @property
     def family(self) -> socket.AddressFamily:
         return socket.AF_INET6 if ":" in self.interface else socket.AF_INET
-
-
-def _split(description: str) -> list[str]:
-    """Split an endpoint description on unescaped colons, removing the escapes."""
-    parts, current, escaped = [], "", False
-    for char in description:
-        if escaped:
-            current += char
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif char == ":":
-            parts.append(current)
-            current = ""
-        else:
-            current += char
-    parts.append(current)
-    return parts
 
 
 def parse_tcp(description: str) -> ListenAddress:

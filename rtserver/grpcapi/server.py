@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -25,7 +24,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
-from rtserver.config import TLSConfig
+from rtserver.config import TLSConfig, server_tls_pem
 from rtserver.grpcapi.bridge import ReactorBridge
 from rtserver.logs import Logger
 
@@ -120,8 +119,7 @@ class GRPCServerService(Service):
         target = bind_address(self._address, self._requested_port)
         try:
             if self._tls.enabled:
-                key = Path(self._tls.key_pem_file).read_bytes()
-                cert = Path(self._tls.cert_pem_file).read_bytes()
+                cert, key = server_tls_pem(self._tls, self.label)
                 creds = grpc.ssl_server_credentials([(key, cert)])
                 self.port = server.add_secure_port(target, creds)
             else:

@@ -40,6 +40,7 @@ __all__ = [
     "MAX_DEPTH",
     "PING",
     "SCHEMA",
+    "complete_end",
     "decode_commands",
     "decode_emulation_request",
     "decode_message",
@@ -540,6 +541,30 @@ def decode_commands(data: bytes | str) -> list[Command]:
     if not commands:
         raise ProtocolError("empty frame")
     return commands
+
+
+def complete_end(data: bytes) -> int:
+    """Where the last complete varint-delimited message of a byte stream ends (0: none).
+
+    Stream transports (WebTransport) receive messages cut anywhere; what follows the
+    returned offset waits for more bytes.
+
+    Raises:
+        ProtocolError: a length prefix longer than 10 bytes or beyond 64 bits.
+    """
+    end = len(data)
+    pos = 0
+    while pos < end:
+        try:
+            length, start = _varint(data, pos, end)
+        except ProtocolError:
+            if end - pos >= 10:
+                raise
+            return pos
+        if length > end - start:
+            return pos
+        pos = start + length
+    return pos
 
 
 def decode_emulation_request(body: bytes) -> tuple[str, str, bytes]:
