@@ -10,7 +10,7 @@ import dataclasses
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.application.service import MultiService, Service
 from twisted.application.strports import service as strports_service
@@ -62,6 +62,7 @@ __all__ = [
     "build_http3",
     "build_node",
     "build_proxies",
+    "build_quic_listener",
     "build_site",
     "build_sites",
     "build_uni_grpc",
@@ -71,6 +72,9 @@ __all__ = [
     "enabled_transports",
     "http3_address",
 ]
+
+if TYPE_CHECKING:
+    from rtserver.transports.webtransport import QuicListener
 
 _log = Logger()
 
@@ -239,6 +243,8 @@ def enabled_transports(config: Config) -> list[str]:
             names.append(name)
     if config.uni_grpc.enabled:
         names.append("uni_grpc")
+    if config.http_server.http3.enabled and config.webtransport.enabled:
+        names.append("webtransport")
     return names
 
 
@@ -445,6 +451,8 @@ class Sites:
     origins: OriginPolicy
     api: APIResource | None
     admin: AdminRoot | None
+    #: HTTP/3's datagram protocol (``http_server.http3.enabled``), or None.
+    quic: QuicListener | None = None
 
 
 def build_sites(
@@ -529,6 +537,9 @@ def build_sites(
         mount(root, sj.handler_prefix, sockjs)
         limits.append((sj.handler_prefix, sj.max_request_body_size))
         drains.append(sockjs)
+    quic = None
+    if config.http_server.http3.enabled:
+        quic = build_quic_listener(node, config, origins, reactor)
     fast_path = None
     http_stats = HTTPStats()
     api_resource = None
@@ -541,7 +552,7 @@ def build_sites(
     if config.prometheus.enabled:
         from rtserver.web.metrics import MetricsResource, registry_for
 
-        registry = registry_for(node, executor.stats, http_stats)
+        registry = registry_for(node, executor.stats, http_stats, quic)
         mount(root, config.prometheus.handler_prefix, MetricsResource(registry))
     if config.health.enabled:
         mount(root, config.health.handler_prefix, HealthResource(node.engine))
@@ -565,7 +576,7 @@ def build_sites(
         reactor=reactor,
     )
     drains.append(site)
-    return Sites(site, internal_site, drains, origins, api_resource, admin_tree)
+    return Sites(site, internal_site, drains, origins, api_resource, admin_tree, quic)
 
 
 def build_grpc_api(executor: APIExecutor, config: Config, reactor: Any) -> Service:
@@ -633,16 +644,24 @@ def http3_address(config: Config, listen: list[str]) -> tuple[int, str]:
     return server.port, server.address
 
 
-def build_http3(
-    node: Node, config: Config, origins: OriginPolicy, listen: list[str], reactor: Any
-) -> Service:
-    """HTTP/3 on UDP (the WebTransport endpoint; rtserver/transports/webtransport.py)."""
-    from rtserver.transports.webtransport import HTTP3Service, QuicListener, quic_configuration
+def build_quic_listener(
+    node: Node, config: Config, origins: OriginPolicy, reactor: Any
+) -> QuicListener:
+    """HTTP/3's datagram protocol (the WebTransport endpoint; transports/webtransport.py)."""
+    from rtserver.transports.webtransport import QuicListener, quic_configuration
 
     cert, key = server_tls_pem(config.http_server.tls)
     wt = config.webtransport
     quic = quic_configuration(cert, key, wt.idle_timeout)
-    listener = QuicListener(node, origins, wt, quic, reactor)
+    return QuicListener(node, origins, wt, quic, reactor)
+
+
+def build_http3(
+    listener: QuicListener, config: Config, listen: list[str], reactor: Any
+) -> Service:
+    """HTTP/3 on UDP, on the port number of the HTTP server's TLS listener."""
+    from rtserver.transports.webtransport import HTTP3Service
+
     port, interface = http3_address(config, listen)
     return HTTP3Service(listener, port, interface, reactor)
 
@@ -748,8 +767,8 @@ def build(
     )
     for desc in endpoints:
         listen_on(desc, site, reactor).setServiceParent(top)
-    if config.http_server.http3.enabled:
-        build_http3(node, config, sites.origins, endpoints, reactor).setServiceParent(top)
+    if sites.quic is not None:
+        build_http3(sites.quic, config, endpoints, reactor).setServiceParent(top)
     if config.grpc_api.enabled:
         build_grpc_api(executor, config, reactor).setServiceParent(top)
     if config.uni_grpc.enabled:

@@ -61,6 +61,7 @@ from rtserver.core.writer import Payload
 from rtserver.logs import Logger
 from rtserver.protocol.codes import Disconnect
 from rtserver.protocol.encoding import JSON, PROTOBUF, codec_for
+from rtserver.protocol.frames import ProtocolError
 from rtserver.protocol.protobuf import complete_end
 from rtserver.transports.origin import OriginPolicy
 
@@ -159,7 +160,7 @@ class WebTransportSession:
         if self.encoding == PROTOBUF:
             try:
                 end = complete_end(buf)
-            except ValueError:
+            except ProtocolError:
                 _log.debug("webtransport: bad length prefix")
                 client.close(Disconnect.BAD_REQUEST)
                 return

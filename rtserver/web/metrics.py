@@ -21,6 +21,7 @@ from twisted.web.server import Request
 
 from rtserver.api.executor import CommandStats
 from rtserver.core.node import Node
+from rtserver.transports.webtransport import QuicListener
 from rtserver.web.site import HTTPStats
 
 __all__ = ["MetricsResource", "NodeCollector", "registry_for"]
@@ -34,10 +35,12 @@ class NodeCollector:
         node: Node,
         api_stats: CommandStats | None = None,
         http_stats: HTTPStats | None = None,
+        quic: QuicListener | None = None,
     ) -> None:
         self._node = node
         self._api = api_stats
         self._http = http_stats
+        self._quic = quic
 
     def collect(self) -> Iterator[Metric]:
         node, hub = self._node, self._node.hub
@@ -71,6 +74,32 @@ class NodeCollector:
             yield from self._api_metrics(self._api)
         if self._http is not None:
             yield from self._http_metrics(self._http)
+        if self._quic is not None:
+            yield from self._quic_metrics(self._quic)
+
+    @staticmethod
+    def _quic_metrics(quic: QuicListener) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "rtserver_http3_connections",
+            "QUIC connections open (HTTP/3 and WebTransport).",
+            value=len(quic.peers),
+        )
+        yield GaugeMetricFamily(
+            "rtserver_webtransport_sessions",
+            "WebTransport sessions open.",
+            value=quic.open_sessions,
+        )
+        yield CounterMetricFamily(
+            "rtserver_webtransport_sessions_opened",
+            "WebTransport sessions accepted since start.",
+            value=quic.sessions_opened,
+        )
+        yield CounterMetricFamily(
+            "rtserver_http3_datagrams_dropped",
+            "UDP datagrams dropped: not QUIC, not for a known connection, or beyond "
+            "webtransport.max_connections.",
+            value=quic.dropped,
+        )
 
     @staticmethod
     def _http_metrics(stats: HTTPStats) -> Iterator[Metric]:
@@ -113,11 +142,14 @@ class NodeCollector:
 
 
 def registry_for(
-    node: Node, api_stats: CommandStats | None = None, http_stats: HTTPStats | None = None
+    node: Node,
+    api_stats: CommandStats | None = None,
+    http_stats: HTTPStats | None = None,
+    quic: QuicListener | None = None,
 ) -> CollectorRegistry:
     """A registry holding only this node's collector (not the process-global one)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(NodeCollector(node, api_stats, http_stats))
+    registry.register(NodeCollector(node, api_stats, http_stats, quic))
     return registry
 
 
