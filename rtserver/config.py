@@ -1076,7 +1076,7 @@ def load_pem(value: str, key: str) -> bytes:
     if b"-----BEGIN " in decoded:
         return decoded
     path = Path(value)
-    if value and path.is_file():
+    if _is_file(value):
         try:
             data = path.read_bytes()
         except OSError as e:
@@ -1313,9 +1313,19 @@ def server_tls_files(tls: TLSConfig) -> tuple[str, str]:
 
     ``cert_pem``/``key_pem`` given as file paths count as files.
     """
-    cert = tls.cert_pem_file or (tls.cert_pem if Path(tls.cert_pem).is_file() else "")
-    key = tls.key_pem_file or (tls.key_pem if Path(tls.key_pem).is_file() else "")
+    cert = tls.cert_pem_file or (tls.cert_pem if _is_file(tls.cert_pem) else "")
+    key = tls.key_pem_file or (tls.key_pem if _is_file(tls.key_pem) else "")
     return cert, key
+
+
+def _is_file(value: str) -> bool:
+    """Whether ``value`` names an existing file (PEM text is no file name)."""
+    if not value or "\n" in value:
+        return False
+    try:
+        return Path(value).is_file()
+    except (OSError, ValueError):  # too long, or a NUL byte
+        return False
 
 
 def server_tls_pem(tls: TLSConfig, key: str = "http_server.tls") -> tuple[bytes, bytes]:

@@ -123,6 +123,11 @@ def refusals(config: Config, listen: Sequence[str]) -> list[str]:
             "uni_grpc.enabled: the uni_grpc transport listens in one process only; serve it "
             "from a separate --workers 1 instance"
         )
+    if config.http_server.http3.enabled:
+        out.append(
+            "http_server.http3.enabled: HTTP/3 (WebTransport) listens in one process only; "
+            "serve it from a separate --workers 1 instance"
+        )
     for description in listen:
         try:
             parse_tcp(description)

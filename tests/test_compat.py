@@ -169,3 +169,15 @@ def test_redis_reply_timeouts_run_on_the_injected_clock() -> None:
     assert failures == []
     clock.advance(0.2)
     assert len(failures) == 1 and failures[0].check(txredisapi.TimeoutError)
+
+
+def test_quic_stream_backlog_reads_unacknowledged_bytes() -> None:
+    """aioquic keeps a stream's unacknowledged bytes in ``QuicStreamSender._buffer``."""
+    from aioquic.quic.configuration import QuicConfiguration
+    from aioquic.quic.connection import QuicConnection
+
+    conn = QuicConnection(configuration=QuicConfiguration(is_client=True))
+    stream_id = conn.get_next_available_stream_id()
+    assert _compat.quic_stream_backlog(conn, stream_id) == 0
+    conn.send_stream_data(stream_id, b"x" * 5000)
+    assert _compat.quic_stream_backlog(conn, stream_id) == 5000

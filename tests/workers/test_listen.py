@@ -46,6 +46,9 @@ def test_refusals_name_what_to_configure() -> None:
     assert [p for p in refusals(grpc, ["tcp:8000"]) if "grpc_api" in p]
     uni = dataclasses.replace(redis, uni_grpc=dataclasses.replace(redis.uni_grpc, enabled=True))
     assert [p for p in refusals(uni, ["tcp:8000"]) if "uni_grpc" in p]
+    server = dataclasses.replace(redis.http_server, http3=rtconfig.HTTP3Config(enabled=True))
+    h3 = dataclasses.replace(redis, http_server=server)
+    assert [p for p in refusals(h3, ["tcp:8000"]) if "http3" in p]
 
 
 def test_worker_names_are_distinct() -> None:
