@@ -172,7 +172,7 @@ def test_redis_reply_timeouts_run_on_the_injected_clock() -> None:
 
 
 def test_quic_stream_backlog_reads_unacknowledged_bytes() -> None:
-    """aioquic keeps a stream's unacknowledged bytes in ``QuicStreamSender._buffer``."""
+    """A QUIC stream keeps its unacknowledged bytes in ``QuicStreamSender._buffer``."""
     from aioquic.quic.configuration import QuicConfiguration
     from aioquic.quic.connection import QuicConnection
 

@@ -134,6 +134,7 @@ class WebTransportSession:
         self._closed = False
         self._paused = False
         self._write_timer: IDelayedCall | None = None
+        self._capsule: bytes | None = None
         self.refused_streams = 0
 
     # --- input -----------------------------------------------------------------------
@@ -195,26 +196,56 @@ class WebTransportSession:
             self._pause()
 
     def close(self, disconnect: Disconnect | None) -> None:
-        """Disconnect push, end of stream, CLOSE_WEBTRANSPORT_SESSION capsule."""
+        """Disconnect push and end of stream; then the CLOSE_WEBTRANSPORT_SESSION capsule.
+
+        The capsule waits until the client acknowledged the stream (at most
+        ``write_timeout``): a browser that sees the session close first may drop what the
+        stream still held, and with it the disconnect code.
+        """
         if self._closed:
             return
         peer = self._peer
         stream_id = self.stream_id
-        quic = peer.quic
         code, reason = (0, "") if disconnect is None else (disconnect.code, disconnect.reason)
-        try:
-            if stream_id is not None:
-                push = b""
-                if disconnect is not None:
-                    push = self._codec.encode_disconnect(disconnect)
-                    if self.encoding == JSON:
-                        push += b"\n"
-                quic.send_stream_data(stream_id, push, end_stream=True)
-            peer.h3.send_data(self.session_id, close_session_capsule(code, reason), end_stream=True)
-        except (AssertionError, ValueError) as e:  # the peer already ended a stream
-            _log.debug("webtransport: closing a half-closed session: {e}", e=e)
+        self._capsule = close_session_capsule(code, reason)
+        if stream_id is not None:
+            push = b""
+            if disconnect is not None:
+                push = self._codec.encode_disconnect(disconnect)
+                if self.encoding == JSON:
+                    push += b"\n"
+            try:
+                peer.quic.send_stream_data(stream_id, push, end_stream=True)
+            except (AssertionError, ValueError) as e:  # the stream is already over
+                _log.debug("webtransport: closing a half-closed stream: {e}", e=e)
         self._release()
+        if stream_id is None or quic_stream_backlog(peer.quic, stream_id) == 0:
+            self.send_capsule()
+        else:
+            peer.closing.add(self)
+            self._write_timer = peer.clock.callLater(
+                max(peer.config.write_timeout, 0.1), self.send_capsule
+            )
         peer.schedule_transmit()
+
+    def send_capsule(self) -> None:
+        """End the session (CLOSE_WEBTRANSPORT_SESSION on the CONNECT stream), once."""
+        capsule, self._capsule = self._capsule, None
+        self._cancel_write_timer()
+        peer = self._peer
+        peer.closing.discard(self)
+        if capsule is None or peer.gone:
+            return
+        try:
+            peer.h3.send_data(self.session_id, capsule, end_stream=True)
+        except (AssertionError, ValueError) as e:  # the client ended the session first
+            _log.debug("webtransport: session already closed: {e}", e=e)
+        peer.schedule_transmit()
+
+    def acknowledged(self) -> bool:
+        """Whether the client acknowledged everything written on the stream."""
+        stream_id = self.stream_id
+        return stream_id is None or quic_stream_backlog(self._peer.quic, stream_id) == 0
 
     # --- flow control ------------------------------------------------------------------
 
@@ -280,6 +311,8 @@ class QuicPeer:
         self.config = listener.config
         self.clock = listener.clock
         self.sessions: dict[int, WebTransportSession] = {}
+        #: Closed sessions whose capsule waits for the client's acknowledgement.
+        self.closing: set[WebTransportSession] = set()
         self.cids: set[bytes] = set()
         self._timer: IDelayedCall | None = None
         self._timer_at: float | None = None
@@ -308,6 +341,9 @@ class QuicPeer:
             event = quic.next_event()
         for session in list(self.sessions.values()):
             session.check_drained()
+        for session in list(self.closing):
+            if session.acknowledged():
+                session.send_capsule()
 
     def _quic_event(self, event: quic_events.QuicEvent) -> None:
         if isinstance(event, quic_events.ConnectionIdIssued):
@@ -427,6 +463,8 @@ class QuicPeer:
         self._linger = None
         if self.gone:
             return
+        for session in list(self.closing):
+            session.send_capsule()
         self.quic.close(error_code=0, reason_phrase=reason)
         self.transmit()
 
@@ -484,6 +522,8 @@ class QuicPeer:
             flush.cancel()
         for session in list(self.sessions.values()):
             session.lost()
+        for session in list(self.closing):
+            session.send_capsule()
         self.listener.peer_gone(self)
 
 

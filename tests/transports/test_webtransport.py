@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 import requests
-from harness import Server, base_config, merge, spawn_server, stop_server
-from wtclient import WTClient, make_certificate, varint_frames
+from harness import Server, base_config, make_certificate, merge, spawn_server, stop_server
+from wtclient import WTClient, varint_frames
 
 from rtserver.protocol import protobuf
 
@@ -314,7 +314,7 @@ def test_thousand_sessions_opened_and_dropped(wt: WTServer) -> None:
     """1,000 sessions, ended three ways; every one is released, nothing is logged."""
     opened_before = wt.metric("rtserver_webtransport_sessions_opened_total")
     batch: list[tuple[WTClient, int]] = []
-    for i in range(1000):
+    for _ in range(1000):
         client = wt.client()
         session = client.open_session()
         stream = client.open_stream(session)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from wtclient import make_certificate
+from harness import make_certificate
 
 from rtserver import config as rtconfig
 from rtserver.config import ConfigError
@@ -95,7 +95,7 @@ def test_grpc_tls_takes_cert_pem_too(pems: tuple[Path, Path]) -> None:
                                                 "key_pem": key.read_text()}}}
     )
     assert rtconfig.server_tls_pem(cfg.grpc_api.tls, "grpc_api.tls")[1] == key.read_bytes()
-    with pytest.raises(ConfigError, match="grpc_api.tls"):
+    with pytest.raises(ConfigError, match=r"grpc_api\.tls"):
         _config({"grpc_api": {"enabled": True, "tls": {"enabled": True}}})
 
 

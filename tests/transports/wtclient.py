@@ -8,9 +8,6 @@ opens, and :meth:`read_until` collects what the server writes on it.
 
 from __future__ import annotations
 
-import datetime
-import hashlib
-import ipaddress
 import select
 import socket
 import ssl
@@ -25,51 +22,8 @@ from aioquic.h3.events import DataReceived, HeadersReceived, WebTransportStreamD
 from aioquic.quic import events as quic_events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 DEFAULT_TIMEOUT = 10.0
-
-
-def make_certificate(directory: Path, days: int = 10) -> tuple[Path, Path, bytes]:
-    """A self-signed ECDSA P-256 certificate for 127.0.0.1/localhost, valid ``days``.
-
-    Returns the certificate and key files and the certificate's SHA-256 (DER) — what
-    Chromium's ``serverCertificateHashes`` takes (validity at most 14 days).
-    """
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_path = directory / "wt-cert.pem"
-    key_path = directory / "wt-key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    digest = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest()
-    return cert_path, key_path, digest
 
 
 @dataclass
