@@ -113,7 +113,7 @@ MEANING = {
     "webtransport.write_timeout": "paused this long: close 3009",
     "webtransport.max_connections": "QUIC connections at once; new ones refused beyond",
     "webtransport.max_sessions_per_connection": "sessions per QUIC connection",
-    "webtransport.max_streams_per_session": "client streams per session",
+    "webtransport.max_streams_per_session": "client streams per session; 3501 beyond",
     "webtransport.idle_timeout": "QUIC idle timeout",
     "http_stream.enabled": "bidirectional emulation over HTTP streaming",
     "http_stream.handler_prefix": "its path",

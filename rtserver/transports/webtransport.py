@@ -135,18 +135,28 @@ class WebTransportSession:
         self._paused = False
         self._write_timer: IDelayedCall | None = None
         self._capsule: bytes | None = None
-        self.refused_streams = 0
+        #: Streams the client opened in this session, and those refused (ids).
+        self._opened = 0
+        self._other_streams: set[int] = set()
 
     # --- input -----------------------------------------------------------------------
 
     def stream_data(self, stream_id: int, data: bytes, ended: bool) -> None:
         """Bytes of a stream of this session (the first bidirectional one carries commands)."""
-        if self.stream_id is None and stream_id % 4 == 0:  # client-initiated bidirectional
-            self.stream_id = stream_id
         if stream_id != self.stream_id:
-            self.refused_streams += 1
-            self._peer.refuse_stream(stream_id)
-            return
+            if stream_id in self._other_streams:
+                return  # more of a refused stream
+            self._opened += 1
+            if self.stream_id is None and stream_id % 4 == 0:  # client-initiated bidirectional
+                self.stream_id = stream_id
+            else:
+                self._other_streams.add(stream_id)
+                self._peer.refuse_stream(stream_id)
+                if self._opened > self._peer.config.max_streams_per_session:
+                    _log.debug("webtransport: too many streams in one session")
+                    if self.client is not None:
+                        self.client.close(Disconnect.BAD_REQUEST)
+                return
         if data:
             self._receive(data)
         if ended:

@@ -297,14 +297,29 @@ def test_refusals(wt: WTServer) -> None:
         stream = connected(client)
         # one session per connection (webtransport.max_sessions_per_connection)
         assert client.status(client.request(ENDPOINT)) == 429
-        # one stream per session: a second one is reset, the first keeps working
-        session = next(iter(s for s, h in client.responses.items()
-                            if dict(h)[b":status"] == b"200"))
+        client.send(stream, b'{"id":2,"subscribe":{"channel":"still-here"}}\n')
+        client.read_until(stream, lambda b: b'"id":2' in b)
+    finally:
+        client.close()
+    wt.wait_released()
+
+
+def test_a_stream_beyond_the_cap_closes_the_session(wt: WTServer) -> None:
+    """A second stream is reset and closes the session with 3501.
+
+    ``webtransport.max_streams_per_session`` is 1 by default.
+    """
+    client = wt.client()
+    try:
+        session = client.open_session()
+        stream = client.open_stream(session)
+        client.send(stream, b'{"id":1,"connect":{}}\n')
+        client.read_until(stream, lambda b: b"\n" in b)
         extra = client.open_stream(session)
         client.send(extra, b'{"id":9,"connect":{}}\n')
         client.wait(lambda: client.streams[extra].reset)
-        client.send(stream, b'{"id":2,"subscribe":{"channel":"still-here"}}\n')
-        client.read_until(stream, lambda b: b'"id":2' in b)
+        data = client.read_until(stream, _has_disconnect)
+        assert disconnect_of(data) == {"code": 3501, "reason": "bad request"}
     finally:
         client.close()
     wt.wait_released()
