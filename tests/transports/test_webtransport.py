@@ -364,3 +364,30 @@ def test_shutdown_sends_3001(tmp_path: Path) -> None:
         client.drop()
         server.close()
         stop_server(server.server)
+
+
+def test_stray_datagrams_are_dropped_and_the_listener_keeps_serving(wt: WTServer) -> None:
+    """Junk, short packets and unknown QUIC versions never disturb the listener."""
+    dropped = wt.metric("rtserver_http3_datagrams_dropped_total")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(5)
+        target = ("127.0.0.1", wt.udp_port)
+        s.sendto(b"", target)
+        s.sendto(b"\x00" * 3, target)  # a short header for no known connection
+        s.sendto(b"\xc0\x00\x00\x00\x01\x08" + b"\x01" * 8 + b"\x08", target)  # cut long header
+        # an Initial of an unknown version, full size: answered by Version Negotiation
+        dcid, scid = b"\x11" * 8, b"\x22" * 8
+        packet = b"\xc0" + b"\x1a\x2a\x3a\x4a" + b"\x08" + dcid + b"\x08" + scid
+        s.sendto(packet + b"\x00" * (1200 - len(packet)), target)
+        reply, _ = s.recvfrom(2048)
+        assert reply[1:5] == b"\x00\x00\x00\x00"  # version 0: Version Negotiation
+        assert reply[6:14] == scid  # addressed to the sender's connection id
+        # the same, but small: no answer larger than the question (amplification)
+        s.sendto(packet, target)
+    assert wt.metric("rtserver_http3_datagrams_dropped_total") >= dropped + 3
+    client = wt.client()
+    try:
+        connected(client)
+    finally:
+        client.close()
+    wt.wait_released()
