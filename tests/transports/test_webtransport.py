@@ -129,7 +129,8 @@ def wt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WTServer]:
 
 
 def lines(data: bytes) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in data.split(b"\n") if line]
+    """The complete (newline-terminated) JSON messages in ``data``."""
+    return [json.loads(line) for line in data.split(b"\n")[:-1] if line]
 
 
 def connected(client: WTClient, path: str = ENDPOINT, token: str = "") -> int:
@@ -388,6 +389,53 @@ def test_stray_datagrams_are_dropped_and_the_listener_keeps_serving(wt: WTServer
     client = wt.client()
     try:
         connected(client)
+    finally:
+        client.close()
+    wt.wait_released()
+
+
+def test_a_client_that_stops_reading_is_closed_with_3009(wt: WTServer) -> None:
+    """A client that acknowledges nothing is disconnected with 3009.
+
+    Unacknowledged output beyond ``webtransport.write_buffer_size`` pauses its writes;
+    still stuck after ``write_timeout``, the server closes it.
+    """
+    client = wt.client()
+    try:
+        stream = connected(client)
+        client.send(stream, b'{"id":2,"subscribe":{"channel":"firehose"}}\n')
+        client.read_until(stream, lambda b: b'"id":2' in b)
+        # from here on the client reads nothing and acknowledges nothing
+        blob = "x" * 1000
+        commands = [{"publish": {"channel": "firehose", "data": {"blob": blob}}}] * 400
+        assert "error" not in wt.api("batch", {"commands": commands})
+        deadline = time.monotonic() + 15
+        while wt.metric("rtserver_webtransport_sessions") and time.monotonic() < deadline:
+            time.sleep(0.1)  # the server's decision, seen from another process
+        assert wt.metric("rtserver_webtransport_sessions") == 0
+        data = client.read_until(stream, _has_disconnect, timeout=20)
+        assert disconnect_of(data) == {"code": 3009, "reason": "write error"}
+    finally:
+        client.close()
+    wt.wait_released()
+
+
+def test_a_burst_beyond_the_write_buffer_is_delivered_whole(wt: WTServer) -> None:
+    """400 KB at once pauses the writes; the client's acknowledgements resume them."""
+    client = wt.client()
+    try:
+        stream = connected(client)
+        client.send(stream, b'{"id":2,"subscribe":{"channel":"burst"}}\n')
+        client.read_until(stream, lambda b: b'"id":2' in b)
+        commands = [
+            {"publish": {"channel": "burst", "data": {"i": i, "blob": "y" * 1000}}}
+            for i in range(400)
+        ]
+        assert "error" not in wt.api("batch", {"commands": commands})
+        data = client.read_until(stream, lambda b: b'"i":399' in b, timeout=30)
+        got = [m["push"]["pub"]["data"]["i"] for m in lines(data) if "pub" in m.get("push", {})]
+        assert got == list(range(400))
+        assert not _has_disconnect(data)
     finally:
         client.close()
     wt.wait_released()
