@@ -47,6 +47,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
+from twisted.internet.error import MessageLengthError
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 from zope.interface import implementer
@@ -560,6 +561,7 @@ class QuicListener(DatagramProtocol):
         self.sessions_opened = 0
         self.sessions_closed = 0
         self.dropped = 0
+        self.send_errors = 0
 
     @property
     def open_sessions(self) -> int:
@@ -618,10 +620,15 @@ class QuicListener(DatagramProtocol):
         peer.datagram(data, addr)
 
     def send(self, data: bytes, addr: tuple[str, int]) -> None:
-        """Send one datagram (a full socket buffer drops it: QUIC retransmits)."""
+        """Send one datagram; a send error drops it (QUIC retransmits or times out)."""
         transport = self.transport
-        if transport is not None:
+        if transport is None:
+            return
+        try:
             transport.write(data, addr)
+        except (OSError, MessageLengthError) as e:
+            self.send_errors += 1
+            _log.debug("webtransport: send to {addr} failed: {e}", addr=addr, e=e)
 
     def add_cid(self, cid: bytes, peer: QuicPeer) -> None:
         """Route datagrams for ``cid`` to ``peer``."""

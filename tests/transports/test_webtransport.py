@@ -439,3 +439,26 @@ def test_a_burst_beyond_the_write_buffer_is_delivered_whole(wt: WTServer) -> Non
     finally:
         client.close()
     wt.wait_released()
+
+
+@pytest.mark.parametrize("end", ["stream", "session"])
+def test_the_client_ending_its_stream_or_session_releases_it(wt: WTServer, end: str) -> None:
+    client = wt.client()
+    try:
+        session = client.open_session()
+        stream = client.open_stream(session)
+        client.send(stream, b'{"id":1,"connect":{}}\n')
+        client.read_until(stream, lambda b: b"\n" in b)
+        if end == "stream":
+            client.send(stream, b"", end=True)
+        else:
+            client.h3.send_data(session, b"", end_stream=True)
+            client.flush()
+        deadline = time.monotonic() + 10
+        while wt.metric("rtserver_webtransport_sessions") and time.monotonic() < deadline:
+            client.pump(0.1)
+        assert wt.metric("rtserver_webtransport_sessions") == 0
+        assert wt.num_clients() == 0
+    finally:
+        client.close()
+    wt.wait_released()

@@ -142,3 +142,53 @@ def test_complete_end_finds_the_last_whole_message(data: bytes, end: int) -> Non
 def test_complete_end_refuses_an_endless_length_prefix() -> None:
     with pytest.raises(ProtocolError):
         protobuf.complete_end(b"\xff" * 11)
+
+
+def _listener(pems: tuple[Path, Path]) -> Any:
+    from twisted.internet.task import Clock
+
+    from rtserver.service import build_node
+    from rtserver.transports.origin import OriginPolicy
+    from rtserver.transports.webtransport import QuicListener
+
+    cfg = _config(_h3(*pems))
+    clock = Clock()
+    node = build_node(cfg, clock)
+    cert, key = pems
+    quic = quic_configuration(cert.read_bytes(), key.read_bytes(), 5.0)
+    return QuicListener(node, OriginPolicy([]), cfg.webtransport, quic, clock)
+
+
+def test_a_failing_send_drops_the_datagram(pems: tuple[Path, Path]) -> None:
+    """The kernel refusing a datagram (full buffer, too large) is QUIC's loss, not an error."""
+    from twisted.internet.error import MessageLengthError
+
+    listener = _listener(pems)
+
+    class Refusing:
+        def __init__(self, error: Exception) -> None:
+            self.error = error
+
+        def write(self, data: bytes, addr: Any) -> None:
+            raise self.error
+
+    for error in (OSError(105, "No buffer space available"), MessageLengthError()):
+        listener.transport = Refusing(error)
+        listener.send(b"x" * 10, ("127.0.0.1", 9))
+    assert listener.send_errors == 2
+
+
+def test_a_bug_while_routing_is_logged_and_the_listener_survives(
+    pems: tuple[Path, Path], expect_logged_failure: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    listener = _listener(pems)
+    expect_logged_failure(ZeroDivisionError)
+
+    def broken(data: bytes, addr: Any) -> None:
+        raise ZeroDivisionError
+
+    monkeypatch.setattr(listener, "_route", broken)
+    listener.datagramReceived(b"x", ("127.0.0.1", 9))  # does not raise
+    monkeypatch.undo()
+    listener.datagramReceived(b"\x00" * 3, ("127.0.0.1", 9))  # served on: dropped as junk
+    assert listener.dropped == 1
