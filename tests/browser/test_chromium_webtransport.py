@@ -4,7 +4,8 @@ The server has a fresh ECDSA certificate valid for 10 days, which the page trust
 ``serverCertificateHashes``; the page lists WebTransport first and WebSocket second. With
 WebTransport on, the client reports ``transport == 'webtransport'``, receives API
 publications, publishes, and recovers missed publications after a server-forced
-reconnect; with it off, the same page falls back to WebSocket.
+reconnect, with the JSON and the Protobuf build of centrifuge-js; with it off, the same
+page falls back to WebSocket.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ pytestmark = pytest.mark.browser
 
 ROUTES = {
     "/": (PAGE_DIR / "webtransport.html", HTML),
+    "/protobuf": (PAGE_DIR / "webtransport-protobuf.html", HTML),
+    "/centrifuge.protobuf.js": (CENTRIFUGE_BROWSER_BUILD.with_name("centrifuge.protobuf.js"), JS),
     "/webtransport.js": (PAGE_DIR / "webtransport.js", JS),
     "/centrifuge.js": (CENTRIFUGE_BROWSER_BUILD, JS),
 }
@@ -83,10 +86,10 @@ def _start(directory: Path, origin: str, webtransport: bool) -> Browser:
 @pytest.fixture
 def open_page(
     browser_node: str, chromium: Path, tmp_path: Path, page_origin: str
-) -> Iterator[Callable[[bool], tuple[Browser, NodeScenario]]]:
+) -> Iterator[Callable[..., tuple[Browser, NodeScenario]]]:
     started: list[tuple[Browser, NodeScenario]] = []
 
-    def start(webtransport: bool) -> tuple[Browser, NodeScenario]:
+    def start(webtransport: bool, codec: str = "json") -> tuple[Browser, NodeScenario]:
         run = _start(tmp_path / f"server-{len(started)}", page_origin, webtransport)
         query = urlencode(
             {
@@ -96,6 +99,7 @@ def open_page(
                 "token": run.server.token("carol"),
                 "channel": "news",
                 "chat": "chat:room",
+                "codec": codec,
             }
         )
         profile = tmp_path / f"chromium-profile-{len(started)}"
@@ -104,7 +108,7 @@ def open_page(
             "CHROMIUM": str(chromium),
             "CHROMIUM_QUIC": "1",
             "USER_DATA_DIR": str(profile),
-            "PAGE_URL": f"{page_origin}/?{query}",
+            "PAGE_URL": f"{page_origin}/{'protobuf' if codec == 'protobuf' else ''}?{query}",
             "RT_URL": run.server.url,
             "PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD": "1",
         }
@@ -148,10 +152,11 @@ def _history(server: Server, channel: str) -> list[Any]:
     return [p["data"] for p in reply["result"].get("publications", [])]
 
 
+@pytest.mark.parametrize("codec", ["json", "protobuf"])
 def test_centrifuge_js_over_webtransport(
-    open_page: Callable[[bool], tuple[Browser, NodeScenario]],
+    open_page: Callable[..., tuple[Browser, NodeScenario]], codec: str
 ) -> None:
-    run, page = open_page(True)
+    run, page = open_page(True, codec)
     server = run.server
     assert page.expect(_event("connected"))["transport"] == "webtransport"
     page.expect(_event("subscribed", channel="news"))
@@ -183,7 +188,7 @@ def test_centrifuge_js_over_webtransport(
 
 
 def test_falls_back_to_websocket_without_webtransport(
-    open_page: Callable[[bool], tuple[Browser, NodeScenario]],
+    open_page: Callable[..., tuple[Browser, NodeScenario]],
 ) -> None:
     run, page = open_page(False)
     assert page.expect(_event("connected"), timeout=20)["transport"] == "websocket"

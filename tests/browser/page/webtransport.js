@@ -1,10 +1,14 @@
 // Test page: centrifuge-js (browser build) with WebTransport first and WebSocket as fallback.
 // Query: wt=<https URL of /connection/webtransport>, ws=<ws URL of /connection/websocket>,
 // hash=<base64 SHA-256 of the server's certificate>, token=<JWT>, channel=<name>,
-// chat=<channel the page publishes into>. Results go to window.__rtReport.
+// chat=<channel the page publishes into>, codec=json|protobuf (which build the HTML loaded:
+// the Protobuf build carries data as bytes, here JSON text). Results go to window.__rtReport.
 (function () {
   'use strict';
   var params = new URLSearchParams(window.location.search);
+  var binary = params.get('codec') === 'protobuf';
+  function encode(value) { return binary ? new TextEncoder().encode(JSON.stringify(value)) : value; }
+  function decode(data) { return binary ? JSON.parse(new TextDecoder().decode(data)) : data; }
   function report(obj) {
     if (typeof window.__rtReport === 'function') window.__rtReport(obj);
   }
@@ -37,7 +41,7 @@
     sub.on('subscribed', function (ctx) {
       report({ event: 'subscribed', channel: channel, recovered: !!ctx.recovered, wasRecovering: !!ctx.wasRecovering });
     });
-    sub.on('publication', function (ctx) { report({ event: 'publication', channel: channel, data: ctx.data }); });
+    sub.on('publication', function (ctx) { report({ event: 'publication', channel: channel, data: decode(ctx.data) }); });
     sub.subscribe();
     return sub;
   }
@@ -45,7 +49,7 @@
   var chat = watch(params.get('chat'));
   window.__rt = {
     publish: function () {
-      return chat.publish({ from: 'browser' }).then(
+      return chat.publish(encode({ from: 'browser' })).then(
         function () { return 'ok'; },
         function (err) { return 'error ' + (err && err.code); },
       );
