@@ -1350,7 +1350,8 @@ def _validate_http_tls(config: Config) -> None:
                 "http_server.tls: cert_pem and key_pem (or cert_pem_file and key_pem_file) "
                 "are required"
             )
-        server_tls_pem(tls)  # a bad value fails now, naming its key
+        if server.http3.enabled:
+            server_tls_pem(tls)  # QUIC reads the PEM itself: a bad value fails now
         if not (cert and key):
             raise ConfigError(
                 "http_server.tls: the TCP listener reads its certificate from files: give "
@@ -1494,7 +1495,6 @@ def _validate_grpc_api(grpc: GRPCAPIConfig) -> None:
                 "grpc_api.tls: cert_pem and key_pem (or cert_pem_file and key_pem_file) "
                 "are required"
             )
-        server_tls_pem(tls, "grpc_api.tls")
 
 
 def _validate_uni_grpc(uni: UniGRPCConfig) -> None:
@@ -1513,7 +1513,6 @@ def _validate_uni_grpc(uni: UniGRPCConfig) -> None:
                 "uni_grpc.tls: cert_pem and key_pem (or cert_pem_file and key_pem_file) "
                 "are required"
             )
-        server_tls_pem(tls, "uni_grpc.tls")
 
 
 def _validate_admin(config: Config) -> None:

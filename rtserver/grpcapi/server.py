@@ -24,7 +24,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
-from rtserver.config import TLSConfig, server_tls_pem
+from rtserver.config import ConfigError, TLSConfig, server_tls_pem
 from rtserver.grpcapi.bridge import ReactorBridge
 from rtserver.logs import Logger
 
@@ -124,7 +124,7 @@ class GRPCServerService(Service):
                 self.port = server.add_secure_port(target, creds)
             else:
                 self.port = server.add_insecure_port(target)
-        except (OSError, RuntimeError) as e:
+        except (OSError, RuntimeError, ConfigError) as e:
             pool.shutdown(wait=False)
             raise RuntimeError(f"{self.label}: cannot listen on {target}: {e}") from None
         if not self.port:  # older grpcio reports a failed bind as port 0
