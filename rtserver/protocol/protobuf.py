@@ -54,6 +54,7 @@ __all__ = [
     "encode_unsubscribe",
     "join",
     "json_payload",
+    "longest_message",
 ]
 
 #: Deepest nesting of messages accepted in a command (a ``tf`` filter tree is the only
@@ -565,6 +566,21 @@ def complete_end(data: bytes) -> int:
             return pos
         pos = start + length
     return pos
+
+
+def longest_message(data: bytes) -> int:
+    """The length of the longest varint-delimited message in ``data`` (whole messages).
+
+    Raises:
+        ProtocolError: on a malformed or cut length prefix.
+    """
+    end = len(data)
+    pos = longest = 0
+    while pos < end:
+        length, pos = _length(data, pos, end)
+        longest = max(longest, length)
+        pos += length
+    return longest
 
 
 def decode_emulation_request(body: bytes) -> tuple[str, str, bytes]:

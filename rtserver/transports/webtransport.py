@@ -63,7 +63,7 @@ from rtserver.logs import Logger
 from rtserver.protocol.codes import Disconnect
 from rtserver.protocol.encoding import JSON, PROTOBUF, codec_for
 from rtserver.protocol.frames import ProtocolError
-from rtserver.protocol.protobuf import complete_end
+from rtserver.protocol.protobuf import complete_end, longest_message
 from rtserver.transports.origin import OriginPolicy
 
 __all__ = ["HTTP3Service", "QuicListener", "WebTransportSession", "quic_configuration"]
@@ -180,13 +180,19 @@ class WebTransportSession:
         else:
             cut = buf.rfind(b"\n") + 1
             complete, rest = buf[:cut], buf[cut:]
-        if len(rest) > limit:
+        if len(rest) > limit or (len(complete) > limit and self._longest(complete) > limit):
             _log.debug("webtransport: command larger than {limit} bytes", limit=limit)
             client.close(Disconnect.BAD_REQUEST)
             return
         self._buffer = rest
-        if complete.strip():
+        if complete if self.encoding == PROTOBUF else complete.strip():
             client.receive(complete)
+
+    def _longest(self, complete: bytes) -> int:
+        """The longest message in ``complete`` (whole messages only)."""
+        if self.encoding == PROTOBUF:
+            return longest_message(complete)
+        return max(len(line) for line in complete.split(b"\n"))
 
     # --- ISink -----------------------------------------------------------------------
 

@@ -462,3 +462,36 @@ def test_the_client_ending_its_stream_or_session_releases_it(wt: WTServer, end: 
     finally:
         client.close()
     wt.wait_released()
+
+
+@pytest.mark.parametrize("codec", ["json", "protobuf"])
+def test_a_whole_command_beyond_the_limit_closes_with_3501(wt: WTServer, codec: str) -> None:
+    """A command over message_size_limit is refused even when it arrives complete."""
+    client = wt.client()
+    try:
+        query = "?cf_protocol=protobuf" if codec == "protobuf" else ""
+        session = client.open_session(ENDPOINT + query)
+        stream = client.open_stream(session)
+        if codec == "protobuf":
+            big = protobuf.encode_message("Command", {"id": 1, "connect": {"name": "x" * 70000}})
+            prefix = bytearray()
+            length = len(big)
+            while length >= 0x80:
+                prefix.append(length & 0x7F | 0x80)
+                length >>= 7
+            prefix.append(length)
+            payload = bytes(prefix) + big
+        else:
+            payload = b'{"id":1,"connect":{"name":"' + b"x" * 70000 + b'"}}\n'
+        # one write: the stream's window (128 KiB) takes it whole
+        client.send(stream, payload)
+        client.wait(lambda: client.streams[stream].ended, timeout=20)
+        data = bytes(client.streams[stream].data)
+        if codec == "protobuf":
+            (push,) = varint_frames(data)
+            assert protobuf.decode_message("Reply", push)["push"]["disconnect"]["code"] == 3501
+        else:
+            assert disconnect_of(data)["code"] == 3501
+    finally:
+        client.close()
+    wt.wait_released()

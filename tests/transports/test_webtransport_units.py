@@ -192,3 +192,10 @@ def test_a_bug_while_routing_is_logged_and_the_listener_survives(
     monkeypatch.undo()
     listener.datagramReceived(b"\x00" * 3, ("127.0.0.1", 9))  # served on: dropped as junk
     assert listener.dropped == 1
+
+
+def test_longest_message_measures_whole_messages() -> None:
+    assert protobuf.longest_message(b"") == 0
+    assert protobuf.longest_message(b"\x02ab\x00\x81\x01" + b"x" * 129) == 129
+    with pytest.raises(ProtocolError):
+        protobuf.longest_message(b"\x05ab")
