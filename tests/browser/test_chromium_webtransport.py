@@ -140,6 +140,17 @@ def _seen(page: NodeScenario, match: Callable[[dict[str, Any]], bool]) -> dict[s
     return page.expect(match)
 
 
+def _disconnect(server: Server, code: int, reason: str) -> None:
+    with requests.Session() as http:
+        http.trust_env = False
+        http.post(
+            server.api_url + "/disconnect",
+            json={"user": "carol", "disconnect": {"code": code, "reason": reason}},
+            headers={"X-API-Key": server.api_key},
+            timeout=5,
+        ).raise_for_status()
+
+
 def _history(server: Server, channel: str) -> list[Any]:
     with requests.Session() as http:
         http.trust_env = False
@@ -169,22 +180,19 @@ def test_centrifuge_js_over_webtransport(
     _seen(page, _event("publication", channel="chat:room", data={"from": "browser"}))
     assert _history(server, "chat:room") == [{"from": "browser"}]
     # a reconnect forced by the server: what was published meanwhile is recovered
-    with requests.Session() as http:
-        http.trust_env = False
-        http.post(
-            server.api_url + "/disconnect",
-            json={"user": "carol", "disconnect": {"code": 4000, "reason": "reconnect please"}},
-            headers={"X-API-Key": server.api_key},
-            timeout=5,
-        ).raise_for_status()
+    _disconnect(server, 4000, "reconnect please")
     server.publish("news", {"n": 2})
     page.expect(_event("connecting", code=4000))
     assert page.expect(_event("connected"))["transport"] == "webtransport"
     resubscribed = page.expect(_event("subscribed", channel="news"))
     assert resubscribed["wasRecovering"] and resubscribed["recovered"], resubscribed
     _seen(page, _event("publication", channel="news", data={"n": 2}))
+    # a terminal code reaches the page as such: no reconnect
+    _disconnect(server, 4501, "go away")
+    page.expect(_event("disconnected", code=4501, reason="go away"))
     page.send("close")
     page.finish()
+    assert not [e for e in page.events[-3:] if e.get("event") == "connecting"]
 
 
 def test_falls_back_to_websocket_without_webtransport(
