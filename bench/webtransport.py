@@ -213,6 +213,78 @@ def phase(kind: str, target: Any, api: str, pid: int, n: int, pubs: int,
             "deliveries_per_s": deliveries / (t1 - t0)}
 
 
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise SystemExit("no VmRSS")
+
+
+def memory_main(n: int) -> int:
+    """Server RSS growth per idle connection (connected and subscribed), per kind."""
+    rows = []
+    for kind in ("websocket", "webtransport"):
+        port = _free_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((HOST, 0))
+            udp_port = s.getsockname()[1]
+        with tempfile.TemporaryDirectory() as tmp:
+            workdir = Path(tmp)
+            proc = _start_server(workdir, port, udp_port)
+            try:
+                before = _rss_kib(proc.pid)
+                target: Any = udp_port if kind == "webtransport" else \
+                    f"ws://{HOST}:{port}/connection/websocket"
+                params = json.dumps({"kind": kind, "target": target, "n": n, "pubs": 10**9})
+                consumers = _spawn([sys.executable, __file__, "--consume", params], _cpus()[1],
+                                   stdout=subprocess.PIPE,
+                                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+                assert consumers.stdout is not None
+                try:
+                    if consumers.stdout.readline().strip() != b"ready":
+                        raise SystemExit(f"{kind} consumers failed to connect")
+                    after = _rss_kib(proc.pid)
+                finally:
+                    _stop(consumers)
+            finally:
+                _stop(proc, grace=15.0)
+        rows.append((kind, n, (after - before) / n))
+    print(machine())
+    print(f"\n`python bench/webtransport.py --memory {n}`\n")
+    print("| transport | idle connections | server RSS KiB / connection |")
+    print("|---|---|---|")
+    for kind, count, per in rows:
+        print(f"| {kind} | {count} | {per:.1f} |")
+    return 0
+
+
+def _start_server(workdir: Path, port: int, udp_port: int) -> subprocess.Popen[bytes]:
+    """rtserver on CPU0: WebSocket on ``port``, HTTP/3 on UDP ``udp_port``."""
+    cert, key = _certificate(workdir)
+    config = {
+        "http_server": {"port": udp_port, "address": HOST,
+                        "tls": {"enabled": True, "cert_pem": str(cert), "key_pem": str(key)},
+                        "http3": {"enabled": True}},
+        "webtransport": {"enabled": True},
+        "client": {"allow_anonymous_connect_without_token": True, "allowed_origins": ["*"]},
+        "channel": {"without_namespace": {"allow_subscribe_for_client": True,
+                                          "allow_subscribe_for_anonymous": True}},
+        "http_api": {"key": API_KEY},
+        "log": {"level": "warn"},
+    }
+    cfg = workdir / "rtserver.json"
+    cfg.write_text(json.dumps(config))
+    log = workdir / "server.log"
+    cmd = [*_twistd(), "--pidfile=", "-n", f"--logfile={log}", "rtserver",
+           "--config", str(cfg), "-l", f"tcp:{port}:interface={HOST}"]
+    with (workdir / "server.out").open("wb") as out:
+        proc = _spawn(cmd, _cpus()[0], stdout=out, stderr=subprocess.STDOUT,
+                      env={**os.environ, "PYTHONPATH": str(ROOT)})
+    _wait_listening(proc, port, log, timeout=30)
+    return proc
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run alternating phases against one server and print a Markdown table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -220,11 +292,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pubs", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=2, help="phases alternate per round")
     parser.add_argument("--profile", help="py-spy the WebTransport phase into this raw file")
+    parser.add_argument("--memory", type=int, default=0, metavar="N",
+                        help="instead: server RSS per idle connection, N of each kind, "
+                             "a fresh server per kind")
     parser.add_argument("--consume", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.consume:
         consumer_main(json.loads(args.consume))
         return 0
+    if args.memory:
+        return memory_main(args.memory)
     port = _free_port()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((HOST, 0))
@@ -232,28 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        cert, key = _certificate(workdir)
-        config = {
-            "http_server": {"port": udp_port, "address": HOST,
-                            "tls": {"enabled": True, "cert_pem": str(cert), "key_pem": str(key)},
-                            "http3": {"enabled": True}},
-            "webtransport": {"enabled": True, "max_sessions_per_connection": 1},
-            "client": {"allow_anonymous_connect_without_token": True, "allowed_origins": ["*"]},
-            "channel": {"without_namespace": {"allow_subscribe_for_client": True,
-                                              "allow_subscribe_for_anonymous": True}},
-            "http_api": {"key": API_KEY},
-            "log": {"level": "warn"},
-        }
-        cfg = workdir / "rtserver.json"
-        cfg.write_text(json.dumps(config))
-        log = workdir / "server.log"
-        cmd = [*_twistd(), "--pidfile=", "-n", f"--logfile={log}", "rtserver",
-               "--config", str(cfg), "-l", f"tcp:{port}:interface={HOST}"]
-        with (workdir / "server.out").open("wb") as out:
-            proc = _spawn(cmd, _cpus()[0], stdout=out, stderr=subprocess.STDOUT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+        proc = _start_server(workdir, port, udp_port)
         try:
-            _wait_listening(proc, port, log, timeout=30)
             api = f"http://{HOST}:{port}/api"
             for _ in range(args.rounds):
                 rows.append(phase("websocket", f"ws://{HOST}:{port}/connection/websocket",
