@@ -335,8 +335,10 @@ class QuicPeer:
         self._timer_at: float | None = None
         self._flush: IDelayedCall | None = None
         self._linger: IDelayedCall | None = None
-        self._had_session = False
         self.gone = False
+        # a connection must open a session in time, as a client must connect in time
+        # (QUIC pings alone would keep it open until max_connections is reached)
+        self._linger = self.clock.callLater(listener.session_deadline, self.close, "no session")
 
     # --- input -----------------------------------------------------------------------
 
@@ -429,7 +431,6 @@ class QuicPeer:
         )
         session = WebTransportSession(self, stream_id, encoding)
         self.sessions[stream_id] = session
-        self._had_session = True
         self._cancel_linger()
         request_headers = {
             k.decode("latin-1"): v.decode("latin-1")
@@ -568,6 +569,8 @@ class QuicListener(DatagramProtocol):
         self.sessions_closed = 0
         self.dropped = 0
         self.send_errors = 0
+        #: Seconds a new QUIC connection has to open a session (``client.stale_close_delay``).
+        self.session_deadline = node.config.client.stale_close_delay or 10.0
 
     @property
     def open_sessions(self) -> int:

@@ -27,6 +27,8 @@ from rtserver.protocol import protobuf
 
 ENDPOINT = "/connection/webtransport"
 IDLE_TIMEOUT = 5.0
+#: client.stale_close_delay: also how long a QUIC connection may stay without a session.
+STALE_DELAY = 3.0
 
 
 def free_udp_port() -> int:
@@ -102,7 +104,10 @@ def _overrides(directory: Path, udp_port: int, **extra: Any) -> dict[str, Any]:
             },
             "webtransport": {"enabled": True, "idle_timeout": f"{IDLE_TIMEOUT:g}s"},
             "prometheus": {"enabled": True},
-            "client": {"allow_anonymous_connect_without_token": True},
+            "client": {
+                "allow_anonymous_connect_without_token": True,
+                "stale_close_delay": f"{STALE_DELAY:g}s",
+            },
             "channel": {"without_namespace": {"allow_subscribe_for_anonymous": True}},
         },
         extra,
@@ -494,4 +499,25 @@ def test_a_whole_command_beyond_the_limit_closes_with_3501(wt: WTServer, codec: 
             assert disconnect_of(data)["code"] == 3501
     finally:
         client.close()
+    wt.wait_released()
+
+
+def test_a_connection_without_a_session_is_closed_despite_pings(wt: WTServer) -> None:
+    """Pings keep a QUIC connection alive, but only a session keeps it open.
+
+    Without one within ``client.stale_close_delay`` the server closes the connection.
+    """
+    client = wt.client()
+    try:
+        client.wait(lambda: client.connected)
+        assert client.status(client.request("/elsewhere")) == 404  # a request is no session
+        deadline = time.monotonic() + STALE_DELAY + 10
+        while client.terminated is None and time.monotonic() < deadline:
+            client.quic.send_ping(1)
+            client.flush()
+            client.pump(0.5)
+        assert client.terminated is not None
+        assert client.terminated.reason_phrase == "no session"
+    finally:
+        client.drop()
     wt.wait_released()
