@@ -29,6 +29,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from aioquic.buffer import Buffer, encode_uint_var
 from aioquic.h3.connection import H3_ALPN, H3Connection
+from aioquic.h3.connection import ProtocolError as H3ProtocolError
 from aioquic.h3.events import (
     DataReceived,
     H3Event,
@@ -80,6 +81,8 @@ _REFUSED = 0x10B
 #: Seconds a QUIC connection stays open after its last session closed (lets the
 #: disconnect push and the capsule be delivered), unless the client closes first.
 _LINGER = 2.0
+#: Refused request streams remembered per connection.
+_MAX_ANSWERED = 64
 
 
 def quic_configuration(cert_pem: bytes, key_pem: bytes, idle_timeout: float) -> QuicConfiguration:
@@ -334,11 +337,14 @@ class QuicPeer:
         self._timer: IDelayedCall | None = None
         self._timer_at: float | None = None
         self._flush: IDelayedCall | None = None
-        self._linger: IDelayedCall | None = None
+        #: Request streams answered with an error status (more HEADERS on them are ignored).
+        self._answered: set[int] = set()
         self.gone = False
         # a connection must open a session in time, as a client must connect in time
         # (QUIC pings alone would keep it open until max_connections is reached)
-        self._linger = self.clock.callLater(listener.session_deadline, self.close, "no session")
+        self._linger: IDelayedCall | None = self.clock.callLater(
+            listener.session_deadline, self.close, "no session"
+        )
 
     # --- input -----------------------------------------------------------------------
 
@@ -399,6 +405,8 @@ class QuicPeer:
         for name, value in event.headers:
             headers.setdefault(name, value)
         stream_id = event.stream_id
+        if stream_id in self.sessions or stream_id in self._answered:
+            return  # trailers, or more headers on a request already answered: ignored
         config = self.config
         method = headers.get(b":method")
         path = headers.get(b":path", b"").decode("latin-1")
@@ -441,11 +449,18 @@ class QuicPeer:
         listener.sessions_opened += 1
 
     def _refuse(self, stream_id: int, status: int, text: str) -> None:
-        self.h3.send_headers(
-            stream_id,
-            [(b":status", str(status).encode()), (b"content-type", b"text/plain; charset=utf-8")],
-        )
-        self.h3.send_data(stream_id, text.encode() + b"\n", end_stream=True)
+        self._answered.add(stream_id)
+        if len(self._answered) > _MAX_ANSWERED:  # bounded: forget one
+            self._answered.pop()
+        try:
+            self.h3.send_headers(
+                stream_id,
+                [(b":status", str(status).encode()),
+                 (b"content-type", b"text/plain; charset=utf-8")],
+            )
+            self.h3.send_data(stream_id, text.encode() + b"\n", end_stream=True)
+        except (H3ProtocolError, AssertionError, ValueError) as e:  # the client ended it
+            _log.debug("webtransport: cannot answer stream {id}: {e}", id=stream_id, e=e)
 
     def refuse_stream(self, stream_id: int) -> None:
         """Stop a stream the server does not serve (both directions when it has two)."""

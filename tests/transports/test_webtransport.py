@@ -303,6 +303,13 @@ def test_refusals(wt: WTServer) -> None:
         stream = connected(client)
         # one session per connection (webtransport.max_sessions_per_connection)
         assert client.status(client.request(ENDPOINT)) == 429
+        # more HEADERS (trailers) on the session's and on a refused request stream: ignored
+        session = next(s for s, h in client.responses.items() if dict(h)[b":status"] == b"200")
+        refused = client.request(ENDPOINT, protocol=b"other")
+        assert client.status(refused) == 400
+        for stream_id in (session, refused):
+            client.h3.send_headers(stream_id, [(b"x-trailer", b"1")])
+        client.flush()
         client.send(stream, b'{"id":2,"subscribe":{"channel":"still-here"}}\n')
         client.read_until(stream, lambda b: b'"id":2' in b)
     finally:
