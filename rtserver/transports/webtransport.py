@@ -81,6 +81,8 @@ _REFUSED = 0x10B
 #: Seconds a QUIC connection stays open after its last session closed (lets the
 #: disconnect push and the capsule be delivered), unless the client closes first.
 _LINGER = 2.0
+#: What aioquic raises when a stream or request the peer already ended is written to.
+_STREAM_GONE = (H3ProtocolError, AssertionError, ValueError, RuntimeError)
 #: Refused request streams remembered per connection.
 _MAX_ANSWERED = 64
 
@@ -209,7 +211,11 @@ class WebTransportSession:
         else:
             data = b"".join(p.framed("line", _line) for p in payloads)
         peer = self._peer
-        peer.quic.send_stream_data(stream_id, data)
+        try:
+            peer.quic.send_stream_data(stream_id, data)
+        except _STREAM_GONE:  # the client stopped the stream
+            self.lost()
+            return
         peer.schedule_transmit()
         backlog = quic_stream_backlog(peer.quic, stream_id)
         if not self._paused and backlog > peer.config.write_buffer_size:
@@ -236,7 +242,7 @@ class WebTransportSession:
                     push += b"\n"
             try:
                 peer.quic.send_stream_data(stream_id, push, end_stream=True)
-            except (AssertionError, ValueError) as e:  # the stream is already over
+            except _STREAM_GONE as e:  # the stream is already over
                 _log.debug("webtransport: closing a half-closed stream: {e}", e=e)
         self._release()
         if stream_id is None or quic_stream_backlog(peer.quic, stream_id) == 0:
@@ -258,7 +264,7 @@ class WebTransportSession:
             return
         try:
             peer.h3.send_data(self.session_id, capsule, end_stream=True)
-        except (AssertionError, ValueError) as e:  # the client ended the session first
+        except _STREAM_GONE as e:  # the client ended the session first
             _log.debug("webtransport: session already closed: {e}", e=e)
         peer.schedule_transmit()
 
@@ -459,7 +465,7 @@ class QuicPeer:
                  (b"content-type", b"text/plain; charset=utf-8")],
             )
             self.h3.send_data(stream_id, text.encode() + b"\n", end_stream=True)
-        except (H3ProtocolError, AssertionError, ValueError) as e:  # the client ended it
+        except _STREAM_GONE as e:  # the client ended it
             _log.debug("webtransport: cannot answer stream {id}: {e}", id=stream_id, e=e)
 
     def refuse_stream(self, stream_id: int) -> None:
@@ -469,7 +475,7 @@ class QuicPeer:
             quic.stop_stream(stream_id, _REFUSED)
             if stream_id % 4 == 0:  # bidirectional: our side too
                 quic.reset_stream(stream_id, _REFUSED)
-        except ValueError:
+        except _STREAM_GONE:
             pass  # already ended
         self.schedule_transmit()
 
