@@ -20,7 +20,6 @@ from urllib.parse import urlencode
 
 import pytest
 import requests
-from conftest import DRIVER, DRIVER_TIMEOUT
 from harness import (
     NodeScenario,
     Server,
@@ -33,6 +32,10 @@ from harness import (
 from pages import CENTRIFUGE_BROWSER_BUILD, HTML, JS, PAGE_DIR, serve_pages
 
 pytestmark = pytest.mark.browser
+
+#: The Playwright driver the other browser tests use (its fixtures live in conftest.py).
+DRIVER = Path(__file__).resolve().parent / "chromium_driver.mjs"
+DRIVER_TIMEOUT = 25.0
 
 ROUTES = {
     "/": (PAGE_DIR / "webtransport.html", HTML),
