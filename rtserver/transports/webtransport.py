@@ -9,8 +9,9 @@ One :class:`WebTransportSession` per extended CONNECT to the endpoint. As Centri
 the client opens one bidirectional stream in the session and sends its commands on it;
 replies and pushes come back on the same stream. JSON messages are newline-terminated,
 Protobuf messages varint-delimited (``?cf_protocol=protobuf`` selects Protobuf). A
-disconnect is a ``disconnect`` push, the end of the stream and a
-CLOSE_WEBTRANSPORT_SESSION capsule carrying the code and reason.
+disconnect is a ``disconnect`` push and the end of the stream; the client then ends the
+session, or after a few seconds a CLOSE_WEBTRANSPORT_SESSION capsule carrying the code
+and reason does.
 
 Bounds: ``webtransport.max_connections`` QUIC connections (new ones beyond are ignored),
 ``max_sessions_per_connection`` sessions per connection, ``max_streams_per_session``
@@ -78,9 +79,11 @@ _CLOSE_SESSION = 0x2843
 #: Application error code on streams refused by the server (WebTransport maps it into
 #: the HTTP/3 space; H3_REQUEST_REJECTED for HTTP/3 streams).
 _REFUSED = 0x10B
+#: Seconds the server waits for the client to end a session the server closed.
+_CLOSE_WAIT = 5.0
 #: Seconds a QUIC connection stays open after its last session closed (lets the
-#: disconnect push and the capsule be delivered), unless the client closes first.
-_LINGER = 2.0
+#: disconnect push be read and the session end), unless the client closes first.
+_LINGER = _CLOSE_WAIT + 1.0
 #: What aioquic raises when a stream or request the peer already ended is written to.
 _STREAM_GONE = (H3ProtocolError, AssertionError, ValueError, RuntimeError)
 #: Refused request streams remembered per connection.
@@ -222,11 +225,13 @@ class WebTransportSession:
             self._pause()
 
     def close(self, disconnect: Disconnect | None) -> None:
-        """Disconnect push and end of stream; then the CLOSE_WEBTRANSPORT_SESSION capsule.
+        """Disconnect push and end of stream; the session ends when the client ends it.
 
-        The capsule waits until the client acknowledged the stream (at most
-        ``write_timeout``): a browser that sees the session close first may drop what the
-        stream still held, and with it the disconnect code.
+        As with WebSocket's closing handshake, the client (centrifuge-js closes its
+        transport on a ``disconnect`` push) ends the session, or after ``_CLOSE_WAIT``
+        seconds the server sends CLOSE_WEBTRANSPORT_SESSION itself. Closing the session
+        at once would let a browser discard what the stream still held, and with it the
+        disconnect code.
         """
         if self._closed:
             return
@@ -245,13 +250,11 @@ class WebTransportSession:
             except _STREAM_GONE as e:  # the stream is already over
                 _log.debug("webtransport: closing a half-closed stream: {e}", e=e)
         self._release()
-        if stream_id is None or quic_stream_backlog(peer.quic, stream_id) == 0:
+        if stream_id is None:
             self.send_capsule()
         else:
-            peer.closing.add(self)
-            self._write_timer = peer.clock.callLater(
-                max(peer.config.write_timeout, 0.1), self.send_capsule
-            )
+            peer.closing[self.session_id] = self
+            self._write_timer = peer.clock.callLater(_CLOSE_WAIT, self.send_capsule)
         peer.schedule_transmit()
 
     def send_capsule(self) -> None:
@@ -259,7 +262,7 @@ class WebTransportSession:
         capsule, self._capsule = self._capsule, None
         self._cancel_write_timer()
         peer = self._peer
-        peer.closing.discard(self)
+        peer.closing.pop(self.session_id, None)
         if capsule is None or peer.gone:
             return
         try:
@@ -267,11 +270,6 @@ class WebTransportSession:
         except _STREAM_GONE as e:  # the client ended the session first
             _log.debug("webtransport: session already closed: {e}", e=e)
         peer.schedule_transmit()
-
-    def acknowledged(self) -> bool:
-        """Whether the client acknowledged everything written on the stream."""
-        stream_id = self.stream_id
-        return stream_id is None or quic_stream_backlog(self._peer.quic, stream_id) == 0
 
     # --- flow control ------------------------------------------------------------------
 
@@ -337,8 +335,8 @@ class QuicPeer:
         self.config = listener.config
         self.clock = listener.clock
         self.sessions: dict[int, WebTransportSession] = {}
-        #: Closed sessions whose capsule waits for the client's acknowledgement.
-        self.closing: set[WebTransportSession] = set()
+        #: Sessions the server closed, until the client ends them too (by session id).
+        self.closing: dict[int, WebTransportSession] = {}
         self.cids: set[bytes] = set()
         self._timer: IDelayedCall | None = None
         self._timer_at: float | None = None
@@ -372,9 +370,6 @@ class QuicPeer:
             event = quic.next_event()
         for session in list(self.sessions.values()):
             session.check_drained()
-        for session in list(self.closing):
-            if session.acknowledged():
-                session.send_capsule()
 
     def _quic_event(self, event: quic_events.QuicEvent) -> None:
         if isinstance(event, quic_events.ConnectionIdIssued):
@@ -390,21 +385,27 @@ class QuicPeer:
         for session in list(self.sessions.values()):
             if stream_id in (session.session_id, session.stream_id):
                 session.lost()
+        closing = self.closing.get(stream_id)
+        if closing is not None:
+            closing.send_capsule()
 
     def _h3_event(self, event: H3Event) -> None:
         if isinstance(event, HeadersReceived):
             self._headers(event)
         elif isinstance(event, WebTransportStreamDataReceived):
             session = self.sessions.get(event.session_id)
-            if session is None:
-                self.refuse_stream(event.stream_id)
-            else:
+            if session is not None:
                 session.stream_data(event.stream_id, event.data, event.stream_ended)
-        elif isinstance(event, DataReceived):
+            elif event.session_id not in self.closing:  # (a closing session's: ignored)
+                self.refuse_stream(event.stream_id)
+        elif isinstance(event, DataReceived) and event.stream_ended:
             # capsules on a session's CONNECT stream; the end of it ends the session
             session = self.sessions.get(event.stream_id)
-            if session is not None and event.stream_ended:
+            if session is not None:
                 session.lost()
+            closing = self.closing.get(event.stream_id)
+            if closing is not None:  # the client ended a session the server closed
+                closing.send_capsule()
 
     def _headers(self, event: HeadersReceived) -> None:
         headers: dict[bytes, bytes] = {}
@@ -502,8 +503,10 @@ class QuicPeer:
         self._linger = None
         if self.gone:
             return
-        for session in list(self.closing):
-            session.send_capsule()
+        if self.closing:
+            for session in list(self.closing.values()):
+                session.send_capsule()
+            self.transmit()  # the capsules go out before CONNECTION_CLOSE
         self.quic.close(error_code=0, reason_phrase=reason)
         self.transmit()
 
@@ -561,7 +564,7 @@ class QuicPeer:
             flush.cancel()
         for session in list(self.sessions.values()):
             session.lost()
-        for session in list(self.closing):
+        for session in list(self.closing.values()):
             session.send_capsule()
         self.listener.peer_gone(self)
 

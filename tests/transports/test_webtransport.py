@@ -229,6 +229,11 @@ def test_api_disconnect_is_a_push_then_the_end_of_the_stream(wt: WTServer) -> No
         data = client.read_until(stream, _has_disconnect)
         assert disconnect_of(data) == {"code": 4500, "reason": "go"}
         client.wait(lambda: client.streams[stream].ended)
+        # this client does not end the session: the server does, with the code
+        session = next(s for s, h in client.responses.items() if dict(h)[b":status"] == b"200")
+        client.wait(lambda: session in client.bodies and client.bodies[session].ended, 15)
+        capsule = bytes(client.bodies[session].data)
+        assert capsule == b"\x68\x43\x06" + (4500).to_bytes(4, "big") + b"go"
     finally:
         client.close()
     wt.wait_released()
