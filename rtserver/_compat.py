@@ -22,6 +22,7 @@ from twisted.internet import tcp
 __all__ = [
     "encode_redis_command",
     "preset_protocol_options",
+    "quic_stream_backlog",
     "redis_protocol_base",
     "send_now",
     "set_twistd_logger",
@@ -185,3 +186,21 @@ def encode_redis_command(proto: Any, *args: Any) -> bytes:
 def use_clock(proto: Any, call_later: Callable[..., Any]) -> None:
     """Make a txredisapi connection schedule its reply timeouts with ``call_later``."""
     proto.callLater = call_later
+
+
+# --- aioquic: output of a QUIC stream not yet acknowledged -------------------------------
+#
+# ``QuicConnection.send_stream_data`` buffers without bound: the stream keeps every byte
+# until the peer acknowledges it. The WebTransport sink pauses its client's writer while
+# this backlog is above ``webtransport.write_buffer_size`` (the slow-client bound, as
+# TCP's buffer is on WebSocket). Relies on ``QuicConnection._streams`` (id -> QuicStream),
+# ``QuicStream.sender`` and ``QuicStreamSender._buffer`` (sent-or-pending bytes from the
+# first unacknowledged offset).
+
+
+def quic_stream_backlog(connection: Any, stream_id: int) -> int:
+    """Bytes written to stream ``stream_id`` of ``connection`` and not yet acknowledged."""
+    stream = connection._streams.get(stream_id)
+    if stream is None:
+        return 0
+    return len(stream.sender._buffer)

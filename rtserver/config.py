@@ -47,6 +47,8 @@ __all__ = [
     "parse_address",
     "redis_shards",
     "schema_keys",
+    "server_tls_files",
+    "server_tls_pem",
 ]
 
 _DURATION = {"duration": True}
@@ -124,8 +126,18 @@ class TLSConfig:
     """TLS for the main listener (alternatively, pass ``--listen ssl:...``)."""
 
     enabled: bool = False
+    #: PEM text, base64 of PEM text, or a PEM file path (``load_pem``).
+    cert_pem: str = field(default="", repr=False)
+    key_pem: str = field(default="", repr=False)
     cert_pem_file: str = ""
     key_pem_file: str = ""
+
+
+@dataclass(frozen=True)
+class HTTP3Config:
+    """HTTP/3 (QUIC over UDP) on the HTTP server's port number; needs ``http_server.tls``."""
+
+    enabled: bool = False
 
 
 @dataclass(frozen=True)
@@ -138,6 +150,7 @@ class HTTPServerConfig:
     internal_address: str = ""
     internal_port: int = 0
     tls: TLSConfig = field(default_factory=TLSConfig)
+    http3: HTTP3Config = field(default_factory=HTTP3Config)
     read_header_timeout: float = duration(10.0)
     max_unfinished_request_heads: int = 1024
 
@@ -356,6 +369,27 @@ class WebSocketConfig:
     handler_prefix: str = "/connection/websocket"
     message_size_limit: int = 65536
     write_timeout: float = duration(1.0)
+
+
+@dataclass(frozen=True)
+class WebTransportConfig:
+    """The WebTransport endpoint (HTTP/3 extended CONNECT; needs ``http_server.http3``)."""
+
+    enabled: bool = False
+    handler_prefix: str = "/connection/webtransport"
+    #: Largest command a client may send (bytes); larger closes with 3501.
+    message_size_limit: int = 65536
+    #: Output not yet acknowledged by the peer beyond which writes pause (bytes).
+    write_buffer_size: int = 262144
+    write_timeout: float = duration(1.0)
+    #: QUIC connections open at once; beyond, new ones are refused.
+    max_connections: int = 10000
+    #: WebTransport sessions on one QUIC connection (centrifuge-js opens one).
+    max_sessions_per_connection: int = 1
+    #: Streams a client may open in one session (centrifuge-js opens one).
+    max_streams_per_session: int = 1
+    #: A QUIC connection with no packets for this long is closed.
+    idle_timeout: float = duration(30.0)
 
 
 @dataclass(frozen=True)
@@ -588,6 +622,7 @@ class Config:
     http_api: HTTPAPIConfig = field(default_factory=HTTPAPIConfig)
     grpc_api: GRPCAPIConfig = field(default_factory=GRPCAPIConfig)
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
+    webtransport: WebTransportConfig = field(default_factory=WebTransportConfig)
     http_stream: HTTPStreamConfig = field(default_factory=HTTPStreamConfig)
     sse: SSEConfig = field(default_factory=SSEConfig)
     emulation: EmulationConfig = field(default_factory=EmulationConfig)
@@ -1110,7 +1145,7 @@ def load_pem(value: str, key: str) -> bytes:
     if b"-----BEGIN " in decoded:
         return decoded
     path = Path(value)
-    if value and path.is_file():
+    if _is_file(value):
         try:
             data = path.read_bytes()
         except OSError as e:
@@ -1335,9 +1370,7 @@ def validate(config: Config) -> None:
     _validate_admin(config)
     _validate_token(client.token, "client.token")
     _validate_token(client.subscription_token, "client.subscription_token")
-    tls = config.http_server.tls
-    if tls.enabled and not (tls.cert_pem_file and tls.key_pem_file):
-        raise ConfigError("http_server.tls: cert_pem_file and key_pem_file are required")
+    _validate_http_tls(config)
     _validate_grpc_api(config.grpc_api)
     _validate_uni_grpc(config.uni_grpc)
     seen: set[str] = set()
@@ -1365,6 +1398,73 @@ def _validate_token(token: TokenConfig, key: str) -> None:
         raise ConfigError(f"{key}.hmac_previous_secret_key: set without hmac_secret_key")
     if token.hmac_previous_secret_key_valid_until < 0:
         raise ConfigError(f"{key}.hmac_previous_secret_key_valid_until: must not be negative")
+
+
+def server_tls_files(tls: TLSConfig) -> tuple[str, str]:
+    """The certificate and key file paths of the TCP listener.
+
+    ``cert_pem``/``key_pem`` given as file paths count as files.
+    """
+    cert = tls.cert_pem_file or (tls.cert_pem if _is_file(tls.cert_pem) else "")
+    key = tls.key_pem_file or (tls.key_pem if _is_file(tls.key_pem) else "")
+    return cert, key
+
+
+def _is_file(value: str) -> bool:
+    """Whether ``value`` names an existing file (PEM text is no file name)."""
+    if not value or "\n" in value:
+        return False
+    try:
+        return Path(value).is_file()
+    except (OSError, ValueError):  # too long, or a NUL byte
+        return False
+
+
+def server_tls_pem(tls: TLSConfig, key: str = "http_server.tls") -> tuple[bytes, bytes]:
+    """``(certificate chain, private key)`` PEM bytes of ``tls``.
+
+    Raises:
+        ConfigError: a value or file holds no PEM data.
+    """
+    cert_pem, key_pem = tls.cert_pem, tls.key_pem
+    cert = load_pem(tls.cert_pem_file or cert_pem, f"{key}.cert_pem")
+    private = load_pem(tls.key_pem_file or key_pem, f"{key}.key_pem")
+    return cert, private
+
+
+def _validate_http_tls(config: Config) -> None:
+    server = config.http_server
+    tls = server.tls
+    if tls.enabled:
+        cert, key = server_tls_files(tls)
+        if not (tls.cert_pem or tls.cert_pem_file) or not (tls.key_pem or tls.key_pem_file):
+            raise ConfigError(
+                "http_server.tls: cert_pem and key_pem (or cert_pem_file and key_pem_file) "
+                "are required"
+            )
+        if server.http3.enabled:
+            server_tls_pem(tls)  # QUIC reads the PEM itself: a bad value fails now
+        if not (cert and key):
+            raise ConfigError(
+                "http_server.tls: the TCP listener reads its certificate from files: give "
+                "cert_pem and key_pem as file paths (or cert_pem_file and key_pem_file)"
+            )
+    if server.http3.enabled and not tls.enabled:
+        raise ConfigError("http_server.http3.enabled: HTTP/3 needs http_server.tls.enabled")
+    wt = config.webtransport
+    if wt.enabled and not server.http3.enabled:
+        raise ConfigError("webtransport.enabled: WebTransport needs http_server.http3.enabled")
+    if wt.message_size_limit < 1024:
+        raise ConfigError("webtransport.message_size_limit: must be at least 1024 bytes")
+    if wt.write_buffer_size < 16384:
+        raise ConfigError("webtransport.write_buffer_size: must be at least 16384 bytes")
+    for name in ("max_connections", "max_sessions_per_connection", "max_streams_per_session"):
+        if getattr(wt, name) < 1:
+            raise ConfigError(f"webtransport.{name}: must be at least 1")
+    if wt.idle_timeout <= 0:
+        raise ConfigError("webtransport.idle_timeout: must be positive")
+    if not wt.handler_prefix.startswith("/"):
+        raise ConfigError("webtransport.handler_prefix: must start with /")
 
 
 def _validate_endpoint(proxy: ProxyConfig, key: str) -> None:
@@ -1480,8 +1580,13 @@ def _validate_grpc_api(grpc: GRPCAPIConfig) -> None:
         raise ConfigError(f"grpc_api.error_mode: {grpc.error_mode!r} is not '' or 'transport'")
     if grpc.max_receive_message_size < 0:
         raise ConfigError("grpc_api.max_receive_message_size: must not be negative")
-    if grpc.tls.enabled and not (grpc.tls.cert_pem_file and grpc.tls.key_pem_file):
-        raise ConfigError("grpc_api.tls: cert_pem_file and key_pem_file are required")
+    if grpc.tls.enabled:
+        tls = grpc.tls
+        if not (tls.cert_pem or tls.cert_pem_file) or not (tls.key_pem or tls.key_pem_file):
+            raise ConfigError(
+                "grpc_api.tls: cert_pem and key_pem (or cert_pem_file and key_pem_file) "
+                "are required"
+            )
 
 
 def _validate_uni_grpc(uni: UniGRPCConfig) -> None:
@@ -1493,8 +1598,13 @@ def _validate_uni_grpc(uni: UniGRPCConfig) -> None:
         raise ConfigError("uni_grpc.max_receive_message_size: must not be negative")
     if uni.max_concurrent_streams < 1:
         raise ConfigError("uni_grpc.max_concurrent_streams: must be at least 1")
-    if uni.tls.enabled and not (uni.tls.cert_pem_file and uni.tls.key_pem_file):
-        raise ConfigError("uni_grpc.tls: cert_pem_file and key_pem_file are required")
+    if uni.tls.enabled:
+        tls = uni.tls
+        if not (tls.cert_pem or tls.cert_pem_file) or not (tls.key_pem or tls.key_pem_file):
+            raise ConfigError(
+                "uni_grpc.tls: cert_pem and key_pem (or cert_pem_file and key_pem_file) "
+                "are required"
+            )
 
 
 def _validate_admin(config: Config) -> None:

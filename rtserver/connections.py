@@ -20,6 +20,7 @@ __all__ = [
     "Consumer",
     "OpenConnections",
     "request_body",
+    "split_description",
     "take_over_producer",
     "websocket_server_options",
 ]
@@ -126,3 +127,21 @@ def request_body(request: Request) -> bytes:
     """The request body twisted.web stored (empty once the request has finished)."""
     content = request.content
     return b"" if content is None else content.read()
+
+
+def split_description(description: str) -> list[str]:
+    """Split an endpoint description on unescaped colons, removing the escapes."""
+    parts, current, escaped = [], "", False
+    for char in description:
+        if escaped:
+            current += char
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
+    return parts

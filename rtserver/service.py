@@ -10,7 +10,7 @@ import dataclasses
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.application.service import MultiService, Service
 from twisted.application.strports import service as strports_service
@@ -27,7 +27,10 @@ from rtserver.config import (
     RedisEngineConfig,
     check_proxy_references,
     proxy_names,
+    server_tls_files,
+    server_tls_pem,
 )
+from rtserver.connections import split_description
 from rtserver.core.channels import ChannelResolver
 from rtserver.core.node import Node
 from rtserver.core.ports import IBroker, IEngine, IHistory
@@ -58,8 +61,10 @@ __all__ = [
     "build",
     "build_engine",
     "build_grpc_api",
+    "build_http3",
     "build_node",
     "build_proxies",
+    "build_quic_listener",
     "build_site",
     "build_sites",
     "build_uni_grpc",
@@ -67,7 +72,11 @@ __all__ = [
     "default_listen",
     "describe_engine",
     "enabled_transports",
+    "http3_address",
 ]
+
+if TYPE_CHECKING:
+    from rtserver.transports.webtransport import QuicListener
 
 _log = Logger()
 
@@ -265,6 +274,8 @@ def enabled_transports(config: Config) -> list[str]:
             names.append(name)
     if config.uni_grpc.enabled:
         names.append("uni_grpc")
+    if config.http_server.http3.enabled and config.webtransport.enabled:
+        names.append("webtransport")
     return names
 
 
@@ -472,6 +483,8 @@ class Sites:
     #: The site of this worker's private socket, where the other workers relay the
     #: requests of SockJS sessions this one owns (``--workers N`` with SockJS), or None.
     owned: RTSite | None = None
+    #: HTTP/3's datagram protocol (``http_server.http3.enabled``), or None.
+    quic: QuicListener | None = None
 
 
 def build_sites(
@@ -580,6 +593,9 @@ def build_sites(
                 owned_root, body_limits=owned_limits, read_header_timeout=0, reactor=reactor
             )
             drains.append(owned_site)
+    quic = None
+    if config.http_server.http3.enabled:
+        quic = build_quic_listener(node, config, origins, reactor)
     fast_path = None
     http_stats = HTTPStats()
     api_resource = None
@@ -592,7 +608,9 @@ def build_sites(
     if config.prometheus.enabled:
         from rtserver.web.metrics import MetricsResource, registry_for
 
-        registry = registry_for(node, executor.stats, http_stats, relay)
+        registry = registry_for(
+            node, executor.stats, http_stats, sockjs_relay=relay, quic=quic
+        )
         mount(root, config.prometheus.handler_prefix, MetricsResource(registry))
     if config.health.enabled:
         mount(root, config.health.handler_prefix, HealthResource(node.engine))
@@ -617,7 +635,9 @@ def build_sites(
         reactor=reactor,
     )
     drains.append(site)
-    return Sites(site, internal_site, drains, origins, api_resource, admin_tree, owned_site)
+    return Sites(
+        site, internal_site, drains, origins, api_resource, admin_tree, owned_site, quic
+    )
 
 
 def build_grpc_api(
@@ -677,15 +697,53 @@ def build_uni_grpc(
     )
 
 
+def http3_address(config: Config, listen: list[str]) -> tuple[int, str]:
+    """``(UDP port, interface)`` of HTTP/3.
+
+    The first ``ssl:`` listener's port and interface, else ``http_server``'s.
+    """
+    for description in listen:
+        parts = split_description(description)
+        if parts[0] != "ssl":
+            continue
+        args = dict(p.partition("=")[::2] for p in parts[1:] if "=" in p)
+        positional = [p for p in parts[1:] if "=" not in p]
+        port = args.get("port") or (positional[0] if positional else "")
+        if port.isdigit():
+            return int(port), args.get("interface", "")
+    server = config.http_server
+    return server.port, server.address
+
+
+def build_quic_listener(
+    node: Node, config: Config, origins: OriginPolicy, reactor: Any
+) -> QuicListener:
+    """HTTP/3's datagram protocol (the WebTransport endpoint; transports/webtransport.py)."""
+    from rtserver.transports.webtransport import QuicListener, quic_configuration
+
+    cert, key = server_tls_pem(config.http_server.tls)
+    wt = config.webtransport
+    quic = quic_configuration(cert, key, wt.idle_timeout)
+    return QuicListener(node, origins, wt, quic, reactor)
+
+
+def build_http3(
+    listener: QuicListener, config: Config, listen: list[str], reactor: Any
+) -> Service:
+    """HTTP/3 on UDP, on the port number of the HTTP server's TLS listener."""
+    from rtserver.transports.webtransport import HTTP3Service
+
+    port, interface = http3_address(config, listen)
+    return HTTP3Service(listener, port, interface, reactor)
+
+
 def default_listen(config: Config) -> list[str]:
     """The endpoint description for ``http_server`` settings."""
     server = config.http_server
     desc = f"tcp:{server.port}"
     if server.tls.enabled:
-        desc = (
-            f"ssl:{server.port}:privateKey={_escape(server.tls.key_pem_file)}"
-            f":certKey={_escape(server.tls.cert_pem_file)}"
-        )
+        cert, key = server_tls_files(server.tls)
+        desc = f"ssl:{server.port}:privateKey={_escape(key)}:certKey={_escape(cert)}"
     if server.address:
         desc += f":interface={_escape(server.address)}"
     return [desc]
@@ -791,6 +849,8 @@ def build(
         # lockfile=1: a stale socket of a killed predecessor is removed, a live one kept.
         private = "unix:" + siblings.own_path.replace(":", "\\:") + ":mode=600:lockfile=1"
         strports_service(private, sites.owned, reactor=reactor).setServiceParent(top)
+    if sites.quic is not None:
+        build_http3(sites.quic, config, endpoints, reactor).setServiceParent(top)
     if config.grpc_api.enabled:
         build_grpc_api(executor, config, reactor, reuse_port=reuse_port).setServiceParent(top)
     if config.uni_grpc.enabled:

@@ -27,6 +27,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
 from rtserver.config import Config
+from rtserver.connections import split_description as _split
 from rtserver.logs import Logger
 
 __all__ = [
@@ -64,24 +65,6 @@ class ListenAddress:
     @property
     def family(self) -> socket.AddressFamily:
         return socket.AF_INET6 if ":" in self.interface else socket.AF_INET
-
-
-def _split(description: str) -> list[str]:
-    """Split an endpoint description on unescaped colons, removing the escapes."""
-    parts, current, escaped = [], "", False
-    for char in description:
-        if escaped:
-            current += char
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif char == ":":
-            parts.append(current)
-            current = ""
-        else:
-            current += char
-    parts.append(current)
-    return parts
 
 
 def parse_tcp(description: str) -> ListenAddress:
@@ -128,6 +111,11 @@ def refusals(config: Config, listen: Sequence[str]) -> list[str]:
             "the memory engine keeps each worker's channels to itself: set engine.type "
             "to redis (with engine.redis.address), or enable a shared broker "
             '(broker.enabled: true with broker.type "nats" and broker.nats.url)'
+        )
+    if config.http_server.http3.enabled:
+        out.append(
+            "http_server.http3.enabled: HTTP/3 (WebTransport) listens in one process only; "
+            "serve it from a separate --workers 1 instance"
         )
     for description in [*listen, *grpc_listen(config)]:
         try:

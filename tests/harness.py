@@ -10,6 +10,9 @@ commands in).
 
 from __future__ import annotations
 
+import datetime
+import hashlib
+import ipaddress
 import json
 import os
 import queue
@@ -123,6 +126,51 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def make_certificate(directory: Path, days: int = 10) -> tuple[Path, Path, bytes]:
+    """A self-signed ECDSA P-256 certificate for 127.0.0.1/localhost, valid ``days``.
+
+    Returns the certificate and key files and the certificate's SHA-256 (DER) — what
+    Chromium's ``serverCertificateHashes`` takes (validity at most 14 days).
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path = directory / "wt-cert.pem"
+    key_path = directory / "wt-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    digest = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest()
+    return cert_path, key_path, digest
 
 
 def _twistd() -> str:

@@ -201,3 +201,15 @@ def test_twistd_takes_the_logger_a_plugin_sets(tmp_path: Any) -> None:
     assert _compat.set_twistd_logger(options.subOptions, "x.y") is None
     # options parsed outside twistd (no parent): nothing to set
     assert _compat.set_twistd_logger(object(), "x.y") is None
+
+
+def test_quic_stream_backlog_reads_unacknowledged_bytes() -> None:
+    """A QUIC stream keeps its unacknowledged bytes in ``QuicStreamSender._buffer``."""
+    from aioquic.quic.configuration import QuicConfiguration
+    from aioquic.quic.connection import QuicConnection
+
+    conn = QuicConnection(configuration=QuicConfiguration(is_client=True))
+    stream_id = conn.get_next_available_stream_id()
+    assert _compat.quic_stream_backlog(conn, stream_id) == 0
+    conn.send_stream_data(stream_id, b"x" * 5000)
+    assert _compat.quic_stream_backlog(conn, stream_id) == 5000

@@ -19,7 +19,6 @@ import asyncio
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -27,7 +26,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
-from rtserver.config import TLSConfig
+from rtserver.config import ConfigError, TLSConfig, server_tls_pem
 from rtserver.grpcapi.bridge import ReactorBridge
 from rtserver.logs import Logger
 
@@ -127,13 +126,12 @@ class GRPCServerService(Service):
         target = bind_address(self._address, self._requested_port)
         try:
             if self._tls.enabled:
-                key = Path(self._tls.key_pem_file).read_bytes()
-                cert = Path(self._tls.cert_pem_file).read_bytes()
+                cert, key = server_tls_pem(self._tls, self.label)
                 creds = grpc.ssl_server_credentials([(key, cert)])
                 self.port = server.add_secure_port(target, creds)
             else:
                 self.port = server.add_insecure_port(target)
-        except (OSError, RuntimeError) as e:
+        except (OSError, RuntimeError, ConfigError) as e:
             pool.shutdown(wait=False)
             raise RuntimeError(f"{self.label}: cannot listen on {target}: {e}") from None
         if not self.port:  # older grpcio reports a failed bind as port 0
@@ -234,12 +232,11 @@ class AioGRPCServerService(Service):
                                  maximum_concurrent_rpcs=self._max_concurrent)
         try:
             if self._tls.enabled:
-                key = Path(self._tls.key_pem_file).read_bytes()
-                cert = Path(self._tls.cert_pem_file).read_bytes()
+                cert, key = server_tls_pem(self._tls, self.label)
                 port = server.add_secure_port(target, grpc.ssl_server_credentials([(key, cert)]))
             else:
                 port = server.add_insecure_port(target)
-        except (OSError, RuntimeError) as e:
+        except (OSError, RuntimeError, ConfigError) as e:
             raise RuntimeError(f"{self.label}: cannot listen on {target}: {e}") from None
         if not port:
             raise RuntimeError(f"{self.label}: cannot listen on {target}")

@@ -40,6 +40,7 @@ __all__ = [
     "MAX_DEPTH",
     "PING",
     "SCHEMA",
+    "complete_end",
     "decode_commands",
     "decode_emulation_request",
     "decode_message",
@@ -53,6 +54,7 @@ __all__ = [
     "encode_unsubscribe",
     "join",
     "json_payload",
+    "longest_message",
     "unframe",
 ]
 
@@ -541,6 +543,45 @@ def decode_commands(data: bytes | str) -> list[Command]:
     if not commands:
         raise ProtocolError("empty frame")
     return commands
+
+
+def complete_end(data: bytes) -> int:
+    """Where the last complete varint-delimited message of a byte stream ends (0: none).
+
+    Stream transports (WebTransport) receive messages cut anywhere; what follows the
+    returned offset waits for more bytes.
+
+    Raises:
+        ProtocolError: a length prefix longer than 10 bytes or beyond 64 bits.
+    """
+    end = len(data)
+    pos = 0
+    while pos < end:
+        try:
+            length, start = _varint(data, pos, end)
+        except ProtocolError:
+            if end - pos >= 10:
+                raise
+            return pos
+        if length > end - start:
+            return pos
+        pos = start + length
+    return pos
+
+
+def longest_message(data: bytes) -> int:
+    """The length of the longest varint-delimited message in ``data`` (whole messages).
+
+    Raises:
+        ProtocolError: on a malformed or cut length prefix.
+    """
+    end = len(data)
+    pos = longest = 0
+    while pos < end:
+        length, pos = _length(data, pos, end)
+        longest = max(longest, length)
+        pos += length
+    return longest
 
 
 def decode_emulation_request(body: bytes) -> tuple[str, str, bytes]:

@@ -31,6 +31,7 @@ from rtserver.api.executor import CommandStats
 from rtserver.core.node import Node
 from rtserver.core.stats import NodeStats
 from rtserver.sockjs.forward import Forwarder
+from rtserver.transports.webtransport import QuicListener
 from rtserver.web.site import HTTPStats
 
 __all__ = ["MetricsResource", "NodeCollector", "registry_for"]
@@ -45,11 +46,13 @@ class NodeCollector:
         api_stats: CommandStats | None = None,
         http_stats: HTTPStats | None = None,
         sockjs_relay: Forwarder | None = None,
+        quic: QuicListener | None = None,
     ) -> None:
         self._node = node
         self._api = api_stats
         self._http = http_stats
         self._relay = sockjs_relay
+        self._quic = quic
 
     def collect(self) -> Iterator[Metric]:
         node, hub = self._node, self._node.hub
@@ -92,6 +95,8 @@ class NodeCollector:
                 "SockJS requests served here because their session's worker was unreachable.",
                 value=self._relay.unreachable,
             )
+        if self._quic is not None:
+            yield from self._quic_metrics(self._quic)
 
     @staticmethod
     def _client_metrics(node: Node) -> Iterator[Metric]:
@@ -166,6 +171,30 @@ class NodeCollector:
         )
 
     @staticmethod
+    def _quic_metrics(quic: QuicListener) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "rtserver_http3_connections",
+            "QUIC connections open (HTTP/3 and WebTransport).",
+            value=len(quic.peers),
+        )
+        yield GaugeMetricFamily(
+            "rtserver_webtransport_sessions",
+            "WebTransport sessions open.",
+            value=quic.open_sessions,
+        )
+        yield CounterMetricFamily(
+            "rtserver_webtransport_sessions_opened",
+            "WebTransport sessions accepted since start.",
+            value=quic.sessions_opened,
+        )
+        yield CounterMetricFamily(
+            "rtserver_http3_datagrams_dropped",
+            "UDP datagrams dropped: not QUIC, not for a known connection, or beyond "
+            "webtransport.max_connections.",
+            value=quic.dropped,
+        )
+
+    @staticmethod
     def _http_metrics(stats: HTTPStats) -> Iterator[Metric]:
         yield GaugeMetricFamily(
             "rtserver_http_unfinished_request_heads",
@@ -225,10 +254,11 @@ def registry_for(
     api_stats: CommandStats | None = None,
     http_stats: HTTPStats | None = None,
     sockjs_relay: Forwarder | None = None,
+    quic: QuicListener | None = None,
 ) -> CollectorRegistry:
     """A registry holding only this node's collector (not the process-global one)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(NodeCollector(node, api_stats, http_stats, sockjs_relay))
+    registry.register(NodeCollector(node, api_stats, http_stats, sockjs_relay, quic))
     return registry
 
 

@@ -9,8 +9,8 @@
 //     {"ready":"loaded"}        the page was loaded
 //     {"result":"<name>", "value":...} answer to an "eval <name>" command
 //     {"fatal":"..."} (exit 2) on failure or timeout, {"done":true} at the end
-//   stdin: "eval state|history|presence" or "close".
-// env: CHROMIUM, USER_DATA_DIR, PAGE_URL, RT_URL, SCENARIO_TIMEOUT_MS
+//   stdin: "eval state|history|presence", "call <name>" (window.__rt[name]()) or "close".
+// env: CHROMIUM, USER_DATA_DIR, PAGE_URL, RT_URL, SCENARIO_TIMEOUT_MS, CHROMIUM_QUIC (1: QUIC on)
 import { createRequire } from 'node:module';
 import readline from 'node:readline';
 
@@ -22,7 +22,8 @@ const CHROMIUM_ARGS = [
   '--headless',
   '--no-sandbox',
   '--disable-gpu',
-  '--disable-quic',
+  // QUIC stays off unless the scenario needs it (WebTransport): CHROMIUM_QUIC=1
+  ...(process.env.CHROMIUM_QUIC === '1' ? [] : ['--disable-quic']),
   '--no-first-run',
   '--disable-background-networking',
   '--disable-component-update',
@@ -102,6 +103,10 @@ for await (const raw of rl) {
   } else if (line.startsWith('eval ') && evaluations[line.slice(5)]) {
     const name = line.slice(5);
     emit({ result: name, value: await evaluations[name]() });
+  } else if (line.startsWith('call ')) {
+    // a function of the page's window.__rt (the page decides what it offers)
+    const name = line.slice(5);
+    emit({ result: name, value: await page.evaluate((n) => window.__rt[n](), name) });
   } else if (line) {
     await fatal(`unknown command ${JSON.stringify(line)}`);
   }

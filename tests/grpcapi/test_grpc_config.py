@@ -31,7 +31,8 @@ def test_key_never_shows_in_repr() -> None:
         ({"max_receive_message_size": -1},
          "grpc_api.max_receive_message_size: must not be negative"),
         ({"tls": {"enabled": True, "cert_pem_file": "c.pem"}},
-         "grpc_api.tls: cert_pem_file and key_pem_file are required"),
+         "grpc_api.tls: cert_pem and key_pem (or cert_pem_file and key_pem_file) are "
+         "required"),
     ],
 )
 def test_invalid_settings_are_refused(section: dict[str, Any], message: str) -> None:
@@ -77,7 +78,8 @@ def test_uni_grpc_defaults_are_centrifugos() -> None:
          "uni_grpc.max_receive_message_size: must not be negative"),
         ({"max_concurrent_streams": 0}, "uni_grpc.max_concurrent_streams: must be at least 1"),
         ({"tls": {"enabled": True, "key_pem_file": "k.pem"}},
-         "uni_grpc.tls: cert_pem_file and key_pem_file are required"),
+         "uni_grpc.tls: cert_pem and key_pem (or cert_pem_file and key_pem_file) are "
+         "required"),
     ],
 )
 def test_invalid_uni_grpc_settings_are_refused(section: dict[str, Any], message: str) -> None:

@@ -51,6 +51,9 @@ def test_refusals_name_what_to_configure() -> None:
     assert parse_tcp(grpc_listen(v6)[0]).interface == "::1"
     unbound = dataclasses.replace(grpc, grpc_api=dataclasses.replace(grpc.grpc_api, port=0))
     assert [p for p in refusals(unbound, ["tcp:8000"]) if "fixed port" in p]
+    server = dataclasses.replace(redis.http_server, http3=rtconfig.HTTP3Config(enabled=True))
+    h3 = dataclasses.replace(redis, http_server=server)
+    assert [p for p in refusals(h3, ["tcp:8000"]) if "http3" in p]
 
 
 def test_worker_names_are_distinct() -> None:
