@@ -174,7 +174,7 @@ def test_subscribe_and_receive_api_publications(wt: WTServer) -> None:
         assert pubs == [{"channel": "news", "pub": {"data": {"text": "hello over QUIC"},
                                                     "offset": pubs[0]["pub"]["offset"]}}]
         accepted = wt.metric(
-            "centrifugo_client_connections_accepted_total", '{transport="webtransport"}'
+            "centrifugo_client_connections_accepted", '{transport="webtransport"}'
         )
         assert accepted >= 1
     finally:
