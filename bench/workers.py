@@ -113,14 +113,14 @@ def report(args: argparse.Namespace, rows: list[dict[str, Any]], elapsed: float)
         f"{machine()}",
         "",
         "| N | case | workers | deliveries/s | server CPU µs/delivery (all processes) "
-        "| ratio to 1 worker | CPU s per worker | lost |",
-        "|---|---|---|---|---|---|---|---|",
+        "| ratio to 1 worker | CPU s per worker | deliveries per WebSocket frame | lost |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     base: dict[tuple[int, str], float] = {}
     for r in rows:
         if not r.get("delivered"):
             out.append(f"| {r['n']} | {r['case']} | {r['workers']} | failed: "
-                       f"{str(r.get('error'))[:80]} | | | | |")
+                       f"{str(r.get('error'))[:80]} | | | | | |")
             continue
         per = r["total_cpu_s"] * 1e6 / r["delivered"]
         key = (r["n"], r["case"])
@@ -130,7 +130,8 @@ def report(args: argparse.Namespace, rows: list[dict[str, Any]], elapsed: float)
         split = " / ".join(f"{c:.2f}" for c in r.get("per_worker", [])) or "-"
         out.append(
             f"| {r['n']:,} | {r['case']} | {r['workers']} | {r['rate']:,.0f} | {per:.2f} | "
-            f"{ratio} | {split} | {r['expected'] - r['delivered']} |"
+            f"{ratio} | {split} | {r['delivered'] / max(1, r['frames']):.2f} "
+            f"| {r['expected'] - r['delivered']} |"
         )
     return "\n".join(out)
 

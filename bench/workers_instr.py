@@ -127,6 +127,38 @@ def _instructions(path: Path) -> int:
     raise ValueError(f"no summary in {path}")
 
 
+def _calls(path: Path, name: str) -> int:
+    """Calls to the C function ``name`` recorded in a callgrind dump (``send``: one
+    system call each)."""
+    ids: dict[str, str] = {}
+    target = None
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith(("fn=(", "cfn=(")):
+            ref, _, label = line.partition("=")[2].partition(" ")
+            if label:
+                ids[ref] = label
+            target = ids.get(ref) if line.startswith("cfn=") else None
+        elif target == name and line.startswith("calls="):
+            total += int(line[6:].split()[0])
+    return total
+
+
+def _fit(points: list[tuple[int, int, int, int, int]]) -> list[float] | None:
+    """Solve ``I = a * P + e * P * (workers == 2) + b * D + c * S`` for four points
+    ``(workers, P, D, S, I)``; None when singular or numpy is missing."""
+    try:
+        import numpy as np
+    except ImportError:
+        return None
+    rows = [[p, p * (w == 2), d, sends] for w, p, d, sends, _ in points]
+    try:
+        return [float(x) for x in np.linalg.solve(np.array(rows, float),
+                                                  np.array([i for *_, i in points], float))]
+    except np.linalg.LinAlgError:
+        return None
+
+
 def measure(args: argparse.Namespace, ui: Progress, outdir: Path) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for n in args.n:
@@ -149,19 +181,22 @@ def measure(args: argparse.Namespace, ui: Progress, outdir: Path) -> list[dict[s
                                       for p in every for opt in ("-d", "--instr=off")],
                 }
                 res = drive(params, pids[0], label, ui, 1800)
-            for k, case in enumerate(res.get("cases") or [{"case": "-", "error": res.get("error")}]):
+            cases = res.get("cases") or [{"case": "-", "error": res.get("error")}]
+            for k, case in enumerate(cases):
                 case.update(n=n, workers=workers, pids=pids)
                 if case.get("delivered"):
                     # dump k+1 of each process is case k's measured window
                     case["server_ir"] = {
                         str(p): _instructions(run_dir / f"w{workers}.{p}.{k + 1}") for p in pids
                     }
+                    case["sends"] = sum(
+                        _calls(run_dir / f"w{workers}.{p}.{k + 1}", "send") for p in pids
+                    )
                     case["redis_ir"] = _instructions(run_dir / f"redis.{rpid}.{k + 1}")
                     case["pubs"] = case["expected"] // n
                 rows.append(case)
-                ui.log(f"  {label} {case['case']}: "
-                       f"{sum(case.get('server_ir', {}).values()) / max(1, case.get('delivered', 0)):,.0f}"
-                       " Ir/delivery")
+                per = sum(case.get("server_ir", {}).values()) / max(1, case.get("delivered", 0))
+                ui.log(f"  {label} {case['case']}: {per:,.0f} Ir/delivery")
     return rows
 
 
@@ -174,15 +209,16 @@ def report(args: argparse.Namespace, rows: list[dict[str, Any]], elapsed: float)
         "",
         "| N | case | workers | publications | server Ir/delivery (all processes) "
         "| ratio to 1 worker | Ir per process (supervisor first), millions "
+        "| deliveries per WebSocket frame | send() calls per 1000 deliveries "
         "| Redis Ir/publication | lost |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     base: dict[tuple[int, str], float] = {}
-    fits: dict[tuple[int, str], list[tuple[int, int, int]]] = {}
+    fits: dict[str, list[tuple[int, int, int, int, int]]] = {}
     for r in rows:
         if not r.get("delivered") or "server_ir" not in r:
             out.append(f"| {r['n']} | {r['case']} | {r['workers']} | failed: "
-                       f"{str(r.get('error'))[:80]} | | | | | |")
+                       f"{str(r.get('error'))[:80]} | | | | | | | |")
             continue
         total = sum(r["server_ir"].values())
         per = total / r["delivered"]
@@ -193,24 +229,24 @@ def report(args: argparse.Namespace, rows: list[dict[str, Any]], elapsed: float)
         split = " / ".join(f"{v / 1e6:,.0f}" for v in r["server_ir"].values())
         out.append(
             f"| {r['n']:,} | {r['case']} | {r['workers']} | {r['pubs']} | {per:,.0f} | {ratio} "
-            f"| {split} | {r['redis_ir'] / r['pubs']:,.0f} | {r['expected'] - r['delivered']} |"
+            f"| {split} | {r['delivered'] / max(1, r['frames']):.2f} "
+            f"| {r['sends'] * 1000 / r['delivered']:.0f} | {r['redis_ir'] / r['pubs']:,.0f} "
+            f"| {r['expected'] - r['delivered']} |"
         )
-        fits.setdefault((r["workers"], r["case"]), []).append((r["pubs"], r["delivered"], total))
+        fits.setdefault(r["case"], []).append(
+            (r["workers"], r["pubs"], r["delivered"], r["sends"], total))
     lines = []
-    for (workers, case), pts in sorted(fits.items()):
-        if len(pts) < 2:
-            continue
-        (p1, d1, i1), (p2, d2, i2) = pts[0], pts[-1]
-        det = p1 * d2 - p2 * d1
-        if not det:
-            continue
-        a = (i1 * d2 - i2 * d1) / det
-        b = (p1 * i2 - p2 * i1) / det
-        lines.append(f"| {case} | {workers} | {a:,.0f} | {b:,.0f} |")
+    for case, pts in fits.items():
+        x = _fit(pts) if len(pts) == 4 else None
+        if x is not None and min(x[0], x[2], x[3]) > 0:
+            lines.append(f"| {case} | {x[0]:,.0f} | {x[1]:,.0f} | {x[2]:,.0f} | {x[3]:,.0f} |")
+        else:  # e.g. deliveries and send() calls in the same proportion on every row
+            lines.append(f"| {case} | no consistent fit | | | |")
     if lines:
-        out += ["", "Split `I = a * publications + b * deliveries` (from the two values of N):",
-                "", "| case | workers | a: Ir per publication | b: Ir per delivery |",
-                "|---|---|---|---|", *lines]
+        out += ["", "Fit of `I = a * P + e * P * (2 workers) + b * D + c * S` (publications, "
+                "deliveries, send() calls; four rows per case):", "",
+                "| case | a: Ir per publication | e: extra Ir per publication with 2 workers "
+                "| b: Ir per delivery | c: Ir per send() |", "|---|---|---|---|---|", *lines]
     return "\n".join(out)
 
 
@@ -243,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         _stop_all()
     ui.log("")
+    if args.annotate:
+        (args.annotate / "rows.json").write_text(json.dumps(rows, indent=1))
     print(report(args, rows, time.monotonic() - started))
     return 0
 
