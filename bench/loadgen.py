@@ -401,6 +401,7 @@ class Gen:
 
     async def phase(self, pubs: int, label: str) -> bool:
         """Publish ``pubs`` more; True when every delivery arrived in time."""
+        p = self.p
         self.done = self.loop.create_future()
         self.target += pubs
         deadline = time.monotonic() + self.p.get("timeout", 60)
@@ -412,7 +413,7 @@ class Gen:
             if self.delivered != seen:
                 last, seen = now, self.delivered
             progress(f"{label}: {self.delivered - self.base}/{self.goal} deliveries")
-            if not self.done.done() and (now > deadline or now - last > 5):
+            if not self.done.done() and (now > deadline or now - last > p.get("stall", 5)):
                 return False
         return self.delivered >= self.target * self.per_pub and not self.error
 

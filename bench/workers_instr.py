@@ -174,7 +174,7 @@ def measure(args: argparse.Namespace, ui: Progress, outdir: Path) -> list[dict[s
                     "mode": "fanout", "kind": "rtserver", "n": n, "channel": "bench",
                     "cases": args.cases, "pubs": args.pubs, "warmup": args.warmup,
                     "window": 16, "nofile": n + 2000, "timeout": 900, "port": port,
-                    "connect_concurrency": 8,
+                    "connect_concurrency": 8, "stall": 300,  # a fan-out turn can take seconds
                     "before_measure": [["callgrind_control", opt, str(p)]
                                        for p in every for opt in ("--instr=on", "-z")],
                     "after_measure": [["callgrind_control", opt, str(p)]
@@ -216,7 +216,7 @@ def report(args: argparse.Namespace, rows: list[dict[str, Any]], elapsed: float)
     base: dict[tuple[int, str], float] = {}
     fits: dict[str, list[tuple[int, int, int, int, int]]] = {}
     for r in rows:
-        if not r.get("delivered") or "server_ir" not in r:
+        if not r.get("complete") or "server_ir" not in r:
             out.append(f"| {r['n']} | {r['case']} | {r['workers']} | failed: "
                        f"{str(r.get('error'))[:80]} | | | | | | | |")
             continue
@@ -237,7 +237,9 @@ def report(args: argparse.Namespace, rows: list[dict[str, Any]], elapsed: float)
             (r["workers"], r["pubs"], r["delivered"], r["sends"], total))
     lines = []
     for case, pts in fits.items():
-        x = _fit(pts) if len(pts) == 4 else None
+        if len(pts) != 4:
+            continue
+        x = _fit(pts)
         if x is not None and min(x[0], x[2], x[3]) > 0:
             lines.append(f"| {case} | {x[0]:,.0f} | {x[1]:,.0f} | {x[2]:,.0f} | {x[3]:,.0f} |")
         else:  # e.g. deliveries and send() calls in the same proportion on every row
