@@ -401,6 +401,7 @@ class Gen:
 
     async def phase(self, pubs: int, label: str) -> bool:
         """Publish ``pubs`` more; True when every delivery arrived in time."""
+        p = self.p
         self.done = self.loop.create_future()
         self.target += pubs
         deadline = time.monotonic() + self.p.get("timeout", 60)
@@ -412,7 +413,7 @@ class Gen:
             if self.delivered != seen:
                 last, seen = now, self.delivered
             progress(f"{label}: {self.delivered - self.base}/{self.goal} deliveries")
-            if not self.done.done() and (now > deadline or now - last > 5):
+            if not self.done.done() and (now > deadline or now - last > p.get("stall", 5)):
                 return False
         return self.delivered >= self.target * self.per_pub and not self.error
 
@@ -423,6 +424,7 @@ class Gen:
         """One measured window: deliveries, wall time, server and client CPU."""
         p = self.p
         pid, core = p["server_pid"], p.get("server_core", -1)
+        await self.run_hooks(p.get("before_measure", []))
         self.base, self.goal = self.delivered, pubs * self.per_pub
         frames0 = self.frames
         u0, s0 = proc_cpu(pid)
@@ -435,6 +437,7 @@ class Gen:
         extra = {str(x): sum(proc_cpu(x)) - c for x, c in extra0.items()}
         u1, s1 = proc_cpu(pid)
         busy1, _, _ = core_times(core)
+        await self.run_hooks(p.get("after_measure", []))
         delivered = self.delivered - self.base
         return {
             "complete": complete,
@@ -451,6 +454,17 @@ class Gen:
             "server_rss_kb": proc_rss_kb(pid),
             "extra_cpu_s": extra,
         }
+
+    async def run_hooks(self, commands: list[list[str]]) -> None:
+        """Run each command to its end (``before_measure``/``after_measure``: e.g.
+        ``callgrind_control -z PID`` so that only the measured window is counted)."""
+        for argv in commands:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+            )
+            _, err = await proc.communicate()
+            if proc.returncode:
+                raise RuntimeError(f"{argv[0]} failed ({proc.returncode}): {err[-300:]!r}")
 
     async def cases(self, label: str) -> list[dict[str, Any]]:
         """Run every ``BxC`` case on the open connections (warm-up first)."""

@@ -4,6 +4,7 @@
 
     python bench/workers.py                      # N=1000, cases 1x4 and 16x2 (~1 min)
     python bench/workers.py --n 1000,5000
+    python bench/workers.py --cases 16x2 --profile prof/   # then bench/pyspy_top.py prof/*.txt
 
 One ``twistd rtserver`` on the Redis engine, started with ``--workers 1`` and with
 ``--workers 2``, in the same run. N WebSocket subscribers of one channel (the kernel
@@ -78,6 +79,29 @@ def server(workdir: Path, workers: int, redis_port: int, cpu: int | None
         _stop(proc, grace=10)
 
 
+@contextlib.contextmanager
+def profiled(outdir: Path, label: str, pids: list[int], cpu: int | None) -> Iterator[None]:
+    """py-spy on each server process (``--profile``): ``<label>-<pid>.txt`` in ``outdir``,
+    for ``bench/pyspy_top.py``."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    name = label.replace(" ", "-").replace("=", "")
+    procs = [
+        _spawn(["py-spy", "record", "--pid", str(p), "--format", "raw", "-r", "200", "-o",
+                str(outdir / f"{name}-{p}.txt")], cpu,
+               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for p in pids
+    ]
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
+        for proc in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(30)
+            _stop(proc)
+
+
 def measure(args: argparse.Namespace, ui: Progress, workdir: Path) -> list[dict[str, Any]]:
     server_cpu, side_cpu = _cpus()
     rows: list[dict[str, Any]] = []
@@ -87,6 +111,8 @@ def measure(args: argparse.Namespace, ui: Progress, workdir: Path) -> list[dict[
             with contextlib.ExitStack() as stack:
                 rport, _ = stack.enter_context(redis_server(side_cpu))
                 port, pid, pids = stack.enter_context(server(workdir, workers, rport, server_cpu))
+                if args.profile is not None:
+                    stack.enter_context(profiled(args.profile, label, pids or [pid], side_cpu))
                 params: dict[str, Any] = {
                     "mode": "fanout", "kind": "rtserver", "n": n, "channel": "bench",
                     "cases": args.cases, "pubs": max(200, args.deliveries // n),
@@ -113,14 +139,14 @@ def report(args: argparse.Namespace, rows: list[dict[str, Any]], elapsed: float)
         f"{machine()}",
         "",
         "| N | case | workers | deliveries/s | server CPU µs/delivery (all processes) "
-        "| ratio to 1 worker | CPU s per worker | lost |",
-        "|---|---|---|---|---|---|---|---|",
+        "| ratio to 1 worker | CPU s per worker | deliveries per WebSocket frame | lost |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     base: dict[tuple[int, str], float] = {}
     for r in rows:
         if not r.get("delivered"):
             out.append(f"| {r['n']} | {r['case']} | {r['workers']} | failed: "
-                       f"{str(r.get('error'))[:80]} | | | | |")
+                       f"{str(r.get('error'))[:80]} | | | | | |")
             continue
         per = r["total_cpu_s"] * 1e6 / r["delivered"]
         key = (r["n"], r["case"])
@@ -130,7 +156,8 @@ def report(args: argparse.Namespace, rows: list[dict[str, Any]], elapsed: float)
         split = " / ".join(f"{c:.2f}" for c in r.get("per_worker", [])) or "-"
         out.append(
             f"| {r['n']:,} | {r['case']} | {r['workers']} | {r['rate']:,.0f} | {per:.2f} | "
-            f"{ratio} | {split} | {r['expected'] - r['delivered']} |"
+            f"{ratio} | {split} | {r['delivered'] / max(1, r['frames']):.2f} "
+            f"| {r['expected'] - r['delivered']} |"
         )
     return "\n".join(out)
 
@@ -140,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=lambda t: [int(x) for x in t.split(",")], default=[1000])
     p.add_argument("--cases", type=parse_cases, default=parse_cases("1x4,16x2"))
     p.add_argument("--deliveries", type=int, default=1_000_000)
+    p.add_argument("--profile", type=Path, help="py-spy every server process into this directory")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     args.command = "python bench/workers.py " + " ".join(sys.argv[1:] if argv is None else argv)
