@@ -18,6 +18,17 @@ from rtserver.core.node import Node
 __all__ = ["HealthResource", "ReadyResource"]
 
 
+def _probe(request: Request) -> bool:
+    """Whether ``request`` is a probe (GET/HEAD): its JSON, uncached headers set; else 405."""
+    if request.method not in (b"GET", b"HEAD"):
+        request.setResponseCode(405)
+        request.setHeader(b"Allow", b"GET, HEAD")
+        return False
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Cache-Control", b"no-store")
+    return True
+
+
 class HealthResource(Resource):
     """Readiness endpoint for load balancers and orchestrators.
 
@@ -32,12 +43,8 @@ class HealthResource(Resource):
         self._engine = engine
 
     def render(self, request: Request) -> bytes:
-        if request.method not in (b"GET", b"HEAD"):
-            request.setResponseCode(405)
-            request.setHeader(b"Allow", b"GET, HEAD")
+        if not _probe(request):
             return b""
-        request.setHeader(b"Content-Type", b"application/json")
-        request.setHeader(b"Cache-Control", b"no-store")
         if self._engine is not None and not self._engine.healthy:
             request.setResponseCode(503)
             return b'{"error":"engine unavailable"}'
@@ -54,12 +61,8 @@ class ReadyResource(Resource):
         self._node = node
 
     def render(self, request: Request) -> bytes:
-        if request.method not in (b"GET", b"HEAD"):
-            request.setResponseCode(405)
-            request.setHeader(b"Allow", b"GET, HEAD")
+        if not _probe(request):
             return b""
-        request.setHeader(b"Content-Type", b"application/json")
-        request.setHeader(b"Cache-Control", b"no-store")
         status = self._node.readiness()
         if status != "ready":
             request.setResponseCode(503)
