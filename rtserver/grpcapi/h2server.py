@@ -77,6 +77,14 @@ _RESPONSE_HEADERS = [(b":status", b"200"), (b"content-type", b"application/grpc"
 _OK_TRAILERS = [(b"grpc-status", b"0")]
 
 
+#: Server side, bytes headers; h2's per-header validation and normalisation off (the
+#: request's headers are checked here, the answers' are constants).
+_H2_CONFIG = H2Configuration(
+    client_side=False, header_encoding=None, validate_outbound_headers=False,
+    normalize_outbound_headers=False, validate_inbound_headers=False,
+    normalize_inbound_headers=False)
+
+
 class _Stream:
     """One call: its request so far, then its answer still to send."""
 
@@ -97,7 +105,7 @@ class GRPCH2Protocol(Protocol):
 
     def __init__(self, factory: GRPCH2Factory) -> None:
         self._factory = factory
-        self._conn = H2Connection(H2Configuration(client_side=False, header_encoding=None))
+        self._conn = H2Connection(_H2_CONFIG)
         self._streams: dict[int, _Stream] = {}
         self._timer: IDelayedCall | None = None
         self._draining = False
@@ -108,6 +116,7 @@ class GRPCH2Protocol(Protocol):
     def connectionMade(self) -> None:
         f = self._factory
         f.connections.add(self)
+        self.transport.setTcpNoDelay(True)  # small frames answer calls: no Nagle delay
         self._conn.local_settings.update({
             SettingCodes.MAX_CONCURRENT_STREAMS: f.max_concurrent_streams,
             SettingCodes.MAX_HEADER_LIST_SIZE: f.max_header_list_size,
