@@ -47,7 +47,7 @@ from h2.settings import SettingCodes
 from hyperframe.frame import GoAwayFrame
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTime, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
@@ -66,7 +66,7 @@ from rtserver.grpcapi.api import (
 )
 from rtserver.logs import Logger
 
-__all__ = ["GRPCH2Factory", "GRPCH2Protocol", "H2GRPCService"]
+__all__ = ["GRPCH2Factory", "GRPCH2Protocol", "H2GRPCService", "grpc_message"]
 
 _log = Logger()
 
@@ -83,6 +83,15 @@ _H2_CONFIG = H2Configuration(
     client_side=False, header_encoding=None, validate_outbound_headers=False,
     normalize_outbound_headers=False, validate_inbound_headers=False,
     normalize_inbound_headers=False)
+
+
+#: What grpc-message leaves as is: printable ASCII but ``%`` (the gRPC spec).
+_MESSAGE_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if c != 0x25)
+
+
+def grpc_message(message: str) -> bytes:
+    """A status message as the ``grpc-message`` trailer carries it (percent-encoded)."""
+    return quote(message, safe=_MESSAGE_SAFE).encode("ascii")
 
 
 class _Stream:
@@ -116,7 +125,8 @@ class GRPCH2Protocol(Protocol):
     def connectionMade(self) -> None:
         f = self._factory
         f.connections.add(self)
-        self.transport.setTcpNoDelay(True)  # small frames answer calls: no Nagle delay
+        if ITCPTransport.providedBy(self.transport):
+            self.transport.setTcpNoDelay(True)  # small frames answer calls: no Nagle delay
         self._conn.local_settings.update({
             SettingCodes.MAX_CONCURRENT_STREAMS: f.max_concurrent_streams,
             SettingCodes.MAX_HEADER_LIST_SIZE: f.max_header_list_size,
@@ -186,6 +196,7 @@ class GRPCH2Protocol(Protocol):
 
     def _close_if_done(self) -> None:
         if self._draining and not self._streams and not self._closed:
+            self._flush()  # the last answers
             self._closed = True
             self._cancel_timer()
             self.transport.loseConnection()
@@ -322,7 +333,7 @@ class GRPCH2Protocol(Protocol):
             stream.replying = True
             stream.body = bytearray()
         headers = [*_RESPONSE_HEADERS, (b"grpc-status", str(status).encode()),
-                   (b"grpc-message", quote(message, safe=" ").encode())]
+                   (b"grpc-message", grpc_message(message))]
         self._conn.send_headers(stream_id, headers, end_stream=True)
         if stream_id in self._conn.streams and not self._conn.streams[stream_id].closed:
             # The client is still sending: it has its answer, it may stop.
