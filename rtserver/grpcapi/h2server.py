@@ -122,11 +122,18 @@ class GRPCH2Protocol(Protocol):
 
     # --- connection ----------------------------------------------------------------------
 
+    @property
+    def _transport(self) -> Any:
+        # A TCP connection (ITCPTransport) or the TLS protocol over one: both write,
+        # loseConnection and abortConnection.
+        return self.transport
+
     def connectionMade(self) -> None:
+        """Send the server's SETTINGS; the idle timer runs until a call starts."""
         f = self._factory
         f.connections.add(self)
         if ITCPTransport.providedBy(self.transport):
-            self.transport.setTcpNoDelay(True)  # small frames answer calls: no Nagle delay
+            self._transport.setTcpNoDelay(True)  # small frames answer calls: no Nagle delay
         self._conn.local_settings.update({
             SettingCodes.MAX_CONCURRENT_STREAMS: f.max_concurrent_streams,
             SettingCodes.MAX_HEADER_LIST_SIZE: f.max_header_list_size,
@@ -137,7 +144,8 @@ class GRPCH2Protocol(Protocol):
         if f.draining:
             self.drain()
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        """Forget every call and timer."""
         self._closed = True
         self._cancel_timer()
         for stream in self._streams.values():
@@ -147,6 +155,7 @@ class GRPCH2Protocol(Protocol):
         self._factory.connections.discard(self)
 
     def dataReceived(self, data: bytes) -> None:
+        """Feed h2; handle its events; send what they produced."""
         try:
             events = self._conn.receive_data(data)
         except ProtocolError:
@@ -155,7 +164,7 @@ class GRPCH2Protocol(Protocol):
             return
         for event in events:
             if isinstance(event, RequestReceived):
-                self._request(event.stream_id, event.headers or [], event.stream_ended)
+                self._request(event.stream_id or 0, event.headers or [])
             elif isinstance(event, DataReceived):
                 self._data(event.stream_id, event.data or b"", event.flow_controlled_length or 0)
             elif isinstance(event, StreamEnded):
@@ -166,19 +175,19 @@ class GRPCH2Protocol(Protocol):
                 self._window(event.stream_id or 0)
             elif isinstance(event, ConnectionTerminated):
                 self._flush()
-                self.transport.loseConnection()
+                self._transport.loseConnection()
                 return
         self._flush()
 
     def _flush(self) -> None:
         out = self._conn.data_to_send()
         if out and not self._closed:
-            self.transport.write(out)
+            self._transport.write(out)
 
     def abort(self) -> None:
         """Close at once (a protocol error, or the drain's grace ran out)."""
         self._closed = True
-        self.transport.abortConnection()
+        self._transport.abortConnection()
 
     def drain(self) -> None:
         """Stopping: a GOAWAY (calls in flight go on), close once none is left."""
@@ -191,7 +200,7 @@ class GRPCH2Protocol(Protocol):
         frame = GoAwayFrame(0)
         frame.last_stream_id = self._conn.highest_inbound_stream_id
         frame.error_code = 0
-        self.transport.write(frame.serialize())
+        self._transport.write(frame.serialize())
         self._close_if_done()
 
     def _close_if_done(self) -> None:
@@ -199,7 +208,7 @@ class GRPCH2Protocol(Protocol):
             self._flush()  # the last answers
             self._closed = True
             self._cancel_timer()
-            self.transport.loseConnection()
+            self._transport.loseConnection()
 
     # --- timers --------------------------------------------------------------------------
 
@@ -220,11 +229,11 @@ class GRPCH2Protocol(Protocol):
         self._conn.close_connection(ErrorCodes.NO_ERROR)
         self._flush()
         self._closed = True
-        self.transport.loseConnection()
+        self._transport.loseConnection()
 
     # --- streams -------------------------------------------------------------------------
 
-    def _request(self, stream_id: int, headers: list[Any], ended: bool) -> None:
+    def _request(self, stream_id: int, headers: list[Any]) -> None:
         self._cancel_timer()
         method, path, content_type = b"", b"", b""
         metadata: dict[str, str] = {}
@@ -259,9 +268,7 @@ class GRPCH2Protocol(Protocol):
         if not dispatch.authorized(metadata):
             self._fail(stream_id, UNAUTHENTICATED, "unauthenticated")
             return
-        if ended:
-            self._ended(stream_id)
-            return
+        # The body follows (a request without one ends in _ended: incomplete).
         stream.deadline = self._factory.clock.callLater(
             self._factory.read_timeout, self._late, stream_id)
 
@@ -399,6 +406,7 @@ class GRPCH2Factory(Factory):
         self.draining = False
 
     def buildProtocol(self, addr: Any) -> GRPCH2Protocol:
+        """A connection's protocol."""
         return GRPCH2Protocol(self)
 
 
@@ -431,7 +439,7 @@ class H2GRPCService(Service):
         #: The bound port once started.
         self.port = 0
 
-    def _protocol_factory(self) -> Factory:
+    def _protocol_factory(self) -> Any:
         if not self._tls.enabled:
             return self.factory
         from OpenSSL import crypto
@@ -456,14 +464,14 @@ class H2GRPCService(Service):
             self._listening = self._listen(interface, factory)
         except (OSError, ConfigError, Exception) as e:
             raise RuntimeError(f"{self.label}: cannot listen on {target}: {e}") from None
-        self.port = self._listening.getHost().port
+        self.port = int(getattr(self._listening.getHost(), "port", 0))
         super().startService()
         scheme = "TLS" if self._tls.enabled else "plaintext"
         _log.info("{label} listening on {address} ({scheme}, HTTP/2 on the reactor)",
                   label=self.label, address=target.rsplit(":", 1)[0] + f":{self.port}",
                   scheme=scheme)
 
-    def _listen(self, interface: str, factory: Factory) -> IListeningPort:
+    def _listen(self, interface: str, factory: Any) -> IListeningPort:
         if not self._reuse_port:
             port: IListeningPort = self._reactor.listenTCP(
                 self._requested_port, factory, backlog=128, interface=interface)
