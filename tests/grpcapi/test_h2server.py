@@ -373,3 +373,22 @@ def test_status_messages_are_percent_encoded() -> None:
 
     assert grpc_message("a/b c:d") == b"a/b c:d"
     assert grpc_message("100% é\n") == b"100%25 %C3%A9%0A"
+
+
+def test_a_client_goaway_closes_the_connection() -> None:
+    peer = Peer()
+    peer.client.close_connection()
+    peer.pump()
+    assert peer.transport.disconnecting
+
+
+def test_a_connection_made_while_draining_is_drained() -> None:
+    peer = Peer()
+    peer.factory.draining = True
+    late = peer.factory.buildProtocol(None)
+    transport = StringTransport()
+    late.makeConnection(transport)
+    assert transport.disconnecting  # no call in flight: closed at once after its GOAWAY
+    late.connectionLost()
+    peer.server.connectionLost()
+    assert len(peer.factory.connections) == 0
