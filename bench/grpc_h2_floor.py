@@ -3,6 +3,7 @@
 ::
 
     python bench/grpc_h2_floor.py [calls]       # default 5000
+    PROFILE=1 python bench/grpc_h2_floor.py     # cProfile of the server side
 
 An ``h2`` client connection prepares ``calls`` unary ``Publish`` requests (HEADERS with
 the metadata a grpcio client sends, one DATA frame); the server protocol
@@ -14,6 +15,7 @@ floor of a unary call on this server, whatever the command costs.
 
 from __future__ import annotations
 
+import os
 import struct
 import sys
 import time
@@ -81,8 +83,14 @@ def main(calls: int) -> None:
         requests.append(client.data_to_send())
         client.streams.pop(sid, None)  # the client never reads: keep its state small
     started = time.process_time()
-    for chunk in requests:
-        server.dataReceived(chunk)
+    if os.environ.get("PROFILE"):
+        import cProfile
+
+        cProfile.runctx("for chunk in requests: server.dataReceived(chunk)", globals(),
+                        {"requests": requests, "server": server}, sort="tottime")
+    else:
+        for chunk in requests:
+            server.dataReceived(chunk)
     spent = time.process_time() - started
     answered = _ended_streams(transport.value())
     print(f"{calls} calls ({answered} answered): {spent / calls * 1e6:.1f} µs of CPU per "

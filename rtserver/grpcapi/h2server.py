@@ -44,6 +44,7 @@ from h2.events import (
 )
 from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes
+from hpack import Decoder, Encoder
 from hyperframe.frame import GoAwayFrame
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -51,6 +52,7 @@ from twisted.internet.interfaces import IDelayedCall, IListeningPort, IReactorTi
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
+from rtserver._compat import hpack_resize_due, replace_h2_hpack
 from rtserver.config import ConfigError, TLSConfig, server_tls_pem
 from rtserver.connections import OpenConnections
 from rtserver.grpcapi.api import (
@@ -66,7 +68,7 @@ from rtserver.grpcapi.api import (
 )
 from rtserver.logs import Logger
 
-__all__ = ["GRPCH2Factory", "GRPCH2Protocol", "H2GRPCService", "grpc_message"]
+__all__ = ["GRPCH2Factory", "GRPCH2Protocol", "H2GRPCService", "grpc_message", "table_neutral"]
 
 _log = Logger()
 
@@ -83,6 +85,108 @@ _H2_CONFIG = H2Configuration(
     client_side=False, header_encoding=None, validate_outbound_headers=False,
     normalize_outbound_headers=False, validate_inbound_headers=False,
     normalize_inbound_headers=False)
+
+
+#: Header blocks a connection's decoder remembers (beyond, it starts over), and the
+#: largest it remembers (a GRPC client's steady block is ~40 bytes): 16 KiB at most.
+_CACHED_BLOCKS = 16
+_CACHED_BLOCK_SIZE = 1024
+
+
+class _CachingDecoder(Decoder):
+    """An HPACK decoder that remembers header blocks which leave its table as it is.
+
+    A GRPC client sends the same header block on every call once its headers are in the
+    dynamic table (indexed fields and literals without indexing, such as
+    ``authorization``). Such a block decodes to the same headers while the table is
+    unchanged, and only blocks that change the table (literals with incremental
+    indexing, size updates) change it: those empty the cache.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cache: dict[bytes, list[Any]] = {}
+
+    def decode(self, data: bytes, raw: bool = False) -> list[Any]:
+        """The block's headers; from the cache when the block is known."""
+        block = bytes(data)
+        known = self._cache.get(block) if raw else None
+        if known is not None:
+            return list(known)
+        headers = list(super().decode(block, raw))
+        if raw and len(block) <= _CACHED_BLOCK_SIZE and table_neutral(block):
+            if len(self._cache) >= _CACHED_BLOCKS:
+                self._cache.clear()
+            self._cache[block] = headers
+            return list(headers)
+        self._cache.clear()  # the table may have changed: known blocks may mean otherwise
+        return headers
+
+
+class _CachingEncoder(Encoder):
+    """An HPACK encoder that remembers header lists it encoded without changing its table.
+
+    The server answers every call with the same headers and trailers: once they are in
+    the dynamic table they encode to the same indexed block, while the table is
+    unchanged. A block that changes the table (new literals, a size update) empties the
+    cache; a due size update bypasses it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cache: dict[tuple[Any, ...], bytes] = {}
+
+    def encode(self, headers: Any, huffman: bool = True) -> bytes:
+        """The block for ``headers``; from the cache when the list is known."""
+        items = list(headers)
+        key = (huffman, *[(type(h), *h) for h in items])  # never-indexed is another key
+        if not hpack_resize_due(self):
+            known = self._cache.get(key)
+            if known is not None:
+                return known
+        block = super().encode(items, huffman)
+        if not table_neutral(block):
+            self._cache.clear()
+        elif len(self._cache) < _CACHED_BLOCKS:
+            self._cache[key] = block
+        return block
+
+
+def _integer(block: bytes, at: int, mask: int) -> tuple[int, int]:
+    """An HPACK integer with a ``mask``-bit prefix at ``at``: its value and end."""
+    value = block[at] & mask
+    at += 1
+    if value == mask:
+        shift = 0
+        while True:
+            if at >= len(block) or shift > 28:
+                return -1, len(block) + 1
+            byte = block[at]
+            at += 1
+            value += (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+    return value, at
+
+
+def table_neutral(block: bytes) -> bool:
+    """Whether an HPACK header block leaves the dynamic table as it is (RFC 7541, 6)."""
+    at, end = 0, len(block)
+    while at < end:
+        first = block[at]
+        if first & 0x80:  # indexed field
+            _, at = _integer(block, at, 0x7F)
+            continue
+        if first & 0x60:  # literal with incremental indexing, or a table size update
+            return False
+        name, at = _integer(block, at, 0x0F)  # literal without / never indexed
+        for _ in range(2 if name == 0 else 1):  # the name string if new, then the value
+            if at >= end:
+                return False
+            length, at = _integer(block, at, 0x7F)
+            at += length
+    return at == end
 
 
 #: What grpc-message leaves as is: printable ASCII but ``%`` (the gRPC spec).
@@ -115,6 +219,7 @@ class GRPCH2Protocol(Protocol):
     def __init__(self, factory: GRPCH2Factory) -> None:
         self._factory = factory
         self._conn = H2Connection(_H2_CONFIG)
+        replace_h2_hpack(self._conn, _CachingEncoder(), _CachingDecoder())
         self._streams: dict[int, _Stream] = {}
         self._timer: IDelayedCall | None = None
         self._draining = False

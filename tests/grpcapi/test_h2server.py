@@ -22,6 +22,7 @@ from h2.events import (
     StreamReset,
     TrailersReceived,
 )
+from h2.settings import SettingCodes
 from hyperframe.frame import Frame, GoAwayFrame
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -392,3 +393,49 @@ def test_a_connection_made_while_draining_is_drained() -> None:
     late.connectionLost()
     peer.server.connectionLost()
     assert len(peer.factory.connections) == 0
+
+
+def test_table_neutral_header_blocks() -> None:
+    from hpack import Encoder
+
+    from rtserver.grpcapi.h2server import table_neutral
+
+    encoder = Encoder()
+    headers = [(b":status", b"200"), (b"content-type", b"application/grpc")]
+    assert not table_neutral(encoder.encode(headers))  # first time: literals, indexed
+    assert table_neutral(encoder.encode(headers))  # then: indexed fields only
+    never = encoder.encode([(b"authorization", b"apikey k", True)])
+    assert table_neutral(never)  # a never-indexed literal leaves the table alone
+    assert table_neutral(b"\x00\x01a\x01b")  # literal without indexing, new name
+    assert table_neutral(b"\x0f\x10\x01x")  # indexed name 31 (two-byte integer)
+    assert not table_neutral(b"\x3f\xe1\x1f")  # a table size update
+    assert not table_neutral(b"\x00\x05ab")  # a string past the end
+    assert not table_neutral(b"\x00")
+    assert not table_neutral(b"\xff\xff\xff\xff\xff\xff")  # an endless integer
+
+
+def test_repeated_calls_reuse_coded_header_blocks() -> None:
+    """The second and later calls of a connection decode and encode from the caches."""
+    peer = Peer()
+    conn = peer.server._conn
+    for _ in range(3):
+        assert peer.unary("Info", pb.InfoRequest()).status == 0
+    assert len(conn.decoder._cache) == 1  # type: ignore[attr-defined]
+    assert len(conn.encoder._cache) == 2  # type: ignore[attr-defined]  # headers, trailers
+    # An error answer's trailers add to the table: the encoder starts over, the client
+    # still decodes every answer right.
+    sid = peer.start("Nope")
+    peer.send(sid, _frame(b""))
+    assert peer.calls[sid].message == b"unknown method Nope"
+    assert not conn.encoder._cache  # type: ignore[attr-defined]
+    assert peer.unary("Info", pb.InfoRequest()).status == 0
+    # A table size change from the client is announced before any cached block.
+    peer.client.update_settings({SettingCodes.HEADER_TABLE_SIZE: 0})
+    peer.pump()
+    assert peer.unary("Info", pb.InfoRequest()).status == 0
+    assert peer.unary("Info", pb.InfoRequest()).status == 0
+    # New request headers (incremental indexing) empty the decoder's cache.
+    sid = peer.start("Info", extra=[(b"x-new", b"1")])
+    peer.send(sid, _frame(b""))
+    assert peer.calls[sid].status == 0
+    assert len(conn.decoder._cache) == 0  # type: ignore[attr-defined]
