@@ -5,6 +5,11 @@
     python bench/grpc_api.py                      # 5 s per phase, 16 calls in flight (~1 min)
     python bench/grpc_api.py --seconds 3 --batch 100 --inflight 16
     python bench/grpc_api.py --quick              # smoke run (~20 s)
+    python bench/grpc_api.py --servers h2,grpcio --rounds 2   # A/B the GRPC servers
+
+``--servers``: the ``grpc_api.server`` values to run (default ``h2``, the HTTP/2 server
+on the reactor; ``grpcio``: grpcio's threaded server). With several, each round runs a
+fresh server per value in turn (alternating pairs), each with its own HTTP rows.
 
 One ``twistd rtserver`` (source tree first on PYTHONPATH) serves both APIs, pinned to
 CPU0; the load runs on CPU1, loopback only, every phase bounded in time:
@@ -131,10 +136,11 @@ def client_main(params: dict[str, Any]) -> None:
 # --- the run ----------------------------------------------------------------------------
 
 
-def server_config(grpc_port: int) -> dict[str, Any]:
+def server_config(grpc_port: int, server: str = "h2") -> dict[str, Any]:
     return {
         "http_api": {"key": API_KEY},
-        "grpc_api": {"enabled": True, "address": HOST, "port": grpc_port, "key": API_KEY},
+        "grpc_api": {"enabled": True, "address": HOST, "port": grpc_port, "key": API_KEY,
+                     "server": server},
         "log": {"level": "warn"},
     }
 
@@ -181,10 +187,9 @@ def _run_child(cmd: list[str], timeout: float) -> str:
 
 
 def report(args: argparse.Namespace, http: list[dict[str, Any]],
-           grpc_rows: list[dict[str, Any]], elapsed: float) -> str:
-    command = "python bench/grpc_api.py " + " ".join(sys.argv[1:])
+           grpc_rows: list[dict[str, Any]], server: str) -> str:
     lines = [
-        f"`{command.strip()}` — {elapsed:.0f} s; {machine()}",
+        f"grpc_api.server: {server}",
         "",
         "| API | publications per request | requests/s | publications/s "
         "| server CPU µs/request | server CPU µs/publication | server util | client util |",
@@ -241,16 +246,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=100, help="publications per batch request")
     p.add_argument("--inflight", type=int, default=16, help="GRPC calls in flight")
     p.add_argument("--quick", action="store_true", help="1 s phases")
+    p.add_argument("--servers", default="h2", help="grpc_api.server values, comma-separated")
+    p.add_argument("--rounds", type=int, default=1, help="rounds over --servers")
     args = p.parse_args(argv)
     if args.quick:
         args.seconds = 1.0
     started = time.monotonic()
+    parts = []
+    for _ in range(args.rounds):
+        for server in args.servers.split(","):
+            http, grpc_rows = run_server(args, server)
+            parts.append(report(args, http, grpc_rows, server))
+    command = "python bench/grpc_api.py " + " ".join(sys.argv[1:])
+    print(f"`{command.strip()}` — {time.monotonic() - started:.0f} s; {machine()}\n")
+    print("\n\n".join(parts))
+    return 0
+
+
+def run_server(args: argparse.Namespace,
+               server: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """One server process with ``grpc_api.server: server``: its HTTP and GRPC rows."""
     bursts = [1, args.batch]
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         port, grpc_port = _free_port(), _free_port()
         cfg = workdir / "rtserver.json"
-        cfg.write_text(json.dumps(server_config(grpc_port)))
+        cfg.write_text(json.dumps(server_config(grpc_port, server)))
         log = workdir / "rtserver.log"
         cmd = [*_twistd(), "--pidfile=", "-n", f"--logfile={log}", "rtserver", "--config",
                str(cfg), "-l", f"tcp:{port}:interface={HOST}:backlog=1024"]
@@ -267,8 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             _stop(proc)
             _stop_all()
-    print(report(args, http, grpc_rows, time.monotonic() - started))
-    return 0
+    return http, grpc_rows
 
 
 if __name__ == "__main__":

@@ -359,6 +359,8 @@ class GRPCAPIConfig:
     tls: TLSConfig = field(default_factory=TLSConfig)
     reflection: bool = False
     max_receive_message_size: int = 0
+    #: Which server speaks GRPC: ``h2`` (HTTP/2 on the reactor) or ``grpcio``.
+    server: str = "h2"
 
 
 @dataclass(frozen=True)
@@ -1578,6 +1580,8 @@ def _validate_grpc_api(grpc: GRPCAPIConfig) -> None:
         raise ConfigError("grpc_api.port: must be between 1 and 65535")
     if grpc.error_mode not in ("", "transport"):
         raise ConfigError(f"grpc_api.error_mode: {grpc.error_mode!r} is not '' or 'transport'")
+    if grpc.server not in ("h2", "grpcio"):
+        raise ConfigError(f"grpc_api.server: {grpc.server!r} is not 'h2' or 'grpcio'")
     if grpc.max_receive_message_size < 0:
         raise ConfigError("grpc_api.max_receive_message_size: must not be negative")
     if grpc.tls.enabled:

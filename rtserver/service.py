@@ -646,12 +646,22 @@ def build_grpc_api(
     """The GRPC server API on ``grpc_api.address``:``grpc_api.port`` (rtserver/grpcapi).
 
     ``reuse_port``: the port is shared with the other workers of ``--workers N``.
+    Served on the reactor (HTTP/2 with ``h2``) unless ``grpc_api.server`` is ``grpcio``
+    or ``grpc_api.reflection`` is on (grpcio's reflection service).
     """
+    grpc = config.grpc_api
+    if grpc.server == "h2" and not grpc.reflection:
+        from rtserver.grpcapi.api import APIDispatch
+        from rtserver.grpcapi.h2server import GRPCH2Factory, H2GRPCService
+
+        factory = GRPCH2Factory(APIDispatch(executor, grpc), reactor,
+                                max_receive_message_size=grpc.max_receive_message_size)
+        return H2GRPCService("GRPC API", factory, reactor, address=grpc.address,
+                             port=grpc.port, tls=grpc.tls, reuse_port=reuse_port)
     from rtserver.grpcapi.api import SERVICE_NAME, APIServicer
     from rtserver.grpcapi.bridge import ReactorBridge
     from rtserver.grpcapi.server import GRPCServerService
 
-    grpc = config.grpc_api
     bridge = ReactorBridge(reactor)
     servicer = APIServicer(executor, bridge, grpc)
     return GRPCServerService(

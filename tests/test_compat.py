@@ -213,3 +213,44 @@ def test_quic_stream_backlog_reads_unacknowledged_bytes() -> None:
     assert _compat.quic_stream_backlog(conn, stream_id) == 0
     conn.send_stream_data(stream_id, b"x" * 5000)
     assert _compat.quic_stream_backlog(conn, stream_id) == 5000
+
+
+def test_replace_h2_hpack_codes_the_connections_header_blocks() -> None:
+    """h2 codes header blocks with ``H2Connection.encoder``/``.decoder``, configures them."""
+    from h2.config import H2Configuration
+    from h2.connection import H2Connection
+    from hpack import Decoder, Encoder
+
+    seen: list[bytes] = []
+
+    class Recording(Decoder):
+        def decode(self, data: bytes, raw: bool = False) -> Any:
+            seen.append(bytes(data))
+            return super().decode(data, raw)
+
+    class Counting(Encoder):
+        calls = 0
+
+        def encode(self, headers: Any, huffman: bool = True) -> bytes:
+            Counting.calls += 1
+            return super().encode(headers, huffman)
+
+    server = H2Connection(H2Configuration(client_side=False))
+    limit = server.decoder.max_header_list_size
+    decoder, encoder = Recording(), Counting()
+    _compat.replace_h2_hpack(server, encoder, decoder)
+    assert server.decoder is decoder and decoder.max_header_list_size == limit
+    assert server.encoder is encoder
+    server.initiate_connection()
+    client = H2Connection()
+    client.initiate_connection()
+    headers = [(":method", "POST"), (":scheme", "http"), (":path", "/"),
+               (":authority", "x")]
+    client.send_headers(1, headers, end_stream=True)
+    server.receive_data(client.data_to_send())
+    assert seen == [Encoder().encode(headers)]
+    server.send_headers(1, [(":status", "200")], end_stream=True)
+    assert Counting.calls == 1
+    assert not _compat.hpack_resize_due(encoder)
+    encoder.header_table_size = 100
+    assert _compat.hpack_resize_due(encoder)

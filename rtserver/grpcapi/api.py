@@ -1,11 +1,15 @@
 """The server API over GRPC: ``centrifugal.centrifugo.api.CentrifugoApi``.
 
 A thin adapter over :class:`~rtserver.api.executor.APIExecutor`, like the HTTP API
-(:mod:`rtserver.web.api`): it authenticates the call, converts the request message
-(:mod:`rtserver.grpcapi.convert`, in the grpcio worker thread), runs the command in the
-reactor through the :class:`~rtserver.grpcapi.bridge.ReactorBridge` and converts the
-response body back. API errors come back in the response's ``error`` field with a GRPC
-status OK, as in Centrifugo; ``grpc_api.error_mode: transport`` (or the call's
+(:mod:`rtserver.web.api`). :class:`APIDispatch` is the one implementation of every
+method, in the reactor: request bytes and metadata in, a :class:`Reply` (GRPC status,
+message, response bytes) out. Two front doors use it: the HTTP/2 server on the reactor
+(:mod:`rtserver.grpcapi.h2server`, the default) and grpcio's server
+(:class:`APIServicer`, which hands each call to the reactor through the
+:class:`~rtserver.grpcapi.bridge.ReactorBridge`; used when reflection is on).
+
+API errors come back in the response's ``error`` field with a GRPC status OK, as in
+Centrifugo; ``grpc_api.error_mode: transport`` (or the call's
 ``x-centrifugo-error-mode: transport`` metadata) turns them into GRPC statuses.
 
 Authentication: with ``grpc_api.key`` set, every call must carry the metadata
@@ -15,12 +19,13 @@ Authentication: with ``grpc_api.key`` set, every call must carry the metadata
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import grpc
-from google.protobuf.message import Message
-from twisted.internet.defer import Deferred
+from google.protobuf.message import DecodeError
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.python.failure import Failure
 
 from rtserver.api.executor import APIExecutor, PublishCommand
 from rtserver.config import GRPCAPIConfig
@@ -30,12 +35,20 @@ from rtserver.grpcapi.proto import api_pb2 as pb
 from rtserver.logs import Logger
 from rtserver.protocol.codes import Error
 
-__all__ = ["SERVICE_NAME", "APIServicer", "status_code"]
+__all__ = ["SERVICE_NAME", "APIDispatch", "APIServicer", "Reply", "status_code"]
 
 _log = Logger()
 
 #: The fully-qualified GRPC service name of the server API.
 SERVICE_NAME = "centrifugal.centrifugo.api.CentrifugoApi"
+
+#: GRPC status codes (the numbers of the GRPC wire protocol).
+OK = 0
+RESOURCE_EXHAUSTED = 8
+UNIMPLEMENTED = 12
+INTERNAL = 13
+UNAVAILABLE = 14
+UNAUTHENTICATED = 16
 
 #: GRPC status per API error code in transport error mode (Centrifugo's mapping).
 _STATUS = {
@@ -48,24 +61,204 @@ _STATUS = {
     113: grpc.StatusCode.ALREADY_EXISTS,
 }
 
+_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
 
 def status_code(code: int) -> grpc.StatusCode:
     """The GRPC status of an API error code in transport error mode."""
     return _STATUS.get(code, grpc.StatusCode.INTERNAL)
 
 
-Behaviour = Callable[[Any, grpc.ServicerContext], Message]
+class Reply(NamedTuple):
+    """A call's outcome: GRPC ``status`` (0: OK, with ``body``) and its ``message``."""
+
+    status: int
+    message: str
+    body: bytes
 
 
-def _serialize(response: Message | bytes) -> bytes:
-    """A response message, or the bytes a fast path encoded by hand."""
-    if isinstance(response, bytes):
-        return response
-    return response.SerializeToString()
+def _failed(status: int, message: str) -> Reply:
+    return Reply(status, message, b"")
+
+
+#: Metadata of a call: the first value of each (lower-case) key.
+Metadata = Mapping[str, str]
+
+
+def _identity(raw: bytes) -> bytes:
+    return raw
+
+
+class APIDispatch:
+    """Every ``CentrifugoApi`` method on the executor; runs in the reactor thread.
+
+    Args:
+        executor: the same executor the HTTP API uses.
+        config: the ``grpc_api`` section (key, error_mode).
+    """
+
+    def __init__(self, executor: APIExecutor, config: GRPCAPIConfig) -> None:
+        self._executor = executor
+        self._key = ("apikey " + config.key).encode("utf-8") if config.key else b""
+        self._transport_mode = config.error_mode == "transport"
+        self._methods: dict[str, Callable[[bytes, Metadata], Deferred[Reply]]] = {
+            m.rpc: self._generic(m) for m in convert.METHODS.values()}
+        self._methods["Publish"] = self._publish
+        self._methods["Batch"] = self._batch
+
+    @property
+    def methods(self) -> list[str]:
+        """The method names served (``Publish``, ``PresenceStats``...)."""
+        return list(self._methods)
+
+    def authorized(self, metadata: Metadata) -> bool:
+        """Whether the call presents the key (always, when no key is set)."""
+        if not self._key:
+            return True
+        given = metadata.get("authorization")
+        return given is not None and hmac.compare_digest(given.encode("utf-8"), self._key)
+
+    def call(self, method: str, request: bytes, metadata: Metadata) -> Deferred[Reply]:
+        """Run ``method`` (``Publish``) on the serialized ``request``; never fails."""
+        run = self._methods.get(method)
+        if run is None:
+            return succeed(_failed(UNIMPLEMENTED, f"unknown method {method}"))
+        if not self.authorized(metadata):
+            return succeed(_failed(UNAUTHENTICATED, "unauthenticated"))
+        return run(request, metadata)
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _wants_transport_errors(self, metadata: Metadata) -> bool:
+        return self._transport_mode or metadata.get("x-centrifugo-error-mode") == "transport"
+
+    def _error_reply(self, error: Error, metadata: Metadata) -> Reply | None:
+        """The status reply for an API error in transport error mode; None otherwise."""
+        if self._wants_transport_errors(metadata):
+            return _failed(status_code(error.code).value[0], error.message)
+        return None
+
+    def _execute(self, name: str, params: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        """One executor command; an unexpected failure is logged and answers 100."""
+
+        def failed(failure: Failure) -> dict[str, Any]:
+            _log.failure("GRPC API {method} failed", failure=failure, method=name)
+            return {"error": Error.INTERNAL.to_wire()}
+
+        try:
+            d = Deferred.fromCoroutine(self._executor.call(name, params))
+        except Exception:
+            d = fail()
+        return d.addErrback(failed)
+
+    def _run_publishes(self, commands: list[PublishCommand], parallel: bool,
+                       method: str) -> Deferred[list[dict[str, Any] | Error]]:
+        """Typed publishes; an unexpected failure is logged and answers 100 for each."""
+
+        def failed(failure: Failure) -> list[dict[str, Any] | Error]:
+            _log.failure("GRPC API {method} failed", failure=failure, method=method)
+            return [Error.INTERNAL for _ in commands]
+
+        try:
+            d = Deferred.fromCoroutine(
+                self._executor.publish_commands(commands, parallel=parallel, method=method))
+        except Exception:
+            d = fail()
+        return d.addErrback(failed)
+
+    # --- methods -------------------------------------------------------------------------
+
+    def _generic(self, method: convert.Method) -> Callable[[bytes, Metadata], Deferred[Reply]]:
+        def run(raw: bytes, metadata: Metadata) -> Deferred[Reply]:
+            try:
+                request = method.request.FromString(raw)
+            except DecodeError:
+                return succeed(_bad_request())
+            try:
+                params = method.params(request)
+            except Error as e:
+                return succeed(self._respond(method, {"error": e.to_wire()}, metadata))
+            return self._execute(method.name, params).addCallback(
+                lambda body: self._respond(method, body, metadata))
+
+        return run
+
+    def _respond(self, method: convert.Method, body: dict[str, Any],
+                 metadata: Metadata) -> Reply:
+        error = body.get("error")
+        if error is not None:
+            failed = self._error_reply(Error(error["code"], error["message"]), metadata)
+            if failed is not None:
+                return failed
+        return Reply(OK, "", method.respond(body).SerializeToString())
+
+    def _publish(self, raw: bytes, metadata: Metadata) -> Deferred[Reply]:
+        """``Publish``: the typed path (no JSON-shaped params), response encoded by hand."""
+        try:
+            request = pb.PublishRequest.FromString(raw)
+        except DecodeError:
+            return succeed(_bad_request())
+
+        def respond(outcome: dict[str, Any] | Error) -> Reply:
+            if isinstance(outcome, Error):
+                failed = self._error_reply(outcome, metadata)
+                if failed is not None:
+                    return failed
+            return Reply(OK, "", convert.encode_publish_response(outcome))
+
+        try:
+            command = convert.publish_command(request)
+        except Error as e:
+            return succeed(respond(e))
+        return self._run_publishes([command], False, "publish").addCallback(
+            lambda outcomes: respond(outcomes[0]))
+
+    def _batch(self, raw: bytes, metadata: Metadata) -> Deferred[Reply]:
+        try:
+            request = pb.BatchRequest.FromString(raw)
+        except DecodeError:
+            return succeed(_bad_request())
+        total = len(request.commands)
+        publishes = convert.batch_publishes(request)
+        if publishes is not None:  # only publish commands: the typed path
+            typed, failed_typed = publishes
+
+            def encode(outcomes: list[dict[str, Any] | Error]) -> Reply:
+                return Reply(OK, "", convert.encode_batch_publish_response(
+                    outcomes, failed_typed, total))
+
+            if not typed:
+                return succeed(encode([]))
+            return self._run_publishes(typed, request.parallel, "batch").addCallback(encode)
+        commands, failed = convert.batch_commands(request)
+        if not commands:
+            return succeed(Reply(OK, "", convert.batch_response(
+                [], failed, total).SerializeToString()))
+
+        def replies(body: dict[str, Any]) -> Reply:
+            if "error" in body:
+                # The whole batch failed (not one command): every reply carries it.
+                error = Error(body["error"]["code"], body["error"]["message"])
+                return Reply(OK, "", convert.batch_response(
+                    [], {i: error for i in range(total)}, total).SerializeToString())
+            return Reply(OK, "", convert.batch_response(
+                body["replies"], failed, total).SerializeToString())
+
+        return self._execute("batch", {"commands": commands,
+                                       "parallel": request.parallel}).addCallback(replies)
+
+
+def _bad_request() -> Reply:
+    # grpcio's own answer to a request its deserializer refuses.
+    return _failed(INTERNAL, "Exception deserializing request!")
 
 
 class APIServicer:
-    """Serves every ``CentrifugoApi`` method with the server API executor.
+    """grpcio's front door: every method through :class:`APIDispatch`, over the bridge.
+
+    grpcio calls a method in one of its worker threads; the call runs in the reactor
+    (:meth:`ReactorBridge.call`) and its reply is returned, or aborts the call with its
+    status.
 
     Args:
         executor: the same executor the HTTP API uses.
@@ -75,136 +268,34 @@ class APIServicer:
 
     def __init__(self, executor: APIExecutor, bridge: ReactorBridge,
                  config: GRPCAPIConfig) -> None:
-        self._executor = executor
+        self._dispatch = APIDispatch(executor, config)
         self._bridge = bridge
-        self._key = ("apikey " + config.key).encode("utf-8") if config.key else b""
-        self._transport_mode = config.error_mode == "transport"
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The generic handler registering every method of the service."""
-        handlers: dict[str, grpc.RpcMethodHandler] = {}
-        for method in convert.METHODS.values():
-            handlers[method.rpc] = grpc.unary_unary_rpc_method_handler(
-                self._unary(method),
-                request_deserializer=method.request.FromString,
-                response_serializer=method.response.SerializeToString,
-            )
-        handlers["Publish"] = grpc.unary_unary_rpc_method_handler(
-            self._publish,
-            request_deserializer=pb.PublishRequest.FromString,
-            response_serializer=_serialize,
-        )
-        handlers["Batch"] = grpc.unary_unary_rpc_method_handler(
-            self._batch,
-            request_deserializer=pb.BatchRequest.FromString,
-            response_serializer=_serialize,
-        )
+        handlers = {
+            name: grpc.unary_unary_rpc_method_handler(
+                self._behaviour(name), request_deserializer=_identity,
+                response_serializer=_identity)
+            for name in self._dispatch.methods
+        }
         return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 
-    # --- authentication ------------------------------------------------------------------
+    def _behaviour(self, name: str) -> Callable[[bytes, grpc.ServicerContext], bytes]:
+        dispatch, bridge = self._dispatch, self._bridge
 
-    def _authorize(self, context: grpc.ServicerContext) -> None:
-        """Abort with UNAUTHENTICATED unless the call presents the key (when one is set)."""
-        if not self._key:
-            return
-        for key, value in context.invocation_metadata():
-            if key == "authorization":
-                given = value.encode("utf-8") if isinstance(value, str) else value
-                if hmac.compare_digest(given, self._key):
-                    return
-                break  # only the first authorization value counts, as in Centrifugo
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, "unauthenticated")
-
-    def _wants_transport_errors(self, context: grpc.ServicerContext) -> bool:
-        if self._transport_mode:
-            return True
-        for key, value in context.invocation_metadata():
-            if key == "x-centrifugo-error-mode":
-                return value == "transport"
-        return False
-
-    # --- calls ---------------------------------------------------------------------------
-
-    def _execute(self, name: str, params: dict[str, Any],
-                 context: grpc.ServicerContext) -> dict[str, Any]:
-        """Run one executor command in the reactor; UNAVAILABLE while stopping."""
-
-        def run() -> Deferred[dict[str, Any]]:
-            return Deferred.fromCoroutine(self._executor.call(name, params))
-
-        try:
-            return self._bridge.call(run)
-        except BridgeClosed:
-            context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
-        except Exception:
-            _log.failure("GRPC API {method} failed", method=name)
-            return {"error": Error.INTERNAL.to_wire()}
-        raise AssertionError("unreachable")  # context.abort always raises
-
-    def _unary(self, method: convert.Method) -> Behaviour:
-        def behaviour(request: Any, context: grpc.ServicerContext) -> Message:
-            self._authorize(context)
+        def behaviour(request: bytes, context: grpc.ServicerContext) -> bytes:
+            metadata: dict[str, str] = {}
+            for key, value in context.invocation_metadata():
+                if key not in metadata and isinstance(value, str):
+                    metadata[key] = value
             try:
-                params = method.params(request)
-            except Error as e:
-                body: dict[str, Any] = {"error": e.to_wire()}
-            else:
-                body = self._execute(method.name, params, context)
-            error = body.get("error")
-            if error is not None and self._wants_transport_errors(context):
-                context.abort(status_code(error["code"]), error["message"])
-            return method.respond(body)
+                reply = bridge.call(lambda: dispatch.call(name, request, metadata))
+            except BridgeClosed:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+            if reply.status != OK:
+                context.abort(_BY_NUMBER.get(reply.status, grpc.StatusCode.INTERNAL),
+                              reply.message)
+            return reply.body
 
         return behaviour
-
-    def _run_publishes(self, commands: list[PublishCommand], parallel: bool, method: str,
-                       context: grpc.ServicerContext) -> list[dict[str, Any] | Error]:
-        """Run typed publishes in the reactor; UNAVAILABLE while stopping."""
-
-        def run() -> Deferred[list[dict[str, Any] | Error]]:
-            return Deferred.fromCoroutine(
-                self._executor.publish_commands(commands, parallel=parallel, method=method))
-
-        try:
-            return self._bridge.call(run)
-        except BridgeClosed:
-            context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
-        except Exception:
-            _log.failure("GRPC API {method} failed", method=method)
-            return [Error.INTERNAL for _ in commands]
-        raise AssertionError("unreachable")  # context.abort always raises
-
-    def _publish(self, request: pb.PublishRequest, context: grpc.ServicerContext) -> bytes:
-        """``Publish``: the typed path (no JSON-shaped params), response encoded by hand."""
-        self._authorize(context)
-        try:
-            command = convert.publish_command(request)
-        except Error as e:
-            outcome: dict[str, Any] | Error = e
-        else:
-            [outcome] = self._run_publishes([command], False, "publish", context)
-        if isinstance(outcome, Error) and self._wants_transport_errors(context):
-            context.abort(status_code(outcome.code), outcome.message)
-        return convert.encode_publish_response(outcome)
-
-    def _batch(self, request: pb.BatchRequest, context: grpc.ServicerContext) -> Message | bytes:
-        self._authorize(context)
-        publishes = convert.batch_publishes(request)
-        if publishes is not None:  # only publish commands: the typed path
-            typed, failed_typed = publishes
-            outcomes = (self._run_publishes(typed, request.parallel, "batch", context)
-                        if typed else [])
-            return convert.encode_batch_publish_response(outcomes, failed_typed,
-                                                         len(request.commands))
-        commands, failed = convert.batch_commands(request)
-        replies: list[dict[str, Any]] = []
-        if commands:
-            body = self._execute("batch", {"commands": commands,
-                                           "parallel": request.parallel}, context)
-            if "error" in body:
-                # The whole batch failed (not one command): every reply carries it.
-                error = Error(body["error"]["code"], body["error"]["message"])
-                failed = {i: error for i in range(len(request.commands))}
-            else:
-                replies = body["replies"]
-        return convert.batch_response(replies, failed, len(request.commands))

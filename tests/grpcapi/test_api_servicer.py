@@ -131,3 +131,58 @@ def test_unexpected_failures_answer_100_and_are_logged(
         pb.Command(publish=pb.PublishRequest(channel="a", data=b"1")),
         pb.Command(info=pb.InfoRequest())]))
     assert [r.error for r in mixed.replies] == [internal, internal]
+
+
+# --- the dispatch both front doors share -----------------------------------------------
+
+
+def _dispatch(key: str = "") -> tuple[Any, Any]:
+    from rtserver.grpcapi.api import APIDispatch
+
+    node, _clock = make_node()
+    return APIDispatch(APIExecutor(node), GRPCAPIConfig(key=key)), node
+
+
+def _reply(d: Any) -> Any:
+    out: list[Any] = []
+    d.addCallback(out.append)
+    assert out, "the memory engine answers at once"
+    return out[0]
+
+
+def test_dispatch_refuses_unknown_methods_and_missing_keys() -> None:
+    dispatch, _ = _dispatch(key="k")
+    assert _reply(dispatch.call("Nope", b"", {})) == (12, "unknown method Nope", b"")
+    assert _reply(dispatch.call("Info", b"", {})) == (16, "unauthenticated", b"")
+    assert _reply(dispatch.call("Info", b"", {"authorization": "apikey x"})).status == 16
+    ok = _reply(dispatch.call("Info", b"", {"authorization": "apikey k"}))
+    assert ok.status == 0 and len(pb.InfoResponse.FromString(ok.body).result.nodes) == 1
+
+
+@pytest.mark.parametrize("method", ["Publish", "Batch", "Info"])
+def test_dispatch_answers_undecodable_requests_internal(method: str) -> None:
+    dispatch, _ = _dispatch()
+    assert _reply(dispatch.call(method, b"\xff\xff", {})) == (
+        13, "Exception deserializing request!", b"")
+
+
+def test_dispatch_batches_without_runnable_commands() -> None:
+    dispatch, _ = _dispatch()
+    bad = pb.Command(publish=pb.PublishRequest(channel="a"))  # no data: 107
+    only_bad = _reply(dispatch.call("Batch", pb.BatchRequest(commands=[bad]).SerializeToString(),
+                                    {}))
+    assert [r.error.code for r in pb.BatchResponse.FromString(only_bad.body).replies] == [107]
+    empty = pb.Command()  # no command set: 104, general path with nothing to run
+    mixed = _reply(dispatch.call("Batch", pb.BatchRequest(
+        commands=[empty, empty]).SerializeToString(), {}))
+    assert [r.error.code for r in pb.BatchResponse.FromString(mixed.body).replies] == [104, 104]
+
+
+def test_dispatch_transport_errors_for_generic_methods() -> None:
+    dispatch, _ = _dispatch()
+    request = pb.HistoryRequest(channel="").SerializeToString()
+    reply = _reply(dispatch.call("History", request, {"x-centrifugo-error-mode": "transport"}))
+    assert reply.status == 3 and reply.body == b""
+    in_body = _reply(dispatch.call("History", request, {}))
+    assert in_body.status == 0
+    assert pb.HistoryResponse.FromString(in_body.body).error.code == 107

@@ -105,6 +105,48 @@ def test_tls_reflection_size_limit_and_transport_errors(tmp_path: Path) -> None:
     assert "GRPC API stopped" in server.log()
 
 
+def test_tls_size_limit_and_transport_errors_on_the_reactor(tmp_path: Path) -> None:
+    """The HTTP/2 server on the reactor (no reflection): TLS with ALPN h2, limits, errors."""
+    cert, key, cert_pem = _self_signed(tmp_path)
+    port, api_key = free_port(), "k-" + uuid.uuid4().hex
+    overrides = grpc_overrides(
+        port, api_key, max_receive_message_size=1024, error_mode="transport",
+        tls={"enabled": True, "cert_pem_file": str(cert), "key_pem_file": str(key)})
+    metadata = [("authorization", f"apikey {api_key}")]
+    with run_server(tmp_path, overrides) as server:
+        assert "HTTP/2 on the reactor" in server.log()
+        creds = grpc.ssl_channel_credentials(root_certificates=cert_pem)
+        with grpc.secure_channel(f"127.0.0.1:{port}", creds) as channel:
+            stub = api_pb2_grpc.CentrifugoApiStub(channel)
+            info = stub.Info(pb.InfoRequest(), metadata=metadata, timeout=CALL_TIMEOUT)
+            assert len(info.result.nodes) == 1
+
+            big = pb.PublishRequest(channel="c", data=b'"' + b"x" * 2000 + b'"')
+            with pytest.raises(grpc.RpcError) as e:
+                stub.Publish(big, metadata=metadata, timeout=CALL_TIMEOUT)
+            assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            # the connection goes on after a refused call
+            with pytest.raises(grpc.RpcError) as e:
+                stub.Publish(pb.PublishRequest(channel="c"), metadata=metadata,
+                             timeout=CALL_TIMEOUT)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert e.value.details() == "bad request: data is required"
+
+            with pytest.raises(grpc.RpcError) as e:
+                stub.Info(pb.InfoRequest(), metadata=[("authorization", "apikey no")],
+                          timeout=CALL_TIMEOUT)
+            assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as plain:
+            stub = api_pb2_grpc.CentrifugoApiStub(plain)
+            with pytest.raises(grpc.RpcError) as e:
+                stub.Info(pb.InfoRequest(), metadata=metadata, timeout=CALL_TIMEOUT)
+            assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert _accepts(port)
+    assert not _accepts(port)
+    assert "GRPC API stopped" in server.log()
+
+
 def test_a_grpc_port_in_use_stops_startup(tmp_path: Path) -> None:
     """The server refuses to start when grpc_api.port is taken, and says why."""
     with socket.socket() as taken:
