@@ -359,8 +359,8 @@ class GRPCAPIConfig:
     tls: TLSConfig = field(default_factory=TLSConfig)
     reflection: bool = False
     max_receive_message_size: int = 0
-    #: Which server speaks GRPC: ``h2`` (HTTP/2 on the reactor) or ``grpcio``.
-    server: str = "h2"
+    #: Which server speaks GRPC: ``grpcio`` (default) or ``h2`` (HTTP/2 on the reactor).
+    server: str = "grpcio"
 
 
 @dataclass(frozen=True)

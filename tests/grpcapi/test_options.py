@@ -110,7 +110,7 @@ def test_tls_size_limit_and_transport_errors_on_the_reactor(tmp_path: Path) -> N
     cert, key, cert_pem = _self_signed(tmp_path)
     port, api_key = free_port(), "k-" + uuid.uuid4().hex
     overrides = grpc_overrides(
-        port, api_key, max_receive_message_size=1024, error_mode="transport",
+        port, api_key, max_receive_message_size=1024, error_mode="transport", server="h2",
         tls={"enabled": True, "cert_pem_file": str(cert), "key_pem_file": str(key)})
     metadata = [("authorization", f"apikey {api_key}")]
     with run_server(tmp_path, overrides) as server:
