@@ -217,20 +217,12 @@ class AioGRPCServerService(_GRPCServerBase):
     thread per call).
     """
 
-    def __init__(
-        self,
-        label: str,
-        handlers: Sequence[grpc.GenericRpcHandler],
-        bridge: ReactorBridge,
-        clock: IReactorTime,
-        **settings: Unpack[ServerSettings],
-    ) -> None:
-        super().__init__(label, handlers, bridge, clock, **settings)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._server: grpc.aio.Server | None = None
-        #: The loop the service's calls run on, once started.
-        self.loop: asyncio.AbstractEventLoop | None = None
+    # Set while the service runs (the constructor is the base's).
+    _loop: asyncio.AbstractEventLoop | None = None
+    _thread: threading.Thread | None = None
+    _server: grpc.aio.Server | None = None
+    #: The loop the service's calls run on, once started.
+    loop: asyncio.AbstractEventLoop | None = None
 
     async def _start(self, target: str) -> int:
         server = grpc.aio.server(handlers=self._handlers, options=self._options(),
