@@ -66,6 +66,7 @@ from rtserver.grpcapi.api import (
     APIDispatch,
     Reply,
 )
+from rtserver.grpcapi.server import bind_address
 from rtserver.logs import Logger
 
 __all__ = ["GRPCH2Factory", "GRPCH2Protocol", "H2GRPCService", "grpc_message", "table_neutral"]
@@ -562,8 +563,7 @@ class H2GRPCService(Service):
     def startService(self) -> None:
         """Bind, then serve. Raises when the port cannot be bound."""
         interface = self._address or "::"
-        target = f"[{interface}]:{self._requested_port}" if ":" in interface \
-            else f"{interface}:{self._requested_port}"
+        target = bind_address(self._address, self._requested_port)
         try:
             factory = self._protocol_factory()
             self._listening = self._listen(interface, factory)
@@ -573,7 +573,7 @@ class H2GRPCService(Service):
         super().startService()
         scheme = "TLS" if self._tls.enabled else "plaintext"
         _log.info("{label} listening on {address} ({scheme}, HTTP/2 on the reactor)",
-                  label=self.label, address=target.rsplit(":", 1)[0] + f":{self.port}",
+                  label=self.label, address=bind_address(self._address, self.port),
                   scheme=scheme)
 
     def _listen(self, interface: str, factory: Any) -> IListeningPort:

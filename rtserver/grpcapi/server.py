@@ -19,7 +19,7 @@ import asyncio
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import grpc
 from twisted.application.service import Service
@@ -30,7 +30,7 @@ from rtserver.config import ConfigError, TLSConfig, server_tls_pem
 from rtserver.grpcapi.bridge import ReactorBridge
 from rtserver.logs import Logger
 
-__all__ = ["AioGRPCServerService", "GRPCServerService", "bind_address"]
+__all__ = ["AioGRPCServerService", "GRPCServerService", "ServerSettings", "bind_address"]
 
 _log = Logger()
 
@@ -46,7 +46,78 @@ def bind_address(address: str, port: int) -> str:
     return f"{host}:{port}"
 
 
-class GRPCServerService(Service):
+class ServerSettings(TypedDict, total=False):
+    """The keyword arguments both grpcio services take (see :class:`GRPCServerService`)."""
+
+    address: str
+    port: int
+    tls: TLSConfig | None
+    max_receive_message_size: int
+    grace: float
+    max_concurrent_rpcs: int | None
+    options: Sequence[tuple[str, Any]]
+    reuse_port: bool
+
+
+class _GRPCServerBase(Service):
+    """What both grpcio services share: their settings, grpcio options, binding, logging."""
+
+    def __init__(
+        self,
+        label: str,
+        handlers: Sequence[grpc.GenericRpcHandler],
+        bridge: ReactorBridge,
+        clock: IReactorTime,
+        **settings: Unpack[ServerSettings],
+    ) -> None:
+        self.label = label
+        self._reuse_port = settings.get("reuse_port", False)
+        self._handlers = list(handlers)
+        self._bridge = bridge
+        self._clock = clock
+        self._address = settings.get("address", "")
+        self._requested_port = settings.get("port", 0)
+        self._tls = settings.get("tls") or TLSConfig()
+        self._max_receive = settings.get("max_receive_message_size", 0)
+        self._grace = settings.get("grace", 5.0)
+        self._max_concurrent = settings.get("max_concurrent_rpcs")
+        self._extra_options = list(settings.get("options", ()))
+        #: The bound port once started.
+        self.port = 0
+
+    def _options(self) -> list[tuple[str, Any]]:
+        # A second process must not share the port silently (grpcio sets SO_REUSEPORT),
+        # unless it is a sibling worker.
+        options: list[tuple[str, Any]] = [("grpc.so_reuseport", int(self._reuse_port))]
+        if self._max_receive > 0:
+            options.append(("grpc.max_receive_message_length", self._max_receive))
+        return options + self._extra_options
+
+    def _target(self) -> str:
+        return bind_address(self._address, self._requested_port)
+
+    def _bind(self, server: grpc.Server | grpc.aio.Server, target: str) -> int:
+        """Add the (TLS or plaintext) port to ``server``; the bound port, or RuntimeError."""
+        try:
+            if self._tls.enabled:
+                cert, key = server_tls_pem(self._tls, self.label)
+                creds = grpc.ssl_server_credentials([(key, cert)])
+                port = server.add_secure_port(target, creds)
+            else:
+                port = server.add_insecure_port(target)
+        except (OSError, RuntimeError, ConfigError) as e:
+            raise RuntimeError(f"{self.label}: cannot listen on {target}: {e}") from None
+        if not port:  # older grpcio reports a failed bind as port 0
+            raise RuntimeError(f"{self.label}: cannot listen on {target}")
+        return int(port)
+
+    def _log_listening(self) -> None:
+        scheme = "TLS" if self._tls.enabled else "plaintext"
+        _log.info("{label} listening on {address} ({scheme})", label=self.label,
+                  address=bind_address(self._address, self.port), scheme=scheme)
+
+
+class GRPCServerService(_GRPCServerBase):
     """One grpcio server on one port.
 
     Args:
@@ -76,42 +147,14 @@ class GRPCServerService(Service):
         bridge: ReactorBridge,
         clock: IReactorTime,
         *,
-        address: str = "",
-        port: int = 0,
-        tls: TLSConfig | None = None,
-        max_receive_message_size: int = 0,
         reflection: Sequence[str] = (),
         workers: int = 8,
-        grace: float = 5.0,
-        max_concurrent_rpcs: int | None = None,
-        options: Sequence[tuple[str, Any]] = (),
-        reuse_port: bool = False,
+        **settings: Unpack[ServerSettings],
     ) -> None:
-        self.label = label
-        self._reuse_port = reuse_port
-        self._handlers = list(handlers)
-        self._bridge = bridge
-        self._clock = clock
-        self._address = address
-        self._requested_port = port
-        self._tls = tls or TLSConfig()
-        self._max_receive = max_receive_message_size
+        super().__init__(label, handlers, bridge, clock, **settings)
         self._reflection = tuple(reflection)
         self._workers = workers
-        self._grace = grace
-        self._max_concurrent = max_concurrent_rpcs
-        self._extra_options = list(options)
         self._server: grpc.Server | None = None
-        #: The bound port once started.
-        self.port = 0
-
-    def _options(self) -> list[tuple[str, Any]]:
-        # A second process must not share the port silently (grpcio sets SO_REUSEPORT),
-        # unless it is a sibling worker.
-        options: list[tuple[str, Any]] = [("grpc.so_reuseport", int(self._reuse_port))]
-        if self._max_receive > 0:
-            options.append(("grpc.max_receive_message_length", self._max_receive))
-        return options + self._extra_options
 
     def startService(self) -> None:
         """Bind, then serve. Raises when the port cannot be bound."""
@@ -123,26 +166,15 @@ class GRPCServerService(Service):
 
             reflection.enable_server_reflection((*self._reflection, reflection.SERVICE_NAME),
                                                 server)
-        target = bind_address(self._address, self._requested_port)
         try:
-            if self._tls.enabled:
-                cert, key = server_tls_pem(self._tls, self.label)
-                creds = grpc.ssl_server_credentials([(key, cert)])
-                self.port = server.add_secure_port(target, creds)
-            else:
-                self.port = server.add_insecure_port(target)
-        except (OSError, RuntimeError, ConfigError) as e:
+            self.port = self._bind(server, self._target())
+        except RuntimeError:
             pool.shutdown(wait=False)
-            raise RuntimeError(f"{self.label}: cannot listen on {target}: {e}") from None
-        if not self.port:  # older grpcio reports a failed bind as port 0
-            pool.shutdown(wait=False)
-            raise RuntimeError(f"{self.label}: cannot listen on {target}")
+            raise
         server.start()
         self._server = server
         super().startService()
-        scheme = "TLS" if self._tls.enabled else "plaintext"
-        _log.info("{label} listening on {address} ({scheme})", label=self.label,
-                  address=bind_address(self._address, self.port), scheme=scheme)
+        self._log_listening()
 
     def stopService(self) -> Deferred[None]:
         """Stop accepting calls and drain; the Deferred fires when the port is closed."""
@@ -167,7 +199,7 @@ class GRPCServerService(Service):
         return done
 
 
-class AioGRPCServerService(Service):
+class AioGRPCServerService(_GRPCServerBase):
     """One ``grpc.aio`` server on one port, on an asyncio loop in a thread of its own.
 
     For streaming services (uni_grpc): a stream is a coroutine on that loop, not a
@@ -181,68 +213,24 @@ class AioGRPCServerService(Service):
     finish for ``grace`` seconds, cancels the rest, stops the loop and closes the bridge;
     its Deferred fires once the thread is gone, polled on the injected clock.
 
-    Args: as :class:`GRPCServerService`, without ``workers`` (no thread per call).
+    Args: as :class:`GRPCServerService`, without ``reflection`` and ``workers`` (no
+    thread per call).
     """
 
-    def __init__(
-        self,
-        label: str,
-        handlers: Sequence[grpc.GenericRpcHandler],
-        bridge: ReactorBridge,
-        clock: IReactorTime,
-        *,
-        address: str = "",
-        port: int = 0,
-        tls: TLSConfig | None = None,
-        max_receive_message_size: int = 0,
-        grace: float = 5.0,
-        max_concurrent_rpcs: int | None = None,
-        options: Sequence[tuple[str, Any]] = (),
-        reuse_port: bool = False,
-    ) -> None:
-        self.label = label
-        self._reuse_port = reuse_port
-        self._handlers = list(handlers)
-        self._bridge = bridge
-        self._clock = clock
-        self._address = address
-        self._requested_port = port
-        self._tls = tls or TLSConfig()
-        self._max_receive = max_receive_message_size
-        self._grace = grace
-        self._max_concurrent = max_concurrent_rpcs
-        self._extra_options = list(options)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._server: grpc.aio.Server | None = None
-        #: The loop the service's calls run on, once started.
-        self.loop: asyncio.AbstractEventLoop | None = None
-        #: The bound port once started.
-        self.port = 0
-
-    def _options(self) -> list[tuple[str, Any]]:
-        # as GRPCServerService: SO_REUSEPORT only between sibling workers
-        options: list[tuple[str, Any]] = [("grpc.so_reuseport", int(self._reuse_port))]
-        if self._max_receive > 0:
-            options.append(("grpc.max_receive_message_length", self._max_receive))
-        return options + self._extra_options
+    # Set while the service runs (the constructor is the base's).
+    _loop: asyncio.AbstractEventLoop | None = None
+    _thread: threading.Thread | None = None
+    _server: grpc.aio.Server | None = None
+    #: The loop the service's calls run on, once started.
+    loop: asyncio.AbstractEventLoop | None = None
 
     async def _start(self, target: str) -> int:
         server = grpc.aio.server(handlers=self._handlers, options=self._options(),
                                  maximum_concurrent_rpcs=self._max_concurrent)
-        try:
-            if self._tls.enabled:
-                cert, key = server_tls_pem(self._tls, self.label)
-                port = server.add_secure_port(target, grpc.ssl_server_credentials([(key, cert)]))
-            else:
-                port = server.add_insecure_port(target)
-        except (OSError, RuntimeError, ConfigError) as e:
-            raise RuntimeError(f"{self.label}: cannot listen on {target}: {e}") from None
-        if not port:
-            raise RuntimeError(f"{self.label}: cannot listen on {target}")
+        port = self._bind(server, target)
         await server.start()
         self._server = server
-        return int(port)
+        return port
 
     def startService(self) -> None:
         """Start the loop thread, bind, then serve. Raises when the port cannot be bound."""
@@ -250,8 +238,7 @@ class AioGRPCServerService(Service):
         thread = threading.Thread(target=_run_loop, args=(loop,), name=f"{self.label} loop",
                                   daemon=True)
         thread.start()
-        target = bind_address(self._address, self._requested_port)
-        started = asyncio.run_coroutine_threadsafe(self._start(target), loop)
+        started = asyncio.run_coroutine_threadsafe(self._start(self._target()), loop)
         try:
             # Startup only, before the service serves: bounded, and bind errors surface.
             self.port = started.result(timeout=_START_TIMEOUT)
@@ -261,9 +248,7 @@ class AioGRPCServerService(Service):
         self._loop = self.loop = loop
         self._thread = thread
         super().startService()
-        scheme = "TLS" if self._tls.enabled else "plaintext"
-        _log.info("{label} listening on {address} ({scheme})", label=self.label,
-                  address=bind_address(self._address, self.port), scheme=scheme)
+        self._log_listening()
 
     def stopService(self) -> Deferred[None]:
         """Stop accepting calls and drain; the Deferred fires when the loop thread ended."""

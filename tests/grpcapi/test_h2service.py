@@ -17,9 +17,11 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
+from twisted.logger import formatEvent, globalLogPublisher
 
 from rtserver.grpcapi.api import SERVICE_NAME, Reply
 from rtserver.grpcapi.h2server import GRPCH2Factory, H2GRPCService
+from rtserver.grpcapi.server import bind_address
 
 CALL_TIMEOUT = 10.0
 
@@ -130,3 +132,24 @@ def test_a_port_in_use_fails_start_loudly() -> None:
 async def test_stop_before_start() -> None:
     service, _ = _service()
     await service.stopService()
+
+
+@pytest.mark.parametrize(("address", "shown"), [("127.0.0.1", "127.0.0.1"), ("::1", "[::1]")])
+@pytest_twisted.ensureDeferred
+async def test_startup_line_names_the_bound_address_as_grpcio_services_do(
+    address: str, shown: str
+) -> None:
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    service = H2GRPCService("test GRPC", GRPCH2Factory(Held(), reactor),  # type: ignore[arg-type]
+                            reactor, address=address)
+    try:
+        service.startService()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    await service.stopService()
+    assert service.port
+    lines = [formatEvent(e) for e in events]
+    assert f"test GRPC listening on {shown}:{service.port} (plaintext, HTTP/2 on the reactor)" \
+        in lines
+    assert bind_address(address, service.port) == f"{shown}:{service.port}"
