@@ -216,7 +216,7 @@ def test_quic_stream_backlog_reads_unacknowledged_bytes() -> None:
 
 
 def test_retry_validation_time_shortens_aioquics_token_lifetime() -> None:
-    """aioquic refuses Retry tokens older than ``retry.TOKEN_LIFETIME`` at the given time."""
+    """``validate_token`` refuses tokens older than ``retry.TOKEN_LIFETIME`` at ``now``."""
     from aioquic.quic.retry import QuicRetryTokenHandler
 
     handler = QuicRetryTokenHandler()
