@@ -241,8 +241,11 @@ def _metric(server: Server, name: str) -> float:
 def test_chromium_connects_through_a_quic_retry(
     open_page: Callable[..., tuple[Browser, NodeScenario]],
 ) -> None:
-    """With max_connections 4, one unfinished handshake makes new connections prove
-    their address: Chromium gets a Retry, returns the token and connects."""
+    """One unfinished handshake of 4 connections at most: Chromium connects via a Retry.
+
+    New connections must prove their address; Chromium gets a Retry, returns the token
+    and connects over WebTransport (not the WebSocket fallback).
+    """
     stuck: list[socket.socket] = []
 
     def fill(run: Browser) -> None:
