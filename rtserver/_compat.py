@@ -208,6 +208,21 @@ def quic_stream_backlog(connection: Any, stream_id: int) -> int:
     return len(stream.sender._buffer)
 
 
+# --- aioquic: how long a Retry token is accepted -----------------------------------------
+#
+# ``QuicRetryTokenHandler.validate_token`` refuses a token older than
+# ``aioquic.quic.retry.TOKEN_LIFETIME`` (30 s in aioquic 1.x) and takes the current time
+# as an argument. rtserver accepts Retry tokens for a shorter time (clients return them
+# at once, RFC 9000 8.1.4): it validates with the time moved forward by the difference.
+
+
+def retry_validation_time(now: float, lifetime: float) -> float:
+    """The ``now`` to give ``validate_token`` so tokens expire after ``lifetime`` seconds."""
+    from aioquic.quic import retry
+
+    return now + max(0.0, float(retry.TOKEN_LIFETIME) - lifetime)
+
+
 # --- h2 and hpack: the connection's HPACK encoder and decoder ------------------------------
 #
 # The GRPC API's HTTP/2 server (grpcapi/h2server.py) encodes and decodes header blocks

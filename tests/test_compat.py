@@ -215,6 +215,28 @@ def test_quic_stream_backlog_reads_unacknowledged_bytes() -> None:
     assert _compat.quic_stream_backlog(conn, stream_id) == 5000
 
 
+def test_retry_validation_time_shortens_aioquics_token_lifetime() -> None:
+    """``validate_token`` refuses tokens older than ``retry.TOKEN_LIFETIME`` at ``now``."""
+    from aioquic.quic.retry import QuicRetryTokenHandler
+
+    handler = QuicRetryTokenHandler()
+    addr = ("127.0.0.1", 4433)
+    token = handler.create_token(
+        address=addr, original_destination_connection_id=b"o" * 8,
+        retry_source_connection_id=b"r" * 8, now=100.0,
+    )
+    for age, valid in ((9.9, True), (10.1, False)):
+        now = _compat.retry_validation_time(100.0 + age, 10.0)
+        try:
+            odcid = handler.validate_token(
+                address=addr, destination_cid=b"r" * 8, token=token, now=now
+            )
+        except ValueError:
+            assert not valid
+        else:
+            assert valid and odcid == b"o" * 8
+
+
 def test_replace_h2_hpack_codes_the_connections_header_blocks() -> None:
     """h2 codes header blocks with ``H2Connection.encoder``/``.decoder``, configures them."""
     from h2.config import H2Configuration

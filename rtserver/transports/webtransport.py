@@ -18,12 +18,18 @@ Bounds: ``webtransport.max_connections`` QUIC connections (new ones beyond are i
 streams per session (more are reset), commands up to ``message_size_limit`` bytes, output
 paused while more than ``write_buffer_size`` bytes wait for acknowledgement (and closed
 with 3009 after ``write_timeout``), QUIC's idle timeout and its 3x anti-amplification limit
-before the client's address is validated. Anything else (another path, method or
+before the client's address is validated. Address validation (QUIC Retry, RFC 9000 8.1.2)
+starts by itself under pressure: while a quarter of ``max_connections`` connections are
+still in their handshake, a new Initial without a token is answered by a stateless Retry
+(no connection is created, nothing is remembered about the sender), and one carrying a
+valid token (made for that address, at most ``_RETRY_TOKEN_LIFETIME`` seconds old) is
+accepted. Anything else (another path, method or
 protocol) gets an HTTP/3 error status and the stream ends.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -41,10 +47,13 @@ from aioquic.quic import events as quic_events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import (
+    QuicHeader,
     QuicPacketType,
+    encode_quic_retry,
     encode_quic_version_negotiation,
     pull_quic_header,
 )
+from aioquic.quic.retry import QuicRetryTokenHandler
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from twisted.application.service import Service
@@ -54,7 +63,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 from zope.interface import implementer
 
-from rtserver._compat import quic_stream_backlog
+from rtserver._compat import quic_stream_backlog, retry_validation_time
 from rtserver.config import WebTransportConfig
 from rtserver.connections import OpenConnections
 from rtserver.core.client import Client
@@ -88,6 +97,11 @@ _LINGER = _CLOSE_WAIT + 1.0
 _STREAM_GONE = (H3ProtocolError, AssertionError, ValueError, RuntimeError)
 #: Refused request streams remembered per connection.
 _MAX_ANSWERED = 64
+#: Seconds a Retry token is accepted (a client returns it within a round trip).
+_RETRY_TOKEN_LIFETIME = 10.0
+#: Retry starts once ``max_connections // _RETRY_FRACTION`` connections are in their
+#: handshake.
+_RETRY_FRACTION = 4
 
 
 def quic_configuration(cert_pem: bytes, key_pem: bytes, idle_timeout: float) -> QuicConfiguration:
@@ -344,6 +358,8 @@ class QuicPeer:
         #: Request streams answered with an error status (more HEADERS on them are ignored).
         self._answered: set[int] = set()
         self.gone = False
+        #: The QUIC handshake is not complete yet (counted in ``listener.handshaking``).
+        self.in_handshake = True
         # a connection must open a session in time, as a client must connect in time
         # (QUIC pings alone would keep it open until max_connections is reached)
         self._linger: IDelayedCall | None = self.clock.callLater(
@@ -372,7 +388,9 @@ class QuicPeer:
             session.check_drained()
 
     def _quic_event(self, event: quic_events.QuicEvent) -> None:
-        if isinstance(event, quic_events.ConnectionIdIssued):
+        if isinstance(event, quic_events.HandshakeCompleted):
+            self.listener.handshake_over(self)
+        elif isinstance(event, quic_events.ConnectionIdIssued):
             self.listener.add_cid(event.connection_id, self)
         elif isinstance(event, quic_events.ConnectionIdRetired):
             self.listener.remove_cid(event.connection_id)
@@ -593,6 +611,14 @@ class QuicListener(DatagramProtocol):
         self.sessions_closed = 0
         self.dropped = 0
         self.send_errors = 0
+        #: Connections whose QUIC handshake is not complete.
+        self.handshaking = 0
+        #: Retry packets sent, and Initials dropped for an invalid or expired token.
+        self.retries_sent = 0
+        self.tokens_refused = 0
+        #: Handshakes in progress from which new Initials must prove their address.
+        self.retry_threshold = max(1, config.max_connections // _RETRY_FRACTION)
+        self._tokens = QuicRetryTokenHandler()  # a fresh key per process
         #: Seconds a new QUIC connection has to open a session (``client.stale_close_delay``).
         self.session_deadline = node.config.client.stale_close_delay or 10.0
 
@@ -643,14 +669,77 @@ class QuicListener(DatagramProtocol):
             self.dropped += 1
             _log.debug("webtransport: new QUIC connection from {addr} ignored", addr=addr)
             return
+        original_cid = header.destination_cid
+        retry_cid: bytes | None = None
+        if header.token:
+            validated = self._validate_token(header, addr)
+            if validated is None:
+                return
+            original_cid, retry_cid = validated, header.destination_cid
+        elif self.handshaking >= self.retry_threshold:
+            self._retry(header, addr)
+            return
         quic = QuicConnection(
-            configuration=config, original_destination_connection_id=header.destination_cid
+            configuration=config,
+            original_destination_connection_id=original_cid,
+            retry_source_connection_id=retry_cid,
         )
         peer = QuicPeer(self, quic)
         self.peers.add(peer)
+        self.handshaking += 1
         self.add_cid(header.destination_cid, peer)
         self.add_cid(quic.host_cid, peer)
         peer.datagram(data, addr)
+
+    def _retry(self, header: QuicHeader, addr: tuple[str, int]) -> None:
+        """Answer an Initial with a Retry carrying a token for ``addr`` (keeps no state).
+
+        The Retry is smaller than the Initial (at least 1200 bytes) it answers.
+        """
+        assert header.version is not None  # a long header
+        retry_cid = os.urandom(self.quic_config.connection_id_length)
+        token = self._tokens.create_token(
+            address=addr,
+            original_destination_connection_id=header.destination_cid,
+            retry_source_connection_id=retry_cid,
+            now=self.clock.seconds(),
+        )
+        self.retries_sent += 1
+        self.send(
+            encode_quic_retry(
+                version=header.version,
+                source_cid=retry_cid,
+                destination_cid=header.source_cid,
+                original_destination_cid=header.destination_cid,
+                retry_token=token,
+            ),
+            addr,
+        )
+
+    def _validate_token(self, header: QuicHeader, addr: tuple[str, int]) -> bytes | None:
+        """The original destination connection id in a valid token, or None (dropped).
+
+        A token is valid for the address it was made for, sent to the Retry's connection
+        id, for ``_RETRY_TOKEN_LIFETIME`` seconds. The Initial of a bad token is dropped
+        without an answer: its sender may not be at ``addr``.
+        """
+        now = retry_validation_time(self.clock.seconds(), _RETRY_TOKEN_LIFETIME)
+        try:
+            return self._tokens.validate_token(
+                address=addr, destination_cid=header.destination_cid, token=header.token,
+                now=now,
+            )
+        except ValueError as e:
+            self.tokens_refused += 1
+            self.dropped += 1
+            _log.debug("webtransport: Initial from {addr} dropped: {e}", addr=addr, e=e)
+            return None
+
+    def handshake_over(self, peer: QuicPeer) -> None:
+        """``peer``'s handshake completed or the connection ended (counted once)."""
+        if peer.in_handshake:
+            peer.in_handshake = False
+            self.handshaking -= 1
 
     def send(self, data: bytes, addr: tuple[str, int]) -> None:
         """Send one datagram; a send error drops it (QUIC retransmits or times out)."""
@@ -680,6 +769,7 @@ class QuicListener(DatagramProtocol):
             if self._by_cid.get(cid) is peer:
                 del self._by_cid[cid]
         peer.cids.clear()
+        self.handshake_over(peer)
         self.peers.discard(peer)
 
     def stop(self, timeout: float) -> Deferred[None]:

@@ -193,6 +193,21 @@ class NodeCollector:
             "webtransport.max_connections.",
             value=quic.dropped,
         )
+        yield GaugeMetricFamily(
+            "rtserver_http3_handshakes",
+            "QUIC connections whose handshake is not complete.",
+            value=quic.handshaking,
+        )
+        yield CounterMetricFamily(
+            "rtserver_http3_retries_sent",
+            "QUIC Retry packets sent (address validation while many handshakes are open).",
+            value=quic.retries_sent,
+        )
+        yield CounterMetricFamily(
+            "rtserver_http3_retry_tokens_refused",
+            "Initial packets dropped for an invalid, expired or other-address Retry token.",
+            value=quic.tokens_refused,
+        )
 
     @staticmethod
     def _http_metrics(stats: HTTPStats) -> Iterator[Metric]:

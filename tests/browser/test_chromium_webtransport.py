@@ -5,13 +5,16 @@ The server has a fresh ECDSA certificate valid for 10 days, which the page trust
 WebTransport on, the client reports ``transport == 'webtransport'``, receives API
 publications, publishes, and recovers missed publications after a server-forced
 reconnect, with the JSON and the Protobuf build of centrifuge-js; with it off, the same
-page falls back to WebSocket.
+page falls back to WebSocket; and while QUIC handshakes pile up, Chromium connects
+through the server's Retry (address validation).
 """
 
 from __future__ import annotations
 
 import base64
 import socket
+import ssl
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +23,9 @@ from urllib.parse import urlencode
 
 import pytest
 import requests
+from aioquic.h3.connection import H3_ALPN
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
 from harness import (
     NodeScenario,
     Server,
@@ -66,7 +72,9 @@ class Browser:
         self.origin = origin
 
 
-def _start(directory: Path, origin: str, webtransport: bool) -> Browser:
+def _start(
+    directory: Path, origin: str, webtransport: bool, max_connections: int = 10000
+) -> Browser:
     cert, key, digest = make_certificate(directory, days=10)
     udp_port = _udp_port()
     secret = "wt-" + uuid.uuid4().hex + uuid.uuid4().hex
@@ -78,8 +86,9 @@ def _start(directory: Path, origin: str, webtransport: bool) -> Browser:
             "tls": {"enabled": True, "cert_pem": str(cert), "key_pem": str(key)},
             "http3": {"enabled": webtransport},
         },
-        "webtransport": {"enabled": webtransport},
+        "webtransport": {"enabled": webtransport, "max_connections": max_connections},
         "client": {"allowed_origins": [origin]},
+        "prometheus": {"enabled": True},
     }
     config = merge(base_config(secret, api_key), overrides)
     server = spawn_server(directory, config, secret=secret, api_key=api_key)
@@ -92,8 +101,17 @@ def open_page(
 ) -> Iterator[Callable[..., tuple[Browser, NodeScenario]]]:
     started: list[tuple[Browser, NodeScenario]] = []
 
-    def start(webtransport: bool, codec: str = "json") -> tuple[Browser, NodeScenario]:
-        run = _start(tmp_path / f"server-{len(started)}", page_origin, webtransport)
+    def start(
+        webtransport: bool,
+        codec: str = "json",
+        max_connections: int = 10000,
+        before: Callable[[Browser], None] | None = None,
+    ) -> tuple[Browser, NodeScenario]:
+        run = _start(
+            tmp_path / f"server-{len(started)}", page_origin, webtransport, max_connections
+        )
+        if before is not None:
+            before(run)
         query = urlencode(
             {
                 "wt": f"https://127.0.0.1:{run.udp_port}/connection/webtransport",
@@ -208,3 +226,53 @@ def test_falls_back_to_websocket_without_webtransport(
     page.expect(_event("publication", channel="news", data={"n": 1}))
     page.send("close")
     page.finish()
+
+
+def _metric(server: Server, name: str) -> float:
+    with requests.Session() as http:
+        http.trust_env = False
+        text = http.get(server.url + "/metrics", timeout=5).text
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_chromium_connects_through_a_quic_retry(
+    open_page: Callable[..., tuple[Browser, NodeScenario]],
+) -> None:
+    """One unfinished handshake of 4 connections at most: Chromium connects via a Retry.
+
+    New connections must prove their address; Chromium gets a Retry, returns the token
+    and connects over WebTransport (not the WebSocket fallback).
+    """
+    stuck: list[socket.socket] = []
+
+    def fill(run: Browser) -> None:
+        config = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN)
+        config.verify_mode = ssl.CERT_NONE
+        target = ("127.0.0.1", run.udp_port)
+        quic = QuicConnection(configuration=config)
+        quic.connect(target, now=time.monotonic())
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        stuck.append(sock)
+        for data, _ in quic.datagrams_to_send(now=time.monotonic()):
+            sock.sendto(data, target)  # and never a word more
+        deadline = time.monotonic() + 10
+        while _metric(run.server, "rtserver_http3_handshakes") != 1:
+            assert time.monotonic() < deadline, "the Initial made no connection"
+            time.sleep(0.05)  # another process: nothing to await but its answers
+
+    try:
+        run, page = open_page(True, max_connections=4, before=fill)
+        assert page.expect(_event("connected"))["transport"] == "webtransport"
+        page.expect(_event("subscribed", channel="news"))
+        run.server.publish("news", {"n": 1})
+        page.expect(_event("publication", channel="news", data={"n": 1}))
+        assert _metric(run.server, "rtserver_http3_retries_sent_total") >= 1
+        assert _metric(run.server, "rtserver_http3_retry_tokens_refused_total") == 0
+        page.send("close")
+        page.finish()
+    finally:
+        for sock in stuck:
+            sock.close()
