@@ -263,7 +263,11 @@ class ClusterCommandLink:
         if self._refreshing is not None:
             self._refresh_again = True
             return self._refreshing
-        d = self._refreshing = Deferred.fromCoroutine(self._refresh())
+        d = Deferred.fromCoroutine(self._refresh())
+        if not d.called:
+            # still under way; a refresh that finished at once (every node refused
+            # synchronously) cleared its own record and must not stay "under way"
+            self._refreshing = d
         d.addErrback(self._refresh_failed)
         return d
 
