@@ -15,6 +15,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,16 @@ class WTServer:
 
     def client(self) -> WTClient:
         return WTClient("127.0.0.1", self.udp_port)
+
+    @contextmanager
+    def released_client(self) -> Iterator[WTClient]:
+        """A client, closed afterwards; then (if the body passed) every session released."""
+        client = self.client()
+        try:
+            yield client
+        finally:
+            client.close()
+        self.wait_released()
 
     def metric(self, name: str, labels: str = "") -> float:
         text = self._http.get(self.server.url + "/metrics", timeout=5).text
@@ -163,8 +174,7 @@ def disconnect_of(data: bytes) -> dict[str, Any]:
 
 def test_subscribe_and_receive_api_publications(wt: WTServer) -> None:
     """Connect, subscribe, publish through the API: the publication arrives on the stream."""
-    client = wt.client()
-    try:
+    with wt.released_client() as client:
         stream = connected(client, token=wt.server.token("alice"))
         client.send(stream, b'{"id":2,"subscribe":{"channel":"news"}}\n')
         client.read_until(stream, lambda b: b'"id":2' in b)
@@ -177,9 +187,6 @@ def test_subscribe_and_receive_api_publications(wt: WTServer) -> None:
             "centrifugo_client_connections_accepted", '{transport="webtransport"}'
         )
         assert accepted >= 1
-    finally:
-        client.close()
-    wt.wait_released()
 
 
 def test_commands_cut_anywhere_and_batched(wt: WTServer) -> None:
@@ -221,8 +228,7 @@ def test_protobuf_session(wt: WTServer) -> None:
 
 def test_api_disconnect_is_a_push_then_the_end_of_the_stream(wt: WTServer) -> None:
     """A server-side disconnect reaches the client with its code, then the stream ends."""
-    client = wt.client()
-    try:
+    with wt.released_client() as client:
         stream = connected(client, token=wt.server.token("bob"))
         reply = wt.api("disconnect", {"user": "bob", "disconnect": {"code": 4500, "reason": "go"}})
         assert "error" not in reply, reply
@@ -239,56 +245,40 @@ def test_api_disconnect_is_a_push_then_the_end_of_the_stream(wt: WTServer) -> No
             client.pump(0.5)
         capsule = bytes(client.bodies[session].data)
         assert capsule == b"\x68\x43\x06" + (4500).to_bytes(4, "big") + b"go"
-    finally:
-        client.close()
-    wt.wait_released()
 
 
 # --- bad input -------------------------------------------------------------------------
 
 
 def test_malformed_json_closes_with_3501(wt: WTServer) -> None:
-    client = wt.client()
-    try:
+    with wt.released_client() as client:
         stream = connected(client)
         client.send(stream, b"this is not json\n")
         data = client.read_until(stream, _has_disconnect)
         assert disconnect_of(data) == {"code": 3501, "reason": "bad request"}
         client.wait(lambda: client.streams[stream].ended)
-    finally:
-        client.close()
-    wt.wait_released()
 
 
 def test_malformed_protobuf_length_closes_with_3501(wt: WTServer) -> None:
-    client = wt.client()
-    try:
+    with wt.released_client() as client:
         session = client.open_session(ENDPOINT + "?cf_protocol=protobuf")
         stream = client.open_stream(session)
         client.send(stream, b"\xff" * 11)  # a length prefix longer than 10 bytes
         client.wait(lambda: client.streams[stream].ended)
         (push,) = varint_frames(bytes(client.streams[stream].data))
         assert protobuf.decode_message("Reply", push)["push"]["disconnect"]["code"] == 3501
-    finally:
-        client.close()
-    wt.wait_released()
 
 
 def test_command_beyond_the_size_limit_closes_with_3501(wt: WTServer) -> None:
-    client = wt.client()
-    try:
+    with wt.released_client() as client:
         stream = connected(client)
         client.send(stream, b'{"id":2,"rpc":{"data":"' + b"x" * 70000)
         data = client.read_until(stream, _has_disconnect, timeout=20)
         assert disconnect_of(data)["code"] == 3501
-    finally:
-        client.close()
-    wt.wait_released()
 
 
 def test_stream_reset_mid_command_releases_the_session(wt: WTServer) -> None:
-    client = wt.client()
-    try:
+    with wt.released_client() as client:
         stream = connected(client)
         client.send(stream, b'{"id":2,"subscribe":{"chan')
         client.reset(stream, 7)
@@ -297,15 +287,11 @@ def test_stream_reset_mid_command_releases_the_session(wt: WTServer) -> None:
             client.pump(0.1)
         assert wt.metric("rtserver_webtransport_sessions") == 0
         assert wt.num_clients() == 0
-    finally:
-        client.close()
-    wt.wait_released()
 
 
 def test_refusals(wt: WTServer) -> None:
     """Other paths, methods and protocols get an HTTP/3 status; extra streams are reset."""
-    client = wt.client()
-    try:
+    with wt.released_client() as client:
         assert client.status(client.request("/connection/other")) == 404
         assert client.status(client.request(ENDPOINT, method=b"GET", protocol=None)) == 400
         assert client.status(client.request(ENDPOINT, protocol=b"websocket")) == 400
@@ -322,9 +308,6 @@ def test_refusals(wt: WTServer) -> None:
         client.flush()
         client.send(stream, b'{"id":2,"subscribe":{"channel":"still-here"}}\n')
         client.read_until(stream, lambda b: b'"id":2' in b)
-    finally:
-        client.close()
-    wt.wait_released()
 
 
 def test_a_stream_beyond_the_cap_closes_the_session(wt: WTServer) -> None:
@@ -332,8 +315,7 @@ def test_a_stream_beyond_the_cap_closes_the_session(wt: WTServer) -> None:
 
     ``webtransport.max_streams_per_session`` is 1 by default.
     """
-    client = wt.client()
-    try:
+    with wt.released_client() as client:
         session = client.open_session()
         stream = client.open_stream(session)
         client.send(stream, b'{"id":1,"connect":{}}\n')
@@ -343,9 +325,6 @@ def test_a_stream_beyond_the_cap_closes_the_session(wt: WTServer) -> None:
         client.wait(lambda: client.streams[extra].reset)
         data = client.read_until(stream, _has_disconnect)
         assert disconnect_of(data) == {"code": 3501, "reason": "bad request"}
-    finally:
-        client.close()
-    wt.wait_released()
 
 
 def test_thousand_sessions_opened_and_dropped(wt: WTServer) -> None:
@@ -408,12 +387,8 @@ def test_stray_datagrams_are_dropped_and_the_listener_keeps_serving(wt: WTServer
         # the same, but small: no answer larger than the question (amplification)
         s.sendto(packet, target)
     assert wt.metric("rtserver_http3_datagrams_dropped_total") >= dropped + 3
-    client = wt.client()
-    try:
+    with wt.released_client() as client:
         connected(client)
-    finally:
-        client.close()
-    wt.wait_released()
 
 
 def test_a_client_that_stops_reading_is_closed_with_3009(wt: WTServer) -> None:
@@ -422,8 +397,7 @@ def test_a_client_that_stops_reading_is_closed_with_3009(wt: WTServer) -> None:
     Unacknowledged output beyond ``webtransport.write_buffer_size`` pauses its writes;
     still stuck after ``write_timeout``, the server closes it.
     """
-    client = wt.client()
-    try:
+    with wt.released_client() as client:
         stream = connected(client)
         client.send(stream, b'{"id":2,"subscribe":{"channel":"firehose"}}\n')
         client.read_until(stream, lambda b: b'"id":2' in b)
@@ -437,15 +411,11 @@ def test_a_client_that_stops_reading_is_closed_with_3009(wt: WTServer) -> None:
         assert wt.metric("rtserver_webtransport_sessions") == 0
         data = client.read_until(stream, _has_disconnect, timeout=20)
         assert disconnect_of(data) == {"code": 3009, "reason": "write error"}
-    finally:
-        client.close()
-    wt.wait_released()
 
 
 def test_a_burst_beyond_the_write_buffer_is_delivered_whole(wt: WTServer) -> None:
     """400 KB at once pauses the writes; the client's acknowledgements resume them."""
-    client = wt.client()
-    try:
+    with wt.released_client() as client:
         stream = connected(client)
         client.send(stream, b'{"id":2,"subscribe":{"channel":"burst"}}\n')
         client.read_until(stream, lambda b: b'"id":2' in b)
@@ -458,15 +428,11 @@ def test_a_burst_beyond_the_write_buffer_is_delivered_whole(wt: WTServer) -> Non
         got = [m["push"]["pub"]["data"]["i"] for m in lines(data) if "pub" in m.get("push", {})]
         assert got == list(range(400))
         assert not _has_disconnect(data)
-    finally:
-        client.close()
-    wt.wait_released()
 
 
 @pytest.mark.parametrize("end", ["stream", "session"])
 def test_the_client_ending_its_stream_or_session_releases_it(wt: WTServer, end: str) -> None:
-    client = wt.client()
-    try:
+    with wt.released_client() as client:
         session = client.open_session()
         stream = client.open_stream(session)
         client.send(stream, b'{"id":1,"connect":{}}\n')
@@ -481,16 +447,12 @@ def test_the_client_ending_its_stream_or_session_releases_it(wt: WTServer, end: 
             client.pump(0.1)
         assert wt.metric("rtserver_webtransport_sessions") == 0
         assert wt.num_clients() == 0
-    finally:
-        client.close()
-    wt.wait_released()
 
 
 @pytest.mark.parametrize("codec", ["json", "protobuf"])
 def test_a_whole_command_beyond_the_limit_closes_with_3501(wt: WTServer, codec: str) -> None:
     """A command over message_size_limit is refused even when it arrives complete."""
-    client = wt.client()
-    try:
+    with wt.released_client() as client:
         query = "?cf_protocol=protobuf" if codec == "protobuf" else ""
         session = client.open_session(ENDPOINT + query)
         stream = client.open_stream(session)
@@ -514,9 +476,6 @@ def test_a_whole_command_beyond_the_limit_closes_with_3501(wt: WTServer, codec: 
             assert protobuf.decode_message("Reply", push)["push"]["disconnect"]["code"] == 3501
         else:
             assert disconnect_of(data)["code"] == 3501
-    finally:
-        client.close()
-    wt.wait_released()
 
 
 def test_a_connection_without_a_session_is_closed_despite_pings(wt: WTServer) -> None:
