@@ -99,24 +99,35 @@ def publish_all(server: Server, doc_channel: str, tags_channel: str) -> None:
         api(server, "publish", {"channel": tags_channel, "data": data, "tags": tags})
 
 
+def value(data: Any) -> Any:
+    """A publication's data as the Python SDK hands it over: bytes (JSON) or decoded."""
+    return json.loads(data) if isinstance(data, bytes) else data
+
+
 def wire_ratio(delta_bytes: int, full_bytes: int) -> float:
     ratio = delta_bytes / full_bytes
     print(f"delta subscriber read {delta_bytes} B, plain subscriber {full_bytes} B: {ratio:.3f}")
     return ratio
 
 
-@pytest.mark.parametrize("build", ["json", "protobuf"])
-def test_js_delta_and_tag_filter(rt_server: Server, run_js: RunJS, build: str) -> None:
-    """Both builds over WebSocket, reading the wire: deltas at a few % of the bytes."""
-    doc_channel, tags_channel = unique("docs:d-"), unique("quotes:q-")
+def run_js_delta_tags(
+    server: Server, run_js: RunJS, build: str, transport: str, doc_channel: str,
+    tags_channel: str,
+) -> dict[str, Any]:
+    """Run js/delta_tags.mjs over ``transport`` and publish everything it waits for.
+
+    A delta and a plain subscriber to ``doc_channel``, a tag-filtered one to
+    ``tags_channel``. Checks that delta was negotiated on that transport and that the delta subscriber and
+    the tag filter got exactly what was published; returns the scenario's last event.
+    """
     js = run_js(
         "delta_tags",
         timeout=50.0,
         BUILD=build,
-        BASE_URL=rt_server.url,
-        TRANSPORT="websocket",
-        DELTA_TOKEN=rt_server.token(unique("jsd-")),
-        PLAIN_TOKEN=rt_server.token(unique("jsp-")),
+        BASE_URL=server.url,
+        TRANSPORT=transport,
+        DELTA_TOKEN=server.token(unique("jsd-")),
+        PLAIN_TOKEN=server.token(unique("jsp-")),
         DELTA_CHANNEL=doc_channel,
         TAGS_CHANNEL=tags_channel,
         TAGS_FILTER=json.dumps(JS_FILTER),
@@ -124,16 +135,22 @@ def test_js_delta_and_tag_filter(rt_server: Server, run_js: RunJS, build: str) -
         TAGGED_MATCHING=str(len(MATCHING)),
     )
     ready = js.expect("subscribed")
-    assert ready["delta_negotiated"] is True
-    publish_all(rt_server, doc_channel, tags_channel)
+    assert ready["delta_negotiated"] is True and ready["transport"] == transport
+    publish_all(server, doc_channel, tags_channel)
     js.send("published")
-    out = js.expect(lambda e: "delta_wire" in e, timeout=30.0)
+    out: dict[str, Any] = js.expect(lambda e: "delta_wire" in e, timeout=30.0)
     js.finish()
-
-    expected = [json.loads(d) for d in DOCS]
-    assert [json.loads(d) for d in out["delta"]] == expected
-    assert [json.loads(d) for d in out["plain"]] == expected
+    assert [json.loads(d) for d in out["delta"]] == [json.loads(d) for d in DOCS]
     assert [json.loads(d) for d in out["tags"]] == MATCHING
+    return out
+
+
+@pytest.mark.parametrize("build", ["json", "protobuf"])
+def test_js_delta_and_tag_filter(rt_server: Server, run_js: RunJS, build: str) -> None:
+    """Both builds over WebSocket, reading the wire: deltas at a few % of the bytes."""
+    out = run_js_delta_tags(rt_server, run_js, build, "websocket", unique("docs:d-"),
+                            unique("quotes:q-"))
+    assert [json.loads(d) for d in out["plain"]] == [json.loads(d) for d in DOCS]
 
     delta_wire, plain_wire = out["delta_wire"], out["plain_wire"]
     assert [p["delta"] for p in delta_wire] == [False] + [True] * (COUNT - 1)
@@ -151,9 +168,6 @@ def test_js_delta_and_tag_filter(rt_server: Server, run_js: RunJS, build: str) -
 @pytest.mark.parametrize("use_protobuf", [False, True], ids=["json", "protobuf"])
 def test_python_delta_and_tag_filter(rt_server: Server, use_protobuf: bool) -> None:
     doc_channel, tags_channel = name("docs:p-"), name("quotes:p-")
-
-    def value(data: Any) -> Any:
-        return json.loads(data) if isinstance(data, bytes) else data
 
     async def scenario() -> None:
         rec = Recorder()
@@ -209,9 +223,6 @@ def test_python_delta_recovery(rt_server: Server, use_protobuf: bool) -> None:
     channel = name("docs:r-")
     docs = DOCS[:12]
 
-    def value(data: Any) -> Any:
-        return json.loads(data) if isinstance(data, bytes) else data
-
     def publish(doc: bytes) -> None:
         api(rt_server, "publish", {"channel": channel, "data": json.loads(doc), "delta": True})
 
@@ -257,28 +268,6 @@ def test_js_delta_and_tag_filter_over_http_streaming(
     rt_server: Server, run_js: RunJS, build: str
 ) -> None:
     """The delta and tag-filter subscriptions over HTTP-streaming + /emulation."""
-    doc_channel, tags_channel = unique("docs:h-"), unique("quotes:h-")
-    js = run_js(
-        "delta_tags",
-        timeout=50.0,
-        BUILD=build,
-        BASE_URL=rt_server.url,
-        TRANSPORT="http_stream",
-        DELTA_TOKEN=rt_server.token(unique("jsd-")),
-        PLAIN_TOKEN=rt_server.token(unique("jsp-")),
-        DELTA_CHANNEL=doc_channel,
-        TAGS_CHANNEL=tags_channel,
-        TAGS_FILTER=json.dumps(JS_FILTER),
-        COUNT=str(COUNT),
-        TAGGED_MATCHING=str(len(MATCHING)),
-    )
-    ready = js.expect("subscribed")
-    assert ready["delta_negotiated"] is True and ready["transport"] == "http_stream"
-    publish_all(rt_server, doc_channel, tags_channel)
-    js.send("published")
-    out = js.expect(lambda e: "delta_wire" in e, timeout=30.0)
-    js.finish()
-    expected = [json.loads(d) for d in DOCS]
-    assert [json.loads(d) for d in out["delta"]] == expected
-    assert [json.loads(d) for d in out["tags"]] == MATCHING
+    out = run_js_delta_tags(rt_server, run_js, build, "http_stream", unique("docs:h-"),
+                            unique("quotes:h-"))
     assert out["sdk_stats"]["deltas"] == COUNT - 1 and out["sdk_stats"]["full"] == 1
