@@ -176,6 +176,35 @@ def _twistd() -> list[str]:
     return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
+def start_rtserver(
+    workdir: Path, config: dict[str, Any], port: int, cpu: int | None, *,
+    also_wait: tuple[int, ...] = (), listen_options: str = "", name: str = "rtserver",
+) -> subprocess.Popen[bytes]:
+    """``twistd -n rtserver`` (source tree first on PYTHONPATH, pinned to ``cpu``).
+
+    ``config`` goes to ``workdir/<name>.json``; the server listens on TCP ``port``
+    (``listen_options`` appended to its endpoint, e.g. ``":backlog=1024"``), logs to
+    ``<name>.log`` and its output goes to ``<name>.out``. Returns once ``port`` and every
+    port in ``also_wait`` accept connections.
+    """
+    cfg = workdir / f"{name}.json"
+    cfg.write_text(json.dumps(config))
+    log = workdir / f"{name}.log"
+    cmd = [*_twistd(), "--pidfile=", "-n", f"--logfile={log}", "rtserver", "--config",
+           str(cfg), "-l", f"tcp:{port}:interface={HOST}{listen_options}"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(HERE.parent), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    with log.with_suffix(".out").open("wb") as out:
+        proc = _spawn(cmd, cpu, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        for waited in (port, *also_wait):
+            _wait_listening(proc, waited, log, timeout=30)
+    except BaseException:
+        _stop(proc)
+        raise
+    return proc
+
+
 def rtserver_config(queue_max_size: int | None) -> dict[str, Any]:
     """The generated rtserver config: anonymous connect and subscribe, an API key."""
     client: dict[str, Any] = {"allow_anonymous_connect_without_token": True}
@@ -202,29 +231,20 @@ def server(
     port = _free_port()
     log = workdir / f"{kind}-{port}.log"
     if kind == "rtserver":
-        cfg = workdir / "rtserver.json"
-        cfg.write_text(json.dumps(rtserver_config(queue_max_size)))
-        cmd = [
-            *_twistd(),
-            "--pidfile=",
-            "-n",
-            f"--logfile={log}",
-            "rtserver",
-            "--config",
-            str(cfg),
-            "-l",
-            f"tcp:{port}:interface={HOST}",
-        ]
-        with (workdir / f"{kind}-{port}.out").open("wb") as out:
-            proc = _spawn(cmd, cpu, stdout=out, stderr=subprocess.STDOUT)
+        proc = start_rtserver(workdir, rtserver_config(queue_max_size), port, cpu,
+                              name=log.stem)
     else:
         mode = "eager" if kind == "floor" else "naive"
         cmd = [sys.executable, str(HERE / "baseline_autobahn.py"), "--port", str(port)]
         cmd += ["--mode", mode]
         with log.open("wb") as out:
             proc = _spawn(cmd, cpu, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            _wait_listening(proc, port, log, timeout=30)
+        except BaseException:
+            _stop(proc)
+            raise
     try:
-        _wait_listening(proc, port, log, timeout=30)
         yield port, proc.pid, log
     finally:
         _stop(proc)

@@ -49,9 +49,8 @@ from fanout import (  # noqa: E402
     _spawn,
     _stop,
     _stop_all,
-    _twistd,
-    _wait_listening,
     machine,
+    start_rtserver,
 )
 
 HOST = "127.0.0.1"
@@ -270,18 +269,9 @@ def run_server(args: argparse.Namespace,
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         port, grpc_port = _free_port(), _free_port()
-        cfg = workdir / "rtserver.json"
-        cfg.write_text(json.dumps(server_config(grpc_port, server)))
-        log = workdir / "rtserver.log"
-        cmd = [*_twistd(), "--pidfile=", "-n", f"--logfile={log}", "rtserver", "--config",
-               str(cfg), "-l", f"tcp:{port}:interface={HOST}:backlog=1024"]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
-        with log.with_suffix(".out").open("wb") as out:
-            proc = _spawn(cmd, _cpus()[0], stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = start_rtserver(workdir, server_config(grpc_port, server), port, _cpus()[0],
+                              also_wait=(grpc_port,), listen_options=":backlog=1024")
         try:
-            _wait_listening(proc, port, log, timeout=30)
-            _wait_listening(proc, grpc_port, log, timeout=30)
             http = run_http(port, proc.pid, bursts, args.seconds)
             grpc_rows = run_grpc(f"{HOST}:{grpc_port}", proc.pid, bursts, args.seconds,
                                  args.inflight)

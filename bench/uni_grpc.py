@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,11 +35,19 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
-from fanout import _cpus, _free_port, _spawn, _stop, _twistd, _wait_listening, machine  # noqa: E402
+from fanout import (  # noqa: E402
+    API_KEY,
+    HOST,
+    _cpus,
+    _free_port,
+    _spawn,
+    _stop,
+    machine,
+    rtserver_config,
+    start_rtserver,
+)
 from grpc_api import _cpu_seconds  # noqa: E402
 
-HOST = "127.0.0.1"
-API_KEY = "bench-key"
 CHANNEL = "bench"
 BATCH = 50
 
@@ -124,14 +134,17 @@ def consumer_main(params: dict[str, Any]) -> None:
 # --- the run ------------------------------------------------------------------------------
 
 
-def phase(kind: str, target: str, api: str, pid: int, n: int, pubs: int) -> dict[str, Any]:
-    """One fan-out phase; returns the server CPU per delivery."""
-    import os
-    import subprocess
+def phase(kind: str, target: Any, api: str, pid: int, n: int, pubs: int, *,
+          script: str = __file__, profile: str = "") -> dict[str, Any]:
+    """One fan-out phase; returns the server CPU per delivery.
 
+    The consumers are ``script --consume`` (its ``consumer_main``), on CPU1. With
+    ``profile``, py-spy samples the server while it delivers (raw collapsed stacks
+    appended to that file; summarise with ``bench/pyspy_top.py``).
+    """
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     params = json.dumps({"kind": kind, "target": target, "n": n, "pubs": pubs})
-    proc = _spawn([sys.executable, __file__, "--consume", params], _cpus()[1],
+    proc = _spawn([sys.executable, script, "--consume", params], _cpus()[1],
                   stdout=subprocess.PIPE, env=env)
     assert proc.stdout is not None
     try:
@@ -141,14 +154,23 @@ def phase(kind: str, target: str, api: str, pid: int, n: int, pubs: int) -> dict
         session = requests.Session()
         session.trust_env = False
         data = {"text": "hello", "n": 1}
+        spy = None
+        if profile:
+            spy = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--format", "raw",
+                                    "--rate", "250", "--nonblocking", "-o", profile],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1.0)  # py-spy attaches before the measured work starts
         cpu0, t0 = _cpu_seconds(pid), time.monotonic()
         for start in range(0, pubs, BATCH):
             commands = [{"publish": {"channel": CHANNEL, "data": data}}
                         for _ in range(min(BATCH, pubs - start))]
             session.post(f"{api}/batch", json={"commands": commands},
-                         headers={"X-API-Key": API_KEY}, timeout=30).raise_for_status()
+                         headers={"X-API-Key": API_KEY}, timeout=60).raise_for_status()
         line = proc.stdout.readline().strip()
         cpu1, t1 = _cpu_seconds(pid), time.monotonic()
+        if spy is not None:
+            spy.send_signal(2)
+            spy.wait(30)
         if line != b"done":
             raise SystemExit(f"{kind} consumers did not finish: {line!r}")
     finally:
@@ -157,6 +179,17 @@ def phase(kind: str, target: str, api: str, pid: int, n: int, pubs: int) -> dict
     return {"kind": kind, "n": n, "pubs": pubs, "seconds": t1 - t0,
             "cpu_s": cpu1 - cpu0, "us_per_delivery": (cpu1 - cpu0) / deliveries * 1e6,
             "deliveries_per_s": deliveries / (t1 - t0)}
+
+
+def print_table(command: str, rows: list[dict[str, Any]]) -> None:
+    """The machine line, the command that ran and one Markdown row per phase."""
+    print(machine())
+    print(f"\n`{command}`\n")
+    print("| transport | N | publications | server CPU µs / delivery | deliveries/s |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['kind']} | {r['n']} | {r['pubs']} | {r['us_per_delivery']:.2f} | "
+              f"{r['deliveries_per_s']:,.0f} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,32 +203,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.consume:
         consumer_main(json.loads(args.consume))
         return 0
-    import subprocess
-
     port, uni_port = _free_port(), _free_port()
     config = {
+        **rtserver_config(None),
         "client": {"allow_anonymous_connect_without_token": True, "allowed_origins": ["*"]},
-        "channel": {"without_namespace": {"allow_subscribe_for_client": True,
-                                          "allow_subscribe_for_anonymous": True}},
-        "http_api": {"key": API_KEY},
         "uni_grpc": {"enabled": True, "address": HOST, "port": uni_port,
                      "max_concurrent_streams": max(128, args.n)},
-        "log": {"level": "warn"},
     }
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        cfg = workdir / "rtserver.json"
-        cfg.write_text(json.dumps(config))
-        log = workdir / "server.log"
-        cmd = [*_twistd(), "--pidfile=", "-n", f"--logfile={log}", "rtserver", "--config",
-               str(cfg), "-l", f"tcp:{port}:interface={HOST}"]
-        with (workdir / "server.out").open("wb") as out:
-            proc = _spawn(cmd, _cpus()[0], stdout=out, stderr=subprocess.STDOUT,
-                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+        proc = start_rtserver(Path(tmp), config, port, _cpus()[0], also_wait=(uni_port,))
         try:
-            _wait_listening(proc, port, log, timeout=30)
-            _wait_listening(proc, uni_port, log, timeout=30)
             api = f"http://{HOST}:{port}/api"
             for _ in range(args.rounds):
                 rows.append(phase("websocket", f"ws://{HOST}:{port}/connection/websocket",
@@ -204,16 +222,9 @@ def main(argv: list[str] | None = None) -> int:
                                   args.n, args.pubs))
         finally:
             _stop(proc)
-    print(machine())
-    print(f"\n`python bench/uni_grpc.py --n {args.n} --pubs {args.pubs} "
-          f"--rounds {args.rounds}`\n")
-    print("| transport | N | publications | server CPU µs / delivery | deliveries/s |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['kind']} | {r['n']} | {r['pubs']} | {r['us_per_delivery']:.2f} | "
-              f"{r['deliveries_per_s']:,.0f} |")
+    print_table(f"python bench/uni_grpc.py --n {args.n} --pubs {args.pubs} "
+                f"--rounds {args.rounds}", rows)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

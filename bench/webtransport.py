@@ -29,23 +29,26 @@ import ssl
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
-
-import requests
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
-from fanout import _cpus, _free_port, _spawn, _stop, _twistd, _wait_listening, machine  # noqa: E402
-from grpc_api import _cpu_seconds  # noqa: E402
-from uni_grpc import _ws_consumers  # noqa: E402
+from fanout import (  # noqa: E402
+    HOST,
+    _cpus,
+    _free_port,
+    _spawn,
+    _stop,
+    machine,
+    rtserver_config,
+    start_rtserver,
+)
+from uni_grpc import _ws_consumers, phase, print_table  # noqa: E402
 
-HOST = "127.0.0.1"
-API_KEY = "bench-key"
 CHANNEL = "bench"
 BATCH = 50
 
@@ -167,50 +170,11 @@ def consumer_main(params: dict[str, Any]) -> None:
 # --- the run ------------------------------------------------------------------------------
 
 
-def phase(kind: str, target: Any, api: str, pid: int, n: int, pubs: int,
-          profile: str = "") -> dict[str, Any]:
-    """One fan-out phase; returns the server CPU per delivery.
-
-    With ``profile``, py-spy samples the server while it delivers (raw collapsed stacks
-    appended to that file; summarise with ``bench/pyspy_top.py``).
-    """
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    params = json.dumps({"kind": kind, "target": target, "n": n, "pubs": pubs})
-    proc = _spawn([sys.executable, __file__, "--consume", params], _cpus()[1],
-                  stdout=subprocess.PIPE, env=env)
-    assert proc.stdout is not None
-    try:
-        line = proc.stdout.readline().strip()
-        if line != b"ready":
-            raise SystemExit(f"{kind} consumers failed to connect: {line!r}")
-        session = requests.Session()
-        session.trust_env = False
-        data = {"text": "hello", "n": 1}
-        spy = None
-        if profile:
-            spy = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--format", "raw",
-                                    "--rate", "250", "--nonblocking", "-o", profile],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(1.0)  # py-spy attaches before the measured work starts
-        cpu0, t0 = _cpu_seconds(pid), time.monotonic()
-        for start in range(0, pubs, BATCH):
-            commands = [{"publish": {"channel": CHANNEL, "data": data}}
-                        for _ in range(min(BATCH, pubs - start))]
-            session.post(f"{api}/batch", json={"commands": commands},
-                         headers={"X-API-Key": API_KEY}, timeout=60).raise_for_status()
-        line = proc.stdout.readline().strip()
-        cpu1, t1 = _cpu_seconds(pid), time.monotonic()
-        if spy is not None:
-            spy.send_signal(2)
-            spy.wait(30)
-        if line != b"done":
-            raise SystemExit(f"{kind} consumers did not finish: {line!r}")
-    finally:
-        _stop(proc)
-    deliveries = n * pubs
-    return {"kind": kind, "n": n, "pubs": pubs, "seconds": t1 - t0,
-            "cpu_s": cpu1 - cpu0, "us_per_delivery": (cpu1 - cpu0) / deliveries * 1e6,
-            "deliveries_per_s": deliveries / (t1 - t0)}
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((HOST, 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 def _rss_kib(pid: int) -> int:
@@ -226,9 +190,7 @@ def memory_main(n: int) -> int:
     rows = []
     for kind in ("websocket", "webtransport"):
         port = _free_port()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind((HOST, 0))
-            udp_port = s.getsockname()[1]
+        udp_port = _free_udp_port()
         with tempfile.TemporaryDirectory() as tmp:
             workdir = Path(tmp)
             proc = _start_server(workdir, port, udp_port)
@@ -263,26 +225,14 @@ def _start_server(workdir: Path, port: int, udp_port: int) -> subprocess.Popen[b
     """rtserver on CPU0: WebSocket on ``port``, HTTP/3 on UDP ``udp_port``."""
     cert, key = _certificate(workdir)
     config = {
+        **rtserver_config(None),
         "http_server": {"port": udp_port, "address": HOST,
                         "tls": {"enabled": True, "cert_pem": str(cert), "key_pem": str(key)},
                         "http3": {"enabled": True}},
         "webtransport": {"enabled": True},
         "client": {"allow_anonymous_connect_without_token": True, "allowed_origins": ["*"]},
-        "channel": {"without_namespace": {"allow_subscribe_for_client": True,
-                                          "allow_subscribe_for_anonymous": True}},
-        "http_api": {"key": API_KEY},
-        "log": {"level": "warn"},
     }
-    cfg = workdir / "rtserver.json"
-    cfg.write_text(json.dumps(config))
-    log = workdir / "server.log"
-    cmd = [*_twistd(), "--pidfile=", "-n", f"--logfile={log}", "rtserver",
-           "--config", str(cfg), "-l", f"tcp:{port}:interface={HOST}"]
-    with (workdir / "server.out").open("wb") as out:
-        proc = _spawn(cmd, _cpus()[0], stdout=out, stderr=subprocess.STDOUT,
-                      env={**os.environ, "PYTHONPATH": str(ROOT)})
-    _wait_listening(proc, port, log, timeout=30)
-    return proc
+    return start_rtserver(workdir, config, port, _cpus()[0])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -303,9 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory:
         return memory_main(args.memory)
     port = _free_port()
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((HOST, 0))
-        udp_port = s.getsockname()[1]
+    udp_port = _free_udp_port()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -316,17 +264,11 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(phase("websocket", f"ws://{HOST}:{port}/connection/websocket",
                                   api, proc.pid, args.n, args.pubs))
                 rows.append(phase("webtransport", udp_port, api, proc.pid, args.n, args.pubs,
-                                  args.profile or ""))
+                                  script=__file__, profile=args.profile or ""))
         finally:
             _stop(proc, grace=15.0)
-    print(machine())
-    print(f"\n`python bench/webtransport.py --n {args.n} --pubs {args.pubs} "
-          f"--rounds {args.rounds}`\n")
-    print("| transport | N | publications | server CPU µs / delivery | deliveries/s |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['kind']} | {r['n']} | {r['pubs']} | {r['us_per_delivery']:.2f} | "
-              f"{r['deliveries_per_s']:,.0f} |")
+    print_table(f"python bench/webtransport.py --n {args.n} --pubs {args.pubs} "
+                f"--rounds {args.rounds}", rows)
     return 0
 
 
