@@ -16,12 +16,20 @@ from types import ModuleType
 import pytest
 from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import FieldDescriptor
+from protoschema import (
+    FieldTable,
+    compiled_schema,
+    declared_mismatches,
+    embedded_schema,
+    left_out,
+    message_proto,
+)
 
 from rtserver.grpcapi.proto import api_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
 
-CENTRIFUGO: dict[str, dict[str, tuple[int, str]]] = {
+CENTRIFUGO: FieldTable = {
     "Command": {"publish": (4, "PublishRequest"), "broadcast": (5, "BroadcastRequest"), "subscribe": (6, "SubscribeRequest"), "unsubscribe": (7, "UnsubscribeRequest"), "disconnect": (8, "DisconnectRequest"), "presence": (9, "PresenceRequest"), "presence_stats": (10, "PresenceStatsRequest"), "history": (11, "HistoryRequest"), "history_remove": (12, "HistoryRemoveRequest"), "info": (13, "InfoRequest"), "rpc": (14, "RPCRequest"), "refresh": (15, "RefreshRequest"), "channels": (16, "ChannelsRequest"), "connections": (17, "ConnectionsRequest"), "update_user_status": (18, "UpdateUserStatusRequest"), "get_user_status": (19, "GetUserStatusRequest"), "delete_user_status": (20, "DeleteUserStatusRequest"), "block_user": (21, "BlockUserRequest"), "unblock_user": (22, "UnblockUserRequest"), "revoke_token": (23, "RevokeTokenRequest"), "invalidate_user_tokens": (24, "InvalidateUserTokensRequest"), "device_register": (25, "DeviceRegisterRequest"), "device_update": (26, "DeviceUpdateRequest"), "device_remove": (27, "DeviceRemoveRequest"), "device_list": (28, "DeviceListRequest"), "device_topic_list": (29, "DeviceTopicListRequest"), "device_topic_update": (30, "DeviceTopicUpdateRequest"), "user_topic_list": (31, "UserTopicListRequest"), "user_topic_update": (32, "UserTopicUpdateRequest"), "send_push_notification": (33, "SendPushNotificationRequest"), "update_push_status": (34, "UpdatePushStatusRequest"), "cancel_push": (35, "CancelPushRequest"), "map_publish": (36, "MapPublishRequest"), "map_remove": (37, "MapRemoveRequest"), "map_read_state": (38, "MapReadStateRequest"), "map_read_stream": (39, "MapReadStreamRequest"), "map_stats": (40, "MapStatsRequest"), "map_clear": (41, "MapClearRequest"), "shared_poll_publish": (42, "SharedPollPublishRequest")},
     "Error": {"code": (1, "uint32"), "message": (2, "string")},
     "Reply": {"error": (2, "Error"), "publish": (4, "PublishResult"), "broadcast": (5, "BroadcastResult"), "subscribe": (6, "SubscribeResult"), "unsubscribe": (7, "UnsubscribeResult"), "disconnect": (8, "DisconnectResult"), "presence": (9, "PresenceResult"), "presence_stats": (10, "PresenceStatsResult"), "history": (11, "HistoryResult"), "history_remove": (12, "HistoryRemoveResult"), "info": (13, "InfoResult"), "rpc": (14, "RPCResult"), "refresh": (15, "RefreshResult"), "channels": (16, "ChannelsResult"), "connections": (17, "ConnectionsResult"), "update_user_status": (18, "UpdateUserStatusResult"), "get_user_status": (19, "GetUserStatusResult"), "delete_user_status": (20, "DeleteUserStatusResult"), "block_user": (21, "BlockUserResult"), "unblock_user": (22, "UnblockUserResult"), "revoke_token": (23, "RevokeTokenResult"), "invalidate_user_tokens": (24, "InvalidateUserTokensResult"), "device_register": (25, "DeviceRegisterResult"), "device_update": (26, "DeviceUpdateResult"), "device_remove": (27, "DeviceRemoveResult"), "device_list": (28, "DeviceListResult"), "device_topic_list": (29, "DeviceTopicListResult"), "device_topic_update": (30, "DeviceTopicUpdateResult"), "user_topic_list": (31, "UserTopicListResult"), "user_topic_update": (32, "UserTopicUpdateResult"), "send_push_notification": (33, "SendPushNotificationResult"), "update_push_status": (34, "UpdatePushStatusResult"), "cancel_push": (35, "CancelPushResult"), "map_publish": (36, "MapPublishResult"), "map_remove": (37, "MapRemoveResult"), "map_read_state": (38, "MapReadStateResult"), "map_read_stream": (39, "MapReadStreamResult"), "map_stats": (40, "MapStatsResult"), "map_clear": (41, "MapClearResult"), "shared_poll_publish": (42, "SharedPollPublishResult")},
@@ -129,41 +137,19 @@ OSS_METHODS = {
     "PresenceStats", "History", "HistoryRemove", "Info", "RPC", "Refresh", "Channels",
 }
 
-_TYPES = {v: k[5:].lower() for k, v in vars(FieldDescriptor).items() if k.startswith("TYPE_")}
-
-
-def _field_type(f: descriptor_pb2.FieldDescriptorProto) -> str:
-    if f.type == FieldDescriptor.TYPE_MESSAGE:
-        kind = f.type_name.rsplit(".", 1)[-1]
-        if kind.endswith("Entry"):  # map<k, v> fields are repeated nested *Entry messages
-            return "map"
-    else:
-        kind = _TYPES[f.type]
-    return f"repeated {kind}" if f.label == f.LABEL_REPEATED else kind
-
-
 def _proto(message: str) -> descriptor_pb2.DescriptorProto:
-    proto = descriptor_pb2.DescriptorProto()
-    api_pb2.DESCRIPTOR.message_types_by_name[message].CopyToProto(proto)
-    return proto
+    return message_proto(api_pb2.DESCRIPTOR, message)
 
 
 def mismatches(proto: descriptor_pb2.DescriptorProto) -> list[str]:
     """How ``proto`` differs from Centrifugo's message of the same name."""
     theirs = CENTRIFUGO[proto.name]
-    ours = {f.name: (f.number, _field_type(f)) for f in proto.field}
-    found = [
-        f"{proto.name}.{name} is {spec}, Centrifugo's is {theirs.get(name)}"
-        for name, spec in ours.items()
-        if theirs.get(name) != spec
-    ]
     reserved = {n for r in proto.reserved_range for n in range(r.start, r.end)}
-    found += [
+    return declared_mismatches(proto, theirs) + [
         f"{proto.name}.{name} = {number} is neither declared nor reserved"
-        for name, (number, _) in theirs.items()
-        if name not in ours and number not in reserved
+        for name, number in left_out(proto, theirs)
+        if number not in reserved
     ]
-    return found
 
 
 def test_package_and_service_name_are_centrifugos() -> None:
@@ -225,24 +211,8 @@ def test_generated_descriptor_is_the_schema(tmp_path: Path) -> None:
 
     Fails when api.proto was edited and the modules were not regenerated.
     """
-    from grpc_tools import protoc
-
-    out = tmp_path / "api.desc"
-    proto = "rtserver/grpcapi/proto/api.proto"
-    assert protoc.main(["protoc", f"-I{ROOT}", f"--descriptor_set_out={out}",
-                        str(ROOT / proto)]) == 0
-    compiled = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file[0]
-    for message in compiled.message_type:
-        _drop_json_names(message)  # protoc adds them to descriptor sets, not to modules
-    embedded = descriptor_pb2.FileDescriptorProto.FromString(api_pb2.DESCRIPTOR.serialized_pb)
-    assert embedded == compiled, "api_pb2 is stale: run python scripts/grpc_gen.py"
-
-
-def _drop_json_names(message: descriptor_pb2.DescriptorProto) -> None:
-    for f in message.field:
-        f.ClearField("json_name")
-    for nested in message.nested_type:
-        _drop_json_names(nested)
+    compiled = compiled_schema("rtserver/grpcapi/proto/api.proto", tmp_path)
+    assert embedded_schema(api_pb2) == compiled, "api_pb2 is stale: run python scripts/grpc_gen.py"
 
 
 def test_generated_stubs_cover_every_method() -> None:

@@ -11,14 +11,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from google.protobuf import descriptor_pb2
-from google.protobuf.descriptor import FieldDescriptor
+from protoschema import (
+    FieldTable,
+    compiled_schema,
+    declared_mismatches,
+    embedded_schema,
+    left_out,
+    message_proto,
+)
 
 from rtserver.grpcapi.proto import unistream_pb2
 from rtserver.protocol.protobuf import SCHEMA_SOURCE
 
-ROOT = Path(__file__).resolve().parents[2]
-
-CENTRIFUGO: dict[str, dict[str, tuple[int, str]]] = {
+CENTRIFUGO: FieldTable = {
     "ConnectRequest": {"token": (1, "string"), "data": (2, "bytes"), "subs": (3, "map"),
                        "name": (4, "string"), "version": (5, "string"),
                        "headers": (6, "map")},
@@ -53,34 +58,16 @@ CENTRIFUGO: dict[str, dict[str, tuple[int, str]]] = {
                         "was_recovering": (12, "bool")},
 }
 
-_TYPES = {v: k[5:].lower() for k, v in vars(FieldDescriptor).items() if k.startswith("TYPE_")}
-
-
-def _field_type(f: descriptor_pb2.FieldDescriptorProto) -> str:
-    if f.type == FieldDescriptor.TYPE_MESSAGE:
-        kind = f.type_name.rsplit(".", 1)[-1]
-        if kind.endswith("Entry"):
-            return "map"
-    else:
-        kind = _TYPES[f.type]
-    return f"repeated {kind}" if f.label == f.LABEL_REPEATED else kind
-
-
 def _proto(message: str) -> descriptor_pb2.DescriptorProto:
-    proto = descriptor_pb2.DescriptorProto()
-    unistream_pb2.DESCRIPTOR.message_types_by_name[message].CopyToProto(proto)
-    return proto
+    return message_proto(unistream_pb2.DESCRIPTOR, message)
 
 
 def mismatches(proto: descriptor_pb2.DescriptorProto) -> list[str]:
     """How ``proto`` differs from Centrifugo's message of the same name."""
     theirs = CENTRIFUGO[proto.name]
-    ours = {f.name: (f.number, _field_type(f)) for f in proto.field}
-    found = [f"{proto.name}.{name} is {spec}, Centrifugo's is {theirs.get(name)}"
-             for name, spec in ours.items() if theirs.get(name) != spec]
-    found += [f"{proto.name}.{name} = {number} is missing"
-              for name, (number, _) in theirs.items() if name not in ours]
-    return found
+    return declared_mismatches(proto, theirs) + [
+        f"{proto.name}.{name} = {number} is missing" for name, number in left_out(proto, theirs)
+    ]
 
 
 def test_package_service_and_method_are_centrifugos() -> None:
@@ -133,22 +120,6 @@ def test_generated_descriptor_is_the_schema(tmp_path: Path) -> None:
 
     Fails when unistream.proto was edited and the modules were not regenerated.
     """
-    from grpc_tools import protoc
-
-    out = tmp_path / "unistream.desc"
-    proto = "rtserver/grpcapi/proto/unistream.proto"
-    assert protoc.main(["protoc", f"-I{ROOT}", f"--descriptor_set_out={out}",
-                        str(ROOT / proto)]) == 0
-    compiled = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file[0]
-    for message in compiled.message_type:
-        _drop_json_names(message)  # protoc adds them to descriptor sets, not to modules
-    embedded = descriptor_pb2.FileDescriptorProto.FromString(
-        unistream_pb2.DESCRIPTOR.serialized_pb)
-    assert embedded == compiled, "unistream_pb2 is stale: run python scripts/grpc_gen.py"
-
-
-def _drop_json_names(message: descriptor_pb2.DescriptorProto) -> None:
-    for f in message.field:
-        f.ClearField("json_name")
-    for nested in message.nested_type:
-        _drop_json_names(nested)
+    compiled = compiled_schema("rtserver/grpcapi/proto/unistream.proto", tmp_path)
+    assert embedded_schema(unistream_pb2) == compiled, \
+        "unistream_pb2 is stale: run python scripts/grpc_gen.py"

@@ -13,17 +13,22 @@ from pathlib import Path
 
 import pytest
 from google.protobuf import descriptor_pb2
-from google.protobuf.descriptor import FieldDescriptor
+from protoschema import (
+    FieldTable,
+    compiled_schema,
+    declared_mismatches,
+    embedded_schema,
+    left_out,
+    message_proto,
+)
 
 from rtserver.proxy import proxy_pb2
-
-ROOT = Path(__file__).resolve().parents[2]
 
 _COMMON = {"client": (1, "string"), "transport": (2, "string"), "protocol": (3, "string"),
            "encoding": (4, "string")}
 _OUTCOME = {"error": (2, "Error"), "disconnect": (3, "Disconnect")}
 
-CENTRIFUGO: dict[str, dict[str, tuple[int, str]]] = {
+CENTRIFUGO: FieldTable = {
     "Disconnect": {"code": (1, "uint32"), "reason": (2, "string")},
     "Error": {"code": (1, "uint32"), "message": (2, "string"), "temporary": (3, "bool")},
     "BoolValue": {"value": (1, "bool")},
@@ -76,35 +81,15 @@ CENTRIFUGO: dict[str, dict[str, tuple[int, str]]] = {
 #: Messages rtserver declares in full (every Centrifugo field).
 COMPLETE = {"PublishResult", "PublishResponse", "PublishRequest", "Error", "Disconnect"}
 
-_TYPES = {v: k[5:].lower() for k, v in vars(FieldDescriptor).items() if k.startswith("TYPE_")}
-
-
-def _field_type(f: descriptor_pb2.FieldDescriptorProto) -> str:
-    if f.type == FieldDescriptor.TYPE_MESSAGE:
-        kind = f.type_name.rsplit(".", 1)[-1]
-        if kind.endswith("Entry"):  # map<k, v> fields are repeated nested *Entry messages
-            return "map"
-    else:
-        kind = _TYPES[f.type]
-    return f"repeated {kind}" if f.label == f.LABEL_REPEATED else kind
-
-
 def _proto(message: str) -> descriptor_pb2.DescriptorProto:
-    proto = descriptor_pb2.DescriptorProto()
-    proxy_pb2.DESCRIPTOR.message_types_by_name[message].CopyToProto(proto)
-    return proto
+    return message_proto(proxy_pb2.DESCRIPTOR, message)
 
 
 def mismatches(proto: descriptor_pb2.DescriptorProto) -> list[str]:
     theirs = CENTRIFUGO[proto.name]
-    ours = {f.name: (f.number, _field_type(f)) for f in proto.field}
-    found = [
-        f"{proto.name}.{name} is {spec}, Centrifugo's is {theirs.get(name)}"
-        for name, spec in ours.items()
-        if theirs.get(name) != spec
-    ]
+    found = declared_mismatches(proto, theirs)
     if proto.name in COMPLETE:
-        found += [f"{proto.name}.{name} is missing" for name in theirs if name not in ours]
+        found += [f"{proto.name}.{name} is missing" for name, _ in left_out(proto, theirs)]
     return found
 
 
@@ -139,21 +124,6 @@ def test_generated_descriptor_is_the_schema(tmp_path: Path) -> None:
     Fails when proxy.proto was edited and proxy_pb2 was not regenerated (the command is
     in proxy.proto's header).
     """
-    from grpc_tools import protoc
-
-    out = tmp_path / "proxy.desc"
-    proto = "rtserver/proxy/proxy.proto"
-    assert protoc.main(["protoc", f"-I{ROOT}", f"--descriptor_set_out={out}",
-                        str(ROOT / proto)]) == 0
-    compiled = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file[0]
-    for message in compiled.message_type:
-        _drop_json_names(message)  # protoc adds them to descriptor sets, not to modules
-    embedded = descriptor_pb2.FileDescriptorProto.FromString(proxy_pb2.DESCRIPTOR.serialized_pb)
-    assert embedded == compiled, "proxy_pb2 is stale: regenerate it (see proxy.proto)"
-
-
-def _drop_json_names(message: descriptor_pb2.DescriptorProto) -> None:
-    for f in message.field:
-        f.ClearField("json_name")
-    for nested in message.nested_type:
-        _drop_json_names(nested)
+    compiled = compiled_schema("rtserver/proxy/proxy.proto", tmp_path)
+    assert embedded_schema(proxy_pb2) == compiled, \
+        "proxy_pb2 is stale: regenerate it (see proxy.proto)"
