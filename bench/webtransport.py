@@ -50,7 +50,6 @@ from fanout import (  # noqa: E402
 from uni_grpc import _ws_consumers, phase, print_table  # noqa: E402
 
 CHANNEL = "bench"
-BATCH = 50
 
 
 def _certificate(directory: Path) -> tuple[Path, Path]:
