@@ -95,13 +95,25 @@ def _info_from(obj: Any) -> ClientInfo:
 _MISSING = object()
 
 
+def _json(raw: bytes, what: str) -> Any:
+    """``raw`` parsed; :class:`WireError` naming ``what`` when it is not JSON."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise WireError(f"{what} is not JSON: {e}") from None
+
+
+def _json_object(raw: bytes, what: str) -> dict[str, Any]:
+    """``raw`` parsed; :class:`WireError` naming ``what`` unless it is a JSON object."""
+    obj = _json(raw, what)
+    if not isinstance(obj, dict):
+        raise WireError(f"{what} must be an object")
+    return obj
+
+
 def decode_client_info(payload: bytes) -> ClientInfo:
     """A ClientInfo from :func:`encode_client_info` bytes."""
-    try:
-        obj = orjson.loads(payload)
-    except orjson.JSONDecodeError as e:
-        raise WireError(f"client info is not JSON: {e}") from None
-    return _info_from(obj)
+    return _info_from(_json(payload, "client info"))
 
 
 def encode_publication(publication: Publication) -> bytes:
@@ -123,12 +135,7 @@ def decode_publication(payload: bytes, offset: int = 0, epoch: str = "") -> Publ
     head, sep, data = payload.partition(b"\n")
     if not sep or not data:
         raise WireError("publication payload has no data")
-    try:
-        header = orjson.loads(head)
-    except orjson.JSONDecodeError as e:
-        raise WireError(f"publication header is not JSON: {e}") from None
-    if not isinstance(header, dict):
-        raise WireError("publication header must be an object")
+    header = _json_object(head, "publication header")
     info = header.get("info")
     tags = header.get("tags")
     time = header.get("time", 0)
@@ -239,12 +246,7 @@ def _decode_fields(cls: type, body: Any, where: str) -> Any:
 
 def decode_control(payload: bytes) -> ControlMessage | None:
     """A control message, or None for a probe."""
-    try:
-        obj = orjson.loads(payload)
-    except orjson.JSONDecodeError as e:
-        raise WireError(f"control message is not JSON: {e}") from None
-    if not isinstance(obj, dict):
-        raise WireError("control message must be an object")
+    obj = _json_object(payload, "control message")
     name = obj.get("type")
     if name == "probe":
         return None
