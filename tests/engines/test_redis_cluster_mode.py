@@ -478,6 +478,23 @@ def _shard_channels(server: RedisServer, pattern: str) -> list[bytes]:
     return list(server.command("PUBSUB", "SHARDCHANNELS", pattern))
 
 
+def _sharded_state(engine: RedisEngine, name: bytes, slot: int) -> str:
+    """What the engine believes about a shard channel (for a failure's message)."""
+    sharded = engine.shards[0].sharded
+    command = _command(engine)
+    if sharded is None:
+        return "no sharded subscriber"
+    links = [
+        f"{link.address.host}:{link.address.port} ready={link.ready} tried={link.ever_tried}"
+        for link in sharded.links()
+    ]
+    return (
+        f"slot owner in the map: {command._slots[slot]}, placed at: {sharded._where.get(name)}, "
+        f"wanted: {name in sharded.channels}, refreshing: {command._refreshing is not None}, "
+        f"refresh timer: {command._refresh_timer is not None}, links: {links}"
+    )
+
+
 @pytest_twisted.ensureDeferred
 async def test_client_channels_use_sharded_pubsub_on_their_master(
     redis_cluster: RedisClusterSetup,
@@ -550,11 +567,14 @@ async def test_subscription_follows_its_slot_to_another_master(
         # A deadline, not a wait: Redis drops the shard subscription, the engine asks for
         # the slot map (rate-limited) and subscribes on the new master; under coverage on
         # a loaded machine that once took longer than 5 s.
-        await until(
-            lambda: name in _shard_channels(after, f"{engine.prefix}.*"),
-            timeout=10.0,
-            what="subscribed again on the new master",
-        )
+        try:
+            await until(
+                lambda: name in _shard_channels(after, f"{engine.prefix}.*"),
+                timeout=10.0,
+                what="subscribed again on the new master",
+            )
+        except AssertionError as e:
+            raise AssertionError(f"{e}; {_sharded_state(engine, name, slot)}") from None
         assert name not in _shard_channels(before, f"{engine.prefix}.*")
         await engine.publish(channel, pub(2), NO_HISTORY)
         await until(lambda: len(recorder.publications) == 2, what="delivery after the move")
