@@ -1003,6 +1003,8 @@ class Client:
                 skip_history=answer.skip_history,
                 idempotency_key=answer.idempotency_key,
                 delta=answer.delta,
+                version=answer.version,
+                version_epoch=answer.version_epoch,
                 opts=opts,
             )
             self._reply(cmd, {})

@@ -220,8 +220,9 @@ class PublishProxyResult:
     ``data`` replaces the client's when set; ``skip_history`` keeps it out of history;
     ``tags`` go with the publication to subscribers (and tag filters); a repeated
     ``idempotency_key`` within the engine's TTL publishes nothing again; ``delta`` lets
-    delta subscribers receive it as a fossil delta. ``version``/``version_epoch`` are
-    checked and otherwise ignored, as in the server API's ``publish``.
+    delta subscribers receive it as a fossil delta. ``version``/``version_epoch``: in a
+    channel with history an outdated version is suppressed (not kept, not delivered;
+    the client's publish still succeeds), as in the server API's ``publish``.
 
     Raises:
         ProxyFailure: a field of the wrong type or out of range (a hook's value, or an

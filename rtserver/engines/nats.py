@@ -73,7 +73,11 @@ class HistoryStore(Protocol):
     def append(
         self, channel: str, publication: Publication, options: PublishOptions
     ) -> Deferred[tuple[StreamPosition, bool]]:
-        """Append; fires with the position and whether it was an idempotent repeat."""
+        """Append; fires with the position and whether nothing was appended.
+
+        Nothing is appended for a repeated idempotency key or an outdated version
+        (``PublishOptions``); the publication must not be delivered then.
+        """
 
     def history(
         self, channel: str, filter: HistoryFilter, meta_ttl: float
@@ -309,8 +313,8 @@ class NatsBroker:
         subject: bytes,
         publication: Publication,
     ) -> StreamPosition:
-        position, repeated = appended
-        if repeated:
+        position, skipped = appended
+        if skipped:
             return position
         payload = encode_publication(publication)
         if position.offset:

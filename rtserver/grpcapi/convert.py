@@ -125,7 +125,8 @@ def publish_command(req: pb.PublishRequest) -> PublishCommand:
     if data is None:
         raise schema.bad_request("data is required")
     return PublishCommand(req.channel, data, dict(req.tags) if req.tags else {},
-                          req.skip_history, req.idempotency_key, req.delta)
+                          req.skip_history, req.idempotency_key, req.delta,
+                          req.version, req.version_epoch)
 
 
 def broadcast_params(req: pb.BroadcastRequest) -> dict[str, Any]:
