@@ -12,17 +12,17 @@ PING round trip after the batch, so every byte is on the wire and the server has
 processed it). Backends: ``redis`` (the Redis engine: PUBLISH, or one EVALSHA of the
 history script), ``nats`` (``broker.type: nats`` on the memory engine), ``redis+nats``
 (``engine.type: redis`` + NATS: the history script without its PUBLISH, then a NATS
-PUB) and ``redis-cluster`` (the Redis engine on a 3-master Redis Cluster started for
-the run: commands routed by hash slot, one EVALSHA or PUBLISH on the channel's master;
-only when ``--backends`` names it). Channels: ``plain`` (no history) and ``hist``
-(history 100); with ``--versions`` also ``hist:v``, history 100 with every publication
-carrying the next ``version`` (all accepted: the version check's full cost, one more
-HMGET and HSET in the Lua script). Rounds interleave the backends so machine noise hits
-all of them alike; the table shows the median of the rounds of this process's CPU time
-(user+system) per publication, and the ratio to the Redis engine of the same channel
-kind; for the backends on the standalone redis-server, also that server's CPU
-(``INFO cpu``) per publication. NATS' own CPU is not included. This process is pinned
-to CPU0 and the servers to CPU1 when possible.
+PUB), and only when ``--backends`` names them ``redis-cluster`` (the Redis engine on a
+3-master Redis Cluster started for the run: commands routed by hash slot, one EVALSHA or
+PUBLISH on the channel's master) and ``memory`` (the memory engine). Channels:
+``plain`` (no history) and ``hist`` (history 100); with ``--versions`` also ``hist:v``,
+history 100 with every publication carrying the next ``version`` (all accepted: the
+version check's full cost, one more HMGET and HSET in the Lua script). Rounds interleave
+the backends so machine noise hits all of them alike; the table shows the median of the
+rounds of this process's CPU time (user+system) per publication, and the ratio to the
+Redis engine of the same channel kind; for the backends on the standalone redis-server,
+also that server's CPU (``INFO cpu``) per publication. NATS' own CPU is not included.
+This process is pinned to CPU0 and the servers to CPU1 when possible.
 """
 
 from __future__ import annotations
