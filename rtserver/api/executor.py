@@ -349,7 +349,10 @@ class APIExecutor:
         return self._node.resolver.options(channel)
 
     async def publish_commands(
-        self, commands: Sequence[PublishCommand], *, parallel: bool = False,
+        self,
+        commands: Sequence[PublishCommand],
+        *,
+        parallel: bool = False,
         method: str = "batch",
     ) -> list[Result | Error]:
         """Run typed publishes: what ``batch`` of ``publish`` commands does, less parsing.
@@ -366,7 +369,8 @@ class APIExecutor:
         outcomes: list[Result | Error]
         if parallel:
             outcomes = await gatherResults(
-                [self._publish_outcome(c) for c in commands], consumeErrors=True)
+                [self._publish_outcome(c) for c in commands], consumeErrors=True
+            )
         else:
             outcomes = []
             for command in commands:
@@ -391,10 +395,16 @@ class APIExecutor:
             schema.check_channel(cmd.channel)
         except Error as e:
             return e
-        return self._node.publish(cmd.channel, cmd.data, tags=cmd.tags,
-                                  skip_history=cmd.skip_history,
-                                  idempotency_key=cmd.idempotency_key, delta=cmd.delta,
-                                  version=cmd.version, version_epoch=cmd.version_epoch)
+        return self._node.publish(
+            cmd.channel,
+            cmd.data,
+            tags=cmd.tags,
+            skip_history=cmd.skip_history,
+            idempotency_key=cmd.idempotency_key,
+            delta=cmd.delta,
+            version=cmd.version,
+            version_epoch=cmd.version_epoch,
+        )
 
     def _publish_outcome(
         self, cmd: PublishCommand, started: Deferred[StreamPosition] | Error | None = None

@@ -1303,9 +1303,7 @@ class Client:
             sub.chan_info = reply.info
         self._schedule_sub_expiry(sub)
 
-    async def _proxy_publish(
-        self, req: PublishRequest, opts: ChannelOptions
-    ) -> PublishProxyResult:
+    async def _proxy_publish(self, req: PublishRequest, opts: ChannelOptions) -> PublishProxyResult:
         """The backend's publish result (no result: the client's data as is)."""
         entry = self._node.proxies.publish.get(opts.publish_proxy_name)
         if entry is None:

@@ -515,8 +515,11 @@ class Node:
             return succeed(self._emulate_here(session, data))
         if not self.cluster.knows(node):
             return succeed(False)
-        _log.debug("emulation session {session}: commands forwarded to node {node}",
-                   session=session, node=node)
+        _log.debug(
+            "emulation session {session}: commands forwarded to node {node}",
+            session=session,
+            node=node,
+        )
         args = {"session": session, "b64": base64.b64encode(data).decode("ascii")}
         d = self.cluster.survey("emulation", orjson.dumps(args), node)
         return d.addCallback(_any_ok)

@@ -249,8 +249,10 @@ class PublishProxyResult:
         if not isinstance(self.skip_history, bool) or not isinstance(self.delta, bool):
             raise ProxyFailure("skip_history and delta must be true or false")
         version = self.version
-        if isinstance(version, bool) or not isinstance(version, int) or not (
-            0 <= version <= MAX_VERSION
+        if (
+            isinstance(version, bool)
+            or not isinstance(version, int)
+            or not (0 <= version <= MAX_VERSION)
         ):
             raise ProxyFailure(f"version must be an integer in [0, {MAX_VERSION}]")
 

@@ -226,9 +226,7 @@ class MemoryEngine:
             return succeed(HistoryResult([], position))
         since = filter.since
         if filter.reverse:
-            pubs = [
-                p for p in reversed(stream.pubs) if since is None or p.offset < since.offset
-            ]
+            pubs = [p for p in reversed(stream.pubs) if since is None or p.offset < since.offset]
         else:
             pubs = [p for p in stream.pubs if since is None or p.offset > since.offset]
         if limit > 0:

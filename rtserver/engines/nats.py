@@ -250,7 +250,6 @@ class NatsBroker:
                 error=e,
             )
 
-
     # --- broker ----------------------------------------------------------------------
 
     def subscribe(self, channel: str) -> Deferred[None]:
@@ -293,8 +292,12 @@ class NatsBroker:
         In raw mode only the data is sent and nothing is kept.
         """
         store = self._store
-        if self._raw or store is None or not (
-            options.idempotency_key or (options.history_size > 0 and options.history_ttl > 0)
+        if (
+            self._raw
+            or store is None
+            or not (
+                options.idempotency_key or (options.history_size > 0 and options.history_ttl > 0)
+            )
         ):
             payload = publication.data if self._raw else encode_publication(publication)
             return self._publish_channel(channel, payload).addCallback(lambda _: _NO_POSITION)
