@@ -12,14 +12,17 @@ PING round trip after the batch, so every byte is on the wire and the server has
 processed it). Backends: ``redis`` (the Redis engine: PUBLISH, or one EVALSHA of the
 history script), ``nats`` (``broker.type: nats`` on the memory engine), ``redis+nats``
 (``engine.type: redis`` + NATS: the history script without its PUBLISH, then a NATS
-PUB) and ``redis-cluster`` (the Redis engine on a 3-master Redis Cluster started for
-the run: commands routed by hash slot, one EVALSHA or PUBLISH on the channel's master;
-only when ``--backends`` names it). Channels: ``plain`` (no history) and ``hist``
-(history 100). Rounds interleave the backends so machine noise hits all of them alike;
-the table shows the median of the rounds of this process's CPU time (user+system) per
-publication, and the ratio to the Redis engine of the same channel kind. The server
-processes' own CPU is
-not included. This process is pinned to CPU0 and the servers to CPU1 when possible.
+PUB), and only when ``--backends`` names them ``redis-cluster`` (the Redis engine on a
+3-master Redis Cluster started for the run: commands routed by hash slot, one EVALSHA or
+PUBLISH on the channel's master) and ``memory`` (the memory engine). Channels:
+``plain`` (no history) and ``hist`` (history 100); with ``--versions`` also ``hist:v``,
+history 100 with every publication carrying the next ``version`` (all accepted: the
+version check's full cost, one more HMGET and HSET in the Lua script). Rounds interleave
+the backends so machine noise hits all of them alike; the table shows the median of the
+rounds of this process's CPU time (user+system) per publication, and the ratio to the
+Redis engine of the same channel kind; for the backends on the standalone redis-server,
+also that server's CPU (``INFO cpu``) per publication. NATS' own CPU is not included.
+This process is pinned to CPU0 and the servers to CPU1 when possible.
 """
 
 from __future__ import annotations
@@ -123,6 +126,21 @@ def make_config(kind: str, redis_port: int, nats_port: int, cluster_url: str = "
     return config.from_mapping(data)
 
 
+def redis_cpu(port: int) -> float:
+    """The redis-server's CPU seconds so far (user + system, ``INFO cpu``)."""
+    cli = shutil.which("redis-cli")
+    if cli is None:
+        return float("nan")
+    out = subprocess.run([cli, "-h", HOST, "-p", str(port), "INFO", "cpu"],
+                         capture_output=True, check=True, text=True).stdout
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    return float(fields["used_cpu_user"]) + float(fields["used_cpu_sys"])
+
+
+#: The next publication version of ``hist:v`` (every one accepted).
+_VERSION = [0]
+
+
 async def one_round(node: Any, channel: str, pubs: int, batch: int) -> float:
     """CPU seconds of this process for ``pubs`` publications."""
     from twisted.internet.defer import DeferredList
@@ -134,8 +152,15 @@ async def one_round(node: Any, channel: str, pubs: int, batch: int) -> float:
     broker = engine.broker if isinstance(engine, CompositeEngine) else engine
     data = b'{"text":"a publication of about eighty bytes of json","n":12345,"ok":true}'
     start = time.process_time()
+    versioned = channel == "hist:v"
     for i in range(0, pubs, batch):
-        ds = [node.publish(channel, data) for _ in range(min(batch, pubs - i))]
+        ds = []
+        for _ in range(min(batch, pubs - i)):
+            if versioned:
+                _VERSION[0] += 1
+                ds.append(node.publish(channel, data, version=_VERSION[0], version_epoch="e"))
+            else:
+                ds.append(node.publish(channel, data))
         await DeferredList(ds, fireOnOneErrback=True, consumeErrors=True)
         if isinstance(broker, NatsBroker):
             await broker.sync()
@@ -159,14 +184,25 @@ async def measure(
         nodes[kind] = node
     results: dict[tuple[str, str], list[float]] = {}
     for _ in range(args.rounds):
-        for channel in ("plain", "hist:x"):
+        for channel in channels(args):
             for kind, node in nodes.items():
                 await one_round(node, channel, args.pubs // 10, args.batch)  # warm-up
+                on_redis = "redis" in kind and kind != "redis-cluster"
+                redis_before = redis_cpu(redis_port) if on_redis else 0.0
                 cpu = await one_round(node, channel, args.pubs, args.batch)
                 results.setdefault((kind, channel), []).append(cpu / args.pubs * 1e6)
+                if on_redis:
+                    used = redis_cpu(redis_port) - redis_before
+                    results.setdefault((kind, channel, "redis"), []).append(
+                        used / args.pubs * 1e6)
     for node in nodes.values():
         await node.stop()
     return {k: statistics.median(v) for k, v in results.items()}
+
+
+def channels(args: argparse.Namespace) -> tuple[str, ...]:
+    """The channels measured: no history, history, and with ``--versions`` versioned."""
+    return ("plain", "hist:x", "hist:v") if args.versions else ("plain", "hist:x")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--backends", type=lambda t: t.split(","),
                    default=["redis", "nats", "redis+nats"])
+    p.add_argument("--versions", action="store_true",
+                   help="also a history channel whose publications carry a version")
     args = p.parse_args(argv)
     command = "PYTHONPATH=. python bench/broker_publish.py " + " ".join(
         sys.argv[1:] if argv is None else argv)
@@ -203,9 +241,14 @@ def main(argv: list[str] | None = None) -> int:
 
             return Deferred.fromCoroutine(go())
 
-        d = Deferred.fromCoroutine(_wrap(run))
-        d.addBoth(lambda r: (out.setdefault("_error", r) if r is not None else None,
-                             reactor.stop()))
+        def start() -> None:
+            # Started with the reactor: a backend that answers at once (memory) would
+            # otherwise finish, and stop the reactor, before it runs.
+            d = Deferred.fromCoroutine(_wrap(run))
+            d.addBoth(lambda r: (out.setdefault("_error", r) if r is not None else None,
+                                 reactor.stop()))
+
+        reactor.callWhenRunning(start)
         reactor.run()
     if "_error" in out:
         print(out["_error"], file=sys.stderr)
@@ -216,15 +259,20 @@ def main(argv: list[str] | None = None) -> int:
         f"`{command}` — {time.monotonic() - started:.0f} s, load average at start {loadavg}; "
         f"{machine()}",
         "",
-        "| channel | backend | CPU µs/publication (median of rounds) | redis ÷ this |",
-        "|---|---|---|---|",
+        "| channel | backend | CPU µs/publication (median of rounds) | redis ÷ this "
+        "| redis-server CPU µs/publication |",
+        "|---|---|---|---|---|",
     ]
-    for channel, label in (("plain", "no history"), ("hist:x", "history 100")):
+    labels = {"plain": "no history", "hist:x": "history 100",
+              "hist:v": "history 100, versioned"}
+    for channel in channels(args):
         base = out.get(("redis", channel))
         for kind in args.backends:
             v = out[(kind, channel)]
             ratio = f"{base / v:.2f}" if base and kind != "redis" else "-"
-            lines.append(f"| {label} | {kind} | {v:.1f} | {ratio} |")
+            server_cpu = out.get((kind, channel, "redis"))
+            on_server = "-" if server_cpu is None else f"{server_cpu:.1f}"
+            lines.append(f"| {labels[channel]} | {kind} | {v:.1f} | {ratio} | {on_server} |")
     print("\n".join(lines))
     return 0
 

@@ -72,20 +72,22 @@ class _Publication:
     skip_history: bool
     idempotency_key: str
     delta: bool
+    version: int
+    version_epoch: str
 
     @classmethod
     def parse(cls, params: dict[str, Any]) -> _Publication:
         data = schema.raw_json(params, "data", "b64data")
         if data is None:
             raise schema.bad_request("data is required")
-        schema.integer(params, "version", 0, schema.MAX_UINT64)
-        schema.string(params, "version_epoch")
         return cls(
             data=data,
             tags=schema.string_map(params, "tags"),
             skip_history=schema.boolean(params, "skip_history"),
             idempotency_key=schema.string(params, "idempotency_key"),
             delta=schema.boolean(params, "delta"),
+            version=schema.integer(params, "version", 0, schema.MAX_UINT64),
+            version_epoch=schema.string(params, "version_epoch"),
         )
 
 
@@ -94,7 +96,6 @@ class PublishCommand:
     """A ``publish`` whose fields an adapter's schema already typed (the GRPC API).
 
     ``data`` is compact JSON (no newline); the channel is checked by the executor.
-    Fields the executor ignores (``version``, ``version_epoch``) are absent.
     """
 
     channel: str
@@ -103,6 +104,8 @@ class PublishCommand:
     skip_history: bool = False
     idempotency_key: str = ""
     delta: bool = False
+    version: int = 0
+    version_epoch: str = ""
 
 
 class CommandStats:
@@ -220,6 +223,8 @@ class APIExecutor:
             skip_history=pub.skip_history,
             idempotency_key=pub.idempotency_key,
             delta=pub.delta,
+            version=pub.version,
+            version_epoch=pub.version_epoch,
         )
         return _position_result(position)
 
@@ -344,7 +349,10 @@ class APIExecutor:
         return self._node.resolver.options(channel)
 
     async def publish_commands(
-        self, commands: Sequence[PublishCommand], *, parallel: bool = False,
+        self,
+        commands: Sequence[PublishCommand],
+        *,
+        parallel: bool = False,
         method: str = "batch",
     ) -> list[Result | Error]:
         """Run typed publishes: what ``batch`` of ``publish`` commands does, less parsing.
@@ -361,7 +369,8 @@ class APIExecutor:
         outcomes: list[Result | Error]
         if parallel:
             outcomes = await gatherResults(
-                [self._publish_outcome(c) for c in commands], consumeErrors=True)
+                [self._publish_outcome(c) for c in commands], consumeErrors=True
+            )
         else:
             outcomes = []
             for command in commands:
@@ -386,9 +395,16 @@ class APIExecutor:
             schema.check_channel(cmd.channel)
         except Error as e:
             return e
-        return self._node.publish(cmd.channel, cmd.data, tags=cmd.tags,
-                                  skip_history=cmd.skip_history,
-                                  idempotency_key=cmd.idempotency_key, delta=cmd.delta)
+        return self._node.publish(
+            cmd.channel,
+            cmd.data,
+            tags=cmd.tags,
+            skip_history=cmd.skip_history,
+            idempotency_key=cmd.idempotency_key,
+            delta=cmd.delta,
+            version=cmd.version,
+            version_epoch=cmd.version_epoch,
+        )
 
     def _publish_outcome(
         self, cmd: PublishCommand, started: Deferred[StreamPosition] | Error | None = None

@@ -1003,6 +1003,8 @@ class Client:
                 skip_history=answer.skip_history,
                 idempotency_key=answer.idempotency_key,
                 delta=answer.delta,
+                version=answer.version,
+                version_epoch=answer.version_epoch,
                 opts=opts,
             )
             self._reply(cmd, {})
@@ -1301,9 +1303,7 @@ class Client:
             sub.chan_info = reply.info
         self._schedule_sub_expiry(sub)
 
-    async def _proxy_publish(
-        self, req: PublishRequest, opts: ChannelOptions
-    ) -> PublishProxyResult:
+    async def _proxy_publish(self, req: PublishRequest, opts: ChannelOptions) -> PublishProxyResult:
         """The backend's publish result (no result: the client's data as is)."""
         entry = self._node.proxies.publish.get(opts.publish_proxy_name)
         if entry is None:

@@ -392,12 +392,16 @@ class Node:
         skip_history: bool = False,
         idempotency_key: str = "",
         delta: bool = False,
+        version: int = 0,
+        version_epoch: str = "",
         opts: ChannelOptions | None = None,
     ) -> Deferred[StreamPosition]:
         """Publish ``data`` (raw JSON) into ``channel`` on every node.
 
         ``delta`` (or the namespace's ``delta_publish``) lets subscribers that negotiated
         delta compression receive it as a fossil delta (docs/client-protocol.rst).
+        ``version``/``version_epoch``: a channel with history drops an outdated
+        publication and fires with its current position (``PublishOptions``).
         """
         if opts is None:
             try:
@@ -412,6 +416,8 @@ class Node:
             history_ttl=opts.history_ttl if keep else 0.0,
             history_meta_ttl=self.meta_ttl(opts),
             idempotency_key=idempotency_key,
+            version=version,
+            version_epoch=version_epoch,
         )
         pub = Publication(
             data=data, info=info, tags=tags or None, delta=delta or opts.delta_publish
@@ -509,8 +515,11 @@ class Node:
             return succeed(self._emulate_here(session, data))
         if not self.cluster.knows(node):
             return succeed(False)
-        _log.debug("emulation session {session}: commands forwarded to node {node}",
-                   session=session, node=node)
+        _log.debug(
+            "emulation session {session}: commands forwarded to node {node}",
+            session=session,
+            node=node,
+        )
         args = {"session": session, "b64": base64.b64encode(data).decode("ascii")}
         d = self.cluster.survey("emulation", orjson.dumps(args), node)
         return d.addCallback(_any_ok)

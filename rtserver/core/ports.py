@@ -127,7 +127,10 @@ class IBroker(Interface):
         Fires with the StreamPosition the publication got; ``offset`` is 0 and
         ``epoch`` empty when the channel keeps no history. A repeated
         ``options.idempotency_key`` within its TTL returns the first result and
-        delivers nothing.
+        delivers nothing. A publication whose ``options.version`` is outdated (see
+        :class:`~rtserver.core.types.PublishOptions`) is suppressed: nothing is appended
+        or delivered, no idempotent result is kept, and the call fires with the stream's
+        current position.
         """
 
     def publish_join(channel: str, info: ClientInfo) -> Deferred[None]:
@@ -309,9 +312,14 @@ class ClientNode(Protocol):
         skip_history: bool = False,
         idempotency_key: str = "",
         delta: bool = False,
+        version: int = 0,
+        version_epoch: str = "",
         opts: ChannelOptions | None = None,
     ) -> Deferred[StreamPosition]:
-        """Publish into a channel on every node (``delta``: as a fossil delta if negotiated)."""
+        """Publish into a channel on every node (``delta``: as a fossil delta if negotiated).
+
+        An outdated ``version`` is suppressed (see ``PublishOptions``).
+        """
 
     def history(
         self, channel: str, flt: HistoryFilter, opts: ChannelOptions | None = None

@@ -220,8 +220,9 @@ class PublishProxyResult:
     ``data`` replaces the client's when set; ``skip_history`` keeps it out of history;
     ``tags`` go with the publication to subscribers (and tag filters); a repeated
     ``idempotency_key`` within the engine's TTL publishes nothing again; ``delta`` lets
-    delta subscribers receive it as a fossil delta. ``version``/``version_epoch`` are
-    checked and otherwise ignored, as in the server API's ``publish``.
+    delta subscribers receive it as a fossil delta. ``version``/``version_epoch``: in a
+    channel with history an outdated version is suppressed (not kept, not delivered;
+    the client's publish still succeeds), as in the server API's ``publish``.
 
     Raises:
         ProxyFailure: a field of the wrong type or out of range (a hook's value, or an
@@ -248,8 +249,10 @@ class PublishProxyResult:
         if not isinstance(self.skip_history, bool) or not isinstance(self.delta, bool):
             raise ProxyFailure("skip_history and delta must be true or false")
         version = self.version
-        if isinstance(version, bool) or not isinstance(version, int) or not (
-            0 <= version <= MAX_VERSION
+        if (
+            isinstance(version, bool)
+            or not isinstance(version, int)
+            or not (0 <= version <= MAX_VERSION)
         ):
             raise ProxyFailure(f"version must be an integer in [0, {MAX_VERSION}]")
 

@@ -57,13 +57,23 @@ class HistoryResult:
 
 @dataclass(frozen=True, slots=True)
 class PublishOptions:
-    """How a publication is kept: history window and idempotency."""
+    """How a publication is kept: history window, idempotency and version.
+
+    ``version`` > 0 (with ``version_epoch``) drops outdated publications in a channel
+    with history, as Centrifugo does: the stream's meta keeps the last version and
+    version epoch; a publication whose version is not greater than the kept one is
+    suppressed (not appended, not delivered) unless its version epoch is non-empty and
+    differs from the kept one, which starts a new comparison. ``version`` 0: no check,
+    and the kept version stays. Without history nothing is kept and nothing checked.
+    """
 
     history_size: int = 0
     history_ttl: float = 0.0
     history_meta_ttl: float = 0.0
     idempotency_key: str = ""
     idempotency_ttl: float = 300.0
+    version: int = 0
+    version_epoch: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,9 @@ string) and a top ``offset`` (+1 per publication). Publications are capped at
 ``history_size`` newest and all expire ``history_ttl`` after the last publish; the
 epoch/top metadata lives ``history_meta_ttl`` (renewed by publishes and reads) and, once
 it expires, the channel starts over with a new epoch so old positions are unrecoverable.
+The metadata also keeps the last publication ``version`` and its ``version_epoch``
+(:class:`~rtserver.core.types.PublishOptions`: outdated versions are suppressed), with the
+Redis engine's rules.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ def new_epoch(rng: random.Random | random.SystemRandom) -> str:
 class _Stream:
     """One channel's history: metadata plus the retained publications."""
 
-    __slots__ = ("epoch", "expire_at", "meta_expire_at", "pubs", "top")
+    __slots__ = ("epoch", "expire_at", "meta_expire_at", "pubs", "top", "version", "version_epoch")
 
     def __init__(self, epoch: str) -> None:
         self.epoch = epoch
@@ -52,6 +55,20 @@ class _Stream:
         self.pubs: deque[Publication] = deque()
         self.expire_at = 0.0
         self.meta_expire_at = 0.0
+        # The last accepted publication version (0: none kept) and its epoch.
+        self.version = 0
+        self.version_epoch = ""
+
+    def outdated(self, version: int, version_epoch: str) -> bool:
+        """Whether a publication of ``version`` must be suppressed.
+
+        An empty ``version_epoch`` compares with whatever epoch is kept, as Centrifugo's.
+        """
+        return (
+            self.version > 0
+            and version <= self.version
+            and (not version_epoch or version_epoch == self.version_epoch)
+        )
 
 
 @implementer(IEngine)
@@ -138,7 +155,21 @@ class MemoryEngine:
             if cached is not None and cached[1] > now:
                 return succeed(cached[0])
         if options.history_size > 0 and options.history_ttl > 0:
+            version = options.version
+            if version > 0:
+                kept = self._streams.get(channel)
+                if (
+                    kept is not None
+                    and kept.meta_expire_at > now
+                    and kept.outdated(version, options.version_epoch)
+                ):
+                    # Suppressed: no append, no delivery, no idempotent result, no TTL
+                    # renewed; the answer is the current position (as in the Lua script).
+                    return succeed(StreamPosition(kept.top, kept.epoch))
             stream = self._stream(channel, options.history_meta_ttl, now)
+            if version > 0:
+                stream.version = version
+                stream.version_epoch = options.version_epoch
             if stream.pubs and stream.expire_at <= now:
                 stream.pubs.clear()
             stream.top += 1
@@ -195,9 +226,7 @@ class MemoryEngine:
             return succeed(HistoryResult([], position))
         since = filter.since
         if filter.reverse:
-            pubs = [
-                p for p in reversed(stream.pubs) if since is None or p.offset < since.offset
-            ]
+            pubs = [p for p in reversed(stream.pubs) if since is None or p.offset < since.offset]
         else:
             pubs = [p for p in stream.pubs if since is None or p.offset > since.offset]
         if limit > 0:

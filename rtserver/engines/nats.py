@@ -73,7 +73,11 @@ class HistoryStore(Protocol):
     def append(
         self, channel: str, publication: Publication, options: PublishOptions
     ) -> Deferred[tuple[StreamPosition, bool]]:
-        """Append; fires with the position and whether it was an idempotent repeat."""
+        """Append; fires with the position and whether nothing was appended.
+
+        Nothing is appended for a repeated idempotency key or an outdated version
+        (``PublishOptions``); the publication must not be delivered then.
+        """
 
     def history(
         self, channel: str, filter: HistoryFilter, meta_ttl: float
@@ -246,7 +250,6 @@ class NatsBroker:
                 error=e,
             )
 
-
     # --- broker ----------------------------------------------------------------------
 
     def subscribe(self, channel: str) -> Deferred[None]:
@@ -289,8 +292,12 @@ class NatsBroker:
         In raw mode only the data is sent and nothing is kept.
         """
         store = self._store
-        if self._raw or store is None or not (
-            options.idempotency_key or (options.history_size > 0 and options.history_ttl > 0)
+        if (
+            self._raw
+            or store is None
+            or not (
+                options.idempotency_key or (options.history_size > 0 and options.history_ttl > 0)
+            )
         ):
             payload = publication.data if self._raw else encode_publication(publication)
             return self._publish_channel(channel, payload).addCallback(lambda _: _NO_POSITION)
@@ -309,8 +316,8 @@ class NatsBroker:
         subject: bytes,
         publication: Publication,
     ) -> StreamPosition:
-        position, repeated = appended
-        if repeated:
+        position, skipped = appended
+        if skipped:
             return position
         payload = encode_publication(publication)
         if position.offset:

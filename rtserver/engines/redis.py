@@ -6,7 +6,8 @@ Key layout as Go Centrifugo (prefix ``P`` = ``engine.redis.prefix``):
   messages ``__p1:<offset>:<epoch>__`` + publication (with history), the bare publication
   (without), ``__j__`` + ClientInfo (join), ``__l__`` + ClientInfo (leave).
 * History: stream ``P.stream.<ch>`` (entry id ``<offset>-0``, field ``d``) and meta hash
-  ``P.stream.meta.<ch>`` (``e`` epoch, ``s`` top offset), changed by one Lua script
+  ``P.stream.meta.<ch>`` (``e`` epoch, ``s`` top offset, ``v``/``ve`` the last
+  publication version and version epoch), changed by one Lua script
   together with the PUBLISH; idempotent results in ``P.result.<ch>.<key>``.
 * Presence: hash ``P.presence.data.<ch>`` plus zset ``P.presence.expire.<ch>`` scored by
   expire-at (ms); entries expire ``presence_ttl`` after their last ``add_presence``.
@@ -80,6 +81,11 @@ _log = Logger()
 
 #: What :meth:`RedisEngine.sync` publishes on a Redis Cluster, numbered.
 _SYNC_PREFIX = b"__sync__:"
+
+
+def _appended(reply: list[Any]) -> tuple[StreamPosition, bool]:
+    """The PUBLISH script's ``{offset, epoch, from_cache, suppressed}``."""
+    return StreamPosition(int(reply[0]), reply[1].decode()), bool(reply[2] or reply[3])
 
 
 def _ms(seconds: float) -> int:
@@ -466,8 +472,9 @@ class RedisEngine:
         """Append to the stream and keep the idempotent result, without PUBLISH.
 
         For a broker whose PUB/SUB runs elsewhere (NATS) while history stays here.
-        Fires with the position and whether it is a repeated idempotency key's first
-        result (then nothing was appended and nothing should be delivered).
+        Fires with the position and whether nothing was appended, so nothing should be
+        delivered: a repeated idempotency key (its first result) or an outdated
+        ``version`` (the current position).
         """
         history = options.history_size > 0 and options.history_ttl > 0
         return self._append(channel, encode_publication(publication), options, history, b"")
@@ -497,9 +504,11 @@ class RedisEngine:
                 new_epoch(self._rng),
                 _ms(idempotency_ttl),
                 1 if shard.uses_sharded else 0,
+                options.version if history else 0,
+                options.version_epoch,
             ],
         )
-        return d.addCallback(lambda r: (StreamPosition(int(r[0]), r[1].decode()), bool(r[2])))
+        return d.addCallback(_appended)
 
     def publish_join(self, channel: str, info: ClientInfo) -> Deferred[None]:
         """PUBLISH a join."""

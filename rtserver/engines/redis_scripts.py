@@ -31,10 +31,16 @@ class Script:
 #: KEYS: stream, meta, idempotency result (optional: without it, no idempotency).
 #: ARGV: payload, history_size (0 = no history), history_ttl_ms, pubsub channel,
 #: meta_ttl_ms, new epoch candidate, idempotency_ttl_ms, '1' to SPUBLISH (sharded PUB/SUB
-#: on a Redis Cluster) instead of PUBLISH.
+#: on a Redis Cluster) instead of PUBLISH, version (decimal, '0' = none), version epoch.
 #: An empty pubsub channel appends without PUBLISH (history for another broker's
 #: PUB/SUB, e.g. NATS).
-#: Returns {offset, epoch, from_cache}.
+#: With history and a version, the meta hash keeps the last version and version epoch
+#: (fields ``v``, ``ve``, as Centrifugo's): a version not greater than ``v`` is
+#: suppressed (nothing appended, published or cached; the current top offset returned)
+#: unless the version epoch is non-empty and differs from ``ve``. Versions are compared
+#: as decimal strings (length, then digits), exact over the whole uint64 range where Lua
+#: numbers are doubles.
+#: Returns {offset, epoch, from_cache, suppressed}.
 PUBLISH = Script(
     "publish",
     b"""
@@ -42,7 +48,7 @@ local result_key = KEYS[3] or ''
 if result_key ~= '' then
   local cached = redis.call('hmget', result_key, 'e', 's')
   if cached[1] then
-    return {tonumber(cached[2]), cached[1], 1}
+    return {tonumber(cached[2]), cached[1], 1, 0}
   end
 end
 local offset = 0
@@ -56,6 +62,16 @@ if tonumber(ARGV[2]) > 0 then
   if not epoch then
     epoch = ARGV[6]
     redis.call('hset', KEYS[2], 'e', epoch)
+  end
+  local version = ARGV[9]
+  if version ~= '0' then
+    local kept = redis.call('hmget', KEYS[2], 'v', 've', 's')
+    local v = kept[1]
+    if v and (ARGV[10] == '' or ARGV[10] == kept[2])
+        and (#v > #version or (#v == #version and v >= version)) then
+      return {tonumber(kept[3] or '0'), epoch, 0, 1}
+    end
+    redis.call('hset', KEYS[2], 'v', version, 've', ARGV[10])
   end
   offset = redis.call('hincrby', KEYS[2], 's', 1)
   if offset == 1 then
@@ -78,7 +94,7 @@ if result_key ~= '' then
   redis.call('hset', result_key, 'e', epoch, 's', offset)
   redis.call('pexpire', result_key, ARGV[7])
 end
-return {tonumber(offset), epoch, 0}
+return {tonumber(offset), epoch, 0, 0}
 """,
 )
 

@@ -44,8 +44,13 @@ __all__ = [
 #: executor answers it with error 104, as for any unknown method.
 UNKNOWN_COMMAND = ""
 
-_OVERRIDES = ("presence", "join_leave", "force_recovery", "force_positioning",
-              "force_push_join_leave")
+_OVERRIDES = (
+    "presence",
+    "join_leave",
+    "force_recovery",
+    "force_positioning",
+    "force_push_join_leave",
+)
 
 
 def json_payload(raw: bytes, field: str) -> Any:
@@ -124,8 +129,16 @@ def publish_command(req: pb.PublishRequest) -> PublishCommand:
         data = None
     if data is None:
         raise schema.bad_request("data is required")
-    return PublishCommand(req.channel, data, dict(req.tags) if req.tags else {},
-                          req.skip_history, req.idempotency_key, req.delta)
+    return PublishCommand(
+        req.channel,
+        data,
+        dict(req.tags) if req.tags else {},
+        req.skip_history,
+        req.idempotency_key,
+        req.delta,
+        req.version,
+        req.version_epoch,
+    )
 
 
 def broadcast_params(req: pb.BroadcastRequest) -> dict[str, Any]:
@@ -159,8 +172,7 @@ def subscribe_params(req: pb.SubscribeRequest) -> dict[str, Any]:
 
 def unsubscribe_params(req: pb.UnsubscribeRequest) -> dict[str, Any]:
     """``unsubscribe``."""
-    return {"channel": req.channel, "user": req.user, "client": req.client,
-            "session": req.session}
+    return {"channel": req.channel, "user": req.user, "client": req.client, "session": req.session}
 
 
 def disconnect_params(req: pb.DisconnectRequest) -> dict[str, Any]:
@@ -198,8 +210,7 @@ def channel_params(
 
 def history_params(req: pb.HistoryRequest) -> dict[str, Any]:
     """``history``."""
-    params: dict[str, Any] = {"channel": req.channel, "limit": req.limit,
-                              "reverse": req.reverse}
+    params: dict[str, Any] = {"channel": req.channel, "limit": req.limit, "reverse": req.reverse}
     if req.HasField("since"):
         params["since"] = _position(req.since)
     return params
@@ -272,8 +283,7 @@ def presence_result(result: dict[str, Any]) -> pb.PresenceResult:
 
 def presence_stats_result(result: dict[str, Any]) -> pb.PresenceStatsResult:
     """Connection and distinct user counts."""
-    return pb.PresenceStatsResult(num_clients=result["num_clients"],
-                                  num_users=result["num_users"])
+    return pb.PresenceStatsResult(num_clients=result["num_clients"], num_users=result["num_users"])
 
 
 def history_result(result: dict[str, Any]) -> pb.HistoryResult:
@@ -281,8 +291,11 @@ def history_result(result: dict[str, Any]) -> pb.HistoryResult:
     out = pb.HistoryResult(offset=result["offset"], epoch=result["epoch"])
     for publication in result["publications"]:
         # Bytes that are not JSON come as b64data from the executor; GRPC carries them raw.
-        raw = (base64.b64decode(publication["b64data"]) if "b64data" in publication
-               else _bytes(publication["data"]))
+        raw = (
+            base64.b64decode(publication["b64data"])
+            if "b64data" in publication
+            else _bytes(publication["data"])
+        )
         item = out.publications.add(data=raw, offset=publication.get("offset", 0))
         if "info" in publication:
             item.info.CopyFrom(_client_info(publication["info"]))
@@ -375,31 +388,96 @@ class Method:
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("Publish", "publish", pb.PublishRequest, pb.PublishResponse,
-               publish_params, publish_result),
-        Method("Broadcast", "broadcast", pb.BroadcastRequest, pb.BroadcastResponse,
-               broadcast_params, broadcast_result),
-        Method("Subscribe", "subscribe", pb.SubscribeRequest, pb.SubscribeResponse,
-               subscribe_params, empty_result(pb.SubscribeResult)),
-        Method("Unsubscribe", "unsubscribe", pb.UnsubscribeRequest, pb.UnsubscribeResponse,
-               unsubscribe_params, empty_result(pb.UnsubscribeResult)),
-        Method("Disconnect", "disconnect", pb.DisconnectRequest, pb.DisconnectResponse,
-               disconnect_params, empty_result(pb.DisconnectResult)),
-        Method("Presence", "presence", pb.PresenceRequest, pb.PresenceResponse,
-               channel_params, presence_result),
-        Method("PresenceStats", "presence_stats", pb.PresenceStatsRequest,
-               pb.PresenceStatsResponse, channel_params, presence_stats_result),
-        Method("History", "history", pb.HistoryRequest, pb.HistoryResponse,
-               history_params, history_result),
-        Method("HistoryRemove", "history_remove", pb.HistoryRemoveRequest,
-               pb.HistoryRemoveResponse, channel_params, empty_result(pb.HistoryRemoveResult)),
+        Method(
+            "Publish",
+            "publish",
+            pb.PublishRequest,
+            pb.PublishResponse,
+            publish_params,
+            publish_result,
+        ),
+        Method(
+            "Broadcast",
+            "broadcast",
+            pb.BroadcastRequest,
+            pb.BroadcastResponse,
+            broadcast_params,
+            broadcast_result,
+        ),
+        Method(
+            "Subscribe",
+            "subscribe",
+            pb.SubscribeRequest,
+            pb.SubscribeResponse,
+            subscribe_params,
+            empty_result(pb.SubscribeResult),
+        ),
+        Method(
+            "Unsubscribe",
+            "unsubscribe",
+            pb.UnsubscribeRequest,
+            pb.UnsubscribeResponse,
+            unsubscribe_params,
+            empty_result(pb.UnsubscribeResult),
+        ),
+        Method(
+            "Disconnect",
+            "disconnect",
+            pb.DisconnectRequest,
+            pb.DisconnectResponse,
+            disconnect_params,
+            empty_result(pb.DisconnectResult),
+        ),
+        Method(
+            "Presence",
+            "presence",
+            pb.PresenceRequest,
+            pb.PresenceResponse,
+            channel_params,
+            presence_result,
+        ),
+        Method(
+            "PresenceStats",
+            "presence_stats",
+            pb.PresenceStatsRequest,
+            pb.PresenceStatsResponse,
+            channel_params,
+            presence_stats_result,
+        ),
+        Method(
+            "History",
+            "history",
+            pb.HistoryRequest,
+            pb.HistoryResponse,
+            history_params,
+            history_result,
+        ),
+        Method(
+            "HistoryRemove",
+            "history_remove",
+            pb.HistoryRemoveRequest,
+            pb.HistoryRemoveResponse,
+            channel_params,
+            empty_result(pb.HistoryRemoveResult),
+        ),
         Method("Info", "info", pb.InfoRequest, pb.InfoResponse, info_params, info_result),
-        Method("RPC", "rpc", pb.RPCRequest, pb.RPCResponse, rpc_params,
-               empty_result(pb.RPCResult)),
-        Method("Refresh", "refresh", pb.RefreshRequest, pb.RefreshResponse,
-               refresh_params, empty_result(pb.RefreshResult)),
-        Method("Channels", "channels", pb.ChannelsRequest, pb.ChannelsResponse,
-               channels_params, channels_result),
+        Method("RPC", "rpc", pb.RPCRequest, pb.RPCResponse, rpc_params, empty_result(pb.RPCResult)),
+        Method(
+            "Refresh",
+            "refresh",
+            pb.RefreshRequest,
+            pb.RefreshResponse,
+            refresh_params,
+            empty_result(pb.RefreshResult),
+        ),
+        Method(
+            "Channels",
+            "channels",
+            pb.ChannelsRequest,
+            pb.ChannelsResponse,
+            channels_params,
+            channels_result,
+        ),
     )
 }
 
@@ -523,7 +601,8 @@ def _publish_result_bytes(result: dict[str, Any]) -> bytes:
 def _error_bytes(error: Error) -> bytes:
     message = error.message.encode()
     return (b"\x08" + _uvarint(error.code) if error.code else b"") + (
-        _delimited(b"\x12", message) if message else b"")
+        _delimited(b"\x12", message) if message else b""
+    )
 
 
 def encode_publish_response(outcome: dict[str, Any] | Error) -> bytes:

@@ -5,9 +5,10 @@
   "not available" (108); after a NATS restart delivery resumes without restarting
   either node.
 * ``engine.type: redis`` + ``broker.type: nats``: PUB/SUB and control over NATS, history
-  and presence in Redis. Emulation requests are forwarded between nodes; when NATS is
-  killed mid-stream and restarted, a client that missed publications recovers them, and
-  a loss larger than the history is reported as ``recovered: false``, never skipped.
+  and presence in Redis; publication versions are compared in the Redis history.
+  Emulation requests are forwarded between nodes; when NATS is killed mid-stream and
+  restarted, a client that missed publications recovers them, and a loss larger than
+  the history is reported as ``recovered: false``, never skipped.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pysdk import Recorder, in_thread, name, run_scenario
 from test_cluster_nodes import (
     CLUSTER_TIMEOUT,
     Cluster,
+    check_versions_across_nodes,
     health,
     node_names,
     subscribed_client,
@@ -75,6 +77,12 @@ def redis_nats_cluster(
         yield cluster
     finally:
         cluster.stop_all()
+
+
+def test_versions_are_compared_in_redis_history(redis_nats_cluster: Cluster) -> None:
+    """With the NATS broker, versions are kept and compared with the Redis history."""
+    nodes = redis_nats_cluster.nodes
+    check_versions_across_nodes(nodes["a"], nodes["b"])
 
 
 def test_nats_broker_joins_two_nodes(nats_cluster: Cluster) -> None:

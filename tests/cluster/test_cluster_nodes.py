@@ -111,6 +111,48 @@ def health(server: Server) -> int:
         session.close()
 
 
+def check_versions_across_nodes(a: Server, b: Server) -> None:
+    """Publication versions are compared on the shared stream, whichever node publishes.
+
+    Version 2 through ``b``, then version 1 (same epoch) through ``a`` is suppressed: its
+    publish succeeds with the unchanged position, and neither the subscriber on ``a``
+    nor the history sees it; version 3 through ``a`` is published.
+    """
+    channel = name("ver-")
+
+    def publish(node: Server, n: int, version: int) -> tuple[int, str]:
+        request = cent.PublishRequest(
+            channel=channel, data={"n": n}, version=version, version_epoch="e"
+        )
+        result = node.cent_client.publish(request)
+        return result.offset, result.epoch
+
+    async def scenario() -> tuple[list[tuple[int, str]], list[Any]]:
+        rec = Recorder()
+        client = await subscribed_client(a, rec, a.token(name("u-")), channel)
+        try:
+            positions = [
+                await in_thread(publish, b, 1, 2),
+                await in_thread(publish, a, 2, 1),
+                await in_thread(publish, a, 3, 3),
+            ]
+            return positions, await rec.wait("publication", count=2)
+        finally:
+            await client.disconnect()
+
+    positions, pubs = run_scenario(scenario())
+    epoch = positions[0][1]
+    assert epoch and positions == [(1, epoch), (1, epoch), (2, epoch)]
+    assert [(p["data"], p["offset"]) for p in pubs] == [({"n": 1}, 1), ({"n": 3}, 2)]
+    kept = b.cent_client.history(cent.HistoryRequest(channel=channel, limit=-1))
+    assert [p.data for p in kept.publications] == [{"n": 1}, {"n": 3}]
+
+
+def test_versions_are_compared_cluster_wide(cluster: Cluster) -> None:
+    """An outdated version published through another node is suppressed."""
+    check_versions_across_nodes(cluster.nodes["a"], cluster.nodes["b"])
+
+
 def test_two_nodes_act_as_one_server(cluster: Cluster) -> None:
     """A client on node A is served as if B were the same server.
 

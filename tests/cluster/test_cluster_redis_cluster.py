@@ -2,7 +2,7 @@
 
 The scenarios of test_cluster_nodes.py, run with ``engine.redis.address`` set to a
 ``redis+cluster://`` address: cross-node delivery, presence, history, server-side
-commands, a killed node whose client recovers, the whole Redis Cluster restarted
+commands, publication versions, a killed node whose client recovers, the whole Redis Cluster restarted
 (empty) with the loss reported to clients, PUB/SUB connections killed and re-made,
 emulation across nodes, and a clean leave. The Redis fixtures of this module replace the standalone ones.
 """
@@ -22,6 +22,7 @@ from test_cluster_nodes import (
     test_redis_restart_is_survived_and_loss_is_reported,
     test_stopping_node_leaves_the_cluster_at_once,
     test_two_nodes_act_as_one_server,
+    test_versions_are_compared_cluster_wide,
 )
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "test_redis_restart_is_survived_and_loss_is_reported",
     "test_stopping_node_leaves_the_cluster_at_once",
     "test_two_nodes_act_as_one_server",
+    "test_versions_are_compared_cluster_wide",
 ]
 
 

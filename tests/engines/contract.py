@@ -7,6 +7,7 @@ tests here only use the IEngine interface, the recording handler and ``env.advan
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +57,11 @@ class EngineEnv:
     handler: RecordingHandler
     advance: Callable[[float], Deferred[None]]
     settle: Callable[[], Deferred[None]]
+
+
+def versioned(version: int, epoch: str) -> PublishOptions:
+    """History options with a publication version and version epoch."""
+    return dataclasses.replace(HISTORY, version=version, version_epoch=epoch)
 
 
 def pub(n: int) -> Publication:
@@ -170,6 +176,90 @@ class EngineContract:
         await engine_env.settle()
         assert again == first
         assert len(engine_env.handler.publications) == 1
+
+    @pytest_twisted.ensureDeferred
+    async def test_outdated_version_is_suppressed(self, engine_env: EngineEnv) -> None:
+        """Version 2 then 1 (same epoch): the second is neither kept nor delivered.
+
+        The suppressed publish succeeds with the stream's current position.
+        """
+        e = engine_env.engine
+        await e.subscribe("v")
+        first = await e.publish("v", pub(1), versioned(2, "a"))
+        again = await e.publish("v", pub(2), versioned(1, "a"))
+        same = await e.publish("v", pub(3), versioned(2, "a"))
+        newer = await e.publish("v", pub(4), versioned(3, "a"))
+        await engine_env.settle()
+        assert first.offset == 1 and again == first and same == first
+        assert newer == StreamPosition(2, first.epoch)
+        delivered = [p.data for c, p in engine_env.handler.publications if c == "v"]
+        assert delivered == [b'{"n":1}', b'{"n":4}']
+        kept = await e.history("v", HistoryFilter(limit=-1), 3600.0)
+        assert [p.data for p in kept.publications] == [b'{"n":1}', b'{"n":4}']
+        assert kept.position == newer
+
+    @pytest_twisted.ensureDeferred
+    async def test_version_epoch_rules(self, engine_env: EngineEnv) -> None:
+        """A new version epoch accepts a lower version; an empty one compares with any.
+
+        Version 0 is never suppressed and leaves the kept version as it is.
+        """
+        e = engine_env.engine
+        await e.subscribe("v")
+        a5 = await e.publish("v", pub(1), versioned(5, "a"))
+        b1 = await e.publish("v", pub(2), versioned(1, "b"))  # new epoch: accepted
+        b1_again = await e.publish("v", pub(3), versioned(1, "b"))  # suppressed
+        any1 = await e.publish("v", pub(4), versioned(1, ""))  # empty epoch: compared
+        zero = await e.publish("v", pub(5), versioned(0, "b"))  # no version: accepted
+        zero_again = await e.publish("v", pub(6), versioned(0, "b"))
+        b1_after_zero = await e.publish("v", pub(7), versioned(1, "b"))  # still kept 1
+        any2 = await e.publish("v", pub(8), versioned(2, ""))  # accepted; kept epoch ""
+        b2 = await e.publish("v", pub(9), versioned(2, "b"))  # "b" differs from "": accepted
+        await engine_env.settle()
+        assert [a5.offset, b1.offset, zero.offset, zero_again.offset, any2.offset, b2.offset] == [
+            1, 2, 3, 4, 5, 6]
+        assert b1_again == b1 and any1 == b1 and b1_after_zero == zero_again
+        delivered = [p.data for c, p in engine_env.handler.publications if c == "v"]
+        assert delivered == [b'{"n":%d}' % n for n in (1, 2, 5, 6, 8, 9)]
+
+    @pytest_twisted.ensureDeferred
+    async def test_version_compares_whole_uint64(self, engine_env: EngineEnv) -> None:
+        """Versions near 2**64 compare exactly (no rounding through doubles)."""
+        e = engine_env.engine
+        top = 2**64 - 1
+        first = await e.publish("v", pub(1), versioned(top - 1, "e"))
+        assert (await e.publish("v", pub(2), versioned(top - 2, "e"))) == first
+        assert (await e.publish("v", pub(3), versioned(9, "e"))) == first
+        last = await e.publish("v", pub(4), versioned(top, "e"))
+        assert last.offset == 2
+        assert (await e.publish("v", pub(5), versioned(top, "e"))) == last
+
+    @pytest_twisted.ensureDeferred
+    async def test_version_without_history_is_not_checked(self, engine_env: EngineEnv) -> None:
+        """Without history nothing is kept, so every versioned publication is delivered."""
+        e = engine_env.engine
+        await e.subscribe("nv")
+        opts = dataclasses.replace(NO_HISTORY, version=2, version_epoch="a")
+        lower = dataclasses.replace(opts, version=1)
+        positions = [await e.publish("nv", pub(i), o) for i, o in ((1, opts), (2, lower))]
+        await engine_env.settle()
+        assert positions == [StreamPosition(0, ""), StreamPosition(0, "")]
+        delivered = [p.data for c, p in engine_env.handler.publications if c == "nv"]
+        assert delivered == [b'{"n":1}', b'{"n":2}']
+
+    @pytest_twisted.ensureDeferred
+    async def test_suppressed_publish_keeps_no_idempotent_result(
+        self, engine_env: EngineEnv
+    ) -> None:
+        """A suppressed publication's idempotency key is not remembered."""
+        e = engine_env.engine
+        await e.publish("v", pub(1), versioned(5, "a"))
+        old = dataclasses.replace(versioned(4, "a"), idempotency_key="k")
+        suppressed = await e.publish("v", pub(2), old)
+        assert suppressed.offset == 1
+        new_epoch = dataclasses.replace(versioned(4, "b"), idempotency_key="k")
+        accepted = await e.publish("v", pub(3), new_epoch)
+        assert accepted.offset == 2
 
     @pytest_twisted.ensureDeferred
     async def test_presence(self, engine_env: EngineEnv) -> None:

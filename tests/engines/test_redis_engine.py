@@ -12,10 +12,12 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import pytest_twisted
-from contract import EngineContract, EngineEnv
+from contract import EngineContract, EngineEnv, pub, versioned
 from redis_support import age, handler, make_engine
 from redisserver import RedisServer, require_redis_server
 from twisted.internet.defer import Deferred
+
+from rtserver.protocol.frames import StreamPosition
 
 pytestmark = pytest.mark.redis
 
@@ -42,3 +44,30 @@ async def engine_env(redis_server: RedisServer) -> AsyncIterator[EngineEnv]:
 
 class TestRedisEngineContract(EngineContract):
     """The shared engine contract, unchanged, against Redis."""
+
+
+class TestRedisVersionLayout:
+    """The version check keeps Centrifugo's fields in the stream's meta hash."""
+
+    @pytest_twisted.ensureDeferred
+    async def test_meta_hash_holds_version_fields(
+        self, engine_env: EngineEnv, redis_server: RedisServer
+    ) -> None:
+        """``v``/``ve`` of ``<prefix>.stream.meta.<ch>`` are read and written as Centrifugo's.
+
+        A meta hash written the way Centrifugo writes it suppresses an older version
+        and answers its ``s``/``e``; an accepted version replaces ``v``/``ve``.
+        """
+        e = engine_env.engine
+        meta = f"{e.prefix}.stream.meta.layout"
+        redis_server.command("HSET", meta, "e", "EPOCH", "s", 3, "v", 7, "ve", "x")
+        suppressed = await e.publish("layout", pub(1), versioned(5, "x"))
+        assert suppressed == StreamPosition(3, "EPOCH")
+        assert redis_server.command("XLEN", f"{e.prefix}.stream.layout") == 0
+        accepted = await e.publish("layout", pub(2), versioned(8, "x"))
+        assert accepted == StreamPosition(4, "EPOCH")
+        fields = redis_server.command("HGETALL", meta)
+        stored = dict(zip(fields[::2], fields[1::2], strict=True))
+        assert stored == {b"e": b"EPOCH", b"s": b"4", b"v": b"8", b"ve": b"x"}
+        await e.publish("layout", pub(3), versioned(0, "y"))
+        assert redis_server.command("HMGET", meta, "v", "ve") == [b"8", b"x"]

@@ -186,6 +186,65 @@ def test_batch_of_publish_replies_in_order(
     assert [json.loads(p.data) for p in history.result.publications] == [{"n": 1}, 2]
 
 
+def test_outdated_versions_are_suppressed(grpc_server: GRPCServer, stub: Stub) -> None:
+    """Publish, Broadcast and a Batch of publishes drop an outdated ``version``.
+
+    The suppressed calls succeed with the stream's unchanged position; the subscriber
+    and the history see only the accepted publications.
+    """
+    channel, other = name("grpc-ver-"), name("grpc-ver-other-")
+
+    def publish(n: int, version: int, epoch: str = "a") -> pb.PublishRequest:
+        return pb.PublishRequest(channel=channel, data=b'{"n": %d}' % n, version=version,
+                                 version_epoch=epoch)
+
+    def calls() -> list[tuple[int, str]]:
+        positions = []
+        for request in (publish(1, 2), publish(2, 1)):  # the second is outdated
+            reply = call(grpc_server, stub, "Publish", request)
+            assert not reply.HasField("error")
+            positions.append((reply.result.offset, reply.result.epoch))
+        broadcast = pb.BroadcastRequest(channels=[channel, other], data=b'{"n": 3}',
+                                        version=2, version_epoch="a")
+        first, second = call(grpc_server, stub, "Broadcast", broadcast).result.responses
+        positions += [(first.result.offset, first.result.epoch), (second.result.offset, "")]
+        batch = pb.BatchRequest(commands=[
+            pb.Command(publish=publish(4, 1, "b")),  # a new version epoch: accepted
+            pb.Command(publish=publish(5, 1, "b")),  # outdated again
+            pb.Command(publish=publish(6, 0, "b")),  # no version: accepted
+        ])
+        replies = call(grpc_server, stub, "Batch", batch).replies
+        positions += [(r.publish.offset, r.publish.epoch) for r in replies]
+        return positions
+
+    async def scenario() -> tuple[list[tuple[int, str]], list[Any]]:
+        rec = Recorder()
+        client, _ = sdk_client(grpc_server.server, rec, token=grpc_server.server.token("u1"))
+        sub = sdk_subscribe(client, channel, rec)
+        try:
+            await client.connect()
+            await sub.subscribe()
+            await bounded(sub.ready())
+            positions = await in_thread(calls)
+            pubs = await rec.wait("publication", count=3)
+            return positions, pubs
+        finally:
+            await client.disconnect()
+
+    positions, pubs = run_scenario(scenario())
+    epoch = positions[0][1]
+    assert epoch and all(e == epoch for _, e in positions if e)
+    assert [o for o, _ in positions] == [1, 1, 1, 1, 2, 2, 3]
+    assert [p["data"] for p in pubs] == [{"n": 1}, {"n": 4}, {"n": 6}]
+    assert [p["offset"] for p in pubs] == [1, 2, 3]
+    history = call(grpc_server, stub, "History", pb.HistoryRequest(channel=channel, limit=-1))
+    assert [json.loads(p.data) for p in history.result.publications] == [
+        {"n": 1}, {"n": 4}, {"n": 6}]
+    # the other channel of the broadcast has its own stream: accepted there
+    history = call(grpc_server, stub, "History", pb.HistoryRequest(channel=other, limit=-1))
+    assert [json.loads(p.data) for p in history.result.publications] == [{"n": 3}]
+
+
 def test_invalid_requests_return_an_error_object(grpc_server: GRPCServer, stub: Stub) -> None:
     """API errors come back in ``error`` with status OK, as in Centrifugo."""
     missing = call(grpc_server, stub, "Publish", pb.PublishRequest(channel="", data=b"1"))

@@ -378,3 +378,58 @@ def test_api_unsubscribe_is_2000(rt_server: Server) -> None:
             await client.disconnect()
 
     run_scenario(scenario())
+
+
+def test_api_publish_versions_suppress_outdated(rt_server: Server) -> None:
+    """HTTP API ``publish``/``broadcast`` with ``version``: outdated ones are dropped.
+
+    A subscriber gets only the accepted publications, history holds only them, and the
+    suppressed calls succeed with the stream's unchanged offset and epoch. Without
+    history (``skip_history``) versions are not compared.
+    """
+    channel = name("py-ver-")
+    api = rt_server.cent_client
+
+    def publish(n: int, version: int, epoch: str = "a", **extra: Any) -> Any:
+        request = cent.PublishRequest(
+            channel=channel, data={"n": n}, version=version, version_epoch=epoch, **extra
+        )
+        return api.publish(request)
+
+    def calls() -> list[tuple[int, str]]:
+        results = [publish(1, 5), publish(2, 4), publish(3, 5)]  # 4 and 5 are outdated
+        broadcast = cent.BroadcastRequest(
+            channels=[channel], data={"n": 4}, version=6, version_epoch="a"
+        )
+        results.append(api.broadcast(broadcast).responses[0].result)
+        results.append(publish(5, 1, "b"))  # a new version epoch starts over
+        results.append(publish(6, 3, "", skip_history=True))  # no history: not compared
+        results.append(publish(7, 1, ""))  # an empty epoch compares with "b": outdated
+        results.append(publish(8, 0, "b"))  # no version
+        return [(r.offset, r.epoch) for r in results]
+
+    async def scenario() -> tuple[list[tuple[int, str]], list[Any]]:
+        rec = Recorder()
+        client, _ = sdk_client(rt_server, rec, token=rt_server.token(name("py-u-")))
+        sub = subscribe(client, channel, rec)
+        try:
+            await client.connect()
+            await sub.subscribe()
+            await bounded(sub.ready())
+            positions = await in_thread(calls)
+            pubs = await rec.wait("publication", count=5)
+            return positions, pubs
+        finally:
+            await client.disconnect()
+
+    positions, pubs = run_scenario(scenario())
+    epoch = positions[0][1]
+    assert epoch
+    assert positions == [
+        (1, epoch), (1, epoch), (1, epoch), (2, epoch), (3, epoch), (0, ""), (3, epoch),
+        (4, epoch),
+    ]
+    assert [p["data"] for p in pubs] == [{"n": n} for n in (1, 4, 5, 6, 8)]
+    kept = api.history(cent.HistoryRequest(channel=channel, limit=-1))
+    assert [p.data for p in kept.publications] == [{"n": n} for n in (1, 4, 5, 8)]
+    assert (kept.offset, kept.epoch) == (4, epoch)

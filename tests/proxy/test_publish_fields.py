@@ -6,7 +6,8 @@ both add the result fields the client's data asks for (``"ask"``). centrifuge-py
 clients subscribe to the channel plainly, with fossil delta, and with a tag filter:
 the backend's tags reach subscribers and select what the filtered one gets, a repeated
 idempotency key publishes once, ``delta: true`` reaches the delta subscriber as fossil
-deltas, and ``version``/``version_epoch`` are accepted.
+deltas, and an outdated ``version`` (same ``version_epoch``) is suppressed: neither
+delivered nor kept in history, while its publisher's call succeeds.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import cent
 import orjson
 import pytest
 from centrifuge import DeltaType, PublicationContext
@@ -87,12 +89,15 @@ def test_backend_tags_idempotency_delta_and_version(rt_server: Server, namespace
         ask("once", idempotency_key="k1"),
         ask("once again", idempotency_key="k1"),  # same key: not published again
         ask("newer", version=7, version_epoch="e"),
-        ask("older", version=3, version_epoch="e"),  # versions are not compared
+        ask("older", version=3, version_epoch="e"),  # outdated: suppressed
+        ask("restart", version=1, version_epoch="f"),  # a new version epoch: published
+        ask("unversioned", version=0, version_epoch="f"),  # no version: published
         *(ask(doc, delta=True) for doc in DOCS),
         ask(DOCS[0]),  # without delta: full
         ask("end", tags={"kind": "a"}),
     ]
-    published = [p["text"].upper() for p in publications if p["text"] != "once again"]
+    suppressed = {"once again", "older"}
+    published = [p["text"].upper() for p in publications if p["text"] not in suppressed]
     filtered = ["T0", "T2", "END"]
 
     async def scenario() -> None:
@@ -149,3 +154,6 @@ def test_backend_tags_idempotency_delta_and_version(rt_server: Server, namespace
         assert all(size * 10 < len(DOCS[0]) for size, _ in edits)
 
     run_scenario(scenario())
+    # the suppressed publication is not in history either
+    kept = rt_server.cent_client.history(cent.HistoryRequest(channel=channel, limit=-1))
+    assert [p.data["text"] for p in kept.publications] == published
