@@ -119,6 +119,8 @@ _WINDOW = 1 << 20
 #: most DATA it may send without window updates, which held input does not produce) and
 #: room for the frames around it. Beyond, the connection is closed.
 _MAX_HELD = _WINDOW + 256 * 1024
+#: Stream ids reset by this side that are remembered (frames on them are ignored).
+_RECENT_RESETS = 256
 #: Seconds a closing connection gets to deliver its GOAWAY before it is aborted.
 _CLOSE_GRACE = 5.0
 
@@ -375,6 +377,7 @@ class GRPCH2Protocol(Protocol):
         self._need = len(_PREFACE)  # bytes the buffer needs before it is parsed
         self._stage = 0  # 0: before the preface, 1: before its SETTINGS, 2: framing
         self._highest = 0  # the highest stream id the client opened
+        self._reset_ids: dict[int, None] = {}  # streams recently reset by this side
         self._continued = 0  # a header block continues on this stream (CONTINUATION)
         self._continued_flags = 0
         self._block = bytearray()
@@ -681,14 +684,15 @@ class GRPCH2Protocol(Protocol):
         if not sid & 1:
             raise _ConnectionError(PROTOCOL_ERROR)  # clients open odd-numbered streams
         if sid <= self._highest:
-            return  # a stream this side reset or answered: ignored
+            self._closed_stream(sid)
+            return
         self._highest = sid
         f = self._factory
         if self._draining or len(self._streams) >= f.max_concurrent_streams:
-            self._frame(RST_STREAM, 0, sid, _U32.pack(REFUSED_STREAM))
+            self._rst(sid, REFUSED_STREAM)
             return
         if request.malformed or not request.pseudo:
-            self._frame(RST_STREAM, 0, sid, _U32.pack(PROTOCOL_ERROR))
+            self._rst(sid, PROTOCOL_ERROR)
             return
         stream = _Stream(
             request.method, request.metadata, self._peer_window, request.content_length
@@ -724,7 +728,8 @@ class GRPCH2Protocol(Protocol):
         if stream is None:
             if sid > self._highest:
                 raise _ConnectionError(PROTOCOL_ERROR)  # an idle stream
-            return  # a stream this side reset or answered: ignored
+            self._closed_stream(sid)
+            return
         if stream.ended:
             self._reset(sid, STREAM_CLOSED)
             return
@@ -900,8 +905,25 @@ class GRPCH2Protocol(Protocol):
 
     def _reset(self, sid: int, code: int) -> None:
         """A stream error: RST_STREAM with ``code``; the call is forgotten."""
-        self._frame(RST_STREAM, 0, sid, _U32.pack(code))
+        self._rst(sid, code)
         self._forget(sid)
+
+    def _rst(self, sid: int, code: int) -> None:
+        """RST_STREAM; what the client sent before it saw it will be ignored."""
+        self._frame(RST_STREAM, 0, sid, _U32.pack(code))
+        reset = self._reset_ids
+        if len(reset) >= _RECENT_RESETS:
+            del reset[next(iter(reset))]
+        reset[sid] = None
+
+    def _closed_stream(self, sid: int) -> None:
+        """HEADERS or DATA on a closed stream: ignored or a connection error.
+
+        Ignored if this side reset the stream (the client may have sent it before it
+        knew); STREAM_CLOSED otherwise (RFC 9113, 5.1).
+        """
+        if sid not in self._reset_ids:
+            raise _ConnectionError(STREAM_CLOSED)
 
     def _forget(self, sid: int) -> None:
         stream = self._streams.pop(sid, None)
@@ -925,7 +947,7 @@ class GRPCH2Protocol(Protocol):
             stream.replying = True
             if not stream.ended:
                 # The client is still sending: it has its answer, it may stop.
-                self._frame(RST_STREAM, 0, sid, _U32.pack(NO_ERROR))
+                self._rst(sid, NO_ERROR)
         self._forget(sid)
 
     def _reply(self, reply: Reply, sid: int, stream: _Stream) -> None:
