@@ -833,6 +833,7 @@ class GRPCH2Protocol(Protocol):
         if _U32.unpack_from(payload, 4)[0] == NO_ERROR:
             self.drain()  # the client opens no more streams: finish these, then close
         else:
+            self._goaway(NO_ERROR)
             self._close()
 
     def _window_update(self, sid: int, flags: int, payload: bytes) -> None:
