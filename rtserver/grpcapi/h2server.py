@@ -299,25 +299,50 @@ class _CachingDecoder:
     unchanged, and only blocks that change the table (literals with incremental
     indexing, size updates) change it: those empty the cache. What is remembered is the
     checked request, so a known block costs one dict lookup.
+
+    A client that sets deadlines sends ``grpc-timeout`` with a new value on every call,
+    as a literal with incremental indexing: its blocks change the table and are decoded
+    every time. The checked request is then remembered by the decoded headers but
+    ``grpc-timeout`` (which is not metadata: the call's deadline, unused here).
     """
 
     def __init__(self, methods: frozenset[str], max_header_list_size: int) -> None:
         self._decoder = Decoder(max_header_list_size=max_header_list_size)
         self._methods = methods
         self._cache: dict[bytes, _Request] = {}
+        self._checked: dict[tuple[Any, ...], _Request] = {}
 
     def decode(self, block: bytes) -> _Request:
         """The request the block says. Raises HPACKError when it cannot be decoded."""
         known = self._cache.get(block)
         if known is not None:
             return known
-        request = _parse_request(self._decoder.decode(block, raw=True), self._methods)
+        request = self._check(self._decoder.decode(block, raw=True))
         if len(block) <= _CACHED_BLOCK_SIZE and table_neutral(block):
             if len(self._cache) >= _CACHED_BLOCKS:
                 self._cache.clear()
             self._cache[block] = request
         else:
             self._cache.clear()  # the table may have changed: known blocks may mean otherwise
+        return request
+
+    def _check(self, headers: Iterable[Any]) -> _Request:
+        kept, size = [], 0
+        for header in headers:
+            if header[0] == b"grpc-timeout":
+                if not _VALUE.fullmatch(header[1]):
+                    return _MALFORMED
+                continue
+            kept.append(header)
+            size += len(header[0]) + len(header[1])
+        key = tuple(kept)
+        request = self._checked.get(key)
+        if request is None:
+            request = _parse_request(key, self._methods)
+            if size <= _CACHED_BLOCK_SIZE:
+                if len(self._checked) >= _CACHED_BLOCKS:
+                    self._checked.clear()
+                self._checked[key] = request
         return request
 
 
