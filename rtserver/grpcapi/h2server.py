@@ -409,6 +409,7 @@ class GRPCH2Protocol(Protocol):
         self._out: list[bytes] = []  # written once per batch of input
         self._receiving = False
         self._paused = False
+        self._producing = False  # registered with the transport as its producer
         self._held = bytearray()  # input that arrived while paused
         self._out_window = _DEFAULT_WINDOW  # what the client lets us send, connection
         self._in_window = _WINDOW  # what we let it send, connection
@@ -439,6 +440,7 @@ class GRPCH2Protocol(Protocol):
         if ITCPTransport.providedBy(transport):
             transport.setTcpNoDelay(True)  # small frames answer calls: no Nagle delay
         transport.registerProducer(self, True)
+        self._producing = True
         settings = b"".join(
             _SETTING.pack(key, value)
             for key, value in (
@@ -458,6 +460,7 @@ class GRPCH2Protocol(Protocol):
     def connectionLost(self, reason: Failure | None = None) -> None:
         """Forget every call and timer."""
         self._closed = True
+        self._producing = False  # the transport forgets its producer itself
         self._cancel_timer()
         if self._closer is not None and self._closer.active():
             self._closer.cancel()
@@ -597,12 +600,19 @@ class GRPCH2Protocol(Protocol):
         self._flush()
         self._closed = True
         self._cancel_timer()
-        self._transport.loseConnection()
+        self._unregister()
+        self._transport.loseConnection()  # (it waits for a registered producer)
+
+    def _unregister(self) -> None:
+        if self._producing:
+            self._producing = False
+            self._transport.unregisterProducer()
 
     def abort(self) -> None:
         """Close at once (the drain's grace ran out, or a close was not acknowledged)."""
         self._closed = True
         self._closer = None
+        self._unregister()
         self._transport.abortConnection()
 
     def drain(self) -> None:

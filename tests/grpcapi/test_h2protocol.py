@@ -569,3 +569,18 @@ def test_a_peer_that_does_not_read_is_not_read_either() -> None:
         wire.server.dataReceived(ping)
     wire.read()
     assert wire.goaway == (0, ENHANCE_YOUR_CALM) and wire.closing
+
+
+def test_closing_unregisters_the_connection_as_producer() -> None:
+    """Every close unregisters the connection as producer first.
+
+    A transport with a registered producer does not close until it is unregistered
+    (ITransport.loseConnection).
+    """
+    wire = Wire()
+    assert wire.transport.producer is wire.server
+    wire.send(frame(PING, 0, 1, b"12345678"))  # a connection error
+    assert wire.closing and wire.transport.producer is None
+    idle = Wire()
+    idle.clock.advance(60)
+    assert idle.closing and idle.transport.producer is None
