@@ -4,11 +4,14 @@
 
     python bench/grpc_h2_replay.py [calls]              # default 3000, no deadline
     python bench/grpc_h2_replay.py --deadline [calls]   # timeout=10 on every call
+    python bench/grpc_h2_replay.py --client grpc-js [--deadline] [calls]
 
-A grpcio client (a thread of this process) makes ``calls`` sequential unary ``Publish``
-calls against the reactor server (:class:`rtserver.grpcapi.h2server.H2GRPCService` on a
-loopback port) while every read the server gets is recorded: grpcio's own HPACK
-encoding (its ``grpc-timeout`` values with a deadline), its pings and window updates.
+A grpcio client (a thread of this process), or with ``--client grpc-js`` Node's
+@grpc/grpc-js (``bench/grpc_h2_replay.mjs``, packages from tests/interop/node_modules),
+makes ``calls`` sequential unary ``Publish`` calls against the reactor server
+(:class:`rtserver.grpcapi.h2server.H2GRPCService` on a loopback port) while every read
+the server gets is recorded: the client's own HPACK encoding (its ``grpc-timeout``
+values with a deadline), its pings and window updates.
 The recorded reads are then fed again to a fresh server connection in process, over an
 in-memory transport with a dispatch that answers at once: the CPU time of that replay
 per call is the HTTP/2 layer alone, as ``bench/grpc_h2_floor.py`` measures it for an
@@ -17,6 +20,8 @@ per call is the HTTP/2 layer alone, as ``bench/grpc_h2_floor.py`` measures it fo
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import threading
 import time
@@ -47,7 +52,23 @@ class ConstantDispatch:
         return succeed(Reply(0, "", b"\x12\x00"))
 
 
-def record(calls: int, deadline: bool) -> list[bytes]:
+def _grpcio(port: int, calls: int, deadline: bool) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        publish = channel.unary_unary(f"/{SERVICE_NAME}/Publish")
+        for _ in range(calls):
+            publish(b"\x0a\x01a\x12\x011", metadata=[("authorization", "apikey k")],
+                    timeout=10 if deadline else None)
+
+
+def _grpc_js(port: int, calls: int, deadline: bool) -> None:
+    here = Path(__file__).resolve().parent
+    env = dict(os.environ, PROTO=str(here.parent / "rtserver/grpcapi/proto/api.proto"),
+               TARGET=f"127.0.0.1:{port}", N=str(calls), DEADLINE="1" if deadline else "0")
+    subprocess.run(["node", str(here / "grpc_h2_replay.mjs")], env=env, check=True,
+                   timeout=300)
+
+
+def record(calls: int, deadline: bool, js: bool = False) -> list[bytes]:
     """Run the grpcio client against the server; every read the server got."""
     reads: list[bytes] = []
     received = GRPCH2Protocol.dataReceived
@@ -64,11 +85,7 @@ def record(calls: int, deadline: bool) -> list[bytes]:
 
     def client() -> None:
         try:
-            with grpc.insecure_channel(f"127.0.0.1:{service.port}") as channel:
-                publish = channel.unary_unary(f"/{SERVICE_NAME}/Publish")
-                for _ in range(calls):
-                    publish(b"\x0a\x01a\x12\x011", metadata=[("authorization", "apikey k")],
-                            timeout=10 if deadline else None)
+            (_grpc_js if js else _grpcio)(service.port, calls, deadline)
         except BaseException as e:  # reported after the reactor stops
             failed.append(e)
         finally:
@@ -78,12 +95,12 @@ def record(calls: int, deadline: bool) -> list[bytes]:
     reactor.run()  # type: ignore[attr-defined]
     GRPCH2Protocol.dataReceived = received  # type: ignore[method-assign]
     if failed:
-        raise SystemExit(f"the grpcio client failed: {failed[0]!r}")
+        raise SystemExit(f"the client failed: {failed[0]!r}")
     return reads
 
 
-def main(calls: int, deadline: bool) -> None:
-    reads = record(calls, deadline)
+def main(calls: int, deadline: bool, js: bool) -> None:
+    reads = record(calls, deadline, js)
     factory = GRPCH2Factory(ConstantDispatch(), Clock())  # type: ignore[arg-type]
     server = factory.buildProtocol(None)
     server.makeConnection(StringTransport())
@@ -92,10 +109,13 @@ def main(calls: int, deadline: bool) -> None:
         server.dataReceived(data)
     spent = time.process_time() - started
     shape = "timeout=10 per call" if deadline else "no deadline"
-    print(f"{calls} grpcio calls, {shape} ({len(reads)} reads): {spent / calls * 1e6:.1f} µs "
+    client = "grpc-js" if js else "grpcio"
+    print(f"{calls} {client} calls, {shape} ({len(reads)} reads): {spent / calls * 1e6:.1f} µs "
           f"of CPU per unary call in the HTTP/2 layer (replayed)")
 
 
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if a != "--deadline"]
-    main(int(args[0]) if args else 3000, "--deadline" in sys.argv[1:])
+    argv = sys.argv[1:]
+    js = "--client" in argv and argv[argv.index("--client") + 1] == "grpc-js"
+    args = [a for a in argv if a not in ("--deadline", "--client", "grpc-js", "grpcio")]
+    main(int(args[0]) if args else 3000, "--deadline" in argv, js)
