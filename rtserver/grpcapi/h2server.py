@@ -34,7 +34,8 @@ bytes, decoded to at most that size; ``max_concurrent_streams`` streams per conn
 (REFUSED_STREAM beyond), each buffering at most ``max_receive_message_size`` bytes
 (RESOURCE_EXHAUSTED beyond, checked on the prefix, before the message is buffered); the
 key is checked on the request headers, so an unauthenticated call buffers nothing. While
-the peer does not read what the connection writes, it reads nothing more. A connection
+the peer does not read what the connection writes, what it sends is held, not parsed
+(1.25 MiB at most, then the connection is closed). A connection
 that sends no request within ``idle_timeout`` (at the start, or between calls) is closed
 with a GOAWAY; a request whose body is not complete ``read_timeout`` seconds after its
 headers is refused. Stopping sends a GOAWAY, lets calls in flight finish for ``grace``
@@ -428,8 +429,8 @@ class GRPCH2Protocol(Protocol):
 
     @property
     def _transport(self) -> Any:
-        # A TCP connection (ITCPTransport) or the TLS protocol over one: both write,
-        # pause/resume reading, loseConnection and abortConnection.
+        # A TCP connection (ITCPTransport) or the TLS protocol over one: both write, take
+        # a producer, loseConnection and abortConnection.
         return self.transport
 
     def connectionMade(self) -> None:
