@@ -1,12 +1,15 @@
-"""What the HTTP/2 layer alone costs per unary GRPC call (the ``h2`` server, in process).
+"""What the HTTP/2 layer alone costs per unary GRPC call (the reactor server, in process).
 
 ::
 
-    python bench/grpc_h2_floor.py [calls]       # default 5000
-    PROFILE=1 python bench/grpc_h2_floor.py     # cProfile of the server side
+    python bench/grpc_h2_floor.py [calls]            # default 5000
+    python bench/grpc_h2_floor.py --deadline [calls] # each call with its grpc-timeout
+    PROFILE=1 python bench/grpc_h2_floor.py          # cProfile of the server side
 
 An ``h2`` client connection prepares ``calls`` unary ``Publish`` requests (HEADERS with
-the metadata a grpcio client sends, one DATA frame); the server protocol
+the metadata a grpcio client sends, one DATA frame); with ``--deadline`` each carries a
+``grpc-timeout`` of its own, as a client that sets deadlines sends it (a literal with
+incremental indexing: every header block changes the HPACK table). The server protocol
 (:class:`rtserver.grpcapi.h2server.GRPCH2Protocol`) over an in-memory transport parses
 each one and answers it (headers, one message, trailers). The dispatch answers at once
 with a constant reply, so the CPU time per call is the gRPC-over-HTTP/2 work alone: the
@@ -58,7 +61,7 @@ def _ended_streams(wire: bytes) -> int:
     return count
 
 
-def main(calls: int) -> None:
+def main(calls: int, deadline: bool = False) -> None:
     factory = GRPCH2Factory(ConstantDispatch(), Clock())  # type: ignore[arg-type]
     server = factory.buildProtocol(None)
     transport = StringTransport()
@@ -78,7 +81,8 @@ def main(calls: int) -> None:
     requests = []
     for _ in range(calls):
         sid = client.get_next_available_stream_id()
-        client.send_headers(sid, headers)
+        timeout = [(b"grpc-timeout", b"%dm" % (10_000 - sid % 1000))] if deadline else []
+        client.send_headers(sid, headers + timeout)
         client.send_data(sid, body, end_stream=True)
         requests.append(client.data_to_send())
         client.streams.pop(sid, None)  # the client never reads: keep its state small
@@ -93,9 +97,11 @@ def main(calls: int) -> None:
             server.dataReceived(chunk)
     spent = time.process_time() - started
     answered = _ended_streams(transport.value())
-    print(f"{calls} calls ({answered} answered): {spent / calls * 1e6:.1f} µs of CPU per "
-          f"unary call in the HTTP/2 layer")
+    shape = "with a grpc-timeout each" if deadline else "without deadline"
+    print(f"{calls} calls {shape} ({answered} answered): {spent / calls * 1e6:.1f} µs of CPU "
+          f"per unary call in the HTTP/2 layer")
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 5000)
+    args = [a for a in sys.argv[1:] if a != "--deadline"]
+    main(int(args[0]) if args else 5000, "--deadline" in sys.argv[1:])

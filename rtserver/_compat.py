@@ -21,11 +21,9 @@ from twisted.internet import tcp
 
 __all__ = [
     "encode_redis_command",
-    "hpack_resize_due",
     "preset_protocol_options",
     "quic_stream_backlog",
     "redis_protocol_base",
-    "replace_h2_hpack",
     "send_now",
     "set_twistd_logger",
     "use_clock",
@@ -221,28 +219,3 @@ def retry_validation_time(now: float, lifetime: float) -> float:
     from aioquic.quic import retry
 
     return now + max(0.0, float(retry.TOKEN_LIFETIME) - lifetime)
-
-
-# --- h2 and hpack: the connection's HPACK encoder and decoder ------------------------------
-#
-# The GRPC API's HTTP/2 server (grpcapi/h2server.py) encodes and decodes header blocks
-# with caching hpack coders: a GRPC client sends the same header block on every call and
-# the server answers with the same headers, and HPACK coding is a third of h2's cost per
-# call. h2 codes every header block with its ``H2Connection.encoder`` / ``.decoder``
-# (attributes, not documented API) and configures them through ``header_table_size``
-# (encoder) and ``max_header_list_size`` / ``max_allowed_table_size`` (decoder). The
-# caching encoder reads ``Encoder.header_table.resized`` (a table size update is due).
-
-
-def replace_h2_hpack(connection: Any, encoder: Any, decoder: Any) -> None:
-    """Make ``connection`` (a fresh H2Connection) code header blocks with these coders."""
-    decoder.max_header_list_size = connection.decoder.max_header_list_size
-    decoder.max_allowed_table_size = connection.decoder.max_allowed_table_size
-    encoder.header_table_size = connection.encoder.header_table_size
-    connection.decoder = decoder
-    connection.encoder = encoder
-
-
-def hpack_resize_due(encoder: Any) -> bool:
-    """Whether ``encoder``'s next block must start with a dynamic table size update."""
-    return bool(encoder.header_table.resized)

@@ -646,8 +646,9 @@ def build_grpc_api(
     """The GRPC server API on ``grpc_api.address``:``grpc_api.port`` (rtserver/grpcapi).
 
     ``reuse_port``: the port is shared with the other workers of ``--workers N``.
-    Served on the reactor (HTTP/2 with ``h2``) unless ``grpc_api.server`` is ``grpcio``
-    or ``grpc_api.reflection`` is on (grpcio's reflection service).
+    Served on the reactor (gRPC over rtserver's own HTTP/2 server) when ``grpc_api.server``
+    is ``h2`` and ``grpc_api.reflection`` is off (grpcio's reflection service); by grpcio
+    otherwise.
     """
     grpc = config.grpc_api
     if grpc.server == "h2" and not grpc.reflection:

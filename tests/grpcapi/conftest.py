@@ -23,11 +23,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.interop)
 
 
-@pytest.fixture(scope="module")
-def grpc_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GRPCServer]:
-    """``twistd -n rtserver`` with ``grpc_api`` on a free loopback port."""
+@pytest.fixture(scope="module", params=["grpcio", "h2"])
+def grpc_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GRPCServer]:
+    """``twistd -n rtserver`` with ``grpc_api`` on a free loopback port.
+
+    Served by each ``grpc_api.server`` in turn: grpcio's, then the HTTP/2 server on the
+    reactor.
+    """
     port, key = free_port(), "grpc-" + uuid.uuid4().hex
-    with run_server(tmp_path_factory.mktemp("grpc"), grpc_overrides(port, key)) as server:
+    overrides = grpc_overrides(port, key, server=request.param)
+    with run_server(tmp_path_factory.mktemp("grpc"), overrides) as server:
         yield GRPCServer(server, f"127.0.0.1:{port}", key)
 
 

@@ -414,28 +414,47 @@ def test_table_neutral_header_blocks() -> None:
     assert not table_neutral(b"\xff\xff\xff\xff\xff\xff")  # an endless integer
 
 
-def test_repeated_calls_reuse_coded_header_blocks() -> None:
-    """The second and later calls of a connection decode and encode from the caches."""
+def test_repeated_calls_reuse_decoded_header_blocks() -> None:
+    """The second and later calls of a connection decode their headers from the cache."""
     peer = Peer()
-    conn = peer.server._conn
+    cache = peer.server._decoder._cache
     for _ in range(3):
         assert peer.unary("Info", pb.InfoRequest()).status == 0
-    assert len(conn.decoder._cache) == 1  # type: ignore[attr-defined]
-    assert len(conn.encoder._cache) == 2  # type: ignore[attr-defined]  # headers, trailers
-    # An error answer's trailers add to the table: the encoder starts over, the client
-    # still decodes every answer right.
+    assert len(cache) == 1
     sid = peer.start("Nope")
     peer.send(sid, _frame(b""))
     assert peer.calls[sid].message == b"unknown method Nope"
-    assert not conn.encoder._cache  # type: ignore[attr-defined]
     assert peer.unary("Info", pb.InfoRequest()).status == 0
-    # A table size change from the client is announced before any cached block.
-    peer.client.update_settings({SettingCodes.HEADER_TABLE_SIZE: 0})
-    peer.pump()
-    assert peer.unary("Info", pb.InfoRequest()).status == 0
-    assert peer.unary("Info", pb.InfoRequest()).status == 0
-    # New request headers (incremental indexing) empty the decoder's cache.
+    # New request headers (incremental indexing) empty the cache.
     sid = peer.start("Info", extra=[(b"x-new", b"1")])
     peer.send(sid, _frame(b""))
     assert peer.calls[sid].status == 0
-    assert len(conn.decoder._cache) == 0  # type: ignore[attr-defined]
+    assert len(cache) == 0
+    assert peer.unary("Info", pb.InfoRequest()).status == 0
+
+
+def test_answers_use_no_hpack_table_and_follow_a_table_size_change() -> None:
+    """Answers use static indices and literals without indexing, no table.
+
+    After the client's SETTINGS_HEADER_TABLE_SIZE the next block starts with a table size
+    update (to 0).
+    """
+    peer = Peer()
+    sid = peer.start("Info")
+    peer.client.send_data(sid, _frame(b""), end_stream=True)
+    peer.server.dataReceived(peer.client.data_to_send())
+    wire = peer.transport.value()
+    assert b"\x88\x0f\x10\x10application/grpc" in wire
+    assert b"\x00\x0bgrpc-status\x010" in wire
+    peer.pump()
+    assert peer.calls[sid].status == 0
+    peer.client.update_settings({SettingCodes.HEADER_TABLE_SIZE: 0})
+    peer.pump()
+    sid = peer.start("Info")
+    peer.client.send_data(sid, _frame(b""), end_stream=True)
+    peer.server.dataReceived(peer.client.data_to_send())
+    wire = peer.transport.value()
+    assert b"\x20\x88\x0f\x10" in wire  # size update 0, then the same block
+    peer.pump()
+    assert peer.calls[sid].status == 0
+    assert peer.unary("Info", pb.InfoRequest()).status == 0
