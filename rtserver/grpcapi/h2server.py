@@ -24,6 +24,13 @@ headers, one prefixed message, trailers with ``grpc-status`` (and ``grpc-message
 written at once when the flow-control windows allow. A failure before any message is a
 trailers-only answer.
 
+Compressed requests (gRPC's compression.md): a message whose compressed flag is set is
+inflated as its ``grpc-encoding`` says, ``gzip`` or ``deflate`` (``identity`` or none:
+the flag must be clear), to at most ``max_receive_message_size`` bytes
+(RESOURCE_EXHAUSTED beyond, before more is allocated). Another encoding is refused with
+UNIMPLEMENTED and ``grpc-accept-encoding``, on the request headers. Answers are not
+compressed.
+
 Connection errors (a frame or a state the RFC forbids, a header block HPACK cannot
 decode, a window overflow) answer a GOAWAY with the RFC's error code, then the connection
 closes; malformed requests and stream-level violations reset their stream.
@@ -32,10 +39,11 @@ Bounds: an incomplete frame is buffered up to the maximum frame size (16 KiB) pl
 9-byte header; a header block (HEADERS and CONTINUATION) up to ``max_header_list_size``
 bytes, decoded to at most that size; ``max_concurrent_streams`` streams per connection
 (REFUSED_STREAM beyond), each buffering at most ``max_receive_message_size`` bytes
-(RESOURCE_EXHAUSTED beyond, checked on the prefix, before the message is buffered); the
-key is checked on the request headers, so an unauthenticated call buffers nothing. While
-the peer does not read what the connection writes, what it sends is held, not parsed
-(1.25 MiB at most, then the connection is closed). A connection
+(RESOURCE_EXHAUSTED beyond, checked on the prefix, before the message is buffered, and
+once more after decompression); the key is checked on the request headers, so an
+unauthenticated call buffers nothing. While the peer does not read what the connection
+writes, what it sends is held, not parsed (1.25 MiB at most, then the connection is
+closed). A connection
 that sends no request within ``idle_timeout`` (at the start, or between calls) is closed
 with a GOAWAY; a request whose body is not complete ``read_timeout`` seconds after its
 headers is refused. Stopping sends a GOAWAY, lets calls in flight finish for ``grace``
@@ -47,6 +55,7 @@ from __future__ import annotations
 import re
 import socket
 import struct
+import zlib
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 from urllib.parse import quote
@@ -81,7 +90,15 @@ from rtserver.grpcapi.api import (
 from rtserver.grpcapi.server import bind_address
 from rtserver.logs import Logger
 
-__all__ = ["GRPCH2Factory", "GRPCH2Protocol", "H2GRPCService", "grpc_message", "table_neutral"]
+__all__ = [
+    "GRPCH2Factory",
+    "GRPCH2Protocol",
+    "H2GRPCService",
+    "MessageError",
+    "decompress",
+    "grpc_message",
+    "table_neutral",
+]
 
 _log = Logger()
 
@@ -166,13 +183,64 @@ def grpc_message(message: str) -> bytes:
     return quote(message, safe=_MESSAGE_SAFE).encode("ascii")
 
 
-def _status_block(status: int, message: str) -> bytes:
-    """A trailers-only answer's header block: status 200, content-type, grpc-status."""
+def _status_block(status: int, message: str, extra: bytes = b"") -> bytes:
+    """A trailers-only answer's header block: status 200, content-type, grpc-status.
+
+    ``extra``: further encoded fields.
+    """
     return (
         _RESPONSE_BLOCK
         + _literal(b"grpc-status", str(status).encode())
         + _literal(b"grpc-message", grpc_message(message[:_MAX_MESSAGE]))
+        + extra
     )
+
+
+# --- compressed requests (gRPC compression.md) -----------------------------------------------
+
+#: zlib's ``wbits`` per ``grpc-encoding`` accepted: gzip (RFC 1952) and deflate, which
+#: gRPC writes in the zlib format (RFC 1950), as its C core does.
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+#: Sent with the refusal of a request in an encoding not accepted (answers are never
+#: compressed, which the spec allows).
+_ACCEPT_ENCODING = _literal(b"grpc-accept-encoding", b"identity,deflate,gzip")
+
+
+class MessageError(Exception):
+    """A request message that cannot be served: the call fails with ``status``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(status, message)
+        self.status = status
+        self.message = message
+
+
+def decompress(encoding: str, data: bytes, limit: int) -> bytes:
+    """A compressed request message, inflated to at most ``limit`` bytes.
+
+    Inflation stops one byte past the limit, so a small message that inflates to much
+    more (a zip bomb) costs ``limit`` bytes at most. Raises :class:`MessageError`:
+    RESOURCE_EXHAUSTED beyond the limit, INTERNAL when ``data`` is not one complete
+    stream in ``encoding``.
+    """
+    inflater = zlib.decompressobj(_WBITS[encoding])
+    try:
+        out = inflater.decompress(data, limit + 1)
+    except zlib.error as e:
+        raise MessageError(
+            INTERNAL, f"cannot decompress the request message ({encoding}): {e}"
+        ) from None
+    if len(out) > limit:
+        raise MessageError(
+            RESOURCE_EXHAUSTED, f"request message larger than max after decompression (> {limit})"
+        )
+    if not inflater.eof or inflater.unused_data:
+        raise MessageError(
+            INTERNAL,
+            f"cannot decompress the request message ({encoding}): "
+            + ("truncated" if not inflater.eof else "data after its end"),
+        )
+    return out
 
 
 # --- request header blocks ------------------------------------------------------------------
@@ -239,9 +307,10 @@ class _Request(NamedTuple):
     failure: tuple[int, str] | None  # a valid HTTP/2 request, not a call to serve
     metadata: dict[str, str]
     content_length: int  # -1: absent
+    encoding: str  # grpc-encoding: "" (identity), "gzip", "deflate", or one not accepted
 
 
-_MALFORMED = _Request(True, True, "", None, {}, -1)
+_MALFORMED = _Request(True, True, "", None, {}, -1, "")
 
 
 def _parse_request(headers: Iterable[Any], methods: frozenset[str]) -> _Request:
@@ -274,7 +343,7 @@ def _parse_request(headers: Iterable[Any], methods: frozenset[str]) -> _Request:
         if key not in metadata:
             metadata[key] = value.decode("latin-1")
     if not pseudo:
-        return _Request(False, False, "", None, metadata, content_length)
+        return _Request(False, False, "", None, metadata, content_length, "")
     method, path = pseudo.get(b":method"), pseudo.get(b":path")
     if not method or not path or not pseudo.get(b":scheme"):
         return _MALFORMED
@@ -288,7 +357,10 @@ def _parse_request(headers: Iterable[Any], methods: frozenset[str]) -> _Request:
         call = path[len(_PATH_PREFIX) :].decode("latin-1")
         if call not in methods:
             failure = (UNIMPLEMENTED, f"unknown method {call}")
-    return _Request(False, True, call, failure, metadata, content_length)
+    encoding = metadata.get("grpc-encoding", "")
+    if encoding == "identity":
+        encoding = ""
+    return _Request(False, True, call, failure, metadata, content_length, encoding)
 
 
 class _CachingDecoder:
@@ -363,8 +435,10 @@ class _Stream:
 
     __slots__ = (
         "body",
+        "compressed",
         "content_length",
         "deadline",
+        "encoding",
         "ended",
         "expected",
         "in_window",
@@ -376,13 +450,20 @@ class _Stream:
     )
 
     def __init__(
-        self, method: str, metadata: dict[str, str], out_window: int, content_length: int
+        self,
+        method: str,
+        metadata: dict[str, str],
+        out_window: int,
+        content_length: int,
+        encoding: str,
     ) -> None:
         self.method = method
         self.metadata = metadata
         self.content_length = content_length
+        self.encoding = encoding  # grpc-encoding: "" (identity), "gzip" or "deflate"
         self.body = bytearray()
         self.expected = -1  # the message's length once the prefix is in
+        self.compressed = False  # the prefix's compressed flag
         self.replying = False  # dispatched: the body is complete
         self.ended = False  # the client ended its side (END_STREAM)
         self.out = b""  # answer bytes waiting for flow-control window
@@ -731,7 +812,11 @@ class GRPCH2Protocol(Protocol):
             self._rst(sid, PROTOCOL_ERROR)
             return
         stream = _Stream(
-            request.method, request.metadata, self._peer_window, request.content_length
+            request.method,
+            request.metadata,
+            self._peer_window,
+            request.content_length,
+            request.encoding,
         )
         stream.ended = bool(flags & END_STREAM)
         self._streams[sid] = stream
@@ -739,6 +824,13 @@ class GRPCH2Protocol(Protocol):
             self._fail(sid, *request.failure)
         elif not f.dispatch.authorized(request.metadata):
             self._fail(sid, UNAUTHENTICATED, "unauthenticated")
+        elif request.encoding and request.encoding not in _WBITS:
+            self._fail(
+                sid,
+                UNIMPLEMENTED,
+                f"grpc-encoding {request.encoding!r} is not supported",
+                _ACCEPT_ENCODING,
+            )
         elif stream.ended:
             self._end(sid, stream)
         else:
@@ -778,8 +870,11 @@ class GRPCH2Protocol(Protocol):
             body += payload
             if stream.expected < 0 and len(body) >= _PREFIX.size:
                 compressed, size = _PREFIX.unpack_from(body)
-                if compressed:
-                    self._fail(sid, UNIMPLEMENTED, "compressed requests are not supported")
+                if compressed > 1:
+                    self._fail(sid, INTERNAL, f"unexpected message flags {compressed}")
+                    return
+                if compressed and not stream.encoding:
+                    self._fail(sid, INTERNAL, "compressed message without a grpc-encoding")
                     return
                 limit = self._factory.max_receive
                 if size > limit:
@@ -790,6 +885,7 @@ class GRPCH2Protocol(Protocol):
                     )
                     return
                 stream.expected = size
+                stream.compressed = bool(compressed)
             if stream.expected >= 0 and len(body) > _PREFIX.size + stream.expected:
                 self._fail(sid, UNIMPLEMENTED, "more than one request message in a unary call")
                 return
@@ -929,6 +1025,12 @@ class GRPCH2Protocol(Protocol):
             stream.deadline = None
         request = bytes(memoryview(body)[_PREFIX.size :])
         stream.body = bytearray()
+        if stream.compressed:
+            try:
+                request = decompress(stream.encoding, request, self._factory.max_receive)
+            except MessageError as e:
+                self._fail(sid, e.status, e.message)
+                return
         d = self._factory.dispatch.call(stream.method, request, stream.metadata)
         d.addCallback(self._reply, sid, stream)
         d.addErrback(self._failed, sid, stream)
@@ -976,9 +1078,9 @@ class GRPCH2Protocol(Protocol):
 
     # --- answers -------------------------------------------------------------------------
 
-    def _fail(self, sid: int, status: int, message: str) -> None:
+    def _fail(self, sid: int, status: int, message: str, extra: bytes = b"") -> None:
         """A trailers-only answer; the rest of the request is dropped."""
-        self._header_frame(sid, END_STREAM, _status_block(status, message))
+        self._header_frame(sid, END_STREAM, _status_block(status, message, extra))
         stream = self._streams.get(sid)
         if stream is not None:
             stream.replying = True

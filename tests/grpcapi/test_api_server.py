@@ -269,6 +269,25 @@ def test_invalid_requests_return_an_error_object(grpc_server: GRPCServer, stub: 
     assert bad_code.error.code == 107
 
 
+@pytest.mark.parametrize("compression", [grpc.Compression.Gzip, grpc.Compression.Deflate])
+def test_compressed_requests_are_served(grpc_server: GRPCServer, stub: Stub,
+                                        compression: grpc.Compression) -> None:
+    """Requests grpcio's client compresses (gzip, deflate) are inflated and served."""
+    channel = name("grpc-zip-")
+    data = json.dumps({"text": "compressible " * 20_000}).encode()  # 260 KB, ~1 KB compressed
+    reply = call(grpc_server, stub, "Publish", pb.PublishRequest(channel=channel, data=data),
+                 compression=compression)
+    assert not reply.HasField("error") and reply.result.offset == 1
+    batch = call(grpc_server, stub, "Batch", pb.BatchRequest(commands=[
+        pb.Command(publish=pb.PublishRequest(channel=channel, data=b'{"n":2}'))]),
+        compression=compression)
+    assert batch.replies[0].publish.offset == 2
+    history = call(grpc_server, stub, "History", pb.HistoryRequest(channel=channel, limit=-1),
+                   compression=compression)
+    assert [json.loads(p.data) for p in history.result.publications] == [
+        json.loads(data), {"n": 2}]
+
+
 def test_transport_error_mode_from_metadata(grpc_server: GRPCServer, stub: Stub) -> None:
     """``x-centrifugo-error-mode: transport`` turns API errors into GRPC statuses."""
     metadata = [*grpc_server.metadata(), ("x-centrifugo-error-mode", "transport")]

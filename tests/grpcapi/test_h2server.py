@@ -7,7 +7,10 @@ real dispatch over a memory-engine node.
 
 from __future__ import annotations
 
+import gzip
 import struct
+import tracemalloc
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -32,7 +35,7 @@ from rtserver.api.executor import APIExecutor
 from rtserver.config import GRPCAPIConfig
 from rtserver.grpcapi import convert
 from rtserver.grpcapi.api import SERVICE_NAME, APIDispatch, Reply
-from rtserver.grpcapi.h2server import GRPCH2Factory, GRPCH2Protocol
+from rtserver.grpcapi.h2server import GRPCH2Factory, GRPCH2Protocol, MessageError, decompress
 from rtserver.grpcapi.proto import api_pb2 as pb
 from rtserver.testing import make_node
 
@@ -202,7 +205,8 @@ def test_oversized_messages_are_refused_on_their_prefix() -> None:
 
 
 @pytest.mark.parametrize(("body", "status", "message"), [
-    (_frame(b"\x0a\x01a", compressed=1), 12, b"compressed requests are not supported"),
+    (_frame(b"\x0a\x01a", compressed=1), 13, b"compressed message without a grpc-encoding"),
+    (_frame(b"\x0a\x01a", compressed=2), 13, b"unexpected message flags 2"),
     (_frame(b"") + _frame(b""), 12, b"more than one request message in a unary call"),
     (b"\x00\x00", 13, b"incomplete request message"),
     (_frame(b"\xff\xff"), 13, b"Exception deserializing request!"),
@@ -212,6 +216,98 @@ def test_malformed_bodies(body: bytes, status: int, message: bytes) -> None:
     sid = peer.start("Publish")
     peer.send(sid, body)
     assert (peer.calls[sid].status, peer.calls[sid].message) == (status, message)
+
+
+def _bomb(size: int, wbits: int = 31) -> bytes:
+    """``size`` zero bytes compressed (~1000:1), made without holding them."""
+    deflater = zlib.compressobj(9, zlib.DEFLATED, wbits)
+    chunk = bytes(1 << 20)
+    parts = [deflater.compress(chunk) for _ in range(size >> 20)]
+    return b"".join(parts) + deflater.flush()
+
+
+@pytest.mark.parametrize(("encoding", "compress"), [
+    (b"gzip", gzip.compress), (b"deflate", zlib.compress)])
+def test_compressed_requests_are_inflated(encoding: bytes, compress: Callable[[bytes], bytes]
+                                          ) -> None:
+    peer = Peer()
+    request = pb.PublishRequest(channel="hist:z", data=b'"' + b"z" * 5000 + b'"')
+    sid = peer.start("Publish", extra=[(b"grpc-encoding", encoding)])
+    peer.send(sid, _frame(compress(request.SerializeToString()), compressed=1))
+    call = peer.calls[sid]
+    assert call.status == 0
+    assert pb.PublishResponse.FromString(call.body()).result.offset == 1
+    history = peer.unary("History", pb.HistoryRequest(channel="hist:z", limit=1))
+    assert pb.HistoryResponse.FromString(history.body()).result.publications[0].data == \
+        request.data
+
+
+@pytest.mark.parametrize("encoding", [b"gzip", b"identity"])
+def test_an_uncompressed_message_needs_no_decompression(encoding: bytes) -> None:
+    """The compressed flag is per message: a clear flag is read as is in any encoding."""
+    peer = Peer()
+    sid = peer.start("Info", extra=[(b"grpc-encoding", encoding)])
+    peer.send(sid, _frame(b""))
+    assert peer.calls[sid].status == 0
+
+
+def test_an_unknown_encoding_is_unimplemented_with_the_accepted_ones() -> None:
+    """Refused on the headers (nothing of the body is kept), naming what is accepted."""
+    peer = Peer()
+    sid = peer.start("Publish", extra=[(b"grpc-encoding", b"br")])
+    peer.pump()
+    call = peer.calls[sid]
+    assert (call.status, call.message) == (12, b"grpc-encoding 'br' is not supported")
+    assert call.headers[b"grpc-accept-encoding"] == b"identity,deflate,gzip"
+    assert call.ended and not peer.server._streams
+
+
+def test_a_zip_bomb_is_resource_exhausted() -> None:
+    """64 KiB may arrive; 48 KiB of gzip inflating to 48 MiB stops at the limit."""
+    peer = Peer(max_receive=64 * 1024)
+    bomb = _bomb(48 << 20)
+    assert len(bomb) < 64 * 1024
+    sid = peer.start("Publish", extra=[(b"grpc-encoding", b"gzip")])
+    peer.send(sid, _frame(bomb, compressed=1))
+    call = peer.calls[sid]
+    assert call.status == 8
+    assert call.message == b"request message larger than max after decompression (> 65536)"
+    assert not peer.server._streams
+    assert peer.unary("Info", pb.InfoRequest()).status == 0  # the connection goes on
+
+
+def test_decompression_allocates_no_more_than_the_limit() -> None:
+    bomb = _bomb(64 << 20)
+    tracemalloc.start()
+    try:
+        with pytest.raises(MessageError) as raised:
+            decompress("gzip", bomb, 256 * 1024)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert raised.value.status == 8
+    assert peak < 1024 * 1024  # 64 MiB inflated stops after the 256 KiB limit
+
+
+@pytest.mark.parametrize(("encoding", "data", "message"), [
+    ("gzip", b"not gzip at all", "cannot decompress the request message (gzip): "
+                                 "Error -3 while decompressing data: incorrect header check"),
+    ("gzip", gzip.compress(b"x" * 100)[:-4], "cannot decompress the request message (gzip): "
+                                             "truncated"),
+    ("gzip", gzip.compress(b"x") * 2, "cannot decompress the request message (gzip): "
+                                      "data after its end"),
+    ("deflate", gzip.compress(b"x"), "cannot decompress the request message (deflate): "
+                                     "Error -3 while decompressing data: incorrect header check"),
+])
+def test_messages_that_do_not_decompress_are_internal(encoding: str, data: bytes,
+                                                      message: str) -> None:
+    with pytest.raises(MessageError) as raised:
+        decompress(encoding, data, 1024)
+    assert (raised.value.status, raised.value.message) == (13, message)
+    peer = Peer()
+    sid = peer.start("Publish", extra=[(b"grpc-encoding", encoding.encode())])
+    peer.send(sid, _frame(data, compressed=1))
+    assert (peer.calls[sid].status, peer.calls[sid].message.decode()) == (13, message)
 
 
 def test_a_call_without_a_body_is_incomplete() -> None:
