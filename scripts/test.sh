@@ -2,7 +2,7 @@
 # Install everything the test suite needs, then run all of it under coverage.
 #   Python packages (pip), the official JS client for interop tests (npm),
 #   and, when missing and we may install system packages, redis-server, nats-server,
-#   chromium and node/npm (apt-get).
+#   chromium, node/npm and Go with grpc-go (apt-get).
 # Coverage includes the twistd servers the tests start (COVERAGE_PROCESS_START, see
 # tests/subprocess_hook/sitecustomize.py); the combined report is printed at the end and
 # fails the run below setup.cfg's fail_under when the whole suite ran.
@@ -16,6 +16,10 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 { command -v nats-server || test -x /usr/sbin/nats-server; } >/dev/null 2>&1 || need+=(nats-server)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
+# grpc-go for tests/interop/test_go_grpc.py (built in GOPATH mode from Debian's sources)
+command -v go >/dev/null 2>&1 || need+=(golang-go)
+test -d /usr/share/gocode/src/google.golang.org/grpc/encoding/gzip ||
+    need+=(golang-google-grpc-dev golang-google-protobuf-dev)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "installing system packages: ${need[*]}"
