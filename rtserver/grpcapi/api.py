@@ -44,6 +44,7 @@ SERVICE_NAME = "centrifugal.centrifugo.api.CentrifugoApi"
 
 #: GRPC status codes (the numbers of the GRPC wire protocol).
 OK = 0
+DEADLINE_EXCEEDED = 4
 RESOURCE_EXHAUSTED = 8
 UNIMPLEMENTED = 12
 INTERNAL = 13
@@ -102,7 +103,8 @@ class APIDispatch:
         self._key = ("apikey " + config.key).encode("utf-8") if config.key else b""
         self._transport_mode = config.error_mode == "transport"
         self._methods: dict[str, Callable[[bytes, Metadata], Deferred[Reply]]] = {
-            m.rpc: self._generic(m) for m in convert.METHODS.values()}
+            m.rpc: self._generic(m) for m in convert.METHODS.values()
+        }
         self._methods["Publish"] = self._publish
         self._methods["Batch"] = self._batch
 
@@ -151,8 +153,9 @@ class APIDispatch:
             d = fail()
         return d.addErrback(failed)
 
-    def _run_publishes(self, commands: list[PublishCommand], parallel: bool,
-                       method: str) -> Deferred[list[dict[str, Any] | Error]]:
+    def _run_publishes(
+        self, commands: list[PublishCommand], parallel: bool, method: str
+    ) -> Deferred[list[dict[str, Any] | Error]]:
         """Typed publishes; an unexpected failure is logged and answers 100 for each."""
 
         def failed(failure: Failure) -> list[dict[str, Any] | Error]:
@@ -161,7 +164,8 @@ class APIDispatch:
 
         try:
             d = Deferred.fromCoroutine(
-                self._executor.publish_commands(commands, parallel=parallel, method=method))
+                self._executor.publish_commands(commands, parallel=parallel, method=method)
+            )
         except Exception:
             d = fail()
         return d.addErrback(failed)
@@ -179,12 +183,12 @@ class APIDispatch:
             except Error as e:
                 return succeed(self._respond(method, {"error": e.to_wire()}, metadata))
             return self._execute(method.name, params).addCallback(
-                lambda body: self._respond(method, body, metadata))
+                lambda body: self._respond(method, body, metadata)
+            )
 
         return run
 
-    def _respond(self, method: convert.Method, body: dict[str, Any],
-                 metadata: Metadata) -> Reply:
+    def _respond(self, method: convert.Method, body: dict[str, Any], metadata: Metadata) -> Reply:
         error = body.get("error")
         if error is not None:
             failed = self._error_reply(Error(error["code"], error["message"]), metadata)
@@ -211,7 +215,8 @@ class APIDispatch:
         except Error as e:
             return succeed(respond(e))
         return self._run_publishes([command], False, "publish").addCallback(
-            lambda outcomes: respond(outcomes[0]))
+            lambda outcomes: respond(outcomes[0])
+        )
 
     def _batch(self, raw: bytes, metadata: Metadata) -> Deferred[Reply]:
         try:
@@ -224,28 +229,37 @@ class APIDispatch:
             typed, failed_typed = publishes
 
             def encode(outcomes: list[dict[str, Any] | Error]) -> Reply:
-                return Reply(OK, "", convert.encode_batch_publish_response(
-                    outcomes, failed_typed, total))
+                return Reply(
+                    OK, "", convert.encode_batch_publish_response(outcomes, failed_typed, total)
+                )
 
             if not typed:
                 return succeed(encode([]))
             return self._run_publishes(typed, request.parallel, "batch").addCallback(encode)
         commands, failed = convert.batch_commands(request)
         if not commands:
-            return succeed(Reply(OK, "", convert.batch_response(
-                [], failed, total).SerializeToString()))
+            return succeed(
+                Reply(OK, "", convert.batch_response([], failed, total).SerializeToString())
+            )
 
         def replies(body: dict[str, Any]) -> Reply:
             if "error" in body:
                 # The whole batch failed (not one command): every reply carries it.
                 error = Error(body["error"]["code"], body["error"]["message"])
-                return Reply(OK, "", convert.batch_response(
-                    [], {i: error for i in range(total)}, total).SerializeToString())
-            return Reply(OK, "", convert.batch_response(
-                body["replies"], failed, total).SerializeToString())
+                return Reply(
+                    OK,
+                    "",
+                    convert.batch_response(
+                        [], {i: error for i in range(total)}, total
+                    ).SerializeToString(),
+                )
+            return Reply(
+                OK, "", convert.batch_response(body["replies"], failed, total).SerializeToString()
+            )
 
-        return self._execute("batch", {"commands": commands,
-                                       "parallel": request.parallel}).addCallback(replies)
+        return self._execute(
+            "batch", {"commands": commands, "parallel": request.parallel}
+        ).addCallback(replies)
 
 
 def _bad_request() -> Reply:
@@ -266,8 +280,7 @@ class APIServicer:
         config: the ``grpc_api`` section (key, error_mode).
     """
 
-    def __init__(self, executor: APIExecutor, bridge: ReactorBridge,
-                 config: GRPCAPIConfig) -> None:
+    def __init__(self, executor: APIExecutor, bridge: ReactorBridge, config: GRPCAPIConfig) -> None:
         self._dispatch = APIDispatch(executor, config)
         self._bridge = bridge
 
@@ -275,8 +288,8 @@ class APIServicer:
         """The generic handler registering every method of the service."""
         handlers = {
             name: grpc.unary_unary_rpc_method_handler(
-                self._behaviour(name), request_deserializer=_identity,
-                response_serializer=_identity)
+                self._behaviour(name), request_deserializer=_identity, response_serializer=_identity
+            )
             for name in self._dispatch.methods
         }
         return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
@@ -294,8 +307,7 @@ class APIServicer:
             except BridgeClosed:
                 context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
             if reply.status != OK:
-                context.abort(_BY_NUMBER.get(reply.status, grpc.StatusCode.INTERNAL),
-                              reply.message)
+                context.abort(_BY_NUMBER.get(reply.status, grpc.StatusCode.INTERNAL), reply.message)
             return reply.body
 
         return behaviour

@@ -31,6 +31,12 @@ the flag must be clear), to at most ``max_receive_message_size`` bytes
 UNIMPLEMENTED and ``grpc-accept-encoding``, on the request headers. Answers are not
 compressed.
 
+Deadlines: a call's ``grpc-timeout`` sets its deadline on the injected clock. A call
+whose deadline has passed once its request is complete is not made (grpc-go sends such
+a call, as ``0n``, and leaves it to the server), and one whose answer comes after it
+fails DEADLINE_EXCEEDED instead, as on grpcio's server: the client has failed it by
+then. No timer is armed for it: a client stops waiting by itself.
+
 Connection errors (a frame or a state the RFC forbids, a header block HPACK cannot
 decode, a window overflow) answer a GOAWAY with the RFC's error code, then the connection
 closes; malformed requests and stream-level violations reset their stream.
@@ -77,6 +83,7 @@ from zope.interface import implementer
 from rtserver.config import ConfigError, TLSConfig, server_tls_pem
 from rtserver.connections import OpenConnections
 from rtserver.grpcapi.api import (
+    DEADLINE_EXCEEDED,
     INTERNAL,
     OK,
     RESOURCE_EXHAUSTED,
@@ -363,6 +370,19 @@ def _parse_request(headers: Iterable[Any], methods: frozenset[str]) -> _Request:
     return _Request(False, True, call, failure, metadata, content_length, encoding)
 
 
+#: A ``grpc-timeout`` value: at most 8 digits and a unit (gRPC's PROTOCOL-HTTP2.md).
+_TIMEOUT = re.compile(rb"([0-9]{1,8})([HMSmun])")
+_TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
+
+
+def grpc_timeout(value: bytes) -> float:
+    """The seconds a ``grpc-timeout`` value says; -1.0 when it is malformed."""
+    match = _TIMEOUT.fullmatch(value)
+    if match is None:
+        return -1.0
+    return int(match[1]) * _TIMEOUT_UNITS[match[2]]
+
+
 class _CachingDecoder:
     """An HPACK decoder that remembers header blocks which leave its table as it is.
 
@@ -376,35 +396,42 @@ class _CachingDecoder:
     A client that sets deadlines sends ``grpc-timeout`` with a new value on every call,
     as a literal with incremental indexing: its blocks change the table and are decoded
     every time. The checked request is then remembered by the decoded headers but
-    ``grpc-timeout`` (which is not metadata: the call's deadline, unused here).
+    ``grpc-timeout`` (which is not metadata: the call's deadline, returned next to it).
     """
 
     def __init__(self, methods: frozenset[str], max_header_list_size: int) -> None:
         self._decoder = Decoder(max_header_list_size=max_header_list_size)
         self._methods = methods
-        self._cache: dict[bytes, _Request] = {}
+        self._cache: dict[bytes, tuple[_Request, float | None]] = {}
         self._checked: dict[tuple[Any, ...], _Request] = {}
 
-    def decode(self, block: bytes) -> _Request:
-        """The request the block says. Raises HPACKError when it cannot be decoded."""
+    def decode(self, block: bytes) -> tuple[_Request, float | None]:
+        """The request the block says and its ``grpc-timeout`` in seconds.
+
+        The timeout is None without one, negative when malformed. Raises HPACKError when
+        the block cannot be decoded.
+        """
         known = self._cache.get(block)
         if known is not None:
             return known
-        request = self._check(self._decoder.decode(block, raw=True))
+        decoded = self._check(self._decoder.decode(block, raw=True))
         if len(block) <= _CACHED_BLOCK_SIZE and table_neutral(block):
             if len(self._cache) >= _CACHED_BLOCKS:
                 self._cache.clear()
-            self._cache[block] = request
+            self._cache[block] = decoded
         else:
             self._cache.clear()  # the table may have changed: known blocks may mean otherwise
-        return request
+        return decoded
 
-    def _check(self, headers: Iterable[Any]) -> _Request:
+    def _check(self, headers: Iterable[Any]) -> tuple[_Request, float | None]:
         kept, size = [], 0
+        timeout: float | None = None
         for header in headers:
             if header[0] == b"grpc-timeout":
                 if not _VALUE.fullmatch(header[1]):
-                    return _MALFORMED
+                    return _MALFORMED, None
+                if timeout is None:
+                    timeout = grpc_timeout(header[1])
                 continue
             kept.append(header)
             size += len(header[0]) + len(header[1])
@@ -416,7 +443,7 @@ class _CachingDecoder:
                 if len(self._checked) >= _CACHED_BLOCKS:
                     self._checked.clear()
                 self._checked[key] = request
-        return request
+        return request, timeout
 
 
 # --- connections ----------------------------------------------------------------------------
@@ -441,6 +468,7 @@ class _Stream:
         "encoding",
         "ended",
         "expected",
+        "expires",
         "in_window",
         "metadata",
         "method",
@@ -464,6 +492,7 @@ class _Stream:
         self.body = bytearray()
         self.expected = -1  # the message's length once the prefix is in
         self.compressed = False  # the prefix's compressed flag
+        self.expires: float | None = None  # the call's deadline (grpc-timeout), clock time
         self.replying = False  # dispatched: the body is complete
         self.ended = False  # the client ended its side (END_STREAM)
         self.out = b""  # answer bytes waiting for flow-control window
@@ -783,7 +812,7 @@ class GRPCH2Protocol(Protocol):
 
     def _header_block(self, sid: int, flags: int, block: bytes) -> None:
         try:
-            request = self._decoder.decode(block)
+            request, timeout = self._decoder.decode(block)
         except OversizedHeaderListError:
             raise _ConnectionError(ENHANCE_YOUR_CALM) from None
         except HPACKError:
@@ -819,6 +848,8 @@ class GRPCH2Protocol(Protocol):
             request.encoding,
         )
         stream.ended = bool(flags & END_STREAM)
+        if timeout is not None:
+            stream.expires = f.clock.seconds() + timeout
         self._streams[sid] = stream
         if request.failure is not None:
             self._fail(sid, *request.failure)
@@ -831,6 +862,8 @@ class GRPCH2Protocol(Protocol):
                 f"grpc-encoding {request.encoding!r} is not supported",
                 _ACCEPT_ENCODING,
             )
+        elif timeout is not None and timeout < 0:
+            self._fail(sid, INTERNAL, "malformed grpc-timeout")
         elif stream.ended:
             self._end(sid, stream)
         else:
@@ -1025,6 +1058,8 @@ class GRPCH2Protocol(Protocol):
             stream.deadline = None
         request = bytes(memoryview(body)[_PREFIX.size :])
         stream.body = bytearray()
+        if self._expired(sid, stream):
+            return  # the client has given up: the call is not made
         if stream.compressed:
             try:
                 request = decompress(stream.encoding, request, self._factory.max_receive)
@@ -1089,10 +1124,19 @@ class GRPCH2Protocol(Protocol):
                 self._rst(sid, NO_ERROR)
         self._forget(sid)
 
+    def _expired(self, sid: int, stream: _Stream) -> bool:
+        """Whether the call's deadline has passed; if so, it fails DEADLINE_EXCEEDED."""
+        if stream.expires is None or self._factory.clock.seconds() < stream.expires:
+            return False
+        self._fail(sid, DEADLINE_EXCEEDED, "Deadline Exceeded")
+        return True
+
     def _reply(self, reply: Reply, sid: int, stream: _Stream) -> None:
         if self._closed or self._streams.get(sid) is not stream:
             return  # reset by the client, or the connection is gone
-        if reply.status != OK:
+        if self._expired(sid, stream):
+            pass  # made, but too late: the client has failed the call by now
+        elif reply.status != OK:
             self._fail(sid, reply.status, reply.message)
         else:
             body = reply.body

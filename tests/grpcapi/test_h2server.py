@@ -35,7 +35,13 @@ from rtserver.api.executor import APIExecutor
 from rtserver.config import GRPCAPIConfig
 from rtserver.grpcapi import convert
 from rtserver.grpcapi.api import SERVICE_NAME, APIDispatch, Reply
-from rtserver.grpcapi.h2server import GRPCH2Factory, GRPCH2Protocol, MessageError, decompress
+from rtserver.grpcapi.h2server import (
+    GRPCH2Factory,
+    GRPCH2Protocol,
+    MessageError,
+    decompress,
+    grpc_timeout,
+)
 from rtserver.grpcapi.proto import api_pb2 as pb
 from rtserver.testing import make_node
 
@@ -438,6 +444,68 @@ def test_drain_finishes_calls_in_flight_and_refuses_new_ones() -> None:
     peer.pump()
     assert peer.calls[first].status == 0 and peer.calls[first].body() == b"\x0a\x00"
     assert peer.transport.disconnecting
+
+
+@pytest.mark.parametrize(("value", "seconds"), [
+    (b"0n", 0.0), (b"5S", 5.0), (b"250m", 0.25), (b"2M", 120.0), (b"1H", 3600.0),
+    (b"99999999u", 99.999999), (b"123456789n", -1.0), (b"5", -1.0), (b"5s", -1.0),
+    (b"-1S", -1.0), (b" 5S", -1.0),
+])
+def test_grpc_timeout_values(value: bytes, seconds: float) -> None:
+    assert grpc_timeout(value) == pytest.approx(seconds)
+
+
+def _history_of(peer: Peer, channel: str) -> list[bytes]:
+    call = peer.unary("History", pb.HistoryRequest(channel=channel, limit=-1))
+    return [p.data for p in pb.HistoryResponse.FromString(call.body()).result.publications]
+
+
+def test_a_call_past_its_deadline_is_not_made() -> None:
+    """grpc-go sends a call whose deadline has passed as ``grpc-timeout: 0n``."""
+    peer = Peer()
+    sid = peer.start("Publish", extra=[(b"grpc-timeout", b"0n")])
+    peer.send(sid, _frame(pb.PublishRequest(channel="hist:d", data=b"1").SerializeToString()))
+    assert (peer.calls[sid].status, peer.calls[sid].message) == (4, b"Deadline Exceeded")
+    assert _history_of(peer, "hist:d") == []
+
+
+def test_a_body_that_arrives_after_the_deadline_is_not_made() -> None:
+    peer = Peer()
+    sid = peer.start("Publish", extra=[(b"grpc-timeout", b"500m")])
+    peer.pump()
+    peer.clock.advance(0.5)
+    peer.send(sid, _frame(pb.PublishRequest(channel="hist:d", data=b"1").SerializeToString()))
+    assert peer.calls[sid].status == 4
+    ok = peer.start("Publish", extra=[(b"grpc-timeout", b"500m")])
+    peer.pump()
+    peer.clock.advance(0.4)
+    peer.send(ok, _frame(pb.PublishRequest(channel="hist:d", data=b"2").SerializeToString()))
+    assert peer.calls[ok].status == 0
+    assert _history_of(peer, "hist:d") == [b"2"]
+
+
+def test_an_answer_after_the_deadline_is_deadline_exceeded() -> None:
+    held = Held()
+    peer = Peer(dispatch=held)
+    late, early = (peer.start("Info", extra=[(b"grpc-timeout", b"1S")]) for _ in range(2))
+    for sid in (late, early):
+        peer.send(sid, _frame(b""))
+    peer.clock.advance(0.5)
+    held.pending[1].callback(Reply(0, "", b""))
+    peer.clock.advance(0.5)
+    held.pending[0].callback(Reply(0, "", b""))
+    peer.pump()
+    assert (peer.calls[late].status, peer.calls[late].message) == (4, b"Deadline Exceeded")
+    assert not peer.calls[late].data
+    assert peer.calls[early].status == 0
+    assert not peer.server._streams
+
+
+def test_a_malformed_grpc_timeout_is_internal() -> None:
+    peer = Peer()
+    sid = peer.start("Info", extra=[(b"grpc-timeout", b"soon")])
+    peer.pump()
+    assert (peer.calls[sid].status, peer.calls[sid].message) == (13, b"malformed grpc-timeout")
 
 
 def test_a_stream_reset_by_the_client_drops_its_answer() -> None:
