@@ -1582,6 +1582,11 @@ def _validate_grpc_api(grpc: GRPCAPIConfig) -> None:
         raise ConfigError(f"grpc_api.error_mode: {grpc.error_mode!r} is not '' or 'transport'")
     if grpc.server not in ("h2", "grpcio"):
         raise ConfigError(f"grpc_api.server: {grpc.server!r} is not 'h2' or 'grpcio'")
+    if grpc.reflection and grpc.server == "h2":
+        raise ConfigError(
+            "grpc_api.reflection: the reflection service is served by grpcio's server, "
+            "not by grpc_api.server: h2; set grpc_api.server: grpcio, or turn reflection off"
+        )
     if grpc.max_receive_message_size < 0:
         raise ConfigError("grpc_api.max_receive_message_size: must not be negative")
     if grpc.tls.enabled:

@@ -647,11 +647,11 @@ def build_grpc_api(
 
     ``reuse_port``: the port is shared with the other workers of ``--workers N``.
     Served on the reactor (gRPC over rtserver's own HTTP/2 server) when ``grpc_api.server``
-    is ``h2`` and ``grpc_api.reflection`` is off (grpcio's reflection service); by grpcio
-    otherwise.
+    is ``h2``; by grpcio otherwise (which also serves reflection: config validation
+    refuses ``h2`` with ``grpc_api.reflection``).
     """
     grpc = config.grpc_api
-    if grpc.server == "h2" and not grpc.reflection:
+    if grpc.server == "h2":
         from rtserver.grpcapi.api import APIDispatch
         from rtserver.grpcapi.h2server import GRPCH2Factory, H2GRPCService
 

@@ -94,7 +94,7 @@ MEANING = {
     "grpc_api.tls.key_pem": "like http_server.tls.key_pem, for the GRPC API",
     "grpc_api.tls.cert_pem_file": "certificate chain of the GRPC API (PEM file path)",
     "grpc_api.tls.key_pem_file": "private key of the GRPC API (PEM file path)",
-    "grpc_api.reflection": "register the GRPC server reflection service (served by grpcio)",
+    "grpc_api.reflection": "register the GRPC server reflection service (grpcio's server only)",
     "grpc_api.max_receive_message_size": "largest request in bytes (0: 4 MiB, as grpcio)",
     "grpc_api.server": "``h2``: HTTP/2 on the reactor; ``grpcio``: grpcio's threaded server",
     "uni_grpc.enabled": "serve the unidirectional GRPC transport on its own port",

@@ -153,6 +153,17 @@ def test_checkconfig_cross_field_error(capsys: pytest.CaptureFixture[str], tmp_p
     assert "channel.namespaces[1].name" in err
 
 
+def test_checkconfig_refuses_reflection_on_the_reactor_server(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Reflection is grpcio's service: ``grpc_api.server: h2`` with it names the fix."""
+    data = {"grpc_api": {"enabled": True, "key": "k", "server": "h2", "reflection": True}}
+    code, _, err = run(capsys, "checkconfig", write_config(tmp_path, data))
+    assert code == 1
+    assert err.startswith("error: grpc_api.reflection:")
+    assert "set grpc_api.server: grpcio, or turn reflection off" in err
+
+
 def test_checkconfig_missing_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     """A missing file is an error naming it."""
     code, _, err = run(capsys, "checkconfig", str(tmp_path / "absent.json"))

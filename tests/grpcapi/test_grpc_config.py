@@ -33,6 +33,10 @@ def test_key_never_shows_in_repr() -> None:
         ({"tls": {"enabled": True, "cert_pem_file": "c.pem"}},
          "grpc_api.tls: cert_pem and key_pem (or cert_pem_file and key_pem_file) are "
          "required"),
+        ({"server": "grpc-go"}, "grpc_api.server: 'grpc-go' is not 'h2' or 'grpcio'"),
+        ({"server": "h2", "reflection": True},
+         "grpc_api.reflection: the reflection service is served by grpcio's server, not by "
+         "grpc_api.server: h2; set grpc_api.server: grpcio, or turn reflection off"),
     ],
 )
 def test_invalid_settings_are_refused(section: dict[str, Any], message: str) -> None:
