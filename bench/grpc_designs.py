@@ -117,7 +117,7 @@ def serve_shipped(port: int) -> None:
     from rtserver.service import build_grpc_api
 
     config = from_mapping({"grpc_api": {"enabled": True, "address": "127.0.0.1",
-                                        "port": port}})
+                                        "port": port, "server": "grpcio"}})
     assert isinstance(config.grpc_api, GRPCAPIConfig)
     service = build_grpc_api(_executor(reactor), config, reactor)
     reactor.callWhenRunning(service.startService)

@@ -359,8 +359,14 @@ class GRPCAPIConfig:
     tls: TLSConfig = field(default_factory=TLSConfig)
     reflection: bool = False
     max_receive_message_size: int = 0
-    #: Which server speaks GRPC: ``grpcio`` (default) or ``h2`` (HTTP/2 on the reactor).
-    server: str = "grpcio"
+    #: Which server speaks GRPC: ``h2`` (HTTP/2 on the reactor) or ``grpcio`` (grpcio's
+    #: threaded server, the only one with reflection). Empty: :attr:`served_by` decides.
+    server: str = ""
+
+    @property
+    def served_by(self) -> str:
+        """``server`` if set; else ``h2``, or ``grpcio`` when ``reflection`` is on."""
+        return self.server or ("grpcio" if self.reflection else "h2")
 
 
 @dataclass(frozen=True)
@@ -1580,7 +1586,7 @@ def _validate_grpc_api(grpc: GRPCAPIConfig) -> None:
         raise ConfigError("grpc_api.port: must be between 1 and 65535")
     if grpc.error_mode not in ("", "transport"):
         raise ConfigError(f"grpc_api.error_mode: {grpc.error_mode!r} is not '' or 'transport'")
-    if grpc.server not in ("h2", "grpcio"):
+    if grpc.server not in ("", "h2", "grpcio"):
         raise ConfigError(f"grpc_api.server: {grpc.server!r} is not 'h2' or 'grpcio'")
     if grpc.reflection and grpc.server == "h2":
         raise ConfigError(

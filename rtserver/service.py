@@ -646,12 +646,12 @@ def build_grpc_api(
     """The GRPC server API on ``grpc_api.address``:``grpc_api.port`` (rtserver/grpcapi).
 
     ``reuse_port``: the port is shared with the other workers of ``--workers N``.
-    Served on the reactor (gRPC over rtserver's own HTTP/2 server) when ``grpc_api.server``
-    is ``h2``; by grpcio otherwise (which also serves reflection: config validation
-    refuses ``h2`` with ``grpc_api.reflection``).
+    Served on the reactor (gRPC over rtserver's own HTTP/2 server) unless
+    ``grpc_api.server`` is ``grpcio``, or is unset with ``grpc_api.reflection`` on (the
+    reflection service is grpcio's; config validation refuses it with ``h2``).
     """
     grpc = config.grpc_api
-    if grpc.server == "h2":
+    if grpc.served_by == "h2":
         from rtserver.grpcapi.api import APIDispatch
         from rtserver.grpcapi.h2server import GRPCH2Factory, H2GRPCService
 
@@ -663,6 +663,8 @@ def build_grpc_api(
     from rtserver.grpcapi.bridge import ReactorBridge
     from rtserver.grpcapi.server import GRPCServerService
 
+    if not grpc.server:
+        _log.info("GRPC API: grpc_api.reflection is on, so grpcio's server serves the GRPC API")
     bridge = ReactorBridge(reactor)
     servicer = APIServicer(executor, bridge, grpc)
     return GRPCServerService(

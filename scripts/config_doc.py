@@ -96,7 +96,9 @@ MEANING = {
     "grpc_api.tls.key_pem_file": "private key of the GRPC API (PEM file path)",
     "grpc_api.reflection": "register the GRPC server reflection service (grpcio's server only)",
     "grpc_api.max_receive_message_size": "largest request in bytes (0: 4 MiB, as grpcio)",
-    "grpc_api.server": "``h2``: HTTP/2 on the reactor; ``grpcio``: grpcio's threaded server",
+    "grpc_api.server":
+        "``h2``: HTTP/2 on the reactor; ``grpcio``: grpcio's threaded server; "
+        "empty: ``h2``, or ``grpcio`` when reflection is on",
     "uni_grpc.enabled": "serve the unidirectional GRPC transport on its own port",
     "uni_grpc.address": "interface uni_grpc binds (empty: all)",
     "uni_grpc.port": "uni_grpc port",

@@ -6,7 +6,8 @@ method, in the reactor: request bytes and metadata in, a :class:`Reply` (GRPC st
 message, response bytes) out. Two front doors use it: the HTTP/2 server on the reactor
 (:mod:`rtserver.grpcapi.h2server`, the default) and grpcio's server
 (:class:`APIServicer`, which hands each call to the reactor through the
-:class:`~rtserver.grpcapi.bridge.ReactorBridge`; used when reflection is on).
+:class:`~rtserver.grpcapi.bridge.ReactorBridge`; used with ``grpc_api.server: grpcio``,
+and for reflection).
 
 API errors come back in the response's ``error`` field with a GRPC status OK, as in
 Centrifugo; ``grpc_api.error_mode: transport`` (or the call's

@@ -17,6 +17,18 @@ def test_defaults_are_centrifugos() -> None:
     assert grpc.tls.enabled is False
 
 
+@pytest.mark.parametrize(("section", "served_by"), [
+    ({}, "h2"),  # the HTTP/2 server on the reactor by default
+    ({"reflection": True}, "grpcio"),  # grpcio's reflection service needs grpcio's server
+    ({"server": "grpcio"}, "grpcio"),
+    ({"server": "grpcio", "reflection": True}, "grpcio"),
+    ({"server": "h2"}, "h2"),
+])
+def test_which_server_speaks_grpc(section: dict[str, Any], served_by: str) -> None:
+    grpc = config.from_mapping({"grpc_api": {"enabled": True, **section}}).grpc_api
+    assert grpc.served_by == served_by
+
+
 def test_key_never_shows_in_repr() -> None:
     grpc = config.from_mapping({"grpc_api": {"key": "hunter2-secret"}}).grpc_api
     assert "hunter2-secret" not in repr(grpc)

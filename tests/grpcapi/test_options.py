@@ -61,7 +61,10 @@ def _accepts(port: int) -> bool:
 
 
 def test_tls_reflection_size_limit_and_transport_errors(tmp_path: Path) -> None:
-    """A TLS server with reflection, a 1 KiB request limit and transport error mode."""
+    """A TLS server with reflection, a 1 KiB request limit and transport error mode.
+
+    Reflection is on and ``grpc_api.server`` unset: grpcio's server serves the port.
+    """
     cert, key, cert_pem = _self_signed(tmp_path)
     port, api_key = free_port(), "k-" + uuid.uuid4().hex
     overrides = grpc_overrides(
@@ -69,6 +72,8 @@ def test_tls_reflection_size_limit_and_transport_errors(tmp_path: Path) -> None:
         tls={"enabled": True, "cert_pem_file": str(cert), "key_pem_file": str(key)})
     metadata = [("authorization", f"apikey {api_key}")]
     with run_server(tmp_path, overrides) as server:
+        assert "grpc_api.reflection is on, so grpcio's server serves" in server.log()
+        assert "HTTP/2 on the reactor" not in server.log()
         creds = grpc.ssl_channel_credentials(root_certificates=cert_pem)
         with grpc.secure_channel(f"127.0.0.1:{port}", creds) as channel:
             stub = api_pb2_grpc.CentrifugoApiStub(channel)
@@ -106,11 +111,11 @@ def test_tls_reflection_size_limit_and_transport_errors(tmp_path: Path) -> None:
 
 
 def test_tls_size_limit_and_transport_errors_on_the_reactor(tmp_path: Path) -> None:
-    """The HTTP/2 server on the reactor (no reflection): TLS with ALPN h2, limits, errors."""
+    """The default server, HTTP/2 on the reactor: TLS with ALPN h2, limits, errors."""
     cert, key, cert_pem = _self_signed(tmp_path)
     port, api_key = free_port(), "k-" + uuid.uuid4().hex
     overrides = grpc_overrides(
-        port, api_key, max_receive_message_size=1024, error_mode="transport", server="h2",
+        port, api_key, max_receive_message_size=1024, error_mode="transport",
         tls={"enabled": True, "cert_pem_file": str(cert), "key_pem_file": str(key)})
     metadata = [("authorization", f"apikey {api_key}")]
     with run_server(tmp_path, overrides) as server:
