@@ -5,10 +5,13 @@
     python bench/grpc_h2_replay.py [calls]              # default 3000, no deadline
     python bench/grpc_h2_replay.py --deadline [calls]   # timeout=10 on every call
     python bench/grpc_h2_replay.py --client grpc-js [--deadline] [calls]
+    python bench/grpc_h2_replay.py --client grpc-go [--deadline] [calls]
 
 A grpcio client (a thread of this process), or with ``--client grpc-js`` Node's
 @grpc/grpc-js (``bench/grpc_h2_replay.mjs``, packages from tests/interop/node_modules),
-makes ``calls`` sequential unary ``Publish`` calls against the reactor server
+or with ``--client grpc-go`` grpc-go 1.33 (tests/interop/go/grpc_api_client.go, built
+from Debian's golang-go and golang-google-grpc-dev into a temporary directory, fed one
+call at a time), makes ``calls`` sequential unary ``Publish`` calls against the reactor server
 (:class:`rtserver.grpcapi.h2server.H2GRPCService` on a loopback port) while every read
 the server gets is recorded: the client's own HPACK encoding (its ``grpc-timeout``
 values with a deadline), its pings and window updates.
@@ -23,12 +26,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "interop"))
 
 import grpc
 from twisted.internet import reactor
@@ -68,7 +73,33 @@ def _grpc_js(port: int, calls: int, deadline: bool) -> None:
                    timeout=300)
 
 
-def record(calls: int, deadline: bool, js: bool = False) -> list[bytes]:
+def _grpc_go(port: int, calls: int, deadline: bool) -> None:
+    import json
+
+    from gogrpc import build_go_client
+
+    with tempfile.TemporaryDirectory() as build:
+        binary = build_go_client(Path(build))
+        line = json.dumps({"id": 0, "method": "Publish", "request": "0a0161120131",
+                           "metadata": {"authorization": "apikey k"},
+                           "timeout_ms": 10_000 if deadline else 0}) + "\n"
+        proc = subprocess.Popen([str(binary), f"127.0.0.1:{port}"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdin is not None and proc.stdout is not None
+        for _ in range(calls):  # one call at a time, as the other clients make them
+            proc.stdin.write(line)
+            proc.stdin.flush()
+            answer = json.loads(proc.stdout.readline())
+            if "response" not in answer:
+                raise RuntimeError(f"grpc-go call failed: {answer}")
+        proc.stdin.close()
+        proc.wait(timeout=30)
+
+
+CLIENTS = {"grpcio": _grpcio, "grpc-js": _grpc_js, "grpc-go": _grpc_go}
+
+
+def record(calls: int, deadline: bool, client_name: str = "grpcio") -> list[bytes]:
     """Run the grpcio client against the server; every read the server got."""
     reads: list[bytes] = []
     received = GRPCH2Protocol.dataReceived
@@ -85,7 +116,7 @@ def record(calls: int, deadline: bool, js: bool = False) -> list[bytes]:
 
     def client() -> None:
         try:
-            (_grpc_js if js else _grpcio)(service.port, calls, deadline)
+            CLIENTS[client_name](service.port, calls, deadline)
         except BaseException as e:  # reported after the reactor stops
             failed.append(e)
         finally:
@@ -99,8 +130,8 @@ def record(calls: int, deadline: bool, js: bool = False) -> list[bytes]:
     return reads
 
 
-def main(calls: int, deadline: bool, js: bool) -> None:
-    reads = record(calls, deadline, js)
+def main(calls: int, deadline: bool, client: str) -> None:
+    reads = record(calls, deadline, client)
     factory = GRPCH2Factory(ConstantDispatch(), Clock())  # type: ignore[arg-type]
     server = factory.buildProtocol(None)
     server.makeConnection(StringTransport())
@@ -109,13 +140,14 @@ def main(calls: int, deadline: bool, js: bool) -> None:
         server.dataReceived(data)
     spent = time.process_time() - started
     shape = "timeout=10 per call" if deadline else "no deadline"
-    client = "grpc-js" if js else "grpcio"
     print(f"{calls} {client} calls, {shape} ({len(reads)} reads): {spent / calls * 1e6:.1f} µs "
           f"of CPU per unary call in the HTTP/2 layer (replayed)")
 
 
 if __name__ == "__main__":
     argv = sys.argv[1:]
-    js = "--client" in argv and argv[argv.index("--client") + 1] == "grpc-js"
-    args = [a for a in argv if a not in ("--deadline", "--client", "grpc-js", "grpcio")]
-    main(int(args[0]) if args else 3000, "--deadline" in argv, js)
+    client = argv[argv.index("--client") + 1] if "--client" in argv else "grpcio"
+    if client not in CLIENTS:
+        raise SystemExit(f"--client: one of {', '.join(CLIENTS)}")
+    args = [a for a in argv if a not in ("--deadline", "--client", *CLIENTS)]
+    main(int(args[0]) if args else 3000, "--deadline" in argv, client)

@@ -1058,7 +1058,7 @@ class GRPCH2Protocol(Protocol):
             stream.deadline = None
         request = bytes(memoryview(body)[_PREFIX.size :])
         stream.body = bytearray()
-        if self._expired(sid, stream):
+        if stream.expires is not None and self._expired(sid, stream):
             return  # the client has given up: the call is not made
         if stream.compressed:
             try:
@@ -1126,7 +1126,8 @@ class GRPCH2Protocol(Protocol):
 
     def _expired(self, sid: int, stream: _Stream) -> bool:
         """Whether the call's deadline has passed; if so, it fails DEADLINE_EXCEEDED."""
-        if stream.expires is None or self._factory.clock.seconds() < stream.expires:
+        expires = stream.expires
+        if expires is None or self._factory.clock.seconds() < expires:
             return False
         self._fail(sid, DEADLINE_EXCEEDED, "Deadline Exceeded")
         return True
@@ -1134,7 +1135,7 @@ class GRPCH2Protocol(Protocol):
     def _reply(self, reply: Reply, sid: int, stream: _Stream) -> None:
         if self._closed or self._streams.get(sid) is not stream:
             return  # reset by the client, or the connection is gone
-        if self._expired(sid, stream):
+        if stream.expires is not None and self._expired(sid, stream):
             pass  # made, but too late: the client has failed the call by now
         elif reply.status != OK:
             self._fail(sid, reply.status, reply.message)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -26,18 +25,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gogrpc import build_go_client, go_missing
 from google.protobuf.message import Message
 from harness import Server, free_port, run_server
 from pysdk import Recorder, bounded, in_thread, name, run_scenario, sdk_client, subscribe
 
 from rtserver.grpcapi.proto import api_pb2 as pb
 
-SOURCE = Path(__file__).resolve().parent / "go" / "grpc_api_client.go"
-#: Where Debian's golang-*-dev packages put their sources (GOPATH mode).
-GOPATH = Path("/usr/share/gocode")
-#: Seconds one run of the client gets (building it: BUILD_TIMEOUT).
+#: Seconds one run of the client gets.
 RUN_TIMEOUT = 60.0
-BUILD_TIMEOUT = 300.0
 
 DEADLINE_EXCEEDED, UNAUTHENTICATED = 4, 16
 
@@ -45,27 +41,16 @@ DEADLINE_EXCEEDED, UNAUTHENTICATED = 4, 16
 @pytest.fixture(scope="session")
 def go_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The grpc-go client, built into a temporary directory once per session."""
-    go = shutil.which("go")
-    reason = ""
-    if go is None:
-        reason = "go is not installed (apt package golang-go): the grpc-go tests need it"
-    elif not (GOPATH / "src" / "google.golang.org" / "grpc" / "encoding" / "gzip").is_dir():
-        reason = (f"grpc-go is not under {GOPATH} (apt package golang-google-grpc-dev): "
-                  "the grpc-go tests need it")
+    reason = go_missing()
     if reason:
+        reason += ": the grpc-go tests need it"
         if os.environ.get("RTSERVER_REQUIRE_ALL"):
             pytest.fail(reason + " (RTSERVER_REQUIRE_ALL is set)", pytrace=False)
         pytest.skip(reason)
-    assert go is not None
-    build = tmp_path_factory.mktemp("grpc-go")
-    binary = build / "grpc_api_client"
-    env = {**os.environ, "GO111MODULE": "off", "GOPATH": str(GOPATH), "GOFLAGS": "",
-           "GOCACHE": str(build / "cache"), "GOTOOLCHAIN": "local", "CGO_ENABLED": "0"}
-    done = subprocess.run([go, "build", "-o", str(binary), str(SOURCE)], cwd=build, env=env,
-                          capture_output=True, text=True, timeout=BUILD_TIMEOUT, check=False)
-    if done.returncode != 0:
-        pytest.fail(f"building {SOURCE.name} failed:\n{done.stderr}", pytrace=False)
-    return binary
+    try:
+        return build_go_client(tmp_path_factory.mktemp("grpc-go"))
+    except RuntimeError as e:
+        pytest.fail(str(e), pytrace=False)
 
 
 @dataclass
