@@ -2,7 +2,8 @@
 
 An ``h2`` client connection (a second, independent HTTP/2 implementation, used here only
 to produce valid frame sequences) writes a connection: unary calls with bodies of any
-size split any way, pings, settings changes, window updates, resets, priorities, a
+size split any way (plain, or compressed with gzip or deflate, or in an encoding the
+server does not accept), pings, settings changes, window updates, resets, priorities, a
 GOAWAY. The bytes are then mutated (bytes flipped, cut, inserted, repeated) and fed to
 the server's protocol in chunks of any size, on a ``Clock``, with the real dispatch over
 a memory-engine node. Whatever arrives, the properties hold:
@@ -18,7 +19,9 @@ a memory-engine node. Whatever arrives, the properties hold:
 
 from __future__ import annotations
 
+import gzip
 import struct
+import zlib
 from typing import Any
 
 import pytest
@@ -47,9 +50,11 @@ MAX_STREAMS = 4
 MAX_HEADER_LIST = 4096
 
 _METHODS = ["Publish", "Info", "History", "Nope"]
+#: grpc-encoding of a call ("": none) and how its message is compressed.
+_ENCODINGS = {"": None, "gzip": gzip.compress, "deflate": zlib.compress, "br": None}
 
 
-def _request(method: str, size: int) -> bytes:
+def _request(method: str, size: int, encoding: str) -> bytes:
     if method == "Publish":
         body = pb.PublishRequest(channel="hh:c", data=b'"' + b"x" * size + b'"')
     elif method == "History":
@@ -57,11 +62,15 @@ def _request(method: str, size: int) -> bytes:
     else:
         body = pb.InfoRequest()
     raw = body.SerializeToString()
-    return struct.pack(">BI", 0, len(raw)) + raw
+    compress = _ENCODINGS[encoding]
+    if compress is not None:
+        raw = compress(raw)
+    return struct.pack(">BI", compress is not None, len(raw)) + raw
 
 
 _call = st.tuples(st.just("call"), st.sampled_from(_METHODS), st.integers(0, 40_000),
-                  st.integers(1, 20_000), st.booleans() | st.just(True))
+                  st.integers(1, 20_000), st.booleans() | st.just(True),
+                  st.sampled_from(list(_ENCODINGS)))
 _actions = st.tuples(_call, st.lists(st.one_of(
     _call,
     st.tuples(st.just("ping")),
@@ -88,14 +97,15 @@ def _client_bytes(actions: list[Any]) -> tuple[H2Connection, bytes, list[int], b
     for action in actions:
         kind = action[0]
         if kind == "call":
-            _, method, size, split, end = action
+            _, method, size, split, end, encoding = action
             sid = client.get_next_available_stream_id()
+            encoded = [(b"grpc-encoding", encoding.encode())] if encoding else []
             client.send_headers(sid, [
                 (b":method", b"POST"), (b":scheme", b"http"),
                 (b":path", f"/{SERVICE_NAME}/{method}".encode()), (b":authority", b"x"),
                 (b"content-type", b"application/grpc"), (b"te", b"trailers"),
-                (b"grpc-timeout", b"%dm" % (1000 + size))])
-            body = _request(method, size)
+                (b"grpc-timeout", b"%dm" % (1000 + size)), *encoded])
+            body = _request(method, size, encoding)
             window = client.local_flow_control_window(sid)
             if len(body) > window:  # the rest would wait for the server's window update
                 body, end = body[:window], False
