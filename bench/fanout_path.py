@@ -57,6 +57,8 @@ def fake_protocol(max_messages_in_frame: int = 16, encoding: str = "json") -> We
     )
     proto.transport = transport
     proto.encoding = encoding
+    proto.binary_frames = encoding == "protobuf"
+    proto.frame_kind = "ws-binary" if proto.binary_frames else "ws"
     return proto  # type: ignore[no-any-return]
 
 

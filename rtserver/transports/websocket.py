@@ -57,6 +57,10 @@ class WebSocketProtocol(WebSocketServerProtocol):
     client: Client | None = None
     #: ``json`` or ``protobuf``, from the handshake.
     encoding: str = JSON
+    #: Whether frames are binary (Protobuf); set with ``encoding``.
+    binary_frames: bool = False
+    #: The framing kind cached on shared payloads (:meth:`Payload.framed`).
+    frame_kind: str = "ws"
     _backpressure: Backpressure | None = None
     _headers: dict[str, str]
 
@@ -72,6 +76,9 @@ class WebSocketProtocol(WebSocketServerProtocol):
         encoding, subprotocol = self.negotiate(request)
         if encoding != JSON:
             self.encoding = encoding
+            self.binary_frames = encoding == PROTOBUF
+            if self.binary_frames:
+                self.frame_kind = "ws-binary"
         self._headers = {k: v for k, v in request.headers.items() if isinstance(v, str)}
         return subprotocol
 
@@ -127,16 +134,19 @@ class WebSocketProtocol(WebSocketServerProtocol):
         """
         if self.state != _OPEN:
             return
-        binary = self.encoding == PROTOBUF
         if len(payloads) == 1:
-            if binary:
-                data = payloads[0].framed("ws-binary", binary_frame)
-            else:
-                data = payloads[0].framed("ws", text_frame)
+            # Payload.framed without the call when the frame is cached (every subscriber
+            # of a publication but the first)
+            payload = payloads[0]
+            data = payload.frames.get(self.frame_kind)
+            if data is None:
+                data = payload.framed(
+                    self.frame_kind, binary_frame if self.binary_frames else text_frame
+                )
         else:
             factory = self.factory
             data = join_frames(
-                payloads, factory.max_messages_in_frame, factory.max_frame_bytes, binary=binary
+                payloads, factory.max_messages_in_frame, factory.max_frame_bytes, self.binary_frames
             )
         write_eagerly(self.transport, data)
 
@@ -151,13 +161,25 @@ class WebSocketProtocol(WebSocketServerProtocol):
 
 
 def join_frames(
-    payloads: Sequence[Payload], max_messages: int, max_bytes: int, *, binary: bool = False
+    payloads: Sequence[Payload], max_messages: int, max_bytes: int, binary: bool = False
 ) -> bytes:
     """Frames of ``payloads``, bounded in messages and bytes each.
 
     JSON messages are newline-joined in text frames; Protobuf messages (already
     length-prefixed) are concatenated in binary frames.
     """
+    count = len(payloads)
+    if count <= max_messages:
+        # the common case, one frame: the loop below would not split where the joined
+        # messages (counting a separator after each but the last) fit in max_bytes
+        if binary:
+            body = b"".join([p.data for p in payloads])
+            if len(body) + count - 1 <= max_bytes:
+                return binary_frame(body)
+        else:
+            body = b"\n".join([p.data for p in payloads])
+            if len(body) <= max_bytes:
+                return text_frame(body)
     frame, sep = (binary_frame, b"") if binary else (text_frame, b"\n")
     frames: list[bytes] = []
     group: list[bytes] = []
