@@ -76,9 +76,10 @@ class WebSocketProtocol(WebSocketServerProtocol):
         encoding, subprotocol = self.negotiate(request)
         if encoding != JSON:
             self.encoding = encoding
-            self.binary_frames = encoding == PROTOBUF
-            if self.binary_frames:
-                self.frame_kind = "ws-binary"
+        # instance attributes even when they equal the class defaults: Python 3.11 looks
+        # a class attribute up through an instance without its attribute cache
+        self.binary_frames = binary = encoding == PROTOBUF
+        self.frame_kind = "ws-binary" if binary else "ws"
         self._headers = {k: v for k, v in request.headers.items() if isinstance(v, str)}
         return subprotocol
 
