@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from zope.interface import implementer
 
 from rtserver._compat import preset_protocol_options
@@ -145,10 +145,14 @@ class WebSocketProtocol(WebSocketServerProtocol):
                     self.frame_kind, binary_frame if self.binary_frames else text_frame
                 )
         else:
+            # every subscriber of a channel usually gets the same batch in a turn: its
+            # frames are joined once per turn (the factory's cache, keyed by the payloads)
             factory = self.factory
-            data = join_frames(
-                payloads, factory.max_messages_in_frame, factory.max_frame_bytes, self.binary_frames
-            )
+            batch = tuple(payloads)
+            binary = self.binary_frames
+            data = (factory.joined_binary if binary else factory.joined_text).get(batch)
+            if data is None:
+                data = factory.join(batch, binary)
         write_eagerly(self.transport, data)
 
     def close(self, disconnect: Disconnect | None) -> None:
@@ -220,12 +224,34 @@ class WebSocketFactory(WebSocketServerFactory):
         self.origins = origins
         self.max_messages_in_frame = max_messages_in_frame
         self.max_frame_bytes = max_frame_bytes
+        #: This turn's joined batches (:meth:`join`), for text and for binary frames.
+        self.joined_text: dict[tuple[Payload, ...], bytes] = {}
+        self.joined_binary: dict[tuple[Payload, ...], bytes] = {}
+        self._forget_joined: IDelayedCall | None = None
         self.write_timeout = write_timeout
         self.setProtocolOptions(**websocket_server_options(message_size_limit, close_timeout))
         # Autobahn would copy ~40 options onto every connection and pretty-print them:
         # a per-factory protocol class holds them instead (memory and CPU per connection)
         options = preset_protocol_options(self, self.protocol_class)
         _log.debug("websocket options: {options}", options=options)
+
+    def join(self, batch: tuple[Payload, ...], binary: bool) -> bytes:
+        """The frames of ``batch`` (:func:`join_frames`), kept until the next turn.
+
+        The key holds the payloads themselves, so an entry cannot be mistaken for the
+        batch of payloads created later at the same addresses; the bytes depend on the
+        payloads and the factory's bounds only.
+        """
+        data = join_frames(batch, self.max_messages_in_frame, self.max_frame_bytes, binary)
+        (self.joined_binary if binary else self.joined_text)[batch] = data
+        if self._forget_joined is None:
+            self._forget_joined = self.reactor.callLater(0, self._forget)
+        return data
+
+    def _forget(self) -> None:
+        self._forget_joined = None
+        self.joined_text = {}
+        self.joined_binary = {}
 
     def opened(self, protocol: WebSocketProtocol) -> None:
         """Track an open connection (for draining at shutdown)."""

@@ -353,3 +353,32 @@ def test_frame_bounds_hold_at_the_exact_limits(binary: bool) -> None:
             else:
                 counts = [f.count(b"\n") + 1 for f in frames]
             assert counts == expected, (count, size)
+
+
+@pytest_twisted.ensureDeferred
+async def test_subscribers_of_one_burst_share_its_frames_and_later_bursts_get_theirs(
+    plain: Server,
+) -> None:
+    """A batch joined once per turn reaches every subscriber whole and in order.
+
+    The next turn's batch (new payloads, possibly at the same addresses) is joined anew.
+    """
+    f1, p1, _ = await subscribe(plain)
+    f2 = ClientFactory(plain.url)
+    connectWS(f2)
+    p2 = await f2.opened
+    p2.send_json({"id": 1, "connect": {}}, {"id": 2, "subscribe": {"channel": "room"}})
+    replies: list[Any] = []
+    while len(replies) < 2:
+        replies += await f2.next_messages()
+    ws = next(d for d in plain.drains if isinstance(d, WebSocketFactory))
+    for first in (0, 3, 6):
+        await publish(plain, first, 3)
+        assert await receive(f1, 3) == [first, first + 1, first + 2]
+        assert await receive(f2, 3) == [first, first + 1, first + 2]
+        await next_turn()
+        assert ws.joined_text == {}  # nothing is kept past the turn
+    p1.sendClose()
+    p2.sendClose()
+    await f1.closed
+    await f2.closed
