@@ -42,25 +42,28 @@ class _NullSocket:
         return len(data)
 
 
-def _factory(max_messages_in_frame: int, clock: Any) -> WebSocketFactory:
-    """A factory with only what ``WebSocketProtocol.write`` reads (bounds, join cache)."""
+def fake_factory(max_messages_in_frame: int = 16, clock: Any = None) -> WebSocketFactory:
+    """A factory with only what ``WebSocketProtocol.write`` reads (bounds, join cache).
+
+    ``clock`` runs its per-turn forgetting of joined frames (a fresh ``Clock`` that nobody
+    advances when not given). Connections of one node share one factory, as in a server.
+    """
     factory: Any = WebSocketFactory.__new__(WebSocketFactory)
     factory.max_messages_in_frame = max_messages_in_frame
     factory.max_frame_bytes = 65536
     factory.joined_text = {}
     factory.joined_binary = {}
     factory._forget_joined = None
-    factory.reactor = clock
+    factory.reactor = clock if clock is not None else Clock()
     return factory  # type: ignore[no-any-return]
 
 
 def fake_protocol(
-    max_messages_in_frame: int = 16, encoding: str = "json", clock: Any = None
+    max_messages_in_frame: int = 16, encoding: str = "json", factory: Any = None
 ) -> WebSocketProtocol:
     """An open WebSocketProtocol whose transport takes every eager send whole.
 
-    ``clock`` runs the factory's per-turn forgetting of joined frames (a fresh ``Clock``
-    that nobody advances when not given).
+    ``factory``: see :func:`fake_factory` (a new one when not given).
     """
     transport: Any = tcp.Server.__new__(tcp.Server)
     transport.dataBuffer = b""
@@ -70,7 +73,7 @@ def fake_protocol(
     transport.socket = _NullSocket()
     proto: Any = WebSocketProtocol.__new__(WebSocketProtocol)
     proto.state = WebSocketServerProtocol.STATE_OPEN
-    proto.factory = _factory(max_messages_in_frame, clock if clock is not None else Clock())
+    proto.factory = factory if factory is not None else fake_factory(max_messages_in_frame)
     proto.transport = transport
     proto.encoding = encoding
     proto.binary_frames = encoding == "protobuf"
@@ -114,10 +117,12 @@ def measure(n: int, burst: int, rounds: int, share: float = 0.0) -> tuple[float,
             },
         }
     )
+    factory = fake_factory(clock=clock)
     for i in range(n):
         pb = bool(share) and int((i + 1) * share) > int(i * share)
         encoding = "protobuf" if pb else "json"
-        client = node.make_client(fake_protocol(encoding=encoding, clock=clock), encoding=encoding)
+        proto = fake_protocol(encoding=encoding, factory=factory)
+        client = node.make_client(proto, encoding=encoding)
         client.receive(_PB_HELLO if pb else _JSON_HELLO)
     clock.advance(0)
     if node.hub.num_subscriptions != n:
