@@ -238,14 +238,16 @@ class WebSocketFactory(WebSocketServerFactory):
     def join(self, batch: tuple[Payload, ...], binary: bool) -> bytes:
         """The frames of ``batch`` (:func:`join_frames`), kept until the next turn.
 
-        The key holds the payloads themselves, so an entry cannot be mistaken for the
-        batch of payloads created later at the same addresses; the bytes depend on the
+        Only batches of shared payloads (pushes several connections get) are kept. The
+        key holds the payloads themselves, so an entry cannot be mistaken for the batch
+        of payloads created later at the same addresses; the bytes depend on the
         payloads and the factory's bounds only.
         """
         data = join_frames(batch, self.max_messages_in_frame, self.max_frame_bytes, binary)
-        (self.joined_binary if binary else self.joined_text)[batch] = data
-        if self._forget_joined is None:
-            self._forget_joined = self.reactor.callLater(0, self._forget)
+        if all(p.shared for p in batch):  # a batch with a reply goes to one connection only
+            (self.joined_binary if binary else self.joined_text)[batch] = data
+            if self._forget_joined is None:
+                self._forget_joined = self.reactor.callLater(0, self._forget)
         return data
 
     def _forget(self) -> None:
