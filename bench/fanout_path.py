@@ -21,18 +21,18 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from types import SimpleNamespace
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from twisted.internet import tcp
+from twisted.internet.task import Clock
 
 from rtserver.core import writer
 from rtserver.core.writer import SharedPush
 from rtserver.protocol import protobuf
 from rtserver.protocol.frames import Publication
 from rtserver.testing import make_node
-from rtserver.transports.websocket import WebSocketProtocol
+from rtserver.transports.websocket import WebSocketFactory, WebSocketProtocol
 
 DATA = b'{"input":"hello world, this is a benchmark publication payload"}'
 
@@ -42,8 +42,29 @@ class _NullSocket:
         return len(data)
 
 
-def fake_protocol(max_messages_in_frame: int = 16, encoding: str = "json") -> WebSocketProtocol:
-    """An open WebSocketProtocol whose transport takes every eager send whole."""
+def fake_factory(max_messages_in_frame: int = 16, clock: Any = None) -> WebSocketFactory:
+    """A factory with only what ``WebSocketProtocol.write`` reads (bounds, join cache).
+
+    ``clock`` runs its per-turn forgetting of joined frames (a fresh ``Clock`` that nobody
+    advances when not given). Connections of one node share one factory, as in a server.
+    """
+    factory: Any = WebSocketFactory.__new__(WebSocketFactory)
+    factory.max_messages_in_frame = max_messages_in_frame
+    factory.max_frame_bytes = 65536
+    factory.joined_text = {}
+    factory.joined_binary = {}
+    factory._forget_joined = None
+    factory.reactor = clock if clock is not None else Clock()
+    return factory  # type: ignore[no-any-return]
+
+
+def fake_protocol(
+    max_messages_in_frame: int = 16, encoding: str = "json", factory: Any = None
+) -> WebSocketProtocol:
+    """An open WebSocketProtocol whose transport takes every eager send whole.
+
+    ``factory``: see :func:`fake_factory` (a new one when not given).
+    """
     transport: Any = tcp.Server.__new__(tcp.Server)
     transport.dataBuffer = b""
     transport._tempDataBuffer = []
@@ -52,11 +73,11 @@ def fake_protocol(max_messages_in_frame: int = 16, encoding: str = "json") -> We
     transport.socket = _NullSocket()
     proto: Any = WebSocketProtocol.__new__(WebSocketProtocol)
     proto.state = WebSocketServerProtocol.STATE_OPEN
-    proto.factory = SimpleNamespace(
-        max_messages_in_frame=max_messages_in_frame, max_frame_bytes=65536
-    )
+    proto.factory = factory if factory is not None else fake_factory(max_messages_in_frame)
     proto.transport = transport
     proto.encoding = encoding
+    proto.binary_frames = encoding == "protobuf"
+    proto.frame_kind = "ws-binary" if proto.binary_frames else "ws"
     return proto  # type: ignore[no-any-return]
 
 
@@ -96,10 +117,12 @@ def measure(n: int, burst: int, rounds: int, share: float = 0.0) -> tuple[float,
             },
         }
     )
+    factory = fake_factory(clock=clock)
     for i in range(n):
         pb = bool(share) and int((i + 1) * share) > int(i * share)
         encoding = "protobuf" if pb else "json"
-        client = node.make_client(fake_protocol(encoding=encoding), encoding=encoding)
+        proto = fake_protocol(encoding=encoding, factory=factory)
+        client = node.make_client(proto, encoding=encoding)
         client.receive(_PB_HELLO if pb else _JSON_HELLO)
     clock.advance(0)
     if node.hub.num_subscriptions != n:

@@ -88,6 +88,31 @@ def test_send_now_leaves_other_transports_alone() -> None:
     assert transport.value() == b""
 
 
+@pytest_twisted.ensureDeferred
+async def test_write_now_sends_at_once_or_queues_behind_buffered_output() -> None:
+    """write_now sends on an idle tcp.Server and writes behind anything buffered."""
+    transport, received, client, port = await _tcp_pair()
+    try:
+        _compat.write_now(transport, b"now")
+        assert not transport._tempDataBuffer and not transport.dataBuffer
+        transport.write(b"-queued")
+        _compat.write_now(transport, b"-after")
+        while b"".join(received) != b"now-queued-after":
+            await _turn()
+    finally:
+        client.transport.loseConnection()
+        transport.loseConnection()
+        await port.stopListening()
+
+
+def test_write_now_uses_write_on_other_transports_and_ignores_none() -> None:
+    """TLS or test transports get a plain write; a connection without one gets nothing."""
+    transport = StringTransport()
+    _compat.write_now(transport, b"data")
+    assert transport.value() == b"data"
+    _compat.write_now(None, b"data")
+
+
 async def _turn() -> None:
     d: defer.Deferred[None] = defer.Deferred()
     reactor.callLater(0.01, d.callback, None)

@@ -27,7 +27,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import orjson
 from twisted.internet.defer import CancelledError, Deferred
@@ -124,6 +124,9 @@ _log = Logger()
 _R = TypeVar("_R", bound="ProxyResult | None")
 #: How long a connection or subscription is extended when its refresh proxy fails.
 _REFRESH_RETRY = 60
+#: ``SubState.SUBSCRIBING`` once: an enum member read through its class costs a
+#: ``__getattr__`` call on Python 3.11, and the fan-out reads it once per delivery.
+_SUBSCRIBING: Final = SubState.SUBSCRIBING
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 #: The server ping of each encoding, one shared payload each.
 _PING_PAYLOADS = {
@@ -377,7 +380,7 @@ class Client:
 
     def deliver_publication(self, sub: Subscription, pub: Publication, push: SharedPush) -> None:
         """Fan-out entry point: queue a publication for this subscriber."""
-        if sub.state is SubState.SUBSCRIBING:
+        if sub.state is _SUBSCRIBING:
             sub.buffer.append((pub, push))
             return
         if sub.positioned and pub.offset:
@@ -419,7 +422,7 @@ class Client:
 
     def deliver_push(self, sub: Subscription, push: SharedPush) -> None:
         """Fan-out entry point for join/leave pushes."""
-        if sub.state is SubState.SUBSCRIBING:
+        if sub.state is _SUBSCRIBING:
             sub.buffer.append((None, push))
             return
         self._enqueue_shared(push)

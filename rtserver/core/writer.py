@@ -55,31 +55,33 @@ __all__ = [
 
 _log = Logger()
 
+#: ``Payload.frames`` of a payload that is not shared: nothing is ever stored in it.
+_UNCACHED: Final[dict[str, bytes]] = {}
+
 
 class Payload:
     """One encoded message (a JSON line, or a length-prefixed Protobuf message).
 
-    Transports cache their framings of a shared payload on it (:meth:`framed`).
+    Transports cache their framings of a shared payload on it (:meth:`framed`);
+    ``frames`` holds them by framing kind (always empty for a payload that is not
+    shared), so a transport's write path can look a framing up without a call.
     """
 
-    __slots__ = ("_framed", "data", "shared", "size")
+    __slots__ = ("data", "frames", "shared", "size")
 
     def __init__(self, data: bytes, shared: bool = False) -> None:
         self.data = data
         self.size = len(data)
         self.shared = shared
-        self._framed: dict[str, bytes] | None = None
+        self.frames: dict[str, bytes] = {} if shared else _UNCACHED
 
     def framed(self, kind: str, build: Callable[[bytes], bytes]) -> bytes:
         """The payload framed by ``build``, computed once per framing kind."""
-        if not self.shared:
-            return build(self.data)
-        cache = self._framed
-        if cache is None:
-            cache = self._framed = {}
-        out = cache.get(kind)
+        out = self.frames.get(kind)
         if out is None:
-            out = cache[kind] = build(self.data)
+            out = build(self.data)
+            if self.shared:
+                self.frames[kind] = out
         return out
 
     def __len__(self) -> int:
@@ -329,8 +331,15 @@ class FlushScheduler:
         self._call = None
         pending, self._pending = self._pending, []
         for writer in pending:
+            # ClientWriter.flush, inlined: this runs once per connection per turn
+            writer._scheduled = False
+            batch = writer._queue
+            if writer._paused or writer._closed or not batch:
+                continue
+            writer._queue = []
+            writer._queued_bytes = 0
             try:
-                writer.flush()
+                writer._sink.write(batch)
             except Exception:
                 _log.failure("flush failed")
 
@@ -393,7 +402,11 @@ class ClientWriter:
             return
         if not self._scheduled and not self._paused:
             self._scheduled = True
-            self._scheduler.add(self)
+            # FlushScheduler.add, inlined: this runs once per connection per turn
+            scheduler = self._scheduler
+            scheduler._pending.append(self)
+            if scheduler._call is None:
+                scheduler._call = scheduler._clock.callLater(scheduler._delay, scheduler._run)
 
     def flush(self) -> None:
         """Hand everything queued to the transport in one batch."""

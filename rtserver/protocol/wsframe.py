@@ -17,20 +17,26 @@ _HEADER_16 = struct.Struct("!BBH")
 _HEADER_64 = struct.Struct("!BBQ")
 
 
-def _frame(first: int, payload: bytes) -> bytes:
-    length = len(payload)
-    if length < 126:
-        return bytes((first, length)) + payload
-    if length < 65536:
-        return _HEADER_16.pack(first, 126, length) + payload
-    return _HEADER_64.pack(first, 127, length) + payload
+#: The two header bytes of a frame shorter than 126 bytes, by length.
+_SHORT_TEXT = [bytes((_FIN_TEXT, n)) for n in range(126)]
+_SHORT_BINARY = [bytes((_FIN_BINARY, n)) for n in range(126)]
 
 
 def text_frame(payload: bytes) -> bytes:
     """A single unfragmented, unmasked text frame carrying ``payload`` (UTF-8)."""
-    return _frame(_FIN_TEXT, payload)
+    length = len(payload)
+    if length < 126:
+        return _SHORT_TEXT[length] + payload
+    if length < 65536:
+        return _HEADER_16.pack(_FIN_TEXT, 126, length) + payload
+    return _HEADER_64.pack(_FIN_TEXT, 127, length) + payload
 
 
 def binary_frame(payload: bytes) -> bytes:
     """A single unfragmented, unmasked binary frame (the Protobuf protocol's frames)."""
-    return _frame(_FIN_BINARY, payload)
+    length = len(payload)
+    if length < 126:
+        return _SHORT_BINARY[length] + payload
+    if length < 65536:
+        return _HEADER_16.pack(_FIN_BINARY, 126, length) + payload
+    return _HEADER_64.pack(_FIN_BINARY, 127, length) + payload

@@ -9,28 +9,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Final
+
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITransport
 from zope.interface import implementer
 
-from rtserver._compat import send_now
+from rtserver._compat import write_now
 from rtserver.core.client import Client
 from rtserver.protocol.codes import Disconnect
 
 __all__ = ["Backpressure", "write_eagerly"]
 
 
-def write_eagerly(transport: ITransport | None, data: bytes) -> None:
-    """Write ``data``, trying one immediate ``send()`` when the transport is idle.
-
-    Falls back to ``transport.write`` for TLS, for anything already buffered (order is
-    kept), and for whatever the kernel did not take. Without a transport (the connection
-    is gone) there is nothing to write to.
-    """
-    if transport is None:
-        return
-    sent = send_now(transport, data)
-    if sent < len(data):
-        transport.write(data[sent:] if sent else data)
+#: Write ``data``, trying one immediate ``send()`` when the transport is idle.
+#:
+#: Falls back to ``transport.write`` for TLS, for anything already buffered (order is
+#: kept), and for whatever the kernel did not take. Without a transport (the connection
+#: is gone) there is nothing to write to. It is :func:`rtserver._compat.write_now` itself
+#: (no wrapper: it runs once per frame per subscriber).
+write_eagerly: Final[Callable[[ITransport | None, bytes], None]] = write_now
 
 
 @implementer(IPushProducer)

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from zope.interface import implementer
 
 from rtserver._compat import preset_protocol_options
@@ -57,6 +57,10 @@ class WebSocketProtocol(WebSocketServerProtocol):
     client: Client | None = None
     #: ``json`` or ``protobuf``, from the handshake.
     encoding: str = JSON
+    #: Whether frames are binary (Protobuf); set with ``encoding``.
+    binary_frames: bool = False
+    #: The framing kind cached on shared payloads (:meth:`Payload.framed`).
+    frame_kind: str = "ws"
     _backpressure: Backpressure | None = None
     _headers: dict[str, str]
 
@@ -72,6 +76,10 @@ class WebSocketProtocol(WebSocketServerProtocol):
         encoding, subprotocol = self.negotiate(request)
         if encoding != JSON:
             self.encoding = encoding
+        # instance attributes even when they equal the class defaults: Python 3.11 looks
+        # a class attribute up through an instance without its attribute cache
+        self.binary_frames = binary = encoding == PROTOBUF
+        self.frame_kind = "ws-binary" if binary else "ws"
         self._headers = {k: v for k, v in request.headers.items() if isinstance(v, str)}
         return subprotocol
 
@@ -127,17 +135,24 @@ class WebSocketProtocol(WebSocketServerProtocol):
         """
         if self.state != _OPEN:
             return
-        binary = self.encoding == PROTOBUF
         if len(payloads) == 1:
-            if binary:
-                data = payloads[0].framed("ws-binary", binary_frame)
-            else:
-                data = payloads[0].framed("ws", text_frame)
+            # Payload.framed without the call when the frame is cached (every subscriber
+            # of a publication but the first)
+            payload = payloads[0]
+            data = payload.frames.get(self.frame_kind)
+            if data is None:
+                data = payload.framed(
+                    self.frame_kind, binary_frame if self.binary_frames else text_frame
+                )
         else:
+            # every subscriber of a channel usually gets the same batch in a turn: its
+            # frames are joined once per turn (the factory's cache, keyed by the payloads)
             factory = self.factory
-            data = join_frames(
-                payloads, factory.max_messages_in_frame, factory.max_frame_bytes, binary=binary
-            )
+            batch = tuple(payloads)
+            binary = self.binary_frames
+            data = (factory.joined_binary if binary else factory.joined_text).get(batch)
+            if data is None:
+                data = factory.join(batch, binary)
         write_eagerly(self.transport, data)
 
     def close(self, disconnect: Disconnect | None) -> None:
@@ -151,13 +166,25 @@ class WebSocketProtocol(WebSocketServerProtocol):
 
 
 def join_frames(
-    payloads: Sequence[Payload], max_messages: int, max_bytes: int, *, binary: bool = False
+    payloads: Sequence[Payload], max_messages: int, max_bytes: int, binary: bool = False
 ) -> bytes:
     """Frames of ``payloads``, bounded in messages and bytes each.
 
     JSON messages are newline-joined in text frames; Protobuf messages (already
     length-prefixed) are concatenated in binary frames.
     """
+    count = len(payloads)
+    if count <= max_messages:
+        # the common case, one frame: the loop below would not split where the joined
+        # messages (counting a separator after each but the last) fit in max_bytes
+        if binary:
+            body = b"".join([p.data for p in payloads])
+            if len(body) + count - 1 <= max_bytes:
+                return binary_frame(body)
+        else:
+            body = b"\n".join([p.data for p in payloads])
+            if len(body) <= max_bytes:
+                return text_frame(body)
     frame, sep = (binary_frame, b"") if binary else (text_frame, b"\n")
     frames: list[bytes] = []
     group: list[bytes] = []
@@ -197,12 +224,36 @@ class WebSocketFactory(WebSocketServerFactory):
         self.origins = origins
         self.max_messages_in_frame = max_messages_in_frame
         self.max_frame_bytes = max_frame_bytes
+        #: This turn's joined batches (:meth:`join`), for text and for binary frames.
+        self.joined_text: dict[tuple[Payload, ...], bytes] = {}
+        self.joined_binary: dict[tuple[Payload, ...], bytes] = {}
+        self._forget_joined: IDelayedCall | None = None
         self.write_timeout = write_timeout
         self.setProtocolOptions(**websocket_server_options(message_size_limit, close_timeout))
         # Autobahn would copy ~40 options onto every connection and pretty-print them:
         # a per-factory protocol class holds them instead (memory and CPU per connection)
         options = preset_protocol_options(self, self.protocol_class)
         _log.debug("websocket options: {options}", options=options)
+
+    def join(self, batch: tuple[Payload, ...], binary: bool) -> bytes:
+        """The frames of ``batch`` (:func:`join_frames`), kept until the next turn.
+
+        Only batches of shared payloads (pushes several connections get) are kept. The
+        key holds the payloads themselves, so an entry cannot be mistaken for the batch
+        of payloads created later at the same addresses; the bytes depend on the
+        payloads and the factory's bounds only.
+        """
+        data = join_frames(batch, self.max_messages_in_frame, self.max_frame_bytes, binary)
+        if all(p.shared for p in batch):  # a batch with a reply goes to one connection only
+            (self.joined_binary if binary else self.joined_text)[batch] = data
+            if self._forget_joined is None:
+                self._forget_joined = self.reactor.callLater(0, self._forget)
+        return data
+
+    def _forget(self) -> None:
+        self._forget_joined = None
+        self.joined_text = {}
+        self.joined_binary = {}
 
     def opened(self, protocol: WebSocketProtocol) -> None:
         """Track an open connection (for draining at shutdown)."""

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 import pytest_twisted
 from autobahn.twisted.websocket import connectWS
 from liveserver import Server
@@ -311,3 +312,73 @@ def test_frames_bounded_in_messages_and_bytes() -> None:
     assert b"\n".join(frames) == b"\n".join(p.data for p in payloads)
     big = join_frames([Payload(b"y" * 300)], max_messages=4, max_bytes=250)
     assert big.endswith(b"y" * 300)
+
+
+def _frames_of(data: bytes) -> list[bytes]:
+    frames = []
+    while data:
+        length, start = data[1], 2
+        if length == 126:
+            length, start = int.from_bytes(data[2:4], "big"), 4
+        frames.append(data[start : start + length])
+        data = data[start + length :]
+    return frames
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_frame_bounds_hold_at_the_exact_limits(binary: bool) -> None:
+    """Batches at, just below and just above the message and byte bounds.
+
+    One frame while both hold, a split as soon as either is passed; the separator after
+    each message counts as a byte.
+    """
+    for count in (1, 2, 3, 4, 5):
+        for size in (40, 49, 50, 51, 62, 63, 64, 83, 84, 100):
+            payloads = [Payload(bytes([65 + i]) * size) for i in range(count)]
+            frames = _frames_of(join_frames(payloads, 4, 250, binary=binary))
+            sep = b"" if binary else b"\n"
+            assert sep.join(frames) == sep.join(p.data for p in payloads)
+            # the reference rule: a frame takes messages while it has fewer than 4 and its
+            # messages plus one byte each (before the next) stay within 250 bytes
+            expected, group, used = [], 0, 0
+            for p in payloads:
+                if group and (group >= 4 or used + p.size > 250):
+                    expected.append(group)
+                    group, used = 0, 0
+                group += 1
+                used += p.size + 1
+            expected.append(group)
+            if binary:
+                counts = [len(f) // size for f in frames]
+            else:
+                counts = [f.count(b"\n") + 1 for f in frames]
+            assert counts == expected, (count, size)
+
+
+@pytest_twisted.ensureDeferred
+async def test_subscribers_of_one_burst_share_its_frames_and_later_bursts_get_theirs(
+    plain: Server,
+) -> None:
+    """A batch joined once per turn reaches every subscriber whole and in order.
+
+    The next turn's batch (new payloads, possibly at the same addresses) is joined anew.
+    """
+    f1, p1, _ = await subscribe(plain)
+    f2 = ClientFactory(plain.url)
+    connectWS(f2)
+    p2 = await f2.opened
+    p2.send_json({"id": 1, "connect": {}}, {"id": 2, "subscribe": {"channel": "room"}})
+    replies: list[Any] = []
+    while len(replies) < 2:
+        replies += await f2.next_messages()
+    ws = next(d for d in plain.drains if isinstance(d, WebSocketFactory))
+    for first in (0, 3, 6):
+        await publish(plain, first, 3)
+        assert await receive(f1, 3) == [first, first + 1, first + 2]
+        assert await receive(f2, 3) == [first, first + 1, first + 2]
+        await next_turn()
+        assert ws.joined_text == {}  # nothing is kept past the turn
+    p1.sendClose()
+    p2.sendClose()
+    await f1.closed
+    await f2.closed
