@@ -536,12 +536,6 @@ async def test_client_channels_use_sharded_pubsub_on_their_master(
         await engine.stop()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known issue: in two full-suite CI runs the shard subscription was not re-made on "
-    "the new master within 20 s (never reproduced alone, in its module or under load); "
-    "docs/cluster.rst, Redis Cluster failure modes",
-)
 @pytest_twisted.ensureDeferred
 async def test_subscription_follows_its_slot_to_another_master(
     redis_cluster: RedisClusterSetup,
