@@ -30,31 +30,18 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "interop"))
 
 import grpc
+from grpc_h2_floor import ConstantDispatch
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from rtserver.grpcapi.api import SERVICE_NAME, Reply
+from rtserver.grpcapi.api import SERVICE_NAME
 from rtserver.grpcapi.h2server import GRPCH2Factory, GRPCH2Protocol, H2GRPCService
-
-
-class ConstantDispatch:
-    """Answers every ``Publish`` at once with an empty ``PublishResponse`` result."""
-
-    methods = ["Publish"]
-
-    def authorized(self, metadata: Any) -> bool:
-        return True
-
-    def call(self, method: str, request: bytes, metadata: Any) -> Deferred[Reply]:
-        return succeed(Reply(0, "", b"\x12\x00"))
 
 
 def _grpcio(port: int, calls: int, deadline: bool) -> None:

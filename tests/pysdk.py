@@ -2,14 +2,16 @@
 
 :class:`Recorder` keeps every SDK event of a scenario in order with bounded waits;
 :class:`ClientEvents` / :class:`SubEvents` feed it; :func:`run_scenario` runs one
-asyncio scenario under a bound.
+asyncio scenario under a bound; :func:`subscribed` gives a connected client with one ready
+subscription.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import asynccontextmanager
 from dataclasses import asdict, is_dataclass
 from typing import Any, TypeVar
 
@@ -217,6 +219,30 @@ def subscribe(
     client: Client, channel: str, rec: Recorder, label: str = "main", **options: Any
 ) -> Subscription:
     return client.new_subscription(channel, events=SubEvents(rec, channel, label), **options)
+
+
+@asynccontextmanager
+async def subscribed(
+    server: Server,
+    channel: str,
+    rec: Recorder,
+    token: str = "",
+    get_token: Callable[[], Awaitable[str]] | None = None,
+    use_protobuf: bool = False,
+) -> AsyncIterator[tuple[Client, Subscription]]:
+    """A client of ``server`` connected, subscribed to ``channel`` and ready.
+
+    Its events go to ``rec``; it is disconnected on exit, also when the body raises.
+    """
+    client, _ = sdk_client(server, rec, token, get_token, use_protobuf=use_protobuf)
+    sub = subscribe(client, channel, rec)
+    try:
+        await client.connect()
+        await sub.subscribe()
+        await bounded(sub.ready())
+        yield client, sub
+    finally:
+        await client.disconnect()
 
 
 async def in_thread(fn: Callable[..., T], *args: Any) -> T:

@@ -21,7 +21,7 @@ from typing import Any
 import jwt
 import requests
 from harness import Server, base_config, merge, spawn_server, stop_server
-from pysdk import Recorder, bounded, run_scenario, sdk_client, subscribe
+from pysdk import Recorder, run_scenario, sdk_client, subscribed
 
 RELOAD_TIMEOUT = 10.0
 
@@ -80,12 +80,7 @@ def test_sighup_applies_keys_and_namespaces_and_keeps_connections(tmp_path: Path
         rec = Recorder()
 
         async def scenario() -> None:
-            client, _ = sdk_client(server, rec, token=_token(old_secret, "kept"))
-            sub = subscribe(client, channel, rec)
-            await client.connect()
-            await sub.subscribe()
-            await bounded(sub.ready())
-            try:
+            async with subscribed(server, channel, rec, token=_token(old_secret, "kept")):
                 history_ns = {**plain_ns, "history_size": 10, "history_ttl": "60s"}
                 config_file.write_text(json.dumps(_config(new_secret, new_key, channel={
                     "namespaces": [*namespaces, history_ns, {"name": "fresh"}]})))
@@ -117,8 +112,6 @@ def test_sighup_applies_keys_and_namespaces_and_keeps_connections(tmp_path: Path
                 await again.connect()
                 await rec.wait("connected", client="again")
                 await again.disconnect()
-            finally:
-                await client.disconnect()
 
         run_scenario(scenario())
         assert _api(server, old_key, "info", {}).status_code == 401

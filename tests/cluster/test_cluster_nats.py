@@ -21,14 +21,13 @@ import cent
 import pytest
 from harness import merge, run_emulation_pubsub
 from natsserver import NatsServer
-from pysdk import Recorder, in_thread, name, run_scenario
+from pysdk import Recorder, in_thread, name, run_scenario, subscribed
 from test_cluster_nodes import (
     CLUSTER_TIMEOUT,
     Cluster,
     check_versions_across_nodes,
     health,
     node_names,
-    subscribed_client,
     wait_until,
 )
 
@@ -94,8 +93,7 @@ def test_nats_broker_joins_two_nodes(nats_cluster: Cluster) -> None:
 
     async def scenario() -> None:
         rec = Recorder()
-        client = await subscribed_client(a, rec, a.token(user), channel)
-        try:
+        async with subscribed(a, channel, rec, token=a.token(user)):
             for i in (1, 2, 3):
                 await in_thread(b.publish, channel, {"n": i})
             got = await rec.wait("publication", count=3)
@@ -124,8 +122,6 @@ def test_nats_broker_joins_two_nodes(nats_cluster: Cluster) -> None:
                 ),
             )
             assert (await rec.wait("disconnected"))[0]["code"] == 4501
-        finally:
-            await client.disconnect()
 
     run_scenario(scenario())
 
@@ -137,8 +133,7 @@ def test_nats_restart_is_survived(nats_cluster: Cluster, nats: NatsServer) -> No
 
     async def scenario() -> None:
         rec = Recorder()
-        client = await subscribed_client(a, rec, a.token(user), channel)
-        try:
+        async with subscribed(a, channel, rec, token=a.token(user)):
             await in_thread(b.publish, channel, {"n": 1})
             await rec.wait("publication", count=1)
             await in_thread(nats.kill)
@@ -153,8 +148,6 @@ def test_nats_restart_is_survived(nats_cluster: Cluster, nats: NatsServer) -> No
             await in_thread(b.publish, channel, {"n": 2})
             got = await rec.wait("publication", count=2)
             assert [e["data"]["n"] for e in got] == [1, 2]
-        finally:
-            await client.disconnect()
 
     run_scenario(scenario())
 
@@ -183,9 +176,10 @@ def test_nats_killed_mid_stream_recovers_or_reports_loss(
 
     async def scenario() -> None:
         rec_roomy, rec_small = Recorder(), Recorder()
-        c1 = await subscribed_client(a, rec_roomy, a.token(user), roomy)
-        c2 = await subscribed_client(a, rec_small, a.token(user), small)
-        try:
+        async with (
+            subscribed(a, roomy, rec_roomy, token=a.token(user)),
+            subscribed(a, small, rec_small, token=a.token(user)),
+        ):
             for channel, rec in ((roomy, rec_roomy), (small, rec_small)):
                 await in_thread(b.publish, channel, {"n": 1})
                 await rec.wait("publication", count=1)
@@ -213,8 +207,5 @@ def test_nats_killed_mid_stream_recovers_or_reports_loss(
             await in_thread(wait_until, loss_reported, "small channel reports the loss")
             await in_thread(b.publish, small, {"n": 8})
             await rec_small.wait("publication", data={"n": 8})
-        finally:
-            await c1.disconnect()
-            await c2.disconnect()
 
     run_scenario(scenario())

@@ -24,7 +24,7 @@ from harness import (
     spawn_server,
     stop_server,
 )
-from pysdk import Recorder, bounded, in_thread, name, run_scenario, sdk_client, subscribe
+from pysdk import Recorder, in_thread, name, run_scenario, subscribed
 
 #: How long a cluster-level change (node announcements, Redis reconnect) may take.
 CLUSTER_TIMEOUT = 20.0
@@ -88,16 +88,6 @@ def wait_until(check: Any, what: str, timeout: float = CLUSTER_TIMEOUT) -> Any:
     raise AssertionError(f"{what}: not within {timeout:g}s (last: {last!r})")
 
 
-async def subscribed_client(server: Server, rec: Recorder, token: str, channel: str) -> Any:
-    """A centrifuge-python client connected to ``server`` and subscribed to ``channel``."""
-    client, _ = sdk_client(server, rec, token=token)
-    sub = subscribe(client, channel, rec)
-    await client.connect()
-    await sub.subscribe()
-    await bounded(sub.ready())
-    return client
-
-
 def node_names(server: Server) -> list[str]:
     return sorted(n.name for n in server.cent_client.info(cent.InfoRequest()).nodes)
 
@@ -129,16 +119,13 @@ def check_versions_across_nodes(a: Server, b: Server) -> None:
 
     async def scenario() -> tuple[list[tuple[int, str]], list[Any]]:
         rec = Recorder()
-        client = await subscribed_client(a, rec, a.token(name("u-")), channel)
-        try:
+        async with subscribed(a, channel, rec, token=a.token(name("u-"))):
             positions = [
                 await in_thread(publish, b, 1, 2),
                 await in_thread(publish, a, 2, 1),
                 await in_thread(publish, a, 3, 3),
             ]
             return positions, await rec.wait("publication", count=2)
-        finally:
-            await client.disconnect()
 
     positions, pubs = run_scenario(scenario())
     epoch = positions[0][1]
@@ -166,8 +153,7 @@ def test_two_nodes_act_as_one_server(cluster: Cluster) -> None:
 
     async def scenario() -> None:
         rec = Recorder()
-        client = await subscribed_client(a, rec, a.token(user), channel)
-        try:
+        async with subscribed(a, channel, rec, token=a.token(user)):
             for i in (1, 2, 3):
                 await in_thread(b.publish, channel, {"n": i})
             got = await rec.wait("publication", count=3)
@@ -202,8 +188,6 @@ def test_two_nodes_act_as_one_server(cluster: Cluster) -> None:
                 ),
             )
             assert (await rec.wait("disconnected"))[0]["code"] == 4501
-        finally:
-            await client.disconnect()
 
     run_scenario(scenario())
 
@@ -215,8 +199,7 @@ def test_killed_node_restarts_and_its_client_recovers(cluster: Cluster) -> None:
 
     async def scenario() -> None:
         rec = Recorder()
-        client = await subscribed_client(cluster.nodes["a"], rec, b.token(user), channel)
-        try:
+        async with subscribed(cluster.nodes["a"], channel, rec, token=b.token(user)):
             await in_thread(b.publish, channel, {"n": 1})
             await rec.wait("publication", count=1)
             old_id = (await rec.wait("connected"))[0]["id"]
@@ -238,8 +221,6 @@ def test_killed_node_restarts_and_its_client_recovers(cluster: Cluster) -> None:
 
             # A's killed process could not remove its client: presence TTL does.
             await in_thread(wait_until, dead_client_gone, "killed node's presence expired")
-        finally:
-            await client.disconnect()
 
     run_scenario(scenario())
 
@@ -251,8 +232,7 @@ def test_redis_restart_is_survived_and_loss_is_reported(cluster: Cluster, redis:
 
     async def scenario() -> None:
         rec = Recorder()
-        client = await subscribed_client(a, rec, a.token(user), channel)
-        try:
+        async with subscribed(a, channel, rec, token=a.token(user)):
             await in_thread(b.publish, channel, {"n": 1})
             await rec.wait("publication", count=1)
 
@@ -278,8 +258,6 @@ def test_redis_restart_is_survived_and_loss_is_reported(cluster: Cluster, redis:
             await in_thread(wait_until, resubscribed_after_loss, "resubscribe with loss")
             await in_thread(b.publish, channel, {"n": "final"})
             await rec.wait("publication", data={"n": "final"})
-        finally:
-            await client.disconnect()
 
     run_scenario(scenario())
 
@@ -302,8 +280,7 @@ def test_killed_pubsub_links_are_reestablished(cluster: Cluster, redis: Any) -> 
 
     async def scenario() -> None:
         rec = Recorder()
-        client = await subscribed_client(a, rec, a.token(user), channel)
-        try:
+        async with subscribed(a, channel, rec, token=a.token(user)):
             await in_thread(redis.kill_pubsub_clients)
             counter = iter(range(1, 1000))
 
@@ -316,8 +293,6 @@ def test_killed_pubsub_links_are_reestablished(cluster: Cluster, redis: Any) -> 
             # reported: the client never sees a gap in offsets.
             offsets = [e["offset"] for e in rec.find("publication")]
             assert offsets == list(range(offsets[0], offsets[0] + len(offsets)))
-        finally:
-            await client.disconnect()
 
     run_scenario(scenario())
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 from harness import free_port, merge, spawn_server, stop_server
-from pysdk import Recorder, bounded, in_thread, name, run_scenario, sdk_client, subscribe
+from pysdk import Recorder, in_thread, name, run_scenario, subscribed
 
 from rtserver.grpcapi.proto import api_pb2 as pb
 from rtserver.grpcapi.proto import api_pb2_grpc
@@ -52,12 +52,7 @@ def test_grpc_api_on_node_b_reaches_subscribers_on_node_a(
 
             async def scenario() -> None:
                 rec = Recorder()
-                client, _ = sdk_client(a, rec, token=a.token(user))
-                sub = subscribe(client, channel, rec)
-                try:
-                    await client.connect()
-                    await sub.subscribe()
-                    await bounded(sub.ready())
+                async with subscribed(a, channel, rec, token=a.token(user)):
                     client_id = rec.find("connected")[0]["id"]
                     for n in (1, 2):
                         request = pb.PublishRequest(channel=channel, data=b'{"n":%d}' % n)
@@ -72,8 +67,6 @@ def test_grpc_api_on_node_b_reaches_subscribers_on_node_a(
                     channels = await in_thread(call, "Channels",
                                                pb.ChannelsRequest(pattern=channel))
                     assert channels.result.channels[channel].num_clients == 1
-                finally:
-                    await client.disconnect()
 
             run_scenario(scenario())
     finally:

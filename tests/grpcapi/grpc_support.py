@@ -1,4 +1,4 @@
-"""What the GRPC API tests share: the server handle, call bounds and config overrides."""
+"""What the GRPC API tests share: server handle, call bounds, config overrides, a held dispatch."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ from typing import Any
 
 import grpc
 from harness import Server
+from twisted.internet.defer import Deferred
+
+from rtserver.grpcapi.api import Reply
 
 #: Bound of one GRPC call in the tests.
 CALL_TIMEOUT = 10.0
@@ -33,3 +36,20 @@ def grpc_overrides(port: int, key: str, **extra: Any) -> dict[str, Any]:
     """Config enabling the GRPC API on loopback ``port`` with ``key``."""
     return {"grpc_api": {"enabled": True, "address": "127.0.0.1", "port": port, "key": key,
                          **extra}}
+
+
+class Held:
+    """A dispatch whose calls wait until the test fires them."""
+
+    methods = ["Info", "Publish", "History"]
+
+    def __init__(self) -> None:
+        self.pending: list[Deferred[Reply]] = []
+
+    def authorized(self, metadata: Any) -> bool:
+        return True
+
+    def call(self, method: str, request: bytes, metadata: Any) -> Deferred[Reply]:
+        d: Deferred[Reply] = Deferred()
+        self.pending.append(d)
+        return d

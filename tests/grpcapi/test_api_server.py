@@ -18,8 +18,7 @@ from typing import Any
 import grpc
 import pytest
 from grpc_support import CALL_TIMEOUT, GRPCServer
-from pysdk import Recorder, bounded, in_thread, name, run_scenario, sdk_client
-from pysdk import subscribe as sdk_subscribe
+from pysdk import Recorder, in_thread, name, run_scenario, sdk_client, subscribed
 
 from rtserver.grpcapi.proto import api_pb2 as pb
 from rtserver.grpcapi.proto import api_pb2_grpc
@@ -41,12 +40,8 @@ def test_publish_reaches_a_websocket_subscriber(grpc_server: GRPCServer, stub: S
 
     async def scenario() -> list[Any]:
         rec = Recorder()
-        client, _ = sdk_client(grpc_server.server, rec, token=grpc_server.server.token("u1"))
-        sub = sdk_subscribe(client, channel, rec)
-        try:
-            await client.connect()
-            await sub.subscribe()
-            await bounded(sub.ready())
+        token = grpc_server.server.token("u1")
+        async with subscribed(grpc_server.server, channel, rec, token=token):
             replies = []
             for data in sent:
                 request = pb.PublishRequest(channel=channel, data=json.dumps(data).encode())
@@ -55,8 +50,6 @@ def test_publish_reaches_a_websocket_subscriber(grpc_server: GRPCServer, stub: S
             assert [p["data"] for p in pubs] == sent
             assert [p["offset"] for p in pubs] == [1, 2]
             return replies
-        finally:
-            await client.disconnect()
 
     replies = run_scenario(scenario())
     assert [r.HasField("error") for r in replies] == [False, False]
@@ -74,17 +67,10 @@ def test_channel_state_answers_with_the_documented_shapes(
     async def scenario() -> str:
         rec = Recorder()
         token = grpc_server.server.token(user, info=conn_info)
-        client, _ = sdk_client(grpc_server.server, rec, token=token)
-        sub = sdk_subscribe(client, channel, rec)
-        try:
-            await client.connect()
-            await sub.subscribe()
-            await bounded(sub.ready())
+        async with subscribed(grpc_server.server, channel, rec, token=token):
             client_id: str = rec.find("connected")[0]["id"]
             await in_thread(check, client_id)
             return client_id
-        finally:
-            await client.disconnect()
 
     def check(client_id: str) -> None:
         for n in (1, 2, 3):
@@ -219,17 +205,11 @@ def test_outdated_versions_are_suppressed(grpc_server: GRPCServer, stub: Stub) -
 
     async def scenario() -> tuple[list[tuple[int, str]], list[Any]]:
         rec = Recorder()
-        client, _ = sdk_client(grpc_server.server, rec, token=grpc_server.server.token("u1"))
-        sub = sdk_subscribe(client, channel, rec)
-        try:
-            await client.connect()
-            await sub.subscribe()
-            await bounded(sub.ready())
+        token = grpc_server.server.token("u1")
+        async with subscribed(grpc_server.server, channel, rec, token=token):
             positions = await in_thread(calls)
             pubs = await rec.wait("publication", count=3)
             return positions, pubs
-        finally:
-            await client.disconnect()
 
     positions, pubs = run_scenario(scenario())
     epoch = positions[0][1]

@@ -12,8 +12,8 @@ import struct
 from typing import Any
 
 import pytest
+from grpc_support import Held
 from hpack import Decoder, Encoder
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
@@ -51,23 +51,6 @@ def window_update(sid: int, increment: int) -> bytes:
 
 def message(body: bytes) -> bytes:
     return struct.pack(">BI", 0, len(body)) + body
-
-
-class Held:
-    """A dispatch whose calls wait until the test fires them."""
-
-    methods = ["Info", "Publish", "History"]
-
-    def __init__(self) -> None:
-        self.pending: list[Deferred[Reply]] = []
-
-    def authorized(self, metadata: Any) -> bool:
-        return True
-
-    def call(self, method: str, request: bytes, metadata: Any) -> Deferred[Reply]:
-        d: Deferred[Reply] = Deferred()
-        self.pending.append(d)
-        return d
 
 
 class Answer:

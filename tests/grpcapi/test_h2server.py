@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from grpc_support import Held
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.events import (
@@ -27,7 +28,6 @@ from h2.events import (
 )
 from h2.settings import SettingCodes
 from hyperframe.frame import Frame, GoAwayFrame
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
@@ -404,23 +404,6 @@ def test_garbage_aborts_the_connection() -> None:
     assert peer.factory.connections._open == {peer.server}
     peer.server.connectionLost()
     assert len(peer.factory.connections) == 0
-
-
-class Held:
-    """A dispatch whose calls wait until the test fires them."""
-
-    methods = ["Info"]
-
-    def __init__(self) -> None:
-        self.pending: list[Deferred[Reply]] = []
-
-    def authorized(self, metadata: Any) -> bool:
-        return True
-
-    def call(self, method: str, request: bytes, metadata: Any) -> Deferred[Reply]:
-        d: Deferred[Reply] = Deferred()
-        self.pending.append(d)
-        return d
 
 
 def test_drain_finishes_calls_in_flight_and_refuses_new_ones() -> None:

@@ -28,7 +28,7 @@ import pytest
 from gogrpc import build_go_client, go_missing
 from google.protobuf.message import Message
 from harness import Server, free_port, run_server
-from pysdk import Recorder, bounded, in_thread, name, run_scenario, sdk_client, subscribe
+from pysdk import Recorder, in_thread, name, run_scenario, subscribed
 
 from rtserver.grpcapi.proto import api_pb2 as pb
 
@@ -143,12 +143,7 @@ def test_publish_reaches_a_websocket_subscriber_and_history(grpc_go: GoAPI) -> N
 
     async def scenario() -> list[Any]:
         rec = Recorder()
-        client, _ = sdk_client(grpc_go.server, rec, token=grpc_go.server.token("go-u"))
-        sub = subscribe(client, channel, rec)
-        try:
-            await client.connect()
-            await sub.subscribe()
-            await bounded(sub.ready())
+        async with subscribed(grpc_go.server, channel, rec, token=grpc_go.server.token("go-u")):
             replies = []
             for data in sent:
                 (reply,) = await in_thread(grpc_go.ok, _publish(channel, json.dumps(data).encode()))
@@ -156,8 +151,6 @@ def test_publish_reaches_a_websocket_subscriber_and_history(grpc_go: GoAPI) -> N
             pubs = await rec.wait("publication", count=2)
             assert [p["data"] for p in pubs] == sent
             return replies
-        finally:
-            await client.disconnect()
 
     replies = run_scenario(scenario())
     assert [r.result.offset for r in replies] == [1, 2]

@@ -26,6 +26,7 @@ from pysdk import (
     run_scenario,
     sdk_client,
     subscribe,
+    subscribed,
 )
 
 
@@ -37,12 +38,8 @@ def test_connect_subscribe_receive_presence_history(rt_server: Server) -> None:
 
     async def scenario() -> None:
         rec = Recorder()
-        client, _ = sdk_client(rt_server, rec, token=rt_server.token(user, info=info))
-        sub = subscribe(client, channel, rec)
-        try:
-            await client.connect()
-            await sub.subscribe()
-            await bounded(sub.ready())
+        token = rt_server.token(user, info=info)
+        async with subscribed(rt_server, channel, rec, token=token) as (_, sub):
             client_id = rec.find("connected")[0]["id"]
             offsets = [(await in_thread(rt_server.publish, channel, d)).offset for d in sent]
             pubs = await rec.wait("publication", count=3)
@@ -64,11 +61,9 @@ def test_connect_subscribe_receive_presence_history(rt_server: Server) -> None:
             latest = await bounded(sub.history(limit=1, reverse=True))
             assert [p.data for p in latest.publications] == [sent[-1]]
 
-            (subscribed,) = rec.find("subscribed")
-            assert subscribed["recoverable"] is True and subscribed["positioned"] is True
-            assert subscribed["stream_position"]["epoch"] == history.epoch
-        finally:
-            await client.disconnect()
+            (ready,) = rec.find("subscribed")
+            assert ready["recoverable"] is True and ready["positioned"] is True
+            assert ready["stream_position"]["epoch"] == history.epoch
 
     run_scenario(scenario())
 
@@ -217,14 +212,10 @@ def test_short_lived_token_refreshed_without_disconnect(rt_server: Server) -> No
             rec.add("get_token", at=time.time())
             return fresh
 
-        client, _ = sdk_client(
-            rt_server, rec, token=rt_server.token(user, ttl=None, exp=exp), get_token=get_token
-        )
-        sub = subscribe(client, channel, rec)
-        try:
-            await client.connect()
-            await sub.subscribe()
-            await bounded(sub.ready())
+        token = rt_server.token(user, ttl=None, exp=exp)
+        async with subscribed(
+            rt_server, channel, rec, token=token, get_token=get_token
+        ) as (client, sub):
             client_id = rec.find("connected")[0]["id"]
             (call,) = await rec.wait("get_token", timeout=exp - time.time() + 5)
             assert call["at"] <= exp + EXPIRED_CLOSE_DELAY, "refreshed before the server closes"
@@ -244,8 +235,6 @@ def test_short_lived_token_refreshed_without_disconnect(rt_server: Server) -> No
                 "connected",
             ]
             assert not rec.find("disconnected") and not rec.find("error")
-        finally:
-            await client.disconnect()
 
     run_scenario(scenario())
 
@@ -336,19 +325,13 @@ def test_api_disconnect_is_terminal_3503(rt_server: Server) -> None:
 
     async def scenario() -> None:
         rec = Recorder()
-        client, _ = sdk_client(rt_server, rec, token=rt_server.token(user))
-        sub = subscribe(client, name("py-dc-"), rec)
-        try:
-            await client.connect()
-            await sub.subscribe()
-            await bounded(sub.ready())
+        token = rt_server.token(user)
+        async with subscribed(rt_server, name("py-dc-"), rec, token=token) as (client, _):
             await in_thread(rt_server.cent_client.disconnect, cent.DisconnectRequest(user=user))
             (d,) = await rec.wait("disconnected")
             assert (d["code"], d["reason"]) == (3503, "force disconnect")
             assert client.state == ClientState.DISCONNECTED
             assert rec.find("connecting") == [rec.events[0]], "no reconnect after 3503"
-        finally:
-            await client.disconnect()
 
     run_scenario(scenario())
 
@@ -359,12 +342,8 @@ def test_api_unsubscribe_is_2000(rt_server: Server) -> None:
 
     async def scenario() -> None:
         rec = Recorder()
-        client, _ = sdk_client(rt_server, rec, token=rt_server.token(user))
-        sub = subscribe(client, channel, rec)
-        try:
-            await client.connect()
-            await sub.subscribe()
-            await bounded(sub.ready())
+        token = rt_server.token(user)
+        async with subscribed(rt_server, channel, rec, token=token) as (client, sub):
             await in_thread(
                 rt_server.cent_client.unsubscribe,
                 cent.UnsubscribeRequest(user=user, channel=channel),
@@ -374,8 +353,6 @@ def test_api_unsubscribe_is_2000(rt_server: Server) -> None:
             assert sub.state == SubscriptionState.UNSUBSCRIBED
             assert client.state == ClientState.CONNECTED
             assert len(rec.find("subscribed")) == 1, "no resubscribe after a terminal code"
-        finally:
-            await client.disconnect()
 
     run_scenario(scenario())
 
@@ -410,17 +387,10 @@ def test_api_publish_versions_suppress_outdated(rt_server: Server) -> None:
 
     async def scenario() -> tuple[list[tuple[int, str]], list[Any]]:
         rec = Recorder()
-        client, _ = sdk_client(rt_server, rec, token=rt_server.token(name("py-u-")))
-        sub = subscribe(client, channel, rec)
-        try:
-            await client.connect()
-            await sub.subscribe()
-            await bounded(sub.ready())
+        async with subscribed(rt_server, channel, rec, token=rt_server.token(name("py-u-"))):
             positions = await in_thread(calls)
             pubs = await rec.wait("publication", count=5)
             return positions, pubs
-        finally:
-            await client.disconnect()
 
     positions, pubs = run_scenario(scenario())
     epoch = positions[0][1]

@@ -15,7 +15,16 @@ import orjson
 import pytest
 from centrifuge import ClientState, ReplyError, SubscriptionState
 from interop_support import EXPIRED_CLOSE_DELAY, Server
-from pysdk import Recorder, bounded, in_thread, name, run_scenario, sdk_client, subscribe
+from pysdk import (
+    Recorder,
+    bounded,
+    in_thread,
+    name,
+    run_scenario,
+    sdk_client,
+    subscribe,
+    subscribed,
+)
 
 
 def test_protobuf_client_publishes_presence_history_in_a_mixed_channel(pb_server: Server) -> None:
@@ -108,12 +117,10 @@ def test_protobuf_recovery_after_disconnect(pb_server: Server) -> None:
 
     async def scenario() -> None:
         rec = Recorder()
-        client, _ = sdk_client(pb_server, rec, token=pb_server.token(user), use_protobuf=True)
-        sub = subscribe(client, channel, rec)
-        try:
-            await client.connect()
-            await sub.subscribe()
-            await bounded(sub.ready())
+        token = pb_server.token(user)
+        async with subscribed(
+            pb_server, channel, rec, token=token, use_protobuf=True
+        ) as (client, _):
             await in_thread(pb_server.publish, channel, {"live": 0})
             await rec.wait("publication", count=1)
             await client.disconnect()
@@ -122,8 +129,6 @@ def test_protobuf_recovery_after_disconnect(pb_server: Server) -> None:
             await client.connect()
             await rec.wait("subscribed", count=2)
             pubs = await rec.wait("publication", count=4)
-        finally:
-            await client.disconnect()
         first, again = rec.find("subscribed")
         assert again["was_recovering"] is True and again["recovered"] is True
         assert again["stream_position"]["epoch"] == first["stream_position"]["epoch"]
