@@ -1,7 +1,13 @@
-"""What the GRPC API tests share: server handle, call bounds, config overrides, a held dispatch."""
+"""What the GRPC API tests share.
+
+Server handle, call bounds, config overrides, a held dispatch, a blocking unary caller
+and a port probe.
+"""
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,12 +45,13 @@ def grpc_overrides(port: int, key: str, **extra: Any) -> dict[str, Any]:
 
 
 class Held:
-    """A dispatch whose calls wait until the test fires them."""
+    """A dispatch whose calls wait until the test fires them; ``started`` fires on the first."""
 
     methods = ["Info", "Publish", "History"]
 
     def __init__(self) -> None:
         self.pending: list[Deferred[Reply]] = []
+        self.started: Deferred[None] = Deferred()
 
     def authorized(self, metadata: Any) -> bool:
         return True
@@ -52,4 +59,24 @@ class Held:
     def call(self, method: str, request: bytes, metadata: Any) -> Deferred[Reply]:
         d: Deferred[Reply] = Deferred()
         self.pending.append(d)
+        if not self.started.called:
+            self.started.callback(None)
         return d
+
+
+def unary_caller(port: int, path: str) -> Callable[[bytes], bytes]:
+    """A blocking call of the unary method ``path`` on loopback ``port`` (run it in a thread)."""
+
+    def call(request: bytes) -> bytes:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            method = channel.unary_unary(path)
+            reply: bytes = method(request, timeout=CALL_TIMEOUT)
+            return reply
+
+    return call
+
+
+def accepts(port: int) -> bool:
+    """Whether something accepts TCP connections on loopback ``port``."""
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0

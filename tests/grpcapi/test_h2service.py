@@ -8,42 +8,19 @@ because their calls block.
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
 from typing import Any
 
 import grpc
 import pytest
 import pytest_twisted
+from grpc_support import Held, accepts, unary_caller
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.logger import formatEvent, globalLogPublisher
 
 from rtserver.grpcapi.api import SERVICE_NAME, Reply
 from rtserver.grpcapi.h2server import GRPCH2Factory, H2GRPCService
 from rtserver.grpcapi.server import bind_address
-
-CALL_TIMEOUT = 10.0
-
-
-class Held:
-    """A dispatch whose ``Info`` calls wait for the test; ``started`` fires on the first."""
-
-    methods = ["Info"]
-
-    def __init__(self) -> None:
-        self.pending: list[Deferred[Reply]] = []
-        self.started: Deferred[None] = Deferred()
-
-    def authorized(self, metadata: Any) -> bool:
-        return True
-
-    def call(self, method: str, request: bytes, metadata: Any) -> Deferred[Reply]:
-        d: Deferred[Reply] = Deferred()
-        self.pending.append(d)
-        if not self.started.called:
-            self.started.callback(None)
-        return d
 
 
 def _service(grace: float = 5.0, **kwargs: Any) -> tuple[H2GRPCService, Held]:
@@ -53,42 +30,27 @@ def _service(grace: float = 5.0, **kwargs: Any) -> tuple[H2GRPCService, Held]:
                          **kwargs), held
 
 
-def _caller(port: int) -> Callable[[bytes], bytes]:
-    def call(request: bytes) -> bytes:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            method = channel.unary_unary(f"/{SERVICE_NAME}/Info")
-            reply: bytes = method(request, timeout=CALL_TIMEOUT)
-            return reply
-
-    return call
-
-
-def _accepts(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 @pytest_twisted.ensureDeferred
 async def test_stop_drains_a_call_in_flight_then_closes_the_port() -> None:
     service, held = _service()
     service.startService()
     port = service.port
-    assert port and _accepts(port)
-    in_flight = deferToThread(_caller(port), b"")
+    assert port and accepts(port)
+    in_flight = deferToThread(unary_caller(port, f"/{SERVICE_NAME}/Info"), b"")
     await held.started
     stopped = service.stopService()
     assert not stopped.called, "stopService must wait for the call in flight"
     held.pending[0].callback(Reply(0, "", b"answer"))
     assert await in_flight == b"answer"
     await stopped
-    assert not _accepts(port)
+    assert not accepts(port)
 
 
 @pytest_twisted.ensureDeferred
 async def test_stop_closes_what_the_grace_period_did_not_drain() -> None:
     service, held = _service(grace=0.2)
     service.startService()
-    in_flight = deferToThread(_caller(service.port), b"")
+    in_flight = deferToThread(unary_caller(service.port, f"/{SERVICE_NAME}/Info"), b"")
     await held.started
     await service.stopService()
     with pytest.raises(grpc.RpcError) as cut:
@@ -105,7 +67,7 @@ async def test_workers_share_the_port_with_reuse_port() -> None:
     second.startService()
     assert second.port == first.port
     await second.stopService()
-    call = deferToThread(_caller(first.port), b"")
+    call = deferToThread(unary_caller(first.port, f"/{SERVICE_NAME}/Info"), b"")
     await held.started
     held.pending[0].callback(Reply(12, "unknown method Info", b""))
     with pytest.raises(grpc.RpcError) as e:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import grpc
 import pytest
 import pytest_twisted
+from grpc_support import CALL_TIMEOUT, accepts, unary_caller
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThread
@@ -25,8 +25,6 @@ from rtserver.grpcapi.bridge import BridgeClosed, ReactorBridge, to_loop
 from rtserver.grpcapi.server import AioGRPCServerService, GRPCServerService, bind_address
 from rtserver.grpcapi.unistream import UniStreamServicer
 from rtserver.testing import make_node
-
-CALL_TIMEOUT = 10.0
 
 
 class Boom(Exception):
@@ -123,53 +121,38 @@ def _service(grace: float = 5.0, **kwargs: Any) -> tuple[GRPCServerService, Gate
     return service, gated
 
 
-def _caller(port: int) -> Callable[[bytes], bytes]:
-    def call(request: bytes) -> bytes:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            method = channel.unary_unary("/test.Gated/Wait")
-            reply: bytes = method(request, timeout=CALL_TIMEOUT)
-            return reply
-
-    return call
-
-
-def _accepts(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 @pytest_twisted.ensureDeferred
 async def test_stop_drains_a_call_in_flight_then_closes_the_port() -> None:
     service, gated = _service()
     service.startService()
     port = service.port
-    assert port and _accepts(port)
-    in_flight = deferToThread(_caller(port), b"first")
+    assert port and accepts(port)
+    in_flight = deferToThread(unary_caller(port, "/test.Gated/Wait"), b"first")
     await gated.started
     stopped = service.stopService()
     assert not stopped.called, "stopService must wait for the call in flight"
     with pytest.raises(grpc.RpcError) as refused:
-        await deferToThread(_caller(port), b"second")
+        await deferToThread(unary_caller(port, "/test.Gated/Wait"), b"second")
     # grpcio refuses a call that races its shutdown with either status.
     assert refused.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
     gated.gate.callback(b"ok")
     assert await in_flight == b"reply to first: ok"
     await stopped
-    assert not _accepts(port)
+    assert not accepts(port)
 
 
 @pytest_twisted.ensureDeferred
 async def test_stop_cancels_what_the_grace_period_did_not_drain() -> None:
     service, gated = _service(grace=0.2)
     service.startService()
-    in_flight = deferToThread(_caller(service.port), b"stuck")
+    in_flight = deferToThread(unary_caller(service.port, "/test.Gated/Wait"), b"stuck")
     await gated.started
     await service.stopService()
     with pytest.raises(grpc.RpcError) as cancelled:
         await in_flight
     assert cancelled.value.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
     assert gated.bridge.pending == 0
-    assert not _accepts(service.port)
+    assert not accepts(service.port)
 
 
 def test_a_port_in_use_fails_start_loudly() -> None:
@@ -239,8 +222,8 @@ async def test_aio_stop_drains_a_call_in_flight_then_closes_the_port() -> None:
     service, gated = _aio_service()
     service.startService()
     port = service.port
-    assert port and _accepts(port)
-    in_flight = deferToThread(_caller(port), b"first")
+    assert port and accepts(port)
+    in_flight = deferToThread(unary_caller(port, "/test.Gated/Wait"), b"first")
     await gated.started
     stopped = service.stopService()
     assert not stopped.called, "stopService must wait for the call in flight"
@@ -250,13 +233,13 @@ async def test_aio_stop_drains_a_call_in_flight_then_closes_the_port() -> None:
     await deferToThread(lambda: asyncio.run_coroutine_threadsafe(
         asyncio.sleep(0), loop).result(CALL_TIMEOUT))
     with pytest.raises(grpc.RpcError) as refused:
-        await deferToThread(_caller(port), b"second")
+        await deferToThread(unary_caller(port, "/test.Gated/Wait"), b"second")
     # grpc.aio refuses a call that races its shutdown with either status.
     assert refused.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
     gated.gate.callback(b"ok")
     assert await in_flight == b"reply to first: ok"
     await stopped
-    assert not _accepts(port)
+    assert not accepts(port)
     assert gated.bridge.closed
 
 
@@ -264,14 +247,14 @@ async def test_aio_stop_drains_a_call_in_flight_then_closes_the_port() -> None:
 async def test_aio_stop_cancels_what_the_grace_period_did_not_drain() -> None:
     service, gated = _aio_service(grace=0.2)
     service.startService()
-    in_flight = deferToThread(_caller(service.port), b"stuck")
+    in_flight = deferToThread(unary_caller(service.port, "/test.Gated/Wait"), b"stuck")
     await gated.started
     await service.stopService()
     with pytest.raises(grpc.RpcError) as cancelled:
         await in_flight
     assert cancelled.value.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
     assert gated.bridge.pending == 0
-    assert not _accepts(service.port)
+    assert not accepts(service.port)
 
 
 @pytest_twisted.ensureDeferred

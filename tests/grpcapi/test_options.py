@@ -14,7 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_support import CALL_TIMEOUT, grpc_overrides
+from grpc_support import CALL_TIMEOUT, accepts, grpc_overrides
 from harness import base_config, free_port, merge, run_server, spawn_server
 
 from rtserver.grpcapi.proto import api_pb2 as pb
@@ -53,11 +53,6 @@ def _self_signed(workdir: Path) -> tuple[Path, Path, bytes]:
                                            serialization.NoEncryption()))
     cert_path.write_bytes(cert_pem)
     return cert_path, key_path, cert_pem
-
-
-def _accepts(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_tls_reflection_size_limit_and_transport_errors(tmp_path: Path) -> None:
@@ -104,9 +99,9 @@ def test_tls_reflection_size_limit_and_transport_errors(tmp_path: Path) -> None:
             with pytest.raises(grpc.RpcError) as e:
                 stub.Info(pb.InfoRequest(), metadata=metadata, timeout=CALL_TIMEOUT)
             assert e.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert _accepts(port)
+        assert accepts(port)
     # run_server sent SIGTERM and checked the clean exit
-    assert not _accepts(port)
+    assert not accepts(port)
     assert "GRPC API stopped" in server.log()
 
 
@@ -147,8 +142,8 @@ def test_tls_size_limit_and_transport_errors_on_the_reactor(tmp_path: Path) -> N
             with pytest.raises(grpc.RpcError) as e:
                 stub.Info(pb.InfoRequest(), metadata=metadata, timeout=CALL_TIMEOUT)
             assert e.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert _accepts(port)
-    assert not _accepts(port)
+        assert accepts(port)
+    assert not accepts(port)
     assert "GRPC API stopped" in server.log()
 
 
