@@ -578,6 +578,15 @@ def last_with(events: list[dict[str, Any]], key: str) -> dict[str, Any]:
     return found[-1]
 
 
+def recovery_publications(live: int, missed: int) -> list[dict[str, Any]]:
+    """The data of a recovery scenario's publications in order: live, missed, sentinel."""
+    return (
+        [{"live": i} for i in range(live)]
+        + [{"missed": i} for i in range(missed)]
+        + [{"sentinel": True}]
+    )
+
+
 def check_recovered(events: list[dict[str, Any]], *, live: int, missed: int, mode: str) -> None:
     """What the recover scenarios print (``runRecover`` in js/lib.mjs).
 
@@ -594,11 +603,7 @@ def check_recovered(events: list[dict[str, Any]], *, live: int, missed: int, mod
     assert again["streamPosition"]["epoch"] == first["streamPosition"]["epoch"]
 
     pubs = events_of(events, "publication")
-    expected = (
-        [{"live": i} for i in range(live)]
-        + [{"missed": i} for i in range(missed)]
-        + [{"sentinel": True}]
-    )
+    expected = recovery_publications(live, missed)
     assert [p["data"] for p in pubs] == expected, "every publication exactly once, in order"
     assert [p["offset"] for p in pubs] == list(range(1, live + missed + 2))
     index = events.index(again)
