@@ -5,7 +5,8 @@ from ``base_config`` plus per-suite overrides, waits for ``/health``, and on exi
 the process shut down cleanly and logged no traceback, unhandled error or critical line
 (``subprocess_hook/sitecustomize.py`` is on the server's PYTHONPATH: it records logged
 failures and measures coverage when ``scripts/test.sh`` asks for it). ``NodeScenario`` drives one Node script (JSON lines out,
-commands in).
+commands in); its ``run_recovery`` is the pytest side of the recovery scenario every
+transport shares (``runRecover`` in js/lib.mjs), checked by ``check_recovered``.
 """
 
 from __future__ import annotations
@@ -492,6 +493,62 @@ class NodeScenario:
         assert code == 0, f"script exited with {code}\n{self.describe()}"
         return self.events
 
+    def run_recovery(
+        self,
+        publish: Callable[[str, Any], object],
+        channel: str,
+        *,
+        live: int,
+        missed: int,
+        mode: str = "disconnect",
+        transport: str | None = None,
+        while_away: Callable[[], object] | None = None,
+        timeout: float = EVENT_TIMEOUT,
+    ) -> list[dict[str, Any]]:
+        """The pytest side of ``runRecover`` (js/lib.mjs); returns every event printed.
+
+        Publishes ``live`` publications ``{"live": i}`` through ``publish(channel, data)``
+        once the script has subscribed, ``missed`` ones ``{"missed": i}`` while it is away
+        (after ``while_away()``, a check of what the server sees then), and a sentinel once
+        it has recovered; then waits for the script's clean exit. ``live``, ``missed`` and
+        ``mode`` must be what the script was started with (it repeats them). With
+        ``transport`` the SDK must report that transport when it subscribes, when it has
+        recovered and on both of its ``connected`` events. Every event line is then
+        checked by :func:`check_recovered`; ``timeout`` bounds each awaited line.
+        """
+        ready = self.expect("subscribed", timeout=timeout)
+        started = {k: ready.get(k) for k in ("mode", "live", "missed")}
+        assert started == {"mode": mode, "live": live, "missed": missed}, (
+            f"the script runs {started}\n{self.describe()}"
+        )
+        if transport is not None:
+            assert ready["transport"] == transport, (
+                f"subscribed over {ready['transport']!r}, not {transport!r}\n{self.describe()}"
+            )
+        for i in range(live):
+            publish(channel, {"live": i})
+        self.send("published_live")
+        self.expect("away", timeout=timeout)
+        if while_away is not None:
+            while_away()
+        for i in range(missed):
+            publish(channel, {"missed": i})
+        self.send("published_missed")
+        recovered = self.expect("recovered", timeout=timeout)
+        if transport is not None:
+            assert recovered["transport"] == transport, (
+                f"recovered over {recovered['transport']!r}, not {transport!r}\n"
+                + self.describe()
+            )
+        publish(channel, {"sentinel": True})
+        self.send("published_sentinel")
+        events = self.finish(timeout=timeout)
+        if transport is not None:
+            connected = events_of(events, "connected")
+            assert [e["transport"] for e in connected] == [transport] * 2, connected
+        check_recovered(events, live=live, missed=missed, mode=mode)
+        return events
+
     def close(self) -> None:
         """Kill the script if still running and release its pipes."""
         if self.proc.poll() is None:
@@ -505,6 +562,64 @@ class NodeScenario:
                     pass
         for t in self._threads:
             t.join(timeout=5)
+
+
+def events_of(events: list[dict[str, Any]], kind: str, **match: Any) -> list[dict[str, Any]]:
+    """The Node script's ``event`` lines of one kind whose fields match."""
+    return [
+        e for e in events if e.get("event") == kind and all(e.get(k) == v for k, v in match.items())
+    ]
+
+
+def last_with(events: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The last line carrying ``key`` (a command result printed by the script)."""
+    found = [e for e in events if key in e]
+    assert found, f"no line with {key!r} in {events}"
+    return found[-1]
+
+
+def recovery_publications(live: int, missed: int) -> list[dict[str, Any]]:
+    """The data of a recovery scenario's publications in order: live, missed, sentinel."""
+    return (
+        [{"live": i} for i in range(live)]
+        + [{"missed": i} for i in range(missed)]
+        + [{"sentinel": True}]
+    )
+
+
+def check_recovered(events: list[dict[str, Any]], *, live: int, missed: int, mode: str) -> None:
+    """What the recover scenarios print (``runRecover`` in js/lib.mjs).
+
+    Every publication exactly once and in order, the missed ones with the resubscribe
+    (``recovered`` in the same epoch), the way the client went away (``disconnect()``;
+    ``drop``: one connection failed, the SDK reconnecting with code 1) and no error.
+    """
+    subscribed = events_of(events, "subscribed")
+    assert len(subscribed) == 2, subscribed
+    first, again = subscribed
+    assert first["recoverable"] is True and first["wasRecovering"] is False
+    assert again["wasRecovering"] is True
+    assert again["recovered"] is True
+    assert again["streamPosition"]["epoch"] == first["streamPosition"]["epoch"]
+
+    pubs = events_of(events, "publication")
+    expected = recovery_publications(live, missed)
+    assert [p["data"] for p in pubs] == expected, "every publication exactly once, in order"
+    assert [p["offset"] for p in pubs] == list(range(1, live + missed + 2))
+    index = events.index(again)
+    after = [e["data"] for e in events[index:] if e.get("event") == "publication"]
+    assert after == expected[live:], "the missed ones arrive with the resubscribe"
+
+    away = events[: events.index(last_with(events, "away_state"))]
+    if mode == "disconnect":
+        assert events_of(away, "disconnected", code=0), "disconnect() → disconnected"
+    else:
+        assert last_with(events, "dropped")["dropped"] == 1, "one live connection dropped"
+        assert events_of(away, "connecting", code=1), "dropped transport → connecting (1)"
+        assert not events_of(away, "disconnected")
+        assert last_with(events, "released")["released"] >= 1
+    errors = [e for e in events if e.get("event") in ("error", "sub_error")]
+    assert not errors, f"no transport, command or subscription errors: {errors}"
 
 
 def run_emulation_pubsub(

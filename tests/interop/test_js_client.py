@@ -12,7 +12,6 @@ from interop_support import (
     NodeScenario,
     Server,
     check_pubsub_presence_history,
-    check_recovered,
     events_of,
     last_with,
     unique,
@@ -86,23 +85,9 @@ def test_reconnect_recovers_missed_publications(
         LIVE=str(live),
         MISSED=str(missed),
     )
-    js.expect("subscribed")
-    for i in range(live):
-        rt_server.publish(channel, {"live": i})
-    js.send("published_live")
-    js.expect("away")
-    for i in range(missed):
-        rt_server.publish(channel, {"missed": i})
-    js.send("published_missed")
-    js.expect("recovered")
-    rt_server.publish(channel, {"sentinel": True})
-    js.send("published_sentinel")
-    events = js.finish()
-
-    check_recovered(events, live=live, missed=missed, mode=mode)
-    if mode == "drop":
-        away = events[: events.index(last_with(events, "away_state"))]
-        assert events_of(away, "connecting", code=1), "dropped transport → connecting (1)"
+    js.run_recovery(
+        rt_server.publish, channel, live=live, missed=missed, mode=mode, transport="websocket"
+    )
 
 
 def test_expired_token_refreshed_on_connect(rt_server: Server, run_js: RunJS) -> None:

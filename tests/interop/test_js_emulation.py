@@ -18,7 +18,6 @@ import pytest
 from harness import NodeScenario, Server, run_server
 from interop_support import (
     check_pubsub_presence_history,
-    check_recovered,
     events_of,
     last_with,
     unique,
@@ -119,6 +118,11 @@ def test_emulation_pubsub_presence_history_publish(
     assert last_with(events, "final_transport")["final_transport"] == transport
 
 
+def released_session(server: Server, channel: str) -> None:
+    """While the client is away the server has released its old session."""
+    assert _presence_clients(server, channel, 0) == [], "the server released the old session"
+
+
 @pytest.mark.parametrize("mode", ["disconnect", "drop"])
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_emulation_reconnect_recovers_missed(
@@ -136,21 +140,12 @@ def test_emulation_reconnect_recovers_missed(
         LIVE=str(live),
         MISSED=str(missed),
     )
-    assert js.expect("subscribed")["transport"] == transport
-    for i in range(live):
-        rt_server.publish(channel, {"live": i})
-    js.send("published_live")
-    js.expect("away")
-    assert _presence_clients(rt_server, channel, 0) == [], "the server released the old session"
-    for i in range(missed):
-        rt_server.publish(channel, {"missed": i})
-    js.send("published_missed")
-    assert js.expect("recovered")["transport"] == transport
-    rt_server.publish(channel, {"sentinel": True})
-    js.send("published_sentinel")
-    events = js.finish()
-
-    assert [e["transport"] for e in events_of(events, "connected")] == [transport, transport]
-    check_recovered(events, live=live, missed=missed, mode=mode)
-    if mode == "drop":
-        assert last_with(events, "dropped")["dropped"] == 1
+    js.run_recovery(
+        rt_server.publish,
+        channel,
+        live=live,
+        missed=missed,
+        mode=mode,
+        transport=transport,
+        while_away=lambda: released_session(rt_server, channel),
+    )

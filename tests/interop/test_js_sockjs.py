@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from harness import NodeScenario, Server, run_server
-from interop_support import check_recovered, events_of, unique
+from interop_support import unique
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(30)]
 
@@ -43,20 +43,6 @@ def test_sockjs_pubsub_and_recovery(
         LIVE=str(live),
         MISSED=str(missed),
     )
-    assert js.expect("subscribed")["transport"] == f"sockjs-{transport}"
-    for i in range(live):
-        rt_server.publish(channel, {"live": i})
-    js.send("published_live")
-    js.expect("away")
-    for i in range(missed):
-        rt_server.publish(channel, {"missed": i})
-    js.send("published_missed")
-    assert js.expect("recovered")["transport"] == f"sockjs-{transport}"
-    rt_server.publish(channel, {"sentinel": True})
-    js.send("published_sentinel")
-    events = js.finish()
-
-    assert not events_of(events, "error"), "no transport or command errors"
-    connected = events_of(events, "connected", client="main")
-    assert [e["transport"] for e in connected] == [f"sockjs-{transport}"] * 2
-    check_recovered(events, live=live, missed=missed, mode="disconnect")
+    js.run_recovery(
+        rt_server.publish, channel, live=live, missed=missed, transport=f"sockjs-{transport}"
+    )

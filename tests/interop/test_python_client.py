@@ -17,6 +17,7 @@ from centrifuge import (
     ReplyError,
     SubscriptionState,
 )
+from harness import recovery_publications
 from interop_support import EXPIRED_CLOSE_DELAY, Server
 from pysdk import (
     Recorder,
@@ -150,11 +151,7 @@ def test_reconnect_recovers_missed_publications(rt_server: Server, mode: str) ->
         assert again["recovered"] is True
         assert again["stream_position"]["epoch"] == first["stream_position"]["epoch"]
         pubs = rec.find("publication")
-        expected = (
-            [{"live": i} for i in range(live)]
-            + [{"missed": i} for i in range(missed)]
-            + [{"sentinel": True}]
-        )
+        expected = recovery_publications(live, missed)
         assert [p["data"] for p in pubs] == expected, "every publication exactly once, in order"
         assert [p["offset"] for p in pubs] == list(range(1, live + missed + 2))
         after = rec.events[rec.events.index(again) :]

@@ -324,33 +324,12 @@ def test_js_client_reconnects_to_any_worker_and_recovers(
         timeout=30.0,
     )
     try:
-        js.expect("subscribed", timeout=TIMEOUT)
-        for i in range(live):
-            workers.publish(channel, {"live": i})
-        js.send("published_live")
-        js.expect("away", timeout=TIMEOUT)
-        for i in range(missed):
-            workers.publish(channel, {"missed": i})
-        js.send("published_missed")
-        js.expect("recovered", timeout=TIMEOUT)
-        workers.publish(channel, {"sentinel": True})
-        js.send("published_sentinel")
-        events = js.finish(timeout=TIMEOUT)
+        js.run_recovery(
+            workers.publish, channel, live=live, missed=missed, transport=transport,
+            timeout=TIMEOUT,
+        )
     finally:
         js.close()
-    subscribed = [e for e in events if e.get("event") == "subscribed"]
-    assert len(subscribed) == 2, subscribed
-    first, again = subscribed
-    assert again["wasRecovering"] and again["recovered"], again
-    assert again["streamPosition"]["epoch"] == first["streamPosition"]["epoch"]
-    pubs = [e for e in events if e.get("event") == "publication"]
-    expected = (
-        [{"live": i} for i in range(live)]
-        + [{"missed": i} for i in range(missed)]
-        + [{"sentinel": True}]
-    )
-    assert [p["data"] for p in pubs] == expected, "every publication exactly once, in order"
-    assert [p["offset"] for p in pubs] == list(range(1, live + missed + 2))
 
 
 @pytest.mark.parametrize(
@@ -511,33 +490,12 @@ def test_js_sockjs_client_on_two_workers_delivers_and_recovers(
         timeout=30.0,
     )
     try:
-        assert js.expect("subscribed", timeout=TIMEOUT)["transport"] == f"sockjs-{transport}"
-        for i in range(live):
-            server.publish(channel, {"live": i})
-        js.send("published_live")
-        js.expect("away", timeout=TIMEOUT)
-        for i in range(missed):
-            server.publish(channel, {"missed": i})
-        js.send("published_missed")
-        js.expect("recovered", timeout=TIMEOUT)
-        server.publish(channel, {"sentinel": True})
-        js.send("published_sentinel")
-        events = js.finish(timeout=TIMEOUT)
+        js.run_recovery(
+            server.publish, channel, live=live, missed=missed, transport=f"sockjs-{transport}",
+            timeout=TIMEOUT,
+        )
     finally:
         js.close()
-    assert not [e for e in events if e.get("event") == "error"], events
-    subscribed = [e for e in events if e.get("event") == "subscribed"]
-    assert len(subscribed) == 2, subscribed
-    first, again = subscribed
-    assert again["wasRecovering"] and again["recovered"], again
-    assert again["streamPosition"]["epoch"] == first["streamPosition"]["epoch"]
-    pubs = [e for e in events if e.get("event") == "publication"]
-    expected = (
-        [{"live": i} for i in range(live)]
-        + [{"missed": i} for i in range(missed)]
-        + [{"sentinel": True}]
-    )
-    assert [p["data"] for p in pubs] == expected, "every publication exactly once, in order"
     if transport == "xhr-polling":  # a dozen polls and sends: some reach the other worker
         relayed = RELAYED.findall(server.log(tail=10**7))
         assert relayed, "no SockJS request reached the worker not owning its session"

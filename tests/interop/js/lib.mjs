@@ -232,7 +232,8 @@ export async function emitChannelState(sub) {
 // get a sentinel publication. mode 'disconnect': client.disconnect() ... client.connect().
 // mode 'drop': `gate` (gatedWebSocket() or gatedFetch()) fails the live connection like a
 // network error; the SDK reconnects by itself and the gate holds its connect back until
-// pytest has published. Prints `dropped` and `released` counts in drop mode.
+// pytest has published. Prints `dropped` and `released` counts in drop mode. The
+// pytest side is NodeScenario.run_recovery (tests/harness.py).
 export async function runRecover(client, sub, { mode, live, missed, gate = null }) {
   if (mode !== 'disconnect' && !(mode === 'drop' && gate)) fatal(`unknown MODE ${mode}`);
   const pubs = new Collector(sub, 'publication');
@@ -243,7 +244,7 @@ export async function runRecover(client, sub, { mode, live, missed, gate = null 
   const [first] = await connectedEvents.next(1);
   await subscribedEvents.next(1);
 
-  await handshake('subscribed', 'published_live', { transport: first.transport });
+  await handshake('subscribed', 'published_live', { transport: first.transport, mode, live, missed });
   await pubs.next(live);
 
   if (mode === 'disconnect') {
