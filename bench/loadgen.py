@@ -8,7 +8,11 @@ Progress lines go to stderr (``run.py`` shows the latest one).
 Modes (``"mode"`` in the JSON parameters):
 
 ``fanout``  N subscribers on one channel; for each case ``BxC`` (B publications per
-            request, C requests in flight), a self-clocked window of publications.
+            request, C requests in flight), a self-clocked window of publications; with
+            ``"paced"`` (deliveries per second) the requests go out open-loop at the
+            fixed pace that offers that many deliveries (C keep-alive connections to send
+            them on), whatever the server does, so every server under test gets the
+            same arrivals.
 ``many``    N connections, each on its own channel plus one shared channel;
             personal publications (one delivery each) spread over all channels.
 ``latency`` N subscribers; open-loop publications at a fixed rate, each stamped with
@@ -287,6 +291,8 @@ class Gen:
         self.wake_at = 1 << 62
         self.done: asyncio.Future[None] | None = None
         self.keep_sending = False
+        self.paced = False
+        self.late = 0
         self.pb_marker = pb_pub_marker(p.get("channel", "bench"))
 
     # --- connections ------------------------------------------------------------------
@@ -385,6 +391,10 @@ class Gen:
 
     def pump(self) -> None:
         """Send requests while a connection is idle and the window allows."""
+        if self.paced:  # the pacer sends; here only the end is noticed
+            if self.delivered >= self.target * self.per_pub:
+                self.wake()
+            return
         burst, per_pub, window = self.burst, self.per_pub, self.window
         requests = self.requests
         while self.sent < self.target and self.idle:
@@ -406,7 +416,12 @@ class Gen:
         self.target += pubs
         deadline = time.monotonic() + self.p.get("timeout", 60)
         last, seen = time.monotonic(), self.delivered
-        self.pump()
+        pacer = None
+        if self.paced:
+            self.wake_at = self.target * self.per_pub
+            pacer = asyncio.ensure_future(self.pace(pubs))
+        else:
+            self.pump()
         while not self.done.done():
             await asyncio.wait([self.done], timeout=0.5)
             now = time.monotonic()
@@ -414,8 +429,31 @@ class Gen:
                 last, seen = now, self.delivered
             progress(f"{label}: {self.delivered - self.base}/{self.goal} deliveries")
             if not self.done.done() and (now > deadline or now - last > p.get("stall", 5)):
+                if pacer is not None:
+                    pacer.cancel()
                 return False
+        if pacer is not None:
+            await pacer
         return self.delivered >= self.target * self.per_pub and not self.error
+
+    async def pace(self, pubs: int) -> None:
+        """Open loop: a request every ``B * N / paced`` s on an idle connection (a request
+        due while every connection is busy waits for one and counts as late)."""
+        requests, burst = self.requests, self.burst
+        interval = burst * self.per_pub / float(self.p["paced"])
+        t0 = time.monotonic()
+        for k in range(-(-pubs // burst)):
+            delay = t0 + k * interval - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if not self.idle:
+                self.late += 1
+                while not self.idle:
+                    await asyncio.sleep(0.0005)
+            self.req_i = i = (self.req_i + 1) % len(requests)
+            self.idle.pop().send(requests[i])
+            self.sent += burst
+        self.pump()
 
     base = 0
     goal = 0
@@ -426,7 +464,7 @@ class Gen:
         pid, core = p["server_pid"], p.get("server_core", -1)
         await self.run_hooks(p.get("before_measure", []))
         self.base, self.goal = self.delivered, pubs * self.per_pub
-        frames0 = self.frames
+        frames0, late0 = self.frames, self.late
         u0, s0 = proc_cpu(pid)
         busy0, _, _ = core_times(core)
         c0 = self_cpu()
@@ -451,6 +489,7 @@ class Gen:
             "core_busy_s": busy1 - busy0,
             "client_cpu_s": self_cpu() - c0,
             "frames": self.frames - frames0,
+            "late_requests": self.late - late0,
             "server_rss_kb": proc_rss_kb(pid),
             "extra_cpu_s": extra,
         }
@@ -470,6 +509,7 @@ class Gen:
         """Run every ``BxC`` case on the open connections (warm-up first)."""
         p = self.p
         out = []
+        self.paced = bool(p.get("paced"))
         for burst, conns in p["cases"]:
             self.burst = burst
             self.window = max(p.get("window", 16), 2 * burst * conns)

@@ -117,7 +117,7 @@ def measure(args: argparse.Namespace, ui: Progress, workdir: Path) -> list[dict[
                     "mode": "fanout", "kind": "rtserver", "n": n, "channel": "bench",
                     "cases": args.cases, "pubs": max(200, args.deliveries // n),
                     "warmup": max(10, 50_000 // n), "window": 16, "nofile": n + 2000,
-                    "timeout": 60, "port": port, "extra_pids": pids,
+                    "timeout": 60, "port": port, "extra_pids": pids, "paced": args.paced,
                 }
                 res = drive(params, pid, label, ui, 300)
             for case in res.get("cases") or [{"case": "-", "error": res.get("error")}]:
@@ -139,14 +139,15 @@ def report(args: argparse.Namespace, rows: list[dict[str, Any]], elapsed: float)
         f"{machine()}",
         "",
         "| N | case | workers | deliveries/s | server CPU µs/delivery (all processes) "
-        "| ratio to 1 worker | CPU s per worker | deliveries per WebSocket frame | lost |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| ratio to 1 worker | CPU s per worker | deliveries per WebSocket frame | lost "
+        "| late requests |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     base: dict[tuple[int, str], float] = {}
     for r in rows:
         if not r.get("delivered"):
             out.append(f"| {r['n']} | {r['case']} | {r['workers']} | failed: "
-                       f"{str(r.get('error'))[:80]} | | | | | |")
+                       f"{str(r.get('error'))[:80]} | | | | | | |")
             continue
         per = r["total_cpu_s"] * 1e6 / r["delivered"]
         key = (r["n"], r["case"])
@@ -157,8 +158,11 @@ def report(args: argparse.Namespace, rows: list[dict[str, Any]], elapsed: float)
         out.append(
             f"| {r['n']:,} | {r['case']} | {r['workers']} | {r['rate']:,.0f} | {per:.2f} | "
             f"{ratio} | {split} | {r['delivered'] / max(1, r['frames']):.2f} "
-            f"| {r['expected'] - r['delivered']} |"
+            f"| {r['expected'] - r['delivered']} | {r.get('late_requests', 0)} |"
         )
+        if r["expected"] != r["delivered"] or not r.get("complete", True):
+            out.append(f"|  | ^ incomplete: closed {r.get('closed') or {}}, "
+                       f"error {str(r.get('error') or '-')[:80]} | | | | | | | | |")
     return "\n".join(out)
 
 
@@ -167,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=lambda t: [int(x) for x in t.split(",")], default=[1000])
     p.add_argument("--cases", type=parse_cases, default=parse_cases("1x4,16x2"))
     p.add_argument("--deliveries", type=int, default=1_000_000)
+    p.add_argument("--paced", type=float, default=0.0,
+                   help="open loop: requests at a fixed pace offering this many deliveries "
+                        "per second instead of the self-clocked window (same arrivals for "
+                        "both configurations)")
     p.add_argument("--profile", type=Path, help="py-spy every server process into this directory")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)

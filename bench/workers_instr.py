@@ -41,7 +41,17 @@ from pathlib import Path
 from typing import Any
 
 from cluster import node_config
-from fanout import _SIGNALS, _free_port, _on_signal, _spawn, _stop, _stop_all, _twistd, machine
+from fanout import (
+    _SIGNALS,
+    _free_port,
+    _on_signal,
+    _spawn,
+    _stop,
+    _stop_all,
+    _twistd,
+    machine,
+    start_rtserver,
+)
 from run import HOST, Progress, drive, parse_cases
 from workers import children
 
@@ -120,6 +130,23 @@ def server(outdir: Path, workers: int, redis_port: int) -> Iterator[tuple[int, l
         _stop(proc, grace=60)
 
 
+@contextlib.contextmanager
+def publisher(args: argparse.Namespace, outdir: Path, redis_port: int) -> Iterator[int | None]:
+    """With ``--publisher node``: one more rtserver on the same Redis (not under valgrind,
+    not counted) that takes the API requests; yields its port, or None (API on the server)."""
+    if args.publisher != "node":
+        yield None
+        return
+    port = _free_port()
+    engine = {"type": "redis", "redis": {"address": [f"redis://{HOST}:{redis_port}"]}}
+    proc = start_rtserver(outdir, {**node_config(engine), "node": {"name": "publisher"}},
+                          port, None, name=f"publisher-{port}")
+    try:
+        yield port
+    finally:
+        _stop(proc)
+
+
 def _instructions(path: Path) -> int:
     for line in path.read_text(errors="replace").splitlines():
         if line.startswith("summary:"):
@@ -169,11 +196,14 @@ def measure(args: argparse.Namespace, ui: Progress, outdir: Path) -> list[dict[s
             with contextlib.ExitStack() as stack:
                 rport, rpid = stack.enter_context(redis(run_dir))
                 port, pids = stack.enter_context(server(run_dir, workers, rport))
+                api_port = stack.enter_context(publisher(args, run_dir, rport))
                 every = [*pids, rpid]
                 params: dict[str, Any] = {
                     "mode": "fanout", "kind": "rtserver", "n": n, "channel": "bench",
                     "cases": args.cases, "pubs": args.pubs, "warmup": args.warmup,
                     "window": 16, "nofile": n + 2000, "timeout": 900, "port": port,
+                    "api_port": api_port,
+                    "paced": args.paced,
                     "connect_concurrency": 8, "stall": 300,  # a fan-out turn can take seconds
                     "before_measure": [["callgrind_control", opt, str(p)]
                                        for p in every for opt in ("--instr=on", "-z")],
@@ -210,15 +240,15 @@ def report(args: argparse.Namespace, rows: list[dict[str, Any]], elapsed: float)
         "| N | case | workers | publications | server Ir/delivery (all processes) "
         "| ratio to 1 worker | Ir per process (supervisor first), millions "
         "| deliveries per WebSocket frame | send() calls per 1000 deliveries "
-        "| Redis Ir/publication | lost |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| Redis Ir/publication | lost | late requests |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     base: dict[tuple[int, str], float] = {}
     fits: dict[str, list[tuple[int, int, int, int, int]]] = {}
     for r in rows:
         if not r.get("complete") or "server_ir" not in r:
             out.append(f"| {r['n']} | {r['case']} | {r['workers']} | failed: "
-                       f"{str(r.get('error'))[:80]} | | | | | | | |")
+                       f"{str(r.get('error'))[:80]} | | | | | | | | |")
             continue
         total = sum(r["server_ir"].values())
         per = total / r["delivered"]
@@ -231,7 +261,7 @@ def report(args: argparse.Namespace, rows: list[dict[str, Any]], elapsed: float)
             f"| {r['n']:,} | {r['case']} | {r['workers']} | {r['pubs']} | {per:,.0f} | {ratio} "
             f"| {split} | {r['delivered'] / max(1, r['frames']):.2f} "
             f"| {r['sends'] * 1000 / r['delivered']:.0f} | {r['redis_ir'] / r['pubs']:,.0f} "
-            f"| {r['expected'] - r['delivered']} |"
+            f"| {r['expected'] - r['delivered']} | {r.get('late_requests', 0)} |"
         )
         fits.setdefault(r["case"], []).append(
             (r["workers"], r["pubs"], r["delivered"], r["sends"], total))
@@ -260,6 +290,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pubs", type=int, default=96, help="measured publications per case")
     p.add_argument("--warmup", type=int, default=32, help="warm-up publications per case")
     p.add_argument("--annotate", type=Path, help="keep the callgrind dumps in this directory")
+    p.add_argument("--paced", type=float, default=0.0,
+                   help="open loop: requests at a fixed pace of this many deliveries per "
+                        "second (requests/s = paced / (N * B)) instead of the self-clocked "
+                        "window, so both configurations get the same arrivals")
+    p.add_argument("--publisher", choices=("server", "node"), default="server",
+                   help="where the API publishes: the measured server (its own port) or a "
+                        "separate rtserver node on the same Redis, not counted")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
