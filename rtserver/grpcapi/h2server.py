@@ -10,12 +10,13 @@ thread hand-off.
 HTTP/2 (RFC 9113) is implemented here for what a gRPC client sends, strictly: the
 general-purpose ``h2`` state machine cost ~105 µs per unary call, four times the rest of
 the call, and a gRPC unary call uses a small part of HTTP/2 (a server never pushes,
-never opens streams, never needs an HPACK encoder table). HPACK decoding is the ``hpack``
-library's, behind a cache of the header blocks that leave the table unchanged (a gRPC
-client repeats the same block on every call), which also keeps the parsed, validated
-request of each such block. Answers are encoded with static-table indices and literals
-without indexing (constant bytes), so the client's ``SETTINGS_HEADER_TABLE_SIZE`` never
-matters beyond the table size update it asks for.
+never opens streams, never needs an HPACK encoder table). HPACK decoding is
+:class:`~rtserver.grpcapi.hpack_decoder.HPACKDecoder`'s (as strict as the ``hpack``
+library's, a few times cheaper per block), behind a cache of the header blocks that
+leave the table unchanged (a gRPC client repeats the same block on every call), which
+also keeps the parsed, validated request of each such block. Answers are encoded with
+static-table indices and literals without indexing (constant bytes), so the client's
+``SETTINGS_HEADER_TABLE_SIZE`` never matters beyond the table size update it asks for.
 
 The wire format (unary calls only): ``POST /centrifugal.centrifugo.api.CentrifugoApi/<Method>``
 with ``content-type: application/grpc[+proto]``; the body is one message behind a
