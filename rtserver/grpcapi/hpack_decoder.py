@@ -39,6 +39,8 @@ __all__ = ["HUFFMAN_CACHED", "HUFFMAN_CACHED_SIZE", "HPACKDecoder"]
 #: The static table (RFC 7541, Appendix A), index 1 first.
 _STATIC: tuple[tuple[bytes, bytes], ...] = HeaderTable.STATIC_TABLE
 _STATIC_LENGTH = len(_STATIC)
+#: Each static entry's size as RFC 7541 (4.1) counts it: name + value + 32.
+_STATIC_SIZES = tuple(len(name) + len(value) + 32 for name, value in _STATIC)
 #: The dynamic table size before any SETTINGS_HEADER_TABLE_SIZE (RFC 9113, 6.5.2).
 DEFAULT_TABLE_SIZE = 4096
 #: Octets an integer may take after its prefix, as ``hpack`` allows (value < 2**35).
@@ -82,6 +84,7 @@ class HPACKDecoder:
         "_huffman",
         "_max_size",
         "_size",
+        "_sizes",
         "_table",
         "changed",
         "max_allowed_table_size",
@@ -95,6 +98,7 @@ class HPACKDecoder:
         self.max_allowed_table_size = max_table_size
         #: The dynamic table, oldest entry first (dynamic index 1 is the last).
         self._table: list[tuple[bytes, bytes]] = []
+        self._sizes: list[int] = []  # the entries' sizes, in the same order
         self._size = 0  # of the entries, as RFC 7541 (4.1) counts it
         self._max_size = max_table_size  # the table's size (the last size update)
         self._huffman: dict[bytes, bytes] = {}
@@ -115,6 +119,7 @@ class HPACKDecoder:
         """The header list of a complete header block, as raw (name, value) pairs."""
         headers: list[tuple[bytes, bytes]] = []
         table = self._table
+        sizes = self._sizes
         size = 0
         limit = self.max_header_list_size
         changed = False
@@ -128,11 +133,13 @@ class HPACKDecoder:
                     index, at = _integer(block, at, index)
                 if 0 < index <= _STATIC_LENGTH:
                     header = _STATIC[index - 1]
+                    size += _STATIC_SIZES[index - 1]
                 else:
                     dynamic = index - _STATIC_LENGTH
                     if index == 0 or dynamic > len(table):
                         raise InvalidTableIndexError(f"Invalid table index {index}")
                     header = table[-dynamic]
+                    size += sizes[-dynamic]
             elif first & 0x40 or not first & 0x20:
                 # A literal: with incremental indexing (6.2.1), without indexing
                 # (6.2.2) or never indexed (6.2.3).
@@ -153,8 +160,10 @@ class HPACKDecoder:
                     name, at = self._string(block, at)
                 value, at = self._string(block, at)
                 header = (name, value)
+                entry = len(name) + len(value) + 32
+                size += entry
                 if indexing:
-                    self._add(header)
+                    self._add(header, entry)
                     changed = True
             else:  # a dynamic table size update (6.3)
                 if headers:
@@ -169,7 +178,6 @@ class HPACKDecoder:
                 changed = True
                 continue
             headers.append(header)
-            size += len(header[0]) + len(header[1]) + 32
             if size > limit:
                 raise OversizedHeaderListError(f"A header list larger than {limit}")
         self.changed = changed
@@ -200,26 +208,27 @@ class HPACKDecoder:
             octets = decoded
         return octets, stop
 
-    def _add(self, header: tuple[bytes, bytes]) -> None:
-        """Insert an entry (4.4): evict the oldest to make room, or empty the table."""
-        size = len(header[0]) + len(header[1]) + 32
+    def _add(self, header: tuple[bytes, bytes], size: int) -> None:
+        """Insert an entry of ``size`` (4.4): evict the oldest to make room, or empty all."""
         if size > self._max_size:
             self._table.clear()
+            self._sizes.clear()
             self._size = 0
             return
         self._table.append(header)
+        self._sizes.append(size)
         self._size += size
         if self._size > self._max_size:
             self._evict()
 
     def _evict(self) -> None:
-        table = self._table
+        sizes = self._sizes
         size = self._size
         evicted = 0
         while size > self._max_size:
-            name, value = table[evicted]
-            size -= len(name) + len(value) + 32
+            size -= sizes[evicted]
             evicted += 1
         if evicted:
-            del table[:evicted]
+            del self._table[:evicted]
+            del sizes[:evicted]
         self._size = size
