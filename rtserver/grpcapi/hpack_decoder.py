@@ -6,7 +6,8 @@ deque lookup per index. A block that leaves the dynamic table unchanged can be c
 whole, but a client that indexes a new ``grpc-timeout`` value on every call (grpc-go's
 and the ``h2`` library's encoders do) changes the table with every block, and every
 later index shifts with it, so no block repeats. This decoder walks a block with plain
-integer arithmetic: an indexed field (most of such a block) is a table lookup.
+integer arithmetic: an indexed field (most of such a block) is a table lookup (29.8k
+instructions per grpc-go block against ``hpack``'s 195.7k; bench/RESULTS.md).
 
 It is as strict as ``hpack``'s and raises the same exceptions for the same blocks (a
 differential fuzz test compares the two): an index of 0 or past the table
