@@ -6,6 +6,11 @@
     python bench/grpc_h2_replay.py --deadline [calls]   # timeout=10 on every call
     python bench/grpc_h2_replay.py --client grpc-js [--deadline] [calls]
     python bench/grpc_h2_replay.py --client grpc-go [--deadline] [calls]
+    python bench/grpc_h2_replay.py ... --reads FILE [--repeat N]
+
+``--reads FILE``: the recorded reads are kept in FILE (pickled), or taken from it when it
+exists, so two trees can be measured on the same bytes; ``--repeat N`` replays them N
+times, each into a fresh connection, and prints each.
 
 A grpcio client (a thread of this process), or with ``--client grpc-js`` Node's
 @grpc/grpc-js (``bench/grpc_h2_replay.mjs``, packages from tests/interop/node_modules),
@@ -24,6 +29,7 @@ per call is the HTTP/2 layer alone, as ``bench/grpc_h2_floor.py`` measures it fo
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 import tempfile
@@ -117,24 +123,44 @@ def record(calls: int, deadline: bool, client_name: str = "grpcio") -> list[byte
     return reads
 
 
-def main(calls: int, deadline: bool, client: str) -> None:
-    reads = record(calls, deadline, client)
-    factory = GRPCH2Factory(ConstantDispatch(), Clock())  # type: ignore[arg-type]
-    server = factory.buildProtocol(None)
-    server.makeConnection(StringTransport())
-    started = time.process_time()
-    for data in reads:
-        server.dataReceived(data)
-    spent = time.process_time() - started
+def main(calls: int, deadline: bool, client: str, reads_file: str = "", repeat: int = 1) -> None:
+    if reads_file and os.path.exists(reads_file):
+        with open(reads_file, "rb") as f:
+            reads = pickle.load(f)
+    else:
+        reads = record(calls, deadline, client)
+        if reads_file:
+            with open(reads_file, "wb") as f:
+                pickle.dump(reads, f)
     shape = "timeout=10 per call" if deadline else "no deadline"
-    print(f"{calls} {client} calls, {shape} ({len(reads)} reads): {spent / calls * 1e6:.1f} µs "
-          f"of CPU per unary call in the HTTP/2 layer (replayed)")
+    for _ in range(repeat):
+        factory = GRPCH2Factory(ConstantDispatch(), Clock())  # type: ignore[arg-type]
+        server = factory.buildProtocol(None)
+        server.makeConnection(StringTransport())
+        started = time.process_time()
+        for data in reads:
+            server.dataReceived(data)
+        spent = time.process_time() - started
+        print(f"{calls} {client} calls, {shape} ({len(reads)} reads): {spent / calls * 1e6:.1f} µs "
+              f"of CPU per unary call in the HTTP/2 layer (replayed)")
 
 
 if __name__ == "__main__":
     argv = sys.argv[1:]
-    client = argv[argv.index("--client") + 1] if "--client" in argv else "grpcio"
+
+    def option(name: str, default: str) -> str:
+        if name not in argv:
+            return default
+        at = argv.index(name)
+        value = argv[at + 1]
+        del argv[at : at + 2]
+        return value
+
+    client = option("--client", "grpcio")
     if client not in CLIENTS:
         raise SystemExit(f"--client: one of {', '.join(CLIENTS)}")
-    args = [a for a in argv if a not in ("--deadline", "--client", *CLIENTS)]
-    main(int(args[0]) if args else 3000, "--deadline" in argv, client)
+    reads_file = option("--reads", "")
+    repeat = int(option("--repeat", "1"))
+    deadline = "--deadline" in argv
+    args = [a for a in argv if a != "--deadline"]
+    main(int(args[0]) if args else 3000, deadline, client, reads_file, repeat)

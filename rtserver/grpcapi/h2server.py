@@ -10,12 +10,13 @@ thread hand-off.
 HTTP/2 (RFC 9113) is implemented here for what a gRPC client sends, strictly: the
 general-purpose ``h2`` state machine cost ~105 µs per unary call, four times the rest of
 the call, and a gRPC unary call uses a small part of HTTP/2 (a server never pushes,
-never opens streams, never needs an HPACK encoder table). HPACK decoding is the ``hpack``
-library's, behind a cache of the header blocks that leave the table unchanged (a gRPC
-client repeats the same block on every call), which also keeps the parsed, validated
-request of each such block. Answers are encoded with static-table indices and literals
-without indexing (constant bytes), so the client's ``SETTINGS_HEADER_TABLE_SIZE`` never
-matters beyond the table size update it asks for.
+never opens streams, never needs an HPACK encoder table). HPACK decoding is
+:class:`~rtserver.grpcapi.hpack_decoder.HPACKDecoder`'s (as strict as the ``hpack``
+library's, a few times cheaper per block), behind a cache of the header blocks that
+leave the table unchanged (a gRPC client repeats the same block on every call), which
+also keeps the parsed, validated request of each such block. Answers are encoded with
+static-table indices and literals without indexing (constant bytes), so the client's
+``SETTINGS_HEADER_TABLE_SIZE`` never matters beyond the table size update it asks for.
 
 The wire format (unary calls only): ``POST /centrifugal.centrifugo.api.CentrifugoApi/<Method>``
 with ``content-type: application/grpc[+proto]``; the body is one message behind a
@@ -66,7 +67,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 from urllib.parse import quote
 
-from hpack import Decoder, HPACKError, OversizedHeaderListError
+from hpack import HPACKError, OversizedHeaderListError
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import (
@@ -94,6 +95,7 @@ from rtserver.grpcapi.api import (
     APIDispatch,
     Reply,
 )
+from rtserver.grpcapi.hpack_decoder import HPACKDecoder
 from rtserver.grpcapi.server import bind_address
 from rtserver.logs import Logger
 
@@ -104,7 +106,6 @@ __all__ = [
     "MessageError",
     "decompress",
     "grpc_message",
-    "table_neutral",
 ]
 
 _log = Logger()
@@ -258,43 +259,6 @@ _CACHED_BLOCKS = 16
 _CACHED_BLOCK_SIZE = 1024
 
 
-def _integer(block: bytes, at: int, mask: int) -> tuple[int, int]:
-    """An HPACK integer with a ``mask``-bit prefix at ``at``: its value and end."""
-    value = block[at] & mask
-    at += 1
-    if value == mask:
-        shift = 0
-        while True:
-            if at >= len(block) or shift > 28:
-                return -1, len(block) + 1
-            byte = block[at]
-            at += 1
-            value += (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                break
-    return value, at
-
-
-def table_neutral(block: bytes) -> bool:
-    """Whether an HPACK header block leaves the dynamic table as it is (RFC 7541, 6)."""
-    at, end = 0, len(block)
-    while at < end:
-        first = block[at]
-        if first & 0x80:  # indexed field
-            _, at = _integer(block, at, 0x7F)
-            continue
-        if first & 0x60:  # literal with incremental indexing, or a table size update
-            return False
-        name, at = _integer(block, at, 0x0F)  # literal without / never indexed
-        for _ in range(2 if name == 0 else 1):  # the name string if new, then the value
-            if at >= end:
-                return False
-            length, at = _integer(block, at, 0x7F)
-            at += length
-    return at == end
-
-
 #: Field names and values RFC 9113 (8.2.1) allows: names are lower-case visible ASCII
 #: without a colon; values have no NUL, CR or LF, nor whitespace at either end.
 _NAME = re.compile(rb"[!-9;-@\[-~]+")
@@ -393,14 +357,16 @@ class _CachingDecoder:
     indexing, size updates) change it: those empty the cache. What is remembered is the
     checked request, so a known block costs one dict lookup.
 
-    A client that sets deadlines sends ``grpc-timeout`` with a new value on every call,
-    as a literal with incremental indexing: its blocks change the table and are decoded
-    every time. The checked request is then remembered by the decoded headers but
+    A client that sets deadlines may send ``grpc-timeout`` with a new value on every
+    call as a literal with incremental indexing (grpc-go does): its blocks change the
+    table, and the indices of the fields after them shift, so they are decoded every
+    time (by :class:`~rtserver.grpcapi.hpack_decoder.HPACKDecoder`, mostly table
+    lookups). The checked request is then remembered by the decoded headers but
     ``grpc-timeout`` (which is not metadata: the call's deadline, returned next to it).
     """
 
     def __init__(self, methods: frozenset[str], max_header_list_size: int) -> None:
-        self._decoder = Decoder(max_header_list_size=max_header_list_size)
+        self._decoder = HPACKDecoder(max_header_list_size)
         self._methods = methods
         self._cache: dict[bytes, tuple[_Request, float | None]] = {}
         self._checked: dict[tuple[Any, ...], _Request] = {}
@@ -414,13 +380,14 @@ class _CachingDecoder:
         known = self._cache.get(block)
         if known is not None:
             return known
-        decoded = self._check(self._decoder.decode(block, raw=True))
-        if len(block) <= _CACHED_BLOCK_SIZE and table_neutral(block):
+        decoder = self._decoder
+        decoded = self._check(decoder.decode(block))
+        if decoder.changed:
+            self._cache.clear()  # the table changed: known blocks may mean otherwise
+        elif len(block) <= _CACHED_BLOCK_SIZE:
             if len(self._cache) >= _CACHED_BLOCKS:
                 self._cache.clear()
             self._cache[block] = decoded
-        else:
-            self._cache.clear()  # the table may have changed: known blocks may mean otherwise
         return decoded
 
     def _check(self, headers: Iterable[Any]) -> tuple[_Request, float | None]:

@@ -232,3 +232,106 @@ def test_any_frame_sequence_is_served_or_refused_cleanly(
         reset = {sid for kind, _, sid in frames if kind == h2server.RST_STREAM}
         waiting = set(server._streams)
         assert set(calls) <= ended | reset | waiting
+
+
+# --- HPACK: the server's decoder against hpack's ------------------------------------------
+
+_NAMES = [b":path", b":authority", b"content-type", b"grpc-timeout", b"authorization",
+          b"user-agent", b"x-a", b"x-bb", b"te"]
+_field = st.tuples(st.sampled_from(_NAMES) | st.binary(min_size=1, max_size=12),
+                   st.binary(max_size=40) | st.integers(0, 10**8).map(lambda n: b"%du" % n),
+                   st.booleans())  # never indexed
+def _hpack_int(value: int, bits: int, first: int, overlong: int) -> bytes:
+    """An HPACK integer; ``overlong``: in that many octets after the prefix if it fills it."""
+    limit = (1 << bits) - 1
+    if value < limit:
+        return bytes([first | value])
+    out = bytearray([first | limit])
+    value -= limit
+    while value >= 128:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out += bytes([value | 0x80] + [0x80] * (overlong - 1) + [0]) if overlong else bytes([value])
+    return bytes(out)
+
+
+def _hpack_str(data: bytes, huffman: int) -> bytes:
+    """A string literal; ``huffman``: 0 plain, 1 Huffman, 2 Huffman with bad padding."""
+    if huffman:
+        from hpack.huffman import HuffmanEncoder
+        from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
+
+        data = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH).encode(data)
+        if huffman == 2:
+            data += b"\xff"  # 8 bits or more of padding
+    return _hpack_int(len(data), 7, 0x80 if huffman else 0, 0) + data
+
+
+_overlong = st.sampled_from([0, 0, 0, 1, 4, 5])  # 5 octets after the prefix: too long
+_representation = st.one_of(
+    st.builds(lambda i, o: _hpack_int(i, 7, 0x80, o), st.integers(0, 70), _overlong),
+    st.builds(lambda kind, index, o, name, value, huffman: (
+        _hpack_int(index, 6 if kind == 0x40 else 4, kind, o) if index else bytes([kind])
+        + _hpack_str(name, huffman)) + _hpack_str(value, huffman),
+        st.sampled_from([0x40, 0x00, 0x10]), st.integers(0, 70), _overlong,
+        st.sampled_from([b"x-a", b"x-bb", b"grpc-timeout"]),
+        st.binary(max_size=3) | st.binary(min_size=60, max_size=120),
+        st.sampled_from([0, 0, 1, 1, 2])),
+    st.builds(lambda size, o: _hpack_int(size, 5, 0x20, o),
+              st.sampled_from([0, 31, 100, 4096, 4097]), _overlong),
+)
+#: Blocks no encoder writes: indices at and past the tables' ends, overlong integers,
+#: size updates anywhere (past the bound too), literals on dynamic names, Huffman
+#: strings with bad padding.
+_raw = st.lists(_representation, min_size=1, max_size=6).map(b"".join)
+_blocks = st.lists(st.tuples(
+    st.lists(_field, max_size=8),
+    st.sampled_from([None, None, None, 0, 64, 200, 4096]),  # a table size change first
+    st.booleans(),  # Huffman
+    st.just([]) | st.just([]) | st.just([]) | _mutations,
+    st.none() | _raw,  # instead of the encoder's block
+), min_size=1, max_size=8)
+
+
+def _outcome(decode: Any, block: bytes) -> Any:
+    from hpack import HPACKDecodingError, OversizedHeaderListError
+    try:
+        return [tuple(header) for header in decode(block)]
+    except OversizedHeaderListError:
+        return "oversized"
+    except HPACKDecodingError:
+        return "error"
+
+
+@settings(FUZZ)
+@given(blocks=_blocks, limit=st.sampled_from([200, 4096]))
+def test_the_hpack_decoder_agrees_with_hpack(blocks: list[Any], limit: int) -> None:
+    """The server's HPACK decoder and hpack's give the same headers or the same error.
+
+    Blocks an encoder writes (every field indexed, table size changes, Huffman or not),
+    mutated or not, or put together from representations no encoder writes; the two
+    dynamic tables stay the same, and the server's stays within its bounds.
+    """
+    from hpack import Decoder, Encoder
+
+    from rtserver.grpcapi.hpack_decoder import HUFFMAN_CACHED, HPACKDecoder
+
+    encoder = Encoder()
+    theirs = Decoder(max_header_list_size=limit)
+    ours = HPACKDecoder(limit)
+    for fields, table_size, huffman, mutations, raw in blocks:
+        if table_size is not None:
+            encoder.header_table_size = table_size
+        block = _mutate(encoder.encode(fields, huffman=huffman), mutations)
+        if raw is not None:
+            block = raw
+        event(f"mutated: {bool(mutations)}, raw: {raw is not None}")
+        expected = _outcome(lambda b: theirs.decode(b, raw=True), block)
+        assert _outcome(ours.decode, block) == expected
+        if isinstance(expected, str):
+            event(f"refused: {expected}")
+            return  # a connection error: the connection and its table are gone
+        assert ours.table == list(theirs.header_table.dynamic_entries)
+        assert ours.table_size == theirs.header_table_size
+        assert ours._size <= ours.table_size <= 4096
+        assert len(ours._huffman) <= HUFFMAN_CACHED

@@ -52,6 +52,7 @@ class Held:
     def __init__(self) -> None:
         self.pending: list[Deferred[Reply]] = []
         self.started: Deferred[None] = Deferred()
+        self._waiting: list[tuple[int, Deferred[None]]] = []
 
     def authorized(self, metadata: Any) -> bool:
         return True
@@ -61,6 +62,19 @@ class Held:
         self.pending.append(d)
         if not self.started.called:
             self.started.callback(None)
+        due = [w for w in self._waiting if w[0] <= len(self.pending)]
+        for waiter in due:
+            self._waiting.remove(waiter)
+            waiter[1].callback(None)
+        return d
+
+    def calls(self, count: int) -> Deferred[None]:
+        """Fires once ``count`` calls have come in."""
+        d: Deferred[None] = Deferred()
+        if len(self.pending) >= count:
+            d.callback(None)
+        else:
+            self._waiting.append((count, d))
         return d
 
 

@@ -14,6 +14,9 @@ from typing import Any
 import pytest
 from grpc_support import Held
 from hpack import Decoder, Encoder
+from hpack.huffman import HuffmanEncoder
+from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
@@ -567,3 +570,204 @@ def test_closing_unregisters_the_connection_as_producer() -> None:
     idle = Wire()
     idle.clock.advance(60)
     assert idle.closing and idle.transport.producer is None
+
+
+# --- HPACK (RFC 7541): every representation, the dynamic table, the errors -------------------
+#
+# Header blocks written out byte by byte (an encoder would not send most of these).
+
+_HUFFMAN = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH)
+INDEXING, WITHOUT, NEVER = 0x40, 0x00, 0x10  # the literal representations' first bits
+
+
+def hpack_string(data: bytes, huffman: bool = False) -> bytes:
+    if huffman:
+        data = _HUFFMAN.encode(data)
+    return h2server._hpack_integer(len(data), 7, 0x80 if huffman else 0) + data
+
+
+def literal(name: int | bytes, value: bytes, kind: int = WITHOUT, huffman: bool = False) -> bytes:
+    """A literal field: ``name`` a table index or a new name; ``kind`` its representation."""
+    bits = 6 if kind == INDEXING else 4
+    if isinstance(name, int):
+        head = h2server._hpack_integer(name, bits, kind)
+    else:
+        head = bytes([kind]) + hpack_string(name, huffman)
+    return head + hpack_string(value, huffman)
+
+
+#: A request's pseudo-header fields and content-type without the dynamic table: static
+#: :method POST and :scheme http, then literals without indexing on static names.
+REQUEST = b"\x83\x86" + literal(4, f"/{SERVICE_NAME}/Info".encode()) + literal(1, b"x") + literal(
+    31, b"application/grpc")
+#: Dynamic table size updates (6.3) to 0, 100, 4096 and 4097 (past the default
+#: SETTINGS_HEADER_TABLE_SIZE, which the server does not change).
+SIZE_0, SIZE_100, SIZE_4096, SIZE_4097 = b"\x20", b"\x3f\x45", b"\x3f\xe1\x1f", b"\x3f\xe2\x1f"
+
+
+class Seen:
+    """A dispatch that answers at once and keeps every call's metadata."""
+
+    methods = ["Info"]
+
+    def __init__(self) -> None:
+        self.metadata: list[dict[str, str]] = []
+
+    def authorized(self, metadata: Any) -> bool:
+        return True
+
+    def call(self, method: str, request: bytes, metadata: Any) -> Deferred[Reply]:
+        self.metadata.append(dict(metadata))
+        return succeed(Reply(0, "", b""))
+
+
+def hpack_call(wire: Wire, sid: int, block: bytes) -> dict[str, str]:
+    """A call with this header block: the metadata it reached the dispatch with."""
+    seen = wire.dispatch
+    calls = len(seen.metadata)
+    wire.send(frame(HEADERS, END_HEADERS, sid, block), frame(DATA, END_STREAM, sid, message(b"")))
+    assert not wire.closing and wire.answers[sid].status == 0
+    assert len(seen.metadata) == calls + 1
+    metadata: dict[str, str] = seen.metadata[-1]
+    return metadata
+
+
+def test_every_hpack_field_representation() -> None:
+    wire = Wire(Seen())
+    first = hpack_call(wire, 1, REQUEST + b"".join([
+        literal(b"x-inc", b"1", INDEXING),  # new name, indexed: dynamic 63 after the next
+        literal(23, b"apikey k", NEVER, huffman=True),  # static name, Huffman value
+        literal(b"x-never", b"n", NEVER, huffman=True),  # new name, Huffman name and value
+        literal(b"x-without", b"w", WITHOUT),
+        literal(58, b"ua", INDEXING),  # static name (user-agent), indexed: dynamic 62
+    ]))
+    assert first == {"content-type": "application/grpc", "x-inc": "1",
+                     "authorization": "apikey k", "x-never": "n", "x-without": "w",
+                     "user-agent": "ua"}
+    # Indexed dynamic fields, and a literal on a dynamic name (4-bit prefix: 63 = 15 + 48).
+    second = hpack_call(wire, 3, REQUEST + b"\xbe" + b"\x1f\x30" + hpack_string(b"2"))
+    assert second == {"content-type": "application/grpc", "user-agent": "ua", "x-inc": "2"}
+    third = hpack_call(wire, 5, REQUEST + b"\xbf")  # the last block inserted nothing
+    assert third == {"content-type": "application/grpc", "x-inc": "1"}
+    # Literal with incremental indexing on a dynamic name (6-bit prefix: 63 = 63 + 0).
+    fourth = hpack_call(wire, 7, REQUEST + b"\x7f\x00" + hpack_string(b"3") + b"\xbe")
+    assert fourth == {"content-type": "application/grpc", "x-inc": "3"}
+    fifth = hpack_call(wire, 9, REQUEST + b"\xbf\xc0")  # one further each
+    assert fifth == {"content-type": "application/grpc", "user-agent": "ua", "x-inc": "1"}
+
+
+def test_a_repeated_block_follows_the_dynamic_table() -> None:
+    """The same bytes mean another field once the table changed (no stale cache)."""
+    wire = Wire(Seen())
+    hpack_call(wire, 1, REQUEST + literal(b"x-a", b"1", INDEXING))
+    again = REQUEST + b"\xbe"
+    assert hpack_call(wire, 3, again)["x-a"] == "1"
+    assert hpack_call(wire, 5, again)["x-a"] == "1"
+    hpack_call(wire, 7, REQUEST + literal(b"x-b", b"2", INDEXING))
+    assert hpack_call(wire, 9, again) == {"content-type": "application/grpc", "x-b": "2"}
+
+
+def test_the_dynamic_table_evicts_its_oldest_entries() -> None:
+    wire = Wire(Seen())
+    # A table of 100 bytes holds two entries of 36 (32 + name + value), not three.
+    first = hpack_call(wire, 1, SIZE_100 + REQUEST + b"".join(
+        literal(name, value, INDEXING) for name, value in
+        [(b"x-a", b"1"), (b"x-b", b"2"), (b"x-c", b"3")]))
+    assert {"x-a", "x-b", "x-c"} <= set(first)
+    second = hpack_call(wire, 3, REQUEST + b"\xbe\xbf")
+    assert second == {"content-type": "application/grpc", "x-c": "3", "x-b": "2"}
+    wire.send(frame(HEADERS, END_HEADERS, 5, REQUEST + b"\xc0"))  # x-a was evicted
+    assert wire.goaway == (3, COMPRESSION_ERROR) and wire.closing
+
+
+def test_an_entry_larger_than_the_table_empties_it() -> None:
+    wire = Wire(Seen())
+    hpack_call(wire, 1, SIZE_100 + REQUEST + literal(b"x-a", b"1", INDEXING))
+    big = hpack_call(wire, 3, REQUEST + literal(b"x-big", b"v" * 70, INDEXING))  # 107 > 100
+    assert big["x-big"] == "v" * 70
+    wire.send(frame(HEADERS, END_HEADERS, 5, REQUEST + b"\xbe"))
+    assert wire.goaway == (3, COMPRESSION_ERROR)
+
+
+def test_table_size_updates_at_the_start_of_a_block() -> None:
+    wire = Wire(Seen())
+    hpack_call(wire, 1, SIZE_0 + SIZE_4096 + REQUEST)  # two in a row are allowed
+    hpack_call(wire, 3, b"\x3f\xe1\x9f\x80\x80\x00" + REQUEST)  # 4096 in 5 octets, as hpack
+    hpack_call(wire, 5, SIZE_100 + REQUEST + literal(b"x-a", b"1", INDEXING))
+    assert hpack_call(wire, 7, REQUEST + b"\xbe")["x-a"] == "1"
+
+
+def test_an_integer_of_six_octets_is_a_compression_error() -> None:
+    wire = Wire(Seen())
+    wire.send(frame(HEADERS, END_HEADERS, 1, b"\x3f\xe1\x9f\x80\x80\x80\x00" + REQUEST))
+    assert wire.goaway == (0, COMPRESSION_ERROR)
+
+
+def test_a_table_emptied_by_a_size_update_has_no_entries() -> None:
+    wire = Wire(Seen())
+    hpack_call(wire, 1, REQUEST + literal(b"x-a", b"1", INDEXING))
+    hpack_call(wire, 3, SIZE_0 + SIZE_4096 + REQUEST)
+    wire.send(frame(HEADERS, END_HEADERS, 5, REQUEST + b"\xbe"))
+    assert wire.goaway == (3, COMPRESSION_ERROR)
+
+
+def test_a_smaller_table_evicts_at_once() -> None:
+    wire = Wire(Seen())
+    hpack_call(wire, 1, REQUEST + literal(b"x-a", b"1", INDEXING) + literal(
+        b"x-b", b"v" * 40, INDEXING))  # 36 + 77 bytes
+    hpack_call(wire, 3, SIZE_100 + REQUEST + b"\xbe")  # x-b stays, x-a goes
+    wire.send(frame(HEADERS, END_HEADERS, 5, REQUEST + b"\xbf"))
+    assert wire.goaway == (3, COMPRESSION_ERROR)
+
+
+@pytest.mark.parametrize("before", [b"", settings(header_table_size=65536)])
+@pytest.mark.parametrize("bad", [
+    SIZE_4097,  # past SETTINGS_HEADER_TABLE_SIZE (the client's own setting is for us)
+    REQUEST + SIZE_0,  # after a field
+    b"\x83" + SIZE_0 + REQUEST,
+])
+def test_a_bad_table_size_update_is_a_compression_error(before: bytes, bad: bytes) -> None:
+    wire = Wire(Seen())
+    wire.send(before)
+    wire.send(frame(HEADERS, END_HEADERS, 1, bad + REQUEST))
+    assert wire.goaway == (0, COMPRESSION_ERROR) and wire.closing
+
+
+@pytest.mark.parametrize("bad", [
+    b"\x80",  # index 0
+    b"\xbe",  # dynamic index 62, the table is empty
+    b"\xff\x80\x80\x80\x80\x01",  # index past the tables (2**28 + 127)
+    literal(62, b"v", INDEXING),  # a name index past the tables, each representation
+    literal(62, b"v", WITHOUT),
+    literal(62, b"v", NEVER),
+    b"\xff\xff\xff\xff\xff\xff\x01",  # an integer of 6 octets after its prefix
+    b"\xff\x80",  # an integer cut short
+    b"\x00\x05ab",  # a string past the block
+    b"\x00\x01a",  # a name without its value
+    b"\x40\x01a\x7f",  # a value whose length is cut short
+    b"\x00\x81\x18\x01v",  # Huffman "a" padded with zeros (the padding must be ones)
+    b"\x00\x82\x1f\xff\x01v",  # Huffman "a" padded with 11 bits (at most 7)
+    b"\x00\x84\xff\xff\xff\xff\x01v",  # Huffman EOS (30 ones) in a string
+])
+def test_an_undecodable_field_is_a_compression_error(bad: bytes) -> None:
+    wire = Wire(Seen())
+    wire.send(frame(HEADERS, END_HEADERS, 1, REQUEST + bad))
+    assert wire.goaway == (0, COMPRESSION_ERROR) and wire.closing
+    assert not wire.dispatch.metadata
+
+
+def test_the_header_list_bound_counts_what_indexed_fields_expand_to() -> None:
+    wire = Wire(Seen(), max_header_list_size=1000)
+    hpack_call(wire, 1, REQUEST + literal(b"x-big", b"a" * 400, INDEXING))  # 437 decoded
+    hpack_call(wire, 3, REQUEST + b"\xbe")
+    wire.send(frame(HEADERS, END_HEADERS, 5, REQUEST + b"\xbe\xbe\xbe"))  # 3 bytes, 1311
+    assert wire.goaway == (3, ENHANCE_YOUR_CALM) and wire.closing
+
+
+def test_a_field_may_span_continuation_frames() -> None:
+    wire = Wire(Seen())
+    block = REQUEST + literal(b"x-a", b"1", INDEXING, huffman=True)
+    wire.send(frame(HEADERS, 0, 1, block[:-2]), frame(CONTINUATION, END_HEADERS, 1, block[-2:]),
+              frame(DATA, END_STREAM, 1, message(b"")))
+    assert wire.dispatch.metadata[-1]["x-a"] == "1"
+    assert hpack_call(wire, 3, REQUEST + b"\xbe")["x-a"] == "1"

@@ -542,25 +542,6 @@ def test_a_connection_made_while_draining_is_drained() -> None:
     assert len(peer.factory.connections) == 0
 
 
-def test_table_neutral_header_blocks() -> None:
-    from hpack import Encoder
-
-    from rtserver.grpcapi.h2server import table_neutral
-
-    encoder = Encoder()
-    headers = [(b":status", b"200"), (b"content-type", b"application/grpc")]
-    assert not table_neutral(encoder.encode(headers))  # first time: literals, indexed
-    assert table_neutral(encoder.encode(headers))  # then: indexed fields only
-    never = encoder.encode([(b"authorization", b"apikey k", True)])
-    assert table_neutral(never)  # a never-indexed literal leaves the table alone
-    assert table_neutral(b"\x00\x01a\x01b")  # literal without indexing, new name
-    assert table_neutral(b"\x0f\x10\x01x")  # indexed name 31 (two-byte integer)
-    assert not table_neutral(b"\x3f\xe1\x1f")  # a table size update
-    assert not table_neutral(b"\x00\x05ab")  # a string past the end
-    assert not table_neutral(b"\x00")
-    assert not table_neutral(b"\xff\xff\xff\xff\xff\xff")  # an endless integer
-
-
 def test_repeated_calls_reuse_decoded_header_blocks() -> None:
     """The second and later calls of a connection decode their headers from the cache."""
     peer = Peer()

@@ -13,19 +13,23 @@ from typing import Any
 import grpc
 import pytest
 import pytest_twisted
-from grpc_support import Held, accepts, unary_caller
+from grpc_support import CALL_TIMEOUT, Held, accepts, unary_caller
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 
 from rtserver.grpcapi.api import SERVICE_NAME, Reply
 from rtserver.grpcapi.h2server import GRPCH2Factory, H2GRPCService
 from rtserver.grpcapi.server import bind_address
 
 
-def _service(grace: float = 5.0, **kwargs: Any) -> tuple[H2GRPCService, Held]:
+def _service(grace: float = 5.0, max_concurrent_streams: int = 100,
+             **kwargs: Any) -> tuple[H2GRPCService, Held]:
     held = Held()
-    factory = GRPCH2Factory(held, reactor)  # type: ignore[arg-type]
+    factory = GRPCH2Factory(held, reactor,  # type: ignore[arg-type]
+                            max_concurrent_streams=max_concurrent_streams)
     return H2GRPCService("test GRPC", factory, reactor, address="127.0.0.1", grace=grace,
                          **kwargs), held
 
@@ -115,3 +119,61 @@ async def test_startup_line_names_the_bound_address_as_grpcio_services_do(
     assert f"test GRPC listening on {shown}:{service.port} (plaintext, HTTP/2 on the reactor)" \
         in lines
     assert bind_address(address, service.port) == f"{shown}:{service.port}"
+
+
+def _dispatched(held: Held, count: int, call: Deferred[Any]) -> Deferred[None]:
+    """Fires once ``count`` calls reached the dispatch; fails as ``call`` if it fails first."""
+    arrived = held.calls(count)
+
+    def failed(failure: Failure) -> Failure:
+        if not arrived.called:
+            arrived.errback(failure)
+        return failure
+
+    call.addErrback(failed)
+    return arrived
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_cancel_releases_its_stream_and_the_connection_goes_on() -> None:
+    """A grpcio client cancels a call the server holds: RST_STREAM CANCEL.
+
+    With one stream allowed per connection, the next call on the same connection is
+    served while the cancelled call is still in the dispatch; its late answer is
+    dropped, nothing is dispatched twice and nothing is logged.
+    """
+    service, held = _service(max_concurrent_streams=1)
+    service.startService()
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    channel = grpc.insecure_channel(f"127.0.0.1:{service.port}")
+    try:
+        info = channel.unary_unary(f"/{SERVICE_NAME}/Info")
+        cancelled = info.future(b"", timeout=CALL_TIMEOUT)
+        await held.started
+        [connection] = list(service.factory.connections)
+        assert len(connection._streams) == 1
+        assert cancelled.cancel()
+        second = deferToThread(info, b"", timeout=CALL_TIMEOUT)
+        await _dispatched(held, 2, second)  # (the cancel went first on the connection)
+        assert list(service.factory.connections) == [connection]
+        assert len(connection._streams) == 1  # the second call only
+        held.pending[1].callback(Reply(0, "", b"second"))
+        assert await second == b"second"
+        assert not connection._streams
+        held.pending[0].callback(Reply(0, "", b"too late"))  # dropped
+        third = deferToThread(info, b"", timeout=CALL_TIMEOUT)
+        await _dispatched(held, 3, third)
+        held.pending[2].callback(Reply(0, "", b"third"))
+        assert await third == b"third"
+        assert list(service.factory.connections) == [connection]
+        assert len(held.pending) == 3
+        with pytest.raises(grpc.FutureCancelledError):
+            cancelled.result()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        await deferToThread(channel.close)
+        await service.stopService()
+    problems = [formatEvent(e) for e in events
+                if "log_failure" in e or e.get("log_level") in (LogLevel.error, LogLevel.critical)]
+    assert not problems
