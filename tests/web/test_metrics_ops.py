@@ -138,9 +138,12 @@ def test_engine_failures_are_counted() -> None:
     node, _ = make_node(SETTINGS)
     d = node.stats.time_engine("publish", fail(RuntimeError("down")))
     d.addErrback(lambda _: None)
+    opts = node.resolver.options("room")
+    node.stats.time_publish(fail(RuntimeError("down")), opts).addErrback(lambda _: None)
     got = parse(generate_latest(registry_for(node)).decode())
-    assert value(got, "rtserver_engine_errors", operation="publish") == 1
-    assert value(got, "rtserver_engine_duration_seconds_count", operation="publish") == 1
+    assert value(got, "rtserver_engine_errors", operation="publish") == 2
+    assert value(got, "rtserver_engine_duration_seconds_count", operation="publish") == 2
+    assert not [k for k in got if k[0] == "centrifugo_broker_publish_suppressed_count"]
     node.stop()
 
 
