@@ -410,7 +410,10 @@ class Node:
         ``delta`` (or the namespace's ``delta_publish``) lets subscribers that negotiated
         delta compression receive it as a fossil delta (docs/client-protocol.rst).
         ``version``/``version_epoch``: a channel with history drops an outdated
-        publication and fires with its current position (``PublishOptions``).
+        publication and fires with its current position (``PublishOptions``). A dropped
+        publication (outdated version, repeated idempotency key) fires with a
+        :class:`~rtserver.core.types.Suppressed` position and is counted in
+        ``stats.suppressed``.
         """
         if opts is None:
             try:
@@ -437,7 +440,7 @@ class Node:
         pub = Publication(
             data=data, info=info, tags=tags or None, delta=delta or opts.delta_publish
         )
-        return self.stats.time_engine("publish", self.engine.publish(channel, pub, options))
+        return self.stats.time_publish(self.engine.publish(channel, pub, options), opts)
 
     def _publish_options(
         self,

@@ -125,12 +125,16 @@ class IBroker(Interface):
         """Append to history (when enabled) and deliver to every node.
 
         Fires with the StreamPosition the publication got; ``offset`` is 0 and
-        ``epoch`` empty when the channel keeps no history. A repeated
-        ``options.idempotency_key`` within its TTL returns the first result and
-        delivers nothing. A publication whose ``options.version`` is outdated (see
-        :class:`~rtserver.core.types.PublishOptions`) is suppressed: nothing is appended
-        or delivered, no idempotent result is kept, and the call fires with the stream's
-        current position.
+        ``epoch`` empty when the channel keeps no history. A suppressed publication
+        fires with a :class:`~rtserver.core.types.Suppressed` position instead (a
+        StreamPosition with a ``reason``; an accepted one never does):
+
+        * ``"idempotency"``: a repeated ``options.idempotency_key`` within its TTL; the
+          first result, nothing delivered.
+        * ``"version"``: an outdated ``options.version`` (see
+          :class:`~rtserver.core.types.PublishOptions`); nothing is appended or
+          delivered, no idempotent result is kept, and the position is the stream's
+          current one.
         """
 
     def publish_join(channel: str, info: ClientInfo) -> Deferred[None]:

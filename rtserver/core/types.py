@@ -7,7 +7,7 @@ The message values the codec encodes (ClientInfo, Publication, StreamPosition) l
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final, Literal
 
 from twisted.internet.defer import Deferred
 
@@ -15,6 +15,8 @@ from rtserver.protocol.frames import Publication, StreamPosition
 
 __all__ = [
     "CONTROL_TYPES",
+    "SUPPRESS_IDEMPOTENCY",
+    "SUPPRESS_VERSION",
     "ConnectionToken",
     "ControlMessage",
     "DisconnectControl",
@@ -30,6 +32,8 @@ __all__ = [
     "SubscribeControl",
     "SubscriptionGrant",
     "SubscriptionToken",
+    "SuppressReason",
+    "Suppressed",
     "SurveyReply",
     "SurveyRequest",
     "TokenExpired",
@@ -74,6 +78,28 @@ class PublishOptions:
     idempotency_ttl: float = 300.0
     version: int = 0
     version_epoch: str = ""
+
+
+#: Why a publish was suppressed, with Centrifugo's names (``SuppressReason``).
+SuppressReason = Literal["idempotency", "version"]
+#: A repeated idempotency key: the first publish's result, nothing delivered.
+SUPPRESS_IDEMPOTENCY: Final = "idempotency"
+#: An outdated ``version`` (:class:`PublishOptions`): the stream's current position.
+SUPPRESS_VERSION: Final = "version"
+
+
+@dataclass(frozen=True, slots=True)
+class Suppressed(StreamPosition):
+    """A publish that appended and delivered nothing (Centrifugo's ``Suppressed``).
+
+    What :meth:`IBroker.publish <rtserver.core.ports.IBroker.publish>` fires with then:
+    a StreamPosition (the one the caller answers with: the first result of a repeated
+    idempotency key, or the stream's current position for an outdated version) plus
+    ``reason``. An accepted publish fires with a plain StreamPosition, so the common
+    path allocates nothing more; ``isinstance(position, Suppressed)`` tells them apart.
+    """
+
+    reason: SuppressReason
 
 
 @dataclass(frozen=True, slots=True)

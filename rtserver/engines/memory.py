@@ -24,11 +24,14 @@ from zope.interface import implementer
 
 from rtserver.core.ports import IEngine, IEngineHandler
 from rtserver.core.types import (
+    SUPPRESS_IDEMPOTENCY,
+    SUPPRESS_VERSION,
     ControlMessage,
     HistoryFilter,
     HistoryResult,
     PresenceStats,
     PublishOptions,
+    Suppressed,
 )
 from rtserver.logs import Logger
 from rtserver.protocol.frames import ClientInfo, Publication, StreamPosition
@@ -147,13 +150,14 @@ class MemoryEngine:
     def publish(
         self, channel: str, publication: Publication, options: PublishOptions
     ) -> Deferred[StreamPosition]:
-        """Append to history when enabled, then deliver."""
+        """Append to history when enabled, then deliver (:class:`Suppressed`: neither)."""
         now = self._clock.seconds()
         key = (channel, options.idempotency_key)
         if options.idempotency_key:
             cached = self._idempotency.get(key)
             if cached is not None and cached[1] > now:
-                return succeed(cached[0])
+                first = cached[0]
+                return succeed(Suppressed(first.offset, first.epoch, SUPPRESS_IDEMPOTENCY))
         if options.history_size > 0 and options.history_ttl > 0:
             version = options.version
             if version > 0:
@@ -165,7 +169,7 @@ class MemoryEngine:
                 ):
                     # Suppressed: no append, no delivery, no idempotent result, no TTL
                     # renewed; the answer is the current position (as in the Lua script).
-                    return succeed(StreamPosition(kept.top, kept.epoch))
+                    return succeed(Suppressed(kept.top, kept.epoch, SUPPRESS_VERSION))
             stream = self._stream(channel, options.history_meta_ttl, now)
             if version > 0:
                 stream.version = version

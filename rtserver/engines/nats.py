@@ -36,7 +36,13 @@ from zope.interface import implementer
 
 from rtserver.config import NatsBrokerConfig
 from rtserver.core.ports import IBroker, IEngineHandler, IHistory
-from rtserver.core.types import ControlMessage, HistoryFilter, HistoryResult, PublishOptions
+from rtserver.core.types import (
+    ControlMessage,
+    HistoryFilter,
+    HistoryResult,
+    PublishOptions,
+    Suppressed,
+)
 from rtserver.engines.natsconn import NatsLink, NatsUnavailable, parse_nats_url
 from rtserver.engines.wire import (
     JOIN_PREFIX,
@@ -72,8 +78,8 @@ class HistoryStore(Protocol):
 
     def append(
         self, channel: str, publication: Publication, options: PublishOptions
-    ) -> Deferred[tuple[StreamPosition, bool]]:
-        """Append; fires with the position and whether nothing was appended.
+    ) -> Deferred[StreamPosition]:
+        """Append; fires with the position, :class:`Suppressed` if nothing was appended.
 
         Nothing is appended for a repeated idempotency key or an outdated version
         (``PublishOptions``); the publication must not be delivered then.
@@ -312,12 +318,11 @@ class NatsBroker:
 
     def _send_positioned(
         self,
-        appended: tuple[StreamPosition, bool],
+        position: StreamPosition,
         subject: bytes,
         publication: Publication,
     ) -> StreamPosition:
-        position, skipped = appended
-        if skipped:
+        if type(position) is Suppressed:  # not isinstance: its miss costs more
             return position
         payload = encode_publication(publication)
         if position.offset:

@@ -38,11 +38,14 @@ from zope.interface import implementer
 from rtserver.config import RedisAddress, RedisEngineConfig, redis_shards
 from rtserver.core.ports import IEngine, IEngineHandler
 from rtserver.core.types import (
+    SUPPRESS_IDEMPOTENCY,
+    SUPPRESS_VERSION,
     ControlMessage,
     HistoryFilter,
     HistoryResult,
     PresenceStats,
     PublishOptions,
+    Suppressed,
 )
 from rtserver.engines import redis_scripts as scripts
 from rtserver.engines.memory import new_epoch
@@ -83,9 +86,16 @@ _log = Logger()
 _SYNC_PREFIX = b"__sync__:"
 
 
-def _appended(reply: list[Any]) -> tuple[StreamPosition, bool]:
-    """The PUBLISH script's ``{offset, epoch, from_cache, suppressed}``."""
-    return StreamPosition(int(reply[0]), reply[1].decode()), bool(reply[2] or reply[3])
+def _appended(reply: list[Any]) -> StreamPosition:
+    """The PUBLISH script's ``{offset, epoch, from_cache, suppressed}``.
+
+    A :class:`Suppressed` position when nothing was appended or published.
+    """
+    if reply[2]:
+        return Suppressed(int(reply[0]), reply[1].decode(), SUPPRESS_IDEMPOTENCY)
+    if reply[3]:
+        return Suppressed(int(reply[0]), reply[1].decode(), SUPPRESS_VERSION)
+    return StreamPosition(int(reply[0]), reply[1].decode())
 
 
 def _ms(seconds: float) -> int:
@@ -463,18 +473,17 @@ class RedisEngine:
             publish = "SPUBLISH" if shard.uses_sharded else "PUBLISH"
             d = shard.command.execute(publish, self._client_channel(channel), payload)
             return d.addCallback(lambda _: StreamPosition(0, ""))
-        d = self._append(channel, payload, options, history, self._client_channel(channel))
-        return d.addCallback(lambda r: r[0])
+        return self._append(channel, payload, options, history, self._client_channel(channel))
 
     def append(
         self, channel: str, publication: Publication, options: PublishOptions
-    ) -> Deferred[tuple[StreamPosition, bool]]:
+    ) -> Deferred[StreamPosition]:
         """Append to the stream and keep the idempotent result, without PUBLISH.
 
         For a broker whose PUB/SUB runs elsewhere (NATS) while history stays here.
-        Fires with the position and whether nothing was appended, so nothing should be
-        delivered: a repeated idempotency key (its first result) or an outdated
-        ``version`` (the current position).
+        Fires with the position, :class:`Suppressed` when nothing was appended, so
+        nothing should be delivered: a repeated idempotency key (its first result) or an
+        outdated ``version`` (the current position).
         """
         history = options.history_size > 0 and options.history_ttl > 0
         return self._append(channel, encode_publication(publication), options, history, b"")
@@ -486,7 +495,7 @@ class RedisEngine:
         options: PublishOptions,
         history: bool,
         pubsub_channel: bytes,
-    ) -> Deferred[tuple[StreamPosition, bool]]:
+    ) -> Deferred[StreamPosition]:
         shard = self._shard(channel)
         keys = [self._key("stream", channel), self._key("stream.meta", channel)]
         if options.idempotency_key:

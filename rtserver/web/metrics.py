@@ -169,6 +169,12 @@ class NodeCollector:
             ["operation"],
             {(op,): n for op, n in stats.engine_errors.items()},
         )
+        yield _counter(
+            "centrifugo_broker_publish_suppressed_count",
+            "Publications suppressed (not kept, not delivered), by reason and namespace.",
+            ["reason", "channel_namespace"],
+            stats.suppressed,
+        )
 
     @staticmethod
     def _quic_metrics(quic: QuicListener) -> Iterator[Metric]:

@@ -18,7 +18,14 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from rtserver.core.ports import IBroker, IEngine, IEngineHandler, IHistory, IPresenceManager
-from rtserver.core.types import DisconnectControl, HistoryFilter, PublishOptions
+from rtserver.core.types import (
+    SUPPRESS_IDEMPOTENCY,
+    SUPPRESS_VERSION,
+    DisconnectControl,
+    HistoryFilter,
+    PublishOptions,
+    Suppressed,
+)
 from rtserver.protocol.frames import ClientInfo, Publication, StreamPosition
 
 HISTORY = PublishOptions(history_size=5, history_ttl=60.0, history_meta_ttl=3600.0)
@@ -174,8 +181,35 @@ class EngineContract:
         first = await e.publish("h", pub(1), opts)
         again = await e.publish("h", pub(1), opts)
         await engine_env.settle()
-        assert again == first
+        assert type(first) is StreamPosition
+        assert again == Suppressed(first.offset, first.epoch, SUPPRESS_IDEMPOTENCY)
         assert len(engine_env.handler.publications) == 1
+
+    @pytest_twisted.ensureDeferred
+    async def test_idempotent_publish_without_history(self, engine_env: EngineEnv) -> None:
+        """Without history a repeated key is suppressed too, with the empty position."""
+        e = engine_env.engine
+        await e.subscribe("nh")
+        opts = dataclasses.replace(NO_HISTORY, idempotency_key="k2")
+        first = await e.publish("nh", pub(1), opts)
+        again = await e.publish("nh", pub(2), opts)
+        other = await e.publish("nh", pub(3), dataclasses.replace(opts, idempotency_key="k3"))
+        await engine_env.settle()
+        assert type(first) is StreamPosition and type(other) is StreamPosition
+        assert again == Suppressed(0, "", SUPPRESS_IDEMPOTENCY)
+        delivered = [p.data for c, p in engine_env.handler.publications if c == "nh"]
+        assert delivered == [b'{"n":1}', b'{"n":3}']
+
+    @pytest_twisted.ensureDeferred
+    async def test_accepted_publish_is_not_suppressed(self, engine_env: EngineEnv) -> None:
+        """A delivered publication fires with a plain StreamPosition, history or not."""
+        e = engine_env.engine
+        plain = await e.publish("a", pub(1), NO_HISTORY)
+        kept = await e.publish("a", pub(2), HISTORY)
+        versioned_ok = await e.publish("a", pub(3), versioned(7, "x"))
+        keyed = await e.publish("a", pub(4), dataclasses.replace(HISTORY, idempotency_key="n"))
+        assert [type(p) for p in (plain, kept, versioned_ok, keyed)] == [StreamPosition] * 4
+        assert [plain.offset, kept.offset, versioned_ok.offset, keyed.offset] == [0, 1, 2, 3]
 
     @pytest_twisted.ensureDeferred
     async def test_outdated_version_is_suppressed(self, engine_env: EngineEnv) -> None:
@@ -190,7 +224,8 @@ class EngineContract:
         same = await e.publish("v", pub(3), versioned(2, "a"))
         newer = await e.publish("v", pub(4), versioned(3, "a"))
         await engine_env.settle()
-        assert first.offset == 1 and again == first and same == first
+        suppressed = Suppressed(1, first.epoch, SUPPRESS_VERSION)
+        assert first.offset == 1 and again == suppressed and same == suppressed
         assert newer == StreamPosition(2, first.epoch)
         delivered = [p.data for c, p in engine_env.handler.publications if c == "v"]
         assert delivered == [b'{"n":1}', b'{"n":4}']
@@ -218,7 +253,8 @@ class EngineContract:
         await engine_env.settle()
         assert [a5.offset, b1.offset, zero.offset, zero_again.offset, any2.offset, b2.offset] == [
             1, 2, 3, 4, 5, 6]
-        assert b1_again == b1 and any1 == b1 and b1_after_zero == zero_again
+        assert b1_again == any1 == Suppressed(b1.offset, b1.epoch, SUPPRESS_VERSION)
+        assert b1_after_zero == Suppressed(zero_again.offset, b1.epoch, SUPPRESS_VERSION)
         delivered = [p.data for c, p in engine_env.handler.publications if c == "v"]
         assert delivered == [b'{"n":%d}' % n for n in (1, 2, 5, 6, 8, 9)]
 
@@ -228,11 +264,13 @@ class EngineContract:
         e = engine_env.engine
         top = 2**64 - 1
         first = await e.publish("v", pub(1), versioned(top - 1, "e"))
-        assert (await e.publish("v", pub(2), versioned(top - 2, "e"))) == first
-        assert (await e.publish("v", pub(3), versioned(9, "e"))) == first
+        at_first = Suppressed(first.offset, first.epoch, SUPPRESS_VERSION)
+        assert (await e.publish("v", pub(2), versioned(top - 2, "e"))) == at_first
+        assert (await e.publish("v", pub(3), versioned(9, "e"))) == at_first
         last = await e.publish("v", pub(4), versioned(top, "e"))
         assert last.offset == 2
-        assert (await e.publish("v", pub(5), versioned(top, "e"))) == last
+        at_last = Suppressed(last.offset, last.epoch, SUPPRESS_VERSION)
+        assert (await e.publish("v", pub(5), versioned(top, "e"))) == at_last
 
     @pytest_twisted.ensureDeferred
     async def test_version_without_history_is_not_checked(self, engine_env: EngineEnv) -> None:
@@ -256,10 +294,13 @@ class EngineContract:
         await e.publish("v", pub(1), versioned(5, "a"))
         old = dataclasses.replace(versioned(4, "a"), idempotency_key="k")
         suppressed = await e.publish("v", pub(2), old)
+        assert isinstance(suppressed, Suppressed) and suppressed.reason == SUPPRESS_VERSION
         assert suppressed.offset == 1
         new_epoch = dataclasses.replace(versioned(4, "b"), idempotency_key="k")
         accepted = await e.publish("v", pub(3), new_epoch)
-        assert accepted.offset == 2
+        assert type(accepted) is StreamPosition and accepted.offset == 2
+        repeated = await e.publish("v", pub(4), new_epoch)
+        assert repeated == Suppressed(2, accepted.epoch, SUPPRESS_IDEMPOTENCY)
 
     @pytest_twisted.ensureDeferred
     async def test_presence(self, engine_env: EngineEnv) -> None:

@@ -18,10 +18,12 @@ from typing import Any
 import cent
 import orjson
 import pytest
+import requests
 from centrifuge import DeltaType, PublicationContext
 from centrifuge.filter import Filter
 from grpc_backend import GRPCBackend
 from harness import Server, free_port, run_server
+from prometheus_client.parser import text_string_to_metric_families
 from proxy_support import Backend
 from pysdk import Recorder, SubEvents, WireTap, bounded, name, run_scenario, sdk_client
 
@@ -59,6 +61,7 @@ def rt_server(
         "proxies": [
             {"name": "g", "endpoint": f"grpc://127.0.0.1:{grpc_backend.port}", "timeout": "2s"}
         ],
+        "prometheus": {"enabled": True},
     }
     try:
         with run_server(tmp_path_factory.mktemp("rtserver-pubfields"), overrides) as server:
@@ -157,3 +160,15 @@ def test_backend_tags_idempotency_delta_and_version(rt_server: Server, namespace
     # the suppressed publication is not in history either
     kept = rt_server.cent_client.history(cent.HistoryRequest(channel=channel, limit=-1))
     assert [p.data["text"] for p in kept.publications] == published
+    # and both suppressions are counted, by reason, in the channel's namespace
+    with requests.Session() as session:
+        session.trust_env = False  # no HTTP proxy from the environment
+        reply = session.get(rt_server.url + "/metrics", timeout=5)
+    counted = {
+        (s.labels["reason"], s.labels["channel_namespace"]): s.value
+        for family in text_string_to_metric_families(reply.text)
+        for s in family.samples
+        if s.name == "centrifugo_broker_publish_suppressed_count"
+    }
+    assert counted[("version", namespace)] == 1
+    assert counted[("idempotency", namespace)] == 1

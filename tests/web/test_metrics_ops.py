@@ -138,9 +138,12 @@ def test_engine_failures_are_counted() -> None:
     node, _ = make_node(SETTINGS)
     d = node.stats.time_engine("publish", fail(RuntimeError("down")))
     d.addErrback(lambda _: None)
+    opts = node.resolver.options("room")
+    node.stats.time_publish(fail(RuntimeError("down")), opts).addErrback(lambda _: None)
     got = parse(generate_latest(registry_for(node)).decode())
-    assert value(got, "rtserver_engine_errors", operation="publish") == 1
-    assert value(got, "rtserver_engine_duration_seconds_count", operation="publish") == 1
+    assert value(got, "rtserver_engine_errors", operation="publish") == 2
+    assert value(got, "rtserver_engine_duration_seconds_count", operation="publish") == 2
+    assert not [k for k in got if k[0] == "centrifugo_broker_publish_suppressed_count"]
     node.stop()
 
 
@@ -157,6 +160,47 @@ async def test_server_api_engine_calls_are_timed() -> None:
     got = parse(generate_latest(registry_for(node)).decode())
     for op in ("presence", "presence_stats", "remove_history"):
         assert value(got, "rtserver_engine_duration_seconds_count", operation=op) == 1, op
+    node.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_suppressed_publications_are_counted_by_reason_and_namespace() -> None:
+    """Outdated versions and repeated idempotency keys: Centrifugo's suppressed counter.
+
+    Accepted publications (first of a key, newer version, no version) are not counted;
+    the namespace label is the channel's namespace, empty without one.
+    """
+    from rtserver.api.executor import APIExecutor
+
+    settings = merge(
+        SETTINGS,
+        {"channel": {"namespaces": [{"name": "docs", "history_size": 5, "history_ttl": "60s"}]}},
+    )
+    node, _ = make_node(settings)
+    executor = APIExecutor(node)
+
+    async def publish(channel: str, **fields: Any) -> dict[str, Any]:
+        reply = await executor.call("publish", {"channel": channel, "data": {}, **fields})
+        assert "result" in reply, reply
+        return reply["result"]
+
+    first = await publish("docs:a", version=2)
+    assert await publish("docs:a", version=1) == first  # suppressed: the current position
+    assert await publish("docs:a", version=2) == first
+    await publish("docs:a", version=3)
+    await publish("docs:a")
+    await publish("room", idempotency_key="k")
+    await publish("room", idempotency_key="k")
+    await publish("room", idempotency_key="other")
+    got = parse(generate_latest(registry_for(node)).decode())
+    suppressed = "centrifugo_broker_publish_suppressed_count"
+    assert value(got, suppressed, reason="version", channel_namespace="docs") == 2
+    assert value(got, suppressed, reason="idempotency", channel_namespace="") == 1
+    assert [k for k in got if k[0] == suppressed] == [
+        (suppressed, (("channel_namespace", ""), ("reason", "idempotency"))),
+        (suppressed, (("channel_namespace", "docs"), ("reason", "version"))),
+    ]
+    assert value(got, "rtserver_engine_duration_seconds_count", operation="publish") == 8
     node.stop()
 
 
@@ -245,13 +289,28 @@ def test_twistd_metrics_move(tmp_path: Path, rpc_backend: str) -> None:
             return await asyncio.to_thread(fn)
 
         run_scenario(scenario())
-        session.post(
-            server.api_url + "/publish",
-            json={"channel": "room", "data": {}},
-            headers={"X-API-Key": api_key},
-            timeout=5,
+        def publish(**fields: Any) -> dict[str, Any]:
+            reply = session.post(
+                server.api_url + "/publish",
+                json={"data": {}, **fields},
+                headers={"X-API-Key": api_key},
+                timeout=5,
+            )
+            assert reply.status_code == 200
+            body: dict[str, Any] = reply.json()
+            assert "result" in body, body
+            return body
+
+        publish(channel="room")
+        first = publish(channel="chat:doc", version=5, version_epoch="e")
+        assert publish(channel="chat:doc", version=4, version_epoch="e") == first
+        assert publish(channel="room", idempotency_key="same") == publish(
+            channel="room", idempotency_key="same"
         )
         after = scrape()
+        suppressed = "centrifugo_broker_publish_suppressed_count"
+        assert value(after, suppressed, reason="version", channel_namespace="chat") == 1
+        assert value(after, suppressed, reason="idempotency", channel_namespace="") == 1
         for name, labels in (
             ("centrifugo_client_command_duration_seconds_count", {"method": "connect"}),
             ("centrifugo_client_command_duration_seconds_count", {"method": "rpc"}),
