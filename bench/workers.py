@@ -103,7 +103,7 @@ def profiled(outdir: Path, label: str, pids: list[int], cpu: int | None) -> Iter
 
 
 def measure(args: argparse.Namespace, ui: Progress, workdir: Path) -> list[dict[str, Any]]:
-    server_cpu, side_cpu = _cpus()
+    server_cpu, side_cpu = (None, None) if args.spread else _cpus()
     rows: list[dict[str, Any]] = []
     for n in args.n:
         for workers in (1, 2):
@@ -175,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="open loop: requests at a fixed pace offering this many deliveries "
                         "per second instead of the self-clocked window (same arrivals for "
                         "both configurations)")
+    p.add_argument("--spread", action="store_true",
+                   help="pin nothing: the workers (and Redis, the load generator) run on any "
+                        "CPU, as workers on a host do, instead of the server on one CPU")
     p.add_argument("--profile", type=Path, help="py-spy every server process into this directory")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
