@@ -482,6 +482,9 @@ class RedisEngine:
         order and Redis runs them (and pushes the messages) in that order; a Sentinel
         shard too (one master at a time). None on a Redis Cluster shard, whose commands
         are spread over the masters and may be redirected (MOVED/ASK) and retried.
+        (One exception: after a ``SCRIPT FLUSH`` the publish script's EVALSHA is retried
+        as EVAL once its NOSCRIPT answer is back, so a PUBLISH sent meanwhile, a publish
+        without history or idempotency key, can be delivered before it.)
         """
         shard = self._shard(channel)
         return None if shard.cluster else shard.index

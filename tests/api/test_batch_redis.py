@@ -92,13 +92,21 @@ class RedisAPI:
     async def start(self, *channels: str) -> None:
         await self.node.start()
         await until(lambda: self.engine.healthy, "the engine")
-        client = self.node.make_client(self.sink)
+        self.client = client = self.node.make_client(self.sink)
         client.receive(orjson.dumps({"id": 1, "connect": {"token": "alice"}}))
         for i, channel in enumerate(channels, start=2):
             client.receive(orjson.dumps({"id": i, "subscribe": {"channel": channel}}))
         await until(lambda: sum(len(f) for f in self.sink.frames) == 1 + len(channels),
                     "the subscribe replies")
         self.sink.frames.clear()
+
+    async def stop(self) -> None:
+        """Unsubscribe first and wait for Redis to confirm, then stop the node."""
+        self.client.close(Disconnect.SHUTDOWN)
+        await until(lambda: not any(shard.channels for shard in self.engine.shards),
+                    "the unsubscribes")
+        await self.engine.sync()
+        await self.node.stop()
 
     async def batch(self, commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
         body = await self.executor.call("batch", {"commands": commands})
@@ -118,7 +126,7 @@ async def api(redis_server: RedisServer) -> AsyncIterator[RedisAPI]:
     harness = RedisAPI([redis_server.address])
     await harness.start("hist:a", "news")
     yield harness
-    await harness.node.stop()
+    await harness.stop()
 
 
 def _publishes(n: int, channel: str = "hist:a") -> list[dict[str, Any]]:
@@ -225,6 +233,5 @@ async def test_sharded_redis_keeps_the_order_of_each_channel() -> None:
             assert [p["data"] for p in history[0]["history"]["publications"]] == [
                 c["publish"]["data"] for c in commands if c["publish"]["channel"] == a]
         finally:
-            await harness.node.stop()
-            await deferLater(reactor, 0, lambda: None)
+            await harness.stop()
 
