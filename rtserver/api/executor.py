@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -372,21 +372,43 @@ class APIExecutor:
                 [self._publish_outcome(c) for c in commands], consumeErrors=True
             )
         else:
-            outcomes = []
-            for command in commands:
-                d = self._publish_command(command)
-                if isinstance(d, Error):
-                    outcomes.append(d)
-                elif d.called and not d.paused and isinstance(d.result, StreamPosition):
-                    # Already published (the memory engine answers at once): no callback
-                    # chain, no suspension; this loop is the whole cost of a batch here.
-                    outcomes.append(_position_result(d.result))
-                else:
-                    outcomes.append(await self._publish_outcome(command, d))
+            outcomes = await self._publish_sequence(commands)
         error = None
         if method != "batch" and len(outcomes) == 1 and isinstance(outcomes[0], Error):
             error = outcomes[0].to_wire()
         self.stats.record(method, time.perf_counter() - started, error)
+        return outcomes
+
+    async def _publish_sequence(
+        self, commands: Sequence[PublishCommand]
+    ) -> list[Result | Error]:
+        """Typed publishes in order, a run on one ordered lane pipelined (see ``batch``)."""
+        outcomes: list[Any] = []  # Result | Error, or Deferred[Result | Error] in flight
+        inflight: list[int] = []
+        lane: Hashable | None = None
+        for command in commands:
+            if inflight:
+                key = self._node.publish_order(command.channel)
+                if key is None or key != lane:
+                    await _settle(outcomes, inflight)
+            d = self._publish_command(command)
+            if isinstance(d, Error):
+                outcomes.append(d)
+            elif d.called and not d.paused and isinstance(d.result, StreamPosition):
+                # Already published (the memory engine answers at once): no callback
+                # chain, no suspension; this loop is the whole cost of a batch here.
+                outcomes.append(_position_result(d.result))
+            else:
+                if not inflight:
+                    lane = self._node.publish_order(command.channel)
+                if lane is None:
+                    outcomes.append(await self._publish_outcome(command, d))
+                else:
+                    # Applied in call order on this lane: the next one goes out now.
+                    inflight.append(len(outcomes))
+                    outcomes.append(self._publish_outcome(command, d))
+        if inflight:
+            await _settle(outcomes, inflight)
         return outcomes
 
     def _publish_command(self, cmd: PublishCommand) -> Deferred[StreamPosition] | Error:
@@ -435,8 +457,60 @@ class APIExecutor:
                 consumeErrors=True,
             )
         else:
-            replies = [await self._batch_one(c) for c in commands]
+            replies = await self._batch_sequence(commands)
         return {"replies": replies}
+
+    async def _batch_sequence(self, commands: list[Any]) -> list[dict[str, Any]]:
+        """The commands one after another, as seen from outside.
+
+        A run of consecutive ``publish``/``broadcast`` commands whose channels the engine
+        puts on one ordered lane (:meth:`Node.publish_order`) is issued without waiting
+        for each answer: the engine applies them in this order anyway, and their
+        publications reach the subscribers together. Any other command, or a publish on
+        another lane or on none, first waits for every earlier command to finish.
+        """
+        replies: list[Any] = []  # replies, or Deferreds of replies in flight
+        inflight: list[int] = []
+        lane: Hashable | None = None
+        for command in commands:
+            if inflight:
+                key = self._publish_lane(command)
+                if key is None or key != lane:
+                    await _settle(replies, inflight)
+            d = Deferred.fromCoroutine(self._batch_one(command))
+            if d.called and not d.paused:  # answered at once (an error, the memory engine)
+                replies.append(d.result)
+                continue
+            if not inflight:
+                lane = self._publish_lane(command)
+            if lane is None:
+                replies.append(await d)
+            else:
+                inflight.append(len(replies))
+                replies.append(d)
+        if inflight:
+            await _settle(replies, inflight)
+        return replies
+
+    def _publish_lane(self, command: Any) -> Hashable | None:
+        """The ordered lane of a ``publish``/``broadcast`` command; None: any other."""
+        if not isinstance(command, dict) or len(command) != 1:
+            return None
+        params = command.get("publish")
+        if isinstance(params, dict):
+            channel = params.get("channel")
+            return self._node.publish_order(channel) if isinstance(channel, str) else None
+        params = command.get("broadcast")
+        if isinstance(params, dict):
+            channels = params.get("channels")
+            if isinstance(channels, list) and channels:
+                lanes = {
+                    self._node.publish_order(c) if isinstance(c, str) else None
+                    for c in channels
+                }
+                if len(lanes) == 1:
+                    return lanes.pop()
+        return None
 
     async def _batch_one(self, command: Any) -> dict[str, Any]:
         """One batch reply: ``{method: result}`` or ``{"error": ...}``."""
@@ -450,6 +524,14 @@ class APIExecutor:
         if "result" in outcome:
             return {method: outcome["result"]}
         return outcome
+
+
+async def _settle(out: list[Any], inflight: list[int]) -> None:
+    """Wait for the Deferreds at ``out[i]`` (i in ``inflight``; none fails), put results."""
+    results = await gatherResults([out[i] for i in inflight], consumeErrors=True)
+    for i, result in zip(inflight, results, strict=True):
+        out[i] = result
+    inflight.clear()
 
 
 def _position_result(position: StreamPosition) -> Result:

@@ -13,7 +13,7 @@ import dataclasses
 import fnmatch
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import orjson
@@ -441,6 +441,14 @@ class Node:
             data=data, info=info, tags=tags or None, delta=delta or opts.delta_publish
         )
         return self.stats.time_publish(self.engine.publish(channel, pub, options), opts)
+
+    def publish_order(self, channel: str) -> Hashable | None:
+        """The engine's ordered lane for publishes into ``channel`` (None: unknown).
+
+        Publishes with the same key may be issued without waiting for each other's
+        result and still apply in call order (``IBroker.publish_order``).
+        """
+        return self.engine.publish_order(channel)
 
     def _publish_options(
         self,

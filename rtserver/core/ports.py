@@ -41,7 +41,7 @@ from twisted.internet.interfaces import IReactorTime
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Hashable, Sequence
 
     from rtserver.config import ChannelOptions, Config
     from rtserver.core.channels import ChannelResolver
@@ -135,6 +135,17 @@ class IBroker(Interface):
           :class:`~rtserver.core.types.PublishOptions`); nothing is appended or
           delivered, no idempotent result is kept, and the position is the stream's
           current one.
+        """
+
+    def publish_order(channel: str) -> Hashable | None:
+        """Which in-order lane a publish into ``channel`` takes, or None if unknown.
+
+        Publishes into channels with the same (non-None) key are applied, stored and
+        delivered in the order :meth:`publish` was called, even when the next is called
+        before the previous one's Deferred fired (one ordered connection, or a
+        synchronous engine). The server API's sequential batch then issues a run of
+        such publishes without waiting for each answer. None: no such promise (several
+        connections, a cluster, a two-step publish); the caller waits for each result.
         """
 
     def publish_join(channel: str, info: ClientInfo) -> Deferred[None]:

@@ -11,7 +11,7 @@ publications and control messages, so nothing is handled twice.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 from twisted.internet.defer import Deferred, gatherResults
 from zope.interface import implementer
@@ -110,6 +110,10 @@ class CompositeEngine:
     ) -> Deferred[StreamPosition]:
         """The broker's (it appends to its history)."""
         return self.broker.publish(channel, publication, options)
+
+    def publish_order(self, channel: str) -> Hashable | None:
+        """The broker's."""
+        return self.broker.publish_order(channel)
 
     def publish_join(self, channel: str, info: ClientInfo) -> Deferred[None]:
         """The broker's."""

@@ -16,6 +16,7 @@ import dataclasses
 import random
 import string
 from collections import deque
+from collections.abc import Hashable
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -146,6 +147,10 @@ class MemoryEngine:
     def unsubscribe(self, channel: str) -> Deferred[None]:
         """Nothing to do."""
         return succeed(None)
+
+    def publish_order(self, channel: str) -> Hashable | None:
+        """One lane: a publish is applied and delivered before :meth:`publish` returns."""
+        return 0
 
     def publish(
         self, channel: str, publication: Publication, options: PublishOptions

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Hashable
 from typing import Any, Protocol
 
 import orjson
@@ -289,6 +290,10 @@ class NatsBroker:
         except (Error, NatsUnavailable) as e:
             return fail(e)
         return succeed(None)
+
+    def publish_order(self, channel: str) -> Hashable | None:
+        """None: a publish with history is two steps (append, then PUB), so not ordered."""
+        return None
 
     def publish(
         self, channel: str, publication: Publication, options: PublishOptions

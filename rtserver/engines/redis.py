@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import functools
 import random
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults
@@ -474,6 +474,20 @@ class RedisEngine:
             d = shard.command.execute(publish, self._client_channel(channel), payload)
             return d.addCallback(lambda _: StreamPosition(0, ""))
         return self._append(channel, payload, options, history, self._client_channel(channel))
+
+    def publish_order(self, channel: str) -> Hashable | None:
+        """The shard's index: one command connection runs its commands in order.
+
+        PUBLISH and the publish script of one shard go out on that connection in call
+        order and Redis runs them (and pushes the messages) in that order; a Sentinel
+        shard too (one master at a time). None on a Redis Cluster shard, whose commands
+        are spread over the masters and may be redirected (MOVED/ASK) and retried.
+        (One exception: after a ``SCRIPT FLUSH`` the publish script's EVALSHA is retried
+        as EVAL once its NOSCRIPT answer is back, so a PUBLISH sent meanwhile, a publish
+        without history or idempotency key, can be delivered before it.)
+        """
+        shard = self._shard(channel)
+        return None if shard.cluster else shard.index
 
     def append(
         self, channel: str, publication: Publication, options: PublishOptions

@@ -542,26 +542,97 @@ def test_typed_publish_carries_the_delta_flag(
     assert seen == [True, False]
 
 
-def test_typed_publish_waits_for_a_slow_engine(
-    api: Harness, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """An engine that answers later (Redis) is awaited, in order."""
-    pending: list[Deferred[StreamPosition]] = []
+class SlowEngine:
+    """``node.publish`` answering later (Redis), on lanes a test chooses."""
 
-    def later(channel: str, data: bytes, **kwargs: Any) -> Deferred[StreamPosition]:
+    def __init__(self, api: Harness, monkeypatch: pytest.MonkeyPatch,
+                 lanes: dict[str, Any]) -> None:
+        self.pending: list[Deferred[StreamPosition]] = []
+        self.events: list[str] = []
+        monkeypatch.setattr(api.node, "publish", self.publish)
+        monkeypatch.setattr(api.node, "publish_order", lambda channel: lanes.get(channel))
+        real_stats = api.node.presence_stats
+
+        def presence_stats(channel: str) -> Any:
+            self.events.append(f"presence_stats {channel}")
+            return real_stats(channel)
+
+        monkeypatch.setattr(api.node, "presence_stats", presence_stats)
+
+    def publish(self, channel: str, data: bytes, **kwargs: Any) -> Deferred[StreamPosition]:
+        if channel.startswith("nope"):
+            return fail(Error.UNKNOWN_CHANNEL)
         d: Deferred[StreamPosition] = Deferred()
-        pending.append(d)
+        self.events.append(f"publish {channel} {data.decode()}")
+        self.pending.append(d)
         return d
 
-    monkeypatch.setattr(api.node, "publish", later)
+    def answer(self, n: int) -> None:
+        """Answer the ``n`` oldest unanswered publishes with offsets 1, 2, ..."""
+        for _ in range(n):
+            d = next(d for d in self.pending if not d.called)
+            d.callback(StreamPosition(self.pending.index(d) + 1, "e"))
+
+
+@pytest.mark.parametrize(("lanes", "issued_at_once"), [
+    ({}, 1),  # no lane known: one round trip each
+    ({"a": 1, "b": 2}, 1),  # two lanes (shards): no order across them
+    ({"a": 0, "b": 0}, 2),  # one ordered lane: both go out at once
+])
+def test_typed_publish_waits_for_a_slow_engine_unless_one_lane(
+    api: Harness, monkeypatch: pytest.MonkeyPatch, lanes: dict[str, Any], issued_at_once: int
+) -> None:
+    """An engine that answers later is awaited per publish, unless it orders them itself."""
+    engine = SlowEngine(api, monkeypatch, lanes)
     out: list[Any] = []
     Deferred.fromCoroutine(api.executor.publish_commands(
         [PublishCommand("a", b"1", {}), PublishCommand("b", b"2", {})])).addBoth(out.append)
-    assert (len(pending), out) == (1, [])
-    pending[0].callback(StreamPosition(4, "e"))
-    assert (len(pending), out) == (2, [])
-    pending[1].callback(StreamPosition(0, ""))
-    assert out == [[{"offset": 4, "epoch": "e"}, {}]]
+    assert (len(engine.pending), out) == (issued_at_once, [])
+    engine.answer(1)
+    assert (len(engine.pending), out) == (2, [])
+    engine.answer(1)
+    assert out == [[{"offset": 1, "epoch": "e"}, {"offset": 2, "epoch": "e"}]]
+
+
+def test_batch_pipelines_a_run_of_publishes_on_one_lane(
+    api: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run goes out at once; another command waits for it; replies stay per command."""
+    engine = SlowEngine(api, monkeypatch, {"a": 0, "b": 0, "nope:x": 0, "c": 1})
+    out: list[Any] = []
+    Deferred.fromCoroutine(api.executor.call("batch", {"commands": [
+        {"publish": {"channel": "a", "data": 1}},
+        {"publish": {"channel": "nope:x", "data": 2}},
+        {"publish": {"channel": "a"}},  # no data
+        {"broadcast": {"channels": ["a", "b"], "data": 3}},
+        {"presence_stats": {"channel": "pres:room"}},
+        {"publish": {"channel": "b", "data": 4}},
+        {"publish": {"channel": "c", "data": 5}},  # another lane
+        {"publish": {"channel": "b", "data": 6}},
+    ]})).addBoth(out.append)
+    assert engine.events == ["publish a 1", "publish a 3", "publish b 3"]
+    engine.answer(2)
+    assert engine.events == ["publish a 1", "publish a 3", "publish b 3"]  # b 3 unanswered
+    engine.answer(1)
+    assert engine.events[3:] == ["presence_stats pres:room", "publish b 4"]
+    engine.answer(1)
+    assert engine.events[5:] == ["publish c 5"]
+    engine.answer(1)
+    assert engine.events[6:] == ["publish b 6"]
+    assert out == []
+    engine.answer(1)
+    [body] = out
+    assert body["replies"] == [
+        {"publish": {"offset": 1, "epoch": "e"}},
+        {"error": {"code": 102, "message": "unknown channel"}},
+        {"error": {"code": 107, "message": "bad request: data is required"}},
+        {"broadcast": {"responses": [{"result": {"offset": 2, "epoch": "e"}},
+                                     {"result": {"offset": 3, "epoch": "e"}}]}},
+        {"presence_stats": {"num_clients": 0, "num_users": 0}},
+        {"publish": {"offset": 4, "epoch": "e"}},
+        {"publish": {"offset": 5, "epoch": "e"}},
+        {"publish": {"offset": 6, "epoch": "e"}},
+    ]
 
 
 def test_typed_publish_unexpected_failure_is_internal_and_logged(

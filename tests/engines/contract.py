@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest_twisted
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
@@ -104,6 +104,40 @@ class EngineContract:
         assert len({p.epoch for p in positions}) == 1 and positions[0].epoch
         await engine_env.settle()
         assert [p.offset for _, p in engine_env.handler.publications] == [1, 2, 3]
+
+    @pytest_twisted.ensureDeferred
+    async def test_publishes_on_one_lane_apply_in_call_order(self, engine_env: EngineEnv) -> None:
+        """Publishes on one ``publish_order`` lane, not awaited one by one, keep call order.
+
+        Stored and delivered in the order ``publish`` was called, with and without
+        history mixed (a server API batch relies on it). An engine that promises no
+        order answers None for every channel.
+        """
+        e = engine_env.engine
+        lanes: dict[Any, list[str]] = {}
+        for i in range(32):
+            lanes.setdefault(e.publish_order(f"lane{i}"), []).append(f"lane{i}")
+        ordered = [members for lane, members in lanes.items() if lane is not None]
+        if not ordered:
+            assert set(lanes) == {None}
+            return
+        a, b = max(ordered, key=len)[:2]
+        for channel in (a, b):
+            await e.subscribe(channel)
+        issued = [(a if i % 3 else b, i) for i in range(12)]
+        positions = await gatherResults(
+            [e.publish(ch, pub(i), HISTORY if i % 2 else NO_HISTORY) for ch, i in issued]
+        )
+        await engine_env.settle()
+        delivered = [(c, p.data) for c, p in engine_env.handler.publications]
+        assert delivered == [(ch, pub(i).data) for ch, i in issued]
+        for channel in (a, b):
+            offsets = [
+                p.offset
+                for (ch, i), p in zip(issued, positions, strict=True)
+                if ch == channel and i % 2
+            ]
+            assert offsets == list(range(1, len(offsets) + 1))
 
     @pytest_twisted.ensureDeferred
     async def test_history_window_and_filters(self, engine_env: EngineEnv) -> None:
