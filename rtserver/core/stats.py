@@ -101,8 +101,7 @@ class NodeStats:
             if type(result) is not StreamPosition:
                 if type(result) is Suppressed:
                     namespace = opts.name if isinstance(opts, NamespaceOptions) else ""
-                    key = (result.reason, namespace)
-                    self.suppressed[key] = self.suppressed.get(key, 0) + 1
+                    self.count(self.suppressed, (result.reason, namespace))
                 elif isinstance(result, Failure):
                     self.count(self.engine_errors, "publish")
             return result
