@@ -4,6 +4,8 @@ A test that provokes a logged failure on purpose declares it with the
 ``expect_logged_failure`` fixture; anything else logged with a failure attached
 (``log.failure``, ``log.err``, an unhandled error in a Deferred) or at critical level
 fails the test that was running.
+
+Also the ``redis_server`` fixture: one throw-away ``redis-server`` per test module.
 """
 
 from __future__ import annotations
@@ -13,8 +15,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from redisserver import RedisServer, require_redis_server
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    """A ``redis-server`` on a free port for the test module (skip without the binary)."""
+    require_redis_server()
+    with RedisServer() as server:
+        yield server
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,7 @@ WebSocket frame), and the executor the HTTP and GRPC APIs run.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -112,13 +112,6 @@ class RedisAPI:
         body = await self.executor.call("batch", {"commands": commands})
         replies: list[dict[str, Any]] = orjson.loads(orjson.dumps(body))["replies"]
         return replies
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    require_redis_server()
-    with RedisServer() as server:
-        yield server
 
 
 @pytest_twisted.async_yield_fixture

@@ -21,7 +21,7 @@ from contract import HISTORY, NO_HISTORY, EngineContract, EngineEnv, RecordingHa
 from nats_support import make_broker
 from natsserver import NatsServer, require_nats_server
 from redis_support import handler, make_engine, until
-from redisserver import RedisServer, require_redis_server
+from redisserver import RedisServer
 from twisted.internet.defer import Deferred
 from zope.interface.verify import verifyObject
 
@@ -40,13 +40,6 @@ pytestmark = pytest.mark.redis
 def nats_server() -> Iterator[NatsServer]:
     require_nats_server()
     with NatsServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    require_redis_server()
-    with RedisServer() as server:
         yield server
 
 

@@ -36,23 +36,16 @@ def redis_pair() -> Iterator[tuple[RedisServer, RedisServer]]:
         yield first, second
 
 
-@pytest.fixture(scope="module")
-def one_redis() -> Iterator[RedisServer]:
-    require_redis_server()
-    with RedisServer() as server:
-        yield server
-
-
 @pytest_twisted.ensureDeferred
 async def test_two_nodes_share_publications_join_leave_and_control(
-    one_redis: RedisServer,
+    redis_server: RedisServer,
 ) -> None:
     """Publications, join/leave and broadcasts reach both nodes; targeted control, one.
 
     ``publish_control(message, node=uid)`` reaches only the node with that uid.
     """
     prefix = "twonodes"
-    a, b = make_engine([one_redis.address], prefix), make_engine([one_redis.address], prefix)
+    a, b = make_engine([redis_server.address], prefix), make_engine([redis_server.address], prefix)
     ha, hb = handler("node-a"), handler("node-b")
     await a.start(ha)
     await b.start(hb)
@@ -194,15 +187,15 @@ async def test_password_and_db_from_address_never_logged() -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_stream_restart_after_meta_loss_with_stream_left_over(
-    one_redis: RedisServer,
+    redis_server: RedisServer,
 ) -> None:
     """Only the meta hash lost (eviction): a new epoch from offset 1, old entries dropped."""
-    engine = make_engine([one_redis.address])
+    engine = make_engine([redis_server.address])
     await engine.start(handler())
     try:
         for i in range(3):
             old = await engine.publish("h", pub(i), HISTORY)
-        one_redis.command("DEL", f"{engine.prefix}.stream.meta.h")
+        redis_server.command("DEL", f"{engine.prefix}.stream.meta.h")
         new = await engine.publish("h", pub(9), HISTORY)
         assert new.offset == 1 and new.epoch != old.epoch
         result = await engine.history("h", HistoryFilter(limit=-1), 3600.0)
@@ -212,12 +205,12 @@ async def test_stream_restart_after_meta_loss_with_stream_left_over(
 
 
 @pytest_twisted.ensureDeferred
-async def test_noscript_falls_back_to_eval(one_redis: RedisServer) -> None:
+async def test_noscript_falls_back_to_eval(redis_server: RedisServer) -> None:
     """After SCRIPT FLUSH the engine still works (EVALSHA -> NOSCRIPT -> EVAL)."""
-    engine = make_engine([one_redis.address])
+    engine = make_engine([redis_server.address])
     await engine.start(handler())
     try:
-        one_redis.command("SCRIPT", "FLUSH")
+        redis_server.command("SCRIPT", "FLUSH")
         assert (await engine.publish("h", pub(1), HISTORY)).offset == 1
         assert (await engine.publish("h", pub(2), HISTORY)).offset == 2
     finally:
@@ -289,13 +282,13 @@ class HoldingProxy:
 
 
 @pytest_twisted.ensureDeferred
-async def test_commands_in_one_turn_are_pipelined(one_redis: RedisServer) -> None:
+async def test_commands_in_one_turn_are_pipelined(redis_server: RedisServer) -> None:
     """Commands issued in one turn are all on the wire before the first reply comes back.
 
     Redis's replies are held back by a proxy: 50 publishes must reach Redis anyway (a
     client that waits for each reply before sending the next command sends only one).
     """
-    proxy = HoldingProxy(int(one_redis.address.rsplit(":", 1)[1]))
+    proxy = HoldingProxy(int(redis_server.address.rsplit(":", 1)[1]))
     engine = make_engine([proxy.address])
     await engine.start(handler())
     try:
@@ -317,13 +310,13 @@ async def test_commands_in_one_turn_are_pipelined(one_redis: RedisServer) -> Non
 
 
 @pytest_twisted.ensureDeferred
-async def test_history_since_large_offsets(one_redis: RedisServer) -> None:
+async def test_history_since_large_offsets(redis_server: RedisServer) -> None:
     """A ``since`` offset of 10^14 or more (up to 2^64-1) reads like a small one.
 
     Clients may send any uint64 offset; the stream IDs must not go through Lua numbers
     (printed as ``1e+14``, an invalid stream ID).
     """
-    engine = make_engine([one_redis.address])
+    engine = make_engine([redis_server.address])
     await engine.start(handler())
     try:
         top = await engine.publish("h", pub(1), HISTORY)
@@ -340,19 +333,19 @@ async def test_history_since_large_offsets(one_redis: RedisServer) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_history_read_after_meta_loss_shows_no_old_entries(
-    one_redis: RedisServer,
+    redis_server: RedisServer,
 ) -> None:
     """Meta lost (evicted or expired), stream left: a read starts the new epoch empty.
 
     The old entries belong to the lost epoch; returning them under the new one would
     show offsets above the top (as the memory engine never does).
     """
-    engine = make_engine([one_redis.address])
+    engine = make_engine([redis_server.address])
     await engine.start(handler())
     try:
         for i in range(3):
             old = await engine.publish("h", pub(i), HISTORY)
-        one_redis.command("DEL", f"{engine.prefix}.stream.meta.h")
+        redis_server.command("DEL", f"{engine.prefix}.stream.meta.h")
         result = await engine.history("h", HistoryFilter(limit=-1), 3600.0)
         assert result.position.offset == 0 and result.position.epoch != old.epoch
         assert result.publications == []
@@ -365,17 +358,17 @@ async def test_history_read_after_meta_loss_shows_no_old_entries(
 
 
 @pytest_twisted.ensureDeferred
-async def test_publish_past_offset_10_to_the_14(one_redis: RedisServer) -> None:
+async def test_publish_past_offset_10_to_the_14(redis_server: RedisServer) -> None:
     """A stream whose top passes 10^14 keeps appending and delivering exact offsets.
 
     Lua prints such numbers as ``1e+14``, which is no stream ID and no offset.
     """
-    engine = make_engine([one_redis.address])
+    engine = make_engine([redis_server.address])
     recorder = handler()
     await engine.start(recorder)
     try:
         first = await engine.publish("big", pub(0), HISTORY)
-        one_redis.command("HSET", f"{engine.prefix}.stream.meta.big", "s", 10**14 - 1)
+        redis_server.command("HSET", f"{engine.prefix}.stream.meta.big", "s", 10**14 - 1)
         await engine.subscribe("big")
         positions = [await engine.publish("big", pub(i), HISTORY) for i in (1, 2)]
         assert positions == [StreamPosition(10**14, first.epoch),

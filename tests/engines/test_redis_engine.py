@@ -8,27 +8,19 @@ round trip on the engine's PUB/SUB links.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 import pytest_twisted
 from contract import EngineContract, EngineEnv, pub, versioned
 from redis_support import age, handler, make_engine
-from redisserver import RedisServer, require_redis_server
+from redisserver import RedisServer
 from twisted.internet.defer import Deferred
 
 from rtserver.core.types import SUPPRESS_VERSION, Suppressed
 from rtserver.protocol.frames import StreamPosition
 
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    """One redis-server for the session (tests use unique key prefixes)."""
-    require_redis_server()
-    with RedisServer() as server:
-        yield server
 
 
 @pytest_twisted.async_yield_fixture
