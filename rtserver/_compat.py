@@ -1,11 +1,11 @@
 """Every use of another library's undocumented internals, in one place.
 
-rtserver reaches past the public API of Twisted, Autobahn and txredisapi in a few spots
-where the public API costs too much CPU or memory per connection or per command. Each
-such spot is one small function below, in a section headed with the library, the
-internal it relies on and why; ``tests/test_compat.py`` has a test per entry that fails
-loudly when the internal disappears or changes shape, and ``setup.cfg`` bounds each of
-these libraries below its next major release.
+rtserver reaches past the public API of Twisted, Autobahn, txredisapi, aioquic and hpack
+in a few spots where the public API costs too much CPU or memory per connection or per
+command. Each such spot is one small function below, in a section headed with the
+library, the internal it relies on and why; ``tests/test_compat.py`` has a test per
+entry that fails loudly when the internal disappears or changes shape, and ``setup.cfg``
+bounds each of these libraries below its next major release.
 
 Nothing outside this module may touch another library's private attributes.
 """
@@ -21,6 +21,8 @@ from twisted.internet import tcp
 
 __all__ = [
     "encode_redis_command",
+    "hpack_decode_huffman",
+    "hpack_static_table",
     "preset_protocol_options",
     "quic_stream_backlog",
     "redis_protocol_base",
@@ -255,3 +257,27 @@ def retry_validation_time(now: float, lifetime: float) -> float:
     from aioquic.quic import retry
 
     return now + max(0.0, float(retry.TOKEN_LIFETIME) - lifetime)
+
+
+# --- hpack: the static table and the Huffman decoder --------------------------------------
+#
+# The reactor GRPC server decodes header blocks with its own HPACK decoder
+# (grpcapi/hpack_decoder.py: hpack's ``Decoder`` costs several times more per block). It
+# takes RFC 7541's static table (Appendix A) and Huffman decoding (5.2, with hpack's
+# padding and EOS checks) from hpack's modules ``hpack.table`` (``HeaderTable.STATIC_TABLE``)
+# and ``hpack.huffman_table`` (``decode_huffman``), which hpack does not document.
+
+
+def hpack_static_table() -> tuple[tuple[bytes, bytes], ...]:
+    """RFC 7541's static table, index 1 first, as (name, value) octets."""
+    from hpack.table import HeaderTable
+
+    return tuple(HeaderTable.STATIC_TABLE)
+
+
+def hpack_decode_huffman(octets: bytes) -> bytes:
+    """Huffman-decoded ``octets``; ``hpack.HPACKDecodingError`` on bad padding or EOS."""
+    from hpack.huffman_table import decode_huffman
+
+    decoded: bytes = decode_huffman(octets)
+    return decoded

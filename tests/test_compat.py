@@ -260,3 +260,21 @@ def test_retry_validation_time_shortens_aioquics_token_lifetime() -> None:
             assert not valid
         else:
             assert valid and odcid == b"o" * 8
+
+
+def test_hpack_static_table_and_huffman_decoder() -> None:
+    """The ``hpack`` package keeps RFC 7541's static table and a strict Huffman decoder."""
+    from hpack import HPACKDecodingError
+    from hpack.huffman import HuffmanEncoder
+    from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
+
+    table = _compat.hpack_static_table()
+    assert len(table) == 61  # RFC 7541, Appendix A
+    assert table[0] == (b":authority", b"")
+    assert table[1] == (b":method", b"GET")
+    assert table[60] == (b"www-authenticate", b"")
+    encoded = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH).encode(b"www.example.com")
+    assert encoded == bytes.fromhex("f1e3c2e5f23a6ba0ab90f4ff")  # RFC 7541, C.4.1
+    assert _compat.hpack_decode_huffman(encoded) == b"www.example.com"
+    with pytest.raises(HPACKDecodingError):
+        _compat.hpack_decode_huffman(encoded[:-1] + b"\x00")  # padding not all ones

@@ -16,8 +16,9 @@ differential fuzz test compares the two): an index of 0 or past the table
 (:class:`~hpack.InvalidTableSizeError`, :class:`~hpack.HPACKDecodingError`), an integer
 of more than 5 octets after its prefix or cut short, a string past the block, a Huffman
 string with bad padding or EOS (:class:`~hpack.HPACKDecodingError`, Huffman decoding is
-``hpack``'s), and a decoded header list larger than ``max_header_list_size`` (RFC 7541's
-entry size: name + value + 32) (:class:`~hpack.OversizedHeaderListError`).
+``hpack``'s, through ``rtserver._compat``), and a decoded header list larger than
+``max_header_list_size`` (RFC 7541's entry size: name + value + 32)
+(:class:`~hpack.OversizedHeaderListError`).
 
 Memory: the dynamic table holds at most its size in bytes (each entry counts its name,
 value and 32); Huffman strings decoded are remembered up to :data:`HUFFMAN_CACHED`
@@ -32,13 +33,13 @@ from hpack import (
     InvalidTableSizeError,
     OversizedHeaderListError,
 )
-from hpack.huffman_table import decode_huffman
-from hpack.table import HeaderTable
+
+from rtserver._compat import hpack_decode_huffman, hpack_static_table
 
 __all__ = ["HUFFMAN_CACHED", "HUFFMAN_CACHED_SIZE", "HPACKDecoder"]
 
 #: The static table (RFC 7541, Appendix A), index 1 first.
-_STATIC: tuple[tuple[bytes, bytes], ...] = HeaderTable.STATIC_TABLE
+_STATIC = hpack_static_table()
 _STATIC_LENGTH = len(_STATIC)
 #: Each static entry's size as RFC 7541 (4.1) counts it: name + value + 32.
 _STATIC_SIZES = tuple(len(name) + len(value) + 32 for name, value in _STATIC)
@@ -201,7 +202,7 @@ class HPACKDecoder:
             cache = self._huffman
             decoded = cache.get(octets)
             if decoded is None:
-                decoded = decode_huffman(octets)
+                decoded = hpack_decode_huffman(octets)
                 if length <= HUFFMAN_CACHED_SIZE:
                     if len(cache) >= HUFFMAN_CACHED:
                         cache.clear()
