@@ -17,9 +17,12 @@ from typing import Any
 import orjson
 from jwt import PyJWK
 from jwt.exceptions import PyJWKError
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
 
 from rtserver.logs import Logger
 
@@ -185,7 +188,12 @@ class JWKSKeys:
 
 
 def treq_fetcher(reactor: Any, timeout: float = FETCH_TIMEOUT) -> Fetch:
-    """A :data:`Fetch` over treq on ``reactor``: 200 answers only, announced sizes up to 1 MiB.
+    """A :data:`Fetch` over treq on ``reactor``: 200 answers of at most 1 MiB.
+
+    ``timeout`` bounds the whole fetch, body included (treq's own timeout ends with the
+    headers, so a body that stalls would otherwise wait forever); a body over
+    :data:`MAX_DOCUMENT`, announced or not (chunked), is refused as it arrives and the
+    connection closed.
 
     ``reactor: Any``: treq needs the TCP, TLS and time interfaces of a full reactor.
     """
@@ -195,19 +203,65 @@ def treq_fetcher(reactor: Any, timeout: float = FETCH_TIMEOUT) -> Fetch:
     client = HTTPClient(Agent(reactor))
 
     def fetch(url: str) -> Deferred[bytes]:
-        response = client.get(url, timeout=timeout, reactor=reactor)
-        return response.addCallback(_body)
+        d: Deferred[bytes] = client.get(url, reactor=reactor).addCallback(_body)
+        return d.addTimeout(timeout, reactor)
 
     def _body(response: Any) -> Deferred[bytes]:
-        content: Deferred[bytes] = response.content()
         if response.code != 200:
-            content.addCallback(_refuse, f"HTTP {response.code}")
-        elif isinstance(response.length, int) and response.length > MAX_DOCUMENT:
-            content.addCallback(_refuse, "document too large")
-        return content
+            response.deliverBody(_Discard())
+            return fail(ValueError(f"HTTP {response.code}"))
+        if isinstance(response.length, int) and response.length > MAX_DOCUMENT:
+            response.deliverBody(_Discard())
+            return fail(ValueError("document too large"))
+        body = _Body()
+        response.deliverBody(body)
+        return body.done
 
     return fetch
 
 
-def _refuse(_: bytes, reason: str) -> bytes:
-    raise ValueError(reason)
+class _Body(Protocol):
+    """Collects an answer's body up to :data:`MAX_DOCUMENT` bytes.
+
+    ``done`` fires with the body; it fails when the body grows too large or the
+    connection ends early, and cancelling it (the fetch's deadline) closes the connection.
+    """
+
+    def __init__(self) -> None:
+        self.done: Deferred[bytes] = Deferred(self._cancel)
+        self._parts: list[bytes] = []
+        self._size = 0
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+        if self.done.called:
+            return
+        self._size += len(data)
+        if self._size > MAX_DOCUMENT:
+            self._close()
+            self.done.errback(ValueError("document too large"))
+            return
+        self._parts.append(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
+        if self.done.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(b"".join(self._parts))
+        else:
+            self.done.errback(reason)
+
+    def _cancel(self, _: Deferred[bytes]) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        self._parts = []
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+
+class _Discard(Protocol):
+    """Drops a refused answer's body and closes its connection."""
+
+    def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
+        if self.transport is not None:
+            self.transport.loseConnection()

@@ -18,11 +18,13 @@ import pytest_twisted
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock
+from twisted.internet.defer import TimeoutError as DeferredTimeout
+from twisted.internet.task import Clock, deferLater
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from rtserver.auth.jwks import MIN_REFETCH_INTERVAL, parse_jwks, treq_fetcher
+from rtserver.auth.jwks import MAX_DOCUMENT, MIN_REFETCH_INTERVAL, parse_jwks, treq_fetcher
 from rtserver.auth.jwt import JWTVerifier
 from rtserver.config import SubscriptionTokenConfig, TokenConfig
 from rtserver.core.tokens import verify_connection_token, verify_subscription_token
@@ -33,8 +35,9 @@ from rtserver.testing import RecordingSink, make_node
 NOW = 1_700_000_000.0
 
 
-def _b64(n: int) -> str:
-    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+def _b64(n: int, size: int = 0) -> str:
+    """base64url of ``n``, big-endian in ``size`` bytes (EC coordinates) or as few as fit."""
+    raw = n.to_bytes(size or (n.bit_length() + 7) // 8, "big")
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
@@ -46,8 +49,8 @@ def jwk(kid: str, key: Any) -> dict[str, Any]:
         return {"kty": "RSA", "kid": kid, "n": _b64(numbers.n), "e": _b64(numbers.e)}
     if isinstance(public, ec.EllipticCurvePublicKey):
         point = public.public_numbers()
-        return {"kty": "EC", "kid": kid, "crv": "P-256", "x": _b64(point.x).rjust(43, "A"),
-                "y": _b64(point.y).rjust(43, "A")}
+        return {"kty": "EC", "kid": kid, "crv": "P-256", "x": _b64(point.x, 32),
+                "y": _b64(point.y, 32)}
     raw = public.public_bytes_raw()
     return {"kty": "OKP", "kid": kid, "crv": "Ed25519",
             "x": base64.urlsafe_b64encode(raw).rstrip(b"=").decode()}
@@ -358,3 +361,87 @@ async def test_the_server_wiring_fetches_with_treq(provider: Provider) -> None:
     assert verifier is not None
     assert (await connect(verifier, sign(provider.rsa, "r1", "RS256", "w"))).user == "w"
     assert provider.resource.requests == 1
+
+
+# --- a misbehaving endpoint ----------------------------------------------------------------
+
+
+class _StallingResource(Resource):
+    """Answers 200 with headers and ``first`` body bytes, then ``more`` chunks or silence."""
+
+    isLeaf = True  # noqa: N815 - twisted.web's name
+
+    def __init__(self, first: bytes, length: int | None, chunks: int = 0) -> None:
+        super().__init__()
+        self.first, self.length, self.chunks = first, length, chunks
+        self.open: list[Request] = []
+
+    def render_GET(self, request: Request) -> Any:
+        from twisted.web.server import NOT_DONE_YET
+
+        if self.length is not None:
+            request.setHeader(b"Content-Length", str(self.length).encode())
+        request.write(self.first)
+        for _ in range(self.chunks):  # chunked: no length announced
+            request.write(b" " * 65536)
+        self.open.append(request)
+        return NOT_DONE_YET
+
+
+class _TimedReactor:
+    """The real reactor for the network, ``clock`` for time (so a test controls deadlines)."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+
+    def callLater(self, *args: Any, **kwargs: Any) -> Any:
+        return self._clock.callLater(*args, **kwargs)
+
+    def seconds(self) -> float:
+        return self._clock.seconds()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(reactor, name)
+
+
+async def _stalled_fetch(resource: _StallingResource, clock: Clock) -> Failure:
+    port = reactor.listenTCP(0, Site(resource), interface="127.0.0.1")
+    try:
+        fetch = treq_fetcher(_TimedReactor(clock), timeout=5.0)
+        done = fetch(f"http://127.0.0.1:{port.getHost().port}/jwks")
+        outcome: list[Any] = []
+        done.addBoth(outcome.append)
+        while not resource.open:  # the headers and the first bytes are out
+            await deferLater(reactor, 0.01, lambda: None)
+        for _ in range(20):  # the client reads them (real network: a few turns)
+            await deferLater(reactor, 0.01, lambda: None)
+        clock.advance(5.0)
+        for _ in range(200):
+            if outcome:
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        assert outcome, "the fetch is still waiting"
+        (result,) = outcome
+        assert isinstance(result, Failure), result
+        return result
+    finally:
+        for request in resource.open:
+            request.transport.abortConnection()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_body_that_stalls_after_the_headers_times_out() -> None:
+    """The deadline covers the whole fetch, body included, not only the headers."""
+    clock = Clock()
+    failure = await _stalled_fetch(_StallingResource(b'{"keys": [', 1000), clock)
+    assert failure.check(DeferredTimeout), failure
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unannounced_body_over_the_limit_is_refused() -> None:
+    """A chunked answer (no Content-Length) is cut off at MAX_DOCUMENT bytes."""
+    chunks = MAX_DOCUMENT // 65536 + 2
+    failure = await _stalled_fetch(_StallingResource(b"{", None, chunks), Clock())
+    assert failure.check(ValueError), failure
+    assert "too large" in failure.getErrorMessage()
