@@ -445,10 +445,17 @@ class ClusterCommandLink:
         tries: int,
     ) -> Any:
         text = str(failure.value)
-        if tries >= self.max_redirects or not text.startswith(
-            ("MOVED ", "ASK ", "TRYAGAIN", "CLUSTERDOWN")
-        ):
+        if not text.startswith(("MOVED ", "ASK ", "TRYAGAIN", "CLUSTERDOWN")):
             return failure
+        if tries >= self.max_redirects:
+            # the nodes disagree on the slot's owner, or a migration never ends
+            self._schedule_refresh()
+            return Failure(
+                RedisUnavailable(
+                    f"redis cluster {self.address}: slot {slot} redirected {tries + 1} "
+                    f"times, last: {text[:80]}"
+                )
+            )
         if text.startswith("MOVED "):
             moved_slot, where = _redirect_target(text, target[0])
             if self._slots[moved_slot] != where:

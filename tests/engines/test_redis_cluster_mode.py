@@ -17,7 +17,13 @@ import pytest
 import pytest_twisted
 from contract import HISTORY, NO_HISTORY, EngineContract, EngineEnv, pub
 from redis_support import AGE_KEYS, handler, make_engine, until
-from redisserver import RedisClusterSetup, RedisServer, require_redis_server, wait_for
+from redisserver import (
+    RedisClusterSetup,
+    RedisServer,
+    RespError,
+    require_redis_server,
+    wait_for,
+)
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -179,12 +185,60 @@ def _node_id(server: RedisServer) -> str:
     return str(server.command("CLUSTER", "MYID").decode())
 
 
-def _move_empty_slot(setup: RedisClusterSetup, slot: int, to: RedisServer) -> None:
-    """Give an empty slot to another master, telling every node (as resharding ends)."""
+def _move_empty_slot(
+    setup: RedisClusterSetup, slot: int, to: RedisServer, nodes: list[RedisServer] | None = None
+) -> None:
+    """Give an empty slot to another master as ``redis-cli --cluster reshard`` does.
+
+    IMPORTING on the new owner and MIGRATING on the old one first: the new owner's
+    ``SETSLOT NODE`` then bumps its config epoch, so a heartbeat of the old owner still
+    in flight (claiming the slot with its older map) cannot take the slot back on some
+    node, which would leave two nodes sending MOVED to each other. Returns once every
+    node names the new owner.
+    """
+    nodes = nodes or setup.nodes
     target = _node_id(to)
-    for node in [to, *(n for n in setup.nodes if n is not to)]:
-        node.command("CLUSTER", "SETSLOT", slot, "NODE", target)
-    setup.wait_ok()
+    for node in nodes:
+        node.command("CLUSTER", "SETSLOT", slot, "STABLE")
+    owner = _slot_owner(setup.nodes[0], slot)  # a newcomer may not know the map yet
+    if owner != target:
+        to.command("CLUSTER", "SETSLOT", slot, "IMPORTING", owner)
+        source = next(n for n in nodes if _node_id(n) == owner)
+        source.command("CLUSTER", "SETSLOT", slot, "MIGRATING", target)
+    to.command("CLUSTER", "SETSLOT", slot, "NODE", target)
+    for node in nodes:
+        if node is not to:
+            try:
+                node.command("CLUSTER", "SETSLOT", slot, "NODE", target)
+            except RespError as e:  # left without slots, it became the new owner's replica
+                if "only with masters" not in str(e):
+                    raise
+    wait_for(
+        lambda: all(_slot_owner(n, slot) == target for n in nodes if _is_master(n)),
+        10,
+        f"every node to give slot {slot} to {to.port}",
+    )
+    if nodes is setup.nodes:
+        setup.wait_ok()
+
+
+def _is_master(node: RedisServer) -> bool:
+    return b"myself,master" in node.command("CLUSTER", "NODES")
+
+
+def _slot_owner(node: RedisServer, slot: int) -> str:
+    """The id of the master ``node`` believes serves ``slot`` ("" if none)."""
+    for line in node.command("CLUSTER", "NODES").decode().splitlines():
+        fields = line.split()
+        if "master" not in fields[2]:
+            continue
+        for part in fields[8:]:
+            if part.startswith("["):
+                continue  # a slot in migration: [slot->-id] / [slot-<-id]
+            low, _, high = part.partition("-")
+            if int(low) <= slot <= int(high or low):
+                return fields[0]
+    return ""
 
 
 @pytest_twisted.ensureDeferred
@@ -208,6 +262,30 @@ async def test_moved_slot_is_followed(redis_cluster: RedisClusterSetup) -> None:
         result = await engine.history(channel, ALL, 60.0)
         assert [p.offset for p in result.publications] == [1]
         await until(lambda: _command(engine)._slots[slot] == ("127.0.0.1", after.port))
+    finally:
+        await engine.stop()
+        _clear(redis_cluster, engine.prefix)
+        _move_empty_slot(redis_cluster, slot, before)
+
+
+@pytest_twisted.ensureDeferred
+async def test_endless_redirections_end_as_unavailable(redis_cluster: RedisClusterSetup) -> None:
+    """Past ``max_redirects`` (nodes disagreeing on a slot's owner) the call fails cleanly.
+
+    The caller gets RedisUnavailable (error 100 for a client), not Redis's raw MOVED.
+    """
+    engine = make_engine([redis_cluster.url])
+    await engine.start(handler())
+    channel = "bounced-room"
+    slot = key_slot("{" + channel + "}")
+    before = redis_cluster.owner(channel)
+    after = next(n for n in redis_cluster.nodes if n is not before)
+    command = _command(engine)
+    command.max_redirects = 0
+    try:
+        _move_empty_slot(redis_cluster, slot, after)
+        with pytest.raises(RedisUnavailable, match="redirected"):
+            await engine.publish(channel, pub(1), HISTORY)
     finally:
         await engine.stop()
         _clear(redis_cluster, engine.prefix)
@@ -329,13 +407,17 @@ async def test_new_master_is_found_through_moved(
     try:
         bus_port = newcomer.extra_args[newcomer.extra_args.index("--cluster-port") + 1]
         first.command("CLUSTER", "MEET", "127.0.0.1", newcomer.port, bus_port)
+        ids = [_node_id(n) for n in everyone]
         wait_for(
-            lambda: all(len(n.command("CLUSTER", "NODES").splitlines()) == 4 for n in everyone),
+            lambda: all(
+                all(i.encode() in n.command("CLUSTER", "NODES") for i in ids)
+                and b"handshake" not in n.command("CLUSTER", "NODES")
+                for n in everyone
+            ),
             10,
             "every node to know the newcomer",
         )
-        for node in [newcomer, *redis_cluster.nodes]:
-            node.command("CLUSTER", "SETSLOT", slot, "NODE", target)
+        _move_empty_slot(redis_cluster, slot, newcomer, everyone)
         assert ("127.0.0.1", newcomer.port) not in _command(engine).nodes()
         position = await engine.publish(channel, pub(1), HISTORY)
         assert position.offset == 1
@@ -346,8 +428,7 @@ async def test_new_master_is_found_through_moved(
         await engine.stop()
         for key in _keys(newcomer, "*"):
             newcomer.command("DEL", key)
-        for node in [before, *(n for n in everyone if n is not before)]:
-            node.command("CLUSTER", "SETSLOT", slot, "NODE", _node_id(before))
+        _move_empty_slot(redis_cluster, slot, before, everyone)
         newcomer.stop()
         for node in redis_cluster.nodes:
             if target.encode() in node.command("CLUSTER", "NODES"):
