@@ -835,9 +835,9 @@ class PubSubLink(_Link):
         return self._subscribe_all(proto, names)
 
     def unsubscribe(self, names: list[bytes]) -> Deferred[Any]:
-        """UNSUBSCRIBE if connected; nothing to do otherwise."""
+        """UNSUBSCRIBE if connected; nothing to do otherwise (nor once stopping)."""
         proto = self._proto
-        if proto is None or proto.transport is None:
+        if proto is None or proto.transport is None or self.stopped:
             return succeed(None)
         ds = [
             self._send(proto, self.unsubscribe_command, *group, replies=len(group))
@@ -903,13 +903,16 @@ class PubSubLink(_Link):
         if proto is not self._proto:
             return
         pending, self._pending = self._pending, deque()
-        # forget the connection first: what the errbacks do (e.g. unsubscribe the channel
-        # whose subscribe failed) must not be queued on it, or its stale entry would take
-        # the next connection's first reply
-        super()._lost(proto, why)
+        # timers first: super()._lost fires stop()'s Deferred, and what waits for it must
+        # find no timer of this link left
         for p in pending:
             if p.timer is not None and p.timer.active():
                 p.timer.cancel()
+        # forget the connection before the errbacks: what they do (e.g. unsubscribe the
+        # channel whose subscribe failed) must not be queued on it, or its stale entry
+        # would take the next connection's first reply
+        super()._lost(proto, why)
+        for p in pending:
             p.deferred.errback(RedisUnavailable(f"redis {self.address}: connection lost"))
 
     def _reply(self, proto: Any, reply: Any) -> None:

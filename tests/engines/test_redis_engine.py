@@ -15,9 +15,11 @@ import pytest_twisted
 from contract import EngineContract, EngineEnv, pub, versioned
 from redis_support import age, handler, make_engine
 from redisserver import RedisServer
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
 from rtserver.core.types import SUPPRESS_VERSION, Suppressed
+from rtserver.engines.redis import RedisUnavailable
 from rtserver.protocol.frames import StreamPosition
 
 pytestmark = pytest.mark.redis
@@ -64,3 +66,25 @@ class TestRedisVersionLayout:
         assert stored == {b"e": b"EPOCH", b"s": b"4", b"v": b"8", b"ve": b"x"}
         await e.publish("layout", pub(3), versioned(0, "y"))
         assert redis_server.command("HMGET", meta, "v", "ve") == [b"8", b"x"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_pubsub_commands_sent_while_stopping_leave_no_timer(redis_server: RedisServer) -> None:
+    """(Un)subscribing while the engine stops: stop() fires with no reply timer left behind.
+
+    A node stopping unsubscribes its channels while the engine closes its links; the
+    UNSUBSCRIBE is not sent, a SUBSCRIBE fails with RedisUnavailable, and whatever waits
+    for stop() finds the reactor without this engine's timers.
+    """
+    engine = make_engine([redis_server.address])
+    await engine.start(handler())
+    await engine.subscribe("a")
+    before = set(reactor.getDelayedCalls())
+    stopping = engine.stop()
+    unsubscribed = engine.unsubscribe("a")
+    subscribed = engine.subscribe("b")
+    await stopping
+    assert [c for c in reactor.getDelayedCalls() if c not in before and c.active()] == []
+    await unsubscribed
+    with pytest.raises(RedisUnavailable):
+        await subscribed
