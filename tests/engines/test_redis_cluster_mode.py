@@ -241,19 +241,25 @@ def _slot_owner(node: RedisServer, slot: int) -> str:
     return ""
 
 
+async def _engine_for_slot(
+    setup: RedisClusterSetup, channel: str
+) -> tuple[RedisEngine, int, RedisServer, RedisServer]:
+    """A started engine, ``channel``'s slot, the master serving it and another master."""
+    engine = make_engine([setup.url])
+    await engine.start(handler())
+    owner = setup.owner(channel)
+    return engine, key_slot("{" + channel + "}"), owner, next(n for n in setup.nodes if n is not owner)
+
+
 @pytest_twisted.ensureDeferred
 async def test_moved_slot_is_followed(redis_cluster: RedisClusterSetup) -> None:
     """A slot moved to another master after the engine read the map.
 
     The engine gets MOVED, goes to the new master, and later commands go straight there.
     """
-    engine = make_engine([redis_cluster.url])
-    await engine.start(handler())
+    channel = "moving-room"
+    engine, slot, before, after = await _engine_for_slot(redis_cluster, channel)
     try:
-        channel = "moving-room"
-        slot = key_slot("{" + channel + "}")
-        before = redis_cluster.owner(channel)
-        after = next(n for n in redis_cluster.nodes if n is not before)
         _move_empty_slot(redis_cluster, slot, after)
         position = await engine.publish(channel, pub(1), HISTORY)
         assert position.offset == 1
@@ -274,12 +280,8 @@ async def test_endless_redirections_end_as_unavailable(redis_cluster: RedisClust
 
     The caller gets RedisUnavailable (error 100 for a client), not Redis's raw MOVED.
     """
-    engine = make_engine([redis_cluster.url])
-    await engine.start(handler())
     channel = "bounced-room"
-    slot = key_slot("{" + channel + "}")
-    before = redis_cluster.owner(channel)
-    after = next(n for n in redis_cluster.nodes if n is not before)
+    engine, slot, before, after = await _engine_for_slot(redis_cluster, channel)
     command = _command(engine)
     command.max_redirects = 0
     try:
@@ -308,12 +310,8 @@ async def test_slot_migration_ask_and_tryagain_are_followed(
     after ASKING; the engine's multi-key scripts get ASK, then TRYAGAIN from the target
     (their keys are not all there yet) and are retried until the migration ends. The slot map is changed only by the end of the migration.
     """
-    engine = make_engine([redis_cluster.url])
-    await engine.start(handler())
     channel = "migrating-room"
-    slot = key_slot("{" + channel + "}")
-    source = redis_cluster.owner(channel)
-    target = next(n for n in redis_cluster.nodes if n is not source)
+    engine, slot, source, target = await _engine_for_slot(redis_cluster, channel)
     command = _command(engine)
     try:
         target.command("CLUSTER", "SETSLOT", slot, "IMPORTING", _node_id(source))
@@ -529,12 +527,8 @@ async def test_stop_during_a_retry_fails_the_call_and_leaves_no_timer(
 
     The write fails with RedisUnavailable at once and no retry timer is left behind.
     """
-    engine = make_engine([redis_cluster.url])
-    await engine.start(handler())
     channel = "stopping-room"
-    slot = key_slot("{" + channel + "}")
-    source = redis_cluster.owner(channel)
-    target = next(n for n in redis_cluster.nodes if n is not source)
+    engine, slot, source, target = await _engine_for_slot(redis_cluster, channel)
     stopped = False
     try:
         target.command("CLUSTER", "SETSLOT", slot, "IMPORTING", _node_id(source))
