@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -102,8 +103,15 @@ def profiled(outdir: Path, label: str, pids: list[int], cpu: int | None) -> Iter
             _stop(proc)
 
 
+def _own_cores(pids: list[int]) -> None:
+    """Each server process on a CPU of its own (``--own-cores``): worker i on CPU i."""
+    cpus = sorted(os.sched_getaffinity(0))
+    for i, pid in enumerate(pids):
+        os.sched_setaffinity(pid, {cpus[i % len(cpus)]})
+
+
 def measure(args: argparse.Namespace, ui: Progress, workdir: Path) -> list[dict[str, Any]]:
-    server_cpu, side_cpu = (None, None) if args.spread else _cpus()
+    server_cpu, side_cpu = (None, None) if args.spread or args.own_cores else _cpus()
     rows: list[dict[str, Any]] = []
     for n in args.n:
         for workers in (1, 2):
@@ -111,6 +119,8 @@ def measure(args: argparse.Namespace, ui: Progress, workdir: Path) -> list[dict[
             with contextlib.ExitStack() as stack:
                 rport, _ = stack.enter_context(redis_server(side_cpu))
                 port, pid, pids = stack.enter_context(server(workdir, workers, rport, server_cpu))
+                if args.own_cores:
+                    _own_cores(pids or [pid])
                 if args.profile is not None:
                     stack.enter_context(profiled(args.profile, label, pids or [pid], side_cpu))
                 params: dict[str, Any] = {
@@ -178,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--spread", action="store_true",
                    help="pin nothing: the workers (and Redis, the load generator) run on any "
                         "CPU, as workers on a host do, instead of the server on one CPU")
+    p.add_argument("--own-cores", action="store_true",
+                   help="each server process on a CPU of its own (one process on CPU0; "
+                        "worker i on CPU i), the load generator and Redis on any CPU: "
+                        "workers as deployed, one core each, as far as 2 CPUs allow")
     p.add_argument("--profile", type=Path, help="py-spy every server process into this directory")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)

@@ -304,6 +304,10 @@ ENCODERS: Final[dict[str, Callable[[SharedPush], bytes | None]]] = {
 }
 
 
+#: Writers flushed per reactor turn; the rest wait for the next turn (after its input).
+FLUSH_SLICE = 128
+
+
 class FlushScheduler:
     """Flushes every writer that has output, once, at the start of the next turn.
 
@@ -329,7 +333,15 @@ class FlushScheduler:
 
     def _run(self) -> None:
         self._call = None
-        pending, self._pending = self._pending, []
+        pending = self._pending
+        if len(pending) > FLUSH_SLICE:
+            # a large fan-out is written in slices, reading input between them: what
+            # arrives meanwhile joins the frames of the writers not yet flushed
+            self._pending = pending[FLUSH_SLICE:]
+            pending = pending[:FLUSH_SLICE]
+            self._call = self._clock.callLater(0, self._run)
+        else:
+            self._pending = []
         for writer in pending:
             # ClientWriter.flush, inlined: this runs once per connection per turn
             writer._scheduled = False

@@ -24,7 +24,7 @@ from twisted.internet.protocol import Factory, Protocol
 from wsclient import ClientFactory, RecordingClient
 
 from rtserver import config as rtconfig
-from rtserver.core.writer import ClientWriter, FlushScheduler, Payload
+from rtserver.core.writer import FLUSH_SLICE, ClientWriter, FlushScheduler, Payload
 from rtserver.service import build_node, build_site
 from rtserver.transports.flow import write_eagerly
 from rtserver.transports.websocket import WebSocketFactory, WebSocketProtocol, join_frames
@@ -295,6 +295,48 @@ def test_write_delay_coalesces_across_turns() -> None:
     writer.enqueue(Payload(b"c"))
     clock.advance(0.005)
     assert writes == [[b"a", b"b"], [b"c"]]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_large_fan_out_is_flushed_in_slices_between_input() -> None:
+    """Past FLUSH_SLICE writers a flush continues on the next turn, after that turn's input.
+
+    What is queued meanwhile (here: a second publication for everybody) joins the batch of
+    every writer not yet flushed, so they get one write with both; the writers of the
+    first slice get the second one in a write of its own. Each writer's order is kept.
+    """
+    scheduler = FlushScheduler(reactor)
+    count = FLUSH_SLICE * 2 + 10
+    writes: list[list[list[bytes]]] = [[] for _ in range(count)]
+    done: defer.Deferred[None] = defer.Deferred()
+    delivered = 0
+
+    class Sink:
+        def __init__(self, index: int) -> None:
+            self.index = index
+
+        def write(self, payloads: list[Payload]) -> None:
+            nonlocal delivered
+            writes[self.index].append([p.data for p in payloads])
+            delivered += len(payloads)
+            if delivered == 2 * count:
+                done.callback(None)
+
+    writers = [
+        ClientWriter(Sink(i), scheduler, max_bytes=1 << 20, on_overflow=lambda: None)
+        for i in range(count)
+    ]
+    for writer in writers:
+        writer.enqueue(Payload(b"a"))
+
+    def second_publication() -> None:  # input handled between the first slice and the rest
+        for writer in writers:
+            writer.enqueue(Payload(b"b"))
+
+    reactor.callLater(0, second_publication)
+    await done
+    assert writes[:FLUSH_SLICE] == [[[b"a"], [b"b"]]] * FLUSH_SLICE
+    assert writes[FLUSH_SLICE:] == [[[b"a", b"b"]]] * (count - FLUSH_SLICE)
 
 
 def test_frames_bounded_in_messages_and_bytes() -> None:
