@@ -4,9 +4,11 @@ The parent (:class:`Supervisor`) serves no client: it reserves the listening por
 starts N children ``twistd -n rtserver ... --worker-index I``, restarts a child that
 dies (with backoff), forwards SIGHUP, and on shutdown sends SIGTERM to every child and
 waits for their drain. Each child is a full cluster node (its own node name) over the
-configured broker, and listens with ``SO_REUSEPORT`` (:class:`ReusePortService`): the
-Linux kernel spreads new connections over the children's sockets by a hash of the
-connection's addresses. See docs/deployment.rst, "Workers".
+configured broker, and listens with ``SO_REUSEPORT`` (:class:`ReusePortService`, TLS
+included): the Linux kernel spreads new connections over the children's sockets by a hash
+of the connection's addresses. HTTP/3 likewise: each child binds its own ``SO_REUSEPORT``
+UDP socket (rtserver/transports/webtransport.py, ``HTTP3Service``), and the kernel hashes
+each client address to one of them. See docs/deployment.rst, "Workers".
 """
 
 from __future__ import annotations
