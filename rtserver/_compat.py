@@ -28,6 +28,7 @@ __all__ = [
     "redis_protocol_base",
     "send_now",
     "set_twistd_logger",
+    "ssl_server_context",
     "use_clock",
     "write_now",
 ]
@@ -132,6 +133,31 @@ def set_twistd_logger(options: Any, factory: str) -> str | None:
         return None
     parent["logger"] = factory
     return str(parent.get("logfile") or "")
+
+
+# --- Twisted: the TLS options of an ``ssl:`` endpoint description ------------------------
+#
+# ``twisted.internet.endpoints.serverFromString`` turns ``ssl:PORT:privateKey=...`` into
+# an ``SSL4ServerEndpoint`` holding the ``CertificateOptions`` it built from the files
+# (``_parseSSL``: privateKey, certKey, extraCertChain, dhParameters, sslmethod) in
+# ``_sslContextFactory``. A worker of ``--workers N`` listens on its own ``SO_REUSEPORT``
+# socket instead of the endpoint's, and wraps its site in TLS with these same options, so
+# an ``ssl:`` description means the same TLS with one process or with N.
+
+
+def ssl_server_context(description: str) -> Any:
+    """The TLS context factory Twisted's ``ssl:`` endpoint makes of ``description``.
+
+    Raises:
+        ValueError: ``description`` is no ``ssl:`` description.
+        OSError, OpenSSL.SSL.Error: a file cannot be read or holds no usable PEM data.
+    """
+    from twisted.internet import endpoints
+
+    endpoint = endpoints.serverFromString(None, description)
+    if not isinstance(endpoint, endpoints.SSL4ServerEndpoint):
+        raise ValueError(f"{description!r} is no ssl: endpoint description")
+    return endpoint._sslContextFactory
 
 
 # --- Autobahn: connection options as class attributes -------------------------------------

@@ -5,10 +5,12 @@
 timeout. :func:`websocket_server_options`: the Autobahn factory options both use.
 :func:`take_over_producer`: backpressure registration on a connection's transport.
 :func:`request_body`: the body twisted.web stored for a request.
+:func:`reuse_port_socket`: a socket bound with ``SO_REUSEPORT`` (``--workers N``).
 """
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
@@ -20,6 +22,7 @@ __all__ = [
     "Consumer",
     "OpenConnections",
     "request_body",
+    "reuse_port_socket",
     "split_description",
     "take_over_producer",
     "websocket_server_options",
@@ -145,3 +148,25 @@ def split_description(description: str) -> list[str]:
             current += char
     parts.append(current)
     return parts
+
+
+def reuse_port_socket(kind: socket.SocketKind, interface: str, port: int) -> socket.socket:
+    """A socket of ``kind`` (stream or datagram) bound to ``(interface, port)``.
+
+    Bound with ``SO_REUSEPORT``: the workers of ``--workers N`` each bind one to the same
+    address, and the kernel spreads connections (TCP) or client addresses (UDP) over them.
+    IPv6 when ``interface`` has a colon.
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
+    family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+    sock = socket.socket(family, kind)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((interface, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock

@@ -741,13 +741,20 @@ def build_quic_listener(
 
 
 def build_http3(
-    listener: QuicListener, config: Config, listen: list[str], reactor: Any
+    listener: QuicListener,
+    config: Config,
+    listen: list[str],
+    reactor: Any,
+    reuse_port: bool = False,
 ) -> Service:
-    """HTTP/3 on UDP, on the port number of the HTTP server's TLS listener."""
+    """HTTP/3 on UDP, on the port number of the HTTP server's TLS listener.
+
+    ``reuse_port``: shared with the other workers of ``--workers N`` (``SO_REUSEPORT``).
+    """
     from rtserver.transports.webtransport import HTTP3Service
 
     port, interface = http3_address(config, listen)
-    return HTTP3Service(listener, port, interface, reactor)
+    return HTTP3Service(listener, port, interface, reactor, reuse_port=reuse_port)
 
 
 def default_listen(config: Config) -> list[str]:
@@ -828,8 +835,8 @@ def build(
         siblings: The workers of ``--workers N`` (each one's private Unix socket): with
             SockJS on, this worker listens on its own and relays the requests of
             sessions another worker owns to that worker's.
-        reuse_port: The GRPC ports (``grpc_api``, ``uni_grpc``) are shared with the
-            other workers of ``--workers N`` (``SO_REUSEPORT``).
+        reuse_port: The GRPC ports (``grpc_api``, ``uni_grpc``) and HTTP/3's UDP port
+            are shared with the other workers of ``--workers N`` (``SO_REUSEPORT``).
 
     Raises:
         ConfigError: a namespace names a proxy that neither ``config`` nor ``hooks``
@@ -863,7 +870,8 @@ def build(
         private = "unix:" + siblings.own_path.replace(":", "\\:") + ":mode=600:lockfile=1"
         strports_service(private, sites.owned, reactor=reactor).setServiceParent(top)
     if sites.quic is not None:
-        build_http3(sites.quic, config, endpoints, reactor).setServiceParent(top)
+        http3 = build_http3(sites.quic, config, endpoints, reactor, reuse_port=reuse_port)
+        http3.setServiceParent(top)
     if config.grpc_api.enabled:
         build_grpc_api(executor, config, reactor, reuse_port=reuse_port).setServiceParent(top)
     if config.uni_grpc.enabled:

@@ -145,12 +145,15 @@ def _supervisor(options: Options) -> IService:
         raise usage.UsageError(
             f"--workers {options['workers']} cannot run this configuration: " + "; ".join(problems)
         )
-    # The GRPC ports too: a port in use fails here, and stays reserved across restarts.
+    # The GRPC ports and HTTP/3's UDP port too: a port in use fails here, and stays
+    # reserved across restarts.
     shared = listen + workers.grpc_listen(cfg)
+    udp = [service.http3_address(cfg, listen)] if cfg.http_server.http3.enabled else []
     try:
-        held = workers.reserve(shared)
+        held = workers.reserve(shared, udp)
     except OSError as e:
-        raise usage.UsageError(f"cannot listen on {', '.join(shared)}: {e.strerror}") from None
+        where = [*shared, *(f"udp:{port}" for port, _ in udp)]
+        raise usage.UsageError(f"cannot listen on {', '.join(where)}: {e.strerror}") from None
     directory = workers.runtime_dir()
     count = str(options["workers"])
     args = [*worker_args(options), "--workers", count, "--worker-dir", directory]

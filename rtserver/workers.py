@@ -4,9 +4,11 @@ The parent (:class:`Supervisor`) serves no client: it reserves the listening por
 starts N children ``twistd -n rtserver ... --worker-index I``, restarts a child that
 dies (with backoff), forwards SIGHUP, and on shutdown sends SIGTERM to every child and
 waits for their drain. Each child is a full cluster node (its own node name) over the
-configured broker, and listens with ``SO_REUSEPORT`` (:class:`ReusePortService`): the
-Linux kernel spreads new connections over the children's sockets by a hash of the
-connection's addresses. See docs/deployment.rst, "Workers".
+configured broker, and listens with ``SO_REUSEPORT`` (:class:`ReusePortService`, TLS
+included): the Linux kernel spreads new connections over the children's sockets by a hash
+of the connection's addresses. HTTP/3 likewise: each child binds its own ``SO_REUSEPORT``
+UDP socket (rtserver/transports/webtransport.py, ``HTTP3Service``), and the kernel hashes
+each client address to one of them. See docs/deployment.rst, "Workers".
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from twisted.internet.interfaces import IDelayedCall, IListeningPort, IProtocolF
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
+from rtserver._compat import ssl_server_context
 from rtserver.config import Config
+from rtserver.connections import reuse_port_socket
 from rtserver.connections import split_description as _split
 from rtserver.logs import Logger
 
@@ -36,11 +40,12 @@ __all__ = [
     "Supervisor",
     "WorkerWatchdog",
     "grpc_listen",
-    "parse_tcp",
+    "parse_listen",
     "refusals",
     "reserve",
     "runtime_dir",
     "sibling_paths",
+    "tls_context",
     "twistd_argv",
     "worker_name",
 ]
@@ -54,32 +59,45 @@ RESTART_DELAY_MAX = 30.0
 STABLE_AFTER = 10.0
 
 
-class ListenAddress:
-    """A ``tcp:`` endpoint description taken apart: port, interface, backlog."""
+#: ``ssl:`` arguments a worker serves (Twisted's own ``ssl:`` parser reads the files).
+TLS_ARGUMENTS = frozenset({"privateKey", "certKey", "extraCertChain", "dhParameters", "sslmethod"})
 
-    def __init__(self, port: int, interface: str = "", backlog: int = 50) -> None:
+
+class ListenAddress:
+    """A ``tcp:`` or ``ssl:`` endpoint description taken apart: port, interface, backlog.
+
+    ``tls``: the description is ``ssl:`` (its TLS options: :func:`tls_context`).
+    """
+
+    def __init__(
+        self, port: int, interface: str = "", backlog: int = 50, tls: bool = False
+    ) -> None:
         self.port = port
         self.interface = interface
         self.backlog = backlog
+        self.tls = tls
 
     @property
     def family(self) -> socket.AddressFamily:
         return socket.AF_INET6 if ":" in self.interface else socket.AF_INET
 
 
-def parse_tcp(description: str) -> ListenAddress:
-    """The address of a ``tcp:PORT[:interface=H][:backlog=N]`` description.
+def parse_listen(description: str) -> ListenAddress:
+    """The address of a ``tcp:PORT`` or ``ssl:PORT:privateKey=...`` description.
+
+    ``tcp:`` takes ``interface=`` and ``backlog=``; ``ssl:`` also the TLS arguments of
+    Twisted's ``ssl:`` endpoint (:data:`TLS_ARGUMENTS`).
 
     Raises:
-        ValueError: another endpoint type (``ssl:``, ``unix:``...), an unknown
-            argument, or port 0 (each worker would get its own port).
+        ValueError: another endpoint type (``unix:``...), an unknown argument, or port 0
+            (each worker would get its own port).
     """
     parts = _split(description)
-    if parts[0] != "tcp":
+    if parts[0] not in ("tcp", "ssl"):
         raise ValueError(
-            f"--listen {description!r}: with --workers > 1 only tcp: endpoints are served "
-            "(terminate TLS at a proxy, or run one process per TLS listener)"
+            f"--listen {description!r}: with --workers > 1 only tcp: and ssl: endpoints are served"
         )
+    tls = parts[0] == "ssl"
     args: dict[str, str] = {}
     positional: list[str] = []
     for part in parts[1:]:
@@ -90,16 +108,31 @@ def parse_tcp(description: str) -> ListenAddress:
             positional.append(part)
     if positional:
         args.setdefault("port", positional[0])
-    unknown = set(args) - {"port", "interface", "backlog"}
+    unknown = set(args) - {"port", "interface", "backlog"} - (TLS_ARGUMENTS if tls else set())
     if unknown or len(positional) > 1:
-        raise ValueError(f"--listen {description!r}: unsupported with --workers > 1")
+        what = ", ".join(sorted(unknown)) or "positional arguments after the port"
+        raise ValueError(f"--listen {description!r}: unsupported with --workers > 1 ({what})")
     try:
         port, backlog = int(args.get("port", "")), int(args.get("backlog", "50"))
     except ValueError:
         raise ValueError(f"--listen {description!r}: port and backlog must be numbers") from None
     if not 0 < port < 65536:
         raise ValueError(f"--listen {description!r}: --workers > 1 needs a fixed port")
-    return ListenAddress(port, args.get("interface", ""), backlog)
+    return ListenAddress(port, args.get("interface", ""), backlog, tls)
+
+
+def tls_context(description: str) -> Any:
+    """The TLS options of ``ssl:`` ``description``: those a single process listens with.
+
+    Raises:
+        ValueError: the certificate, key or chain cannot be loaded.
+    """
+    try:
+        return ssl_server_context(description)
+    except Exception as e:  # OSError, OpenSSL.SSL.Error, ValueError
+        raise ValueError(
+            f"--listen {description!r}: cannot load the TLS certificate and key: {e}"
+        ) from None
 
 
 def refusals(config: Config, listen: Sequence[str]) -> list[str]:
@@ -112,14 +145,10 @@ def refusals(config: Config, listen: Sequence[str]) -> list[str]:
             "to redis (with engine.redis.address), or enable a shared broker "
             '(broker.enabled: true with broker.type "nats" and broker.nats.url)'
         )
-    if config.http_server.http3.enabled:
-        out.append(
-            "http_server.http3.enabled: HTTP/3 (WebTransport) listens in one process only; "
-            "serve it from a separate --workers 1 instance"
-        )
     for description in [*listen, *grpc_listen(config)]:
         try:
-            parse_tcp(description)
+            if parse_listen(description).tls:
+                tls_context(description)  # a bad file fails here, not in every worker
         except ValueError as e:
             out.append(str(e))
     return out
@@ -131,8 +160,9 @@ def grpc_listen(config: Config) -> list[str]:
     for section in (config.grpc_api, config.uni_grpc):
         if section.enabled:
             interface = section.address.replace(":", "\\:")
-            out.append(f"tcp:{section.port}:interface={interface}" if interface
-                       else f"tcp:{section.port}")
+            out.append(
+                f"tcp:{section.port}:interface={interface}" if interface else f"tcp:{section.port}"
+            )
     return out
 
 
@@ -156,23 +186,16 @@ def sibling_paths(directory: str, count: int) -> list[str]:
     return [os.path.join(directory, f"worker-{index}.sock") for index in range(count)]
 
 
-def _socket(address: ListenAddress) -> socket.socket:
-    sock = socket.socket(address.family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((address.interface, address.port))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+def reserve(
+    descriptions: Sequence[str], udp: Sequence[tuple[int, str]] = ()
+) -> list[socket.socket]:
+    """Bind (without serving) every address, so a port in use fails the parent at start.
 
-
-def reserve(descriptions: Sequence[str]) -> list[socket.socket]:
-    """Bind (without listening) every address, so a port in use fails the parent at start.
-
-    A bound socket that does not listen receives no connection, yet keeps processes
-    without ``SO_REUSEPORT`` off the port while workers restart.
+    ``descriptions``: ``tcp:``/``ssl:`` listeners; ``udp``: ``(port, interface)`` of
+    HTTP/3. A bound TCP socket that does not listen receives no connection; a UDP one
+    is connected to its own address, so the kernel gives it none of the datagrams of
+    its ``SO_REUSEPORT`` group (a connected UDP socket only receives from its peer).
+    Both keep processes without ``SO_REUSEPORT`` off the port while workers restart.
 
     Raises:
         OSError: an address cannot be bound (e.g. in use by another program).
@@ -180,7 +203,12 @@ def reserve(descriptions: Sequence[str]) -> list[socket.socket]:
     held: list[socket.socket] = []
     try:
         for description in descriptions:
-            held.append(_socket(parse_tcp(description)))
+            address = parse_listen(description)
+            held.append(reuse_port_socket(socket.SOCK_STREAM, address.interface, address.port))
+        for port, interface in udp:
+            sock = reuse_port_socket(socket.SOCK_DGRAM, interface, port)
+            held.append(sock)
+            sock.connect((_loopback(interface, sock.family), port))
     except BaseException:
         for sock in held:
             sock.close()
@@ -188,20 +216,36 @@ def reserve(descriptions: Sequence[str]) -> list[socket.socket]:
     return held
 
 
+def _loopback(interface: str, family: socket.AddressFamily) -> str:
+    """An address of this host at ``interface`` (the loopback one for a wildcard)."""
+    if interface in ("", "0.0.0.0", "::"):
+        return "::1" if family == socket.AF_INET6 else "127.0.0.1"
+    return interface
+
+
 class ReusePortService(Service):
-    """Listens on a ``tcp:`` description with ``SO_REUSEPORT`` (one per worker)."""
+    """Listens on a ``tcp:`` or ``ssl:`` description with ``SO_REUSEPORT`` (one per worker).
+
+    ``ssl:``: the site is wrapped in TLS (``TLSMemoryBIOFactory``, as Twisted's own
+    ``ssl:`` listener does) with the options Twisted's ``ssl:`` parser builds.
+    """
 
     def __init__(self, description: str, factory: IProtocolFactory, reactor: Any) -> None:
-        self.address = parse_tcp(description)
+        self.address = parse_listen(description)
         self.factory = factory
+        if self.address.tls:
+            from twisted.protocols.tls import TLSMemoryBIOFactory
+
+            self.factory = TLSMemoryBIOFactory(tls_context(description), False, factory)
         self.reactor = reactor
         self.port: IListeningPort | None = None
 
     def startService(self) -> None:
         super().startService()
-        sock = _socket(self.address)
+        address = self.address
+        sock = reuse_port_socket(socket.SOCK_STREAM, address.interface, address.port)
         try:
-            sock.listen(self.address.backlog)
+            sock.listen(address.backlog)
             sock.setblocking(False)
             self.port = self.reactor.adoptStreamPort(sock.fileno(), sock.family, self.factory)
         finally:

@@ -228,6 +228,34 @@ def test_twistd_takes_the_logger_a_plugin_sets(tmp_path: Any) -> None:
     assert _compat.set_twistd_logger(object(), "x.y") is None
 
 
+# --- Twisted: the TLS options of an ssl: description ---------------------------------------
+
+
+# Twisted's CertificateOptions hands pyOpenSSL X509 and PKey objects to pyOpenSSL, which warns.
+@pytest.mark.filterwarnings("ignore:Passing pyOpenSSL:DeprecationWarning")
+def test_ssl_server_context_is_the_one_twisted_listens_with(tmp_path: Any) -> None:
+    """``ssl:`` descriptions become ``SSL4ServerEndpoint``s holding ``_sslContextFactory``."""
+    from cryptography import x509
+    from harness import make_certificate
+    from OpenSSL import SSL
+    from twisted.internet.interfaces import IOpenSSLContextFactory
+
+    cert, key, _ = make_certificate(tmp_path)
+    options = _compat.ssl_server_context(
+        f"ssl:8443:privateKey={key}:certKey={cert}:extraCertChain={cert}"
+    )
+    assert IOpenSSLContextFactory.providedBy(options)
+    context = options.getContext()
+    assert isinstance(context, SSL.Context)
+    served = SSL.Connection(context, None).get_certificate()
+    assert served is not None
+    assert served.to_cryptography() == x509.load_pem_x509_certificate(cert.read_bytes())
+    with pytest.raises(ValueError, match="no ssl: endpoint"):
+        _compat.ssl_server_context("tcp:8000")
+    with pytest.raises(OSError):
+        _compat.ssl_server_context(f"ssl:8443:privateKey={tmp_path / 'missing.pem'}")
+
+
 def test_quic_stream_backlog_reads_unacknowledged_bytes() -> None:
     """A QUIC stream keeps its unacknowledged bytes in ``QuicStreamSender._buffer``."""
     from aioquic.quic.configuration import QuicConfiguration

@@ -30,6 +30,7 @@ protocol) gets an HTTP/3 error status and the stream ends.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -65,7 +66,7 @@ from zope.interface import implementer
 
 from rtserver._compat import quic_stream_backlog, retry_validation_time
 from rtserver.config import WebTransportConfig
-from rtserver.connections import OpenConnections
+from rtserver.connections import OpenConnections, reuse_port_socket
 from rtserver.core.client import Client
 from rtserver.core.node import Node
 from rtserver.core.ports import ISink
@@ -785,13 +786,20 @@ class HTTP3Service(Service):
     """Listens for QUIC on UDP ``port``; stopping drains the sessions first."""
 
     def __init__(
-        self, listener: QuicListener, port: int, interface: str, reactor: Any, drain: float = 5.0
+        self,
+        listener: QuicListener,
+        port: int,
+        interface: str,
+        reactor: Any,
+        drain: float = 5.0,
+        reuse_port: bool = False,
     ) -> None:
         self.listener = listener
         self._port_number = port
         self._interface = interface
         self._reactor = reactor
         self._drain = drain
+        self._reuse_port = reuse_port
         self._port: Any = None
 
     @property
@@ -805,9 +813,21 @@ class HTTP3Service(Service):
     def startService(self) -> None:
         """Bind the UDP port (raises when it cannot)."""
         super().startService()
-        self._port = self._reactor.listenUDP(
-            self._port_number, self.listener, interface=self._interface, maxPacketSize=65535
-        )
+        if self._reuse_port:
+            # A worker of --workers N: the kernel hashes each client address to one of
+            # the workers' sockets, so a QUIC connection stays with one worker.
+            sock = reuse_port_socket(socket.SOCK_DGRAM, self._interface, self._port_number)
+            try:
+                sock.setblocking(False)
+                self._port = self._reactor.adoptDatagramPort(
+                    sock.fileno(), sock.family, self.listener, maxPacketSize=65535
+                )
+            finally:
+                sock.close()  # the reactor holds its own duplicate of the descriptor
+        else:
+            self._port = self._reactor.listenUDP(
+                self._port_number, self.listener, interface=self._interface, maxPacketSize=65535
+            )
         _log.info("HTTP/3 (WebTransport) on UDP port {port}", port=self.port)
 
     def stopService(self) -> Deferred[None]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,8 @@ from harness import NODE_MODULES, base_config, merge
 from redisserver import RedisServer, require_redis_server
 
 HERE = Path(__file__).resolve().parent
+# The WebTransport test client (tests/transports/wtclient.py).
+sys.path.insert(0, str(HERE.parent / "transports"))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -10,6 +10,8 @@ import json
 import os
 import re
 import signal
+import socket
+import ssl
 import subprocess
 import time
 import uuid
@@ -28,12 +30,22 @@ from harness import (
     _twistd,
     base_config,
     free_port,
+    make_certificate,
     merge,
     run_emulation_pubsub,
     spawn_server,
     stop_server,
 )
-from pysdk import Recorder, bounded, in_thread, name, run_scenario, sdk_client, subscribe
+from pysdk import (
+    ClientEvents,
+    Recorder,
+    bounded,
+    in_thread,
+    name,
+    run_scenario,
+    sdk_client,
+    subscribe,
+)
 
 TIMEOUT = 20.0
 
@@ -665,4 +677,132 @@ def test_grpc_api_and_uni_grpc_are_served_by_every_worker(
         for link, call, _ in consumers:
             call.cancel()
             link.close()
+        stop_server(server)
+
+
+def test_tls_listener_is_served_by_every_worker(
+    tmp_path: Path, redis_config: tuple[dict[str, Any], str, str]
+) -> None:
+    """An ``ssl:`` listener with --workers 2: each worker serves TLS on the shared port.
+
+    Sixteen centrifuge-python clients over wss (verifying the server's certificate with
+    it as the CA) land on both workers; a publication reaches all of them.
+    """
+    from centrifuge import Client
+
+    config, secret, api_key = redis_config
+    cert, key, _ = make_certificate(tmp_path / "tls")
+    tls_port = free_port()
+    listen = f"ssl:{tls_port}:privateKey={key}:certKey={cert}:interface=127.0.0.1"
+    server = spawn_server(
+        tmp_path, {**config, "node": {"name": "w"}}, secret=secret, api_key=api_key,
+        extra_args=("-l", listen, "--workers", "2"),
+    )
+    channel = name("tls-")
+    count = 16  # all on one worker by chance: 2 / 2**16
+    trust = ssl.create_default_context(cafile=str(cert))
+
+    async def scenario() -> None:
+        rec = Recorder()
+        clients = []
+        try:
+            for i in range(count):
+                client = Client(
+                    f"wss://127.0.0.1:{tls_port}/connection/websocket",
+                    events=ClientEvents(rec, f"c{i}"),
+                    token=server.token(name("u-")),
+                    ssl_context=trust,
+                    max_reconnect_delay=1.0,
+                    proxy=None,
+                )
+                clients.append(client)
+                sub = subscribe(client, channel, rec, label=f"c{i}")
+                await client.connect()
+                await sub.subscribe()
+                await bounded(sub.ready())
+            spread = await in_thread(counted, server, count)
+            assert all(n > 0 for n in spread.values()), spread  # both workers serve TLS
+            await in_thread(server.publish, channel, {"n": 1})
+            got = await rec.wait("publication", count=count)
+            assert sorted(e["client"] for e in got) == sorted(f"c{i}" for i in range(count))
+            assert all(e["data"] == {"n": 1} for e in got)
+        finally:
+            for client in clients:
+                await client.disconnect()
+
+    try:
+        wait_ready(server)
+        run_scenario(scenario())
+    finally:
+        stop_server(server)
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_webtransport_sessions_are_served_by_every_worker(
+    tmp_path: Path, redis_config: tuple[dict[str, Any], str, str]
+) -> None:
+    """HTTP/3 with --workers 2: each worker has its own SO_REUSEPORT UDP socket.
+
+    Twelve WebTransport sessions (a QUIC connection each, from its own UDP port) land on
+    both workers (the kernel hashes each client address to one worker, which keeps that
+    connection); a publication reaches all of them.
+    """
+    from wtclient import WTClient
+
+    config, secret, api_key = redis_config
+    cert, key, _ = make_certificate(tmp_path / "tls")
+    udp_port = _free_udp_port()
+    config = merge(
+        config,
+        {
+            "node": {"name": "w"},
+            "http_server": {
+                "port": udp_port,
+                "address": "127.0.0.1",
+                "tls": {"enabled": True, "cert_pem": str(cert), "key_pem": str(key)},
+                "http3": {"enabled": True},
+            },
+            "webtransport": {"enabled": True},
+        },
+    )
+    server = spawn_server(
+        tmp_path, config, secret=secret, api_key=api_key, extra_args=("--workers", "2")
+    )
+    channel = name("wt-")
+    count = 12  # all on one worker by chance: 2 / 2**12
+    clients: list[tuple[WTClient, int]] = []
+
+    def lines(data: bytes) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in data.split(b"\n")[:-1] if line]
+
+    try:
+        wait_ready(server)
+        assert server.log().count(f"HTTP/3 (WebTransport) on UDP port {udp_port}") == 2
+        for _ in range(count):
+            client = WTClient("127.0.0.1", udp_port, cafile=cert)
+            stream = client.open_stream(client.open_session("/connection/webtransport"))
+            clients.append((client, stream))
+            connect = {"token": server.token(name("u-"))}
+            client.send(stream, json.dumps({"id": 1, "connect": connect}).encode() + b"\n")
+            client.send(stream, json.dumps({"id": 2, "subscribe": {"channel": channel}})
+                        .encode() + b"\n")
+            data = client.read_until(stream, lambda b: b'"id":2' in b and b.endswith(b"\n"))
+            replies = [m for m in lines(data) if "id" in m]  # joins are pushes
+            assert [reply["id"] for reply in replies] == [1, 2], replies
+            assert "connect" in replies[0] and "subscribe" in replies[1], replies
+        spread = counted(server, count)
+        assert all(n > 0 for n in spread.values()), spread  # both workers serve HTTP/3
+        server.publish(channel, {"text": "over QUIC"})
+        for client, stream in clients:
+            data = client.read_until(stream, lambda b: b"over QUIC" in b)
+            pubs = [m["push"]["pub"]["data"] for m in lines(data) if "pub" in m.get("push", {})]
+            assert pubs == [{"text": "over QUIC"}]
+    finally:
+        for client, _ in clients:
+            client.close()
         stop_server(server)
