@@ -305,7 +305,7 @@ ENCODERS: Final[dict[str, Callable[[SharedPush], bytes | None]]] = {
 
 
 #: Writers flushed per reactor turn; the rest wait for the next turn (after its input).
-FLUSH_SLICE = 128
+FLUSH_SLICE = 64
 
 
 class FlushScheduler:
