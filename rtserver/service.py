@@ -39,6 +39,7 @@ from rtserver.engines.composite import CompositeEngine
 from rtserver.engines.memory import MemoryEngine
 from rtserver.logs import Logger
 from rtserver.proxy.hooks import HookProxy, Hooks
+from rtserver.shutdown import StopSignalGuard
 from rtserver.sockjs.forward import Siblings
 from rtserver.transports.emulation import EmulationResource, HTTPStreamResource, SSEResource
 from rtserver.transports.origin import OriginPolicy
@@ -105,8 +106,15 @@ class ServerService(MultiService):
         self.node = node
         self._delay = drain_delay
         self._reactor = reactor
+        self._signals = StopSignalGuard(reactor)
+
+    def startService(self) -> None:
+        super().startService()
+        # after the reactor installed its own handlers (during start-up)
+        self._reactor.callWhenRunning(self._signals.install)
 
     def stopService(self) -> Deferred[Any]:
+        self._signals.uninstall()
         self.node.drain()
         if self._delay <= 0:
             return super().stopService()
@@ -608,9 +616,7 @@ def build_sites(
     if config.prometheus.enabled:
         from rtserver.web.metrics import MetricsResource, registry_for
 
-        registry = registry_for(
-            node, executor.stats, http_stats, sockjs_relay=relay, quic=quic
-        )
+        registry = registry_for(node, executor.stats, http_stats, sockjs_relay=relay, quic=quic)
         mount(root, config.prometheus.handler_prefix, MetricsResource(registry))
     if config.health.enabled:
         mount(root, config.health.handler_prefix, HealthResource(node.engine))
@@ -635,9 +641,7 @@ def build_sites(
         reactor=reactor,
     )
     drains.append(site)
-    return Sites(
-        site, internal_site, drains, origins, api_resource, admin_tree, owned_site, quic
-    )
+    return Sites(site, internal_site, drains, origins, api_resource, admin_tree, owned_site, quic)
 
 
 def build_grpc_api(
@@ -655,10 +659,20 @@ def build_grpc_api(
         from rtserver.grpcapi.api import APIDispatch
         from rtserver.grpcapi.h2server import GRPCH2Factory, H2GRPCService
 
-        factory = GRPCH2Factory(APIDispatch(executor, grpc), reactor,
-                                max_receive_message_size=grpc.max_receive_message_size)
-        return H2GRPCService("GRPC API", factory, reactor, address=grpc.address,
-                             port=grpc.port, tls=grpc.tls, reuse_port=reuse_port)
+        factory = GRPCH2Factory(
+            APIDispatch(executor, grpc),
+            reactor,
+            max_receive_message_size=grpc.max_receive_message_size,
+        )
+        return H2GRPCService(
+            "GRPC API",
+            factory,
+            reactor,
+            address=grpc.address,
+            port=grpc.port,
+            tls=grpc.tls,
+            reuse_port=reuse_port,
+        )
     from rtserver.grpcapi.api import SERVICE_NAME, APIServicer
     from rtserver.grpcapi.bridge import ReactorBridge
     from rtserver.grpcapi.server import GRPCServerService

@@ -33,6 +33,7 @@ from rtserver.config import Config
 from rtserver.connections import reuse_port_socket
 from rtserver.connections import split_description as _split
 from rtserver.logs import Logger
+from rtserver.shutdown import StopSignalGuard
 
 __all__ = [
     "ListenAddress",
@@ -343,6 +344,7 @@ class Supervisor(Service):
         self._restarts: dict[int, IDelayedCall] = {}
         self._stopping = False
         self._previous_hup: Any = None
+        self._signals = StopSignalGuard(reactor)
 
     def startService(self) -> None:
         super().startService()
@@ -351,6 +353,7 @@ class Supervisor(Service):
             self._spawn(index)
         if hasattr(signal, "SIGHUP"):
             self._previous_hup = signal.signal(signal.SIGHUP, self._hup)
+        self.reactor.callWhenRunning(self._signals.install)
 
     def _hup(self, signum: int, frame: object) -> None:
         self.reactor.callFromThread(self.signal_all, "HUP")
@@ -393,6 +396,7 @@ class Supervisor(Service):
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
+        self._signals.uninstall()
         self._stopping = True
         if self._previous_hup is not None:
             signal.signal(signal.SIGHUP, self._previous_hup)

@@ -38,6 +38,7 @@ LAYERS: dict[str, int] = {
     "rtserver.proxy": 4,
     "rtserver.web": 5,
     "rtserver.grpcapi": 5,  # the GRPC server API, beside web/
+    "rtserver.shutdown": 5,  # stop-signal guard, used by service and workers
     "rtserver.service": 6,
     "rtserver.workers": 6,  # the --workers supervisor, beside service (tap uses both)
     "rtserver.tap": 7,

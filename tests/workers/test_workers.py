@@ -277,6 +277,35 @@ def test_sigterm_drains_every_worker(
     assert not private.exists()  # the workers' private sockets are removed with them
 
 
+def test_sigterm_to_every_process_at_once_stops_cleanly(
+    tmp_path: Path, redis_config: tuple[dict[str, Any], str, str]
+) -> None:
+    """SIGTERM to the supervisor and every worker at once: no error logged.
+
+    systemd's default ``KillMode=control-group`` does that, so each worker gets SIGTERM
+    twice (from systemd and from the supervisor); Ctrl-C reaches the whole group too. A
+    second SIGTERM or SIGINT while stopping is no error.
+    """
+    config, secret, api_key = redis_config
+    server = spawn_server(
+        tmp_path, config, secret=secret, api_key=api_key, extra_args=("--workers", "2")
+    )
+    try:
+        wait_ready(server)
+        pids = worker_pids(server)
+        assert len(pids) == 2, pids
+        for pid in (server.process.pid, *pids):
+            os.kill(pid, signal.SIGTERM)
+        for pid in pids:
+            os.kill(pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole group too
+        server.process.wait(timeout=TIMEOUT)
+    finally:
+        stop_server(server)  # exit code, "Server Shut Down." and no logged failure
+
+    assert "ReactorNotRunning" not in server.log(tail=10**9)
+    assert not [pid for pid in pids if running(pid)]
+
+
 def test_emulation_session_spans_workers(workers: Server, node_js: str) -> None:
     """centrifuge-js over http_stream on two workers: delivery, presence and publishing work.
 
