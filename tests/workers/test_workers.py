@@ -143,6 +143,17 @@ def workers(tmp_path: Path, redis_config: tuple[dict[str, Any], str, str]) -> It
         stop_server(server)
 
 
+async def both_workers_deliver(server: Server, rec: Recorder, channel: str, count: int) -> None:
+    """Subscribers ``c0``.. are on both workers, and every one gets the same publication."""
+    # counts of other nodes come with their periodic announcements
+    spread = await in_thread(counted, server, count)
+    assert all(n > 0 for n in spread.values()), spread
+    await in_thread(server.publish, channel, {"n": 1})
+    got = await rec.wait("publication", count=count)
+    assert sorted(e["client"] for e in got) == sorted(f"c{i}" for i in range(count))
+    assert all(e["data"] == {"n": 1} for e in got)
+
+
 async def subscribed_client(server: Server, rec: Recorder, token: str, channel: str,
                             label: str) -> Any:
     client, _ = sdk_client(server, rec, token=token, label=label)
@@ -165,13 +176,7 @@ def test_connections_spread_over_workers_and_all_deliver(workers: Server) -> Non
             for i in range(count)
         ]
         try:
-            # Counts of other nodes come with their periodic announcements.
-            spread = await in_thread(counted, workers, count)
-            assert all(n > 0 for n in spread.values()), spread  # both workers serve clients
-            await in_thread(workers.publish, channel, {"n": 1})
-            got = await rec.wait("publication", count=count)
-            assert sorted(e["client"] for e in got) == sorted(f"c{i}" for i in range(count))
-            assert all(e["data"] == {"n": 1} for e in got)
+            await both_workers_deliver(workers, rec, channel, count)
         finally:
             for client in clients:
                 await client.disconnect()
@@ -749,12 +754,7 @@ def test_tls_listener_is_served_by_every_worker(
                 await client.connect()
                 await sub.subscribe()
                 await bounded(sub.ready())
-            spread = await in_thread(counted, server, count)
-            assert all(n > 0 for n in spread.values()), spread  # both workers serve TLS
-            await in_thread(server.publish, channel, {"n": 1})
-            got = await rec.wait("publication", count=count)
-            assert sorted(e["client"] for e in got) == sorted(f"c{i}" for i in range(count))
-            assert all(e["data"] == {"n": 1} for e in got)
+            await both_workers_deliver(server, rec, channel, count)
         finally:
             for client in clients:
                 await client.disconnect()
