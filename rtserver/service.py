@@ -110,8 +110,11 @@ class ServerService(MultiService):
 
     def startService(self) -> None:
         super().startService()
-        # after the reactor installed its own handlers (during start-up)
-        self._reactor.callWhenRunning(self._signals.install)
+        # after the reactor installed its own handlers (during start-up); a bare clock
+        # (tests, embedders driving time themselves) has no signal handlers to guard
+        when_running = getattr(self._reactor, "callWhenRunning", None)
+        if when_running is not None:
+            when_running(self._signals.install)
 
     def stopService(self) -> Deferred[Any]:
         self._signals.uninstall()
