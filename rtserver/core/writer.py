@@ -306,6 +306,9 @@ ENCODERS: Final[dict[str, Callable[[SharedPush], bytes | None]]] = {
 
 #: Writers flushed per reactor turn; the rest wait for the next turn (after its input).
 FLUSH_SLICE = 64
+#: A pass over the writers takes at most about this many turns: a larger fan-out is cut
+#: into larger slices, so the input read (and queued) during one pass stays bounded.
+FLUSH_TURNS = 16
 
 
 class FlushScheduler:
@@ -337,8 +340,9 @@ class FlushScheduler:
         if len(pending) > FLUSH_SLICE:
             # a large fan-out is written in slices, reading input between them: what
             # arrives meanwhile joins the frames of the writers not yet flushed
-            self._pending = pending[FLUSH_SLICE:]
-            pending = pending[:FLUSH_SLICE]
+            size = max(FLUSH_SLICE, len(pending) // FLUSH_TURNS)
+            self._pending = pending[size:]
+            pending = pending[:size]
             self._call = self._clock.callLater(0, self._run)
         else:
             self._pending = []

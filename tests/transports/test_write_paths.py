@@ -24,7 +24,13 @@ from twisted.internet.protocol import Factory, Protocol
 from wsclient import ClientFactory, RecordingClient
 
 from rtserver import config as rtconfig
-from rtserver.core.writer import FLUSH_SLICE, ClientWriter, FlushScheduler, Payload
+from rtserver.core.writer import (
+    FLUSH_SLICE,
+    FLUSH_TURNS,
+    ClientWriter,
+    FlushScheduler,
+    Payload,
+)
 from rtserver.service import build_node, build_site
 from rtserver.transports.flow import write_eagerly
 from rtserver.transports.websocket import WebSocketFactory, WebSocketProtocol, join_frames
@@ -297,8 +303,18 @@ def test_write_delay_coalesces_across_turns() -> None:
     assert writes == [[b"a", b"b"], [b"c"]]
 
 
+@pytest.mark.parametrize(
+    ("count", "first_slice"),
+    [
+        (FLUSH_SLICE * 2 + 10, FLUSH_SLICE),
+        # a pass takes at most FLUSH_TURNS turns: larger fan-outs, larger slices
+        (FLUSH_SLICE * FLUSH_TURNS * 2, FLUSH_SLICE * 2),
+    ],
+)
 @pytest_twisted.ensureDeferred
-async def test_a_large_fan_out_is_flushed_in_slices_between_input() -> None:
+async def test_a_large_fan_out_is_flushed_in_slices_between_input(
+    count: int, first_slice: int
+) -> None:
     """Past FLUSH_SLICE writers a flush continues on the next turn, after that turn's input.
 
     What is queued meanwhile (here: a second publication for everybody) joins the batch of
@@ -306,7 +322,6 @@ async def test_a_large_fan_out_is_flushed_in_slices_between_input() -> None:
     first slice get the second one in a write of its own. Each writer's order is kept.
     """
     scheduler = FlushScheduler(reactor)
-    count = FLUSH_SLICE * 2 + 10
     writes: list[list[list[bytes]]] = [[] for _ in range(count)]
     done: defer.Deferred[None] = defer.Deferred()
     delivered = 0
@@ -335,8 +350,8 @@ async def test_a_large_fan_out_is_flushed_in_slices_between_input() -> None:
 
     reactor.callLater(0, second_publication)
     await done
-    assert writes[:FLUSH_SLICE] == [[[b"a"], [b"b"]]] * FLUSH_SLICE
-    assert writes[FLUSH_SLICE:] == [[[b"a", b"b"]]] * (count - FLUSH_SLICE)
+    assert writes[:first_slice] == [[[b"a"], [b"b"]]] * first_slice
+    assert writes[first_slice:] == [[[b"a", b"b"]]] * (count - first_slice)
 
 
 def test_frames_bounded_in_messages_and_bytes() -> None:
