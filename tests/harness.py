@@ -122,11 +122,16 @@ class Server:
         self._cent_clients.clear()
 
 
-def free_port() -> int:
-    """A currently unused loopback TCP port."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
+    """A currently unused loopback TCP port (a UDP one with ``kind=socket.SOCK_DGRAM``)."""
+    with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def free_udp_port() -> int:
+    """A currently unused loopback UDP port (HTTP/3)."""
+    return free_port(socket.SOCK_DGRAM)
 
 
 def make_certificate(directory: Path, days: int = 10) -> tuple[Path, Path, bytes]:

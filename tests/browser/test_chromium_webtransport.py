@@ -30,6 +30,7 @@ from harness import (
     NodeScenario,
     Server,
     base_config,
+    free_udp_port,
     make_certificate,
     merge,
     spawn_server,
@@ -52,12 +53,6 @@ ROUTES = {
 }
 
 
-def _udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def page_origin() -> Iterator[str]:
     with serve_pages(ROUTES) as origin:
@@ -76,7 +71,7 @@ def _start(
     directory: Path, origin: str, webtransport: bool, max_connections: int = 10000
 ) -> Browser:
     cert, key, digest = make_certificate(directory, days=10)
-    udp_port = _udp_port()
+    udp_port = free_udp_port()
     secret = "wt-" + uuid.uuid4().hex + uuid.uuid4().hex
     api_key = "api-" + uuid.uuid4().hex
     overrides: dict[str, Any] = {

@@ -21,7 +21,15 @@ from typing import Any
 
 import pytest
 import requests
-from harness import Server, base_config, make_certificate, merge, spawn_server, stop_server
+from harness import (
+    Server,
+    base_config,
+    free_udp_port,
+    make_certificate,
+    merge,
+    spawn_server,
+    stop_server,
+)
 from wtclient import WTClient, varint_frames
 
 from rtserver.protocol import protobuf
@@ -30,12 +38,6 @@ ENDPOINT = "/connection/webtransport"
 IDLE_TIMEOUT = 5.0
 #: client.stale_close_delay: also how long a QUIC connection may stay without a session.
 STALE_DELAY = 3.0
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class WTServer:

@@ -10,7 +10,6 @@ import json
 import os
 import re
 import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -30,6 +29,7 @@ from harness import (
     _twistd,
     base_config,
     free_port,
+    free_udp_port,
     make_certificate,
     merge,
     run_emulation_pubsub,
@@ -766,12 +766,6 @@ def test_tls_listener_is_served_by_every_worker(
         stop_server(server)
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_webtransport_sessions_are_served_by_every_worker(
     tmp_path: Path, redis_config: tuple[dict[str, Any], str, str]
 ) -> None:
@@ -785,7 +779,7 @@ def test_webtransport_sessions_are_served_by_every_worker(
 
     config, secret, api_key = redis_config
     cert, key, _ = make_certificate(tmp_path / "tls")
-    udp_port = _free_udp_port()
+    udp_port = free_udp_port()
     config = merge(
         config,
         {
