@@ -5,7 +5,8 @@
 timeout. :func:`websocket_server_options`: the Autobahn factory options both use.
 :func:`take_over_producer`: backpressure registration on a connection's transport.
 :func:`request_body`: the body twisted.web stored for a request.
-:func:`reuse_port_socket`: a socket bound with ``SO_REUSEPORT`` (``--workers N``).
+:func:`reuse_port_socket`: a socket bound with ``SO_REUSEPORT`` (``--workers N``), IPv4
+or IPv6 by :func:`address_family`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from twisted.web.http import Request
 __all__ = [
     "Consumer",
     "OpenConnections",
+    "address_family",
     "request_body",
     "reuse_port_socket",
     "split_description",
@@ -150,6 +152,11 @@ def split_description(description: str) -> list[str]:
     return parts
 
 
+def address_family(interface: str) -> socket.AddressFamily:
+    """IPv6 for an interface address with a colon, IPv4 otherwise ("" included)."""
+    return socket.AF_INET6 if ":" in interface else socket.AF_INET
+
+
 def reuse_port_socket(kind: socket.SocketKind, interface: str, port: int) -> socket.socket:
     """A socket of ``kind`` (stream or datagram) bound to ``(interface, port)``.
 
@@ -160,8 +167,7 @@ def reuse_port_socket(kind: socket.SocketKind, interface: str, port: int) -> soc
     Raises:
         OSError: the address cannot be bound.
     """
-    family = socket.AF_INET6 if ":" in interface else socket.AF_INET
-    sock = socket.socket(family, kind)
+    sock = socket.socket(address_family(interface), kind)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)

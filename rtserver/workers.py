@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 
 from rtserver._compat import ssl_server_context
 from rtserver.config import Config
-from rtserver.connections import reuse_port_socket
+from rtserver.connections import address_family, reuse_port_socket
 from rtserver.connections import split_description as _split
 from rtserver.logs import Logger
 from rtserver.shutdown import StopSignalGuard
@@ -80,7 +80,7 @@ class ListenAddress:
 
     @property
     def family(self) -> socket.AddressFamily:
-        return socket.AF_INET6 if ":" in self.interface else socket.AF_INET
+        return address_family(self.interface)
 
 
 def parse_listen(description: str) -> ListenAddress:

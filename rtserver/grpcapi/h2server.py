@@ -82,7 +82,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from rtserver.config import ConfigError, TLSConfig, server_tls_pem
-from rtserver.connections import OpenConnections
+from rtserver.connections import OpenConnections, reuse_port_socket
 from rtserver.grpcapi.api import (
     DEADLINE_EXCEEDED,
     INTERNAL,
@@ -1254,15 +1254,13 @@ class H2GRPCService(Service):
                 self._requested_port, factory, backlog=128, interface=interface
             )
             return port
-        family = socket.AF_INET6 if ":" in interface else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock = reuse_port_socket(socket.SOCK_STREAM, interface, self._requested_port)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((interface, self._requested_port))
             sock.listen(128)
             sock.setblocking(False)
-            adopted: IListeningPort = self._reactor.adoptStreamPort(sock.fileno(), family, factory)
+            adopted: IListeningPort = self._reactor.adoptStreamPort(
+                sock.fileno(), sock.family, factory
+            )
             return adopted
         finally:
             sock.close()  # the reactor holds its own duplicate
