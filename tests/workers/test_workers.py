@@ -201,8 +201,10 @@ def test_killed_worker_comes_back_and_its_clients_recover(workers: Server) -> No
         try:
             await in_thread(workers.publish, channel, {"n": 1})
             await rec.wait("publication", count=count)
-            # the worker serving the most clients: the kernel may have put all six on one
-            spread = await in_thread(nodes, workers)
+            # the worker serving the most clients: the kernel may have put all six on one.
+            # Wait for fresh counts: another worker's count comes with its periodic
+            # announcement, and a stale 0 could make the victim a worker with no clients
+            spread = await in_thread(counted, workers, count)
             doomed = int(max(spread, key=lambda n: spread[n]).rsplit("-", 1)[1])
             victim.append(next(p for p in before if worker_index(p) == doomed))
             os.kill(victim[0], signal.SIGKILL)
