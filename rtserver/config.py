@@ -1515,13 +1515,6 @@ def _validate_proxy_grpc(grpc: ProxyGRPCConfig, key: str) -> None:
     """``grpc`` of a GRPC proxy; never puts ``credentials_value`` in a message."""
     if grpc.tls.enabled:
         validate_client_tls(grpc.tls, f"{key}.tls")
-        if grpc.tls.insecure_skip_verify:
-            raise ConfigError(
-                f"{key}.tls.insecure_skip_verify: not supported by the GRPC proxy client "
-                "(grpcio always verifies the backend's certificate): trust it with "
-                "server_ca_pem (a self-signed certificate is its own CA) and set server_name "
-                "when the certificate names another host"
-            )
     name = grpc.credentials_key.lower()
     if grpc.credentials_value and not name:
         raise ConfigError(f"{key}.credentials_value: set without credentials_key")

@@ -278,7 +278,7 @@ _PROXY_KEYS = {
     "grpc.tls.cert_pem": "client certificate (mutual TLS): PEM text, base64 PEM or a file path",
     "grpc.tls.key_pem": "its private key (same forms)",
     "grpc.tls.server_ca_pem": "CA(s) to verify the backend with (default: the system)",
-    "grpc.tls.insecure_skip_verify": "refused: grpcio always verifies (use server_ca_pem)",
+    "grpc.tls.insecure_skip_verify": "accept any certificate (tests only; a TLS relay)",
     "grpc.tls.server_name": "name the certificate must carry (default: the endpoint's host)",
     "grpc.credentials_key": "metadata key sent with every call (per-RPC credentials)",
     "grpc.credentials_value": "its value (never logged)",

@@ -6,6 +6,7 @@ configuration keys, then twistd end to end with the Python SDK.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,7 +73,7 @@ async def call(proxy: GRPCProxy, method: str, request: Any) -> Any:
         entry = ProxyEntry("g", proxy, 5.0)
         return await Proxies().call(entry, getattr(proxy, method)(request), reactor)
     finally:
-        proxy.close()
+        await proxy.close()
 
 
 def connect(cookie: str = "session=zoe") -> ConnectProxyRequest:
@@ -178,7 +179,7 @@ async def test_credentials_travel_with_every_call(certs: Certs, backend: GRPCBac
         await Proxies().call(entry, proxy.connect(connect()), reactor)
         await Proxies().call(entry, proxy.rpc(RPCProxyRequest(**COMMON, method="whoami")), reactor)
     finally:
-        proxy.close()
+        await proxy.close()
     assert [(m, md["x-backend-key"]) for m, _, md in backend.calls] == [
         ("Connect", SECRET), ("RPC", SECRET)
     ]
@@ -211,6 +212,85 @@ async def test_compression_is_seen_by_the_backend(certs: Certs) -> None:
     finally:
         identity_only.stop()
     assert result.user == "zoe"
+
+
+# --- insecure_skip_verify: the TLS relay ---------------------------------------------------
+
+
+@pytest.fixture
+def warnings_logged() -> Iterator[list[str]]:
+    """Warnings logged by rtserver's modules during the test, formatted."""
+    from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+
+    lines: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_level") in (LogLevel.warn, LogLevel.error, LogLevel.critical):
+            lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    yield lines
+    globalLogPublisher.removeObserver(observe)
+
+
+@pytest_twisted.ensureDeferred
+async def test_skip_verify_accepts_any_certificate(
+    certs: Certs, backend: GRPCBackend
+) -> None:
+    """No CA given (the system's roots do not know the test CA): verification is off."""
+    proxy = proxy_to(backend, tls={"enabled": True, "insecure_skip_verify": True},
+                     credentials_key="x-backend-key", credentials_value=SECRET, compression=True)
+    directory = Path(proxy._relay.path).parent if proxy._relay else None
+    assert directory is not None and directory.stat().st_mode & 0o777 == 0o700
+    assert Path(proxy._relay.path).stat().st_mode & 0o777 == 0o600  # type: ignore[union-attr]
+    result = await call(proxy, "connect", connect())
+    assert result.user == "zoe"
+    ((_, _, md),) = backend.calls
+    assert md["x-backend-key"] == SECRET
+    assert not directory.exists()  # closed with the proxy
+
+
+@pytest_twisted.ensureDeferred
+async def test_skip_verify_with_mutual_tls(
+    certs: Certs, mutual_backend: GRPCBackend, warnings_logged: list[str]
+) -> None:
+    anonymous = proxy_to(mutual_backend, tls={"enabled": True, "insecure_skip_verify": True})
+    with pytest.raises(ProxyFailure, match="GRPC UNAVAILABLE"):
+        await call(anonymous, "connect", connect())
+    assert mutual_backend.calls == []
+    assert any(line.startswith(f"proxy g: TLS to 127.0.0.1:{mutual_backend.port} failed: ")
+               for line in warnings_logged), warnings_logged
+    good = certs.good
+    known = proxy_to(mutual_backend, tls={
+        "enabled": True, "insecure_skip_verify": True,
+        "cert_pem": str(good.client_cert), "key_pem": str(good.client_key),
+    })
+    assert (await call(known, "connect", connect())).user == "zoe"
+    assert mutual_backend.peers == ["rtserver test client"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_skip_verify_to_a_plaintext_backend_fails(warnings_logged: list[str]) -> None:
+    plain = GRPCBackend(free_port())
+    try:
+        proxy = proxy_to(plain, tls={"enabled": True, "insecure_skip_verify": True})
+        with pytest.raises(ProxyFailure, match="GRPC UNAVAILABLE"):
+            await call(proxy, "connect", connect())
+    finally:
+        plain.stop()
+    assert plain.calls == []
+    assert any("TLS to 127.0.0.1" in line for line in warnings_logged), warnings_logged
+
+
+@pytest_twisted.ensureDeferred
+async def test_skip_verify_to_a_closed_port_fails(warnings_logged: list[str]) -> None:
+    closed = GRPCBackend(free_port())
+    closed.stop()
+    proxy = proxy_to(closed, tls={"enabled": True, "insecure_skip_verify": True})
+    with pytest.raises(ProxyFailure, match="GRPC UNAVAILABLE"):
+        await call(proxy, "connect", connect())
+    assert any(line.startswith(f"proxy g: cannot connect to 127.0.0.1:{closed.port}: ")
+               for line in warnings_logged), warnings_logged
 
 
 # --- configuration -------------------------------------------------------------------------
@@ -248,8 +328,6 @@ def test_environment_sets_the_grpc_keys() -> None:
 @pytest.mark.parametrize(
     ("grpc", "message"),
     [
-        ({"tls": {"enabled": True, "insecure_skip_verify": True}},
-         "proxies[0].grpc.tls.insecure_skip_verify: not supported"),
         ({"tls": {"enabled": True, "cert_pem": "/nonexistent.pem"}},
          "proxies[0].grpc.tls: cert_pem and key_pem go together"),
         ({"tls": {"enabled": True, "server_ca_pem": "/nonexistent.pem"}},
@@ -277,8 +355,8 @@ def test_invalid_grpc_settings_name_the_key_never_the_secret(
 def test_tls_of_an_http_proxy_endpoint_is_not_checked() -> None:
     """``grpc`` applies to grpc:// endpoints only, as in Centrifugo."""
     data = {"proxies": [{"name": "h", "endpoint": "http://b/",
-                         "grpc": {"tls": {"enabled": True, "insecure_skip_verify": True}}}]}
-    assert config.from_mapping(data).proxies[0].grpc.tls.insecure_skip_verify
+                         "grpc": {"tls": {"enabled": True, "cert_pem": "/nonexistent.pem"}}}]}
+    assert config.from_mapping(data).proxies[0].grpc.tls.cert_pem == "/nonexistent.pem"
 
 
 # --- end to end ----------------------------------------------------------------------------
@@ -297,6 +375,9 @@ def tls_server(
         "credentials_key": "x-backend-key", "credentials_value": SECRET, "compression": True,
     }
     wrong_ca = {**grpc, "tls": {**grpc["tls"], "server_ca_pem": str(certs.stranger)}}
+    unverified = {**grpc, "tls": {"enabled": True, "insecure_skip_verify": True,
+                                  "cert_pem": str(good.client_cert),
+                                  "key_pem": str(good.client_key)}}
     overrides = {
         "log": {"level": "debug"},
         "client": {"proxy": {"connect": {"enabled": True, "endpoint": endpoint,
@@ -304,10 +385,14 @@ def tls_server(
         "proxies": [
             {"name": "good", "endpoint": endpoint, "grpc": grpc},
             {"name": "wrongca", "endpoint": endpoint, "grpc": wrong_ca},
+            {"name": "unverified", "endpoint": endpoint, "grpc": unverified},
         ],
         "channel": {"namespaces": [{"name": "proxied"}]},  # the backend's connect subs
         "rpc": {"without_namespace": {"proxy_enabled": True, "proxy_name": "good"},
-                "namespaces": [{"name": "wrong", "proxy_enabled": True, "proxy_name": "wrongca"}]},
+                "namespaces": [
+                    {"name": "wrong", "proxy_enabled": True, "proxy_name": "wrongca"},
+                    {"name": "skip", "proxy_enabled": True, "proxy_name": "unverified"},
+                ]},
     }
     try:
         with run_server(tmp_path_factory.mktemp("rtserver-grpc-tls"), overrides) as server:
@@ -316,6 +401,8 @@ def tls_server(
         backend.stop()
     log = server.log_path.read_text()  # the whole log, shutdown included, at debug level
     assert "GRPC UNAVAILABLE" in log and SECRET not in log
+    (relay,) = re.findall(r"starting on '(/[^']*/relay\.sock)'", log)
+    assert not Path(relay).parent.exists()  # the relay's directory went with the server
 
 
 @pytest.mark.interop
@@ -328,6 +415,8 @@ def test_python_sdk_through_tls_proxies(tls_server: tuple[Server, GRPCBackend]) 
             await client.connect()
             seen = (await bounded(client.rpc("whoami", {}))).data
             assert (seen["user"], seen["transport"]) == ("kim", "websocket")
+            unverified = (await bounded(client.rpc("skip:whoami", {}))).data
+            assert unverified["user"] == "kim"
             with pytest.raises(ReplyError) as err:
                 await bounded(client.rpc("wrong:whoami", {}))
             assert (err.value.code, err.value.message) == (100, "internal server error")
@@ -336,7 +425,7 @@ def test_python_sdk_through_tls_proxies(tls_server: tuple[Server, GRPCBackend]) 
 
     run_scenario(scenario())
     assert [(m, md.get("x-backend-key"), md.get("cookie")) for m, _, md in backend.calls] == [
-        ("Connect", SECRET, "session=kim"), ("RPC", SECRET, None)
+        ("Connect", SECRET, "session=kim"), ("RPC", SECRET, None), ("RPC", SECRET, None)
     ]
     assert set(backend.peers) == {"rtserver test client"}
     failed = [line for line in server.log(tail=10**9).splitlines() if "wrong:whoami" in line
