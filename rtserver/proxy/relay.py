@@ -85,7 +85,8 @@ class _Outbound(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
         from OpenSSL import SSL
 
-        if reason.check(SSL.Error) or not self.received:  # the backend never spoke HTTP/2
+        # Closed by the backend before it spoke HTTP/2 (not because grpcio hung up).
+        if not self.inbound.closed and (reason.check(SSL.Error) or not self.received):
             _log.warn(
                 "proxy {name}: TLS to {target} failed: {error}",
                 name=self.inbound.relay.name, target=self.inbound.relay.target,
@@ -104,6 +105,7 @@ class _Inbound(Protocol):
         self.closed = False
 
     def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
+        self.transport.pauseProducing()  # type: ignore[union-attr]  # read again once paired
         d = self.relay.endpoint.connect(_OutboundFactory(self))
         d.addErrback(self._failed)
 
@@ -119,6 +121,7 @@ class _Inbound(Protocol):
         for data in self.pending:
             tls.write(data)
         self.pending = []
+        inbound.resumeProducing()
 
     def _failed(self, reason: Failure) -> None:
         _log.warn(

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import pytest_twisted
 from centrifuge import Client, ReplyError
@@ -28,6 +29,7 @@ from rtserver.core.proxy import (
     Proxies,
     ProxyEntry,
     ProxyFailure,
+    PublishProxyRequest,
     RPCProxyRequest,
 )
 from rtserver.proxy.grpc import GRPCProxy
@@ -248,6 +250,26 @@ async def test_skip_verify_accepts_any_certificate(
     ((_, _, md),) = backend.calls
     assert md["x-backend-key"] == SECRET
     assert not directory.exists()  # closed with the proxy
+
+
+@pytest_twisted.ensureDeferred
+async def test_skip_verify_relays_concurrent_large_calls(backend: GRPCBackend) -> None:
+    """30 concurrent 1 MiB publishes in and out through the relay, intact."""
+    from twisted.internet.defer import gatherResults
+
+    proxy = proxy_to(backend, tls={"enabled": True, "insecure_skip_verify": True})
+    entry = ProxyEntry("g", proxy, 20.0)
+    texts = [f"{i:02d}" + "x" * (1 << 20) for i in range(30)]
+    try:
+        results = await gatherResults([
+            Proxies().call(entry, proxy.publish(PublishProxyRequest(
+                **COMMON, user="u", channel="c", data=orjson.dumps({"text": text}),
+            )), reactor)
+            for text in texts
+        ])
+    finally:
+        await proxy.close()
+    assert [orjson.loads(r.data)["text"] for r in results] == [t.upper() for t in texts]
 
 
 @pytest_twisted.ensureDeferred
