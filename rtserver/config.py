@@ -204,10 +204,43 @@ class PersonalChannelConfig:
 
 
 @dataclass(frozen=True)
+class ClientTLSConfig:
+    """TLS of a connection rtserver opens (Centrifugo's TLS object, client side).
+
+    Used by ``engine.redis.tls``/``sentinel_tls`` and by the ``grpc.tls`` of GRPC
+    proxies. Each ``*_pem`` value is PEM text, base64 of PEM text, or the path of a PEM
+    file (tried in that order, as Centrifugo does).
+    """
+
+    enabled: bool = False
+    cert_pem: str = ""
+    key_pem: str = field(default="", repr=False)
+    server_ca_pem: str = ""
+    insecure_skip_verify: bool = False
+    server_name: str = ""
+
+
+#: The Redis engine's name of :class:`ClientTLSConfig`.
+RedisTLSConfig = ClientTLSConfig
+
+
+@dataclass(frozen=True)
 class ProxyHTTPConfig:
     """HTTP specifics of a proxy: headers added to every request."""
 
     static_headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProxyGRPCConfig:
+    """GRPC specifics of a proxy (``grpc://`` endpoints, docs/proxies.rst "GRPC")."""
+
+    tls: ClientTLSConfig = field(default_factory=ClientTLSConfig)
+    #: Metadata key sent with every call (Centrifugo's per-RPC credentials); "" = none.
+    credentials_key: str = ""
+    credentials_value: str = field(default="", repr=False)
+    #: Compress requests with gzip.
+    compression: bool = False
 
 
 @dataclass(frozen=True)
@@ -222,6 +255,7 @@ class ProxyConfig:
     binary_encoding: bool = False
     include_connection_meta: bool = False
     http: ProxyHTTPConfig = field(default_factory=ProxyHTTPConfig)
+    grpc: ProxyGRPCConfig = field(default_factory=ProxyGRPCConfig)
 
 
 @dataclass(frozen=True)
@@ -502,22 +536,6 @@ class PrometheusConfig:
 
     enabled: bool = False
     handler_prefix: str = "/metrics"
-
-
-@dataclass(frozen=True)
-class RedisTLSConfig:
-    """TLS of the connections to Redis or to Sentinel (Centrifugo's TLS object).
-
-    Each ``*_pem`` value is PEM text, base64 of PEM text, or the path of a PEM file
-    (tried in that order, as Centrifugo does).
-    """
-
-    enabled: bool = False
-    cert_pem: str = ""
-    key_pem: str = field(default="", repr=False)
-    server_ca_pem: str = ""
-    insecure_skip_verify: bool = False
-    server_name: str = ""
 
 
 #: A list key that also takes a single string (``"address": "127.0.0.1:6379"``).
@@ -1193,7 +1211,7 @@ def parse_duration(value: Any, key: str) -> float:
 def _shown(value: Any, key: str) -> str:
     """A value for an error message; secrets are described, never printed."""
     leaf = key.rsplit(".", 1)[-1]
-    if any(word in leaf for word in ("secret", "key", "password")):
+    if any(word in leaf for word in ("secret", "key", "password", "credentials")):
         return f"a value of type {type(value).__name__}"
     return repr(value)
 
@@ -1483,6 +1501,33 @@ def _validate_endpoint(proxy: ProxyConfig, key: str) -> None:
         )
     if proxy.timeout <= 0:
         raise ConfigError(f"{key}.timeout: must be positive")
+    if endpoint.startswith("grpc://"):
+        _validate_proxy_grpc(proxy.grpc, f"{key}.grpc")
+
+
+#: A GRPC metadata key as grpcio sends it (lower case; ``-bin`` keys carry bytes).
+_METADATA_KEY_RE = re.compile(r"[0-9a-z_.-]+")
+#: Printable ASCII: the characters a text metadata value may hold.
+_METADATA_VALUE_RE = re.compile(r"[\x20-\x7e]*")
+
+
+def _validate_proxy_grpc(grpc: ProxyGRPCConfig, key: str) -> None:
+    """``grpc`` of a GRPC proxy; never puts ``credentials_value`` in a message."""
+    if grpc.tls.enabled:
+        validate_client_tls(grpc.tls, f"{key}.tls")
+    name = grpc.credentials_key.lower()
+    if grpc.credentials_value and not name:
+        raise ConfigError(f"{key}.credentials_value: set without credentials_key")
+    if name:
+        if not _METADATA_KEY_RE.fullmatch(name) or name.startswith("grpc-"):
+            raise ConfigError(
+                f"{key}.credentials_key: {grpc.credentials_key!r} is not a GRPC metadata key "
+                "(letters, digits, '-', '_', '.'; not starting with 'grpc-')"
+            )
+        if name.endswith("-bin"):
+            raise ConfigError(f"{key}.credentials_key: binary ('-bin') keys are not supported")
+        if not _METADATA_VALUE_RE.fullmatch(grpc.credentials_value):
+            raise ConfigError(f"{key}.credentials_value: only printable ASCII characters")
 
 
 def proxy_names(config: Config) -> dict[str, dict[str, ProxyConfig]]:
@@ -1640,14 +1685,22 @@ def _validate_redis(redis: RedisEngineConfig) -> None:
         raise ConfigError("engine.redis.presence_ttl: must be at least 1s")
     redis_shards(redis)
     for name, tls in (("tls", redis.tls), ("sentinel_tls", redis.sentinel_tls)):
-        if not tls.enabled:
-            continue
-        if bool(tls.cert_pem) != bool(tls.key_pem):
-            raise ConfigError(f"engine.redis.{name}: cert_pem and key_pem go together")
-        for pem in ("cert_pem", "key_pem", "server_ca_pem"):
-            value = getattr(tls, pem)
-            if value:
-                load_pem(value, f"engine.redis.{name}.{pem}")
+        if tls.enabled:
+            validate_client_tls(tls, f"engine.redis.{name}")
+
+
+def validate_client_tls(tls: ClientTLSConfig, key: str) -> None:
+    """An enabled client TLS object: a certificate goes with its key, every PEM loads.
+
+    Raises:
+        ConfigError: naming ``key`` and the field.
+    """
+    if bool(tls.cert_pem) != bool(tls.key_pem):
+        raise ConfigError(f"{key}: cert_pem and key_pem go together")
+    for pem in ("cert_pem", "key_pem", "server_ca_pem"):
+        value = getattr(tls, pem)
+        if value:
+            load_pem(value, f"{key}.{pem}")
 
 
 _BROKER_TYPES = ("memory", "redis", "nats")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.application.service import MultiService, Service
 from twisted.application.strports import service as strports_service
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from twisted.internet.task import deferLater
 from twisted.web.resource import Resource
 
@@ -370,18 +370,18 @@ def build_verifier(config: Config, reactor: Any) -> JWTVerifier | None:
 class ProxyPoolService(Service):
     """Closes the proxies' connections (HTTP keep-alive pool, GRPC channels) at stop."""
 
-    def __init__(self, pool: Any, closers: list[Callable[[], None]] | None = None) -> None:
+    def __init__(
+        self, pool: Any, closers: list[Callable[[], Deferred[None]]] | None = None
+    ) -> None:
         self.pool = pool
         self.closers = closers or []
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
-        for close in self.closers:
-            close()
-        if self.pool is None:
-            return succeed(None)
-        closed: Deferred[Any] = self.pool.closeCachedConnections()
-        return closed
+        closed: list[Deferred[Any]] = [close() for close in self.closers]
+        if self.pool is not None:
+            closed.append(self.pool.closeCachedConnections())
+        return gatherResults(closed, consumeErrors=True)
 
 
 def build_proxies(
@@ -397,7 +397,7 @@ def build_proxies(
         ConfigError: a namespace names a proxy nobody provides.
     """
     pool: Any = None
-    closers: list[Callable[[], None]] = []
+    closers: list[Callable[[], Deferred[None]]] = []
     adapters: dict[int, IProxy] = {}
 
     def http(name: str, proxy: ProxyConfig) -> ProxyEntry:

@@ -274,6 +274,15 @@ _PROXY_KEYS = {
     "binary_encoding": "``b64data``/``b64info`` instead of raw JSON",
     "include_connection_meta": "send the connection's ``meta`` along",
     "http.static_headers": "headers added to every request (object)",
+    "grpc.tls.enabled": "TLS to a ``grpc://`` backend (docs/proxies.rst, \"GRPC\")",
+    "grpc.tls.cert_pem": "client certificate (mutual TLS): PEM text, base64 PEM or a file path",
+    "grpc.tls.key_pem": "its private key (same forms)",
+    "grpc.tls.server_ca_pem": "CA(s) to verify the backend with (default: the system)",
+    "grpc.tls.insecure_skip_verify": "accept any certificate (tests only; a TLS relay)",
+    "grpc.tls.server_name": "name the certificate must carry (default: the endpoint's host)",
+    "grpc.credentials_key": "metadata key sent with every call (per-RPC credentials)",
+    "grpc.credentials_value": "its value (never logged)",
+    "grpc.compression": "gzip-compress requests",
 }
 for _prefix in (
     "client.proxy.connect",

@@ -1,11 +1,16 @@
 """The GRPC proxy adapter: Centrifugo's ``CentrifugoProxy`` service over grpcio.
 
-One channel per ``grpc://host:port`` endpoint (plaintext, HTTP/2 keep-alive by grpcio).
-Calls use grpcio's future API: the answer arrives on a grpcio thread and is handed to the
-reactor with ``callFromThread``; cancelling the Deferred (the core's timeout, or the
-client leaving) cancels the RPC. Messages are ``proxy.proto`` (Centrifugo's field
-numbers). ``http_headers``/``emulated_headers`` become metadata as in Centrifugo
-(lower-case keys).
+One channel per ``grpc://host:port`` endpoint (HTTP/2 keep-alive by grpcio): plaintext,
+or TLS with ``grpc.tls`` (grpcio's SSL credentials: ``server_ca_pem`` or the system's
+roots, ``cert_pem``/``key_pem`` for mutual TLS, ``server_name`` as the name checked;
+``insecure_skip_verify``, which grpcio cannot do, through :class:`TLSRelay`),
+gzip-compressed requests with ``grpc.compression``. Calls use grpcio's future API: the
+answer arrives on a grpcio thread and is handed to the reactor with ``callFromThread``;
+cancelling the Deferred (the core's timeout, or the client leaving) cancels the RPC.
+Messages are ``proxy.proto`` (Centrifugo's field numbers). ``http_headers``/
+``emulated_headers`` become metadata as in Centrifugo (lower-case keys), then
+``grpc.credentials_key``/``credentials_value`` (Centrifugo's per-RPC credentials, sent
+with or without TLS as Centrifugo does; they replace a forwarded header of that name).
 """
 
 from __future__ import annotations
@@ -15,10 +20,10 @@ import binascii
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
-from rtserver.config import ProxyConfig
+from rtserver.config import ClientTLSConfig, ProxyConfig, load_pem
 from rtserver.core.proxy import (
     ConnectProxyRequest,
     ConnectProxyResult,
@@ -39,15 +44,16 @@ from rtserver.core.proxy import (
 from rtserver.core.types import Overrides, SubscriptionGrant
 from rtserver.protocol.codes import Disconnect, Error
 from rtserver.proxy import proxy_pb2 as pb
+from rtserver.proxy.relay import TLSRelay
 
-__all__ = ["SERVICE", "GRPCProxy"]
+__all__ = ["SERVICE", "GRPCProxy", "channel_credentials"]
 
 SERVICE = "/centrifugal.centrifugo.proxy.CentrifugoProxy/"
 _T = TypeVar("_T")
 
 
 def metadata(config: ProxyConfig, request: ProxyRequest) -> tuple[tuple[str, str | bytes], ...]:
-    """Emulated headers then transport headers allowed by the config, as metadata."""
+    """Emulated headers, transport headers allowed by the config, then the credentials."""
     out: dict[str, str] = {}
     emulated = {h.lower() for h in config.emulated_headers}
     for name, value in request.emulated_headers.items():
@@ -57,7 +63,44 @@ def metadata(config: ProxyConfig, request: ProxyRequest) -> tuple[tuple[str, str
     for name, value in request.headers.items():
         if name.lower() in allowed:
             out[name.lower()] = value
+    if config.grpc.credentials_key:
+        out[config.grpc.credentials_key.lower()] = config.grpc.credentials_value
     return tuple(out.items())
+
+
+def _tls_pem(tls: ClientTLSConfig, key: str) -> tuple[bytes | None, bytes | None, bytes | None]:
+    """``(server CA, client certificate, its key)`` PEM bytes of ``tls`` (None: unset)."""
+    roots = load_pem(tls.server_ca_pem, f"{key}.server_ca_pem") if tls.server_ca_pem else None
+    chain = private = None
+    if tls.cert_pem and tls.key_pem:
+        chain = load_pem(tls.cert_pem, f"{key}.cert_pem")
+        private = load_pem(tls.key_pem, f"{key}.key_pem")
+    return roots, chain, private
+
+
+def channel_credentials(tls: ClientTLSConfig, key: str) -> tuple[Any, tuple[tuple[str, str], ...]]:
+    """The grpcio channel credentials and options of an enabled, verifying ``grpc.tls``.
+
+    Args:
+        tls: The proxy's TLS object (``insecure_skip_verify`` goes through
+            :class:`~rtserver.proxy.relay.TLSRelay` instead: grpcio always verifies).
+        key: Its configuration key, for error messages.
+
+    Returns:
+        ``(credentials, options)``: the options override the name checked against the
+        certificate when ``server_name`` is set.
+
+    Raises:
+        ConfigError: a PEM value cannot be loaded.
+    """
+    import grpc
+
+    roots, chain, private = _tls_pem(tls, key)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=roots, private_key=private, certificate_chain=chain
+    )
+    options = (("grpc.ssl_target_name_override", tls.server_name),) if tls.server_name else ()
+    return credentials, options
 
 
 # --- values <-> messages ---------------------------------------------------------------------
@@ -162,12 +205,33 @@ class GRPCProxy:
         self._config = config
         self._reactor = reactor
         self._binary = config.binary_encoding
-        self._channel = grpc.insecure_channel(config.endpoint.removeprefix("grpc://"))
+        target = config.endpoint.removeprefix("grpc://")
+        compression = grpc.Compression.Gzip if config.grpc.compression else None
+        tls = config.grpc.tls
+        self._relay: TLSRelay | None = None
+        if tls.enabled and tls.insecure_skip_verify:
+            _, chain, private = _tls_pem(tls, f"proxy {name}: grpc.tls")
+            self._relay = TLSRelay(name, target, reactor=reactor, server_name=tls.server_name,
+                                   certificate=chain, private_key=private)
+            self._channel = grpc.insecure_channel(
+                "unix:" + self._relay.path, options=(("grpc.default_authority", target),),
+                compression=compression,
+            )
+        elif tls.enabled:
+            credentials, options = channel_credentials(tls, f"proxy {name}: grpc.tls")
+            self._channel = grpc.secure_channel(
+                target, credentials, options=options, compression=compression
+            )
+        else:
+            self._channel = grpc.insecure_channel(target, compression=compression)
         self._methods: dict[str, Any] = {}
 
-    def close(self) -> None:
-        """Close the channel (at server shutdown)."""
+    def close(self) -> Deferred[None]:
+        """Close the channel, then the TLS relay if any (at server shutdown)."""
         self._channel.close()
+        if self._relay is not None:
+            return self._relay.close()
+        return succeed(None)
 
     def _call(
         self, method: str, msg: Any, response_type: Any, request: ProxyRequest,

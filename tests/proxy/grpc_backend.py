@@ -5,7 +5,10 @@ authenticates, ``proxied:allowed*`` channels are allowed, publications are upper
 (kept out of history, plus the ``PublishResult`` fields of an ``"ask"`` object in the data),
 RPC ``whoami`` tells what the backend saw, ``fail`` is error 1404 and ``sleep`` answers
 after 2 s. Runs in the test process on grpcio's threads; ``calls`` records
-``(method, request, metadata)`` and ``cancelled`` counts calls the client cancelled.
+``(method, request, metadata)``, ``peers`` the common name of each call's client
+certificate ("" without one) and ``cancelled`` counts calls the client cancelled.
+Plaintext, or TLS with ``tls=(certificate, key)`` (PEM bytes), requiring a client
+certificate signed by ``client_ca``; ``options`` are grpcio server options.
 """
 
 from __future__ import annotations
@@ -31,12 +34,20 @@ METHODS = {
 
 
 class GRPCBackend:
-    def __init__(self, port: int) -> None:
+    def __init__(
+        self,
+        port: int,
+        *,
+        tls: tuple[bytes, bytes] | None = None,
+        client_ca: bytes | None = None,
+        options: tuple[tuple[str, Any], ...] = (),
+    ) -> None:
         self.port = port
         self.calls: list[tuple[str, Any, dict[str, str]]] = []
+        self.peers: list[str] = []
         self.cancelled = 0
         self._lock = threading.Lock()
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=options)
         handlers = {
             name: grpc.unary_unary_rpc_method_handler(
                 self._handler(name),
@@ -49,7 +60,14 @@ class GRPCBackend:
             (grpc.method_handlers_generic_handler("centrifugal.centrifugo.proxy.CentrifugoProxy",
                                                   handlers),)
         )
-        self.server.add_insecure_port(f"127.0.0.1:{port}")
+        if tls is None:
+            self.server.add_insecure_port(f"127.0.0.1:{port}")
+        else:
+            credentials = grpc.ssl_server_credentials(
+                [(tls[1], tls[0])], root_certificates=client_ca,
+                require_client_auth=client_ca is not None,
+            )
+            self.server.add_secure_port(f"127.0.0.1:{port}", credentials)
         self.server.start()
 
     def stop(self) -> None:
@@ -58,8 +76,10 @@ class GRPCBackend:
     def _handler(self, name: str) -> Any:
         def handle(request: Any, context: grpc.ServicerContext) -> Any:
             md = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
+            names = context.auth_context().get("x509_common_name", [b""])
             with self._lock:
                 self.calls.append((name, request, md))
+                self.peers.append(names[0].decode())
             return getattr(self, name.lower())(request, md, context)
 
         return handle
