@@ -4,6 +4,7 @@
 
     PYTHONPATH=. python bench/broker_publish.py                 # 20k publications x 3 rounds
     PYTHONPATH=. python bench/broker_publish.py --pubs 50000 --rounds 5
+    PYTHONPATH=. python bench/broker_publish.py --backends nats,nats-tls   # TLS cost
 
 A ``Node`` (no clients, no HTTP) publishes through each backend against a real
 ``redis-server`` / ``nats-server`` on loopback: ``Node.publish`` -> engine -> socket,
@@ -14,7 +15,10 @@ history script), ``nats`` (``broker.type: nats`` on the memory engine), ``redis+
 (``engine.type: redis`` + NATS: the history script without its PUBLISH, then a NATS
 PUB), and only when ``--backends`` names them ``redis-cluster`` (the Redis engine on a
 3-master Redis Cluster started for the run: commands routed by hash slot, one EVALSHA or
-PUBLISH on the channel's master) and ``memory`` (the memory engine). Channels:
+PUBLISH on the channel's master), ``memory`` (the memory engine) and ``nats-tls`` (the
+NATS broker on the memory engine over TLS: a second nats-server with ``--tls`` and a
+certificate of a test CA made for the run, ``tls://`` URL, ``broker.nats.tls`` with that
+CA; TLS 1.3 as the server and OpenSSL agree on it). Channels:
 ``plain`` (no history) and ``hist`` (history 100); with ``--versions`` also ``hist:v``,
 history 100 with every publication carrying the next ``version`` (all accepted: the
 version check's full cost, one more HMGET and HSET in the Lua script). Rounds interleave
@@ -41,14 +45,15 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))  # the test CA of the TLS tests
 
 from fanout import _cpus, _free_port, _spawn, _stop, _wait_listening, machine  # noqa: E402
 from run import HOST  # noqa: E402
 
 
 @contextlib.contextmanager
-def server(kind: str, cpu: int | None) -> Iterator[int]:
-    """A throw-away redis-server or nats-server; yields its port."""
+def server(kind: str, cpu: int | None, tls: Any = None) -> Iterator[int]:
+    """A throw-away redis-server or nats-server (``tls``: TLSFiles, TLS only); its port."""
     port = _free_port()
     if kind == "redis":
         binary = shutil.which("redis-server")
@@ -57,6 +62,8 @@ def server(kind: str, cpu: int | None) -> Iterator[int]:
     else:
         binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
         cmd = [binary, "-a", HOST, "-p", str(port)]
+        if tls is not None:
+            cmd += ["--tls", "--tlscert", str(tls.cert), "--tlskey", str(tls.key)]
     if binary is None or not Path(binary).exists():
         raise SystemExit(f"{kind}-server is not installed")
     proc = _spawn(cmd, cpu, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -106,7 +113,9 @@ def redis_cluster(cpu: int | None, masters: int = 3) -> Iterator[tuple[str, list
                 _stop(proc)
 
 
-def make_config(kind: str, redis_port: int, nats_port: int, cluster_url: str = "") -> Any:
+def make_config(
+    kind: str, redis_port: int, nats_port: int, cluster_url: str = "", tls: Any = None
+) -> Any:
     from rtserver import config
 
     data: dict[str, Any] = {
@@ -120,7 +129,13 @@ def make_config(kind: str, redis_port: int, nats_port: int, cluster_url: str = "
         data["engine"] = {"type": "redis",
                           "redis": {"address": [f"redis://{HOST}:{redis_port}"],
                                     "prefix": f"b{os.getpid()}"}}
-    if "nats" in kind:
+    if kind == "nats-tls":
+        port, files = tls
+        data["broker"] = {"enabled": True, "type": "nats",
+                          "nats": {"url": f"tls://{HOST}:{port}",
+                                   "tls": {"enabled": True,
+                                           "server_ca_pem": str(files.ca_cert)}}}
+    elif "nats" in kind:
         data["broker"] = {"enabled": True, "type": "nats",
                           "nats": {"url": f"nats://{HOST}:{nats_port}"}}
     return config.from_mapping(data)
@@ -168,7 +183,11 @@ async def one_round(node: Any, channel: str, pubs: int, batch: int) -> float:
 
 
 async def measure(
-    args: argparse.Namespace, redis_port: int, nats_port: int, cluster_url: str = ""
+    args: argparse.Namespace,
+    redis_port: int,
+    nats_port: int,
+    cluster_url: str = "",
+    tls: Any = None,
 ) -> dict[str, Any]:
     from twisted.internet import reactor
 
@@ -177,7 +196,7 @@ async def measure(
 
     nodes = {}
     for kind in args.backends:
-        cfg = make_config(kind, redis_port, nats_port, cluster_url)
+        cfg = make_config(kind, redis_port, nats_port, cluster_url, tls)
         node = Node(build_engine(cfg, reactor), cfg, clock=reactor)
         await node.start()
         assert node.engine.healthy, kind
@@ -233,11 +252,19 @@ def main(argv: list[str] | None = None) -> int:
             if "redis-cluster" in args.backends
             else ""
         )
+        tls = None
+        if "nats-tls" in args.backends:
+            import tempfile
+
+            from redisserver import make_tls
+
+            files = make_tls(Path(stack.enter_context(tempfile.TemporaryDirectory())))
+            tls = (stack.enter_context(server("nats", side_cpu, files)), files)
         out: dict[str, Any] = {}
 
         def run(_: Any) -> Deferred[None]:
             async def go() -> None:
-                out.update(await measure(args, redis_port, nats_port, cluster_url))
+                out.update(await measure(args, redis_port, nats_port, cluster_url, tls))
 
             return Deferred.fromCoroutine(go())
 

@@ -33,9 +33,11 @@ __all__ = [
     "ChannelConfig",
     "ChannelOptions",
     "ClientConfig",
+    "ClientTLSConfig",
     "Config",
     "ConfigError",
     "NamespaceOptions",
+    "NatsAddress",
     "NatsBrokerConfig",
     "PresenceManagerConfig",
     "RedisAddress",
@@ -45,6 +47,7 @@ __all__ = [
     "load",
     "load_pem",
     "parse_address",
+    "parse_nats_urls",
     "redis_shards",
     "schema_keys",
     "server_tls_files",
@@ -207,9 +210,9 @@ class PersonalChannelConfig:
 class ClientTLSConfig:
     """TLS of a connection rtserver opens (Centrifugo's TLS object, client side).
 
-    Used by ``engine.redis.tls``/``sentinel_tls`` and by the ``grpc.tls`` of GRPC
-    proxies. Each ``*_pem`` value is PEM text, base64 of PEM text, or the path of a PEM
-    file (tried in that order, as Centrifugo does).
+    Used by ``engine.redis.tls``/``sentinel_tls``, ``broker.nats.tls`` and the
+    ``grpc.tls`` of GRPC proxies. Each ``*_pem`` value is PEM text, base64 of PEM
+    text, or the path of a PEM file (tried in that order, as Centrifugo does).
     """
 
     enabled: bool = False
@@ -218,10 +221,6 @@ class ClientTLSConfig:
     server_ca_pem: str = ""
     insecure_skip_verify: bool = False
     server_name: str = ""
-
-
-#: The Redis engine's name of :class:`ClientTLSConfig`.
-RedisTLSConfig = ClientTLSConfig
 
 
 @dataclass(frozen=True)
@@ -555,13 +554,13 @@ class RedisEngineConfig:
     password: str = field(default="", repr=False)
     client_name: str = ""
     force_resp2: bool = False
-    tls: RedisTLSConfig = field(default_factory=RedisTLSConfig)
+    tls: ClientTLSConfig = field(default_factory=ClientTLSConfig)
     sentinel_address: list[str] = field(default_factory=list, metadata=_ONE_OR_MANY)
     sentinel_master_name: str = ""
     sentinel_user: str = ""
     sentinel_password: str = field(default="", repr=False)
     sentinel_client_name: str = ""
-    sentinel_tls: RedisTLSConfig = field(default_factory=RedisTLSConfig)
+    sentinel_tls: ClientTLSConfig = field(default_factory=ClientTLSConfig)
     cluster_address: list[str] = field(default_factory=list, metadata=_ONE_OR_MANY)
     connect_timeout: float = duration(1.0)
     io_timeout: float = duration(4.0)
@@ -603,10 +602,12 @@ class NatsRawModeConfig:
 class NatsBrokerConfig:
     """The NATS broker (``broker.type: nats``): PUB/SUB between nodes over NATS."""
 
+    #: One URL or several, comma-separated (failover, in order).
     url: str = "nats://localhost:4222"
     prefix: str = "centrifugo"
     dial_timeout: float = duration(1.0)
     write_timeout: float = duration(1.0)
+    tls: ClientTLSConfig = field(default_factory=ClientTLSConfig)
     allow_wildcards: bool = False
     raw_mode: NatsRawModeConfig = field(default_factory=NatsRawModeConfig)
 
@@ -848,13 +849,13 @@ class RedisAddress:
     db: int = 0
     user: str = ""
     password: str = field(default="", repr=False)
-    tls: RedisTLSConfig | None = None
+    tls: ClientTLSConfig | None = None
     client_name: str = ""
     master_name: str = ""
     sentinels: tuple[tuple[str, int], ...] = ()
     sentinel_user: str = ""
     sentinel_password: str = field(default="", repr=False)
-    sentinel_tls: RedisTLSConfig | None = None
+    sentinel_tls: ClientTLSConfig | None = None
     sentinel_client_name: str = ""
     #: Per-address overrides of engine.redis.connect_timeout / io_timeout (seconds).
     connect_timeout: float | None = None
@@ -1009,7 +1010,7 @@ def parse_address(
         raise ValueError("replica_client_enabled is not supported")
     tls = defaults.tls
     if scheme.startswith("rediss") or _flag(query, "tls_enabled"):
-        tls = tls or RedisTLSConfig(enabled=True)
+        tls = tls or ClientTLSConfig(enabled=True)
     master_name = query.get("sentinel_master_name", [defaults.master_name])[-1]
     sentinel = scheme.endswith("+sentinel") or bool(query.get("sentinel_master_name"))
     extra = query.get("addr", [])
@@ -1057,7 +1058,7 @@ def parse_address(
     sentinels = ((host, port), *(_host_port(a, "Sentinel address") for a in extra))
     sentinel_tls = defaults.sentinel_tls
     if scheme == "rediss+sentinel" or _flag(query, "sentinel_tls_enabled"):
-        sentinel_tls = sentinel_tls or RedisTLSConfig(enabled=True)
+        sentinel_tls = sentinel_tls or ClientTLSConfig(enabled=True)
     return dataclasses.replace(
         defaults,
         host=host,
@@ -1154,6 +1155,69 @@ def redis_shards(redis: RedisEngineConfig) -> list[RedisAddress]:
         except ValueError as e:
             raise ConfigError(f"engine.redis.address[{i}]: {e}") from None
     return shards
+
+
+@dataclass(frozen=True)
+class NatsAddress:
+    """One NATS server of ``broker.nats.url``; ``str()`` never shows credentials.
+
+    ``tls`` is True for a ``tls://`` URL.
+    """
+
+    host: str
+    port: int = 4222
+    user: str = ""
+    password: str = field(default="", repr=False)
+    token: str = field(default="", repr=False)
+    tls: bool = False
+
+    def __str__(self) -> str:
+        return f"{'tls' if self.tls else 'nats'}://{self.host}:{self.port}"
+
+    def __repr__(self) -> str:
+        return f"NatsAddress({self!s})"
+
+
+def parse_nats_urls(url: str) -> tuple[NatsAddress, ...]:
+    """The servers of ``broker.nats.url``, in order, as the official NATS clients read it.
+
+    A comma-separated list of ``nats://`` or ``tls://[user:password@|token@]host[:port]``
+    (the scheme may be left out: ``nats://``); surrounding spaces and empty entries are
+    ignored.
+
+    Raises:
+        ConfigError: naming ``broker.nats.url`` and the entry at fault.
+    """
+    addresses = []
+    for entry in url.split(","):
+        text = entry.strip()
+        if not text:
+            continue
+        if "://" not in text:
+            text = "nats://" + text
+        parts = urlsplit(text)
+        scheme = parts.scheme.lower()
+        shown = f"{parts.scheme}://{parts.hostname or ''}"
+        if scheme not in ("nats", "tls"):
+            raise ConfigError(
+                f"broker.nats.url: unsupported scheme in {shown!r} (use nats:// or tls://)"
+            )
+        if not parts.hostname:
+            raise ConfigError(f"broker.nats.url: no host in {shown!r}")
+        try:
+            port = parts.port or 4222
+        except ValueError:
+            raise ConfigError(f"broker.nats.url: invalid port in {shown!r}") from None
+        tls = scheme == "tls"
+        user = unquote(parts.username) if parts.username else ""
+        if parts.password is not None:
+            password = unquote(parts.password)
+            addresses.append(NatsAddress(parts.hostname, port, user, password, tls=tls))
+        else:
+            addresses.append(NatsAddress(parts.hostname, port, token=user, tls=tls))
+    if not addresses:
+        raise ConfigError("broker.nats.url: no server URL")
+    return tuple(addresses)
 
 
 def load_pem(value: str, key: str) -> bytes:
@@ -1739,17 +1803,9 @@ def _validate_redis_at(redis: RedisEngineConfig, key: str) -> None:
 
 
 def _validate_nats(nats: NatsBrokerConfig) -> None:
-    parts = urlsplit(nats.url.split(",")[0].strip())
-    if parts.scheme not in ("nats", "tls") or not parts.hostname:
-        raise ConfigError(
-            f"broker.nats.url: expected nats://[user:password@]host[:port], got {nats.url!r}"
-        )
-    if parts.scheme == "tls":
-        raise ConfigError("broker.nats.url: TLS to NATS is not supported yet (use nats://)")
-    try:
-        parts.port  # noqa: B018 - parsing the port validates it
-    except ValueError:
-        raise ConfigError("broker.nats.url: invalid port") from None
+    parse_nats_urls(nats.url)
+    if nats.tls.enabled:
+        validate_client_tls(nats.tls, "broker.nats.tls")
     if nats.dial_timeout <= 0 or nats.write_timeout <= 0:
         raise ConfigError("broker.nats: dial_timeout and write_timeout must be positive")
     if not nats.raw_mode.enabled and not nats.prefix:

@@ -194,10 +194,17 @@ MEANING = {
         "probe a silent PUB/SUB link after this; reconnect if deaf",
     "broker.enabled": "replace the engine's broker (PUB/SUB and history) with ``broker.type``",
     "broker.type": "memory, redis or nats (read only when enabled)",
-    "broker.nats.url": "``nats://[user:pass@]host:port`` of the NATS server",
+    "broker.nats.url":
+        "``nats://`` or ``tls://[user:pass@]host:port``; several comma-separated: failover",
     "broker.nats.prefix": "prefix of every NATS subject rtserver uses",
     "broker.nats.dial_timeout": "give up a connection attempt (TCP and handshake) after this",
     "broker.nats.write_timeout": "drop a NATS connection whose writes block this long",
+    "broker.nats.tls.enabled": "TLS to every NATS server (``tls://`` URLs turn it on too)",
+    "broker.nats.tls.cert_pem": "client certificate (mutual TLS), as ``engine.redis.tls.cert_pem``",
+    "broker.nats.tls.key_pem": "its private key, as ``engine.redis.tls.key_pem``",
+    "broker.nats.tls.server_ca_pem": "CA(s) to verify the servers with (default: the system)",
+    "broker.nats.tls.insecure_skip_verify": "do not verify the server certificate (tests only)",
+    "broker.nats.tls.server_name": "name the certificate must carry (default: the URL's host)",
     "broker.nats.allow_wildcards": "allow channels with ``*``/``>`` (NATS wildcard subscriptions)",
     "broker.nats.raw_mode.enabled": "channels are plain NATS subjects; payloads unwrapped",
     "broker.nats.raw_mode.channel_replacements":

@@ -9,6 +9,10 @@ Usable from pytest fixtures and from plain code::
         server.restart()                  # same port, no subscriptions kept
         server.publish("subject", b"x")   # one PUB on a fresh connection
 
+    with NatsServer(tls=make_tls(tmp_path), verify=True) as server:
+        server.url                        # "tls://127.0.0.1:<port>"; clients must
+                                          # present a certificate of the test CA
+
 :func:`require_nats_server` gives the binary's path, or skips the calling test (fails
 instead when ``RTSERVER_REQUIRE_ALL`` is set, as in CI). On Debian/Ubuntu the binary
 comes with the ``nats-server`` package.
@@ -16,14 +20,16 @@ comes with the ``nats-server`` package.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 from types import TracebackType
 
-from redisserver import free_port
+from redisserver import TLSFiles, free_port
 
 __all__ = ["NatsServer", "require_nats_server"]
 
@@ -58,19 +64,29 @@ class NatsServer:
         user: str = "",
         password: str = "",
         max_payload: int = 0,
+        tls: TLSFiles | None = None,
+        verify: bool = False,
     ) -> None:
+        """One server; started by :meth:`start`.
+
+        ``tls``: the server requires TLS with ``tls.cert``/``tls.key``; ``verify``: and a
+        client certificate issued by ``tls.ca_cert`` (``--tlsverify``).
+        """
         self.binary = binary or _binary() or "nats-server"
         self.port = port or free_port()
         self.user = user
         self.password = password
         self.max_payload = max_payload
+        self.tls = tls
+        self.verify = verify
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        """``nats://[user:password@]127.0.0.1:<port>``."""
+        """``nats://[user:password@]127.0.0.1:<port>`` (``tls://`` for a TLS server)."""
         auth = f"{self.user}:{self.password}@" if self.user else ""
-        return f"nats://{auth}127.0.0.1:{self.port}"
+        scheme = "tls" if self.tls else "nats"
+        return f"{scheme}://{auth}127.0.0.1:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -89,6 +105,10 @@ class NatsServer:
             with open(config, "w") as f:
                 f.write(f"max_payload: {self.max_payload}\n")
             args += ["-c", config]
+        if self.tls is not None:
+            args += ["--tls", "--tlscert", str(self.tls.cert), "--tlskey", str(self.tls.key)]
+            if self.verify:
+                args += ["--tlsverify", "--tlscacert", str(self.tls.ca_cert)]
         self.process = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
@@ -111,7 +131,8 @@ class NatsServer:
         auth = (
             f',"user":"{self.user}","pass":"{self.password}"'.encode() if self.user else b""
         )
-        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as raw:
+            sock = self._secure(raw) if self.tls is not None else raw
             sock.sendall(b'CONNECT {"verbose":false' + auth + b"}\r\n" + commands + b"PING\r\n")
             data = b""
             while b"PONG\r\n" not in data:
@@ -122,6 +143,21 @@ class NatsServer:
                 if b"-ERR" in data:
                     raise ConnectionError(data.decode(errors="replace"))
         return data
+
+    def _secure(self, sock: socket.socket) -> ssl.SSLSocket:
+        """Read the plaintext INFO, then TLS as a NATS client does (test CA, client cert)."""
+        assert self.tls is not None
+        info = b""
+        while not info.endswith(b"\r\n"):
+            chunk = sock.recv(1)
+            if not chunk:
+                raise ConnectionError("nats-server closed the connection before INFO")
+            info += chunk
+        if not json.loads(info.partition(b" ")[2]).get("tls_required"):
+            raise ConnectionError("nats-server does not require TLS")
+        context = ssl.create_default_context(cafile=str(self.tls.ca_cert))
+        context.load_cert_chain(str(self.tls.client_cert), str(self.tls.client_key))
+        return context.wrap_socket(sock, server_hostname="127.0.0.1")
 
     def publish(self, subject: str, payload: bytes) -> None:
         """PUB one message on a fresh connection (returns once the server has it)."""

@@ -35,7 +35,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from rtserver.config import NatsBrokerConfig
+from rtserver.config import NatsBrokerConfig, parse_nats_urls
 from rtserver.core.ports import IBroker, IEngineHandler, IHistory
 from rtserver.core.types import (
     ControlMessage,
@@ -44,7 +44,8 @@ from rtserver.core.types import (
     PublishOptions,
     Suppressed,
 )
-from rtserver.engines.natsconn import NatsLink, NatsUnavailable, parse_nats_url
+from rtserver.engines.natsconn import NatsLink, NatsUnavailable
+from rtserver.engines.tlsclient import load_tls_material
 from rtserver.engines.wire import (
     JOIN_PREFIX,
     LEAVE_PREFIX,
@@ -150,12 +151,16 @@ class NatsBroker:
         self._sids: dict[str, int] = {}
         self._routes: dict[int, tuple[int, str]] = {}
         self._subject_cache: dict[str, bytes] = {}
+        tls = config.tls if config.tls.enabled else None
+        if tls is not None:  # load the certificates now: a bad file fails at start
+            load_tls_material(tls, "broker.nats.tls")
         self.link = NatsLink(
-            parse_nats_url(config.url),
+            parse_nats_urls(config.url),
             clock,
             reactor,
             on_message=self._on_message,
             on_change=self._changed,
+            tls=tls,
             dial_timeout=config.dial_timeout,
             write_timeout=config.write_timeout,
             rng=rng,

@@ -10,6 +10,11 @@ threads, no second event loop, one ``transport.write`` per publication.
 
 The link:
 
+* connects to the servers of ``broker.nats.url`` in turn: the first that answers, and
+  on a lost connection or a failed attempt the next one (wrapping around);
+* speaks TLS when ``broker.nats.tls`` is enabled or a URL is ``tls://``, or when the
+  server requires it (as the official clients do): the server's first ``INFO`` is
+  plaintext, then TLS starts on the same connection before ``CONNECT``;
 * parses strictly and within bounds: a control line longer than
   :data:`MAX_CONTROL_LINE` or a message larger than the server's ``max_payload`` drops
   the connection (a protocol error, logged on one line);
@@ -28,10 +33,8 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import orjson
 from twisted.internet.defer import Deferred, fail, succeed
@@ -41,21 +44,22 @@ from twisted.internet.interfaces import (
     IPushProducer,
     IReactorTime,
     ITCPTransport,
+    ITLSTransport,
 )
 from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from rtserver import __version__
+from rtserver.config import ClientTLSConfig, NatsAddress
+from rtserver.engines.tlsclient import tls_connection_creator, tls_failure
 from rtserver.logs import Logger
 
 __all__ = [
     "MAX_CONTROL_LINE",
-    "NatsAddress",
     "NatsLink",
     "NatsProtocolError",
     "NatsUnavailable",
-    "parse_nats_url",
 ]
 
 _log = Logger()
@@ -74,53 +78,13 @@ class NatsProtocolError(ValueError):
     """The server sent something this client does not accept."""
 
 
-@dataclass(frozen=True)
-class NatsAddress:
-    """Where the NATS server lives; ``str()`` never shows credentials."""
-
-    host: str
-    port: int = 4222
-    user: str = ""
-    password: str = ""
-    token: str = ""
-
-    def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    def __repr__(self) -> str:
-        return f"NatsAddress({self!s})"
-
-
-def parse_nats_url(url: str) -> NatsAddress:
-    """Parse ``nats://[user:password@|token@]host[:port]``.
-
-    Only the first of a comma-separated list of servers is used.
-
-    Raises:
-        ValueError: for another scheme, no host or a bad port.
-    """
-    first = url.split(",")[0].strip()
-    if "://" not in first:
-        first = "nats://" + first
-    parts = urlsplit(first)
-    if parts.scheme != "nats":
-        raise ValueError(f"unsupported NATS URL scheme {parts.scheme!r} (use nats://)")
-    if not parts.hostname:
-        raise ValueError("NATS URL has no host")
-    try:
-        port = parts.port or 4222
-    except ValueError:
-        raise ValueError("NATS URL has an invalid port") from None
-    user = unquote(parts.username) if parts.username else ""
-    if parts.password is not None:
-        return NatsAddress(parts.hostname, port, user, unquote(parts.password))
-    return NatsAddress(parts.hostname, port, token=user)
-
-
 # --- the protocol ----------------------------------------------------------------------
 
 _AWAIT_INFO, _AWAIT_PONG, _READY = range(3)
 
+#: The TLS object used when the server requires TLS that the configuration does not
+#: enable: the system's trust store, the URL's host name.
+_SYSTEM_TLS = ClientTLSConfig(enabled=True)
 
 
 @implementer(IPushProducer)
@@ -131,8 +95,10 @@ class NatsProtocol(Protocol):
     (the server's ``max_payload``) of unparsed input.
     """
 
-    def __init__(self, link: NatsLink) -> None:
+    def __init__(self, link: NatsLink, address: NatsAddress) -> None:
         self.link = link
+        self.address = address
+        self.tls = False
         self.state = _AWAIT_INFO
         self.max_payload = DEFAULT_MAX_PAYLOAD
         self._buf = bytearray()
@@ -217,6 +183,24 @@ class NatsProtocol(Protocol):
         self.pongs.append(waiter)
         self.write(b"PING\r\n")
 
+    def start_tls(self, options: Any) -> None:
+        """Switch this connection to TLS; what is written from now on is encrypted."""
+        assert self.transport is not None
+        ITLSTransport(self.transport).startTLS(options)
+        self.tls = True
+
+    def close(self) -> None:
+        """Close cleanly (after what is buffered; TLS: with a close_notify)."""
+        assert self.transport is not None
+        # A TLS transport closes only once no producer is registered.
+        IConsumer(self.transport).unregisterProducer()
+        self.transport.loseConnection()
+
+    def close_now(self) -> None:
+        """Drop the connection without a word (stopping: nothing to log)."""
+        if not self.lost and self.transport is not None:
+            ITCPTransport(self.transport).abortConnection()
+
     def abort(self, why: str) -> None:
         """Drop the connection now (the link reconnects)."""
         if self.lost:
@@ -300,10 +284,8 @@ class NatsProtocol(Protocol):
             self.max_payload = max_payload
         if self.state != _AWAIT_INFO:
             return  # a later INFO (cluster topology update): nothing to do
-        if info.get("tls_required"):
-            raise NatsProtocolError("the server requires TLS, which this client does not speak")
         self.state = _AWAIT_PONG
-        self.link._handshake(self)
+        self.link._handshake(self, info)
 
 
 class _Factory(ClientFactory):
@@ -311,11 +293,12 @@ class _Factory(ClientFactory):
 
     noisy = False  # no "Starting factory" line per reconnect attempt
 
-    def __init__(self, link: NatsLink) -> None:
+    def __init__(self, link: NatsLink, address: NatsAddress) -> None:
         self.link = link
+        self.address = address
 
     def buildProtocol(self, addr: Any) -> NatsProtocol:  # noqa: N802 - Twisted API
-        return NatsProtocol(self.link)
+        return NatsProtocol(self.link, self.address)
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:  # noqa: N802
         self.link._connect_failed(reason)
@@ -328,11 +311,14 @@ class NatsLink:
     """A self-healing NATS connection with its subscriptions.
 
     Args:
-        address: the server.
+        addresses: the servers, tried in this order (failover: the next one after a
+            failed attempt or a lost connection).
         clock: every timer (dial timeout, backoff, write timeout, keepalive).
         reactor: connects TCP (``connectTCP``).
         on_message: ``(sid, subject, payload)`` for every MSG.
         on_change: called whenever ``ready`` changes.
+        tls: ``broker.nats.tls`` when enabled. TLS is also used (with these options, or
+            the system's trust store) when a URL is ``tls://`` or the server requires it.
         dial_timeout: TCP connect plus handshake (INFO, CONNECT, PONG) limit.
         write_timeout: a connection whose writes stay blocked this long is dropped.
         max_pending: bytes that may queue behind a blocked socket before publishes fail.
@@ -343,13 +329,14 @@ class NatsLink:
 
     def __init__(
         self,
-        address: NatsAddress,
+        addresses: Sequence[NatsAddress],
         clock: IReactorTime,
         # Any: needs IReactorTCP and IReactorTime at once; Twisted has no type for both.
         reactor: Any,
         *,
         on_message: Callable[[int, bytes, bytes], None],
         on_change: Callable[[], None] = lambda: None,
+        tls: ClientTLSConfig | None = None,
         dial_timeout: float = 1.0,
         write_timeout: float = 1.0,
         max_pending: int = 16 * 1024 * 1024,
@@ -359,7 +346,13 @@ class NatsLink:
         rng: random.Random | None = None,
         name: str = "rtserver",
     ) -> None:
-        self.address = address
+        if not addresses:
+            raise ValueError("NatsLink needs at least one server address")
+        self.addresses = tuple(addresses)
+        self._index = 0
+        self._tls_wanted = tls is not None or any(a.tls for a in self.addresses)
+        self._tls_configured = tls is not None
+        self._tls = tls or _SYSTEM_TLS
         self.clock = clock
         self._reactor = reactor
         self._on_message = on_message
@@ -373,7 +366,11 @@ class NatsLink:
         self._rng = rng or random.Random()
         self._name = name
         self.ready = False
+        #: Every server was tried at least once (or one answered).
         self.ever_tried = False
+        self._failures_in_round = 0
+        #: address -> the last problem logged as a warning (repeats go to debug).
+        self._reported: dict[NatsAddress, str] = {}
         self._proto: NatsProtocol | None = None
         self._connector: Any = None
         self._running = False
@@ -388,7 +385,12 @@ class NatsLink:
         self.subscriptions: dict[int, bytes] = {}
 
     def __repr__(self) -> str:
-        return f"NatsLink({self.address})"
+        return f"NatsLink({','.join(map(str, self.addresses))})"
+
+    @property
+    def address(self) -> NatsAddress:
+        """The server connected to, or tried next."""
+        return self.addresses[self._index]
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -408,10 +410,18 @@ class NatsLink:
         self._dial_timer = self._retry_timer = self._ping_timer = None
         proto = self._proto
         if proto is not None and not proto.lost:
-            self._stopped = Deferred()
-            assert proto.transport is not None
-            proto.transport.loseConnection()
-            return self._stopped
+            stopped: Deferred[None] = Deferred()
+            self._stopped = stopped
+            proto.close()
+            # A server that never completes the close (TLS close_notify) is cut off.
+            cutoff = self.clock.callLater(self.write_timeout, proto.close_now)
+
+            def cancel_cutoff(result: None) -> None:
+                if cutoff.active():
+                    cutoff.cancel()
+                return result
+
+            return stopped.addBoth(cancel_cutoff)
         connector, self._connector = self._connector, None
         if connector is not None and connector.state == "connecting":
             connector.stopConnecting()
@@ -419,9 +429,9 @@ class NatsLink:
         return succeed(None)
 
     def _connect(self) -> None:
-        self.ever_tried = self.ever_tried or self._attempt > 0
+        address = self.address
         self._connector = self._reactor.connectTCP(
-            self.address.host, self.address.port, _Factory(self), timeout=self.dial_timeout
+            address.host, address.port, _Factory(self, address), timeout=self.dial_timeout
         )
         self._dial_timer = self.clock.callLater(self.dial_timeout, self._dial_timed_out)
 
@@ -436,8 +446,25 @@ class NatsLink:
     def _connected(self, proto: NatsProtocol) -> None:
         self._proto = proto
 
-    def _handshake(self, proto: NatsProtocol) -> None:
-        """INFO arrived: CONNECT, every SUB, then PING (its PONG completes the handshake)."""
+    def _handshake(self, proto: NatsProtocol, info: dict[str, Any]) -> None:
+        """INFO arrived: TLS if wanted or required, CONNECT, every SUB, then PING.
+
+        The PONG to that PING completes the handshake.
+        """
+        required = info.get("tls_required") is True
+        if self._tls_wanted and not (required or info.get("tls_available") is True):
+            proto.abort(
+                "TLS is configured (broker.nats.tls or a tls:// URL) but the server does "
+                "not offer it"
+            )
+            return
+        if self._tls_wanted or required:
+            try:
+                creator = tls_connection_creator(self._tls, proto.address.host, "broker.nats.tls")
+            except ValueError as e:
+                proto.abort(f"TLS: {e}")
+                return
+            proto.start_tls(creator)
         options: dict[str, Any] = {
             "verbose": False,
             "pedantic": False,
@@ -447,8 +474,9 @@ class NatsLink:
             "name": self._name,
             "headers": False,
             "no_responders": False,
+            "tls_required": proto.tls,
         }
-        address = self.address
+        address = proto.address
         if address.user or address.password:
             options["user"] = address.user
             options["pass"] = address.password
@@ -466,21 +494,35 @@ class NatsLink:
         if timer is not None and timer.active():
             timer.cancel()
         self._attempt = 0
+        self._failures_in_round = 0
+        self._reported.clear()
         self.ever_tried = True
         self._was_up = True
-        _log.info("nats link to {address} is up", address=str(self.address))
+        _log.info(
+            "nats link to {address} is up{tls}",
+            address=str(proto.address),
+            tls=" (TLS)" if proto.tls else "",
+        )
         self._schedule_ping()
         self._set_ready(True)
 
     def _dropping(self, proto: NatsProtocol, why: str) -> None:
-        _log.warn("nats link to {address}: {why}", address=str(self.address), why=why)
+        self._report(proto.address, why)
+
+    def _report(self, address: NatsAddress, why: str) -> None:
+        """A warning, once per server and problem until a connection is up again."""
+        if self._reported.get(address) == why:
+            _log.debug("nats link to {address}: {why}", address=str(address), why=why)
+            return
+        self._reported[address] = why
+        _log.warn("nats link to {address}: {why}", address=str(address), why=why)
 
     def _server_error(self, proto: NatsProtocol, message: str) -> None:
         # Authorization and protocol errors come with a close by the server; a bad
         # subject of one PUB/SUB does not. Either way, one line in the log.
         _log.warn(
             "nats server {address} reported an error: {message}",
-            address=str(self.address),
+            address=str(proto.address),
             message=message,
         )
 
@@ -489,10 +531,10 @@ class NatsLink:
         timer, self._dial_timer = self._dial_timer, None
         if timer is not None and timer.active():
             timer.cancel()
-        self.ever_tried = True
-        self._log_down(f"cannot connect: {reason.getErrorMessage()}")
+        self._log_down(self.address, f"cannot connect: {reason.getErrorMessage()}")
+        self._next_server()
         self._set_ready(False)
-        self._on_change()  # ever_tried changed: a start waiting for one attempt may go on
+        self._on_change()  # ever_tried may have changed: a start waiting for it may go on
         self._schedule_reconnect()
 
     def _lost(self, proto: NatsProtocol, reason: Failure) -> None:
@@ -505,24 +547,40 @@ class NatsLink:
             setattr(self, attr, None)
             if timer is not None and timer.active():
                 timer.cancel()
-        self.ever_tried = True
         stopped, self._stopped = self._stopped, None
         if self._running:
-            self._log_down(f"connection lost: {reason.getErrorMessage()}")
+            tls = tls_failure(reason) if proto.tls and proto.state != _READY else None
+            if tls is not None:
+                if not self._tls_configured:
+                    tls += (
+                        f" ({'' if self._tls_wanted else 'the server requires TLS; '}"
+                        "broker.nats.tls is not enabled, so its certificate was checked"
+                        " against the system's trust store)"
+                    )
+                self._report(proto.address, f"TLS handshake failed: {tls}")
+            self._log_down(proto.address, f"connection lost: {reason.getErrorMessage()}")
+            self._next_server()
         self._set_ready(False)
         self._on_change()
         if stopped is not None:
             stopped.callback(None)
         self._schedule_reconnect()
 
-    def _log_down(self, why: str) -> None:
+    def _log_down(self, address: NatsAddress, why: str) -> None:
         if not self._running:
             return
         if self._was_up:
             self._was_up = False
-            _log.warn("nats link to {address} is down: {why}", address=str(self.address), why=why)
+            _log.warn("nats link to {address} is down: {why}", address=str(address), why=why)
         else:
-            _log.debug("nats link to {address}: {why}", address=str(self.address), why=why)
+            _log.debug("nats link to {address}: {why}", address=str(address), why=why)
+
+    def _next_server(self) -> None:
+        """An attempt failed or a connection was lost: the next server is tried next."""
+        self._failures_in_round += 1
+        if self._failures_in_round >= len(self.addresses):
+            self.ever_tried = True
+        self._index = (self._index + 1) % len(self.addresses)
 
     def _schedule_reconnect(self) -> None:
         if not self._running or self._retry_timer is not None:

@@ -27,8 +27,6 @@ the default reactor.
 from __future__ import annotations
 
 import random
-import re
-import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -42,8 +40,9 @@ from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
 from rtserver._compat import encode_redis_command, redis_protocol_base, use_clock
-from rtserver.config import RedisAddress, RedisTLSConfig, load_pem
+from rtserver.config import ClientTLSConfig, RedisAddress
 from rtserver.engines.redis_scripts import Script
+from rtserver.engines.tlsclient import load_tls_material, tls_connection_creator
 from rtserver.logs import Logger
 
 __all__ = [
@@ -54,7 +53,6 @@ __all__ = [
     "RedisUnavailable",
     "SentinelWatch",
     "shard_index",
-    "tls_connection_creator",
 ]
 
 _log = Logger()
@@ -76,71 +74,11 @@ class RedisNotMaster(RedisUnavailable):
     """The server a Sentinel named is not (or no longer) a master."""
 
 
-# --- TLS -------------------------------------------------------------------------------
-
-_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
-
-
-@cache
-def _tls_material(options: RedisTLSConfig, key: str) -> tuple[Any, Any]:
-    """(trust root or None, client certificate or None), loaded once per TLS object."""
-    from twisted.internet import ssl
-
-    trust = None
-    if options.server_ca_pem:
-        pem = load_pem(options.server_ca_pem, f"{key}.server_ca_pem")
-        certs = [ssl.Certificate.loadPEM(block) for block in _PEM_CERT.findall(pem)]
-        if not certs:
-            raise ValueError(f"{key}.server_ca_pem: no certificate in it")
-        trust = ssl.trustRootFromCertificates(certs)
-    client = None
-    if options.cert_pem and options.key_pem:
-        cert = load_pem(options.cert_pem, f"{key}.cert_pem")
-        private = load_pem(options.key_pem, f"{key}.key_pem")
-        client = ssl.PrivateCertificate.loadPEM(cert + b"\n" + private)
-    return trust, client
-
-
-def tls_connection_creator(options: RedisTLSConfig, host: str, key: str) -> Any:
-    """The Twisted TLS client options for a connection to ``host``.
-
-    Verifies the server's certificate against ``server_ca_pem`` (or the system's trust
-    store) and its name against ``server_name`` (or ``host``), unless
-    ``insecure_skip_verify``; presents ``cert_pem``/``key_pem`` when set.
-
-    Args:
-        options: The TLS object (``engine.redis.tls`` or ``sentinel_tls``).
-        host: The host connected to.
-        key: The configuration key, for error messages.
-
-    Raises:
-        ValueError: when a PEM value cannot be loaded (ConfigError is a ValueError).
-    """
-    from twisted.internet import ssl
-
-    trust, client = _tls_material(options, key)
-    if client is not None:
-        # Twisted hands the client certificate and key to pyOpenSSL as X509/PKey objects,
-        # which pyOpenSSL >= 24.3 deprecates. The context is built later, in the reactor,
-        # so a scoped filter cannot cover it: this exact message is ignored process-wide.
-        warnings.filterwarnings(
-            "ignore", "Passing pyOpenSSL (X509|PKey) objects is deprecated", DeprecationWarning
-        )
-    if options.insecure_skip_verify:
-        if client is None:
-            return ssl.CertificateOptions(verify=False)
-        return ssl.CertificateOptions(
-            verify=False, privateKey=client.privateKey.original, certificate=client.original
-        )
-    return ssl.optionsForClientTLS(
-        options.server_name or host,
-        trustRoot=trust if trust is not None else ssl.platformTrust(),
-        clientCertificate=client,
-    )
+# --- TLS (rtserver/engines/tlsclient.py builds the options) -----------------------
 
 
 def _endpoint(
-    reactor: Any, host: str, port: int, timeout: float, tls: RedisTLSConfig | None, key: str
+    reactor: Any, host: str, port: int, timeout: float, tls: ClientTLSConfig | None, key: str
 ) -> Any:
     from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 
@@ -282,9 +220,9 @@ class _Link:
         self._sentinels = list(address.sentinels)
         self._hint: tuple[str, int] | None = None
         if address.tls is not None:  # load the certificates now: a bad file fails at start
-            _tls_material(address.tls, "engine.redis.tls")
+            load_tls_material(address.tls, "engine.redis.tls")
         if address.sentinel_tls is not None:
-            _tls_material(address.sentinel_tls, "engine.redis.sentinel_tls")
+            load_tls_material(address.sentinel_tls, "engine.redis.sentinel_tls")
         self._on_change = on_change
         self._rng = rng or random.Random()
         self._proto: Any = None
@@ -444,7 +382,7 @@ class _Link:
         host: str,
         port: int,
         commands: list[tuple[Any, ...]],
-        tls: RedisTLSConfig | None,
+        tls: ClientTLSConfig | None,
         tls_key: str,
     ) -> Deferred[Any]:
         """Run ``commands`` on a short-lived connection to ``host``; every reply."""

@@ -9,6 +9,9 @@
   Emulation requests are forwarded between nodes; when NATS is killed mid-stream and
   restarted, a client that missed publications recovers them, and a loss larger than
   the history is reported as ``recovered: false``, never skipped.
+* Over TLS (a test CA), with two NATS servers in ``broker.nats.url``: the nodes start on
+  the first, move to the second when it dies and wrap around to the first when the
+  second dies too; what an outage cost is recovered or reported as above.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from typing import Any
 import cent
 import pytest
 from harness import merge, run_emulation_pubsub
-from natsserver import NatsServer
+from natsserver import NatsServer, require_nats_server
 from pysdk import Recorder, in_thread, name, run_scenario, subscribed
+from redisserver import make_tls
 from test_cluster_nodes import (
     CLUSTER_TIMEOUT,
     Cluster,
@@ -207,5 +211,102 @@ def test_nats_killed_mid_stream_recovers_or_reports_loss(
             await in_thread(wait_until, loss_reported, "small channel reports the loss")
             await in_thread(b.publish, small, {"n": 8})
             await rec_small.wait("publication", data={"n": 8})
+
+    run_scenario(scenario())
+
+
+@pytest.fixture
+def tls_failover_cluster(
+    tmp_path: Path, redis_url: str, cluster_config: Any
+) -> Iterator[tuple[Cluster, list[NatsServer]]]:
+    """Redis history, NATS over TLS: ``url`` lists two independent nats-servers."""
+    (tmp_path / "tls").mkdir()
+    tls = make_tls(tmp_path / "tls")
+    binary = require_nats_server()
+    servers = [NatsServer(binary=binary, tls=tls).start() for _ in range(2)]
+    config, secret, api_key = cluster_config(redis_url)
+    small = {"name": "small", "allow_subscribe_for_client": True,
+             "history_size": 2, "history_ttl": "300s", "force_recovery": True}
+    config = merge(config, {
+        "broker": {"enabled": True, "type": "nats",
+                   "nats": {"url": ",".join(s.url for s in servers), "prefix": name("t"),
+                            "tls": {"enabled": True, "server_ca_pem": str(tls.ca_cert)}}},
+    })
+    config["channel"] = dict(config["channel"])
+    config["channel"]["namespaces"] = [*config["channel"]["namespaces"], small]
+    cluster = Cluster(tmp_path, config, secret, api_key)
+    try:
+        _start(cluster)
+        yield cluster, servers
+    finally:
+        cluster.stop_all()
+        for server in servers:
+            server.stop()
+
+
+def test_nats_tls_failover_recovers_or_reports_loss(
+    tls_failover_cluster: tuple[Cluster, list[NatsServer]],
+) -> None:
+    """Two TLS NATS servers: the first dies, then the second while the first is back.
+
+    Delivery resumes through the second server without restarting anything; publications
+    made while no server was reachable are recovered from Redis (``recovered: true``)
+    or, in ``small:*`` (history of 2), reported lost (``recovered: false``).
+    """
+    cluster, (first, second) = tls_failover_cluster
+    a, b = cluster.nodes["a"], cluster.nodes["b"]
+    user = name("u-")
+    roomy, small = name("room-"), name("small:room-")
+
+    def up_lines(node: Any, server: NatsServer) -> int:
+        return node.log(tail=10**9).count(f"nats link to {server.url} is up (TLS)")
+
+    for node in (a, b):
+        assert up_lines(node, first) == 1 and up_lines(node, second) == 0, node.log()
+
+    async def scenario() -> None:
+        rec_roomy, rec_small = Recorder(), Recorder()
+        async with (
+            subscribed(a, roomy, rec_roomy, token=a.token(user)),
+            subscribed(a, small, rec_small, token=a.token(user)),
+        ):
+            for channel, rec in ((roomy, rec_roomy), (small, rec_small)):
+                await in_thread(b.publish, channel, {"n": 1})
+                await rec.wait("publication", count=1)
+
+            await in_thread(first.kill)  # for good, for now: the nodes move to the second
+            for node in (a, b):
+                await in_thread(wait_until, lambda n=node: up_lines(n, second) == 1,
+                                "node on the second NATS server")
+                await in_thread(wait_until, lambda n=node: health(n) == 200, "health 200")
+            for channel, rec in ((roomy, rec_roomy), (small, rec_small)):
+                await in_thread(b.publish, channel, {"n": 2})
+                await rec.wait("publication", data={"n": 2}, timeout=CLUSTER_TIMEOUT)
+
+            await in_thread(second.kill)  # no server left
+            for node in (a, b):
+                await in_thread(wait_until, lambda n=node: health(n) == 503, "health 503")
+            for i in range(3, 8):  # kept in Redis; NATS cannot deliver them
+                for channel in (roomy, small):
+                    await in_thread(b.publish, channel, {"n": i})
+            await in_thread(first.start)  # the nodes wrap around to the first
+            for node in (a, b):
+                await in_thread(wait_until, lambda n=node: health(n) == 200, "health 200")
+                assert up_lines(node, first) == 2
+            for channel in (roomy, small):
+                await in_thread(b.publish, channel, {"n": 8})
+
+            got = await rec_roomy.wait("publication", count=8, timeout=CLUSTER_TIMEOUT)
+            assert [e["data"]["n"] for e in got] == [1, 2, 3, 4, 5, 6, 7, 8]
+            assert any(e["was_recovering"] and e["recovered"]
+                       for e in rec_roomy.find("subscribed"))
+
+            def loss_reported() -> bool:
+                return any(e["was_recovering"] and not e["recovered"]
+                           for e in rec_small.find("subscribed"))
+
+            await in_thread(wait_until, loss_reported, "small channel reports the loss")
+            await in_thread(b.publish, small, {"n": 9})
+            await rec_small.wait("publication", data={"n": 9})
 
     run_scenario(scenario())

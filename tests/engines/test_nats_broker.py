@@ -25,10 +25,11 @@ from redisserver import RedisServer
 from twisted.internet.defer import Deferred
 from zope.interface.verify import verifyObject
 
+from rtserver.config import ConfigError, parse_nats_urls
 from rtserver.core.ports import IBroker, IHistory
 from rtserver.core.types import DisconnectControl, HistoryFilter, NodeInfo
 from rtserver.engines.composite import CompositeEngine
-from rtserver.engines.natsconn import NatsUnavailable, parse_nats_url
+from rtserver.engines.natsconn import NatsUnavailable
 from rtserver.engines.redis import RedisEngine
 from rtserver.protocol.codes import Error
 from rtserver.protocol.frames import ClientInfo
@@ -221,14 +222,17 @@ async def test_nats_restart_reconnects_and_resubscribes() -> None:
 
 def test_url_parsing_keeps_credentials_out_of_str() -> None:
     """``nats://user:pass@host:port``: credentials parsed, never shown."""
-    address = parse_nats_url("nats://derek:s3cret@localhost:4333")
+    (address,) = parse_nats_urls("nats://derek:s3cret@localhost:4333")
     assert (address.host, address.port, address.user, address.password) == (
         "localhost", 4333, "derek", "s3cret")
     assert "s3cret" not in str(address) and "s3cret" not in repr(address)
-    assert parse_nats_url("nats://tok@h").token == "tok"
-    assert parse_nats_url("nats://h").port == 4222
-    with pytest.raises(ValueError):
-        parse_nats_url("http://h:1")
+    assert parse_nats_urls("nats://tok@h")[0].token == "tok"
+    assert "tok" not in repr(parse_nats_urls("nats://tok@h"))
+    assert parse_nats_urls("nats://h")[0].port == 4222
+    assert [(a.host, a.port, a.tls) for a in parse_nats_urls("tls://a:1, b ,nats://c")] == [
+        ("a", 1, True), ("b", 4222, False), ("c", 4222, False)]
+    with pytest.raises(ConfigError):
+        parse_nats_urls("http://h:1")
 
 
 @pytest_twisted.ensureDeferred

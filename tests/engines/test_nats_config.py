@@ -67,8 +67,19 @@ def test_centrifugo_examples_load(
         ({"presence_manager": {"enabled": True, "type": "nats"}}, "presence_manager.type"),
         ({"broker": {"enabled": True, "type": "nats", "nats": {"url": "http://x"}}},
          "broker.nats.url"),
-        ({"broker": {"enabled": True, "type": "nats", "nats": {"url": "tls://x:4222"}}},
+        ({"broker": {"enabled": True, "type": "nats", "nats": {"url": "nats://a,ws://b"}}},
          "broker.nats.url"),
+        ({"broker": {"enabled": True, "type": "nats", "nats": {"url": "nats://a,b:port"}}},
+         "broker.nats.url"),
+        # Centrifugo's url is a string (comma-separated for several servers), not a list
+        ({"broker": {"enabled": True, "type": "nats", "nats": {"url": ["nats://a"]}}},
+         "broker.nats.url"),
+        ({"broker": {"enabled": True, "type": "nats",
+                     "nats": {"tls": {"enabled": True, "server_ca_pem": "/no/such/ca.pem"}}}},
+         "broker.nats.tls.server_ca_pem"),
+        ({"broker": {"enabled": True, "type": "nats",
+                     "nats": {"tls": {"enabled": True, "cert_pem": "/no/such/cert.pem"}}}},
+         "broker.nats.tls"),
         ({"broker": {"nats": {"raw_mode": {"channel_replacements": [":"]}}}},
          "broker.nats.raw_mode.channel_replacements"),
         ({"broker": {"nats": {"raw_mode": {"channel_replacements": {":": 1}}}}},
@@ -136,3 +147,40 @@ def test_presence_manager_and_broker_both_replace_the_engine() -> None:
     assert isinstance(engine, CompositeEngine)
     # No engine built: the presence manager's Redis only; history is not available.
     assert [type(p) for p in engine.parts] == [RedisEngine]
+
+
+def test_tls_and_several_urls_pass_checkconfig(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Centrifugo's TLS object keys under broker.nats.tls, a comma-separated url."""
+    data = {
+        "broker": {
+            "enabled": True,
+            "type": "nats",
+            "nats": {
+                "url": "tls://nats-1:4222,tls://nats-2:4222",
+                "tls": {"enabled": True, "insecure_skip_verify": True, "server_name": "nats"},
+            },
+        }
+    }
+    code, output = checkconfig(capsys, tmp_path, data)
+    assert code == 0, output
+    assert "config is valid" in output and "unknown key" not in output
+
+
+def test_several_urls_and_tls_reach_the_broker() -> None:
+    """A comma-separated url is every server, in order; tls:// and broker.nats.tls apply."""
+    data = {
+        "broker": {
+            "enabled": True,
+            "type": "nats",
+            "nats": {"url": " nats://u:p@a:4222, tls://b:4333 ,c", "tls": {"enabled": True}},
+        }
+    }
+    engine = _engine(data)
+    assert isinstance(engine, CompositeEngine) and isinstance(engine.broker, NatsBroker)
+    link = engine.broker.link
+    assert [str(a) for a in link.addresses] == [
+        "nats://a:4222", "tls://b:4333", "nats://c:4222"]
+    assert (link.addresses[0].user, link.addresses[0].password) == ("u", "p")
+    assert "p@" not in repr(link.addresses) and "u:p" not in repr(link)

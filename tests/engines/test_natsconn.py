@@ -13,36 +13,41 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from twisted.internet.interfaces import ITCPTransport
+from nats_support import warnings_logged
+from twisted.internet.interfaces import ITCPTransport, ITLSTransport
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from rtserver.config import NatsAddress
 from rtserver.engines.natsconn import (
     MAX_CONTROL_LINE,
-    NatsAddress,
     NatsLink,
     NatsProtocol,
     NatsUnavailable,
 )
 
 
-@implementer(ITCPTransport)
+@implementer(ITCPTransport, ITLSTransport)
 class Socket(StringTransport):
-    """An in-memory TCP transport that records aborts."""
+    """An in-memory TCP transport that records aborts and the switch to TLS."""
 
     aborted = False
+    tls_options: Any = None
 
     def abortConnection(self) -> None:
         self.aborted = True
 
+    def startTLS(self, options: Any) -> None:
+        self.tls_options = options
+
 
 class Harness:
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, addresses: list[NatsAddress] | None = None, **kwargs: Any) -> None:
         self.reactor = MemoryReactorClock()
         self.messages: list[tuple[int, bytes, bytes]] = []
         self.link = NatsLink(
-            NatsAddress("nats.example", 4222, "u", "p"),
+            addresses or [NatsAddress("nats.example", 4222, "u", "p")],
             self.reactor,
             self.reactor,
             on_message=lambda *m: self.messages.append(m),
@@ -170,7 +175,73 @@ def test_no_handshake_within_dial_timeout() -> None:
     assert h.socket.aborted
 
 
-def test_tls_required_server_is_refused() -> None:
+def test_server_requiring_tls_gets_tls_before_connect() -> None:
+    """As the official clients: TLS starts after the plaintext INFO, before CONNECT.
+
+    Without ``broker.nats.tls`` the server's certificate is checked against the system's
+    trust store and the URL's host name.
+    """
     h = Harness()
     h.connect(info=b'INFO {"tls_required":true}\r\n')
-    assert h.socket.aborted
+    assert not h.socket.aborted
+    options = h.socket.tls_options
+    assert options is not None and options._hostname == "nats.example"
+    out = h.sent()
+    assert out.startswith(b"CONNECT {") and b'"tls_required":true' in out
+
+
+def test_tls_configured_but_not_offered_is_refused() -> None:
+    """A tls:// URL to a plaintext server: dropped before CONNECT, one warning, retried."""
+    h = Harness([NatsAddress("nats.example", 4222, "u", "p", tls=True)])
+    with warnings_logged() as warnings:
+        h.connect(info=b"INFO {}\r\n")
+        assert h.socket.aborted and h.socket.tls_options is None
+        assert h.sent() == b""  # no credentials went out in the clear
+        h.lose()
+        attempts = len(h.reactor.tcpClients)
+        h.reactor.advance(3.0)
+        assert len(h.reactor.tcpClients) == attempts + 1
+        h.connect(info=b"INFO {}\r\n")  # the same problem again: not warned again
+        h.lose()
+    assert warnings == [
+        "nats link to tls://nats.example:4222: TLS is configured (broker.nats.tls or a "
+        "tls:// URL) but the server does not offer it"
+    ]
+
+
+def test_tls_offered_and_configured_starts_tls() -> None:
+    """``tls_available`` (a server accepting both) is enough for a TLS client."""
+    h = Harness([NatsAddress("nats.example", tls=True)])
+    h.connect(info=b'INFO {"tls_available":true}\r\n')
+    assert not h.socket.aborted and h.socket.tls_options is not None
+
+
+def test_failover_tries_the_servers_in_turn() -> None:
+    """Start on the first; a failed attempt or a lost connection moves to the next."""
+    servers = [NatsAddress("a.example"), NatsAddress("b.example"), NatsAddress("c.example")]
+    h = Harness(servers)
+    hosts = lambda: [c[0] for c in h.reactor.tcpClients]  # noqa: E731
+    assert hosts() == ["a.example"]
+    h.link.start()
+    factory = h.reactor.tcpClients[-1][2]
+    factory.clientConnectionFailed(None, Failure(ConnectionRefusedError("refused")))
+    assert not h.link.ever_tried  # b and c not tried yet: a start keeps waiting
+    h.reactor.advance(3.0)
+    assert hosts() == ["a.example", "b.example"]
+    h.connect()
+    h.proto.dataReceived(b"PONG\r\n")
+    assert h.link.ready and h.link.address.host == "b.example"
+    h.lose()
+    h.reactor.advance(3.0)
+    assert hosts()[-1] == "c.example"
+    h.reactor.tcpClients[-1][2].clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+    h.reactor.advance(3.0)
+    assert hosts()[-1] == "a.example"  # wraps around
+
+
+def test_every_server_refusing_completes_a_start() -> None:
+    h = Harness([NatsAddress("a.example"), NatsAddress("b.example")])
+    for _ in range(2):
+        h.reactor.tcpClients[-1][2].clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+        h.reactor.advance(3.0)
+    assert h.link.ever_tried and not h.link.ready

@@ -26,7 +26,7 @@ from redisserver import (
 )
 from twisted.internet.defer import Deferred
 
-from rtserver.config import RedisTLSConfig
+from rtserver.config import ClientTLSConfig
 from rtserver.core.types import HistoryFilter
 from rtserver.engines.redis import RedisEngine, RedisUnavailable
 from rtserver.engines.redisconn import RedisNotMaster
@@ -37,8 +37,8 @@ pytestmark = pytest.mark.redis
 ALL = HistoryFilter(limit=-1)
 
 
-def _tls(options: dict[str, Any]) -> RedisTLSConfig:
-    return RedisTLSConfig(**options)
+def _tls(options: dict[str, Any]) -> ClientTLSConfig:
+    return ClientTLSConfig(**options)
 
 
 async def _works(engine: RedisEngine, channel: str, n: int) -> None:

@@ -19,7 +19,7 @@ from redisserver import make_tls
 
 from rtserver import config
 from rtserver.cli import main
-from rtserver.config import RedisAddress, RedisTLSConfig, parse_address, redis_shards
+from rtserver.config import ClientTLSConfig, RedisAddress, parse_address, redis_shards
 
 
 def _redis(redis: dict[str, Any]) -> dict[str, Any]:
@@ -130,7 +130,7 @@ def test_cluster_address_forms() -> None:
     """Seeds in the host list, in addr=, with TLS and credentials; one shard per cluster."""
     a = parse_address("rediss+cluster://bob:pw@n1:7000,n2:7001?addr=n3:7002")
     assert a.cluster_seeds == (("n1", 7000), ("n2", 7001), ("n3", 7002))
-    assert (a.user, a.password, a.tls) == ("bob", "pw", RedisTLSConfig(enabled=True))
+    assert (a.user, a.password, a.tls) == ("bob", "pw", ClientTLSConfig(enabled=True))
     assert str(a) == "rediss+cluster://n1:7000,n2:7001,n3:7002" and "pw" not in repr(a)
     shards = redis_shards(
         config.from_mapping(
@@ -179,7 +179,7 @@ def test_url_forms() -> None:
     )
     assert parse_address("tcp://cache:1") == RedisAddress("cache", 1)
     tls = parse_address("rediss://cache")
-    assert tls.tls == RedisTLSConfig(enabled=True) and tls.port == 6379
+    assert tls.tls == ClientTLSConfig(enabled=True) and tls.port == 6379
     assert parse_address("redis://cache?tls_enabled=true").tls is not None
     timed = parse_address("redis://cache?connect_timeout=250ms&io_timeout=2s")
     assert (timed.connect_timeout, timed.io_timeout) == (0.25, 2.0)
