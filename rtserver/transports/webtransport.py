@@ -28,8 +28,8 @@ protocol) gets an HTTP/3 error status and the stream ends.
 
 A short-header packet for a connection this process does not hold (it ended, or a worker
 of ``--workers N`` or the whole server restarted since) is answered with a Stateless Reset
-(RFC 9000 10.3), which ends the client's connection at once instead of after its idle
-timeout, so centrifuge-js reconnects and recovers at once. The reset token of each
+(RFC 9000 10.3), which ends the client's connection at its next packet instead of after
+its idle timeout, so centrifuge-js reconnects and recovers then. The reset token of each
 connection id is an HMAC of the id under a secret derived from the TLS private key
 (:func:`reset_secret`): every worker, and a server restarted with the same key, can
 compute it. The reset is smaller than the packet it answers (no amplification, no loop
