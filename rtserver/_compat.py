@@ -24,6 +24,7 @@ __all__ = [
     "hpack_decode_huffman",
     "hpack_static_table",
     "preset_protocol_options",
+    "quic_connection_with_reset_tokens",
     "quic_stream_backlog",
     "redis_protocol_base",
     "send_now",
@@ -283,6 +284,46 @@ def retry_validation_time(now: float, lifetime: float) -> float:
     from aioquic.quic import retry
 
     return now + max(0.0, float(retry.TOKEN_LIFETIME) - lifetime)
+
+
+# --- aioquic: stateless reset tokens derived from the connection id ---------------------
+#
+# aioquic draws the stateless reset token of every connection id a server issues at random
+# (``os.urandom``), in ``QuicConnection.__init__`` (the first id, ``_host_cids[0]``, whose
+# token goes in the transport parameters) and in ``_replenish_connection_ids`` (the ids
+# sent in NEW_CONNECTION_ID frames). A process that does not hold a connection (a worker
+# of ``--workers N`` restarted after a crash, a server restarted on the same port) can end
+# it with a Stateless Reset (RFC 9000 10.3) only when the token is a function of the
+# connection id and a secret it knows: the tokens are replaced by ``token(cid)`` right
+# after aioquic makes them, before any is sent. Relies on ``_host_cids`` (a list of
+# ``QuicConnectionId`` with ``cid`` and ``stateless_reset_token``) and on
+# ``_replenish_connection_ids`` being where later ids are made.
+
+
+@functools.cache
+def _reset_token_connection() -> type[Any]:
+    from aioquic.quic.connection import QuicConnection
+
+    class ResetTokenConnection(QuicConnection):
+        def __init__(self, token: Callable[[bytes], bytes], **kwargs: Any) -> None:
+            self._rt_token = token
+            super().__init__(**kwargs)
+            self._rt_derive()
+
+        def _replenish_connection_ids(self) -> None:
+            super()._replenish_connection_ids()
+            self._rt_derive()
+
+        def _rt_derive(self) -> None:
+            for connection_id in self._host_cids:
+                connection_id.stateless_reset_token = self._rt_token(connection_id.cid)
+
+    return ResetTokenConnection
+
+
+def quic_connection_with_reset_tokens(token: Callable[[bytes], bytes], **kwargs: Any) -> Any:
+    """A server ``QuicConnection(**kwargs)`` whose ids' reset tokens are ``token(cid)``."""
+    return _reset_token_connection()(token, **kwargs)
 
 
 # --- hpack: the static table and the Huffman decoder --------------------------------------

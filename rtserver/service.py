@@ -749,12 +749,12 @@ def build_quic_listener(
     node: Node, config: Config, origins: OriginPolicy, reactor: Any
 ) -> QuicListener:
     """HTTP/3's datagram protocol (the WebTransport endpoint; transports/webtransport.py)."""
-    from rtserver.transports.webtransport import QuicListener, quic_configuration
+    from rtserver.transports.webtransport import QuicListener, quic_configuration, reset_secret
 
     cert, key = server_tls_pem(config.http_server.tls)
     wt = config.webtransport
     quic = quic_configuration(cert, key, wt.idle_timeout)
-    return QuicListener(node, origins, wt, quic, reactor)
+    return QuicListener(node, origins, wt, quic, reactor, reset_key=reset_secret(key))
 
 
 def build_http3(
@@ -763,15 +763,17 @@ def build_http3(
     listen: list[str],
     reactor: Any,
     reuse_port: bool = False,
+    fd: int | None = None,
 ) -> Service:
     """HTTP/3 on UDP, on the port number of the HTTP server's TLS listener.
 
-    ``reuse_port``: shared with the other workers of ``--workers N`` (``SO_REUSEPORT``).
+    ``reuse_port``: shared with the other workers of ``--workers N`` (``SO_REUSEPORT``);
+    ``fd``: the bound UDP socket the supervisor of ``--workers N`` gave this worker.
     """
     from rtserver.transports.webtransport import HTTP3Service
 
     port, interface = http3_address(config, listen)
-    return HTTP3Service(listener, port, interface, reactor, reuse_port=reuse_port)
+    return HTTP3Service(listener, port, interface, reactor, reuse_port=reuse_port, fd=fd)
 
 
 def default_listen(config: Config) -> list[str]:
@@ -833,6 +835,7 @@ def build(
     listener: Listener | None = None,
     siblings: Siblings | None = None,
     reuse_port: bool = False,
+    http3_fd: int | None = None,
 ) -> MultiService:
     """The whole server as a MultiService (the twistd plugin and .tac files call this).
 
@@ -854,6 +857,8 @@ def build(
             sessions another worker owns to that worker's.
         reuse_port: The GRPC ports (``grpc_api``, ``uni_grpc``) and HTTP/3's UDP port
             are shared with the other workers of ``--workers N`` (``SO_REUSEPORT``).
+        http3_fd: HTTP/3's UDP socket, bound by the supervisor of ``--workers N`` and
+            inherited (default: HTTP/3 binds its port itself).
 
     Raises:
         ConfigError: a namespace names a proxy that neither ``config`` nor ``hooks``
@@ -887,7 +892,9 @@ def build(
         private = "unix:" + siblings.own_path.replace(":", "\\:") + ":mode=600:lockfile=1"
         strports_service(private, sites.owned, reactor=reactor).setServiceParent(top)
     if sites.quic is not None:
-        http3 = build_http3(sites.quic, config, endpoints, reactor, reuse_port=reuse_port)
+        http3 = build_http3(
+            sites.quic, config, endpoints, reactor, reuse_port=reuse_port, fd=http3_fd
+        )
         http3.setServiceParent(top)
     if config.grpc_api.enabled:
         build_grpc_api(executor, config, reactor, reuse_port=reuse_port).setServiceParent(top)

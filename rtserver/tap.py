@@ -45,6 +45,7 @@ class Options(usage.Options):
         ["worker-index", None, None, "Internal: set by the --workers supervisor.", int],
         ["supervisor-pid", None, None, "Internal: set by the --workers supervisor.", int],
         ["worker-dir", None, None, "Internal: set by the --workers supervisor."],
+        ["http3-fd", None, None, "Internal: set by the --workers supervisor.", int],
     ]
 
     def __init__(self) -> None:
@@ -147,21 +148,26 @@ def _supervisor(options: Options) -> IService:
         )
     # The GRPC ports and HTTP/3's UDP port too: a port in use fails here, and stays
     # reserved across restarts.
+    # HTTP/3: one UDP socket per worker, made here and kept across the worker's restarts.
     shared = listen + workers.grpc_listen(cfg)
-    udp = [service.http3_address(cfg, listen)] if cfg.http_server.http3.enabled else []
+    udp = service.http3_address(cfg, listen) if cfg.http_server.http3.enabled else None
     try:
-        held = workers.reserve(shared, udp)
+        held = workers.reserve(shared)
+        udp_sockets = [] if udp is None else workers.udp_sockets(*udp, options["workers"])
     except OSError as e:
-        where = [*shared, *(f"udp:{port}" for port, _ in udp)]
+        where = [*shared, *([] if udp is None else [f"udp:{udp[0]}"])]
         raise usage.UsageError(f"cannot listen on {', '.join(where)}: {e.strerror}") from None
     directory = workers.runtime_dir()
     count = str(options["workers"])
     args = [*worker_args(options), "--workers", count, "--worker-dir", directory]
+    if udp_sockets:
+        args += ["--http3-fd", str(workers.HTTP3_FD)]
     return workers.Supervisor(
         options["workers"],
         lambda index: workers.twistd_argv(args, index),
         reactor,
         held=held,
+        udp=udp_sockets,
         # workers stay up, not ready, for health.drain_delay before they drain
         stop_timeout=15.0 + cfg.health.drain_delay,
         directory=directory,
@@ -211,6 +217,7 @@ def _worker(options: Options, reload: Loader | None) -> IService:
         reactor=reactor,
         siblings=siblings,
         reuse_port=True,
+        http3_fd=options["http3-fd"],
     )
     parent = options["supervisor-pid"]
     if parent is not None:

@@ -6,9 +6,12 @@ dies (with backoff), forwards SIGHUP, and on shutdown sends SIGTERM to every chi
 waits for their drain. Each child is a full cluster node (its own node name) over the
 configured broker, and listens with ``SO_REUSEPORT`` (:class:`ReusePortService`, TLS
 included): the Linux kernel spreads new connections over the children's sockets by a hash
-of the connection's addresses. HTTP/3 likewise: each child binds its own ``SO_REUSEPORT``
-UDP socket (rtserver/transports/webtransport.py, ``HTTP3Service``), and the kernel hashes
-each client address to one of them. See docs/deployment.rst, "Workers".
+of the connection's addresses. HTTP/3 likewise, except that the parent makes the
+``SO_REUSEPORT`` UDP socket of each child (:func:`udp_sockets`) and keeps it while the
+child restarts: the kernel hashes each client address to one socket of the group, and a
+group that never changes keeps sending a QUIC connection's datagrams to the child that
+holds it (rtserver/transports/webtransport.py, ``HTTP3Service``). See
+docs/deployment.rst, "Workers".
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from rtserver.logs import Logger
 from rtserver.shutdown import StopSignalGuard
 
 __all__ = [
+    "HTTP3_FD",
     "ListenAddress",
     "ReusePortService",
     "Supervisor",
@@ -48,6 +52,7 @@ __all__ = [
     "sibling_paths",
     "tls_context",
     "twistd_argv",
+    "udp_sockets",
     "worker_name",
 ]
 
@@ -58,6 +63,8 @@ RESTART_DELAY = 0.5
 RESTART_DELAY_MAX = 30.0
 #: A worker that ran this long before dying restarts after RESTART_DELAY again.
 STABLE_AFTER = 10.0
+#: The descriptor number of its HTTP/3 UDP socket in a worker (``--http3-fd``).
+HTTP3_FD = 3
 
 
 #: ``ssl:`` arguments a worker serves (Twisted's own ``ssl:`` parser reads the files).
@@ -187,16 +194,12 @@ def sibling_paths(directory: str, count: int) -> list[str]:
     return [os.path.join(directory, f"worker-{index}.sock") for index in range(count)]
 
 
-def reserve(
-    descriptions: Sequence[str], udp: Sequence[tuple[int, str]] = ()
-) -> list[socket.socket]:
+def reserve(descriptions: Sequence[str]) -> list[socket.socket]:
     """Bind (without serving) every address, so a port in use fails the parent at start.
 
-    ``descriptions``: ``tcp:``/``ssl:`` listeners; ``udp``: ``(port, interface)`` of
-    HTTP/3. A bound TCP socket that does not listen receives no connection; a UDP one
-    is connected to its own address, so the kernel gives it none of the datagrams of
-    its ``SO_REUSEPORT`` group (a connected UDP socket only receives from its peer).
-    Both keep processes without ``SO_REUSEPORT`` off the port while workers restart.
+    ``descriptions``: ``tcp:``/``ssl:`` listeners. A bound TCP socket that does not
+    listen receives no connection; it keeps processes without ``SO_REUSEPORT`` off the
+    port while workers restart.
 
     Raises:
         OSError: an address cannot be bound (e.g. in use by another program).
@@ -206,10 +209,6 @@ def reserve(
         for description in descriptions:
             address = parse_listen(description)
             held.append(reuse_port_socket(socket.SOCK_STREAM, address.interface, address.port))
-        for port, interface in udp:
-            sock = reuse_port_socket(socket.SOCK_DGRAM, interface, port)
-            held.append(sock)
-            sock.connect((_loopback(interface, sock.family), port))
     except BaseException:
         for sock in held:
             sock.close()
@@ -217,11 +216,31 @@ def reserve(
     return held
 
 
-def _loopback(interface: str, family: socket.AddressFamily) -> str:
-    """An address of this host at ``interface`` (the loopback one for a wildcard)."""
-    if interface in ("", "0.0.0.0", "::"):
-        return "::1" if family == socket.AF_INET6 else "127.0.0.1"
-    return interface
+def udp_sockets(port: int, interface: str, count: int) -> list[socket.socket]:
+    """HTTP/3's UDP socket of each of ``count`` workers, by index, bound with SO_REUSEPORT.
+
+    Linux picks the socket of a datagram by a hash of its addresses over the sockets of
+    the group, in the order they joined; a socket that leaves the group (its last
+    descriptor closed) reorders it, after which most client addresses map to another
+    socket. QUIC connections live in one worker, so the group must not change while
+    clients are connected: the supervisor makes the sockets, hands worker I socket I
+    (descriptor :data:`HTTP3_FD`) and keeps its own descriptor, so a worker that dies and
+    restarts serves the same socket. A port in use fails here, at start.
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
+    made: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = reuse_port_socket(socket.SOCK_DGRAM, interface, port)
+            sock.setblocking(False)
+            made.append(sock)
+    except BaseException:
+        for sock in made:
+            sock.close()
+        raise
+    return made
 
 
 class ReusePortService(Service):
@@ -327,6 +346,7 @@ class Supervisor(Service):
         reactor: Any,
         *,
         held: Sequence[socket.socket] = (),
+        udp: Sequence[socket.socket] = (),
         stop_timeout: float = 15.0,
         env: dict[str, str] | None = None,
         directory: str | None = None,
@@ -337,6 +357,8 @@ class Supervisor(Service):
         self.argv = argv
         self.reactor = reactor
         self.held = list(held)
+        #: HTTP/3's UDP socket of each worker, by index (given as :data:`HTTP3_FD`).
+        self.udp = list(udp)
         self.stop_timeout = stop_timeout
         self.env = dict(os.environ) if env is None else env
         self.workers: dict[int, _Worker] = {}
@@ -370,8 +392,11 @@ class Supervisor(Service):
         self._restarts.pop(index, None)
         worker = _Worker(self, index, self.reactor.seconds())
         argv = self.argv(index)
+        fds = {0: 0, 1: 1, 2: 2}
+        if self.udp:
+            fds[HTTP3_FD] = self.udp[index].fileno()
         worker.process = self.reactor.spawnProcess(
-            worker, argv[0], argv, env=self.env, childFDs={0: 0, 1: 1, 2: 2}
+            worker, argv[0], argv, env=self.env, childFDs=fds
         )
         self.workers[index] = worker
         _log.info("worker {index} started (pid {pid})", index=index, pid=worker.process.pid)
@@ -413,9 +438,9 @@ class Supervisor(Service):
         def finished(result: object) -> object:
             if kill.active():
                 kill.cancel()
-            for sock in self.held:
+            for sock in [*self.held, *self.udp]:
                 sock.close()
-            self.held = []
+            self.held, self.udp = [], []
             if self.directory is not None:
                 shutil.rmtree(self.directory, ignore_errors=True)
             return result

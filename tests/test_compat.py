@@ -268,6 +268,29 @@ def test_quic_stream_backlog_reads_unacknowledged_bytes() -> None:
     assert _compat.quic_stream_backlog(conn, stream_id) == 5000
 
 
+def test_quic_connection_with_reset_tokens_derives_every_host_ids_token(tmp_path: Any) -> None:
+    """The ids are made in aioquic's ``__init__`` and ``_replenish_connection_ids``."""
+    from harness import make_certificate
+
+    from rtserver.transports.webtransport import quic_configuration
+
+    cert, key, _ = make_certificate(tmp_path)
+
+    def token(cid: bytes) -> bytes:
+        return bytes(reversed(cid)) * 2
+
+    conn = _compat.quic_connection_with_reset_tokens(
+        token,
+        configuration=quic_configuration(cert.read_bytes(), key.read_bytes(), 5.0),
+        original_destination_connection_id=b"o" * 8,
+    )
+    assert conn._host_cids[0].cid == conn.host_cid
+    conn._remote_active_connection_id_limit = 8
+    conn._replenish_connection_ids()
+    assert len(conn._host_cids) == 8
+    assert all(c.stateless_reset_token == token(c.cid) for c in conn._host_cids)
+
+
 def test_retry_validation_time_shortens_aioquics_token_lifetime() -> None:
     """``validate_token`` refuses tokens older than ``retry.TOKEN_LIFETIME`` at ``now``."""
     from aioquic.quic.retry import QuicRetryTokenHandler

@@ -25,10 +25,21 @@ still in their handshake, a new Initial without a token is answered by a statele
 valid token (made for that address, at most ``_RETRY_TOKEN_LIFETIME`` seconds old) is
 accepted. Anything else (another path, method or
 protocol) gets an HTTP/3 error status and the stream ends.
+
+A short-header packet for a connection this process does not hold (it ended, or a worker
+of ``--workers N`` or the whole server restarted since) is answered with a Stateless Reset
+(RFC 9000 10.3), which ends the client's connection at its next packet instead of after
+its idle timeout, so centrifuge-js reconnects and recovers then. The reset token of each
+connection id is an HMAC of the id under a secret derived from the TLS private key
+(:func:`reset_secret`): every worker, and a server restarted with the same key, can
+compute it. The reset is smaller than the packet it answers (no amplification, no loop
+between two endpoints) and at most ``_RESETS_PER_SECOND`` are sent.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import socket
 from collections.abc import Sequence
@@ -56,7 +67,12 @@ from aioquic.quic.packet import (
 )
 from aioquic.quic.retry import QuicRetryTokenHandler
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    load_pem_private_key,
+)
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.error import MessageLengthError
@@ -64,7 +80,11 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 from zope.interface import implementer
 
-from rtserver._compat import quic_stream_backlog, retry_validation_time
+from rtserver._compat import (
+    quic_connection_with_reset_tokens,
+    quic_stream_backlog,
+    retry_validation_time,
+)
 from rtserver.config import WebTransportConfig
 from rtserver.connections import OpenConnections, reuse_port_socket
 from rtserver.core.client import Client
@@ -78,7 +98,13 @@ from rtserver.protocol.frames import ProtocolError
 from rtserver.protocol.protobuf import complete_end, longest_message
 from rtserver.transports.origin import OriginPolicy
 
-__all__ = ["HTTP3Service", "QuicListener", "WebTransportSession", "quic_configuration"]
+__all__ = [
+    "HTTP3Service",
+    "QuicListener",
+    "WebTransportSession",
+    "quic_configuration",
+    "reset_secret",
+]
 
 _log = Logger()
 
@@ -103,6 +129,12 @@ _RETRY_TOKEN_LIFETIME = 10.0
 #: Retry starts once ``max_connections // _RETRY_FRACTION`` connections are in their
 #: handshake.
 _RETRY_FRACTION = 4
+#: Sizes of a Stateless Reset (RFC 9000 10.3: 5 unpredictable bytes and the 16-byte token
+#: at least; one byte less than the packet answered, up to 43 bytes).
+_MIN_RESET = 21
+_MAX_RESET = 43
+#: Stateless Resets sent per second at most (beyond, unknown packets are dropped).
+_RESETS_PER_SECOND = 1000
 
 
 def quic_configuration(cert_pem: bytes, key_pem: bytes, idle_timeout: float) -> QuicConfiguration:
@@ -121,6 +153,17 @@ def quic_configuration(cert_pem: bytes, key_pem: bytes, idle_timeout: float) -> 
     config.certificate_chain = chain[1:]
     config.private_key = load_pem_private_key(key_pem, password=None)
     return config
+
+
+def reset_secret(key_pem: bytes) -> bytes:
+    """The secret of the Stateless Reset tokens: a hash of the TLS private key.
+
+    Every process serving this key derives the same tokens (the workers of ``--workers N``,
+    a server restarted), and nobody without the key can.
+    """
+    key = load_pem_private_key(key_pem, password=None)
+    der = key.private_bytes(Encoding.DER, PrivateFormat.PKCS8, NoEncryption())
+    return hashlib.sha256(b"rtserver QUIC stateless reset\0" + der).digest()
 
 
 def _capsule(kind: int, payload: bytes) -> bytes:
@@ -598,6 +641,7 @@ class QuicListener(DatagramProtocol):
         config: WebTransportConfig,
         quic_config: QuicConfiguration,
         clock: IReactorTime,
+        reset_key: bytes | None = None,
     ) -> None:
         self.node = node
         self.origins = origins
@@ -620,6 +664,13 @@ class QuicListener(DatagramProtocol):
         #: Handshakes in progress from which new Initials must prove their address.
         self.retry_threshold = max(1, config.max_connections // _RETRY_FRACTION)
         self._tokens = QuicRetryTokenHandler()  # a fresh key per process
+        #: Secret of the Stateless Reset tokens (:func:`reset_secret`; a fresh one when
+        #: None: then only this process's own connections can be reset).
+        self._reset_key = reset_key if reset_key is not None else os.urandom(32)
+        #: Stateless Resets sent, and the current one-second budget's start and count.
+        self.resets_sent = 0
+        self._reset_window = 0.0
+        self._resets_in_window = 0
         #: Seconds a new QUIC connection has to open a session (``client.stale_close_delay``).
         self.session_deadline = node.config.client.stale_close_delay or 10.0
 
@@ -663,6 +714,9 @@ class QuicListener(DatagramProtocol):
                     addr,
                 )
             return
+        if header.packet_type == QuicPacketType.ONE_RTT:
+            self._stateless_reset(header.destination_cid, len(data), addr)
+            return
         if header.packet_type != QuicPacketType.INITIAL or len(data) < _MIN_INITIAL:
             self.dropped += 1
             return
@@ -680,7 +734,8 @@ class QuicListener(DatagramProtocol):
         elif self.handshaking >= self.retry_threshold:
             self._retry(header, addr)
             return
-        quic = QuicConnection(
+        quic: QuicConnection = quic_connection_with_reset_tokens(
+            self.reset_token,
             configuration=config,
             original_destination_connection_id=original_cid,
             retry_source_connection_id=retry_cid,
@@ -691,6 +746,27 @@ class QuicListener(DatagramProtocol):
         self.add_cid(header.destination_cid, peer)
         self.add_cid(quic.host_cid, peer)
         peer.datagram(data, addr)
+
+    def reset_token(self, cid: bytes) -> bytes:
+        """The Stateless Reset token of connection id ``cid``."""
+        return hmac.new(self._reset_key, cid, hashlib.sha256).digest()[:16]
+
+    def _stateless_reset(self, cid: bytes, size: int, addr: tuple[str, int]) -> None:
+        """End the sender's connection ``cid``, which this process does not hold."""
+        length = min(size - 1, _MAX_RESET)
+        now = self.clock.seconds()
+        if now - self._reset_window >= 1.0:
+            self._reset_window, self._resets_in_window = now, 0
+        if length < _MIN_RESET or self._resets_in_window >= _RESETS_PER_SECOND:
+            self.dropped += 1
+            return
+        self._resets_in_window += 1
+        self.resets_sent += 1
+        # a short header's first byte (form 0, fixed bit 1), unpredictable bits, the token
+        noise = os.urandom(length - 16)
+        packet = bytes([0x40 | (noise[0] & 0x3F)]) + noise[1:] + self.reset_token(cid)
+        _log.debug("webtransport: stateless reset to {addr}", addr=addr)
+        self.send(packet, addr)
 
     def _retry(self, header: QuicHeader, addr: tuple[str, int]) -> None:
         """Answer an Initial with a Retry carrying a token for ``addr`` (keeps no state).
@@ -783,7 +859,12 @@ class QuicListener(DatagramProtocol):
 
 
 class HTTP3Service(Service):
-    """Listens for QUIC on UDP ``port``; stopping drains the sessions first."""
+    """Listens for QUIC on UDP ``port``; stopping drains the sessions first.
+
+    ``reuse_port``: bind with ``SO_REUSEPORT`` (shared with other processes). ``fd``: serve
+    this already bound UDP socket (a worker of ``--workers N`` gets its own from the
+    supervisor, which keeps it across the worker's restarts) instead of binding one.
+    """
 
     def __init__(
         self,
@@ -793,6 +874,7 @@ class HTTP3Service(Service):
         reactor: Any,
         drain: float = 5.0,
         reuse_port: bool = False,
+        fd: int | None = None,
     ) -> None:
         self.listener = listener
         self._port_number = port
@@ -800,6 +882,7 @@ class HTTP3Service(Service):
         self._reactor = reactor
         self._drain = drain
         self._reuse_port = reuse_port
+        self._fd = fd
         self._port: Any = None
 
     @property
@@ -813,9 +896,19 @@ class HTTP3Service(Service):
     def startService(self) -> None:
         """Bind the UDP port (raises when it cannot)."""
         super().startService()
-        if self._reuse_port:
-            # A worker of --workers N: the kernel hashes each client address to one of
-            # the workers' sockets, so a QUIC connection stays with one worker.
+        if self._fd is not None:
+            # A worker of --workers N: the supervisor made this SO_REUSEPORT socket and
+            # keeps it open while the worker restarts, so the kernel's choice of socket
+            # for a client address (a hash over the group's sockets) never changes.
+            sock = socket.socket(fileno=self._fd)
+            try:
+                sock.setblocking(False)
+                self._port = self._reactor.adoptDatagramPort(
+                    sock.fileno(), sock.family, self.listener, maxPacketSize=65535
+                )
+            finally:
+                sock.detach()  # the descriptor stays open: a restarted service adopts it again
+        elif self._reuse_port:
             sock = reuse_port_socket(socket.SOCK_DGRAM, self._interface, self._port_number)
             try:
                 sock.setblocking(False)

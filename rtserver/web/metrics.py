@@ -214,6 +214,11 @@ class NodeCollector:
             "Initial packets dropped for an invalid, expired or other-address Retry token.",
             value=quic.tokens_refused,
         )
+        yield CounterMetricFamily(
+            "rtserver_http3_stateless_resets_sent",
+            "QUIC Stateless Resets sent for packets of connections this process does not hold.",
+            value=quic.resets_sent,
+        )
 
     @staticmethod
     def _http_metrics(stats: HTTPStats) -> Iterator[Metric]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import select
 import socket
 from pathlib import Path
 
@@ -11,7 +13,14 @@ from harness import make_certificate
 
 from rtserver import config as rtconfig
 from rtserver.service import default_listen
-from rtserver.workers import grpc_listen, parse_listen, refusals, reserve, worker_name
+from rtserver.workers import (
+    grpc_listen,
+    parse_listen,
+    refusals,
+    reserve,
+    udp_sockets,
+    worker_name,
+)
 
 
 def test_tcp_and_ssl_descriptions_are_taken_apart() -> None:
@@ -115,40 +124,52 @@ def test_a_udp_port_in_use_fails_the_reservation() -> None:
     busy.bind(("127.0.0.1", 0))
     try:
         with pytest.raises(OSError):
-            reserve([], [(busy.getsockname()[1], "127.0.0.1")])
+            udp_sockets(busy.getsockname()[1], "127.0.0.1", 2)
     finally:
         busy.close()
 
 
-def _reuse_port_udp(interface: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((interface, port))
-    sock.settimeout(5)
-    return sock
+def _where(sockets: list[socket.socket], clients: list[socket.socket], port: int) -> list[int]:
+    """The index of the socket each client's datagram reached."""
+    for i, client in enumerate(clients):
+        client.sendto(b"%d" % i, ("127.0.0.1", port))
+    where: dict[int, int] = {}
+    while len(where) < len(clients):
+        readable, _, _ = select.select(sockets, [], [], 5)
+        assert readable, f"datagrams lost: {sorted(where)}"
+        for sock in readable:
+            where[int(sock.recv(16))] = sockets.index(sock)
+    return [where[i] for i in range(len(clients))]
 
 
 @pytest.mark.parametrize("interface", ["", "127.0.0.1"])
-def test_the_udp_reservation_takes_no_datagram_from_the_workers(interface: str) -> None:
-    """Every client address reaches a worker, none the supervisor's reservation.
+def test_a_client_address_keeps_its_worker_socket_across_a_worker_restart(
+    interface: str,
+) -> None:
+    """HTTP/3's sockets of two workers: a client address maps to the same one throughout.
 
-    The reserved UDP socket is in the workers' SO_REUSEPORT group: a datagram the kernel
-    gave it would be lost.
+    A worker that dies closes its descriptor of its socket, and its successor gets the
+    supervisor's: the group never changes, so each client address keeps reaching the
+    socket of the worker that holds its QUIC connection (a socket that left the group and
+    joined again would reorder it and send most addresses elsewhere).
     """
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    (held,) = reserve([], [(port, interface)])
-    held.setblocking(False)
-    worker = _reuse_port_udp(interface, port)
-    clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(32)]
+    held = udp_sockets(port, interface, 2)
+    clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(64)]
     try:
-        for i, client in enumerate(clients):
-            client.sendto(b"%d" % i, ("127.0.0.1", port))
-        got = sorted(int(worker.recv(16)) for _ in clients)
-        assert got == list(range(len(clients)))
-        with pytest.raises(BlockingIOError):
-            held.recv(16)
+        worker = [socket.socket(fileno=os.dup(sock.fileno())) for sock in held]
+        first = _where(worker, clients, port)
+        assert set(first) == {0, 1}  # all on one socket by chance: 2 / 2**64
+        worker[0].close()  # worker 0 is killed...
+        worker[0] = socket.socket(fileno=os.dup(held[0].fileno()))  # ...and restarted
+        assert _where(worker, clients, port) == first
+        worker[1].close()
+        worker[1] = socket.socket(fileno=os.dup(held[1].fileno()))
+        assert _where(worker, clients, port) == first
+        for sock in worker:
+            sock.close()
     finally:
-        for sock in [*clients, held, worker]:
+        for sock in [*clients, *held]:
             sock.close()
