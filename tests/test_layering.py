@@ -31,6 +31,7 @@ LAYERS: dict[str, int] = {
     "rtserver.protocol": 1,
     "rtserver.core": 2,
     "rtserver.sockjs": 3,
+    "rtserver.tlsclient": 3,  # client TLS options for engines and proxies
     "rtserver.transports": 4,
     "rtserver.api": 4,
     "rtserver.engines": 4,

@@ -45,7 +45,6 @@ from rtserver.core.types import (
     Suppressed,
 )
 from rtserver.engines.natsconn import NatsLink, NatsUnavailable
-from rtserver.engines.tlsclient import load_tls_material
 from rtserver.engines.wire import (
     JOIN_PREFIX,
     LEAVE_PREFIX,
@@ -59,6 +58,7 @@ from rtserver.engines.wire import (
 from rtserver.logs import Logger
 from rtserver.protocol.codes import Error
 from rtserver.protocol.frames import ClientInfo, Publication, StreamPosition
+from rtserver.tlsclient import load_tls_material
 
 __all__ = ["HistoryStore", "NatsBroker", "NatsUnavailable"]
 

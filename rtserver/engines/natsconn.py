@@ -52,8 +52,8 @@ from zope.interface import implementer
 
 from rtserver import __version__
 from rtserver.config import ClientTLSConfig, NatsAddress
-from rtserver.engines.tlsclient import tls_connection_creator, tls_failure
 from rtserver.logs import Logger
+from rtserver.tlsclient import tls_connection_creator, tls_failure
 
 __all__ = [
     "MAX_CONTROL_LINE",

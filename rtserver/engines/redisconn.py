@@ -42,8 +42,8 @@ from twisted.python.failure import Failure
 from rtserver._compat import encode_redis_command, redis_protocol_base, use_clock
 from rtserver.config import ClientTLSConfig, RedisAddress
 from rtserver.engines.redis_scripts import Script
-from rtserver.engines.tlsclient import load_tls_material, tls_connection_creator
 from rtserver.logs import Logger
+from rtserver.tlsclient import load_tls_material, tls_connection_creator
 
 __all__ = [
     "CommandLink",
@@ -74,7 +74,7 @@ class RedisNotMaster(RedisUnavailable):
     """The server a Sentinel named is not (or no longer) a master."""
 
 
-# --- TLS (rtserver/engines/tlsclient.py builds the options) -----------------------
+# --- TLS (rtserver/tlsclient.py builds the options) ------------------------------
 
 
 def _endpoint(

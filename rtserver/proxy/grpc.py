@@ -210,9 +210,8 @@ class GRPCProxy:
         tls = config.grpc.tls
         self._relay: TLSRelay | None = None
         if tls.enabled and tls.insecure_skip_verify:
-            _, chain, private = _tls_pem(tls, f"proxy {name}: grpc.tls")
-            self._relay = TLSRelay(name, target, reactor=reactor, server_name=tls.server_name,
-                                   certificate=chain, private_key=private)
+            self._relay = TLSRelay(name, target, reactor=reactor, tls=tls,
+                                   key=f"proxy {name}: grpc.tls")
             self._channel = grpc.insecure_channel(
                 "unix:" + self._relay.path, options=(("grpc.default_authority", target),),
                 compression=compression,

@@ -13,59 +13,22 @@ sees the Unix connection close), and closes the relayed connection: grpcio repor
 
 from __future__ import annotations
 
-import ipaddress
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
+from rtserver.config import ClientTLSConfig
 from rtserver.logs import Logger
+from rtserver.tlsclient import tls_connection_creator
 
 __all__ = ["TLSRelay"]
 
 _log = Logger()
-
-
-def _is_dns_name(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return True
-    return False
-
-
-def _tls_connection_creator(
-    server_name: str, certificate: bytes | None, private_key: bytes | None
-) -> Any:
-    """Client TLS that does not verify the peer: ALPN h2, SNI, optional certificate."""
-    from twisted.internet import ssl
-    from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
-
-    kwargs: dict[str, Any] = {}
-    if certificate is not None and private_key is not None:
-        client = ssl.PrivateCertificate.loadPEM(certificate + b"\n" + private_key)
-        kwargs = {"privateKey": client.privateKey.original, "certificate": client.original}
-    with warnings.catch_warnings():  # pyOpenSSL >= 24.3 deprecates X509/PKey objects
-        warnings.simplefilter("ignore", DeprecationWarning)
-        options = ssl.CertificateOptions(verify=False, acceptableProtocols=[b"h2"], **kwargs)
-        options.getContext()  # built now: a bad certificate fails at start-up
-    name = server_name.encode("idna") if _is_dns_name(server_name) else None
-
-    @implementer(IOpenSSLClientConnectionCreator)
-    class Creator:
-        def clientConnectionForTLS(self, tls_protocol: Any) -> Any:  # noqa: N802 - Twisted's name
-            connection = options.clientConnectionForTLS(tls_protocol)
-            if name:
-                connection.set_tlsext_host_name(name)
-            return connection
-
-    return Creator()
 
 
 class _Outbound(Protocol):
@@ -171,9 +134,8 @@ class TLSRelay:
         target: str,
         *,
         reactor: Any,
-        server_name: str = "",
-        certificate: bytes | None = None,
-        private_key: bytes | None = None,
+        tls: ClientTLSConfig,
+        key: str,
         connect_timeout: float = 10.0,
     ) -> None:
         """Listen on a new Unix socket (in the reactor's thread).
@@ -182,9 +144,10 @@ class TLSRelay:
             name: The proxy's name in log lines.
             target: ``host:port`` (``[v6]:port`` for an IPv6 literal) of the backend.
             reactor: The server's reactor.
-            server_name: The SNI name (default: the host, when it is a DNS name).
-            certificate: The client certificate (PEM) for mutual TLS, with ...
-            private_key: ... its private key (PEM).
+            tls: The proxy's ``grpc.tls`` (``insecure_skip_verify``; ``server_name`` as
+                SNI, default the host when it is a DNS name; ``cert_pem``/``key_pem`` for
+                mutual TLS).
+            key: Its configuration key, for error messages.
             connect_timeout: Seconds a TCP connect to the backend may take.
         """
         from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
@@ -193,7 +156,7 @@ class TLSRelay:
         self.target = target
         host, _, port = target.rpartition(":")
         host = host.removeprefix("[").removesuffix("]")
-        creator = _tls_connection_creator(server_name or host, certificate, private_key)
+        creator = tls_connection_creator(tls, host, key, alpn=(b"h2",))
         self.endpoint = wrapClientTLS(
             creator, HostnameEndpoint(reactor, host, int(port), timeout=connect_timeout)
         )

@@ -1,4 +1,6 @@
-"""TLS of the engines' client connections (Redis, Sentinel, NATS): one place builds it.
+"""TLS of rtserver's client connections (Redis, Sentinel, NATS, the GRPC proxy relay).
+
+One place builds it for every adapter that opens a TLS connection.
 
 :class:`~rtserver.config.ClientTLSConfig` is Centrifugo's TLS object; this module turns
 it into Twisted client TLS options: the server's certificate is verified against
@@ -10,12 +12,16 @@ turns what a failed handshake reports into one readable line for the log.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import warnings
+from collections.abc import Sequence
 from functools import cache
 from typing import Any
 
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from rtserver.config import ClientTLSConfig, load_pem
 
@@ -50,18 +56,31 @@ def load_tls_material(options: ClientTLSConfig, key: str) -> tuple[Any, Any]:
     return trust, client
 
 
-def tls_connection_creator(options: ClientTLSConfig, host: str, key: str) -> Any:
+def _is_dns_name(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return True
+    return False
+
+
+def tls_connection_creator(
+    options: ClientTLSConfig, host: str, key: str, *, alpn: Sequence[bytes] = ()
+) -> Any:
     """The Twisted TLS client options for a connection to ``host``.
 
     Verifies the server's certificate against ``server_ca_pem`` (or the system's trust
     store) and its name against ``server_name`` (or ``host``; an IP address is checked
     against the certificate's IP addresses), unless ``insecure_skip_verify``; presents
-    ``cert_pem``/``key_pem`` when set.
+    ``cert_pem``/``key_pem`` when set. The server name is sent as SNI when it is a DNS
+    name, verified or not.
 
     Args:
-        options: The TLS object (``engine.redis.tls``, ``sentinel_tls``, ``broker.nats.tls``).
+        options: The TLS object (``engine.redis.tls``, ``sentinel_tls``,
+            ``broker.nats.tls``, a GRPC proxy's ``grpc.tls``).
         host: The host connected to.
         key: The configuration key, for error messages.
+        alpn: Application protocols to offer (``(b"h2",)`` for GRPC); none by default.
 
     Raises:
         ValueError: when a PEM value cannot be loaded (ConfigError is a ValueError).
@@ -76,17 +95,39 @@ def tls_connection_creator(options: ClientTLSConfig, host: str, key: str) -> Any
         warnings.filterwarnings(
             "ignore", "Passing pyOpenSSL (X509|PKey) objects is deprecated", DeprecationWarning
         )
-    if options.insecure_skip_verify:
-        if client is None:
-            return ssl.CertificateOptions(verify=False)
-        return ssl.CertificateOptions(
-            verify=False, privateKey=client.privateKey.original, certificate=client.original
+    protocols = list(alpn) or None
+    name = options.server_name or host
+    if not options.insecure_skip_verify:
+        return ssl.optionsForClientTLS(
+            name,
+            trustRoot=trust if trust is not None else ssl.platformTrust(),
+            clientCertificate=client,
+            acceptableProtocols=protocols,
         )
-    return ssl.optionsForClientTLS(
-        options.server_name or host,
-        trustRoot=trust if trust is not None else ssl.platformTrust(),
-        clientCertificate=client,
-    )
+    mine: dict[str, Any] = {}
+    if client is not None:
+        mine = {"privateKey": client.privateKey.original, "certificate": client.original}
+    with warnings.catch_warnings():  # pyOpenSSL >= 24.3 deprecates X509/PKey objects
+        warnings.simplefilter("ignore", DeprecationWarning)
+        unverified = ssl.CertificateOptions(verify=False, acceptableProtocols=protocols, **mine)
+        unverified.getContext()  # built now: a key that does not match fails at start
+    if not _is_dns_name(name):
+        return unverified
+    return _WithServerName(unverified, name.encode("idna"))
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _WithServerName:
+    """Unverified client TLS options that still send SNI (servers may pick by it)."""
+
+    def __init__(self, options: Any, name: bytes) -> None:
+        self._options = options
+        self._name = name
+
+    def clientConnectionForTLS(self, tls_protocol: Any) -> Any:  # noqa: N802 - Twisted's name
+        connection = self._options.clientConnectionForTLS(tls_protocol)
+        connection.set_tlsext_host_name(self._name)
+        return connection
 
 
 def tls_failure(reason: Failure) -> str | None:
