@@ -20,11 +20,12 @@ peak, end), the largest lag of an open subscriber (publications accepted but not
 received), answer latency, held-back publications, disconnects by close code, and
 subscribers left short with no close (lost silently).
 
-Variants (``--variants``) run the same tree with the module constant changed before
-twistd starts (no configuration knob): ``slices`` (as shipped), ``noslices``
-(``FLUSH_SLICE`` = 10**9: one pass writes every connection, the previous behaviour).
-``--tree DIR`` runs a variant on another source tree (``name=DIR`` in the list, e.g.
-``base=/tmp/base``). Variants alternate within each repeat.
+Variants (``--variants``) run the same tree with a module constant of
+``rtserver/core/writer.py`` changed before twistd starts (no configuration knob):
+``slices`` (as shipped), ``noslices`` (``FLUSH_SLICE`` = 10**9: one pass writes every
+connection, the behaviour before the slices), ``CONSTANT=INT`` (e.g. ``FLUSH_HURRY=8``);
+``NAME=DIR`` runs another source tree as it is (e.g. ``base=/tmp/base``). Variants
+alternate within each repeat.
 
 ::
 
@@ -60,13 +61,13 @@ from loadclient import proc_cpu, proc_rss_kb, self_cpu  # noqa: E402
 
 #: Unsent bytes in a publisher's socket buffer above which it takes no more requests.
 PUBLISHER_BUFFER = 1 << 20
-VARIANT_SLICE = {"slices": None, "noslices": 10**9}
+#: Named variants: constants of rtserver/core/writer.py set before twistd starts.
+VARIANTS: dict[str, dict[str, int]] = {"slices": {}, "noslices": {"FLUSH_SLICE": 10**9}}
 
 _SERVER = (
-    "import sys\n"
+    "import json, sys\n"
     "import rtserver.core.writer as w\n"
-    "s = sys.argv.pop(1)\n"
-    "if s != '-': w.FLUSH_SLICE = int(s)\n"
+    "for k, v in json.loads(sys.argv.pop(1)).items(): setattr(w, k, v)\n"
     "from twisted.scripts.twistd import run\n"
     "run()\n"
 )
@@ -77,16 +78,16 @@ _SERVER = (
 
 @contextlib.contextmanager
 def server(
-    tree: Path, flush_slice: int | None, workdir: Path, queue_max_size: int | None
+    tree: Path, constants: dict[str, int], workdir: Path, queue_max_size: int | None
 ) -> Iterator[tuple[int, int]]:
-    """``twistd -n rtserver`` from ``tree`` with ``FLUSH_SLICE`` set; yields (port, pid)."""
+    """``twistd -n rtserver`` from ``tree``, writer ``constants`` set; yields (port, pid)."""
     server_cpu, _ = fanout._cpus()
     port = fanout._free_port()
     name = f"rtserver-{port}"
     cfg = workdir / f"{name}.json"
     cfg.write_text(json.dumps(fanout.rtserver_config(queue_max_size)))
     log = workdir / f"{name}.log"
-    cmd = [sys.executable, "-c", _SERVER, "-" if flush_slice is None else str(flush_slice)]
+    cmd = [sys.executable, "-c", _SERVER, json.dumps(constants)]
     cmd += ["--pidfile=", "-n", f"--logfile={log}", "rtserver", "--config", str(cfg)]
     cmd += ["-l", f"tcp:{port}:interface={HOST}:backlog=1024"]
     env = {**os.environ, "PYTHONPATH": str(tree)}
@@ -293,6 +294,8 @@ class Load:
             "held_back": self.held_back,
             "delivered": gen.delivered,
             "deliveries_per_s": delivered_pub / t_pub,
+            # everything delivered, over the time until the last open subscriber caught up
+            "overall_per_s": gen.delivered / (t_pub + drain_s),
             "server_util": ((u1 - u0) + (s1 - s0)) / t_pub,
             "client_util": (self_cpu() - c0) / (time.monotonic() - t0),
             "rss_start_kb": rss0,
@@ -338,10 +341,10 @@ def client_main(arg: str) -> None:
 
 
 def run_once(
-    variant: str, tree: Path, flush_slice: int | None, args: argparse.Namespace, workdir: Path
+    variant: str, tree: Path, constants: dict[str, int], args: argparse.Namespace, workdir: Path
 ) -> dict[str, Any]:
     _, client_cpu = fanout._cpus()
-    with server(tree, flush_slice, workdir, args.queue_max_size) as (port, pid):
+    with server(tree, constants, workdir, args.queue_max_size) as (port, pid):
         params = {
             "host": HOST,
             "port": port,
@@ -381,6 +384,7 @@ def line(r: dict[str, Any]) -> str:
     held = f"{r['held_back']:,}" if r.get("offered_per_s") else "-"
     return (
         f"| {r['variant']} | {r['accepted_per_s']:,.0f} | {r['deliveries_per_s']:,.0f} "
+        f"| {r['overall_per_s']:,.0f} "
         f"| {r['server_util']:.0%} / {r['client_util']:.0%} "
         f"| {r['rss_start_kb'] / 1024:.0f} / {r['rss_peak_kb'] / 1024:.0f} / "
         f"{r['rss_end_kb'] / 1024:.0f} "
@@ -391,9 +395,9 @@ def line(r: dict[str, Any]) -> str:
 
 
 HEADER = (
-    "| variant | accepted pubs/s | deliveries/s | server / client CPU | RSS MiB start / peak "
-    "/ end | peak lag (pubs) | answer ms p50 / p99 / max | held back | disconnects | "
-    "open but short | drain s |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    "| variant | accepted pubs/s | deliveries/s | with drain | server / client CPU | RSS MiB "
+    "start / peak / end | peak lag (pubs) | answer ms p50 / p99 / max | held back | "
+    "disconnects | open but short | drain s |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -421,7 +425,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--variants",
         default="slices,noslices",
-        help="slices, noslices, or NAME=TREE (as shipped, from another tree)",
+        help="slices (as shipped), noslices (FLUSH_SLICE 10**9), CONSTANT=INT (a constant "
+        "of rtserver/core/writer.py, e.g. FLUSH_HURRY=8), or NAME=TREE (another source tree)",
     )
     p.add_argument("--queue-max-size", type=int, default=None)
     p.add_argument("--json", type=Path, help="every run's result, with its samples")
@@ -432,13 +437,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    variants: list[tuple[str, Path, int | None]] = []
+    variants: list[tuple[str, Path, dict[str, int]]] = []
     for v in args.variants.split(","):
-        name, _, tree = v.partition("=")
-        if tree:
-            variants.append((name, Path(tree).resolve(), None))
-        elif name in VARIANT_SLICE:
-            variants.append((name, HERE.parent, VARIANT_SLICE[name]))
+        name, _, value = v.partition("=")
+        if name in VARIANTS:
+            variants.append((name, HERE.parent, VARIANTS[name]))
+        elif name.isupper() and value.isdigit():  # a writer constant, e.g. FLUSH_HURRY=8
+            variants.append((v, HERE.parent, {name: int(value)}))
+        elif value:
+            variants.append((name, Path(value).resolve(), {}))
         else:
             raise SystemExit(f"unknown variant {v!r}")
     atexit.register(fanout._stop_all)
@@ -454,8 +461,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="rtoverload-") as tmp:
         for rep in range(args.repeat):
-            for name, tree, flush_slice in variants if rep % 2 == 0 else variants[::-1]:
-                r = run_once(name, tree, flush_slice, args, Path(tmp))
+            for name, tree, constants in variants if rep % 2 == 0 else variants[::-1]:
+                r = run_once(name, tree, constants, args, Path(tmp))
                 r["repeat"] = rep
                 print(line(r), file=sys.stderr, flush=True)
                 results.append(r)
