@@ -313,7 +313,9 @@ FLUSH_TURNS = 16
 #: writer holds more than 1/FLUSH_HURRY of its byte bound: in overload (input faster than
 #: the writes) queues of healthy connections never grow past that plus one turn of input,
 #: and the server reads input no faster than it writes (back-pressure on publishers).
-FLUSH_HURRY = 4
+#: 1/16 (64 KiB of the default 1 MiB) keeps the bytes in flight near those of one pass
+#: per turn; bench/RESULTS.md, "Fan-out under overload".
+FLUSH_HURRY = 16
 
 
 class FlushScheduler:
