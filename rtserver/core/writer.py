@@ -309,6 +309,13 @@ FLUSH_SLICE = 64
 #: A pass over the writers takes at most about this many turns: a larger fan-out is cut
 #: into larger slices, so the input read (and queued) during one pass stays bounded.
 FLUSH_TURNS = 16
+#: A pass ends early, every writer still waiting written on the next turn, once a waiting
+#: writer holds more than 1/FLUSH_HURRY of its byte bound: in overload (input faster than
+#: the writes) queues of healthy connections never grow past that plus one turn of input,
+#: and the server reads input no faster than it writes (back-pressure on publishers).
+#: 1/16 (64 KiB of the default 1 MiB) keeps the bytes in flight near those of one pass
+#: per turn; bench/RESULTS.md, "Fan-out under overload".
+FLUSH_HURRY = 16
 
 
 class FlushScheduler:
@@ -320,13 +327,15 @@ class FlushScheduler:
     and syscalls. 0 flushes on the next turn.
     """
 
-    __slots__ = ("_call", "_clock", "_delay", "_pending")
+    __slots__ = ("_call", "_clock", "_delay", "_hurry", "_pending")
 
     def __init__(self, clock: IReactorTime, delay: float = 0.0) -> None:
         self._clock = clock
         self._delay = max(0.0, delay)
         self._pending: list[ClientWriter] = []
         self._call: IDelayedCall | None = None
+        # a waiting writer passed 1/FLUSH_HURRY of its bound: write them all next turn
+        self._hurry = False
 
     def add(self, writer: ClientWriter) -> None:
         """Flush ``writer`` on the next turn (or after the write delay)."""
@@ -337,7 +346,7 @@ class FlushScheduler:
     def _run(self) -> None:
         self._call = None
         pending = self._pending
-        if len(pending) > FLUSH_SLICE:
+        if len(pending) > FLUSH_SLICE and not self._hurry:
             # a large fan-out is written in slices, reading input between them: what
             # arrives meanwhile joins the frames of the writers not yet flushed
             size = max(FLUSH_SLICE, len(pending) // FLUSH_TURNS)
@@ -345,7 +354,10 @@ class FlushScheduler:
             pending = pending[:size]
             self._call = self._clock.callLater(0, self._run)
         else:
+            # the pass ends: in overload (a queue passed its hurry mark) every writer
+            # waiting is written now, before more input is read
             self._pending = []
+            self._hurry = False
         for writer in pending:
             # ClientWriter.flush, inlined: this runs once per connection per turn
             writer._scheduled = False
@@ -372,6 +384,7 @@ class ClientWriter:
 
     __slots__ = (
         "_closed",
+        "_hurry_bytes",
         "_max_bytes",
         "_on_overflow",
         "_paused",
@@ -392,6 +405,7 @@ class ClientWriter:
         self._sink = sink
         self._scheduler = scheduler
         self._max_bytes = max_bytes
+        self._hurry_bytes = max_bytes // FLUSH_HURRY
         self._on_overflow = on_overflow
         self._queue: list[Payload] = []
         self._queued_bytes = 0
@@ -409,13 +423,17 @@ class ClientWriter:
         if self._closed:
             return
         self._queue.append(payload)
-        self._queued_bytes += payload.size
-        if self._queued_bytes > self._max_bytes:
-            self._closed = True
-            self._queue = []
-            self._queued_bytes = 0
-            self._on_overflow()
-            return
+        queued = self._queued_bytes = self._queued_bytes + payload.size
+        if queued > self._hurry_bytes:
+            if queued > self._max_bytes:
+                self._closed = True
+                self._queue = []
+                self._queued_bytes = 0
+                self._on_overflow()
+                return
+            if not self._paused:
+                # a flush pass in progress would reach this writer too late: end it
+                self._scheduler._hurry = True
         if not self._scheduled and not self._paused:
             self._scheduled = True
             # FlushScheduler.add, inlined: this runs once per connection per turn
