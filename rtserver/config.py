@@ -55,6 +55,8 @@ __all__ = [
 ]
 
 _DURATION = {"duration": True}
+#: An integer Centrifugo types as a string: ``"9000"`` reads as 9000, ``""`` as 0.
+_DIGITS = {"digits": True}
 
 
 def duration(default: float) -> Any:
@@ -151,7 +153,7 @@ class HTTPServerConfig:
     port: int = 8000
     #: A second listener for the admin web UI (unless ``admin.external``); 0 = none.
     internal_address: str = ""
-    internal_port: int = 0
+    internal_port: int = field(default=0, metadata=_DIGITS)
     tls: TLSConfig = field(default_factory=TLSConfig)
     http3: HTTP3Config = field(default_factory=HTTP3Config)
     read_header_timeout: float = duration(10.0)
@@ -796,6 +798,10 @@ class SchemaKey:
             if lowered in ("0", "false", "no", "off", ""):
                 return False
             raise ConfigError(f"{name}: expected true or false, got {raw!r}")
+        if self.field.metadata.get("digits"):
+            if not re.fullmatch(r"[0-9]*", raw):
+                raise ConfigError(f"{name}: expected a number, got {raw!r}")
+            return int(raw or "0")
         if hint is int:
             try:
                 return int(raw)
@@ -1286,6 +1292,10 @@ def _convert(value: Any, hint: Any, f: dataclasses.Field[Any], key: str, warn: l
         return parse_duration(value, key)
     if f.metadata.get("one_or_many") and isinstance(value, str):
         value = [value]
+    if f.metadata.get("digits") and isinstance(value, str):
+        if not re.fullmatch(r"[0-9]*", value):
+            raise ConfigError(f'{key}: expected a number (9000 or "9000"), got {value!r}')
+        value = int(value or "0")
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected an object, got {type(value).__name__}")
