@@ -242,6 +242,9 @@ class ProxyGRPCConfig:
     credentials_value: str = field(default="", repr=False)
     #: Compress requests with gzip.
     compression: bool = False
+    #: Metadata added to every call (Centrifugo v6.5.2+); forwarded headers of the same
+    #: key override it. Values may be secrets: kept out of ``repr`` and messages.
+    static_metadata: dict[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)
@@ -1583,25 +1586,57 @@ def _validate_endpoint(proxy: ProxyConfig, key: str) -> None:
 _METADATA_KEY_RE = re.compile(r"[0-9a-z_.-]+")
 #: Printable ASCII: the characters a text metadata value may hold.
 _METADATA_VALUE_RE = re.compile(r"[\x20-\x7e]*")
+#: Keys GRPC sets itself (grpcio and grpc-go drop them silently from call metadata) or
+#: HTTP/2 forbids in a request (RFC 9113, 8.2.2); ``grpc-*`` keys are GRPC's too.
+_RESERVED_METADATA_KEYS = frozenset(
+    {
+        "content-type",
+        "te",
+        "user-agent",
+        "connection",
+        "host",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+
+def _check_metadata_key(name: str, shown: str, key: str) -> None:
+    """``name`` (lower-cased) is a key a GRPC call may carry; ``shown`` as configured."""
+    if not _METADATA_KEY_RE.fullmatch(name) or name.startswith("grpc-"):
+        raise ConfigError(
+            f"{key}: {shown!r} is not a GRPC metadata key "
+            "(letters, digits, '-', '_', '.'; not starting with 'grpc-')"
+        )
+    if name in _RESERVED_METADATA_KEYS:
+        raise ConfigError(f"{key}: {shown!r} is reserved (GRPC or HTTP/2 sets it)")
 
 
 def _validate_proxy_grpc(grpc: ProxyGRPCConfig, key: str) -> None:
-    """``grpc`` of a GRPC proxy; never puts ``credentials_value`` in a message."""
+    """``grpc`` of a GRPC proxy; no message shows ``credentials_value`` or a metadata value."""
     if grpc.tls.enabled:
         validate_client_tls(grpc.tls, f"{key}.tls")
     name = grpc.credentials_key.lower()
     if grpc.credentials_value and not name:
         raise ConfigError(f"{key}.credentials_value: set without credentials_key")
     if name:
-        if not _METADATA_KEY_RE.fullmatch(name) or name.startswith("grpc-"):
-            raise ConfigError(
-                f"{key}.credentials_key: {grpc.credentials_key!r} is not a GRPC metadata key "
-                "(letters, digits, '-', '_', '.'; not starting with 'grpc-')"
-            )
+        _check_metadata_key(name, grpc.credentials_key, f"{key}.credentials_key")
         if name.endswith("-bin"):
             raise ConfigError(f"{key}.credentials_key: binary ('-bin') keys are not supported")
         if not _METADATA_VALUE_RE.fullmatch(grpc.credentials_value):
             raise ConfigError(f"{key}.credentials_value: only printable ASCII characters")
+    seen: dict[str, str] = {}
+    for shown, value in grpc.static_metadata.items():
+        where = f"{key}.static_metadata"
+        meta = shown.lower()  # as Centrifugo (grpc-go's metadata.MD) sends it
+        _check_metadata_key(meta, shown, where)
+        if meta in seen:
+            raise ConfigError(f"{where}: {seen[meta]!r} and {shown!r} are the same key")
+        seen[meta] = shown
+        if not meta.endswith("-bin") and not _METADATA_VALUE_RE.fullmatch(value):
+            raise ConfigError(f"{where}.{shown}: only printable ASCII characters (or a '-bin' key)")
 
 
 def proxy_names(config: Config) -> dict[str, dict[str, ProxyConfig]]:

@@ -194,6 +194,7 @@ def _supported(tmp_path: Path) -> dict[str, dict[str, Any]]:
             "credentials_key": "token",
             "credentials_value": "t",
             "compression": True,
+            "static_metadata": {"X-Tenant": "acme"},
         },
     }
     return {
