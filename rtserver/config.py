@@ -55,6 +55,8 @@ __all__ = [
 ]
 
 _DURATION = {"duration": True}
+#: An integer Centrifugo types as a string: ``"9000"`` reads as 9000, ``""`` as 0.
+_DIGITS = {"digits": True}
 
 
 def duration(default: float) -> Any:
@@ -151,7 +153,7 @@ class HTTPServerConfig:
     port: int = 8000
     #: A second listener for the admin web UI (unless ``admin.external``); 0 = none.
     internal_address: str = ""
-    internal_port: int = 0
+    internal_port: int = field(default=0, metadata=_DIGITS)
     tls: TLSConfig = field(default_factory=TLSConfig)
     http3: HTTP3Config = field(default_factory=HTTP3Config)
     read_header_timeout: float = duration(10.0)
@@ -240,6 +242,9 @@ class ProxyGRPCConfig:
     credentials_value: str = field(default="", repr=False)
     #: Compress requests with gzip.
     compression: bool = False
+    #: Metadata added to every call (Centrifugo v6.5.2+); forwarded headers of the same
+    #: key override it. Values may be secrets: kept out of ``repr`` and messages.
+    static_metadata: dict[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)
@@ -796,6 +801,10 @@ class SchemaKey:
             if lowered in ("0", "false", "no", "off", ""):
                 return False
             raise ConfigError(f"{name}: expected true or false, got {raw!r}")
+        if self.field.metadata.get("digits"):
+            if not re.fullmatch(r"[0-9]*", raw):
+                raise ConfigError(f"{name}: expected a number, got {raw!r}")
+            return int(raw or "0")
         if hint is int:
             try:
                 return int(raw)
@@ -1286,6 +1295,10 @@ def _convert(value: Any, hint: Any, f: dataclasses.Field[Any], key: str, warn: l
         return parse_duration(value, key)
     if f.metadata.get("one_or_many") and isinstance(value, str):
         value = [value]
+    if f.metadata.get("digits") and isinstance(value, str):
+        if not re.fullmatch(r"[0-9]*", value):
+            raise ConfigError(f'{key}: expected a number (9000 or "9000"), got {value!r}')
+        value = int(value or "0")
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected an object, got {type(value).__name__}")
@@ -1573,25 +1586,57 @@ def _validate_endpoint(proxy: ProxyConfig, key: str) -> None:
 _METADATA_KEY_RE = re.compile(r"[0-9a-z_.-]+")
 #: Printable ASCII: the characters a text metadata value may hold.
 _METADATA_VALUE_RE = re.compile(r"[\x20-\x7e]*")
+#: Keys GRPC sets itself (grpcio and grpc-go drop them silently from call metadata) or
+#: HTTP/2 forbids in a request (RFC 9113, 8.2.2); ``grpc-*`` keys are GRPC's too.
+_RESERVED_METADATA_KEYS = frozenset(
+    {
+        "content-type",
+        "te",
+        "user-agent",
+        "connection",
+        "host",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+
+def _check_metadata_key(name: str, shown: str, key: str) -> None:
+    """``name`` (lower-cased) is a key a GRPC call may carry; ``shown`` as configured."""
+    if not _METADATA_KEY_RE.fullmatch(name) or name.startswith("grpc-"):
+        raise ConfigError(
+            f"{key}: {shown!r} is not a GRPC metadata key "
+            "(letters, digits, '-', '_', '.'; not starting with 'grpc-')"
+        )
+    if name in _RESERVED_METADATA_KEYS:
+        raise ConfigError(f"{key}: {shown!r} is reserved (GRPC or HTTP/2 sets it)")
 
 
 def _validate_proxy_grpc(grpc: ProxyGRPCConfig, key: str) -> None:
-    """``grpc`` of a GRPC proxy; never puts ``credentials_value`` in a message."""
+    """``grpc`` of a GRPC proxy; no message shows ``credentials_value`` or a metadata value."""
     if grpc.tls.enabled:
         validate_client_tls(grpc.tls, f"{key}.tls")
     name = grpc.credentials_key.lower()
     if grpc.credentials_value and not name:
         raise ConfigError(f"{key}.credentials_value: set without credentials_key")
     if name:
-        if not _METADATA_KEY_RE.fullmatch(name) or name.startswith("grpc-"):
-            raise ConfigError(
-                f"{key}.credentials_key: {grpc.credentials_key!r} is not a GRPC metadata key "
-                "(letters, digits, '-', '_', '.'; not starting with 'grpc-')"
-            )
+        _check_metadata_key(name, grpc.credentials_key, f"{key}.credentials_key")
         if name.endswith("-bin"):
             raise ConfigError(f"{key}.credentials_key: binary ('-bin') keys are not supported")
         if not _METADATA_VALUE_RE.fullmatch(grpc.credentials_value):
             raise ConfigError(f"{key}.credentials_value: only printable ASCII characters")
+    seen: dict[str, str] = {}
+    for shown, value in grpc.static_metadata.items():
+        where = f"{key}.static_metadata"
+        meta = shown.lower()  # as Centrifugo (grpc-go's metadata.MD) sends it
+        _check_metadata_key(meta, shown, where)
+        if meta in seen:
+            raise ConfigError(f"{where}: {seen[meta]!r} and {shown!r} are the same key")
+        seen[meta] = shown
+        if not meta.endswith("-bin") and not _METADATA_VALUE_RE.fullmatch(value):
+            raise ConfigError(f"{where}.{shown}: only printable ASCII characters (or a '-bin' key)")
 
 
 def proxy_names(config: Config) -> dict[str, dict[str, ProxyConfig]]:

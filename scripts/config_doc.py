@@ -290,6 +290,7 @@ _PROXY_KEYS = {
     "grpc.credentials_key": "metadata key sent with every call (per-RPC credentials)",
     "grpc.credentials_value": "its value (never logged)",
     "grpc.compression": "gzip-compress requests",
+    "grpc.static_metadata": "metadata sent with every call (object; forwarded headers win)",
 }
 for _prefix in (
     "client.proxy.connect",

@@ -315,6 +315,54 @@ def test_env_int_and_bad_int() -> None:
         config.load(environ={"RTSERVER_HTTP_SERVER_PORT": "eighty"})
 
 
+@pytest.mark.parametrize(("value", "port"), [("9000", 9000), ("", 0), (9000, 9000), (0, 0)])
+def test_internal_port_as_centrifugo_types_it(tmp_path: Path, value: Any, port: int) -> None:
+    """Centrifugo's ``internal_port`` is a string: digits are the port, ``""`` is none."""
+    cfg, warnings = _load({"http_server": {"internal_port": value}, "http_api": {"key": "k"}},
+                          tmp_path)
+    assert (cfg.http_server.internal_port, warnings) == (port, [])
+
+
+@pytest.mark.parametrize("value", ["nine", " 9000", "9000 ", "-1", "+9000", "9_000", "9e3", True])
+def test_internal_port_other_values_are_refused(value: Any) -> None:
+    assert _error({"http_server": {"internal_port": value}}).startswith(
+        "http_server.internal_port: expected "
+    )
+
+
+def test_internal_port_out_of_range_string() -> None:
+    assert _error({"http_server": {"internal_port": "65536"}}) == (
+        "http_server.internal_port: must be between 0 and 65535"
+    )
+
+
+def test_env_internal_port_like_centrifugo() -> None:
+    """``CENTRIFUGO_HTTP_SERVER_INTERNAL_PORT=""`` is no internal port; text names the variable."""
+    for raw, port in (("9001", 9001), ("", 0)):
+        env = {"CENTRIFUGO_HTTP_SERVER_INTERNAL_PORT": raw}
+        assert config.load(environ=env)[0].http_server.internal_port == port
+    with pytest.raises(ConfigError, match="RTSERVER_HTTP_SERVER_INTERNAL_PORT: expected a number"):
+        config.load(environ={"RTSERVER_HTTP_SERVER_INTERNAL_PORT": "admin"})
+
+
+def test_string_internal_port_serves_the_admin_ui(tmp_path: Path) -> None:
+    """Centrifugo's ``"internal_port": "<port>"``: twistd serves the admin UI there."""
+    import urllib.request
+
+    from harness import free_port, run_server
+
+    port = free_port()
+    overrides = {"admin": {"enabled": True, "password": "p", "secret": "s"},
+                 "http_server": {"internal_port": str(port)}}
+    with run_server(tmp_path, overrides) as server:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as reply:
+            page = reply.read().decode()
+        assert reply.status == 200 and "<html" in page.lower()
+        with pytest.raises(urllib.error.HTTPError) as main:  # not on the main port
+            urllib.request.urlopen(f"{server.url}/", timeout=10)
+        assert main.value.code == 404
+
+
 def test_env_duration() -> None:
     """Duration env values use the duration syntax."""
     cfg, _ = config.load(environ={"RTSERVER_CLIENT_PING_INTERVAL": "1m"})

@@ -171,11 +171,17 @@ def test_keys_named_as_read_exist() -> None:
     assert not missing, f"named as read but not in rtserver.config: {missing}"
 
 
-def test_internal_port_string_is_refused(tmp_path: Path) -> None:
-    """As documented: Centrifugo's string ``internal_port`` stops the server, a number works."""
-    with pytest.raises(config.ConfigError, match=r"http_server\.internal_port"):
-        _load(tmp_path, {"http_server": {"internal_port": "9000"}})
-    assert _load(tmp_path, {"http_server": {"internal_port": 9000}}) == []
+def test_internal_port_string_is_read(tmp_path: Path) -> None:
+    """As documented: Centrifugo's string ``internal_port`` is read like the number.
+
+    ``"9000"`` is 9000, ``""`` none; any other string stops the server naming the key.
+    """
+    for value, port in (("9000", 9000), (9000, 9000), ("", 0)):
+        data = {"http_server": {"internal_port": value}}
+        assert _load(tmp_path, data) == []
+        assert config.from_mapping(data).http_server.internal_port == port
+    with pytest.raises(config.ConfigError, match=r"http_server\.internal_port: expected a number"):
+        _load(tmp_path, {"http_server": {"internal_port": "nine"}})
 
 
 def _supported(tmp_path: Path) -> dict[str, dict[str, Any]]:
@@ -188,6 +194,7 @@ def _supported(tmp_path: Path) -> dict[str, dict[str, Any]]:
             "credentials_key": "token",
             "credentials_value": "t",
             "compression": True,
+            "static_metadata": {"X-Tenant": "acme"},
         },
     }
     return {
@@ -288,7 +295,7 @@ def _supported(tmp_path: Path) -> dict[str, dict[str, Any]]:
         },
         "admin UI on the internal port": {
             "admin": {"enabled": True, "password": "p", "secret": "s"},
-            "http_server": {"internal_port": 9001},
+            "http_server": {"internal_port": "9001"},  # Centrifugo's type: a string
         },
         "GRPC server API and uni_grpc": {
             "grpc_api": {"enabled": True, "port": 10000, "key": "k", "error_mode": "transport"},

@@ -11,6 +11,7 @@ Messages are ``proxy.proto`` (Centrifugo's field numbers). ``http_headers``/
 ``emulated_headers`` become metadata as in Centrifugo (lower-case keys), then
 ``grpc.credentials_key``/``credentials_value`` (Centrifugo's per-RPC credentials, sent
 with or without TLS as Centrifugo does; they replace a forwarded header of that name).
+``grpc.static_metadata`` comes first: a forwarded header or the credentials replace a key.
 """
 
 from __future__ import annotations
@@ -53,8 +54,12 @@ _T = TypeVar("_T")
 
 
 def metadata(config: ProxyConfig, request: ProxyRequest) -> tuple[tuple[str, str | bytes], ...]:
-    """Emulated headers, transport headers allowed by the config, then the credentials."""
-    out: dict[str, str] = {}
+    """The metadata of a call, in Centrifugo's order: a later source replaces a key.
+
+    ``grpc.static_metadata``, emulated and transport headers allowed by the config, then
+    the credentials.
+    """
+    out = {name.lower(): value for name, value in config.grpc.static_metadata.items()}
     emulated = {h.lower() for h in config.emulated_headers}
     for name, value in request.emulated_headers.items():
         if name.lower() in emulated:
@@ -65,7 +70,8 @@ def metadata(config: ProxyConfig, request: ProxyRequest) -> tuple[tuple[str, str
             out[name.lower()] = value
     if config.grpc.credentials_key:
         out[config.grpc.credentials_key.lower()] = config.grpc.credentials_value
-    return tuple(out.items())
+    # grpcio wants bytes for binary (``-bin``) keys; grpc-go sends a string's bytes.
+    return tuple((k, v.encode() if k.endswith("-bin") else v) for k, v in out.items())
 
 
 def _tls_pem(tls: ClientTLSConfig, key: str) -> tuple[bytes | None, bytes | None, bytes | None]:

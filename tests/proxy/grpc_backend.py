@@ -5,7 +5,7 @@ authenticates, ``proxied:allowed*`` channels are allowed, publications are upper
 (kept out of history, plus the ``PublishResult`` fields of an ``"ask"`` object in the data),
 RPC ``whoami`` tells what the backend saw, ``fail`` is error 1404 and ``sleep`` answers
 after 2 s. Runs in the test process on grpcio's threads; ``calls`` records
-``(method, request, metadata)``, ``peers`` the common name of each call's client
+``(method, request, metadata)`` (the values of ``-bin`` keys as bytes), ``peers`` the common name of each call's client
 certificate ("" without one) and ``cancelled`` counts calls the client cancelled.
 Plaintext, or TLS with ``tls=(certificate, key)`` (PEM bytes), requiring a client
 certificate signed by ``client_ca``; ``options`` are grpcio server options.
@@ -75,7 +75,7 @@ class GRPCBackend:
 
     def _handler(self, name: str) -> Any:
         def handle(request: Any, context: grpc.ServicerContext) -> Any:
-            md = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
+            md = dict(context.invocation_metadata())  # bytes for '-bin' keys
             names = context.auth_context().get("x509_common_name", [b""])
             with self._lock:
                 self.calls.append((name, request, md))
