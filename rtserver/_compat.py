@@ -30,6 +30,7 @@ __all__ = [
     "send_now",
     "set_twistd_logger",
     "ssl_server_context",
+    "ssl_server_endpoint",
     "use_clock",
     "write_now",
 ]
@@ -144,10 +145,23 @@ def set_twistd_logger(options: Any, factory: str) -> str | None:
 # ``_sslContextFactory``. A worker of ``--workers N`` listens on its own ``SO_REUSEPORT``
 # socket instead of the endpoint's, and wraps its site in TLS with these same options, so
 # an ``ssl:`` description means the same TLS with one process or with N.
+#
+# Client certificates (``http_server.tls.client_ca_pem``): the description has no
+# argument for them, so the options are given a trust root afterwards, before their
+# first ``getContext()``. ``CertificateOptions`` builds its OpenSSL context lazily from
+# its ``verify``, ``requireCertificate`` and ``trustRoot`` attributes (the values its
+# ``trustRoot=`` argument sets); once built, the context cannot be changed (pyOpenSSL
+# refuses to mutate a context that made a connection).
 
 
-def ssl_server_context(description: str) -> Any:
-    """The TLS context factory Twisted's ``ssl:`` endpoint makes of ``description``.
+def ssl_server_endpoint(reactor: Any, description: str, client_ca: Any = None) -> Any:
+    """The ``SSL4ServerEndpoint`` Twisted's ``ssl:`` parser makes of ``description``.
+
+    Args:
+        reactor: The reactor the endpoint listens with (None: only its options are used).
+        description: An ``ssl:`` endpoint description.
+        client_ca: None, or an ``IOpenSSLTrustRoot``: every client must then present a
+            certificate it verifies (as ``CertificateOptions(trustRoot=...)`` does).
 
     Raises:
         ValueError: ``description`` is no ``ssl:`` description.
@@ -155,10 +169,27 @@ def ssl_server_context(description: str) -> Any:
     """
     from twisted.internet import endpoints
 
-    endpoint = endpoints.serverFromString(None, description)
+    endpoint = endpoints.serverFromString(reactor, description)
     if not isinstance(endpoint, endpoints.SSL4ServerEndpoint):
         raise ValueError(f"{description!r} is no ssl: endpoint description")
-    return endpoint._sslContextFactory
+    if client_ca is not None:
+        options = endpoint._sslContextFactory
+        options.trustRoot = client_ca
+        options.verify = True
+        options.requireCertificate = True
+    return endpoint
+
+
+def ssl_server_context(description: str, client_ca: Any = None) -> Any:
+    """The TLS context factory Twisted's ``ssl:`` endpoint makes of ``description``.
+
+    ``client_ca``: as for :func:`ssl_server_endpoint`.
+
+    Raises:
+        ValueError: ``description`` is no ``ssl:`` description.
+        OSError, OpenSSL.SSL.Error: a file cannot be read or holds no usable PEM data.
+    """
+    return ssl_server_endpoint(None, description, client_ca)._sslContextFactory
 
 
 # --- Autobahn: connection options as class attributes -------------------------------------

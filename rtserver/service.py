@@ -41,6 +41,7 @@ from rtserver.logs import Logger
 from rtserver.proxy.hooks import HookProxy, Hooks
 from rtserver.shutdown import StopSignalGuard
 from rtserver.sockjs.forward import Siblings
+from rtserver.tlsserver import client_trust_root
 from rtserver.transports.emulation import EmulationResource, HTTPStreamResource, SSEResource
 from rtserver.transports.origin import OriginPolicy
 from rtserver.transports.uni import UniHTTPStreamResource, UniSSEResource, UniWebSocketFactory
@@ -816,11 +817,28 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
 
 
-#: Makes the listening service of one endpoint description for a site.
-Listener = Callable[[str, RTSite, Any], Service]
+class Listener(Protocol):
+    """Makes the listening service of one endpoint description for a site.
+
+    ``client_ca``: None, or the trust root (``tlsserver.client_trust_root``) an ``ssl:``
+    description's TLS must verify a client certificate against (mutual TLS).
+    """
+
+    def __call__(
+        self, description: str, site: RTSite, reactor: Any, client_ca: Any = None, /
+    ) -> Service: ...
 
 
-def _strports_listener(description: str, site: RTSite, reactor: Any) -> Service:
+def _strports_listener(
+    description: str, site: RTSite, reactor: Any, client_ca: Any = None
+) -> Service:
+    if client_ca is not None and split_description(description)[0] == "ssl":
+        from twisted.application.internet import StreamServerEndpointService
+
+        from rtserver._compat import ssl_server_endpoint
+
+        endpoint = ssl_server_endpoint(reactor, description, client_ca)
+        return StreamServerEndpointService(endpoint, site)
     service: Service = strports_service(description, site, reactor=reactor)
     return service
 
@@ -885,8 +903,17 @@ def build(
     NodeService(node, drains, endpoints + internal_endpoints, reloader=reloader).setServiceParent(
         top
     )
+    client_ca = client_trust_root(config.http_server.tls, "http_server.tls")
+    if client_ca is not None:
+        _log.info("http_server.tls.client_ca_pem: TLS clients must present a certificate")
     for desc in endpoints:
-        listen_on(desc, site, reactor).setServiceParent(top)
+        if client_ca is not None and split_description(desc)[0] != "ssl":
+            _log.warn(
+                "http_server.tls.client_ca_pem: {endpoint} is no TLS listener, so it asks "
+                "no client certificate",
+                endpoint=desc,
+            )
+        listen_on(desc, site, reactor, client_ca).setServiceParent(top)
     if sites.owned is not None and siblings is not None:
         # lockfile=1: a stale socket of a killed predecessor is removed, a live one kept.
         private = "unix:" + siblings.own_path.replace(":", "\\:") + ":mode=600:lockfile=1"
