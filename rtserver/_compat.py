@@ -27,10 +27,10 @@ __all__ = [
     "quic_connection_with_reset_tokens",
     "quic_stream_backlog",
     "redis_protocol_base",
+    "require_client_certificate",
     "send_now",
     "set_twistd_logger",
     "ssl_server_context",
-    "ssl_server_endpoint",
     "use_clock",
     "write_now",
 ]
@@ -154,14 +154,35 @@ def set_twistd_logger(options: Any, factory: str) -> str | None:
 # refuses to mutate a context that made a connection).
 
 
-def ssl_server_endpoint(reactor: Any, description: str, client_ca: Any = None) -> Any:
-    """The ``SSL4ServerEndpoint`` Twisted's ``ssl:`` parser makes of ``description``.
+def require_client_certificate(endpoint: Any, client_ca: Any) -> None:
+    """Make an ``SSL4ServerEndpoint`` (not listening yet) verify client certificates.
+
+    Every client must then present a certificate ``client_ca`` verifies, as with
+    ``CertificateOptions(trustRoot=client_ca)``.
 
     Args:
-        reactor: The reactor the endpoint listens with (None: only its options are used).
-        description: An ``ssl:`` endpoint description.
-        client_ca: None, or an ``IOpenSSLTrustRoot``: every client must then present a
-            certificate it verifies (as ``CertificateOptions(trustRoot=...)`` does).
+        endpoint: An ``SSL4ServerEndpoint``, e.g. the ``endpoint`` of the service
+            ``twisted.application.strports.service`` makes of an ``ssl:`` description.
+        client_ca: An ``IOpenSSLTrustRoot`` (``ssl.trustRootFromCertificates``).
+
+    Raises:
+        ValueError: ``endpoint`` is no ``SSL4ServerEndpoint``.
+    """
+    from twisted.internet import endpoints
+
+    if not isinstance(endpoint, endpoints.SSL4ServerEndpoint):
+        raise ValueError(f"{endpoint!r} is no ssl: endpoint")
+    options = endpoint._sslContextFactory
+    options.trustRoot = client_ca
+    options.verify = True
+    options.requireCertificate = True
+
+
+def ssl_server_context(description: str, client_ca: Any = None) -> Any:
+    """The TLS context factory Twisted's ``ssl:`` endpoint makes of ``description``.
+
+    ``client_ca``: None, or an ``IOpenSSLTrustRoot`` every client's certificate must
+    verify with (:func:`require_client_certificate`).
 
     Raises:
         ValueError: ``description`` is no ``ssl:`` description.
@@ -169,27 +190,12 @@ def ssl_server_endpoint(reactor: Any, description: str, client_ca: Any = None) -
     """
     from twisted.internet import endpoints
 
-    endpoint = endpoints.serverFromString(reactor, description)
+    endpoint = endpoints.serverFromString(None, description)
     if not isinstance(endpoint, endpoints.SSL4ServerEndpoint):
         raise ValueError(f"{description!r} is no ssl: endpoint description")
     if client_ca is not None:
-        options = endpoint._sslContextFactory
-        options.trustRoot = client_ca
-        options.verify = True
-        options.requireCertificate = True
-    return endpoint
-
-
-def ssl_server_context(description: str, client_ca: Any = None) -> Any:
-    """The TLS context factory Twisted's ``ssl:`` endpoint makes of ``description``.
-
-    ``client_ca``: as for :func:`ssl_server_endpoint`.
-
-    Raises:
-        ValueError: ``description`` is no ``ssl:`` description.
-        OSError, OpenSSL.SSL.Error: a file cannot be read or holds no usable PEM data.
-    """
-    return ssl_server_endpoint(None, description, client_ca)._sslContextFactory
+        require_client_certificate(endpoint, client_ca)
+    return endpoint._sslContextFactory
 
 
 # --- Autobahn: connection options as class attributes -------------------------------------

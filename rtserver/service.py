@@ -820,8 +820,9 @@ def _escape(value: str) -> str:
 class Listener(Protocol):
     """Makes the listening service of one endpoint description for a site.
 
-    ``client_ca``: None, or the trust root (``tlsserver.client_trust_root``) an ``ssl:``
-    description's TLS must verify a client certificate against (mutual TLS).
+    ``client_ca``: None, or (for an ``ssl:`` description only) the trust root
+    (``tlsserver.client_trust_root``) its TLS verifies a client certificate against
+    (mutual TLS).
     """
 
     def __call__(
@@ -832,15 +833,13 @@ class Listener(Protocol):
 def _strports_listener(
     description: str, site: RTSite, reactor: Any, client_ca: Any = None
 ) -> Service:
-    if client_ca is not None and split_description(description)[0] == "ssl":
-        from twisted.application.internet import StreamServerEndpointService
+    service = strports_service(description, site, reactor=reactor)
+    if client_ca is not None:
+        from rtserver._compat import require_client_certificate
 
-        from rtserver._compat import ssl_server_endpoint
-
-        endpoint = ssl_server_endpoint(reactor, description, client_ca)
-        return StreamServerEndpointService(endpoint, site)
-    service: Service = strports_service(description, site, reactor=reactor)
-    return service
+        require_client_certificate(service.endpoint, client_ca)
+    listening: Service = service
+    return listening
 
 
 def build(
@@ -907,13 +906,14 @@ def build(
     if client_ca is not None:
         _log.info("http_server.tls.client_ca_pem: TLS clients must present a certificate")
     for desc in endpoints:
-        if client_ca is not None and split_description(desc)[0] != "ssl":
+        tls = split_description(desc)[0] == "ssl"
+        if client_ca is not None and not tls:
             _log.warn(
                 "http_server.tls.client_ca_pem: {endpoint} is no TLS listener, so it asks "
                 "no client certificate",
                 endpoint=desc,
             )
-        listen_on(desc, site, reactor, client_ca).setServiceParent(top)
+        listen_on(desc, site, reactor, client_ca if tls else None).setServiceParent(top)
     if sites.owned is not None and siblings is not None:
         # lockfile=1: a stale socket of a killed predecessor is removed, a live one kept.
         private = "unix:" + siblings.own_path.replace(":", "\\:") + ":mode=600:lockfile=1"

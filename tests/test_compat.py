@@ -279,7 +279,7 @@ def _handshake(server: Any, client: Any) -> None:
 
 
 @pytest.mark.filterwarnings("ignore:Passing pyOpenSSL:DeprecationWarning")
-def test_ssl_server_endpoint_takes_a_client_ca(tmp_path: Any) -> None:
+def test_ssl_endpoint_takes_a_client_ca(tmp_path: Any) -> None:
     """An ``ssl:`` description's options, given a client CA, require a client certificate.
 
     The trust root is set before the first ``getContext()``: ``verify``,
@@ -287,6 +287,7 @@ def test_ssl_server_endpoint_takes_a_client_ca(tmp_path: Any) -> None:
     """
     from OpenSSL import SSL
     from redisserver import make_tls
+    from twisted.application import strports
     from twisted.internet import ssl
     from twisted.internet.endpoints import SSL4ServerEndpoint
 
@@ -295,8 +296,12 @@ def test_ssl_server_endpoint_takes_a_client_ca(tmp_path: Any) -> None:
     good, other = make_tls(tmp_path / "a"), make_tls(tmp_path / "b")
     trust = ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(good.ca_cert.read_bytes())])
     description = f"ssl:8443:privateKey={good.key}:certKey={good.cert}"
-    endpoint = _compat.ssl_server_endpoint(reactor, description, trust)
-    assert isinstance(endpoint, SSL4ServerEndpoint)
+    listening = strports.service(description, Factory(), reactor=reactor)
+    assert isinstance(listening.endpoint, SSL4ServerEndpoint)
+    _compat.require_client_certificate(listening.endpoint, trust)
+    assert listening.endpoint._sslContextFactory.requireCertificate
+    with pytest.raises(ValueError, match="no ssl: endpoint"):
+        _compat.require_client_certificate(object(), trust)
     context = _compat.ssl_server_context(description, trust).getContext()
     required = SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT
     assert context.get_verify_mode() & required == required

@@ -15,6 +15,8 @@ import ssl
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -206,3 +208,43 @@ def test_uni_grpc_needs_the_client_certificate(mtls: MTLS) -> None:
             with pytest.raises(grpc.RpcError) as failed:
                 next(iter(call))
         assert failed.value.code() == grpc.StatusCode.UNAVAILABLE, failed.value
+
+
+def test_every_ssl_listener_gets_the_client_ca_and_a_tcp_one_is_logged(tmp_path: Path) -> None:
+    """``--listen ssl:`` descriptions get the client CA; a ``tcp:`` one is logged.
+
+    A ``tcp:`` listener is plain HTTP, which the start-up log says.
+    """
+    from twisted.application.service import Service
+    from twisted.internet.task import Clock
+    from twisted.logger import globalLogPublisher
+
+    from rtserver import config
+    from rtserver.service import build
+
+    good, _ = make_pki(tmp_path)
+    cfg = config.from_mapping(
+        {"http_api": {"key": "k"}, **{"http_server": mtls_config(good, 1, 2, 3)["http_server"]}}
+    )
+    listeners: list[tuple[str, Any]] = []
+
+    def listener(description: str, site: Any, reactor: Any, client_ca: Any = None) -> Service:
+        listeners.append((description, client_ca))
+        return Service()
+
+    seen: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_namespace") == "rtserver.service":
+            seen.append(event["log_format"].format(**event))
+
+    tls_listen = f"ssl:8443:privateKey={good.key}:certKey={good.cert}"
+    globalLogPublisher.addObserver(observe)
+    try:
+        build(cfg, listen=[tls_listen, "tcp:8000"], reactor=Clock(), listener=listener)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    (ssl_desc, ssl_ca), (tcp_desc, tcp_ca) = listeners
+    assert (ssl_desc, tcp_desc, tcp_ca) == (tls_listen, "tcp:8000", None)
+    assert ssl_ca is not None
+    assert any("tcp:8000 is no TLS listener" in line for line in seen), seen
