@@ -27,6 +27,7 @@ __all__ = [
     "quic_connection_with_reset_tokens",
     "quic_stream_backlog",
     "redis_protocol_base",
+    "require_client_certificate",
     "send_now",
     "set_twistd_logger",
     "ssl_server_context",
@@ -144,10 +145,44 @@ def set_twistd_logger(options: Any, factory: str) -> str | None:
 # ``_sslContextFactory``. A worker of ``--workers N`` listens on its own ``SO_REUSEPORT``
 # socket instead of the endpoint's, and wraps its site in TLS with these same options, so
 # an ``ssl:`` description means the same TLS with one process or with N.
+#
+# Client certificates (``http_server.tls.client_ca_pem``): the description has no
+# argument for them, so the options are given a trust root afterwards, before their
+# first ``getContext()``. ``CertificateOptions`` builds its OpenSSL context lazily from
+# its ``verify``, ``requireCertificate`` and ``trustRoot`` attributes (the values its
+# ``trustRoot=`` argument sets); once built, the context cannot be changed (pyOpenSSL
+# refuses to mutate a context that made a connection).
 
 
-def ssl_server_context(description: str) -> Any:
+def require_client_certificate(endpoint: Any, client_ca: Any) -> None:
+    """Make an ``SSL4ServerEndpoint`` (not listening yet) verify client certificates.
+
+    Every client must then present a certificate ``client_ca`` verifies, as with
+    ``CertificateOptions(trustRoot=client_ca)``.
+
+    Args:
+        endpoint: An ``SSL4ServerEndpoint``, e.g. the ``endpoint`` of the service
+            ``twisted.application.strports.service`` makes of an ``ssl:`` description.
+        client_ca: An ``IOpenSSLTrustRoot`` (``ssl.trustRootFromCertificates``).
+
+    Raises:
+        ValueError: ``endpoint`` is no ``SSL4ServerEndpoint``.
+    """
+    from twisted.internet import endpoints
+
+    if not isinstance(endpoint, endpoints.SSL4ServerEndpoint):
+        raise ValueError(f"{endpoint!r} is no ssl: endpoint")
+    options = endpoint._sslContextFactory
+    options.trustRoot = client_ca
+    options.verify = True
+    options.requireCertificate = True
+
+
+def ssl_server_context(description: str, client_ca: Any = None) -> Any:
     """The TLS context factory Twisted's ``ssl:`` endpoint makes of ``description``.
+
+    ``client_ca``: None, or an ``IOpenSSLTrustRoot`` every client's certificate must
+    verify with (:func:`require_client_certificate`).
 
     Raises:
         ValueError: ``description`` is no ``ssl:`` description.
@@ -158,6 +193,8 @@ def ssl_server_context(description: str) -> Any:
     endpoint = endpoints.serverFromString(None, description)
     if not isinstance(endpoint, endpoints.SSL4ServerEndpoint):
         raise ValueError(f"{description!r} is no ssl: endpoint description")
+    if client_ca is not None:
+        require_client_certificate(endpoint, client_ca)
     return endpoint._sslContextFactory
 
 

@@ -50,6 +50,7 @@ __all__ = [
     "parse_nats_urls",
     "redis_shards",
     "schema_keys",
+    "server_client_ca_pem",
     "server_tls_files",
     "server_tls_pem",
 ]
@@ -128,7 +129,10 @@ class NamespaceOptions(ChannelOptions):
 
 @dataclass(frozen=True)
 class TLSConfig:
-    """TLS for the main listener (alternatively, pass ``--listen ssl:...``)."""
+    """TLS of a listening server (``http_server.tls``, ``grpc_api.tls``, ``uni_grpc.tls``).
+
+    For the HTTP server, ``--listen ssl:...`` is the alternative.
+    """
 
     enabled: bool = False
     #: PEM text, base64 of PEM text, or a PEM file path (``load_pem``).
@@ -136,6 +140,9 @@ class TLSConfig:
     key_pem: str = field(default="", repr=False)
     cert_pem_file: str = ""
     key_pem_file: str = ""
+    #: CA certificate(s) of client certificates: set, every client must present a
+    #: certificate one of them signed (mutual TLS). The same value forms as ``cert_pem``.
+    client_ca_pem: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
@@ -1535,10 +1542,45 @@ def server_tls_pem(tls: TLSConfig, key: str = "http_server.tls") -> tuple[bytes,
     return cert, private
 
 
+_PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
+
+
+def server_client_ca_pem(tls: TLSConfig, key: str) -> bytes | None:
+    """The PEM certificates of ``tls.client_ca_pem``; None without it or with TLS off.
+
+    Set, the server requires every client to present a certificate signed by one of
+    them (Go's ``tls.RequireAndVerifyClientCert``, as Centrifugo does).
+
+    Raises:
+        ConfigError: naming ``<key>.client_ca_pem`` when the value loads no certificate.
+    """
+    if not (tls.enabled and tls.client_ca_pem):
+        return None
+    name = f"{key}.client_ca_pem"
+    pem = load_pem(tls.client_ca_pem, name)
+    blocks = _PEM_CERTIFICATE.findall(pem)
+    if not blocks:
+        raise ConfigError(f"{name}: no certificate in it")
+    from cryptography import x509
+
+    for block in blocks:
+        try:
+            x509.load_pem_x509_certificate(block)
+        except ValueError as e:
+            raise ConfigError(f"{name}: not a valid certificate ({e})") from None
+    return b"\n".join(blocks) + b"\n"
+
+
 def _validate_http_tls(config: Config) -> None:
     server = config.http_server
     tls = server.tls
     if tls.enabled:
+        if server_client_ca_pem(tls, "http_server.tls") and server.http3.enabled:
+            raise ConfigError(
+                "http_server.tls.client_ca_pem: HTTP/3 (http_server.http3.enabled) cannot "
+                "require client certificates (its QUIC implementation, aioquic, does not "
+                "verify them): turn HTTP/3 off, or remove client_ca_pem"
+            )
         cert, key = server_tls_files(tls)
         if not (tls.cert_pem or tls.cert_pem_file) or not (tls.key_pem or tls.key_pem_file):
             raise ConfigError(
@@ -1756,6 +1798,7 @@ def _validate_grpc_api(grpc: GRPCAPIConfig) -> None:
                 "grpc_api.tls: cert_pem and key_pem (or cert_pem_file and key_pem_file) "
                 "are required"
             )
+        server_client_ca_pem(tls, "grpc_api.tls")
 
 
 def _validate_uni_grpc(uni: UniGRPCConfig) -> None:
@@ -1774,6 +1817,7 @@ def _validate_uni_grpc(uni: UniGRPCConfig) -> None:
                 "uni_grpc.tls: cert_pem and key_pem (or cert_pem_file and key_pem_file) "
                 "are required"
             )
+        server_client_ca_pem(tls, "uni_grpc.tls")
 
 
 def _validate_admin(config: Config) -> None:

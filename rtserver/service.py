@@ -41,6 +41,7 @@ from rtserver.logs import Logger
 from rtserver.proxy.hooks import HookProxy, Hooks
 from rtserver.shutdown import StopSignalGuard
 from rtserver.sockjs.forward import Siblings
+from rtserver.tlsserver import client_trust_root
 from rtserver.transports.emulation import EmulationResource, HTTPStreamResource, SSEResource
 from rtserver.transports.origin import OriginPolicy
 from rtserver.transports.uni import UniHTTPStreamResource, UniSSEResource, UniWebSocketFactory
@@ -816,13 +817,29 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
 
 
-#: Makes the listening service of one endpoint description for a site.
-Listener = Callable[[str, RTSite, Any], Service]
+class Listener(Protocol):
+    """Makes the listening service of one endpoint description for a site.
+
+    ``client_ca``: None, or (for an ``ssl:`` description only) the trust root
+    (``tlsserver.client_trust_root``) its TLS verifies a client certificate against
+    (mutual TLS).
+    """
+
+    def __call__(
+        self, description: str, site: RTSite, reactor: Any, client_ca: Any = None, /
+    ) -> Service: ...
 
 
-def _strports_listener(description: str, site: RTSite, reactor: Any) -> Service:
-    service: Service = strports_service(description, site, reactor=reactor)
-    return service
+def _strports_listener(
+    description: str, site: RTSite, reactor: Any, client_ca: Any = None
+) -> Service:
+    service = strports_service(description, site, reactor=reactor)
+    if client_ca is not None:
+        from rtserver._compat import require_client_certificate
+
+        require_client_certificate(service.endpoint, client_ca)
+    listening: Service = service
+    return listening
 
 
 def build(
@@ -885,8 +902,18 @@ def build(
     NodeService(node, drains, endpoints + internal_endpoints, reloader=reloader).setServiceParent(
         top
     )
+    client_ca = client_trust_root(config.http_server.tls, "http_server.tls")
+    if client_ca is not None:
+        _log.info("http_server.tls.client_ca_pem: TLS clients must present a certificate")
     for desc in endpoints:
-        listen_on(desc, site, reactor).setServiceParent(top)
+        tls = split_description(desc)[0] == "ssl"
+        if client_ca is not None and not tls:
+            _log.warn(
+                "http_server.tls.client_ca_pem: {endpoint} is no TLS listener, so it asks "
+                "no client certificate",
+                endpoint=desc,
+            )
+        listen_on(desc, site, reactor, client_ca if tls else None).setServiceParent(top)
     if sites.owned is not None and siblings is not None:
         # lockfile=1: a stale socket of a killed predecessor is removed, a live one kept.
         private = "unix:" + siblings.own_path.replace(":", "\\:") + ":mode=600:lockfile=1"

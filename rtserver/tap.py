@@ -213,7 +213,7 @@ def _worker(options: Options, reload: Loader | None) -> IService:
         options["config_object"],
         listen=options["listen"] or None,
         reload=reload,
-        listener=lambda desc, site, r: workers.ReusePortService(desc, site, r),
+        listener=workers.ReusePortService,
         reactor=reactor,
         siblings=siblings,
         reuse_port=True,

@@ -129,14 +129,17 @@ def parse_listen(description: str) -> ListenAddress:
     return ListenAddress(port, args.get("interface", ""), backlog, tls)
 
 
-def tls_context(description: str) -> Any:
+def tls_context(description: str, client_ca: Any = None) -> Any:
     """The TLS options of ``ssl:`` ``description``: those a single process listens with.
+
+    ``client_ca``: None, or the trust root a client certificate must verify against
+    (``http_server.tls.client_ca_pem``).
 
     Raises:
         ValueError: the certificate, key or chain cannot be loaded.
     """
     try:
-        return ssl_server_context(description)
+        return ssl_server_context(description, client_ca)
     except Exception as e:  # OSError, OpenSSL.SSL.Error, ValueError
         raise ValueError(
             f"--listen {description!r}: cannot load the TLS certificate and key: {e}"
@@ -247,16 +250,20 @@ class ReusePortService(Service):
     """Listens on a ``tcp:`` or ``ssl:`` description with ``SO_REUSEPORT`` (one per worker).
 
     ``ssl:``: the site is wrapped in TLS (``TLSMemoryBIOFactory``, as Twisted's own
-    ``ssl:`` listener does) with the options Twisted's ``ssl:`` parser builds.
+    ``ssl:`` listener does) with the options Twisted's ``ssl:`` parser builds, requiring
+    a client certificate verified against ``client_ca`` when given (mutual TLS).
     """
 
-    def __init__(self, description: str, factory: IProtocolFactory, reactor: Any) -> None:
+    def __init__(
+        self, description: str, factory: IProtocolFactory, reactor: Any, client_ca: Any = None
+    ) -> None:
         self.address = parse_listen(description)
         self.factory = factory
         if self.address.tls:
             from twisted.protocols.tls import TLSMemoryBIOFactory
 
-            self.factory = TLSMemoryBIOFactory(tls_context(description), False, factory)
+            options = tls_context(description, client_ca)
+            self.factory = TLSMemoryBIOFactory(options, False, factory)
         self.reactor = reactor
         self.port: IListeningPort | None = None
 

@@ -27,6 +27,8 @@ MEANING = {
     "http_server.tls.key_pem": "private key: PEM text, base64 PEM or a file path",
     "http_server.tls.cert_pem_file": "certificate chain (PEM file path)",
     "http_server.tls.key_pem_file": "private key (PEM file path)",
+    "http_server.tls.client_ca_pem":
+        "CA(s) of client certificates: set, every TLS client must present one (mutual TLS)",
     "http_server.http3.enabled": "HTTP/3 over UDP on the HTTP port number (needs tls)",
     "http_server.read_header_timeout":
         "request head (incl. WebSocket upgrade) deadline, else 408 + close; 0 = off",
@@ -94,6 +96,7 @@ MEANING = {
     "grpc_api.tls.key_pem": "like http_server.tls.key_pem, for the GRPC API",
     "grpc_api.tls.cert_pem_file": "certificate chain of the GRPC API (PEM file path)",
     "grpc_api.tls.key_pem_file": "private key of the GRPC API (PEM file path)",
+    "grpc_api.tls.client_ca_pem": "like http_server.tls.client_ca_pem, for the GRPC API",
     "grpc_api.reflection": "register the GRPC server reflection service (grpcio's server only)",
     "grpc_api.max_receive_message_size": "largest request in bytes (0: 4 MiB, as grpcio)",
     "grpc_api.server":
@@ -108,6 +111,7 @@ MEANING = {
     "uni_grpc.tls.key_pem": "like http_server.tls.key_pem, for uni_grpc",
     "uni_grpc.tls.cert_pem_file": "certificate chain of uni_grpc (PEM file path)",
     "uni_grpc.tls.key_pem_file": "private key of uni_grpc (PEM file path)",
+    "uni_grpc.tls.client_ca_pem": "like http_server.tls.client_ca_pem, for uni_grpc",
     "uni_grpc.max_concurrent_streams":
         "streams at once; RESOURCE_EXHAUSTED beyond",
     "websocket.disabled": "turn the WebSocket endpoint off",

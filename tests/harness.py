@@ -225,9 +225,12 @@ def base_config(secret: str, api_key: str) -> dict[str, Any]:
     }
 
 
-def _wait_healthy(proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
+def _wait_healthy(
+    proc: subprocess.Popen[bytes], url: str, log: Path, session: requests.Session | None = None
+) -> None:
     deadline = time.monotonic() + SERVER_START_TIMEOUT
-    session = requests.Session()
+    if session is None:
+        session = requests.Session()
     session.trust_env = False
     last_error = "no attempt"
     try:
@@ -286,10 +289,15 @@ def spawn_server(
     port: int | None = None,
     log_name: str = "server.log",
     extra_args: tuple[str, ...] = (),
+    listen: tuple[str, ...] | None = None,
+    health: requests.Session | None = None,
 ) -> Server:
     """Start ``twistd -n rtserver`` with ``config`` and wait until ``/health`` answers 200.
 
     ``extra_args`` go after the ``rtserver`` options (e.g. ``("--workers", "2")``).
+    ``listen``: the ``--listen`` descriptions (default: plain HTTP on ``port``; empty:
+    none, ``http_server`` decides). ``health``: the session ``/health`` is asked with,
+    over HTTPS on ``port`` (a TLS listener; e.g. one carrying a client certificate).
     """
     cfg = workdir / (Path(log_name).stem + ".json")
     cfg.write_text(json.dumps(config, indent=2), encoding="utf-8")
@@ -306,17 +314,19 @@ def spawn_server(
     alarms_path = workdir / (Path(log_name).stem + ".alarms")
     alarms_path.unlink(missing_ok=True)
     env["RTSERVER_TEST_LOG_ALARMS"] = str(alarms_path)
+    if listen is None:
+        listen = (f"tcp:{port}:interface=127.0.0.1",)
     cmd = [_twistd(), "-n", "--pidfile=", "rtserver", "--config", str(cfg),
-           "-l", f"tcp:{port}:interface=127.0.0.1", *extra_args]
+           *(arg for desc in listen for arg in ("-l", desc)), *extra_args]
     with log_path.open("ab") as log_file:
         proc = subprocess.Popen(
             cmd, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=log_file,
             stderr=subprocess.STDOUT,
         )
-    base = f"http://127.0.0.1:{port}"
+    base = f"{'http' if health is None else 'https'}://127.0.0.1:{port}"
     server = Server(
         url=base,
-        ws_url=f"ws://127.0.0.1:{port}/connection/websocket",
+        ws_url=f"{'ws' if health is None else 'wss'}://127.0.0.1:{port}/connection/websocket",
         api_url=f"{base}/api",
         api_key=api_key,
         secret=secret,
@@ -325,7 +335,7 @@ def spawn_server(
         alarms_path=alarms_path,
     )
     try:
-        _wait_healthy(proc, base, log_path)
+        _wait_healthy(proc, base, log_path, health)
     except BaseException:
         _stop(proc)
         raise

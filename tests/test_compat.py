@@ -256,6 +256,77 @@ def test_ssl_server_context_is_the_one_twisted_listens_with(tmp_path: Any) -> No
         _compat.ssl_server_context(f"ssl:8443:privateKey={tmp_path / 'missing.pem'}")
 
 
+def _handshake(server: Any, client: Any) -> None:
+    """Run a TLS handshake between two memory-BIO pyOpenSSL connections to its end."""
+    from OpenSSL import SSL
+
+    done = {"server": False, "client": False}
+    for _ in range(20):
+        for side, conn, peer in (("client", client, server), ("server", server, client)):
+            if not done[side]:
+                try:
+                    conn.do_handshake()
+                    done[side] = True
+                except SSL.WantReadError:
+                    pass
+            try:
+                peer.bio_write(conn.bio_read(65536))
+            except SSL.WantReadError:
+                pass
+        if all(done.values()):
+            return
+    raise AssertionError(f"handshake did not finish: {done}")
+
+
+@pytest.mark.filterwarnings("ignore:Passing pyOpenSSL:DeprecationWarning")
+def test_ssl_endpoint_takes_a_client_ca(tmp_path: Any) -> None:
+    """An ``ssl:`` description's options, given a client CA, require a client certificate.
+
+    The trust root is set before the first ``getContext()``: ``verify``,
+    ``requireCertificate`` and ``trustRoot`` are read when the context is built.
+    """
+    from OpenSSL import SSL
+    from redisserver import make_tls
+    from twisted.application import strports
+    from twisted.internet import ssl
+    from twisted.internet.endpoints import SSL4ServerEndpoint
+
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+    good, other = make_tls(tmp_path / "a"), make_tls(tmp_path / "b")
+    trust = ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(good.ca_cert.read_bytes())])
+    description = f"ssl:8443:privateKey={good.key}:certKey={good.cert}"
+    listening = strports.service(description, Factory(), reactor=reactor)
+    assert isinstance(listening.endpoint, SSL4ServerEndpoint)
+    _compat.require_client_certificate(listening.endpoint, trust)
+    assert listening.endpoint._sslContextFactory.requireCertificate
+    with pytest.raises(ValueError, match="no ssl: endpoint"):
+        _compat.require_client_certificate(object(), trust)
+    context = _compat.ssl_server_context(description, trust).getContext()
+    required = SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+    assert context.get_verify_mode() & required == required
+
+    def attempt(files: Any | None) -> None:
+        client_context = SSL.Context(SSL.TLS_METHOD)
+        if files is not None:
+            client_context.use_certificate_file(str(files.client_cert))
+            client_context.use_privatekey_file(str(files.client_key))
+        server = SSL.Connection(context, None)
+        server.set_accept_state()
+        client = SSL.Connection(client_context, None)
+        client.set_connect_state()
+        _handshake(server, client)
+        peer = server.get_peer_certificate(as_cryptography=True)
+        assert peer is not None
+        assert peer.subject.rfc4514_string() == "CN=rtserver test client"
+
+    attempt(good)
+    with pytest.raises(SSL.Error, match="did not return a certificate"):
+        attempt(None)
+    with pytest.raises(SSL.Error, match="certificate verify failed"):
+        attempt(other)
+
+
 def test_quic_stream_backlog_reads_unacknowledged_bytes() -> None:
     """A QUIC stream keeps its unacknowledged bytes in ``QuicStreamSender._buffer``."""
     from aioquic.quic.configuration import QuicConfiguration

@@ -787,3 +787,80 @@ def test_schema_keys_are_the_leaves_the_loader_accepts() -> None:
         assert config.from_mapping(tree) == config.Config(), key.name
         environ = {key.env_name: key.env_default}
         assert config.load(environ=environ)[0] == config.Config(), key.env_name
+
+
+# --- client_ca_pem (mutual TLS on the server TLS objects) --------------------------------
+
+
+def _server_tls(tmp_path: Path, **extra: Any) -> dict[str, Any]:
+    from harness import make_certificate
+
+    cert, key, _ = make_certificate(tmp_path)
+    return {"enabled": True, "cert_pem": str(cert), "key_pem": str(key), **extra}
+
+
+@pytest.mark.parametrize("section", ["http_server", "grpc_api", "uni_grpc"])
+def test_client_ca_pem_is_read_in_every_value_form(tmp_path: Path, section: str) -> None:
+    """A file path, PEM text or base64 of PEM text: each gives the same certificates."""
+    import base64
+
+    from harness import make_certificate
+
+    ca, _, _ = make_certificate(tmp_path / "ca")
+    pem = ca.read_text()
+    loaded = set()
+    for value in (str(ca), pem, base64.b64encode(pem.encode()).decode()):
+        tls = _server_tls(tmp_path, client_ca_pem=value)
+        cfg = config.from_mapping({section: {"enabled": True, "tls": tls}})
+        got = config.server_client_ca_pem(getattr(cfg, section).tls, f"{section}.tls")
+        assert got is not None and b"BEGIN CERTIFICATE" in got
+        loaded.add(got)
+    assert len(loaded) == 1
+    # Without TLS, as in Centrifugo, there is no client CA.
+    cfg = config.from_mapping({section: {"tls": {"enabled": False, "client_ca_pem": pem}}})
+    assert config.server_client_ca_pem(getattr(cfg, section).tls, section) is None
+
+
+@pytest.mark.parametrize("section", ["http_server", "grpc_api", "uni_grpc"])
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("/no/such/ca.pem", "neither PEM text"),
+        ("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n", "no certificate"),
+        ("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", "not a valid"),
+    ],
+)
+def test_bad_client_ca_pem_fails_at_load(
+    tmp_path: Path, section: str, value: str, why: str
+) -> None:
+    """A value that loads no CA certificate stops the server (and checkconfig), named."""
+    message = _error({section: {"enabled": True, "tls": _server_tls(tmp_path, client_ca_pem=value)}})
+    assert message.startswith(f"{section}.tls.client_ca_pem: "), message
+    assert why in message
+
+
+def test_client_ca_pem_with_http3_is_refused(tmp_path: Path) -> None:
+    """HTTP/3 and mTLS do not mix: aioquic's server does not verify client certificates."""
+    from harness import make_certificate
+
+    ca, _, _ = make_certificate(tmp_path / "ca")
+    message = _error(
+        {
+            "http_server": {
+                "tls": _server_tls(tmp_path, client_ca_pem=str(ca)),
+                "http3": {"enabled": True},
+            }
+        }
+    )
+    assert message.startswith("http_server.tls.client_ca_pem: HTTP/3"), message
+
+
+def test_client_ca_pem_is_unknown_in_client_tls_objects(tmp_path: Path) -> None:
+    """On a connection rtserver opens the key has no meaning (nor in Centrifugo): unknown."""
+    path = tmp_path / "config.json"
+    path.write_text(
+        json.dumps({"engine": {"type": "redis", "redis": {"tls": {"client_ca_pem": "x"}}}}),
+        encoding="utf-8",
+    )
+    _, warnings = config.load(path, environ={})
+    assert "unknown key engine.redis.tls.client_ca_pem (ignored)" in warnings

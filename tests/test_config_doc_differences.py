@@ -308,6 +308,27 @@ def _supported(tmp_path: Path) -> dict[str, dict[str, Any]]:
             },
             "webtransport": {"enabled": True},
         },
+        "mutual TLS on the server ports": {
+            "http_server": {
+                "tls": {
+                    "enabled": True,
+                    "cert_pem": str(cert),
+                    "key_pem": str(key),
+                    "client_ca_pem": str(cert),
+                },
+            },
+            "grpc_api": {
+                "enabled": True,
+                "key": "k",
+                "tls": {"enabled": True, "cert_pem": str(cert), "key_pem": str(key),
+                        "client_ca_pem": cert.read_text()},
+            },
+            "uni_grpc": {
+                "enabled": True,
+                "tls": {"enabled": True, "cert_pem": str(cert), "key_pem": str(key),
+                        "client_ca_pem": str(cert)},
+            },
+        },
         "transports": {
             "http_stream": {"enabled": True},
             "sse": {"enabled": True},

@@ -32,6 +32,7 @@ LAYERS: dict[str, int] = {
     "rtserver.core": 2,
     "rtserver.sockjs": 3,
     "rtserver.tlsclient": 3,  # client TLS options for engines and proxies
+    "rtserver.tlsserver": 3,  # server TLS options (client CA) for web listeners and GRPC
     "rtserver.transports": 4,
     "rtserver.api": 4,
     "rtserver.engines": 4,

@@ -81,7 +81,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from rtserver.config import ConfigError, TLSConfig, server_tls_pem
+from rtserver.config import ConfigError, TLSConfig
 from rtserver.connections import OpenConnections, reuse_port_socket
 from rtserver.grpcapi.api import (
     DEADLINE_EXCEEDED,
@@ -96,8 +96,9 @@ from rtserver.grpcapi.api import (
     Reply,
 )
 from rtserver.grpcapi.hpack_decoder import HPACKDecoder
-from rtserver.grpcapi.server import bind_address
+from rtserver.grpcapi.server import bind_address, tls_scheme
 from rtserver.logs import Logger
+from rtserver.tlsserver import server_options
 
 __all__ = [
     "GRPCH2Factory",
@@ -1185,7 +1186,8 @@ class H2GRPCService(Service):
         reactor: listens (IReactorTCP, IReactorSocket) and keeps time.
         address: interface to bind; empty for all (IPv6 and IPv4).
         port: port to bind; 0 picks a free one (:attr:`port` tells which).
-        tls: serve over TLS with these PEM files when enabled.
+        tls: serve over TLS with these PEM files when enabled; with ``client_ca_pem``,
+            only to clients presenting a certificate those CAs signed.
         grace: seconds calls in flight get to finish when the service stops.
         reuse_port: share the port with the other workers of ``--workers N``.
     """
@@ -1217,16 +1219,9 @@ class H2GRPCService(Service):
     def _protocol_factory(self) -> Any:
         if not self._tls.enabled:
             return self.factory
-        from OpenSSL import crypto
-        from twisted.internet import ssl
         from twisted.protocols.tls import TLSMemoryBIOFactory
 
-        cert, key = server_tls_pem(self._tls, self.label)
-        options = ssl.CertificateOptions(
-            privateKey=crypto.load_privatekey(crypto.FILETYPE_PEM, key),
-            certificate=crypto.load_certificate(crypto.FILETYPE_PEM, cert),
-            acceptableProtocols=[b"h2"],
-        )
+        options = server_options(self._tls, self.label, alpn=(b"h2",))
         return TLSMemoryBIOFactory(options, False, self.factory)
 
     def startService(self) -> None:
@@ -1240,7 +1235,7 @@ class H2GRPCService(Service):
             raise RuntimeError(f"{self.label}: cannot listen on {target}: {e}") from None
         self.port = int(getattr(self._listening.getHost(), "port", 0))
         super().startService()
-        scheme = "TLS" if self._tls.enabled else "plaintext"
+        scheme = tls_scheme(self._tls)
         _log.info(
             "{label} listening on {address} ({scheme}, HTTP/2 on the reactor)",
             label=self.label,

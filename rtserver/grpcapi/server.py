@@ -26,16 +26,29 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
-from rtserver.config import ConfigError, TLSConfig, server_tls_pem
+from rtserver.config import ConfigError, TLSConfig, server_client_ca_pem, server_tls_pem
 from rtserver.grpcapi.bridge import ReactorBridge
 from rtserver.logs import Logger
 
-__all__ = ["AioGRPCServerService", "GRPCServerService", "ServerSettings", "bind_address"]
+__all__ = [
+    "AioGRPCServerService",
+    "GRPCServerService",
+    "ServerSettings",
+    "bind_address",
+    "tls_scheme",
+]
 
 _log = Logger()
 
 #: How often stopService checks whether grpcio finished shutting down.
 _STOP_POLL_SECONDS = 0.02
+
+
+def tls_scheme(tls: TLSConfig) -> str:
+    """How the log names a GRPC port's security: plaintext, TLS or mutual TLS."""
+    if not tls.enabled:
+        return "plaintext"
+    return "mutual TLS" if tls.client_ca_pem else "TLS"
 
 
 def bind_address(address: str, port: int) -> str:
@@ -101,7 +114,12 @@ class _GRPCServerBase(Service):
         try:
             if self._tls.enabled:
                 cert, key = server_tls_pem(self._tls, self.label)
-                creds = grpc.ssl_server_credentials([(key, cert)])
+                client_ca = server_client_ca_pem(self._tls, self.label)
+                creds = grpc.ssl_server_credentials(
+                    [(key, cert)],
+                    root_certificates=client_ca,
+                    require_client_auth=client_ca is not None,
+                )
                 port = server.add_secure_port(target, creds)
             else:
                 port = server.add_insecure_port(target)
@@ -112,7 +130,7 @@ class _GRPCServerBase(Service):
         return int(port)
 
     def _log_listening(self) -> None:
-        scheme = "TLS" if self._tls.enabled else "plaintext"
+        scheme = tls_scheme(self._tls)
         _log.info("{label} listening on {address} ({scheme})", label=self.label,
                   address=bind_address(self._address, self.port), scheme=scheme)
 
@@ -127,7 +145,8 @@ class GRPCServerService(_GRPCServerBase):
         clock: the reactor's clock, for polling shutdown completion.
         address: interface to bind; empty for all.
         port: port to bind; 0 picks a free one (:attr:`port` tells which).
-        tls: serve over TLS with these PEM files when enabled.
+        tls: serve over TLS with these PEM files when enabled; with ``client_ca_pem``,
+            only to clients presenting a certificate those CAs signed.
         max_receive_message_size: largest request in bytes; 0 keeps grpcio's 4 MiB.
         reflection: names of the services to announce through server reflection;
             empty for no reflection service.

@@ -831,3 +831,64 @@ def test_webtransport_sessions_are_served_by_every_worker(
         for client, _ in clients:
             client.close()
         stop_server(server)
+
+
+def test_mutual_tls_is_required_by_every_worker(
+    tmp_path: Path, redis_config: tuple[dict[str, Any], str, str]
+) -> None:
+    """``client_ca_pem`` in ``http_server.tls`` and ``grpc_api.tls`` with --workers 2.
+
+    Each worker builds its TLS from the config: sixteen handshakes of each kind (all on
+    one worker by chance: 2 / 2**16) without a certificate, or with another CA's, are
+    refused; with the CA's certificate /health answers, the HTTP API and the GRPC API
+    publish.
+    """
+    import grpc
+    from mtls import REFUSED, https_session, make_pki, mtls_config, tls_exchange
+
+    from rtserver.grpcapi.proto import api_pb2, api_pb2_grpc
+
+    config, secret, api_key = redis_config
+    good, other = make_pki(tmp_path / "pki")
+    http_port, api_port, grpc_key = free_port(), free_port(), "grpc-" + uuid.uuid4().hex
+    tls = mtls_config(good, http_port, api_port, free_port())
+    config = merge(config, {"node": {"name": "w"}, "http_server": tls["http_server"],
+                            "grpc_api": {**tls["grpc_api"], "key": grpc_key}})
+    server = spawn_server(
+        tmp_path, config, secret=secret, api_key=api_key, port=http_port, listen=(),
+        health=https_session(good.ca_cert, good), extra_args=("--workers", "2"),
+    )
+    joined = re.compile(r"node (\S+) \(\S+\) joined the cluster")
+    try:
+        wait_until(lambda: len(set(joined.findall(server.log()))) == 2, "both workers run")
+        for _ in range(16):
+            assert tls_exchange(http_port, good.ca_cert, good) == "HTTP/1.1 200 OK"
+            for client in (None, other):
+                outcome = tls_exchange(http_port, good.ca_cert, client)
+                assert re.search(REFUSED, outcome), outcome
+        with https_session(good.ca_cert, good) as session:
+            reply = session.post(server.api_url + "/publish", timeout=TIMEOUT,
+                                 json={"channel": name("w-"), "data": {}},
+                                 headers={"X-API-Key": api_key})
+        assert reply.status_code == 200 and "error" not in reply.json(), reply.text
+        request = api_pb2.PublishRequest(channel=name("g-"), data=b"{}")
+        metadata = [("authorization", f"apikey {grpc_key}")]
+        for client in (good, None):
+            pair = {} if client is None else {
+                "private_key": client.client_key.read_bytes(),
+                "certificate_chain": client.client_cert.read_bytes(),
+            }
+            credentials = grpc.ssl_channel_credentials(good.ca_cert.read_bytes(), **pair)
+            options = [("grpc.ssl_target_name_override", "localhost"),
+                       ("grpc.use_local_subchannel_pool", 1)]
+            with grpc.secure_channel(f"127.0.0.1:{api_port}", credentials, options) as link:
+                stub = api_pb2_grpc.CentrifugoApiStub(link)
+                if client is None:
+                    with pytest.raises(grpc.RpcError) as failed:
+                        stub.Publish(request, metadata=metadata, timeout=TIMEOUT)
+                    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+                else:
+                    reply = stub.Publish(request, metadata=metadata, timeout=TIMEOUT)
+                    assert not reply.HasField("error"), reply
+    finally:
+        stop_server(server)
