@@ -280,7 +280,7 @@ _PROXY_KEYS = {
     "endpoint": "``http://``, ``https://`` or ``grpc://host:port`` of the backend",
     "timeout": "give up on the backend after this (error 100 to the client)",
     "http_headers": "headers of the client's connection request forwarded",
-    "grpc_metadata": "accepted (metadata of GRPC client connections, not served)",
+    "grpc_metadata": "metadata keys of ``uni_grpc`` clients' calls forwarded",
     "emulated_headers": "connect command ``headers`` (SDK emulation) forwarded",
     "binary_encoding": "``b64data``/``b64info`` instead of raw JSON",
     "include_connection_meta": "send the connection's ``meta`` along",

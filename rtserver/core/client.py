@@ -128,6 +128,7 @@ _REFRESH_RETRY = 60
 #: ``__getattr__`` call on Python 3.11, and the fan-out reads it once per delivery.
 _SUBSCRIBING: Final = SubState.SUBSCRIBING
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+_NO_METADATA: Mapping[str, str | bytes] = MappingProxyType({})
 #: The server ping of each encoding, one shared payload each.
 _PING_PAYLOADS = {
     JSON: Payload(codec.PING, shared=True),
@@ -170,6 +171,7 @@ class Client:
         "conn_info",
         "encoding",
         "expire_at",
+        "grpc_metadata",
         "headers",
         "id",
         "meta",
@@ -185,6 +187,7 @@ class Client:
         sink: ISink,
         *,
         headers: dict[str, str] | None = None,
+        grpc_metadata: Mapping[str, str | bytes] | None = None,
         encoding: str = JSON,
     ) -> None:
         self._node = node
@@ -194,6 +197,12 @@ class Client:
         self.id = str(uuid.uuid4())
         self.session = str(uuid.uuid4()) if sink.emulation or sink.unidirectional else ""
         self.headers = headers or {}
+        #: The metadata of a ``uni_grpc`` client's call (lower-case keys), for proxies.
+        self.grpc_metadata: Mapping[str, str | bytes] = (
+            MappingProxyType({k.lower(): v for k, v in grpc_metadata.items()})
+            if grpc_metadata
+            else _NO_METADATA
+        )
         self.user = ""
         self.conn_info: bytes | None = None
         self.meta: bytes | None = None  # connection meta (raw JSON): token or connect proxy
@@ -1154,6 +1163,7 @@ class Client:
             user=self.user,
             headers={k.lower(): v for k, v in self.headers.items()},
             emulated_headers={k.lower(): v for k, v in self._emulated_headers.items()},
+            grpc_metadata=self.grpc_metadata,
             meta=self.meta if entry.include_meta else None,
         )
 

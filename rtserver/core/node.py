@@ -13,7 +13,7 @@ import dataclasses
 import fnmatch
 import socket
 import uuid
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 import orjson
@@ -234,11 +234,20 @@ class Node:
         return True
 
     def make_client(
-        self, sink: ISink, headers: dict[str, str] | None = None, encoding: str = JSON
+        self,
+        sink: ISink,
+        headers: dict[str, str] | None = None,
+        encoding: str = JSON,
+        *,
+        grpc_metadata: Mapping[str, str | bytes] | None = None,
     ) -> Client:
-        """A new client connection for ``sink`` speaking ``encoding`` (``json``/``protobuf``)."""
+        """A new client connection for ``sink`` speaking ``encoding`` (``json``/``protobuf``).
+
+        ``headers``: the HTTP headers of its connection request; ``grpc_metadata``: the
+        metadata of a ``uni_grpc`` call (proxies forward what they list of either).
+        """
         self.open_clients += 1
-        return Client(self, sink, headers=headers, encoding=encoding)
+        return Client(self, sink, headers=headers, grpc_metadata=grpc_metadata, encoding=encoding)
 
     # Any: a detached operation's result is dropped, whatever its type.
     def background(self, d: Deferred[Any], what: str = "background operation") -> None:

@@ -81,6 +81,7 @@ class ProxyCommon(TypedDict):
     user: str
     headers: Mapping[str, str]
     emulated_headers: Mapping[str, str]
+    grpc_metadata: Mapping[str, str | bytes]
     meta: bytes | None
 
 
@@ -90,9 +91,11 @@ class ProxyRequest:
 
     ``headers`` are the HTTP headers of the client's connection request (the WebSocket
     upgrade, the HTTP-stream POST...), ``emulated_headers`` the ``headers`` of its
-    connect command (centrifuge-js ``headers`` option); names are lower-case in both.
-    Adapters forward the ones their proxy's ``http_headers`` / ``emulated_headers``
-    allow; in-process hooks see all.
+    connect command (centrifuge-js ``headers`` option), ``grpc_metadata`` the metadata
+    of a ``uni_grpc`` client's call (text values, or bytes for ``-bin`` keys; empty for
+    other transports, as ``headers`` are for ``uni_grpc``); names are lower-case in all
+    three. Adapters forward the ones their proxy's ``http_headers`` /
+    ``emulated_headers`` / ``grpc_metadata`` allow; in-process hooks see all.
     ``encoding`` is ``binary`` when the proxy has ``binary_encoding`` (data travels as
     base64), else ``json``. ``meta`` is the connection's meta (raw JSON) when the proxy
     has ``include_connection_meta``.
@@ -105,6 +108,7 @@ class ProxyRequest:
     user: str = ""
     headers: Mapping[str, str] = field(default_factory=dict)
     emulated_headers: Mapping[str, str] = field(default_factory=dict)
+    grpc_metadata: Mapping[str, str | bytes] = field(default_factory=dict)
     meta: bytes | None = None
 
 

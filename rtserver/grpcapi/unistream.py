@@ -19,6 +19,10 @@ pauses the client's writer, whose own queue is bounded by ``client.queue_max_siz
 (3008 beyond), so a consumer that stops reading is cut like any slow client. The
 coroutine resumes the writer through the bridge when it has taken what was queued.
 
+Proxies. The call's metadata (:func:`call_metadata`) goes with the client to the proxies,
+which forward the keys their ``grpc_metadata`` lists, as Centrifugo does; a uni_grpc
+client has no HTTP headers, so ``http_headers`` forward nothing of it.
+
 Ends. A disconnect is written as the final push and ends the stream with status OK (as in
 Centrifugo). When the consumer goes away (cancel, deadline), grpcio's done callback tells
 the reactor through the bridge, which drops the client at once. A stream whose consumer
@@ -29,7 +33,7 @@ stream waits forever on a consumer that never reads again.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from threading import Lock
 from typing import Any, Final, cast
 
@@ -60,6 +64,7 @@ __all__ = [
     "Outbox",
     "UniGRPCSink",
     "UniStreamServicer",
+    "call_metadata",
     "connect_request_json",
     "push_bytes",
 ]
@@ -114,6 +119,27 @@ def connect_request_json(data: bytes) -> bytes:
     if subs:
         out["subs"] = subs
     return orjson.dumps(out)
+
+
+def call_metadata(metadata: Iterable[tuple[str, str | bytes]]) -> dict[str, str | bytes]:
+    """The metadata of a ``Consume`` call as proxies forward it (``grpc_metadata``).
+
+    Keys lower-cased (grpcio's already are); the values of a text key sent more than once
+    joined with ``", "`` (the same value for HTTP and GRPC); a binary (``-bin``) key keeps
+    its bytes, the last of repeated ones. Pseudo-headers (``:authority``...) are not
+    metadata. grpcio bounds the whole: it refuses a call with more than 16 KiB of it.
+    """
+    out: dict[str, str | bytes] = {}
+    for key, value in metadata:
+        name = key.lower()
+        if name.startswith(":"):
+            continue
+        previous = out.get(name)
+        if isinstance(value, str) and isinstance(previous, str):
+            out[name] = f"{previous}, {value}"
+        else:
+            out[name] = value
+    return out
 
 
 def push_bytes(data: bytes) -> bytes:
@@ -323,8 +349,7 @@ class UniStreamServicer:
         except ProtocolError as e:
             await context.abort(grpc.StatusCode.INTERNAL,
                                 f"error unmarshalling request: {e.detail}")
-        metadata = context.invocation_metadata() or ()
-        headers = {k: v for k, v in metadata if isinstance(v, str)}
+        metadata = call_metadata(context.invocation_metadata() or ())
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         outbox = Outbox(loop, self._outbox_bytes)
@@ -338,7 +363,7 @@ class UniStreamServicer:
             if not node.admit():
                 return succeed(None)
             sink = UniGRPCSink(outbox, node.clock, cancel, self._grace)
-            client = node.make_client(sink, headers=headers, encoding=PROTOBUF)
+            client = node.make_client(sink, encoding=PROTOBUF, grpc_metadata=metadata)
             sink.client = client
             client.start_unidirectional(connect)
             return succeed(sink)

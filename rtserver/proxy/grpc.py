@@ -8,7 +8,8 @@ gzip-compressed requests with ``grpc.compression``. Calls use grpcio's future AP
 answer arrives on a grpcio thread and is handed to the reactor with ``callFromThread``;
 cancelling the Deferred (the core's timeout, or the client leaving) cancels the RPC.
 Messages are ``proxy.proto`` (Centrifugo's field numbers). ``http_headers``/
-``emulated_headers`` become metadata as in Centrifugo (lower-case keys), then
+``emulated_headers`` and a ``uni_grpc`` client's metadata listed in ``grpc_metadata``
+become metadata as in Centrifugo (lower-case keys), then
 ``grpc.credentials_key``/``credentials_value`` (Centrifugo's per-RPC credentials, sent
 with or without TLS as Centrifugo does; they replace a forwarded header of that name).
 ``grpc.static_metadata`` comes first: a forwarded header or the credentials replace a key.
@@ -56,10 +57,12 @@ _T = TypeVar("_T")
 def metadata(config: ProxyConfig, request: ProxyRequest) -> tuple[tuple[str, str | bytes], ...]:
     """The metadata of a call, in Centrifugo's order: a later source replaces a key.
 
-    ``grpc.static_metadata``, emulated and transport headers allowed by the config, then
-    the credentials.
+    ``grpc.static_metadata``, emulated and transport headers allowed by the config, a
+    ``uni_grpc`` client's metadata listed in ``grpc_metadata``, then the credentials.
     """
-    out = {name.lower(): value for name, value in config.grpc.static_metadata.items()}
+    out: dict[str, str | bytes] = {
+        name.lower(): value for name, value in config.grpc.static_metadata.items()
+    }
     emulated = {h.lower() for h in config.emulated_headers}
     for name, value in request.emulated_headers.items():
         if name.lower() in emulated:
@@ -68,10 +71,17 @@ def metadata(config: ProxyConfig, request: ProxyRequest) -> tuple[tuple[str, str
     for name, value in request.headers.items():
         if name.lower() in allowed:
             out[name.lower()] = value
+    if request.grpc_metadata:
+        listed = {k.lower() for k in config.grpc_metadata}
+        for name, item in request.grpc_metadata.items():
+            if name in listed:
+                out[name] = item
     if config.grpc.credentials_key:
         out[config.grpc.credentials_key.lower()] = config.grpc.credentials_value
     # grpcio wants bytes for binary (``-bin``) keys; grpc-go sends a string's bytes.
-    return tuple((k, v.encode() if k.endswith("-bin") else v) for k, v in out.items())
+    return tuple(
+        (k, v.encode() if isinstance(v, str) and k.endswith("-bin") else v) for k, v in out.items()
+    )
 
 
 def _tls_pem(tls: ClientTLSConfig, key: str) -> tuple[bytes | None, bytes | None, bytes | None]:

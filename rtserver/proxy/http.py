@@ -13,6 +13,7 @@ bodies fail the call with :class:`~rtserver.core.proxy.ProxyFailure`.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
@@ -80,7 +81,9 @@ def request_headers(config: ProxyConfig, request: ProxyRequest) -> Headers:
 
     ``http.static_headers`` first; then the client's emulated headers listed in
     ``emulated_headers``; then the connection request's headers listed in
-    ``http_headers`` (the transport value wins over an emulated one); JSON content type.
+    ``http_headers``, or a ``uni_grpc`` call's metadata listed in ``grpc_metadata``
+    (the transport value wins over an emulated one); JSON content type. A binary
+    (``-bin``) metadata value travels base64-encoded, as on the GRPC wire.
     """
     out: dict[str, str] = {}
     for name, value in config.http.static_headers.items():
@@ -93,6 +96,13 @@ def request_headers(config: ProxyConfig, request: ProxyRequest) -> Headers:
     for name, value in request.headers.items():
         if name.lower() in allowed:
             out[name.lower()] = value
+    if request.grpc_metadata:
+        listed = {k.lower() for k in config.grpc_metadata}
+        for name, meta in request.grpc_metadata.items():
+            if name in listed:
+                out[name] = (
+                    base64.b64encode(meta).decode("ascii") if isinstance(meta, bytes) else meta
+                )
     out["content-type"] = "application/json"
     headers = Headers()
     for name, value in out.items():

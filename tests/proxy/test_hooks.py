@@ -536,6 +536,19 @@ def test_unidirectional_connect_sends_its_channels_and_skips_proxied_subs() -> N
     assert set(push["connect"]["subs"]) == {"open:news", "room:lobby", "open:x"}
 
 
+def test_hooks_see_all_of_a_grpc_clients_metadata() -> None:
+    """No allow-list in-process: every key, lower-cased, ``-bin`` values as bytes."""
+    s = Setup()
+    sink = RecordingSink(transport_name="uni_grpc", unidirectional=True)
+    metadata = {"X-Api-Token": "t1", "x-trace-bin": b"\x00\x01"}
+    client = s.node.make_client(sink, grpc_metadata=metadata)
+    client.start_unidirectional(b"{}")
+    s.clock.advance(0)
+    (req,) = s.backend.requests
+    assert req.grpc_metadata == {"x-api-token": "t1", "x-trace-bin": b"\x00\x01"}
+    assert req.headers == {}
+
+
 def test_values_that_are_not_json_are_a_failed_backend(warnings: list[str]) -> None:
     """A hook's (or a ``b64data`` answer's) bytes must be JSON: a broken frame never goes out."""
     settings = {"client": CLIENT, "rpc": {"without_namespace": {"proxy_enabled": True}}}
