@@ -179,6 +179,28 @@ def make_certificate(directory: Path, days: int = 10) -> tuple[Path, Path, bytes
     return cert_path, key_path, digest
 
 
+def tls_handshake_in_memory(server: Any, client: Any) -> None:
+    """Run a TLS handshake between two memory-BIO pyOpenSSL connections to its end."""
+    from OpenSSL import SSL
+
+    done = {"server": False, "client": False}
+    for _ in range(20):
+        for side, conn, peer in (("client", client, server), ("server", server, client)):
+            if not done[side]:
+                try:
+                    conn.do_handshake()
+                    done[side] = True
+                except SSL.WantReadError:
+                    pass
+            try:
+                peer.bio_write(conn.bio_read(65536))
+            except SSL.WantReadError:
+                pass
+        if all(done.values()):
+            return
+    raise AssertionError(f"handshake did not finish: {done}")
+
+
 def _twistd() -> str:
     candidate = Path(sys.executable).with_name("twistd")
     if candidate.exists():

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from harness import tls_handshake_in_memory
 from twisted.internet import defer, reactor, tcp
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionDone
@@ -256,28 +257,6 @@ def test_ssl_server_context_is_the_one_twisted_listens_with(tmp_path: Any) -> No
         _compat.ssl_server_context(f"ssl:8443:privateKey={tmp_path / 'missing.pem'}")
 
 
-def _handshake(server: Any, client: Any) -> None:
-    """Run a TLS handshake between two memory-BIO pyOpenSSL connections to its end."""
-    from OpenSSL import SSL
-
-    done = {"server": False, "client": False}
-    for _ in range(20):
-        for side, conn, peer in (("client", client, server), ("server", server, client)):
-            if not done[side]:
-                try:
-                    conn.do_handshake()
-                    done[side] = True
-                except SSL.WantReadError:
-                    pass
-            try:
-                peer.bio_write(conn.bio_read(65536))
-            except SSL.WantReadError:
-                pass
-        if all(done.values()):
-            return
-    raise AssertionError(f"handshake did not finish: {done}")
-
-
 @pytest.mark.filterwarnings("ignore:Passing pyOpenSSL:DeprecationWarning")
 def test_ssl_endpoint_takes_a_client_ca(tmp_path: Any) -> None:
     """An ``ssl:`` description's options, given a client CA, require a client certificate.
@@ -315,7 +294,7 @@ def test_ssl_endpoint_takes_a_client_ca(tmp_path: Any) -> None:
         server.set_accept_state()
         client = SSL.Connection(client_context, None)
         client.set_connect_state()
-        _handshake(server, client)
+        tls_handshake_in_memory(server, client)
         peer = server.get_peer_certificate(as_cryptography=True)
         assert peer is not None
         assert peer.subject.rfc4514_string() == "CN=rtserver test client"

@@ -6,31 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import tls_handshake_in_memory
 from OpenSSL import SSL
 from redisserver import TLSFiles, make_tls
 
 from rtserver.config import TLSConfig
 from rtserver.tlsserver import client_trust_root, server_options
-
-
-def _handshake(server: Any, client: Any) -> None:
-    """A TLS handshake between two memory-BIO pyOpenSSL connections, to its end."""
-    done = {"server": False, "client": False}
-    for _ in range(20):
-        for side, conn, peer in (("client", client, server), ("server", server, client)):
-            if not done[side]:
-                try:
-                    conn.do_handshake()
-                    done[side] = True
-                except SSL.WantReadError:
-                    pass
-            try:
-                peer.bio_write(conn.bio_read(65536))
-            except SSL.WantReadError:
-                pass
-        if all(done.values()):
-            return
-    raise AssertionError(f"handshake did not finish: {done}")
 
 
 def _connect(options: Any, client: TLSFiles | None) -> Any:
@@ -43,7 +24,7 @@ def _connect(options: Any, client: TLSFiles | None) -> Any:
     server.set_accept_state()
     conn = SSL.Connection(client_context, None)
     conn.set_connect_state()
-    _handshake(server, conn)
+    tls_handshake_in_memory(server, conn)
     return conn
 
 
