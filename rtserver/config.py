@@ -390,6 +390,9 @@ class HTTPAPIConfig:
     insecure: bool = False
     handler_prefix: str = "/api"
     max_request_body_size: int = 10 * 1024 * 1024
+    #: ``transport``: every API error as an HTTP status, as the request header
+    #: ``X-Centrifugo-Error-Mode: transport`` asks for one request.
+    error_mode: str = ""
 
 
 @dataclass(frozen=True)
@@ -1481,6 +1484,10 @@ def validate(config: Config) -> None:
     _validate_token(client.token, "client.token")
     _validate_token(client.subscription_token, "client.subscription_token")
     _validate_http_tls(config)
+    if config.http_api.error_mode not in ("", "transport"):
+        raise ConfigError(
+            f"http_api.error_mode: {config.http_api.error_mode!r} is not '' or 'transport'"
+        )
     _validate_grpc_api(config.grpc_api)
     _validate_uni_grpc(config.uni_grpc)
     seen: set[str] = set()

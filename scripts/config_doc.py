@@ -86,6 +86,7 @@ MEANING = {
     "http_api.insecure": "no API key check (behind a trusted proxy only)",
     "http_api.handler_prefix": "path of the API",
     "http_api.max_request_body_size": "413 beyond this many body bytes",
+    "http_api.error_mode": "``transport``: API errors as HTTP statuses instead of ``error``",
     "grpc_api.enabled": "serve the server API over GRPC on its own port",
     "grpc_api.address": "interface the GRPC API binds (empty: all)",
     "grpc_api.port": "GRPC API port",
