@@ -545,6 +545,15 @@ class HealthConfig:
 
 
 @dataclass(frozen=True)
+class ShutdownConfig:
+    """The graceful shutdown on SIGTERM."""
+
+    #: At most this long for closing (after ``health.drain_delay``): clients' close
+    #: handshakes, the engine, the GRPC servers; then the process stops regardless.
+    timeout: float = duration(30.0)
+
+
+@dataclass(frozen=True)
 class PrometheusConfig:
     """``GET /metrics`` in the Prometheus text format (off by default, as in Centrifugo)."""
 
@@ -674,6 +683,7 @@ class Config:
     uni_grpc: UniGRPCConfig = field(default_factory=UniGRPCConfig)
     sockjs: SockJSConfig = field(default_factory=SockJSConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+    shutdown: ShutdownConfig = field(default_factory=ShutdownConfig)
     prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     broker: BrokerConfig = field(default_factory=BrokerConfig)

@@ -160,6 +160,7 @@ MEANING = {
     "health.handler_prefix": "path of the health endpoint",
     "health.ready_handler_prefix": "path of the readiness endpoint (503 starting/draining)",
     "health.drain_delay": "on SIGTERM, not ready for this long before closing; 0 = off",
+    "shutdown.timeout": "on SIGTERM, the most closing may take (after drain_delay)",
     "engine.type": "memory (one process) or redis (a cluster of nodes)",
     "engine.redis.address":
         "a string or a list (several shard channels): ``host:port``, ``redis://``, "

@@ -298,6 +298,7 @@ def _supported(tmp_path: Path) -> dict[str, dict[str, Any]]:
             "http_server": {"internal_port": "9001"},  # Centrifugo's type: a string
         },
         "HTTP API in transport error mode": {"http_api": {"error_mode": "transport"}},
+        "shutdown timeout": {"shutdown": {"timeout": "10s"}},
         "GRPC server API and uni_grpc": {
             "grpc_api": {"enabled": True, "port": 10000, "key": "k", "error_mode": "transport"},
             "uni_grpc": {"enabled": True, "port": 11000},
