@@ -343,6 +343,10 @@ class ClientConfig:
     allowed_origins: list[str] = field(default_factory=list)
     allow_anonymous_connect_without_token: bool = False
     disallow_anonymous_connection_tokens: bool = False
+    #: A request header holding the user id, set by an authenticating proxy in front: the
+    #: user of a connect with no token that neither a connect proxy nor anonymous access
+    #: decided (HTTP-based transports only).
+    user_id_http_header: str = ""
     insecure: bool = False
     ping_interval: float = duration(25.0)
     pong_timeout: float = duration(8.0)

@@ -53,6 +53,8 @@ MEANING = {
         "browser origins allowed to connect; ``*`` wildcards; empty = no browsers",
     "client.allow_anonymous_connect_without_token": "connect without a token as anonymous user",
     "client.disallow_anonymous_connection_tokens": "refuse tokens with an empty ``sub``",
+    "client.user_id_http_header":
+        "request header with the user id (set by an authenticating proxy); no token needed",
     "client.insecure": "development only: no auth, every channel permission granted",
     "client.ping_interval": "server ping ``{}`` interval",
     "client.pong_timeout": "close with 3012 when the pong is late (must be < ping_interval)",

@@ -299,6 +299,7 @@ def _supported(tmp_path: Path) -> dict[str, dict[str, Any]]:
         },
         "HTTP API in transport error mode": {"http_api": {"error_mode": "transport"}},
         "shutdown timeout": {"shutdown": {"timeout": "10s"}},
+        "user id from a proxy's header": {"client": {"user_id_http_header": "X-User-Id"}},
         "GRPC server API and uni_grpc": {
             "grpc_api": {"enabled": True, "port": 10000, "key": "k", "error_mode": "transport"},
             "uni_grpc": {"enabled": True, "port": 11000},
