@@ -219,9 +219,10 @@ class PersonalChannelConfig:
 class ClientTLSConfig:
     """TLS of a connection rtserver opens (Centrifugo's TLS object, client side).
 
-    Used by ``engine.redis.tls``/``sentinel_tls``, ``broker.nats.tls`` and the
-    ``grpc.tls`` of GRPC proxies. Each ``*_pem`` value is PEM text, base64 of PEM
-    text, or the path of a PEM file (tried in that order, as Centrifugo does).
+    Used by ``engine.redis.tls``/``sentinel_tls``, ``broker.nats.tls``, the
+    ``grpc.tls`` of GRPC proxies and the ``http.tls`` of HTTP proxies. Each ``*_pem``
+    value is PEM text, base64 of PEM text, or the path of a PEM file (tried in that
+    order, as Centrifugo does).
     """
 
     enabled: bool = False
@@ -234,9 +235,12 @@ class ClientTLSConfig:
 
 @dataclass(frozen=True)
 class ProxyHTTPConfig:
-    """HTTP specifics of a proxy: headers added to every request."""
+    """HTTP specifics of a proxy: headers added to every request, TLS of ``https://``."""
 
     static_headers: dict[str, str] = field(default_factory=dict)
+    #: With ``enabled``: the TLS of an ``https://`` endpoint (own CA, client certificate,
+    #: server name, no verification); without, the system's trust store.
+    tls: ClientTLSConfig = field(default_factory=ClientTLSConfig)
 
 
 @dataclass(frozen=True)
@@ -1643,6 +1647,8 @@ def _validate_endpoint(proxy: ProxyConfig, key: str) -> None:
         raise ConfigError(f"{key}.timeout: must be positive")
     if endpoint.startswith("grpc://"):
         _validate_proxy_grpc(proxy.grpc, f"{key}.grpc")
+    elif proxy.http.tls.enabled:
+        validate_client_tls(proxy.http.tls, f"{key}.http.tls")
 
 
 #: A GRPC metadata key as grpcio sends it (lower case; ``-bin`` keys carry bytes).

@@ -22,6 +22,7 @@ from rtserver import logs
 from rtserver.api.executor import APIExecutor
 from rtserver.auth.jwt import JWTVerifier
 from rtserver.config import (
+    ClientTLSConfig,
     Config,
     ProxyConfig,
     RedisEngineConfig,
@@ -414,6 +415,7 @@ def build_proxies(
     pool: Any = None
     closers: list[Callable[[], Deferred[None]]] = []
     adapters: dict[int, IProxy] = {}
+    tls_pools: dict[ClientTLSConfig, Any] = {}  # a pool per ``http.tls`` object
 
     def http(name: str, proxy: ProxyConfig) -> ProxyEntry:
         nonlocal pool
@@ -427,9 +429,17 @@ def build_proxies(
         elif backend is None:
             from rtserver.proxy.http import HTTPProxy, make_pool
 
-            if pool is None:
-                pool = make_pool(reactor)
-            backend = adapters[id(proxy)] = HTTPProxy(name, proxy, reactor=reactor, pool=pool)
+            tls = proxy.http.tls
+            if not tls.enabled:
+                if pool is None:
+                    pool = make_pool(reactor)
+                own = pool
+            elif tls in tls_pools:
+                own = tls_pools[tls]
+            else:  # a pooled connection keeps the client certificate it was made with
+                own = tls_pools[tls] = make_pool(reactor)
+                closers.append(own.closeCachedConnections)
+            backend = adapters[id(proxy)] = HTTPProxy(name, proxy, reactor=reactor, pool=own)
         return ProxyEntry(
             name,
             backend,
