@@ -219,9 +219,10 @@ class PersonalChannelConfig:
 class ClientTLSConfig:
     """TLS of a connection rtserver opens (Centrifugo's TLS object, client side).
 
-    Used by ``engine.redis.tls``/``sentinel_tls``, ``broker.nats.tls`` and the
-    ``grpc.tls`` of GRPC proxies. Each ``*_pem`` value is PEM text, base64 of PEM
-    text, or the path of a PEM file (tried in that order, as Centrifugo does).
+    Used by ``engine.redis.tls``/``sentinel_tls``, ``broker.nats.tls``, the
+    ``grpc.tls`` of GRPC proxies and the ``http.tls`` of HTTP proxies. Each ``*_pem``
+    value is PEM text, base64 of PEM text, or the path of a PEM file (tried in that
+    order, as Centrifugo does).
     """
 
     enabled: bool = False
@@ -234,9 +235,12 @@ class ClientTLSConfig:
 
 @dataclass(frozen=True)
 class ProxyHTTPConfig:
-    """HTTP specifics of a proxy: headers added to every request."""
+    """HTTP specifics of a proxy: headers added to every request, TLS of ``https://``."""
 
     static_headers: dict[str, str] = field(default_factory=dict)
+    #: With ``enabled``: the TLS of an ``https://`` endpoint (own CA, client certificate,
+    #: server name, no verification); without, the system's trust store.
+    tls: ClientTLSConfig = field(default_factory=ClientTLSConfig)
 
 
 @dataclass(frozen=True)
@@ -343,6 +347,10 @@ class ClientConfig:
     allowed_origins: list[str] = field(default_factory=list)
     allow_anonymous_connect_without_token: bool = False
     disallow_anonymous_connection_tokens: bool = False
+    #: A request header holding the user id, set by an authenticating proxy in front: the
+    #: user of a connect with no token that neither a connect proxy nor anonymous access
+    #: decided (HTTP-based transports only).
+    user_id_http_header: str = ""
     insecure: bool = False
     ping_interval: float = duration(25.0)
     pong_timeout: float = duration(8.0)
@@ -390,6 +398,9 @@ class HTTPAPIConfig:
     insecure: bool = False
     handler_prefix: str = "/api"
     max_request_body_size: int = 10 * 1024 * 1024
+    #: ``transport``: every API error as an HTTP status, as the request header
+    #: ``X-Centrifugo-Error-Mode: transport`` asks for one request.
+    error_mode: str = ""
 
 
 @dataclass(frozen=True)
@@ -542,6 +553,15 @@ class HealthConfig:
 
 
 @dataclass(frozen=True)
+class ShutdownConfig:
+    """The graceful shutdown on SIGTERM."""
+
+    #: At most this long for closing (after ``health.drain_delay``): clients' close
+    #: handshakes, the engine, the GRPC servers; then the process stops regardless.
+    timeout: float = duration(30.0)
+
+
+@dataclass(frozen=True)
 class PrometheusConfig:
     """``GET /metrics`` in the Prometheus text format (off by default, as in Centrifugo)."""
 
@@ -671,6 +691,7 @@ class Config:
     uni_grpc: UniGRPCConfig = field(default_factory=UniGRPCConfig)
     sockjs: SockJSConfig = field(default_factory=SockJSConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+    shutdown: ShutdownConfig = field(default_factory=ShutdownConfig)
     prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     broker: BrokerConfig = field(default_factory=BrokerConfig)
@@ -1481,6 +1502,10 @@ def validate(config: Config) -> None:
     _validate_token(client.token, "client.token")
     _validate_token(client.subscription_token, "client.subscription_token")
     _validate_http_tls(config)
+    if config.http_api.error_mode not in ("", "transport"):
+        raise ConfigError(
+            f"http_api.error_mode: {config.http_api.error_mode!r} is not '' or 'transport'"
+        )
     _validate_grpc_api(config.grpc_api)
     _validate_uni_grpc(config.uni_grpc)
     seen: set[str] = set()
@@ -1622,6 +1647,8 @@ def _validate_endpoint(proxy: ProxyConfig, key: str) -> None:
         raise ConfigError(f"{key}.timeout: must be positive")
     if endpoint.startswith("grpc://"):
         _validate_proxy_grpc(proxy.grpc, f"{key}.grpc")
+    elif proxy.http.tls.enabled:
+        validate_client_tls(proxy.http.tls, f"{key}.http.tls")
 
 
 #: A GRPC metadata key as grpcio sends it (lower case; ``-bin`` keys carry bytes).

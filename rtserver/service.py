@@ -22,6 +22,7 @@ from rtserver import logs
 from rtserver.api.executor import APIExecutor
 from rtserver.auth.jwt import JWTVerifier
 from rtserver.config import (
+    ClientTLSConfig,
     Config,
     ProxyConfig,
     RedisEngineConfig,
@@ -39,7 +40,7 @@ from rtserver.engines.composite import CompositeEngine
 from rtserver.engines.memory import MemoryEngine
 from rtserver.logs import Logger
 from rtserver.proxy.hooks import HookProxy, Hooks
-from rtserver.shutdown import StopSignalGuard
+from rtserver.shutdown import StopSignalGuard, bounded
 from rtserver.sockjs.forward import Siblings
 from rtserver.tlsserver import client_trust_root
 from rtserver.transports.emulation import EmulationResource, HTTPStreamResource, SSEResource
@@ -86,6 +87,11 @@ _log = Logger()
 # threads...) and each part takes the ones it needs.
 
 
+#: The longest wait for the close handshakes of clients on stop (seconds; Centrifugo's
+#: WebSocket waits as long for a close frame); ``shutdown.timeout`` may end it sooner.
+CLOSE_WAIT = 5.0
+
+
 class Drainable(Protocol):
     """What shutdown waits for: a listener whose connections close."""
 
@@ -102,12 +108,16 @@ class ServerService(MultiService):
     the listeners close and clients get 3001 (``health.drain_delay``).
     """
 
-    def __init__(self, node: Node, drain_delay: float, reactor: Any) -> None:
+    def __init__(
+        self, node: Node, drain_delay: float, reactor: Any, shutdown_timeout: float = 30.0
+    ) -> None:
         super().__init__()
         self.node = node
         self._delay = drain_delay
         self._reactor = reactor
         self._signals = StopSignalGuard(reactor)
+        #: ``shutdown.timeout``: the bound on closing, from the end of the drain delay.
+        self.shutdown_timeout = shutdown_timeout
 
     def startService(self) -> None:
         super().startService()
@@ -121,13 +131,17 @@ class ServerService(MultiService):
         self._signals.uninstall()
         self.node.drain()
         if self._delay <= 0:
-            return super().stopService()
+            return self._close()
         _log.info(
             "shutting down: not ready for {delay:g}s (health.drain_delay), then closing",
             delay=self._delay,
         )
         d: Deferred[None] = deferLater(self._reactor, self._delay, lambda: None)
-        return d.addCallback(lambda _: MultiService.stopService(self))
+        return d.addCallback(lambda _: self._close())
+
+    def _close(self) -> Deferred[Any]:
+        """Stop every part, for at most ``shutdown.timeout`` seconds."""
+        return bounded(MultiService.stopService(self), self.shutdown_timeout, self._reactor)
 
 
 class NodeService(Service):
@@ -138,7 +152,7 @@ class NodeService(Service):
         node: Node,
         drains: list[Drainable],
         endpoints: list[str],
-        shutdown_timeout: float = 5.0,
+        shutdown_timeout: float = CLOSE_WAIT,
         reloader: Reloader | None = None,
     ) -> None:
         self.node = node
@@ -202,6 +216,7 @@ _RESTART_SECTIONS = (
     "uni_grpc",
     "sockjs",
     "health",
+    "shutdown",
     "prometheus",
 )
 
@@ -400,6 +415,7 @@ def build_proxies(
     pool: Any = None
     closers: list[Callable[[], Deferred[None]]] = []
     adapters: dict[int, IProxy] = {}
+    tls_pools: dict[ClientTLSConfig, Any] = {}  # a pool per ``http.tls`` object
 
     def http(name: str, proxy: ProxyConfig) -> ProxyEntry:
         nonlocal pool
@@ -413,9 +429,17 @@ def build_proxies(
         elif backend is None:
             from rtserver.proxy.http import HTTPProxy, make_pool
 
-            if pool is None:
-                pool = make_pool(reactor)
-            backend = adapters[id(proxy)] = HTTPProxy(name, proxy, reactor=reactor, pool=pool)
+            tls = proxy.http.tls
+            if not tls.enabled:
+                if pool is None:
+                    pool = make_pool(reactor)
+                own = pool
+            elif tls in tls_pools:
+                own = tls_pools[tls]
+            else:  # a pooled connection keeps the client certificate it was made with
+                own = tls_pools[tls] = make_pool(reactor)
+                closers.append(own.closeCachedConnections)
+            backend = adapters[id(proxy)] = HTTPProxy(name, proxy, reactor=reactor, pool=own)
         return ProxyEntry(
             name,
             backend,
@@ -892,7 +916,7 @@ def build(
     executor = APIExecutor(node)
     sites = build_sites(node, config, reactor, executor, siblings=siblings)
     site, internal_site, drains = sites.site, sites.internal, sites.drains
-    top = ServerService(node, config.health.drain_delay, reactor)
+    top = ServerService(node, config.health.drain_delay, reactor, config.shutdown.timeout)
     top.setName("rtserver")
     endpoints = listen or default_listen(config)
     if closing is not None:

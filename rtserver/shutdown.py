@@ -8,17 +8,26 @@ sends SIGTERM to every process of the unit, so each worker of ``--workers N`` ge
 from systemd and one from its supervisor, and Ctrl-C reaches every process of the
 terminal's group. :class:`StopSignalGuard` passes the first stop signal to the
 reactor's handler and only notes the later ones.
+
+:func:`bounded` is the other end of a stop: ``shutdown.timeout``, Centrifugo's bound on
+a graceful shutdown, after which the process stops without waiting for the rest.
 """
 
 from __future__ import annotations
 
 import signal
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
 from rtserver.logs import Logger
 
-__all__ = ["StopSignalGuard"]
+__all__ = ["StopSignalGuard", "bounded"]
+
+_T = TypeVar("_T")
 
 _log = Logger()
 
@@ -68,3 +77,36 @@ class StopSignalGuard:
             return
         self.signalled = signum
         self._previous[signum](signum, frame)
+
+
+def bounded(stopping: Deferred[_T], timeout: float, clock: IReactorTime) -> Deferred[_T | None]:
+    """``stopping``, or None after ``timeout`` seconds if it has not fired by then.
+
+    The latter is logged as one error line (``shutdown.timeout``); the reactor then
+    stops, dropping the connections still open. ``stopping`` is not cancelled: what it
+    waits for ends with the process.
+    """
+    out: Deferred[_T | None] = Deferred()
+
+    def expire() -> None:
+        _log.error(
+            "shutdown timeout reached: stopping after {timeout:g}s (shutdown.timeout) "
+            "without waiting for the rest",
+            timeout=timeout,
+        )
+        out.callback(None)
+
+    timer = clock.callLater(timeout, expire)
+
+    def finished(result: Any) -> None:
+        if timer.active():
+            timer.cancel()
+        if out.called:
+            return  # late: the stop went on without it (a failure is dropped with it)
+        if isinstance(result, Failure):
+            out.errback(result)
+        else:
+            out.callback(result)
+
+    stopping.addBoth(finished)
+    return out

@@ -168,8 +168,9 @@ def _supervisor(options: Options) -> IService:
         reactor,
         held=held,
         udp=udp_sockets,
-        # workers stay up, not ready, for health.drain_delay before they drain
-        stop_timeout=15.0 + cfg.health.drain_delay,
+        # workers stay up, not ready, for health.drain_delay before they drain, then
+        # stop within shutdown.timeout; killed only when one misses its own bound
+        stop_timeout=cfg.health.drain_delay + cfg.shutdown.timeout + 5.0,
         directory=directory,
     )
 

@@ -1,4 +1,4 @@
-"""TLS of rtserver's client connections (Redis, Sentinel, NATS, the GRPC proxy relay).
+"""TLS of rtserver's client connections (Redis, Sentinel, NATS, HTTPS and GRPC proxies).
 
 One place builds it for every adapter that opens a TLS connection.
 
@@ -77,7 +77,7 @@ def tls_connection_creator(
 
     Args:
         options: The TLS object (``engine.redis.tls``, ``sentinel_tls``,
-            ``broker.nats.tls``, a GRPC proxy's ``grpc.tls``).
+            ``broker.nats.tls``, a GRPC proxy's ``grpc.tls``, an HTTP proxy's ``http.tls``).
         host: The host connected to.
         key: The configuration key, for error messages.
         alpn: Application protocols to offer (``(b"h2",)`` for GRPC); none by default.

@@ -53,6 +53,8 @@ MEANING = {
         "browser origins allowed to connect; ``*`` wildcards; empty = no browsers",
     "client.allow_anonymous_connect_without_token": "connect without a token as anonymous user",
     "client.disallow_anonymous_connection_tokens": "refuse tokens with an empty ``sub``",
+    "client.user_id_http_header":
+        "request header with the user id (set by an authenticating proxy); no token needed",
     "client.insecure": "development only: no auth, every channel permission granted",
     "client.ping_interval": "server ping ``{}`` interval",
     "client.pong_timeout": "close with 3012 when the pong is late (must be < ping_interval)",
@@ -86,6 +88,7 @@ MEANING = {
     "http_api.insecure": "no API key check (behind a trusted proxy only)",
     "http_api.handler_prefix": "path of the API",
     "http_api.max_request_body_size": "413 beyond this many body bytes",
+    "http_api.error_mode": "``transport``: API errors as HTTP statuses instead of ``error``",
     "grpc_api.enabled": "serve the server API over GRPC on its own port",
     "grpc_api.address": "interface the GRPC API binds (empty: all)",
     "grpc_api.port": "GRPC API port",
@@ -159,6 +162,7 @@ MEANING = {
     "health.handler_prefix": "path of the health endpoint",
     "health.ready_handler_prefix": "path of the readiness endpoint (503 starting/draining)",
     "health.drain_delay": "on SIGTERM, not ready for this long before closing; 0 = off",
+    "shutdown.timeout": "on SIGTERM, the most closing may take (after drain_delay)",
     "engine.type": "memory (one process) or redis (a cluster of nodes)",
     "engine.redis.address":
         "a string or a list (several shard channels): ``host:port``, ``redis://``, "
@@ -285,6 +289,12 @@ _PROXY_KEYS = {
     "binary_encoding": "``b64data``/``b64info`` instead of raw JSON",
     "include_connection_meta": "send the connection's ``meta`` along",
     "http.static_headers": "headers added to every request (object)",
+    "http.tls.enabled": "own TLS for an ``https://`` backend (docs/proxies.rst, \"HTTPS\")",
+    "http.tls.cert_pem": "client certificate (mutual TLS): PEM text, base64 PEM or a file path",
+    "http.tls.key_pem": "its private key (same forms)",
+    "http.tls.server_ca_pem": "CA(s) to verify the backend with (default: the system)",
+    "http.tls.insecure_skip_verify": "accept any certificate (tests only)",
+    "http.tls.server_name": "name the certificate must carry (default: the endpoint's host)",
     "grpc.tls.enabled": "TLS to a ``grpc://`` backend (docs/proxies.rst, \"GRPC\")",
     "grpc.tls.cert_pem": "client certificate (mutual TLS): PEM text, base64 PEM or a file path",
     "grpc.tls.key_pem": "its private key (same forms)",

@@ -41,6 +41,7 @@ TLS = [
     *(f"{r}.{t}" for r in REDIS for t in ("tls", "sentinel_tls")),
     "broker.nats.tls",
     *(f"{p}.grpc.tls" for p in PROXIES),
+    *(f"{p}.http.tls" for p in PROXIES),
 ]
 PLACEHOLDERS = {"<proxy>": PROXIES, "<ns>": NAMESPACES, "<tls>": TLS}
 
@@ -252,7 +253,10 @@ def _supported(tmp_path: Path) -> dict[str, dict[str, Any]]:
                         "enabled": True,
                         "endpoint": "http://127.0.0.1:9000/connect",
                         "http_headers": ["Cookie"],
-                        "http": {"static_headers": {"X-A": "b"}},
+                        "http": {
+                            "static_headers": {"X-A": "b"},
+                            "tls": {"enabled": True, "server_name": "backend"},
+                        },
                     },
                     "refresh": {"endpoint": "http://127.0.0.1:9000/refresh"},
                 }
@@ -297,6 +301,9 @@ def _supported(tmp_path: Path) -> dict[str, dict[str, Any]]:
             "admin": {"enabled": True, "password": "p", "secret": "s"},
             "http_server": {"internal_port": "9001"},  # Centrifugo's type: a string
         },
+        "HTTP API in transport error mode": {"http_api": {"error_mode": "transport"}},
+        "shutdown timeout": {"shutdown": {"timeout": "10s"}},
+        "user id from a proxy's header": {"client": {"user_id_http_header": "X-User-Id"}},
         "GRPC server API and uni_grpc": {
             "grpc_api": {"enabled": True, "port": 10000, "key": "k", "error_mode": "transport"},
             "uni_grpc": {"enabled": True, "port": 11000},
@@ -374,5 +381,6 @@ def test_placeholders_are_defined_as_the_test_expands_them() -> None:
         "tls",
         "sentinel_tls",
         "<proxy>.grpc.tls",
+        "<proxy>.http.tls",
     }
     assert written - named == set()

@@ -79,3 +79,41 @@ def test_default_handlers_are_left_alone() -> None:
         print(json.dumps(signal.getsignal(signal.SIGTERM) == signal.SIG_DFL))
     """)
     assert result is True
+
+
+def test_bounded_stop_passes_the_outcome_or_gives_up_at_the_timeout() -> None:
+    """``shutdown.timeout``: the stop's own outcome in time; None (and one error) after."""
+    from twisted.internet.defer import Deferred
+    from twisted.internet.task import Clock
+    from twisted.logger import LogLevel, globalLogPublisher
+
+    from rtserver.shutdown import bounded
+
+    errors: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_level") is LogLevel.error:
+            errors.append(event["log_format"].format(**event))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        clock = Clock()
+        quick: Deferred[str] = Deferred()
+        got: list[object] = []
+        bounded(quick, 2.0, clock).addCallback(got.append)
+        quick.callback("stopped")
+        assert got == ["stopped"] and clock.getDelayedCalls() == []
+
+        stuck: Deferred[str] = Deferred()
+        bounded(stuck, 2.0, clock).addCallback(got.append)
+        clock.advance(1.9)
+        assert got == ["stopped"]
+        clock.advance(0.1)
+        assert got == ["stopped", None]
+        stuck.errback(RuntimeError("late"))  # dropped: the stop went on without it
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert errors == [
+        "shutdown timeout reached: stopping after 2s (shutdown.timeout) without waiting for "
+        "the rest"
+    ]

@@ -38,6 +38,7 @@ from rtserver.config import ChannelOptions
 from rtserver.core.connecting import (
     anonymous_allowed,
     connect_result,
+    header_user,
     server_side_channels,
     uni_disconnect,
 )
@@ -155,6 +156,7 @@ class Client:
         "_connect_failed",
         "_emulated_headers",
         "_expire_timer",
+        "_header_user",
         "_node",
         "_pending",
         "_ping_payload",
@@ -207,6 +209,8 @@ class Client:
         self.conn_info: bytes | None = None
         self.meta: bytes | None = None  # connection meta (raw JSON): token or connect proxy
         self.expire_at = 0
+        #: The user came from ``client.user_id_http_header``: no personal channel.
+        self._header_user = False
         self._emulated_headers: Mapping[str, str] = _NO_HEADERS
         self._proxy_calls: set[Deferred[Any]] | None = None  # made by the first proxy call
         self.name = ""
@@ -633,7 +637,11 @@ class Client:
             raise Disconnect.CONNECTION_LIMIT
 
         subs_result: dict[str, Result] = {}
-        for channel, grant, opts in server_side_channels(token, self.user, config, node.resolver):
+        # As Centrifugo: a user from the header gets no personal channel (nor single connection)
+        personal_user = "" if self._header_user else self.user
+        for channel, grant, opts in server_side_channels(
+            token, personal_user, config, node.resolver
+        ):
             sub = server_subscription(
                 channel,
                 opts,
@@ -733,7 +741,7 @@ class Client:
         if self._state is not State.CONNECTED:
             return
         personal = self._config.subscribe_to_user_personal_channel
-        if personal.enabled and personal.single_connection and self.user:
+        if personal.enabled and personal.single_connection and self.user and not self._header_user:
             control = DisconnectControl(
                 user=self.user,
                 code=Disconnect.CONNECTION_LIMIT.code,
@@ -755,9 +763,20 @@ class Client:
             if not token.user and config.disallow_anonymous_connection_tokens:
                 raise Disconnect.INVALID_TOKEN
             return token
-        if anonymous_allowed(config):
+        return self._without_credentials()
+
+    def _without_credentials(self) -> ConnectionToken:
+        """No token, no connect proxy answer: anonymous if allowed, else the header's user.
+
+        Centrifugo's order: anonymous access wins over ``client.user_id_http_header``.
+        """
+        if anonymous_allowed(self._config):
             return ConnectionToken(user="")
-        raise Disconnect.BAD_REQUEST
+        user = header_user(self.headers, self._config.user_id_http_header)
+        if not user:
+            raise Disconnect.BAD_REQUEST
+        self._header_user = True
+        return ConnectionToken(user=user)
 
     async def _verify_connection_token(self, raw: str, expired: Exception) -> ConnectionToken:
         return await verify_connection_token(
@@ -1232,10 +1251,8 @@ class Client:
             channels=tuple(req.subs) if self._uni else (),
         )
         reply = await self._ask(entry, "connect", entry.backend.connect(request))
-        if reply is None:
-            if anonymous_allowed(self._config):
-                return ConnectionToken(user=""), None
-            raise Disconnect.BAD_REQUEST
+        if reply is None:  # the backend gave no credentials
+            return self._without_credentials(), None
         self.meta = reply.meta
         token = ConnectionToken(
             user=reply.user,

@@ -6,6 +6,7 @@ configuration and the verified token, without touching the node.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from rtserver.config import ChannelOptions, ClientConfig
@@ -30,6 +31,20 @@ ServerSideChannel = tuple[str, SubscriptionGrant | None, ChannelOptions]
 def anonymous_allowed(config: ClientConfig) -> bool:
     """Whether a connect without a token is accepted (as user "")."""
     return config.allow_anonymous_connect_without_token or config.insecure
+
+
+def header_user(headers: Mapping[str, str], name: str) -> str:
+    """The user id in the request header ``name`` (``client.user_id_http_header``), or "".
+
+    Header names compare case-insensitively; an empty value is no user.
+    """
+    if not name:
+        return ""
+    wanted = name.lower()
+    for key, value in headers.items():
+        if key.lower() == wanted:
+            return value
+    return ""
 
 
 def server_side_channels(

@@ -2,7 +2,9 @@
 
 One :class:`HTTPProxy` per configured endpoint; all of them share one persistent
 :class:`~twisted.web.client.HTTPConnectionPool` (keep-alive), created by the service and
-closed when it stops. Requests go straight to the ``Agent`` that treq wraps: treq's
+closed when it stops (those with ``http.tls`` one pool per TLS object). An ``https://``
+endpoint's TLS comes from :mod:`rtserver.tlsclient` with ``http.tls``, else from the
+system's trust store. Requests go straight to the ``Agent`` that treq wraps: treq's
 ``HTTPClient`` re-parses and IDNA-normalises the URL on every request, which cost about
 as much as the rest of the call (measured with ``bench/proxy.py``); endpoints are made
 once per backend for the same reason. The core applies the timeout by cancelling the
@@ -38,7 +40,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
-from rtserver.config import ProxyConfig
+from rtserver.config import ClientTLSConfig, ProxyConfig
 from rtserver.core.proxy import (
     ConnectProxyRequest,
     ConnectProxyResult,
@@ -57,6 +59,7 @@ from rtserver.core.proxy import (
     SubscribeProxyResult,
 )
 from rtserver.proxy import codec
+from rtserver.tlsclient import load_tls_material, tls_connection_creator, tls_failure
 
 __all__ = ["MAX_RESPONSE_BYTES", "HTTPProxy", "make_pool", "request_headers"]
 
@@ -158,10 +161,18 @@ class _Endpoints:
     even when a pooled connection is used.
     """
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: Any, tls: ClientTLSConfig, key: str) -> None:
         self._reactor = reactor
-        self._tls = BrowserLikePolicyForHTTPS()
+        self._policy = BrowserLikePolicyForHTTPS()
+        #: ``http.tls`` when enabled (else the system's trust store, as Go's default).
+        self._tls = tls if tls.enabled else None
+        self._key = key
         self._made: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
+
+    def _creator(self, host: bytes, port: int) -> Any:
+        if self._tls is None:
+            return self._policy.creatorForNetloc(host, port)
+        return tls_connection_creator(self._tls, host.decode("ascii"), self._key)
 
     def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:  # noqa: N802
         key = (uri.scheme, uri.host, uri.port)
@@ -170,7 +181,7 @@ class _Endpoints:
             host = uri.host.decode("ascii")
             endpoint = HostnameEndpoint(self._reactor, host, uri.port)
             if uri.scheme == b"https":
-                endpoint = wrapClientTLS(self._tls.creatorForNetloc(uri.host, uri.port), endpoint)
+                endpoint = wrapClientTLS(self._creator(uri.host, uri.port), endpoint)
             self._made[key] = endpoint
         return endpoint
 
@@ -224,6 +235,11 @@ class HTTPProxy:
     ) -> None:
         """Post to ``config.endpoint`` through ``pool``.
 
+        An ``https://`` endpoint is verified with ``config.http.tls`` when it is enabled
+        (its own CA, client certificate, server name), else with the system's trust
+        store. Proxies with different TLS objects must not share a pool: a pooled
+        connection carries the client certificate it was made with.
+
         Args:
             name: The proxy's name in log lines.
             config: Endpoint and header rules (the timeout is applied by the core).
@@ -234,7 +250,11 @@ class HTTPProxy:
         self.name = name
         self._config = config
         self._endpoint = config.endpoint.encode("ascii")
-        self._agent = Agent.usingEndpointFactory(reactor, _Endpoints(reactor), pool=pool)
+        tls_key = f"proxy {name}: http.tls"
+        if config.http.tls.enabled:
+            load_tls_material(config.http.tls, tls_key)  # a PEM that does not load fails now
+        endpoints = _Endpoints(reactor, config.http.tls, tls_key)
+        self._agent = Agent.usingEndpointFactory(reactor, endpoints, pool=pool)
         self._limit = max_response_bytes
 
     def _post(self, request: ProxyRequest, decode: Callable[[bytes], _T]) -> Deferred[_T]:
@@ -286,5 +306,8 @@ def _describe(exc: BaseException) -> str:
     """A short reason for a log line (twisted.web wraps the cause in a list)."""
     reasons: Any = getattr(exc, "reasons", None)
     if isinstance(reasons, list) and reasons and isinstance(reasons[0], Failure):
+        tls = tls_failure(reasons[0])
+        if tls is not None:
+            return f"TLS handshake failed: {tls}"
         return f"{type(reasons[0].value).__name__}: {reasons[0].value}"
     return f"{type(exc).__name__}: {exc}"

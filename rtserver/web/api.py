@@ -102,7 +102,7 @@ class APIResource(Resource):
 
     Args:
         executor: runs the commands.
-        config: the ``http_api`` section (key, insecure).
+        config: the ``http_api`` section (key, insecure, error mode).
     """
 
     def __init__(self, executor: APIExecutor, config: HTTPAPIConfig) -> None:
@@ -117,6 +117,11 @@ class APIResource(Resource):
         self._config = config
         self._key = config.key.encode("utf-8")
         self._warned_no_key = False
+
+    @property
+    def transport_errors(self) -> bool:
+        """``http_api.error_mode: transport``: every request in transport error mode."""
+        return self._config.error_mode == "transport"
 
     def getChild(self, path: bytes, request: Request) -> Resource:
         """``<prefix>/<method>``; an empty segment (``<prefix>/``) is the legacy route."""
@@ -183,7 +188,8 @@ class APIResource(Resource):
     async def run_method(self, method: str, body: bytes, transport_mode: bool) -> APIResponse:
         """``POST <prefix>/<method>``: one command, the body is its request object.
 
-        ``transport_mode``: API errors become HTTP statuses (``X-Centrifugo-Error-Mode``).
+        ``transport_mode``: API errors become HTTP statuses (``http_api.error_mode``, or
+        ``X-Centrifugo-Error-Mode`` per request).
         """
         try:
             params = orjson.loads(body) if body.strip() else {}
@@ -229,7 +235,8 @@ class _MethodResource(Resource):
         return self._api.serve(request, self._run)
 
     def _run(self, request: Request, body: bytes) -> Coroutine[Any, Any, APIResponse]:
-        return self._api.run_method(self._method, body, _transport_mode(request))
+        mode = self._api.transport_errors or _transport_mode(request)
+        return self._api.run_method(self._method, body, mode)
 
 
 def header_credentials(x_api_key: bytes | None, authorization: bytes | None) -> Iterator[bytes]:

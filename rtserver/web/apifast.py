@@ -289,7 +289,9 @@ class APIFastPath:
         if not cached and not state.discard and len(self._lines) < _LINES_CACHED:
             self._lines[line] = method  # remembered for authenticated callers only
         state.method = method
-        state.mode = error_mode is not None and transport_mode(error_mode)
+        state.mode = self._api.transport_errors or (
+            error_mode is not None and transport_mode(error_mode)
+        )
         state.body_left = size
         return True
 

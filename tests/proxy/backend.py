@@ -1,6 +1,8 @@
 """A small application backend answering rtserver's proxy requests (twisted.web).
 
-Run as ``python3 backend.py PORT``; prints ``{"ready": PORT}`` once listening. It plays a
+Run as ``python3 backend.py PORT``; prints ``{"ready": PORT}`` once listening. With
+``PORT CERT KEY`` it serves HTTPS with that certificate, with ``PORT CERT KEY CLIENT_CA``
+it also requires a client certificate that CA signed (mutual TLS). It plays a
 site with cookie sessions (``Cookie: session=<user>``, or the emulated ``X-Session``
 header) and records every proxy request it gets, for the tests to inspect:
 
@@ -130,6 +132,25 @@ class Control(Resource):
         return b"{}"
 
 
+def _tls_options(files: list[str]) -> Any:
+    """Server TLS of ``CERT KEY [CLIENT_CA]`` (PEM files)."""
+    import warnings
+    from pathlib import Path
+
+    from twisted.internet import ssl
+
+    warnings.simplefilter("ignore")  # pyOpenSSL's deprecations; stdout carries "ready"
+    pem = Path(files[0]).read_text() + Path(files[1]).read_text()
+    mine = ssl.PrivateCertificate.loadPEM(pem)
+    extra: dict[str, Any] = {}
+    if len(files) > 2:
+        ca = ssl.Certificate.loadPEM(Path(files[2]).read_text())
+        extra = {"verify": True, "caCerts": [ca.original], "requireCertificate": True}
+    return ssl.CertificateOptions(
+        privateKey=mine.privateKey.original, certificate=mine.original, **extra
+    )
+
+
 def main() -> None:
     port = int(sys.argv[1])
     root = Resource()
@@ -138,7 +159,11 @@ def main() -> None:
     control = Control()
     for name in (b"requests", b"mode", b"reset"):
         root.putChild(name, control)
-    reactor.listenTCP(port, Site(root), interface="127.0.0.1")
+    site = Site(root)
+    if len(sys.argv) > 3:
+        reactor.listenSSL(port, site, _tls_options(sys.argv[2:]), interface="127.0.0.1")
+    else:
+        reactor.listenTCP(port, site, interface="127.0.0.1")
     reactor.callWhenRunning(lambda: print(json.dumps({"ready": port}), flush=True))
     reactor.run()
 

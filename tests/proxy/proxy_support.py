@@ -17,9 +17,15 @@ HERE = Path(__file__).resolve().parent
 class Backend:
     """A running ``backend.py`` process: its URL, what it received, its answer mode."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, tls: list[Path] | None = None) -> None:
+        """Start ``backend.py`` on ``port`` (default: a free one).
+
+        ``tls``: serve HTTPS with ``[cert, key]``; ``[cert, key, client_ca]`` also requires
+        a client certificate of that CA (on the control endpoints too).
+        """
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.tls = tls or []
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self._http = requests.Session()
         self._http.trust_env = False
         self.proc: subprocess.Popen[str] | None = None
@@ -28,7 +34,7 @@ class Backend:
     def start(self) -> None:
         """Start (or restart, on the same port) and wait until it listens."""
         self.proc = subprocess.Popen(
-            [sys.executable, str(HERE / "backend.py"), str(self.port)],
+            [sys.executable, str(HERE / "backend.py"), str(self.port), *map(str, self.tls)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

@@ -269,6 +269,38 @@ def test_no_result_is_anonymous_if_allowed_else_3501(anonymous: bool) -> None:
         assert sink.closed_with == Disconnect.BAD_REQUEST
 
 
+HEADER_CLIENT = {
+    **CLIENT,
+    "user_id_http_header": "X-User",
+    "subscribe_to_user_personal_channel": {"enabled": True},
+}
+
+
+def test_no_connect_result_falls_back_to_the_user_id_header() -> None:
+    """``client.user_id_http_header``: the header's user when the backend gave none.
+
+    As in Centrifugo, that user gets no personal channel (the header is no credentials
+    of the connect handler).
+    """
+    s = Setup({"client": HEADER_CLIENT}, Hooks(connect=lambda req: None))
+    client, sink = s.client({"X-User": "erin"})
+    s.send(client, {"id": 1, "connect": {}})
+    assert client.connected and client.user == "erin"
+    assert "subs" not in reply(sink, 1)["connect"]
+    refused, sink = s.client({"X-User": ""})
+    s.send(refused, {"id": 1, "connect": {}})
+    assert sink.closed_with == Disconnect.BAD_REQUEST
+
+
+def test_a_connect_result_wins_over_the_user_id_header() -> None:
+    alice = ConnectProxyResult(user="alice")
+    s = Setup({"client": HEADER_CLIENT}, Hooks(connect=lambda req: alice))
+    client, sink = s.client({"X-User": "erin"})
+    s.send(client, {"id": 1, "connect": {}})
+    assert client.connected and client.user == "alice"
+    assert list(reply(sink, 1)["connect"]["subs"]) == ["#alice"]  # the personal channel
+
+
 def test_a_slow_connect_hook_times_out_with_error_100_and_one_log_line(
     s: Setup, warnings: list[str]
 ) -> None:
