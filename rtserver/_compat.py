@@ -31,6 +31,7 @@ __all__ = [
     "send_now",
     "set_twistd_logger",
     "ssl_server_context",
+    "take_unparsed_bytes",
     "use_clock",
     "write_now",
 ]
@@ -135,6 +136,26 @@ def set_twistd_logger(options: Any, factory: str) -> str | None:
         return None
     parent["logger"] = factory
     return str(parent.get("logfile") or "")
+
+
+# --- Twisted: bytes an HTTP channel read past a request it handed over ----------------------
+#
+# A WebSocket upgrade (Autobahn's ``WebSocketResource``) takes the transport away from
+# twisted.web's ``HTTPChannel`` while the channel is still inside its ``dataReceived``:
+# whatever the same read carried after the request head stays in the channel and never
+# reaches the WebSocket protocol. Relies on ``HTTPChannel._dataBuffer`` (a list of bytes:
+# what arrived while a request was being handled, kept for the next request) and
+# ``LineReceiver._buffer`` (bytes read and not yet passed on as lines or raw data).
+
+
+def take_unparsed_bytes(channel: object) -> bytes:
+    """What ``channel`` (an ``HTTPChannel``) read past its current request; cleared."""
+    pending: list[bytes] = getattr(channel, "_dataBuffer", [])
+    data = b"".join(pending) + getattr(channel, "_buffer", b"")
+    if data:
+        channel._dataBuffer = []  # type: ignore[attr-defined]
+        channel._buffer = b""  # type: ignore[attr-defined]
+    return data
 
 
 # --- Twisted: the TLS options of an ``ssl:`` endpoint description ------------------------

@@ -379,3 +379,32 @@ def test_hpack_static_table_and_huffman_decoder() -> None:
     assert _compat.hpack_decode_huffman(encoded) == b"www.example.com"
     with pytest.raises(HPACKDecodingError):
         _compat.hpack_decode_huffman(encoded[:-1] + b"\x00")  # padding not all ones
+
+
+def test_take_unparsed_bytes_finds_what_an_http_channel_kept() -> None:
+    """``HTTPChannel._dataBuffer`` and ``LineReceiver._buffer`` still hold unparsed bytes."""
+    from twisted.web.http import HTTPChannel
+    from twisted.web.resource import Resource
+    from twisted.web.server import NOT_DONE_YET, Site
+
+    class Pending(Resource):
+        isLeaf = True  # noqa: N815 - twisted.web's name
+
+        def render_GET(self, request: Any) -> Any:
+            return NOT_DONE_YET
+
+    site = Site(Pending())
+    site.protocol = HTTPChannel  # the channel itself, as rtserver's site builds it
+    channel = site.buildProtocol(None)
+    channel.makeConnection(StringTransport())
+    # a request being handled: what follows it is kept for the next request
+    channel.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\x81\x85early")
+    assert _compat.take_unparsed_bytes(channel) == b"\x81\x85early"
+    assert _compat.take_unparsed_bytes(channel) == b""
+    # a head not yet complete: the partial line is kept by the line parser
+    idle = site.buildProtocol(None)
+    idle.makeConnection(StringTransport())
+    idle.dataReceived(b"GET / HT")
+    assert _compat.take_unparsed_bytes(idle) == b"GET / HT"
+    idle.connectionLost(Failure(ConnectionDone()))
+    channel.connectionLost(Failure(ConnectionDone()))

@@ -29,6 +29,7 @@ from twisted.web.http import Request as HTTPRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
+from rtserver._compat import take_unparsed_bytes
 from rtserver.logs import Logger
 from rtserver.web.apifast import APIFastPath, FastConnection
 
@@ -181,7 +182,10 @@ class TrackedChannel(HTTPChannel):
         if fast is None or fast.slow:
             if not self._busy:
                 self._arm_head_deadline()
+            transport = self.transport
             super().dataReceived(data)
+            if self.transport is None and transport is not None:
+                self._handed_over(transport)
             return
         self.resetTimeout()
         path = self.site.api_fast_path
@@ -277,7 +281,27 @@ class TrackedChannel(HTTPChannel):
         # twisted.web's ``allHeadersReceived`` (its deadline runs from its first byte).
         self._busy = False
         self._arm_head_deadline()
+        transport = self.transport
         HTTPChannel.dataReceived(self, data)
+        if self.transport is None and transport is not None:
+            self._handed_over(transport)
+
+    def _handed_over(self, transport: Any) -> None:
+        """A WebSocket upgrade took the transport: nothing may follow its request head.
+
+        RFC 6455 4.1: a client sends nothing before the 101. Bytes that came with the
+        upgrade request (a frame sent early) would stay here, never read, and the client
+        would wait for a reply forever: the connection is closed instead, and logged
+        (Centrifugo refuses such a client too).
+        """
+        early = take_unparsed_bytes(self)
+        if early:
+            _log.info(
+                "websocket upgrade from {peer}: {size} bytes sent before the handshake "
+                "completed; connection closed",
+                peer=_peer_of(transport), size=len(early),
+            )
+            transport.abortConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_head_deadline()
@@ -451,3 +475,14 @@ def mount(root: Resource, prefix: str, resource: IResource) -> None:
             node.putChild(part, child)
         node = child
     node.putChild(parts[-1], resource)
+
+
+def _peer_of(transport: Any) -> str:
+    """``host:port`` of the peer of ``transport`` (for log lines)."""
+    try:
+        peer = transport.getPeer()
+    except Exception:
+        return "?"
+    host, port = getattr(peer, "host", "?"), getattr(peer, "port", "")
+    return f"{host}:{port}" if port else str(host)
+

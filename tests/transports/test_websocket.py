@@ -10,6 +10,9 @@ import pytest
 import pytest_twisted
 from liveserver import Server
 from twisted.internet import reactor, task
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
 from wsclient import ClientFactory, RecordingClient, connect
 
 from rtserver.core.types import DisconnectControl
@@ -234,3 +237,49 @@ async def test_connections_skip_autobahn_option_pretty_printing(
         if isinstance(obj, list) and obj and all(entry[2] != "ClientFactory" for entry in obj)
     ]
     assert server_options == []
+
+
+class _Raw(Protocol):
+    """Writes ``payload`` in one send as soon as it connects; keeps what comes back."""
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+        self.received = b""
+        self.closed: Deferred[bytes] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.payload)  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.closed.callback(self.received)
+
+
+def _masked_text_frame(payload: bytes) -> bytes:
+    mask = b"\x01\x02\x03\x04"
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes((0x81, 0x80 | len(payload))) + mask + body
+
+
+@pytest_twisted.ensureDeferred
+async def test_frame_sent_before_the_handshake_completes_closes_the_connection(
+    server: Server,
+) -> None:
+    """A frame in the same packet as the upgrade request closes the connection.
+
+    RFC 6455 4.1 forbids sending before the 101 and Centrifugo refuses it; rtserver
+    closes the connection and says why, instead of dropping the frame and leaving the
+    client waiting for its reply.
+    """
+    request = (
+        b"GET /connection/websocket HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    raw = _Raw(request + _masked_text_frame(b'{"id":1,"connect":{}}'))
+    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", server.port), raw)
+    received = await raw.closed.addTimeout(5, reactor)
+    assert b'"id":1' not in received
+    assert server.node.hub.num_clients == 0
