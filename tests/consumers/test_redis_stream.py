@@ -1,0 +1,172 @@
+"""``consumers`` of type ``redis_stream``: a real rtserver process reading a real redis-server.
+
+Commands are added with ``XADD`` as a producer would; a centrifuge-python subscriber (or
+the channel's history) shows what the server ran, ``XPENDING`` what it acknowledged.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import Server, run_server
+from pysdk import Recorder, name, run_scenario, subscribed
+from redisserver import RedisServer, RespError, require_redis_server, wait_for
+
+GROUP = "rtserver"
+
+
+@pytest.fixture
+def redis() -> Iterator[RedisServer]:
+    """A fresh ``redis-server`` for one test (some tests restart it)."""
+    server = RedisServer(binary=require_redis_server()).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def consumer_config(redis: RedisServer, *streams: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "consumers": [
+            {
+                "name": "events",
+                "enabled": True,
+                "type": "redis_stream",
+                "redis_stream": {
+                    "address": redis.address,
+                    "streams": list(streams),
+                    "consumer_group": GROUP,
+                    **extra,
+                },
+            },
+            # a disabled consumer of a type rtserver does not run is skipped, as in Centrifugo
+            {"name": "off", "enabled": False, "type": "kafka"},
+        ]
+    }
+
+
+def group_exists(redis: RedisServer, stream: str) -> bool:
+    try:
+        groups = redis.command("XINFO", "GROUPS", stream)
+    except RespError:
+        return False  # no such key yet
+    return any(GROUP.encode() in g for g in groups)
+
+
+def wait_group(redis: RedisServer, stream: str) -> None:
+    wait_for(lambda: group_exists(redis, stream), 15, f"consumer group on {stream}")
+
+
+def pending(redis: RedisServer, stream: str) -> int:
+    return int(redis.command("XPENDING", stream, GROUP)[0])
+
+
+def xadd(redis: RedisServer, stream: str, **fields: Any) -> bytes:
+    args: list[Any] = []
+    for key, value in fields.items():
+        args += [key, value if isinstance(value, str) else json.dumps(value)]
+    return bytes(redis.command("XADD", stream, "*", *args))
+
+
+def history(server: Server, channel: str) -> list[Any]:
+    import cent
+
+    reply = server.cent_client.history(cent.HistoryRequest(channel=channel, limit=-1))
+    return [p.data for p in reply.publications]
+
+
+def test_commands_from_a_stream_reach_subscribers_bad_entries_are_skipped(
+    redis: RedisServer, tmp_path: Path
+) -> None:
+    """Each command runs once, in order; bad entries are logged without content and acked."""
+    stream, channel, user = name("s-"), name("ch-"), name("u-")
+    with run_server(tmp_path, consumer_config(redis, stream)) as server:
+        wait_group(redis, stream)
+
+        async def scenario() -> list[Any]:
+            rec = Recorder()
+            async with subscribed(server, channel, rec, token=server.token(user)):
+                xadd(redis, stream, method="publish", other="no payload field")
+                xadd(redis, stream, method="publish", payload="{not json secret-in-body")
+                xadd(redis, stream, method="no_such_method", payload={"channel": channel})
+                # unknown namespace: the API answers 102, which no retry can change
+                xadd(redis, stream, method="publish",
+                     payload={"channel": "nosuchns:x", "data": {"n": 0}})  # fmt: skip
+                xadd(redis, stream, method="publish", payload={"channel": channel, "data": {"n": 1}})
+                # no method field: the payload is Centrifugo's {"method", "payload"} envelope,
+                # its inner payload here a string holding JSON
+                envelope = {
+                    "method": "broadcast",
+                    "payload": json.dumps({"channels": [channel], "data": {"n": 2}}),
+                }
+                xadd(redis, stream, payload=envelope)
+                xadd(redis, stream, payload={"method": "publish",
+                                             "payload": {"channel": channel, "data": {"n": 3}}})  # fmt: skip
+                pubs = await rec.wait("publication", count=3)
+                return [p["data"] for p in pubs]
+
+        assert run_scenario(scenario()) == [{"n": 1}, {"n": 2}, {"n": 3}]
+        wait_for(lambda: pending(redis, stream) == 0, 10, "every entry acknowledged")
+        assert int(redis.command("XLEN", stream)) == 7
+        log = server.log(tail=10**7)
+        assert "payload value 'payload' not found" in log
+        assert "malformed payload" in log
+        assert "'no_such_method' is not supported by consumers" in log
+        assert "102: unknown channel" in log
+        assert "secret-in-body" not in log
+
+
+def test_publication_data_mode(redis: RedisServer, tmp_path: Path) -> None:
+    """The payload is the data; channels, tags and idempotency key come from other fields."""
+    stream, one, two = name("s-"), name("ch-"), name("ch-")
+    config = consumer_config(redis, stream, publication_data_mode={"enabled": True})
+    with run_server(tmp_path, config) as server:
+        wait_group(redis, stream)
+        fields = {"centrifugo-channels": f"{one},{two}", "centrifugo-idempotency-key": "k1"}
+        xadd(redis, stream, payload={"hello": 1}, **fields)
+        xadd(redis, stream, payload={"hello": 1}, **fields)  # same key: published once
+        xadd(redis, stream, payload={"hello": 2}, **{"centrifugo-channels": one})
+        wait_for(lambda: pending(redis, stream) == 0 and len(history(server, one)) == 2, 10,
+                 "publications in history")  # fmt: skip
+        assert history(server, one) == [{"hello": 1}, {"hello": 2}]
+        assert history(server, two) == [{"hello": 1}]
+
+
+def test_redis_restart_consumer_resumes(redis: RedisServer, tmp_path: Path) -> None:
+    """redis-server restarts empty: the consumer recreates its group and reads on."""
+    stream, channel = name("s-"), name("ch-")
+    with run_server(tmp_path, consumer_config(redis, stream)) as server:
+        wait_group(redis, stream)
+        xadd(redis, stream, method="publish", payload={"channel": channel, "data": {"n": 1}})
+        wait_for(lambda: history(server, channel) == [{"n": 1}], 10, "first publication")
+        redis.restart()
+        wait_group(redis, stream)  # the restarted Redis has no data: the group came back
+        xadd(redis, stream, method="publish", payload={"channel": channel, "data": {"n": 2}})
+        wait_for(lambda: history(server, channel)[-1:] == [{"n": 2}], 15, "after the restart")
+        wait_for(lambda: pending(redis, stream) == 0, 10, "acknowledged")
+
+
+def test_pending_entries_of_a_dead_consumer_are_claimed(
+    redis: RedisServer, tmp_path: Path
+) -> None:
+    """An entry another consumer read and never acked runs after visibility_timeout."""
+    stream, channel = name("s-"), name("ch-")
+    redis.command("XGROUP", "CREATE", stream, GROUP, "$", "MKSTREAM")
+    xadd(redis, stream, method="publish", payload={"channel": channel, "data": {"n": 1}})
+    read = redis.command("XREADGROUP", "GROUP", GROUP, "dead-node", "STREAMS", stream, ">")
+    assert read, "the dead consumer holds the entry"
+    assert pending(redis, stream) == 1
+    config = consumer_config(redis, stream, visibility_timeout="1s")
+    with run_server(tmp_path, config) as server:
+        started = time.monotonic()
+        # claimed by the first XAUTOCLAIM (every 5 s, as Centrifugo) after 1 s idle
+        wait_for(lambda: history(server, channel) == [{"n": 1}], 15, "the claimed entry ran")
+        assert time.monotonic() - started < 12
+        wait_for(lambda: pending(redis, stream) == 0, 10, "acknowledged by the new consumer")
+        consumers = redis.command("XINFO", "CONSUMERS", stream, GROUP)
+        assert any(b"dead-node" in c for c in consumers)
