@@ -73,10 +73,14 @@ def xadd(redis: RedisServer, stream: str, **fields: Any) -> bytes:
     return bytes(redis.command("XADD", stream, "*", *args))
 
 
-def history(server: Server, channel: str) -> list[Any]:
+def history(server: Server, channel: str) -> list[Any] | None:
+    """The channel's publications; None while the server answers with an error."""
     import cent
 
-    reply = server.cent_client.history(cent.HistoryRequest(channel=channel, limit=-1))
+    try:
+        reply = server.cent_client.history(cent.HistoryRequest(channel=channel, limit=-1))
+    except cent.CentApiResponseError:
+        return None  # e.g. 100 while the engine's Redis reconnects
     return [p.data for p in reply.publications]
 
 
@@ -147,7 +151,8 @@ def test_redis_restart_consumer_resumes(redis: RedisServer, tmp_path: Path) -> N
         redis.restart()
         wait_group(redis, stream)  # the restarted Redis has no data: the group came back
         xadd(redis, stream, method="publish", payload={"channel": channel, "data": {"n": 2}})
-        wait_for(lambda: history(server, channel)[-1:] == [{"n": 2}], 15, "after the restart")
+        wait_for(lambda: (history(server, channel) or [])[-1:] == [{"n": 2}], 15,
+                 "after the restart")  # fmt: skip
         wait_for(lambda: pending(redis, stream) == 0, 10, "acknowledged")
 
 
@@ -170,3 +175,52 @@ def test_pending_entries_of_a_dead_consumer_are_claimed(
         wait_for(lambda: pending(redis, stream) == 0, 10, "acknowledged by the new consumer")
         consumers = redis.command("XINFO", "CONSUMERS", stream, GROUP)
         assert any(b"dead-node" in c for c in consumers)
+
+
+def test_workers_run_entries_concurrently_and_oversized_payloads_are_skipped(
+    redis: RedisServer, tmp_path: Path
+) -> None:
+    """num_workers commands in hand at once, each run and acked; oversized ones skipped.
+
+    A payload above http_api.max_request_body_size is logged and acked without running.
+    """
+    stream, channel = name("s-"), name("ch-")
+    config = consumer_config(redis, stream, num_workers=4)
+    config["http_api"] = {"max_request_body_size": 2048}
+    with run_server(tmp_path, config) as server:
+        wait_group(redis, stream)
+        big = {"channel": channel, "data": {"blob": "x" * 4096}}
+        xadd(redis, stream, method="publish", payload=big)
+        for i in range(20):
+            xadd(redis, stream, method="publish", payload={"channel": channel, "data": {"n": i}})
+        wait_for(lambda: len(history(server, channel) or ()) == 20 and pending(redis, stream) == 0,
+                 15, "20 publications, all acknowledged")  # fmt: skip
+        assert sorted(d["n"] for d in history(server, channel) or ()) == list(range(20))
+        assert "exceeds 2048 (http_api.max_request_body_size)" in server.log(tail=10**7)
+
+
+def test_an_internal_error_leaves_the_entry_pending_until_it_runs(
+    redis: RedisServer, tmp_path: Path
+) -> None:
+    """An internal error (100) leaves the entry pending; it runs once the cause is gone.
+
+    The engine's Redis is down, so publish fails; once it is back, the entry is claimed
+    after visibility_timeout and published.
+    """
+    stream, channel = name("s-"), name("ch-")
+    engine = RedisServer(binary=require_redis_server()).start()
+    try:
+        config = consumer_config(redis, stream, visibility_timeout="1s")
+        config["engine"] = {"type": "redis", "redis": {"address": engine.address}}
+        with run_server(tmp_path, config) as server:
+            wait_group(redis, stream)
+            engine.stop()
+            xadd(redis, stream, method="publish", payload={"channel": channel, "data": {"n": 1}})
+            wait_for(lambda: "server API publish failed" in server.log(tail=10**7), 10,
+                     "the failed attempt")  # fmt: skip
+            assert pending(redis, stream) == 1
+            engine.start()
+            wait_for(lambda: history(server, channel) == [{"n": 1}], 20, "the retried entry")
+            wait_for(lambda: pending(redis, stream) == 0, 10, "acknowledged after the retry")
+    finally:
+        engine.stop()
