@@ -240,24 +240,32 @@ class _StreamLoop:
                 )  # fmt: skip
             except CancelledError:
                 continue  # stopping (or a wait ended): the loop condition decides
-            except RedisUnavailable:
-                continue  # the link reconnects; wait for it above
+            except RedisUnavailable as e:
+                if self.link.ready:
+                    # refused by a link that stays up (a Redis Cluster node): no busy loop
+                    self._read_failed(e)
+                    await self._sleep(backoff)
+                    backoff = min(backoff * 2, _BACKOFF_MAX)
+                continue  # otherwise the link reconnects: wait for it above
             except Exception as e:
                 if "NOGROUP" in str(e):
                     group_ready = False  # the stream or the group was deleted
                     continue
-                _log.error(
-                    "consumer {consumer}: error reading redis stream {stream}: {error}",
-                    consumer=self.owner.consumer,
-                    stream=self.stream,
-                    error=str(e)[:200],
-                )
+                self._read_failed(e)
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
                 continue
             backoff = _BACKOFF_MIN
             for _stream, entries in reply or ():
                 self._enqueue(entries)
+
+    def _read_failed(self, error: Exception) -> None:
+        _log.error(
+            "consumer {consumer}: error reading redis stream {stream}: {error}",
+            consumer=self.owner.consumer,
+            stream=self.stream,
+            error=str(error)[:200],
+        )
 
     async def _create_group(self) -> None:
         try:

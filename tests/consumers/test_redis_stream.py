@@ -224,3 +224,20 @@ def test_an_internal_error_leaves_the_entry_pending_until_it_runs(
             wait_for(lambda: pending(redis, stream) == 0, 10, "acknowledged after the retry")
     finally:
         engine.stop()
+
+
+def test_a_read_error_is_retried_with_backoff_not_in_a_busy_loop(
+    redis: RedisServer, tmp_path: Path
+) -> None:
+    """The stream key holds a string: each attempt fails; attempts back off to 5 s apart."""
+    stream, channel = name("s-"), name("ch-")
+    redis.command("SET", stream, "not a stream")
+    with run_server(tmp_path, consumer_config(redis, stream)) as server:
+        line = f"error reading redis stream {stream}: WRONGTYPE"
+        wait_for(lambda: line in server.log(tail=10**7), 10, "the first failed attempt")
+        time.sleep(3)  # the observation window: a busy loop would log thousands of lines
+        assert server.log(tail=10**7).count(line) <= 6  # 0.2 + 0.4 + 0.8 + 1.6 s apart
+        redis.command("DEL", stream)
+        wait_group(redis, stream)  # the next attempt creates it
+        xadd(redis, stream, method="publish", payload={"channel": channel, "data": {"n": 1}})
+        wait_for(lambda: history(server, channel) == [{"n": 1}], 15, "read after the fix")
