@@ -179,8 +179,9 @@ class _StreamLoop:
         self.link, self.link_ready = owner.link(blocking=True)
         self.workers = owner.config.num_workers
         self.queue: deque[Entry] = deque()
-        self.held: set[bytes] = set()  # ids queued or running
+        self.held: set[bytes] = set()  # ids queued, running or being acknowledged
         self.running: dict[bytes, Deferred[Any]] = {}
+        self.acking: dict[bytes, Deferred[Any]] = {}
         self.slot = _Waiter()
         self.reading = False
         self._pause: Deferred[None] | None = None
@@ -213,7 +214,7 @@ class _StreamLoop:
             self._pause.cancel()
 
     def in_hand(self) -> list[Deferred[Any]]:
-        return list(self.running.values())
+        return [*self.running.values(), *self.acking.values()]
 
     # reading
 
@@ -363,8 +364,11 @@ class _StreamLoop:
             d.addBoth(self._finished, entry_id)
 
     def _finished(self, result: Any, entry_id: bytes) -> Any:
+        # the slot is free once the command ran; its XACK may still be on the way (as in
+        # Centrifugo), which lets the next read overlap it
         self.running.pop(entry_id, None)
-        self.held.discard(entry_id)
+        if entry_id not in self.acking:
+            self.held.discard(entry_id)
         self._drain()
         self.slot.fire()
         return result
@@ -373,7 +377,7 @@ class _StreamLoop:
         owner = self.owner
         config = owner.config
         if fields is None:
-            await self._ack(entry_id)  # deleted from the stream while pending
+            self._start_ack(entry_id)  # deleted from the stream while pending
             return
         values = {
             fields[i].decode("utf-8", "replace"): fields[i + 1]
@@ -382,7 +386,7 @@ class _StreamLoop:
         payload = values.get(config.payload_value)
         if payload is None:
             self._bad(entry_id, f"payload value {config.payload_value!r} not found")
-            await self._ack(entry_id)
+            self._start_ack(entry_id)
             return
         if len(payload) > owner.max_payload_size:
             self._bad(
@@ -390,7 +394,7 @@ class _StreamLoop:
                 f"payload of {len(payload)} bytes exceeds {owner.max_payload_size} "
                 "(http_api.max_request_body_size)",
             )
-            await self._ack(entry_id)
+            self._start_ack(entry_id)
             return
         mode = config.publication_data_mode
 
@@ -420,7 +424,7 @@ class _StreamLoop:
                 owner.call, owner.consumer, text(config.method_value), payload
             )
         if outcome == DONE:
-            await self._ack(entry_id)
+            self._start_ack(entry_id)
 
     def _bad(self, entry_id: bytes, reason: str) -> None:
         _log.error(
@@ -430,6 +434,17 @@ class _StreamLoop:
             stream=self.stream,
             reason=reason,
         )
+
+    def _start_ack(self, entry_id: bytes) -> None:
+        d = Deferred.fromCoroutine(self._ack(entry_id))
+        self.acking[entry_id] = d
+        _guard(d, "acknowledging an entry of {stream} failed", self)
+        d.addCallback(self._acked, entry_id)
+
+    def _acked(self, _: object, entry_id: bytes) -> None:
+        self.acking.pop(entry_id, None)
+        if entry_id not in self.running:
+            self.held.discard(entry_id)
 
     async def _ack(self, entry_id: bytes) -> None:
         """XACK; while the link is down, wait for it (a few times) instead of failing."""
