@@ -204,6 +204,7 @@ _RESTART_SECTIONS = (
     "sockjs",
     "health",
     "prometheus",
+    "consumers",
 )
 
 

@@ -129,3 +129,29 @@ def test_defaults_are_centrifugos() -> None:
     assert (section.visibility_timeout, section.num_workers) == (30.0, 1)
     assert (section.payload_value, section.method_value) == ("payload", "method")
     assert section.publication_data_mode.channels_value == "centrifugo-channels"
+
+
+def test_a_reload_reports_changed_consumers_as_needing_a_restart() -> None:
+    from twisted.internet.task import Clock
+    from twisted.logger import globalLogPublisher
+
+    from rtserver.service import Reloader, build_node, build_sites
+
+    cfg = config.from_mapping({"http_api": {"key": "a"}})
+    clock = Clock()
+    node = build_node(cfg, clock)
+    sites = build_sites(node, cfg, clock)
+    new = config.from_mapping({"http_api": {"key": "a"}, **_consumer()})
+    seen: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_namespace") == "rtserver.service":
+            seen.append(event["log_format"].format(**event))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        assert Reloader(node, sites, lambda: (new, []), clock).reload()
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert seen == ["config reloaded, but changes to consumers need a restart"]
+    assert node.config.consumers == []
