@@ -865,6 +865,7 @@ def build_consumers(
                 reactor,
                 reactor,
                 max_payload_size=config.http_api.max_request_body_size,
+                stats=node.stats,
             )
         )
     return services

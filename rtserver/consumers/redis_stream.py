@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 
 from rtserver.config import RedisStreamConsumerConfig, redis_shards
 from rtserver.consumers.dispatch import DONE, Call, dispatch_command, dispatch_publication
+from rtserver.core.stats import NodeStats
 from rtserver.engines.redisconn import CommandLink, RedisUnavailable
 from rtserver.logs import Logger
 
@@ -83,6 +84,7 @@ class RedisStreamConsumer(Service):
         clock: the injected clock.
         reactor: connects the links.
         max_payload_size: a larger payload is logged and skipped.
+        stats: where the processed and failed messages are counted (``/metrics``).
         block, reclaim_interval: Centrifugo's 5 s each (tests shorten them).
     """
 
@@ -96,6 +98,7 @@ class RedisStreamConsumer(Service):
         reactor: Any,
         *,
         max_payload_size: int,
+        stats: NodeStats,
         block: float = BLOCK,
         reclaim_interval: float = RECLAIM_INTERVAL,
     ) -> None:
@@ -107,6 +110,9 @@ class RedisStreamConsumer(Service):
         self.clock = clock
         self.reactor = reactor
         self.max_payload_size = max_payload_size
+        self.stats = stats
+        stats.consumer_processed.setdefault(name, 0)
+        stats.consumer_errors.setdefault(name, 0)
         self.block = block
         self.reclaim_interval = reclaim_interval
         (self._address,) = redis_shards(config.redis())
@@ -360,8 +366,13 @@ class _StreamLoop:
             entry_id, fields = self.queue.popleft()
             d = Deferred.fromCoroutine(self._process(entry_id, fields))
             self.running[entry_id] = d
+            d.addErrback(self._crashed)
             _guard(d, "processing an entry of {stream} failed", self)
             d.addBoth(self._finished, entry_id)
+
+    def _crashed(self, failure: Failure) -> Failure:
+        self.owner.stats.count(self.owner.stats.consumer_errors, self.owner.consumer)
+        return failure
 
     def _finished(self, result: Any, entry_id: bytes) -> Any:
         # the slot is free once the command ran; its XACK may still be on the way (as in
@@ -423,10 +434,16 @@ class _StreamLoop:
             outcome = await dispatch_command(
                 owner.call, owner.consumer, text(config.method_value), payload
             )
+        stats = owner.stats
         if outcome == DONE:
+            stats.count(stats.consumer_processed, owner.consumer)
             self._start_ack(entry_id)
+        else:
+            stats.count(stats.consumer_errors, owner.consumer)
 
     def _bad(self, entry_id: bytes, reason: str) -> None:
+        """Log an entry that can never run (it is acknowledged: processed, for /metrics)."""
+        self.owner.stats.count(self.owner.stats.consumer_processed, self.owner.consumer)
         _log.error(
             "consumer {consumer}: skip entry {id} of redis stream {stream}: {reason}",
             consumer=self.owner.consumer,

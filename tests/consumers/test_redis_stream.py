@@ -7,12 +7,14 @@ the channel's history) shows what the server ran, ``XPENDING`` what it acknowled
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from harness import Server, run_server
 from pysdk import Recorder, name, run_scenario, subscribed
 from redisserver import RedisServer, RespError, require_redis_server, wait_for
@@ -89,7 +91,9 @@ def test_commands_from_a_stream_reach_subscribers_bad_entries_are_skipped(
 ) -> None:
     """Each command runs once, in order; bad entries are logged without content and acked."""
     stream, channel, user = name("s-"), name("ch-"), name("u-")
-    with run_server(tmp_path, consumer_config(redis, stream)) as server:
+    config = consumer_config(redis, stream)
+    config["prometheus"] = {"enabled": True}
+    with run_server(tmp_path, config) as server:
         wait_group(redis, stream)
 
         async def scenario() -> list[Any]:
@@ -123,6 +127,9 @@ def test_commands_from_a_stream_reach_subscribers_bad_entries_are_skipped(
         assert "'no_such_method' is not supported by consumers" in log
         assert "102: unknown channel" in log
         assert "secret-in-body" not in log
+        metrics = requests.get(server.url + "/metrics", timeout=5).text
+        assert 'centrifugo_consumers_messages_processed_total{consumer_name="events"} 7.0' in metrics
+        assert 'centrifugo_consumers_errors_total{consumer_name="events"} 0.0' in metrics
 
 
 def test_publication_data_mode(redis: RedisServer, tmp_path: Path) -> None:
@@ -212,6 +219,7 @@ def test_an_internal_error_leaves_the_entry_pending_until_it_runs(
     try:
         config = consumer_config(redis, stream, visibility_timeout="1s")
         config["engine"] = {"type": "redis", "redis": {"address": engine.address}}
+        config["prometheus"] = {"enabled": True}
         with run_server(tmp_path, config) as server:
             wait_group(redis, stream)
             engine.stop()
@@ -219,6 +227,9 @@ def test_an_internal_error_leaves_the_entry_pending_until_it_runs(
             wait_for(lambda: "server API publish failed" in server.log(tail=10**7), 10,
                      "the failed attempt")  # fmt: skip
             assert pending(redis, stream) == 1
+            metrics = requests.get(server.url + "/metrics", timeout=5).text
+            errors = re.search(r'consumers_errors_total\{consumer_name="events"\} (\d+)', metrics)
+            assert errors is not None and int(errors[1]) >= 1
             engine.start()
             wait_for(lambda: history(server, channel) == [{"n": 1}], 20, "the retried entry")
             wait_for(lambda: pending(redis, stream) == 0, 10, "acknowledged after the retry")
