@@ -2007,7 +2007,10 @@ def _validate_redis_stream(stream: RedisStreamConsumerConfig, key: str) -> None:
     except ConfigError as e:
         raise ConfigError(str(e).replace("engine.redis", key, 1)) from None
     if len(shards) != 1:
-        raise ConfigError(f"{key}.address: one Redis address is expected, got {len(shards)}")
+        raise ConfigError(
+            f"{key}: one Redis shard is expected (one address, or one sentinel_address entry "
+            f"with its sentinels comma-separated), got {len(shards)}"
+        )
     for name, tls in (("tls", stream.tls), ("sentinel_tls", stream.sentinel_tls)):
         if tls.enabled:
             validate_client_tls(tls, f"{key}.{name}")

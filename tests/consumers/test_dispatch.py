@@ -110,7 +110,7 @@ def _consumer(**section: Any) -> dict[str, Any]:
         (_consumer(streams=[]), r"consumers\[0\]\.redis_stream\.streams"),
         (_consumer(consumer_group=""), r"consumer_group: is required"),
         (_consumer(num_workers=0), r"num_workers: must be at least 1"),
-        (_consumer(address=["a:1", "b:2"]), r"one Redis address is expected"),
+        (_consumer(address=["a:1", "b:2"]), r"one Redis shard is expected"),
         (_consumer(cluster_address=["a:1"]), r"Redis Cluster is not supported"),
         ({"consumers": [{"name": "k", "enabled": True, "type": "kafka"}]},
          r"consumers\[0\]\.type: unsupported consumer type 'kafka'"),

@@ -17,7 +17,7 @@ import pytest
 import requests
 from harness import Server, run_server
 from pysdk import Recorder, name, run_scenario, subscribed
-from redisserver import RedisServer, RespError, require_redis_server, wait_for
+from redisserver import RedisServer, RespError, SentinelSetup, require_redis_server, wait_for
 
 GROUP = "rtserver"
 
@@ -252,3 +252,34 @@ def test_a_read_error_is_retried_with_backoff_not_in_a_busy_loop(
         wait_group(redis, stream)  # the next attempt creates it
         xadd(redis, stream, method="publish", payload={"channel": channel, "data": {"n": 1}})
         wait_for(lambda: history(server, channel) == [{"n": 1}], 15, "read after the fix")
+
+
+def test_a_sentinel_managed_redis(tmp_path: Path) -> None:
+    """``sentinel_address`` and ``sentinel_master_name``, as for engine.redis.
+
+    The consumer reads from, and acknowledges on, the master the sentinels name.
+    """
+    require_redis_server()
+    setup = SentinelSetup(tmp_path)
+    try:
+        stream, channel = name("s-"), name("ch-")
+        config = consumer_config(setup.master, stream)
+        config["consumers"][0]["redis_stream"] = {
+            # one shard: its sentinels comma-separated in one entry (as engine.redis)
+            "sentinel_address": [
+                ",".join(s.address.removeprefix("redis://") for s in setup.sentinels)
+            ],
+            "sentinel_master_name": "mymaster",
+            "streams": [stream],
+            "consumer_group": GROUP,
+        }
+        workdir = tmp_path / "server"
+        workdir.mkdir()
+        with run_server(workdir, config) as server:
+            wait_group(setup.master, stream)
+            xadd(setup.master, stream, method="publish",
+                 payload={"channel": channel, "data": {"n": 1}})  # fmt: skip
+            wait_for(lambda: history(server, channel) == [{"n": 1}], 10, "read via sentinel")
+            wait_for(lambda: pending(setup.master, stream) == 0, 10, "acknowledged")
+    finally:
+        setup.stop()
