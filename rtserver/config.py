@@ -36,11 +36,13 @@ __all__ = [
     "ClientTLSConfig",
     "Config",
     "ConfigError",
+    "ConsumerConfig",
     "NamespaceOptions",
     "NatsAddress",
     "NatsBrokerConfig",
     "PresenceManagerConfig",
     "RedisAddress",
+    "RedisStreamConsumerConfig",
     "SchemaKey",
     "default_tree",
     "env_names",
@@ -664,6 +666,72 @@ class PresenceManagerConfig:
 
 
 @dataclass(frozen=True)
+class RedisStreamPublicationDataModeConfig:
+    """A stream entry's payload is publication data; the other fields say where."""
+
+    enabled: bool = False
+    channels_value: str = "centrifugo-channels"
+    idempotency_key_value: str = "centrifugo-idempotency-key"
+    delta_value: str = "centrifugo-delta"
+    version_value: str = "centrifugo-version"
+    version_epoch_value: str = "centrifugo-version-epoch"
+    tags_value_prefix: str = "centrifugo-tag-"
+
+
+@dataclass(frozen=True)
+class RedisStreamConsumerConfig:
+    """A ``redis_stream`` consumer: server API commands from Redis Streams (docs/consumers.rst).
+
+    The connection keys are those of ``engine.redis``, inline.
+    """
+
+    address: list[str] = field(
+        default_factory=lambda: ["redis://127.0.0.1:6379"], metadata=_ONE_OR_MANY
+    )
+    db: int = 0
+    user: str = ""
+    password: str = field(default="", repr=False)
+    client_name: str = ""
+    force_resp2: bool = False
+    tls: ClientTLSConfig = field(default_factory=ClientTLSConfig)
+    sentinel_address: list[str] = field(default_factory=list, metadata=_ONE_OR_MANY)
+    sentinel_master_name: str = ""
+    sentinel_user: str = ""
+    sentinel_password: str = field(default="", repr=False)
+    sentinel_client_name: str = ""
+    sentinel_tls: ClientTLSConfig = field(default_factory=ClientTLSConfig)
+    cluster_address: list[str] = field(default_factory=list, metadata=_ONE_OR_MANY)
+    connect_timeout: float = duration(1.0)
+    io_timeout: float = duration(4.0)
+    streams: list[str] = field(default_factory=list)
+    consumer_group: str = ""
+    visibility_timeout: float = duration(30.0)
+    num_workers: int = 1
+    payload_value: str = "payload"
+    method_value: str = "method"
+    publication_data_mode: RedisStreamPublicationDataModeConfig = field(
+        default_factory=RedisStreamPublicationDataModeConfig
+    )
+
+    def redis(self) -> RedisEngineConfig:
+        """The connection keys as an ``engine.redis`` section (for :func:`redis_shards`)."""
+        names = {f.name for f in dataclasses.fields(RedisEngineConfig)}
+        return RedisEngineConfig(
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name in names}
+        )
+
+
+@dataclass(frozen=True)
+class ConsumerConfig:
+    """An entry of ``consumers``: an asynchronous consumer of server API commands."""
+
+    name: str = ""
+    enabled: bool = False
+    type: str = ""
+    redis_stream: RedisStreamConsumerConfig = field(default_factory=RedisStreamConsumerConfig)
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     """This node's identity in ``info`` and cluster messages."""
 
@@ -700,6 +768,7 @@ class Config:
     admin: AdminConfig = field(default_factory=AdminConfig)
     rpc: RPCConfig = field(default_factory=RPCConfig)
     proxies: list[NamedProxyConfig] = field(default_factory=list)
+    consumers: list[ConsumerConfig] = field(default_factory=list)
 
 
 # --- loading ---------------------------------------------------------------------------
@@ -1519,6 +1588,7 @@ def validate(config: Config) -> None:
         seen.add(ns.name)
         _validate_options(ns, key, config)
     _validate_proxies(config)
+    _validate_consumers(config)
 
 
 def _validate_token(token: TokenConfig, key: str) -> None:
@@ -1916,6 +1986,61 @@ def _validate_redis_at(redis: RedisEngineConfig, key: str) -> None:
         _validate_redis(redis)
     except ConfigError as e:
         raise ConfigError(str(e).replace("engine.redis", key, 1)) from None
+
+
+_CONSUMER_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]+$")
+
+
+def _validate_consumers(config: Config) -> None:
+    """``consumers``: a disabled entry is skipped unchecked, as Centrifugo does."""
+    names: set[str] = set()
+    for i, consumer in enumerate(config.consumers):
+        key = f"consumers[{i}]"
+        if not _CONSUMER_NAME_RE.match(consumer.name):
+            raise ConfigError(
+                f"{key}.name: {consumer.name!r} must match {_CONSUMER_NAME_RE.pattern}"
+            )
+        if consumer.name in names:
+            raise ConfigError(f"{key}.name: consumer {consumer.name!r} is defined twice")
+        names.add(consumer.name)
+        if not consumer.enabled:
+            continue
+        if consumer.type != "redis_stream":
+            raise ConfigError(
+                f"{key}.type: unsupported consumer type {consumer.type!r} (supported: redis_stream)"
+            )
+        _validate_redis_stream(consumer.redis_stream, f"{key}.redis_stream")
+
+
+def _validate_redis_stream(stream: RedisStreamConsumerConfig, key: str) -> None:
+    if not stream.address and not stream.sentinel_address:
+        raise ConfigError(f"{key}.address: a Redis address is required")
+    if not stream.streams or not all(stream.streams):
+        raise ConfigError(f"{key}.streams: at least one stream name is required")
+    if not stream.consumer_group:
+        raise ConfigError(f"{key}.consumer_group: is required")
+    if stream.num_workers < 1:
+        raise ConfigError(f"{key}.num_workers: must be at least 1")
+    if stream.publication_data_mode.enabled and not stream.publication_data_mode.channels_value:
+        raise ConfigError(
+            f"{key}.publication_data_mode.channels_value: is required in publication data mode"
+        )
+    if not stream.payload_value:
+        raise ConfigError(f"{key}.payload_value: must not be empty")
+    if stream.cluster_address:
+        raise ConfigError(f"{key}.cluster_address: Redis Cluster is not supported for consumers")
+    try:
+        shards = redis_shards(stream.redis())
+    except ConfigError as e:
+        raise ConfigError(str(e).replace("engine.redis", key, 1)) from None
+    if len(shards) != 1:
+        raise ConfigError(
+            f"{key}: one Redis shard is expected (one address, or one sentinel_address entry "
+            f"with its sentinels comma-separated), got {len(shards)}"
+        )
+    for name, tls in (("tls", stream.tls), ("sentinel_tls", stream.sentinel_tls)):
+        if tls.enabled:
+            validate_client_tls(tls, f"{key}.{name}")
 
 
 def _validate_nats(nats: NatsBrokerConfig) -> None:

@@ -32,6 +32,7 @@ from rtserver.config import (
     server_tls_pem,
 )
 from rtserver.connections import split_description
+from rtserver.consumers.redis_stream import RedisStreamConsumer
 from rtserver.core.channels import ChannelResolver
 from rtserver.core.node import Node
 from rtserver.core.ports import IBroker, IEngine, IHistory
@@ -218,6 +219,7 @@ _RESTART_SECTIONS = (
     "health",
     "shutdown",
     "prometheus",
+    "consumers",
 )
 
 
@@ -866,6 +868,33 @@ def _strports_listener(
     return listening
 
 
+def build_consumers(
+    config: Config, executor: APIExecutor, node: Node, reactor: Any
+) -> list[Service]:
+    """A service per enabled ``consumers`` entry (docs/consumers.rst); started after the node.
+
+    The consumer name in each Redis consumer group is the node's id, as in Centrifugo.
+    """
+    services: list[Service] = []
+    for consumer in config.consumers:
+        if not consumer.enabled:
+            _log.info("consumer {name} is not enabled, skip", name=consumer.name)
+            continue
+        services.append(
+            RedisStreamConsumer(
+                consumer.name,
+                consumer.redis_stream,
+                executor.call,
+                node.uid,
+                reactor,
+                reactor,
+                max_payload_size=config.http_api.max_request_body_size,
+                stats=node.stats,
+            )
+        )
+    return services
+
+
 def build(
     config: Config,
     *,
@@ -947,6 +976,8 @@ def build(
             sites.quic, config, endpoints, reactor, reuse_port=reuse_port, fd=http3_fd
         )
         http3.setServiceParent(top)
+    for consumer in build_consumers(config, executor, node, reactor):
+        consumer.setServiceParent(top)
     if config.grpc_api.enabled:
         build_grpc_api(executor, config, reactor, reuse_port=reuse_port).setServiceParent(top)
     if config.uni_grpc.enabled:

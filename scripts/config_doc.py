@@ -278,6 +278,9 @@ MEANING = {
     "rpc.ping.enabled": "answer the RPC method below with ``{}`` without a proxy",
     "rpc.ping.method": "name of that method",
     "proxies": "named proxies (``name`` plus the proxy keys) for ``*_proxy_name``",
+    "consumers":
+        "server API commands from queues: ``name``, ``enabled``, ``type`` (``redis_stream``) "
+        "and its section (docs/consumers.rst)",
 }
 
 _PROXY_KEYS = {

@@ -49,6 +49,7 @@ PLACEHOLDERS = {"<proxy>": PROXIES, "<ns>": NAMESPACES, "<tls>": TLS}
 _ENTRY = {
     "proxies": {"name": "named", "endpoint": "http://127.0.0.1:9/"},
     "namespaces": {"name": "ns"},
+    "consumers": {"name": "queue"},
 }
 _LITERAL = re.compile(r"``([^`]+)``")
 _KEY = re.compile(r"[a-z0-9_<>]+(?:\[\])?(?:\.[a-z0-9_<>]+(?:\[\])?)*")
@@ -345,6 +346,35 @@ def _supported(tmp_path: Path) -> dict[str, dict[str, Any]]:
             "websocket": {"write_timeout": "2s"},
             "prometheus": {"enabled": True},
             "health": {"enabled": True},
+        },
+        "redis_stream consumer": {
+            "consumers": [
+                {
+                    "name": "events",
+                    "enabled": True,
+                    "type": "redis_stream",
+                    "redis_stream": {
+                        "address": "redis://127.0.0.1:6379",
+                        "password": "p",
+                        "streams": ["api"],
+                        "consumer_group": "centrifugo",
+                        "visibility_timeout": "60s",
+                        "num_workers": 4,
+                        "payload_value": "data",
+                        "method_value": "m",
+                        "publication_data_mode": {
+                            "enabled": False,
+                            "channels_value": "centrifugo-channels",
+                            "idempotency_key_value": "centrifugo-idempotency-key",
+                            "delta_value": "centrifugo-delta",
+                            "version_value": "centrifugo-version",
+                            "version_epoch_value": "centrifugo-version-epoch",
+                            "tags_value_prefix": "centrifugo-tag-",
+                        },
+                    },
+                },
+                {"name": "later", "enabled": False, "type": "kafka"},
+            ]
         },
         "delta, tag filters, data format": {
             "channel": {

@@ -40,6 +40,7 @@ LAYERS: dict[str, int] = {
     "rtserver.proxy": 4,
     "rtserver.web": 5,
     "rtserver.grpcapi": 5,  # the GRPC server API, beside web/
+    "rtserver.consumers": 5,  # server API commands from queues, beside web/ and grpcapi/
     "rtserver.shutdown": 5,  # stop-signal guard, used by service and workers
     "rtserver.service": 6,
     "rtserver.workers": 6,  # the --workers supervisor, beside service (tap uses both)

@@ -67,6 +67,10 @@ class NodeStats:
         #: Publications the broker suppressed (not appended, not delivered), by
         #: (reason, namespace): ``idempotency`` or ``version`` (:class:`Suppressed`).
         self.suppressed: dict[tuple[str, str], int] = {}
+        #: Messages of each ``consumers`` entry (by name) processed (run, or skipped as
+        #: never runnable: acknowledged) and failed (left pending for a retry).
+        self.consumer_processed: dict[str, int] = {}
+        self.consumer_errors: dict[str, int] = {}
 
     def count(self, table: dict[Any, int], key: Hashable) -> None:
         """Add one to ``table[key]``."""

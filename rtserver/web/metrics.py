@@ -175,6 +175,18 @@ class NodeCollector:
             ["reason", "channel_namespace"],
             stats.suppressed,
         )
+        yield _counter(
+            "centrifugo_consumers_messages_processed_total",
+            "Messages a consumer processed (acknowledged), by consumer name.",
+            ["consumer_name"],
+            {(name,): n for name, n in stats.consumer_processed.items()},
+        )
+        yield _counter(
+            "centrifugo_consumers_errors_total",
+            "Messages a consumer failed to process (left for a retry), by consumer name.",
+            ["consumer_name"],
+            {(name,): n for name, n in stats.consumer_errors.items()},
+        )
 
     @staticmethod
     def _quic_metrics(quic: QuicListener) -> Iterator[Metric]:
