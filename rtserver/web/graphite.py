@@ -155,7 +155,7 @@ class GraphiteExporter(Service):
         self.dropped = 0
         self.sent = 0
         self._reactor = reactor
-        self._endpoint = HostnameEndpoint(reactor, host, port, timeout=connect_timeout)
+        self._host, self._port, self._connect_timeout = host, port, connect_timeout
         self._pending: deque[list[bytes]] = deque()
         self._pending_bytes = 0
         self._line: _Line | None = None
@@ -163,7 +163,7 @@ class GraphiteExporter(Service):
         self._retry: IDelayedCall | None = None
         self._backoff = 0.0
         self._dropped_reported = 0
-        self._loop = LoopingCall(self.export)
+        self._loop = LoopingCall(self._tick)
         self._loop.clock = reactor
 
     def startService(self) -> None:
@@ -193,6 +193,13 @@ class GraphiteExporter(Service):
         self._line = None
 
     # --- exporting ------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        # One failed collection is logged; the next interval tries again.
+        try:
+            self.export()
+        except Exception:
+            _log.failure("graphite: exporting the metrics failed")
 
     def export(self) -> None:
         """Collect the registry now and queue its lines (the loop calls this)."""
@@ -244,7 +251,10 @@ class GraphiteExporter(Service):
         self._retry = None
         if not self.running or self._line is not None or self._connecting is not None:
             return
-        d: Deferred[Any] = self._endpoint.connect(Factory.forProtocol(lambda: _Line(self)))
+        endpoint = HostnameEndpoint(
+            self._reactor, self._host, self._port, timeout=self._connect_timeout
+        )
+        d: Deferred[Any] = endpoint.connect(Factory.forProtocol(lambda: _Line(self)))
         self._connecting = d
         d.addErrback(self._failed)
 

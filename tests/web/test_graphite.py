@@ -262,3 +262,31 @@ def test_a_slow_graphite_pauses_the_writes() -> None:
     assert not exporter._pending
     exporter.running = False
     node.stop()
+
+
+def test_a_failing_collection_is_logged_and_the_next_interval_runs(
+    expect_logged_failure: Any,
+) -> None:
+    """A collector raising is logged once per interval; the loop keeps running."""
+    from twisted.internet.task import Clock
+
+    class Broken:
+        def collect(self) -> Any:
+            raise RuntimeError("collector broke")
+
+    clock = Clock()
+    exporter = GraphiteExporter(
+        Broken(),  # type: ignore[arg-type]
+        host="127.0.0.1",
+        port=free_port(),
+        prefix="p",
+        interval=10.0,
+        tags=False,
+        reactor=clock,
+    )
+    expect_logged_failure(RuntimeError, count=2)
+    exporter._loop.start(10.0, now=False)
+    clock.advance(10)
+    clock.advance(10)
+    assert exporter._loop.running
+    exporter._loop.stop()
