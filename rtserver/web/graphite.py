@@ -3,11 +3,13 @@
 Every ``graphite.interval`` the exporter collects the same Prometheus registry
 ``/metrics`` renders and writes Graphite's plaintext protocol, one
 ``<path> <value> <unix time>`` line per sample, over one TCP connection it keeps open.
-Paths are named as Centrifugo names them: ``<prefix>.<node name>.`` then the family
-name split at its first two underscores (namespace, subsystem, name: ``centrifugo.node.
-num_clients``), the sample's suffix (``count``, ``sum``), and the labels, either as
-``name.value`` path components or, with ``graphite.tags``, as Graphite tags
-(``;name=value``). Counters are written as integers, other values with six decimals.
+Paths are named as Centrifugo names them: ``<prefix>.<node name>.`` then the sample's
+name split at its first two underscores (namespace, subsystem, name:
+``centrifugo.node.num_clients``), ``sum`` or ``count`` for a summary, and the labels,
+either as ``name.value`` path components or, with ``graphite.tags``, as Graphite tags
+(``;name=value``). As in Centrifugo, counters and summaries are sent as their increase
+over the interval (gauges as they are), counters as integers, other values with six
+decimals.
 
 While Graphite is unreachable the lines wait in a buffer of at most ``max_buffer``
 bytes; the oldest batches are dropped (and counted) beyond it. The connection is
@@ -43,7 +45,6 @@ _log = Logger()
 _UNSAFE = re.compile(r"[^\x00-\x7f]")
 _BREAKS_LINE = re.compile(r"[\s;=]")
 _COUNTER_TYPES = ("counter", "unknown", "untyped")
-_SUFFIXES = ("_count", "_sum", "_total", "_bucket", "_gcount", "_gsum")
 
 #: Default bound of lines waiting for Graphite, in bytes.
 MAX_BUFFER = 1 << 20
@@ -59,43 +60,69 @@ def path_component(text: str) -> str:
     return _BREAKS_LINE.sub("_", _UNSAFE.sub("_", text).replace(".", "_"))
 
 
-def _family_path(name: str) -> list[str]:
-    return [path_component(part) for part in name.split("_", 2) if part]
-
-
 def _format(value: float, integer: bool) -> str:
     if value != value or value in (float("inf"), float("-inf")):
         return ""  # Graphite has no NaN or infinity
     return str(int(value)) if integer else f"{value:f}"
 
 
+def _path(name: str) -> list[str]:
+    return [path_component(part) for part in name.split("_", 2) if part]
+
+
+#: Previous cumulative values by (sample name, labels): counters are sent as deltas.
+Previous = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
 def render(
-    families: Iterable[Metric], prefix: str, now: int, *, tags: bool = False
+    families: Iterable[Metric],
+    prefix: str,
+    now: int,
+    *,
+    tags: bool = False,
+    previous: Previous | None = None,
 ) -> list[bytes]:
-    """One plaintext line per sample of ``families``."""
+    """One plaintext line per sample of ``families``, as Centrifugo writes them.
+
+    Gauges are sent as they are; counters, and a summary's ``sum`` and ``count``, as
+    the increase since the ``previous`` call (updated here; without it, or the first
+    time, the value itself). Label pairs with an empty value are left out; families of
+    other types (histograms) are skipped.
+    """
     lines: list[bytes] = []
     for family in families:
-        base = [prefix, *_family_path(family.name)]
-        integer = family.type in _COUNTER_TYPES
+        if family.type not in (*_COUNTER_TYPES, "gauge", "summary"):
+            continue
         for sample in family.samples:
-            if sample.name.endswith("_created"):
-                continue
-            parts = list(base)
-            suffix = sample.name[len(family.name) :] if sample.name.startswith(family.name) else ""
-            if suffix in _SUFFIXES and suffix != "_total":
-                parts.append(suffix[1:])
-            labels = [(k, v) for k, v in sample.labels.items()]
+            suffix = ""
+            if family.type == "summary":
+                suffix = sample.name[len(family.name) :]
+                if suffix not in ("_sum", "_count"):
+                    continue  # quantiles: rtserver's summaries have none
+                parts = [prefix, *_path(family.name), suffix[1:]]
+            elif family.type == "counter" and sample.name != family.name + "_total":
+                continue  # _created
+            else:
+                parts = [prefix, *_path(sample.name)]
+            labels = [(k, v) for k, v in sample.labels.items() if v != ""]
+            value = sample.value
+            if family.type != "gauge" and previous is not None:
+                key = (sample.name, tuple(labels))
+                before = previous.get(key)
+                previous[key] = value
+                if before is not None and value >= before:
+                    value -= before
             if tags:
-                key = ".".join(parts) + "".join(
+                path = ".".join(parts) + "".join(
                     f";{path_component(k)}={path_component(v)}" for k, v in labels
                 )
             else:
                 for k, v in labels:
                     parts.extend((path_component(k), path_component(v)))
-                key = ".".join(parts)
-            text = _format(sample.value, integer and suffix != "_sum")
+                path = ".".join(parts)
+            text = _format(value, family.type in _COUNTER_TYPES)
             if text:
-                lines.append(f"{key} {text} {now}\n".encode())
+                lines.append(f"{path} {text} {now}\n".encode())
     return lines
 
 
@@ -156,6 +183,7 @@ class GraphiteExporter(Service):
         self.sent = 0
         self._reactor = reactor
         self._host, self._port, self._connect_timeout = host, port, connect_timeout
+        self._previous: Previous = {}
         self._pending: deque[list[bytes]] = deque()
         self._pending_bytes = 0
         self._line: _Line | None = None
@@ -204,7 +232,9 @@ class GraphiteExporter(Service):
     def export(self) -> None:
         """Collect the registry now and queue its lines (the loop calls this)."""
         now = int(self._reactor.seconds())
-        lines = render(self.registry.collect(), self.prefix, now, tags=self.tags)
+        lines = render(
+            self.registry.collect(), self.prefix, now, tags=self.tags, previous=self._previous
+        )
         if not lines:
             return
         self._pending.append(lines)

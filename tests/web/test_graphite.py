@@ -106,6 +106,45 @@ def test_render_names_paths_as_centrifugo() -> None:
     node.stop()
 
 
+def test_counters_and_summaries_are_sent_as_increases() -> None:
+    """Counters, a summary's sum and count: the increase since the last export.
+
+    Gauges as they are; a counter named with its ``_total``; empty label values and
+    histograms left out, as Centrifugo does.
+    """
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+        SummaryMetricFamily,
+    )
+
+    def families(n: int) -> list[Any]:
+        errors = CounterMetricFamily("app_api_errors", "", labels=["method", "ns"])
+        errors.add_metric(["publish", ""], 10 * n)
+        took = SummaryMetricFamily("app_api_seconds", "", labels=["method"])
+        took.add_metric(["publish"], count_value=4 * n, sum_value=0.5 * n)
+        gauge = GaugeMetricFamily("app_node_clients", "", value=7)
+        hist = HistogramMetricFamily("app_x_h", "", buckets=[("1", 1), ("+Inf", 1)], sum_value=1)
+        return [errors, took, gauge, hist]
+
+    previous: dict[Any, float] = {}
+    first = [b.decode() for b in render(families(1), "p.n", 5, previous=previous)]
+    assert first == [
+        "p.n.app.api.errors_total.method.publish 10 5\n",
+        "p.n.app.api.seconds.count.method.publish 4.000000 5\n",
+        "p.n.app.api.seconds.sum.method.publish 0.500000 5\n",
+        "p.n.app.node.clients 7.000000 5\n",
+    ]
+    second = [b.decode() for b in render(families(3), "p.n", 6, previous=previous)]
+    assert second == [
+        "p.n.app.api.errors_total.method.publish 20 6\n",
+        "p.n.app.api.seconds.count.method.publish 8.000000 6\n",
+        "p.n.app.api.seconds.sum.method.publish 1.000000 6\n",
+        "p.n.app.node.clients 7.000000 6\n",
+    ]
+
+
 def test_path_component_follows_centrifugo() -> None:
     """Dots and non-ASCII characters become ``_`` (and what would break a line)."""
     assert path_component("service.prod.") == "service_prod_"
