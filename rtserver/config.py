@@ -571,6 +571,20 @@ class PrometheusConfig:
     handler_prefix: str = "/metrics"
 
 
+@dataclass(frozen=True)
+class GraphiteConfig:
+    """Pushing the metrics of ``/metrics`` to Graphite over TCP (off by default)."""
+
+    enabled: bool = False
+    host: str = "localhost"
+    port: int = 2003
+    #: Every path starts ``<prefix>.<node name>.``.
+    prefix: str = "centrifugo"
+    interval: float = duration(10.0)
+    #: Graphite tags (``;label=value``) instead of label names and values in the path.
+    tags: bool = False
+
+
 #: A list key that also takes a single string (``"address": "127.0.0.1:6379"``).
 _ONE_OR_MANY = {"one_or_many": True}
 
@@ -761,6 +775,7 @@ class Config:
     health: HealthConfig = field(default_factory=HealthConfig)
     shutdown: ShutdownConfig = field(default_factory=ShutdownConfig)
     prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
+    graphite: GraphiteConfig = field(default_factory=GraphiteConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     presence_manager: PresenceManagerConfig = field(default_factory=PresenceManagerConfig)
@@ -1576,6 +1591,7 @@ def validate(config: Config) -> None:
             f"http_api.error_mode: {config.http_api.error_mode!r} is not '' or 'transport'"
         )
     _validate_grpc_api(config.grpc_api)
+    _validate_graphite(config.graphite)
     _validate_uni_grpc(config.uni_grpc)
     seen: set[str] = set()
     _validate_options(config.channel.without_namespace, "channel.without_namespace", config)
@@ -1589,6 +1605,19 @@ def validate(config: Config) -> None:
         _validate_options(ns, key, config)
     _validate_proxies(config)
     _validate_consumers(config)
+
+
+def _validate_graphite(graphite: GraphiteConfig) -> None:
+    if not graphite.enabled:
+        return
+    if not graphite.host:
+        raise ConfigError("graphite.host: must be set")
+    if not 0 < graphite.port < 65536:
+        raise ConfigError("graphite.port: must be between 1 and 65535")
+    if graphite.interval <= 0:
+        raise ConfigError("graphite.interval: must be positive")
+    if not graphite.prefix.strip("."):
+        raise ConfigError("graphite.prefix: must not be empty")
 
 
 def _validate_token(token: TokenConfig, key: str) -> None:

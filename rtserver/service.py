@@ -80,6 +80,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
     from rtserver.transports.webtransport import QuicListener
 
 _log = Logger()
@@ -219,6 +221,7 @@ _RESTART_SECTIONS = (
     "health",
     "shutdown",
     "prometheus",
+    "graphite",
     "consumers",
 )
 
@@ -523,6 +526,9 @@ class Sites:
     owned: RTSite | None = None
     #: HTTP/3's datagram protocol (``http_server.http3.enabled``), or None.
     quic: QuicListener | None = None
+    #: The metrics registry ``/metrics`` serves and ``graphite`` pushes, or None when
+    #: both are off.
+    metrics: CollectorRegistry | None = None
 
 
 def build_sites(
@@ -643,11 +649,13 @@ def build_sites(
         mount(root, api.handler_prefix, api_resource)
         limits.append((api.handler_prefix, api.max_request_body_size))
         fast_path = APIFastPath(api_resource, api.handler_prefix, api.max_request_body_size)
-    if config.prometheus.enabled:
+    registry = None
+    if config.prometheus.enabled or config.graphite.enabled:
         from rtserver.web.metrics import MetricsResource, registry_for
 
         registry = registry_for(node, executor.stats, http_stats, sockjs_relay=relay, quic=quic)
-        mount(root, config.prometheus.handler_prefix, MetricsResource(registry))
+        if config.prometheus.enabled:
+            mount(root, config.prometheus.handler_prefix, MetricsResource(registry))
     if config.health.enabled:
         mount(root, config.health.handler_prefix, HealthResource(node.engine))
         mount(root, config.health.ready_handler_prefix, ReadyResource(node))
@@ -671,7 +679,30 @@ def build_sites(
         reactor=reactor,
     )
     drains.append(site)
-    return Sites(site, internal_site, drains, origins, api_resource, admin_tree, owned_site, quic)
+    return Sites(
+        site, internal_site, drains, origins, api_resource, admin_tree, owned_site, quic, registry
+    )
+
+
+def build_graphite(
+    registry: CollectorRegistry, config: Config, node_name: str, reactor: Any
+) -> Service:
+    """The ``graphite`` exporter of ``registry`` (rtserver/web/graphite.py).
+
+    Paths start with ``<graphite.prefix>.<node name>``, as Centrifugo names them.
+    """
+    from rtserver.web.graphite import GraphiteExporter, path_component
+
+    graphite = config.graphite
+    return GraphiteExporter(
+        registry,
+        host=graphite.host,
+        port=graphite.port,
+        prefix=graphite.prefix.removesuffix(".") + "." + path_component(node_name),
+        interval=graphite.interval,
+        tags=graphite.tags,
+        reactor=reactor,
+    )
 
 
 def build_grpc_api(
@@ -976,6 +1007,8 @@ def build(
             sites.quic, config, endpoints, reactor, reuse_port=reuse_port, fd=http3_fd
         )
         http3.setServiceParent(top)
+    if config.graphite.enabled and sites.metrics is not None:
+        build_graphite(sites.metrics, config, node.name, reactor).setServiceParent(top)
     for consumer in build_consumers(config, executor, node, reactor):
         consumer.setServiceParent(top)
     if config.grpc_api.enabled:

@@ -222,6 +222,12 @@ MEANING = {
     "presence_manager.type": "memory or redis (read only when enabled)",
     "prometheus.enabled": "serve Prometheus metrics",
     "prometheus.handler_prefix": "path of the metrics endpoint",
+    "graphite.enabled": "push the metrics of ``/metrics`` to Graphite over TCP",
+    "graphite.host": "Graphite's plaintext (carbon) host",
+    "graphite.port": "Graphite's plaintext (carbon) port",
+    "graphite.prefix": "first path component; the node name follows",
+    "graphite.interval": "how often the metrics are collected and pushed",
+    "graphite.tags": "labels as Graphite tags (``;name=value``) instead of path components",
     "node.name": "name in ``info`` (default ``<hostname>_<port>``)",
     # channel options
     "presence": "keep presence (who is subscribed)",
