@@ -42,6 +42,7 @@ __all__ = [
     "NatsBrokerConfig",
     "PresenceManagerConfig",
     "RedisAddress",
+    "RedisConnectionConfig",
     "RedisStreamConsumerConfig",
     "SchemaKey",
     "default_tree",
@@ -590,13 +591,16 @@ _ONE_OR_MANY = {"one_or_many": True}
 
 
 @dataclass(frozen=True)
-class RedisEngineConfig:
-    """The Redis engine (``engine.type: redis``): the bus and store of a cluster."""
+class RedisConnectionConfig:
+    """Where and how to connect to Redis: the connection keys of ``engine.redis``.
+
+    Shared by every section that talks to Redis (the engine, a broker or presence
+    manager, a ``redis_stream`` consumer); :func:`redis_shards` reads them.
+    """
 
     address: list[str] = field(
         default_factory=lambda: ["redis://127.0.0.1:6379"], metadata=_ONE_OR_MANY
     )
-    prefix: str = "centrifugo"
     db: int = 0
     user: str = ""
     password: str = field(default="", repr=False)
@@ -612,6 +616,13 @@ class RedisEngineConfig:
     cluster_address: list[str] = field(default_factory=list, metadata=_ONE_OR_MANY)
     connect_timeout: float = duration(1.0)
     io_timeout: float = duration(4.0)
+
+
+@dataclass(frozen=True)
+class RedisEngineConfig(RedisConnectionConfig):
+    """The Redis engine (``engine.type: redis``): the bus and store of a cluster."""
+
+    prefix: str = "centrifugo"
     presence_ttl: float = duration(60.0)
     idempotent_result_ttl: float = duration(300.0)
     pubsub_probe_interval: float = duration(30.0)
@@ -693,30 +704,12 @@ class RedisStreamPublicationDataModeConfig:
 
 
 @dataclass(frozen=True)
-class RedisStreamConsumerConfig:
+class RedisStreamConsumerConfig(RedisConnectionConfig):
     """A ``redis_stream`` consumer: server API commands from Redis Streams (docs/consumers.rst).
 
     The connection keys are those of ``engine.redis``, inline.
     """
 
-    address: list[str] = field(
-        default_factory=lambda: ["redis://127.0.0.1:6379"], metadata=_ONE_OR_MANY
-    )
-    db: int = 0
-    user: str = ""
-    password: str = field(default="", repr=False)
-    client_name: str = ""
-    force_resp2: bool = False
-    tls: ClientTLSConfig = field(default_factory=ClientTLSConfig)
-    sentinel_address: list[str] = field(default_factory=list, metadata=_ONE_OR_MANY)
-    sentinel_master_name: str = ""
-    sentinel_user: str = ""
-    sentinel_password: str = field(default="", repr=False)
-    sentinel_client_name: str = ""
-    sentinel_tls: ClientTLSConfig = field(default_factory=ClientTLSConfig)
-    cluster_address: list[str] = field(default_factory=list, metadata=_ONE_OR_MANY)
-    connect_timeout: float = duration(1.0)
-    io_timeout: float = duration(4.0)
     streams: list[str] = field(default_factory=list)
     consumer_group: str = ""
     visibility_timeout: float = duration(30.0)
@@ -726,13 +719,6 @@ class RedisStreamConsumerConfig:
     publication_data_mode: RedisStreamPublicationDataModeConfig = field(
         default_factory=RedisStreamPublicationDataModeConfig
     )
-
-    def redis(self) -> RedisEngineConfig:
-        """The connection keys as an ``engine.redis`` section (for :func:`redis_shards`)."""
-        names = {f.name for f in dataclasses.fields(RedisEngineConfig)}
-        return RedisEngineConfig(
-            **{f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name in names}
-        )
 
 
 @dataclass(frozen=True)
@@ -1197,7 +1183,7 @@ def parse_address(
     )
 
 
-def redis_shards(redis: RedisEngineConfig) -> list[RedisAddress]:
+def redis_shards(redis: RedisConnectionConfig) -> list[RedisAddress]:
     """The shards ``engine.redis`` describes, one address each (as Centrifugo builds them).
 
     A non-empty ``cluster_address`` wins over ``sentinel_address`` and ``address``: each
@@ -2059,7 +2045,7 @@ def _validate_redis_stream(stream: RedisStreamConsumerConfig, key: str) -> None:
     if stream.cluster_address:
         raise ConfigError(f"{key}.cluster_address: Redis Cluster is not supported for consumers")
     try:
-        shards = redis_shards(stream.redis())
+        shards = redis_shards(stream)
     except ConfigError as e:
         raise ConfigError(str(e).replace("engine.redis", key, 1)) from None
     if len(shards) != 1:

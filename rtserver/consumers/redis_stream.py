@@ -115,7 +115,7 @@ class RedisStreamConsumer(Service):
         stats.consumer_errors.setdefault(name, 0)
         self.block = block
         self.reclaim_interval = reclaim_interval
-        (self._address,) = redis_shards(config.redis())
+        (self._address,) = redis_shards(config)
         self.command, self.command_ready = self.link()
         self.streams = [_StreamLoop(self, stream) for stream in config.streams]
 
