@@ -126,6 +126,31 @@ def self_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+def http_answers(buf: bytes) -> tuple[list[tuple[bool, bytes]], bytes]:
+    """Complete HTTP/1.1 answers at the start of ``buf``: ``([(ok, body)...], rest)``.
+
+    ``ok``: status 200 and no ``"error"`` in the body (a server API answer that worked).
+    Bodies are delimited by Content-Length (the server API sends it).
+    """
+    answers = []
+    while True:
+        head_end = buf.find(b"\r\n\r\n")
+        if head_end < 0:
+            break
+        i = buf.find(b"content-length:", 0, head_end)
+        if i < 0:
+            i = buf.find(b"Content-Length:", 0, head_end)
+        j = buf.find(b"\r\n", i)
+        length = int(buf[i + 15 : j]) if i >= 0 else 0
+        if len(buf) < head_end + 4 + length:
+            break
+        ok = buf.startswith(b"HTTP/1.1 200")
+        body = buf[head_end + 4 : head_end + 4 + length]
+        buf = buf[head_end + 4 + length :]
+        answers.append((ok and b'"error"' not in body, body))
+    return answers, buf
+
+
 def masked_text_frame(payload: bytes) -> bytes:
     """A client text frame (masked with the zero key, which RFC 6455 permits)."""
     length = len(payload)

@@ -38,7 +38,15 @@ import sys
 import time
 from typing import Any, cast
 
-from loadclient import PAYLOAD, core_times, masked_text_frame, proc_cpu, proc_rss_kb, self_cpu
+from loadclient import (
+    PAYLOAD,
+    core_times,
+    http_answers,
+    masked_text_frame,
+    proc_cpu,
+    proc_rss_kb,
+    self_cpu,
+)
 
 _PONG = b"\x81\x82\x00\x00\x00\x00{}"
 #: The Protobuf pong: a binary frame holding the empty Command (length prefix 0).
@@ -240,23 +248,9 @@ class Http(asyncio.Protocol):
         self.transport.write(request)
 
     def data_received(self, data: bytes) -> None:
-        buf = self.buf + data
-        while True:
-            head_end = buf.find(b"\r\n\r\n")
-            if head_end < 0:
-                break
-            i = buf.find(b"content-length:", 0, head_end)
-            if i < 0:
-                i = buf.find(b"Content-Length:", 0, head_end)
-            j = buf.find(b"\r\n", i)
-            length = int(buf[i + 15 : j]) if i >= 0 else 0
-            if len(buf) < head_end + 4 + length:
-                break
-            ok = buf.startswith(b"HTTP/1.1 200")
-            body = buf[head_end + 4 : head_end + 4 + length]
-            buf = buf[head_end + 4 + length :]
-            self.gen.on_response(self, ok and b'"error"' not in body, body)
-        self.buf = buf
+        answers, self.buf = http_answers(self.buf + data)
+        for ok, body in answers:
+            self.gen.on_response(self, ok, body)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.gen.error = self.gen.error or f"HTTP connection lost: {exc}"

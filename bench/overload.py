@@ -57,7 +57,7 @@ sys.path.insert(0, str(HERE))
 
 import fanout  # noqa: E402
 from fanout import API_KEY, HOST  # noqa: E402
-from loadclient import proc_cpu, proc_rss_kb, self_cpu  # noqa: E402
+from loadclient import http_answers, proc_cpu, proc_rss_kb, self_cpu  # noqa: E402
 
 #: Unsent bytes in a publisher's socket buffer above which it takes no more requests.
 PUBLISHER_BUFFER = 1 << 20
@@ -126,24 +126,10 @@ class Publisher(asyncio.Protocol):
         return self.transport.get_write_buffer_size() if self.transport else 0
 
     def data_received(self, data: bytes) -> None:
-        buf = self.buf + data
-        while True:
-            head_end = buf.find(b"\r\n\r\n")
-            if head_end < 0:
-                break
-            i = buf.find(b"content-length:", 0, head_end)
-            if i < 0:
-                i = buf.find(b"Content-Length:", 0, head_end)
-            j = buf.find(b"\r\n", i)
-            length = int(buf[i + 15 : j]) if i >= 0 else 0
-            if len(buf) < head_end + 4 + length:
-                break
-            ok = buf.startswith(b"HTTP/1.1 200")
-            body = buf[head_end + 4 : head_end + 4 + length]
-            buf = buf[head_end + 4 + length :]
+        answers, self.buf = http_answers(self.buf + data)
+        for ok, body in answers:
             sent = self.sent_at.pop(0) if self.sent_at else time.monotonic_ns()
-            self.load.on_answer(self, ok and b'"error"' not in body, body, sent)
-        self.buf = buf
+            self.load.on_answer(self, ok, body, sent)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.load.gen.error = self.load.gen.error or f"publisher connection lost: {exc}"
