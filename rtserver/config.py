@@ -51,6 +51,7 @@ __all__ = [
     "load_pem",
     "parse_address",
     "parse_nats_urls",
+    "pem_certificates",
     "redis_shards",
     "schema_keys",
     "server_client_ca_pem",
@@ -1655,6 +1656,11 @@ def server_tls_pem(tls: TLSConfig, key: str = "http_server.tls") -> tuple[bytes,
 _PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 
 
+def pem_certificates(pem: bytes) -> list[bytes]:
+    """The ``CERTIFICATE`` blocks of PEM data, in order (a chain or a CA bundle)."""
+    return _PEM_CERTIFICATE.findall(pem)
+
+
 def server_client_ca_pem(tls: TLSConfig, key: str) -> bytes | None:
     """The PEM certificates of ``tls.client_ca_pem``; None without it or with TLS off.
 
@@ -1668,7 +1674,7 @@ def server_client_ca_pem(tls: TLSConfig, key: str) -> bytes | None:
         return None
     name = f"{key}.client_ca_pem"
     pem = load_pem(tls.client_ca_pem, name)
-    blocks = _PEM_CERTIFICATE.findall(pem)
+    blocks = pem_certificates(pem)
     if not blocks:
         raise ConfigError(f"{name}: no certificate in it")
     from cryptography import x509

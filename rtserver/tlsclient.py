@@ -13,7 +13,6 @@ turns what a failed handshake reports into one readable line for the log.
 from __future__ import annotations
 
 import ipaddress
-import re
 import warnings
 from collections.abc import Sequence
 from functools import cache
@@ -23,12 +22,9 @@ from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from rtserver.config import ClientTLSConfig, load_pem
+from rtserver.config import ClientTLSConfig, load_pem, pem_certificates
 
 __all__ = ["load_tls_material", "tls_connection_creator", "tls_failure"]
-
-_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
-
 
 @cache
 def load_tls_material(options: ClientTLSConfig, key: str) -> tuple[Any, Any]:
@@ -44,7 +40,7 @@ def load_tls_material(options: ClientTLSConfig, key: str) -> tuple[Any, Any]:
     trust = None
     if options.server_ca_pem:
         pem = load_pem(options.server_ca_pem, f"{key}.server_ca_pem")
-        certs = [ssl.Certificate.loadPEM(block) for block in _PEM_CERT.findall(pem)]
+        certs = [ssl.Certificate.loadPEM(block) for block in pem_certificates(pem)]
         if not certs:
             raise ValueError(f"{key}.server_ca_pem: no certificate in it")
         trust = ssl.trustRootFromCertificates(certs)

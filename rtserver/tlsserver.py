@@ -12,17 +12,13 @@ API's HTTP/2 server). grpcio's servers take the PEM bytes of
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from rtserver.config import TLSConfig, server_client_ca_pem, server_tls_pem
+from rtserver.config import TLSConfig, pem_certificates, server_client_ca_pem, server_tls_pem
 
 __all__ = ["client_trust_root", "server_options"]
-
-_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
-
 
 def client_trust_root(tls: TLSConfig, key: str) -> Any:
     """The Twisted trust root of ``tls.client_ca_pem``; None without it or with TLS off.
@@ -36,7 +32,7 @@ def client_trust_root(tls: TLSConfig, key: str) -> Any:
     from twisted.internet import ssl
 
     return ssl.trustRootFromCertificates(
-        [ssl.Certificate.loadPEM(block) for block in _PEM_CERT.findall(pem)]
+        [ssl.Certificate.loadPEM(block) for block in pem_certificates(pem)]
     )
 
 
@@ -59,7 +55,7 @@ def server_options(tls: TLSConfig, key: str, *, alpn: Sequence[bytes] = ()) -> A
     from twisted.internet import ssl
 
     cert, private = server_tls_pem(tls, key)
-    chain = [crypto.load_certificate(crypto.FILETYPE_PEM, b) for b in _PEM_CERT.findall(cert)]
+    chain = [crypto.load_certificate(crypto.FILETYPE_PEM, b) for b in pem_certificates(cert)]
     trust = client_trust_root(tls, key)
     extra: dict[str, Any] = {} if trust is None else {"trustRoot": trust}
     with warnings.catch_warnings():  # pyOpenSSL >= 24.3 deprecates X509/PKey objects
